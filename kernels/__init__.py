@@ -1,0 +1,1 @@
+"""GEMMLOWP-style integer kernels (imported as ``qcompile.kernels``)."""

@@ -1,0 +1,152 @@
+"""``fuse``: fold BatchNorm into the preceding conv/linear and fuse ReLU / ReLU6.
+
+requires: ``lowered``    provides: ``fused``
+
+Patterns, each optional part in brackets::
+
+    conv{1,2,3}d [-> batch_norm{1,2,3}d] [-> relu | relu6]
+    linear       [-> batch_norm1d]       [-> relu | relu6]
+
+BatchNorm folds into the weights (W' = W * g / sqrt(var + eps),
+b' = (b - mean) * g / sqrt(var + eps) + beta); the activation becomes the
+node's ``act`` attribute. Before and after, on ResNet-18::
+
+    %conv1 = conv2d(%x, $conv1.weight) : f32[1,64,112,112] {bias=False, ...}
+    %bn1   = batch_norm2d(%conv1, $bn1.{weight,bias,running_mean,running_var,num_batches_tracked}) : ...
+    %relu  = relu(%bn1) : f32[1,64,112,112]
+
+    %conv1 = conv2d(%x, $conv1.weight, $conv1.bias) : f32[1,64,112,112] {act='relu', ...}
+
+A candidate is left alone when the intermediate value has other readers, the
+weights are shared with another node, or the conv already carries an
+activation; with ``--debug`` the reason is listed for every candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+
+_WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
+_NORMS = {"batch_norm1d", "batch_norm2d", "batch_norm3d"}
+_ACTIVATIONS = {"relu", "relu6"}
+
+
+def _sole_consumer(graph: Graph, node: Node) -> tuple[Node | None, str]:
+    """The only node reading ``node``, reading it as its only input; else a reason."""
+    uses = graph.uses(node)
+    if len(uses) != 1:
+        return None, f"its output has {len(uses)} readers"
+    user, port = uses[0]
+    if len(graph.inputs(user)) != 1 or port != 0:
+        return None, f"%{user.name} takes other inputs too"
+    return user, ""
+
+
+def _is_activation(node: Node) -> bool:
+    """A plain ReLU/ReLU6: the module, ``F.relu``/``torch.relu`` or ``x.relu()``."""
+    if node.op not in _ACTIVATIONS:
+        return False
+    extra = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    return node.args == (Ref(0),) and not extra and node.kind in (
+        NodeKind.MODULE, NodeKind.FUNCTION, NodeKind.METHOD
+    )
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn_state: dict,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of a conv/linear with the following BatchNorm folded in."""
+    mean, var = bn_state["running_mean"], bn_state["running_var"]
+    gamma = bn_state.get("weight")
+    beta = bn_state.get("bias")
+    gamma = torch.ones_like(mean) if gamma is None else gamma
+    beta = torch.zeros_like(mean) if beta is None else beta
+    factor = gamma / torch.sqrt(var + eps)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    new_weight = (weight * factor.reshape(shape)).detach().clone()
+    bias = torch.zeros_like(mean) if bias is None else bias
+    new_bias = ((bias - mean) * factor + beta).detach().clone()
+    return new_weight, new_bias
+
+
+@register_pass
+@dataclass(frozen=True)
+class Fuse(Pass):
+    """Fold BatchNorm into conv/linear weights and fuse ReLU/ReLU6 activations.
+
+    Options:
+        batch_norm: Fold BatchNorm layers.
+        activations: Fuse ReLU and ReLU6 into the preceding conv/linear.
+    """
+
+    name = "fuse"
+    requires = ("lowered",)
+    provides = ("fused",)
+
+    batch_norm: bool = True
+    activations: bool = True
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        counts: dict[str, int] = {}
+        for node in graph.find(kind=NodeKind.MODULE):
+            if node.op in _WEIGHTED and node in graph:
+                pattern = self._fuse_from(graph, node, ctx)
+                if pattern:
+                    counts[pattern] = counts.get(pattern, 0) + 1
+        for node in graph.nodes():
+            if node.op in _NORMS:
+                ctx.explain(f"%{node.name} ({node.op}) stays: no conv/linear feeds it alone")
+        return PassResult(modified=bool(counts), stats=counts)
+
+    def _fuse_from(self, graph: Graph, node: Node, ctx: PassContext) -> str:
+        parts = [node.op]
+        if any(_shared(graph, node, name) for name in node.params.values()):
+            ctx.explain(f"%{node.name}: its weights are shared with another node")
+            return ""
+        next_node, reason = _sole_consumer(graph, node)
+        if next_node is not None and self.batch_norm and next_node.op in _NORMS:
+            if next_node.kind != NodeKind.MODULE or next_node.attrs.get("track_running_stats") is False:
+                ctx.explain(f"%{node.name} + %{next_node.name}: the norm has no running statistics")
+            elif node.attrs.get("act"):
+                ctx.explain(f"%{node.name} + %{next_node.name}: an activation is already fused")
+            else:
+                self._fold(graph, node, next_node)
+                parts.append(next_node.op)
+                next_node, reason = _sole_consumer(graph, node)
+        if next_node is not None and self.activations and _is_activation(next_node):
+            if node.attrs.get("act"):
+                ctx.explain(f"%{node.name} + %{next_node.name}: an activation is already fused")
+            else:
+                node.attrs["act"] = next_node.op
+                graph.replace_all_uses(next_node, node)
+                graph.erase(next_node)
+                parts.append(next_node.op)
+        elif len(parts) == 1:
+            follower = f"next is %{next_node.name} ({next_node.op})" if next_node else reason
+            ctx.explain(f"%{node.name} ({node.op}) stays unfused: {follower}")
+        return "+".join(parts) if len(parts) > 1 else ""
+
+    def _fold(self, graph: Graph, node: Node, bn: Node) -> None:
+        bn_state = {key: graph.params[name] for key, name in bn.params.items()}
+        weight, bias = fold_batch_norm(
+            graph.param(node, "weight"), graph.param(node, "bias"), bn_state, bn.attrs["eps"]
+        )
+        graph.params[node.params["weight"]] = weight
+        if "bias" in node.params:
+            graph.params[node.params["bias"]] = bias
+        else:
+            node.params["bias"] = graph.add_param(f"{node.source.module_path or node.name}.bias", bias)
+            node.attrs["bias"] = True
+        graph.replace_all_uses(bn, node)
+        graph.erase(bn)
+
+
+def _shared(graph: Graph, node: Node, param_name: str) -> bool:
+    return any(
+        other is not node and param_name in other.params.values() for other in graph.nodes()
+    )

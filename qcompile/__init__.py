@@ -1,0 +1,1 @@
+"""qcompile: a quantization compiler for PyTorch models."""

@@ -1,0 +1,255 @@
+"""Codegen: a graph -> one readable ``nn.Module`` in a Python source file.
+
+The emitted ``forward`` reads like hand-written eager code::
+
+    def forward(self, x):
+        conv1 = F.relu(self.conv1(x))
+        maxpool = self.maxpool(conv1)
+        ...
+        flatten = torch.flatten(avgpool, 1)
+        fc = self.fc(flatten)
+        return fc
+
+Leaf modules become named submodules built in ``__init__`` (constructor
+arguments that equal their defaults are left out); tensors the graph reads
+directly become parameters or buffers. The weights go to a separate state-dict
+file, loaded by the ``load()`` function the source file defines.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qcompile.ir.graph import Graph, sanitize_name
+from qcompile.ir.modules import FUSED_ACTIVATIONS, non_default_ctor_args, required_ctor_params
+from qcompile.ir.node import Node, NodeKind, map_refs
+from qcompile.ir.targets import INFIX_OPERATORS, resolve_target
+
+_RESERVED = {"self", "torch", "nn", "F", "operator", "math", "builtins"}
+
+
+@dataclass
+class EmittedModel:
+    """Source text and weights of an emitted module."""
+
+    class_name: str
+    source: str
+    state_dict: dict[str, torch.Tensor]
+
+
+class _Code:
+    """A Python expression; keeps constants and references apart from raw code."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def python_literal(value: Any) -> str:
+    """Source text that evaluates back to ``value`` exactly."""
+    if isinstance(value, _Code):
+        return value.text
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return f"float('{value}')"
+        return repr(value)
+    if isinstance(value, tuple):
+        inner = ", ".join(python_literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, list):
+        return "[" + ", ".join(python_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {python_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, slice):
+        return f"slice({python_literal(value.start)}, {python_literal(value.stop)}, {python_literal(value.step)})"
+    if isinstance(value, torch.device):
+        return f"torch.device({str(value)!r})"
+    if value is Ellipsis:
+        return "..."
+    if isinstance(value, (torch.dtype, torch.memory_format, torch.layout)):
+        return str(value)
+    text = repr(value)
+    try:
+        if eval(text, {"torch": torch}) == value:  # noqa: S307 - our own repr text
+            return text
+    except Exception:
+        pass
+    raise ValueError(f"cannot write {value!r} ({type(value).__name__}) as Python source")
+
+
+def _subscript(index: Any) -> str:
+    """``x[...]`` index text: slices as ``a:b``, tuples without parentheses."""
+    if isinstance(index, slice):
+        parts = [index.start, index.stop] + ([index.step] if index.step is not None else [])
+        return ":".join("" if p is None else python_literal(p) for p in parts)
+    if isinstance(index, tuple) and index:
+        return ", ".join(_subscript(i) for i in index)
+    return python_literal(index)
+
+
+class _Emitter:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.var: dict[str, str] = {}
+        self.imports: set[str] = {"import torch", "from torch import nn"}
+        self.init_lines: list[str] = []
+        self.forward_lines: list[str] = []
+        self.state: dict[str, torch.Tensor] = {}
+        self.attr_names: set[str] = set()
+        self.module_attrs: dict[tuple, str] = {}
+        self.param_attrs: dict[str, str] = {}
+
+    def _unique_attr(self, raw: str) -> str:
+        base = sanitize_name(raw)
+        if base in _RESERVED:
+            base += "_"
+        name, i = base, 1
+        while name in self.attr_names or hasattr(torch.nn.Module, name):
+            name = f"{base}_{i}"
+            i += 1
+        self.attr_names.add(name)
+        return name
+
+    def _variable(self, node: Node) -> str:
+        name = node.name if node.name not in _RESERVED else node.name + "_"
+        self.var[node.name] = name
+        return name
+
+    def _callable(self, path: str) -> str:
+        """Source text naming the callable at ``path``, adding its import."""
+        if path.startswith("torch.nn.") and path.count(".") == 2:
+            return "nn." + path.removeprefix("torch.nn.")
+        if path.startswith("torch.nn.functional."):
+            self.imports.add("import torch.nn.functional as F")
+            return "F." + path.removeprefix("torch.nn.functional.")
+        if path.startswith("torch."):
+            return path
+        if path.startswith("builtins."):
+            return path.removeprefix("builtins.")
+        module = path.rpartition(".")[0]
+        self.imports.add(f"import {module}")
+        return path
+
+    def _module_attr(self, node: Node) -> str:
+        cls = resolve_target(node.target)
+        ctor = non_default_ctor_args(cls, node.attrs)
+        # A module called twice (ResNet's shared ReLU) stays one attribute.
+        key = (
+            node.source.module_path,
+            node.target,
+            repr(sorted(ctor.items())),
+            tuple(sorted(node.params.items())),
+        )
+        if key in self.module_attrs:
+            return self.module_attrs[key]
+        attr = self._unique_attr(node.source.module_path or node.name)
+        required = required_ctor_params(cls)
+        positional = [python_literal(ctor.pop(name)) for name in required if name in ctor]
+        keywords = [f"{k}={python_literal(v)}" for k, v in ctor.items()]
+        self.init_lines.append(
+            f"self.{attr} = {self._callable(node.target)}({', '.join(positional + keywords)})"
+        )
+        for key_name, param in node.params.items():
+            self.state[f"{attr}.{key_name}"] = self.graph.params[param]
+        self.module_attrs[key] = attr
+        return attr
+
+    def _param_attr(self, node: Node) -> str:
+        if node.target in self.param_attrs:
+            return self.param_attrs[node.target]
+        tensor = self.graph.params[node.target]
+        attr = self._unique_attr(node.target)
+        shape = ", ".join(str(d) for d in tensor.shape)
+        empty = f"torch.empty(({shape}{',' if tensor.dim() == 1 else ''}), dtype={tensor.dtype})"
+        if tensor.is_floating_point():
+            self.init_lines.append(f"self.{attr} = nn.Parameter({empty})")
+        else:
+            self.init_lines.append(f"self.register_buffer({attr!r}, {empty})")
+        self.state[attr] = tensor
+        self.param_attrs[node.target] = attr
+        return attr
+
+    def _expression(self, node: Node) -> str:
+        refs = [_Code(self.var[p.name]) for p in self.graph.inputs(node)]
+        args = map_refs(node.args, lambda r: refs[r.index])
+        kwargs = map_refs(node.kwargs, lambda r: refs[r.index])
+        arg_text = ", ".join(
+            [python_literal(a) for a in args] + [f"{k}={python_literal(v)}" for k, v in kwargs.items()]
+        )
+        if node.kind == NodeKind.PARAM:
+            return f"self.{self._param_attr(node)}"
+        if node.kind == NodeKind.MODULE:
+            call = f"self.{self._module_attr(node)}({arg_text})"
+            act = node.attrs.get("act")
+            return f"{self._callable(FUSED_ACTIVATIONS[act])}({call})" if act else call
+        if node.kind == NodeKind.METHOD:
+            rest = ", ".join(
+                [python_literal(a) for a in args[1:]] + [f"{k}={python_literal(v)}" for k, v in kwargs.items()]
+            )
+            return f"{python_literal(args[0])}.{node.target}({rest})"
+        fn = resolve_target(node.target)
+        if fn is operator.getitem and len(args) == 2 and not kwargs:
+            return f"{python_literal(args[0])}[{_subscript(args[1])}]"
+        if fn in INFIX_OPERATORS and len(args) == 2 and not kwargs:
+            return f"{python_literal(args[0])} {INFIX_OPERATORS[fn]} {python_literal(args[1])}"
+        return f"{self._callable(node.target)}({arg_text})"
+
+    def emit(self) -> EmittedModel:
+        inputs = []
+        result = "None"
+        for node in self.graph.nodes():
+            if node.kind == NodeKind.INPUT:
+                inputs.append(self._variable(node))
+                continue
+            if node.kind == NodeKind.OUTPUT:
+                refs = [_Code(self.var[p.name]) for p in self.graph.inputs(node)]
+                result = python_literal(map_refs(node.args[0], lambda r: refs[r.index]))
+                continue
+            expr = self._expression(node)
+            self.forward_lines.append(f"{self._variable(node)} = {expr}")
+        class_name = sanitize_name(self.graph.name)
+        if class_name in _RESERVED:
+            class_name += "_"
+        facts = ", ".join(sorted(self.graph.facts)) or "none"
+        body_init = "\n".join(f"        {line}" for line in self.init_lines) or "        pass"
+        body_fwd = "\n".join(f"        {line}" for line in self.forward_lines)
+        source = f'''"""{class_name}, emitted by qcompile (graph facts: {facts}).
+
+Load it with its weights:
+
+    from model import load
+    model = load("weights.pt")
+"""
+
+{chr(10).join(sorted(self.imports, key=lambda line: (line.startswith('from'), line)))}
+
+
+class {class_name}(nn.Module):
+    def __init__(self):
+        super().__init__()
+{body_init}
+
+    def forward(self, {", ".join(inputs)}):
+{body_fwd}
+        return {result}
+
+
+def load(weights="weights.pt", map_location="cpu"):
+    """Build the model and load its weights (a state-dict file)."""
+    model = {class_name}()
+    model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
+    return model.eval()
+'''
+        return EmittedModel(class_name, source, dict(self.state))
+
+
+def emit_python(graph: Graph) -> EmittedModel:
+    """Emit ``graph`` as Python source plus a state dict."""
+    return _Emitter(graph).emit()

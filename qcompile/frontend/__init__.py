@@ -1,0 +1,1 @@
+"""Model frontends: tracing and lowering to the IR, and loading model files."""

@@ -1,0 +1,127 @@
+"""The reference interpreter: executes a graph at any stage of the pipeline.
+
+Calibration, bias correction, error tracing and the tests all run graphs
+through this one class, so "what the graph computes" has one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcompile.errors import QCompileError
+from qcompile.ir.graph import Graph
+from qcompile.ir.modules import FUSED_ACTIVATIONS, build_module
+from qcompile.ir.node import Node, NodeKind, map_refs
+from qcompile.ir.printer import excerpt
+from qcompile.ir.targets import resolve_target
+
+NodeHook = Callable[[Node, Any], None]
+
+
+class InterpreterError(QCompileError):
+    """A node failed while the graph was being executed."""
+
+
+class Interpreter:
+    """Runs a :class:`Graph` on concrete inputs.
+
+    Modules are rebuilt from the graph once per interpreter; build a new
+    interpreter after a pass changes the graph.
+
+    Args:
+        graph: The graph to execute.
+    """
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self._nodes = graph.nodes()
+        self._inputs = {n.name: graph.inputs(n) for n in self._nodes}
+        self._modules: dict[str, nn.Module] = {}
+        # Free each value after its last reader, so memory stays at the
+        # model's live set rather than every activation at once.
+        last_use: dict[str, int] = {}
+        for i, node in enumerate(self._nodes):
+            for producer in self._inputs[node.name]:
+                last_use[producer.name] = i
+        self._dead_after: dict[int, list[str]] = {}
+        for name, i in last_use.items():
+            self._dead_after.setdefault(i, []).append(name)
+
+    def module(self, node: Node) -> nn.Module:
+        """The ``nn.Module`` a MODULE node runs (built on first use)."""
+        if node.name not in self._modules:
+            state = {key: self.graph.params[p] for key, p in node.params.items()}
+            self._modules[node.name] = build_module(
+                node.target, node.attrs, state, path=node.source.module_path
+            )
+        return self._modules[node.name]
+
+    @torch.no_grad()
+    def run(self, *inputs: Any, hook: NodeHook | None = None) -> Any:
+        """Execute the graph on ``inputs`` and return its output.
+
+        Args:
+            *inputs: One value per INPUT node, in graph order.
+            hook: Called as ``hook(node, value)`` after every node.
+        """
+        input_nodes = [n for n in self._nodes if n.kind == NodeKind.INPUT]
+        if len(inputs) != len(input_nodes):
+            names = ", ".join(f"%{n.name}" for n in input_nodes)
+            raise InterpreterError(
+                f"the graph takes {len(input_nodes)} inputs ({names}), got {len(inputs)}"
+            )
+        feeds = {n.name: v for n, v in zip(input_nodes, inputs)}
+        env: dict[str, Any] = {}
+        result: Any = None
+        for i, node in enumerate(self._nodes):
+            if node.kind == NodeKind.INPUT:
+                value = feeds[node.name]
+            else:
+                args_in = [env[p.name] for p in self._inputs[node.name]]
+                try:
+                    value = self._execute(node, args_in)
+                except QCompileError:
+                    raise
+                except Exception as exc:
+                    raise InterpreterError(
+                        f"%{node.name} ({node.op}) failed: {type(exc).__name__}: {exc}\n"
+                        f"{excerpt(self.graph, node)}",
+                        hint="check the input shapes and dtypes against the graph's inputs",
+                    ) from exc
+            if node.kind == NodeKind.OUTPUT:
+                result = value
+            if hook is not None:
+                hook(node, value)
+            env[node.name] = value
+            for name in self._dead_after.get(i, ()):
+                env.pop(name, None)
+        return result
+
+    def _execute(self, node: Node, inputs: list[Any]) -> Any:
+        def fetch(ref):
+            return inputs[ref.index]
+
+        args = map_refs(node.args, fetch)
+        kwargs = map_refs(node.kwargs, fetch)
+        if node.kind == NodeKind.PARAM:
+            return self.graph.params[node.target]
+        if node.kind == NodeKind.OUTPUT:
+            return args[0]
+        if node.kind == NodeKind.MODULE:
+            value = self.module(node)(*args, **kwargs)
+            act = node.attrs.get("act")
+            return resolve_target(FUSED_ACTIVATIONS[act])(value) if act else value
+        if node.kind == NodeKind.FUNCTION:
+            return resolve_target(node.target)(*args, **kwargs)
+        if node.kind == NodeKind.METHOD:
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        raise InterpreterError(f"%{node.name}: cannot execute a node of kind {node.kind.value}")
+
+
+def run_graph(graph: Graph, *inputs: Any) -> Any:
+    """Execute ``graph`` once on ``inputs`` (shorthand for ``Interpreter(graph).run``)."""
+    return Interpreter(graph).run(*inputs)

@@ -1,0 +1,167 @@
+"""Nodes of the IR graph.
+
+A node is one operation producing one value. Its inputs are edges of the
+graph (see :class:`qcompile.ir.graph.Graph`); inside ``args`` / ``kwargs`` an
+input appears as ``Ref(i)``, the value arriving on input port ``i``. So
+``torch.flatten(x, 1)`` is a node with one input and ``args=(Ref(0), 1)``, and
+``x + x`` has two input ports fed by the same value.
+
+Quantization facts live in typed fields (``quant``) that passes fill in; the
+free ``meta`` dict is for user passes only, never a contract between passes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qcompile.ir.types import NoneType, ValueType
+
+
+class NodeKind(enum.Enum):
+    """Where a node's computation is defined."""
+
+    INPUT = "input"  # a model input
+    OUTPUT = "output"  # the model's result; exactly one per graph
+    PARAM = "param"  # a tensor held by the graph (parameter, buffer, constant)
+    MODULE = "module"  # a torch.nn leaf module rebuilt from `attrs` and `params`
+    FUNCTION = "function"  # a Python/torch function named by `target`
+    METHOD = "method"  # a method `target` called on the first argument
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Placeholder inside ``args``/``kwargs`` for the value on input port ``index``."""
+
+    index: int
+
+    def __repr__(self) -> str:
+        return f"Ref({self.index})"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a node came from in the user's model."""
+
+    module_path: str = ""  # e.g. "layer1.0.conv1"
+    location: str = ""  # e.g. "torchvision/models/resnet.py:92"
+    code: str = ""  # the source line, stripped
+
+    def describe(self) -> str:
+        parts = []
+        if self.module_path:
+            parts.append(f"module '{self.module_path}'")
+        if self.location:
+            parts.append(self.location)
+        text = ", ".join(parts)
+        if self.code:
+            text += f": {self.code}"
+        return text
+
+
+@dataclass
+class QuantAnnotation:
+    """Quantization facts about a node's output, filled in by passes.
+
+    Each field stays ``None`` until the pass that provides it has run, and the
+    printer shows only the fields that are set.
+    """
+
+    observer: str | None = None  # observer spec, e.g. "minmax", "histogram"
+    clip: tuple[float, float] | None = None  # clip range [lo, hi]
+    bits: int | None = None  # bit width of the value
+    scale: float | None = None
+    zero_point: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in vars(self).values())
+
+    def describe(self) -> str:
+        parts = []
+        if self.observer is not None:
+            parts.append(f"obs={self.observer}")
+        if self.clip is not None:
+            parts.append(f"clip=[{self.clip[0]:.6g}, {self.clip[1]:.6g}]")
+        if self.bits is not None:
+            parts.append(f"bits={self.bits}")
+        if self.scale is not None:
+            parts.append(f"scale={self.scale:.6g}")
+        if self.zero_point is not None:
+            parts.append(f"zp={self.zero_point}")
+        return " ".join(parts)
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation of the graph. Create nodes through :class:`Graph`, not directly.
+
+    Attributes:
+        name: Unique, stable name; printed as ``%name``.
+        op: Canonical operation name that passes match on (``conv2d``, ``add``).
+        kind: Where the computation is defined (see :class:`NodeKind`).
+        target: For MODULE, the module class path (``torch.nn.Conv2d``); for
+            FUNCTION, the function's path (``torch.flatten``); for METHOD, the
+            method name (``view``); for PARAM, the parameter name; for INPUT,
+            the argument name.
+        args: Positional arguments, with ``Ref(i)`` for input port ``i``.
+        kwargs: Keyword arguments, likewise.
+        attrs: Constructor arguments of a MODULE, plus op-level attributes that
+            passes set (``act`` for a fused activation).
+        params: For MODULE, state-dict key -> graph parameter name.
+        type: Type of the value the node produces.
+        source: Where the node came from in the user's model.
+        quant: Quantization facts, set by quantization passes.
+        meta: Free-form data for user passes; never read by built-in passes.
+    """
+
+    name: str
+    op: str
+    kind: NodeKind
+    target: str = ""
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    type: ValueType = field(default_factory=NoneType)
+    source: SourceInfo = field(default_factory=SourceInfo)
+    quant: QuantAnnotation = field(default_factory=QuantAnnotation)
+    meta: dict[str, Any] = field(default_factory=dict)
+    # Ordering key managed by the graph; tuples sort lexicographically so that
+    # a node inserted after another gets a key between it and its successor.
+    _order: tuple[int, ...] = (0,)
+
+    def __repr__(self) -> str:
+        return f"<Node %{self.name} = {self.op}>"
+
+
+def map_refs(tree: Any, fn: Callable[[Ref], Any]) -> Any:
+    """Return ``tree`` with every :class:`Ref` replaced by ``fn(ref)``.
+
+    Walks tuples, lists, dicts and slices, the containers torch.fx allows in
+    arguments.
+    """
+    if isinstance(tree, Ref):
+        return fn(tree)
+    if isinstance(tree, tuple):
+        return tuple(map_refs(t, fn) for t in tree)
+    if isinstance(tree, list):
+        return [map_refs(t, fn) for t in tree]
+    if isinstance(tree, dict):
+        return {k: map_refs(v, fn) for k, v in tree.items()}
+    if isinstance(tree, slice):
+        return slice(map_refs(tree.start, fn), map_refs(tree.stop, fn), map_refs(tree.step, fn))
+    return tree
+
+
+def collect_refs(tree: Any) -> list[Ref]:
+    """All :class:`Ref` objects in ``tree``, in order of appearance."""
+    found: list[Ref] = []
+
+    def visit(ref: Ref) -> Ref:
+        found.append(ref)
+        return ref
+
+    map_refs(tree, visit)
+    return found

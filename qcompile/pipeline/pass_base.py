@@ -1,0 +1,171 @@
+"""What a pass is: a frozen dataclass with facts, typed options and ``run``.
+
+A pass declares the facts it ``requires`` and ``provides`` (and those it
+``invalidates``); its options are dataclass fields with defaults, so the
+pipeline string ``aciq{prior=gauss bits=4}`` maps onto ``Aciq(prior="gauss",
+bits=4)``. ``run(graph, ctx)`` rewrites the graph in place and returns a
+:class:`PassResult` saying whether anything changed; the manager checks that
+claim.
+
+Data sets, devices and progress reporting come from the :class:`PassContext`,
+never from options.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from qcompile.ir.graph import Graph
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass reports back.
+
+    Attributes:
+        modified: Whether the pass changed the graph or its parameters.
+        stats: Counts and measurements for reports (``{"conv+bn": 20}``).
+    """
+
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class PassContext:
+    """Everything a pass may use besides its options.
+
+    Attributes:
+        calib_data: Iterable of model inputs for calibration (or ``None``).
+        device: Device for any computation a pass does.
+        debug: Whether passes should explain their decisions (see ``explain``).
+        explanations: (pass name, message) pairs recorded by ``explain``.
+    """
+
+    def __init__(
+        self,
+        calib_data: Any = None,
+        device: str = "cpu",
+        debug: bool = False,
+        progress: Callable[[str, int, int | None], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.calib_data = calib_data
+        self.device = device
+        self.debug = debug
+        self.explanations: list[tuple[str, str]] = []
+        self._progress = progress
+        self._log = log or (lambda message: print(message, file=sys.stderr))
+        self.current_pass = ""
+
+    def explain(self, message: str) -> None:
+        """Record why a pass did or did not act (shown with ``--debug``)."""
+        self.explanations.append((self.current_pass, message))
+        if self.debug:
+            self._log(f"[{self.current_pass}] {message}")
+
+    def log(self, message: str) -> None:
+        """Tell the user something about the run."""
+        self._log(message)
+
+    def progress(self, label: str, done: int, total: int | None = None) -> None:
+        """Report progress on long work (batches calibrated, layers corrected...)."""
+        if self._progress is not None:
+            self._progress(label, done, total)
+
+
+@dataclass(frozen=True)
+class Pass(abc.ABC):
+    """Base class of all passes. Subclass as a frozen dataclass and register it.
+
+    Class attributes:
+        name: kebab-case name used in pipeline strings.
+        requires: Facts that must hold before the pass runs.
+        provides: Facts that hold after it.
+        invalidates: Facts that no longer hold after it.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
+    invalidates: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Rewrite ``graph`` in place; say whether anything changed."""
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        """The pass's options (its dataclass fields), in declaration order."""
+        return [f for f in dataclasses.fields(cls) if f.init]
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the pass's docstring."""
+        doc = inspect.getdoc(cls) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def __str__(self) -> str:
+        from qcompile.pipeline.parser import format_pass
+
+        return format_pass(self)
+
+
+def function_pass(
+    name: str,
+    *,
+    requires: tuple[str, ...] = (),
+    provides: tuple[str, ...] = (),
+    invalidates: tuple[str, ...] = (),
+) -> Callable[[Callable[..., PassResult | bool]], type[Pass]]:
+    """Turn ``fn(graph, ctx, *, option=default...)`` into a registered pass class.
+
+    The function's keyword-only parameters become the pass's options. It may
+    return a :class:`PassResult` or just a bool (``modified``)::
+
+        @function_pass("count-convs")
+        def count_convs(graph, ctx, *, verbose: bool = False):
+            ctx.log(f"{len(graph.find(op='conv2d'))} convolutions")
+            return False
+    """
+
+    def wrap(fn: Callable[..., PassResult | bool]) -> type[Pass]:
+        from qcompile.pipeline.registry import register_pass
+
+        params = [
+            p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY
+        ]
+        missing = [p.name for p in params if p.default is inspect.Parameter.empty]
+        if missing:
+            raise TypeError(f"options of pass {name!r} need defaults: {missing}")
+        hints = inspect.get_annotations(fn, eval_str=True)
+        fields = [(p.name, hints.get(p.name, type(p.default)), field(default=p.default)) for p in params]
+
+        def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+            options = {p.name: getattr(self, p.name) for p in params}
+            result = fn(graph, ctx, **options)
+            return result if isinstance(result, PassResult) else PassResult(bool(result))
+
+        cls = dataclasses.make_dataclass(
+            "".join(part.title() for part in name.split("-")) + "Pass",
+            fields,
+            bases=(Pass,),
+            frozen=True,
+            namespace={
+                "name": name,
+                "requires": tuple(requires),
+                "provides": tuple(provides),
+                "invalidates": tuple(invalidates),
+                "run": run,
+                "__doc__": inspect.getdoc(fn) or f"{name} (function pass)",
+                "__module__": fn.__module__,
+            },
+        )
+        return register_pass(cls)
+
+    return wrap
