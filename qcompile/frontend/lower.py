@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch import nn
 
 from qcompile.errors import LoweringError
+from qcompile.frontend.raise_aten import raise_aten
 from qcompile.frontend.tracing import stack_location, trace
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_args
@@ -28,7 +30,7 @@ from qcompile.ir.targets import (
     op_name_for_module,
     qualified_name,
 )
-from qcompile.ir.types import ValueType, type_of
+from qcompile.ir.types import TupleType, ValueType, type_of
 from qcompile.ir.verify import verify
 
 
@@ -59,8 +61,10 @@ def lower(
     Raises:
         LoweringError: if tracing fails or a module cannot be represented.
     """
-    model.eval()
-    gm = model if isinstance(model, fx.GraphModule) else trace(model)
+    if isinstance(model, fx.GraphModule):
+        gm = model  # exported programs refuse .eval(); they are already inference graphs
+    else:
+        gm = trace(model.eval())
     recorder = _TypeRecorder(gm)
     try:
         with torch.no_grad():
@@ -74,11 +78,19 @@ def lower(
             f"{type(exc).__name__}: {exc}",
             hint="pass an input shape the model accepts (--input-shape)",
         ) from exc
-    graph = Graph(type(model).__name__ if not isinstance(model, fx.GraphModule) else gm.__class__.__name__)
+    graph = Graph(_model_name(model))
     _Converter(gm, graph, recorder.types).convert()
+    if any(n.target.startswith("torch.ops.aten.") for n in graph.find(kind=NodeKind.FUNCTION)):
+        raise_aten(graph)
     graph.facts.add("lowered")
     verify(graph)
     return graph
+
+
+def _model_name(model: nn.Module) -> str:
+    name = type(model).__name__
+    # torch.export's GraphModules have generated class names
+    return "ExportedModel" if "GraphModule" in name else name
 
 
 class _Converter:
@@ -91,11 +103,18 @@ class _Converter:
 
     def convert(self) -> None:
         for fx_node in self.gm.graph.nodes:
+            if fx_node.op == "call_module" and fx_node.target == "_guards_fn":
+                continue  # torch.export's input-guard check; it computes nothing
             self.ir[fx_node] = self._convert_node(fx_node)
 
     def _source(self, fx_node: fx.Node) -> SourceInfo:
         location, code = stack_location(fx_node)
-        return SourceInfo(fx_node.meta.get("module_path", ""), location, code)
+        path = fx_node.meta.get("module_path")
+        if path is None:
+            # torch.export records the module stack instead
+            stack = fx_node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+        return SourceInfo(path, location, code)
 
     def _split_args(self, fx_node: fx.Node) -> tuple[list[Node], tuple, dict]:
         """Replace fx nodes inside args/kwargs by Refs; return (inputs, args, kwargs)."""
@@ -121,6 +140,12 @@ class _Converter:
             return self.graph.add_node("input", NodeKind.INPUT, target=n.target, **common)
         if n.op == "output":
             inputs, args, kwargs = self._split_args(n)
+            out_spec = getattr(self.gm, "_out_spec", None)
+            if out_spec is not None:
+                # An exported module returns its flat outputs through this spec.
+                args = (pytree.tree_unflatten(list(args[0]), out_spec),)
+                elements = list(getattr(common["type"], "elements", ()))
+                common["type"] = _structure_type(pytree.tree_unflatten(elements, out_spec))
             return self.graph.add_node("output", NodeKind.OUTPUT, inputs, args=args, **common)
         if n.op == "get_attr":
             value = self.gm
@@ -182,6 +207,13 @@ class _Converter:
                 **common,
             )
         raise LoweringError(f"unsupported fx node kind {n.op!r} at {n.name}")
+
+
+def _structure_type(structure: Any) -> ValueType:
+    """The type of a (nested) tuple/list whose leaves are already types."""
+    if isinstance(structure, (tuple, list)):
+        return TupleType(tuple(_structure_type(s) for s in structure))
+    return structure
 
 
 def timed_lower(model: nn.Module, example_inputs: Sequence[Any], **kwargs) -> tuple[Graph, float]:

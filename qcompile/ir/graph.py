@@ -257,6 +257,19 @@ class Graph:
         del self._nodes[node.name]
         self._order_cache = None
 
+    def rename(self, node: Node, name: str) -> str:
+        """Give ``node`` a new (made unique) name; return the name used."""
+        self._check_member(node)
+        if sanitize_name(name) == node.name:
+            return node.name
+        new = self._unique_name(name)
+        nx.relabel_nodes(self._nx, {node.name: new}, copy=False)
+        del self._nodes[node.name]
+        node.name = new
+        self._nodes[new] = node
+        self._order_cache = None
+        return new
+
     def remove_unused_params(self) -> list[str]:
         """Drop parameters no node refers to; return their names."""
         used = {p for n in self._nodes.values() for p in n.params.values()}

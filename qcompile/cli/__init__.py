@@ -1,0 +1,1 @@
+"""The qcompile command line."""

@@ -1,0 +1,237 @@
+"""The ``qcompile`` command.
+
+::
+
+    qcompile MODEL [--passes PIPELINE] -o OUT          compile (the main job)
+    qcompile inspect MODEL [--passes ...] [--print-after PASS|all] [--dump-dir D] [--format qir|dot|svg]
+    qcompile passes [NAME]                             list passes (or show one)
+    qcompile zoo                                       list bundled models
+
+User mistakes print ``qcompile: error: ...`` with a hint and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from qcompile.errors import QCompileError
+
+COMMANDS = ("inspect", "passes", "zoo", "compile")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file (.pt2 export archive, TorchScript, pickled module), "
+                        "package.module:factory, or zoo:NAME")
+    parser.add_argument("--weights", help="state-dict file for a package.module:factory model")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow loading a fully pickled module (this runs code from the file)")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
+                        help="shape of a model input, e.g. 1,3,224,224 (repeat for several inputs)")
+    parser.add_argument("--passes", default=None, metavar="PIPELINE",
+                        help="comma-separated passes with options, e.g. 'fuse{activations=false}', "
+                        "or a named pipeline (see 'qcompile passes')")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="load user passes from a .py file or module (repeatable)")
+    parser.add_argument("--print-after", action="append", default=[], metavar="PASS",
+                        help="print the graph after PASS ('all' for every pass; repeatable)")
+    parser.add_argument("--print-unchanged", action="store_true",
+                        help="with --print-after, print even when a pass changed nothing")
+    parser.add_argument("--dump-dir", metavar="DIR",
+                        help="write the graph before and after every pass (00_input.qir, 01_fuse.qir, ...)")
+    parser.add_argument("--dump-format", default="qir,dot", metavar="FORMATS",
+                        help="formats for --dump-dir: any of qir,dot,svg (default qir,dot)")
+    parser.add_argument("--timing", action="store_true", help="print the time each pass took")
+    parser.add_argument("--debug", action="store_true",
+                        help="explain pass decisions (e.g. why a fusion candidate did not match)")
+
+
+def _build_parsers() -> dict[str, argparse.ArgumentParser]:
+    compile_p = argparse.ArgumentParser(
+        prog="qcompile",
+        description="Compile a PyTorch model through qcompile's pass pipeline and emit a "
+        "readable eager-mode module. Other commands: qcompile inspect | passes | zoo "
+        "(run 'qcompile COMMAND -h').",
+    )
+    _model_arguments(compile_p)
+    compile_p.add_argument("-o", "--output", required=True, metavar="OUT",
+                           help="directory for model.py, weights.pt and graph.qir")
+
+    inspect_p = argparse.ArgumentParser(
+        prog="qcompile inspect", description="Lower a model, run passes, and show the graph.")
+    _model_arguments(inspect_p)
+    inspect_p.add_argument("--format", choices=("qir", "dot", "svg"), default="qir")
+    inspect_p.add_argument("-o", "--output", metavar="FILE", help="write the graph here instead of stdout")
+
+    passes_p = argparse.ArgumentParser(prog="qcompile passes", description="List the registered passes.")
+    passes_p.add_argument("name", nargs="?", help="show this pass in full")
+    passes_p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE")
+
+    zoo_p = argparse.ArgumentParser(prog="qcompile zoo", description="List the bundled models.")
+    return {"compile": compile_p, "inspect": inspect_p, "passes": passes_p, "zoo": zoo_p}
+
+
+def _instruments(args: argparse.Namespace):
+    from qcompile.pipeline import DumpDir, PrintAfter, Timing
+
+    instruments = []
+    if args.print_after:
+        names = None if "all" in args.print_after else set(args.print_after)
+        instruments.append(PrintAfter(names, only_changed=not args.print_unchanged))
+    if args.dump_dir:
+        formats = tuple(f.strip() for f in args.dump_format.split(",") if f.strip())
+        bad = set(formats) - {"qir", "dot", "svg"}
+        if bad:
+            raise QCompileError(f"unknown --dump-format {sorted(bad)}", hint="use any of qir,dot,svg")
+        instruments.append(DumpDir(args.dump_dir, formats))
+    timing = Timing() if args.timing else None
+    if timing:
+        instruments.append(timing)
+    return instruments, timing
+
+
+def _check_print_after(args: argparse.Namespace, pipeline) -> None:
+    names = {p.name for p in pipeline}
+    for name in args.print_after:
+        if name != "all" and name not in names:
+            raise QCompileError(f"--print-after {name}: no such pass in the pipeline '{pipeline}'",
+                                hint="name a pass of the pipeline, or 'all'")
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    from qcompile.compiler import DEFAULT_PIPELINE, compile_model
+    from qcompile.pipeline import PassContext, load_plugin, parse_pipeline
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    passes = args.passes if args.passes is not None else (DEFAULT_PIPELINE if command == "compile" else "")
+    pipeline = parse_pipeline(passes) if passes else None
+    if pipeline is not None:
+        if pipeline.inserted:
+            print(f"qcompile: pipeline expanded to: {pipeline}", file=sys.stderr)
+        _check_print_after(args, pipeline)
+    elif args.print_after:
+        raise QCompileError("--print-after needs --passes")
+    instruments, timing = _instruments(args)
+    ctx = PassContext(debug=args.debug)
+    result = compile_model(
+        args.model,
+        passes=passes or "",
+        out_dir=args.output if command == "compile" else None,
+        input_shapes=args.input_shape,
+        weights=args.weights,
+        trust_pickle=args.trust_pickle,
+        ctx=ctx,
+        instruments=instruments,
+    ) if pipeline is not None else _lower_only(args)
+    for note in result.notes:
+        print(f"qcompile: note: {note}", file=sys.stderr)
+    for record in result.records:
+        stats = ", ".join(f"{k}: {v}" for k, v in record.result.stats.items())
+        changed = "changed" if record.result.modified else "unchanged"
+        print(f"qcompile: {record.pass_.name}: {changed}" + (f" ({stats})" if stats else ""), file=sys.stderr)
+    if timing is not None:
+        print(timing.table(), file=sys.stderr)
+    if command == "compile":
+        print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
+              f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
+              f"within {result.check:.3g}", file=sys.stderr)
+    else:
+        _show(result.graph, args)
+    return 0
+
+
+def _lower_only(args: argparse.Namespace):
+    from qcompile.compiler import CompileResult, example_inputs_for, parse_shape
+    from qcompile.frontend.loaders import load_model
+    from qcompile.frontend.lower import lower
+
+    import torch
+
+    examples = tuple(torch.randn(parse_shape(s)) for s in args.input_shape) or None
+    loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
+                        example_inputs=examples)
+    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape))
+    return CompileResult(graph, [], notes=list(loaded.notes))
+
+
+def _show(graph, args: argparse.Namespace) -> None:
+    from qcompile.fileio import atomic_write_text
+    from qcompile.ir import print_graph, to_dot, to_svg
+
+    text = {"qir": print_graph, "dot": to_dot, "svg": to_svg}[args.format](graph)
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"qcompile: wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _list_passes(args: argparse.Namespace) -> int:
+    import inspect
+
+    from qcompile.pipeline import load_plugin, named_pipelines, registered_passes
+    from qcompile.pipeline.parser import format_value
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    passes = registered_passes()
+    if args.name:
+        if args.name not in passes:
+            raise QCompileError(f"no pass named {args.name!r}", hint="run 'qcompile passes' to list them")
+        cls = passes[args.name]
+        print(f"{cls.name}  (requires: {', '.join(cls.requires) or '-'}; "
+              f"provides: {', '.join(cls.provides) or '-'})\n")
+        print(inspect.getdoc(__import__(cls.__module__, fromlist=["_"])) or inspect.getdoc(cls))
+        return 0
+    width = max(len(n) for n in passes)
+    print("passes:")
+    for name, cls in passes.items():
+        print(f"  {name:<{width}}  {cls.summary()}")
+        print(f"  {'':<{width}}  requires: {', '.join(cls.requires) or '-'}; "
+              f"provides: {', '.join(cls.provides) or '-'}")
+        for f in cls.options():
+            kind = getattr(f.type, "__name__", str(f.type))
+            print(f"  {'':<{width}}    {f.name.replace('_', '-')}: {kind} = {format_value(f.default)}")
+    named = named_pipelines()
+    if named:
+        print("named pipelines:")
+        for name, (text, description) in named.items():
+            print(f"  {name:<{width}}  {text}" + (f"   # {description}" if description else ""))
+    return 0
+
+
+def _list_zoo() -> int:
+    from qcompile.zoo import ZOO
+
+    for entry in ZOO.values():
+        shape = ",".join(str(d) for d in entry.input_shape)
+        print(f"zoo:{entry.name:<14} input {shape:<12} {entry.description} (package {entry.package})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``qcompile`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsers = _build_parsers()
+    command = argv[0] if argv and argv[0] in COMMANDS else "compile"
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    args = parsers[command].parse_args(argv)
+    try:
+        if command == "passes":
+            return _list_passes(args)
+        if command == "zoo":
+            return _list_zoo()
+        return _run(args, command)
+    except QCompileError as exc:
+        print(f"qcompile: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcompile: interrupted; no output was written partially", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

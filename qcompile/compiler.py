@@ -1,0 +1,121 @@
+"""The main job as a Python API: load, lower, run the passes, emit, check.
+
+::
+
+    from qcompile import compile_model
+    result = compile_model("zoo:mobilenet_v2", passes="fuse", out_dir="out/")
+    print(result.check)            # emitted module vs. the graph it came from
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcompile.codegen import load_model as load_emitted
+from qcompile.codegen import write_model
+from qcompile.errors import QCompileError
+from qcompile.frontend.loaders import LoadedModel, load_model
+from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.ir.graph import Graph
+from qcompile.pipeline import Instrument, PassContext, PassRecord, parse_pipeline
+from qcompile.pipeline.manager import PassManager
+
+DEFAULT_PIPELINE = "fuse"
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``, with a clear error otherwise."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise QCompileError(f"input shape {text!r} is not a list of integers",
+                            hint="write it like 1,3,224,224") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise QCompileError(f"input shape {text!r} has a non-positive dimension")
+    return shape
+
+
+def example_inputs_for(loaded: LoadedModel, shapes: Sequence[str] = (),
+                       dtype: torch.dtype = torch.float32) -> tuple:
+    """Example inputs from ``--input-shape`` values, else from the model file or zoo entry."""
+    if shapes:
+        return tuple(torch.randn(parse_shape(s)).to(dtype) for s in shapes)
+    if loaded.example_inputs is not None:
+        return loaded.example_inputs
+    raise QCompileError(
+        f"the input shape of {loaded.source} is not known",
+        hint="pass --input-shape, e.g. --input-shape 1,3,224,224 (once per model input)",
+    )
+
+
+@dataclass
+class CompileResult:
+    """What :func:`compile_model` produced.
+
+    Attributes:
+        graph: The graph after the last pass.
+        records: What each pass reported.
+        out_dir: Where the model was written (None if not written).
+        check: Max abs difference between the emitted module and the graph's
+            interpreter on the example inputs (None if not written).
+    """
+
+    graph: Graph
+    records: list[PassRecord]
+    out_dir: Path | None = None
+    check: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _max_abs_diff(a: Any, b: Any) -> float:
+    if isinstance(a, torch.Tensor):
+        if a.is_quantized:
+            a, b = a.dequantize(), b.dequantize()
+        return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+    if isinstance(a, (tuple, list)):
+        return max((_max_abs_diff(x, y) for x, y in zip(a, b)), default=0.0)
+    return 0.0 if a == b else float("inf")
+
+
+def compile_model(
+    model: str | nn.Module,
+    *,
+    passes: str = DEFAULT_PIPELINE,
+    out_dir: str | Path | None = None,
+    example_inputs: tuple | None = None,
+    input_shapes: Sequence[str] = (),
+    weights: str | None = None,
+    trust_pickle: bool = False,
+    ctx: PassContext | None = None,
+    instruments: Sequence[Instrument] = (),
+) -> CompileResult:
+    """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
+
+    The pipeline string is parsed and order-checked before the model is even
+    loaded, so a typo costs nothing.
+    """
+    pipeline = parse_pipeline(passes)
+    ctx = ctx or PassContext()
+    if isinstance(model, nn.Module):
+        loaded = LoadedModel(model, type(model).__name__, "module", example_inputs)
+    else:
+        loaded = load_model(model, weights=weights, trust_pickle=trust_pickle,
+                            example_inputs=tuple(torch.randn(parse_shape(s)) for s in input_shapes) or None)
+    inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
+    graph = lower(loaded.module, inputs)
+    records = PassManager(pipeline, instruments).run(graph, ctx)
+    result = CompileResult(graph, records, notes=list(loaded.notes))
+    if out_dir is not None:
+        write_model(graph, out_dir)
+        emitted = load_emitted(out_dir)
+        with torch.no_grad():
+            result.check = _max_abs_diff(emitted(*inputs), Interpreter(graph).run(*inputs))
+        result.out_dir = Path(out_dir)
+    return result

@@ -1,0 +1,230 @@
+"""Loading the models users have, from the forms they have them in.
+
+* ``package.module:factory`` (plus ``--weights state_dict.pt``): the factory
+  is imported and called with no arguments.
+* A TorchScript file (``torch.jit.save``).
+* A ``torch.export`` archive (``torch.export.save``, usually ``.pt2``).
+* A fully pickled module (``torch.save(model)``): loading a pickle runs
+  arbitrary code, so it is refused unless the user passes ``trust_pickle``.
+* ``zoo:NAME``: a model bundled with qcompile's dependencies (see
+  :mod:`qcompile.zoo`).
+
+TorchScript files and export archives are lowered through the exported
+program's graph (ATen ops), which :mod:`qcompile.frontend.raise_aten` turns
+back into module-level ops.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcompile.errors import LoweringError, QCompileError
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for lowering.
+
+    Attributes:
+        module: The model (an fx GraphModule for TorchScript / export inputs).
+        source: What it was loaded from, for messages and reports.
+        form: ``factory``, ``torchscript``, ``export``, ``pickle`` or ``zoo``.
+        example_inputs: Inputs known from the file itself (export archives,
+            zoo models), else ``None``.
+        notes: Things the user should know (e.g. the form was converted).
+    """
+
+    module: nn.Module
+    source: str
+    form: str
+    example_inputs: tuple | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def detect_form(path: Path) -> str:
+    """``torchscript``, ``export`` or ``pickle`` for a model file, by its contents."""
+    names = _zip_names(path)
+    if names is None:
+        return "pickle"  # legacy (non-zip) torch.save format, or not a model at all
+    if any(n.endswith("archive_format") or "/models/" in n and n.endswith(".json") for n in names):
+        return "export"
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    return "pickle"
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise QCompileError(f"weights file {path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise QCompileError(
+            f"{path} is not a readable state-dict file: {str(exc).splitlines()[0]}",
+            hint="save weights with torch.save(model.state_dict(), path)",
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # a training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise QCompileError(
+            f"{path} does not hold a state dict (found {type(state).__name__})",
+            hint="save weights with torch.save(model.state_dict(), path)",
+        )
+    return state
+
+
+def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
+    """Import ``package.module:factory``, call it, and load ``weights`` into the result."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise QCompileError(
+            f"cannot import {module_name!r} (from {spec!r}): {exc}",
+            hint="MODEL is a file path or package.module:factory; is the package installed?",
+        ) from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise QCompileError(f"{module_name!r} has no attribute {attr!r}",
+                                hint="name a class or function that builds the model")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise QCompileError(
+            f"calling {spec}() failed: {type(exc).__name__}: {exc}",
+            hint="the factory is called with no arguments; wrap it in a function that "
+            "supplies them",
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise QCompileError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        state = _load_state_dict(Path(weights))
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise QCompileError(
+                f"weights {weights} do not fit {spec}: "
+                f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
+                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})",
+                hint="check that the weights belong to this architecture",
+            )
+    return LoadedModel(model.eval(), spec, "factory")
+
+
+def load_file(path: Path, *, trust_pickle: bool = False,
+              example_inputs: tuple | None = None) -> LoadedModel:
+    """Load a TorchScript file, an export archive or (if trusted) a pickled module."""
+    form = detect_form(path)
+    if form == "export":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            raise QCompileError(f"{path} looks like a torch.export archive but does not load: {exc}") from None
+        inputs = getattr(program, "example_inputs", None)
+        example = tuple(inputs[0]) if inputs else None
+        return LoadedModel(program.module(), str(path), "export", example)
+    if form == "torchscript":
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise QCompileError(f"{path} looks like TorchScript but does not load: {exc}") from None
+        if example_inputs is None:
+            raise QCompileError(
+                f"{path} is TorchScript, which is converted through torch.export and needs "
+                "example inputs",
+                hint="pass --input-shape, e.g. --input-shape 1,3,224,224",
+            )
+        from torch._export.converter import TS2EPConverter
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = TS2EPConverter(scripted, tuple(example_inputs)).convert()
+        except Exception as exc:
+            raise LoweringError(
+                f"converting TorchScript {path} to an exported program failed: {exc}",
+                hint="export the original model with torch.export instead",
+            ) from None
+        return LoadedModel(program.module(), str(path), "torchscript", tuple(example_inputs),
+                           notes=["converted from TorchScript through torch.export"])
+    return _load_pickle(path, trust_pickle)
+
+
+def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
+    try:
+        content: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise QCompileError(
+                f"{path} is not a model file qcompile can read: {str(exc).splitlines()[0]}",
+                hint="give a TorchScript file, a torch.export archive (.pt2), a pickled "
+                "module, or package.module:factory with --weights",
+            ) from None
+        if not trust_pickle:
+            raise QCompileError(
+                f"{path} is a pickled Python object; loading it runs whatever code the "
+                "pickle names, so qcompile does not load it by default",
+                hint="if you trust this file, pass --trust-pickle; better, save the model "
+                "as a state_dict and name its architecture (package.module:factory --weights)",
+            ) from None
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise QCompileError(
+                f"unpickling {path} failed: {type(exc2).__name__}: {exc2}",
+                hint="the classes the pickle refers to must be importable here",
+            ) from None
+    except (EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise QCompileError(f"{path} is truncated or corrupt: {exc}") from None
+    if isinstance(content, nn.Module):
+        return LoadedModel(content.eval(), str(path), "pickle")
+    if isinstance(content, dict):
+        raise QCompileError(
+            f"{path} holds a state dict (weights only), not a model",
+            hint=f"name the architecture and pass the file as weights: "
+            f"qcompile package.module:factory --weights {path}",
+        )
+    raise QCompileError(f"{path} holds a {type(content).__name__}, not a model")
+
+
+def load_model(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
+               example_inputs: tuple | None = None) -> LoadedModel:
+    """Load the model named by ``spec`` (a path, ``package.module:factory`` or ``zoo:NAME``)."""
+    if spec.startswith("zoo:"):
+        from qcompile.zoo import load_zoo_model
+
+        return load_zoo_model(spec.removeprefix("zoo:"))
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir():
+            raise QCompileError(f"{spec} is a directory, not a model file")
+        if weights is not None:
+            raise QCompileError(
+                "--weights goes with package.module:factory, not with a model file",
+                hint="a model file already holds its weights",
+            )
+        return load_file(path, trust_pickle=trust_pickle, example_inputs=example_inputs)
+    if ":" in spec and not spec.endswith((".pt", ".pth", ".pt2")):
+        return load_factory(spec, weights)
+    raise QCompileError(
+        f"model {spec!r} is neither an existing file nor package.module:factory",
+        hint="examples: model.pt2, scripted.pt, torchvision.models:resnet18 --weights w.pth, "
+        "zoo:mobilenet_v2",
+    )

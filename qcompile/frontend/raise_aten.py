@@ -1,0 +1,169 @@
+"""Raising an ATen-level graph (torch.export, TorchScript) to module-level ops.
+
+An exported program spells a convolution as
+``aten.conv2d.default(x, weight, bias, stride, padding, dilation, groups)``
+with the weights read through ``get_attr``. The passes work on module-level
+ops (a ``conv2d`` MODULE node owning its weights), so this step rewrites the
+ATen calls it recognises into exactly the nodes ``fx`` lowering produces, and
+makes in-place ATen ops (``relu_``, ``add_``) functional. Whatever it does not
+recognise stays a FUNCTION node and still executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.targets import op_name_for_function, op_name_for_module, resolve_target
+
+
+def _bind(node: Node, inputs: list[Node]) -> dict[str, Any]:
+    """Schema argument name -> value (a Node for inputs), defaults filled in."""
+    schema = resolve_target(node.target)._schema
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            value = node.args[i]
+        elif arg.name in node.kwargs:
+            value = node.kwargs[arg.name]
+        else:
+            value = arg.default_value
+        bound[arg.name] = inputs[value.index] if isinstance(value, Ref) else value
+    return bound
+
+
+def _param_name(value: Any) -> str | None:
+    """The graph parameter behind ``value`` if it is a PARAM node, else None."""
+    if isinstance(value, Node) and value.kind == NodeKind.PARAM:
+        return value.target
+    return None
+
+
+def _to_module(graph: Graph, node: Node, x: Node, cls: type, attrs: dict, params: dict) -> None:
+    node.kind = NodeKind.MODULE
+    node.op = op_name_for_module(cls)
+    node.target = f"torch.nn.{cls.__name__}"
+    node.attrs = attrs
+    node.params = params
+    graph.set_inputs(node, [x], args=(Ref(0),), kwargs={})
+    path = node.source.module_path
+    if not path and params:
+        # TorchScript keeps no module stack, but the weights' names tell it
+        path = next(iter(params.values())).rpartition(".")[0]
+        node.source = replace(node.source, module_path=path)
+    if path:
+        graph.rename(node, path)
+
+
+def _raise_conv(graph: Graph, node: Node, b: dict) -> bool:
+    weight = _param_name(b["weight"])
+    bias = _param_name(b["bias"]) if b["bias"] is not None else None
+    if weight is None or (b["bias"] is not None and bias is None):
+        return False
+    w = graph.params[weight]
+    dims = w.dim() - 2
+    cls = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}.get(dims)
+    if cls is None:
+        return False
+    padding = b["padding"] if isinstance(b["padding"], str) else tuple(b["padding"])
+    attrs = dict(
+        in_channels=w.shape[1] * b["groups"], out_channels=w.shape[0],
+        kernel_size=tuple(w.shape[2:]), stride=tuple(b["stride"]), padding=padding,
+        dilation=tuple(b["dilation"]), groups=b["groups"], bias=bias is not None,
+        padding_mode="zeros",
+    )
+    params = {"weight": weight} | ({"bias": bias} if bias else {})
+    _to_module(graph, node, b["input"], cls, attrs, params)
+    return True
+
+
+def _raise_linear(graph: Graph, node: Node, b: dict) -> bool:
+    weight = _param_name(b["weight"])
+    bias = _param_name(b["bias"]) if b["bias"] is not None else None
+    if weight is None or (b["bias"] is not None and bias is None):
+        return False
+    w = graph.params[weight]
+    attrs = dict(in_features=w.shape[1], out_features=w.shape[0], bias=bias is not None)
+    params = {"weight": weight} | ({"bias": bias} if bias else {})
+    _to_module(graph, node, b["input"], torch.nn.Linear, attrs, params)
+    return True
+
+
+def _raise_batch_norm(graph: Graph, node: Node, b: dict) -> bool:
+    names = {k: _param_name(b[k]) for k in ("weight", "bias", "running_mean", "running_var")}
+    if b["training"] or names["running_mean"] is None or names["running_var"] is None:
+        return False
+    affine = names["weight"] is not None and names["bias"] is not None
+    rank = len(getattr(node.type, "shape", ()))
+    cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+           5: torch.nn.BatchNorm3d}.get(rank)
+    if cls is None:
+        return False
+    mean = names["running_mean"]
+    counter = mean.rpartition(".")[0] + ".num_batches_tracked" if "." in mean else mean + "_count"
+    if counter not in graph.params:
+        # nn.BatchNorm's state dict has this counter; eval-mode BN never reads it
+        counter = graph.add_param(counter, torch.tensor(0))
+    params = {k: v for k, v in names.items() if v is not None and (affine or k.startswith("running"))}
+    params["num_batches_tracked"] = counter
+    attrs = dict(num_features=graph.params[mean].shape[0], eps=b["eps"], momentum=b["momentum"],
+                 affine=affine, track_running_stats=True)
+    _to_module(graph, node, b["input"], cls, attrs, params)
+    return True
+
+
+def _raise_activation(graph: Graph, node: Node, b: dict, cls: type) -> bool:
+    _to_module(graph, node, b["self"], cls, {"inplace": False}, {})
+    return True
+
+
+def _raise_hardtanh(graph: Graph, node: Node, b: dict) -> bool:
+    if (b["min_val"], b["max_val"]) != (0.0, 6.0):
+        return False
+    return _raise_activation(graph, node, b, torch.nn.ReLU6)
+
+
+_RAISERS = {
+    "conv1d": _raise_conv,
+    "conv2d": _raise_conv,
+    "conv3d": _raise_conv,
+    "linear": _raise_linear,
+    "batch_norm": _raise_batch_norm,
+    "relu": lambda g, n, b: _raise_activation(g, n, b, torch.nn.ReLU),
+    "hardtanh": _raise_hardtanh,
+}
+
+
+def _functional(node: Node) -> None:
+    """``aten.relu_.default`` -> ``aten.relu.default``: the graph has no mutation."""
+    op = resolve_target(node.target)
+    name = op._opname
+    if not name.endswith("_") or name.startswith("_"):
+        return
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    overload = getattr(packet, op._overloadname, None) if packet is not None else None
+    if overload is not None:
+        node.target = f"torch.ops.aten.{name[:-1]}.{op._overloadname}"
+        node.op = op_name_for_function(overload)
+
+
+def raise_aten(graph: Graph) -> dict[str, int]:
+    """Rewrite recognised ATen calls into module-level nodes; return counts by op."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes():
+        if node.kind != NodeKind.FUNCTION or not node.target.startswith("torch.ops.aten."):
+            continue
+        _functional(node)
+        raiser = _RAISERS.get(node.op)
+        if raiser is not None and raiser(graph, node, _bind(node, graph.inputs(node))):
+            counts[node.op] = counts.get(node.op, 0) + 1
+    for node in graph.find(kind=NodeKind.PARAM):
+        if not graph.users(node):
+            graph.erase(node)
+    graph.remove_unused_params()
+    graph.renumber()
+    return counts

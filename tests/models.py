@@ -1,0 +1,53 @@
+"""Small models written for the tests: each covers IR features the zoo may not."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBnRelu(nn.Module):
+    """conv -> bn -> relu, the pattern every CNN starts with."""
+
+    def __init__(self, cin=3, cout=8):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Mixed(nn.Module):
+    """Functionals, methods, shapes as values, x + x, a parameter read directly, a tuple output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvBnRelu(3, 8)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.scale = nn.Parameter(torch.full((1, 8, 1, 1), 0.5))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.stem(x)
+        z = F.relu(self.branch(y))
+        s = y + y
+        t = torch.cat([s, z * self.scale], dim=1)
+        pooled = F.adaptive_avg_pool2d(t, 1)
+        flat = pooled.view(pooled.size(0), -1)
+        return self.fc(flat), flat.mean(dim=1)
+
+
+def randomize_batch_norm(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics, so folding is really tested."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
