@@ -80,7 +80,7 @@ def _max_abs_diff(a: Any, b: Any) -> float:
             a, b = a.dequantize(), b.dequantize()
         return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
     if isinstance(a, (tuple, list)):
-        return max((_max_abs_diff(x, y) for x, y in zip(a, b)), default=0.0)
+        return max((_max_abs_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
     return 0.0 if a == b else float("inf")
 
 

@@ -74,7 +74,7 @@ class Interpreter:
             raise InterpreterError(
                 f"the graph takes {len(input_nodes)} inputs ({names}), got {len(inputs)}"
             )
-        feeds = {n.name: v for n, v in zip(input_nodes, inputs)}
+        feeds = {n.name: v for n, v in zip(input_nodes, inputs, strict=True)}
         env: dict[str, Any] = {}
         result: Any = None
         for i, node in enumerate(self._nodes):

@@ -143,11 +143,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
 
 def _lower_only(args: argparse.Namespace):
+    import torch
+
     from qcompile.compiler import CompileResult, example_inputs_for, parse_shape
     from qcompile.frontend.loaders import load_model
     from qcompile.frontend.lower import lower
-
-    import torch
 
     examples = tuple(torch.randn(parse_shape(s)) for s in args.input_shape) or None
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,

@@ -176,10 +176,13 @@ class _Emitter:
         self.param_attrs[node.target] = attr
         return attr
 
-    def _expression(self, node: Node) -> str:
+    def _arguments(self, node: Node) -> tuple[tuple, dict]:
+        """``node``'s args and kwargs with each input replaced by its variable name."""
         refs = [_Code(self.var[p.name]) for p in self.graph.inputs(node)]
-        args = map_refs(node.args, lambda r: refs[r.index])
-        kwargs = map_refs(node.kwargs, lambda r: refs[r.index])
+        return map_refs(node.args, lambda r: refs[r.index]), map_refs(node.kwargs, lambda r: refs[r.index])
+
+    def _expression(self, node: Node) -> str:
+        args, kwargs = self._arguments(node)
         arg_text = ", ".join(
             [python_literal(a) for a in args] + [f"{k}={python_literal(v)}" for k, v in kwargs.items()]
         )
@@ -209,8 +212,7 @@ class _Emitter:
                 inputs.append(self._variable(node))
                 continue
             if node.kind == NodeKind.OUTPUT:
-                refs = [_Code(self.var[p.name]) for p in self.graph.inputs(node)]
-                result = python_literal(map_refs(node.args[0], lambda r: refs[r.index]))
+                result = python_literal(self._arguments(node)[0][0])
                 continue
             expr = self._expression(node)
             self.forward_lines.append(f"{self._variable(node)} = {expr}")

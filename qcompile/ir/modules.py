@@ -60,7 +60,7 @@ def _init_signature(cls: type) -> inspect.Signature:
     return inspect.signature(nn.Module.__init__)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ctor_defaults(cls: type) -> dict[str, Any]:
     """Constructor parameter -> default (``inspect.Parameter.empty`` if required)."""
     sig = _init_signature(cls)

@@ -67,7 +67,7 @@ def qualified_name(obj: Any) -> str:
     return f"{module}.{qual}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve_target(path: str) -> Any:
     """Import the object named by a dotted ``path`` (inverse of :func:`qualified_name`)."""
     if path.startswith("torch.ops."):

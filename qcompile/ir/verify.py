@@ -27,7 +27,7 @@ def verify(graph: Graph) -> None:
     nodes name an importable class and only its constructor arguments.
     """
     nodes = graph.nodes()  # raises on a cycle
-    graph.output_node  # raises unless exactly one
+    _ = graph.output_node  # raises unless exactly one
     for node in nodes:
         _verify_node(graph, node)
 

@@ -1,6 +1,8 @@
 """Pass infrastructure: the pass base class, registry, parser, manager, instruments."""
 
 from qcompile.pipeline.instruments import DumpDir, Instrument, PrintAfter, Timing
+from qcompile.pipeline.manager import PassManager, PassRecord, run_pipeline
+from qcompile.pipeline.parser import Pipeline, format_pass, parse_pipeline
 from qcompile.pipeline.pass_base import Pass, PassContext, PassResult, function_pass
 from qcompile.pipeline.registry import (
     load_plugin,
@@ -9,8 +11,6 @@ from qcompile.pipeline.registry import (
     register_pipeline,
     registered_passes,
 )
-from qcompile.pipeline.parser import Pipeline, format_pass, parse_pipeline
-from qcompile.pipeline.manager import PassManager, PassRecord, run_pipeline
 
 __all__ = [
     "DumpDir", "Instrument", "PrintAfter", "Timing",

@@ -1,0 +1,111 @@
+"""The qcompile command, run as a user runs it (a subprocess of the console script)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_PASS = REPO / "examples" / "custom_pass.py"
+
+
+def qcompile(*args, cwd=None, env=None):
+    exe = shutil.which("qcompile")
+    assert exe, "the qcompile console script is not installed (pip install -e .)"
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_main_job_on_a_real_model(tmp_path):
+    out = tmp_path / "out"
+    run = qcompile("zoo:digit_cnn", "--passes", "fuse", "-o", out, "--timing")
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["graph.qir", "model.py", "weights.pt"]
+    assert "fuse: changed (conv2d+relu: 3, linear+relu: 1)" in run.stderr
+    assert "emitted module matches the graph within 0" in run.stderr
+    assert "total" in run.stderr  # the timing table
+
+
+def test_python_dash_m_works(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "qcompile", "zoo"], capture_output=True, text=True)
+    assert run.returncode == 0 and "zoo:mobilenet_v2" in run.stdout
+
+
+def test_passes_lists_docs():
+    run = qcompile("passes")
+    assert run.returncode == 0
+    assert "fuse  Fold BatchNorm into conv/linear weights" in run.stdout
+    assert "batch-norm: bool = true" in run.stdout
+    detail = qcompile("passes", "fuse")
+    assert "requires: lowered; provides: fused" in detail.stdout and "Before and after" in detail.stdout
+
+
+def test_custom_pass_plugin_listed_and_dumped(tmp_path):
+    listed = qcompile("passes", "--plugin", EXAMPLE_PASS)
+    assert "strip-identities" in listed.stdout
+    dump = tmp_path / "dump"
+    run = qcompile("inspect", "zoo:mobilenet_v2", "--plugin", EXAMPLE_PASS,
+                   "--passes", "fuse,strip-identities", "--dump-dir", dump,
+                   "--print-after", "strip-identities")
+    assert run.returncode == 0, run.stderr
+    assert "strip-identities: changed (removed: 1)" in run.stderr
+    names = sorted(p.name for p in dump.iterdir())
+    assert names == ["00_input.dot", "00_input.qir", "01_fuse.dot", "01_fuse.qir",
+                     "02_strip-identities.dot", "02_strip-identities.qir"]
+    assert "dropout" in (dump / "01_fuse.qir").read_text()
+    assert "dropout" not in (dump / "02_strip-identities.qir").read_text()
+    assert "// after strip-identities" in run.stdout
+
+
+@pytest.mark.parametrize("fmt, start", [("qir", "graph CNN"), ("dot", 'digraph "CNN"'), ("svg", "<svg")])
+def test_inspect_formats(tmp_path, fmt, start):
+    target = tmp_path / f"g.{fmt}"
+    run = qcompile("inspect", "zoo:digit_cnn", "--format", fmt, "-o", target)
+    assert run.returncode == 0, run.stderr
+    assert target.read_text().startswith(start)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["zoo:digit_cnn", "--passes", "fsue"], "did you mean 'fuse'?"),
+    (["zoo:digit_cnn", "--passes", "fuse{bits=4}"], "unknown option 'bits' for pass 'fuse'"),
+    (["zoo:nothing"], "no bundled model named 'nothing'"),
+    (["torchvision.models:resnet18"], "pass --input-shape"),
+    (["torchvision.models:resnet18", "--input-shape", "1,3,x"], "not a list of integers"),
+    (["zoo:digit_cnn", "--print-after", "calibrate"], "no such pass in the pipeline"),
+    (["zoo:digit_cnn", "--plugin", "nowhere.py"], "plugin file nowhere.py does not exist"),
+])
+def test_user_mistakes_exit_2_without_output_or_traceback(tmp_path, args, message):
+    out = tmp_path / "out"
+    run = qcompile(*args, "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not out.exists()
+
+
+def test_untraceable_model_reports_module_and_line(tmp_path):
+    (tmp_path / "usermodel.py").write_text(
+        "import torch\n\n"
+        "class Inner(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        if x.mean() > 0:\n"
+        "            return x\n"
+        "        return -x\n\n"
+        "class Outer(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.gate = Inner()\n\n"
+        "    def forward(self, x):\n"
+        "        return self.gate(x) * 2\n"
+    )
+    run = qcompile("usermodel:Outer", "--input-shape", "2,3", "-o", tmp_path / "out",
+                   env={"PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 2
+    assert "in module 'gate' at" in run.stderr and "usermodel.py:5" in run.stderr
+    assert "if x.mean() > 0:" in run.stderr
+    assert "torch.export" in run.stderr and "Traceback" not in run.stderr

@@ -1,0 +1,42 @@
+"""Golden .qir files for every stage of the pipeline on small real models.
+
+Run ``pytest --update-golden`` to rewrite them after an intended change, and
+read the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qcompile.frontend.loaders import load_model
+from qcompile.frontend.lower import lower
+from qcompile.ir import print_graph
+from qcompile.pipeline import DumpDir, run_pipeline
+from tests.golden import GOLDEN_DIR, check_golden
+from tests.models import Mixed
+
+LADDERS = {
+    "digit_cnn": "fuse",
+    "mobilenet_v2": "fuse",
+    "mixed": "fuse",
+}
+
+
+def _graph(name):
+    if name == "mixed":
+        torch.manual_seed(0)
+        return lower(Mixed(), (torch.randn(1, 3, 8, 8),))
+    loaded = load_model(f"zoo:{name}")
+    return lower(loaded.module, loaded.example_inputs)
+
+
+@pytest.mark.parametrize("name", sorted(LADDERS))
+def test_ladder(name, tmp_path, update_golden):
+    graph = _graph(name)
+    dump = DumpDir(tmp_path, ("qir",))
+    run_pipeline(graph, LADDERS[name], instruments=[dump])
+    assert dump.written, "the dump wrote nothing"
+    for path in dump.written:
+        check_golden(path.read_text(), GOLDEN_DIR / name / path.name, update_golden)
+    assert dump.written[-1].read_text() == print_graph(graph)
