@@ -133,19 +133,41 @@ def _normalized_repr(module: nn.Module) -> str:
 def build_module(
     cls: type | str, attrs: dict[str, Any], state: dict[str, torch.Tensor], path: str = ""
 ) -> nn.Module:
-    """Construct ``cls(**ctor attrs)``, load ``state`` and switch to eval mode."""
+    """Construct ``cls(**ctor attrs)``, load ``state`` and switch to eval mode.
+
+    The module is first built on the meta device and given ``state``'s tensors
+    directly (no random initialisation of weights that are overwritten at
+    once: that dominates lowering time for VGG's 100M-parameter layers). Modules
+    that cannot be built that way (quantized ones with packed weights) are built
+    normally.
+    """
     if isinstance(cls, str):
         cls = resolve_target(cls)
     defaults = ctor_defaults(cls)
     kwargs = {k: v for k, v in attrs.items() if k in defaults}
-    module = cls(**kwargs)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise LoweringError(
-            f"the parameters of module '{path}' ({cls.__name__}) do not fit it: {exc}"
-        ) from None
+    module = _build_on_meta(cls, kwargs, state)
+    if module is None:
+        module = cls(**kwargs)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise LoweringError(
+                f"the parameters of module '{path}' ({cls.__name__}) do not fit it: {exc}"
+            ) from None
     return module.eval()
+
+
+def _build_on_meta(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module | None:
+    if any(t.is_quantized for t in state.values()):
+        return None
+    try:
+        with torch.device("meta"):
+            module = cls(**kwargs)
+        module.load_state_dict(state, strict=True, assign=True)
+    except Exception:
+        return None
+    leftovers = [t for t in list(module.parameters()) + list(module.buffers()) if t.is_meta]
+    return None if leftovers else module
 
 
 def non_default_ctor_args(cls: type, attrs: dict[str, Any]) -> dict[str, Any]:
