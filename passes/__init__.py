@@ -3,4 +3,10 @@
 Importing this package registers every built-in pass.
 """
 
-from qcompile.passes import fuse  # noqa: F401
+from qcompile.passes import (  # noqa: F401, E402
+    calibrate,
+    convert,
+    fuse,  # noqa: F401
+    observe,
+    stubs,
+)

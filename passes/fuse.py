@@ -6,6 +6,7 @@ Patterns, each optional part in brackets::
 
     conv{1,2,3}d [-> batch_norm{1,2,3}d] [-> relu | relu6]
     linear       [-> batch_norm1d]       [-> relu | relu6]
+    add | mul (of two tensors)           -> relu
 
 BatchNorm folds into the weights (W' = W * g / sqrt(var + eps),
 b' = (b - mean) * g / sqrt(var + eps) + beta); the activation becomes the
@@ -30,6 +31,7 @@ import torch
 
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
@@ -66,11 +68,11 @@ def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn_state: d
     beta = bn_state.get("bias")
     gamma = torch.ones_like(mean) if gamma is None else gamma
     beta = torch.zeros_like(mean) if beta is None else beta
-    factor = gamma / torch.sqrt(var + eps)
+    inv_std = torch.rsqrt(var + eps)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    new_weight = (weight * factor.reshape(shape)).detach().clone()
+    new_weight = (weight * (gamma * inv_std).reshape(shape)).detach().clone()
     bias = torch.zeros_like(mean) if bias is None else bias
-    new_bias = ((bias - mean) * factor + beta).detach().clone()
+    new_bias = ((bias - mean) * inv_std * gamma + beta).detach().clone()
     return new_weight, new_bias
 
 
@@ -81,7 +83,10 @@ class Fuse(Pass):
 
     Options:
         batch_norm: Fold BatchNorm layers.
-        activations: Fuse ReLU and ReLU6 into the preceding conv/linear.
+        activations: Activations to fuse into the preceding conv/linear
+            (``relu``, ``relu6``; empty for none). torch.ao does not fuse ReLU6;
+            ``fuse{activations=relu}`` reproduces its graphs.
+        binary_relu: Fuse a ReLU into a preceding add/mul of two tensors.
     """
 
     name = "fuse"
@@ -89,7 +94,13 @@ class Fuse(Pass):
     provides = ("fused",)
 
     batch_norm: bool = True
-    activations: bool = True
+    activations: tuple[str, ...] = ("relu", "relu6")
+    binary_relu: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.activations) - _ACTIVATIONS
+        if unknown:
+            raise ValueError(f"cannot fuse {sorted(unknown)}; choose from {sorted(_ACTIVATIONS)}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         counts: dict[str, int] = {}
@@ -98,6 +109,12 @@ class Fuse(Pass):
                 pattern = self._fuse_from(graph, node, ctx)
                 if pattern:
                     counts[pattern] = counts.get(pattern, 0) + 1
+        if self.binary_relu:
+            for node in graph.nodes():
+                if node.op in ("add", "mul") and node.kind != NodeKind.MODULE and _two_tensor_operands(graph, node):
+                    pattern = self._fuse_activation(graph, node, ("relu",), ctx)
+                    if pattern:
+                        counts[pattern] = counts.get(pattern, 0) + 1
         for node in graph.nodes():
             if node.op in _NORMS:
                 ctx.explain(f"%{node.name} ({node.op}) stays: no conv/linear feeds it alone")
@@ -118,18 +135,26 @@ class Fuse(Pass):
                 self._fold(graph, node, next_node)
                 parts.append(next_node.op)
                 next_node, reason = _sole_consumer(graph, node)
-        if next_node is not None and self.activations and _is_activation(next_node):
-            if node.attrs.get("act"):
-                ctx.explain(f"%{node.name} + %{next_node.name}: an activation is already fused")
-            else:
-                node.attrs["act"] = next_node.op
-                graph.replace_all_uses(next_node, node)
-                graph.erase(next_node)
-                parts.append(next_node.op)
+        activation = self._fuse_activation(graph, node, self.activations, ctx) if next_node else ""
+        if activation:
+            parts.append(activation.rpartition("+")[2])
         elif len(parts) == 1:
             follower = f"next is %{next_node.name} ({next_node.op})" if next_node else reason
             ctx.explain(f"%{node.name} ({node.op}) stays unfused: {follower}")
         return "+".join(parts) if len(parts) > 1 else ""
+
+    def _fuse_activation(self, graph: Graph, node: Node, allowed: tuple[str, ...], ctx: PassContext) -> str:
+        """Fold the sole consumer of ``node`` into it if it is an allowed activation."""
+        next_node, _ = _sole_consumer(graph, node)
+        if next_node is None or not _is_activation(next_node) or next_node.op not in allowed:
+            return ""
+        if node.attrs.get("act"):
+            ctx.explain(f"%{node.name} + %{next_node.name}: an activation is already fused")
+            return ""
+        node.attrs["act"] = next_node.op
+        graph.replace_all_uses(next_node, node)
+        graph.erase(next_node)
+        return f"{node.op}+{next_node.op}"
 
     def _fold(self, graph: Graph, node: Node, bn: Node) -> None:
         bn_state = {key: graph.params[name] for key, name in bn.params.items()}
@@ -144,6 +169,12 @@ class Fuse(Pass):
             node.attrs["bias"] = True
         graph.replace_all_uses(bn, node)
         graph.erase(bn)
+
+
+def _two_tensor_operands(graph: Graph, node: Node) -> bool:
+    inputs = graph.inputs(node)
+    return (len(inputs) == 2 and node.args == (Ref(0), Ref(1)) and not node.kwargs
+            and all(isinstance(i.type, TensorType) for i in inputs))
 
 
 def _shared(graph: Graph, node: Node, param_name: str) -> bool:

@@ -19,6 +19,7 @@ from torch import nn
 
 from qcompile.codegen import load_model as load_emitted
 from qcompile.codegen import write_model
+from qcompile.data import open_data
 from qcompile.errors import QCompileError
 from qcompile.frontend.loaders import LoadedModel, load_model
 from qcompile.frontend.lower import lower
@@ -95,19 +96,29 @@ def compile_model(
     trust_pickle: bool = False,
     ctx: PassContext | None = None,
     instruments: Sequence[Instrument] = (),
+    calib: str | None = None,
+    calib_samples: int | None = None,
+    batch_size: int = 32,
+    preprocess: str | None = None,
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
 
     The pipeline string is parsed and order-checked before the model is even
-    loaded, so a typo costs nothing.
+    loaded, and the calibration data opened before the model is lowered, so a
+    typo costs nothing.
     """
     pipeline = parse_pipeline(passes)
     ctx = ctx or PassContext()
+    if calib is not None:
+        ctx.calib_data = open_data(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size)
     if isinstance(model, nn.Module):
         loaded = LoadedModel(model, type(model).__name__, "module", example_inputs)
     else:
         loaded = load_model(model, weights=weights, trust_pickle=trust_pickle,
                             example_inputs=tuple(torch.randn(parse_shape(s)) for s in input_shapes) or None)
+    if example_inputs is None and not input_shapes and loaded.example_inputs is None and ctx.calib_data is not None:
+        first = next(iter(ctx.calib_data))
+        example_inputs = tuple(t[:1] for t in first)  # the data shows the input shape
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
     graph = lower(loaded.module, inputs)
     records = PassManager(pipeline, instruments).run(graph, ctx)

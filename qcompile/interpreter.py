@@ -38,6 +38,8 @@ class Interpreter:
 
     def __init__(self, graph: Graph):
         self.graph = graph
+        if "engine" in graph.attrs:
+            torch.backends.quantized.engine = graph.attrs["engine"]
         self._nodes = graph.nodes()
         self._inputs = {n.name: graph.inputs(n) for n in self._nodes}
         self._modules: dict[str, nn.Module] = {}
@@ -102,6 +104,11 @@ class Interpreter:
         return result
 
     def _execute(self, node: Node, inputs: list[Any]) -> Any:
+        value = self._compute(node, inputs)
+        act = node.attrs.get("act")
+        return resolve_target(FUSED_ACTIVATIONS[act])(value) if act else value
+
+    def _compute(self, node: Node, inputs: list[Any]) -> Any:
         def fetch(ref):
             return inputs[ref.index]
 
@@ -112,9 +119,7 @@ class Interpreter:
         if node.kind == NodeKind.OUTPUT:
             return args[0]
         if node.kind == NodeKind.MODULE:
-            value = self.module(node)(*args, **kwargs)
-            act = node.attrs.get("act")
-            return resolve_target(FUSED_ACTIVATIONS[act])(value) if act else value
+            return self.module(node)(*args, **kwargs)
         if node.kind == NodeKind.FUNCTION:
             return resolve_target(node.target)(*args, **kwargs)
         if node.kind == NodeKind.METHOD:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_python_dash_m_works(tmp_path):
 def test_passes_lists_docs():
     run = qcompile("passes")
     assert run.returncode == 0
-    assert "fuse  Fold BatchNorm into conv/linear weights" in run.stdout
+    assert re.search(r"\n  fuse +Fold BatchNorm into conv/linear weights", run.stdout)
     assert "batch-norm: bool = true" in run.stdout
     detail = qcompile("passes", "fuse")
     assert "requires: lowered; provides: fused" in detail.stdout and "Before and after" in detail.stdout

@@ -110,12 +110,40 @@ def test_relu6_and_options():
             return self.act(self.bn(self.conv(x)))
 
     model = randomize_batch_norm(Net())
-    g, result, _, x = _run(model, pipeline="fuse{activations=false}")
+    g, result, _, x = _run(model, pipeline="fuse{activations=}")
     assert result.stats == {"conv2d+batch_norm2d": 1}
+    g, result, ctx, x = _run(model, pipeline="fuse{activations=relu}")  # torch.ao's choice
+    assert result.stats == {"conv2d+batch_norm2d": 1} and g.find(op="relu6")
     g, result, _, x = _run(model)
     assert result.stats == {"conv2d+batch_norm2d+relu6": 1}
     out, ref = Interpreter(g).run(x), model(x)
     assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_add_relu_fuses_like_resnet_blocks():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.conv(x) + x)
+
+    model = Block().eval()
+    g, result, _, x = _run(model)
+    assert result.stats == {"add+relu": 1}
+    assert g.node("add").attrs["act"] == "relu"
+    torch.testing.assert_close(Interpreter(g).run(x), model(x))
+    g, result, _, x = _run(model, pipeline="fuse{binary-relu=false}")
+    assert result.stats == {}
+
+
+def test_unknown_activation_option_is_refused():
+    from qcompile.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="cannot fuse \\['gelu'\\]"):
+        _run(ConvBnRelu(), pipeline="fuse{activations=relu,gelu}")
 
 
 def test_fold_formula_against_batch_norm_module():

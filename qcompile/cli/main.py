@@ -32,6 +32,18 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passes", default=None, metavar="PIPELINE",
                         help="comma-separated passes with options, e.g. 'fuse{activations=false}', "
                         "or a named pipeline (see 'qcompile passes')")
+    parser.add_argument("--calib", metavar="DATA",
+                        help="calibration data: image folder, .npz/.pt file, module:function, or "
+                        "builtin:photos / builtin:fashion-train / builtin:mnist5k")
+    parser.add_argument("--calib-samples", type=int, metavar="N", help="use at most N calibration samples")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="calibration batch size (32)")
+    parser.add_argument("--preprocess", metavar="PRESET",
+                        help="imagenet, mnist, grey-half, unit or none (default: per data source)")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="quantization preset: default, x86, fbgemm, qnnpack (torch.ao's configs)")
+    parser.add_argument("--qconfig", metavar="FILE", help="quantization config file (TOML or JSON)")
+    parser.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                        help="keep matching layers float (node name / module path glob, or op:TYPE)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
                         help="load user passes from a .py file or module (repeatable)")
     parser.add_argument("--print-after", action="append", default=[], metavar="PASS",
@@ -114,7 +126,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
     elif args.print_after:
         raise QCompileError("--print-after needs --passes")
     instruments, timing = _instruments(args)
-    ctx = PassContext(debug=args.debug)
+    from qcompile.quant.config import load_quant_config
+
+    quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
+    ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=ProgressPrinter())
     result = compile_model(
         args.model,
         passes=passes or "",
@@ -124,6 +139,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
         trust_pickle=args.trust_pickle,
         ctx=ctx,
         instruments=instruments,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        batch_size=args.batch_size,
+        preprocess=args.preprocess,
     ) if pipeline is not None else _lower_only(args)
     for note in result.notes:
         print(f"qcompile: note: {note}", file=sys.stderr)
@@ -140,6 +159,33 @@ def _run(args: argparse.Namespace, command: str) -> int:
     else:
         _show(result.graph, args)
     return 0
+
+
+class ProgressPrinter:
+    """Progress on stderr: an updating line on a terminal, a few lines otherwise."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.last_quarter: dict[str, int] = {}
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        tty = self.stream.isatty()
+        if total:
+            text = f"qcompile: {label}: {done}/{total}"
+            if tty:
+                width = 30
+                filled = width * done // total
+                self.stream.write(f"\r{text} [{'#' * filled}{'.' * (width - filled)}]")
+                if done == total:
+                    self.stream.write("\n")
+            else:
+                quarter = 4 * done // total
+                if quarter != self.last_quarter.get(label):
+                    self.last_quarter[label] = quarter
+                    self.stream.write(text + "\n")
+        elif tty:
+            self.stream.write(f"\rqcompile: {label}: {done}")
+        self.stream.flush()
 
 
 def _lower_only(args: argparse.Namespace):
@@ -211,9 +257,20 @@ def _list_zoo() -> int:
     return 0
 
 
+def _quiet_torch_deprecations() -> None:
+    """torch 2.14 warns on every use of its quantized modules; users cannot act on that."""
+    import warnings
+
+    for text in ("quantized tensor creation functions", "TypedStorage is deprecated",
+                 "torch.ao.quantization is deprecated", "Please use quant_min and quant_max"):
+        warnings.filterwarnings("ignore", message=f".*{text}.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.ao")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qcompile`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_torch_deprecations()
     parsers = _build_parsers()
     command = argv[0] if argv and argv[0] in COMMANDS else "compile"
     if argv and argv[0] in COMMANDS:

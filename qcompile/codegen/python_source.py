@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from qcompile.ir.graph import Graph, sanitize_name
-from qcompile.ir.modules import FUSED_ACTIVATIONS, non_default_ctor_args, required_ctor_params
+from qcompile.ir.modules import FUSED_ACTIVATIONS, build_module, non_default_ctor_args, required_ctor_params
 from qcompile.ir.node import Node, NodeKind, map_refs
 from qcompile.ir.targets import INFIX_OPERATORS, resolve_target
 
@@ -101,7 +101,9 @@ class _Emitter:
         self.imports: set[str] = {"import torch", "from torch import nn"}
         self.init_lines: list[str] = []
         self.forward_lines: list[str] = []
-        self.state: dict[str, torch.Tensor] = {}
+        # Mirrors the emitted module's attributes, so its state_dict() carries
+        # the version metadata quantized modules need when loading.
+        self.container = torch.nn.Module()
         self.attr_names: set[str] = set()
         self.module_attrs: dict[tuple, str] = {}
         self.param_attrs: dict[str, str] = {}
@@ -156,8 +158,10 @@ class _Emitter:
         self.init_lines.append(
             f"self.{attr} = {self._callable(node.target)}({', '.join(positional + keywords)})"
         )
-        for key_name, param in node.params.items():
-            self.state[f"{attr}.{key_name}"] = self.graph.params[param]
+        # The module's own state dict: for quantized modules it holds packed
+        # weights and constructor-set buffers, not just the graph's tensors.
+        state = {key: self.graph.params[p] for key, p in node.params.items()}
+        self.container.add_module(attr, build_module(cls, node.attrs, state, path=node.source.module_path))
         self.module_attrs[key] = attr
         return attr
 
@@ -172,7 +176,10 @@ class _Emitter:
             self.init_lines.append(f"self.{attr} = nn.Parameter({empty})")
         else:
             self.init_lines.append(f"self.register_buffer({attr!r}, {empty})")
-        self.state[attr] = tensor
+        if tensor.is_floating_point():
+            self.container.register_parameter(attr, torch.nn.Parameter(tensor, requires_grad=False))
+        else:
+            self.container.register_buffer(attr, tensor)
         self.param_attrs[node.target] = attr
         return attr
 
@@ -182,6 +189,11 @@ class _Emitter:
         return map_refs(node.args, lambda r: refs[r.index]), map_refs(node.kwargs, lambda r: refs[r.index])
 
     def _expression(self, node: Node) -> str:
+        expr = self._call(node)
+        act = node.attrs.get("act")
+        return f"{self._callable(FUSED_ACTIVATIONS[act])}({expr})" if act else expr
+
+    def _call(self, node: Node) -> str:
         args, kwargs = self._arguments(node)
         arg_text = ", ".join(
             [python_literal(a) for a in args] + [f"{k}={python_literal(v)}" for k, v in kwargs.items()]
@@ -189,9 +201,7 @@ class _Emitter:
         if node.kind == NodeKind.PARAM:
             return f"self.{self._param_attr(node)}"
         if node.kind == NodeKind.MODULE:
-            call = f"self.{self._module_attr(node)}({arg_text})"
-            act = node.attrs.get("act")
-            return f"{self._callable(FUSED_ACTIVATIONS[act])}({call})" if act else call
+            return f"self.{self._module_attr(node)}({arg_text})"
         if node.kind == NodeKind.METHOD:
             rest = ", ".join(
                 [python_literal(a) for a in args[1:]] + [f"{k}={python_literal(v)}" for k, v in kwargs.items()]
@@ -220,6 +230,9 @@ class _Emitter:
         if class_name in _RESERVED:
             class_name += "_"
         facts = ", ".join(sorted(self.graph.facts)) or "none"
+        engine = self.graph.attrs.get("engine")
+        # quantized weights are packed for one engine when the model is built
+        engine_line = f"    torch.backends.quantized.engine = {engine!r}\n" if engine else ""
         body_init = "\n".join(f"        {line}" for line in self.init_lines) or "        pass"
         body_fwd = "\n".join(f"        {line}" for line in self.forward_lines)
         source = f'''"""{class_name}, emitted by qcompile (graph facts: {facts}).
@@ -245,11 +258,11 @@ class {class_name}(nn.Module):
 
 def load(weights="weights.pt", map_location="cpu"):
     """Build the model and load its weights (a state-dict file)."""
-    model = {class_name}()
+{engine_line}    model = {class_name}()
     model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
     return model.eval()
 '''
-        return EmittedModel(class_name, source, dict(self.state))
+        return EmittedModel(class_name, source, self.container.state_dict())
 
 
 def emit_python(graph: Graph) -> EmittedModel:

@@ -45,12 +45,14 @@ class Graph:
         params: Parameter name -> tensor. Passes that change a tensor store a
             new tensor under the name instead of writing in place.
         facts: Pipeline facts established so far (``lowered``, ``fused``...).
+        attrs: Graph-wide settings passes record (``engine`` for quantized kernels).
     """
 
     def __init__(self, name: str = "Model"):
         self.name = name
         self.params: dict[str, torch.Tensor] = {}
         self.facts: set[str] = set()
+        self.attrs: dict[str, Any] = {}
         self._nx = nx.MultiDiGraph()
         self._nodes: dict[str, Node] = {}
         self._next_order = 0
@@ -290,6 +292,7 @@ class Graph:
         other = Graph(self.name)
         other.params = dict(self.params)
         other.facts = set(self.facts)
+        other.attrs = dict(self.attrs)
         other._nx = self._nx.copy()
         for name, node in self._nodes.items():
             other._nodes[name] = replace(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,7 +38,8 @@ FUSED_ACTIVATIONS = {
 }
 
 _INPLACE = re.compile(r"(, )?inplace=(True|False)")
-_SKIPPED_CTOR_PARAMS = {"self", "device", "dtype", "mode", "_weight", "_freeze"}
+_SKIPPED_CTOR_PARAMS = {"self", "mode", "_weight", "_freeze"}
+_FACTORY_KWARGS = {"device", "dtype"}  # skipped where they only pick where/how tensors are made
 
 
 def _init_signature(cls: type) -> inspect.Signature:
@@ -68,6 +70,7 @@ def ctor_defaults(cls: type) -> dict[str, Any]:
         p.name: p.default
         for p in sig.parameters.values()
         if p.name not in _SKIPPED_CTOR_PARAMS
+        and not (p.name in _FACTORY_KWARGS and p.default is None)
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
 
@@ -145,6 +148,9 @@ def build_module(
         cls = resolve_target(cls)
     defaults = ctor_defaults(cls)
     kwargs = {k: v for k, v in attrs.items() if k in defaults}
+    builder = _BUILDERS.get(cls)
+    if builder is not None:
+        return builder(cls, kwargs, state).eval()
     module = _build_on_meta(cls, kwargs, state)
     if module is None:
         module = cls(**kwargs)
@@ -155,6 +161,25 @@ def build_module(
                 f"the parameters of module '{path}' ({cls.__name__}) do not fit it: {exc}"
             ) from None
     return module.eval()
+
+
+Builder = Callable[[type, dict[str, Any], dict[str, torch.Tensor]], nn.Module]
+_BUILDERS: dict[type, Builder] = {}
+
+
+def register_builder(*classes: type) -> Callable[[Builder], Builder]:
+    """Build ``classes`` with a function instead of ``cls(**ctor)`` + ``load_state_dict``.
+
+    For modules whose state dict is not a plain set of tensors (quantized
+    Linear keeps packed weights); the graph still stores plain tensors.
+    """
+
+    def wrap(fn: Builder) -> Builder:
+        for cls in classes:
+            _BUILDERS[cls] = fn
+        return fn
+
+    return wrap
 
 
 def _build_on_meta(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module | None:
@@ -196,3 +221,7 @@ def _same(value: Any, default: Any) -> bool:
         return bool(value == default) and type(value) is type(default)
     except Exception:
         return False
+
+
+# Builders for torch's quantized modules register themselves here.
+from qcompile.ir import packed_modules  # noqa: E402, F401

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qcompile.ir.quant_types import ObserverSpec, QParams, TensorStats
 from qcompile.ir.types import NoneType, ValueType
 
 
@@ -63,34 +64,64 @@ class SourceInfo:
 
 @dataclass
 class QuantAnnotation:
-    """Quantization facts about a node's output, filled in by passes.
+    """Quantization facts about a node, filled in by passes.
 
-    Each field stays ``None`` until the pass that provides it has run, and the
-    printer shows only the fields that are set.
+    The plain fields describe the node's output; the ``weight_`` fields its
+    weight parameter. Each stays ``None`` until the pass that provides it has
+    run, and the printer shows only what is set.
+
+    Attributes:
+        mode: How the node is quantized: ``static`` (int8 in, int8 out),
+            ``dynamic`` (int8 weights, activations quantized at run time),
+            ``qat`` (fake-quantized for training); ``None`` while float.
+        observer: How the output is observed (set by ``observe``).
+        stats: What calibration saw of the output (set by ``calibrate``).
+        qparams: Scale and zero point chosen for the output (set by ``convert``).
+        shares: Name of the node whose output quantization this output reuses
+            (ops like max-pool or flatten that cannot change the grid).
+        clip: A clip range chosen analytically, overriding ``stats``.
+        bits: Bit width of the output, when not the container's full width.
+        weight_observer, weight_stats, weight_qparams: The same for the weight.
     """
 
-    observer: str | None = None  # observer spec, e.g. "minmax", "histogram"
-    clip: tuple[float, float] | None = None  # clip range [lo, hi]
-    bits: int | None = None  # bit width of the value
-    scale: float | None = None
-    zero_point: int | None = None
+    mode: str | None = None
+    observer: ObserverSpec | None = None
+    stats: TensorStats | None = None
+    qparams: QParams | None = None
+    shares: str | None = None
+    clip: tuple[float, float] | None = None
+    bits: int | None = None
+    weight_observer: ObserverSpec | None = None
+    weight_stats: TensorStats | None = None
+    weight_qparams: QParams | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in vars(self).values())
 
     def describe(self) -> str:
-        parts = []
+        out = [f"mode={self.mode}"] if self.mode is not None else []
         if self.observer is not None:
-            parts.append(f"obs={self.observer}")
+            out.append(f"obs={self.observer.describe()}")
+        if self.shares is not None:
+            out.append(f"shares=%{self.shares}")
+        if self.stats is not None:
+            out.append(self.stats.describe())
         if self.clip is not None:
-            parts.append(f"clip=[{self.clip[0]:.6g}, {self.clip[1]:.6g}]")
+            out.append(f"clip=[{self.clip[0]:.6g}, {self.clip[1]:.6g}]")
         if self.bits is not None:
-            parts.append(f"bits={self.bits}")
-        if self.scale is not None:
-            parts.append(f"scale={self.scale:.6g}")
-        if self.zero_point is not None:
-            parts.append(f"zp={self.zero_point}")
-        return " ".join(parts)
+            out.append(f"bits={self.bits}")
+        if self.qparams is not None:
+            out.append(self.qparams.describe())
+        weight = []
+        if self.weight_observer is not None:
+            weight.append(f"obs={self.weight_observer.describe()}")
+        if self.weight_stats is not None:
+            weight.append(self.weight_stats.describe())
+        if self.weight_qparams is not None:
+            weight.append(self.weight_qparams.describe())
+        if weight:
+            out.append("| weight: " + " ".join(weight))
+        return " ".join(out)
 
 
 @dataclass(eq=False)

@@ -122,6 +122,8 @@ def print_graph(graph: Graph) -> str:
     header = f"graph {graph.name}"
     if graph.facts:
         header += "  # facts: " + ", ".join(sorted(graph.facts))
+    if graph.attrs:
+        header += "  {" + ", ".join(f"{k}={format_constant(graph.attrs[k])}" for k in sorted(graph.attrs)) + "}"
     lines = [header]
     lines += ["  " + format_node(graph, n, width) for n in nodes]
     values = sum(t.numel() for t in graph.params.values())

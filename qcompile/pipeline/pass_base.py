@@ -41,7 +41,9 @@ class PassContext:
     """Everything a pass may use besides its options.
 
     Attributes:
-        calib_data: Iterable of model inputs for calibration (or ``None``).
+        calib_data: Iterable of model-input tuples for calibration (or ``None``).
+        quant_config: The quantization config (preset, overrides, skips);
+            torch.ao's ``default`` preset when not given.
         device: Device for any computation a pass does.
         debug: Whether passes should explain their decisions (see ``explain``).
         explanations: (pass name, message) pairs recorded by ``explain``.
@@ -50,12 +52,18 @@ class PassContext:
     def __init__(
         self,
         calib_data: Any = None,
+        quant_config: Any = None,
         device: str = "cpu",
         debug: bool = False,
         progress: Callable[[str, int, int | None], None] | None = None,
         log: Callable[[str], None] | None = None,
     ):
         self.calib_data = calib_data
+        if quant_config is None:
+            from qcompile.quant.config import QuantConfig
+
+            quant_config = QuantConfig()
+        self.quant_config = quant_config
         self.device = device
         self.debug = debug
         self.explanations: list[tuple[str, str]] = []

@@ -1,0 +1,105 @@
+"""``calibrate``: run the calibration data through the graph once and keep statistics.
+
+requires: ``observed``    provides: ``calibrated``
+
+One streaming pass over ``ctx.calib_data``: the interpreter runs each batch
+and every observed value updates its observer (memory stays at a few
+kilobytes per observer, whatever the number of samples). Weights are
+observed directly. The statistics land in ``node.quant.stats`` /
+``node.quant.weight_stats`` and print as ranges::
+
+    %conv1 = conv2d(...) ...  # mode=static obs=minmax quint8[0,127] affine range=[0, 7.31] | weight: ... range=[64 channels, -1.2..1.3]
+
+Options:
+    max_batches: Stop after this many batches (0: use all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.errors import QCompileError
+from qcompile.interpreter import Interpreter
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import NodeKind
+from qcompile.ir.types import TensorType
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.observers import make_observer
+
+
+def check_batch(graph: Graph, batch: tuple, index: int) -> None:
+    """Refuse a batch whose tensors do not fit the graph's inputs, or hold NaN/Inf."""
+    inputs = graph.input_nodes
+    if len(batch) != len(inputs):
+        raise QCompileError(f"calibration batch {index} has {len(batch)} tensors; the model takes {len(inputs)}")
+    for value, node in zip(batch, inputs, strict=True):
+        expected = node.type
+        if not isinstance(value, torch.Tensor):
+            raise QCompileError(f"calibration batch {index}: input %{node.name} is a {type(value).__name__}, "
+                                "not a tensor")
+        if isinstance(expected, TensorType):
+            if value.dim() != len(expected.shape) or tuple(value.shape[1:]) != expected.shape[1:]:
+                raise QCompileError(
+                    f"calibration batch {index}: input %{node.name} has shape {list(value.shape)}, "
+                    f"the model expects [N, {', '.join(map(str, expected.shape[1:]))}]",
+                    hint="check the data's preprocessing (--preprocess) against the model's input")
+            if value.dtype != expected.torch_dtype:
+                raise QCompileError(
+                    f"calibration batch {index}: input %{node.name} is {value.dtype}, the model expects "
+                    f"{expected.torch_dtype}", hint="convert the data (e.g. to float32 in [0, 1])")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise QCompileError(f"calibration batch {index}: input %{node.name} contains NaN or Inf",
+                                hint="clean the data; observers cannot place a range around NaN")
+
+
+@register_pass(default_for=("calibrated",))
+@dataclass(frozen=True)
+class Calibrate(Pass):
+    """Collect activation and weight statistics from calibration data in one pass."""
+
+    name = "calibrate"
+    requires = ("observed",)
+    provides = ("calibrated",)
+
+    max_batches: int = 0
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if ctx.calib_data is None:
+            raise QCompileError("'calibrate' needs calibration data",
+                                hint="pass --calib DATA (an image folder, .npz/.pt tensors, "
+                                "module:function, or a built-in set such as builtin:photos)")
+        observers = {n.name: make_observer(n.quant.observer) for n in graph.nodes() if n.quant.observer}
+        interpreter = Interpreter(graph)
+
+        def hook(node, value):
+            observer = observers.get(node.name)
+            if observer is not None:
+                observer.update(value)
+
+        total = len(ctx.calib_data) if hasattr(ctx.calib_data, "__len__") else None
+        if self.max_batches and total:
+            total = min(total, self.max_batches)
+        batches = 0
+        for batch in ctx.calib_data:
+            if self.max_batches and batches >= self.max_batches:
+                break
+            batch = batch if isinstance(batch, (tuple, list)) else (batch,)
+            check_batch(graph, tuple(batch), batches)
+            interpreter.run(*batch, hook=hook)
+            batches += 1
+            ctx.progress("calibrate", batches, total)
+        if batches == 0:
+            raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
+        for name, observer in observers.items():
+            graph.node(name).quant.stats = observer.stats()
+        weights = 0
+        for node in graph.find(kind=NodeKind.MODULE):
+            spec = node.quant.weight_observer
+            if spec is not None:
+                observer = make_observer(spec)
+                observer.update(graph.param(node, "weight"))
+                node.quant.weight_stats = observer.stats()
+                weights += 1
+        return PassResult(True, {"batches": batches, "activations": len(observers), "weights": weights})

@@ -1,0 +1,98 @@
+"""``convert``: choose scales and zero points, then rewrite onto integer kernels.
+
+requires: ``calibrated``    provides: ``converted``
+
+Qparams come from each value's statistics (or an analytic clip range, when a
+pass set one) and its observer's grid; weights are quantized per channel or
+per tensor as observed. Then every node of the quantized region is rewritten
+for the backend: ``native`` runs torch's quantized engines (x86 / fbgemm /
+qnnpack, chosen by the quantization config). Before and after::
+
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) : f32[1,64,112,112] {act='relu', ...}
+    %add   = add(%layer1_0_conv2, %maxpool) : f32[1,64,56,56] {act='relu'}
+
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias,scale,zero_point}) : qu8[1,64,112,112] {target='torch.ao.nn.intrinsic.quantized.ConvReLU2d', ...}
+    %add   = add(%layer1_0_conv2, %maxpool, 0.0412, 0) : qu8[1,64,56,56] {target='torch.ops.quantized.add_relu'}
+
+Options:
+    backend: ``native`` (torch's quantized modules and ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from qcompile.errors import QCompileError
+from qcompile.ir.graph import Graph
+from qcompile.ir.quant_types import QParams
+from qcompile.ir.types import TensorType
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.native import RULES, convert_dequantize
+from qcompile.quant.op_table import FIXED
+from qcompile.quant.qparams import qparams_from_range
+
+
+def choose_qparams(graph: Graph) -> None:
+    """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids."""
+    for node in graph.nodes():
+        q = node.quant
+        if q.stats is not None:
+            lo, hi = (torch.tensor(q.clip[0]), torch.tensor(q.clip[1])) if q.clip else (q.stats.lo, q.stats.hi)
+            q.qparams = qparams_from_range(lo, hi, q.observer)
+        if q.weight_stats is not None:
+            spec = q.weight_observer
+            q.weight_qparams = qparams_from_range(q.weight_stats.lo, q.weight_stats.hi, spec,
+                                                  spec.axis if spec.per_channel else None)
+        if q.mode == "static" and node.op in FIXED and q.stats is None:
+            scale, zero_point = FIXED[node.op]
+            q.qparams = QParams(torch.tensor(scale), torch.tensor(zero_point), "quint8", 0, 255)
+    for node in graph.nodes():
+        if node.quant.shares is not None:
+            owner = graph.node(node.quant.shares)
+            node.quant.qparams = owner.quant.qparams
+
+
+@register_pass
+@dataclass(frozen=True)
+class Convert(Pass):
+    """Choose qparams and rewrite the quantized region onto integer kernels."""
+
+    name = "convert"
+    requires = ("calibrated",)
+    provides = ("converted",)
+
+    backend: Literal["native"] = "native"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if "converted" in graph.facts:
+            return PassResult(False)
+        engine = ctx.quant_config.engine
+        if engine not in torch.backends.quantized.supported_engines:
+            raise QCompileError(f"quantized engine {engine!r} is not available in this torch build",
+                                hint=f"available: {', '.join(torch.backends.quantized.supported_engines)}")
+        torch.backends.quantized.engine = engine  # weights are packed for this engine
+        graph.attrs.update(backend=self.backend, engine=engine)
+        choose_qparams(graph)
+        counts: dict[str, int] = {}
+        for node in graph.nodes():
+            if node.op == "dequantize":
+                convert_dequantize(node)
+                counts["dequantize"] = counts.get("dequantize", 0) + 1
+                continue
+            if node.quant.mode != "static":
+                continue
+            if node.quant.qparams is None and node.op not in ("chunk", "getitem"):
+                raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
+            rule = RULES.get(node.op)
+            if rule is not None:
+                rule(graph, node)
+                counts[node.op] = counts.get(node.op, 0) + 1
+            if isinstance(node.type, TensorType) and node.quant.qparams is not None:
+                node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "quint8" else "qi8")
+        return PassResult(True, counts)
+
+
+

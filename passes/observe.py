@@ -1,0 +1,62 @@
+"""``observe``: say how each quantized tensor will be observed.
+
+requires: ``stubbed``    provides: ``observed``
+
+Each value that needs its own scale (quantize stubs, conv/linear outputs,
+add/mul/cat results...) gets the activation observer of its QConfig; each
+conv/linear gets a weight observer (per-channel where the config says so);
+ops that reuse their input's grid (pooling, flatten, relu...) get
+``shares=%producer`` instead of an observer. Before and after::
+
+    %conv1   = conv2d(%quantize_x, ...) : f32[1,64,112,112]  # mode=static
+    %maxpool = max_pool2d(%conv1) : f32[1,64,56,56]  # mode=static
+
+    %conv1   = conv2d(...) ...  # mode=static obs=minmax quint8[0,127] affine | weight: obs=minmax qint8[-128,127] sym
+    %maxpool = max_pool2d(%conv1) ...  # mode=static shares=%conv1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.op_table import category
+
+
+def grid_owner(graph: Graph, node: Node) -> str:
+    """Name of the node whose output grid ``node``'s output uses."""
+    if node.quant.shares is not None:
+        return node.quant.shares
+    return node.name
+
+
+@register_pass(default_for=("observed",))
+@dataclass(frozen=True)
+class Observe(Pass):
+    """Attach activation and weight observer specs to the quantized region."""
+
+    name = "observe"
+    requires = ("stubbed",)
+    provides = ("observed",)
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        before = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
+        counts = {"activations": 0, "weights": 0, "shared": 0}
+        for node in graph.nodes():
+            if node.quant.mode != "static":
+                continue
+            qconfig = ctx.quant_config.qconfig_for(node) or ctx.quant_config.qconfig
+            kind = "own" if node.op == "quantize" else category(graph, node)
+            if kind in ("own", "weighted"):
+                node.quant.observer = qconfig.activation
+                counts["activations"] += 1
+            if kind == "weighted":
+                node.quant.weight_observer = replace(qconfig.weight, axis=0)
+                counts["weights"] += 1
+            if kind == "shared":
+                node.quant.shares = grid_owner(graph, graph.inputs(node)[0])
+                counts["shared"] += 1
+        after = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
+        return PassResult(after != before, counts)

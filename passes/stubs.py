@@ -1,0 +1,97 @@
+"""``stubs``: mark the quantizable region and put quantize / dequantize at its borders.
+
+requires: ``lowered``    provides: ``stubbed``
+
+A node joins the region when its op has a quantized form (see
+:mod:`qcompile.quant.op_table`) and the quantization config does not skip it;
+ops that only move values (pooling, flatten, reshape...) join when their
+input is already quantized. Every float value read inside the region gets
+one ``quantize`` node; every quantized value read outside it (including the
+model's output) gets one ``dequantize`` node. Skipped layers therefore stay
+float with the stubs around them: partial quantization. On ResNet-18::
+
+    %x     = input() : f32[1,3,224,224]
+    %conv1 = conv2d(%x, ...) : f32[1,64,112,112]
+
+    %x          = input() : f32[1,3,224,224]
+    %quantize_x = quantize(%x) : f32[1,3,224,224] {target='torch.ao.quantization.QuantStub'}  # mode=static
+    %conv1      = conv2d(%quantize_x, ...) : f32[1,64,112,112]  # mode=static
+
+The quantization config (preset, skips, overrides) comes from the pass
+context (``ctx.quant_config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind
+from qcompile.ir.types import TensorType
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.op_table import category, is_float_tensor
+
+QUANT_STUB = "torch.ao.quantization.QuantStub"
+DEQUANT_STUB = "torch.ao.quantization.DeQuantStub"
+
+
+def region_member(graph: Graph, node: Node, quantized: set[str], ctx: PassContext) -> bool:
+    cat = category(graph, node)
+    if cat is None or ctx.quant_config.qconfig_for(node) is None:
+        if cat is not None:
+            ctx.explain(f"%{node.name} ({node.op}) stays float: skipped by the config")
+        elif isinstance(node.type, TensorType) and node.kind not in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM):
+            ctx.explain(f"%{node.name} ({node.op}) stays float: no quantized form")
+        return False
+    if cat == "shared":
+        inputs = graph.inputs(node)
+        return bool(inputs) and inputs[0].name in quantized
+    return True
+
+
+def _stub(graph: Graph, producer: Node, target: str, op: str) -> Node:
+    return graph.add_node(op, NodeKind.MODULE, [producer], name=f"{op}_{producer.name}",
+                          target=target, attrs={"qconfig": None}, type=producer.type,
+                          source=producer.source, after=producer)
+
+
+@register_pass(default_for=("stubbed",))
+@dataclass(frozen=True)
+class Stubs(Pass):
+    """Mark the quantizable region and insert quantize/dequantize at its borders."""
+
+    name = "stubs"
+    requires = ("lowered",)
+    provides = ("stubbed",)
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        ctx.quant_config.check_patterns(graph.nodes())
+        quantized: set[str] = set()
+        for node in graph.nodes():
+            if node.quant.mode is None and region_member(graph, node, quantized, ctx):
+                quantized.add(node.name)
+        if not quantized:
+            ctx.explain("nothing to quantize")
+            return PassResult(False)
+        quant_stubs: dict[str, Node] = {}
+        dequant_stubs: dict[str, Node] = {}
+        for node in graph.nodes():
+            inside = node.name in quantized
+            for port, producer in enumerate(graph.inputs(node)):
+                if not is_float_tensor(producer):
+                    continue  # shapes and other non-tensors cross freely
+                if inside and producer.name not in quantized:
+                    stub = quant_stubs.get(producer.name)
+                    if stub is None:
+                        stub = quant_stubs[producer.name] = _stub(graph, producer, QUANT_STUB, "quantize")
+                        stub.quant.mode = "static"
+                    graph.set_input(node, port, stub)
+                elif not inside and producer.name in quantized:
+                    stub = dequant_stubs.get(producer.name)
+                    if stub is None:
+                        stub = dequant_stubs[producer.name] = _stub(graph, producer, DEQUANT_STUB, "dequantize")
+                    graph.set_input(node, port, stub)
+        for name in quantized:
+            graph.node(name).quant.mode = "static"
+        return PassResult(True, {"quantized ops": len(quantized), "quantize": len(quant_stubs),
+                                 "dequantize": len(dequant_stubs)})

@@ -1,0 +1,192 @@
+"""Opening calibration / evaluation data from what users have.
+
+``open_data(SPEC)`` accepts:
+
+* a directory of images (``.jpg``/``.png``), flat or with one sub-folder per class;
+* an ``.npz`` file (arrays ``x`` and optionally ``y``; or its only array);
+* a ``.pt`` file (a tensor, an ``(x, y)`` pair, or a dict with ``x`` / ``y``);
+* ``module:function``: a callable returning one of the above, or an iterable
+  of ready batches;
+* ``builtin:NAME``: real data that installs offline (:mod:`qcompile.data.builtin`).
+
+Images are decoded and preprocessed one batch at a time, so memory does not
+grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qcompile.data.builtin import BUILTIN
+from qcompile.data.preprocess import get_preprocess
+from qcompile.errors import QCompileError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp"}
+
+
+class DataSource:
+    """Samples with optional labels, batched on the fly.
+
+    Iterating yields model-input tuples ``(x,)`` (what calibration wants);
+    :meth:`labelled` yields ``(x, y)`` for evaluation.
+
+    Attributes:
+        name: Where the data came from.
+        labels: Labels tensor, or ``None`` for unlabelled data.
+    """
+
+    def __init__(self, name: str, items: Sequence[Any], labels: torch.Tensor | None,
+                 load: Callable[[Any], torch.Tensor], batch_size: int = 32,
+                 ready_batches: Sequence[Any] | None = None):
+        self.name = name
+        self.items = items
+        self.labels = labels
+        self.load = load
+        self.batch_size = batch_size
+        self._ready = ready_batches
+        if ready_batches is None and len(items) == 0:
+            raise QCompileError(f"the data set {name} is empty", hint="check the path and --calib-samples")
+
+    def __len__(self) -> int:
+        if self._ready is not None:
+            return len(self._ready)
+        return (len(self.items) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        if self._ready is not None:
+            return sum(len(b[0] if isinstance(b, (tuple, list)) else b) for b in self._ready)
+        return len(self.items)
+
+    def _batch(self, start: int) -> torch.Tensor:
+        tensors = [self.load(item) for item in self.items[start:start + self.batch_size]]
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise QCompileError(f"samples of {self.name} have different shapes after preprocessing: "
+                                f"{sorted(shapes)[:3]}", hint="choose a preprocessing that resizes "
+                                "(--preprocess imagenet / mnist / grey-half)")
+        return torch.stack(tensors)
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self._ready is not None:
+            for batch in self._ready:
+                yield tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+            return
+        for start in range(0, len(self.items), self.batch_size):
+            yield (self._batch(start),)
+
+    def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, y)`` batches; only for labelled data."""
+        if self.labels is None:
+            raise QCompileError(f"{self.name} has no labels")
+        for start in range(0, len(self.items), self.batch_size):
+            yield self._batch(start), self.labels[start:start + self.batch_size]
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as exc:
+        raise QCompileError(f"cannot decode image {path}: {exc}", hint="use JPEG or PNG files") from None
+
+
+def _image_folder(root: Path) -> tuple[list[Path], torch.Tensor | None]:
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes:
+        files, labels = [], []
+        for index, folder in enumerate(classes):
+            found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            labels += [index] * len(found)
+        return files, torch.tensor(labels)
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None
+
+
+def _split_xy(content: Any, where: str) -> tuple[Any, torch.Tensor | None]:
+    if isinstance(content, dict):
+        x = next((content[k] for k in ("x", "images", "inputs", "data") if k in content), None)
+        if x is None and len(content) == 1:
+            x = next(iter(content.values()))
+        if x is None:
+            raise QCompileError(f"{where} has keys {sorted(content)}; expected 'x' (and optionally 'y')")
+        y = next((content[k] for k in ("y", "labels", "targets") if k in content), None)
+    elif isinstance(content, (tuple, list)) and len(content) == 2 and not isinstance(content[1], (tuple, list)):
+        x, y = content
+    else:
+        x, y = content, None
+    x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    if y is not None:
+        y = torch.as_tensor(np.asarray(y)).long()
+        if len(y) != len(x):
+            raise QCompileError(f"{where}: {len(x)} samples but {len(y)} labels")
+    return x, y
+
+
+def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = None,
+              batch_size: int = 32) -> DataSource:
+    """Open the data named by ``spec`` (see the module docstring)."""
+    if limit is not None and limit <= 0:
+        raise QCompileError(f"sample limit must be positive, got {limit}")
+    labels: torch.Tensor | None
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTIN:
+            raise QCompileError(f"no built-in data set {name!r}", hint=f"choose one of: {', '.join(BUILTIN)}")
+        loader, default = BUILTIN[name]
+        items, labels = loader()
+        load = get_preprocess(preprocess or default)
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            items, labels = _image_folder(path)
+            if not items:
+                raise QCompileError(f"no images (.jpg/.png) in {path}")
+            fn = get_preprocess(preprocess or "imagenet")
+            load = lambda p: fn(_read_image(p))  # noqa: E731
+        elif path.suffix in (".npz", ".pt", ".pth"):
+            if not path.is_file():
+                raise QCompileError(f"data file {path} does not exist")
+            try:
+                content = dict(np.load(path)) if path.suffix == ".npz" else torch.load(path, weights_only=True)
+            except Exception as exc:
+                raise QCompileError(f"cannot read data file {path}: {str(exc).splitlines()[0]}") from None
+            items, labels = _split_xy(content, str(path))
+            load = get_preprocess(preprocess or "none")
+        elif ":" in spec and not path.exists():
+            return _from_callable(spec, preprocess, limit, batch_size)
+        else:
+            raise QCompileError(f"data {spec!r} is not an image folder, .npz/.pt file, module:function "
+                                "or builtin:NAME", hint="e.g. --calib builtin:photos or --calib images/")
+    if limit is not None:
+        items = items[:limit]
+        labels = labels[:limit] if labels is not None else None
+    return DataSource(spec, items, labels, load, batch_size)
+
+
+def _from_callable(spec: str, preprocess: str | None, limit: int | None, batch_size: int) -> DataSource:
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise QCompileError(f"cannot load data function {spec!r}: {exc}") from None
+    content = fn()
+    if isinstance(content, (torch.Tensor, np.ndarray, dict)) or (
+            isinstance(content, tuple) and len(content) == 2 and hasattr(content[0], "shape")):
+        items, labels = _split_xy(content, spec)
+        if limit is not None:
+            items, labels = items[:limit], (labels[:limit] if labels is not None else None)
+        return DataSource(spec, items, labels, get_preprocess(preprocess or "none"), batch_size)
+    batches = list(content)
+    if limit is not None:
+        batches = batches[: max(1, limit // batch_size)]
+    if not batches:
+        raise QCompileError(f"the data function {spec} returned no batches")
+    return DataSource(spec, [], None, lambda x: x, batch_size, ready_batches=batches)

@@ -1,0 +1,115 @@
+"""Quantization facts as typed IR data: how to observe, what was seen, what was chosen.
+
+These records hang off :class:`qcompile.ir.node.QuantAnnotation`. Passes fill
+them in order: ``observe`` sets an :class:`ObserverSpec`, ``calibrate`` a
+:class:`TensorStats`, ``convert`` the :class:`QParams`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_DTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-(2**31), 2**31 - 1)}
+
+
+@dataclass(frozen=True)
+class ObserverSpec:
+    """How a tensor is observed and which integer grid it is mapped to.
+
+    Attributes:
+        kind: ``minmax``, ``moving_average``, ``histogram``, ``percentile`` or ``entropy``.
+        dtype: Integer container: ``quint8`` or ``qint8``.
+        symmetric: Zero point fixed at the middle of the range (weights).
+        per_channel: One scale per slice along ``axis`` (weights).
+        axis: Channel axis for per-channel observers.
+        reduce_range: Use one bit less (``[0, 127]`` for quint8), as the x86
+            and fbgemm kernels need to avoid overflow in their 16-bit
+            intermediate sums.
+        averaging_constant: Weight of each new batch for ``moving_average``.
+        percentile: Upper percentile kept by ``percentile``.
+        bins: Histogram bins for ``histogram``, ``percentile`` and ``entropy``.
+    """
+
+    kind: str = "minmax"
+    dtype: str = "quint8"
+    symmetric: bool = False
+    per_channel: bool = False
+    axis: int = 0
+    reduce_range: bool = False
+    averaging_constant: float = 0.01
+    percentile: float = 99.99
+    bins: int = 2048
+
+    KINDS = ("minmax", "moving_average", "histogram", "percentile", "entropy")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"unknown observer kind {self.kind!r}; choose one of {', '.join(self.KINDS)}")
+        if self.dtype not in ("quint8", "qint8"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose quint8 or qint8")
+
+    @property
+    def quant_range(self) -> tuple[int, int]:
+        qmin, qmax = _DTYPE_RANGES[self.dtype]
+        if self.reduce_range:
+            return (qmin // 2, qmax // 2)
+        return qmin, qmax
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def describe(self) -> str:
+        qmin, qmax = self.quant_range
+        scheme = "sym" if self.symmetric else "affine"
+        channel = f" per-channel(axis={self.axis})" if self.per_channel else ""
+        return f"{self.kind} {self.dtype}[{qmin},{qmax}] {scheme}{channel}"
+
+
+@dataclass
+class TensorStats:
+    """What calibration saw of one tensor (per-tensor, or per-channel along ``axis``).
+
+    ``lo``/``hi`` are the range the observer chose (for min/max observers the
+    extremes seen; for histogram observers the error-minimising sub-range).
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+    count: int = 0
+    axis: int | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.lo.numel() == 1:
+            return f"range=[{float(self.lo):.6g}, {float(self.hi):.6g}]"
+        return f"range=[{self.lo.numel()} channels, {float(self.lo.min()):.6g}..{float(self.hi.max()):.6g}]"
+
+
+@dataclass
+class QParams:
+    """Scale and zero point of a quantized tensor (tensors of one element, or per channel)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    dtype: str
+    quant_min: int
+    quant_max: int
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def describe(self) -> str:
+        if self.per_channel:
+            return f"{self.dtype} scale=[{self.scale.numel()} channels] axis={self.axis}"
+        return f"{self.dtype} scale={float(self.scale):.6g} zp={int(self.zero_point)}"

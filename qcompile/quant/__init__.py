@@ -1,0 +1,1 @@
+"""Quantization machinery shared by the passes: configs, observers, qparams, op tables."""

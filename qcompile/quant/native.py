@@ -1,0 +1,131 @@
+"""Rewriting quantized-region nodes onto torch's quantized modules and ops (``native`` backend).
+
+Each rule turns one float node, whose qparams ``convert`` has chosen, into
+the node torch's x86 / fbgemm / qnnpack kernels run: ``conv2d`` becomes a
+``torch.ao.nn.quantized.Conv2d`` holding an int8 weight, ``add`` becomes
+``torch.ops.quantized.add(a, b, scale, zero_point)``, and so on. This is
+what torch.ao users do by hand with QuantStub, FloatFunctional and friends.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.quant.op_table import QUANTIZED_BINARY, SHARED
+from qcompile.quant.qparams import quantize_tensor
+
+_CONV = {
+    ("conv1d", None): "torch.ao.nn.quantized.Conv1d",
+    ("conv2d", None): "torch.ao.nn.quantized.Conv2d",
+    ("conv3d", None): "torch.ao.nn.quantized.Conv3d",
+    ("conv1d", "relu"): "torch.ao.nn.intrinsic.quantized.ConvReLU1d",
+    ("conv2d", "relu"): "torch.ao.nn.intrinsic.quantized.ConvReLU2d",
+    ("conv3d", "relu"): "torch.ao.nn.intrinsic.quantized.ConvReLU3d",
+}
+
+
+def _scalar_params(graph: Graph, node: Node) -> dict[str, str]:
+    q = node.quant.qparams
+    base = node.source.module_path or node.name
+    return {
+        "scale": graph.add_param(f"{base}.scale", torch.tensor(float(q.scale))),
+        "zero_point": graph.add_param(f"{base}.zero_point", torch.tensor(int(q.zero_point))),
+    }
+
+
+def _quantized_weight_params(graph: Graph, node: Node) -> dict[str, str]:
+    """int8 weight, float bias (zeros if the layer had none), output scale and zero point."""
+    weight_name = node.params["weight"]
+    graph.params[weight_name] = quantize_tensor(graph.params[weight_name], node.quant.weight_qparams)
+    params = {"weight": weight_name}
+    if "bias" in node.params:
+        params["bias"] = node.params["bias"]
+    else:
+        out_channels = graph.params[weight_name].shape[0]
+        params["bias"] = graph.add_param(f"{node.source.module_path or node.name}.bias", torch.zeros(out_channels))
+    return params | _scalar_params(graph, node)
+
+
+def _act(node: Node) -> str | None:
+    # relu6 needs no op of its own: the output range observed after it is
+    # [0, <=6], so requantizing to that range clamps exactly like relu6.
+    act = node.attrs.get("act")
+    return "relu" if act == "relu" else None
+
+
+def _convert_conv(graph: Graph, node: Node) -> None:
+    node.target = _CONV[(node.op, _act(node))]
+    node.params = _quantized_weight_params(graph, node)
+    node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
+
+
+def _convert_linear(graph: Graph, node: Node) -> None:
+    relu = _act(node) == "relu"
+    node.target = "torch.ao.nn.intrinsic.quantized.LinearReLU" if relu else "torch.ao.nn.quantized.Linear"
+    node.params = _quantized_weight_params(graph, node)
+    node.attrs = {"in_features": node.attrs["in_features"], "out_features": node.attrs["out_features"],
+                  "bias_": True}
+
+
+def _convert_batch_norm(graph: Graph, node: Node) -> None:
+    node.target = f"torch.ao.nn.quantized.{'BatchNorm2d' if node.op == 'batch_norm2d' else 'BatchNorm3d'}"
+    node.params = dict(node.params) | _scalar_params(graph, node)
+    node.attrs = {k: node.attrs[k] for k in ("num_features", "eps", "momentum")}
+
+
+def _as_function(graph: Graph, node: Node, target: str, inputs: list[Node], args: tuple) -> None:
+    node.kind = NodeKind.FUNCTION
+    node.target = target
+    node.params = {}
+    node.attrs = {}
+    graph.set_inputs(node, inputs, args=args, kwargs={})
+
+
+def _convert_binary(graph: Graph, node: Node) -> None:
+    q = node.quant.qparams
+    target = QUANTIZED_BINARY[(node.op, node.attrs.get("act"))]
+    _as_function(graph, node, target, graph.inputs(node), (Ref(0), Ref(1), float(q.scale), int(q.zero_point)))
+
+
+def _convert_cat(graph: Graph, node: Node) -> None:
+    q = node.quant.qparams
+    tensors = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    _as_function(graph, node, "torch.ops.quantized.cat", graph.inputs(node),
+                 (tensors, dim, float(q.scale), int(q.zero_point)))
+
+
+def _convert_hardswish(graph: Graph, node: Node) -> None:
+    q = node.quant.qparams
+    _as_function(graph, node, "torch.ops.quantized.hardswish", graph.inputs(node)[:1],
+                 (Ref(0), float(q.scale), int(q.zero_point)))
+
+
+def _convert_quantize(graph: Graph, node: Node) -> None:
+    q = node.quant.qparams
+    node.target = "torch.ao.nn.quantized.Quantize"
+    node.attrs = {"scale": float(q.scale), "zero_point": int(q.zero_point), "dtype": q.torch_dtype}
+
+
+def _convert_shared(graph: Graph, node: Node) -> None:
+    if node.kind == NodeKind.METHOD and node.target == "view":
+        # quantized convs return channels-last tensors, which view() cannot reshape
+        node.target = node.op = "reshape"
+
+
+RULES = {
+    "conv1d": _convert_conv, "conv2d": _convert_conv, "conv3d": _convert_conv,
+    "linear": _convert_linear,
+    "batch_norm2d": _convert_batch_norm, "batch_norm3d": _convert_batch_norm,
+    "add": _convert_binary, "mul": _convert_binary,
+    "cat": _convert_cat,
+    "hardswish": _convert_hardswish,
+    "quantize": _convert_quantize,
+} | {op: _convert_shared for op in SHARED}
+
+
+def convert_dequantize(node: Node) -> None:
+    node.target = "torch.ao.nn.quantized.DeQuantize"
+    node.attrs = {}

@@ -1,0 +1,224 @@
+"""Streaming observers: each sees a tensor batch by batch in bounded memory.
+
+* ``minmax``: running extremes (per tensor or per channel).
+* ``moving_average``: extremes averaged over batches (first batch exact).
+* ``histogram``: a fixed number of bins over the range seen so far (re-binned
+  when the range grows), and the sub-range that minimises the expected L2
+  quantization error (rounding noise inside, clipping error outside).
+* ``percentile``: the range between the lower and upper percentile.
+* ``entropy``: the symmetric (or, for non-negative data, one-sided) threshold
+  whose quantized distribution is closest to the observed one in KL divergence.
+
+Memory per observer is O(bins) or O(channels), independent of the number of
+samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qcompile.ir.quant_types import ObserverSpec, TensorStats
+
+
+def _per_channel(x: torch.Tensor, axis: int) -> torch.Tensor:
+    return x.detach().transpose(0, axis).reshape(x.shape[axis], -1)
+
+
+class Observer:
+    """Base class: ``update`` with batches, then ``stats``."""
+
+    def __init__(self, spec: ObserverSpec):
+        self.spec = spec
+        self.count = 0
+        self.min: torch.Tensor | None = None
+        self.max: torch.Tensor | None = None
+
+    def _extremes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.detach().float()
+        if self.spec.per_channel:
+            return torch.aminmax(_per_channel(x, self.spec.axis), dim=1)
+        return torch.aminmax(x)
+
+    def update(self, x: torch.Tensor) -> None:
+        lo, hi = self._extremes(x)
+        if self.min is None:
+            self.min, self.max = lo, hi
+        else:
+            self.min, self.max = torch.minimum(self.min, lo), torch.maximum(self.max, hi)
+        self.count += x.numel()
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.min, self.max
+
+    def stats(self) -> TensorStats:
+        if self.min is None:
+            raise RuntimeError("the observer saw no data")
+        lo, hi = self._range()
+        return TensorStats(lo, hi, self.min, self.max, self.count,
+                           self.spec.axis if self.spec.per_channel else None)
+
+
+class MinMaxObserver(Observer):
+    """Running min and max."""
+
+
+class MovingAverageObserver(Observer):
+    """Min and max averaged over batches with weight ``averaging_constant``."""
+
+    def __init__(self, spec: ObserverSpec):
+        super().__init__(spec)
+        self.avg_min: torch.Tensor | None = None
+        self.avg_max: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        lo, hi = self._extremes(x)
+        c = self.spec.averaging_constant
+        if self.avg_min is None:
+            self.avg_min, self.avg_max = lo, hi
+        else:
+            self.avg_min = self.avg_min + c * (lo - self.avg_min)
+            self.avg_max = self.avg_max + c * (hi - self.avg_max)
+        super().update(x)
+
+    def _range(self):
+        return self.avg_min, self.avg_max
+
+
+class HistogramObserver(Observer):
+    """A histogram over the range seen so far; the range minimising expected L2 error."""
+
+    def __init__(self, spec: ObserverSpec):
+        if spec.per_channel:
+            raise ValueError(f"{spec.kind} observers are per-tensor; use minmax for per-channel weights")
+        super().__init__(spec)
+        self.hist = np.zeros(spec.bins, dtype=np.float64)
+        self.lo_edge = 0.0
+        self.hi_edge = 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1)
+        if x.numel() == 0:
+            return
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if self.count == 0:
+            self.lo_edge, self.hi_edge = lo, hi if hi > lo else lo + 1e-8
+        elif lo < self.lo_edge or hi > self.hi_edge:
+            self._rebin(min(lo, self.lo_edge), max(hi, self.hi_edge))
+        counts = torch.histc(x, self.spec.bins, self.lo_edge, self.hi_edge)
+        self.hist += counts.double().numpy()
+        super().update(x)
+
+    def _rebin(self, lo: float, hi: float) -> None:
+        """Spread the old counts over the wider range, in proportion to bin overlap."""
+        old_edges = np.linspace(self.lo_edge, self.hi_edge, self.spec.bins + 1)
+        new_edges = np.linspace(lo, hi, self.spec.bins + 1)
+        cumulative = np.concatenate([[0.0], np.cumsum(self.hist)])
+        at_new = np.interp(new_edges, old_edges, cumulative)  # CDF, linear within old bins
+        self.hist = np.diff(at_new)
+        self.lo_edge, self.hi_edge = lo, hi
+
+    def _centers(self) -> np.ndarray:
+        edges = np.linspace(self.lo_edge, self.hi_edge, self.spec.bins + 1)
+        return (edges[:-1] + edges[1:]) / 2
+
+    def _range(self):
+        lo, hi = l2_optimal_range(self.hist, self.lo_edge, self.hi_edge, self.spec.quant_range)
+        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+
+
+def l2_optimal_range(hist: np.ndarray, lo_edge: float, hi_edge: float,
+                     quant_range: tuple[int, int], candidates: int = 256) -> tuple[float, float]:
+    """The clip range ``[a, b]`` (containing 0) with the least expected squared error.
+
+    Inside the range each value costs the rounding noise ``step^2 / 12``;
+    outside it costs its squared distance to the nearer bound. With prefix
+    sums every candidate pair is evaluated in O(1).
+    """
+    bins = len(hist)
+    width = (hi_edge - lo_edge) / bins
+    centers = lo_edge + (np.arange(bins) + 0.5) * width
+    c0 = np.concatenate([[0.0], np.cumsum(hist)])
+    c1 = np.concatenate([[0.0], np.cumsum(hist * centers)])
+    c2 = np.concatenate([[0.0], np.cumsum(hist * centers**2)])
+    edges = lo_edge + np.arange(bins + 1) * width
+    levels = quant_range[1] - quant_range[0]
+    idx = np.unique(np.linspace(0, bins, candidates + 1).round().astype(int))
+    lo_idx = idx[edges[idx] <= max(0.0, lo_edge) + 1e-12] if lo_edge < 0 else np.array([0])
+    hi_idx = idx[edges[idx] >= min(0.0, hi_edge) - 1e-12] if hi_edge > 0 else np.array([bins])
+    i = lo_idx[:, None]
+    j = hi_idx[None, :]
+    a = np.minimum(edges[i], 0.0)
+    b = np.maximum(edges[j], 0.0)
+    step = (b - a) / levels
+    inside = c0[j] - c0[i]
+    below = c2[i] - 2 * a * c1[i] + a**2 * c0[i]
+    above = (c2[-1] - c2[j]) - 2 * b * (c1[-1] - c1[j]) + b**2 * (c0[-1] - c0[j])
+    error = inside * step**2 / 12 + below + above
+    error = np.where(j >= i, error, np.inf)
+    bi, bj = np.unravel_index(np.argmin(error), error.shape)
+    return float(a[bi, 0]), float(b[0, bj])
+
+
+class PercentileObserver(HistogramObserver):
+    """The range between the ``100 - p`` and ``p`` percentiles of the histogram."""
+
+    def _range(self):
+        cdf = np.cumsum(self.hist) / max(self.hist.sum(), 1.0)
+        centers = self._centers()
+        p = self.spec.percentile / 100
+        hi = float(np.interp(p, cdf, centers))
+        lo = float(np.interp(1 - p, cdf, centers)) if self.lo_edge < 0 else self.lo_edge
+        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+
+
+class EntropyObserver(HistogramObserver):
+    """The threshold minimising KL(observed || quantized), TensorRT style."""
+
+    def _range(self):
+        centers = self._centers()
+        signed = self.lo_edge < 0
+        magnitude = np.abs(centers) if signed else centers
+        top = max(abs(self.lo_edge), abs(self.hi_edge))
+        folded, _ = np.histogram(magnitude, bins=self.spec.bins, range=(0.0, top), weights=self.hist)
+        qmin, qmax = self.spec.quant_range
+        levels = (qmax - qmin + 1) // (2 if signed else 1)
+        threshold = kl_threshold(folded, top, levels)
+        lo = -threshold if signed else max(self.lo_edge, 0.0)
+        return torch.tensor(lo, dtype=torch.float32), torch.tensor(threshold, dtype=torch.float32)
+
+
+def kl_threshold(hist: np.ndarray, top: float, levels: int) -> float:
+    """Threshold on a histogram of magnitudes over ``[0, top]`` minimising KL divergence."""
+    bins = len(hist)
+    best, best_kl = bins, np.inf
+    for i in range(levels, bins + 1, max(1, (bins - levels) // 256)):
+        kept = hist[:i]
+        p = kept.copy()
+        p[-1] += hist[i:].sum()  # the reference keeps the clipped mass in its last bin
+        nonzero = kept > 0
+        q = np.zeros(i)
+        for g in np.array_split(np.arange(i), levels):  # the quantized candidate: kept mass only
+            support = nonzero[g].sum()
+            if support:
+                q[g] = np.where(nonzero[g], kept[g].sum() / support, 0.0)
+        p_n, q_n = p / p.sum(), q / max(q.sum(), 1e-30)
+        mask = p_n > 0
+        kl = float(np.sum(p_n[mask] * np.log(p_n[mask] / np.maximum(q_n[mask], 1e-30))))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return top * best / bins
+
+
+_KINDS = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageObserver,
+    "histogram": HistogramObserver,
+    "percentile": PercentileObserver,
+    "entropy": EntropyObserver,
+}
+
+
+def make_observer(spec: ObserverSpec) -> Observer:
+    """A fresh observer for ``spec``."""
+    return _KINDS[spec.kind](spec)

@@ -1,0 +1,69 @@
+"""How each op takes part in static quantization.
+
+Every tensor-producing op falls in one category:
+
+* ``weighted``: conv / linear modules; int8 weights, own output scale.
+* ``own``: computes new values and needs its own output scale (add, mul,
+  cat, hardswish, an unfused batch norm).
+* ``shared``: moves or selects values without creating new ones (pooling,
+  flatten, reshape, relu after a quantized op...); its output reuses its
+  input's scale and zero point, so it needs no observer.
+* ``fixed``: a bounded output range known in advance (sigmoid: [0, 1]).
+* anything else stays float, with dequantize / quantize around it.
+
+Ops that produce no tensor (``size``, shape arithmetic) are neutral: they
+read quantized or float tensors alike.
+"""
+
+from __future__ import annotations
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.types import TensorType
+
+WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
+OWN = {"add", "mul", "cat", "hardswish", "batch_norm2d", "batch_norm3d"}
+SHARED = {
+    "relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
+    "dropout", "identity", "mean", "chunk", "getitem", "interpolate", "upsample",
+}
+FIXED = {"sigmoid": (1.0 / 256, 0), "hardsigmoid": (1.0 / 256, 0), "tanh": (2.0 / 256, 128)}
+
+# Functions that codegen and the interpreter call for converted binary ops.
+QUANTIZED_BINARY = {
+    ("add", None): "torch.ops.quantized.add",
+    ("add", "relu"): "torch.ops.quantized.add_relu",
+    ("mul", None): "torch.ops.quantized.mul",
+    ("mul", "relu"): "torch.ops.quantized.mul_relu",
+}
+
+
+def is_float_tensor(node: Node) -> bool:
+    return isinstance(node.type, TensorType) and node.type.dtype in ("f32",)
+
+
+def category(graph: Graph, node: Node) -> str | None:
+    """The node's category, or ``None`` if it stays float (or produces no tensor)."""
+    if node.kind in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM):
+        return None
+    if node.op in WEIGHTED:
+        return "weighted" if node.kind == NodeKind.MODULE and is_float_tensor(node) else None
+    if node.op in ("add", "mul"):
+        # only tensor-tensor forms, as positional (a, b)
+        inputs = graph.inputs(node)
+        ok = (len(inputs) == 2 and node.args[:2] == (Ref(0), Ref(1)) and not node.kwargs
+              and all(is_float_tensor(i) for i in inputs) and is_float_tensor(node)
+              and inputs[0].type == node.type and inputs[1].type == node.type)
+        return "own" if ok else None
+    if node.op == "cat":
+        return "own" if is_float_tensor(node) and all(is_float_tensor(i) for i in graph.inputs(node)) else None
+    if node.op in OWN:
+        return "own" if is_float_tensor(node) and node.op != "batch_norm3d" else None
+    if node.op in FIXED:
+        return "fixed" if is_float_tensor(node) else None
+    if node.op in SHARED:
+        if node.op == "getitem" or is_float_tensor(node) or node.op == "chunk":
+            return "shared"
+    return None
