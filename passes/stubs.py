@@ -29,7 +29,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.op_table import category, is_float_tensor
+from qcompile.quant.op_table import category, holds_tensor, is_float_tensor
 
 QUANT_STUB = "torch.ao.quantization.QuantStub"
 DEQUANT_STUB = "torch.ao.quantization.DeQuantStub"
@@ -77,6 +77,8 @@ class Stubs(Pass):
         dequant_stubs: dict[str, Node] = {}
         for node in graph.nodes():
             inside = node.name in quantized
+            if not inside and node.kind != NodeKind.OUTPUT and not holds_tensor(node.type):
+                continue  # size(), shape arithmetic: read int8 and float tensors alike
             for port, producer in enumerate(graph.inputs(node)):
                 if not is_float_tensor(producer):
                     continue  # shapes and other non-tensors cross freely

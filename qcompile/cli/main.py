@@ -40,7 +40,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocess", metavar="PRESET",
                         help="imagenet, mnist, grey-half, unit or none (default: per data source)")
     parser.add_argument("--preset", metavar="NAME",
-                        help="quantization preset: default, x86, fbgemm, qnnpack (torch.ao's configs)")
+                        help="quantization preset: x86 (the default), default, fbgemm, qnnpack (torch.ao's configs)")
     parser.add_argument("--qconfig", metavar="FILE", help="quantization config file (TOML or JSON)")
     parser.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                         help="keep matching layers float (node name / module path glob, or op:TYPE)")

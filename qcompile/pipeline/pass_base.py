@@ -43,7 +43,7 @@ class PassContext:
     Attributes:
         calib_data: Iterable of model-input tuples for calibration (or ``None``).
         quant_config: The quantization config (preset, overrides, skips);
-            torch.ao's ``default`` preset when not given.
+            the ``x86`` preset when not given.
         device: Device for any computation a pass does.
         debug: Whether passes should explain their decisions (see ``explain``).
         explanations: (pass name, message) pairs recorded by ``explain``.

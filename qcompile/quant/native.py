@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from qcompile.ir.graph import Graph
+from qcompile.ir.modules import ctor_defaults
 from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.targets import resolve_target
 from qcompile.quant.op_table import QUANTIZED_BINARY, SHARED
 from qcompile.quant.qparams import quantize_tensor
 
@@ -65,8 +67,10 @@ def _convert_linear(graph: Graph, node: Node) -> None:
     relu = _act(node) == "relu"
     node.target = "torch.ao.nn.intrinsic.quantized.LinearReLU" if relu else "torch.ao.nn.quantized.Linear"
     node.params = _quantized_weight_params(graph, node)
+    # nnq.Linear spells its bias flag "bias_", LinearReLU "bias"
+    bias_flag = "bias_" if "bias_" in ctor_defaults(resolve_target(node.target)) else "bias"
     node.attrs = {"in_features": node.attrs["in_features"], "out_features": node.attrs["out_features"],
-                  "bias_": True}
+                  bias_flag: True}
 
 
 def _convert_batch_norm(graph: Graph, node: Node) -> None:

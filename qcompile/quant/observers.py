@@ -192,7 +192,7 @@ def kl_threshold(hist: np.ndarray, top: float, levels: int) -> float:
     """Threshold on a histogram of magnitudes over ``[0, top]`` minimising KL divergence."""
     bins = len(hist)
     best, best_kl = bins, np.inf
-    for i in range(levels, bins + 1, max(1, (bins - levels) // 256)):
+    for i in sorted(set(range(levels, bins + 1, max(1, (bins - levels) // 256))) | {bins}):
         kept = hist[:i]
         p = kept.copy()
         p[-1] += hist[i:].sum()  # the reference keeps the clipped mass in its last bin

@@ -40,6 +40,13 @@ QUANTIZED_BINARY = {
 }
 
 
+def holds_tensor(value_type) -> bool:
+    """Whether a value of this type is or contains a tensor."""
+    if isinstance(value_type, TensorType):
+        return True
+    return any(holds_tensor(t) for t in getattr(value_type, "elements", ()))
+
+
 def is_float_tensor(node: Node) -> bool:
     return isinstance(node.type, TensorType) and node.type.dtype in ("f32",)
 

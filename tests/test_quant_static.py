@@ -1,0 +1,151 @@
+"""Post-training static quantization end to end, against torch.ao FX and the float model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from qcompile.codegen import load_model, write_model
+from qcompile.data import open_data
+from qcompile.frontend.loaders import load_model as load_user_model
+from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.ir import NodeKind, print_graph
+from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.config import QuantConfig, load_quant_config
+from tests.models import randomize_batch_norm
+from tests.torchao_reference import fx_quantize, lsb_agreement, sqnr
+
+FX_FUSION = "fuse{activations=relu},calibrate,convert"  # torch.ao does not fuse ReLU6
+
+
+def _quantize(model, calib, preset="x86", pipeline="fuse,calibrate,convert", config=None):
+    graph = lower(model, (calib[0][0][:1],))
+    config = config or QuantConfig.from_preset(preset)
+    records = run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=config))
+    return graph, records
+
+
+def _output_scale(graph):
+    return float(graph.inputs(graph.find(op="dequantize")[-1])[0].quant.qparams.scale)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return randomize_batch_norm(torchvision.models.resnet18())
+
+
+@pytest.fixture(scope="module")
+def random_images():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, 96, 96, generator=g),) for _ in range(3)], torch.randn(6, 3, 96, 96, generator=g)
+
+
+def test_resnet18_default_preset_is_bit_exact_with_torch_ao(resnet18, random_images):
+    calib, test = random_images
+    graph, _ = _quantize(resnet18, calib, "default", FX_FUSION)
+    ours = Interpreter(graph).run(test)
+    theirs = fx_quantize(resnet18, calib, "default")(test)
+    within, exact = lsb_agreement(ours, theirs, _output_scale(graph))
+    assert within >= 0.99 and exact == 1.0
+
+
+def test_resnet18_x86_preset_sqnr_at_least_torch_ao(resnet18, random_images):
+    calib, test = random_images
+    graph, _ = _quantize(resnet18, calib, "x86", FX_FUSION)
+    with torch.no_grad():
+        want = resnet18(test)
+    ours = sqnr(Interpreter(graph).run(test), want)
+    theirs = sqnr(fx_quantize(resnet18, calib, "x86")(test), want)
+    assert ours >= theirs - 0.5, (ours, theirs)
+
+
+def test_converted_graph_reads_like_the_seeds_by_hand(resnet18, random_images):
+    calib, _ = random_images
+    graph, records = _quantize(resnet18, calib, "x86")
+    assert [r.pass_.name for r in records] == ["fuse", "stubs", "observe", "calibrate", "convert"]
+    text = print_graph(graph)
+    assert text.count("= quantize(") == 1 and text.count("= dequantize(") == 1  # QuantStub / DeQuantStub
+    assert "torch.ops.quantized.add_relu" in text  # FloatFunctional, without editing the model
+    assert "torch.ao.nn.intrinsic.quantized.ConvReLU2d" in text
+    assert graph.node("maxpool").quant.shares == "conv1"
+    assert str(graph.node("fc").type) == "qu8[1,1000]"
+
+
+def test_emitted_int8_model_matches_graph_and_survives_torchscript(resnet18, random_images, tmp_path):
+    calib, test = random_images
+    graph, _ = _quantize(resnet18, calib)
+    write_model(graph, tmp_path / "q")
+    emitted = load_model(tmp_path / "q")
+    want = Interpreter(graph).run(test)
+    torch.testing.assert_close(emitted(test), want, rtol=0, atol=0)
+    scripted = torch.jit.script(emitted)
+    torch.jit.save(scripted, str(tmp_path / "q.pt"))
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "q.pt"))(test), want, rtol=0, atol=0)
+    float_size = sum(t.numel() * 4 for t in resnet18.state_dict().values() if t.is_floating_point())
+    assert (tmp_path / "q" / "weights.pt").stat().st_size < 0.3 * float_size
+
+
+def test_skip_list_keeps_layers_float_with_stubs_around(resnet18, random_images):
+    calib, test = random_images
+    config = load_quant_config(preset="x86", skip=["layer4.*", "fc"])
+    graph, records = _quantize(resnet18, calib, config=config)
+    assert graph.node("layer4_0_conv1").target == "torch.nn.Conv2d"
+    assert graph.node("fc").target == "torch.nn.Linear"
+    assert graph.node("layer3_1_conv1").target.startswith("torch.ao.nn")
+    dequant = graph.find(op="dequantize")
+    assert len(dequant) == 1 and graph.inputs(dequant[0])[0].name.startswith("add")
+    out = Interpreter(graph).run(test)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_passes_report_no_change_on_a_second_run(resnet18, random_images):
+    calib, _ = random_images
+    graph, _ = _quantize(resnet18, calib, pipeline="fuse,stubs,observe")
+    records = run_pipeline(graph, "stubs,observe", PassContext(calib_data=calib))
+    assert [r.result.modified for r in records] == [False, False]
+
+
+def test_digit_cnn_view_after_quantized_conv_and_accuracy():
+    model = load_user_model("zoo:digit_cnn").module
+    data = open_data("builtin:mnist5k", limit=1000, batch_size=100)
+    batches = list(data)
+    graph, _ = _quantize(model, batches[:2])
+    assert graph.node("view").target == "reshape"  # view() cannot handle channels-last int8 tensors
+    interpreter = Interpreter(graph)
+    correct_q = correct_f = 0
+    for x, y in data.labelled():
+        correct_q += int((interpreter.run(x).argmax(1) == y).sum())
+        with torch.no_grad():
+            correct_f += int((model(x).argmax(1) == y).sum())
+    assert correct_f >= 980 and correct_q >= correct_f - 5  # 1,000 real digits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["default", "x86"])
+def test_real_mobilenet_v2_against_torch_ao(preset):
+    model = load_user_model("zoo:mobilenet_v2").module
+    batches = list(open_data("builtin:photos", batch_size=16))
+    calib, test = batches[:4], torch.cat([b[0] for b in batches[4:]])
+    graph, _ = _quantize(model, calib, preset, FX_FUSION)
+    ours = Interpreter(graph).run(test)
+    theirs = fx_quantize(model, calib, preset)(test)
+    with torch.no_grad():
+        want = model(test)
+    if preset == "default":
+        within, _ = lsb_agreement(ours, theirs, _output_scale(graph))
+        assert within >= 0.99
+    assert sqnr(ours, want) >= sqnr(theirs, want) - 0.5
+
+
+def test_static_quantization_needs_data():
+    from qcompile.errors import QCompileError
+
+    model = randomize_batch_norm(torchvision.models.resnet18())
+    graph = lower(model, (torch.randn(1, 3, 64, 64),))
+    with pytest.raises(QCompileError, match="needs calibration data"):
+        run_pipeline(graph, "fuse,calibrate,convert", PassContext())
+    assert "converted" not in graph.facts
+    assert not [n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.target.startswith("torch.ao.nn")]
