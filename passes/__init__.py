@@ -10,3 +10,4 @@ from qcompile.passes import (  # noqa: F401, E402
     observe,
     stubs,
 )
+from qcompile.passes import dynamic  # noqa: F401, E402

@@ -233,6 +233,15 @@ class _Emitter:
         engine = self.graph.attrs.get("engine")
         # quantized weights are packed for one engine when the model is built
         engine_line = f"    torch.backends.quantized.engine = {engine!r}\n" if engine else ""
+        state = self.container.state_dict()
+        load_call = "torch.load(weights, map_location=map_location, weights_only=True)"
+        if any(not isinstance(v, torch.Tensor) for v in state.values()):
+            # packed weights of dynamic LSTM/GRU are torch ScriptObjects, which the
+            # safe loader accepts only when allowed explicitly
+            load_block = ("    with torch.serialization.safe_globals([torch.ScriptObject]):\n"
+                          f"        model.load_state_dict({load_call})\n")
+        else:
+            load_block = f"    model.load_state_dict({load_call})\n"
         body_init = "\n".join(f"        {line}" for line in self.init_lines) or "        pass"
         body_fwd = "\n".join(f"        {line}" for line in self.forward_lines)
         source = f'''"""{class_name}, emitted by qcompile (graph facts: {facts}).
@@ -259,10 +268,9 @@ class {class_name}(nn.Module):
 def load(weights="weights.pt", map_location="cpu"):
     """Build the model and load its weights (a state-dict file)."""
 {engine_line}    model = {class_name}()
-    model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
-    return model.eval()
+{load_block}    return model.eval()
 '''
-        return EmittedModel(class_name, source, self.container.state_dict())
+        return EmittedModel(class_name, source, state)
 
 
 def emit_python(graph: Graph) -> EmittedModel:

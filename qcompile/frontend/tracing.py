@@ -97,6 +97,8 @@ def stack_location(node: fx.Node) -> tuple[str, str]:
                 continue
             lineno = line.split("line ")[1].split(",")[0] if "line " in line else "?"
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if code.startswith('File "'):
+                code = ""  # no source text (e.g. code typed at a prompt)
             short = "/".join(Path(filename).parts[-2:])
             return f"{short}:{lineno}", code
     return "", ""

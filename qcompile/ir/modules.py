@@ -146,8 +146,9 @@ def build_module(
     """
     if isinstance(cls, str):
         cls = resolve_target(cls)
-    defaults = ctor_defaults(cls)
-    kwargs = {k: v for k, v in attrs.items() if k in defaults}
+    # Only what differs from the defaults: some constructors refuse arguments
+    # they do not use even at their default value (GRU and proj_size=0).
+    kwargs = non_default_ctor_args(cls, attrs)
     builder = _BUILDERS.get(cls)
     if builder is not None:
         return builder(cls, kwargs, state).eval()

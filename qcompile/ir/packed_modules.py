@@ -13,6 +13,7 @@ import torch
 import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
 import torch.ao.nn.quantized.dynamic as nnqd
+import torch.ao.nn.intrinsic.quantized.dynamic as nniqd
 
 from qcompile.ir.modules import register_builder
 
@@ -31,8 +32,21 @@ def _quantized_linear(cls: type, kwargs: dict[str, Any], state: dict[str, torch.
     return module
 
 
-@register_builder(nnqd.Linear)
+@register_builder(nnqd.Linear, nniqd.LinearReLU)
 def _dynamic_linear(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]):
     module = cls(**kwargs)
     module.set_weight_bias(state["weight"], state.get("bias"))
     return module
+
+
+@register_builder(nnqd.LSTM, nnqd.GRU)
+def _dynamic_rnn(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]):
+    """Dynamic LSTM/GRU from float weights (the graph keeps them; int8 packing happens here)."""
+    from torch import nn
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    float_cls = nn.LSTM if cls is nnqd.LSTM else nn.GRU
+    rnn = float_cls(**{k: v for k, v in kwargs.items() if k != "dtype"})
+    rnn.load_state_dict(state)
+    rnn.qconfig = default_dynamic_qconfig
+    return cls.from_float(rnn)

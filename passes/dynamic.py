@@ -1,0 +1,102 @@
+"""``dynamic``: int8 weights, activations quantized on the fly (Linear, LSTM, GRU).
+
+requires: ``lowered``    provides: ``converted``
+
+What ``torch.ao.quantization.quantize_dynamic`` does, on the graph: each
+Linear (with a fused ReLU where ``fuse`` ran first), LSTM and GRU gets int8
+weights (min/max, symmetric, per tensor unless ``per-channel=true``); at run
+time its input is quantized with a range measured on that very input, so no
+calibration data is needed. Before and after::
+
+    %fc = linear(%flatten, $fc.{weight,bias}) : f32[1,10] {in_features=512, out_features=10}
+
+    %fc = linear(%flatten, $fc.{weight,bias}) : f32[1,10] {in_features=512, out_features=10,
+          target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: qint8 scale=0.00312 zp=0
+
+Options:
+    ops: Which ops to quantize (``linear``, ``lstm``, ``gru``).
+    per_channel: One weight scale per output channel (Linear only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.ir.graph import Graph
+from qcompile.ir.modules import ctor_defaults
+from qcompile.ir.targets import resolve_target
+from qcompile.ir.node import NodeKind
+from qcompile.ir.quant_types import ObserverSpec
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.observers import make_observer
+from qcompile.quant.qparams import qparams_from_range, quantize_tensor
+
+_TARGETS = {
+    ("linear", None): "torch.ao.nn.quantized.dynamic.Linear",
+    ("linear", "relu"): "torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU",
+    ("lstm", None): "torch.ao.nn.quantized.dynamic.LSTM",
+    ("gru", None): "torch.ao.nn.quantized.dynamic.GRU",
+}
+
+
+@register_pass
+@dataclass(frozen=True)
+class Dynamic(Pass):
+    """Dynamic quantization of Linear, LSTM and GRU: int8 weights, activations at run time."""
+
+    name = "dynamic"
+    requires = ("lowered",)
+    provides = ("converted",)
+
+    ops: tuple[str, ...] = ("linear", "lstm", "gru")
+    per_channel: bool = False
+
+    def __post_init__(self):
+        unknown = set(self.ops) - {"linear", "lstm", "gru"}
+        if unknown:
+            raise ValueError(f"dynamic quantization covers linear, lstm and gru, not {sorted(unknown)}")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        engine = ctx.quant_config.engine
+        torch.backends.quantized.engine = engine
+        counts: dict[str, int] = {}
+        for node in graph.find(kind=NodeKind.MODULE):
+            if node.op not in self.ops or node.quant.mode is not None:
+                continue
+            if ctx.quant_config.qconfig_for(node) is None:
+                ctx.explain(f"%{node.name} stays float: skipped by the config")
+                continue
+            act = node.attrs.get("act")
+            if (node.op, act) not in _TARGETS:
+                ctx.explain(f"%{node.name}: no dynamic kernel for {node.op} with a fused {act}")
+                continue
+            node.target = _TARGETS[(node.op, act)]
+            if node.op == "linear":
+                self._quantize_linear_weight(graph, node)
+            accepted = ctor_defaults(resolve_target(node.target))
+            node.attrs = {k: v for k, v in node.attrs.items() if k in accepted}
+            node.quant.mode = "dynamic"
+            counts[node.op] = counts.get(node.op, 0) + 1
+        if counts:
+            graph.attrs.update(backend="native", engine=engine)
+        return PassResult(bool(counts), counts)
+
+    def _quantize_linear_weight(self, graph: Graph, node) -> None:
+        spec = ObserverSpec("minmax", dtype="qint8", symmetric=True, per_channel=self.per_channel, axis=0)
+        observer = make_observer(spec)
+        weight = graph.param(node, "weight")
+        observer.update(weight)
+        stats = observer.stats()
+        q = qparams_from_range(stats.lo, stats.hi, spec, 0 if self.per_channel else None)
+        node.quant.weight_observer, node.quant.weight_stats, node.quant.weight_qparams = spec, stats, q
+        graph.params[node.params["weight"]] = quantize_tensor(weight, q)
+        # nnqd.Linear spells its bias flag "bias_"; LinearReLU "bias"
+        flag = "bias_" if node.target.endswith("dynamic.Linear") else "bias"
+        node.attrs = {"in_features": node.attrs["in_features"], "out_features": node.attrs["out_features"],
+                      flag: "bias" in node.params} | {"act": node.attrs.get("act")}
+        if "bias" not in node.params:
+            node.params["bias"] = graph.add_param(f"{node.source.module_path or node.name}.bias",
+                                                  torch.zeros(node.attrs["out_features"]))
+            node.attrs[flag] = True
