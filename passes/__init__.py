@@ -6,8 +6,9 @@ Importing this package registers every built-in pass.
 from qcompile.passes import (  # noqa: F401, E402
     calibrate,
     convert,
+    dynamic,  # noqa: F401, E402
     fuse,  # noqa: F401
     observe,
+    qat,  # noqa: F401, E402
     stubs,
 )
-from qcompile.passes import dynamic  # noqa: F401, E402

@@ -54,6 +54,19 @@ def check_batch(graph: Graph, batch: tuple, index: int) -> None:
                                 hint="clean the data; observers cannot place a range around NaN")
 
 
+def observe_weights(graph: Graph) -> int:
+    """Fill ``weight_stats`` of every node with a weight observer; return how many."""
+    count = 0
+    for node in graph.find(kind=NodeKind.MODULE):
+        spec = node.quant.weight_observer
+        if spec is not None:
+            observer = make_observer(spec)
+            observer.update(graph.param(node, "weight"))
+            node.quant.weight_stats = observer.stats()
+            count += 1
+    return count
+
+
 @register_pass(default_for=("calibrated",))
 @dataclass(frozen=True)
 class Calibrate(Pass):
@@ -94,12 +107,5 @@ class Calibrate(Pass):
             raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
         for name, observer in observers.items():
             graph.node(name).quant.stats = observer.stats()
-        weights = 0
-        for node in graph.find(kind=NodeKind.MODULE):
-            spec = node.quant.weight_observer
-            if spec is not None:
-                observer = make_observer(spec)
-                observer.update(graph.param(node, "weight"))
-                node.quant.weight_stats = observer.stats()
-                weights += 1
+        weights = observe_weights(graph)
         return PassResult(True, {"batches": batches, "activations": len(observers), "weights": weights})

@@ -39,7 +39,7 @@ def choose_qparams(graph: Graph) -> None:
     """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids."""
     for node in graph.nodes():
         q = node.quant
-        if q.stats is not None:
+        if q.observer is not None and (q.clip is not None or q.stats is not None):
             lo, hi = (torch.tensor(q.clip[0]), torch.tensor(q.clip[1])) if q.clip else (q.stats.lo, q.stats.hi)
             q.qparams = qparams_from_range(lo, hi, q.observer)
         if q.weight_stats is not None:

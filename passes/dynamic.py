@@ -26,9 +26,9 @@ import torch
 
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
-from qcompile.ir.targets import resolve_target
 from qcompile.ir.node import NodeKind
 from qcompile.ir.quant_types import ObserverSpec
+from qcompile.ir.targets import resolve_target
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.observers import make_observer
 from qcompile.quant.qparams import qparams_from_range, quantize_tensor

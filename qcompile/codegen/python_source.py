@@ -40,6 +40,7 @@ class EmittedModel:
     class_name: str
     source: str
     state_dict: dict[str, torch.Tensor]
+    param_map: dict[str, str]  # state-dict key -> graph parameter it holds
 
 
 class _Code:
@@ -104,6 +105,7 @@ class _Emitter:
         # Mirrors the emitted module's attributes, so its state_dict() carries
         # the version metadata quantized modules need when loading.
         self.container = torch.nn.Module()
+        self.param_map: dict[str, str] = {}
         self.attr_names: set[str] = set()
         self.module_attrs: dict[tuple, str] = {}
         self.param_attrs: dict[str, str] = {}
@@ -161,6 +163,7 @@ class _Emitter:
         # The module's own state dict: for quantized modules it holds packed
         # weights and constructor-set buffers, not just the graph's tensors.
         state = {key: self.graph.params[p] for key, p in node.params.items()}
+        self.param_map.update({f"{attr}.{key}": p for key, p in node.params.items()})
         self.container.add_module(attr, build_module(cls, node.attrs, state, path=node.source.module_path))
         self.module_attrs[key] = attr
         return attr
@@ -181,6 +184,7 @@ class _Emitter:
         else:
             self.container.register_buffer(attr, tensor)
         self.param_attrs[node.target] = attr
+        self.param_map[attr] = node.target
         return attr
 
     def _arguments(self, node: Node) -> tuple[tuple, dict]:
@@ -270,7 +274,7 @@ def load(weights="weights.pt", map_location="cpu"):
 {engine_line}    model = {class_name}()
 {load_block}    return model.eval()
 '''
-        return EmittedModel(class_name, source, state)
+        return EmittedModel(class_name, source, state, dict(self.param_map))
 
 
 def emit_python(graph: Graph) -> EmittedModel:

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 import torch.ao.nn.intrinsic.quantized as nniq
+import torch.ao.nn.intrinsic.quantized.dynamic as nniqd
 import torch.ao.nn.quantized as nnq
 import torch.ao.nn.quantized.dynamic as nnqd
-import torch.ao.nn.intrinsic.quantized.dynamic as nniqd
 
 from qcompile.ir.modules import register_builder
 

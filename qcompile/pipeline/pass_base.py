@@ -42,6 +42,7 @@ class PassContext:
 
     Attributes:
         calib_data: Iterable of model-input tuples for calibration (or ``None``).
+        train_data: Labelled data source for training passes (or ``None``).
         quant_config: The quantization config (preset, overrides, skips);
             the ``x86`` preset when not given.
         device: Device for any computation a pass does.
@@ -53,12 +54,14 @@ class PassContext:
         self,
         calib_data: Any = None,
         quant_config: Any = None,
+        train_data: Any = None,
         device: str = "cpu",
         debug: bool = False,
         progress: Callable[[str, int, int | None], None] | None = None,
         log: Callable[[str], None] | None = None,
     ):
         self.calib_data = calib_data
+        self.train_data = train_data
         if quant_config is None:
             from qcompile.quant.config import QuantConfig
 

@@ -1,0 +1,1 @@
+"""Modules qcompile emits into graphs: fake quantization for quantization-aware training."""
