@@ -9,6 +9,7 @@ from qcompile.passes import (  # noqa: F401, E402
     dynamic,  # noqa: F401, E402
     fuse,  # noqa: F401
     observe,
+    pipelines,  # noqa: F401, E402
     qat,  # noqa: F401, E402
     stubs,
 )

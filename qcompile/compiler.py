@@ -73,6 +73,7 @@ class CompileResult:
     out_dir: Path | None = None
     check: float | None = None
     notes: list[str] = field(default_factory=list)
+    example_inputs: tuple = ()
 
 
 def _max_abs_diff(a: Any, b: Any) -> float:
@@ -122,7 +123,7 @@ def compile_model(
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
     graph = lower(loaded.module, inputs)
     records = PassManager(pipeline, instruments).run(graph, ctx)
-    result = CompileResult(graph, records, notes=list(loaded.notes))
+    result = CompileResult(graph, records, notes=list(loaded.notes), example_inputs=tuple(inputs))
     if out_dir is not None:
         write_model(graph, out_dir)
         emitted = load_emitted(out_dir)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from qcompile.errors import QCompileError
 
-COMMANDS = ("inspect", "passes", "zoo", "compile")
+COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +39,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="calibration batch size (32)")
     parser.add_argument("--preprocess", metavar="PRESET",
                         help="imagenet, mnist, grey-half, unit or none (default: per data source)")
+    parser.add_argument("--train", metavar="DATA", help="labelled training data for the 'train' pass (QAT)")
+    parser.add_argument("--train-samples", type=int, metavar="N", help="use at most N training samples")
     parser.add_argument("--preset", metavar="NAME",
                         help="quantization preset: x86 (the default), default, fbgemm, qnnpack (torch.ao's configs)")
     parser.add_argument("--qconfig", metavar="FILE", help="quantization config file (TOML or JSON)")
@@ -69,6 +71,8 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     _model_arguments(compile_p)
     compile_p.add_argument("-o", "--output", required=True, metavar="OUT",
                            help="directory for model.py, weights.pt and graph.qir")
+    compile_p.add_argument("--deploy", choices=("torchscript",), action="append", default=[],
+                           help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt")
 
     inspect_p = argparse.ArgumentParser(
         prog="qcompile inspect", description="Lower a model, run passes, and show the graph.")
@@ -81,7 +85,23 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     passes_p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE")
 
     zoo_p = argparse.ArgumentParser(prog="qcompile zoo", description="List the bundled models.")
-    return {"compile": compile_p, "inspect": inspect_p, "passes": passes_p, "zoo": zoo_p}
+    compare_p = argparse.ArgumentParser(
+        prog="qcompile compare",
+        description="Compare a float model with quantized variants (qcompile output directories): "
+        "size on disk, accuracy or agreement, latency.")
+    compare_p.add_argument("model", help="the float model (as for qcompile MODEL)")
+    compare_p.add_argument("variants", nargs="+", metavar="OUT", help="directories written by qcompile -o")
+    compare_p.add_argument("--data", required=True, help="evaluation data (labelled data gives accuracy)")
+    compare_p.add_argument("--samples", type=int, help="use at most this many samples")
+    compare_p.add_argument("--preprocess", metavar="PRESET")
+    compare_p.add_argument("--batch-size", type=int, default=64)
+    compare_p.add_argument("--weights")
+    compare_p.add_argument("--trust-pickle", action="store_true")
+    compare_p.add_argument("--threads", type=int, default=1, help="torch threads for the latency runs (1)")
+    compare_p.add_argument("--repeats", type=int, default=20, help="timed runs per model (median is kept)")
+    compare_p.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency runs (1)")
+    compare_p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    return {"compile": compile_p, "inspect": inspect_p, "passes": passes_p, "zoo": zoo_p, "compare": compare_p}
 
 
 def _instruments(args: argparse.Namespace):
@@ -130,6 +150,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
     ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=ProgressPrinter())
+    if args.train:
+        from qcompile.data import open_data
+
+        ctx.train_data = open_data(args.train, preprocess=args.preprocess, limit=args.train_samples,
+                                   batch_size=args.batch_size)
     result = compile_model(
         args.model,
         passes=passes or "",
@@ -152,6 +177,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
         print(f"qcompile: {record.pass_.name}: {changed}" + (f" ({stats})" if stats else ""), file=sys.stderr)
     if timing is not None:
         print(timing.table(), file=sys.stderr)
+    if command == "compile" and "torchscript" in args.deploy:
+        from qcompile.deploy import save_torchscript
+
+        path, diff = save_torchscript(result.out_dir, result.example_inputs)
+        print(f"qcompile: wrote {path} (reloaded: outputs identical within {diff:.3g})", file=sys.stderr)
     if command == "compile":
         print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
@@ -248,6 +278,31 @@ def _list_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from qcompile.codegen import load_model as load_emitted
+    from qcompile.compare import compare, format_table, state_size_bytes, write_json
+    from qcompile.data import open_data
+    from qcompile.frontend.loaders import load_model
+
+    data = open_data(args.data, preprocess=args.preprocess, limit=args.samples, batch_size=args.batch_size)
+    reference = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle).module
+    models = [("float", reference, state_size_bytes(reference))]
+    from pathlib import Path
+
+    for out in args.variants:
+        out_dir = Path(out)
+        if not (out_dir / "model.py").is_file():
+            raise QCompileError(f"{out} is not a qcompile output directory (no model.py)",
+                                hint="pass directories written by qcompile MODEL ... -o OUT")
+        models.append((out_dir.name, load_emitted(out_dir), (out_dir / "weights.pt").stat().st_size))
+    rows = compare(models, data, threads=args.threads, repeats=args.repeats, latency_batch=args.latency_batch)
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, args.json, data=args.data, threads=args.threads, repeats=args.repeats,
+                   latency_batch=args.latency_batch)
+    return 0
+
+
 def _list_zoo() -> int:
     from qcompile.zoo import ZOO
 
@@ -265,6 +320,7 @@ def _quiet_torch_deprecations() -> None:
                  "torch.ao.quantization is deprecated", "Please use quant_min and quant_max"):
         warnings.filterwarnings("ignore", message=f".*{text}.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.ao")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_passes(args)
         if command == "zoo":
             return _list_zoo()
+        if command == "compare":
+            return _compare(args)
         return _run(args, command)
     except QCompileError as exc:
         print(f"qcompile: error: {exc}", file=sys.stderr)

@@ -1,0 +1,105 @@
+"""Comparing a float model with its quantized variants: size, accuracy, latency.
+
+Accuracy is top-1 / top-5 against labels when the data has them, and always
+agreement with the float model (share of equal top-1 predictions, output
+SQNR). Latency is the median of repeated runs of one batch after warm-up,
+with a fixed number of threads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qcompile.fileio import atomic_write_text
+
+
+@dataclass
+class Row:
+    name: str
+    size_mb: float
+    top1: float | None
+    top5: float | None
+    agreement: float | None
+    sqnr_db: float | None
+    latency_ms: float
+    speedup: float | None = None
+
+
+def state_size_bytes(module: nn.Module) -> int:
+    """Bytes of the module's state dict as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.tell()
+
+
+def median_latency_ms(module: nn.Module, batch: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            module(batch)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            module(batch)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1, repeats: int = 20,
+            latency_batch: int = 1) -> list[Row]:
+    """One row per model; the first model is the float reference."""
+    torch.set_num_threads(threads)
+    batches = list(data.labelled()) if data.labels is not None else [(b[0], None) for b in data]
+    reference_logits = None
+    rows = []
+    for index, (name, module, size) in enumerate(models):
+        module.eval()
+        logits, labels = [], []
+        with torch.no_grad():
+            for x, y in batches:
+                logits.append(module(x).float())
+                if y is not None:
+                    labels.append(y)
+        out = torch.cat(logits)
+        top1 = top5 = None
+        if labels:
+            y = torch.cat(labels)
+            top1 = float((out.argmax(1) == y).float().mean())
+            k = min(5, out.shape[1])
+            top5 = float((out.topk(k, dim=1).indices == y[:, None]).any(1).float().mean())
+        agreement = sqnr = None
+        if index == 0:
+            reference_logits = out
+        else:
+            agreement = float((out.argmax(1) == reference_logits.argmax(1)).float().mean())
+            noise = (out - reference_logits).pow(2).mean()
+            sqnr = float(10 * torch.log10(reference_logits.pow(2).mean() / noise)) if noise > 0 else float("inf")
+        latency = median_latency_ms(module, batches[0][0][:latency_batch], repeats)
+        rows.append(Row(name, size / 1e6, top1, top5, agreement, sqnr, latency))
+    for row in rows[1:]:
+        row.speedup = rows[0].latency_ms / row.latency_ms
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    def cell(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["| model | size MB | top-1 | top-5 | agreement | SQNR dB | latency ms | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.size_mb:.2f} | {cell(r.top1, '.4f')} | {cell(r.top5, '.4f')} | "
+                     f"{cell(r.agreement, '.4f')} | {cell(r.sqnr_db, '.1f')} | {r.latency_ms:.2f} | "
+                     f"{cell(r.speedup, '.2f')} |")
+    return "\n".join(lines)
+
+
+def write_json(rows: list[Row], path: str | Path, **context) -> None:
+    atomic_write_text(path, json.dumps({"context": context, "rows": [asdict(r) for r in rows]}, indent=1))
