@@ -16,6 +16,7 @@ grow with the number of samples.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,8 @@ def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = N
 
 def _from_callable(spec: str, preprocess: str | None, limit: int | None, batch_size: int) -> DataSource:
     module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
     """Import ``package.module:factory``, call it, and load ``weights`` into the result."""
     module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))  # like `python -m`: the user's own modules import
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -1,0 +1,80 @@
+"""The quantization workflows from the command line, and the bad inputs users send."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_cli import qcompile
+
+
+def test_static_ptq_with_deploy_and_compare(tmp_path):
+    out = tmp_path / "int8"
+    run = qcompile("zoo:digit_cnn", "--passes", "fuse,calibrate,convert", "--calib", "builtin:mnist5k",
+                   "--calib-samples", "256", "--preset", "x86", "-o", out, "--deploy", "torchscript")
+    assert run.returncode == 0, run.stderr
+    assert "pipeline expanded to: fuse,stubs,observe,calibrate,convert" in run.stderr
+    assert "qcompile: calibrate: 8/8" in run.stderr  # progress
+    assert (out / "model.torchscript.pt").is_file() and "identical within 0" in run.stderr
+    assert "qu8[1,10]" in (out / "graph.qir").read_text()
+    dynamic = tmp_path / "dynamic"
+    assert qcompile("zoo:digit_cnn", "--passes", "dynamic-int8", "-o", dynamic).returncode == 0
+    table = tmp_path / "table.json"
+    run = qcompile("compare", "zoo:digit_cnn", out, dynamic, "--data", "builtin:mnist5k", "--samples", "500",
+                   "--repeats", "3", "--json", table)
+    assert run.returncode == 0, run.stderr
+    assert "| float |" in run.stdout and "| int8 |" in run.stdout and "| dynamic |" in run.stdout
+    rows = {r["name"]: r for r in json.loads(table.read_text())["rows"]}
+    assert rows["float"]["top1"] > 0.97 and rows["int8"]["top1"] > 0.97
+    assert rows["int8"]["size_mb"] < 0.3 * rows["float"]["size_mb"]
+    assert rows["int8"]["agreement"] > 0.98
+
+
+def test_qat_from_the_command_line(tmp_path):
+    out = tmp_path / "qat"
+    run = qcompile("tests.seed_models:FashionNet", "--passes", "qat-int8", "--train", "builtin:fashion-train",
+                   "--train-samples", "640", "-o", out, "--input-shape", "1,1,28,28")
+    assert run.returncode == 0, run.stderr
+    assert "train: changed (epochs: 1" in run.stderr and "epoch 1: loss" in run.stderr
+    assert "ConvReLU2d" in (out / "model.py").read_text()
+
+
+def _npz(path, x):
+    np.savez(path, x=x)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: _npz(p / "d.npz", np.zeros((4, 3, 28, 28), np.float32)), "has shape [4, 3, 28, 28]"),
+    (lambda p: _npz(p / "d.npz", np.full((4, 1, 28, 28), np.nan, np.float32)), "contains NaN or Inf"),
+    (lambda p: _npz(p / "d.npz", np.zeros((4, 1, 28, 28), np.float64)), "is torch.float64"),
+    (lambda p: _npz(p / "d.npz", np.zeros((0, 1, 28, 28), np.float32)), "is empty"),
+    (lambda p: p / "missing.npz", "does not exist"),
+])
+def test_bad_calibration_data(tmp_path, make, message):
+    data = make(tmp_path)
+    out = tmp_path / "out"
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", data, "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "x68"], "unknown preset 'x68'"),
+    (["--skip", "conv_layer_0"], "pattern 'conv_layer_0' in the quantization config matches no node"),
+    (["--calib", "builtin:nope"], "no built-in data set 'nope'"),
+    (["--preprocess", "imagenette", "--calib", "builtin:mnist5k"], "unknown preprocessing"),
+])
+def test_bad_config_exits_before_writing(tmp_path, args, message):
+    out = tmp_path / "out"
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", *args, "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and not out.exists()
+
+
+def test_calibrate_without_data_says_how(tmp_path):
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "-o", tmp_path / "out")
+    assert run.returncode == 2 and "pass --calib DATA" in run.stderr

@@ -1,0 +1,91 @@
+"""Quantization-aware training on real data: prepare, train, finalize, convert."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qcompile.data import open_data
+from qcompile.errors import QCompileError
+from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.ir import NodeKind
+from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.training import fit, trainable, write_back
+from tests.seed_models import FashionNet
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    train = open_data("builtin:fashion-train", limit=3200, batch_size=64)
+    test = open_data("builtin:fashion-test", limit=1000, batch_size=250)
+    return train, test
+
+
+def _accuracy(graph, data):
+    interpreter = Interpreter(graph)
+    correct = sum(int((interpreter.run(x).argmax(1) == y).sum()) for x, y in data.labelled())
+    return correct / data.num_samples
+
+
+def test_qat_prepare_keeps_batch_norm_and_places_fake_quant():
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    records = run_pipeline(graph, "qat")
+    assert records[0].result.stats == {"fake_quantize": 5, "qat modules": 4}
+    assert graph.node("bn1").op == "batch_norm2d"  # still a layer of its own: it trains
+    assert graph.node("conv1").target == "qcompile.nn.qat.QATConv2d"
+    # where the int8 model quantizes: the input, and the end of each conv+bn+relu / linear(+relu) chain
+    guarded = sorted(graph.inputs(fq)[0].name for fq in graph.find(op="fake_quantize"))
+    assert guarded == ["fc2", "relu1", "relu2", "relu3", "x"]
+
+
+def test_qat_end_to_end_beats_or_matches_ptq(fashion):
+    train, test = fashion
+    torch.manual_seed(0)
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    fit(graph, train, epochs=1, lr=0.01)
+    float_acc = _accuracy(graph, test)
+    assert float_acc > 0.75
+
+    ptq = graph.copy()
+    run_pipeline(ptq, "ptq", PassContext(calib_data=list(train)[:4]))
+    qat = graph.copy()
+    records = run_pipeline(qat, "qat-int8", PassContext(train_data=open_data(
+        "builtin:fashion-train", limit=1600, batch_size=64)))
+    assert [r.pass_.name for r in records] == ["qat", "train", "qat-finalize", "convert"]
+    assert not qat.find(op="fake_quantize") and not qat.find(op="batch_norm2d")
+    assert qat.node("conv1").target == "torch.ao.nn.intrinsic.quantized.ConvReLU2d"
+    assert _accuracy(qat, test) >= _accuracy(ptq, test) - 0.01
+
+
+def test_user_training_loop_round_trip(fashion):
+    train, _ = fashion
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    run_pipeline(graph, "qat")
+    module, param_map = trainable(graph)
+    before = graph.params["conv1.weight"].clone()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    module.train()
+    for step, (x, y) in enumerate(train.labelled()):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(module(x), y).backward()
+        optimizer.step()
+        if step == 5:
+            break
+    write_back(graph, module, param_map)
+    assert not torch.equal(graph.params["conv1.weight"], before)
+    fq = graph.find(op="fake_quantize")[0]
+    assert torch.isfinite(graph.param(fq, "min_val"))  # ranges were learned
+    assert graph.find(kind=NodeKind.MODULE)
+
+
+def test_finalize_without_training_explains():
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    with pytest.raises(QCompileError, match="never saw data"):
+        run_pipeline(graph, "qat,qat-finalize,convert")
+
+
+def test_train_needs_labelled_data():
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    with pytest.raises(QCompileError, match="needs labelled training data"):
+        run_pipeline(graph, "qat,train")
