@@ -72,7 +72,7 @@ def fit(graph: Graph, data, *, epochs: int = 1, lr: float = 0.01, momentum: floa
             loss = loss_fn(out, y)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
             if progress:
