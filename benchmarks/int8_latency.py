@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,10 @@ def main() -> None:
                     x = torch.cat([b[0] for b in calib])[:batch].contiguous()
                     xl = x.contiguous(memory_format=torch.channels_last)
                     with torch.no_grad():
-                        t_float = median_ms(lambda: fair_float(xl), args.repeats)
-                        t_ao = median_ms(lambda: theirs(x), args.repeats)
-                        t_ours = median_ms(lambda: ours(x), args.repeats)
-                    feed = {"x": x.numpy()}
-                    t_ort = median_ms(lambda: session.run(None, feed), args.repeats)
+                        t_float = median_ms(partial(fair_float, xl), args.repeats)
+                        t_ao = median_ms(partial(theirs, x), args.repeats)
+                        t_ours = median_ms(partial(ours, x), args.repeats)
+                    t_ort = median_ms(partial(session.run, None, {"x": x.numpy()}), args.repeats)
                     gops = 2 * work * batch / (t_ours / 1000) / 1e9
                     row = dict(model=name, batch=batch, threads=threads, float_ms=t_float, torchao_ms=t_ao,
                                ort_ms=t_ort, qcompile_ms=t_ours, qcompile_gops=gops,

@@ -40,8 +40,7 @@ def main() -> None:
     test = open_data("builtin:fashion-test", batch_size=500)
 
     graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
-    for record in fit(graph, train, epochs=args.epochs, lr=0.01, log=print):
-        pass
+    fit(graph, train, epochs=args.epochs, lr=0.01, log=print)
     calibration = open_data("builtin:fashion-train", limit=1024, batch_size=64)
     variants = {
         "float": (graph.copy(), None, PassContext()),
