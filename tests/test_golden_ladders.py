@@ -12,7 +12,9 @@ import torch
 from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.ir import print_graph
-from qcompile.pipeline import DumpDir, run_pipeline
+from qcompile.data import open_data
+from qcompile.pipeline import DumpDir, PassContext, run_pipeline
+from qcompile.quant.config import QuantConfig
 from tests.golden import GOLDEN_DIR, check_golden
 from tests.models import Mixed
 
@@ -20,10 +22,13 @@ LADDERS = {
     "digit_cnn": "fuse",
     "mobilenet_v2": "fuse",
     "mixed": "fuse",
+    "digit_cnn_ptq": "fuse,stubs,observe,calibrate,convert",
 }
 
 
 def _graph(name):
+    if name.endswith("_ptq"):
+        name = name.removesuffix("_ptq")
     if name == "mixed":
         torch.manual_seed(0)
         return lower(Mixed(), (torch.randn(1, 3, 8, 8),))
@@ -35,7 +40,10 @@ def _graph(name):
 def test_ladder(name, tmp_path, update_golden):
     graph = _graph(name)
     dump = DumpDir(tmp_path, ("qir",))
-    run_pipeline(graph, LADDERS[name], instruments=[dump])
+    # min/max observers on fixed real data: every printed range is deterministic
+    ctx = PassContext(calib_data=open_data("builtin:mnist5k", limit=64, batch_size=32),
+                      quant_config=QuantConfig.from_preset("default"))
+    run_pipeline(graph, LADDERS[name], ctx, instruments=[dump])
     assert dump.written, "the dump wrote nothing"
     for path in dump.written:
         check_golden(path.read_text(), GOLDEN_DIR / name / path.name, update_golden)
