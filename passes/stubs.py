@@ -95,5 +95,14 @@ class Stubs(Pass):
                     graph.set_input(node, port, stub)
         for name in quantized:
             graph.node(name).quant.mode = "static"
-        return PassResult(True, {"quantized ops": len(quantized), "quantize": len(quant_stubs),
-                                 "dequantize": len(dequant_stubs)})
+        stats = {"quantized ops": len(quantized), "quantize": len(quant_stubs), "dequantize": len(dequant_stubs)}
+        float_ops: dict[str, int] = {}
+        for node in graph.nodes():
+            if (node.name not in quantized and isinstance(node.type, TensorType)
+                    and node.kind in (NodeKind.MODULE, NodeKind.FUNCTION, NodeKind.METHOD)
+                    and node.op not in ("quantize", "dequantize")):
+                float_ops[node.op] = float_ops.get(node.op, 0) + 1
+        if float_ops:
+            # the ops that run in float between dequantize/quantize, most frequent first
+            stats["float"] = ", ".join(f"{op} x{n}" for op, n in sorted(float_ops.items(), key=lambda i: -i[1]))
+        return PassResult(True, stats)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qcompile.data import open_data
 from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.ir import print_graph
-from qcompile.data import open_data
 from qcompile.pipeline import DumpDir, PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.golden import GOLDEN_DIR, check_golden
