@@ -40,3 +40,7 @@ class VerifyError(QCompileError):
 
 class PassError(QCompileError):
     """A pass that failed or broke its contract."""
+
+
+class CheckFailed(QCompileError):
+    """A numerical cross-check failed (exit status 3): the outputs were written but disagree."""

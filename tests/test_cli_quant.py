@@ -78,3 +78,12 @@ def test_bad_config_exits_before_writing(tmp_path, args, message):
 def test_calibrate_without_data_says_how(tmp_path):
     run = qcompile("zoo:digit_cnn", "--passes", "ptq", "-o", tmp_path / "out")
     assert run.returncode == 2 and "pass --calib DATA" in run.stderr
+
+
+def test_export_onnx_and_check(tmp_path):
+    out = tmp_path / "int8"
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--calib-samples", "128",
+                   "--export", "onnx", "--check", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert (out / "model.onnx").is_file() and "onnx.checker passed" in run.stderr
+    assert "| off | 64 |" in run.stdout and "| on | 64 |" in run.stdout  # --check-samples 64

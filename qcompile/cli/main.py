@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qcompile.errors import QCompileError
+from qcompile.errors import CheckFailed, QCompileError
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
 
@@ -73,6 +73,13 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="directory for model.py, weights.pt and graph.qir")
     compile_p.add_argument("--deploy", choices=("torchscript",), action="append", default=[],
                            help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt")
+    compile_p.add_argument("--export", choices=("onnx",), action="append", default=[],
+                           help="also export: onnx -> OUT/model.onnx (QDQ form for int8 models)")
+    compile_p.add_argument("--check", action="store_true",
+                           help="run the ONNX export in onnxruntime (optimizations off and on) and compare "
+                           "with the emitted model; exit 3 if more than 1%% of outputs differ by over 1 LSB")
+    compile_p.add_argument("--check-data", metavar="DATA", help="data for --check (default: --calib)")
+    compile_p.add_argument("--check-samples", type=int, default=64, metavar="N")
 
     inspect_p = argparse.ArgumentParser(
         prog="qcompile inspect", description="Lower a model, run passes, and show the graph.")
@@ -182,6 +189,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
         path, diff = save_torchscript(result.out_dir, result.example_inputs)
         print(f"qcompile: wrote {path} (reloaded: outputs identical within {diff:.3g})", file=sys.stderr)
+    if command == "compile" and "onnx" in args.export:
+        _export_onnx(args, result)
     if command == "compile":
         print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
@@ -216,6 +225,27 @@ class ProgressPrinter:
         elif tty:
             self.stream.write(f"\rqcompile: {label}: {done}")
         self.stream.flush()
+
+
+def _export_onnx(args: argparse.Namespace, result) -> None:
+    from qcompile.codegen import load_model as load_emitted
+    from qcompile.data import open_data
+    from qcompile.onnx.check import HEADER, check_onnx, output_scale
+    from qcompile.onnx.export import export_onnx
+
+    path = export_onnx(result.graph, result.out_dir / "model.onnx")
+    print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
+    if not args.check:
+        return
+    spec = args.check_data or args.calib
+    if spec is None:
+        raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
+    data = open_data(spec, preprocess=args.preprocess, limit=args.check_samples, batch_size=args.batch_size)
+    batches = [b[0] for b in data]
+    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scale(result.graph))
+    print(HEADER)
+    for r in results:
+        print(r.row())
 
 
 def _lower_only(args: argparse.Namespace):
@@ -340,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "compare":
             return _compare(args)
         return _run(args, command)
+    except CheckFailed as exc:
+        print(f"qcompile: check failed: {exc}", file=sys.stderr)
+        return 3
     except QCompileError as exc:
         print(f"qcompile: error: {exc}", file=sys.stderr)
         return 2

@@ -51,22 +51,41 @@ def _quantized_weight_params(graph: Graph, node: Node) -> dict[str, str]:
 
 
 def _act(node: Node) -> str | None:
-    # relu6 needs no op of its own: the output range observed after it is
-    # [0, <=6], so requantizing to that range clamps exactly like relu6.
     act = node.attrs.get("act")
     return "relu" if act == "relu" else None
 
 
+def _split_relu6(graph: Graph, node: Node) -> None:
+    """torch has no int8 conv/linear with ReLU6: quantize on the post-ReLU6 grid, then clamp.
+
+    The grid from the range observed after ReLU6 is tight, but quint8 holds
+    values up to 255 steps, beyond 6 (with a reduced range, up to twice the
+    observed maximum), so an explicit int8 hardtanh(0, 6) keeps the ReLU6.
+    """
+    if node.attrs.get("act") != "relu6":
+        return
+    uses = graph.uses(node)
+    clamp = graph.add_node("relu6", NodeKind.FUNCTION, [node], name=f"{node.name}_relu6",
+                           target="torch.nn.functional.hardtanh", args=(Ref(0), 0.0, 6.0),
+                           type=node.type, source=node.source, after=node)
+    clamp.quant.mode, clamp.quant.shares, clamp.quant.qparams = "static", node.name, node.quant.qparams
+    for user, port in uses:
+        graph.set_input(user, port, clamp)
+
+
 def _convert_conv(graph: Graph, node: Node) -> None:
+    _split_relu6(graph, node)
     node.target = _CONV[(node.op, _act(node))]
     node.params = _quantized_weight_params(graph, node)
     node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
 
 
 def _convert_linear(graph: Graph, node: Node) -> None:
+    _split_relu6(graph, node)
     relu = _act(node) == "relu"
     node.target = "torch.ao.nn.intrinsic.quantized.LinearReLU" if relu else "torch.ao.nn.quantized.Linear"
     node.params = _quantized_weight_params(graph, node)
+    node.attrs.pop("act", None)
     # nnq.Linear spells its bias flag "bias_", LinearReLU "bias"
     bias_flag = "bias_" if "bias_" in ctor_defaults(resolve_target(node.target)) else "bias"
     node.attrs = {"in_features": node.attrs["in_features"], "out_features": node.attrs["out_features"],

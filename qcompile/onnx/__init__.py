@@ -1,0 +1,1 @@
+"""ONNX export from the IR and the onnxruntime cross-check."""

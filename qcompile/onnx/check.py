@@ -1,0 +1,98 @@
+"""Cross-checking an exported ONNX model in onnxruntime against qcompile's own module.
+
+Both run on the same data. For int8 models the error is counted in steps of
+the output grid (LSBs): onnxruntime's integer kernels requantize with a float
+multiplier and round their int32 bias once, torch's with their own rounding,
+so a difference of one step on a few elements is expected; more is a bug.
+The check runs with onnxruntime's graph optimizations off (the QDQ graph as
+written, evaluated in float) and on (fused into QLinearConv and friends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from qcompile.errors import CheckFailed
+
+
+@dataclass
+class OnnxCheck:
+    optimizations: str
+    max_error: float
+    max_error_lsb: float | None
+    exact_share: float
+    within_1_lsb: float | None
+    top1_agreement: float
+    samples: int
+
+    def row(self) -> str:
+        lsb = "-" if self.max_error_lsb is None else f"{self.max_error_lsb:.0f}"
+        within = "-" if self.within_1_lsb is None else f"{self.within_1_lsb:.4f}"
+        return (f"| {self.optimizations} | {self.samples} | {self.max_error:.3g} | {lsb} | {self.exact_share:.4f} "
+                f"| {within} | {self.top1_agreement:.4f} |")
+
+
+HEADER = ("| ORT graph optimizations | samples | max abs error | max error (LSB) | exact | within 1 LSB "
+          "| top-1 agreement |\n|---|---|---|---|---|---|---|")
+
+
+def run_onnxruntime(path: str | Path, batches: list[torch.Tensor], optimize: bool, threads: int = 1) -> torch.Tensor:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.cat([torch.from_numpy(session.run(None, {name: x.numpy()})[0]) for x in batches])
+
+
+def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Tensor],
+               output_scale: float | None, min_share: float = 0.99) -> list[OnnxCheck]:
+    """Compare onnxruntime (optimizations off and on) with ``module`` on ``batches``.
+
+    Raises:
+        QCompileError: if fewer than ``min_share`` of the output elements are
+            within one LSB (int8 models), or the relative error exceeds 1e-4
+            (float models).
+    """
+    with torch.no_grad():
+        want = torch.cat([module(x).float() for x in batches])
+    results = []
+    for optimize in (False, True):
+        got = run_onnxruntime(path, batches, optimize)
+        error = (got - want).abs()
+        if output_scale:
+            steps = torch.round(error / output_scale)
+            lsb, exact, within = float(steps.max()), float((steps == 0).float().mean()), float((steps <= 1).float().mean())
+        else:
+            lsb, exact, within = None, float((error == 0).float().mean()), None
+        agree = float((got.argmax(1) == want.argmax(1)).float().mean()) if want.dim() == 2 else float("nan")
+        results.append(OnnxCheck("on" if optimize else "off", float(error.max()), lsb, exact, within, agree,
+                                 len(want)))
+    for r in results:
+        if output_scale and r.within_1_lsb < min_share:
+            raise CheckFailed(
+                f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's model: only "
+                f"{100 * r.within_1_lsb:.2f}% of output elements within 1 LSB (max {r.max_error_lsb:.0f} LSB)",
+                hint="this is a bug in the exporter or a kernel; please report it with the model")
+        if not output_scale and r.max_error > 1e-4 * max(float(want.abs().max()), 1.0):
+            raise CheckFailed(f"onnxruntime's float result differs by {r.max_error:.3g}")
+    return results
+
+
+def as_dicts(results: list[OnnxCheck]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+def output_scale(graph) -> float | None:
+    """The output grid's step of a converted graph (None for float outputs)."""
+    result = graph.inputs(graph.output_node)
+    if result and result[0].op == "dequantize":
+        qparams = graph.inputs(result[0])[0].quant.qparams
+        return float(qparams.scale) if qparams is not None else None
+    return None

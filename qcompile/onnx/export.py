@@ -1,0 +1,316 @@
+"""ONNX export straight from the IR, in QDQ form.
+
+Float graphs map op for op (Conv, Gemm, Relu, MaxPool, ...). Converted
+(int8) graphs keep every tensor of the quantized region as the float value it
+stands for, written as ``QuantizeLinear -> DequantizeLinear`` with the node's
+scale and zero point; weights are int8 initializers behind a per-channel
+``DequantizeLinear``, biases int32 in accumulator units (scale = input scale x
+weight scale). onnxruntime fuses these patterns into its integer kernels
+(QLinearConv and friends) when graph optimizations are on.
+
+Shape arithmetic (``x.size(0)``, ``view(n, -1)``) becomes Shape / Gather /
+Concat, so exported models keep a dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from qcompile.errors import QCompileError
+from qcompile.fileio import atomic_write_bytes
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.types import TensorType
+
+OPSET = 21
+
+
+class _Builder:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.names: dict[str, list[str] | str] = {}  # IR node -> ONNX value name(s)
+        self.counter = 0
+
+    # ------------------------------------------------------------- helpers
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}__{self.counter}"
+
+    def const(self, base: str, value: Any, dtype=None) -> str:
+        name = self.fresh(base)
+        array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=dtype)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def emit(self, op: str, inputs: list[str], outputs: list[str] | None = None, domain: str = "", **attrs) -> str:
+        outputs = outputs or [self.fresh(op.lower())]
+        self.nodes.append(helper.make_node(op, inputs, outputs, domain=domain or None, **attrs))
+        return outputs[0]
+
+    def value(self, node: Node) -> str:
+        name = self.names[node.name]
+        if isinstance(name, list):
+            raise QCompileError(f"%{node.name} produces several values; use getitem on it")
+        return name
+
+    def args(self, node: Node) -> list[Any]:
+        """Positional args with refs replaced by the producer IR nodes."""
+        inputs = self.graph.inputs(node)
+
+        def resolve(value):
+            if isinstance(value, Ref):
+                return inputs[value.index]
+            if isinstance(value, (list, tuple)):
+                return type(value)(resolve(v) for v in value)
+            return value
+
+        return [resolve(a) for a in node.args]
+
+    def int_value(self, value: Any) -> str:
+        """A 1-D int64 ONNX value for an int constant or an int-valued IR node."""
+        if isinstance(value, Node):
+            return self.emit("Unsqueeze", [self.value(value), self.const("axis0", np.array([0], np.int64))])
+        return self.const("int", np.array([value], np.int64))
+
+    # --------------------------------------------------------- quantization
+    def qdq(self, value: str, node: Node) -> str:
+        """QuantizeLinear -> DequantizeLinear on the node's output grid."""
+        q = node.quant.qparams
+        if q is None or q.per_channel:
+            return value
+        scale = self.const(f"{node.name}_scale", np.array(float(q.scale), np.float32))
+        zp_dtype = np.uint8 if q.dtype == "quint8" else np.int8
+        zero = self.const(f"{node.name}_zp", np.array(int(q.zero_point), zp_dtype))
+        quantized = self.emit("QuantizeLinear", [value, scale, zero], [self.fresh(f"{node.name}_q")])
+        return self.emit("DequantizeLinear", [quantized, scale, zero], [self.fresh(f"{node.name}_dq")])
+
+    def weight(self, node: Node) -> tuple[str, str | None]:
+        """(weight, bias) value names: float initializers, or int8/int32 behind DequantizeLinear."""
+        weight = self.graph.param(node, "weight")
+        bias = self.graph.param(node, "bias")
+        if not weight.is_quantized:
+            w = self.const(f"{node.name}_weight", weight.detach().float())
+            b = self.const(f"{node.name}_bias", bias.detach().float()) if bias is not None else None
+            return w, b
+        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = weight.q_per_channel_scales().float()
+            zps = weight.q_per_channel_zero_points().to(torch.int8)
+            axis = weight.q_per_channel_axis()
+        else:
+            scales = torch.tensor([weight.q_scale()], dtype=torch.float32)
+            zps = torch.tensor([weight.q_zero_point()], dtype=torch.int8)
+            axis = 0
+            scales = scales.expand(weight.shape[0]).contiguous()
+            zps = zps.expand(weight.shape[0]).contiguous()
+        w_int = self.const(f"{node.name}_weight_q", weight.int_repr().to(torch.int8))
+        w_scale = self.const(f"{node.name}_weight_scale", scales)
+        w_zp = self.const(f"{node.name}_weight_zp", zps)
+        w = self.emit("DequantizeLinear", [w_int, w_scale, w_zp], axis=axis)
+        b = None
+        if bias is not None:
+            input_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
+            bias_scale = scales.double() * input_scale
+            b_int = torch.round(bias.double() / bias_scale).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+            b = self.emit("DequantizeLinear", [self.const(f"{node.name}_bias_q", b_int),
+                                               self.const(f"{node.name}_bias_scale", bias_scale.float()),
+                                               self.const(f"{node.name}_bias_zp", torch.zeros_like(b_int))],
+                          axis=0)
+        return w, b
+
+
+def _pair(value, n=2):
+    return list(value) if isinstance(value, (tuple, list)) else [value] * n
+
+
+def _activation(b: _Builder, value: str, act: str | None) -> str:
+    if act == "relu":
+        return b.emit("Relu", [value])
+    if act == "relu6":
+        return b.emit("Clip", [value, b.const("zero", np.array(0, np.float32)), b.const("six", np.array(6, np.float32))])
+    return value
+
+
+def _module(b: _Builder, node: Node, x: str) -> str:
+    a = node.attrs
+    if node.op == "conv2d":
+        w, bias = b.weight(node)
+        pads = _pair(a.get("padding", 0))
+        if isinstance(a.get("padding"), str):
+            raise QCompileError(f"%{node.name}: padding={a['padding']!r} is not exported yet")
+        out = b.emit("Conv", [x, w] + ([bias] if bias else []), kernel_shape=_pair(a["kernel_size"]),
+                     strides=_pair(a.get("stride", 1)), pads=pads + pads, dilations=_pair(a.get("dilation", 1)),
+                     group=a.get("groups", 1))
+        if "ConvReLU" in node.target:
+            out = b.emit("Relu", [out])
+        return out
+    if node.op == "linear":
+        w, bias = b.weight(node)
+        out = b.emit("MatMul", [x, b.emit("Transpose", [w], perm=[1, 0])])
+        if bias:
+            out = b.emit("Add", [out, bias])
+        if "LinearReLU" in node.target:
+            out = b.emit("Relu", [out])
+        return out
+    if node.op == "batch_norm2d":
+        p = {k: b.const(f"{node.name}_{k}", b.graph.param(node, k).float())
+             for k in ("weight", "bias", "running_mean", "running_var")}
+        return b.emit("BatchNormalization", [x, p["weight"], p["bias"], p["running_mean"], p["running_var"]],
+                      epsilon=float(a["eps"]))
+    if node.op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh"):
+        return _activation_op(b, node.op, x)
+    if node.op == "max_pool2d":
+        pads = _pair(a.get("padding", 0))
+        return b.emit("MaxPool", [x], kernel_shape=_pair(a["kernel_size"]),
+                      strides=_pair(a.get("stride") or a["kernel_size"]), pads=pads + pads,
+                      dilations=_pair(a.get("dilation", 1)), ceil_mode=int(a.get("ceil_mode", False)))
+    if node.op == "avg_pool2d":
+        pads = _pair(a.get("padding", 0))
+        return b.emit("AveragePool", [x], kernel_shape=_pair(a["kernel_size"]),
+                      strides=_pair(a.get("stride") or a["kernel_size"]), pads=pads + pads,
+                      ceil_mode=int(a.get("ceil_mode", False)), count_include_pad=int(a.get("count_include_pad", True)))
+    if node.op == "adaptive_avg_pool2d" and _pair(a["output_size"]) == [1, 1]:
+        return b.emit("GlobalAveragePool", [x])
+    if node.op in ("dropout", "identity", "quantize", "dequantize"):
+        return b.emit("Identity", [x])
+    if node.op == "flatten" and a.get("end_dim", -1) == -1:
+        return b.emit("Flatten", [x], axis=a.get("start_dim", 1))
+    raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet")
+
+
+def _activation_op(b: _Builder, op: str, x: str) -> str:
+    if op == "relu6":
+        return _activation(b, x, "relu6")
+    return b.emit({"relu": "Relu", "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid", "sigmoid": "Sigmoid",
+                   "tanh": "Tanh"}[op], [x], **({"alpha": 1 / 6} if op == "hardsigmoid" else {}))
+
+
+_BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div"}
+
+
+def _call(b: _Builder, node: Node) -> str | list[str]:
+    args = b.args(node)
+    kw = node.kwargs
+    op = node.op
+    x = b.value(args[0]) if args and isinstance(args[0], Node) else None
+    if node.target.startswith("torch.ops.quantized."):
+        name = node.target.rsplit(".", 1)[1]
+        if name in ("add", "add_relu", "mul", "mul_relu"):
+            out = b.emit(_BINARY[name.split("_")[0]], [b.value(args[0]), b.value(args[1])])
+            return _activation(b, out, "relu" if name.endswith("relu") else None)
+        if name == "cat":
+            return b.emit("Concat", [b.value(t) for t in args[0]], axis=args[1])
+        if name == "hardswish":
+            return b.emit("HardSwish", [x])
+    if op in _BINARY and len(args) == 2:
+        if all(isinstance(v, Node) and not isinstance(v.type, TensorType) for v in args):
+            return b.emit(_BINARY[op], [b.value(args[0]), b.value(args[1])])  # int shape arithmetic
+        values = [b.value(v) if isinstance(v, Node) else b.const("scalar", np.array(v, np.float32)) for v in args]
+        return _activation(b, b.emit(_BINARY[op], values), node.attrs.get("act"))
+    if op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh"):
+        return _activation_op(b, op, x)
+    if op == "flatten":
+        start = args[1] if len(args) > 1 else kw.get("start_dim", 0)
+        return b.emit("Flatten", [x], axis=start)
+    if op == "cat":
+        dim = args[1] if len(args) > 1 else kw.get("dim", 0)
+        return b.emit("Concat", [b.value(t) for t in args[0]], axis=dim)
+    if op in ("view", "reshape"):
+        dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
+        shape = b.emit("Concat", [b.int_value(d) for d in dims], axis=0)
+        return b.emit("Reshape", [x, shape])
+    if op == "size":
+        shape = b.emit("Shape", [x])
+        if len(args) > 1:
+            return b.emit("Gather", [shape, b.const("index", np.array(args[1], np.int64))], axis=0)
+        return shape
+    if op == "getattr" and args[1] == "shape":
+        return b.emit("Shape", [x])
+    if op == "getitem":
+        source = args[0]
+        if isinstance(b.names.get(source.name), list):
+            return b.emit("Identity", [b.names[source.name][args[1]]])
+        if not isinstance(source.type, TensorType) and isinstance(args[1], int):
+            return b.emit("Gather", [b.value(source), b.const("index", np.array(args[1], np.int64))], axis=0)
+    if op == "mean":
+        dims = args[1] if len(args) > 1 else kw.get("dim")
+        keep = kw.get("keepdim", args[2] if len(args) > 2 else False)
+        return b.emit("ReduceMean", [x, b.const("axes", np.array(_pair(dims, 1), np.int64))], keepdims=int(keep))
+    if op in ("transpose", "permute"):
+        rank = len(args[0].type.shape)
+        if op == "transpose":
+            perm = list(range(rank))
+            d0, d1 = (d % rank for d in args[1:3])
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+        else:
+            perm = list(args[1]) if isinstance(args[1], (list, tuple)) else list(args[1:])
+        return b.emit("Transpose", [x], perm=perm)
+    if op in ("contiguous", "dropout"):
+        return b.emit("Identity", [x])
+    if op == "chunk":
+        chunks = args[1]
+        dim = kw.get("dim", args[2] if len(args) > 2 else 0)
+        outs = [b.fresh(f"{node.name}_{i}") for i in range(chunks)]
+        b.emit("Split", [x], outs, axis=dim, num_outputs=chunks)
+        return outs
+    if op == "adaptive_avg_pool2d" and _pair(args[1]) == [1, 1]:
+        return b.emit("GlobalAveragePool", [x])
+    raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
+                        hint="keep that op out of the export, or extend qcompile.onnx.export")
+
+
+def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
+    """The graph as an ONNX model (QDQ form for converted graphs); checked by onnx.checker."""
+    b = _Builder(graph)
+    inputs, outputs = [], []
+    for node in graph.nodes():
+        if node.kind == NodeKind.INPUT:
+            t = node.type
+            inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, ["batch", *t.shape[1:]]))
+            b.names[node.name] = node.name
+            continue
+        if node.kind == NodeKind.OUTPUT:
+            result = b.args(node)[0]
+            if not isinstance(result, Node):
+                raise QCompileError("only single-tensor outputs are exported to ONNX yet")
+            out = b.emit("Identity", [b.value(result)], ["output"])
+            shape = ["batch", *node.type.shape[1:]] if isinstance(node.type, TensorType) else None
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, shape))
+            continue
+        if node.kind == NodeKind.PARAM:
+            b.names[node.name] = b.const(node.name, graph.params[node.target].float())
+            continue
+        if node.kind == NodeKind.MODULE:
+            args = b.args(node)
+            value = _module(b, node, b.value(args[0]))
+            if node.op not in ("conv2d", "linear"):
+                value = _activation(b, value, node.attrs.get("act"))
+            elif "torch.nn." in node.target:
+                value = _activation(b, value, node.attrs.get("act"))
+        else:
+            value = _call(b, node)
+        if isinstance(value, str) and node.quant.mode == "static" and isinstance(node.type, TensorType):
+            value = b.qdq(value, node)
+        b.names[node.name] = value
+    model = helper.make_model(
+        helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers),
+        opset_imports=[helper.make_opsetid("", opset)], producer_name="qcompile")
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET) -> Path:
+    """Write ``graph`` as a self-contained ONNX file (atomically)."""
+    model = to_onnx(graph, opset)
+    return atomic_write_bytes(path, model.SerializeToString())
+
+
+__all__ = ["export_onnx", "to_onnx"]
