@@ -75,6 +75,9 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt")
     compile_p.add_argument("--export", choices=("onnx",), action="append", default=[],
                            help="also export: onnx -> OUT/model.onnx (QDQ form for int8 models)")
+    compile_p.add_argument("--onnx-form", choices=("qdq", "qoperator"), default="qdq",
+                           help="qdq: Quantize/DequantizeLinear around float ops (any graph); qoperator: "
+                           "QLinearConv, QLinearAdd... (int8 graphs)")
     compile_p.add_argument("--check", action="store_true",
                            help="run the ONNX export in onnxruntime (optimizations off and on) and compare "
                            "with the emitted model; exit 3 if more than 1%% of outputs differ by over 1 LSB")
@@ -233,7 +236,7 @@ def _export_onnx(args: argparse.Namespace, result) -> None:
     from qcompile.onnx.check import HEADER, check_onnx, output_scale
     from qcompile.onnx.export import export_onnx
 
-    path = export_onnx(result.graph, result.out_dir / "model.onnx")
+    path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form)
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
     if not args.check:
         return

@@ -307,9 +307,21 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET) -> Path:
-    """Write ``graph`` as a self-contained ONNX file (atomically)."""
-    model = to_onnx(graph, opset)
+def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq") -> Path:
+    """Write ``graph`` as a self-contained ONNX file (atomically).
+
+    Args:
+        form: ``qdq`` (float ops between Quantize/DequantizeLinear; any graph) or
+            ``qoperator`` (QLinearConv and friends; converted graphs only).
+    """
+    if form == "qoperator":
+        from qcompile.onnx.qoperator import to_onnx_qoperator
+
+        model = to_onnx_qoperator(graph, opset)
+    elif form == "qdq":
+        model = to_onnx(graph, opset)
+    else:
+        raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
     return atomic_write_bytes(path, model.SerializeToString())
 
 

@@ -1,0 +1,87 @@
+"""onnxruntime latency and accuracy: qcompile's QDQ export vs onnxruntime's own quantize_static vs float.
+
+    python benchmarks/onnx_export.py [--models resnet18 mobilenet_v2] [--json out.json]
+
+All three ONNX models run in onnxruntime (graph optimizations on, one
+thread); latency is the median of repeated batch-1 runs, reported as a
+speed-up over the float ONNX model measured in the same run. Agreement is the
+share of equal top-1 predictions with the float model on the bundled photos
+(calibration and evaluation use different crops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.int8_latency import build, median_ms, onnxruntime_int8  # noqa: E402
+from qcompile.data import DataSource, open_data  # noqa: E402
+from qcompile.frontend.lower import lower  # noqa: E402
+from qcompile.onnx.check import run_onnxruntime  # noqa: E402
+from qcompile.onnx.export import export_onnx  # noqa: E402
+from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
+
+
+def session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    photos = open_data("builtin:photos", batch_size=16)
+    calib = [b for b in DataSource("calib", photos.items[1::2], None, photos.load, 16)]
+    evaluation = torch.cat([b[0] for b in DataSource("eval", photos.items[0::2], None, photos.load, 16)])
+    rows = []
+    print("| model | ONNX model | agreement with float | ORT ms (batch 1) | speed-up vs float ONNX |")
+    print("|---|---|---|---|---|")
+    for name in args.models:
+        model = build(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            float_graph = lower(model, (calib[0][0][:1],))
+            run_pipeline(float_graph, "fuse")
+            paths = {"float (qcompile export)": export_onnx(float_graph, tmp / "float_q.onnx")}
+            graph = lower(model, (calib[0][0][:1],))
+            run_pipeline(graph, "ptq", PassContext(calib_data=calib))
+            paths["qcompile int8 (QDQ export)"] = export_onnx(graph, tmp / "qcompile.onnx")
+            onnxruntime_int8(model, calib, tmp, 1)
+            paths["onnxruntime quantize_static"] = tmp / "int8.onnx"
+            reference = run_onnxruntime(paths["float (qcompile export)"], [evaluation], True)
+            x = {"x": evaluation[:1].numpy()}
+            timings = {}
+            for label, path in paths.items():
+                sess = session(path)
+                input_name = sess.get_inputs()[0].name
+                out = run_onnxruntime(path, [evaluation], True)
+                timings[label] = median_ms(partial(sess.run, None, {input_name: x["x"]}), args.repeats)
+                agreement = float((out.argmax(1) == reference.argmax(1)).float().mean())
+                row = dict(model=name, onnx=label, agreement=agreement, ms=timings[label],
+                           speedup=timings["float (qcompile export)"] / timings[label])
+                rows.append(row)
+                print(f"| {name} | {label} | {agreement:.4f} | {row['ms']:.2f} | {row['speedup']:.2f}x |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""ONNX export of converted graphs in QOperator form: integer tensors between integer ops.
+
+Where the QDQ form keeps float tensors wrapped in Quantize/DequantizeLinear
+and leaves fusion to the runtime, this form writes the integer operators
+themselves: ``QLinearConv`` (also for linears, as a 1x1 convolution, so the
+int32 bias is applied exactly as in a conv), and onnxruntime's
+``com.microsoft`` ``QLinearAdd`` / ``QLinearMul`` / ``QLinearConcat`` /
+``QLinearGlobalAveragePool``. Ops that only move values (max-pool, flatten,
+reshape) run on the uint8 tensors directly; anything else is dequantized,
+run in float and quantized again on its own grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from qcompile.errors import QCompileError
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind
+from qcompile.ir.types import TensorType
+from qcompile.onnx.export import OPSET, _Builder, _call, _module, _pair
+
+MS = "com.microsoft"
+_MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity", "contiguous", "transpose",
+              "permute", "getitem", "chunk"}
+
+
+class _QBuilder(_Builder):
+    def grid(self, node: Node) -> tuple[str, str]:
+        q = node.quant.qparams
+        if q is None:
+            raise QCompileError(f"%{node.name} has no scale; QOperator export needs a converted graph")
+        dtype = np.uint8 if q.dtype == "quint8" else np.int8
+        return (self.const(f"{node.name}_s", np.array(float(q.scale), np.float32)),
+                self.const(f"{node.name}_zp", np.array(int(q.zero_point), dtype)))
+
+    def int_weight(self, node: Node, as_conv: bool) -> list[str]:
+        weight = self.graph.param(node, "weight")
+        bias = self.graph.param(node, "bias")
+        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = weight.q_per_channel_scales().float()
+        else:
+            scales = torch.full((weight.shape[0],), weight.q_scale(), dtype=torch.float32)
+        w = weight.int_repr()
+        if as_conv and w.dim() == 2:
+            w = w.reshape(*w.shape, 1, 1)
+        x_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
+        b = torch.round(bias.double() / (scales.double() * x_scale)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+        return [self.const(f"{node.name}_w", w.numpy().astype(np.int8)),
+                self.const(f"{node.name}_ws", scales.numpy().astype(np.float32)),
+                self.const(f"{node.name}_wzp", np.zeros(len(scales), np.int8)),
+                self.const(f"{node.name}_b", b.numpy())]
+
+
+def _qlinear_conv(b: _QBuilder, node: Node, x: str, producer: Node) -> str:
+    a = node.attrs
+    x_s, x_zp = b.grid(producer)
+    y_s, y_zp = b.grid(node)
+    w, w_s, w_zp, bias = b.int_weight(node, as_conv=True)
+    if node.op == "linear":
+        x4 = b.emit("Unsqueeze", [x, b.const("axes", np.array([2, 3], np.int64))])
+        y4 = b.emit("QLinearConv", [x4, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias], kernel_shape=[1, 1])
+        return b.emit("Squeeze", [y4, b.const("axes", np.array([2, 3], np.int64))])
+    pads = _pair(a.get("padding", 0))
+    return b.emit("QLinearConv", [x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias],
+                  kernel_shape=_pair(a["kernel_size"]), strides=_pair(a.get("stride", 1)), pads=pads + pads,
+                  dilations=_pair(a.get("dilation", 1)), group=a.get("groups", 1))
+
+
+def _float_island(b: _QBuilder, node: Node) -> str:
+    """Dequantize the inputs, run the op in float, quantize on the node's grid."""
+    originals = dict(b.names)
+    for producer in b.graph.inputs(node):
+        if producer.quant.qparams is not None and isinstance(producer.type, TensorType):
+            s, zp = b.grid(producer)
+            b.names[producer.name] = b.emit("DequantizeLinear", [originals[producer.name], s, zp])
+    value = _module(b, node, b.value(b.args(node)[0])) if node.kind == NodeKind.MODULE else _call(b, node)
+    b.names.update({k: v for k, v in originals.items()})
+    s, zp = b.grid(node)
+    return b.emit("QuantizeLinear", [value, s, zp])
+
+
+def _global_pool(b: _QBuilder, node: Node) -> bool:
+    size = node.attrs["output_size"] if node.kind == NodeKind.MODULE else b.args(node)[1]
+    return _pair(size) == [1, 1]
+
+
+def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
+    """A converted graph as an ONNX model of integer operators."""
+    if "converted" not in graph.facts:
+        raise QCompileError("QOperator export needs a converted (int8) graph", hint="use the QDQ form for others")
+    b = _QBuilder(graph)
+    inputs, outputs = [], []
+    for node in graph.nodes():
+        producers = graph.inputs(node)
+        if node.kind == NodeKind.INPUT:
+            inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, ["batch", *node.type.shape[1:]]))
+            b.names[node.name] = node.name
+            continue
+        if node.kind == NodeKind.OUTPUT:
+            out = b.emit("Identity", [b.value(b.args(node)[0])], ["output"])
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", *node.type.shape[1:]]))
+            continue
+        if node.op == "quantize":
+            s, zp = b.grid(node)
+            b.names[node.name] = b.emit("QuantizeLinear", [b.value(producers[0]), s, zp])
+            continue
+        if node.op == "dequantize":
+            s, zp = b.grid(producers[0])
+            b.names[node.name] = b.emit("DequantizeLinear", [b.value(producers[0]), s, zp])
+            continue
+        if node.quant.mode != "static" or not isinstance(node.type, TensorType):
+            b.names[node.name] = _call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
+            continue
+        target = node.target.rsplit(".", 1)[-1]
+        if node.op in ("conv2d", "linear") and node.kind == NodeKind.MODULE:
+            if "ReLU" in target and int(node.quant.qparams.zero_point) != 0:
+                raise QCompileError(f"%{node.name}: fused ReLU with a non-zero output zero point")
+            b.names[node.name] = _qlinear_conv(b, node, b.value(producers[0]), producers[0])
+        elif target in ("add", "add_relu", "mul", "mul_relu") and node.target.startswith("torch.ops.quantized"):
+            if target.endswith("relu") and int(node.quant.qparams.zero_point) != 0:
+                raise QCompileError(f"%{node.name}: fused ReLU with a non-zero output zero point")
+            a_s, a_zp = b.grid(producers[0])
+            c_s, c_zp = b.grid(producers[1])
+            y_s, y_zp = b.grid(node)
+            op = "QLinearAdd" if target.startswith("add") else "QLinearMul"
+            b.names[node.name] = b.emit(op, [b.value(producers[0]), a_s, a_zp, b.value(producers[1]), c_s, c_zp,
+                                             y_s, y_zp], domain=MS)
+        elif node.target == "torch.ops.quantized.cat":
+            y_s, y_zp = b.grid(node)
+            parts = []
+            for producer in producers:
+                s, zp = b.grid(producer)
+                parts += [b.value(producer), s, zp]
+            b.names[node.name] = b.emit("QLinearConcat", [y_s, y_zp, *parts], domain=MS, axis=b.args(node)[1])
+        elif node.op == "adaptive_avg_pool2d" and _global_pool(b, node):
+            x_s, x_zp = b.grid(producers[0])
+            y_s, y_zp = b.grid(node)
+            b.names[node.name] = b.emit("QLinearGlobalAveragePool", [b.value(producers[0]), x_s, x_zp, y_s, y_zp],
+                                        domain=MS, channels_last=0)
+        elif node.op in _MOVE_ONLY:
+            value = _call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
+            b.names[node.name] = value
+        else:
+            b.names[node.name] = _float_island(b, node)
+    model = helper.make_model(
+        helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers),
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)], producer_name="qcompile")
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model
