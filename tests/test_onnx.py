@@ -119,3 +119,23 @@ def test_qoperator_form(model_name, tmp_path):
         assert r.within_1_lsb >= 0.99
         if model_name == "fashion":  # random ResNet-18 logits are near ties: top-1 says little there
             assert r.top1_agreement >= 0.98
+
+
+def test_fake_quant_graph_exports_as_qdq(tmp_path):
+    from qcompile.interpreter import Interpreter
+    from qcompile.nn.qat import _affine_qparams
+    from qcompile.onnx.check import run_onnxruntime
+
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    run_pipeline(graph, "qat,train", PassContext(train_data=open_data("builtin:fashion-train", limit=640,
+                                                                      batch_size=64)))
+    path = export_onnx(graph, tmp_path / "qat.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == 5  # activations; weights are stored already fake-quantized
+    x = next(iter(open_data("builtin:fashion-test", limit=64)))[0]
+    got, want = run_onnxruntime(path, [x], optimize=False), Interpreter(graph).run(x)
+    last = graph.inputs(graph.output_node)[0]
+    assert last.op == "fake_quantize"
+    step, _ = _affine_qparams(graph.param(last, "min_val"), graph.param(last, "max_val"), 0, 127, False)
+    assert float((got - want).abs().max()) <= 3 * float(step)
+    assert float((got.argmax(1) == want.argmax(1)).float().mean()) >= 0.95

@@ -96,6 +96,10 @@ class _Builder:
         """(weight, bias) value names: float initializers, or int8/int32 behind DequantizeLinear."""
         weight = self.graph.param(node, "weight")
         bias = self.graph.param(node, "bias")
+        if node.target.startswith("qcompile.nn.qat."):
+            from qcompile.nn.qat import fake_quantize_weight
+
+            weight = fake_quantize_weight(weight, node.attrs.get("weight_per_channel", True))
         if not weight.is_quantized:
             w = self.const(f"{node.name}_weight", weight.detach().float())
             b = self.const(f"{node.name}_bias", bias.detach().float()) if bias is not None else None
@@ -151,7 +155,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         if "ConvReLU" in node.target:
             out = b.emit("Relu", [out])
         return out
-    if node.op == "linear":
+    if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
         w, bias = b.weight(node)
         out = b.emit("MatMul", [x, b.emit("Transpose", [w], perm=[1, 0])])
         if bias:
@@ -180,9 +184,25 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return b.emit("GlobalAveragePool", [x])
     if node.op in ("dropout", "identity", "quantize", "dequantize"):
         return b.emit("Identity", [x])
+    if node.op == "fake_quantize":
+        return _fake_quantize(b, node, x)
     if node.op == "flatten" and a.get("end_dim", -1) == -1:
         return b.emit("Flatten", [x], axis=a.get("start_dim", 1))
     raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet")
+
+
+def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
+    """A QAT fake-quant node as the Quantize/DequantizeLinear pair it simulates."""
+    from qcompile.nn.qat import _affine_qparams
+
+    lo, hi = b.graph.param(node, "min_val"), b.graph.param(node, "max_val")
+    if not torch.isfinite(lo):
+        return b.emit("Identity", [x])  # no range learned yet: the module passes values through
+    a = node.attrs
+    scale, zero_point = _affine_qparams(lo, hi, a["quant_min"], a["quant_max"], a["symmetric"])
+    s = b.const(f"{node.name}_scale", np.array(float(scale), np.float32))
+    zp = b.const(f"{node.name}_zp", np.array(int(zero_point), np.uint8 if a["quant_min"] >= 0 else np.int8))
+    return b.emit("DequantizeLinear", [b.emit("QuantizeLinear", [x, s, zp]), s, zp])
 
 
 def _activation_op(b: _Builder, op: str, x: str) -> str:
