@@ -4,6 +4,7 @@ Importing this package registers every built-in pass.
 """
 
 from qcompile.passes import (  # noqa: F401, E402
+    aciq,  # noqa: F401, E402
     calibrate,
     convert,
     dynamic,  # noqa: F401, E402

@@ -1,5 +1,9 @@
 """``calibrate``: run the calibration data through the graph once and keep statistics.
 
+When a later pass asks for more (``aciq`` needs mean, mean absolute deviation
+and standard deviation, per tensor and per channel, of the value before any
+fused ReLU), the same single pass collects them too.
+
 requires: ``observed``    provides: ``calibrated``
 
 One streaming pass over ``ctx.calib_data``: the interpreter runs each batch
@@ -26,7 +30,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.observers import make_observer
+from qcompile.quant.observers import MomentsObserver, make_observer
 
 
 def check_batch(graph: Graph, batch: tuple, index: int) -> None:
@@ -84,12 +88,22 @@ class Calibrate(Pass):
                                 hint="pass --calib DATA (an image folder, .npz/.pt tensors, "
                                 "module:function, or a built-in set such as builtin:photos)")
         observers = {n.name: make_observer(n.quant.observer) for n in graph.nodes() if n.quant.observer}
+        wanted = {s for p in ctx.remaining_passes for s in p.needs_statistics}
+        moments = {name: MomentsObserver() for name in observers} if "moments" in wanted else {}
+        fused_act = {n.name for n in graph.nodes() if n.attrs.get("act")}
         interpreter = Interpreter(graph)
 
         def hook(node, value):
             observer = observers.get(node.name)
             if observer is not None:
                 observer.update(value)
+                if node.name in moments and node.name not in fused_act:
+                    moments[node.name].update(value)
+
+        def pre_activation(node, value):
+            # ACIQ's statistics describe the value before a fused ReLU
+            if node.name in moments:
+                moments[node.name].update(value)
 
         total = len(ctx.calib_data) if hasattr(ctx.calib_data, "__len__") else None
         if self.max_batches and total:
@@ -100,12 +114,14 @@ class Calibrate(Pass):
                 break
             batch = batch if isinstance(batch, (tuple, list)) else (batch,)
             check_batch(graph, tuple(batch), batches)
-            interpreter.run(*batch, hook=hook)
+            interpreter.run(*batch, hook=hook, pre_activation_hook=pre_activation if moments else None)
             batches += 1
             ctx.progress("calibrate", batches, total)
         if batches == 0:
             raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
         for name, observer in observers.items():
             graph.node(name).quant.stats = observer.stats()
+            if name in moments:
+                graph.node(name).quant.stats.extra.update(moments[name].stats())
         weights = observe_weights(graph)
         return PassResult(True, {"batches": batches, "activations": len(observers), "weights": weights})

@@ -39,6 +39,11 @@ def choose_qparams(graph: Graph) -> None:
     """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids."""
     for node in graph.nodes():
         q = node.quant
+        if q.bits is not None and q.bits != 8:
+            raise QCompileError(
+                f"%{node.name} asks for {q.bits}-bit values; integer conversion supports 8 bits so far",
+                hint="use aciq{bits=8} before convert (sub-8-bit analysis needs the simulate pass, "
+                "not available yet)")
         if q.observer is not None and (q.clip is not None or q.stats is not None):
             lo, hi = (torch.tensor(q.clip[0]), torch.tensor(q.clip[1])) if q.clip else (q.stats.lo, q.stats.hi)
             q.qparams = qparams_from_range(lo, hi, q.observer)

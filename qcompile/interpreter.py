@@ -43,6 +43,7 @@ class Interpreter:
         self._nodes = graph.nodes()
         self._inputs = {n.name: graph.inputs(n) for n in self._nodes}
         self._modules: dict[str, nn.Module] = {}
+        self._pre_activation_hook: NodeHook | None = None
         # Free each value after its last reader, so memory stays at the
         # model's live set rather than every activation at once.
         last_use: dict[str, int] = {}
@@ -63,13 +64,16 @@ class Interpreter:
         return self._modules[node.name]
 
     @torch.no_grad()
-    def run(self, *inputs: Any, hook: NodeHook | None = None) -> Any:
+    def run(self, *inputs: Any, hook: NodeHook | None = None, pre_activation_hook: NodeHook | None = None) -> Any:
         """Execute the graph on ``inputs`` and return its output.
 
         Args:
             *inputs: One value per INPUT node, in graph order.
             hook: Called as ``hook(node, value)`` after every node.
+            pre_activation_hook: Called as ``hook(node, value)`` with the value
+                before a fused activation, for nodes that have one.
         """
+        self._pre_activation_hook = pre_activation_hook
         input_nodes = [n for n in self._nodes if n.kind == NodeKind.INPUT]
         if len(inputs) != len(input_nodes):
             names = ", ".join(f"%{n.name}" for n in input_nodes)
@@ -106,7 +110,11 @@ class Interpreter:
     def _execute(self, node: Node, inputs: list[Any]) -> Any:
         value = self._compute(node, inputs)
         act = node.attrs.get("act")
-        return resolve_target(FUSED_ACTIVATIONS[act])(value) if act else value
+        if not act:
+            return value
+        if self._pre_activation_hook is not None:
+            self._pre_activation_hook(node, value)
+        return resolve_target(FUSED_ACTIVATIONS[act])(value)
 
     def _compute(self, node: Node, inputs: list[Any]) -> Any:
         def fetch(ref):

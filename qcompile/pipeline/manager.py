@@ -69,6 +69,7 @@ class PassManager:
             inst.before_pipeline(graph, ctx)
         records = []
         for index, p in enumerate(self.pipeline.passes, start=1):
+            ctx.remaining_passes = self.pipeline.passes[index:]
             records.append(self._run_one(index, p, graph, ctx))
         for inst in self.instruments:
             inst.after_pipeline(graph, ctx)

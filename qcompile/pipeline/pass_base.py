@@ -70,6 +70,7 @@ class PassContext:
         self.device = device
         self.debug = debug
         self.explanations: list[tuple[str, str]] = []
+        self.remaining_passes: tuple = ()  # the passes after the current one (set by the manager)
         self._progress = progress
         self._log = log or (lambda message: print(message, file=sys.stderr))
         self.current_pass = ""
@@ -102,6 +103,9 @@ class Pass(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # Statistics beyond the observers' own that calibration must collect for
+    # this pass (``moments``: mean, mean absolute deviation, std).
+    needs_statistics: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
     invalidates: ClassVar[tuple[str, ...]] = ()

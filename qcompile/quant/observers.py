@@ -222,3 +222,32 @@ _KINDS = {
 def make_observer(spec: ObserverSpec) -> Observer:
     """A fresh observer for ``spec``."""
     return _KINDS[spec.kind](spec)
+
+
+class MomentsObserver:
+    """Mean, mean absolute deviation and standard deviation, per tensor and per channel.
+
+    Each batch contributes its own statistics (deviations around the batch's
+    mean, as the ACIQ reference does offline), averaged over batches weighted by
+    their size. Channels are along axis 1 (activations, N x C x ...).
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        n = x.shape[0] if x.dim() > 1 else 1
+        stats = {"mean": x.mean(), "mad": (x - x.mean()).abs().mean(), "std": x.std()}
+        if x.dim() >= 2:
+            per_channel = _per_channel(x, 1)
+            mean_c = per_channel.mean(dim=1)
+            stats |= {"mean_c": mean_c, "mad_c": (per_channel - mean_c[:, None]).abs().mean(dim=1),
+                      "std_c": per_channel.std(dim=1)}
+        for key, value in stats.items():
+            self.sums[key] = self.sums.get(key, 0) + value * n
+        self.count += n
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        return {key: value / self.count for key, value in self.sums.items()}

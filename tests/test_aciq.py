@@ -1,0 +1,100 @@
+"""ACIQ: the constants of spec section 2.5, the error model against Monte Carlo, and the pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qcompile.data import open_data
+from qcompile.errors import QCompileError
+from qcompile.frontend.loaders import load_model
+from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.aciq import gauss_ratio, lambert_w0, laplace_ratio, mse_gauss, mse_laplace
+from qcompile.quant.config import QuantConfig
+
+# spec section 2.5: M, Laplace two-sided, Laplace one-sided, Gauss two-sided, Gauss one-sided, MSE_L, MSE_G
+TABLE = [
+    (0, 1.04991, 1.86282, 0.76578, 1.23991, 1.06738, 0.44381),
+    (1, 1.86282, 2.83068, 1.23991, 1.71064, 0.59964, 0.21501),
+    (2, 2.83068, 3.89723, 1.71064, 2.15159, 0.28488, 0.087149),
+    (3, 3.89723, 5.02864, 2.15159, 2.55914, 0.11970, 0.031429),
+    (4, 5.02864, 6.20477, 2.55914, 2.93620, 0.046021, 0.010493),
+    (5, 6.20477, 7.41313, 2.93620, 3.28691, 0.016572, 0.0033226),
+    (6, 7.41313, 8.64562, 3.28691, 3.61511, 0.0056788, 0.0010129),
+    (7, 8.64562, 9.89676, 3.61511, 3.92404, 0.0018725, 0.00030022),
+    (8, 9.89676, 11.16269, 3.92404, 4.21633, 0.00059885, 0.000087078),
+]
+
+
+@pytest.mark.parametrize("m, lap, lap1, gau, gau1, mse_l, mse_g", TABLE)
+def test_constants_table_to_four_decimals(m, lap, lap1, gau, gau1, mse_l, mse_g):
+    assert laplace_ratio(m) == pytest.approx(lap, abs=5e-5)
+    assert laplace_ratio(m, one_sided=True) == pytest.approx(lap1, abs=5e-5)
+    assert gauss_ratio(m) == pytest.approx(gau, abs=5e-5)
+    assert gauss_ratio(m, one_sided=True) == pytest.approx(gau1, abs=5e-5)
+    assert mse_laplace(laplace_ratio(m), 1.0, m) == pytest.approx(mse_l, rel=1e-4)
+    assert mse_gauss(gauss_ratio(m), 1.0, m) == pytest.approx(mse_g, rel=1e-4)
+
+
+def test_lambert_w():
+    for x in (0.0, 0.5, 3.0, 48.0, 196608.0):
+        w = lambert_w0(x)
+        assert w * math.exp(w) == pytest.approx(x, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("alpha", [3.0, 5.03, 8.0])
+def test_monte_carlo_agrees_with_the_analytic_laplace_error(alpha):
+    """Spec 2.5: 2M Laplace(0, 1) samples, 4 bits, mid-rise grid of 2^M bins over [-a, a]."""
+    x = torch.distributions.Laplace(0.0, 1.0).sample((2_000_000,))  # seeded by the autouse fixture
+    bins = 2**4
+    step = 2 * alpha / bins
+    clipped = x.clamp(-alpha, alpha - 1e-9)
+    q = (torch.floor((clipped + alpha) / step) + 0.5) * step - alpha
+    mc = float((q - x).pow(2).mean())
+    assert mc == pytest.approx(mse_laplace(alpha, 1.0, 4), rel=0.05)  # the spec saw up to 3% at a=8
+
+
+def _digit_graph(pipeline, preset="default"):
+    model = load_model("zoo:digit_cnn").module
+    calib = open_data("builtin:mnist5k", limit=256, batch_size=64)
+    graph = lower(model, (torch.zeros(1, 1, 28, 28),))
+    records = run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset(preset)))
+    return graph, records
+
+
+def test_aciq_clips_inside_the_observed_range_and_convert_uses_it():
+    graph, records = _digit_graph("fuse,stubs,observe,calibrate,aciq,convert")
+    aciq = next(r for r in records if r.pass_.name == "aciq")
+    assert aciq.result.modified and aciq.result.stats == {"laplace": 6}
+    conv = graph.node("conv_layers_0")
+    lo, hi = conv.quant.clip
+    assert lo == 0 and 0 < hi <= float(conv.quant.stats.max)  # one-sided: after its fused ReLU
+    assert "mad" in conv.quant.stats.extra and "mad_c" in conv.quant.stats.extra
+    assert float(conv.quant.qparams.scale) == pytest.approx(hi / 127, rel=1e-6)  # 7-bit grid of the preset
+
+
+def test_aciq_needs_moments_from_calibration():
+    graph, _ = _digit_graph("fuse,calibrate")
+    with pytest.raises(QCompileError, match="no moments"):
+        run_pipeline(graph, "aciq")
+
+
+def test_aciq_second_run_is_a_no_op_and_sub8_convert_is_refused():
+    graph, _ = _digit_graph("fuse,calibrate,aciq{bits=4 prior=mix}")
+    again = run_pipeline(graph, "aciq{bits=4 prior=mix}")
+    assert again[0].result.modified is False
+    with pytest.raises(QCompileError, match="supports 8 bits so far"):
+        run_pipeline(graph, "convert")
+
+
+def test_aciq_at_eight_bits_keeps_accuracy_on_real_digits():
+    data = open_data("builtin:mnist5k", limit=1000, batch_size=250)
+    for pipeline in ("ptq", "fuse,calibrate,aciq,convert"):
+        graph, _ = _digit_graph(pipeline)
+        interpreter = Interpreter(graph)
+        correct = sum(int((interpreter.run(x).argmax(1) == y).sum()) for x, y in data.labelled())
+        assert correct >= 975, (pipeline, correct)
