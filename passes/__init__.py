@@ -3,8 +3,9 @@
 Importing this package registers every built-in pass.
 """
 
-from qcompile.passes import (  # noqa: F401, E402
+from qcompile.passes import (  # noqa: F401, E402  # noqa: F401, E402
     aciq,  # noqa: F401, E402
+    bitalloc,
     calibrate,
     convert,
     dynamic,  # noqa: F401, E402
@@ -12,5 +13,6 @@ from qcompile.passes import (  # noqa: F401, E402
     observe,
     pipelines,  # noqa: F401, E402
     qat,  # noqa: F401, E402
+    simulate,
     stubs,
 )

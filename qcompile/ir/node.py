@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from qcompile.ir.quant_types import ObserverSpec, QParams, TensorStats
 from qcompile.ir.types import NoneType, ValueType
 
@@ -81,6 +83,8 @@ class QuantAnnotation:
             (ops like max-pool or flatten that cannot change the grid).
         clip: A clip range chosen analytically, overriding ``stats``.
         bits: Bit width of the output, when not the container's full width.
+        channel_bits: Bit width per channel (bit allocation; ``simulate`` only).
+        weight_bits: Bit width per output channel of the weight.
         weight_observer, weight_stats, weight_qparams: The same for the weight.
     """
 
@@ -91,9 +95,11 @@ class QuantAnnotation:
     shares: str | None = None
     clip: tuple[float, float] | None = None
     bits: int | None = None
+    channel_bits: torch.Tensor | None = None
     weight_observer: ObserverSpec | None = None
     weight_stats: TensorStats | None = None
     weight_qparams: QParams | None = None
+    weight_bits: torch.Tensor | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in vars(self).values())
@@ -110,6 +116,8 @@ class QuantAnnotation:
             out.append(f"clip=[{self.clip[0]:.6g}, {self.clip[1]:.6g}]")
         if self.bits is not None:
             out.append(f"bits={self.bits}")
+        if self.channel_bits is not None:
+            out.append(f"bits={_describe_bits(self.channel_bits)}")
         if self.qparams is not None:
             out.append(self.qparams.describe())
         weight = []
@@ -119,9 +127,16 @@ class QuantAnnotation:
             weight.append(self.weight_stats.describe())
         if self.weight_qparams is not None:
             weight.append(self.weight_qparams.describe())
+        if self.weight_bits is not None:
+            weight.append(f"bits={_describe_bits(self.weight_bits)}")
         if weight:
             out.append("| weight: " + " ".join(weight))
         return " ".join(out)
+
+
+def _describe_bits(bits: torch.Tensor) -> str:
+    return (f"[{bits.numel()} channels, {int(bits.min())}..{int(bits.max())}, "
+            f"mean {float(bits.float().mean()):.2f}]")
 
 
 @dataclass(eq=False)
