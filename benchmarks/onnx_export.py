@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.int8_latency import build, median_ms, onnxruntime_int8  # noqa: E402
-from qcompile.data import DataSource, open_data  # noqa: E402
+from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.check import run_onnxruntime  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
-    photos = open_data("builtin:photos", batch_size=16)
-    calib = [b for b in DataSource("calib", photos.items[1::2], None, photos.load, 16)]
-    evaluation = torch.cat([b[0] for b in DataSource("eval", photos.items[0::2], None, photos.load, 16)])
+    calib_source, eval_source = open_data("builtin:photos", batch_size=16).interleaved_split()
+    calib = list(calib_source)
+    evaluation = torch.cat([b[0] for b in eval_source])
     rows = []
     print("| model | ONNX model | agreement with float | ORT ms (batch 1) | speed-up vs float ONNX |")
     print("|---|---|---|---|---|")

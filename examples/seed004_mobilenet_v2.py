@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.compare import compare, format_table, state_size_bytes, write_json  # noqa: E402
-from qcompile.data import DataSource, open_data  # noqa: E402
+from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
@@ -44,11 +44,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     model = load_user_model("zoo:mobilenet_v2").module
-    photos = open_data("builtin:photos", batch_size=16)
-    items = list(photos.items)
     # odd crops calibrate, even crops evaluate: no image is in both sets
-    calib = DataSource("photos (calibration)", items[1::2], None, photos.load, 16)
-    evaluation = DataSource("photos (evaluation)", items[0::2], None, photos.load, 16)
+    calib, evaluation = open_data("builtin:photos", batch_size=16).interleaved_split()
     models = [("float", model, state_size_bytes(model))]
     with tempfile.TemporaryDirectory() as tmp:
         for name, preset, pipeline in VARIANTS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qcompile.data import DataSource, open_data
+from qcompile.data import open_data
 from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
@@ -38,9 +38,8 @@ def test_fake_quantize_grid_and_zero_bit_channels():
 
 def _mobilenet_setup():
     model = load_model("zoo:mobilenet_v2").module
-    photos = open_data("builtin:photos", batch_size=16)
-    calib = DataSource("calibration", photos.items[1::2], None, photos.load, 16)
-    evaluation = torch.cat([b[0] for b in DataSource("evaluation", photos.items[0::2], None, photos.load, 16)])
+    calib, eval_source = open_data("builtin:photos", batch_size=16).interleaved_split()
+    evaluation = torch.cat([b[0] for b in eval_source])
     with torch.no_grad():
         reference = model(evaluation)
     return model, calib, evaluation, reference

@@ -82,6 +82,14 @@ class DataSource:
         for start in range(0, len(self.items), self.batch_size):
             yield (self._batch(start),)
 
+    def interleaved_split(self) -> tuple[DataSource, DataSource]:
+        """(odd samples, even samples): disjoint calibration and evaluation sets of one source."""
+        def part(offset: int, role: str) -> DataSource:
+            labels = self.labels[offset::2] if self.labels is not None else None
+            return DataSource(f"{self.name} ({role})", self.items[offset::2], labels, self.load, self.batch_size)
+
+        return part(1, "calibration"), part(0, "evaluation")
+
     def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x, y)`` batches; only for labelled data."""
         if self.labels is None:
