@@ -10,7 +10,7 @@ written, evaluated in float) and on (fused into QLinearConv and friends).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,10 +83,6 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Te
         if not output_scale and r.max_error > 1e-4 * max(float(want.abs().max()), 1.0):
             raise CheckFailed(f"onnxruntime's float result differs by {r.max_error:.3g}")
     return results
-
-
-def as_dicts(results: list[OnnxCheck]) -> list[dict]:
-    return [asdict(r) for r in results]
 
 
 def output_scale(graph) -> float | None:
