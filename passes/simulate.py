@@ -16,11 +16,16 @@ interpreter and emits as ordinary PyTorch code::
 Options:
     bits: Activation bits where no pass chose any.
     weight_bits: Weight bits where ``bitalloc`` did not allocate them.
+    bias_correct: Banner's weight correction after quantization (spec 4.2):
+        ``mean`` restores each output channel's float mean, ``mean-std`` also
+        its standard deviation (the corrected weights leave the grid, which
+        simulation allows).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,6 +35,16 @@ from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.fake import fake_quantize
 
 FAKE_QUANTIZE = "qcompile.quant.fake.fake_quantize"
+
+
+def correct_weights(weight: torch.Tensor, quantized: torch.Tensor, variance: bool) -> torch.Tensor:
+    """Per output channel: the quantized weights' mean (and std) set back to the float ones."""
+    w = weight.reshape(weight.shape[0], -1)
+    q = quantized.reshape(quantized.shape[0], -1)
+    q_mean = q.mean(dim=1, keepdim=True)
+    if variance:
+        q = (q - q_mean) * (w.std(dim=1, keepdim=True) / (q.std(dim=1, keepdim=True) + 1e-8)) + q_mean
+    return (q - q_mean + w.mean(dim=1, keepdim=True)).reshape(weight.shape)
 
 
 def _param_node(graph: Graph, owner: Node, suffix: str, value: torch.Tensor, after: Node) -> Node:
@@ -49,6 +64,7 @@ class Simulate(Pass):
 
     bits: int = 8
     weight_bits: int = 8
+    bias_correct: Literal["none", "mean", "mean-std"] = "none"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "simulated" in graph.facts:
@@ -60,7 +76,10 @@ class Simulate(Pass):
                 bits = q.weight_bits if q.weight_bits is not None else torch.tensor(self.weight_bits)
                 weight = graph.param(node, "weight")
                 lo, hi = q.weight_stats.lo, q.weight_stats.hi
-                graph.params[node.params["weight"]] = fake_quantize(weight.detach(), lo, hi, bits, axis=0)
+                quantized = fake_quantize(weight.detach(), lo, hi, bits, axis=0)
+                if self.bias_correct != "none":
+                    quantized = correct_weights(weight.detach(), quantized, self.bias_correct == "mean-std")
+                graph.params[node.params["weight"]] = quantized
                 weights += 1
             if q.stats is None or q.observer is None:
                 continue

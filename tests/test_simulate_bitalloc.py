@@ -74,3 +74,29 @@ def test_simulate_at_eight_bits_is_close_to_float_on_digits():
     out = Interpreter(graph).run(x)
     with torch.no_grad():
         assert (out.argmax(1) == model(x).argmax(1)).float().mean() >= 0.97
+
+
+def test_banner_correction_restores_channel_mean_and_std():
+    from qcompile.passes.simulate import correct_weights
+
+    weight = torch.randn(8, 4, 3, 3) * torch.linspace(0.1, 2, 8).view(8, 1, 1, 1) + 0.3
+    flat = weight.reshape(8, -1)
+    quantized = fake_quantize(weight, flat.min(1).values, flat.max(1).values, torch.full((8,), 3.0), axis=0)
+    assert not torch.allclose(quantized.reshape(8, -1).mean(1), flat.mean(1), atol=1e-4)
+    mean_only = correct_weights(weight, quantized, variance=False).reshape(8, -1)
+    torch.testing.assert_close(mean_only.mean(1), flat.mean(1), atol=1e-5, rtol=0)
+    both = correct_weights(weight, quantized, variance=True).reshape(8, -1)
+    torch.testing.assert_close(both.mean(1), flat.mean(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.std(1), flat.std(1), atol=1e-4, rtol=1e-4)
+
+
+def test_bias_correction_option_in_simulate_on_digits():
+    model = load_model("zoo:digit_cnn").module
+    data = open_data("builtin:mnist5k", limit=256, batch_size=128)
+    graph = lower(model, (torch.zeros(1, 1, 28, 28),))
+    run_pipeline(graph, "fuse,calibrate,simulate{weight-bits=3 bias-correct=mean}", PassContext(calib_data=data))
+    for name in ("conv_layers_0", "fc_layers_2"):
+        node = graph.node(name)
+        float_weight = dict(model.named_parameters())[node.params["weight"]]
+        torch.testing.assert_close(graph.param(node, "weight").reshape(len(float_weight), -1).mean(1),
+                                   float_weight.detach().reshape(len(float_weight), -1).mean(1), atol=1e-5, rtol=0)
