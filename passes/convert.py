@@ -30,7 +30,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.native import RULES, convert_dequantize
+from qcompile.quant.native import RULES, clamp_to_bits, convert_dequantize
 from qcompile.quant.op_table import FIXED
 from qcompile.quant.qparams import qparams_from_range
 
@@ -39,14 +39,14 @@ def choose_qparams(graph: Graph) -> None:
     """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids."""
     for node in graph.nodes():
         q = node.quant
-        if q.bits is not None and q.bits != 8:
+        if q.channel_bits is not None:
             raise QCompileError(
-                f"%{node.name} asks for {q.bits}-bit values; integer conversion supports 8 bits so far",
-                hint="use aciq{bits=8} before convert (sub-8-bit analysis needs the simulate pass, "
-                "not available yet)")
+                f"%{node.name} has per-channel activation bit widths, which integer kernels cannot mix "
+                "along a reduction", hint="use simulate for per-channel activation bits")
         if q.observer is not None and (q.clip is not None or q.stats is not None):
             lo, hi = (torch.tensor(q.clip[0]), torch.tensor(q.clip[1])) if q.clip else (q.stats.lo, q.stats.hi)
-            q.qparams = qparams_from_range(lo, hi, q.observer)
+            spec = replace(q.observer, bits=q.bits) if q.bits is not None and q.bits < 8 else q.observer
+            q.qparams = qparams_from_range(lo, hi, spec)
         if q.weight_stats is not None:
             spec = q.weight_observer
             q.weight_qparams = qparams_from_range(q.weight_stats.lo, q.weight_stats.hi, spec,
@@ -70,6 +70,11 @@ class Convert(Pass):
     provides = ("converted",)
 
     backend: Literal["native"] = "native"
+    weight_bits: int = 8
+
+    def __post_init__(self):
+        if not 2 <= self.weight_bits <= 8:
+            raise ValueError(f"weight-bits must be between 2 and 8, got {self.weight_bits}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "converted" in graph.facts:
@@ -81,6 +86,11 @@ class Convert(Pass):
         torch.backends.quantized.engine = engine  # weights are packed for this engine
         graph.attrs.update(backend=self.backend, engine=engine)
         choose_qparams(graph)
+        if self.weight_bits < 8:
+            for node in graph.nodes():
+                q = node.quant
+                if q.weight_stats is not None and q.weight_bits is None:
+                    q.weight_bits = torch.full((graph.param(node, "weight").shape[0],), self.weight_bits)
         counts: dict[str, int] = {}
         for node in graph.nodes():
             if node.op == "dequantize":
@@ -95,6 +105,8 @@ class Convert(Pass):
             if rule is not None:
                 rule(graph, node)
                 counts[node.op] = counts.get(node.op, 0) + 1
+            if node.quant.bits is not None and node.quant.bits < 8 and node.quant.observer is not None:
+                clamp_to_bits(graph, node)
             if isinstance(node.type, TensorType) and node.quant.qparams is not None:
                 node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "quint8" else "qi8")
         return PassResult(True, counts)

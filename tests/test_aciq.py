@@ -83,12 +83,24 @@ def test_aciq_needs_moments_from_calibration():
         run_pipeline(graph, "aciq")
 
 
-def test_aciq_second_run_is_a_no_op_and_sub8_convert_is_refused():
+def test_aciq_second_run_is_a_no_op_and_four_bit_convert_stays_on_its_grid():
     graph, _ = _digit_graph("fuse,calibrate,aciq{bits=4 prior=mix}")
     again = run_pipeline(graph, "aciq{bits=4 prior=mix}")
     assert again[0].result.modified is False
-    with pytest.raises(QCompileError, match="supports 8 bits so far"):
-        run_pipeline(graph, "convert")
+    run_pipeline(graph, "convert{weight-bits=4}")
+    clamps = graph.find(op="clamp4b")
+    assert len(clamps) == 6  # every own-grid activation, kept in [0, 15] of its uint8 container
+    codes: dict[str, torch.Tensor] = {}
+
+    def hook(node, value):
+        if isinstance(value, torch.Tensor) and value.is_quantized:
+            codes[node.name] = value.int_repr()
+
+    x = next(iter(open_data("builtin:mnist5k", limit=64)))[0]
+    Interpreter(graph).run(x, hook=hook)
+    assert all(int(codes[c.name].max()) <= 15 for c in clamps)
+    weight = graph.param(graph.node("conv_layers_3"), "weight").int_repr()
+    assert weight.min() >= -8 and weight.max() <= 7  # 4-bit weights in int8 containers
 
 
 def test_aciq_at_eight_bits_keeps_accuracy_on_real_digits():

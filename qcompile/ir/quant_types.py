@@ -41,6 +41,7 @@ class ObserverSpec:
     averaging_constant: float = 0.01
     percentile: float = 99.99
     bins: int = 2048
+    bits: int | None = None  # fewer levels than the container holds (2..8)
 
     KINDS = ("minmax", "moving_average", "histogram", "percentile", "entropy")
 
@@ -52,6 +53,10 @@ class ObserverSpec:
 
     @property
     def quant_range(self) -> tuple[int, int]:
+        if self.bits is not None and self.bits < 8:
+            if self.dtype == "quint8":
+                return 0, 2**self.bits - 1
+            return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
         qmin, qmax = _DTYPE_RANGES[self.dtype]
         if self.reduce_range:
             return (qmin // 2, qmax // 2)

@@ -16,7 +16,7 @@ from qcompile.ir.modules import ctor_defaults
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.targets import resolve_target
 from qcompile.quant.op_table import QUANTIZED_BINARY, SHARED
-from qcompile.quant.qparams import quantize_tensor
+from qcompile.quant.qparams import quantize_tensor, quantize_weight_bits
 
 _CONV = {
     ("conv1d", None): "torch.ao.nn.quantized.Conv1d",
@@ -40,7 +40,14 @@ def _scalar_params(graph: Graph, node: Node) -> dict[str, str]:
 def _quantized_weight_params(graph: Graph, node: Node) -> dict[str, str]:
     """int8 weight, float bias (zeros if the layer had none), output scale and zero point."""
     weight_name = node.params["weight"]
-    graph.params[weight_name] = quantize_tensor(graph.params[weight_name], node.quant.weight_qparams)
+    q = node.quant
+    if q.weight_bits is not None:  # fewer than 8 bits, per channel (bitalloc or convert{weight-bits})
+        lo, hi = q.weight_stats.lo, q.weight_stats.hi
+        if lo.dim() == 0:
+            lo, hi = lo.expand(len(q.weight_bits)), hi.expand(len(q.weight_bits))
+        graph.params[weight_name] = quantize_weight_bits(graph.params[weight_name], lo, hi, q.weight_bits)
+    else:
+        graph.params[weight_name] = quantize_tensor(graph.params[weight_name], q.weight_qparams)
     params = {"weight": weight_name}
     if "bias" in node.params:
         params["bias"] = node.params["bias"]
@@ -62,15 +69,27 @@ def _split_relu6(graph: Graph, node: Node) -> None:
     values up to 255 steps, beyond 6 (with a reduced range, up to twice the
     observed maximum), so an explicit int8 hardtanh(0, 6) keeps the ReLU6.
     """
-    if node.attrs.get("act") != "relu6":
-        return
+    if node.attrs.get("act") == "relu6":
+        clamp_after(graph, node, 0.0, 6.0, "relu6")
+
+
+def clamp_after(graph: Graph, node: Node, lo: float, hi: float, op: str) -> Node:
+    """An int8 hardtanh(lo, hi) after ``node``, on its grid, read by all its former readers."""
     uses = graph.uses(node)
-    clamp = graph.add_node("relu6", NodeKind.FUNCTION, [node], name=f"{node.name}_relu6",
-                           target="torch.nn.functional.hardtanh", args=(Ref(0), 0.0, 6.0),
+    clamp = graph.add_node(op, NodeKind.FUNCTION, [node], name=f"{node.name}_{op}",
+                           target="torch.nn.functional.hardtanh", args=(Ref(0), lo, hi),
                            type=node.type, source=node.source, after=node)
     clamp.quant.mode, clamp.quant.shares, clamp.quant.qparams = "static", node.name, node.quant.qparams
     for user, port in uses:
         graph.set_input(user, port, clamp)
+    return clamp
+
+
+def clamp_to_bits(graph: Graph, node: Node) -> None:
+    """Keep a sub-8-bit value on its grid: the container would hold up to 255 steps."""
+    q = node.quant.qparams
+    scale, zero = float(q.scale), int(q.zero_point)
+    clamp_after(graph, node, (q.quant_min - zero) * scale, (q.quant_max - zero) * scale, f"clamp{node.quant.bits}b")
 
 
 def _convert_conv(graph: Graph, node: Node) -> None:
