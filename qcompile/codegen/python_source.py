@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 import operator
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from qcompile.codegen import int4
 from qcompile.ir.graph import Graph, sanitize_name
 from qcompile.ir.modules import FUSED_ACTIVATIONS, build_module, non_default_ctor_args, required_ctor_params
 from qcompile.ir.node import Node, NodeKind, map_refs
@@ -239,6 +241,16 @@ class _Emitter:
         engine_line = f"    torch.backends.quantized.engine = {engine!r}\n" if engine else ""
         state = self.container.state_dict()
         load_call = "torch.load(weights, map_location=map_location, weights_only=True)"
+        packed = int4.pack(dict(state))
+        helpers = ""
+        if int4.contains_packed(packed):
+            # 4-bit weights travel two per byte; model.py unpacks them on load
+            metadata = getattr(state, "_metadata", None)
+            state = OrderedDict(packed)
+            if metadata is not None:
+                state._metadata = metadata
+            load_call = f"_unpack_int4({load_call})"
+            helpers = int4.UNPACK_SOURCE
         if any(not isinstance(v, torch.Tensor) for v in state.values()):
             # packed weights of dynamic LSTM/GRU are torch ScriptObjects, which the
             # safe loader accepts only when allowed explicitly
@@ -273,7 +285,7 @@ def load(weights="weights.pt", map_location="cpu"):
     """Build the model and load its weights (a state-dict file)."""
 {engine_line}    model = {class_name}()
 {load_block}    return model.eval()
-'''
+{helpers}'''
         return EmittedModel(class_name, source, state, dict(self.param_map))
 
 
