@@ -31,6 +31,7 @@ from qcompile.ir.node import NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.observers import MomentsObserver, make_observer
+from qcompile.quant.stats_io import load_statistics
 
 
 def check_batch(graph: Graph, batch: tuple, index: int) -> None:
@@ -69,6 +70,23 @@ def observe_weights(graph: Graph) -> int:
             node.quant.weight_stats = observer.stats()
             count += 1
     return count
+
+
+@register_pass
+@dataclass(frozen=True)
+class LoadStats(Pass):
+    """Take calibration statistics from a file (ctx.statistics_file) instead of data."""
+
+    name = "load-stats"
+    requires = ("observed",)
+    provides = ("calibrated",)
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        path = getattr(ctx, "statistics_file", None)
+        if path is None:
+            raise QCompileError("'load-stats' needs a statistics file", hint="pass --stats FILE")
+        count = load_statistics(graph, path)
+        return PassResult(True, {"activations": count, "weights": observe_weights(graph)})
 
 
 @register_pass(default_for=("calibrated",))

@@ -87,3 +87,17 @@ def test_export_onnx_and_check(tmp_path):
     assert run.returncode == 0, run.stderr
     assert (out / "model.onnx").is_file() and "onnx.checker passed" in run.stderr
     assert "| off | 64 |" in run.stdout and "| on | 64 |" in run.stdout  # --check-samples 64
+
+
+def test_statistics_file_replaces_the_data_in_a_later_run(tmp_path):
+    stats = tmp_path / "stats.pt"
+    first = qcompile("zoo:digit_cnn", "--passes", "fuse,calibrate,aciq,convert", "--calib", "builtin:mnist5k",
+                     "--calib-samples", "128", "--save-stats", stats, "-o", tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    second = qcompile("zoo:digit_cnn", "--passes", "fuse,stubs,observe,load-stats,aciq,convert", "--stats", stats,
+                      "-o", tmp_path / "b")
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "a" / "graph.qir").read_text() == (tmp_path / "b" / "graph.qir").read_text()
+    mismatch = qcompile("zoo:mobilenet_v2", "--passes", "fuse,stubs,observe,load-stats,convert", "--stats", stats,
+                        "-o", tmp_path / "c")
+    assert mismatch.returncode == 2 and "has no statistics for" in mismatch.stderr

@@ -39,6 +39,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="calibration batch size (32)")
     parser.add_argument("--preprocess", metavar="PRESET",
                         help="imagenet, mnist, grey-half, unit or none (default: per data source)")
+    parser.add_argument("--save-stats", metavar="FILE", help="save the calibration statistics after the run")
+    parser.add_argument("--stats", metavar="FILE",
+                        help="statistics saved earlier, for the load-stats pass (instead of calibrate + data)")
     parser.add_argument("--train", metavar="DATA", help="labelled training data for the 'train' pass (QAT)")
     parser.add_argument("--train-samples", type=int, metavar="N", help="use at most N training samples")
     parser.add_argument("--preset", metavar="NAME",
@@ -160,6 +163,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
     ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=ProgressPrinter())
+    ctx.statistics_file = args.stats
     if args.train:
         from qcompile.data import open_data
 
@@ -179,6 +183,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
         batch_size=args.batch_size,
         preprocess=args.preprocess,
     ) if pipeline is not None else _lower_only(args)
+    if args.save_stats:
+        from qcompile.quant.stats_io import save_statistics
+
+        print(f"qcompile: wrote {save_statistics(result.graph, args.save_stats)}", file=sys.stderr)
     for note in result.notes:
         print(f"qcompile: note: {note}", file=sys.stderr)
     for record in result.records:

@@ -62,6 +62,7 @@ class PassContext:
     ):
         self.calib_data = calib_data
         self.train_data = train_data
+        self.statistics_file = None  # for the load-stats pass
         if quant_config is None:
             from qcompile.quant.config import QuantConfig
 

@@ -1,0 +1,53 @@
+"""Calibration statistics on disk: collect once, reuse in later runs without data.
+
+The file maps node names to the statistics ``calibrate`` collected (ranges,
+and the moments ACIQ / bit allocation use). ``load-stats`` puts them back on
+a graph whose nodes are named the same (the same model, lowered and fused
+the same way), so a later run can try other clipping or bit settings
+without the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from qcompile.errors import QCompileError
+from qcompile.fileio import atomic_torch_save
+from qcompile.ir.graph import Graph
+from qcompile.ir.quant_types import TensorStats
+
+FORMAT = "qcompile-statistics-1"
+
+
+def save_statistics(graph: Graph, path: str | Path) -> Path:
+    """Write every node's activation statistics to ``path`` (atomically)."""
+    entries = {n.name: asdict(n.quant.stats) for n in graph.nodes() if n.quant.stats is not None}
+    if not entries:
+        raise QCompileError("the graph has no statistics to save", hint="run calibrate first")
+    return atomic_torch_save(path, {"format": FORMAT, "model": graph.name, "nodes": entries})
+
+
+def load_statistics(graph: Graph, path: str | Path) -> int:
+    """Attach saved statistics to every observed node of ``graph``; return how many."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise QCompileError(f"statistics file {path} does not exist") from None
+    except Exception as exc:
+        raise QCompileError(f"cannot read statistics file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise QCompileError(f"{path} is not a qcompile statistics file", hint="write one with --save-stats")
+    saved = content["nodes"]
+    observed = [n for n in graph.nodes() if n.quant.observer is not None]
+    missing = [n.name for n in observed if n.name not in saved]
+    if missing:
+        raise QCompileError(
+            f"{path} (from model {content['model']}) has no statistics for {len(missing)} observed nodes, "
+            f"e.g. %{missing[0]}",
+            hint="save statistics from the same model and the same passes before calibrate")
+    for node in observed:
+        node.quant.stats = TensorStats(**saved[node.name])
+    return len(observed)
