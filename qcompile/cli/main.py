@@ -78,6 +78,8 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt")
     compile_p.add_argument("--export", choices=("onnx",), action="append", default=[],
                            help="also export: onnx -> OUT/model.onnx (QDQ form for int8 models)")
+    compile_p.add_argument("--entropy", action="store_true",
+                           help="report the entropy (bits per value) of the int8 codes per layer, on --calib data")
     compile_p.add_argument("--onnx-form", choices=("qdq", "qoperator"), default="qdq",
                            help="qdq: Quantize/DequantizeLinear around float ops (any graph); qoperator: "
                            "QLinearConv, QLinearAdd... (int8 graphs)")
@@ -200,6 +202,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
         path, diff = save_torchscript(result.out_dir, result.example_inputs)
         print(f"qcompile: wrote {path} (reloaded: outputs identical within {diff:.3g})", file=sys.stderr)
+    if command == "compile" and args.entropy:
+        _report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
         _export_onnx(args, result)
     if command == "compile":
@@ -236,6 +240,20 @@ class ProgressPrinter:
         elif tty:
             self.stream.write(f"\rqcompile: {label}: {done}")
         self.stream.flush()
+
+
+def _report_entropy(args: argparse.Namespace, result) -> None:
+    from qcompile.data import open_data
+    from qcompile.quant.entropy import code_entropy
+
+    if "converted" not in result.graph.facts or args.calib is None:
+        raise QCompileError("--entropy needs a converted graph and --calib data")
+    rows, average = code_entropy(result.graph, open_data(args.calib, preprocess=args.preprocess,
+                                                         limit=args.calib_samples, batch_size=args.batch_size))
+    print("| tensor | kind | bits per value | values |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")
+    print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
 
 
 def _export_onnx(args: argparse.Namespace, result) -> None:
