@@ -109,8 +109,9 @@ class Qat(Pass):
                     for user, port in uses:
                         graph.set_input(user, port, fq)
         converted = 0
+        planned = {n.name: n for n in plan.nodes()}
         for node in graph.find(kind=NodeKind.MODULE):
-            plan_node = plan.node(node.name) if node.name in {n.name for n in plan.nodes()} else None
+            plan_node = planned.get(node.name)
             if node.op in _QAT_MODULES and plan_node is not None and plan_node.quant.mode == "static":
                 node.target = _QAT_MODULES[node.op][1]
                 node.attrs["weight_per_channel"] = ctx.quant_config.qconfig.weight.per_channel

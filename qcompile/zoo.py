@@ -65,6 +65,15 @@ def _digit_cnn() -> nn.Module:
     return _weights(cnn(), path)
 
 
+def _resnet20_fashion() -> nn.Module:
+    from qcompile.resnet20 import ResNet20
+
+    path = Path(__file__).parent / "weights" / "resnet20_fashion.pt"
+    if not path.is_file():
+        raise QCompileError(f"{path} is missing", hint="python examples/train_resnet20_fashion.py writes it")
+    return _weights(ResNet20(), path)
+
+
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -81,6 +90,13 @@ ZOO: dict[str, ZooModel] = {
             (1, 1, 28, 28),
             "digit-recognizer-py==0.1.0",
             _digit_cnn,
+        ),
+        ZooModel(
+            "resnet20_fashion",
+            "CIFAR-style ResNet-20 trained on Fashion-MNIST (ships with qcompile; inputs grey-half)",
+            (1, 1, 28, 28),
+            "qcompile",
+            _resnet20_fashion,
         ),
     )
 }

@@ -149,3 +149,19 @@ def test_static_quantization_needs_data():
         run_pipeline(graph, "fuse,calibrate,convert", PassContext())
     assert "converted" not in graph.facts
     assert not [n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.target.startswith("torch.ao.nn")]
+
+
+def test_residual_network_with_real_weights_keeps_its_accuracy():
+    model = load_user_model("zoo:resnet20_fashion").module
+    test = open_data("builtin:fashion-test", limit=1000, batch_size=250)
+    calib = list(open_data("builtin:fashion-train", limit=256, batch_size=128))
+    graph, _ = _quantize(model, calib)
+    assert len(graph.find(op="add")) == 9 and all(
+        n.target == "torch.ops.quantized.add_relu" for n in graph.find(op="add"))
+    interpreter = Interpreter(graph)
+    correct_q = correct_f = 0
+    for x, y in test.labelled():
+        correct_q += int((interpreter.run(x).argmax(1) == y).sum())
+        with torch.no_grad():
+            correct_f += int((model(x).argmax(1) == y).sum())
+    assert correct_f >= 850 and correct_q >= correct_f - 10

@@ -101,6 +101,7 @@ def test_torchvision_model(name, tmp_path):
 @pytest.mark.parametrize("name, expected", [
     ("mobilenet_v2", {"conv2d+batch_norm2d+relu6": 35, "conv2d+batch_norm2d": 17}),
     ("digit_cnn", {"conv2d+relu": 3, "linear+relu": 1}),
+    ("resnet20_fashion", {"conv2d+batch_norm2d+relu": 10, "conv2d+batch_norm2d": 11, "add+relu": 9}),
 ])
 def test_real_pretrained_model(name, expected, tmp_path):
     loaded = load_user_model(f"zoo:{name}")
