@@ -25,6 +25,7 @@ activation; with ``--debug`` the reason is listed for every candidate.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -104,9 +105,11 @@ class Fuse(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         counts: dict[str, int] = {}
+        # how many nodes read each parameter (fusion never adds readers to existing ones)
+        readers = Counter(p for n in graph.nodes() for p in set(n.params.values()))
         for node in graph.find(kind=NodeKind.MODULE):
             if node.op in _WEIGHTED and node in graph:
-                pattern = self._fuse_from(graph, node, ctx)
+                pattern = self._fuse_from(graph, node, ctx, readers)
                 if pattern:
                     counts[pattern] = counts.get(pattern, 0) + 1
         if self.binary_relu:
@@ -120,9 +123,9 @@ class Fuse(Pass):
                 ctx.explain(f"%{node.name} ({node.op}) stays: no conv/linear feeds it alone")
         return PassResult(modified=bool(counts), stats=counts)
 
-    def _fuse_from(self, graph: Graph, node: Node, ctx: PassContext) -> str:
+    def _fuse_from(self, graph: Graph, node: Node, ctx: PassContext, readers: Counter) -> str:
         parts = [node.op]
-        if any(_shared(graph, node, name) for name in node.params.values()):
+        if any(readers[name] > 1 for name in node.params.values()):
             ctx.explain(f"%{node.name}: its weights are shared with another node")
             return ""
         next_node, reason = _sole_consumer(graph, node)
@@ -175,9 +178,3 @@ def _two_tensor_operands(graph: Graph, node: Node) -> bool:
     inputs = graph.inputs(node)
     return (len(inputs) == 2 and node.args == (Ref(0), Ref(1)) and not node.kwargs
             and all(isinstance(i.type, TensorType) for i in inputs))
-
-
-def _shared(graph: Graph, node: Node, param_name: str) -> bool:
-    return any(
-        other is not node and param_name in other.params.values() for other in graph.nodes()
-    )

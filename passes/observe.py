@@ -25,11 +25,9 @@ from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.op_table import category
 
 
-def grid_owner(graph: Graph, node: Node) -> str:
+def grid_owner(node: Node) -> str:
     """Name of the node whose output grid ``node``'s output uses."""
-    if node.quant.shares is not None:
-        return node.quant.shares
-    return node.name
+    return node.quant.shares if node.quant.shares is not None else node.name
 
 
 @register_pass(default_for=("observed",))
@@ -56,7 +54,7 @@ class Observe(Pass):
                 node.quant.weight_observer = replace(qconfig.weight, axis=0)
                 counts["weights"] += 1
             if kind == "shared":
-                node.quant.shares = grid_owner(graph, graph.inputs(node)[0])
+                node.quant.shares = grid_owner(graph.inputs(node)[0])
                 counts["shared"] += 1
         after = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
         return PassResult(after != before, counts)

@@ -133,8 +133,3 @@ class Interpreter:
         if node.kind == NodeKind.METHOD:
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         raise InterpreterError(f"%{node.name}: cannot execute a node of kind {node.kind.value}")
-
-
-def run_graph(graph: Graph, *inputs: Any) -> Any:
-    """Execute ``graph`` once on ``inputs`` (shorthand for ``Interpreter(graph).run``)."""
-    return Interpreter(graph).run(*inputs)

@@ -9,7 +9,6 @@ example inputs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -214,10 +213,3 @@ def _structure_type(structure: Any) -> ValueType:
     if isinstance(structure, (tuple, list)):
         return TupleType(tuple(_structure_type(s) for s in structure))
     return structure
-
-
-def timed_lower(model: nn.Module, example_inputs: Sequence[Any], **kwargs) -> tuple[Graph, float]:
-    """:func:`lower` plus the seconds it took."""
-    start = time.perf_counter()
-    graph = lower(model, example_inputs, **kwargs)
-    return graph, time.perf_counter() - start

@@ -57,6 +57,7 @@ class Graph:
         self._nodes: dict[str, Node] = {}
         self._next_order = 0
         self._order_cache: list[Node] | None = None
+        self._rank_cache: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -115,7 +116,7 @@ class Graph:
         for port, producer in enumerate(inputs):
             self._check_member(producer)
             self._nx.add_edge(producer.name, node.name, key=port)
-        self._order_cache = None
+        self._order_cache = self._rank_cache = None
         return node
 
     def add_param(self, name: str, tensor: torch.Tensor) -> str:
@@ -175,7 +176,7 @@ class Graph:
         """(consumer, input port) pairs reading ``node``, in graph order."""
         self._check_member(node)
         found = [(self._nodes[dst], key) for _, dst, key in self._nx.out_edges(node.name, keys=True)]
-        rank = {n.name: i for i, n in enumerate(self.nodes())}
+        rank = self._ranks()
         return sorted(found, key=lambda use: (rank[use[0].name], use[1]))
 
     def users(self, node: Node) -> list[Node]:
@@ -222,7 +223,7 @@ class Graph:
         else:
             raise IndexError(f"%{node.name} has no input port {port}")
         self._nx.add_edge(producer.name, node.name, key=port)
-        self._order_cache = None
+        self._order_cache = self._rank_cache = None
 
     def set_inputs(self, node: Node, inputs: Sequence[Node], args: tuple | None = None,
                    kwargs: dict[str, Any] | None = None) -> None:
@@ -237,7 +238,7 @@ class Graph:
             node.args = tuple(args)
         if kwargs is not None:
             node.kwargs = dict(kwargs)
-        self._order_cache = None
+        self._order_cache = self._rank_cache = None
 
     def replace_all_uses(self, old: Node, new: Node) -> int:
         """Make every consumer of ``old`` read ``new``; return how many ports moved."""
@@ -257,7 +258,7 @@ class Graph:
             raise VerifyError(f"cannot erase %{node.name}: still used by {names}")
         self._nx.remove_node(node.name)
         del self._nodes[node.name]
-        self._order_cache = None
+        self._order_cache = self._rank_cache = None
 
     def rename(self, node: Node, name: str) -> str:
         """Give ``node`` a new (made unique) name; return the name used."""
@@ -269,7 +270,7 @@ class Graph:
         del self._nodes[node.name]
         node.name = new
         self._nodes[new] = node
-        self._order_cache = None
+        self._order_cache = self._rank_cache = None
         return new
 
     def remove_unused_params(self) -> list[str]:
@@ -307,6 +308,12 @@ class Graph:
         return other
 
     # --------------------------------------------------------------- internal
+
+    def _ranks(self) -> dict[str, int]:
+        """Position of each node in :meth:`nodes`, cached alongside the order."""
+        if self._order_cache is None or self._rank_cache is None:
+            self._rank_cache = {n.name: i for i, n in enumerate(self.nodes())}
+        return self._rank_cache
 
     def _bump(self) -> int:
         self._next_order += 1
