@@ -78,7 +78,7 @@ def _float_island(b: _QBuilder, node: Node) -> str:
             s, zp = b.grid(producer)
             b.names[producer.name] = b.emit("DequantizeLinear", [originals[producer.name], s, zp])
     value = _module(b, node, b.value(b.args(node)[0])) if node.kind == NodeKind.MODULE else _call(b, node)
-    b.names.update({k: v for k, v in originals.items()})
+    b.names.update(originals)  # the dequantized names were local to this op
     s, zp = b.grid(node)
     return b.emit("QuantizeLinear", [value, s, zp])
 
