@@ -19,8 +19,11 @@ Options:
         lower expected error).
     bits: Bit width the clip is optimal for (2..8).
     k: Multiplier of the standard deviation for ``prior=std``.
-    per_channel: One clip per channel (the research mode; integer kernels
-        need one scale per tensor, so this is for ``simulate``).
+    per_channel: One clip per channel of each activation (the paper's
+        research mode), from the channel's own moments and range, and with
+        ``bitalloc{activations=true}`` before it, from the channel's own bit
+        width. Integer kernels need one scale per tensor, so only
+        ``simulate`` accepts this; ``convert`` refuses it.
     weights: Also clip weights, per output channel (the reference never does).
 """
 
@@ -56,6 +59,12 @@ def choose_alpha(prior: str, bits: int, one_sided: bool, mad: float, std: float,
     return gauss, "gauss"
 
 
+def _same_clip(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(torch.equal(torch.as_tensor(x), torch.as_tensor(y)) for x, y in zip(a, b, strict=True))
+
+
 @register_pass
 @dataclass(frozen=True)
 class Aciq(Pass):
@@ -75,8 +84,6 @@ class Aciq(Pass):
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be between 2 and 8, got {self.bits}")
-        if self.per_channel:
-            raise ValueError("per-channel activation clips need the simulate pass, which is not available yet")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         counts: dict[str, int] = {}
@@ -87,8 +94,11 @@ class Aciq(Pass):
             if "mad" not in stats.extra:
                 raise QCompileError(f"%{node.name} has no moments: calibrate again with aciq in the pipeline",
                                     hint="statistics files or earlier runs without aciq lack them")
-            clip, used = self._clip(node)
-            if node.quant.clip != clip or node.quant.bits != self.bits:
+            if self.per_channel and "mad_c" in stats.extra:
+                clip, used = self._clip_per_channel(node)
+            else:
+                clip, used = self._clip(node)
+            if not _same_clip(node.quant.clip, clip) or node.quant.bits != self.bits:
                 node.quant.clip, node.quant.bits = clip, self.bits
                 counts[used] = counts.get(used, 0) + 1
         if self.weights:
@@ -103,6 +113,24 @@ class Aciq(Pass):
         # never widen beyond what was seen: a clip only ever removes range
         lo, hi = max(lo, float(node.quant.stats.min)), min(hi, float(node.quant.stats.max))
         return (min(lo, 0.0) if one_sided else lo, max(hi, lo)), used
+
+    def _clip_per_channel(self, node: Node) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
+        extra = node.quant.stats.extra
+        one_sided = node.attrs.get("act") in ONE_SIDED_ACTS
+        bits = node.quant.channel_bits
+        los, his, used = [], [], set()
+        for c in range(len(extra["mad_c"])):
+            m = int(bits[c]) if bits is not None else self.bits
+            alpha, prior = choose_alpha(self.prior, m, one_sided, float(extra["mad_c"][c]),
+                                        float(extra["std_c"][c]), self.k)
+            low, high = float(extra["min_c"][c]), float(extra["max_c"][c])
+            lo, hi = clip_interval(alpha, float(extra["mean_c"][c]), low, one_sided)
+            lo, hi = max(lo, low), min(hi, high)
+            lo = min(lo, 0.0) if one_sided else lo
+            los.append(lo)
+            his.append(max(hi, lo))
+            used.add(prior)
+        return (torch.tensor(los), torch.tensor(his)), "+".join(sorted(used)) + " per channel"
 
     def _clip_weight(self, graph: Graph, node: Node) -> int:
         weight = graph.param(node, "weight").detach().float()

@@ -43,8 +43,13 @@ def choose_qparams(graph: Graph) -> None:
             raise QCompileError(
                 f"%{node.name} has per-channel activation bit widths, which integer kernels cannot mix "
                 "along a reduction", hint="use simulate for per-channel activation bits")
+        if q.clip is not None and torch.as_tensor(q.clip[0]).numel() > 1:
+            raise QCompileError(
+                f"%{node.name} has one clip range per channel, which integer kernels cannot apply "
+                "(they need one scale per tensor)", hint="drop per-channel=true from aciq, or use simulate")
         if q.observer is not None and (q.clip is not None or q.stats is not None):
-            lo, hi = (torch.tensor(q.clip[0]), torch.tensor(q.clip[1])) if q.clip else (q.stats.lo, q.stats.hi)
+            lo, hi = ((torch.as_tensor(q.clip[0]), torch.as_tensor(q.clip[1])) if q.clip
+                      else (q.stats.lo, q.stats.hi))
             spec = replace(q.observer, bits=q.bits) if q.bits is not None and q.bits < 8 else q.observer
             q.qparams = qparams_from_range(lo, hi, spec)
         if q.weight_stats is not None:

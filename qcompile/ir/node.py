@@ -81,7 +81,8 @@ class QuantAnnotation:
         qparams: Scale and zero point chosen for the output (set by ``convert``).
         shares: Name of the node whose output quantization this output reuses
             (ops like max-pool or flatten that cannot change the grid).
-        clip: A clip range chosen analytically, overriding ``stats``.
+        clip: A clip range chosen analytically, overriding ``stats``: two
+            floats, or two tensors with one value per channel (``simulate`` only).
         bits: Bit width of the output, when not the container's full width.
         channel_bits: Bit width per channel (bit allocation; ``simulate`` only).
         weight_bits: Bit width per output channel of the weight.
@@ -93,7 +94,7 @@ class QuantAnnotation:
     stats: TensorStats | None = None
     qparams: QParams | None = None
     shares: str | None = None
-    clip: tuple[float, float] | None = None
+    clip: tuple[float, float] | tuple[torch.Tensor, torch.Tensor] | None = None
     bits: int | None = None
     channel_bits: torch.Tensor | None = None
     weight_observer: ObserverSpec | None = None
@@ -113,7 +114,7 @@ class QuantAnnotation:
         if self.stats is not None:
             out.append(self.stats.describe())
         if self.clip is not None:
-            out.append(f"clip=[{self.clip[0]:.6g}, {self.clip[1]:.6g}]")
+            out.append(_describe_clip(self.clip))
         if self.bits is not None:
             out.append(f"bits={self.bits}")
         if self.channel_bits is not None:
@@ -132,6 +133,14 @@ class QuantAnnotation:
         if weight:
             out.append("| weight: " + " ".join(weight))
         return " ".join(out)
+
+
+def _describe_clip(clip) -> str:
+    lo, hi = clip
+    if isinstance(lo, torch.Tensor) and lo.numel() > 1:
+        return (f"clip=[{lo.numel()} channels, lo {float(lo.min()):.4g}..{float(lo.max()):.4g}, "
+                f"hi {float(hi.min()):.4g}..{float(hi.max()):.4g}]")
+    return f"clip=[{float(lo):.6g}, {float(hi):.6g}]"
 
 
 def _describe_bits(bits: torch.Tensor) -> str:

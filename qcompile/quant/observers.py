@@ -229,12 +229,14 @@ class MomentsObserver:
 
     Each batch contributes its own statistics (deviations around the batch's
     mean, as the ACIQ reference does offline), averaged over batches weighted by
-    their size. Channels are along axis 1 (activations, N x C x ...).
+    their size. Channels are along axis 1 (activations, N x C x ...); per
+    channel it also keeps the minimum and maximum seen.
     """
 
     def __init__(self):
         self.count = 0
         self.sums: dict[str, torch.Tensor] = {}
+        self.extremes: dict[str, torch.Tensor] = {}  # per-channel min and max, over all batches
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float()
@@ -245,9 +247,13 @@ class MomentsObserver:
             mean_c = per_channel.mean(dim=1)
             stats |= {"mean_c": mean_c, "mad_c": (per_channel - mean_c[:, None]).abs().mean(dim=1),
                       "std_c": per_channel.std(dim=1)}
+            lo, hi = torch.aminmax(per_channel, dim=1)
+            seen = self.extremes.get("min_c")
+            self.extremes = {"min_c": lo if seen is None else torch.minimum(seen, lo),
+                             "max_c": hi if seen is None else torch.maximum(self.extremes["max_c"], hi)}
         for key, value in stats.items():
             self.sums[key] = self.sums.get(key, 0) + value * n
         self.count += n
 
     def stats(self) -> dict[str, torch.Tensor]:
-        return {key: value / self.count for key, value in self.sums.items()}
+        return {key: value / self.count for key, value in self.sums.items()} | self.extremes
