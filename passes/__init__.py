@@ -3,16 +3,17 @@
 Importing this package registers every built-in pass.
 """
 
-from qcompile.passes import (  # noqa: F401, E402  # noqa: F401, E402
-    aciq,  # noqa: F401, E402
+from qcompile.passes import (  # noqa: F401
+    aciq,
+    bias_correct,
     bitalloc,
     calibrate,
     convert,
-    dynamic,  # noqa: F401, E402
-    fuse,  # noqa: F401
+    dynamic,
+    fuse,
     observe,
-    pipelines,  # noqa: F401, E402
-    qat,  # noqa: F401, E402
+    pipelines,
+    qat,
     simulate,
     stubs,
 )

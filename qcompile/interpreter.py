@@ -20,6 +20,7 @@ from qcompile.ir.printer import excerpt
 from qcompile.ir.targets import resolve_target
 
 NodeHook = Callable[[Node, Any], None]
+NodeEdit = Callable[[Node, Any], Any]
 
 
 class InterpreterError(QCompileError):
@@ -44,6 +45,7 @@ class Interpreter:
         self._inputs = {n.name: graph.inputs(n) for n in self._nodes}
         self._modules: dict[str, nn.Module] = {}
         self._pre_activation_hook: NodeHook | None = None
+        self._edit: NodeEdit | None = None
         # Free each value after its last reader, so memory stays at the
         # model's live set rather than every activation at once.
         last_use: dict[str, int] = {}
@@ -64,7 +66,8 @@ class Interpreter:
         return self._modules[node.name]
 
     @torch.no_grad()
-    def run(self, *inputs: Any, hook: NodeHook | None = None, pre_activation_hook: NodeHook | None = None) -> Any:
+    def run(self, *inputs: Any, hook: NodeHook | None = None, pre_activation_hook: NodeHook | None = None,
+            edit: NodeEdit | None = None) -> Any:
         """Execute the graph on ``inputs`` and return its output.
 
         Args:
@@ -72,8 +75,13 @@ class Interpreter:
             hook: Called as ``hook(node, value)`` after every node.
             pre_activation_hook: Called as ``hook(node, value)`` with the value
                 before a fused activation, for nodes that have one.
+            edit: Called as ``edit(node, value)`` for every node with the value
+                before its fused activation (if any); what it returns replaces
+                the value (``None`` keeps it). Bias correction uses this to
+                correct a layer while later layers are still to run.
         """
         self._pre_activation_hook = pre_activation_hook
+        self._edit = edit
         input_nodes = [n for n in self._nodes if n.kind == NodeKind.INPUT]
         if len(inputs) != len(input_nodes):
             names = ", ".join(f"%{n.name}" for n in input_nodes)
@@ -109,6 +117,9 @@ class Interpreter:
 
     def _execute(self, node: Node, inputs: list[Any]) -> Any:
         value = self._compute(node, inputs)
+        if self._edit is not None:
+            edited = self._edit(node, value)
+            value = value if edited is None else edited
         act = node.attrs.get("act")
         if not act:
             return value
