@@ -101,3 +101,24 @@ def test_statistics_file_replaces_the_data_in_a_later_run(tmp_path):
     mismatch = qcompile("zoo:mobilenet_v2", "--passes", "fuse,stubs,observe,load-stats,convert", "--stats", stats,
                         "-o", tmp_path / "c")
     assert mismatch.returncode == 2 and "has no statistics for" in mismatch.stderr
+
+
+def test_modes_put_research_deployable_and_integer_side_by_side(tmp_path):
+    out = tmp_path / "w4a4"
+    passes = "fuse,calibrate,bitalloc{budget=4 activations=true},aciq{bits=4 per-channel=true},simulate{bits=4}"
+    run = qcompile("zoo:digit_cnn", "--passes", passes, "--calib", "builtin:mnist5k", "--calib-samples", "256",
+                   "--check-samples", "256", "--modes", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "an integer deployment delivers the integer row" in run.stdout
+    rows = {r["mode"]: r for r in json.loads((out / "modes.json").read_text())}
+    assert list(rows) == ["research", "deployable", "integer"]
+    assert "per-channel=true" in rows["research"]["pipeline"] and "activations=true" in rows["research"]["pipeline"]
+    assert "per-channel" not in rows["deployable"]["pipeline"] and "convert" in rows["integer"]["pipeline"]
+    assert all(0 <= r["agreement"] <= 1 and r["top1"] is not None for r in rows.values())
+    assert len({r["sqnr_db"] for r in rows.values()}) == 3  # three different models were scored
+    assert rows["integer"]["agreement"] > 0.9
+
+
+def test_modes_need_a_simulate_pass(tmp_path):
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--modes", "-o", tmp_path / "o")
+    assert run.returncode == 2 and "no simulate pass" in run.stderr and not (tmp_path / "o").exists()

@@ -86,7 +86,10 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compile_p.add_argument("--check", action="store_true",
                            help="run the ONNX export in onnxruntime (optimizations off and on) and compare "
                            "with the emitted model; exit 3 if more than 1%% of outputs differ by over 1 LSB")
-    compile_p.add_argument("--check-data", metavar="DATA", help="data for --check (default: --calib)")
+    compile_p.add_argument("--modes", action="store_true",
+                           help="score simulate's research mode, the deployable (per-tensor) mode and the "
+                           "integer model side by side on --check-data; table on stdout, OUT/modes.json")
+    compile_p.add_argument("--check-data", metavar="DATA", help="data for --check and --modes (default: --calib)")
     compile_p.add_argument("--check-samples", type=int, default=64, metavar="N")
 
     inspect_p = argparse.ArgumentParser(
@@ -161,6 +164,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
     elif args.print_after:
         raise QCompileError("--print-after needs --passes")
     instruments, timing = _instruments(args)
+    snapshot = _modes_snapshot(args, pipeline) if command == "compile" and args.modes else None
+    if snapshot is not None:
+        instruments.append(snapshot)
     from qcompile.quant.config import load_quant_config
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
@@ -206,6 +212,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
         _report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
         _export_onnx(args, result)
+    if snapshot is not None:
+        _report_modes(args, snapshot, ctx, result)
     if command == "compile":
         print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
@@ -254,6 +262,39 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
     for r in rows:
         print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")
     print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
+
+
+def _modes_snapshot(args: argparse.Namespace, pipeline):
+    from qcompile.modes import ModeSnapshot
+
+    if pipeline is None or not any(p.name == "simulate" for p in pipeline.passes):
+        raise QCompileError("--modes compares simulate's research mode with what integer kernels deliver, "
+                            "and the pipeline has no simulate pass",
+                            hint="e.g. --passes fuse,calibrate,aciq{bits=4 per-channel=true},simulate{bits=4}")
+    if (args.check_data or args.calib) is None:
+        raise QCompileError("--modes needs data to score on", hint="pass --check-data DATA (or --calib DATA)")
+    return ModeSnapshot()
+
+
+def _report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:
+    import json
+    from dataclasses import asdict
+
+    from qcompile.data import open_data
+    from qcompile.fileio import atomic_write_text
+    from qcompile.modes import HEADER, compare_modes
+
+    data = open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
+                     batch_size=args.batch_size)
+    rows = compare_modes(snapshot, ctx, data)
+    print(HEADER)
+    for r in rows:
+        print(r.row())
+    print("The emitted model is the research row (fake quantization in float); "
+          "an integer deployment delivers the integer row.")
+    path = result.out_dir / "modes.json"
+    atomic_write_text(path, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    print(f"qcompile: wrote {path}", file=sys.stderr)
 
 
 def _export_onnx(args: argparse.Namespace, result) -> None:
