@@ -38,9 +38,11 @@ def pipelines(w: int, a: int) -> dict[str, str]:
     rows = {"naive": f"fuse,calibrate,{sim}}}"}
     if a < 8:
         rows["ACIQ"] = f"fuse,calibrate,aciq{{bits={a}}},{sim}}}"
+        rows["ACIQ per channel (research)"] = f"fuse,calibrate,aciq{{bits={a} per-channel=true}},{sim}}}"
     if w < 8:
         rows["bit allocation"] = f"fuse,calibrate,bitalloc{{budget={w}}},{sim}}}"
         rows["bias correction"] = f"fuse,calibrate,{sim} bias-correct=mean-std}}"
+        rows["empirical bias correction"] = f"fuse,calibrate,bias-correct,{sim}}}"
     methods = (f"bitalloc{{budget={w}}}," if w < 8 else "") + (f"aciq{{bits={a}}}," if a < 8 else "")
     rows["all"] = f"fuse,calibrate,{methods}{sim}" + (" bias-correct=mean-std}" if w < 8 else "}")
     return rows

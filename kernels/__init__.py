@@ -1,1 +1,15 @@
-"""GEMMLOWP-style integer kernels (imported as ``qcompile.kernels``)."""
+"""GEMMLOWP-style integer kernels (imported as ``qcompile.kernels``).
+
+* ``gemmlowp.h``: the fixed-point arithmetic, for host and device code;
+* ``gemmlowp_kernels.cuh`` / ``gemmlowp_launch.cu``: the CUDA kernels (dp4a
+  GEMM with the output stage, im2col, quantize / dequantize);
+* :mod:`.emulation`: those kernels built for the CPU against an emulation of
+  CUDA's blocks, threads and shared memory, for tests;
+* :mod:`.fixed_point` and :mod:`.cpu`: the CPU twin, bit-exact with the kernels;
+* :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export;
+* :mod:`.modules`: the modules the ``gemmlowp`` backend emits.
+
+Importing the package registers the ops.
+"""
+
+from qcompile.kernels import ops  # noqa: F401

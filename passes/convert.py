@@ -15,7 +15,11 @@ qnnpack, chosen by the quantization config). Before and after::
     %add   = add(%layer1_0_conv2, %maxpool, 0.0412, 0) : qu8[1,64,56,56] {target='torch.ops.quantized.add_relu'}
 
 Options:
-    backend: ``native`` (torch's quantized modules and ops).
+    backend: ``native`` (torch's quantized modules and ops) or ``gemmlowp``
+        (qcompile's own integer kernels, :mod:`qcompile.kernels`: plain int8 /
+        int32 tensors and fixed-point requantization; the emitted model
+        exports with ``torch.export``). Both hold the same integer weights
+        and grids.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Convert(Pass):
     requires = ("calibrated",)
     provides = ("converted",)
 
-    backend: Literal["native"] = "native"
+    backend: Literal["native", "gemmlowp"] = "native"
     weight_bits: int = 8
 
     def __post_init__(self):
@@ -112,8 +116,13 @@ class Convert(Pass):
                 counts[node.op] = counts.get(node.op, 0) + 1
             if node.quant.bits is not None and node.quant.bits < 8 and node.quant.observer is not None:
                 clamp_to_bits(graph, node)
-            if isinstance(node.type, TensorType) and node.quant.qparams is not None:
+        for node in graph.nodes():  # including the clamps the rules added
+            if node.quant.mode == "static" and isinstance(node.type, TensorType) and node.quant.qparams is not None:
                 node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "quint8" else "qi8")
+        if self.backend == "gemmlowp":
+            from qcompile.quant.gemmlowp import to_gemmlowp
+
+            to_gemmlowp(graph)
         return PassResult(True, counts)
 
 

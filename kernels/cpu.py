@@ -1,0 +1,74 @@
+"""The CPU twin of the CUDA kernels: the same integer results, at usable speed.
+
+The accumulation ``sum_k (q_a - z_a) * q_w`` runs as a float convolution or
+matmul, which is exact: every product and partial sum is an integer, and in
+float32 they stay below 2^24 when ``depth * 255 * 128 < 2^24`` (any order of
+summation then gives the exact sum); deeper reductions run in float64 (exact
+below 2^53). The output stage is :mod:`fixed_point`, bit for bit the CUDA
+epilogue. Padding is by the input zero point, as the GPU's im2col pads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qcompile.kernels import fixed_point as fp
+
+_FLOAT32_EXACT = 2**24
+
+
+def accumulation_dtype(depth: int) -> torch.dtype:
+    """float32 when the reduction is exact in it, else float64."""
+    return torch.float32 if depth * 255 * 128 < _FLOAT32_EXACT else torch.float64
+
+
+def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: int, hi: int,
+              axis: int, depth: int) -> torch.Tensor:
+    shape = [1] * acc.dim()
+    shape[axis] = -1
+    # acc holds exact integers, so the cast is exact; |acc| <= depth * 255 * 128
+    q = fp.output_stage(acc.long(), bias.reshape(shape), multiplier.reshape(shape), exponent.reshape(shape),
+                        out_zero, lo, hi, acc_bound=depth * 255 * 128)
+    return q.to(torch.uint8)
+
+
+def qlinear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+            exponent: torch.Tensor, out_zero: int, lo: int, hi: int) -> torch.Tensor:
+    dtype = accumulation_dtype(weight.shape[1])
+    acc = F.linear(x.to(dtype) - x_zero, weight.to(dtype))
+    return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, acc.dim() - 1, weight.shape[1])
+
+
+def qconv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+            exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
+            dilation: list[int], groups: int) -> torch.Tensor:
+    dtype = accumulation_dtype(weight[0].numel())
+    acc = F.conv2d(x.to(dtype) - x_zero, weight.to(dtype), None, stride, padding, dilation, groups)
+    return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, 1, weight[0].numel())
+
+
+def qadd(a: torch.Tensor, a_zero: int, a_multiplier: int, a_exponent: int, b: torch.Tensor, b_zero: int,
+         b_multiplier: int, b_exponent: int, out_multiplier: int, out_exponent: int, out_zero: int,
+         lo: int, hi: int) -> torch.Tensor:
+    """TFLite's quantized add: both inputs to a common fine grid (<< 20), add, requantize."""
+    zero = torch.zeros((), dtype=torch.int64)
+    bound = 255 << ADD_LEFT_SHIFT
+
+    def rescale(q: torch.Tensor, q_zero: int, m0: int, exponent: int) -> torch.Tensor:
+        shifted = (q.long() - q_zero) << ADD_LEFT_SHIFT
+        return fp.output_stage(shifted, zero, torch.tensor(m0), torch.tensor(exponent), 0, fp.INT32_MIN,
+                               fp.INT32_MAX, acc_bound=bound)
+
+    total = rescale(a, a_zero, a_multiplier, a_exponent) + rescale(b, b_zero, b_multiplier, b_exponent)
+    return fp.output_stage(total, zero, torch.tensor(out_multiplier), torch.tensor(out_exponent), out_zero, lo, hi,
+                           acc_bound=2 * bound).to(torch.uint8)
+
+
+ADD_LEFT_SHIFT = 20
+
+
+def add_multipliers(a_scale: float, b_scale: float, out_scale: float) -> tuple[float, float, float]:
+    """The three real multipliers of :func:`qadd` (TFLite's choice: inputs over twice the larger scale)."""
+    twice_max = 2 * max(a_scale, b_scale)
+    return a_scale / twice_max, b_scale / twice_max, twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale)

@@ -1,0 +1,87 @@
+"""The gemmlowp backend's operators, registered with ``torch.library`` as ``torch.ops.qcompile.*``.
+
+Each op has a fake (meta) kernel, so modules that call them trace with
+torch.fx, export with ``torch.export`` (and save and load as ``.pt2``
+archives) and script with TorchScript. The CPU implementation is the twin in
+:mod:`qcompile.kernels.cpu`; on a machine with a GPU,
+:func:`qcompile.kernels.cuda.load` registers the CUDA kernels for the same
+ops. Importing ``qcompile.kernels`` registers them.
+
+Tensors are plain: ``uint8`` activations, ``int8`` weights, ``int32`` bias
+(in accumulator units), multipliers and exponents.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qcompile.kernels import cpu
+from qcompile.kernels import fixed_point as fp
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.custom_op("qcompile::quantize", mutates_args=())
+def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``round(clamp(zp + x / scale))`` to uint8 (per tensor: 0-d scale and zero point)."""
+    return fp.quantize(x, scale, zero_point, qmin, qmax).to(torch.uint8)
+
+
+@quantize.register_fake
+def _(x, scale, zero_point, qmin, qmax):
+    return torch.empty_like(x, dtype=torch.uint8)
+
+
+@torch.library.custom_op("qcompile::dequantize", mutates_args=())
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    return fp.dequantize(q, scale, zero_point)
+
+
+@dequantize.register_fake
+def _(q, scale, zero_point):
+    return torch.empty_like(q, dtype=torch.float32)
+
+
+@torch.library.custom_op("qcompile::qlinear", mutates_args=())
+def qlinear(x: Tensor, x_zero: int, weight: Tensor, bias: Tensor, multiplier: Tensor, exponent: Tensor,
+            out_zero: int, lo: int, hi: int) -> Tensor:
+    """uint8 ``x[..., K]`` times int8 ``weight[N, K]``, through the fixed-point output stage."""
+    return cpu.qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi)
+
+
+@qlinear.register_fake
+def _(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.uint8)
+
+
+@torch.library.custom_op("qcompile::qconv2d", mutates_args=())
+def qconv2d(x: Tensor, x_zero: int, weight: Tensor, bias: Tensor, multiplier: Tensor, exponent: Tensor,
+            out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int], dilation: list[int],
+            groups: int) -> Tensor:
+    """uint8 NCHW ``x`` convolved with int8 ``weight``, through the fixed-point output stage."""
+    return cpu.qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
+                       dilation, groups)
+
+
+@qconv2d.register_fake
+def _(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation, groups):
+    h = _conv_out(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    w = _conv_out(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    return x.new_empty((x.shape[0], weight.shape[0], h, w), dtype=torch.uint8)
+
+
+@torch.library.custom_op("qcompile::qadd", mutates_args=())
+def qadd(a: Tensor, a_zero: int, a_multiplier: int, a_exponent: int, b: Tensor, b_zero: int, b_multiplier: int,
+         b_exponent: int, out_multiplier: int, out_exponent: int, out_zero: int, lo: int, hi: int) -> Tensor:
+    """Elementwise ``a + b`` of two uint8 tensors on different grids, onto the output grid."""
+    return cpu.qadd(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier,
+                    out_exponent, out_zero, lo, hi)
+
+
+@qadd.register_fake
+def _(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier, out_exponent,
+      out_zero, lo, hi):
+    return torch.empty_like(a, dtype=torch.uint8)

@@ -1,0 +1,203 @@
+"""Rewriting a converted graph onto the ``gemmlowp`` backend: qcompile's own integer kernels.
+
+``convert{backend=gemmlowp}`` first chooses qparams and quantizes weights
+exactly as for ``native`` (so both backends hold the same integer weights
+and grids), then this module replaces torch's quantized modules with
+:mod:`qcompile.kernels.modules`, which carry everything as plain tensors:
+
+* conv / linear: int8 weight codes, ``bias_q = round(bias / (s_in * s_w))`` in
+  int32, and per output channel the multiplier ``s_in * s_w / s_out`` as
+  ``(m0, exponent)``; a fused ReLU is the clamp at the output zero point;
+* add: TFLite's scheme (both inputs onto a grid 2^20 times finer, add,
+  requantize);
+* ReLU / ReLU6 / the sub-8-bit clamps: integer clamps; global average
+  pooling: an integer mean; pooling and reshaping ops run on the uint8 codes
+  as they are.
+
+Every value between quantize and dequantize is a uint8 tensor (``u8`` in the
+printed graph). Ops the kernels do not cover are refused by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from qcompile.errors import QCompileError
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.quant_types import QParams
+from qcompile.ir.types import TensorType
+from qcompile.kernels.cpu import add_multipliers
+from qcompile.kernels.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier, quantize_multipliers
+
+MODULES = "qcompile.kernels.modules"
+_CONVS = {"torch.ao.nn.quantized.Conv2d": False, "torch.ao.nn.intrinsic.quantized.ConvReLU2d": True}
+_LINEARS = {"torch.ao.nn.quantized.Linear": False, "torch.ao.nn.intrinsic.quantized.LinearReLU": True}
+_ADDS = {"torch.ops.quantized.add": False, "torch.ops.quantized.add_relu": True}
+# ops that only move or select uint8 codes: they run on them unchanged
+_AS_IS = {"max_pool1d", "max_pool2d", "flatten", "view", "reshape", "permute", "transpose", "contiguous",
+          "squeeze", "unsqueeze", "dropout", "identity", "chunk", "getitem"}
+
+
+def _is_quantized(node: Node) -> bool:
+    return isinstance(node.type, TensorType) and node.type.dtype in ("qu8", "qi8")
+
+
+def _input_qparams(graph: Graph, node: Node, index: int = 0) -> QParams:
+    return graph.inputs(node)[index].quant.qparams
+
+
+def _code(value: float, q: QParams) -> int:
+    return max(0, min(255, round(value / float(q.scale)) + int(q.zero_point)))
+
+
+def _weighted(graph: Graph, node: Node, relu: bool) -> dict[str, str]:
+    """Plain-tensor params of a conv / linear and the common constructor arguments."""
+    weight = graph.params[node.params["weight"]]
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        scales, zeros = weight.q_per_channel_scales().double(), weight.q_per_channel_zero_points()
+    else:
+        scales = torch.full((weight.shape[0],), weight.q_scale(), dtype=torch.float64)
+        zeros = torch.full((weight.shape[0],), weight.q_zero_point())
+    if bool((zeros != 0).any()):
+        raise QCompileError(f"%{node.name}: the gemmlowp kernels take symmetric weights (zero point 0)",
+                            hint="use a preset with symmetric weights (all built-in ones are), or backend=native")
+    q_in, q_out = _input_qparams(graph, node), node.quant.qparams
+    if q_in.dtype != "quint8" or q_out.dtype != "quint8":
+        raise QCompileError(f"%{node.name}: the gemmlowp kernels take uint8 activations", hint="use backend=native")
+    accumulator_scale = float(q_in.scale) * scales
+    bias = graph.params[node.params["bias"]].detach().double()
+    bias_q = torch.round(bias / accumulator_scale).clamp(INT32_MIN, INT32_MAX).to(torch.int32)
+    m0, exponent = quantize_multipliers(accumulator_scale / float(q_out.scale))
+    base = node.source.module_path or node.name
+    node.params = {
+        "weight": graph.add_param(f"{base}.weight", weight.int_repr()),
+        "bias": graph.add_param(f"{base}.bias", bias_q),
+        "multiplier": graph.add_param(f"{base}.multiplier", m0),
+        "exponent": graph.add_param(f"{base}.exponent", exponent),
+    }
+    zero = int(q_out.zero_point)
+    return {"input_zero_point": int(q_in.zero_point), "output_zero_point": zero,
+            "clamp_min": zero if relu else 0, "clamp_max": 255}
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _conv(graph: Graph, node: Node) -> None:
+    attrs = node.attrs
+    if attrs.get("padding_mode", "zeros") != "zeros" or isinstance(attrs.get("padding"), str):
+        raise QCompileError(f"%{node.name}: the gemmlowp convolution pads with zeros, by explicit amounts",
+                            hint="use backend=native")
+    common = _weighted(graph, node, _CONVS[node.target])
+    node.target = f"{MODULES}.QConv2d"
+    node.attrs = {"in_channels": attrs["in_channels"], "out_channels": attrs["out_channels"],
+                  "kernel_size": _pair(attrs["kernel_size"]), "stride": _pair(attrs.get("stride", 1)),
+                  "padding": _pair(attrs.get("padding", 0)), "dilation": _pair(attrs.get("dilation", 1)),
+                  "groups": attrs.get("groups", 1)} | common
+
+
+def _linear(graph: Graph, node: Node) -> None:
+    attrs = node.attrs
+    common = _weighted(graph, node, _LINEARS[node.target])
+    node.target = f"{MODULES}.QLinear"
+    node.attrs = {"in_features": attrs["in_features"], "out_features": attrs["out_features"]} | common
+
+
+def _as_module(graph: Graph, node: Node, target: str, attrs: dict, inputs: list[Node]) -> None:
+    node.kind, node.target, node.params, node.attrs = NodeKind.MODULE, f"{MODULES}.{target}", {}, attrs
+    graph.set_inputs(node, inputs, args=tuple(Ref(i) for i in range(len(inputs))), kwargs={})
+
+
+def _add(graph: Graph, node: Node) -> None:
+    inputs = graph.inputs(node)
+    q_a, q_b, q_out = inputs[0].quant.qparams, inputs[1].quant.qparams, node.quant.qparams
+    reals = add_multipliers(float(q_a.scale), float(q_b.scale), float(q_out.scale))
+    (a_m0, a_e), (b_m0, b_e), (o_m0, o_e) = (quantize_multiplier(r) for r in reals)
+    zero = int(q_out.zero_point)
+    _as_module(graph, node, "QAdd", {
+        "a_zero_point": int(q_a.zero_point), "a_multiplier": a_m0, "a_exponent": a_e,
+        "b_zero_point": int(q_b.zero_point), "b_multiplier": b_m0, "b_exponent": b_e,
+        "output_multiplier": o_m0, "output_exponent": o_e, "output_zero_point": zero,
+        "clamp_min": zero if _ADDS[node.target] else 0, "clamp_max": 255}, inputs)
+
+
+def _clamp(graph: Graph, node: Node, lo: float | None, hi: float | None) -> None:
+    q = node.quant.qparams
+    attrs = {"clamp_min": _code(lo, q) if lo is not None else 0, "clamp_max": _code(hi, q) if hi is not None else 255}
+    _as_module(graph, node, "QClamp", attrs, graph.inputs(node)[:1])
+
+
+def _hardtanh_bounds(node: Node) -> tuple[float, float]:
+    if node.kind == NodeKind.MODULE:
+        return node.attrs.get("min_val", -1.0), node.attrs.get("max_val", 1.0)
+    args = list(node.args[1:]) + [None, None]
+    lo = node.kwargs.get("min_val", args[0] if args[0] is not None else -1.0)
+    hi = node.kwargs.get("max_val", args[1] if args[1] is not None else 1.0)
+    return lo, hi
+
+
+def _global_pool(graph: Graph, node: Node) -> None:
+    size = node.attrs.get("output_size") if node.kind == NodeKind.MODULE else (
+        node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size"))
+    if _pair(size) != (1, 1):
+        raise QCompileError(f"%{node.name}: the gemmlowp backend pools to 1x1 only, not {size}",
+                            hint="use backend=native")
+    _as_module(graph, node, "QGlobalAvgPool", {}, graph.inputs(node)[:1])
+
+
+def _rewrite(graph: Graph, node: Node) -> bool:
+    """Rewrite one node; False if the kernels do not cover it."""
+    target = node.target if isinstance(node.target, str) else ""
+    if target == "torch.ao.nn.quantized.Quantize":
+        q = node.quant.qparams
+        if q.dtype != "quint8":
+            return False
+        _as_module(graph, node, "Quantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
+                   graph.inputs(node)[:1])
+    elif target == "torch.ao.nn.quantized.DeQuantize":
+        q = _input_qparams(graph, node)
+        _as_module(graph, node, "Dequantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
+                   graph.inputs(node)[:1])
+    elif target in _CONVS:
+        _conv(graph, node)
+    elif target in _LINEARS:
+        _linear(graph, node)
+    elif target in _ADDS:
+        _add(graph, node)
+    elif node.op == "relu":
+        _clamp(graph, node, 0.0, None)
+    elif node.op == "relu6":
+        _clamp(graph, node, 0.0, 6.0)
+    elif node.op == "hardtanh" or (node.op.startswith("clamp") and node.op.endswith("b")):
+        _clamp(graph, node, *_hardtanh_bounds(node))
+    elif node.op == "adaptive_avg_pool2d":
+        _global_pool(graph, node)
+    elif node.op not in _AS_IS:
+        return False
+    return True
+
+
+def to_gemmlowp(graph: Graph) -> dict[str, int]:
+    """Rewrite every quantized node of a ``native``-converted graph onto the gemmlowp kernels."""
+    unsupported: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for node in graph.nodes():
+        touches = _is_quantized(node) or node.target == "torch.ao.nn.quantized.DeQuantize"
+        if not touches or node.kind in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM):
+            continue
+        if not _rewrite(graph, node):
+            unsupported.setdefault(node.op, []).append(node.name)
+            continue
+        counts[node.op] = counts.get(node.op, 0) + 1
+        if _is_quantized(node):
+            node.type = replace(node.type, dtype="u8")
+    if unsupported:
+        listing = "; ".join(f"{op} (%{names[0]}{' and others' if len(names) > 1 else ''})"
+                            for op, names in sorted(unsupported.items()))
+        raise QCompileError(f"the gemmlowp kernels do not cover these quantized ops: {listing}",
+                            hint="use convert{backend=native}, or --skip those layers to keep them in float")
+    return counts
