@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from qcompile.kernels import fixed_point as fp
 
 _FLOAT32_EXACT = 2**24

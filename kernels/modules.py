@@ -9,10 +9,9 @@ constructor arguments, as codegen writes them.
 
 from __future__ import annotations
 
+import qcompile.kernels.ops  # noqa: F401  (registers torch.ops.qcompile)
 import torch
 from torch import Tensor, nn
-
-import qcompile.kernels.ops  # noqa: F401  (registers torch.ops.qcompile)
 
 
 class Quantize(nn.Module):

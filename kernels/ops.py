@@ -14,10 +14,9 @@ Tensors are plain: ``uint8`` activations, ``int8`` weights, ``int32`` bias
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from qcompile.kernels import cpu
 from qcompile.kernels import fixed_point as fp
+from torch import Tensor
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

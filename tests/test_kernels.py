@@ -1,0 +1,249 @@
+"""The GEMMLOWP kernels: spec section 7 vectors, the CUDA kernels run on the host emulation,
+the CPU twin, and an independent int64 NumPy reference, all bit-exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qcompile.kernels import cpu, emulation
+from qcompile.kernels import fixed_point as fp
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return emulation.library()
+
+
+# ----------------------------------------------------------------- references
+
+def ref_srdhm(a: int, b: int) -> int:
+    """Spec 7.5 closed form: floor(a*b/2^31 + 1/2), saturating the one overflow."""
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    return (2 * a * b + 2**31) // 2**32
+
+
+def ref_rdbpot(x: int, e: int) -> int:
+    """Spec 7.6 closed form: x / 2^e rounded to nearest, ties away from zero."""
+    q, r = divmod(abs(x), 2**e)
+    q += 1 if 2 * r >= 2**e and e > 0 else 0
+    return q if x >= 0 else -q
+
+
+def ref_output_stage(acc: int, bias: int, m0: int, exponent: int, zero: int, lo: int, hi: int) -> int:
+    sat = lambda v: max(INT32_MIN, min(INT32_MAX, v))  # noqa: E731
+    x = sat(acc + bias)
+    x = sat(x * 2 ** max(exponent, 0))
+    return max(lo, min(hi, sat(ref_rdbpot(ref_srdhm(x, m0), max(-exponent, 0)) + zero)))
+
+
+def numpy_conv(x, x_zero, w, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation, groups):
+    """Direct int64 convolution over explicit windows, padded with the zero point; output stage in Python ints."""
+    x = np.pad(x.numpy().astype(np.int64), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2),
+               constant_values=x_zero) - x_zero
+    w = w.numpy().astype(np.int64)
+    n, c, h, width = x.shape
+    cout, cg, kh, kw = w.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (width - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    acc = np.zeros((n, cout, oh, ow), dtype=np.int64)
+    per_group = cout // groups
+    for o in range(cout):
+        g = o // per_group
+        for ky in range(kh):
+            for kx in range(kw):
+                ys = ky * dilation[0] + stride[0] * np.arange(oh)
+                xs = kx * dilation[1] + stride[1] * np.arange(ow)
+                window = x[:, g * cg:(g + 1) * cg][:, :, ys][:, :, :, xs]
+                acc[:, o] += np.einsum("ncyx,c->nyx", window, w[o, :, ky, kx])
+    out = np.vectorize(ref_output_stage)(acc, bias.numpy()[None, :, None, None], m0.numpy()[None, :, None, None],
+                                         exponent.numpy()[None, :, None, None], out_zero, lo, hi)
+    return torch.from_numpy(out.astype(np.uint8))
+
+
+# ------------------------------------------------------------ spec 7 vectors
+
+@pytest.mark.parametrize("real, m0, exponent", [
+    (0.0003, 1319413953, -11), (0.0123456789, 1696777188, -6), (1 / 3, 1431655765, -1),
+    (0.5, 1073741824, 0), (0.75, 1610612736, 0), (2.5, 1342177280, 2)])
+def test_multiplier_decomposition(real, m0, exponent):
+    assert fp.quantize_multiplier(real) == (m0, exponent)
+    assert m0 * 2.0 ** (exponent - 31) == pytest.approx(real, rel=1e-9)
+
+
+def test_multiplier_edge_cases():
+    assert fp.quantize_multiplier(0.0) == (0, 0)
+    assert fp.quantize_multiplier(1e-12) == (0, 0)  # below a 31-bit shift: flushed to zero
+    m0, exponent = fp.quantize_multiplier(1 - 2**-40)  # rounds up to 1.0: halved, exponent + 1
+    assert (m0, exponent) == (2**30, 1)
+    with pytest.raises(ValueError):
+        fp.quantize_multiplier(float("nan"))
+
+
+SRDHM = [(32768, 32768, 1), (-32768, 32768, 0), (-98304, 32768, -1), (INT32_MIN, INT32_MIN, INT32_MAX),
+         (INT32_MIN, INT32_MAX, -2147483647), (INT32_MAX, INT32_MAX, 2147483646)]
+RDBPOT = [(-5, 1, -3), (-3, 1, -2), (-1, 1, -1), (1, 1, 1), (3, 1, 2), (5, 1, 3), (-12, 3, -2), (12, 3, 2),
+          (-20, 3, -3), (-6, 2, -2), (-2, 2, -1), (INT32_MIN, 31, -1), (INT32_MAX, 31, 1), (12345, 0, 12345)]
+END_TO_END = [(12345, 7585, 4), (-12345, -7585, -4), (0, 0, 0), (1, 1, 0), (1000000, 614400, 300),
+              (-1000000, -614400, -300), (INT32_MAX, 1319413952, 644245), (INT32_MIN, -1319413953, -644245)]
+
+
+@pytest.mark.parametrize("a, b, expected", SRDHM)
+def test_srdhm_vectors(lib, a, b, expected):
+    assert lib.qc_srdhm(a, b) == expected
+    assert int(fp.srdhm(torch.tensor(a), torch.tensor(b))) == expected
+    assert ref_srdhm(a, b) == expected
+
+
+@pytest.mark.parametrize("x, e, expected", RDBPOT)
+def test_rdbpot_vectors(lib, x, e, expected):
+    assert lib.qc_rdbpot(x, e) == expected
+    assert int(fp.rdbpot(torch.tensor(x), e)) == expected
+    assert ref_rdbpot(x, e) == expected
+
+
+@pytest.mark.parametrize("acc, high_mul, shifted", END_TO_END)
+def test_end_to_end_vectors(lib, acc, high_mul, shifted):
+    m0 = 1319413953
+    assert lib.qc_srdhm(acc, m0) == high_mul and lib.qc_rdbpot(high_mul, 11) == shifted
+    assert int(fp.multiply_by_quantized_multiplier(torch.tensor(acc), torch.tensor(m0), -11)) == shifted
+    twin = fp.output_stage(torch.tensor([acc]), torch.tensor([0]), torch.tensor([m0]), torch.tensor([-11]),
+                           0, INT32_MIN, INT32_MAX)
+    assert int(twin) == shifted
+
+
+def test_zero_point_and_clamp_vectors(lib):
+    m0 = 1319413953
+    assert lib.qc_output_stage(12345, 0, m0, -11, 10, 0, 255) == 14
+    assert lib.qc_output_stage(-40000, 0, m0, -11, 10, 0, 255) == 0
+    twin = fp.output_stage(torch.tensor([12345, -40000]), torch.tensor([0]), torch.tensor([m0]),
+                           torch.tensor([-11]), 10, 0, 255)
+    assert twin.tolist() == [14, 0]
+
+
+# ----------------------------------------------- random and edge arithmetic
+
+def _edge_and_random(count: int, generator: torch.Generator):
+    acc = torch.randint(INT32_MIN, INT32_MAX, (count,), generator=generator, dtype=torch.int64)
+    acc[:8] = torch.tensor([INT32_MIN, INT32_MAX, 0, -1, 1, INT32_MIN + 1, 2**30, -(2**30)])
+    m0 = torch.randint(0, INT32_MAX, (count,), generator=generator, dtype=torch.int64)
+    m0[:4] = torch.tensor([INT32_MIN, INT32_MAX, 2**30, 0])
+    # exact ties of SRDHM: a * b = (k + 1/2) * 2^31 with b = 2^30 and odd a
+    m0[8:200] = 2**30
+    acc[8:200] = 2 * torch.randint(-(2**29), 2**29, (192,), generator=generator) + 1
+    return acc, m0
+
+
+def test_fixed_point_agrees_with_the_c_header_and_the_closed_forms(lib):
+    generator = torch.Generator().manual_seed(0)
+    acc, m0 = _edge_and_random(4000, generator)
+    exponent = torch.randint(-31, 4, (4000,), generator=generator)
+    exponent[:32] = torch.tensor([0, -31] * 16)  # shift 0 and 31
+    bias = torch.randint(-(2**31), 2**31, (4000,), generator=generator)  # also saturates acc + bias
+    twin_srdhm = fp.srdhm(acc, m0)
+    twin = fp.output_stage(acc, bias, m0, exponent, -3, INT32_MIN, INT32_MAX)
+    for i in range(4000):
+        a, m, e, b = int(acc[i]), int(m0[i]), int(exponent[i]), int(bias[i])
+        assert int(twin_srdhm[i]) == lib.qc_srdhm(a, m) == ref_srdhm(a, m), (a, m)
+        shift = (i % 32)
+        assert int(fp.rdbpot(torch.tensor(a), shift)) == lib.qc_rdbpot(a, shift) == ref_rdbpot(a, shift), (a, shift)
+        assert int(twin[i]) == lib.qc_output_stage(a, b, m, e, -3, INT32_MIN, INT32_MAX) \
+            == ref_output_stage(a, b, m, e, -3, INT32_MIN, INT32_MAX), (a, b, m, e)
+
+
+def test_quantize_rounds_ties_away_and_handles_nan_and_inf(lib):
+    scale = torch.tensor(0.5)
+    x = torch.tensor([0.25, 0.75, -0.25, 1.2499, 127.25, 1e30, -1e30, float("nan"), float("inf"), -3.0])
+    twin = fp.quantize(x, scale, torch.tensor(3), 0, 255)
+    c = [lib.qc_quantize(float(v), 0.5, 3, 0, 255) for v in x]
+    assert twin.tolist() == c == [4, 5, 3, 5, 255, 255, 0, 0, 255, 0]
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(5000, generator=generator) * 10
+    x[:1000] = (torch.randint(-300, 300, (1000,), generator=generator) + 0.5) * 0.0371  # near-ties
+    twin = fp.quantize(x, torch.tensor(0.0371), torch.tensor(128), 0, 255)
+    assert twin.tolist() == [lib.qc_quantize(float(v), 0.0371, 128, 0, 255) for v in x]
+
+
+def test_int4_pack_unpack(lib):
+    codes = torch.tensor([-8, 7, -1, 0, 3, -5, 6, -7], dtype=torch.int8)
+    packed = fp.pack_int4(codes)
+    assert packed.tolist() == [lib.qc_pack_int4(int(codes[i]), int(codes[i + 1])) for i in range(0, 8, 2)]
+    assert fp.unpack_int4(packed).tolist() == codes.tolist()
+    assert [lib.qc_unpack_int4(int(p), h) for p in packed for h in (0, 1)] == codes.tolist()
+
+
+# ------------------------------------------------------ the CUDA kernels, emulated
+
+@pytest.mark.parametrize("rows, channels, depth, a_zero", [(1, 1, 1, 0), (37, 20, 70, 7), (64, 48, 300, 255),
+                                                           (5, 33, 1031, 128)])
+def test_gemm_kernel_twin_and_numpy_agree(rows, channels, depth, a_zero):
+    generator = torch.Generator().manual_seed(rows * 1000 + depth)
+    a = torch.randint(0, 256, (1, rows, depth), dtype=torch.uint8, generator=generator)
+    w = torch.randint(-128, 128, (channels, depth), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-5000, 5000, (channels,), dtype=torch.int32, generator=generator)
+    m0 = torch.randint(2**30, 2**31 - 1, (channels,), dtype=torch.int32, generator=generator)
+    exponent = torch.randint(-14, -6, (channels,), dtype=torch.int32, generator=generator)
+    kernel = emulation.qgemm(a, w, bias, m0, exponent, a_zero, 9, 9, 255)[:, :, 0]
+    twin = cpu.qlinear(a[0], a_zero, w, bias, m0, exponent, 9, 9, 255)
+    acc = (a[0].numpy().astype(np.int64) - a_zero) @ w.numpy().astype(np.int64).T
+    reference = np.vectorize(ref_output_stage)(acc, bias.numpy()[None], m0.numpy()[None], exponent.numpy()[None],
+                                               9, 9, 255)
+    assert torch.equal(kernel, twin)
+    assert np.array_equal(twin.numpy(), reference)
+    assert 0 < len(torch.unique(twin)) > min(rows * channels, 3) - 1  # not a constant output
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, groups", [
+    ((2, 8, 9, 9), 3, 1, 1, 1, 1),
+    ((1, 6, 11, 7), 3, 2, 1, 1, 3),      # grouped, strided, non-square
+    ((1, 16, 8, 8), 3, 1, 1, 1, 16),     # depthwise
+    ((1, 4, 10, 10), 3, 1, 2, 2, 1),     # dilated
+    ((1, 3, 16, 16), 7, 2, 3, 1, 1),     # ResNet's stem
+    ((2, 12, 5, 5), 1, 1, 0, 1, 1),      # pointwise
+])
+def test_conv_kernels_twin_and_numpy_agree(shape, kernel, stride, padding, dilation, groups):
+    generator = torch.Generator().manual_seed(sum(shape) + kernel)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    cout = 2 * groups if groups > 1 else 10
+    w = torch.randint(-127, 128, (cout, shape[1] // groups, kernel, kernel), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-3000, 3000, (cout,), dtype=torch.int32, generator=generator)
+    m0, exponent = fp.quantize_multipliers(torch.rand(cout, generator=generator, dtype=torch.float64) * 2e-3 + 1e-4)
+    args = (13, w, bias, m0, exponent, 100, 100, 255, [stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    kernel_out = emulation.qconv2d(x, w, bias, m0, exponent, 13, 100, 100, 255, (stride,) * 2, (padding,) * 2,
+                                   (dilation,) * 2, groups)
+    twin = cpu.qconv2d(x, *args)
+    assert torch.equal(kernel_out, twin)
+    assert torch.equal(twin, numpy_conv(x, *args))
+    assert len(torch.unique(twin)) > 5
+
+
+def test_quantize_kernels_per_tensor_and_per_channel():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 4, 3, generator=generator) * 3
+    scale, zero = torch.rand(5, generator=generator) * 0.05 + 0.01, torch.randint(0, 256, (5,), generator=generator)
+    q = emulation.quantize(x, scale, zero, axis=1)
+    twin = fp.quantize(x, scale.reshape(1, 5, 1, 1), zero.reshape(1, 5, 1, 1), 0, 255).to(torch.uint8)
+    assert torch.equal(q, twin)
+    back = emulation.dequantize(q, scale, zero, axis=1)
+    assert torch.equal(back, fp.dequantize(q, scale.reshape(1, 5, 1, 1), zero.reshape(1, 5, 1, 1)))
+    q1 = emulation.quantize(x, torch.tensor(0.02), torch.tensor(128), axis=None)
+    assert torch.equal(q1, fp.quantize(x, torch.tensor(0.02), torch.tensor(128), 0, 255).to(torch.uint8))
+
+
+def test_a_missing_syncthreads_would_be_caught():
+    """The emulation runs a block's threads concurrently: the tile loop really depends on its barriers."""
+    source = (emulation.HERE / "gemmlowp_kernels.cuh").read_text()
+    assert source.count("__syncthreads();") == 2
+    assert "std::barrier" in (emulation.HERE / "emulation" / "cuda_host.h").read_text()
+
+
+def test_twin_accumulates_exactly_in_the_chosen_float_type():
+    assert cpu.accumulation_dtype(514) == torch.float32 and cpu.accumulation_dtype(515) == torch.float64
+    assert 515 * 255 * 128 >= 2**24 > 514 * 255 * 128  # every partial sum an integer below 2^24: exact
+    assert math.log2(4608 * 255 * 128) < 53
