@@ -123,6 +123,7 @@ class Convert(Pass):
             from qcompile.quant.gemmlowp import to_gemmlowp
 
             to_gemmlowp(graph)
+            graph.attrs.pop("engine")  # no torch engine runs it
         return PassResult(True, counts)
 
 

@@ -44,6 +44,9 @@ def test_regular_install_ships_passes_inside_the_package(tmp_path):
     assert all(f.startswith(site) for f in files), files
     assert files[1].endswith("qcompile/passes/__init__.py")
     assert files[2].endswith("qcompile/kernels/__init__.py")
+    kernels = Path(files[2]).parent  # the kernel sources ship: the emulation builds from the installed copy
+    assert {"gemmlowp.h", "gemmlowp_kernels.cuh", "gemmlowp_launch.cu"} <= {p.name for p in kernels.iterdir()}
+    assert (kernels / "emulation" / "kernels_host.cpp").is_file() and (kernels / "emulation" / "cuda_host.h").is_file()
     script = tmp_path / "venv" / "bin" / "qcompile"
     run = subprocess.run([str(script), "passes"], capture_output=True, text=True, check=True)
     assert "fuse" in run.stdout

@@ -74,8 +74,12 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     _model_arguments(compile_p)
     compile_p.add_argument("-o", "--output", required=True, metavar="OUT",
                            help="directory for model.py, weights.pt and graph.qir")
-    compile_p.add_argument("--deploy", choices=("torchscript",), action="append", default=[],
-                           help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt")
+    compile_p.add_argument("--deploy", choices=("torchscript", "export"), action="append", default=[],
+                           help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt, "
+                           "export -> OUT/model.pt2 (torch.export; float models and --backend gemmlowp)")
+    compile_p.add_argument("--backend", choices=("native", "gemmlowp"),
+                           help="integer kernels for convert: native (torch's x86/fbgemm/qnnpack engines, the "
+                           "default) or gemmlowp (qcompile's own fixed-point kernels, exportable)")
     compile_p.add_argument("--export", choices=("onnx",), action="append", default=[],
                            help="also export: onnx -> OUT/model.onnx (QDQ form for int8 models)")
     compile_p.add_argument("--entropy", action="store_true",
@@ -157,6 +161,13 @@ def _run(args: argparse.Namespace, command: str) -> int:
         load_plugin(plugin)
     passes = args.passes if args.passes is not None else (DEFAULT_PIPELINE if command == "compile" else "")
     pipeline = parse_pipeline(passes) if passes else None
+    if getattr(args, "backend", None):
+        pipeline = _with_backend(pipeline, args.backend)
+        passes = str(pipeline)
+    if command == "compile" and "export" in args.deploy and pipeline is not None:
+        from qcompile.deploy import check_exportable
+
+        check_exportable(pipeline)
     if pipeline is not None:
         if pipeline.inserted:
             print(f"qcompile: pipeline expanded to: {pipeline}", file=sys.stderr)
@@ -203,6 +214,12 @@ def _run(args: argparse.Namespace, command: str) -> int:
         print(f"qcompile: {record.pass_.name}: {changed}" + (f" ({stats})" if stats else ""), file=sys.stderr)
     if timing is not None:
         print(timing.table(), file=sys.stderr)
+    if command == "compile" and "export" in args.deploy:
+        from qcompile.deploy import save_export
+
+        path, diff = save_export(result.out_dir, result.example_inputs)
+        print(f"qcompile: wrote {path} (torch.export; reloaded: outputs identical within {diff:.3g})",
+              file=sys.stderr)
     if command == "compile" and "torchscript" in args.deploy:
         from qcompile.deploy import save_torchscript
 
@@ -262,6 +279,18 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
     for r in rows:
         print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")
     print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
+
+
+def _with_backend(pipeline, backend: str):
+    import dataclasses
+
+    from qcompile.pipeline import Pipeline
+
+    if pipeline is None or not any(p.name == "convert" for p in pipeline.passes):
+        raise QCompileError("--backend chooses the kernels of the convert pass, and the pipeline has none",
+                            hint="e.g. --passes ptq --backend gemmlowp")
+    passes = tuple(dataclasses.replace(p, backend=backend) if p.name == "convert" else p for p in pipeline.passes)
+    return Pipeline(passes, pipeline.inserted)
 
 
 def _modes_snapshot(args: argparse.Namespace, pipeline):

@@ -1,0 +1,74 @@
+"""How closely the ``gemmlowp`` backend follows the ``native`` one, layer by layer and end to end.
+
+Both backends hold the same integer weights and grids (``convert`` chooses
+them once); they differ in arithmetic: torch's kernels requantize with a
+float multiplier and a float bias, gemmlowp with a 31-bit fixed-point
+multiplier and an int32 bias. :func:`layer_agreement` feeds every gemmlowp
+layer the *native* layer's inputs, so each difference is that layer's own;
+:func:`output_agreement` compares the final integer codes, where the
+differences of all layers have compounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.interpreter import Interpreter
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import NodeKind
+
+
+@dataclass
+class Agreement:
+    name: str
+    elements: int
+    exact: float
+    within_one: float
+    max_lsb: int
+
+
+def _codes(value: torch.Tensor) -> torch.Tensor:
+    return value.int_repr() if value.is_quantized else value
+
+
+def _agreement(name: str, a: torch.Tensor, b: torch.Tensor) -> Agreement:
+    diff = (a.to(torch.int32) - b.to(torch.int32)).abs()
+    return Agreement(name, diff.numel(), float((diff == 0).float().mean()), float((diff <= 1).float().mean()),
+                     int(diff.max()) if diff.numel() else 0)
+
+
+def _values(graph: Graph, inputs: tuple) -> dict[str, torch.Tensor]:
+    values: dict[str, torch.Tensor] = {}
+
+    def keep(node, value):
+        if isinstance(value, torch.Tensor):
+            values[node.name] = value
+
+    Interpreter(graph).run(*inputs, hook=keep)
+    return values
+
+
+def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agreement]:
+    """For each gemmlowp kernel module: its output on native's inputs against native's output."""
+    reference = _values(native, inputs)
+    interpreter = Interpreter(gemmlowp)
+    rows = []
+    for node in gemmlowp.nodes():
+        target = node.target if isinstance(node.target, str) else ""
+        if node.kind != NodeKind.MODULE or not target.startswith("qcompile.kernels.modules.Q"):
+            continue
+        args = [_codes(reference[i.name]) for i in gemmlowp.inputs(node)]
+        with torch.no_grad():
+            out = interpreter.module(node)(*args)
+        rows.append(_agreement(node.name, out, _codes(reference[node.name])))
+    return rows
+
+
+def output_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> Agreement:
+    """The integer codes that reach the final dequantize, end to end."""
+    a, b = _values(native, inputs), _values(gemmlowp, inputs)
+    last = [n for n in gemmlowp.nodes() if n.target == "qcompile.kernels.modules.Dequantize"][-1]
+    producer = gemmlowp.inputs(last)[0].name
+    return _agreement(producer, _codes(a[producer]), _codes(b[producer]))

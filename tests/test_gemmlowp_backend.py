@@ -1,0 +1,162 @@
+"""The gemmlowp backend: custom ops, deployment (torch.export, TorchScript, fx), agreement with native."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import qcompile.kernels  # noqa: F401
+from qcompile.backend_agreement import layer_agreement, output_agreement
+from qcompile.codegen import load_model as load_emitted
+from qcompile.codegen import write_model
+from qcompile.data import open_data
+from qcompile.errors import QCompileError
+from qcompile.frontend.loaders import load_model
+from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.kernels import fixed_point as fp
+from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.config import QuantConfig
+from tests.test_cli import qcompile
+
+
+def _sample_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 4, 6, 6), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (8, 4, 3, 3), dtype=torch.int8, generator=g)
+    bias = torch.randint(-100, 100, (8,), dtype=torch.int32, generator=g)
+    m0, exponent = fp.quantize_multipliers(torch.full((8,), 0.002, dtype=torch.float64))
+    return x, w, bias, m0, exponent
+
+
+def test_ops_pass_torch_library_opcheck():
+    x, w, bias, m0, exponent = _sample_args()
+    f = torch.randn(2, 4, 6, 6)
+    cases = [
+        (torch.ops.qcompile.quantize.default, (f, torch.tensor(0.03), torch.tensor(120, dtype=torch.int32), 0, 255)),
+        (torch.ops.qcompile.dequantize.default, (x, torch.tensor(0.03), torch.tensor(120, dtype=torch.int32))),
+        (torch.ops.qcompile.qconv2d.default, (x, 3, w, bias, m0, exponent, 5, 5, 255, [1, 1], [1, 1], [1, 1], 1)),
+        (torch.ops.qcompile.qlinear.default, (x.reshape(2, -1)[:, :36], 3, w.reshape(8, -1), bias, m0, exponent,
+                                               5, 0, 255)),
+        (torch.ops.qcompile.qadd.default, (x, 3, 1 << 30, 0, x, 7, 1 << 30, -1, 1 << 30, -19, 9, 0, 255)),
+    ]
+    for op, args in cases:
+        results = torch.library.opcheck(op, args)
+        assert set(results.values()) == {"SUCCESS"}, (op, results)
+
+
+def _digits(tmp_path, backend):
+    calib = open_data("builtin:mnist5k", limit=256, batch_size=64)
+    graph = lower(load_model("zoo:digit_cnn").module, (torch.zeros(1, 1, 28, 28),))
+    run_pipeline(graph, f"fuse,calibrate,convert{{backend={backend}}}",
+                 PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    write_model(graph, tmp_path / backend)
+    return graph, load_emitted(tmp_path / backend)
+
+
+def test_emitted_model_traces_scripts_and_exports(tmp_path):
+    graph, model = _digits(tmp_path, "gemmlowp")
+    assert "qcompile.kernels.modules.QConv2d" in (tmp_path / "gemmlowp" / "model.py").read_text()
+    assert "u8[1,32,28,28]" in (tmp_path / "gemmlowp" / "graph.qir").read_text()
+    x = next(iter(open_data("builtin:mnist5k", limit=16)))[0]
+    expected = model(x)
+    traced = torch.fx.symbolic_trace(model)
+    assert torch.equal(traced(x), expected)
+    assert torch.equal(torch.jit.script(model)(x), expected)
+    program = torch.export.export(model, (x,))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"qcompile.qconv2d.default", "qcompile.qlinear.default", "qcompile.quantize.default"} <= ops
+    torch.export.save(program, tmp_path / "m.pt2")
+    assert torch.equal(torch.export.load(tmp_path / "m.pt2").module()(x), expected)
+    # the saved weights are plain int8 / int32 tensors
+    state = torch.load(tmp_path / "gemmlowp" / "weights.pt", weights_only=True)
+    assert state["conv_layers_0.weight"].dtype == torch.int8 and state["conv_layers_0.multiplier"].dtype == torch.int32
+
+
+def test_gemmlowp_matches_native_on_real_digits(tmp_path):
+    native_graph, native = _digits(tmp_path, "native")
+    gemmlowp_graph, gemmlowp = _digits(tmp_path, "gemmlowp")
+    data = open_data("builtin:mnist5k", limit=1000, batch_size=250)
+    correct = {"native": 0, "gemmlowp": 0}
+    for x, y in data.labelled():
+        correct["native"] += int((native(x).argmax(1) == y).sum())
+        correct["gemmlowp"] += int((gemmlowp(x).argmax(1) == y).sum())
+    assert correct["gemmlowp"] >= 975 and abs(correct["gemmlowp"] - correct["native"]) <= 3, correct
+    x = next(iter(data))[0]
+    layers = layer_agreement(native_graph, gemmlowp_graph, (x,))
+    assert len(layers) == 6 and all(r.within_one == 1.0 and r.exact > 0.99 for r in layers), layers
+    assert output_agreement(native_graph, gemmlowp_graph, (x,)).within_one >= 0.99
+
+
+def test_cli_backend_and_deploy_export(tmp_path):
+    out = tmp_path / "g"
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--backend", "gemmlowp", "--calib", "builtin:mnist5k",
+                   "--calib-samples", "128", "--deploy", "export", "--deploy", "torchscript", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "model.pt2 (torch.export; reloaded: outputs identical within 0)" in run.stderr
+    assert (out / "model.torchscript.pt").is_file()
+    assert "torch.backends.quantized.engine" not in (out / "model.py").read_text()
+    refused = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--deploy", "export",
+                       "-o", tmp_path / "n")
+    assert refused.returncode == 2 and "--backend gemmlowp" in refused.stderr and not (tmp_path / "n").exists()
+    no_convert = qcompile("zoo:digit_cnn", "--passes", "fuse", "--backend", "gemmlowp", "-o", tmp_path / "f")
+    assert no_convert.returncode == 2 and "pipeline has none" in no_convert.stderr
+
+
+class _Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * y
+
+
+def test_ops_the_kernels_do_not_cover_are_named():
+    graph = lower(_Gate(), (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(QCompileError, match=r"do not cover these quantized ops: mul \(%mul\)"):
+        run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp}",
+                     PassContext(calib_data=[(torch.randn(2, 3, 8, 8),)]))
+
+
+def _sqnr(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).mean() / (out - reference).pow(2).mean()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_gemmlowp_agrees_with_native_layer_by_layer(name):
+    torch.manual_seed(0)
+    if name == "resnet18":
+        model = torchvision.models.resnet18().eval()
+        calib = [(torch.randn(8, 3, 224, 224),) for _ in range(2)]
+        x = torch.randn(4, 3, 224, 224)
+    else:
+        model = load_model("zoo:mobilenet_v2").module
+        calib, evaluation = open_data("builtin:photos", batch_size=16).interleaved_split()
+        x = torch.cat([b[0] for b in evaluation])[:8]
+    graphs = {}
+    for backend in ("native", "gemmlowp"):
+        graphs[backend] = lower(model, (x[:1],))
+        run_pipeline(graphs[backend], f"fuse,calibrate,convert{{backend={backend}}}",
+                     PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    layers = layer_agreement(graphs["native"], graphs["gemmlowp"], (x,))
+    assert len(layers) >= 30
+    # every layer, given the same integer inputs: within 1 LSB everywhere, and almost always bit-exact
+    assert all(r.within_one == 1.0 for r in layers), [r for r in layers if r.within_one < 1]
+    assert sum(r.exact * r.elements for r in layers) / sum(r.elements for r in layers) > 0.995
+    end_to_end = output_agreement(graphs["native"], graphs["gemmlowp"], (x,))
+    with torch.no_grad():
+        reference = model(x)
+    native_sqnr = _sqnr(Interpreter(graphs["native"]).run(x), reference)
+    gemmlowp_sqnr = _sqnr(Interpreter(graphs["gemmlowp"]).run(x), reference)
+    assert abs(gemmlowp_sqnr - native_sqnr) < 0.5, (native_sqnr, gemmlowp_sqnr)
+    if name == "resnet18":
+        assert end_to_end.within_one >= 0.99  # measured 100%
+    else:
+        # measured 37.6%: MobileNetV2's depthwise layers amplify the rare one-step differences of each
+        # layer (fixed-point vs torch's float requantization) along its 52 layers; see the README
+        assert end_to_end.within_one < 0.99
