@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import qcompile.kernels  # noqa: F401
 import torch
 import torchvision
+from qcompile.kernels import fixed_point as fp
 from torch import nn
 
-import qcompile.kernels  # noqa: F401
 from qcompile.backend_agreement import layer_agreement, output_agreement
 from qcompile.codegen import load_model as load_emitted
 from qcompile.codegen import write_model
@@ -16,7 +17,6 @@ from qcompile.errors import QCompileError
 from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
-from qcompile.kernels import fixed_point as fp
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.test_cli import qcompile
