@@ -280,3 +280,18 @@ def _cuobjdump():
         return None
     candidate = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     return str(candidate) if candidate.exists() else None
+
+
+@pytest.mark.slow
+def test_torch_cuda_extension_builds_and_checks_its_inputs():
+    """The bindings that serve torch.ops.qcompile on a GPU compile and load here (no GPU to run them)."""
+    from qcompile.kernels import cuda
+
+    extension = cuda.build()
+    assert {"qgemm", "im2col", "quantize", "dequantize"} <= set(dir(extension))
+    a = torch.zeros(1, 4, 8, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="must be a contiguous CUDA tensor"):
+        extension.qgemm(a, torch.zeros(2, 8, dtype=torch.int8), *[torch.zeros(2, dtype=torch.int32)] * 3,
+                        0, 0, 0, 255, 1)
+    if not torch.cuda.is_available():
+        assert cuda.load() is None  # the CPU twin serves every call
