@@ -1,11 +1,13 @@
 """The CPU twin of the CUDA kernels: the same integer results, at usable speed.
 
-The accumulation ``sum_k (q_a - z_a) * q_w`` runs as a float convolution or
-matmul, which is exact: every product and partial sum is an integer, and in
+The accumulation ``sum_k (q_a - z_a) * q_w`` runs as float convolutions or
+matmuls, which is exact: every product and partial sum is an integer, and in
 float32 they stay below 2^24 when ``depth * 255 * 128 < 2^24`` (any order of
-summation then gives the exact sum); deeper reductions run in float64 (exact
-below 2^53). The output stage is :mod:`fixed_point`, bit for bit the CUDA
-epilogue. Padding is by the input zero point, as the GPU's im2col pads.
+summation then gives the exact sum). Deeper reductions are split into chunks
+of input channels that each fit, summed in int32; grouped convolutions that
+do not fit run in float64 (exact below 2^53). The output stage is
+:mod:`fixed_point`, bit for bit the CUDA epilogue. Padding is by the input
+zero point, as the GPU's im2col pads.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ def accumulation_dtype(depth: int) -> torch.dtype:
     return torch.float32 if depth * 255 * 128 < _FLOAT32_EXACT else torch.float64
 
 
+def _chunked(compute, channels: int, per_channel_depth: int):
+    """``compute(c0, c1)`` over input-channel chunks small enough for exact float32, summed in int32."""
+    step = max(1, (_FLOAT32_EXACT - 1) // (255 * 128 * per_channel_depth))
+    total = None
+    for c0 in range(0, channels, step):
+        part = compute(c0, min(c0 + step, channels)).to(torch.int32)
+        total = part if total is None else total.add_(part)
+    return total
+
+
 def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: int, hi: int,
               axis: int, depth: int) -> torch.Tensor:
     shape = [1] * acc.dim()
@@ -34,16 +46,22 @@ def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: 
 
 def qlinear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
             exponent: torch.Tensor, out_zero: int, lo: int, hi: int) -> torch.Tensor:
-    dtype = accumulation_dtype(weight.shape[1])
-    acc = F.linear(x.to(dtype) - x_zero, weight.to(dtype))
+    xf, wf = x.float() - x_zero, weight.float()
+    acc = _chunked(lambda c0, c1: F.linear(xf[..., c0:c1], wf[:, c0:c1]), weight.shape[1], 1)
     return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, acc.dim() - 1, weight.shape[1])
 
 
 def qconv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
             exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
             dilation: list[int], groups: int) -> torch.Tensor:
-    dtype = accumulation_dtype(weight[0].numel())
-    acc = F.conv2d(x.to(dtype) - x_zero, weight.to(dtype), None, stride, padding, dilation, groups)
+    depth = weight[0].numel()
+    if groups == 1:
+        xf, wf = x.float() - x_zero, weight.float()
+        acc = _chunked(lambda c0, c1: F.conv2d(xf[:, c0:c1], wf[:, c0:c1], None, stride, padding, dilation),
+                       x.shape[1], weight.shape[2] * weight.shape[3])
+    else:  # grouped (depthwise): one convolution, float32 when exact, else float64
+        dtype = accumulation_dtype(depth)
+        acc = F.conv2d(x.to(dtype) - x_zero, weight.to(dtype), None, stride, padding, dilation, groups)
     return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, 1, weight[0].numel())
 
 

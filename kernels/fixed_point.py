@@ -87,23 +87,29 @@ def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, expone
     """
     x = acc.long() + bias.long()
     bias_bound = int(bias.abs().max()) if bias.numel() else 0
-    if acc_bound is None or acc_bound + bias_bound > INT32_MAX:
+    bounded = acc_bound is not None and acc_bound + bias_bound < 2**30
+    if not bounded:
         x.clamp_(INT32_MIN, INT32_MAX)
     exponent = exponent.long()
     if bool((exponent > 0).any()):
         x = _saturate(x * (torch.ones_like(exponent) << exponent.clamp(min=0)))
+        bounded = False
     m0 = m0.long()
     saturating = bool((m0 == INT32_MIN).any())
     if saturating:
         edge = (x == INT32_MIN) & (m0 == INT32_MIN)
-    x.mul_(m0).add_(1 << 30).bitwise_right_shift_(31)
+    x = torch.addcmul(torch.tensor(1 << 30), x, m0).bitwise_right_shift_(31)  # SRDHM: (x * m0 + 2^30) >> 31
     if saturating:
         x = torch.where(edge, torch.full_like(x, INT32_MAX), x)
-    right = (-exponent).clamp(min=0)
-    mask = (torch.ones_like(right) << right) - 1
-    threshold = (mask >> 1) + (x < 0)
-    rounding = (x & mask) > threshold
-    x.bitwise_right_shift_(right).add_(rounding).add_(zero_point)
+    if bounded:  # |x| < 2^30 (m0 < 2^31): int32 has room for the rounding below, at half the memory traffic
+        x = x.to(torch.int32)
+    # RDBPOT in one pass: (x + 2^(r-1) - [x < 0]) >> r rounds half away from zero (r >= 1)
+    right = (-exponent).clamp(min=0).to(x.dtype)
+    negative = x < 0
+    x.add_((torch.ones_like(right) << right) >> 1).sub_(negative.to(x.dtype)).bitwise_right_shift_(right)
+    if bool((right == 0).any()):
+        x.add_(negative.to(x.dtype) * (right == 0))  # r = 0 leaves x as it was
+    x.add_(zero_point)
     return x.clamp_(lo, hi)
 
 

@@ -206,6 +206,8 @@ def test_gemm_kernel_twin_and_numpy_agree(rows, channels, depth, a_zero):
     ((1, 4, 10, 10), 3, 1, 2, 2, 1),     # dilated
     ((1, 3, 16, 16), 7, 2, 3, 1, 1),     # ResNet's stem
     ((2, 12, 5, 5), 1, 1, 0, 1, 1),      # pointwise
+    ((1, 64, 6, 6), 3, 1, 1, 1, 1),      # depth 576: float32 in two chunks of input channels
+    ((1, 128, 5, 5), 3, 1, 1, 1, 2),     # grouped with depth 576: float64
 ])
 def test_conv_kernels_twin_and_numpy_agree(shape, kernel, stride, padding, dilation, groups):
     generator = torch.Generator().manual_seed(sum(shape) + kernel)

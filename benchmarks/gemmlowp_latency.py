@@ -1,0 +1,103 @@
+"""CPU latency of the gemmlowp backend against the native backend (x86 and fbgemm engines) and float.
+
+    python benchmarks/gemmlowp_latency.py [--models resnet18 mobilenet_v2] [--repeats 20] [--json out.json]
+
+On a CPU the gemmlowp backend runs its CPU twin (exact float accumulation,
+then the fixed-point output stage in int64 torch ops); all models are
+emitted by qcompile and timed in one process, medians of ``--repeats`` runs,
+as ratios against the fused float model (channels-last). Also the GEMM alone:
+effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's VNNI
+peak (about 460 GOPS per core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.int8_latency import PEAK_GOPS_PER_CORE, build, macs, median_ms  # noqa: E402
+from qcompile.codegen import load_model, write_model  # noqa: E402
+from qcompile.data import open_data  # noqa: E402
+from qcompile.frontend.lower import lower  # noqa: E402
+from qcompile.kernels import fixed_point as fp  # noqa: E402
+from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
+from qcompile.quant.config import QuantConfig  # noqa: E402
+
+
+def emit(model, calib, tmp: Path, name: str, pipeline: str, preset: str = "x86"):
+    graph = lower(model, (calib[0][0][:1],))
+    run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset(preset)))
+    write_model(graph, tmp / name)
+    return graph, load_model(tmp / name)
+
+
+def gemm_gops(rows: int, depth: int, channels: int, repeats: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (rows, depth), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (channels, depth), dtype=torch.int8, generator=g)
+    bias = torch.zeros(channels, dtype=torch.int32)
+    m0, exponent = fp.quantize_multipliers(torch.full((channels,), 1e-4, dtype=torch.float64))
+    ms = median_ms(lambda: torch.ops.qcompile.qlinear(x, 128, w, bias, m0, exponent, 0, 0, 255), repeats)
+    return 2 * rows * depth * channels / (ms / 1000) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    calib = list(open_data("builtin:photos", batch_size=16, limit=32))
+    rows = []
+    print("| model | batch | threads | float ms | native x86 | native fbgemm | gemmlowp | gemmlowp GOPS (% peak) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        model = build(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            float_graph, fair_float = emit(model, calib, tmp, "float", "fuse")
+            fair_float = fair_float.to(memory_format=torch.channels_last)
+            _, x86 = emit(model, calib, tmp, "x86", "ptq")
+            _, fbgemm = emit(model, calib, tmp, "fbgemm", "ptq", preset="fbgemm")
+            _, gemmlowp = emit(model, calib, tmp, "gemmlowp", "fuse,calibrate,convert{backend=gemmlowp}")
+            work = macs(float_graph)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for batch in (1, 8):
+                    x = torch.cat([b[0] for b in calib])[:batch]
+                    with torch.no_grad():
+                        base = median_ms(lambda: fair_float(x.contiguous(memory_format=torch.channels_last)),
+                                         args.repeats)
+                        torch.backends.quantized.engine = "x86"
+                        native = median_ms(lambda: x86(x), args.repeats)
+                        torch.backends.quantized.engine = "fbgemm"
+                        packed = median_ms(lambda: fbgemm(x), args.repeats)
+                        ours = median_ms(lambda: gemmlowp(x), args.repeats)
+                    gops = 2 * work * batch / (ours / 1000) / 1e9
+                    share = gops / (PEAK_GOPS_PER_CORE * threads)
+                    rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
+                                     native_x86=base / native, native_fbgemm=base / packed, gemmlowp=base / ours,
+                                     gemmlowp_gops=gops))
+                    print(f"| {name} | {batch} | {threads} | {base:.1f} | {base / native:.2f}x | "
+                          f"{base / packed:.2f}x | {base / ours:.2f}x | {gops:.1f} ({share:.1%}) |", flush=True)
+    torch.set_num_threads(2)
+    print("\nthe GEMM alone (torch.ops.qcompile.qlinear, 2 threads):")
+    for shape in ((256, 512, 1024), (256, 2048, 1024)):
+        gops = gemm_gops(*shape, args.repeats)
+        print(f"  rows x depth x channels = {' x '.join(map(str, shape))}: {gops:.1f} GOPS "
+              f"({gops / (2 * PEAK_GOPS_PER_CORE):.1%} of the 2-core VNNI peak)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
