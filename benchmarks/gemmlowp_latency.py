@@ -23,11 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qcompile.kernels import fixed_point as fp  # noqa: E402
+
 from benchmarks.int8_latency import PEAK_GOPS_PER_CORE, build, macs, median_ms  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
-from qcompile.kernels import fixed_point as fp  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 
