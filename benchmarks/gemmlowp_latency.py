@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,13 +77,13 @@ def main() -> None:
                 for batch in (1, 8):
                     x = torch.cat([b[0] for b in calib])[:batch]
                     with torch.no_grad():
-                        base = median_ms(lambda: fair_float(x.contiguous(memory_format=torch.channels_last)),
+                        base = median_ms(partial(fair_float, x.contiguous(memory_format=torch.channels_last)),
                                          args.repeats)
                         torch.backends.quantized.engine = "x86"
-                        native = median_ms(lambda: x86(x), args.repeats)
+                        native = median_ms(partial(x86, x), args.repeats)
                         torch.backends.quantized.engine = "fbgemm"
-                        packed = median_ms(lambda: fbgemm(x), args.repeats)
-                        ours = median_ms(lambda: gemmlowp(x), args.repeats)
+                        packed = median_ms(partial(fbgemm, x), args.repeats)
+                        ours = median_ms(partial(gemmlowp, x), args.repeats)
                     gops = 2 * work * batch / (ours / 1000) / 1e9
                     share = gops / (PEAK_GOPS_PER_CORE * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
