@@ -32,18 +32,16 @@ Options:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-from qcompile.passes.convert import choose_qparams
-from qcompile.passes.simulate import Simulate
 
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
-from qcompile.ir.quant_types import QParams
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.op_table import WEIGHTED
 
 
@@ -51,47 +49,6 @@ def channel_means(node: Node, value: torch.Tensor) -> torch.Tensor:
     """Mean of each output channel: axis 1 for convs, the last axis for linear layers."""
     axis = value.dim() - 1 if node.op == "linear" else 1
     return value.detach().float().transpose(0, axis).reshape(value.shape[axis], -1).mean(dim=1)
-
-
-def _grid_range(qparams: QParams) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(lo, hi, bits)`` whose fake-quantization grid is exactly ``qparams``' grid."""
-    scale, zero = qparams.scale.double(), qparams.zero_point.double()
-    lo, hi = (qparams.quant_min - zero) * scale, (qparams.quant_max - zero) * scale
-    return lo.float(), hi.float(), (qparams.quant_max - qparams.quant_min + 1).bit_length() - 1
-
-
-def _weight_grid(graph: Graph, node: Node, weight_bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The grid ``convert`` puts the weights on (see ``quantize_weight_bits``), as a range and bits."""
-    q = node.quant
-    channels = graph.param(node, "weight").shape[0]
-    if q.weight_bits is None and weight_bits == 8:
-        lo, hi, bits = _grid_range(q.weight_qparams)
-        return lo, hi, torch.full((channels,), float(bits))
-    bits = (q.weight_bits if q.weight_bits is not None else torch.full((channels,), weight_bits)).double()
-    lo, hi = q.weight_stats.lo.double(), q.weight_stats.hi.double()
-    magnitude = torch.maximum(-lo.clamp(max=0), hi.clamp(min=0))
-    scale = (magnitude / ((2.0**bits - 1) / 2).clamp(min=0.5)).clamp(min=torch.finfo(torch.float32).eps)
-    half = torch.where(bits > 0, 2.0 ** (bits - 1), torch.zeros_like(bits))
-    return (-half * scale).float(), ((half - 1).clamp(min=0) * scale).float(), bits.float()
-
-
-def quantized_twin(graph: Graph, target: Pass, ctx: PassContext) -> Graph:
-    """A float copy of ``graph`` that computes what ``target`` (simulate or convert) will make of it."""
-    twin = graph.copy()
-    if target.name == "simulate":
-        target.run(twin, ctx)
-        return twin
-    choose_qparams(twin)
-    for node in twin.nodes():
-        q = node.quant
-        if q.qparams is not None and q.observer is not None:
-            lo, hi, bits = _grid_range(q.qparams)
-            q.clip, q.bits = (lo, hi), bits
-        if q.weight_stats is not None and node.kind == NodeKind.MODULE:
-            lo, hi, bits = _weight_grid(twin, node, target.weight_bits)
-            q.weight_stats, q.weight_bits = replace(q.weight_stats, lo=lo, hi=hi), bits
-    Simulate().run(twin, ctx)
-    return twin
 
 
 def _samples(ctx: PassContext, count: int) -> tuple[torch.Tensor, ...]:
