@@ -238,6 +238,9 @@ def render(data: ReportData) -> str:
     parts.append(f"<h2>Graph ({len(data.final)} nodes)</h2><div class='graph'>{to_svg(data.final)}</div>")
     parts.append("<h2>Per-layer error</h2>")
     if data.layers:
+        parts.append("<p>Each quantized value against its float twin on the same inputs: the error of every "
+                     "layer before it is included, so late layers look worst. The sensitivity section separates "
+                     "each layer's own share.</p>")
         parts.append(_layer_bars(data.layers))
         parts.append(_table(["layer", "op", "compared node", "SQNR dB"],
                             [[r.name, r.op, r.compared, fmt_db(r.sqnr_db)] for r in data.layers[:25]]))
