@@ -32,8 +32,9 @@ OPSET = 21
 
 
 class _Builder:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, int4: bool = False):
         self.graph = graph
+        self.int4 = int4  # the opset has INT4 (21 and later)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names: dict[str, list[str] | str] = {}  # IR node -> ONNX value name(s)
@@ -48,6 +49,13 @@ class _Builder:
         name = self.fresh(base)
         array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=dtype)
         self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def int4_const(self, base: str, value: torch.Tensor) -> str:
+        import ml_dtypes  # onnx's own dependency for its sub-byte types
+
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(value.numpy().astype(ml_dtypes.int4), name))  # packed
         return name
 
     def emit(self, op: str, inputs: list[str], outputs: list[str] | None = None, domain: str = "", **attrs) -> str:
@@ -114,9 +122,13 @@ class _Builder:
             axis = 0
             scales = scales.expand(weight.shape[0]).contiguous()
             zps = zps.expand(weight.shape[0]).contiguous()
-        w_int = self.const(f"{node.name}_weight_q", weight.int_repr().to(torch.int8))
+        codes = weight.int_repr().to(torch.int8)
+        if self.int4 and int(codes.min()) >= -8 and int(codes.max()) <= 7 and int(zps.abs().max()) <= 7:
+            # 4-bit weights (convert{weight-bits=4}, bitalloc): INT4 initializers, two codes per byte on disk
+            w_int, w_zp = self.int4_const(f"{node.name}_weight_q", codes), self.int4_const(f"{node.name}_weight_zp", zps)
+        else:
+            w_int, w_zp = self.const(f"{node.name}_weight_q", codes), self.const(f"{node.name}_weight_zp", zps)
         w_scale = self.const(f"{node.name}_weight_scale", scales)
-        w_zp = self.const(f"{node.name}_weight_zp", zps)
         w = self.emit("DequantizeLinear", [w_int, w_scale, w_zp], axis=axis)
         b = None
         if bias is not None:
@@ -288,7 +300,7 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
 
 def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     """The graph as an ONNX model (QDQ form for converted graphs); checked by onnx.checker."""
-    b = _Builder(graph)
+    b = _Builder(graph, int4=opset >= 21)
     inputs, outputs = [], []
     for node in graph.nodes():
         if node.kind == NodeKind.INPUT:
