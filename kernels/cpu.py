@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from qcompile.kernels import fixed_point as fp
+from qcompile.kernels import host
 
 _FLOAT32_EXACT = 2**24
 
@@ -36,6 +37,8 @@ def _chunked(compute, channels: int, per_channel_depth: int):
 
 def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: int, hi: int,
               axis: int, depth: int) -> torch.Tensor:
+    if host.library() is not None:  # one pass, compiled from gemmlowp.h
+        return host.output_stage(acc, bias, multiplier, exponent, out_zero, lo, hi, axis % acc.dim())
     shape = [1] * acc.dim()
     shape[axis] = -1
     # acc holds exact integers, so the cast is exact; |acc| <= depth * 255 * 128
@@ -69,6 +72,9 @@ def qadd(a: torch.Tensor, a_zero: int, a_multiplier: int, a_exponent: int, b: to
          b_multiplier: int, b_exponent: int, out_multiplier: int, out_exponent: int, out_zero: int,
          lo: int, hi: int) -> torch.Tensor:
     """TFLite's quantized add: both inputs to a common fine grid (<< 20), add, requantize."""
+    if host.library() is not None:
+        return host.add(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier,
+                        out_exponent, out_zero, lo, hi, ADD_LEFT_SHIFT)
     zero = torch.zeros((), dtype=torch.int64)
     bound = 255 << ADD_LEFT_SHIFT
 

@@ -11,43 +11,21 @@ the kernels' own code, block by block and thread by thread; it is slow.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 
 import torch
+from qcompile.kernels.build import shared_library
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "emulation" / "cuda_host.h",
            HERE / "emulation" / "kernels_host.cpp")
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "qcompile" / "kernels"
-
-
 @cache
 def library() -> ctypes.CDLL:
     """The emulated kernels as a loaded shared library (built on first use)."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("building the emulated kernels needs a C++20 compiler (g++); install g++ or set CXX")
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
-    target = _cache_dir() / f"qc_kernels_host_{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        command = [compiler, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-                   "-o", str(partial), str(HERE / "emulation" / "kernels_host.cpp")]
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"building the emulated kernels failed:\n{' '.join(command)}\n{run.stderr}")
-        partial.replace(target)
-    lib = ctypes.CDLL(str(target))
+    lib = shared_library(HERE / "emulation" / "kernels_host.cpp", SOURCES)
     i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
     lib.qc_srdhm.restype = lib.qc_rdbpot.restype = lib.qc_output_stage.restype = i32
     lib.qc_srdhm.argtypes = [i32, i32]

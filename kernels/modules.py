@@ -14,27 +14,29 @@ import torch
 from torch import Tensor, nn
 
 
-class Quantize(nn.Module):
-    """float32 -> uint8 on one grid: ``round(clamp(zp + x / scale, 0, 255))``."""
-
-    def __init__(self, scale: float = 1.0, zero_point: int = 0):
+class _OnGrid(nn.Module):
+    def __init__(self, scale: float, zero_point: int):
         super().__init__()
         # from the constructor arguments, so not part of the saved state
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
         self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.int32), persistent=False)
+
+
+class Quantize(_OnGrid):
+    """float32 -> uint8 on one grid: ``round(clamp(zp + x / scale, 0, 255))``."""
+
+    def __init__(self, scale: float = 1.0, zero_point: int = 0):
+        super().__init__(scale, zero_point)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.qcompile.quantize(x, self.scale, self.zero_point, 0, 255)
 
 
-class Dequantize(nn.Module):
+class Dequantize(_OnGrid):
     """uint8 -> float32: ``scale * (q - zp)``."""
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0):
-        super().__init__()
-        # from the constructor arguments, so not part of the saved state
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
-        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.int32), persistent=False)
+        super().__init__(scale, zero_point)
 
     def forward(self, q: Tensor) -> Tensor:
         return torch.ops.qcompile.dequantize(q, self.scale, self.zero_point)

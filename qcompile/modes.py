@@ -28,10 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.diagnose.metrics import agreement, as_float, first_tensor, fmt_db, sqnr_db
+from qcompile.diagnose.snapshot import Snapshot
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
-from qcompile.pipeline import Instrument, Pass, PassContext, PassManager, Pipeline
+from qcompile.pipeline import Pass, PassContext, PassManager, Pipeline
 from qcompile.pipeline.registry import pass_class
 
 
@@ -40,32 +42,16 @@ class ModeRow:
     mode: str
     pipeline: str
     sqnr_db: float
-    agreement: float
+    agreement: float | None
     top1: float | None
 
     def row(self) -> str:
         top1 = "-" if self.top1 is None else f"{self.top1:.4f}"
-        return f"| {self.mode} | {self.sqnr_db:.2f} | {self.agreement:.4f} | {top1} | `{self.pipeline}` |"
+        agree = "-" if self.agreement is None else f"{self.agreement:.4f}"
+        return f"| {self.mode} | {fmt_db(self.sqnr_db)} | {agree} | {top1} | `{self.pipeline}` |"
 
 
 HEADER = "| mode | SQNR dB | top-1 agreement | top-1 accuracy | passes after calibrate |\n|---|---|---|---|---|"
-
-
-class ModeSnapshot(Instrument):
-    """Keeps the float graph and the graph as it is right after calibration, for :func:`compare_modes`."""
-
-    def __init__(self):
-        self.float_graph: Graph | None = None
-        self.calibrated: Graph | None = None
-        self.rest: tuple[Pass, ...] = ()
-
-    def before_pipeline(self, graph, ctx):
-        self.float_graph = graph.copy()
-
-    def before_pass(self, index, p, graph, ctx):
-        if self.calibrated is None and "calibrated" in graph.facts:
-            self.calibrated = graph.copy()
-            self.rest = (p, *ctx.remaining_passes)
 
 
 def _deployable(passes: tuple[Pass, ...]) -> tuple[Pass, ...]:
@@ -93,22 +79,15 @@ def _integer(passes: tuple[Pass, ...]) -> tuple[Pass, ...]:
 
 def _score(graph: Graph, batches, references) -> tuple[float, float, float | None]:
     interpreter = Interpreter(graph)
-    signal = noise = 0.0
-    agree = correct = total = 0
-    for (x, labels), reference in zip(batches, references, strict=True):
-        out = interpreter.run(x)
-        out = out.dequantize() if out.is_quantized else out
-        signal += float(reference.double().pow(2).sum())
-        noise += float((out.double() - reference.double()).pow(2).sum())
-        agree += int((out.argmax(1) == reference.argmax(1)).sum())
-        if labels is not None:
-            correct += int((out.argmax(1) == labels).sum())
-        total += len(x)
-    sqnr = float(10 * torch.log10(torch.tensor(signal / max(noise, 1e-30))))
-    return sqnr, agree / total, (correct / total if batches[0][1] is not None else None)
+    out = torch.cat([as_float(first_tensor(interpreter.run(x))) for x, _ in batches])
+    reference = torch.cat(references)
+    top1 = None
+    if batches[0][1] is not None:
+        top1 = float((out.argmax(1) == torch.cat([y for _, y in batches])).float().mean())
+    return sqnr_db(out, reference), agreement(out, reference), top1
 
 
-def compare_modes(snapshot: ModeSnapshot, ctx: PassContext, data) -> list[ModeRow]:
+def compare_modes(snapshot: Snapshot, ctx: PassContext, data) -> list[ModeRow]:
     """Rerun the pipeline from ``snapshot`` in the three modes and score them on ``data``."""
     if snapshot.calibrated is None or not any(p.name == "simulate" for p in snapshot.rest):
         raise QCompileError("--modes compares simulate's research mode with what integer kernels deliver, "

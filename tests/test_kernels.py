@@ -297,3 +297,26 @@ def test_torch_cuda_extension_builds_and_checks_its_inputs():
                         0, 0, 0, 255, 1)
     if not torch.cuda.is_available():
         assert cuda.load() is None  # the CPU twin serves every call
+
+
+def test_twin_host_kernels_and_torch_ops_agree(monkeypatch):
+    """The twin's element-wise stages run compiled from gemmlowp.h, or as torch ops without a compiler."""
+    from qcompile.kernels import host
+
+    assert host.library() is not None  # g++ is there: the fast path is the one in use
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 256, (2, 24, 7, 7), dtype=torch.uint8, generator=generator)
+    w = torch.randint(-127, 128, (40, 24, 3, 3), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-(2**20), 2**20, (40,), dtype=torch.int32, generator=generator)
+    m0, exponent = fp.quantize_multipliers(torch.rand(40, generator=generator, dtype=torch.float64) * 3e-3 + 1e-5)
+    a = torch.randint(0, 256, (3, 40, 5, 5), dtype=torch.uint8, generator=generator)
+    b = torch.randint(0, 256, (3, 40, 5, 5), dtype=torch.uint8, generator=generator)
+    add_args = (a, 17, 1518500250, -1, b, 140, 1073741824, 0, 1876499845, -19, 90, 90, 255)
+    conv_args = (x, 31, w, bias, m0, exponent, 7, 0, 255, [2, 2], [1, 1], [1, 1], 1)
+    linear_args = (x.reshape(2, -1)[:, :216], 31, w.reshape(40, -1), bias, m0, exponent, 7, 7, 255)
+    fast = [cpu.qconv2d(*conv_args), cpu.qlinear(*linear_args), cpu.qadd(*add_args)]
+    monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
+    assert host.library() is None
+    slow = [cpu.qconv2d(*conv_args), cpu.qlinear(*linear_args), cpu.qadd(*add_args)]
+    for f, s in zip(fast, slow, strict=True):
+        assert torch.equal(f, s) and len(torch.unique(f)) > 5

@@ -391,7 +391,7 @@ def _with_backend(pipeline, backend: str):
 
 
 def _modes_snapshot(args: argparse.Namespace, pipeline):
-    from qcompile.modes import ModeSnapshot
+    from qcompile.diagnose.snapshot import Snapshot
 
     if pipeline is None or not any(p.name == "simulate" for p in pipeline.passes):
         raise QCompileError("--modes compares simulate's research mode with what integer kernels deliver, "
@@ -399,7 +399,7 @@ def _modes_snapshot(args: argparse.Namespace, pipeline):
                             hint="e.g. --passes fuse,calibrate,aciq{bits=4 per-channel=true},simulate{bits=4}")
     if (args.check_data or args.calib) is None:
         raise QCompileError("--modes needs data to score on", hint="pass --check-data DATA (or --calib DATA)")
-    return ModeSnapshot()
+    return Snapshot()
 
 
 def _report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:

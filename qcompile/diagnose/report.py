@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,7 +286,3 @@ def model_summary(graph: Graph, source: str, weights_file: Path | None) -> dict[
         if key in graph.attrs:
             out[key] = str(graph.attrs[key])
     return out
-
-
-def finite(value: float) -> float | None:
-    return None if math.isinf(value) or math.isnan(value) else value

@@ -1,0 +1,68 @@
+"""The CPU twin's element-wise stages built from ``gemmlowp.h`` itself (``host_kernels.cpp``).
+
+The output stage and the quantized add run once per element; as torch ops
+they take a dozen passes over every activation. Compiled from the same
+header as the CUDA kernels, they take one, and cannot drift from the GPU's
+arithmetic. The library is built with the host C++ compiler on first use and
+cached (:mod:`qcompile.kernels.build`). Without a compiler, or with
+``QCOMPILE_HOST_KERNELS=0``, the twin uses the torch-op version in
+:mod:`qcompile.kernels.fixed_point` (bit-exact with this, tested).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from functools import cache
+
+import torch
+from qcompile.kernels.build import HERE, shared_library
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        lib = shared_library(HERE / "host_kernels.cpp", (HERE / "gemmlowp.h",))
+    except RuntimeError as exc:
+        warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin uses torch ops (slower)",
+                      stacklevel=2)
+        return None
+    i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.qc_host_output_stage.argtypes = [ptr] * 5 + [i64] * 3 + [i32] * 3 + [int_]
+    lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded host kernels, or None (no compiler, or switched off by QCOMPILE_HOST_KERNELS=0)."""
+    if os.environ.get("QCOMPILE_HOST_KERNELS", "1") == "0":
+        return None
+    return _library()
+
+
+def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor, zero_point: int,
+                 lo: int, hi: int, axis: int) -> torch.Tensor:
+    """uint8 ``output_stage(acc)`` with per-channel parameters along ``axis`` (1 for NCHW, last for linear)."""
+    acc = acc.to(torch.int32).contiguous()
+    channels = acc.shape[axis]
+    inner = 1
+    for size in acc.shape[axis + 1:]:
+        inner *= size
+    outer = acc.numel() // (channels * inner) if acc.numel() else 0
+    params = [t.to(torch.int32).contiguous() for t in (bias, m0, exponent)]
+    out = torch.empty(acc.shape, dtype=torch.uint8)
+    library().qc_host_output_stage(acc.data_ptr(), *(t.data_ptr() for t in params), out.data_ptr(), outer, channels,
+                                   inner, zero_point, lo, hi, torch.get_num_threads())
+    return out
+
+
+def add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,
+        b_exponent: int, out_m0: int, out_exponent: int, out_zero: int, lo: int, hi: int,
+        left_shift: int) -> torch.Tensor:
+    a, b = (t.to(torch.uint8).contiguous() for t in torch.broadcast_tensors(a, b))
+    out = torch.empty(a.shape, dtype=torch.uint8)
+    library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent, b_zero,
+                          b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,
+                          torch.get_num_threads())
+    return out
