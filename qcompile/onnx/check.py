@@ -79,7 +79,12 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Te
             raise CheckFailed(
                 f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's model: only "
                 f"{100 * r.within_1_lsb:.2f}% of output elements within 1 LSB (max {r.max_error_lsb:.0f} LSB)",
-                hint="this is a bug in the exporter or a kernel; please report it with the model")
+                hint=(f"top-1 agreement is still {r.top1_agreement:.2f}: with many layers (MobileNetV2's depthwise "
+                      "stacks) the rare one-step rounding differences between torch's and onnxruntime's int8 "
+                      "kernels compound, see the README's ONNX section; with a low agreement too, this is a bug "
+                      "in the exporter or a kernel: please report it with the model"
+                      if r.top1_agreement >= 0.5 else
+                      "this is a bug in the exporter or a kernel; please report it with the model"))
         if not output_scale and r.max_error > 1e-4 * max(float(want.abs().max()), 1.0):
             raise CheckFailed(f"onnxruntime's float result differs by {r.max_error:.3g}")
     return results
