@@ -6,8 +6,8 @@ On a CPU the gemmlowp backend runs its CPU twin (exact float accumulation,
 then the fixed-point output stage in int64 torch ops); all models are
 emitted by qcompile and timed in one process, medians of ``--repeats`` runs,
 as ratios against the fused float model (channels-last). Also the GEMM alone:
-effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's VNNI
-peak (about 460 GOPS per core).
+effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's int8
+peak, measured by ``benchmarks/int8_peak.py`` (about 205 GOPS per core here).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qcompile.kernels import fixed_point as fp  # noqa: E402
 
-from benchmarks.int8_latency import PEAK_GOPS_PER_CORE, build, macs, median_ms  # noqa: E402
+from benchmarks.int8_latency import build, macs, median_ms  # noqa: E402
+from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
                         packed = median_ms(partial(fbgemm, x), args.repeats)
                         ours = median_ms(partial(gemmlowp, x), args.repeats)
                     gops = 2 * work * batch / (ours / 1000) / 1e9
-                    share = gops / (PEAK_GOPS_PER_CORE * threads)
+                    share = gops / (peak_gops_per_core() * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
                                      native_x86=base / native, native_fbgemm=base / packed, gemmlowp=base / ours,
                                      gemmlowp_gops=gops))
@@ -96,7 +97,7 @@ def main() -> None:
     for shape in ((256, 512, 1024), (256, 2048, 1024)):
         gops = gemm_gops(*shape, args.repeats)
         print(f"  rows x depth x channels = {' x '.join(map(str, shape))}: {gops:.1f} GOPS "
-              f"({gops / (2 * PEAK_GOPS_PER_CORE):.1%} of the 2-core VNNI peak)")
+              f"({gops / (2 * peak_gops_per_core()):.1%} of the 2-core int8 peak)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -7,7 +7,8 @@ one process, one configuration after another; the table reports ratios
 against the float model of the same row. Float is the fair baseline: the
 fused graph (BatchNorm folded) in channels-last memory. Effective GOPS count
 two operations per multiply-accumulate of the convolutions and linears,
-against this CPU's int8 peak (about 460 GOPS per core with AVX-512 VNNI).
+against this CPU's int8 peak, measured per core by ``benchmarks/int8_peak.py``
+(about 205 GOPS on this AMD EPYC, which has AVX2 but no VNNI).
 Also measures calibration throughput (images/s) of qcompile and torch.ao
 with the same observers (x86 preset: histogram activations).
 """
@@ -31,6 +32,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
@@ -39,8 +41,6 @@ from qcompile.ir import NodeKind  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 from tests.torchao_reference import fx_quantize  # noqa: E402
-
-PEAK_GOPS_PER_CORE = 460.0
 
 
 def macs(graph) -> int:
@@ -150,7 +150,7 @@ def main() -> None:
                     gops = 2 * work * batch / (t_ours / 1000) / 1e9
                     row = dict(model=name, batch=batch, threads=threads, float_ms=t_float, torchao_ms=t_ao,
                                ort_ms=t_ort, qcompile_ms=t_ours, qcompile_gops=gops,
-                               peak_share=gops / (PEAK_GOPS_PER_CORE * threads))
+                               peak_share=gops / (peak_gops_per_core() * threads))
                     rows.append(row)
                     print(f"| {name} | {batch} | {threads} | {t_float:.2f} | {t_float / t_ao:.2f}x | "
                           f"{t_float / t_ort:.2f}x | {t_float / t_ours:.2f}x | {gops:.0f} ({100 * row['peak_share']:.0f}%) |",

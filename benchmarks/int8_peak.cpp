@@ -1,0 +1,27 @@
+// This CPU's int8 multiply-accumulate peak on one core, measured with the AVX2
+// sequence fbgemm's kernels use without VNNI: two vpmaddubsw (u8 x s8 pairs to
+// int16), their saturating int16 sum (vpaddsw), vpmaddwd to int32, vpaddd; in 8
+// independent chains held in registers so the loop is throughput-bound. Each
+// vpmaddubsw does 32 multiply-accumulates.
+#include <immintrin.h>
+#include <stdint.h>
+
+#define QC_STEP(k)                                                                              \
+  a##k = _mm256_xor_si256(a##k, flip); /* new activations each step: nothing hoists */         \
+  acc##k = _mm256_add_epi32(acc##k, _mm256_madd_epi16(_mm256_adds_epi16(_mm256_maddubs_epi16(a##k, b), \
+                                                                         _mm256_maddubs_epi16(a##k, c)), ones));
+
+extern "C" int64_t qc_int8_peak_loop(int64_t iterations, int32_t* sink) {
+  const __m256i b = _mm256_set1_epi8(-2), c = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(5);
+  __m256i a0 = _mm256_set1_epi8(1), a1 = _mm256_set1_epi8(2), a2 = _mm256_set1_epi8(3), a3 = _mm256_set1_epi8(4);
+  __m256i a4 = _mm256_set1_epi8(5), a5 = _mm256_set1_epi8(6), a6 = _mm256_set1_epi8(7), a7 = _mm256_set1_epi8(8);
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0,
+          acc6 = acc0, acc7 = acc0;
+  for (int64_t i = 0; i < iterations; ++i) {
+    QC_STEP(0) QC_STEP(1) QC_STEP(2) QC_STEP(3) QC_STEP(4) QC_STEP(5) QC_STEP(6) QC_STEP(7)
+  }
+  __m256i total = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(acc0, acc1), _mm256_add_epi32(acc2, acc3)),
+                                   _mm256_add_epi32(_mm256_add_epi32(acc4, acc5), _mm256_add_epi32(acc6, acc7)));
+  *sink = _mm256_extract_epi32(total, 0);
+  return iterations * 8 * 64;  // multiply-accumulates
+}
