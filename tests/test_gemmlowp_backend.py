@@ -160,3 +160,15 @@ def test_gemmlowp_agrees_with_native_layer_by_layer(name):
         # measured 37.6%: MobileNetV2's depthwise layers amplify the rare one-step differences of each
         # layer (fixed-point vs torch's float requantization) along its 52 layers; see the README
         assert end_to_end.within_one < 0.99
+
+
+def test_onnx_export_of_a_gemmlowp_graph_is_refused(tmp_path):
+    from qcompile.onnx.export import export_onnx
+
+    graph, _ = _digits(tmp_path, "gemmlowp")
+    with pytest.raises(QCompileError, match="not for gemmlowp"):
+        export_onnx(graph, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--backend", "gemmlowp", "--calib", "builtin:mnist5k",
+                   "--export", "onnx", "-o", tmp_path / "o")
+    assert run.returncode == 2 and "drop --backend gemmlowp" in run.stderr and not (tmp_path / "o").exists()

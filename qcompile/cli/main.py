@@ -180,6 +180,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if getattr(args, "backend", None):
         pipeline = _with_backend(pipeline, args.backend)
         passes = str(pipeline)
+    gemmlowp = pipeline is not None and any(p.name == "convert" and p.backend == "gemmlowp" for p in pipeline.passes)
+    if command == "compile" and "onnx" in args.export and gemmlowp:
+        raise QCompileError("--export onnx reads int8 graphs converted for the native backend, not for gemmlowp",
+                            hint="drop --backend gemmlowp for the ONNX export (same integer weights and grids)")
     if command == "compile" and "export" in args.deploy and pipeline is not None:
         from qcompile.deploy import check_exportable
 

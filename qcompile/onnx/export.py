@@ -339,6 +339,13 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     return model
 
 
+def check_exportable(graph: Graph) -> None:
+    """Refuse graphs the exporter does not take: those converted for the gemmlowp backend."""
+    if graph.attrs.get("backend") == "gemmlowp":
+        raise QCompileError("ONNX export reads int8 graphs converted for the native backend, not for gemmlowp",
+                            hint="export from --backend native: it holds the same integer weights and grids")
+
+
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq") -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
 
@@ -346,6 +353,7 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
         form: ``qdq`` (float ops between Quantize/DequantizeLinear; any graph) or
             ``qoperator`` (QLinearConv and friends; converted graphs only).
     """
+    check_exportable(graph)
     if form == "qoperator":
         from qcompile.onnx.qoperator import to_onnx_qoperator
 
@@ -357,4 +365,4 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
     return atomic_write_bytes(path, model.SerializeToString())
 
 
-__all__ = ["export_onnx", "to_onnx"]
+__all__ = ["check_exportable", "export_onnx", "to_onnx"]
