@@ -37,3 +37,17 @@ def test_entropy_from_the_command_line(tmp_path):
                    "--entropy", "-o", tmp_path / "out")
     assert run.returncode == 0, run.stderr
     assert "| conv_layers_0 | weight |" in run.stdout and "| all | weighted by values |" in run.stdout
+
+
+def test_both_backends_have_the_same_codes_and_entropy():
+    data = open_data("builtin:mnist5k", limit=128, batch_size=64)
+    results = {}
+    for backend in ("native", "gemmlowp"):
+        graph = lower(load_model("zoo:digit_cnn").module, (torch.zeros(1, 1, 28, 28),))
+        run_pipeline(graph, f"fuse,calibrate,convert{{backend={backend}}}", PassContext(calib_data=data))
+        results[backend] = code_entropy(graph, [b[0] for b in data])
+    (native_rows, native_bits), (gemmlowp_rows, gemmlowp_bits) = results.values()
+    assert len(native_rows) == len(gemmlowp_rows) == 11 and native_bits > 1.0  # 6 activations, 5 weights
+    weights = {r.name: r.bits for r in native_rows if r.kind == "weight"}
+    assert weights == {r.name: r.bits for r in gemmlowp_rows if r.kind == "weight"}  # the same int8 weights
+    assert abs(native_bits - gemmlowp_bits) < 0.01

@@ -2,9 +2,9 @@
 
 The paper measures the Shannon entropy of each layer's quantized values (an
 entropy coder needs about that many bits per value, fewer than the grid's
-width when the codes cluster). This works on converted graphs: activations
-from the int8 tensors the interpreter produces on sample data, weights from
-their int8 codes.
+width when the codes cluster). This works on converted graphs of either
+backend: activations from the integer tensors the interpreter produces on
+sample data, weights from their int8 codes.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ def code_entropy(graph: Graph, batches) -> tuple[list[CodeEntropy], float]:
     sizes: dict[str, int] = {}
 
     def hook(node, value):
-        if node.quant.observer is not None and isinstance(value, torch.Tensor) and value.is_quantized:
-            codes = value.int_repr().flatten().to(torch.int64)
+        if node.quant.observer is None or not isinstance(value, torch.Tensor):
+            return
+        if value.is_quantized or value.dtype == torch.uint8:  # native int8 tensors, or gemmlowp's uint8 codes
+            codes = (value.int_repr() if value.is_quantized else value).flatten().to(torch.int64)
             histogram = torch.bincount(codes, minlength=256)
             counts[node.name] = counts.get(node.name, 0) + histogram
             sizes[node.name] = sizes.get(node.name, 0) + codes.numel()
@@ -54,8 +56,9 @@ def code_entropy(graph: Graph, batches) -> tuple[list[CodeEntropy], float]:
         rows.append(CodeEntropy(name, "activation", float(-(p * torch.log2(p)).sum()), sizes[name]))
     for node in graph.find(kind=NodeKind.MODULE):
         weight = graph.param(node, "weight") if "weight" in node.params else None
-        if weight is not None and weight.is_quantized:
-            rows.append(CodeEntropy(node.name, "weight", entropy_bits(weight.int_repr()), weight.numel()))
+        if weight is not None and (weight.is_quantized or weight.dtype == torch.int8):
+            codes = weight.int_repr() if weight.is_quantized else weight
+            rows.append(CodeEntropy(node.name, "weight", entropy_bits(codes), weight.numel()))
     total = sum(r.values for r in rows)
     average = sum(r.bits * r.values for r in rows) / total if total else 0.0
     return rows, average
