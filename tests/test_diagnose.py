@@ -147,3 +147,10 @@ def test_suggested_skips_raise_agreement_on_real_mobilenet_v2():
     suggestion = diagnostics.sensitivity(ctx, 12.0, rerun, graph)
     (_, sqnr_before, agree_before), (_, sqnr_after, agree_after) = diagnostics.findings.verification
     assert suggestion.skip and sqnr_after > sqnr_before + 3 and agree_after > agree_before
+
+
+def test_sensitivity_needs_a_quantizing_pipeline(tmp_path):
+    run = qcompile("zoo:digit_cnn", "--passes", "fuse", "--sensitivity", "10", "--calib", "builtin:mnist5k",
+                   "-o", tmp_path / "o")
+    assert run.returncode == 2 and "calibrates, then converts or simulates" in run.stderr
+    assert not (tmp_path / "o").exists()

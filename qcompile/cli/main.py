@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     snapshot = _modes_snapshot(args, pipeline) if command == "compile" and args.modes else None
     if snapshot is not None:
         instruments.append(snapshot)
-    diagnostics = _diagnostics(args) if command == "compile" else None
+    diagnostics = _diagnostics(args, pipeline) if command == "compile" else None
     if diagnostics is not None:
         instruments.extend(diagnostics.instruments())
     from qcompile.quant.config import load_quant_config
@@ -306,10 +306,15 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
     print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
 
 
-def _diagnostics(args: argparse.Namespace):
+def _diagnostics(args: argparse.Namespace, pipeline):
     wanted = args.trace_error or args.layers or args.sensitivity is not None or args.report or args.mlflow
     if not wanted:
         return None
+    names = [p.name for p in pipeline.passes] if pipeline is not None else []
+    calibrated = next((i for i, n in enumerate(names) if n in ("calibrate", "load-stats")), None)
+    if args.sensitivity is not None and (calibrated is None or not {"convert", "simulate"} & set(names[calibrated:])):
+        raise QCompileError("--sensitivity needs a pipeline that calibrates, then converts or simulates",
+                            hint="e.g. --passes ptq")
     spec = args.check_data or args.calib
     if spec is None:
         raise QCompileError("the diagnostics need data to run on", hint="pass --check-data DATA (or --calib DATA)")
@@ -336,9 +341,6 @@ def _run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes:
             for r in rows[:15]:
                 print(f"| {r.name} | {r.op} | {r.compared} | {fmt_db(r.sqnr_db)} |")
     if args.sensitivity is not None:
-        if diagnostics.snapshot.calibrated is None:
-            raise QCompileError("--sensitivity needs a pipeline with calibrate before convert or simulate")
-
         def rerun(skip: list[str]):
             return _rerun_with_skips(args, passes, skip)
 
