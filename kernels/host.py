@@ -23,7 +23,7 @@ from qcompile.kernels.build import HERE, shared_library
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = shared_library(HERE / "host_kernels.cpp", (HERE / "gemmlowp.h",))
+        lib = shared_library(HERE / "host_kernels.cpp", (HERE / "gemmlowp.h",), flags=("-O3",))
     except RuntimeError as exc:
         warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin uses torch ops (slower)",
                       stacklevel=2)
