@@ -27,6 +27,7 @@ from qcompile.fileio import atomic_write_bytes
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
+from qcompile.quant.qparams import quantize_bias, weight_grid
 
 OPSET = 21
 
@@ -112,16 +113,8 @@ class _Builder:
             w = self.const(f"{node.name}_weight", weight.detach().float())
             b = self.const(f"{node.name}_bias", bias.detach().float()) if bias is not None else None
             return w, b
-        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            scales = weight.q_per_channel_scales().float()
-            zps = weight.q_per_channel_zero_points().to(torch.int8)
-            axis = weight.q_per_channel_axis()
-        else:
-            scales = torch.tensor([weight.q_scale()], dtype=torch.float32)
-            zps = torch.tensor([weight.q_zero_point()], dtype=torch.int8)
-            axis = 0
-            scales = scales.expand(weight.shape[0]).contiguous()
-            zps = zps.expand(weight.shape[0]).contiguous()
+        scales, zps, axis = weight_grid(weight)
+        scales, zps = scales.float(), zps.to(torch.int8)
         codes = weight.int_repr().to(torch.int8)
         if self.int4 and int(codes.min()) >= -8 and int(codes.max()) <= 7 and int(zps.abs().max()) <= 7:
             # 4-bit weights (convert{weight-bits=4}, bitalloc): INT4 initializers, two codes per byte on disk
@@ -134,7 +127,7 @@ class _Builder:
         if bias is not None:
             input_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
             bias_scale = scales.double() * input_scale
-            b_int = torch.round(bias.double() / bias_scale).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+            b_int = quantize_bias(bias, bias_scale)
             b = self.emit("DequantizeLinear", [self.const(f"{node.name}_bias_q", b_int),
                                                self.const(f"{node.name}_bias_scale", bias_scale.float()),
                                                self.const(f"{node.name}_bias_zp", torch.zeros_like(b_int))],

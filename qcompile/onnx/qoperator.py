@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
@@ -22,6 +21,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.onnx.export import OPSET, _Builder, _call, _module, _pair
+from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MS = "com.microsoft"
 _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity", "contiguous", "transpose",
@@ -40,15 +40,12 @@ class _QBuilder(_Builder):
     def int_weight(self, node: Node, as_conv: bool) -> list[str]:
         weight = self.graph.param(node, "weight")
         bias = self.graph.param(node, "bias")
-        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            scales = weight.q_per_channel_scales().float()
-        else:
-            scales = torch.full((weight.shape[0],), weight.q_scale(), dtype=torch.float32)
+        scales = weight_grid(weight)[0].float()
         w = weight.int_repr()
         if as_conv and w.dim() == 2:
             w = w.reshape(*w.shape, 1, 1)
         x_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
-        b = torch.round(bias.double() / (scales.double() * x_scale)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+        b = quantize_bias(bias, scales.double() * x_scale)
         return [self.const(f"{node.name}_w", w.numpy().astype(np.int8)),
                 self.const(f"{node.name}_ws", scales.numpy().astype(np.float32)),
                 self.const(f"{node.name}_wzp", np.zeros(len(scales), np.int8)),

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
 from qcompile.kernels.cpu import add_multipliers
-from qcompile.kernels.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier, quantize_multipliers
+from qcompile.kernels.fixed_point import quantize_multiplier, quantize_multipliers
+from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MODULES = "qcompile.kernels.modules"
 _CONVS = {"torch.ao.nn.quantized.Conv2d": False, "torch.ao.nn.intrinsic.quantized.ConvReLU2d": True}
@@ -56,11 +55,7 @@ def _code(value: float, q: QParams) -> int:
 def _weighted(graph: Graph, node: Node, relu: bool) -> dict[str, str]:
     """Plain-tensor params of a conv / linear and the common constructor arguments."""
     weight = graph.params[node.params["weight"]]
-    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        scales, zeros = weight.q_per_channel_scales().double(), weight.q_per_channel_zero_points()
-    else:
-        scales = torch.full((weight.shape[0],), weight.q_scale(), dtype=torch.float64)
-        zeros = torch.full((weight.shape[0],), weight.q_zero_point())
+    scales, zeros, _ = weight_grid(weight)
     if bool((zeros != 0).any()):
         raise QCompileError(f"%{node.name}: the gemmlowp kernels take symmetric weights (zero point 0)",
                             hint="use a preset with symmetric weights (all built-in ones are), or backend=native")
@@ -68,8 +63,7 @@ def _weighted(graph: Graph, node: Node, relu: bool) -> dict[str, str]:
     if q_in.dtype != "quint8" or q_out.dtype != "quint8":
         raise QCompileError(f"%{node.name}: the gemmlowp kernels take uint8 activations", hint="use backend=native")
     accumulator_scale = float(q_in.scale) * scales
-    bias = graph.params[node.params["bias"]].detach().double()
-    bias_q = torch.round(bias / accumulator_scale).clamp(INT32_MIN, INT32_MAX).to(torch.int32)
+    bias_q = quantize_bias(graph.params[node.params["bias"]], accumulator_scale)
     m0, exponent = quantize_multipliers(accumulator_scale / float(q_out.scale))
     base = node.source.module_path or node.name
     node.params = {

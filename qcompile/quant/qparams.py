@@ -68,3 +68,21 @@ def quantize_weight_bits(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     codes = torch.round(weight.double() / scale.reshape(shape))
     codes = torch.maximum(torch.minimum(codes, qmax.reshape(shape)), qmin.reshape(shape)).to(torch.int8)
     return torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(len(scale), dtype=torch.int64), 0)
+
+
+def weight_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A quantized weight's scales (float64), zero points and axis, one per output channel.
+
+    A per-tensor weight's scale and zero point are repeated for every channel,
+    so integer kernels and exporters handle both kinds alike.
+    """
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return weight.q_per_channel_scales().double(), weight.q_per_channel_zero_points(), weight.q_per_channel_axis()
+    channels = weight.shape[0]
+    return (torch.full((channels,), weight.q_scale(), dtype=torch.float64),
+            torch.full((channels,), weight.q_zero_point(), dtype=torch.int64), 0)
+
+
+def quantize_bias(bias: torch.Tensor, accumulator_scale: torch.Tensor) -> torch.Tensor:
+    """A float bias in int32 accumulator units (``round(bias / (s_in * s_w))``, saturated), as kernels add it."""
+    return torch.round(bias.detach().double() / accumulator_scale.double()).clamp(-(2**31), 2**31 - 1).to(torch.int32)
