@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from qcompile.kernels.ops import conv_output_size
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,17 +57,13 @@ def load(verbose: bool = False):
     return extension
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _register(ext) -> None:
     @torch.library.register_kernel("qcompile::qconv2d", "cuda")
     def _qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation,
                  groups):
         kh, kw = weight.shape[2:]
-        oh = _conv_out(x.shape[2], kh, stride[0], padding[0], dilation[0])
-        ow = _conv_out(x.shape[3], kw, stride[1], padding[1], dilation[1])
+        oh = conv_output_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+        ow = conv_output_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
         columns = ext.im2col(x.contiguous(), groups, kh, kw, *stride, *padding, *dilation, oh, ow, x_zero)
         out = ext.qgemm(columns, weight.reshape(weight.shape[0], -1).contiguous(), bias, multiplier, exponent,
                         x_zero, out_zero, lo, hi, oh * ow)

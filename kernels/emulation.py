@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from qcompile.kernels.build import shared_library
+from qcompile.kernels.ops import conv_output_size
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "emulation" / "cuda_host.h",
@@ -73,8 +74,8 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
     """Run ``im2col_u8`` on NCHW uint8 ``x``: ``([groups, N*OH*OW, C/groups*KH*KW], OH, OW)``."""
     x = x.contiguous()
     n, c, h, w = x.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    oh = conv_output_size(h, kernel[0], stride[0], padding[0], dilation[0])
+    ow = conv_output_size(w, kernel[1], stride[1], padding[1], dilation[1])
     columns = torch.empty(groups, n * oh * ow, c // groups * kernel[0] * kernel[1], dtype=torch.uint8)
     library().qc_im2col(_ptr(x), _ptr(columns), n, c, h, w, groups, *kernel, *stride, *padding, *dilation, oh, ow,
                         zero_point)

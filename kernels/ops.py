@@ -19,7 +19,8 @@ from qcompile.kernels import fixed_point as fp
 from torch import Tensor
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """One spatial size of a convolution's output (the same in every implementation of ``qconv2d``)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -67,8 +68,8 @@ def qconv2d(x: Tensor, x_zero: int, weight: Tensor, bias: Tensor, multiplier: Te
 
 @qconv2d.register_fake
 def _(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation, groups):
-    h = _conv_out(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    w = _conv_out(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    h = conv_output_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    w = conv_output_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     return x.new_empty((x.shape[0], weight.shape[0], h, w), dtype=torch.uint8)
 
 

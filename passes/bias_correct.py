@@ -45,9 +45,14 @@ from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.op_table import WEIGHTED
 
 
+def channel_axis(node: Node, value: torch.Tensor) -> int:
+    """Where a layer's output channels are: axis 1 for convs, the last axis for linear layers."""
+    return value.dim() - 1 if node.op == "linear" else 1
+
+
 def channel_means(node: Node, value: torch.Tensor) -> torch.Tensor:
-    """Mean of each output channel: axis 1 for convs, the last axis for linear layers."""
-    axis = value.dim() - 1 if node.op == "linear" else 1
+    """Mean of each output channel."""
+    axis = channel_axis(node, value)
     return value.detach().float().transpose(0, axis).reshape(value.shape[axis], -1).mean(dim=1)
 
 
@@ -108,9 +113,8 @@ class BiasCorrect(Pass):
                 return None
             shift = channel_means(node, value) - float_means[node.name]
             shifts[node.name] = shift
-            axis = value.dim() - 1 if node.op == "linear" else 1
             shape = [1] * value.dim()
-            shape[axis] = -1
+            shape[channel_axis(node, value)] = -1
             return value - shift.reshape(shape).to(value.dtype)
 
         twin = quantized_twin(graph, target, ctx)
