@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.data import first_samples
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -59,17 +60,10 @@ def channel_means(node: Node, value: torch.Tensor) -> torch.Tensor:
 def _samples(ctx: PassContext, count: int) -> tuple[torch.Tensor, ...]:
     if ctx.calib_data is None:
         raise QCompileError("'bias-correct' needs calibration data", hint="pass --calib DATA")
-    parts: list[tuple] = []
-    seen = 0
-    for batch in ctx.calib_data:
-        batch = batch if isinstance(batch, (tuple, list)) else (batch,)
-        parts.append(tuple(batch))
-        seen += len(batch[0])
-        if seen >= count:
-            break
-    if not parts:
+    inputs = first_samples(ctx.calib_data, count)
+    if inputs is None:
         raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
-    return tuple(torch.cat(column)[:count] for column in zip(*parts, strict=True))
+    return inputs
 
 
 @register_pass

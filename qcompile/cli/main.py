@@ -318,13 +318,11 @@ def _diagnostics(args: argparse.Namespace, pipeline):
     spec = args.check_data or args.calib
     if spec is None:
         raise QCompileError("the diagnostics need data to run on", hint="pass --check-data DATA (or --calib DATA)")
-    import torch
-
-    from qcompile.data import open_data
+    from qcompile.data import first_samples, open_data
     from qcompile.diagnose.session import Diagnostics
 
     data = open_data(spec, preprocess=args.preprocess, limit=args.diagnose_samples, batch_size=args.diagnose_samples)
-    inputs = tuple(torch.cat(column) for column in zip(*[tuple(b) for b in data], strict=True))
+    inputs = first_samples(data, args.diagnose_samples)
     return Diagnostics(inputs, trace=args.trace_error or args.report or bool(args.mlflow))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +201,22 @@ def _from_callable(spec: str, preprocess: str | None, limit: int | None, batch_s
     if not batches:
         raise QCompileError(f"the data function {spec} returned no batches")
     return DataSource(spec, [], None, lambda x: x, batch_size, ready_batches=batches)
+
+
+def first_samples(batches: Iterable, count: int) -> tuple[torch.Tensor, ...] | None:
+    """The first ``count`` samples of any batches (a DataSource, a list of tensors or tuples) as one batch.
+
+    Each batch is a tensor or a tuple of tensors (one per model input);
+    returns one tensor per input, or None if there are no batches.
+    """
+    parts: list[tuple] = []
+    seen = 0
+    for batch in batches:
+        batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        parts.append(batch)
+        seen += len(batch[0])
+        if seen >= count:
+            break
+    if not parts:
+        return None
+    return tuple(torch.cat(column)[:count] for column in zip(*parts, strict=True))
