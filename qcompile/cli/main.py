@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from qcompile.cli.diagnostics import diagnostics_for, modes_snapshot, report_modes, run_diagnostics
 from qcompile.errors import CheckFailed, QCompileError
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
@@ -195,10 +196,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
     elif args.print_after:
         raise QCompileError("--print-after needs --passes")
     instruments, timing = _instruments(args)
-    snapshot = _modes_snapshot(args, pipeline) if command == "compile" and args.modes else None
+    snapshot = modes_snapshot(args, pipeline) if command == "compile" and args.modes else None
     if snapshot is not None:
         instruments.append(snapshot)
-    diagnostics = _diagnostics(args, pipeline) if command == "compile" else None
+    diagnostics = diagnostics_for(args, pipeline) if command == "compile" else None
     if diagnostics is not None:
         instruments.extend(diagnostics.instruments())
     from qcompile.quant.config import load_quant_config
@@ -253,9 +254,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if command == "compile" and "onnx" in args.export:
         _export_onnx(args, result)
     if snapshot is not None:
-        _report_modes(args, snapshot, ctx, result)
+        report_modes(args, snapshot, ctx, result)
     if diagnostics is not None:
-        _run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
+        run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
     if command == "compile":
         print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
@@ -306,82 +307,6 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
     print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
 
 
-def _diagnostics(args: argparse.Namespace, pipeline):
-    wanted = args.trace_error or args.layers or args.sensitivity is not None or args.report or args.mlflow
-    if not wanted:
-        return None
-    names = [p.name for p in pipeline.passes] if pipeline is not None else []
-    calibrated = next((i for i, n in enumerate(names) if n in ("calibrate", "load-stats")), None)
-    if args.sensitivity is not None and (calibrated is None or not {"convert", "simulate"} & set(names[calibrated:])):
-        raise QCompileError("--sensitivity needs a pipeline that calibrates, then converts or simulates",
-                            hint="e.g. --passes ptq")
-    spec = args.check_data or args.calib
-    if spec is None:
-        raise QCompileError("the diagnostics need data to run on", hint="pass --check-data DATA (or --calib DATA)")
-    from qcompile.data import first_samples, open_data
-    from qcompile.diagnose.session import Diagnostics
-
-    data = open_data(spec, preprocess=args.preprocess, limit=args.diagnose_samples, batch_size=args.diagnose_samples)
-    inputs = first_samples(data, args.diagnose_samples)
-    return Diagnostics(inputs, trace=args.trace_error or args.report or bool(args.mlflow))
-
-
-def _run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: str) -> None:
-    from qcompile.diagnose.metrics import fmt_db
-
-    final = result.graph
-    if diagnostics.trace is not None and args.trace_error:
-        print(diagnostics.trace.table())
-    if args.layers or args.report or args.sensitivity is not None or args.mlflow:
-        rows = diagnostics.per_layer(final)
-        if args.layers:
-            print("| layer | op | compared node | SQNR dB |\n|---|---|---|---|")
-            for r in rows[:15]:
-                print(f"| {r.name} | {r.op} | {r.compared} | {fmt_db(r.sqnr_db)} |")
-    if args.sensitivity is not None:
-        def rerun(skip: list[str]):
-            return _rerun_with_skips(args, passes, skip)
-
-        suggestion = diagnostics.sensitivity(ctx, args.sensitivity, rerun, final)
-        print("| layer | op | alone dB | without dB |\n|---|---|---|---|")
-        for r in sorted(diagnostics.findings.sensitivity, key=lambda r: -r.without_db)[:15]:
-            print(f"| {r.name} | {r.op} | {fmt_db(r.alone_db)} | {fmt_db(r.without_db)} |")
-        verdict = "meets" if suggestion.met else "does not reach"
-        print(f"suggested skip list ({len(suggestion.skip)} layers, {verdict} {args.sensitivity:g} dB in emulation: "
-              f"{fmt_db(suggestion.baseline_db)} -> {fmt_db(suggestion.achieved_db)} dB):")
-        print(" ".join(f"--skip {name}" for name in suggestion.skip) or "(none)")
-        for label, sqnr, agree in diagnostics.findings.verification:
-            agree_text = "-" if agree is None else f"{agree:.4f}"
-            print(f"real run {label}: output SQNR {fmt_db(sqnr)} dB, top-1 agreement {agree_text}")
-    report = None
-    if args.report:
-        from qcompile.data import open_data
-
-        data = open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
-                         batch_size=args.batch_size)
-        report = diagnostics.report(result.out_dir / "report.html", result.graph.name, passes, final, args.model,
-                                    result.out_dir, data)
-        print(f"qcompile: wrote {report}", file=sys.stderr)
-    if args.mlflow:
-        from qcompile.diagnose.tracking import log_run
-
-        run_id = log_run(args.mlflow, args, passes, diagnostics, report)
-        print(f"qcompile: logged MLflow run {run_id} to {args.mlflow}", file=sys.stderr)
-
-
-def _rerun_with_skips(args: argparse.Namespace, passes: str, skip: list[str]):
-    from qcompile.compiler import compile_model
-    from qcompile.pipeline import PassContext
-    from qcompile.quant.config import load_quant_config
-
-    config = load_quant_config(args.qconfig, preset=args.preset, skip=list(args.skip) + skip)
-    ctx = PassContext(quant_config=config)
-    ctx.statistics_file = args.stats
-    return compile_model(args.model, passes=passes, input_shapes=args.input_shape, weights=args.weights,
-                         trust_pickle=args.trust_pickle, ctx=ctx, calib=args.calib, calib_samples=args.calib_samples,
-                         batch_size=args.batch_size, preprocess=args.preprocess).graph
-
-
 def _with_backend(pipeline, backend: str):
     import dataclasses
 
@@ -392,39 +317,6 @@ def _with_backend(pipeline, backend: str):
                             hint="e.g. --passes ptq --backend gemmlowp")
     passes = tuple(dataclasses.replace(p, backend=backend) if p.name == "convert" else p for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
-
-
-def _modes_snapshot(args: argparse.Namespace, pipeline):
-    from qcompile.diagnose.snapshot import Snapshot
-
-    if pipeline is None or not any(p.name == "simulate" for p in pipeline.passes):
-        raise QCompileError("--modes compares simulate's research mode with what integer kernels deliver, "
-                            "and the pipeline has no simulate pass",
-                            hint="e.g. --passes fuse,calibrate,aciq{bits=4 per-channel=true},simulate{bits=4}")
-    if (args.check_data or args.calib) is None:
-        raise QCompileError("--modes needs data to score on", hint="pass --check-data DATA (or --calib DATA)")
-    return Snapshot()
-
-
-def _report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:
-    import json
-    from dataclasses import asdict
-
-    from qcompile.data import open_data
-    from qcompile.fileio import atomic_write_text
-    from qcompile.modes import HEADER, compare_modes
-
-    data = open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
-                     batch_size=args.batch_size)
-    rows = compare_modes(snapshot, ctx, data)
-    print(HEADER)
-    for r in rows:
-        print(r.row())
-    print("The emitted model is the research row (fake quantization in float); "
-          "an integer deployment delivers the integer row.")
-    path = result.out_dir / "modes.json"
-    atomic_write_text(path, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    print(f"qcompile: wrote {path}", file=sys.stderr)
 
 
 def _export_onnx(args: argparse.Namespace, result) -> None:
