@@ -45,14 +45,18 @@ class Diagnostics:
         self.trace = ErrorTrace(inputs) if trace else None
         self.timing = Timing()
         self.findings = Findings()
+        self._reference: torch.Tensor | None = None
 
     def instruments(self) -> list:
         return [self.snapshot, self.timing] + ([self.trace] if self.trace is not None else [])
 
     def reference(self) -> torch.Tensor:
+        """The float graph's output on the inputs (the trace's first run, else computed once)."""
         if self.trace is not None and self.trace.reference is not None:
             return self.trace.reference
-        return as_float(first_tensor(Interpreter(self.snapshot.float_graph).run(*self.inputs)))
+        if self._reference is None:
+            self._reference = as_float(first_tensor(Interpreter(self.snapshot.float_graph).run(*self.inputs)))
+        return self._reference
 
     def score(self, graph: Graph) -> tuple[float, float | None]:
         out = as_float(first_tensor(Interpreter(graph).run(*self.inputs)))
