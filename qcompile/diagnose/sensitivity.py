@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qcompile.diagnose.metrics import agreement, first_tensor, sqnr_db
+from qcompile.diagnose.metrics import first_tensor, sqnr_db
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -74,9 +74,6 @@ class SensitivityAnalysis:
 
     def sqnr(self, layers: set[str]) -> float:
         return sqnr_db(self.output(layers), self.reference)
-
-    def agreement(self, layers: set[str]) -> float | None:
-        return agreement(self.output(layers), self.reference)
 
     def run(self) -> list[Sensitivity]:
         everything = set(self.names)
