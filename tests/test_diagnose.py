@@ -154,3 +154,25 @@ def test_sensitivity_needs_a_quantizing_pipeline(tmp_path):
                    "-o", tmp_path / "o")
     assert run.returncode == 2 and "calibrates, then converts or simulates" in run.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_one_step_reach_changes_one_element_by_one_step():
+    from qcompile.diagnose.amplification import final_integer_node, one_step_reach
+    from qcompile.errors import QCompileError
+    from qcompile.pipeline import run_pipeline
+
+    batches = list(open_data("builtin:mnist5k", limit=64, batch_size=64))
+    model = load_model("zoo:digit_cnn").module
+    float_graph = lower(model, (batches[0][0][:1],))
+    graph = float_graph.copy()
+    run_pipeline(graph, "ptq", PassContext(calib_data=batches))
+    x = batches[0][0][:1]
+    last = final_integer_node(graph)
+    at_output = one_step_reach(graph, x, node=last.name)  # nothing after it: exactly one step, once
+    assert (at_output.node, at_output.max_lsb, at_output.moved) == (last.name, 1, 0.0)
+    first = one_step_reach(graph, x)
+    assert first.node == "conv_layers_0" and first.trials == 8 and 0.0 <= first.moved <= 1.0
+    with pytest.raises(QCompileError, match="no integer output"):
+        one_step_reach(graph, x, node=graph.inputs(graph.output_node)[0].name)
+    with pytest.raises(QCompileError, match="not a single dequantized integer value"):
+        one_step_reach(float_graph, x)

@@ -334,7 +334,8 @@ def _export_onnx(args: argparse.Namespace, result) -> None:
         raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
     data = open_data(spec, preprocess=args.preprocess, limit=args.check_samples, batch_size=args.batch_size)
     batches = [b[0] for b in data]
-    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scale(result.graph))
+    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scale(result.graph),
+                         graph=result.graph)
     print(HEADER)
     for r in results:
         print(r.row())
