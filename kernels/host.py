@@ -29,7 +29,8 @@ def _library() -> ctypes.CDLL | None:
                       stacklevel=2)
         return None
     i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.qc_host_output_stage.argtypes = [ptr] * 5 + [i64] * 3 + [i32] * 3 + [int_]
+    lib.qc_host_output_stage.argtypes = [ptr, int_, i64] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
+    lib.qc_host_output_stage.restype = int_
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
     return lib
 
@@ -41,20 +42,43 @@ def library() -> ctypes.CDLL | None:
     return _library()
 
 
-def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor, zero_point: int,
-                 lo: int, hi: int, axis: int) -> torch.Tensor:
-    """uint8 ``output_stage(acc)`` with per-channel parameters along ``axis`` (1 for NCHW, last for linear)."""
-    acc = acc.to(torch.int32).contiguous()
+def run_output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor,
+                     zero_point: int, lo: int, hi: int, axis: int,
+                     acc_bound: int | None = None) -> tuple[torch.Tensor, bool]:
+    """:func:`output_stage`, and whether its eight-lane (AVX2) form ran."""
+    if acc_bound is None or acc.dtype not in (torch.int32, torch.float32):
+        acc, acc_bound = acc.to(torch.int32), None
+    acc = acc.contiguous()
+    params = [t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
+              for t in (bias, m0, exponent)]
     channels = acc.shape[axis]
     inner = 1
     for size in acc.shape[axis + 1:]:
         inner *= size
     outer = acc.numel() // (channels * inner) if acc.numel() else 0
-    params = [t.to(torch.int32).contiguous() for t in (bias, m0, exponent)]
     out = torch.empty(acc.shape, dtype=torch.uint8)
-    library().qc_host_output_stage(acc.data_ptr(), *(t.data_ptr() for t in params), out.data_ptr(), outer, channels,
-                                   inner, zero_point, lo, hi, torch.get_num_threads())
-    return out
+
+    def call(a: torch.Tensor, bound: int) -> int:
+        return library().qc_host_output_stage(a.data_ptr(), int(a.dtype == torch.float32), bound,
+                                              *(t.data_ptr() for t in params), out.data_ptr(), outer, channels,
+                                              inner, zero_point, lo, hi, torch.get_num_threads())
+
+    form = call(acc, -1 if acc_bound is None else acc_bound)
+    if form < 0:  # float accumulators, but the bound does not rule out saturation: the scalar form, from int32
+        form = call(acc.to(torch.int32), -1)
+    return out, form == 1
+
+
+def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor, zero_point: int,
+                 lo: int, hi: int, axis: int, acc_bound: int | None = None) -> torch.Tensor:
+    """uint8 ``output_stage(acc)`` with per-channel parameters along ``axis`` (1 for NCHW, last for linear).
+
+    ``acc`` holds integers (int32, or exactly in float32 / float64). With
+    ``acc_bound`` (a bound on ``|acc|``) small enough that nothing can
+    saturate, an AVX2 CPU runs the eight-lane form straight from int32 or
+    float32 accumulators; otherwise the scalar form runs, from int32.
+    """
+    return run_output_stage(acc, bias, m0, exponent, zero_point, lo, hi, axis, acc_bound)[0]
 
 
 def add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,

@@ -10,6 +10,11 @@
 
 #include "gemmlowp.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define QC_HOST_AVX2 1
+#endif
+
 namespace {
 
 template <class Body>
@@ -48,18 +53,116 @@ void output_row(const int32_t* acc, uint8_t* out, int64_t n, int64_t bias, int32
   }
 }
 
+#ifdef QC_HOST_AVX2
+// The AVX2 form of output_row, eight lanes at a time, for rows whose acc + bias cannot leave int32 (the caller
+// knows a bound) and whose exponent is <= 0. SRDHM: _mm256_mul_epi32 gives the 64-bit products of the even
+// lanes (the odd ones shifted down), + 2^30, and a logical shift by 31 whose low 32 bits equal the arithmetic
+// shift's (the result fits int32). RDBPOT in the form of spec 7.6: (r >> e) + [(r & mask) > (mask >> 1) + [r < 0]].
+__attribute__((target("avx2"))) inline __m256i load8(const int32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+__attribute__((target("avx2"))) inline __m256i load8(const float* p) {
+  return _mm256_cvttps_epi32(_mm256_loadu_ps(p));  // the accumulators are exact integers below 2^31
+}
+
+struct Stage8 {
+  __m256i bias, m0, nudge, mask, half_mask, zero, lo, hi;
+  __m128i right;
+};
+
+__attribute__((target("avx2"))) inline __m256i stage8(__m256i acc, const Stage8& s) {
+  const __m256i x = _mm256_add_epi32(acc, s.bias);
+  const __m256i even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, s.m0), s.nudge), 31);
+  const __m256i odd = _mm256_srli_epi64(
+      _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), s.m0), s.nudge), 31);
+  const __m256i r = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  const __m256i threshold = _mm256_add_epi32(s.half_mask, _mm256_srli_epi32(r, 31));
+  const __m256i q = _mm256_sub_epi32(_mm256_sra_epi32(r, s.right),
+                                     _mm256_cmpgt_epi32(_mm256_and_si256(r, s.mask), threshold));
+  return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, s.zero), s.lo), s.hi);
+}
+
+template <class T>
+__attribute__((target("avx2"))) void output_row_avx2(const T* acc, uint8_t* out, int64_t n, int32_t bias,
+                                                     int32_t m0, int right, int32_t zero, int32_t lo, int32_t hi) {
+  const int32_t mask = right > 0 ? static_cast<int32_t>((uint32_t{1} << right) - 1) : 0;
+  const Stage8 s{_mm256_set1_epi32(bias), _mm256_set1_epi32(m0), _mm256_set1_epi64x(int64_t{1} << 30),
+                 _mm256_set1_epi32(mask), _mm256_set1_epi32(mask >> 1), _mm256_set1_epi32(zero),
+                 _mm256_set1_epi32(lo), _mm256_set1_epi32(hi), _mm_cvtsi32_si128(right)};
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {  // four vectors narrowed to 32 bytes: packs work per 128-bit half, so reorder
+    const __m256i ab = _mm256_packus_epi32(stage8(load8(acc + i), s), stage8(load8(acc + i + 8), s));
+    const __m256i cd = _mm256_packus_epi32(stage8(load8(acc + i + 16), s), stage8(load8(acc + i + 24), s));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), bytes);
+  }
+  alignas(32) int32_t lanes[8];
+  for (; i < n; i += 8) {
+    const int64_t count = std::min<int64_t>(8, n - i);
+    alignas(32) T tail[8] = {};
+    std::copy(acc + i, acc + i + count, tail);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), stage8(load8(tail), s));
+    for (int64_t k = 0; k < count; ++k) out[i + k] = static_cast<uint8_t>(lanes[k]);
+  }
+}
+
+template <class T>
+void output_stage_avx2(const T* acc, const int32_t* bias, const int32_t* m0, const int32_t* exponent, uint8_t* out,
+                       int64_t outer, int64_t channels, int64_t inner, int32_t zero_point, int32_t lo, int32_t hi,
+                       int threads) {
+  parallel_for(outer * channels, threads, [=](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t c = row % channels;
+      output_row_avx2(acc + row * inner, out + row * inner, inner, bias[c], m0[c], -exponent[c], zero_point, lo,
+                      hi);
+    }
+  });
+}
+#endif
+
+bool qc_host_has_avx2() {
+#ifdef QC_HOST_AVX2
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 extern "C" {
 
-// out[o, c, i] = output_stage(acc[o, c, i]) with channel c's bias, multiplier and exponent.
-void qc_host_output_stage(const int32_t* acc, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
-                          uint8_t* out, int64_t outer, int64_t channels, int64_t inner, int32_t zero_point,
-                          int32_t lo, int32_t hi, int threads) {
+// out[o, c, i] = output_stage(acc[o, c, i]) with channel c's bias, multiplier and exponent. acc holds int32, or
+// (acc_is_float) integers exactly in float32. acc_bound >= 0 promises |acc| <= acc_bound; when that shows that
+// no step can saturate (|acc + bias| < 2^31, exponents <= 0, no m0 == INT32_MIN) and the CPU has AVX2, the
+// eight-lane form runs (the same function). Returns 1 if it did, 0 for the scalar form, -1 if float
+// accumulators came without such a bound (the caller must pass int32 then).
+int qc_host_output_stage(const void* acc, int acc_is_float, int64_t acc_bound, const int32_t* bias,
+                         const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t outer, int64_t channels,
+                         int64_t inner, int32_t zero_point, int32_t lo, int32_t hi, int threads) {
+  bool vector = acc_bound >= 0 && qc_host_has_avx2();
+  for (int64_t c = 0; vector && c < channels; ++c) {
+    const int64_t bias_magnitude = bias[c] < 0 ? -int64_t{bias[c]} : int64_t{bias[c]};
+    vector = exponent[c] <= 0 && m0[c] != qc::kInt32Min && acc_bound + bias_magnitude < (int64_t{1} << 31);
+  }
+#ifdef QC_HOST_AVX2
+  if (vector) {
+    if (acc_is_float)
+      output_stage_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, outer, channels, inner,
+                        zero_point, lo, hi, threads);
+    else
+      output_stage_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, outer, channels, inner,
+                        zero_point, lo, hi, threads);
+    return 1;
+  }
+#endif
+  if (acc_is_float) return -1;
+  const int32_t* acc32 = static_cast<const int32_t*>(acc);
   parallel_for(outer * channels, threads, [=](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row % channels;
-      const int32_t* a = acc + row * inner;
+      const int32_t* a = acc32 + row * inner;
       uint8_t* o = out + row * inner;
       if (exponent[c] <= 0 && m0[c] != qc::kInt32Min) {
         output_row(a, o, inner, bias[c], m0[c], -exponent[c], zero_point, lo, hi);
@@ -69,6 +172,7 @@ void qc_host_output_stage(const int32_t* acc, const int32_t* bias, const int32_t
         o[i] = static_cast<uint8_t>(qc::output_stage(a[i], bias[c], m0[c], exponent[c], zero_point, lo, hi));
     }
   });
+  return 0;
 }
 
 // TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize.
