@@ -50,7 +50,7 @@ def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: 
     # acc holds exact integers, so the cast is exact; |acc| <= depth * 255 * 128
     q = fp.output_stage(acc.long(), bias.reshape(shape), multiplier.reshape(shape), exponent.reshape(shape),
                         out_zero, lo, hi, acc_bound=depth * 255 * 128)
-    return q.to(torch.uint8)
+    return q.to(torch.uint8).contiguous()
 
 
 def qlinear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
@@ -72,7 +72,7 @@ def qconv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tens
         # torch runs them up to ten times faster than in NCHW
         dtype = accumulation_dtype(depth)
         xf = x.to(dtype, memory_format=torch.channels_last).sub_(x_zero)
-        acc = F.conv2d(xf, weight.to(dtype), None, stride, padding, dilation, groups).contiguous()
+        acc = F.conv2d(xf, weight.to(dtype), None, stride, padding, dilation, groups)  # the output stage reorders
     return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, 1, depth)
 
 

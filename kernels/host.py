@@ -31,6 +31,8 @@ def _library() -> ctypes.CDLL | None:
     i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.qc_host_output_stage.argtypes = [ptr, int_, i64] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
     lib.qc_host_output_stage.restype = int_
+    lib.qc_host_output_stage_channels_last.argtypes = [ptr, int_, i64] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
+    lib.qc_host_output_stage_channels_last.restype = int_
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
     return lib
 
@@ -48,9 +50,21 @@ def run_output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, ex
     """:func:`output_stage`, and whether its eight-lane (AVX2) form ran."""
     if acc_bound is None or acc.dtype not in (torch.int32, torch.float32):
         acc, acc_bound = acc.to(torch.int32), None
-    acc = acc.contiguous()
     params = [t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
               for t in (bias, m0, exponent)]
+    channels_last = (acc.dim() == 4 and axis == 1 and acc.is_contiguous(memory_format=torch.channels_last)
+                     and not acc.is_contiguous())
+    if acc_bound is not None and (channels_last or (axis == acc.dim() - 1 and acc.is_contiguous())):
+        # channels innermost (a channels-last convolution, or a linear layer): one channel per lane
+        out = torch.empty(acc.shape, dtype=torch.uint8)
+        channels = acc.shape[axis]
+        pixels = acc.shape[2] * acc.shape[3] if channels_last else 1
+        if library().qc_host_output_stage_channels_last(
+                acc.data_ptr(), int(acc.dtype == torch.float32), acc_bound, *(t.data_ptr() for t in params),
+                out.data_ptr(), acc.numel() // (channels * pixels), pixels, channels, zero_point, lo, hi,
+                torch.get_num_threads()):
+            return out, True
+    acc = acc.contiguous()
     channels = acc.shape[axis]
     inner = 1
     for size in acc.shape[axis + 1:]:

@@ -5,6 +5,8 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <memory>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -65,19 +67,28 @@ __attribute__((target("avx2"))) inline __m256i load8(const float* p) {
   return _mm256_cvttps_epi32(_mm256_loadu_ps(p));  // the accumulators are exact integers below 2^31
 }
 
+// Eight lanes' parameters: the same for all (a row of one channel) or one channel per lane (channels last).
 struct Stage8 {
-  __m256i bias, m0, nudge, mask, half_mask, zero, lo, hi;
-  __m128i right;
+  __m256i bias, m0, m0_odd, nudge, mask, half_mask, zero, lo, hi, right;
 };
+
+__attribute__((target("avx2"))) inline Stage8 make_stage8(__m256i bias, __m256i m0, __m256i right, int32_t zero,
+                                                          int32_t lo, int32_t hi) {
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);  // right <= 31
+  return Stage8{bias, m0, _mm256_srli_epi64(m0, 32), _mm256_set1_epi64x(int64_t{1} << 30), mask,
+                _mm256_srli_epi32(mask, 1), _mm256_set1_epi32(zero), _mm256_set1_epi32(lo), _mm256_set1_epi32(hi),
+                right};
+}
 
 __attribute__((target("avx2"))) inline __m256i stage8(__m256i acc, const Stage8& s) {
   const __m256i x = _mm256_add_epi32(acc, s.bias);
   const __m256i even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, s.m0), s.nudge), 31);
   const __m256i odd = _mm256_srli_epi64(
-      _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), s.m0), s.nudge), 31);
+      _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), s.m0_odd), s.nudge), 31);
   const __m256i r = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
   const __m256i threshold = _mm256_add_epi32(s.half_mask, _mm256_srli_epi32(r, 31));
-  const __m256i q = _mm256_sub_epi32(_mm256_sra_epi32(r, s.right),
+  const __m256i q = _mm256_sub_epi32(_mm256_srav_epi32(r, s.right),
                                      _mm256_cmpgt_epi32(_mm256_and_si256(r, s.mask), threshold));
   return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, s.zero), s.lo), s.hi);
 }
@@ -85,10 +96,8 @@ __attribute__((target("avx2"))) inline __m256i stage8(__m256i acc, const Stage8&
 template <class T>
 __attribute__((target("avx2"))) void output_row_avx2(const T* acc, uint8_t* out, int64_t n, int32_t bias,
                                                      int32_t m0, int right, int32_t zero, int32_t lo, int32_t hi) {
-  const int32_t mask = right > 0 ? static_cast<int32_t>((uint32_t{1} << right) - 1) : 0;
-  const Stage8 s{_mm256_set1_epi32(bias), _mm256_set1_epi32(m0), _mm256_set1_epi64x(int64_t{1} << 30),
-                 _mm256_set1_epi32(mask), _mm256_set1_epi32(mask >> 1), _mm256_set1_epi32(zero),
-                 _mm256_set1_epi32(lo), _mm256_set1_epi32(hi), _mm_cvtsi32_si128(right)};
+  const Stage8 s = make_stage8(_mm256_set1_epi32(bias), _mm256_set1_epi32(m0), _mm256_set1_epi32(right), zero, lo,
+                               hi);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {  // four vectors narrowed to 32 bytes: packs work per 128-bit half, so reorder
@@ -119,6 +128,59 @@ void output_stage_avx2(const T* acc, const int32_t* bias, const int32_t* m0, con
     }
   });
 }
+
+template <class T>
+__attribute__((target("avx2"))) void channels_last_pixels(const T* acc, const Stage8* stages, uint8_t* out,
+                                                          int64_t begin, int64_t end, int64_t pixels,
+                                                          int64_t channels) {
+  alignas(32) int32_t lanes[8];
+  alignas(32) T padded[8];
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / pixels, p = index % pixels;
+    const T* a = acc + index * channels;
+    uint8_t* o = out + n * channels * pixels + p;
+    for (int64_t c0 = 0; c0 < channels; c0 += 8) {
+      const int64_t count = std::min<int64_t>(8, channels - c0);
+      const T* source = a + c0;
+      if (count < 8) {
+        std::fill(padded, padded + 8, T{0});
+        std::copy(source, source + count, padded);
+        source = padded;
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), stage8(load8(source), stages[c0 / 8]));
+      for (int64_t k = 0; k < count; ++k) o[(c0 + k) * pixels] = static_cast<uint8_t>(lanes[k]);
+    }
+  }
+}
+
+// Accumulators in channels-last order (acc[n, p, c], p the pixel) to a uint8 output in NCHW order
+// (out[n, c, p]): one channel per lane, eight channels at a time (the last group padded with the last
+// channel's parameters). Same preconditions as output_row_avx2.
+template <class T>
+__attribute__((target("avx2"))) void output_stage_channels_last_avx2(
+    const T* acc, const int32_t* bias, const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t batch,
+    int64_t pixels, int64_t channels, int32_t zero_point, int32_t lo, int32_t hi, int threads) {
+  // the table's storage aligned by hand: std::vector's allocator does not promise 32 bytes here
+  const size_t groups = static_cast<size_t>((channels + 7) / 8);
+  std::vector<unsigned char> storage(sizeof(Stage8) * groups + alignof(Stage8));
+  void* raw = storage.data();
+  size_t space = storage.size();
+  Stage8* stages = static_cast<Stage8*>(std::align(alignof(Stage8), sizeof(Stage8) * groups, raw, space));
+  for (size_t g = 0; g < groups; ++g) {
+    alignas(32) int32_t b[8], m[8], r[8];
+    for (int k = 0; k < 8; ++k) {
+      const int64_t c = std::min<int64_t>(static_cast<int64_t>(g) * 8 + k, channels - 1);
+      b[k] = bias[c], m[k] = m0[c], r[k] = -exponent[c];
+    }
+    new (&stages[g]) Stage8(make_stage8(_mm256_load_si256(reinterpret_cast<const __m256i*>(b)),
+                                        _mm256_load_si256(reinterpret_cast<const __m256i*>(m)),
+                                        _mm256_load_si256(reinterpret_cast<const __m256i*>(r)), zero_point, lo, hi));
+  }
+  const Stage8* table = stages;
+  parallel_for(batch * pixels, threads, [=](int64_t begin, int64_t end) {
+    channels_last_pixels(acc, table, out, begin, end, pixels, channels);
+  });
+}
 #endif
 
 bool qc_host_has_avx2() {
@@ -127,6 +189,17 @@ bool qc_host_has_avx2() {
 #else
   return false;
 #endif
+}
+
+// Whether the eight-lane forms may run: an AVX2 CPU, and the bound rules out every saturation.
+bool vector_form_applies(int64_t acc_bound, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                         int64_t channels) {
+  bool vector = acc_bound >= 0 && qc_host_has_avx2();
+  for (int64_t c = 0; vector && c < channels; ++c) {
+    const int64_t bias_magnitude = bias[c] < 0 ? -int64_t{bias[c]} : int64_t{bias[c]};
+    vector = exponent[c] <= 0 && m0[c] != qc::kInt32Min && acc_bound + bias_magnitude < (int64_t{1} << 31);
+  }
+  return vector;
 }
 
 }  // namespace
@@ -141,13 +214,8 @@ extern "C" {
 int qc_host_output_stage(const void* acc, int acc_is_float, int64_t acc_bound, const int32_t* bias,
                          const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t outer, int64_t channels,
                          int64_t inner, int32_t zero_point, int32_t lo, int32_t hi, int threads) {
-  bool vector = acc_bound >= 0 && qc_host_has_avx2();
-  for (int64_t c = 0; vector && c < channels; ++c) {
-    const int64_t bias_magnitude = bias[c] < 0 ? -int64_t{bias[c]} : int64_t{bias[c]};
-    vector = exponent[c] <= 0 && m0[c] != qc::kInt32Min && acc_bound + bias_magnitude < (int64_t{1} << 31);
-  }
 #ifdef QC_HOST_AVX2
-  if (vector) {
+  if (vector_form_applies(acc_bound, bias, m0, exponent, channels)) {
     if (acc_is_float)
       output_stage_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, outer, channels, inner,
                         zero_point, lo, hi, threads);
@@ -172,6 +240,27 @@ int qc_host_output_stage(const void* acc, int acc_is_float, int64_t acc_bound, c
         o[i] = static_cast<uint8_t>(qc::output_stage(a[i], bias[c], m0[c], exponent[c], zero_point, lo, hi));
     }
   });
+  return 0;
+}
+
+// The output stage from accumulators in channels-last order, acc[n, p, c] for batch n and pixel p, written in
+// NCHW order, out[n, c, p] (a linear layer's [batch, channels] is pixels = 1). Only the eight-lane form:
+// returns 1 if it ran, 0 if it does not apply (the caller reorders the accumulators and uses the rows form).
+int qc_host_output_stage_channels_last(const void* acc, int acc_is_float, int64_t acc_bound, const int32_t* bias,
+                                       const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t batch,
+                                       int64_t pixels, int64_t channels, int32_t zero_point, int32_t lo, int32_t hi,
+                                       int threads) {
+#ifdef QC_HOST_AVX2
+  if (vector_form_applies(acc_bound, bias, m0, exponent, channels)) {
+    if (acc_is_float)
+      output_stage_channels_last_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, batch, pixels,
+                                      channels, zero_point, lo, hi, threads);
+    else
+      output_stage_channels_last_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, batch, pixels,
+                                      channels, zero_point, lo, hi, threads);
+    return 1;
+  }
+#endif
   return 0;
 }
 

@@ -322,12 +322,13 @@ def test_twin_host_kernels_and_torch_ops_agree(monkeypatch):
         assert torch.equal(f, s) and len(torch.unique(f)) > 5
 
 
-def test_host_output_stage_eight_lane_form_is_bit_exact():
-    """The AVX2 form (bounded accumulators, int32 or float32) against the torch-op reference."""
+@pytest.mark.parametrize("channels", [64, 21])
+def test_host_output_stage_eight_lane_form_is_bit_exact(channels):
+    """The AVX2 forms (bounded accumulators, int32 or float32; NCHW rows, channels-last, a linear layer's
+    channels-innermost rows) against the torch-op reference."""
     from qcompile.kernels import host
 
     generator = torch.Generator().manual_seed(11)
-    channels = 64
     acc = torch.randint(-(2**24), 2**24, (3, channels, 9, 13), dtype=torch.int32, generator=generator)
     acc[:, :8] = torch.arange(-2**10, 2**10, 4, dtype=torch.int32)[: 9 * 13].view(9, 13)  # ties below
     bias = torch.randint(-(2**20), 2**20, (channels,), dtype=torch.int32, generator=generator)
@@ -338,10 +339,17 @@ def test_host_output_stage_eight_lane_form_is_bit_exact():
     exponent[:8] = torch.tensor([0, -1, -2, -3, -4, -5, -30, -31])
     shape = (1, channels, 1, 1)
     want = fp.output_stage(acc.long(), bias.view(shape), m0.view(shape), exponent.view(shape), 5, 0, 255)
-    avx2 = "avx2" in torch.backends.cpu.get_cpu_capability().lower() or "avx512" in \
-        torch.backends.cpu.get_cpu_capability().lower()
-    for dtype in (torch.int32, torch.float32):
-        for bound, vector in ((2**24, avx2), (2**31 - 2**10, False), (None, False)):  # the last two could saturate
-            got, ran = host.run_output_stage(acc.to(dtype), bias, m0, exponent, 5, 0, 255, 1, acc_bound=bound)
-            assert ran == vector and torch.equal(got, want.to(torch.uint8)), (dtype, bound)
-    assert len(torch.unique(want)) > 100
+    want = want.to(torch.uint8)
+    avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
+    layouts = {"nchw": (acc, want, 1),
+               "channels-last": (acc.contiguous(memory_format=torch.channels_last), want, 1),
+               "linear": (acc.permute(0, 2, 3, 1).reshape(-1, channels), want.permute(0, 2, 3, 1).reshape(-1, channels),
+                          1)}
+    for layout, (values, expected, axis) in layouts.items():
+        for dtype in (torch.int32, torch.float32):
+            for bound, vector in ((2**24, avx2), (2**31 - 2**10, False), (None, False)):  # the last two could saturate
+                got, ran = host.run_output_stage(values.to(dtype), bias, m0, exponent, 5, 0, 255, axis,
+                                                 acc_bound=bound)
+                assert ran == vector and got.is_contiguous(), (layout, dtype, bound)
+                assert torch.equal(got, expected), (layout, dtype, bound)
+    assert len(torch.unique(want)) > 30  # not a saturated output
