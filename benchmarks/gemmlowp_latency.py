@@ -3,7 +3,8 @@
     python benchmarks/gemmlowp_latency.py [--models resnet18 mobilenet_v2] [--repeats 20] [--json out.json]
 
 On a CPU the gemmlowp backend runs its CPU twin (exact float accumulation,
-then the fixed-point output stage in int64 torch ops); all models are
+then the fixed-point output stage compiled from ``kernels/gemmlowp.h``, in
+its eight-lane AVX2 form where the CPU has it); all models are
 emitted by qcompile and timed in one process, medians of ``--repeats`` runs,
 as ratios against the fused float model (channels-last). Also the GEMM alone:
 effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's int8
