@@ -38,6 +38,7 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_host_output_stage_channels_last.argtypes = [ptr, int_, i64] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
     lib.qc_host_output_stage_channels_last.restype = int_
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
+    lib.qc_host_add.restype = int_
     return lib
 
 
@@ -99,12 +100,21 @@ def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, expone
     return run_output_stage(acc, bias, m0, exponent, zero_point, lo, hi, axis, acc_bound)[0]
 
 
+def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,
+            b_exponent: int, out_m0: int, out_exponent: int, out_zero: int, lo: int, hi: int,
+            left_shift: int) -> tuple[torch.Tensor, bool]:
+    """:func:`add`, and whether its eight-lane (AVX2) form ran."""
+    a, b = (t.to(torch.uint8).contiguous() for t in torch.broadcast_tensors(a, b))
+    out = torch.empty(a.shape, dtype=torch.uint8)
+    form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent,
+                                 b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,
+                                 torch.get_num_threads())
+    return out, form == 1
+
+
 def add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,
         b_exponent: int, out_m0: int, out_exponent: int, out_zero: int, lo: int, hi: int,
         left_shift: int) -> torch.Tensor:
-    a, b = (t.to(torch.uint8).contiguous() for t in torch.broadcast_tensors(a, b))
-    out = torch.empty(a.shape, dtype=torch.uint8)
-    library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent, b_zero,
-                          b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,
-                          torch.get_num_threads())
-    return out
+    """TFLite's quantized add of two uint8 tensors (broadcast), as ``qc_host_add`` computes it."""
+    return run_add(a, a_zero, a_m0, a_exponent, b, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo,
+                   hi, left_shift)[0]

@@ -353,3 +353,25 @@ def test_host_output_stage_eight_lane_form_is_bit_exact(channels):
                 assert ran == vector and got.is_contiguous(), (layout, dtype, bound)
                 assert torch.equal(got, expected), (layout, dtype, bound)
     assert len(torch.unique(want)) > 30  # not a saturated output
+
+
+@pytest.mark.parametrize("a_m0, a_exponent, b_m0, b_exponent, out_m0, out_exponent, vector", [
+    (1518500250, -1, 1073741824, 0, 1876499845, -19, True),
+    (1073741824, 0, 1073741824, 0, 1073741824, -20, True),  # exact halves: ties in every step
+    (2147483647, -3, 1200000000, -7, 1500000000, -16, True),
+    (1518500250, 1, 1073741824, 0, 1876499845, -21, False),  # a left shift of input a: the scalar form
+])
+def test_host_add_eight_lane_form_is_bit_exact(monkeypatch, a_m0, a_exponent, b_m0, b_exponent, out_m0,
+                                               out_exponent, vector):
+    from qcompile.kernels import host
+
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randint(0, 256, (3, 7, 11, 5), dtype=torch.uint8, generator=generator)  # 1155: a tail of 3
+    b = torch.randint(0, 256, (3, 7, 11, 5), dtype=torch.uint8, generator=generator)
+    args = (a, 17, a_m0, a_exponent, b, 140, b_m0, b_exponent, out_m0, out_exponent, 90, 90, 255)
+    got, ran = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
+    avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
+    assert ran == (vector and avx2)
+    monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
+    want = cpu.qadd(*args)  # the torch-op form
+    assert torch.equal(got, want) and len(torch.unique(want)) > 3
