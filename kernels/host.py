@@ -3,13 +3,14 @@
 The output stage and the quantized add run once per element; as torch ops
 they take a dozen passes over every activation. Compiled from the same
 header as the CUDA kernels, they take one, and cannot drift from the GPU's
-arithmetic. When a bound on the accumulators rules out every saturation
-(the twin knows one: ``depth * 255 * 128``), the output stage runs eight
-lanes at a time with AVX2, straight from the float32 accumulators of the
-convolution: along rows of one channel (NCHW), or one channel per lane
-(channels-last convolutions, linear layers), always writing NCHW. The library is built with the host C++ compiler on first use and
-cached (:mod:`qcompile.kernels.build`). Without a compiler, or with
-``QCOMPILE_HOST_KERNELS=0``, the twin uses the torch-op version in
+arithmetic. When a bound on the accumulators rules out every saturation (the
+twin knows one: ``depth * 255 * 128``), the output stage runs eight lanes at
+a time with AVX2, straight from the float32 accumulators of the convolution:
+along rows of one channel (NCHW), or one channel per lane (channels-last
+convolutions, linear layers), always writing NCHW; the add, whenever its
+shifts are right shifts. The library is built with the host C++ compiler on
+first use and cached (:mod:`qcompile.kernels.build`). Without a compiler, or
+with ``QCOMPILE_HOST_KERNELS=0``, the twin uses the torch-op version in
 :mod:`qcompile.kernels.fixed_point` (bit-exact with this, tested).
 """
 
