@@ -7,11 +7,12 @@ arithmetic. When a bound on the accumulators rules out every saturation (the
 twin knows one: ``depth * 255 * 128``), the output stage runs eight lanes at
 a time with AVX2, straight from the float32 accumulators of the convolution:
 along rows of one channel (NCHW), or one channel per lane (channels-last
-convolutions, linear layers), always writing NCHW; the add, whenever its
-shifts are right shifts. The library is built with the host C++ compiler on
-first use and cached (:mod:`qcompile.kernels.build`). Without a compiler, or
-with ``QCOMPILE_HOST_KERNELS=0``, the twin uses the torch-op version in
-:mod:`qcompile.kernels.fixed_point` (bit-exact with this, tested).
+convolutions, linear layers), always writing NCHW. The add does the same
+whenever all its exponents shift right. The library is built with the host
+C++ compiler on first use and cached (:mod:`qcompile.kernels.build`).
+Without a compiler, or with ``QCOMPILE_HOST_KERNELS=0``, the twin uses the
+torch-op version in :mod:`qcompile.kernels.fixed_point` (bit-exact with
+this, tested).
 """
 
 from __future__ import annotations
