@@ -9,8 +9,11 @@ fused graph (BatchNorm folded) in channels-last memory. Effective GOPS count
 two operations per multiply-accumulate of the convolutions and linears,
 against this CPU's int8 peak, measured per core by ``benchmarks/int8_peak.py``
 (about 205 GOPS on this AMD EPYC, which has AVX2 but no VNNI).
-Also measures calibration throughput (images/s) of qcompile and torch.ao
-with the same observers (x86 preset: histogram activations).
+The last column runs the same qcompile int8 graph exported as QDQ ONNX
+(``--export onnx``) in onnxruntime, next to onnxruntime's own
+``quantize_static`` model. Also measures calibration throughput (images/s)
+of qcompile and torch.ao with the same observers (x86 preset: histogram
+activations).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.ir import NodeKind  # noqa: E402
+from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 from tests.torchao_reference import fx_quantize  # noqa: E402
@@ -68,7 +72,6 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def onnxruntime_int8(model, calib, tmp: Path, threads: int):
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -90,10 +93,16 @@ def onnxruntime_int8(model, calib, tmp: Path, threads: int):
     quant_pre_process(str(float_path), str(prepared_path))
     quantize_static(str(prepared_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return ort_session(int8_path, threads)
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def build(name: str):
@@ -113,8 +122,9 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs through root
     calib = list(open_data("builtin:photos", batch_size=16, limit=64))
     rows, calibration = [], []
-    print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | qcompile | qcompile GOPS (% peak) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | qcompile | qcompile GOPS (% peak) "
+          "| qcompile's QDQ export in onnxruntime |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +139,7 @@ def main() -> None:
             qcompile_calib = time.perf_counter() - start
             write_model(graph, tmp / "int8")
             ours = load_model(tmp / "int8")
+            exported = export_onnx(graph, tmp / "qcompile_int8.onnx")
             start = time.perf_counter()
             theirs = fx_quantize(model, calib, "x86")
             torchao_calib = time.perf_counter() - start
@@ -139,6 +150,7 @@ def main() -> None:
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 session = onnxruntime_int8(model, calib, tmp, threads)
+                our_session = ort_session(exported, threads)
                 for batch in (1, 8):
                     x = torch.cat([b[0] for b in calib])[:batch].contiguous()
                     xl = x.contiguous(memory_format=torch.channels_last)
@@ -147,13 +159,16 @@ def main() -> None:
                         t_ao = median_ms(partial(theirs, x), args.repeats)
                         t_ours = median_ms(partial(ours, x), args.repeats)
                     t_ort = median_ms(partial(session.run, None, {"x": x.numpy()}), args.repeats)
+                    feed = {our_session.get_inputs()[0].name: x.numpy()}
+                    t_export = median_ms(partial(our_session.run, None, feed), args.repeats)
                     gops = 2 * work * batch / (t_ours / 1000) / 1e9
                     row = dict(model=name, batch=batch, threads=threads, float_ms=t_float, torchao_ms=t_ao,
-                               ort_ms=t_ort, qcompile_ms=t_ours, qcompile_gops=gops,
+                               ort_ms=t_ort, qcompile_ms=t_ours, qcompile_onnx_ms=t_export, qcompile_gops=gops,
                                peak_share=gops / (peak_gops_per_core() * threads))
                     rows.append(row)
                     print(f"| {name} | {batch} | {threads} | {t_float:.2f} | {t_float / t_ao:.2f}x | "
-                          f"{t_float / t_ort:.2f}x | {t_float / t_ours:.2f}x | {gops:.0f} ({100 * row['peak_share']:.0f}%) |",
+                          f"{t_float / t_ort:.2f}x | {t_float / t_ours:.2f}x | {gops:.0f} ({100 * row['peak_share']:.0f}%) "
+                          f"| {t_float / t_export:.2f}x |",
                           flush=True)
     print("\nspeed-ups are float time / int8 time (higher is faster)\n")
     print("| model | calibration images | qcompile images/s | torch.ao images/s |")
