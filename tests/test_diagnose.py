@@ -170,8 +170,9 @@ def test_one_step_reach_changes_one_element_by_one_step():
     last = final_integer_node(graph)
     at_output = one_step_reach(graph, x, node=last.name)  # nothing after it: exactly one step, once
     assert (at_output.node, at_output.max_lsb, at_output.moved) == (last.name, 1, 0.0)
-    first = one_step_reach(graph, x)
-    assert first.node == "conv_layers_0" and first.trials == 8 and 0.0 <= first.moved <= 1.0
+    first = one_step_reach(graph, x, trials=32)
+    # this small CNN keeps one step local: nothing at the output moves by more than one step
+    assert (first.node, first.trials, first.moved) == ("conv_layers_0", 32, 0.0) and first.max_lsb <= 1
     with pytest.raises(QCompileError, match="no integer output"):
         one_step_reach(graph, x, node=graph.inputs(graph.output_node)[0].name)
     with pytest.raises(QCompileError, match="not a single dequantized integer value"):
