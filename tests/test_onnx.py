@@ -159,3 +159,39 @@ def test_four_bit_weights_export_as_int4(tmp_path):
             assert r.within_1_lsb >= 0.99 and r.top1_agreement >= 0.98, r
         sizes[bits] = path.stat().st_size
     assert sizes[4] < 0.6 * sizes[8]  # measured: 210 kB against 405 kB (1.56 MB in float)
+
+
+class _TwoReLU6(torch.nn.Module):
+    """A ReLU6 whose 7-bit grid reaches past 6 (so the clamp binds) and one whose grid stays below 6."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.narrow = torch.nn.Conv2d(8, 4, 1)
+        self.act1, self.act2 = torch.nn.ReLU6(), torch.nn.ReLU6()
+        with torch.no_grad():
+            self.wide.weight.mul_(20)
+            self.narrow.weight.mul_(0.05)
+
+    def forward(self, x):
+        return self.act2(self.narrow(self.act1(self.wide(x)))).flatten(1)
+
+
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_relu6_clamps_the_integer_codes(form, tmp_path):
+    """ReLU6 exports as a Clip of the uint8 codes (no float Clip for the runtime to fuse), or not at all when
+    its grid cannot hold values above 6; onnxruntime agrees with the emitted model within 1 LSB everywhere."""
+    torch.manual_seed(0)
+    calib = [torch.randn(8, 3, 12, 12) for _ in range(2)]
+    graph = lower(_TwoReLU6().eval(), (calib[0][:1],))
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model" / "model.onnx", form=form)
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.input]}
+    clips = [n for n in proto.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 1 and types[clips[0].input[0]] == onnx.TensorProto.UINT8  # only the binding one
+    bounds = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert (int(bounds[clips[0].input[1]]), int(bounds[clips[0].input[2]])) == (0, 127)  # 6 on the 6/127 grid
+    results = check_onnx(path, load_model(tmp_path / "model"), calib, output_scale(graph), graph=graph)
+    assert all(r.within_1_lsb == 1.0 and r.exact_share > 0.99 for r in results), results

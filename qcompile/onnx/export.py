@@ -39,6 +39,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names: dict[str, list[str] | str] = {}  # IR node -> ONNX value name(s)
+        self.codes: dict[str, str] = {}  # IR node -> its QuantizeLinear output (QDQ form)
         self.counter = 0
 
     # ------------------------------------------------------------- helpers
@@ -99,6 +100,7 @@ class _Builder:
         zp_dtype = np.uint8 if q.dtype == "quint8" else np.int8
         zero = self.const(f"{node.name}_zp", np.array(int(q.zero_point), zp_dtype))
         quantized = self.emit("QuantizeLinear", [value, scale, zero], [self.fresh(f"{node.name}_q")])
+        self.codes[node.name] = quantized
         return self.emit("DequantizeLinear", [quantized, scale, zero], [self.fresh(f"{node.name}_dq")])
 
     def weight(self, node: Node) -> tuple[str, str | None]:
@@ -133,6 +135,27 @@ class _Builder:
                                                self.const(f"{node.name}_bias_zp", torch.zeros_like(b_int))],
                           axis=0)
         return w, b
+
+
+def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | None:
+    """A ReLU6 that keeps its input's uint8 grid, as a Clip of the codes (None when it does not).
+
+    ``QuantizeLinear(Clip(DequantizeLinear(q), 0, 6))`` equals
+    ``Clip(q, zp, round(6 / s) + zp)`` on the codes, in one integer op that
+    runtimes need not fuse; when the grid cannot hold values outside [0, 6]
+    (zero point 0, 255 codes within 6) the clamp is dropped.
+    """
+    q, q_in = node.quant.qparams, producer.quant.qparams
+    if (node.op != "relu6" or q is None or q_in is None or q.per_channel or q.dtype != "quint8"
+            or q_in.dtype != "quint8" or float(q.scale) != float(q_in.scale)
+            or int(q.zero_point) != int(q_in.zero_point)):
+        return None
+    zero = int(q.zero_point)
+    top = int(np.clip(np.rint(np.float32(6) / np.float32(q.scale)) + zero, 0, 255))
+    if zero == 0 and top == 255:
+        return codes
+    return b.emit("Clip", [codes, b.const(f"{node.name}_lo", np.array(zero, np.uint8)),
+                           b.const(f"{node.name}_hi", np.array(top, np.uint8))])
 
 
 def _pair(value, n=2):
@@ -312,6 +335,19 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if node.kind == NodeKind.PARAM:
             b.names[node.name] = b.const(node.name, graph.params[node.target].float())
             continue
+        producers = graph.inputs(node)
+        if node.op == "relu6" and producers and producers[0].name in b.codes:
+            codes = integer_relu6(b, node, producers[0], b.codes[producers[0].name])
+            if codes == b.codes[producers[0].name]:  # a clamp the grid makes redundant
+                b.codes[node.name], b.names[node.name] = codes, b.names[producers[0].name]
+                continue
+            if codes is not None:  # on the codes, with no float Clip between Quantize and DequantizeLinear
+                q = node.quant.qparams
+                scale = b.const(f"{node.name}_scale", np.array(float(q.scale), np.float32))
+                zero = b.const(f"{node.name}_zp", np.array(int(q.zero_point), np.uint8))
+                b.codes[node.name] = codes
+                b.names[node.name] = b.emit("DequantizeLinear", [codes, scale, zero], [b.fresh(f"{node.name}_dq")])
+                continue
         if node.kind == NodeKind.MODULE:
             args = b.args(node)
             value = _module(b, node, b.value(args[0]))
@@ -324,12 +360,25 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if isinstance(value, str) and node.quant.mode == "static" and isinstance(node.type, TensorType):
             value = b.qdq(value, node)
         b.names[node.name] = value
+    nodes, initializers = prune_unused(b.nodes, b.initializers, [o.name for o in outputs])
     model = helper.make_model(
-        helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers),
+        helper.make_graph(nodes, graph.name, inputs, outputs, initializers),
         opset_imports=[helper.make_opsetid("", opset)], producer_name="qcompile")
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def prune_unused(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
+                 outputs: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and initializers the outputs depend on (a ReLU6 on the codes leaves its input's
+    DequantizeLinear unread, for one)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    return kept[::-1], [i for i in initializers if i.name in needed]
 
 
 def check_exportable(graph: Graph) -> None:

@@ -20,7 +20,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.onnx.export import OPSET, _Builder, _call, _module, _pair
+from qcompile.onnx.export import OPSET, _Builder, _call, _module, _pair, integer_relu6, prune_unused
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MS = "com.microsoft"
@@ -138,13 +138,16 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             y_s, y_zp = b.grid(node)
             b.names[node.name] = b.emit("QLinearGlobalAveragePool", [b.value(producers[0]), x_s, x_zp, y_s, y_zp],
                                         domain=MS, channels_last=0)
+        elif node.op == "relu6" and (codes := integer_relu6(b, node, producers[0], b.value(producers[0]))):
+            b.names[node.name] = codes
         elif node.op in _MOVE_ONLY:
             value = _call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
             b.names[node.name] = value
         else:
             b.names[node.name] = _float_island(b, node)
+    nodes, initializers = prune_unused(b.nodes, b.initializers, [o.name for o in outputs])
     model = helper.make_model(
-        helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers),
+        helper.make_graph(nodes, graph.name, inputs, outputs, initializers),
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)], producer_name="qcompile")
     model.ir_version = 10
     onnx.checker.check_model(model)
