@@ -24,20 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_latency import build, median_ms, onnxruntime_int8  # noqa: E402
+from benchmarks.int8_latency import build, median_ms, onnxruntime_int8, ort_session  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.check import run_onnxruntime  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
-
-
-def session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
@@ -64,13 +56,15 @@ def main() -> None:
             graph = lower(model, (calib[0][0][:1],))
             run_pipeline(graph, "ptq", PassContext(calib_data=calib))
             paths["qcompile int8 (QDQ export)"] = export_onnx(graph, tmp / "qcompile.onnx")
+            paths["qcompile int8 (QOperator export)"] = export_onnx(graph, tmp / "qcompile_qop.onnx",
+                                                                    form="qoperator")
             onnxruntime_int8(model, calib, tmp, 1)
             paths["onnxruntime quantize_static"] = tmp / "int8.onnx"
             reference = run_onnxruntime(paths["float (qcompile export)"], [evaluation], True)
             x = {"x": evaluation[:1].numpy()}
             timings = {}
             for label, path in paths.items():
-                sess = session(path)
+                sess = ort_session(path, 1)
                 input_name = sess.get_inputs()[0].name
                 out = run_onnxruntime(path, [evaluation], True)
                 timings[label] = median_ms(partial(sess.run, None, {input_name: x["x"]}), args.repeats)
