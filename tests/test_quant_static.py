@@ -165,3 +165,42 @@ def test_residual_network_with_real_weights_keeps_its_accuracy():
         with torch.no_grad():
             correct_f += int((model(x).argmax(1) == y).sum())
     assert correct_f >= 850 and correct_q >= correct_f - 10
+
+
+class _ReLU6Pair(torch.nn.Module):
+    """Two conv + ReLU6 branches: one whose outputs reach 6, one whose outputs stay far below it."""
+
+    def __init__(self):
+        super().__init__()
+        self.wide, self.narrow = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
+        self.act1, self.act2 = torch.nn.ReLU6(), torch.nn.ReLU6()
+        with torch.no_grad():
+            self.wide.weight.mul_(20)
+            self.narrow.weight.mul_(0.05)
+
+    def forward(self, x):
+        return torch.cat([self.act1(self.wide(x)), self.act2(self.narrow(x))], 1)
+
+
+def test_relu6_clamp_only_where_the_grid_can_pass_six():
+    """A ReLU6 after a conv becomes an int8 hardtanh only when its grid reaches past 6; the one left out
+    would change no code, even where the conv saturates (checked by putting the clamp back)."""
+    from qcompile.quant.native import clamp_after
+
+    torch.manual_seed(0)
+    model = _ReLU6Pair().eval()
+    calib = [(torch.randn(8, 3, 12, 12),) for _ in range(2)]
+    graph = lower(model, (calib[0][0][:1],))
+    run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    clamps = [n for n in graph.nodes() if n.op == "relu6"]
+    assert [graph.inputs(n)[0].name for n in clamps] == ["wide"]
+    narrow = graph.node("narrow").quant.qparams
+    assert int(narrow.zero_point) == 0 and float(narrow.scale) * 255.5 <= 6  # 255 steps stay below 6
+    clamped = graph.copy()
+    clamp_after(clamped, clamped.node("narrow"), 0.0, 6.0, "relu6")
+    x = torch.randn(4, 3, 12, 12) * 100  # far past calibration: the narrow conv's codes saturate at 255
+    codes = {}
+    with torch.no_grad():
+        out = Interpreter(graph).run(x, hook=lambda n, v: codes.__setitem__(n.name, v))
+        assert torch.equal(out, Interpreter(clamped).run(x)) and len(torch.unique(out)) > 20
+    assert int(codes["narrow"].int_repr().max()) == 255

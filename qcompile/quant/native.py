@@ -68,9 +68,15 @@ def _split_relu6(graph: Graph, node: Node) -> None:
     The grid from the range observed after ReLU6 is tight, but quint8 holds
     values up to 255 steps, beyond 6 (with a reduced range, up to twice the
     observed maximum), so an explicit int8 hardtanh(0, 6) keeps the ReLU6.
+    Where the grid cannot pass 6 (zero point 0, 6 at 255.5 steps or more)
+    that clamp would change no code, and is left out.
     """
-    if node.attrs.get("act") == "relu6":
-        clamp_after(graph, node, 0.0, 6.0, "relu6")
+    q = node.quant.qparams
+    if node.attrs.get("act") != "relu6":
+        return
+    if q is not None and not q.per_channel and int(q.zero_point) == 0 and float(q.scale) * 255.5 <= 6.0:
+        return
+    clamp_after(graph, node, 0.0, 6.0, "relu6")
 
 
 def clamp_after(graph: Graph, node: Node, lo: float, hi: float, op: str) -> Node:
