@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.diagnose.amplification import final_integer_node
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
+from qcompile.quant.qparams import integer_codes
 
 
 @dataclass
@@ -27,10 +29,6 @@ class Agreement:
     exact: float
     within_one: float
     max_lsb: int
-
-
-def _codes(value: torch.Tensor) -> torch.Tensor:
-    return value.int_repr() if value.is_quantized else value
 
 
 def _agreement(name: str, a: torch.Tensor, b: torch.Tensor) -> Agreement:
@@ -59,16 +57,15 @@ def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agree
         target = node.target if isinstance(node.target, str) else ""
         if node.kind != NodeKind.MODULE or not target.startswith("qcompile.kernels.modules.Q"):
             continue
-        args = [_codes(reference[i.name]) for i in gemmlowp.inputs(node)]
+        args = [integer_codes(reference[i.name]) for i in gemmlowp.inputs(node)]
         with torch.no_grad():
             out = interpreter.module(node)(*args)
-        rows.append(_agreement(node.name, out, _codes(reference[node.name])))
+        rows.append(_agreement(node.name, out, integer_codes(reference[node.name])))
     return rows
 
 
 def output_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> Agreement:
     """The integer codes that reach the final dequantize, end to end."""
     a, b = _values(native, inputs), _values(gemmlowp, inputs)
-    last = [n for n in gemmlowp.nodes() if n.target == "qcompile.kernels.modules.Dequantize"][-1]
-    producer = gemmlowp.inputs(last)[0].name
-    return _agreement(producer, _codes(a[producer]), _codes(b[producer]))
+    producer = final_integer_node(gemmlowp).name
+    return _agreement(producer, integer_codes(a[producer]), integer_codes(b[producer]))

@@ -26,6 +26,7 @@ from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.ir.types import TensorType
+from qcompile.quant.qparams import integer_codes
 
 _INTEGER_TYPES = ("qu8", "qi8", "u8")
 
@@ -50,10 +51,6 @@ class Reach:
     def describe(self) -> str:
         return (f"one step at one element of %{self.node} moves {100 * self.moved:.1f}% of that sample's "
                 f"output elements by more than 1 LSB (max {self.max_lsb} LSB; mean of {self.trials} elements)")
-
-
-def _codes(value: torch.Tensor) -> torch.Tensor:
-    return value.int_repr() if value.is_quantized else value
 
 
 def _with_codes(value: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -109,7 +106,7 @@ def one_step_reach(graph: Graph, x: torch.Tensor, node: str | None = None, trial
 
         def keep(n, value):
             if n.name == final:
-                kept["codes"] = _codes(value).to(torch.int32)
+                kept["codes"] = integer_codes(value).to(torch.int32)
 
         with torch.no_grad():
             Interpreter(graph).run(x, hook=keep, edit=edit)
@@ -121,7 +118,7 @@ def one_step_reach(graph: Graph, x: torch.Tensor, node: str | None = None, trial
         def edit(n, value):
             if n.name != target.name:
                 return None
-            codes = _codes(value).contiguous().clone()
+            codes = integer_codes(value).contiguous().clone()
             flat = codes.view(-1)
             i = int(torch.randint(flat.numel(), (1,), generator=generator))
             info = torch.iinfo(codes.dtype)

@@ -16,6 +16,7 @@ import torch
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
+from qcompile.quant.qparams import integer_codes
 
 
 @dataclass
@@ -42,7 +43,7 @@ def code_entropy(graph: Graph, batches) -> tuple[list[CodeEntropy], float]:
         if node.quant.observer is None or not isinstance(value, torch.Tensor):
             return
         if value.is_quantized or value.dtype == torch.uint8:  # native int8 tensors, or gemmlowp's uint8 codes
-            codes = (value.int_repr() if value.is_quantized else value).flatten().to(torch.int64)
+            codes = integer_codes(value).flatten().to(torch.int64)
             histogram = torch.bincount(codes, minlength=256)
             counts[node.name] = counts.get(node.name, 0) + histogram
             sizes[node.name] = sizes.get(node.name, 0) + codes.numel()
@@ -57,8 +58,7 @@ def code_entropy(graph: Graph, batches) -> tuple[list[CodeEntropy], float]:
     for node in graph.find(kind=NodeKind.MODULE):
         weight = graph.param(node, "weight") if "weight" in node.params else None
         if weight is not None and (weight.is_quantized or weight.dtype == torch.int8):
-            codes = weight.int_repr() if weight.is_quantized else weight
-            rows.append(CodeEntropy(node.name, "weight", entropy_bits(codes), weight.numel()))
+            rows.append(CodeEntropy(node.name, "weight", entropy_bits(integer_codes(weight)), weight.numel()))
     total = sum(r.values for r in rows)
     average = sum(r.bits * r.values for r in rows) / total if total else 0.0
     return rows, average

@@ -70,6 +70,11 @@ def quantize_weight_bits(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     return torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(len(scale), dtype=torch.int64), 0)
 
 
+def integer_codes(value: torch.Tensor) -> torch.Tensor:
+    """The integer codes of a value: a torch quantized tensor's ``int_repr()``, or plain int8 / uint8 as it is."""
+    return value.int_repr() if value.is_quantized else value
+
+
 def weight_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """A quantized weight's scales (float64), zero points and axis, one per output channel.
 
