@@ -20,9 +20,14 @@ from qcompile.kernels import host
 _FLOAT32_EXACT = 2**24
 
 
+def accumulator_bound(depth: int) -> int:
+    """A bound on ``|sum_k (q_a - z_a) * q_w|`` over ``depth`` terms (uint8 activations, int8 weights)."""
+    return depth * 255 * 128
+
+
 def accumulation_dtype(depth: int) -> torch.dtype:
     """float32 when the reduction is exact in it, else float64."""
-    return torch.float32 if depth * 255 * 128 < _FLOAT32_EXACT else torch.float64
+    return torch.float32 if accumulator_bound(depth) < _FLOAT32_EXACT else torch.float64
 
 
 def _chunked(compute, channels: int, per_channel_depth: int):
@@ -30,7 +35,7 @@ def _chunked(compute, channels: int, per_channel_depth: int):
 
     A reduction that fits in one chunk comes back as its float32 result:
     exact integers, which the output stage reads as they are."""
-    step = max(1, (_FLOAT32_EXACT - 1) // (255 * 128 * per_channel_depth))
+    step = max(1, (_FLOAT32_EXACT - 1) // accumulator_bound(per_channel_depth))
     if step >= channels:  # one chunk: its exact float32 sums go to the output stage as they are
         return compute(0, channels)
     total = None
@@ -42,14 +47,15 @@ def _chunked(compute, channels: int, per_channel_depth: int):
 
 def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: int, hi: int,
               axis: int, depth: int) -> torch.Tensor:
+    bound = accumulator_bound(depth)
     if host.library() is not None:  # one pass, compiled from gemmlowp.h
         return host.output_stage(acc, bias, multiplier, exponent, out_zero, lo, hi, axis % acc.dim(),
-                                 acc_bound=depth * 255 * 128)
+                                 acc_bound=bound)
     shape = [1] * acc.dim()
     shape[axis] = -1
-    # acc holds exact integers, so the cast is exact; |acc| <= depth * 255 * 128
+    # acc holds exact integers, so the cast is exact
     q = fp.output_stage(acc.long(), bias.reshape(shape), multiplier.reshape(shape), exponent.reshape(shape),
-                        out_zero, lo, hi, acc_bound=depth * 255 * 128)
+                        out_zero, lo, hi, acc_bound=bound)
     return q.to(torch.uint8).contiguous()
 
 

@@ -35,10 +35,11 @@ def _library() -> ctypes.CDLL | None:
                       stacklevel=2)
         return None
     i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.qc_host_output_stage.argtypes = [ptr, int_, i64] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
-    lib.qc_host_output_stage.restype = int_
-    lib.qc_host_output_stage_channels_last.argtypes = [ptr, int_, i64] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
-    lib.qc_host_output_stage_channels_last.restype = int_
+    lib.qc_host_vector_form.argtypes = [i64] + [ptr] * 3 + [i64]
+    lib.qc_host_vector_form.restype = int_
+    lib.qc_host_output_stage.argtypes = [ptr] * 5 + [i64] * 3 + [i32] * 3 + [int_]
+    for eight_lanes in (lib.qc_host_output_stage_rows8, lib.qc_host_output_stage_channels_last):
+        eight_lanes.argtypes = [ptr, int_] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
     lib.qc_host_add.restype = int_
     return lib
@@ -55,39 +56,40 @@ def run_output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, ex
                      zero_point: int, lo: int, hi: int, axis: int,
                      acc_bound: int | None = None) -> tuple[torch.Tensor, bool]:
     """:func:`output_stage`, and whether its eight-lane (AVX2) form ran."""
-    if acc_bound is None or acc.dtype not in (torch.int32, torch.float32):
-        acc, acc_bound = acc.to(torch.int32), None
+    lib = library()
     params = [t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
               for t in (bias, m0, exponent)]
+    pointers = [t.data_ptr() for t in params]
+    channels = acc.shape[axis]
+    vector = (acc_bound is not None and acc.dtype in (torch.int32, torch.float32)
+              and bool(lib.qc_host_vector_form(acc_bound, *pointers, channels)))
+    out = torch.empty(acc.shape, dtype=torch.uint8)
+    tail = (zero_point, lo, hi, torch.get_num_threads())
+    if not vector:
+        acc = acc.to(torch.int32).contiguous()
+        lib.qc_host_output_stage(acc.data_ptr(), *pointers, out.data_ptr(), *_rows(acc, axis), *tail)
+        return out, False
+    is_float = int(acc.dtype == torch.float32)
     channels_last = (acc.dim() == 4 and axis == 1 and acc.is_contiguous(memory_format=torch.channels_last)
                      and not acc.is_contiguous())
-    if acc_bound is not None and (channels_last or (axis == acc.dim() - 1 and acc.is_contiguous())):
+    if channels_last or (axis == acc.dim() - 1 and acc.is_contiguous()):
         # channels innermost (a channels-last convolution, or a linear layer): one channel per lane
-        out = torch.empty(acc.shape, dtype=torch.uint8)
-        channels = acc.shape[axis]
         pixels = acc.shape[2] * acc.shape[3] if channels_last else 1
-        if library().qc_host_output_stage_channels_last(
-                acc.data_ptr(), int(acc.dtype == torch.float32), acc_bound, *(t.data_ptr() for t in params),
-                out.data_ptr(), acc.numel() // (channels * pixels), pixels, channels, zero_point, lo, hi,
-                torch.get_num_threads()):
-            return out, True
-    acc = acc.contiguous()
+        lib.qc_host_output_stage_channels_last(acc.data_ptr(), is_float, *pointers, out.data_ptr(),
+                                               acc.numel() // (channels * pixels), pixels, channels, *tail)
+    else:
+        acc = acc.contiguous()
+        lib.qc_host_output_stage_rows8(acc.data_ptr(), is_float, *pointers, out.data_ptr(), *_rows(acc, axis), *tail)
+    return out, True
+
+
+def _rows(acc: torch.Tensor, axis: int) -> tuple[int, int, int]:
+    """(outer, channels, inner): ``acc`` as rows of one channel each."""
     channels = acc.shape[axis]
     inner = 1
     for size in acc.shape[axis + 1:]:
         inner *= size
-    outer = acc.numel() // (channels * inner) if acc.numel() else 0
-    out = torch.empty(acc.shape, dtype=torch.uint8)
-
-    def call(a: torch.Tensor, bound: int) -> int:
-        return library().qc_host_output_stage(a.data_ptr(), int(a.dtype == torch.float32), bound,
-                                              *(t.data_ptr() for t in params), out.data_ptr(), outer, channels,
-                                              inner, zero_point, lo, hi, torch.get_num_threads())
-
-    form = call(acc, -1 if acc_bound is None else acc_bound)
-    if form < 0:  # float accumulators, but the bound does not rule out saturation: the scalar form, from int32
-        form = call(acc.to(torch.int32), -1)
-    return out, form == 1
+    return (acc.numel() // (channels * inner) if acc.numel() else 0), channels, inner
 
 
 def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor, zero_point: int,

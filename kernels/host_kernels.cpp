@@ -55,6 +55,15 @@ void output_row(const int32_t* acc, uint8_t* out, int64_t n, int64_t bias, int32
   }
 }
 
+// One element of TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize.
+inline uint8_t add_one(uint8_t a, uint8_t b, int32_t a_zero, int32_t a_m0, int a_exponent, int32_t b_zero,
+                       int32_t b_m0, int b_exponent, int32_t out_m0, int out_exponent, int32_t out_zero, int32_t lo,
+                       int32_t hi, int left_shift) {
+  const int32_t x = qc::multiply_by_quantized_multiplier((a - a_zero) * (1 << left_shift), a_m0, a_exponent);
+  const int32_t y = qc::multiply_by_quantized_multiplier((b - b_zero) * (1 << left_shift), b_m0, b_exponent);
+  return static_cast<uint8_t>(qc::output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
+}
+
 #ifdef QC_HOST_AVX2
 // The AVX2 form of output_row, eight lanes at a time, for rows whose acc + bias cannot leave int32 (the caller
 // knows a bound) and whose exponent is <= 0. SRDHM: _mm256_mul_epi32 gives the 64-bit products of the even
@@ -213,11 +222,9 @@ __attribute__((target("avx2"))) void add_avx2(const uint8_t* a, const uint8_t* b
     const __m256i y = stage8(_mm256_sll_epi32(_mm256_sub_epi32(vb, zb), shift), sb);
     store8(out + i, stage8(_mm256_add_epi32(x, y), so));
   }
-  for (; i < end; ++i) {
-    const int32_t x = qc::multiply_by_quantized_multiplier((a[i] - a_zero) * (1 << left_shift), a_m0, a_exponent);
-    const int32_t y = qc::multiply_by_quantized_multiplier((b[i] - b_zero) * (1 << left_shift), b_m0, b_exponent);
-    out[i] = static_cast<uint8_t>(qc::output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
-  }
+  for (; i < end; ++i)
+    out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero,
+                     lo, hi, left_shift);
 }
 #endif
 
@@ -229,46 +236,32 @@ bool qc_host_has_avx2() {
 #endif
 }
 
-// Whether the eight-lane forms may run: an AVX2 CPU, and the bound rules out every saturation.
-bool vector_form_applies(int64_t acc_bound, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
-                         int64_t channels) {
+}  // namespace
+
+extern "C" {
+
+// 1 if the eight-lane forms below may run for these channels: an AVX2 CPU, and acc_bound (>= 0, a bound on
+// |acc|) rules out every saturation (|acc + bias| < 2^31, exponents <= 0, no m0 == INT32_MIN). Where they run,
+// they compute the same function as the scalar form.
+int qc_host_vector_form(int64_t acc_bound, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                        int64_t channels) {
   bool vector = acc_bound >= 0 && qc_host_has_avx2();
   for (int64_t c = 0; vector && c < channels; ++c) {
     const int64_t bias_magnitude = bias[c] < 0 ? -int64_t{bias[c]} : int64_t{bias[c]};
     vector = exponent[c] <= 0 && m0[c] != qc::kInt32Min && acc_bound + bias_magnitude < (int64_t{1} << 31);
   }
-  return vector;
+  return vector ? 1 : 0;
 }
 
-}  // namespace
-
-extern "C" {
-
-// out[o, c, i] = output_stage(acc[o, c, i]) with channel c's bias, multiplier and exponent. acc holds int32, or
-// (acc_is_float) integers exactly in float32. acc_bound >= 0 promises |acc| <= acc_bound; when that shows that
-// no step can saturate (|acc + bias| < 2^31, exponents <= 0, no m0 == INT32_MIN) and the CPU has AVX2, the
-// eight-lane form runs (the same function). Returns 1 if it did, 0 for the scalar form, -1 if float
-// accumulators came without such a bound (the caller must pass int32 then).
-int qc_host_output_stage(const void* acc, int acc_is_float, int64_t acc_bound, const int32_t* bias,
-                         const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t outer, int64_t channels,
-                         int64_t inner, int32_t zero_point, int32_t lo, int32_t hi, int threads) {
-#ifdef QC_HOST_AVX2
-  if (vector_form_applies(acc_bound, bias, m0, exponent, channels)) {
-    if (acc_is_float)
-      output_stage_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, outer, channels, inner,
-                        zero_point, lo, hi, threads);
-    else
-      output_stage_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, outer, channels, inner,
-                        zero_point, lo, hi, threads);
-    return 1;
-  }
-#endif
-  if (acc_is_float) return -1;
-  const int32_t* acc32 = static_cast<const int32_t*>(acc);
+// out[o, c, i] = output_stage(acc[o, c, i]) with channel c's bias, multiplier and exponent; the scalar form,
+// for any parameters.
+void qc_host_output_stage(const int32_t* acc, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                          uint8_t* out, int64_t outer, int64_t channels, int64_t inner, int32_t zero_point, int32_t lo,
+                          int32_t hi, int threads) {
   parallel_for(outer * channels, threads, [=](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row % channels;
-      const int32_t* a = acc32 + row * inner;
+      const int32_t* a = acc + row * inner;
       uint8_t* o = out + row * inner;
       if (exponent[c] <= 0 && m0[c] != qc::kInt32Min) {
         output_row(a, o, inner, bias[c], m0[c], -exponent[c], zero_point, lo, hi);
@@ -278,28 +271,37 @@ int qc_host_output_stage(const void* acc, int acc_is_float, int64_t acc_bound, c
         o[i] = static_cast<uint8_t>(qc::output_stage(a[i], bias[c], m0[c], exponent[c], zero_point, lo, hi));
     }
   });
-  return 0;
+}
+
+// The same, eight lanes at a time along each row, from int32 or (acc_is_float) exact float32 accumulators.
+// Only where qc_host_vector_form says so.
+void qc_host_output_stage_rows8(const void* acc, int acc_is_float, const int32_t* bias, const int32_t* m0,
+                                const int32_t* exponent, uint8_t* out, int64_t outer, int64_t channels, int64_t inner,
+                                int32_t zero_point, int32_t lo, int32_t hi, int threads) {
+#ifdef QC_HOST_AVX2
+  if (acc_is_float)
+    output_stage_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, outer, channels, inner, zero_point,
+                      lo, hi, threads);
+  else
+    output_stage_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, outer, channels, inner,
+                      zero_point, lo, hi, threads);
+#endif
 }
 
 // The output stage from accumulators in channels-last order, acc[n, p, c] for batch n and pixel p, written in
-// NCHW order, out[n, c, p] (a linear layer's [batch, channels] is pixels = 1). Only the eight-lane form:
-// returns 1 if it ran, 0 if it does not apply (the caller reorders the accumulators and uses the rows form).
-int qc_host_output_stage_channels_last(const void* acc, int acc_is_float, int64_t acc_bound, const int32_t* bias,
-                                       const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t batch,
-                                       int64_t pixels, int64_t channels, int32_t zero_point, int32_t lo, int32_t hi,
-                                       int threads) {
+// NCHW order, out[n, c, p] (a linear layer's [batch, channels] is pixels = 1), one channel per lane. Only where
+// qc_host_vector_form says so.
+void qc_host_output_stage_channels_last(const void* acc, int acc_is_float, const int32_t* bias, const int32_t* m0,
+                                        const int32_t* exponent, uint8_t* out, int64_t batch, int64_t pixels,
+                                        int64_t channels, int32_t zero_point, int32_t lo, int32_t hi, int threads) {
 #ifdef QC_HOST_AVX2
-  if (vector_form_applies(acc_bound, bias, m0, exponent, channels)) {
-    if (acc_is_float)
-      output_stage_channels_last_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, batch, pixels,
-                                      channels, zero_point, lo, hi, threads);
-    else
-      output_stage_channels_last_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, batch, pixels,
-                                      channels, zero_point, lo, hi, threads);
-    return 1;
-  }
+  if (acc_is_float)
+    output_stage_channels_last_avx2(static_cast<const float*>(acc), bias, m0, exponent, out, batch, pixels,
+                                    channels, zero_point, lo, hi, threads);
+  else
+    output_stage_channels_last_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, batch, pixels,
+                                    channels, zero_point, lo, hi, threads);
 #endif
-  return 0;
 }
 
 // TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize. Returns 1 if the
@@ -320,11 +322,9 @@ int qc_host_add(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t count,
   }
 #endif
   parallel_for(count, threads, [=](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int32_t x = qc::multiply_by_quantized_multiplier((a[i] - a_zero) * (1 << left_shift), a_m0, a_exponent);
-      const int32_t y = qc::multiply_by_quantized_multiplier((b[i] - b_zero) * (1 << left_shift), b_m0, b_exponent);
-      out[i] = static_cast<uint8_t>(qc::output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
-    }
+    for (int64_t i = begin; i < end; ++i)
+      out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent,
+                       out_zero, lo, hi, left_shift);
   });
   return 0;
 }
