@@ -14,6 +14,14 @@ import sys
 from qcompile.errors import QCompileError
 
 
+def open_check_data(args: argparse.Namespace):
+    """The data --check, --modes and the report score on: --check-data, else --calib."""
+    from qcompile.data import open_data
+
+    return open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
+                     batch_size=args.batch_size)
+
+
 def modes_snapshot(args: argparse.Namespace, pipeline):
     from qcompile.diagnose.snapshot import Snapshot
 
@@ -30,13 +38,10 @@ def report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:
     import json
     from dataclasses import asdict
 
-    from qcompile.data import open_data
     from qcompile.fileio import atomic_write_text
     from qcompile.modes import HEADER, compare_modes
 
-    data = open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
-                     batch_size=args.batch_size)
-    rows = compare_modes(snapshot, ctx, data)
+    rows = compare_modes(snapshot, ctx, open_check_data(args))
     print(HEADER)
     for r in rows:
         print(r.row())
@@ -96,12 +101,8 @@ def run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: 
             print(f"real run {label}: output SQNR {fmt_db(sqnr)} dB, top-1 agreement {agree_text}")
     report = None
     if args.report:
-        from qcompile.data import open_data
-
-        data = open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
-                         batch_size=args.batch_size)
         report = diagnostics.report(result.out_dir / "report.html", result.graph.name, passes, final, args.model,
-                                    result.out_dir, data)
+                                    result.out_dir, open_check_data(args))
         print(f"qcompile: wrote {report}", file=sys.stderr)
     if args.mlflow:
         from qcompile.diagnose.tracking import log_run

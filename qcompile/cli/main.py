@@ -16,7 +16,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qcompile.cli.diagnostics import diagnostics_for, modes_snapshot, report_modes, run_diagnostics
+from qcompile.cli.diagnostics import (
+    diagnostics_for,
+    modes_snapshot,
+    open_check_data,
+    report_modes,
+    run_diagnostics,
+)
 from qcompile.errors import CheckFailed, QCompileError
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
@@ -321,7 +327,6 @@ def _with_backend(pipeline, backend: str):
 
 def _export_onnx(args: argparse.Namespace, result) -> None:
     from qcompile.codegen import load_model as load_emitted
-    from qcompile.data import open_data
     from qcompile.onnx.check import HEADER, check_onnx, output_scale
     from qcompile.onnx.export import export_onnx
 
@@ -329,11 +334,9 @@ def _export_onnx(args: argparse.Namespace, result) -> None:
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
     if not args.check:
         return
-    spec = args.check_data or args.calib
-    if spec is None:
+    if (args.check_data or args.calib) is None:
         raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
-    data = open_data(spec, preprocess=args.preprocess, limit=args.check_samples, batch_size=args.batch_size)
-    batches = [b[0] for b in data]
+    batches = [b[0] for b in open_check_data(args)]
     results = check_onnx(path, load_emitted(result.out_dir), batches, output_scale(result.graph),
                          graph=result.graph)
     print(HEADER)
