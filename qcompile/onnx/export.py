@@ -91,14 +91,25 @@ class _Builder:
         return self.const("int", np.array([value], np.int64))
 
     # --------------------------------------------------------- quantization
+    def grid(self, node: Node) -> tuple[str, str]:
+        """The node's output scale and zero point as initializers."""
+        q = node.quant.qparams
+        if q is None:
+            raise QCompileError(f"%{node.name} has no scale; QOperator export needs a converted graph")
+        dtype = np.uint8 if q.dtype == "quint8" else np.int8
+        return (self.const(f"{node.name}_scale", np.array(float(q.scale), np.float32)),
+                self.const(f"{node.name}_zp", np.array(int(q.zero_point), dtype)))
+
+    def dequantize(self, codes: str, node: Node) -> str:
+        """DequantizeLinear of integer ``codes`` on the node's output grid."""
+        return self.emit("DequantizeLinear", [codes, *self.grid(node)], [self.fresh(f"{node.name}_dq")])
+
     def qdq(self, value: str, node: Node) -> str:
         """QuantizeLinear -> DequantizeLinear on the node's output grid."""
         q = node.quant.qparams
         if q is None or q.per_channel:
             return value
-        scale = self.const(f"{node.name}_scale", np.array(float(q.scale), np.float32))
-        zp_dtype = np.uint8 if q.dtype == "quint8" else np.int8
-        zero = self.const(f"{node.name}_zp", np.array(int(q.zero_point), zp_dtype))
+        scale, zero = self.grid(node)
         quantized = self.emit("QuantizeLinear", [value, scale, zero], [self.fresh(f"{node.name}_q")])
         self.codes[node.name] = quantized
         return self.emit("DequantizeLinear", [quantized, scale, zero], [self.fresh(f"{node.name}_dq")])
@@ -342,11 +353,7 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
                 b.codes[node.name], b.names[node.name] = codes, b.names[producers[0].name]
                 continue
             if codes is not None:  # on the codes, with no float Clip between Quantize and DequantizeLinear
-                q = node.quant.qparams
-                scale = b.const(f"{node.name}_scale", np.array(float(q.scale), np.float32))
-                zero = b.const(f"{node.name}_zp", np.array(int(q.zero_point), np.uint8))
-                b.codes[node.name] = codes
-                b.names[node.name] = b.emit("DequantizeLinear", [codes, scale, zero], [b.fresh(f"{node.name}_dq")])
+                b.codes[node.name], b.names[node.name] = codes, b.dequantize(codes, node)
                 continue
         if node.kind == NodeKind.MODULE:
             args = b.args(node)

@@ -29,14 +29,6 @@ _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity",
 
 
 class _QBuilder(_Builder):
-    def grid(self, node: Node) -> tuple[str, str]:
-        q = node.quant.qparams
-        if q is None:
-            raise QCompileError(f"%{node.name} has no scale; QOperator export needs a converted graph")
-        dtype = np.uint8 if q.dtype == "quint8" else np.int8
-        return (self.const(f"{node.name}_s", np.array(float(q.scale), np.float32)),
-                self.const(f"{node.name}_zp", np.array(int(q.zero_point), dtype)))
-
     def int_weight(self, node: Node, as_conv: bool) -> list[str]:
         weight = self.graph.param(node, "weight")
         bias = self.graph.param(node, "bias")
