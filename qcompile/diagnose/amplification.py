@@ -100,6 +100,7 @@ def one_step_reach(graph: Graph, x: torch.Tensor, node: str | None = None, trial
                             hint="pick a layer inside the quantized region")
     x = x[:1]
     generator = torch.Generator().manual_seed(seed)
+    interpreter = Interpreter(graph)
 
     def run(edit=None) -> torch.Tensor:
         kept: dict[str, torch.Tensor] = {}
@@ -109,23 +110,22 @@ def one_step_reach(graph: Graph, x: torch.Tensor, node: str | None = None, trial
                 kept["codes"] = integer_codes(value).to(torch.int32)
 
         with torch.no_grad():
-            Interpreter(graph).run(x, hook=keep, edit=edit)
+            interpreter.run(x, hook=keep, edit=edit)
         return kept["codes"]
+
+    def one_step(n, value):  # a new random element of the target's output, one step up (down at the top)
+        if n.name != target.name:
+            return None
+        codes = integer_codes(value).contiguous().clone()
+        flat = codes.view(-1)
+        i = int(torch.randint(flat.numel(), (1,), generator=generator))
+        flat[i] = flat[i] + 1 if int(flat[i]) < torch.iinfo(codes.dtype).max else flat[i] - 1
+        return _with_codes(value, codes)
 
     reference = run()
     moved, worst = [], 0
     for _ in range(trials):
-        def edit(n, value):
-            if n.name != target.name:
-                return None
-            codes = integer_codes(value).contiguous().clone()
-            flat = codes.view(-1)
-            i = int(torch.randint(flat.numel(), (1,), generator=generator))
-            info = torch.iinfo(codes.dtype)
-            flat[i] = flat[i] + 1 if int(flat[i]) < info.max else flat[i] - 1
-            return _with_codes(value, codes)
-
-        steps = (run(edit) - reference).abs()
+        steps = (run(one_step) - reference).abs()
         moved.append(float((steps > 1).float().mean()))
         worst = max(worst, int(steps.max()))
     return Reach(target.name, trials, sum(moved) / trials, worst)
