@@ -67,7 +67,8 @@ def _register(ext) -> None:
         columns = ext.im2col(x.contiguous(), groups, kh, kw, *stride, *padding, *dilation, oh, ow, x_zero)
         out = ext.qgemm(columns, weight.reshape(weight.shape[0], -1).contiguous(), bias, multiplier, exponent,
                         x_zero, out_zero, lo, hi, oh * ow)
-        return out.reshape(x.shape[0], weight.shape[0], oh, ow)
+        # the op's contract on every device (kernels/ops.py): channels-last memory order
+        return out.reshape(x.shape[0], weight.shape[0], oh, ow).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_kernel("qcompile::qlinear", "cuda")
     def _qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi):

@@ -29,7 +29,7 @@ from qcompile.kernels.build import HERE, shared_library
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = shared_library(HERE / "host_kernels.cpp", (HERE / "gemmlowp.h",), flags=("-O3",))
+        lib = shared_library(HERE / "host_kernels.cpp", tuple(HERE / h for h in ("gemmlowp.h", "parallel.h", "stage8.h")), flags=("-O3",))
     except RuntimeError as exc:
         warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin uses torch ops (slower)",
                       stacklevel=2)
@@ -108,8 +108,13 @@ def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.T
             b_exponent: int, out_m0: int, out_exponent: int, out_zero: int, lo: int, hi: int,
             left_shift: int) -> tuple[torch.Tensor, bool]:
     """:func:`add`, and whether its eight-lane (AVX2) form ran."""
-    a, b = (t.to(torch.uint8).contiguous() for t in torch.broadcast_tensors(a, b))
-    out = torch.empty(a.shape, dtype=torch.uint8)
+    a, b = torch.broadcast_tensors(a, b)
+    # element-wise: the inputs' memory order is kept when both share it (the twin's convolutions write
+    # channels last)
+    layout = (torch.channels_last if a.dim() == 4 and not a.is_contiguous()
+              and a.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    a, b = (t.to(torch.uint8).contiguous(memory_format=layout) for t in (a, b))
+    out = torch.empty_like(a)
     form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent,
                                  b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,
                                  torch.get_num_threads())

@@ -11,29 +11,16 @@
 #include <vector>
 
 #include "gemmlowp.h"
+#include "parallel.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "stage8.h"
 #define QC_HOST_AVX2 1
 #endif
 
 namespace {
 
-template <class Body>
-void parallel_for(int64_t count, int threads, Body body) {
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(std::min<int64_t>(count, 64))));
-  if (threads == 1) {
-    body(0, count);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t step = (count + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    const int64_t begin = t * step, end = std::min(count, begin + step);
-    if (begin < end) pool.emplace_back(body, begin, end);
-  }
-  for (auto& thread : pool) thread.join();
-}
+using qc_host::parallel_for;
 
 // One row of the output stage when its exponent is <= 0 (no left shift) and m0 is not INT32_MIN (no SRDHM
 // saturation): the same function as qc::output_stage, written in the closed forms of spec 7.5 / 7.6 so the
@@ -65,42 +52,7 @@ inline uint8_t add_one(uint8_t a, uint8_t b, int32_t a_zero, int32_t a_m0, int a
 }
 
 #ifdef QC_HOST_AVX2
-// The AVX2 form of output_row, eight lanes at a time, for rows whose acc + bias cannot leave int32 (the caller
-// knows a bound) and whose exponent is <= 0. SRDHM: _mm256_mul_epi32 gives the 64-bit products of the even
-// lanes (the odd ones shifted down), + 2^30, and a logical shift by 31 whose low 32 bits equal the arithmetic
-// shift's (the result fits int32). RDBPOT in the form of spec 7.6: (r >> e) + [(r & mask) > (mask >> 1) + [r < 0]].
-__attribute__((target("avx2"))) inline __m256i load8(const int32_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-__attribute__((target("avx2"))) inline __m256i load8(const float* p) {
-  return _mm256_cvttps_epi32(_mm256_loadu_ps(p));  // the accumulators are exact integers below 2^31
-}
-
-// Eight lanes' parameters: the same for all (a row of one channel) or one channel per lane (channels last).
-struct Stage8 {
-  __m256i bias, m0, m0_odd, nudge, mask, half_mask, zero, lo, hi, right;
-};
-
-__attribute__((target("avx2"))) inline Stage8 make_stage8(__m256i bias, __m256i m0, __m256i right, int32_t zero,
-                                                          int32_t lo, int32_t hi) {
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);  // right <= 31
-  return Stage8{bias, m0, _mm256_srli_epi64(m0, 32), _mm256_set1_epi64x(int64_t{1} << 30), mask,
-                _mm256_srli_epi32(mask, 1), _mm256_set1_epi32(zero), _mm256_set1_epi32(lo), _mm256_set1_epi32(hi),
-                right};
-}
-
-__attribute__((target("avx2"))) inline __m256i stage8(__m256i acc, const Stage8& s) {
-  const __m256i x = _mm256_add_epi32(acc, s.bias);
-  const __m256i even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, s.m0), s.nudge), 31);
-  const __m256i odd = _mm256_srli_epi64(
-      _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), s.m0_odd), s.nudge), 31);
-  const __m256i r = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  const __m256i threshold = _mm256_add_epi32(s.half_mask, _mm256_srli_epi32(r, 31));
-  const __m256i q = _mm256_sub_epi32(_mm256_srav_epi32(r, s.right),
-                                     _mm256_cmpgt_epi32(_mm256_and_si256(r, s.mask), threshold));
-  return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, s.zero), s.lo), s.hi);
-}
+using namespace qc_avx2;
 
 template <class T>
 __attribute__((target("avx2"))) void output_row_avx2(const T* acc, uint8_t* out, int64_t n, int32_t bias,
@@ -169,33 +121,11 @@ template <class T>
 __attribute__((target("avx2"))) void output_stage_channels_last_avx2(
     const T* acc, const int32_t* bias, const int32_t* m0, const int32_t* exponent, uint8_t* out, int64_t batch,
     int64_t pixels, int64_t channels, int32_t zero_point, int32_t lo, int32_t hi, int threads) {
-  // the table's storage aligned by hand: std::vector's allocator does not promise 32 bytes here
-  const size_t groups = static_cast<size_t>((channels + 7) / 8);
-  std::vector<unsigned char> storage(sizeof(Stage8) * groups + alignof(Stage8));
-  void* raw = storage.data();
-  size_t space = storage.size();
-  Stage8* stages = static_cast<Stage8*>(std::align(alignof(Stage8), sizeof(Stage8) * groups, raw, space));
-  for (size_t g = 0; g < groups; ++g) {
-    alignas(32) int32_t b[8], m[8], r[8];
-    for (int k = 0; k < 8; ++k) {
-      const int64_t c = std::min<int64_t>(static_cast<int64_t>(g) * 8 + k, channels - 1);
-      b[k] = bias[c], m[k] = m0[c], r[k] = -exponent[c];
-    }
-    new (&stages[g]) Stage8(make_stage8(_mm256_load_si256(reinterpret_cast<const __m256i*>(b)),
-                                        _mm256_load_si256(reinterpret_cast<const __m256i*>(m)),
-                                        _mm256_load_si256(reinterpret_cast<const __m256i*>(r)), zero_point, lo, hi));
-  }
-  const Stage8* table = stages;
+  const StageTable stage_table(bias, m0, exponent, channels, zero_point, lo, hi);
+  const Stage8* table = stage_table.data();
   parallel_for(batch * pixels, threads, [=](int64_t begin, int64_t end) {
     channels_last_pixels(acc, table, out, begin, end, pixels, channels);
   });
-}
-
-__attribute__((target("avx2"))) inline void store8(uint8_t* out, __m256i v) {  // lanes hold 0..255
-  const __m256i words = _mm256_packus_epi32(v, v);                              // halves: v0-3 v0-3 | v4-7 v4-7
-  const __m256i bytes = _mm256_packus_epi16(words, words);
-  const __m128i low = _mm256_castsi256_si128(bytes), high = _mm256_extracti128_si256(bytes, 1);
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi32(low, high));
 }
 
 // qc_host_add's loop, eight lanes at a time: each input's rescale is the output stage with bias 0, zero point 0

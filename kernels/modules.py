@@ -121,3 +121,21 @@ class QGlobalAvgPool(nn.Module):
         count = q.shape[2] * q.shape[3]
         total = q.to(torch.int32).sum(dim=(2, 3), keepdim=True)
         return torch.div(total + count // 2, count, rounding_mode="floor").to(torch.uint8)
+
+
+def _pair(value) -> list[int]:
+    return [value, value] if isinstance(value, int) else list(value)
+
+
+class QMaxPool2d(nn.Module):
+    """Max pooling of uint8 codes (any grid: max commutes with it); see ``torch.ops.qcompile.max_pool2d``."""
+
+    def __init__(self, kernel_size=1, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size, self.padding, self.dilation = _pair(kernel_size), _pair(padding), _pair(dilation)
+        self.stride = _pair(stride) if stride is not None else list(self.kernel_size)
+        self.ceil_mode = ceil_mode
+
+    def forward(self, q: Tensor) -> Tensor:
+        return torch.ops.qcompile.max_pool2d(q, self.kernel_size, self.stride, self.padding, self.dilation,
+                                             self.ceil_mode)

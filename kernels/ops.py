@@ -61,16 +61,21 @@ def _(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi):
 def qconv2d(x: Tensor, x_zero: int, weight: Tensor, bias: Tensor, multiplier: Tensor, exponent: Tensor,
             out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int], dilation: list[int],
             groups: int) -> Tensor:
-    """uint8 NCHW ``x`` convolved with int8 ``weight``, through the fixed-point output stage."""
-    return cpu.qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
-                       dilation, groups)
+    """uint8 ``x`` (N, C, H, W) convolved with int8 ``weight``, through the fixed-point output stage.
+
+    The output is in channels-last memory order on every device: the order the CPU kernels read and
+    write, so that a chain of convolutions never transposes."""
+    out = cpu.qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
+                      dilation, groups)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 @qconv2d.register_fake
 def _(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation, groups):
     h = conv_output_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     w = conv_output_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    return x.new_empty((x.shape[0], weight.shape[0], h, w), dtype=torch.uint8)
+    return x.new_empty((x.shape[0], weight.shape[0], h, w), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
 
 
 @torch.library.custom_op("qcompile::qadd", mutates_args=())
@@ -85,3 +90,21 @@ def qadd(a: Tensor, a_zero: int, a_multiplier: int, a_exponent: int, b: Tensor, 
 def _(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier, out_exponent,
       out_zero, lo, hi):
     return torch.empty_like(a, dtype=torch.uint8)
+
+
+@torch.library.custom_op("qcompile::max_pool2d", mutates_args=())
+def max_pool2d(q: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
+               ceil_mode: bool) -> Tensor:
+    """Max pooling of uint8 codes (N, C, H, W), channels-last memory order out, as :func:`qconv2d`.
+
+    torch 2.14's max pooling refuses uint8 tensors in channels-last order, so
+    this pools in NCHW order."""
+    out = torch.nn.functional.max_pool2d(q.contiguous(), kernel_size, stride, padding, dilation, ceil_mode)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+@max_pool2d.register_fake
+def _(q, kernel_size, stride, padding, dilation, ceil_mode):
+    out = torch.nn.functional.max_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
+                                         dilation, ceil_mode)
+    return q.new_empty(out.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)

@@ -42,10 +42,45 @@ def test_ops_pass_torch_library_opcheck():
         (torch.ops.qcompile.qlinear.default, (x.reshape(2, -1)[:, :36], 3, w.reshape(8, -1), bias, m0, exponent,
                                                5, 0, 255)),
         (torch.ops.qcompile.qadd.default, (x, 3, 1 << 30, 0, x, 7, 1 << 30, -1, 1 << 30, -19, 9, 0, 255)),
+        (torch.ops.qcompile.max_pool2d.default, (x.contiguous(memory_format=torch.channels_last), [3, 3], [2, 2],
+                                                 [1, 1], [1, 1], False)),
     ]
     for op, args in cases:
         results = torch.library.opcheck(op, args)
         assert set(results.values()) == {"SUCCESS"}, (op, results)
+
+
+class _FunctionalPool(nn.Module):
+    """A digit classifier written with ``F.max_pool2d`` (the function form, not the module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 9 * 9, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 3, stride=3, padding=0)
+        return self.fc(x.flatten(1))
+
+
+def test_function_form_max_pool_runs_on_the_integer_codes(tmp_path):
+    """F.max_pool2d(x, 3, stride=3) becomes QMaxPool2d with the call's arguments; its output equals torch's max
+    pooling of the same codes, and the whole model agrees with native."""
+    torch.manual_seed(0)
+    model = _FunctionalPool().eval()
+    calib = open_data("builtin:mnist5k", limit=128, batch_size=64)
+    graphs = {}
+    for backend in ("native", "gemmlowp"):
+        graphs[backend] = lower(model, (torch.zeros(1, 1, 28, 28),))
+        run_pipeline(graphs[backend], f"fuse,calibrate,convert{{backend={backend}}}",
+                     PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    pool = next(n for n in graphs["gemmlowp"].nodes() if n.op == "max_pool2d")
+    assert pool.target == "qcompile.kernels.modules.QMaxPool2d"
+    assert (pool.attrs["kernel_size"], pool.attrs["stride"], pool.attrs["padding"]) == (3, 3, 0)
+    x = next(iter(calib))[0]
+    rows = {r.name: r for r in layer_agreement(graphs["native"], graphs["gemmlowp"], (x,))}
+    assert rows[pool.name].exact == 1.0 and rows[pool.name].elements == 64 * 16 * 9 * 9
+    assert output_agreement(graphs["native"], graphs["gemmlowp"], (x,)).within_one > 0.99
 
 
 def _digits(tmp_path, backend):
@@ -87,7 +122,8 @@ def test_gemmlowp_matches_native_on_real_digits(tmp_path):
     assert correct["gemmlowp"] >= 975 and abs(correct["gemmlowp"] - correct["native"]) <= 3, correct
     x = next(iter(data))[0]
     layers = layer_agreement(native_graph, gemmlowp_graph, (x,))
-    assert len(layers) == 6 and all(r.within_one == 1.0 and r.exact > 0.99 for r in layers), layers
+    # quantize, three convolutions, three max pools, two linear layers
+    assert len(layers) == 9 and all(r.within_one == 1.0 and r.exact > 0.99 for r in layers), layers
     assert output_agreement(native_graph, gemmlowp_graph, (x,)).within_one >= 0.99
 
 

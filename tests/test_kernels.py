@@ -375,3 +375,88 @@ def test_host_add_eight_lane_form_is_bit_exact(monkeypatch, a_m0, a_exponent, b_
     monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
     want = cpu.qadd(*args)  # the torch-op form
     assert torch.equal(got, want) and len(torch.unique(want)) > 3
+
+
+def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation):
+    """float64 accumulation (exact for these sizes), then the torch-op output stage."""
+    acc = torch.nn.functional.conv2d(x.double() - x_zero, weight.double(), None, stride, padding, dilation)
+    shape = (1, -1, 1, 1)
+    return fp.output_stage(acc.round().long(), bias.view(shape), m0.view(shape), exponent.view(shape), out_zero, lo,
+                           hi).to(torch.uint8)
+
+
+@pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, dilation", [
+    (1, 3, 5, 9, 3, 1, 1, 1),       # depth 27 (odd), one partial panel
+    (2, 7, 19, 11, 3, 2, 1, 2),     # strided, dilated, a tail of 3 channels
+    (1, 64, 48, 14, 3, 1, 1, 1),    # 17 pixels over 6-row tiles, channels in whole panels
+    (3, 32, 40, 5, 1, 1, 0, 1),     # 1x1: a plain GEMM
+    (1, 3, 16, 23, 7, 2, 3, 1),     # a stem: wide padding
+])
+def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
+    """The AVX2 integer GEMM convolution (int16 pairs, int32 sums, fused output stage, channels last) against
+    float64 accumulation and the torch-op output stage; the twin dispatches to it where it may run."""
+    from qcompile.kernels import host_conv
+
+    generator = torch.Generator().manual_seed(batch * 1000 + cin)
+    x = torch.randint(0, 256, (batch, cin, size, size), dtype=torch.uint8, generator=generator)
+    weight = torch.randint(-128, 128, (cout, cin, kernel, kernel), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-(2**16), 2**16, (cout,), dtype=torch.int32, generator=generator)
+    scale = torch.rand(cout, dtype=torch.float64, generator=generator) * 2e-3 + 2e-3
+    m0, exponent = fp.quantize_multipliers(scale / (cin * kernel * kernel) ** 0.5)
+    geometry = ([stride] * 2, [padding] * 2, [dilation] * 2)
+    want = _conv_reference(x, 131, weight, bias, m0, exponent, 7, 0, 255, *geometry)
+    assert len(torch.unique(want)) > 20  # neither saturated nor constant
+    avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
+    assert host_conv.runs(bias, m0, exponent, cpu.accumulator_bound(cin * kernel * kernel)) == avx2
+    got = cpu.qconv2d(x, 131, weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
+    assert torch.equal(got, want)
+    if avx2:
+        assert got.is_contiguous(memory_format=torch.channels_last)  # written by the integer kernel
+        # NCHW and channels-last inputs alike
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(host_conv.conv2d(nhwc, 131, weight, bias, m0, exponent, 7, 0, 255, *geometry), want)
+
+
+@pytest.mark.parametrize("batch, channels, size, kernel, stride, padding, dilation", [
+    (1, 96, 13, 3, 1, 1, 1),    # MobileNet's 3x3 (unrolled window)
+    (2, 21, 12, 3, 2, 1, 1),    # strided, a tail of 5 channels
+    (1, 16, 11, 5, 1, 2, 2),    # 5x5 dilated (the window loop)
+])
+def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, stride, padding, dilation):
+    """The depthwise kernel (float32 FMA over the window, exact; fused output stage) against float64."""
+    generator = torch.Generator().manual_seed(channels)
+    x = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=generator)
+    weight = torch.randint(-128, 128, (channels, 1, kernel, kernel), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-(2**14), 2**14, (channels,), dtype=torch.int32, generator=generator)
+    m0, exponent = fp.quantize_multipliers(torch.rand(channels, dtype=torch.float64, generator=generator) * 2e-3
+                                           + 1e-3)
+    geometry = ([stride] * 2, [padding] * 2, [dilation] * 2)
+    acc = torch.nn.functional.conv2d(x.double() - 119, weight.double(), None, *geometry, channels)
+    shape = (1, -1, 1, 1)
+    want = fp.output_stage(acc.round().long(), bias.view(shape), m0.view(shape), exponent.view(shape), 3, 3,
+                           255).to(torch.uint8)
+    got = cpu.qconv2d(x, 119, weight, bias, m0, exponent, 3, 3, 255, *geometry, channels)
+    assert torch.equal(got, want) and len(torch.unique(want)) > 20
+    avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
+    assert got.is_contiguous(memory_format=torch.channels_last) == avx2  # written by the depthwise kernel
+
+
+def test_host_integer_linear_is_bit_exact_and_repacks_changed_weights():
+    from qcompile.kernels import host_conv
+
+    if host_conv.library() is None:
+        pytest.skip("no AVX2 host kernels on this machine")
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (5, 77), dtype=torch.uint8, generator=generator)
+    weight = torch.randint(-128, 128, (33, 77), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-5000, 5000, (33,), dtype=torch.int32, generator=generator)
+    m0, exponent = fp.quantize_multipliers(torch.full((33,), 4e-4, dtype=torch.float64))
+
+    def reference():
+        acc = (x.long() - 9) @ weight.long().t()
+        return fp.output_stage(acc, bias, m0, exponent, 5, 0, 255).to(torch.uint8)
+
+    assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
+    weight.mul_(-1).clamp_(-127, 127)  # an in-place change: the packed copy must follow
+    assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
+    assert len(torch.unique(reference())) > 20

@@ -36,7 +36,7 @@ _CONVS = {"torch.ao.nn.quantized.Conv2d": False, "torch.ao.nn.intrinsic.quantize
 _LINEARS = {"torch.ao.nn.quantized.Linear": False, "torch.ao.nn.intrinsic.quantized.LinearReLU": True}
 _ADDS = {"torch.ops.quantized.add": False, "torch.ops.quantized.add_relu": True}
 # ops that only move or select uint8 codes: they run on them unchanged
-_AS_IS = {"max_pool1d", "max_pool2d", "flatten", "view", "reshape", "permute", "transpose", "contiguous",
+_AS_IS = {"max_pool1d", "flatten", "view", "reshape", "permute", "transpose", "contiguous",
           "squeeze", "unsqueeze", "dropout", "identity", "chunk", "getitem"}
 
 
@@ -143,6 +143,21 @@ def _global_pool(graph: Graph, node: Node) -> None:
     _as_module(graph, node, "QGlobalAvgPool", {}, graph.inputs(node)[:1])
 
 
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _max_pool(graph: Graph, node: Node) -> None:
+    if node.kind == NodeKind.MODULE:
+        attrs = dict(node.attrs)
+    else:  # F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        given = dict(zip(_MAX_POOL_ARGS, node.args[1:], strict=False))
+        attrs = given | {k: v for k, v in node.kwargs.items() if k != "input"}
+    if attrs.pop("return_indices", False):
+        raise QCompileError(f"%{node.name}: max pooling with indices is not an integer op",
+                            hint="use backend=native")
+    _as_module(graph, node, "QMaxPool2d", attrs, graph.inputs(node)[:1])
+
+
 def _rewrite(graph: Graph, node: Node) -> bool:
     """Rewrite one node; False if the kernels do not cover it."""
     target = node.target if isinstance(node.target, str) else ""
@@ -170,6 +185,8 @@ def _rewrite(graph: Graph, node: Node) -> bool:
         _clamp(graph, node, *_hardtanh_bounds(node))
     elif node.op == "adaptive_avg_pool2d":
         _global_pool(graph, node)
+    elif node.op == "max_pool2d":
+        _max_pool(graph, node)
     elif node.op not in _AS_IS:
         return False
     return True

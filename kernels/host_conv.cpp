@@ -1,0 +1,313 @@
+// The CPU twin's integer convolutions (AVX2): uint8 activations in channels-last order, int8 weights, int32
+// accumulators, the output stage of gemmlowp.h fused, uint8 out in channels-last order. kernels/conv_host.py
+// builds this with the host C++ compiler and calls it through ctypes; where it cannot run (no AVX2, a bound
+// that allows saturation) the twin keeps its float-accumulation path, which gives the same integers.
+//
+// Dense and grouped-by-one convolutions (and linear layers, 1x1 over one pixel) are one GEMM: rows are output
+// pixels, the depth is taps x input channels, columns are output channels.
+//  * A (activations): each tile of kRows pixels is gathered (im2col) as int16 values q - z_a, so padding is 0.
+//  * B (weights): packed once per layer as int16, in panels of 16 output channels; per pair of depth indices a
+//    panel holds 16 channels x 2 values, 64 bytes, two vectors of 8 channels.
+//  * The inner step: _mm256_madd_epi16 of one broadcast pair of activations with a weight vector gives 8
+//    exact int32 sums of two products (|q - z| <= 255 and |w| <= 128, so each sum is below 2^16), added to
+//    int32 accumulators. No step can saturate while depth * 255 * 128 plus the bias stays below 2^31, which
+//    the caller checks (kernels/cpu.py: accumulator_bound).
+// Depthwise convolutions accumulate in float32 with FMA, which is exact: products are integers below 2^15 and a
+// window of up to 514 taps keeps every partial sum below 2^24.
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "parallel.h"
+#include "stage8.h"
+
+namespace {
+
+using qc_avx2::Stage8;
+using qc_avx2::StageTable;
+using qc_avx2::stage8;
+
+constexpr int kRows = 6;       // pixels per tile: 6 x 2 accumulator vectors, 2 weight vectors, 1 broadcast
+constexpr int kChannels = 16;  // output channels per panel
+
+struct ConvShape {
+  int64_t batch, height, width, channels;  // input, channels last
+  int64_t out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t out_h, out_w;
+  int64_t depth() const { return kernel_h * kernel_w * channels; }
+  int64_t pairs() const { return (depth() + 1) / 2; }
+  int64_t pixels() const { return batch * out_h * out_w; }
+};
+
+int64_t panels(int64_t out_channels) { return (out_channels + kChannels - 1) / kChannels; }
+
+// Row r of an A tile: pixel m's receptive field, taps in (ky, kx) order, channels innermost, as q - zero; taps
+// outside the input (padding) are 0. The row has 2 * pairs entries (an odd depth ends with one 0).
+__attribute__((target("avx2"))) void gather_row(const uint8_t* x, const ConvShape& s, int32_t zero, int64_t m,
+                                                int16_t* row) {
+  const int64_t ow = m % s.out_w, oh = (m / s.out_w) % s.out_h, n = m / (s.out_w * s.out_h);
+  const __m256i z = _mm256_set1_epi16(static_cast<int16_t>(zero));
+  int16_t* dst = row;
+  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+    const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
+    for (int64_t kx = 0; kx < s.kernel_w; ++kx, dst += s.channels) {
+      const int64_t ix = ow * s.stride_w - s.pad_w + kx * s.dilation_w;
+      if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) {
+        std::fill(dst, dst + s.channels, int16_t{0});
+        continue;
+      }
+      const uint8_t* src = x + ((n * s.height + iy) * s.width + ix) * s.channels;
+      int64_t c = 0;
+      for (; c + 16 <= s.channels; c += 16) {
+        const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_sub_epi16(v, z));
+      }
+      for (; c < s.channels; ++c) dst[c] = static_cast<int16_t>(src[c] - zero);
+    }
+  }
+  if (s.depth() % 2) *dst = 0;
+}
+
+// kRows x 16 accumulators over the whole depth for one tile and one panel, then the output stage, stored as
+// uint8 at out[m, c] for the tile's valid rows and the panel's valid channels. The accumulators are named
+// variables, not an array, so that they stay in the sixteen vector registers with the two weight vectors and
+// the broadcast activations.
+#define QC_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+__attribute__((target("avx2"))) void tile_panel(const int16_t* a, const int16_t* b, int64_t pairs, int64_t rows,
+                                                int64_t c0, int64_t out_channels, const Stage8* stages,
+                                                uint8_t* out) {
+  static_assert(kRows == 6, "QC_ROWS names six rows");
+#define QC_ZERO(r) __m256i acc##r##_0 = _mm256_setzero_si256(), acc##r##_1 = _mm256_setzero_si256();
+  QC_ROWS(QC_ZERO)
+#undef QC_ZERO
+  const int64_t stride = 2 * pairs;
+  for (int64_t j = 0; j < pairs; ++j) {
+    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 32 * j));
+    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 32 * j + 16));
+#define QC_STEP(r)                                                         \
+  {                                                                        \
+    int32_t pair;                                                          \
+    memcpy(&pair, a + r * stride + 2 * j, sizeof pair);                    \
+    const __m256i v = _mm256_set1_epi32(pair);                             \
+    acc##r##_0 = _mm256_add_epi32(acc##r##_0, _mm256_madd_epi16(v, b0));   \
+    acc##r##_1 = _mm256_add_epi32(acc##r##_1, _mm256_madd_epi16(v, b1));   \
+  }
+    QC_ROWS(QC_STEP)
+#undef QC_STEP
+  }
+  alignas(32) __m256i acc[kRows][2];
+#define QC_SAVE(r) acc[r][0] = acc##r##_0, acc[r][1] = acc##r##_1;
+  QC_ROWS(QC_SAVE)
+#undef QC_SAVE
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t c = c0 + 8 * h;
+      if (c >= out_channels) break;
+      const __m256i q = stage8(acc[r][h], stages[c / 8]);
+      uint8_t* o = out + r * out_channels + c;
+      if (c + 8 <= out_channels) {
+        qc_avx2::store8(o, q);
+      } else {
+        alignas(32) int32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), q);
+        for (int64_t k = 0; k < out_channels - c; ++k) o[k] = static_cast<uint8_t>(lanes[k]);
+      }
+    }
+  }
+}
+#undef QC_ROWS
+
+// Weight panels whose bytes stay in the L2 cache while every tile of a thread passes over them.
+int64_t panels_per_block(int64_t pairs) { return std::max<int64_t>(1, (192 * 1024) / (pairs * 64)); }
+
+// Depthwise, one output row at a time. Its window's input rows are widened to float32 q - zero, padded with 0
+// (the convolution's padding) and to a multiple of 8 channels: a few rows that stay in the L2 cache, and a
+// window loop without bounds checks.
+__attribute__((target("avx2"))) void widen_row(const uint8_t* x, const ConvShape& s, int32_t zero,
+                                               int64_t channels8, int64_t n, int64_t iy, float* dst) {
+  const int64_t wp = s.width + 2 * s.pad_w;
+  if (iy < 0 || iy >= s.height) {
+    std::fill(dst, dst + wp * channels8, 0.0f);
+    return;
+  }
+  std::fill(dst, dst + s.pad_w * channels8, 0.0f);
+  std::fill(dst + (s.pad_w + s.width) * channels8, dst + wp * channels8, 0.0f);
+  const __m256i z = _mm256_set1_epi32(zero);
+  for (int64_t ix = 0; ix < s.width; ++ix) {
+    const uint8_t* src = x + ((n * s.height + iy) * s.width + ix) * s.channels;
+    float* d = dst + (ix + s.pad_w) * channels8;
+    int64_t c = 0;
+    for (; c + 8 <= s.channels; c += 8) {
+      const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + c)));
+      _mm256_storeu_ps(d + c, _mm256_cvtepi32_ps(_mm256_sub_epi32(v, z)));
+    }
+    for (; c < channels8; ++c) d[c] = c < s.channels ? static_cast<float>(src[c] - zero) : 0.0f;
+  }
+}
+
+// One output row in two passes: FMA over the window (exact, see the top of this file), eight channels and six
+// pixels at a time with the weights in registers, into int32 sums; then the output stage along the row. kTaps > 0 unrolls the
+// window (3x3); 0 loops over it.
+template <int kTaps>
+__attribute__((target("avx2,fma"))) void depthwise_row(const float* window, const float* weight,
+                                                       const ConvShape& s, int64_t channels8,
+                                                       const Stage8* stages, int32_t* sums, uint8_t* out) {
+  const int64_t taps = kTaps > 0 ? kTaps : s.kernel_h * s.kernel_w;
+  const int64_t wp = s.width + 2 * s.pad_w;
+  int64_t offsets[kTaps > 0 ? kTaps : 1];
+  for (int64_t ky = 0, t = 0; kTaps > 0 && ky < s.kernel_h; ++ky)
+    for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t) offsets[t] = (ky * wp + kx * s.dilation_w) * channels8;
+  alignas(32) int32_t lanes[8];
+  for (int64_t c = 0; c < channels8; c += 8) {
+    if constexpr (kTaps > 0) {
+      __m256 w[kTaps];
+      for (int t = 0; t < kTaps; ++t) w[t] = _mm256_loadu_ps(weight + t * channels8 + c);
+      // kPixels pixels at a time: independent FMA chains, so their latency overlaps
+      constexpr int kPixels = 6;
+      const int64_t step = s.stride_w * channels8;
+      int64_t ox = 0;
+      for (; ox + kPixels <= s.out_w; ox += kPixels) {
+        const float* corner = window + ox * step + c;
+        __m256 acc[kPixels];
+        for (int i = 0; i < kPixels; ++i) acc[i] = _mm256_setzero_ps();
+        for (int t = 0; t < kTaps; ++t)
+          for (int i = 0; i < kPixels; ++i)
+            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(corner + i * step + offsets[t]), w[t], acc[i]);
+        for (int i = 0; i < kPixels; ++i)
+          _mm256_store_si256(reinterpret_cast<__m256i*>(sums + (ox + i) * channels8 + c), _mm256_cvttps_epi32(acc[i]));
+      }
+      for (; ox < s.out_w; ++ox) {
+        const float* corner = window + ox * step + c;
+        __m256 acc = _mm256_setzero_ps();
+        for (int t = 0; t < kTaps; ++t) acc = _mm256_fmadd_ps(_mm256_loadu_ps(corner + offsets[t]), w[t], acc);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums + ox * channels8 + c), _mm256_cvttps_epi32(acc));
+      }
+    } else {
+      for (int64_t ox = 0; ox < s.out_w; ++ox) {
+        const float* corner = window + ox * s.stride_w * channels8 + c;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t ky = 0, t = 0; ky < s.kernel_h; ++ky)
+          for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(corner + (ky * wp + kx * s.dilation_w) * channels8),
+                                  _mm256_loadu_ps(weight + t * channels8 + c), acc);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums + ox * channels8 + c), _mm256_cvttps_epi32(acc));
+      }
+    }
+  }
+  // the output stage pixel by pixel: the stores run along the output row
+  for (int64_t ox = 0; ox < s.out_w; ++ox) {
+    for (int64_t c = 0; c < channels8; c += 8) {
+      const __m256i q = stage8(_mm256_load_si256(reinterpret_cast<const __m256i*>(sums + ox * channels8 + c)),
+                               stages[c / 8]);
+      uint8_t* o = out + ox * s.out_channels + c;
+      if (c + 8 <= s.out_channels) {
+        qc_avx2::store8(o, q);
+      } else {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), q);
+        for (int64_t k = 0; k < s.out_channels - c; ++k) o[k] = static_cast<uint8_t>(lanes[k]);
+      }
+    }
+  }
+  (void)taps;
+}
+
+}  // namespace
+
+extern "C" {
+
+// 1 if this CPU runs the kernels below (AVX2).
+int qc_conv_supported() { return __builtin_cpu_supports("avx2") ? 1 : 0; }
+
+// The number of int16 values qc_conv_pack writes for this layer.
+int64_t qc_conv_packed_size(int64_t out_channels, int64_t depth) {
+  return panels(out_channels) * ((depth + 1) / 2) * 2 * kChannels;
+}
+
+// weight[c, k] (int8, k over taps then input channels: the layout of weight.permute(0, 2, 3, 1)) as int16
+// panels: packed[p, j, i, t] = weight[16 p + i, 2 j + t], 0 beyond the layer's channels and depth.
+void qc_conv_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int16_t* packed) {
+  const int64_t pairs = (depth + 1) / 2;
+  for (int64_t p = 0; p < panels(out_channels); ++p)
+    for (int64_t j = 0; j < pairs; ++j)
+      for (int64_t i = 0; i < kChannels; ++i)
+        for (int64_t t = 0; t < 2; ++t) {
+          const int64_t c = p * kChannels + i, k = 2 * j + t;
+          *packed++ = (c < out_channels && k < depth) ? weight[c * depth + k] : 0;
+        }
+}
+
+// out[n, oh, ow, c] (uint8, channels last) = output_stage(sum over taps and input channels of
+// (x - x_zero) * weight + bias[c]) for x[n, h, w, channels] (uint8, channels last) and weights packed by
+// qc_conv_pack. The caller has checked qc_host_vector_form's conditions (kernels/host.py).
+void qc_conv_gemm(const uint8_t* x, int32_t x_zero, const int16_t* packed, const int64_t* shape,
+                  const int32_t* bias, const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
+                  int32_t hi, uint8_t* out, int threads) {
+  const ConvShape s{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
+                    shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]};
+  const int64_t pairs = s.pairs(), tiles = (s.pixels() + kRows - 1) / kRows;
+  const int64_t all_panels = panels(s.out_channels), block = panels_per_block(pairs);
+  const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
+  const Stage8* stages = table.data();
+  // tiles split between threads when there are enough of them, else panels (a linear layer over one row)
+  const bool by_tiles = tiles >= 2 * threads || all_panels < 2;
+  qc_host::parallel_for(by_tiles ? tiles : all_panels, threads, [&](int64_t begin, int64_t end) {
+    const int64_t t0 = by_tiles ? begin : 0, t1 = by_tiles ? end : tiles;
+    const int64_t p0 = by_tiles ? 0 : begin, p1 = by_tiles ? all_panels : end;
+    // one tile's activations at a time (they stay in the L1 cache while a block of panels passes over them),
+    // gathered again for every block: a small cost against the block's multiply-adds
+    const std::unique_ptr<int16_t[]> tile(new int16_t[static_cast<size_t>(kRows * 2 * pairs)]);
+    for (int64_t pb = p0; pb < p1; pb += block)
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t rows = std::min<int64_t>(kRows, s.pixels() - t * kRows);
+        for (int64_t r = 0; r < kRows; ++r) {
+          int16_t* row = tile.get() + r * 2 * pairs;
+          if (r < rows)
+            gather_row(x, s, x_zero, t * kRows + r, row);
+          else
+            std::fill(row, row + 2 * pairs, int16_t{0});
+        }
+        for (int64_t p = pb; p < std::min(p1, pb + block); ++p)
+          tile_panel(tile.get(), packed + p * pairs * 2 * kChannels, pairs, rows, p * kChannels, s.out_channels,
+                     stages, out + t * kRows * s.out_channels);
+      }
+  });
+}
+
+// out[n, oh, ow, c] = output_stage(sum over the window of (x[n, ., ., c] - x_zero) * weight[t, c] + bias[c]),
+// a depthwise convolution (one filter per channel) of x[n, h, w, c] (uint8, channels last); weight is
+// float32 [taps, channels rounded up to 8] (0 beyond the channels), taps in (ky, kx) order. The caller has
+// checked qc_host_vector_form's conditions and that taps * 255 * 128 < 2^24.
+void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, const int64_t* shape,
+                       const int32_t* bias, const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
+                       int32_t hi, uint8_t* out, int threads) {
+  const ConvShape s{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
+                    shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]};
+  const int64_t channels8 = (s.channels + 7) / 8 * 8, wp = s.width + 2 * s.pad_w;
+  const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
+  const Stage8* stages = table.data();
+  const bool three_by_three = s.kernel_h == 3 && s.kernel_w == 3;
+  qc_host::parallel_for(s.batch * s.out_h, threads, [&](int64_t begin, int64_t end) {
+    // the window's rows (dilated rows stored next to each other), and one row of sums; 32-byte aligned
+    const size_t row_floats = static_cast<size_t>(wp * channels8);
+    std::vector<float> storage(row_floats * s.kernel_h + 8);
+    float* window = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 31) & ~uintptr_t{31});
+    std::vector<int32_t> sum_storage(static_cast<size_t>(channels8 * s.out_w + 8));
+    int32_t* sums =
+        reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(sum_storage.data()) + 31) & ~uintptr_t{31});
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / s.out_h, oy = row % s.out_h;
+      for (int64_t ky = 0; ky < s.kernel_h; ++ky)
+        widen_row(x, s, x_zero, channels8, n, oy * s.stride_h - s.pad_h + ky * s.dilation_h,
+                  window + ky * row_floats);
+      uint8_t* row_out = out + row * s.out_w * s.out_channels;
+      if (three_by_three)
+        depthwise_row<9>(window, weight, s, channels8, stages, sums, row_out);
+      else
+        depthwise_row<0>(window, weight, s, channels8, stages, sums, row_out);
+    }
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,143 @@
+"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp`` (AVX2).
+
+uint8 activations in channels-last order times int8 weights in int32, the
+fixed-point output stage of ``gemmlowp.h`` fused, uint8 out in channels-last
+order (a ``torch.channels_last`` tensor, so nothing downstream has to know).
+They give the same integers as the float-accumulation path of
+:mod:`qcompile.kernels.cpu` (tested), several times faster, and run only
+where that is guaranteed: an AVX2 CPU, and the eight-lane output stage's
+conditions (no saturation possible, exponents <= 0). Weights are packed once
+per weight tensor and kept while it lives and is unchanged.
+``QCOMPILE_HOST_KERNELS=0`` switches them off with the other host kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from functools import cache
+
+import torch
+from qcompile.kernels import host
+from qcompile.kernels.build import HERE, shared_library
+
+_HEADERS = ("parallel.h", "stage8.h")
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        lib = shared_library(HERE / "host_conv.cpp", tuple(HERE / h for h in _HEADERS), flags=("-O3",))
+    except RuntimeError:
+        return None  # host.library() has already warned about the compiler
+    i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.qc_conv_supported.restype = int_
+    lib.qc_conv_packed_size.argtypes = [i64, i64]
+    lib.qc_conv_packed_size.restype = i64
+    lib.qc_conv_pack.argtypes = [ptr, i64, i64, ptr]
+    for entry in (lib.qc_conv_gemm, lib.qc_conv_depthwise):
+        entry.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
+    return lib if lib.qc_conv_supported() else None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded convolution kernels, or None (no compiler, no AVX2, or QCOMPILE_HOST_KERNELS=0)."""
+    return _library() if host.library() is not None else None
+
+
+_packed: dict[tuple[int, str], tuple[int, int, torch.Tensor]] = {}
+
+
+def _cached(weight: torch.Tensor, form: str, pack) -> torch.Tensor:
+    """``pack(weight)``, once per weight tensor and form: keyed by the tensor's identity and checked against
+    its version counter and storage, so an in-place change repacks."""
+    key = (id(weight), form)
+    entry = _packed.get(key)
+    if entry is not None and entry[0] == weight._version and entry[1] == weight.data_ptr():
+        return entry[2]
+    if entry is None:
+        weakref.finalize(weight, _packed.pop, key, None)
+    packed = pack(weight)
+    _packed[key] = (weight._version, weight.data_ptr(), packed)
+    return packed
+
+
+def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
+    """int8 ``[C, ...]`` weights as the GEMM's int16 panels (depth: taps, then input channels)."""
+    rows = weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
+    rows = rows.contiguous().reshape(weight.shape[0], -1)
+    lib = library()
+    packed = torch.empty(lib.qc_conv_packed_size(*rows.shape), dtype=torch.int16)
+    lib.qc_conv_pack(rows.data_ptr(), rows.shape[0], rows.shape[1], packed.data_ptr())
+    return packed
+
+
+def _depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
+    """int8 ``[C, 1, KH, KW]`` as float32 ``[KH * KW, C rounded up to 8]``, 0 beyond the channels."""
+    channels = weight.shape[0]
+    taps = weight.reshape(channels, -1).t().float()
+    return torch.nn.functional.pad(taps, (0, -channels % 8)).contiguous()
+
+
+def runs(bias: torch.Tensor, multiplier: torch.Tensor, exponent: torch.Tensor, acc_bound: int) -> bool:
+    """Whether these kernels run for a layer: compiled, AVX2, and the eight-lane output stage's conditions."""
+    lib = host.library()
+    if lib is None or library() is None:
+        return False
+    params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+    return bool(lib.qc_host_vector_form(acc_bound, *(t.data_ptr() for t in params), params[0].numel()))
+
+
+def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+           exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
+           dilation: list[int]) -> torch.Tensor:
+    """A dense convolution (groups 1) of uint8 ``x`` (N, C, H, W, any memory format); channels-last uint8 out."""
+    n, c, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = torch.empty((n, cout, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
+    shape = (n, h, w, c, cout, kh, kw, *stride, *padding, *dilation, oh, ow)
+    _gemm(x.contiguous(memory_format=torch.channels_last), x_zero, weight, shape, bias, multiplier, exponent,
+          out_zero, lo, hi, out)
+    return out
+
+
+def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+              exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
+              dilation: list[int]) -> torch.Tensor:
+    """A depthwise convolution (groups = channels, one filter each) of uint8 ``x``; channels-last uint8 out.
+
+    Accumulates in float32, exact while ``KH * KW * 255 * 128 < 2^24``
+    (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks."""
+    n, c, h, w = x.shape
+    _, _, kh, kw = weight.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = torch.empty((n, c, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
+    dims = torch.tensor((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow), dtype=torch.int64)
+    params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+    x = x.contiguous(memory_format=torch.channels_last)  # held: the kernel reads it through a raw pointer
+    library().qc_conv_depthwise(x.data_ptr(), x_zero, _cached(weight, "depthwise", _depthwise_taps).data_ptr(),
+                                dims.data_ptr(),
+                                *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
+                                torch.get_num_threads())
+    return out
+
+
+def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+           exponent: torch.Tensor, out_zero: int, lo: int, hi: int) -> torch.Tensor:
+    """uint8 ``x[..., K]`` times int8 ``weight[N, K]``: the same GEMM, one pixel per row."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty((*x.shape[:-1], weight.shape[0]), dtype=torch.uint8)
+    shape = (rows.shape[0], 1, 1, rows.shape[1], weight.shape[0], 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
+    _gemm(rows, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out)
+    return out
+
+
+def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out) -> None:
+    dims = torch.tensor(shape, dtype=torch.int64)
+    params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+    library().qc_conv_gemm(x.data_ptr(), x_zero, _cached(weight, "gemm", _gemm_panels).data_ptr(), dims.data_ptr(),
+                           *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
+                           torch.get_num_threads())
