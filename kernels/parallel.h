@@ -1,15 +1,89 @@
-// parallel_for for the twin's host kernels: [0, count) split into one contiguous range per thread, the
-// calling thread waiting. Threads are started per call: a few tens of microseconds, small against the
-// convolutions and element-wise stages that use it.
+// parallel_for for the twin's host kernels: [0, count) split into one contiguous range per thread, the calling
+// thread running the first range and waiting for the others. The other threads are kept between calls (a model
+// makes a hundred calls of a few hundred microseconds each, where starting threads every time cost more than
+// the second core gained); they sleep between calls (spinning measured slower: torch's own threads spin on the
+// same cores between its ops). A forked child starts its own.
 #pragma once
 
 #include <stdint.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 namespace qc_host {
+
+class ThreadPool {
+ public:
+  // The pool of this process (rebuilt after a fork: the parent's threads do not exist in the child).
+  static ThreadPool& instance() {
+    static std::mutex guard;
+    static ThreadPool* pool = nullptr;
+    std::lock_guard<std::mutex> lock(guard);
+    if (pool == nullptr || pool->pid_ != getpid()) pool = new ThreadPool();  // a child leaks its parent's
+    return *pool;
+  }
+
+  // body(begin, end) on `ranges` ranges of [0, count), range 0 on the calling thread. One call at a time.
+  void run(int64_t count, int ranges, const std::function<void(int64_t, int64_t)>& body) {
+    std::lock_guard<std::mutex> serial(calls_);
+    grow(ranges - 1);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      body_ = &body, count_ = count, ranges_ = ranges;
+      pending_.store(ranges - 1);
+      generation_.fetch_add(1);
+    }
+    wake_.notify_all();
+    body(0, std::min(count, step()));
+    while (pending_.load() != 0) std::this_thread::yield();
+  }
+
+ private:
+  ThreadPool() : pid_(getpid()) {}
+
+  int64_t step() const { return (count_ + ranges_ - 1) / ranges_; }
+
+  void grow(int workers) {
+    while (static_cast<int>(workers_.size()) < workers) {
+      const int index = static_cast<int>(workers_.size()) + 1;  // range 0 is the caller's
+      // the generation now, read here: a thread that read it itself might see the next call's and miss it
+      const uint64_t seen = generation_.load();
+      workers_.emplace_back([this, index, seen] { work(index, seen); });
+      workers_.back().detach();
+    }
+  }
+
+  void work(int index, uint64_t seen) {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load() != seen; });
+      }
+      seen = generation_.load();
+      if (index < ranges_) {
+        const int64_t begin = index * step(), end = std::min(count_, begin + step());
+        if (begin < end) (*body_)(begin, end);
+        pending_.fetch_sub(1);
+      }
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex calls_, mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  const std::function<void(int64_t, int64_t)>* body_ = nullptr;
+  int64_t count_ = 0;
+  int ranges_ = 1;
+};
 
 template <class Body>
 void parallel_for(int64_t count, int threads, Body body) {
@@ -18,13 +92,8 @@ void parallel_for(int64_t count, int threads, Body body) {
     body(0, count);
     return;
   }
-  std::vector<std::thread> pool;
-  const int64_t step = (count + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    const int64_t begin = t * step, end = std::min(count, begin + step);
-    if (begin < end) pool.emplace_back(body, begin, end);
-  }
-  for (auto& thread : pool) thread.join();
+  const std::function<void(int64_t, int64_t)> job = body;
+  ThreadPool::instance().run(count, threads, job);
 }
 
 }  // namespace qc_host

@@ -460,3 +460,28 @@ def test_host_integer_linear_is_bit_exact_and_repacks_changed_weights():
     weight.mul_(-1).clamp_(-127, 127)  # an in-place change: the packed copy must follow
     assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
     assert len(torch.unique(reference())) > 20
+
+
+def _twin_conv_in_two_threads(x, weight, bias, m0, exponent):
+    torch.set_num_threads(2)
+    return cpu.qconv2d(x, 128, weight, bias, m0, exponent, 3, 0, 255, [1, 1], [1, 1], [1, 1], 1)
+
+
+def test_host_kernel_threads_serve_a_forked_child():
+    """The host kernels keep their threads between calls; a child forked after the parent used them starts
+    its own (the parent's do not exist in it) and gets the same result, instead of waiting forever."""
+    import multiprocessing
+
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (2, 16, 20, 20), dtype=torch.uint8, generator=generator)
+    weight = torch.randint(-128, 128, (24, 16, 3, 3), dtype=torch.int8, generator=generator)
+    bias = torch.zeros(24, dtype=torch.int32)
+    m0, exponent = fp.quantize_multipliers(torch.full((24,), 2e-4, dtype=torch.float64))
+    threads = torch.get_num_threads()
+    try:
+        here = _twin_conv_in_two_threads(x, weight, bias, m0, exponent)
+    finally:
+        torch.set_num_threads(threads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        there = pool.apply_async(_twin_conv_in_two_threads, (x, weight, bias, m0, exponent)).get(timeout=120)
+    assert torch.equal(here, there) and len(torch.unique(here)) > 20
