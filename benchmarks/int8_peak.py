@@ -4,10 +4,14 @@
 
 Builds ``int8_peak.cpp`` (the AVX2 vpmaddubsw / vpaddsw / vpmaddwd / vpaddd
 sequence fbgemm's int8 kernels use on CPUs without VNNI) and times it on one
-thread; the
-result, in GOPS (2 operations per multiply-accumulate), is the per-core peak
-the latency benchmarks report their share of. Prints the CPU's model and
-whether it has AVX-512 VNNI.
+thread; the result, in GOPS (2 operations per multiply-accumulate), is the
+per-core peak the latency benchmarks report their share of. Prints the CPU's
+model and whether it has AVX-512 VNNI.
+
+Also whether onnxruntime's integer GEMM on this CPU is exact: its
+``MatMulInteger`` of uint8 codes of 255 by int8 weights of 127, against the
+exact sum. Without VNNI, the vpmaddubsw sequence's int16 pair sums saturate
+there (2 * 255 * 127 > 32767).
 """
 
 from __future__ import annotations
@@ -41,18 +45,38 @@ def cpu_description() -> str:
 def peak_gops_per_core(repeats: int = 7) -> float:
     """Median GOPS of the int8 multiply-accumulate loop on one thread."""
     lib = shared_library(HERE / "int8_peak.cpp", (), flags=("-mavx2",))
-    lib.qc_int8_peak_loop.restype = ctypes.c_int64
-    lib.qc_int8_peak_loop.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int32)]
+    loop = lib.qc_int8_peak_loop
+    loop.restype = ctypes.c_int64
+    loop.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int32)]
     sink = ctypes.c_int32()
-    lib.qc_int8_peak_loop(1_000_000, ctypes.byref(sink))
+    loop(1_000_000, ctypes.byref(sink))
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        macs = lib.qc_int8_peak_loop(20_000_000, ctypes.byref(sink))
+        macs = loop(20_000_000, ctypes.byref(sink))
         rates.append(2 * macs / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
+
+
+def onnxruntime_integer_gemm(depth: int = 64) -> tuple[int, int]:
+    """(onnxruntime's, exact) value of one output of ``MatMulInteger`` with every code 255 and every weight 127."""
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((depth, 8), 127, np.int8), "w")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, depth])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"a": np.full((1, depth), 255, np.uint8)})[0]
+    return int(got[0, 0]), 255 * 127 * depth
 
 
 if __name__ == "__main__":
     print(cpu_description())
     print(f"int8 peak, one core: {peak_gops_per_core():.0f} GOPS (AVX2 vpmaddubsw sequence, as fbgemm)")
+    got, exact = onnxruntime_integer_gemm()
+    verdict = "exact" if got == exact else f"saturated: {got / exact:.1%} of the exact sum"
+    print(f"onnxruntime MatMulInteger, 64 x (255 * 127): {got} against {exact} ({verdict})")
