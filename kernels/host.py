@@ -42,6 +42,7 @@ def _library() -> ctypes.CDLL | None:
         eight_lanes.argtypes = [ptr, int_] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
     lib.qc_host_add.restype = int_
+    lib.qc_host_quantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, i32, i32, int_]
     return lib
 
 
@@ -127,3 +128,16 @@ def add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tenso
     """TFLite's quantized add of two uint8 tensors (broadcast), as ``qc_host_add`` computes it."""
     return run_add(a, a_zero, a_m0, a_exponent, b, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo,
                    hi, left_shift)[0]
+
+
+def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """uint8 ``round(clamp(zp + x / scale, qmin, qmax))`` of float32 ``x`` on one grid, as ``qc::quantize``.
+
+    The output keeps ``x``'s memory order (NCHW or channels last)."""
+    layout = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+              and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    x = x.to(torch.float32).contiguous(memory_format=layout)
+    out = torch.empty_like(x, dtype=torch.uint8)
+    library().qc_host_quantize(x.data_ptr(), out.data_ptr(), x.numel(), scale, zero_point, qmin, qmax,
+                               torch.get_num_threads())
+    return out

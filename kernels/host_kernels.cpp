@@ -51,6 +51,13 @@ inline uint8_t add_one(uint8_t a, uint8_t b, int32_t a_zero, int32_t a_m0, int a
   return static_cast<uint8_t>(qc::output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
 }
 
+// qc::quantize over a range, in a loop the compiler vectorizes (the header's float32 steps, in order).
+__attribute__((target_clones("avx2", "default")))
+void quantize_range(const float* x, uint8_t* out, int64_t begin, int64_t end, float scale, int32_t zero_point,
+                    int32_t qmin, int32_t qmax) {
+  for (int64_t i = begin; i < end; ++i) out[i] = static_cast<uint8_t>(qc::quantize(x[i], scale, zero_point, qmin, qmax));
+}
+
 #ifdef QC_HOST_AVX2
 using namespace qc_avx2;
 
@@ -232,6 +239,15 @@ void qc_host_output_stage_channels_last(const void* acc, int acc_is_float, const
     output_stage_channels_last_avx2(static_cast<const int32_t*>(acc), bias, m0, exponent, out, batch, pixels,
                                     channels, zero_point, lo, hi, threads);
 #endif
+}
+
+// out[i] = qc::quantize(x[i], scale, zero_point, qmin, qmax): one grid for the whole tensor, 0 <= qmin <= qmax
+// <= 255.
+void qc_host_quantize(const float* x, uint8_t* out, int64_t count, float scale, int32_t zero_point, int32_t qmin,
+                      int32_t qmax, int threads) {
+  parallel_for(count, threads, [=](int64_t begin, int64_t end) {
+    quantize_range(x, out, begin, end, scale, zero_point, qmin, qmax);
+  });
 }
 
 // TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize. Returns 1 if the

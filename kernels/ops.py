@@ -14,10 +14,9 @@ Tensors are plain: ``uint8`` activations, ``int8`` weights, ``int32`` bias
 from __future__ import annotations
 
 import torch
-from qcompile.kernels import cpu
+from qcompile.kernels import cpu, host
 from qcompile.kernels import fixed_point as fp
 from torch import Tensor
-
 
 _LIBRARY = torch.library.Library("qcompile", "DEF")
 
@@ -40,6 +39,8 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 @_operator
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
     """``round(clamp(zp + x / scale))`` to uint8 (per tensor: 0-d scale and zero point)."""
+    if scale.numel() == 1 and zero_point.numel() == 1 and 0 <= qmin <= qmax <= 255 and host.library() is not None:
+        return host.quantize(x, float(scale), int(zero_point), qmin, qmax)
     return fp.quantize(x, scale, zero_point, qmin, qmax).to(torch.uint8)
 
 

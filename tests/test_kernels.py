@@ -485,3 +485,22 @@ def test_host_kernel_threads_serve_a_forked_child():
     with multiprocessing.get_context("fork").Pool(1) as pool:
         there = pool.apply_async(_twin_conv_in_two_threads, (x, weight, bias, m0, exponent)).get(timeout=120)
     assert torch.equal(here, there) and len(torch.unique(here)) > 20
+
+
+def test_host_quantize_is_the_torch_op_form():
+    """The compiled quantize (gemmlowp.h's qc::quantize, vectorized) against the torch-op form: exact ties in
+    both directions, NaN, infinities, the clamp, and both memory orders."""
+    from qcompile.kernels import host
+
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 17, 19, generator=generator) * 3
+    scale, zero = torch.tensor(0.0625), torch.tensor(100, dtype=torch.int32)
+    flat = x.view(-1)
+    flat[:6] = torch.tensor([0.03125, -0.03125, 0.09375, float("nan"), float("inf"), -float("inf")])
+    flat[6:10] = torch.tensor([2.5, -2.5, 1e9, -1e9]) * 0.0625
+    want = fp.quantize(x, scale, zero, 3, 250).to(torch.uint8)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = host.quantize(x.contiguous(memory_format=layout), float(scale), int(zero), 3, 250)
+        assert got.is_contiguous(memory_format=layout) and torch.equal(got, want)
+    assert want.view(-1)[:10].tolist() == [101, 100, 102, 3, 250, 3, 103, 98, 250, 3]  # ties away from 0
+    assert torch.equal(torch.ops.qcompile.quantize(x, scale, zero, 3, 250), want)
