@@ -2,13 +2,14 @@
 
     python benchmarks/gemmlowp_latency.py [--models resnet18 mobilenet_v2] [--repeats 20] [--json out.json]
 
-On a CPU the gemmlowp backend runs its CPU twin (exact float accumulation,
-then the fixed-point output stage compiled from ``kernels/gemmlowp.h``, in
-its eight-lane AVX2 form where the CPU has it); all models are
+On a CPU the gemmlowp backend runs its CPU twin (integer AVX2 convolutions
+with the fixed-point output stage of ``kernels/gemmlowp.h`` fused,
+``kernels/host_conv.cpp``, where the CPU has AVX2); all models are
 emitted by qcompile and timed in one process, medians of ``--repeats`` runs,
 as ratios against the fused float model (channels-last). Also the GEMM alone:
 effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's int8
-peak, measured by ``benchmarks/int8_peak.py`` (about 205 GOPS per core here).
+peak, measured by ``benchmarks/int8_peak.py`` (about 205 GOPS per core here),
+and single convolution layers of both models.
 """
 
 from __future__ import annotations
@@ -51,6 +52,32 @@ def gemm_gops(rows: int, depth: int, channels: int, repeats: int) -> float:
     m0, exponent = fp.quantize_multipliers(torch.full((channels,), 1e-4, dtype=torch.float64))
     ms = median_ms(lambda: torch.ops.qcompile.qlinear(x, 128, w, bias, m0, exponent, 0, 0, 255), repeats)
     return 2 * rows * depth * channels / (ms / 1000) / 1e9
+
+
+# (name, input channels, output channels, size, kernel, stride, groups): layers of ResNet-18 and MobileNetV2
+LAYERS = (("resnet18 layer1 3x3", 64, 64, 56, 3, 1, 1), ("resnet18 layer2 3x3", 128, 128, 28, 3, 1, 1),
+          ("resnet18 layer3 3x3", 256, 256, 14, 3, 1, 1), ("resnet18 layer4 3x3", 512, 512, 7, 3, 1, 1),
+          ("mobilenet_v2 pointwise 16->96", 16, 96, 112, 1, 1, 1),
+          ("mobilenet_v2 pointwise 32->192", 32, 192, 56, 1, 1, 1),
+          ("mobilenet_v2 pointwise 384->64", 384, 64, 14, 1, 1, 1),
+          ("mobilenet_v2 pointwise 960->160", 960, 160, 7, 1, 1, 1),
+          ("mobilenet_v2 depthwise 144, 56x56", 144, 144, 56, 3, 1, 144),
+          ("mobilenet_v2 depthwise 96, stride 2", 96, 96, 112, 3, 2, 96))
+
+
+def layer_gops(cin: int, cout: int, size: int, kernel: int, stride: int, groups: int, repeats: int) -> float:
+    """Effective GOPS of one ``torch.ops.qcompile.qconv2d`` on random codes (batch 1)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (1, cin, size, size), dtype=torch.uint8, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last)  # as the previous layer writes it
+    w = torch.randint(-127, 128, (cout, cin // groups, kernel, kernel), dtype=torch.int8, generator=g)
+    bias = torch.zeros(cout, dtype=torch.int32)
+    m0, exponent = fp.quantize_multipliers(torch.full((cout,), 1e-4, dtype=torch.float64))
+    geometry = ([stride] * 2, [kernel // 2] * 2, [1, 1], groups)
+    ms = median_ms(lambda: torch.ops.qcompile.qconv2d(x, 128, w, bias, m0, exponent, 0, 0, 255, *geometry),
+                   repeats)
+    out = (size + stride - 1) // stride
+    return 2 * out * out * cout * (cin // groups) * kernel * kernel / (ms / 1000) / 1e9
 
 
 def main() -> None:
@@ -99,6 +126,10 @@ def main() -> None:
         gops = gemm_gops(*shape, args.repeats)
         print(f"  rows x depth x channels = {' x '.join(map(str, shape))}: {gops:.1f} GOPS "
               f"({gops / (2 * peak_gops_per_core()):.1%} of the 2-core int8 peak)")
+    torch.set_num_threads(1)
+    print("\nsingle layers (torch.ops.qcompile.qconv2d, batch 1, one thread):")
+    for name, *shape in LAYERS:
+        print(f"  {name}: {layer_gops(*shape, args.repeats):.1f} GOPS")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
