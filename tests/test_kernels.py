@@ -297,6 +297,9 @@ def test_torch_cuda_extension_builds_and_checks_its_inputs():
                         0, 0, 0, 255, 1)
     if not torch.cuda.is_available():
         assert cuda.load() is None  # the CPU twin serves every call
+        cuda._register(extension)  # what load() does on a GPU machine: it registers (nothing runs here)
+        for op in ("qconv2d", "qlinear", "quantize", "dequantize"):
+            assert "\nCUDA: registered" in torch._C._dispatch_dump(f"qcompile::{op}"), op
 
 
 def test_twin_host_kernels_and_torch_ops_agree(monkeypatch):
