@@ -43,6 +43,7 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
     lib.qc_host_add.restype = int_
     lib.qc_host_quantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, i32, i32, int_]
+    lib.qc_host_max_pool.argtypes = [ptr, ptr, ptr, int_]
     return lib
 
 
@@ -140,4 +141,16 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: in
     out = torch.empty_like(x, dtype=torch.uint8)
     library().qc_host_quantize(x.data_ptr(), out.data_ptr(), x.numel(), scale, zero_point, qmin, qmax,
                                torch.get_num_threads())
+    return out
+
+
+def max_pool2d(q: torch.Tensor, out_shape: tuple[int, int, int, int], kernel_size: list[int], stride: list[int],
+               padding: list[int], dilation: list[int]) -> torch.Tensor:
+    """Max pooling of uint8 codes (N, C, H, W) to ``out_shape``, in channels-last order (as torch's, which
+    refuses uint8 tensors in that order)."""
+    q = q.contiguous(memory_format=torch.channels_last)  # held: the kernel reads it through a raw pointer
+    out = torch.empty(out_shape, dtype=torch.uint8, memory_format=torch.channels_last)
+    n, c, h, w = q.shape
+    shape = torch.tensor((n, h, w, c, *out_shape[2:], *kernel_size, *stride, *padding, *dilation), dtype=torch.int64)
+    library().qc_host_max_pool(q.data_ptr(), out.data_ptr(), shape.data_ptr(), torch.get_num_threads())
     return out

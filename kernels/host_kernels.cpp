@@ -1,4 +1,4 @@
-// The CPU twin's element-wise stages, compiled from the same gemmlowp.h as the
+// The CPU twin's element-wise stages and max pooling, compiled from the same gemmlowp.h as the
 // CUDA kernels, so the two cannot drift apart. kernels/host.py builds this with
 // the host C++ compiler and calls it through ctypes; without a compiler the twin
 // falls back to the same arithmetic in torch ops (kernels/fixed_point.py).
@@ -49,6 +49,12 @@ inline uint8_t add_one(uint8_t a, uint8_t b, int32_t a_zero, int32_t a_m0, int a
   const int32_t x = qc::multiply_by_quantized_multiplier((a - a_zero) * (1 << left_shift), a_m0, a_exponent);
   const int32_t y = qc::multiply_by_quantized_multiplier((b - b_zero) * (1 << left_shift), b_m0, b_exponent);
   return static_cast<uint8_t>(qc::output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
+}
+
+// o[i] = max(o[i], v[i]), in a loop the compiler vectorizes (vpmaxub).
+__attribute__((target_clones("avx2", "default")))
+void max_into(uint8_t* __restrict o, const uint8_t* __restrict v, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) o[i] = o[i] > v[i] ? o[i] : v[i];
 }
 
 // qc::quantize over a range, in a loop the compiler vectorizes (the header's float32 steps, in order).
@@ -247,6 +253,34 @@ void qc_host_quantize(const float* x, uint8_t* out, int64_t count, float scale, 
                       int32_t qmax, int threads) {
   parallel_for(count, threads, [=](int64_t begin, int64_t end) {
     quantize_range(x, out, begin, end, scale, zero_point, qmin, qmax);
+  });
+}
+
+// Max pooling of uint8 codes in channels-last order: x[n, h, w, c] to out[n, oh, ow, c]. Window positions
+// outside the input (padding, or ceil_mode's last window) are skipped, as torch skips them; every window has
+// at least one position inside (torch's padding <= kernel / 2). shape: n, h, w, c, oh, ow, then kernel,
+// stride, padding and dilation, each (rows, columns).
+void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int threads) {
+  const int64_t n = shape[0], h = shape[1], w = shape[2], c = shape[3], oh = shape[4], ow = shape[5];
+  const int64_t kh = shape[6], kw = shape[7], sh = shape[8], sw = shape[9], ph = shape[10], pw = shape[11];
+  const int64_t dh = shape[12], dw = shape[13];
+  parallel_for(n * oh, threads, [=](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / oh, oy = row % oh;
+      for (int64_t ox = 0; ox < ow; ++ox) {
+        uint8_t* o = out + (row * ow + ox) * c;
+        std::fill(o, o + c, uint8_t{0});  // the smallest code: any position inside the window replaces it
+        for (int64_t ky = 0; ky < kh; ++ky) {
+          const int64_t iy = oy * sh - ph + ky * dh;
+          if (iy < 0 || iy >= h) continue;
+          for (int64_t kx = 0; kx < kw; ++kx) {
+            const int64_t ix = ox * sw - pw + kx * dw;
+            if (ix < 0 || ix >= w) continue;
+            max_into(o, x + ((b * h + iy) * w + ix) * c, c);
+          }
+        }
+      }
+    }
   });
 }
 

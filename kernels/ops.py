@@ -111,14 +111,24 @@ def max_pool2d(q: Tensor, kernel_size: list[int], stride: list[int], padding: li
                ceil_mode: bool) -> Tensor:
     """Max pooling of uint8 codes (N, C, H, W), channels-last memory order out, as :func:`qconv2d`.
 
-    torch 2.14's max pooling refuses uint8 tensors in channels-last order, so
-    this pools in NCHW order."""
+    torch 2.14's max pooling refuses uint8 tensors in channels-last order (and
+    is slow on uint8 in NCHW); the host kernel pools them in channels-last
+    order, torch in NCHW without it."""
+    shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
+    if host.library() is not None and q.dim() == 4:
+        return host.max_pool2d(q, shape, kernel_size, stride, padding, dilation)
     out = torch.nn.functional.max_pool2d(q.contiguous(), kernel_size, stride, padding, dilation, ceil_mode)
     return out.contiguous(memory_format=torch.channels_last)
 
 
-@torch.library.register_fake("qcompile::max_pool2d")
-def _(q, kernel_size, stride, padding, dilation, ceil_mode):
+def _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[int, ...]:
+    """torch's output shape of max pooling (its checks of the arguments included)."""
     out = torch.nn.functional.max_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
                                          dilation, ceil_mode)
-    return q.new_empty(out.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    return tuple(out.shape)
+
+
+@torch.library.register_fake("qcompile::max_pool2d")
+def _(q, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
+    return q.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)

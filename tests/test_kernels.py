@@ -507,3 +507,20 @@ def test_host_quantize_is_the_torch_op_form():
         assert got.is_contiguous(memory_format=layout) and torch.equal(got, want)
     assert want.view(-1)[:10].tolist() == [101, 100, 102, 3, 250, 3, 103, 98, 250, 3]  # ties away from 0
     assert torch.equal(torch.ops.qcompile.quantize(x, scale, zero, 3, 250), want)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, ceil_mode", [
+    (3, 2, 1, 1, False),  # ResNet's stem pooling
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, True),   # ceil_mode: the last window hangs over the edge
+    (3, 1, 1, 2, False),  # dilated
+])
+def test_host_max_pool_is_torchs(kernel, stride, padding, dilation, ceil_mode):
+    """torch.ops.qcompile.max_pool2d (the host kernel, channels last) against torch's uint8 pooling in NCHW."""
+    generator = torch.Generator().manual_seed(kernel * 10 + stride)
+    q = torch.randint(0, 256, (2, 37, 15, 13), dtype=torch.uint8, generator=generator)  # 37: a channel tail
+    want = torch.nn.functional.max_pool2d(q, kernel, stride, padding, dilation, ceil_mode)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = torch.ops.qcompile.max_pool2d(q.contiguous(memory_format=layout), [kernel] * 2, [stride] * 2,
+                                            [padding] * 2, [dilation] * 2, ceil_mode)
+        assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want), layout
