@@ -1,17 +1,19 @@
 // The CPU twin's integer convolutions (AVX2): uint8 activations in channels-last order, int8 weights, int32
-// accumulators, the output stage of gemmlowp.h fused, uint8 out in channels-last order. kernels/conv_host.py
+// accumulators, the output stage of gemmlowp.h fused, uint8 out in channels-last order. kernels/host_conv.py
 // builds this with the host C++ compiler and calls it through ctypes; where it cannot run (no AVX2, a bound
 // that allows saturation) the twin keeps its float-accumulation path, which gives the same integers.
 //
-// Dense and grouped-by-one convolutions (and linear layers, 1x1 over one pixel) are one GEMM: rows are output
-// pixels, the depth is taps x input channels, columns are output channels.
-//  * A (activations): each tile of kRows pixels is gathered (im2col) as int16 values q - z_a, so padding is 0.
-//  * B (weights): packed once per layer as int16, in panels of 16 output channels; per pair of depth indices a
-//    panel holds 16 channels x 2 values, 64 bytes, two vectors of 8 channels.
-//  * The inner step: _mm256_madd_epi16 of one broadcast pair of activations with a weight vector gives 8
-//    exact int32 sums of two products (|q - z| <= 255 and |w| <= 128, so each sum is below 2^16), added to
-//    int32 accumulators. No step can saturate while depth * 255 * 128 plus the bias stays below 2^31, which
-//    the caller checks (kernels/cpu.py: accumulator_bound).
+// Dense convolutions (and linear layers, 1x1 over one pixel) are one GEMM: rows are output pixels, the depth
+// is taps x input channels, columns are output channels. The weights are packed once per layer in panels of
+// 16 output channels; each tile of pixels is gathered (im2col) just before the panels pass over it; the output
+// stage runs on the accumulators before they leave the registers. Two forms, the same integers:
+//  * bytes (up to 64 taps): vpmaddubsw multiplies the codes (uint8) with the weights (int8) and sums pairs to
+//    int16, which is exact for codes up to 127 (2 * 127 * 128 < 2^15); so the GEMM multiplies min(q, 127), and
+//    the rare codes above 127 are corrected one product at a time. The zero point comes off through the bias
+//    (sum (q - z) w = sum q w - z sum w), and taps outside the input (padding) get their share back.
+//  * int16 pairs: _mm256_madd_epi16 of q - z (|q - z| <= 255) with the weights, each pair sum below 2^16.
+// Every sum is exact in int32 arithmetic, whose wrap-around cannot change a result that fits int32; the caller
+// checks that the result does (kernels/cpu.py: accumulator_bound).
 // Depthwise convolutions accumulate in float32 with FMA, which is exact: products are integers below 2^15 and a
 // window of up to 514 taps keeps every partial sum below 2^24.
 #include <stdint.h>
@@ -19,6 +21,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "parallel.h"
 #include "stage8.h"
@@ -70,6 +73,28 @@ __attribute__((target("avx2"))) void gather_row(const uint8_t* x, const ConvShap
   if (s.depth() % 2) *dst = 0;
 }
 
+// A tile's accumulators (rows x 16 channels) through the output stage, stored as uint8 at out[m, c] for the
+// tile's valid rows and the panel's valid channels.
+template <int kTileRows>
+__attribute__((target("avx2"))) void store_tile(const __m256i (&acc)[kTileRows][2], int64_t rows, int64_t c0,
+                                                int64_t out_channels, const Stage8* stages, uint8_t* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t c = c0 + 8 * h;
+      if (c >= out_channels) break;
+      const __m256i q = stage8(acc[r][h], stages[c / 8]);
+      uint8_t* o = out + r * out_channels + c;
+      if (c + 8 <= out_channels) {
+        qc_avx2::store8(o, q);
+      } else {
+        alignas(32) int32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), q);
+        for (int64_t k = 0; k < out_channels - c; ++k) o[k] = static_cast<uint8_t>(lanes[k]);
+      }
+    }
+  }
+}
+
 // kRows x 16 accumulators over the whole depth for one tile and one panel, then the output stage, stored as
 // uint8 at out[m, c] for the tile's valid rows and the panel's valid channels. The accumulators are named
 // variables, not an array, so that they stay in the sixteen vector registers with the two weight vectors and
@@ -101,21 +126,7 @@ __attribute__((target("avx2"))) void tile_panel(const int16_t* a, const int16_t*
 #define QC_SAVE(r) acc[r][0] = acc##r##_0, acc[r][1] = acc##r##_1;
   QC_ROWS(QC_SAVE)
 #undef QC_SAVE
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int h = 0; h < 2; ++h) {
-      const int64_t c = c0 + 8 * h;
-      if (c >= out_channels) break;
-      const __m256i q = stage8(acc[r][h], stages[c / 8]);
-      uint8_t* o = out + r * out_channels + c;
-      if (c + 8 <= out_channels) {
-        qc_avx2::store8(o, q);
-      } else {
-        alignas(32) int32_t lanes[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), q);
-        for (int64_t k = 0; k < out_channels - c; ++k) o[k] = static_cast<uint8_t>(lanes[k]);
-      }
-    }
-  }
+  store_tile(acc, rows, c0, out_channels, stages, out);
 }
 #undef QC_ROWS
 
@@ -213,6 +224,109 @@ __attribute__((target("avx2,fma"))) void depthwise_row(const float* window, cons
   (void)taps;
 }
 
+// The byte form (see the top of this file).
+constexpr int kByteRows = 4;  // 4 x 2 accumulators, 2 weight vectors, the broadcast, the ones and a product
+
+// A code above 127 at depth index k of a tile's row: the GEMM left its excess q - 127 out.
+struct Exception {
+  int32_t row, k, excess;
+};
+
+// Row r of a byte tile: min(q, 127) of pixel m's receptive field, padded with 0 to a multiple of 4; codes
+// above 127 are appended to `exceptions`. Taps outside the input are 0 here and set in the returned mask: they
+// must contribute (z - z) w = 0, so their share of the bias correction (- z w) is added back afterwards.
+__attribute__((target("avx2"))) uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m, int32_t r,
+                                                      uint8_t* row, std::vector<Exception>& exceptions) {
+  const int64_t ow = m % s.out_w, oh = (m / s.out_w) % s.out_h, n = m / (s.out_w * s.out_h);
+  const __m256i top = _mm256_set1_epi8(127);
+  uint8_t* dst = row;
+  uint64_t outside = 0;
+  int64_t k0 = 0, tap = 0;
+  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+    const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
+    for (int64_t kx = 0; kx < s.kernel_w; ++kx, dst += s.channels, k0 += s.channels, ++tap) {
+      const int64_t ix = ow * s.stride_w - s.pad_w + kx * s.dilation_w;
+      if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) {
+        std::fill(dst, dst + s.channels, uint8_t{0});
+        outside |= uint64_t{1} << tap;
+        continue;
+      }
+      const uint8_t* src = x + ((n * s.height + iy) * s.width + ix) * s.channels;
+      int64_t c = 0;
+      for (; c + 32 <= s.channels; c += 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_min_epu8(v, top));
+        for (uint32_t high = static_cast<uint32_t>(_mm256_movemask_epi8(v)); high != 0; high &= high - 1) {
+          const int64_t i = c + __builtin_ctz(high);
+          exceptions.push_back({r, static_cast<int32_t>(k0 + i), src[i] - 127});
+        }
+      }
+      for (; c < s.channels; ++c) {
+        dst[c] = static_cast<uint8_t>(std::min<int32_t>(src[c], 127));
+        if (src[c] > 127) exceptions.push_back({r, static_cast<int32_t>(k0 + c), src[c] - 127});
+      }
+    }
+  }
+  std::fill(dst, row + 4 * ((s.depth() + 3) / 4), uint8_t{0});
+  return outside;
+}
+
+#define QC_BYTE_ROWS(X) X(0) X(1) X(2) X(3)
+__attribute__((target("avx2"))) void byte_tile_panel(const uint8_t* a, const int8_t* b, int64_t quads,
+                                                     __m256i (&out)[kByteRows][2]) {
+  static_assert(kByteRows == 4, "QC_BYTE_ROWS names four rows");
+  const __m256i ones = _mm256_set1_epi16(1);
+#define QC_ZERO(r) __m256i acc##r##_0 = _mm256_setzero_si256(), acc##r##_1 = _mm256_setzero_si256();
+  QC_BYTE_ROWS(QC_ZERO)
+#undef QC_ZERO
+  const int64_t stride = 4 * quads;
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 64 * q));
+    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 64 * q + 32));
+#define QC_STEP(r)                                                                                         \
+  {                                                                                                        \
+    int32_t quad;                                                                                          \
+    memcpy(&quad, a + r * stride + 4 * q, sizeof quad);                                                    \
+    const __m256i v = _mm256_set1_epi32(quad);                                                             \
+    acc##r##_0 = _mm256_add_epi32(acc##r##_0, _mm256_madd_epi16(_mm256_maddubs_epi16(v, b0), ones));      \
+    acc##r##_1 = _mm256_add_epi32(acc##r##_1, _mm256_madd_epi16(_mm256_maddubs_epi16(v, b1), ones));      \
+  }
+    QC_BYTE_ROWS(QC_STEP)
+#undef QC_STEP
+  }
+#define QC_SAVE(r) out[r][0] = acc##r##_0, out[r][1] = acc##r##_1;
+  QC_BYTE_ROWS(QC_SAVE)
+#undef QC_SAVE
+}
+#undef QC_BYTE_ROWS
+
+// One tile and one panel in the byte form: the GEMM, the exceptions, the taps outside the input, the output
+// stage.
+__attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t* b, const int32_t* tap_sums,
+                                               int64_t quads, int64_t rows, const std::vector<Exception>& exceptions,
+                                               const uint64_t* outside, int32_t x_zero, int64_t c0,
+                                               int64_t out_channels, const Stage8* stages, uint8_t* out) {
+  alignas(32) __m256i acc[kByteRows][2];
+  byte_tile_panel(tile, b, quads, acc);
+  for (const Exception& e : exceptions) {  // the codes above 127: excess * weight, one at a time
+    alignas(32) int32_t lanes[2][8];
+    memcpy(lanes, acc[e.row], sizeof lanes);
+    const int8_t* w = b + (e.k / 4) * 64 + (e.k % 4);
+    for (int i = 0; i < kChannels; ++i) lanes[i / 8][i % 8] += e.excess * w[4 * i];
+    memcpy(acc[e.row], lanes, sizeof lanes);
+  }
+  const __m256i zero = _mm256_set1_epi32(x_zero);
+  for (int64_t r = 0; r < rows; ++r)  // taps outside the input: z * (their weights' sum) back
+    for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
+      const int32_t* sums = tap_sums + __builtin_ctzll(mask) * kChannels;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8 * h));
+        acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_mullo_epi32(zero, w));
+      }
+    }
+  store_tile(acc, rows, c0, out_channels, stages, out);
+}
+
 }  // namespace
 
 extern "C" {
@@ -307,6 +421,64 @@ void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, co
       else
         depthwise_row<0>(window, weight, s, channels8, stages, sums, row_out);
     }
+  });
+}
+
+// The byte form's weights: packed[p, q, i, t] = weight[16 p + i, 4 q + t] (int8), 0 beyond the layer's
+// channels and depth; qc_conv_byte_packed_size bytes.
+int64_t qc_conv_byte_packed_size(int64_t out_channels, int64_t depth) {
+  return panels(out_channels) * ((depth + 3) / 4) * 4 * kChannels;
+}
+
+void qc_conv_byte_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int8_t* packed) {
+  const int64_t quads = (depth + 3) / 4;
+  for (int64_t p = 0; p < panels(out_channels); ++p)
+    for (int64_t q = 0; q < quads; ++q)
+      for (int64_t i = 0; i < kChannels; ++i)
+        for (int64_t t = 0; t < 4; ++t) {
+          const int64_t c = p * kChannels + i, k = 4 * q + t;
+          *packed++ = (c < out_channels && k < depth) ? weight[c * depth + k] : 0;
+        }
+}
+
+// qc_conv_gemm in the byte form: the same result. bias must be the layer's bias minus x_zero * (the sum of
+// each channel's weights), and tap_sums[p, t, i] the sum of channel 16 p + i's weights at tap t (at most 64
+// taps); the caller has checked that the bias and every accumulator stay in int32.
+void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
+                        const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                        int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads) {
+  const ConvShape s{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
+                    shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]};
+  const int64_t quads = (s.depth() + 3) / 4, tiles = (s.pixels() + kByteRows - 1) / kByteRows;
+  const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
+  const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
+  const Stage8* stages = table.data();
+  const bool by_tiles = tiles >= 2 * threads || all_panels < 2;
+  qc_host::parallel_for(by_tiles ? tiles : all_panels, threads, [&](int64_t begin, int64_t end) {
+    const int64_t t0 = by_tiles ? begin : 0, t1 = by_tiles ? end : tiles;
+    const int64_t p0 = by_tiles ? 0 : begin, p1 = by_tiles ? all_panels : end;
+    const std::unique_ptr<uint8_t[]> tile(new uint8_t[static_cast<size_t>(kByteRows * 4 * quads)]);
+    std::vector<Exception> exceptions;
+    uint64_t outside[kByteRows];
+    const int64_t taps = s.kernel_h * s.kernel_w;
+    for (int64_t pb = p0; pb < p1; pb += block)
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t rows = std::min<int64_t>(kByteRows, s.pixels() - t * kByteRows);
+        exceptions.clear();
+        for (int32_t r = 0; r < kByteRows; ++r) {
+          uint8_t* row = tile.get() + r * 4 * quads;
+          outside[r] = 0;
+          if (r < rows)
+            outside[r] = gather_bytes(x, s, t * kByteRows + r, r, row, exceptions);
+          else
+            std::fill(row, row + 4 * quads, uint8_t{0});
+        }
+        for (int64_t p = pb; p < std::min(p1, pb + block); ++p) {
+          byte_tile(tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads, rows,
+                    exceptions, outside, x_zero, p * kChannels, s.out_channels, stages,
+                    out + t * kByteRows * s.out_channels);
+        }
+      }
   });
 }
 

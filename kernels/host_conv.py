@@ -37,6 +37,10 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_pack.argtypes = [ptr, i64, i64, ptr]
     for entry in (lib.qc_conv_gemm, lib.qc_conv_depthwise):
         entry.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
+    lib.qc_conv_byte_packed_size.argtypes = [i64, i64]
+    lib.qc_conv_byte_packed_size.restype = i64
+    lib.qc_conv_byte_pack.argtypes = [ptr, i64, i64, ptr]
+    lib.qc_conv_gemm_bytes.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_]
     return lib if lib.qc_conv_supported() else None
 
 
@@ -70,6 +74,23 @@ def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
     packed = torch.empty(lib.qc_conv_packed_size(*rows.shape), dtype=torch.int16)
     lib.qc_conv_pack(rows.data_ptr(), rows.shape[0], rows.shape[1], packed.data_ptr())
     return packed
+
+
+class _BytePanels:
+    """The byte form's weights: int8 panels, each channel's weight sum (the zero point's share of the
+    accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels."""
+
+    def __init__(self, weight: torch.Tensor):
+        rows = weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
+        rows = rows.contiguous().reshape(weight.shape[0], -1)
+        lib = library()
+        self.panels = torch.empty(lib.qc_conv_byte_packed_size(*rows.shape), dtype=torch.int8)
+        lib.qc_conv_byte_pack(rows.data_ptr(), rows.shape[0], rows.shape[1], self.panels.data_ptr())
+        self.sums = rows.long().sum(1)
+        channels, taps = weight.shape[0], (weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1)
+        per_tap = rows.long().reshape(channels, taps, -1).sum(2)  # [channels, taps]
+        per_tap = torch.nn.functional.pad(per_tap, (0, 0, 0, -channels % 16))
+        self.tap_sums = per_tap.reshape(-1, 16, taps).transpose(1, 2).contiguous().to(torch.int32)
 
 
 def _depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
@@ -136,8 +157,17 @@ def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
 
 
 def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out) -> None:
+    """The byte form (vpmaddubsw) for up to 64 taps, else the int16 form; the same integers."""
     dims = torch.tensor(shape, dtype=torch.int64)
     params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+    if shape[5] * shape[6] <= 64:
+        panels = _cached(weight, "bytes", _BytePanels)
+        # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
+        params[0] = (bias.long() - x_zero * panels.sums).to(torch.int32)
+        library().qc_conv_gemm_bytes(x.data_ptr(), x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(),
+                                     dims.data_ptr(), *(t.data_ptr() for t in params), out_zero, lo, hi,
+                                     out.data_ptr(), torch.get_num_threads())
+        return
     library().qc_conv_gemm(x.data_ptr(), x_zero, _cached(weight, "gemm", _gemm_panels).data_ptr(), dims.data_ptr(),
                            *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
                            torch.get_num_threads())

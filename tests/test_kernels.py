@@ -394,10 +394,13 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (1, 64, 48, 14, 3, 1, 1, 1),    # 17 pixels over 6-row tiles, channels in whole panels
     (3, 32, 40, 5, 1, 1, 0, 1),     # 1x1: a plain GEMM
     (1, 3, 16, 23, 7, 2, 3, 1),     # a stem: wide padding
+    (1, 2, 8, 12, 9, 1, 4, 1),      # 81 taps: the int16 form (the byte form takes up to 64)
 ])
 def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
-    """The AVX2 integer GEMM convolution (int16 pairs, int32 sums, fused output stage, channels last) against
-    float64 accumulation and the torch-op output stage; the twin dispatches to it where it may run."""
+    """The AVX2 integer GEMM convolutions (bytes with the codes above 127 and the padding corrected, or int16
+    pairs; int32 sums, fused output stage, channels last) against float64 accumulation and the torch-op output
+    stage; the twin dispatches to them where they may run. Zero points below and above 127 (padding then
+    needs the correction), and random codes, half of them above 127."""
     from qcompile.kernels import host_conv
 
     generator = torch.Generator().manual_seed(batch * 1000 + cin)
@@ -407,17 +410,18 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
     scale = torch.rand(cout, dtype=torch.float64, generator=generator) * 2e-3 + 2e-3
     m0, exponent = fp.quantize_multipliers(scale / (cin * kernel * kernel) ** 0.5)
     geometry = ([stride] * 2, [padding] * 2, [dilation] * 2)
-    want = _conv_reference(x, 131, weight, bias, m0, exponent, 7, 0, 255, *geometry)
-    assert len(torch.unique(want)) > 20  # neither saturated nor constant
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
     assert host_conv.runs(bias, m0, exponent, cpu.accumulator_bound(cin * kernel * kernel)) == avx2
-    got = cpu.qconv2d(x, 131, weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
-    assert torch.equal(got, want)
-    if avx2:
-        assert got.is_contiguous(memory_format=torch.channels_last)  # written by the integer kernel
-        # NCHW and channels-last inputs alike
-        nhwc = x.contiguous(memory_format=torch.channels_last)
-        assert torch.equal(host_conv.conv2d(nhwc, 131, weight, bias, m0, exponent, 7, 0, 255, *geometry), want)
+    for zero in (5, 131):
+        want = _conv_reference(x, zero, weight, bias, m0, exponent, 7, 0, 255, *geometry)
+        assert len(torch.unique(want)) > 20  # neither saturated nor constant
+        got = cpu.qconv2d(x, zero, weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
+        assert torch.equal(got, want), zero
+        if avx2:
+            assert got.is_contiguous(memory_format=torch.channels_last)  # written by the integer kernel
+            # NCHW and channels-last inputs alike
+            nhwc = x.contiguous(memory_format=torch.channels_last)
+            assert torch.equal(host_conv.conv2d(nhwc, zero, weight, bias, m0, exponent, 7, 0, 255, *geometry), want)
 
 
 @pytest.mark.parametrize("batch, channels, size, kernel, stride, padding, dilation", [
