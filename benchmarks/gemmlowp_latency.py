@@ -44,13 +44,23 @@ def emit(model, calib, tmp: Path, name: str, pipeline: str, preset: str = "x86")
     return graph, load_model(tmp / name)
 
 
+def activation_codes(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """uint8 codes distributed as the twin meets them: with the x86 preset (scales for codes up to 127),
+    at most 0.1% of any layer's input codes of ResNet-18 and MobileNetV2 exceed 127 on the bundled photos.
+    The byte form of the GEMM corrects those one by one, so their share matters for its speed."""
+    codes = torch.randint(0, 128, shape, dtype=torch.uint8, generator=generator)
+    above = torch.rand(shape, generator=generator) < 0.001
+    codes[above] = torch.randint(128, 256, (int(above.sum()),), dtype=torch.uint8, generator=generator)
+    return codes
+
+
 def gemm_gops(rows: int, depth: int, channels: int, repeats: int) -> float:
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (rows, depth), dtype=torch.uint8, generator=g)
+    x = activation_codes((rows, depth), g)
     w = torch.randint(-127, 128, (channels, depth), dtype=torch.int8, generator=g)
     bias = torch.zeros(channels, dtype=torch.int32)
     m0, exponent = fp.quantize_multipliers(torch.full((channels,), 1e-4, dtype=torch.float64))
-    ms = median_ms(lambda: torch.ops.qcompile.qlinear(x, 128, w, bias, m0, exponent, 0, 0, 255), repeats)
+    ms = median_ms(lambda: torch.ops.qcompile.qlinear(x, 40, w, bias, m0, exponent, 0, 0, 255), repeats)
     return 2 * rows * depth * channels / (ms / 1000) / 1e9
 
 
@@ -68,13 +78,12 @@ LAYERS = (("resnet18 layer1 3x3", 64, 64, 56, 3, 1, 1), ("resnet18 layer2 3x3", 
 def layer_gops(cin: int, cout: int, size: int, kernel: int, stride: int, groups: int, repeats: int) -> float:
     """Effective GOPS of one ``torch.ops.qcompile.qconv2d`` on random codes (batch 1)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (1, cin, size, size), dtype=torch.uint8, generator=g)
-    x = x.contiguous(memory_format=torch.channels_last)  # as the previous layer writes it
+    x = activation_codes((1, cin, size, size), g).contiguous(memory_format=torch.channels_last)  # as written
     w = torch.randint(-127, 128, (cout, cin // groups, kernel, kernel), dtype=torch.int8, generator=g)
     bias = torch.zeros(cout, dtype=torch.int32)
     m0, exponent = fp.quantize_multipliers(torch.full((cout,), 1e-4, dtype=torch.float64))
     geometry = ([stride] * 2, [kernel // 2] * 2, [1, 1], groups)
-    ms = median_ms(lambda: torch.ops.qcompile.qconv2d(x, 128, w, bias, m0, exponent, 0, 0, 255, *geometry),
+    ms = median_ms(lambda: torch.ops.qcompile.qconv2d(x, 40, w, bias, m0, exponent, 0, 0, 255, *geometry),
                    repeats)
     out = (size + stride - 1) // stride
     return 2 * out * out * cout * (cin // groups) * kernel * kernel / (ms / 1000) / 1e9

@@ -389,11 +389,12 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
 
 
 @pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, dilation", [
-    (1, 3, 5, 9, 3, 1, 1, 1),       # depth 27 (odd), one partial panel
-    (2, 7, 19, 11, 3, 2, 1, 2),     # strided, dilated, a tail of 3 channels
-    (1, 64, 48, 14, 3, 1, 1, 1),    # 17 pixels over 6-row tiles, channels in whole panels
-    (3, 32, 40, 5, 1, 1, 0, 1),     # 1x1: a plain GEMM
-    (1, 3, 16, 23, 7, 2, 3, 1),     # a stem: wide padding
+    (1, 3, 5, 9, 3, 1, 1, 1),       # depth 27 (odd): the int16 form, one partial panel
+    (2, 7, 19, 11, 3, 2, 1, 2),     # strided, dilated, a tail of 3 channels; depth 63: int16
+    (1, 64, 48, 14, 3, 1, 1, 1),    # the byte form: pixels over whole and partial tiles, whole panels
+    (3, 32, 40, 5, 1, 1, 0, 1),     # 1x1, depth 32: a plain GEMM in int16
+    (2, 96, 24, 6, 1, 1, 0, 1),     # 1x1, depth 96: a plain GEMM in bytes
+    (1, 3, 16, 23, 7, 2, 3, 1),     # a stem: wide padding, depth 147 in bytes
     (1, 2, 8, 12, 9, 1, 4, 1),      # 81 taps: the int16 form (the byte form takes up to 64)
 ])
 def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
