@@ -6,8 +6,10 @@ order (a ``torch.channels_last`` tensor, so nothing downstream has to know).
 They give the same integers as the float-accumulation path of
 :mod:`qcompile.kernels.cpu` (tested), several times faster, and run only
 where that is guaranteed: an AVX2 CPU, and the eight-lane output stage's
-conditions (no saturation possible, exponents <= 0). Weights are packed once
-per weight tensor and kept while it lives and is unchanged.
+conditions (no saturation possible, exponents <= 0). Packed weights, the bias
+with the zero point's share folded in, and whether the kernels may run are
+computed once per layer and kept while its tensors live and are unchanged:
+a model's calls pay for the kernels and little else.
 ``QCOMPILE_HOST_KERNELS=0`` switches them off with the other host kernels.
 """
 
@@ -49,21 +51,23 @@ def library() -> ctypes.CDLL | None:
     return _library() if host.library() is not None else None
 
 
-_packed: dict[tuple[int, str], tuple[int, int, torch.Tensor]] = {}
+_memo: dict[tuple, tuple[tuple[tuple[int, int], ...], object]] = {}
 
 
-def _cached(weight: torch.Tensor, form: str, pack) -> torch.Tensor:
-    """``pack(weight)``, once per weight tensor and form: keyed by the tensor's identity and checked against
-    its version counter and storage, so an in-place change repacks."""
-    key = (id(weight), form)
-    entry = _packed.get(key)
-    if entry is not None and entry[0] == weight._version and entry[1] == weight.data_ptr():
-        return entry[2]
+def _cached(tensors: tuple[torch.Tensor, ...], form, compute):
+    """``compute()`` for these tensors, once: keyed by the tensors' identities and ``form``, checked against
+    their version counters and storage (an in-place change recomputes), dropped when one of them is freed."""
+    key = (tuple(id(t) for t in tensors), form)
+    state = tuple((t._version, t.data_ptr()) for t in tensors)
+    entry = _memo.get(key)
+    if entry is not None and entry[0] == state:
+        return entry[1]
     if entry is None:
-        weakref.finalize(weight, _packed.pop, key, None)
-    packed = pack(weight)
-    _packed[key] = (weight._version, weight.data_ptr(), packed)
-    return packed
+        for t in tensors:
+            weakref.finalize(t, _memo.pop, key, None)
+    value = compute()
+    _memo[key] = (state, value)
+    return value
 
 
 def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
@@ -101,12 +105,21 @@ def _depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
 
 
 def runs(bias: torch.Tensor, multiplier: torch.Tensor, exponent: torch.Tensor, acc_bound: int) -> bool:
-    """Whether these kernels run for a layer: compiled, AVX2, and the eight-lane output stage's conditions."""
+    """Whether these kernels run for a layer: compiled, AVX2, and the eight-lane output stage's conditions
+    (decided once per layer's parameters)."""
     lib = host.library()
     if lib is None or library() is None:
         return False
-    params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
-    return bool(lib.qc_host_vector_form(acc_bound, *(t.data_ptr() for t in params), params[0].numel()))
+
+    def decide() -> bool:
+        params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+        return bool(lib.qc_host_vector_form(acc_bound, *(t.data_ptr() for t in params), params[0].numel()))
+
+    return _cached((bias, multiplier, exponent), ("runs", acc_bound), decide)
+
+
+def _dims(values) -> ctypes.Array:
+    return (ctypes.c_int64 * len(values))(*values)
 
 
 def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
@@ -136,11 +149,11 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     out = torch.empty((n, c, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
-    dims = torch.tensor((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow), dtype=torch.int64)
+    dims = _dims((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow))
     params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
     x = x.contiguous(memory_format=torch.channels_last)  # held: the kernel reads it through a raw pointer
-    library().qc_conv_depthwise(x.data_ptr(), x_zero, _cached(weight, "depthwise", _depthwise_taps).data_ptr(),
-                                dims.data_ptr(),
+    taps = _cached((weight,), "depthwise", lambda: _depthwise_taps(weight))
+    library().qc_conv_depthwise(x.data_ptr(), x_zero, taps.data_ptr(), dims,
                                 *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
                                 torch.get_num_threads())
     return out
@@ -159,17 +172,18 @@ def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
 def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out) -> None:
     """The byte form (vpmaddubsw) for depths of 64 and more over up to 64 taps, else the int16 form (faster
     for thin layers, measured); the same integers."""
-    dims = torch.tensor(shape, dtype=torch.int64)
+    dims = _dims(shape)
     params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
     taps = shape[5] * shape[6]
     if taps <= 64 and taps * shape[3] >= 64:
-        panels = _cached(weight, "bytes", _BytePanels)
+        panels = _cached((weight,), "bytes", lambda: _BytePanels(weight))
         # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
-        params[0] = (bias.long() - x_zero * panels.sums).to(torch.int32)
+        params[0] = _cached((weight, bias), ("bias", x_zero),
+                            lambda: (bias.long() - x_zero * panels.sums).to(torch.int32))
         library().qc_conv_gemm_bytes(x.data_ptr(), x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(),
-                                     dims.data_ptr(), *(t.data_ptr() for t in params), out_zero, lo, hi,
-                                     out.data_ptr(), torch.get_num_threads())
+                                     dims, *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
+                                     torch.get_num_threads())
         return
-    library().qc_conv_gemm(x.data_ptr(), x_zero, _cached(weight, "gemm", _gemm_panels).data_ptr(), dims.data_ptr(),
-                           *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
-                           torch.get_num_threads())
+    packed = _cached((weight,), "int16", lambda: _gemm_panels(weight))
+    library().qc_conv_gemm(x.data_ptr(), x_zero, packed.data_ptr(), dims, *(t.data_ptr() for t in params),
+                           out_zero, lo, hi, out.data_ptr(), torch.get_num_threads())

@@ -449,7 +449,7 @@ def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, 
     assert got.is_contiguous(memory_format=torch.channels_last) == avx2  # written by the depthwise kernel
 
 
-def test_host_integer_linear_is_bit_exact_and_repacks_changed_weights():
+def test_host_integer_linear_is_bit_exact_and_follows_changed_parameters():
     from qcompile.kernels import host_conv
 
     if host_conv.library() is None:
@@ -466,6 +466,8 @@ def test_host_integer_linear_is_bit_exact_and_repacks_changed_weights():
 
     assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
     weight.mul_(-1).clamp_(-127, 127)  # an in-place change: the packed copy must follow
+    assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
+    bias.add_(3000)  # and the bias with the zero point's share folded in
     assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
     assert len(torch.unique(reference())) > 20
 
