@@ -39,6 +39,10 @@ struct ConvShape {
   int64_t batch, height, width, channels;  // input, channels last
   int64_t out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int64_t out_h, out_w;
+  // from the 15 values the Python side passes, in this order
+  static ConvShape read(const int64_t* v) {
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14]};
+  }
   int64_t depth() const { return kernel_h * kernel_w * channels; }
   int64_t pairs() const { return (depth() + 1) / 2; }
   int64_t pixels() const { return batch * out_h * out_w; }
@@ -165,7 +169,6 @@ template <int kTaps>
 __attribute__((target("avx2,fma"))) void depthwise_row(const float* window, const float* weight,
                                                        const ConvShape& s, int64_t channels8,
                                                        const Stage8* stages, int32_t* sums, uint8_t* out) {
-  const int64_t taps = kTaps > 0 ? kTaps : s.kernel_h * s.kernel_w;
   const int64_t wp = s.width + 2 * s.pad_w;
   int64_t offsets[kTaps > 0 ? kTaps : 1];
   for (int64_t ky = 0, t = 0; kTaps > 0 && ky < s.kernel_h; ++ky)
@@ -221,7 +224,6 @@ __attribute__((target("avx2,fma"))) void depthwise_row(const float* window, cons
       }
     }
   }
-  (void)taps;
 }
 
 // The byte form (see the top of this file).
@@ -327,6 +329,44 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
   store_tile(acc, rows, c0, out_channels, stages, out);
 }
 
+// Weights in panels of 16 output channels, kGroup consecutive depth indices per channel (2 for int16 pairs,
+// 4 for byte quads): packed[p, g, i, t] = weight[16 p + i, kGroup g + t], 0 beyond the channels and depth.
+int64_t packed_size(int64_t out_channels, int64_t depth, int64_t group) {
+  return panels(out_channels) * ((depth + group - 1) / group) * group * kChannels;
+}
+
+template <int kGroup, class T>
+void pack_panels(const int8_t* weight, int64_t out_channels, int64_t depth, T* packed) {
+  const int64_t groups = (depth + kGroup - 1) / kGroup;
+  for (int64_t p = 0; p < panels(out_channels); ++p)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t i = 0; i < kChannels; ++i)
+        for (int64_t t = 0; t < kGroup; ++t) {
+          const int64_t c = p * kChannels + i, k = kGroup * g + t;
+          *packed++ = (c < out_channels && k < depth) ? weight[c * depth + k] : 0;
+        }
+}
+
+// The GEMM's loop: tiles of pixels under blocks of weight panels. Threads split the tiles when there are
+// enough of them, else the panels (a linear layer over one row). Each thread makes its scratch (the tile's
+// buffers) once; gather(scratch, t) fills it with tile t, panel(scratch, t, p) runs panel p over it. A tile
+// is gathered again for every block: a small cost against the block's multiply-adds.
+template <class Scratch, class Gather, class Panel>
+void tile_loop(int64_t tiles, int64_t all_panels, int64_t block, int threads, Scratch scratch_for_thread,
+               Gather gather, Panel panel) {
+  const bool by_tiles = tiles >= 2 * threads || all_panels < 2;
+  qc_host::parallel_for(by_tiles ? tiles : all_panels, threads, [&](int64_t begin, int64_t end) {
+    const int64_t t0 = by_tiles ? begin : 0, t1 = by_tiles ? end : tiles;
+    const int64_t p0 = by_tiles ? 0 : begin, p1 = by_tiles ? all_panels : end;
+    auto scratch = scratch_for_thread();
+    for (int64_t pb = p0; pb < p1; pb += block)
+      for (int64_t t = t0; t < t1; ++t) {
+        gather(scratch, t);
+        for (int64_t p = pb; p < std::min(p1, pb + block); ++p) panel(scratch, t, p);
+      }
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -335,21 +375,12 @@ extern "C" {
 int qc_conv_supported() { return __builtin_cpu_supports("avx2") ? 1 : 0; }
 
 // The number of int16 values qc_conv_pack writes for this layer.
-int64_t qc_conv_packed_size(int64_t out_channels, int64_t depth) {
-  return panels(out_channels) * ((depth + 1) / 2) * 2 * kChannels;
-}
+int64_t qc_conv_packed_size(int64_t out_channels, int64_t depth) { return packed_size(out_channels, depth, 2); }
 
 // weight[c, k] (int8, k over taps then input channels: the layout of weight.permute(0, 2, 3, 1)) as int16
 // panels: packed[p, j, i, t] = weight[16 p + i, 2 j + t], 0 beyond the layer's channels and depth.
 void qc_conv_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int16_t* packed) {
-  const int64_t pairs = (depth + 1) / 2;
-  for (int64_t p = 0; p < panels(out_channels); ++p)
-    for (int64_t j = 0; j < pairs; ++j)
-      for (int64_t i = 0; i < kChannels; ++i)
-        for (int64_t t = 0; t < 2; ++t) {
-          const int64_t c = p * kChannels + i, k = 2 * j + t;
-          *packed++ = (c < out_channels && k < depth) ? weight[c * depth + k] : 0;
-        }
+  pack_panels<2>(weight, out_channels, depth, packed);
 }
 
 // out[n, oh, ow, c] (uint8, channels last) = output_stage(sum over taps and input channels of
@@ -358,35 +389,32 @@ void qc_conv_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int
 void qc_conv_gemm(const uint8_t* x, int32_t x_zero, const int16_t* packed, const int64_t* shape,
                   const int32_t* bias, const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                   int32_t hi, uint8_t* out, int threads) {
-  const ConvShape s{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
-                    shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]};
+  const ConvShape s = ConvShape::read(shape);
   const int64_t pairs = s.pairs(), tiles = (s.pixels() + kRows - 1) / kRows;
   const int64_t all_panels = panels(s.out_channels), block = panels_per_block(pairs);
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
   const Stage8* stages = table.data();
-  // tiles split between threads when there are enough of them, else panels (a linear layer over one row)
-  const bool by_tiles = tiles >= 2 * threads || all_panels < 2;
-  qc_host::parallel_for(by_tiles ? tiles : all_panels, threads, [&](int64_t begin, int64_t end) {
-    const int64_t t0 = by_tiles ? begin : 0, t1 = by_tiles ? end : tiles;
-    const int64_t p0 = by_tiles ? 0 : begin, p1 = by_tiles ? all_panels : end;
-    // one tile's activations at a time (they stay in the L1 cache while a block of panels passes over them),
-    // gathered again for every block: a small cost against the block's multiply-adds
-    const std::unique_ptr<int16_t[]> tile(new int16_t[static_cast<size_t>(kRows * 2 * pairs)]);
-    for (int64_t pb = p0; pb < p1; pb += block)
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t rows = std::min<int64_t>(kRows, s.pixels() - t * kRows);
+  struct Scratch {
+    std::unique_ptr<int16_t[]> tile;
+    int64_t rows;
+  };
+  tile_loop(
+      tiles, all_panels, block, threads,
+      [&] { return Scratch{std::unique_ptr<int16_t[]>(new int16_t[static_cast<size_t>(kRows * 2 * pairs)]), 0}; },
+      [&](Scratch& scratch, int64_t t) {
+        scratch.rows = std::min<int64_t>(kRows, s.pixels() - t * kRows);
         for (int64_t r = 0; r < kRows; ++r) {
-          int16_t* row = tile.get() + r * 2 * pairs;
-          if (r < rows)
+          int16_t* row = scratch.tile.get() + r * 2 * pairs;
+          if (r < scratch.rows)
             gather_row(x, s, x_zero, t * kRows + r, row);
           else
             std::fill(row, row + 2 * pairs, int16_t{0});
         }
-        for (int64_t p = pb; p < std::min(p1, pb + block); ++p)
-          tile_panel(tile.get(), packed + p * pairs * 2 * kChannels, pairs, rows, p * kChannels, s.out_channels,
-                     stages, out + t * kRows * s.out_channels);
-      }
-  });
+      },
+      [&](Scratch& scratch, int64_t t, int64_t p) {
+        tile_panel(scratch.tile.get(), packed + p * pairs * 2 * kChannels, pairs, scratch.rows, p * kChannels,
+                   s.out_channels, stages, out + t * kRows * s.out_channels);
+      });
 }
 
 // out[n, oh, ow, c] = output_stage(sum over the window of (x[n, ., ., c] - x_zero) * weight[t, c] + bias[c]),
@@ -396,8 +424,7 @@ void qc_conv_gemm(const uint8_t* x, int32_t x_zero, const int16_t* packed, const
 void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, const int64_t* shape,
                        const int32_t* bias, const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                        int32_t hi, uint8_t* out, int threads) {
-  const ConvShape s{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
-                    shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]};
+  const ConvShape s = ConvShape::read(shape);
   const int64_t channels8 = (s.channels + 7) / 8 * 8, wp = s.width + 2 * s.pad_w;
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
   const Stage8* stages = table.data();
@@ -426,19 +453,10 @@ void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, co
 
 // The byte form's weights: packed[p, q, i, t] = weight[16 p + i, 4 q + t] (int8), 0 beyond the layer's
 // channels and depth; qc_conv_byte_packed_size bytes.
-int64_t qc_conv_byte_packed_size(int64_t out_channels, int64_t depth) {
-  return panels(out_channels) * ((depth + 3) / 4) * 4 * kChannels;
-}
+int64_t qc_conv_byte_packed_size(int64_t out_channels, int64_t depth) { return packed_size(out_channels, depth, 4); }
 
 void qc_conv_byte_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int8_t* packed) {
-  const int64_t quads = (depth + 3) / 4;
-  for (int64_t p = 0; p < panels(out_channels); ++p)
-    for (int64_t q = 0; q < quads; ++q)
-      for (int64_t i = 0; i < kChannels; ++i)
-        for (int64_t t = 0; t < 4; ++t) {
-          const int64_t c = p * kChannels + i, k = 4 * q + t;
-          *packed++ = (c < out_channels && k < depth) ? weight[c * depth + k] : 0;
-        }
+  pack_panels<4>(weight, out_channels, depth, packed);
 }
 
 // qc_conv_gemm in the byte form: the same result. bias must be the layer's bias minus x_zero * (the sum of
@@ -447,39 +465,39 @@ void qc_conv_byte_pack(const int8_t* weight, int64_t out_channels, int64_t depth
 void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
                         const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
                         int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads) {
-  const ConvShape s{shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
-                    shape[8], shape[9], shape[10], shape[11], shape[12], shape[13], shape[14]};
+  const ConvShape s = ConvShape::read(shape);
   const int64_t quads = (s.depth() + 3) / 4, tiles = (s.pixels() + kByteRows - 1) / kByteRows;
   const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
   const Stage8* stages = table.data();
-  const bool by_tiles = tiles >= 2 * threads || all_panels < 2;
-  qc_host::parallel_for(by_tiles ? tiles : all_panels, threads, [&](int64_t begin, int64_t end) {
-    const int64_t t0 = by_tiles ? begin : 0, t1 = by_tiles ? end : tiles;
-    const int64_t p0 = by_tiles ? 0 : begin, p1 = by_tiles ? all_panels : end;
-    const std::unique_ptr<uint8_t[]> tile(new uint8_t[static_cast<size_t>(kByteRows * 4 * quads)]);
+  const int64_t taps = s.kernel_h * s.kernel_w;
+  struct Scratch {
+    std::unique_ptr<uint8_t[]> tile;
+    int64_t rows;
     std::vector<Exception> exceptions;
     uint64_t outside[kByteRows];
-    const int64_t taps = s.kernel_h * s.kernel_w;
-    for (int64_t pb = p0; pb < p1; pb += block)
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t rows = std::min<int64_t>(kByteRows, s.pixels() - t * kByteRows);
-        exceptions.clear();
+  };
+  tile_loop(
+      tiles, all_panels, block, threads,
+      [&] { return Scratch{std::unique_ptr<uint8_t[]>(new uint8_t[static_cast<size_t>(kByteRows * 4 * quads)]), 0,
+                           {}, {}}; },
+      [&](Scratch& scratch, int64_t t) {
+        scratch.rows = std::min<int64_t>(kByteRows, s.pixels() - t * kByteRows);
+        scratch.exceptions.clear();
         for (int32_t r = 0; r < kByteRows; ++r) {
-          uint8_t* row = tile.get() + r * 4 * quads;
-          outside[r] = 0;
-          if (r < rows)
-            outside[r] = gather_bytes(x, s, t * kByteRows + r, r, row, exceptions);
+          uint8_t* row = scratch.tile.get() + r * 4 * quads;
+          scratch.outside[r] = 0;
+          if (r < scratch.rows)
+            scratch.outside[r] = gather_bytes(x, s, t * kByteRows + r, r, row, scratch.exceptions);
           else
             std::fill(row, row + 4 * quads, uint8_t{0});
         }
-        for (int64_t p = pb; p < std::min(p1, pb + block); ++p) {
-          byte_tile(tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads, rows,
-                    exceptions, outside, x_zero, p * kChannels, s.out_channels, stages,
-                    out + t * kByteRows * s.out_channels);
-        }
-      }
-  });
+      },
+      [&](Scratch& scratch, int64_t t, int64_t p) {
+        byte_tile(scratch.tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads,
+                  scratch.rows, scratch.exceptions, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
+                  out + t * kByteRows * s.out_channels);
+      });
 }
 
 }  // extern "C"
