@@ -8,7 +8,7 @@
 * :mod:`.fixed_point` and :mod:`.cpu`: the CPU twin, bit-exact with the kernels;
   :mod:`.host` and :mod:`.host_conv` its compiled host kernels (``host_kernels.cpp``,
   ``host_conv.cpp``: AVX2 integer GEMM and depthwise convolutions, the element-wise stages);
-* :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export;
+* :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export (shapes from :mod:`.geometry`);
 * :mod:`.modules`: the modules the ``gemmlowp`` backend emits.
 
 Importing the package registers the ops.

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from qcompile.kernels.ops import conv_output_size
+from qcompile.kernels.geometry import conv_output_size
 
 HERE = Path(__file__).resolve().parent
 

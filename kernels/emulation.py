@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from qcompile.kernels.build import shared_library
-from qcompile.kernels.ops import conv_output_size
+from qcompile.kernels.geometry import conv_output_size
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "emulation" / "cuda_host.h",

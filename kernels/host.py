@@ -54,6 +54,13 @@ def library() -> ctypes.CDLL | None:
     return _library()
 
 
+def memory_order(t: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-d tensor stored in that order (and not also in NCHW order), else
+    ``torch.contiguous_format``: the order an element-wise kernel keeps."""
+    channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def run_output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor,
                      zero_point: int, lo: int, hi: int, axis: int,
                      acc_bound: int | None = None) -> tuple[torch.Tensor, bool]:
@@ -72,8 +79,7 @@ def run_output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, ex
         lib.qc_host_output_stage(acc.data_ptr(), *pointers, out.data_ptr(), *_rows(acc, axis), *tail)
         return out, False
     is_float = int(acc.dtype == torch.float32)
-    channels_last = (acc.dim() == 4 and axis == 1 and acc.is_contiguous(memory_format=torch.channels_last)
-                     and not acc.is_contiguous())
+    channels_last = axis == 1 and memory_order(acc) == torch.channels_last
     if channels_last or (axis == acc.dim() - 1 and acc.is_contiguous()):
         # channels innermost (a channels-last convolution, or a linear layer): one channel per lane
         pixels = acc.shape[2] * acc.shape[3] if channels_last else 1
@@ -113,8 +119,7 @@ def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.T
     a, b = torch.broadcast_tensors(a, b)
     # element-wise: the inputs' memory order is kept when both share it (the twin's convolutions write
     # channels last)
-    layout = (torch.channels_last if a.dim() == 4 and not a.is_contiguous()
-              and a.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    layout = memory_order(a)
     a, b = (t.to(torch.uint8).contiguous(memory_format=layout) for t in (a, b))
     out = torch.empty_like(a)
     form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent,
@@ -135,9 +140,7 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: in
     """uint8 ``round(clamp(zp + x / scale, qmin, qmax))`` of float32 ``x`` on one grid, as ``qc::quantize``.
 
     The output keeps ``x``'s memory order (NCHW or channels last)."""
-    layout = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-              and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
-    x = x.to(torch.float32).contiguous(memory_format=layout)
+    x = x.to(torch.float32).contiguous(memory_format=memory_order(x))
     out = torch.empty_like(x, dtype=torch.uint8)
     library().qc_host_quantize(x.data_ptr(), out.data_ptr(), x.numel(), scale, zero_point, qmin, qmax,
                                torch.get_num_threads())

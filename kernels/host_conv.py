@@ -22,6 +22,7 @@ from functools import cache
 import torch
 from qcompile.kernels import host
 from qcompile.kernels.build import HERE, shared_library
+from qcompile.kernels.geometry import conv_output_size
 
 _HEADERS = ("parallel.h", "stage8.h")
 
@@ -122,14 +123,18 @@ def _dims(values) -> ctypes.Array:
     return (ctypes.c_int64 * len(values))(*values)
 
 
+def _output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
+    return tuple(conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i])
+                 for i in range(2))
+
+
 def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
            exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
            dilation: list[int]) -> torch.Tensor:
     """A dense convolution (groups 1) of uint8 ``x`` (N, C, H, W, any memory format); channels-last uint8 out."""
     n, c, h, w = x.shape
     cout, _, kh, kw = weight.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh, ow = _output_size(x, weight, stride, padding, dilation)
     out = torch.empty((n, cout, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     shape = (n, h, w, c, cout, kh, kw, *stride, *padding, *dilation, oh, ow)
     _gemm(x.contiguous(memory_format=torch.channels_last), x_zero, weight, shape, bias, multiplier, exponent,
@@ -146,8 +151,7 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
     (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks."""
     n, c, h, w = x.shape
     _, _, kh, kw = weight.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh, ow = _output_size(x, weight, stride, padding, dilation)
     out = torch.empty((n, c, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     dims = _dims((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow))
     params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from qcompile.kernels import cpu, host
 from qcompile.kernels import fixed_point as fp
+from qcompile.kernels.geometry import conv_output_size
 from torch import Tensor
 
 _LIBRARY = torch.library.Library("qcompile", "DEF")
@@ -29,11 +30,6 @@ def _operator(function):
     _LIBRARY.define(function.__name__ + torch.library.infer_schema(function, mutates_args=()))
     _LIBRARY.impl(function.__name__, function, "CPU")
     return function
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """One spatial size of a convolution's output (the same in every implementation of ``qconv2d``)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @_operator
