@@ -40,7 +40,7 @@ def state_size_bytes(module: nn.Module) -> int:
     return buffer.tell()
 
 
-def median_latency_ms(module: nn.Module, batch: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+def median_latency_ms(module, batch: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
     with torch.no_grad():
         for _ in range(warmup):
             module(batch)
@@ -54,7 +54,12 @@ def median_latency_ms(module: nn.Module, batch: torch.Tensor, repeats: int = 20,
 
 def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1, repeats: int = 20,
             latency_batch: int = 1) -> list[Row]:
-    """One row per model; the first model is the float reference."""
+    """One row per (name, model, size in bytes); the first model is the float reference.
+
+    A model is a module or anything called like one with a batch, such as
+    :class:`qcompile.onnx.session.OnnxModel` (an export run by onnxruntime,
+    which takes its thread count when it is made).
+    """
     torch.set_num_threads(threads)
     batches = list(data.labelled()) if data.labels is not None else [(b[0], None) for b in data]
     reference_logits = None

@@ -13,7 +13,8 @@ from tests.test_cli import qcompile
 def test_static_ptq_with_deploy_and_compare(tmp_path):
     out = tmp_path / "int8"
     run = qcompile("zoo:digit_cnn", "--passes", "fuse,calibrate,convert", "--calib", "builtin:mnist5k",
-                   "--calib-samples", "256", "--preset", "x86", "-o", out, "--deploy", "torchscript")
+                   "--calib-samples", "256", "--preset", "x86", "-o", out, "--deploy", "torchscript",
+                   "--export", "onnx")
     assert run.returncode == 0, run.stderr
     assert "pipeline expanded to: fuse,stubs,observe,calibrate,convert" in run.stderr
     assert "qcompile: calibrate: 8/8" in run.stderr  # progress
@@ -22,14 +23,17 @@ def test_static_ptq_with_deploy_and_compare(tmp_path):
     dynamic = tmp_path / "dynamic"
     assert qcompile("zoo:digit_cnn", "--passes", "dynamic-int8", "-o", dynamic).returncode == 0
     table = tmp_path / "table.json"
-    run = qcompile("compare", "zoo:digit_cnn", out, dynamic, "--data", "builtin:mnist5k", "--samples", "500",
-                   "--repeats", "3", "--json", table)
+    run = qcompile("compare", "zoo:digit_cnn", out, dynamic, out / "model.onnx", "--data", "builtin:mnist5k",
+                   "--samples", "500", "--repeats", "3", "--json", table)
     assert run.returncode == 0, run.stderr
     assert "| float |" in run.stdout and "| int8 |" in run.stdout and "| dynamic |" in run.stdout
     rows = {r["name"]: r for r in json.loads(table.read_text())["rows"]}
     assert rows["float"]["top1"] > 0.97 and rows["int8"]["top1"] > 0.97
     assert rows["int8"]["size_mb"] < 0.3 * rows["float"]["size_mb"]
     assert rows["int8"]["agreement"] > 0.98
+    exported = rows["int8/model.onnx (onnxruntime)"]  # the same int8 graph, run by onnxruntime
+    assert exported["top1"] > 0.97 and exported["agreement"] > 0.98
+    assert exported["size_mb"] < 0.3 * rows["float"]["size_mb"]
 
 
 def test_qat_from_the_command_line(tmp_path):
@@ -122,3 +126,16 @@ def test_modes_put_research_deployable_and_integer_side_by_side(tmp_path):
 def test_modes_need_a_simulate_pass(tmp_path):
     run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--modes", "-o", tmp_path / "o")
     assert run.returncode == 2 and "no simulate pass" in run.stderr and not (tmp_path / "o").exists()
+
+
+def test_compare_names_bad_onnx_variants(tmp_path):
+    """Not an ONNX model, and an export for other inputs: each a clear error, not onnxruntime's traceback."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    run = qcompile("compare", "zoo:digit_cnn", junk, "--data", "builtin:mnist5k", "--samples", "64")
+    assert run.returncode == 2 and "onnxruntime cannot load" in run.stderr and "Traceback" not in run.stderr
+    out = tmp_path / "float"
+    assert qcompile("zoo:digit_cnn", "-o", out, "--export", "onnx").returncode == 0
+    run = qcompile("compare", "zoo:mobilenet_v2", out / "model.onnx", "--data", "builtin:photos", "--samples", "8")
+    assert run.returncode == 2 and "takes inputs of shape [N, 1, 28, 28], not [8, 3, 224, 224]" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -132,10 +132,13 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     zoo_p = argparse.ArgumentParser(prog="qcompile zoo", description="List the bundled models.")
     compare_p = argparse.ArgumentParser(
         prog="qcompile compare",
-        description="Compare a float model with quantized variants (qcompile output directories): "
+        description="Compare a float model with quantized variants (qcompile output directories, or their ONNX "
+        "exports run in onnxruntime): "
         "size on disk, accuracy or agreement, latency.")
     compare_p.add_argument("model", help="the float model (as for qcompile MODEL)")
-    compare_p.add_argument("variants", nargs="+", metavar="OUT", help="directories written by qcompile -o")
+    compare_p.add_argument("variants", nargs="+", metavar="OUT",
+                           help="directories written by qcompile -o, or .onnx files (OUT/model.onnx from --export "
+                                "onnx), which run in onnxruntime with the same --threads")
     compare_p.add_argument("--data", required=True, help="evaluation data (labelled data gives accuracy)")
     compare_p.add_argument("--samples", type=int, help="use at most this many samples")
     compare_p.add_argument("--preprocess", metavar="PRESET")
@@ -416,11 +419,18 @@ def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     for out in args.variants:
-        out_dir = Path(out)
-        if not (out_dir / "model.py").is_file():
-            raise QCompileError(f"{out} is not a qcompile output directory (no model.py)",
-                                hint="pass directories written by qcompile MODEL ... -o OUT")
-        models.append((out_dir.name, load_emitted(out_dir), (out_dir / "weights.pt").stat().st_size))
+        path = Path(out)
+        if path.suffix == ".onnx":
+            from qcompile.onnx.session import OnnxModel
+
+            models.append((f"{path.parent.name}/{path.name} (onnxruntime)", OnnxModel(path, args.threads),
+                           path.stat().st_size))
+            continue
+        if not (path / "model.py").is_file():
+            raise QCompileError(f"{out} is neither a qcompile output directory (no model.py) nor an .onnx file",
+                                hint="pass directories written by qcompile MODEL ... -o OUT, or OUT/model.onnx "
+                                     "from --export onnx (run in onnxruntime)")
+        models.append((path.name, load_emitted(path), (path / "weights.pt").stat().st_size))
     rows = compare(models, data, threads=args.threads, repeats=args.repeats, latency_batch=args.latency_batch)
     print(format_table(rows))
     if args.json:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from qcompile.errors import CheckFailed, QCompileError
+from qcompile.onnx.session import OnnxModel
 
 
 @dataclass
@@ -40,15 +41,8 @@ HEADER = ("| ORT graph optimizations | samples | max abs error | max error (LSB)
 
 
 def run_onnxruntime(path: str | Path, batches: list[torch.Tensor], optimize: bool, threads: int = 1) -> torch.Tensor:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return torch.cat([torch.from_numpy(session.run(None, {name: x.numpy()})[0]) for x in batches])
+    model = OnnxModel(path, threads, optimize)
+    return torch.cat([model(x) for x in batches])
 
 
 def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Tensor],
