@@ -137,7 +137,7 @@ def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
     oh, ow = _output_size(x, weight, stride, padding, dilation)
     out = torch.empty((n, cout, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     shape = (n, h, w, c, cout, kh, kw, *stride, *padding, *dilation, oh, ow)
-    _gemm(x.contiguous(memory_format=torch.channels_last), x_zero, weight, shape, bias, multiplier, exponent,
+    _gemm(host.channels_last(x), x_zero, weight, shape, bias, multiplier, exponent,
           out_zero, lo, hi, out)
     return out
 
@@ -155,7 +155,7 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
     out = torch.empty((n, c, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     dims = _dims((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow))
     params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
-    x = x.contiguous(memory_format=torch.channels_last)  # held: the kernel reads it through a raw pointer
+    x = host.channels_last(x)  # held: the kernel reads it through a raw pointer
     taps = _cached((weight,), "depthwise", lambda: _depthwise_taps(weight))
     library().qc_conv_depthwise(x.data_ptr(), x_zero, taps.data_ptr(), dims,
                                 *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),

@@ -284,6 +284,40 @@ void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int 
   });
 }
 
+// x[n, c, p] to out[n, p, c] (uint8, NCHW to channels last, p over the h * w pixels): what a convolution
+// needs of a quantized input, without a torch copy (whose threads would then wait, spinning, on the cores
+// these kernels run on).
+void qc_host_to_channels_last(const uint8_t* x, uint8_t* out, int64_t n, int64_t c, int64_t pixels, int threads) {
+  constexpr int64_t kBlock = 64;  // pixels per task: a block of c rows read, one of out written
+  const int64_t blocks = (pixels + kBlock - 1) / kBlock;
+  parallel_for(n * blocks, threads, [=](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, p0 = (task % blocks) * kBlock, p1 = std::min(pixels, p0 + kBlock);
+      const uint8_t* src = x + b * c * pixels;
+      uint8_t* dst = out + b * pixels * c;
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t p = p0; p < p1; ++p) dst[p * c + ch] = src[ch * pixels + p];
+    }
+  });
+}
+
+// out[n, c] = (sum over p of x[n, p, c] + pixels / 2) / pixels: the mean of uint8 codes over h * w in
+// channels-last order, rounded half up (global average pooling on one grid).
+void qc_host_mean_pixels(const uint8_t* x, uint8_t* out, int64_t n, int64_t pixels, int64_t c, int threads) {
+  parallel_for(n, threads, [=](int64_t begin, int64_t end) {
+    std::vector<int32_t> total(static_cast<size_t>(c));
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(total.begin(), total.end(), 0);
+      for (int64_t p = 0; p < pixels; ++p) {
+        const uint8_t* row = x + (b * pixels + p) * c;
+        for (int64_t ch = 0; ch < c; ++ch) total[ch] += row[ch];
+      }
+      for (int64_t ch = 0; ch < c; ++ch)
+        out[b * c + ch] = static_cast<uint8_t>((total[ch] + pixels / 2) / pixels);
+    }
+  });
+}
+
 // TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize. Returns 1 if the
 // eight-lane form ran (AVX2, and nothing can saturate), 0 for the scalar form.
 int qc_host_add(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t count, int32_t a_zero, int32_t a_m0,

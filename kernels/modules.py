@@ -118,9 +118,7 @@ class QGlobalAvgPool(nn.Module):
     """Mean over H and W of uint8 codes (same grid in and out), rounded half up, kept as N x C x 1 x 1."""
 
     def forward(self, q: Tensor) -> Tensor:
-        count = q.shape[2] * q.shape[3]
-        total = q.to(torch.int32).sum(dim=(2, 3), keepdim=True)
-        return torch.div(total + count // 2, count, rounding_mode="floor").to(torch.uint8)
+        return torch.ops.qcompile.global_avg_pool(q)
 
 
 def _pair(value) -> list[int]:

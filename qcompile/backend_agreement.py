@@ -48,6 +48,11 @@ def _values(graph: Graph, inputs: tuple) -> dict[str, torch.Tensor]:
     return values
 
 
+def _native_name(node) -> str:
+    """The native node holding this gemmlowp node's value: a folded clamp's, for a conv that absorbed one."""
+    return node.meta.get("clamp_folded", node.name)
+
+
 def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agreement]:
     """For each gemmlowp kernel module: its output on native's inputs against native's output."""
     reference = _values(native, inputs)
@@ -57,15 +62,15 @@ def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agree
         target = node.target if isinstance(node.target, str) else ""
         if node.kind != NodeKind.MODULE or not target.startswith("qcompile.kernels.modules.Q"):
             continue
-        args = [integer_codes(reference[i.name]) for i in gemmlowp.inputs(node)]
+        args = [integer_codes(reference[_native_name(i)]) for i in gemmlowp.inputs(node)]
         with torch.no_grad():
             out = interpreter.module(node)(*args)
-        rows.append(_agreement(node.name, out, integer_codes(reference[node.name])))
+        rows.append(_agreement(node.name, out, integer_codes(reference[_native_name(node)])))
     return rows
 
 
 def output_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> Agreement:
     """The integer codes that reach the final dequantize, end to end."""
     a, b = _values(native, inputs), _values(gemmlowp, inputs)
-    producer = final_integer_node(gemmlowp).name
-    return _agreement(producer, integer_codes(a[producer]), integer_codes(b[producer]))
+    producer = final_integer_node(gemmlowp)
+    return _agreement(producer.name, integer_codes(a[_native_name(producer)]), integer_codes(b[producer.name]))

@@ -531,3 +531,25 @@ def test_host_max_pool_is_torchs(kernel, stride, padding, dilation, ceil_mode):
         got = torch.ops.qcompile.max_pool2d(q.contiguous(memory_format=layout), [kernel] * 2, [stride] * 2,
                                             [padding] * 2, [dilation] * 2, ceil_mode)
         assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want), layout
+
+
+def test_host_layout_copy_and_global_mean_are_torchs():
+    """The host kernels' NCHW -> channels-last copy and the integer mean over H, W against torch, both layouts."""
+    from qcompile.kernels import host
+    from qcompile.kernels.ops import _mean_pixels
+
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 256, (3, 37, 9, 11), dtype=torch.uint8, generator=generator)  # 99 pixels: a partial block
+    moved = host.channels_last(q)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and torch.equal(moved, q)
+    assert host.channels_last(moved) is moved
+    # the mean rounds half up: 99 pixels of 255 but one 0 give 252.42 -> 252; all 255 -> 255; the rest random
+    q[0, 0] = 255
+    q[0, 0, 0, 0] = 0
+    q[0, 1] = 255
+    want = (q.to(torch.int64).sum(dim=(2, 3), keepdim=True) + 49).div(99, rounding_mode="floor").to(torch.uint8)
+    assert want[0, 0].item() == 252 and want[0, 1].item() == 255
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = torch.ops.qcompile.global_avg_pool(q.contiguous(memory_format=layout))
+        assert got.shape == (3, 37, 1, 1) and torch.equal(got, want), layout
+        assert torch.equal(_mean_pixels(q.contiguous(memory_format=layout)), want)  # the CUDA registration's form
