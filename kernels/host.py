@@ -63,13 +63,17 @@ def memory_order(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def int32_params(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Per-channel parameters as the kernels read them: contiguous int32 (the tensors themselves when they are)."""
+    return [t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous() for t in tensors]
+
+
 def run_output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, exponent: torch.Tensor,
                      zero_point: int, lo: int, hi: int, axis: int,
                      acc_bound: int | None = None) -> tuple[torch.Tensor, bool]:
     """:func:`output_stage`, and whether its eight-lane (AVX2) form ran."""
     lib = library()
-    params = [t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
-              for t in (bias, m0, exponent)]
+    params = int32_params(bias, m0, exponent)
     pointers = [t.data_ptr() for t in params]
     channels = acc.shape[axis]
     vector = (acc_bound is not None and acc.dtype in (torch.int32, torch.float32)

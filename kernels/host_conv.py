@@ -71,10 +71,15 @@ def _cached(tensors: tuple[torch.Tensor, ...], form, compute):
     return value
 
 
-def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
-    """int8 ``[C, ...]`` weights as the GEMM's int16 panels (depth: taps, then input channels)."""
+def _weight_rows(weight: torch.Tensor) -> torch.Tensor:
+    """int8 ``[C, ...]`` weights as ``[C, depth]`` rows, depth over taps, then input channels (channels last)."""
     rows = weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
-    rows = rows.contiguous().reshape(weight.shape[0], -1)
+    return rows.contiguous().reshape(weight.shape[0], -1)
+
+
+def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
+    """int8 ``[C, ...]`` weights as the GEMM's int16 panels."""
+    rows = _weight_rows(weight)
     lib = library()
     packed = torch.empty(lib.qc_conv_packed_size(*rows.shape), dtype=torch.int16)
     lib.qc_conv_pack(rows.data_ptr(), rows.shape[0], rows.shape[1], packed.data_ptr())
@@ -86,8 +91,7 @@ class _BytePanels:
     accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels."""
 
     def __init__(self, weight: torch.Tensor):
-        rows = weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
-        rows = rows.contiguous().reshape(weight.shape[0], -1)
+        rows = _weight_rows(weight)
         lib = library()
         self.panels = torch.empty(lib.qc_conv_byte_packed_size(*rows.shape), dtype=torch.int8)
         lib.qc_conv_byte_pack(rows.data_ptr(), rows.shape[0], rows.shape[1], self.panels.data_ptr())
@@ -113,7 +117,7 @@ def runs(bias: torch.Tensor, multiplier: torch.Tensor, exponent: torch.Tensor, a
         return False
 
     def decide() -> bool:
-        params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+        params = host.int32_params(bias, multiplier, exponent)
         return bool(lib.qc_host_vector_form(acc_bound, *(t.data_ptr() for t in params), params[0].numel()))
 
     return _cached((bias, multiplier, exponent), ("runs", acc_bound), decide)
@@ -137,8 +141,7 @@ def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
     oh, ow = _output_size(x, weight, stride, padding, dilation)
     out = torch.empty((n, cout, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     shape = (n, h, w, c, cout, kh, kw, *stride, *padding, *dilation, oh, ow)
-    _gemm(host.channels_last(x), x_zero, weight, shape, bias, multiplier, exponent,
-          out_zero, lo, hi, out)
+    _gemm(host.channels_last(x), x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out)
     return out
 
 
@@ -154,7 +157,7 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
     oh, ow = _output_size(x, weight, stride, padding, dilation)
     out = torch.empty((n, c, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     dims = _dims((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow))
-    params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+    params = host.int32_params(bias, multiplier, exponent)
     x = host.channels_last(x)  # held: the kernel reads it through a raw pointer
     taps = _cached((weight,), "depthwise", lambda: _depthwise_taps(weight))
     library().qc_conv_depthwise(x.data_ptr(), x_zero, taps.data_ptr(), dims,
@@ -177,7 +180,7 @@ def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi
     """The byte form (vpmaddubsw) for depths of 64 and more over up to 64 taps, else the int16 form (faster
     for thin layers, measured); the same integers."""
     dims = _dims(shape)
-    params = [t.to(torch.int32).contiguous() for t in (bias, multiplier, exponent)]
+    params = host.int32_params(bias, multiplier, exponent)
     taps = shape[5] * shape[6]
     if taps <= 64 and taps * shape[3] >= 64:
         panels = _cached((weight,), "bytes", lambda: _BytePanels(weight))
