@@ -117,6 +117,19 @@ def max_pool2d(q: Tensor, kernel_size: list[int], stride: list[int], padding: li
     return out.contiguous(memory_format=torch.channels_last)
 
 
+def _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[int, ...]:
+    """torch's output shape of max pooling (its checks of the arguments included)."""
+    out = torch.nn.functional.max_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
+                                         dilation, ceil_mode)
+    return tuple(out.shape)
+
+
+@torch.library.register_fake("qcompile::max_pool2d")
+def _(q, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
+    return q.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+
+
 @_operator
 def global_avg_pool(q: Tensor) -> Tensor:
     """The mean over H and W of uint8 codes (N, C, H, W), rounded half up, as (N, C, 1, 1) uint8 (one grid)."""
@@ -137,16 +150,3 @@ _LIBRARY.impl("global_avg_pool", _mean_pixels, "CUDA")
 @torch.library.register_fake("qcompile::global_avg_pool")
 def _(q):
     return q.new_empty((q.shape[0], q.shape[1], 1, 1), dtype=torch.uint8)
-
-
-def _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[int, ...]:
-    """torch's output shape of max pooling (its checks of the arguments included)."""
-    out = torch.nn.functional.max_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
-                                         dilation, ceil_mode)
-    return tuple(out.shape)
-
-
-@torch.library.register_fake("qcompile::max_pool2d")
-def _(q, kernel_size, stride, padding, dilation, ceil_mode):
-    shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
-    return q.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
