@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qcompile.kernels import fixed_point as fp  # noqa: E402
+from qcompile.kernels.geometry import conv_output_size  # noqa: E402
 
 from benchmarks.int8_latency import build, macs, median_ms  # noqa: E402
 from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
@@ -85,7 +86,7 @@ def layer_gops(cin: int, cout: int, size: int, kernel: int, stride: int, groups:
     geometry = ([stride] * 2, [kernel // 2] * 2, [1, 1], groups)
     ms = median_ms(lambda: torch.ops.qcompile.qconv2d(x, 40, w, bias, m0, exponent, 0, 0, 255, *geometry),
                    repeats)
-    out = (size + stride - 1) // stride
+    out = conv_output_size(size, kernel, stride, kernel // 2, 1)
     return 2 * out * out * cout * (cin // groups) * kernel * kernel / (ms / 1000) / 1e9
 
 
