@@ -7,7 +7,8 @@ byte products in saturating int16 (``benchmarks/int8_peak.py`` shows it on a
 constructed input). This measures what that costs on real data, for
 onnxruntime's own ``quantize_static`` model (full-range uint8 activations)
 and qcompile's QDQ export (``x86`` preset: activation grids of 128 steps, as
-torch.ao does on x86).
+torch.ao does on x86, except the ReLU6 grids ``convert`` widens to [0, 6] over
+255 codes, whose readers get 7-bit weights).
 
 For each convolution and Gemm of a QDQ model, the real input codes (the
 bundled photos, evaluation crops) are captured from the model run with

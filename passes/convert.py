@@ -20,6 +20,12 @@ Options:
         int32 tensors and fixed-point requantization; the emitted model
         exports with ``torch.export``). Both hold the same integer weights
         and grids.
+    relu6-grid: ``full`` (default) gives a fused ReLU6 whose observed grid
+        reaches past 6 the grid [0, 6] over the whole uint8 container, so
+        that no clamp follows the layer, and 7-bit weights to the dense
+        layers that read it, so that x86's int16 pair sums cannot saturate
+        (:mod:`qcompile.quant.relu6_grid`); ``observed`` keeps the observed
+        grid and clamps the codes at 6.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.native import RULES, clamp_to_bits, convert_dequantize
 from qcompile.quant.op_table import FIXED
 from qcompile.quant.qparams import qparams_from_range
+from qcompile.quant.relu6_grid import widen_relu6_grids
 
 
 def choose_qparams(graph: Graph) -> None:
@@ -80,6 +87,7 @@ class Convert(Pass):
 
     backend: Literal["native", "gemmlowp"] = "native"
     weight_bits: int = 8
+    relu6_grid: Literal["full", "observed"] = "full"
 
     def __post_init__(self):
         if not 2 <= self.weight_bits <= 8:
@@ -95,12 +103,16 @@ class Convert(Pass):
         torch.backends.quantized.engine = engine  # weights are packed for this engine
         graph.attrs.update(backend=self.backend, engine=engine)
         choose_qparams(graph)
+        counts: dict[str, int] = {}
         if self.weight_bits < 8:
             for node in graph.nodes():
                 q = node.quant
                 if q.weight_stats is not None and q.weight_bits is None:
                     q.weight_bits = torch.full((graph.param(node, "weight").shape[0],), self.weight_bits)
-        counts: dict[str, int] = {}
+        if self.relu6_grid == "full":
+            widened, readers = widen_relu6_grids(graph)
+            if widened:
+                counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})
         for node in graph.nodes():
             if node.op == "dequantize":
                 convert_dequantize(node)

@@ -220,7 +220,8 @@ def test_onnx_export_of_a_gemmlowp_graph_is_refused(tmp_path):
 def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
     """MobileNetV2's ReLU6 clamps become the output-stage bounds of their convs: the same codes, fewer ops.
 
-    (convert already drops the clamps a grid makes redundant; the others are the ones folded here.)
+    (On observed grids: convert already drops the clamps a grid makes redundant, and by default widens the
+    grids that would need one; the clamps left are the ones folded here.)
     """
     import qcompile.quant.gemmlowp as gemmlowp
 
@@ -230,7 +231,7 @@ def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
 
     def convert() -> torch.Tensor:
         graph = lower(model, (x[:1],))
-        run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp}",
+        run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp relu6-grid=observed}",
                      PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
         return graph
 

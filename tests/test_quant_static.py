@@ -183,7 +183,8 @@ class _ReLU6Pair(torch.nn.Module):
 
 
 def test_relu6_clamp_only_where_the_grid_can_pass_six():
-    """A ReLU6 after a conv becomes an int8 hardtanh only when its grid reaches past 6; the one left out
+    """On its observed grid, a ReLU6 after a conv becomes an int8 hardtanh only when the grid reaches past 6;
+    the one left out
     would change no code, even where the conv saturates (checked by putting the clamp back)."""
     from qcompile.quant.native import clamp_after
 
@@ -191,7 +192,8 @@ def test_relu6_clamp_only_where_the_grid_can_pass_six():
     model = _ReLU6Pair().eval()
     calib = [(torch.randn(8, 3, 12, 12),) for _ in range(2)]
     graph = lower(model, (calib[0][0][:1],))
-    run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    run_pipeline(graph, "fuse,calibrate,convert{relu6-grid=observed}",
+                 PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
     clamps = [n for n in graph.nodes() if n.op == "relu6"]
     assert [graph.inputs(n)[0].name for n in clamps] == ["wide"]
     narrow = graph.node("narrow").quant.qparams

@@ -28,6 +28,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
 from qcompile.quant.qparams import quantize_bias, weight_grid
+from qcompile.quant.relu6_grid import relu6_top_code
 
 OPSET = 21
 
@@ -161,8 +162,7 @@ def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | 
             or q_in.dtype != "quint8" or float(q.scale) != float(q_in.scale)
             or int(q.zero_point) != int(q_in.zero_point)):
         return None
-    zero = int(q.zero_point)
-    top = int(np.clip(np.rint(np.float32(6) / np.float32(q.scale)) + zero, 0, 255))
+    zero, top = int(q.zero_point), relu6_top_code(q)
     if zero == 0 and top == 255:
         return codes
     return b.emit("Clip", [codes, b.const(f"{node.name}_lo", np.array(zero, np.uint8)),

@@ -17,6 +17,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.targets import resolve_target
 from qcompile.quant.op_table import QUANTIZED_BINARY, SHARED
 from qcompile.quant.qparams import quantize_tensor, quantize_weight_bits
+from qcompile.quant.relu6_grid import relu6_top_code
 
 _CONV = {
     ("conv1d", None): "torch.ao.nn.quantized.Conv1d",
@@ -68,13 +69,14 @@ def _split_relu6(graph: Graph, node: Node) -> None:
     The grid from the range observed after ReLU6 is tight, but quint8 holds
     values up to 255 steps, beyond 6 (with a reduced range, up to twice the
     observed maximum), so an explicit int8 hardtanh(0, 6) keeps the ReLU6.
-    Where the grid cannot pass 6 (zero point 0, 6 at 255.5 steps or more)
-    that clamp would change no code, and is left out.
+    Where the grid cannot pass 6 (zero point 0, 6 at code 255 or above, as
+    convert's ``relu6-grid=full`` makes it where it can) that clamp would
+    change no code, and is left out.
     """
     q = node.quant.qparams
     if node.attrs.get("act") != "relu6":
         return
-    if q is not None and not q.per_channel and int(q.zero_point) == 0 and float(q.scale) * 255.5 <= 6.0:
+    if q is not None and not q.per_channel and int(q.zero_point) == 0 and relu6_top_code(q) == 255:
         return
     clamp_after(graph, node, 0.0, 6.0, "relu6")
 
