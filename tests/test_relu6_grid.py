@@ -34,13 +34,13 @@ class _SaturatingReLU6(torch.nn.Module):
         return torch.cat([self.act2(self.depthwise(y)), self.dense(y)], 1).flatten(1)
 
 
-def _convert(grid: str, seed: int = 0):
-    torch.manual_seed(seed)
+def _convert(grid: str, preset: str = "x86"):
+    torch.manual_seed(0)
     model = _SaturatingReLU6().eval()
     calib = [(torch.randn(8, 3, 10, 10) * 3,) for _ in range(2)]
     graph = lower(model, (calib[0][0][:1],))
     records = run_pipeline(graph, f"fuse,calibrate,convert{{relu6-grid={grid}}}",
-                           PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+                           PassContext(calib_data=calib, quant_config=QuantConfig.from_preset(preset)))
     return graph, records, calib
 
 
@@ -73,6 +73,18 @@ def test_readers_of_full_grids_get_7_bit_weights():
     assert records[-1].result.stats["7-bit weights for wide inputs"] == 2
     observed, _, _ = _convert("observed")
     assert int(observed.param(observed.node("dense"), "weight").int_repr().abs().max()) == 127
+
+
+def test_per_tensor_weights_keep_8_bits_and_the_clamp():
+    """One bit fewer costs per-tensor weights too much (the default preset): a grid they read stays observed;
+    the one only a concatenation reads is widened all the same."""
+    graph, records, _ = _convert("full", preset="default")
+    observed, _, _ = _convert("observed", preset="default")
+    assert [n.name for n in observed.find(op="relu6")] == ["wide_relu6", "depthwise_relu6"]
+    assert [n.name for n in graph.find(op="relu6")] == ["wide_relu6"]
+    assert records[-1].result.stats["relu6 grids widened"] == 1
+    assert records[-1].result.stats["7-bit weights for wide inputs"] == 0
+    assert int(graph.param(graph.node("dense"), "weight").int_repr().abs().max()) == 127
 
 
 @pytest.mark.parametrize("bits, exact", [(7, True), (8, False)])
