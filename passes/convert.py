@@ -25,7 +25,8 @@ Options:
         that no clamp follows the layer, and 7-bit weights to the dense
         layers that read it, so that x86's int16 pair sums cannot saturate
         (:mod:`qcompile.quant.relu6_grid`); ``observed`` keeps the observed
-        grid and clamps the codes at 6.
+        grid and clamps the codes at 6, as ``convert`` always does after QAT
+        (the grids and 8-bit weights are what training learned).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Convert(Pass):
                 q = node.quant
                 if q.weight_stats is not None and q.weight_bits is None:
                     q.weight_bits = torch.full((graph.param(node, "weight").shape[0],), self.weight_bits)
-        if self.relu6_grid == "full":
+        if self.relu6_grid == "full" and "qat-prepared" not in graph.facts:  # QAT learned its grids and weights
             widened, readers = widen_relu6_grids(graph)
             if widened:
                 counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})

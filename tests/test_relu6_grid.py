@@ -14,6 +14,7 @@ from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from qcompile.quant.native import clamp_after
+from qcompile.training import trainable, write_back
 
 
 class _SaturatingReLU6(torch.nn.Module):
@@ -84,6 +85,21 @@ def test_per_tensor_weights_keep_8_bits_and_the_clamp():
     assert [n.name for n in graph.find(op="relu6")] == ["wide_relu6"]
     assert records[-1].result.stats["relu6 grids widened"] == 1
     assert records[-1].result.stats["7-bit weights for wide inputs"] == 0
+    assert int(graph.param(graph.node("dense"), "weight").int_repr().abs().max()) == 127
+
+
+def test_after_qat_the_learned_grids_and_weights_stay():
+    torch.manual_seed(0)
+    graph = lower(_SaturatingReLU6().eval(), (torch.randn(1, 3, 10, 10),))
+    run_pipeline(graph, "qat")
+    module, param_map = trainable(graph)
+    module.train()
+    with torch.no_grad():
+        for _ in range(3):  # the fake-quant ranges learn from forward passes
+            module(torch.randn(8, 3, 10, 10) * 3)
+    write_back(graph, module, param_map)
+    records = run_pipeline(graph, "qat-finalize,convert")
+    assert "relu6 grids widened" not in records[-1].result.stats and graph.find(op="relu6")
     assert int(graph.param(graph.node("dense"), "weight").int_repr().abs().max()) == 127
 
 
