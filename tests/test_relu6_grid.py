@@ -35,12 +35,12 @@ class _SaturatingReLU6(torch.nn.Module):
         return torch.cat([self.act2(self.depthwise(y)), self.dense(y)], 1).flatten(1)
 
 
-def _convert(grid: str, preset: str = "x86"):
+def _convert(grid: str, preset: str = "x86", before: str = ""):
     torch.manual_seed(0)
     model = _SaturatingReLU6().eval()
     calib = [(torch.randn(8, 3, 10, 10) * 3,) for _ in range(2)]
     graph = lower(model, (calib[0][0][:1],))
-    records = run_pipeline(graph, f"fuse,calibrate,convert{{relu6-grid={grid}}}",
+    records = run_pipeline(graph, f"fuse,calibrate,{before}convert{{relu6-grid={grid}}}",
                            PassContext(calib_data=calib, quant_config=QuantConfig.from_preset(preset)))
     return graph, records, calib
 
@@ -85,6 +85,13 @@ def test_per_tensor_weights_keep_8_bits_and_the_clamp():
     assert [n.name for n in graph.find(op="relu6")] == ["wide_relu6"]
     assert records[-1].result.stats["relu6 grids widened"] == 1
     assert records[-1].result.stats["7-bit weights for wide inputs"] == 0
+    assert int(graph.param(graph.node("dense"), "weight").int_repr().abs().max()) == 127
+
+
+@pytest.mark.parametrize("before", ["aciq,", "aciq{bits=4},"])
+def test_analytic_clips_and_sub_8_bit_grids_stay(before):
+    graph, records, _ = _convert("full", before=before)
+    assert "relu6 grids widened" not in records[-1].result.stats
     assert int(graph.param(graph.node("dense"), "weight").int_repr().abs().max()) == 127
 
 

@@ -80,15 +80,17 @@ def _per_channel_weights(node: Node) -> bool:
 def widen_relu6_grids(graph: Graph) -> tuple[list[str], list[str]]:
     """Give each fused ReLU6 whose grid reaches past 6 the grid [0, 6] over 255 codes; 7-bit weights to its readers.
 
-    Only where every reader has per-channel weights; the values that share its grid follow. Returns the
+    Only where every reader has per-channel weights, and not where ``aciq`` chose the range or the
+    grid has fewer than 8 bits; the values that share its grid follow. Returns the
     widened nodes' names and the readers' names.
     """
     widened, narrowed = [], []
     for node in graph.nodes():
         q = node.quant.qparams
         if (node.attrs.get("act") != "relu6" or q is None or q.per_channel or q.dtype != "quint8"
-                or relu6_top_code(q) == 255):
-            continue
+                or relu6_top_code(q) == 255 or node.quant.clip is not None
+                or (node.quant.bits is not None and node.quant.bits < 8)):
+            continue  # an analytic clip (aciq) or a sub-8-bit grid is the user's choice
         group = _sharers(graph, node)
         readers = _weighted_readers(graph, group)
         if not all(_per_channel_weights(reader) for reader in readers):
