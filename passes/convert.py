@@ -22,9 +22,10 @@ Options:
         and grids.
     relu6-grid: ``full`` (default) gives a fused ReLU6 whose observed grid
         reaches past 6 the grid [0, 6] over the whole uint8 container, so
-        that no clamp follows the layer, and 7-bit weights to the dense
-        layers that read it, so that x86's int16 pair sums cannot saturate
-        (:mod:`qcompile.quant.relu6_grid`); ``observed`` keeps the observed
+        that no clamp follows the layer, and 7-bit weights to the convs and
+        linears that read it, so that x86's int16 pair sums cannot saturate
+        (where one of them has per-tensor weights, the clamp stays instead:
+        :mod:`qcompile.quant.relu6_grid`); ``observed`` keeps the observed
         grid and clamps the codes at 6, as ``convert`` always does after QAT
         (the grids and 8-bit weights are what training learned).
 """
