@@ -122,3 +122,22 @@ def test_7_bit_weights_keep_the_kernels_exact_on_full_grids(bits, exact, monkeyp
     results = check_onnx(path, load_model(tmp_path / "model"), batches, output_scale(graph), min_share=0.0)
     # optimizations off: onnxruntime's float reference; on: its int8 kernels; both against torch's int8 kernels
     assert all((r.within_1_lsb >= 0.999) == exact for r in results), results
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_exports_without_clamps(tmp_path):
+    """The real MobileNetV2 (x86 preset) exports with no Clip left: onnxruntime's own quantize_static model
+    has none either, and the clamps were what made qcompile's export slower than it."""
+    import onnx
+
+    from qcompile.data import open_data
+    from qcompile.frontend.loaders import load_model as load_user_model
+
+    model = load_user_model("zoo:mobilenet_v2").module
+    calib = list(open_data("builtin:photos", batch_size=16, limit=64))
+    graph = lower(model, (calib[0][0][:1],))
+    records = run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    stats = records[-1].result.stats
+    assert stats["relu6 grids widened"] >= 1 and stats["7-bit weights for wide inputs"] >= stats["relu6 grids widened"]
+    ops = [n.op_type for n in onnx.load(str(export_onnx(graph, tmp_path / "model.onnx"))).graph.node]
+    assert "Clip" not in ops and ops.count("Conv") == 52
