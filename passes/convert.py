@@ -20,6 +20,8 @@ Options:
         int32 tensors and fixed-point requantization; the emitted model
         exports with ``torch.export``). Both hold the same integer weights
         and grids.
+    weight-bits: 2-8 (default 8); below 8, every weight gets that many bits
+        per output channel, in int8 containers.
     relu6-grid: ``full`` (default) gives a fused ReLU6 whose observed grid
         reaches past 6 the grid [0, 6] over the whole uint8 container, so
         that no clamp follows the layer, and 7-bit weights to the convs and
