@@ -76,7 +76,11 @@ def interleaved_medians_ms(fns: dict, repeats: int, rounds: int = 5, settle: int
     ``repeats / rounds`` calls. The untimed calls matter: with one per
     round, torch's native MobileNetV2 (batch 1, two threads) measured 12% and
     37% slower interleaved with an onnxruntime session than alone (the
-    sessions' workers spin on the same two cores); with three, 2%.
+    sessions' workers spin on the same two cores); with three, 2%. The order
+    turns by one each round, so that no function always runs right after the
+    same other one: at batch 1 on two threads, of two onnxruntime sessions
+    of the same MobileNetV2 graph, whichever ran second in every round
+    measured 2-12% slower.
     """
     for fn in fns.values():
         for _ in range(2):
@@ -85,7 +89,8 @@ def interleaved_medians_ms(fns: dict, repeats: int, rounds: int = 5, settle: int
     rounds = max(1, min(rounds, repeats))
     for r in range(rounds):
         count = repeats // rounds + (r < repeats % rounds)
-        for name, fn in fns.items():
+        order = list(fns.items())
+        for name, fn in order[r % len(order):] + order[:r % len(order)]:
             for _ in range(settle):
                 fn()
             for _ in range(count):
@@ -202,7 +207,7 @@ def main() -> None:
                     ratios = " | ".join(f"{t['float'] / t[k]:.2f}x"
                                         for k in ("torchao", "ort", "native", "gemmlowp", "onnx"))
                     print(f"| {name} | {batch} | {threads} | {t['float']:.2f} | {ratios} | "
-                          f"{gops:.0f} ({100 * row['peak_share']:.0f}%) | {target / t[best]:.2f}x ({best}) |",
+                          f"{gops:.0f} ({100 * row['peak_share']:.0f}%) | {target / t[best]:.3f}x ({best}) |",
                           flush=True)
     print("\nspeed-ups are float time / int8 time (higher is faster); best / target is the faster of torch.ao and "
           "onnxruntime's time over the fastest qcompile variant's (named)\n")
