@@ -139,7 +139,8 @@ int64_t panels_per_block(int64_t pairs) { return std::max<int64_t>(1, (192 * 102
 
 // Depthwise, one output row at a time. Its window's input rows are widened to float32 q - zero, padded with 0
 // (the convolution's padding) and to a multiple of 8 channels: a few rows that stay in the L2 cache, and a
-// window loop without bounds checks.
+// window loop without bounds checks. Each input row is widened once per chunk of output rows and kept while
+// the windows after it still read it.
 __attribute__((target("avx2"))) void widen_row(const uint8_t* x, const ConvShape& s, int32_t zero,
                                                int64_t channels8, int64_t n, int64_t iy, float* dst) {
   const int64_t wp = s.width + 2 * s.pad_w;
@@ -166,13 +167,12 @@ __attribute__((target("avx2"))) void widen_row(const uint8_t* x, const ConvShape
 // pixels at a time with the weights in registers, into int32 sums; then the output stage along the row. kTaps > 0 unrolls the
 // window (3x3); 0 loops over it.
 template <int kTaps>
-__attribute__((target("avx2,fma"))) void depthwise_row(const float* window, const float* weight,
-                                                       const ConvShape& s, int64_t channels8,
+__attribute__((target("avx2,fma"))) void depthwise_row(const float* window, const int64_t* row_offsets,
+                                                       const float* weight, const ConvShape& s, int64_t channels8,
                                                        const Stage8* stages, int32_t* sums, uint8_t* out) {
-  const int64_t wp = s.width + 2 * s.pad_w;
   int64_t offsets[kTaps > 0 ? kTaps : 1];
   for (int64_t ky = 0, t = 0; kTaps > 0 && ky < s.kernel_h; ++ky)
-    for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t) offsets[t] = (ky * wp + kx * s.dilation_w) * channels8;
+    for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t) offsets[t] = row_offsets[ky] + kx * s.dilation_w * channels8;
   alignas(32) int32_t lanes[8];
   for (int64_t c = 0; c < channels8; c += 8) {
     if constexpr (kTaps > 0) {
@@ -204,7 +204,7 @@ __attribute__((target("avx2,fma"))) void depthwise_row(const float* window, cons
         __m256 acc = _mm256_setzero_ps();
         for (int64_t ky = 0, t = 0; ky < s.kernel_h; ++ky)
           for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(corner + (ky * wp + kx * s.dilation_w) * channels8),
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(corner + row_offsets[ky] + kx * s.dilation_w * channels8),
                                   _mm256_loadu_ps(weight + t * channels8 + c), acc);
         _mm256_store_si256(reinterpret_cast<__m256i*>(sums + ox * channels8 + c), _mm256_cvttps_epi32(acc));
       }
@@ -429,24 +429,34 @@ void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, co
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
   const Stage8* stages = table.data();
   const bool three_by_three = s.kernel_h == 3 && s.kernel_w == 3;
+  // the input rows a chunk of output rows reads, widened once each: a ring of slots, enough for one window
+  // (its rows are consecutive modulo the ring) and the rows the next output row adds
+  const int64_t span = (s.kernel_h - 1) * s.dilation_h + 1, slots = span + s.stride_h;
+  const int64_t rows_per_image = s.height + 2 * span + s.pad_h;  // keys (n, iy) apart for any iy read
   qc_host::parallel_for(s.batch * s.out_h, threads, [&](int64_t begin, int64_t end) {
-    // the window's rows (dilated rows stored next to each other), and one row of sums; 32-byte aligned
     const size_t row_floats = static_cast<size_t>(wp * channels8);
-    std::vector<float> storage(row_floats * s.kernel_h + 8);
-    float* window = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 31) & ~uintptr_t{31});
+    std::vector<float> storage(row_floats * slots + 8);
+    float* ring = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 31) & ~uintptr_t{31});
+    std::vector<int64_t> held(static_cast<size_t>(slots), -1), row_offsets(static_cast<size_t>(s.kernel_h));
     std::vector<int32_t> sum_storage(static_cast<size_t>(channels8 * s.out_w + 8));
     int32_t* sums =
         reinterpret_cast<int32_t*>((reinterpret_cast<uintptr_t>(sum_storage.data()) + 31) & ~uintptr_t{31});
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / s.out_h, oy = row % s.out_h;
-      for (int64_t ky = 0; ky < s.kernel_h; ++ky)
-        widen_row(x, s, x_zero, channels8, n, oy * s.stride_h - s.pad_h + ky * s.dilation_h,
-                  window + ky * row_floats);
+      for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+        const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dilation_h;
+        const int64_t slot = ((iy % slots) + slots) % slots, key = n * rows_per_image + iy + s.pad_h + span;
+        if (held[slot] != key) {
+          widen_row(x, s, x_zero, channels8, n, iy, ring + slot * row_floats);
+          held[slot] = key;
+        }
+        row_offsets[ky] = slot * static_cast<int64_t>(row_floats);
+      }
       uint8_t* row_out = out + row * s.out_w * s.out_channels;
       if (three_by_three)
-        depthwise_row<9>(window, weight, s, channels8, stages, sums, row_out);
+        depthwise_row<9>(ring, row_offsets.data(), weight, s, channels8, stages, sums, row_out);
       else
-        depthwise_row<0>(window, weight, s, channels8, stages, sums, row_out);
+        depthwise_row<0>(ring, row_offsets.data(), weight, s, channels8, stages, sums, row_out);
     }
   });
 }
