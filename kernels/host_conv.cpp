@@ -431,8 +431,8 @@ void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, co
   const bool three_by_three = s.kernel_h == 3 && s.kernel_w == 3;
   // the input rows a chunk of output rows reads, widened once each: a ring of slots, enough for one window
   // (its rows are consecutive modulo the ring) and the rows the next output row adds
-  const int64_t span = (s.kernel_h - 1) * s.dilation_h + 1, slots = span + s.stride_h;
-  const int64_t rows_per_image = s.height + 2 * span + s.pad_h;  // keys (n, iy) apart for any iy read
+  const int64_t slots = (s.kernel_h - 1) * s.dilation_h + 1 + s.stride_h;
+  const int64_t padded_h = s.height + 2 * s.pad_h;  // the rows iy + pad_h in [0, padded_h) a window can read
   qc_host::parallel_for(s.batch * s.out_h, threads, [&](int64_t begin, int64_t end) {
     const size_t row_floats = static_cast<size_t>(wp * channels8);
     std::vector<float> storage(row_floats * slots + 8);
@@ -445,7 +445,7 @@ void qc_conv_depthwise(const uint8_t* x, int32_t x_zero, const float* weight, co
       const int64_t n = row / s.out_h, oy = row % s.out_h;
       for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
         const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dilation_h;
-        const int64_t slot = ((iy % slots) + slots) % slots, key = n * rows_per_image + iy + s.pad_h + span;
+        const int64_t slot = ((iy % slots) + slots) % slots, key = n * padded_h + iy + s.pad_h;
         if (held[slot] != key) {
           widen_row(x, s, x_zero, channels8, n, iy, ring + slot * row_floats);
           held[slot] = key;
