@@ -47,6 +47,7 @@ from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E40
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.ir import NodeKind  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
+from qcompile.onnx.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 from tests.torchao_reference import fx_quantize  # noqa: E402
@@ -126,12 +127,20 @@ def onnxruntime_int8(model, calib, tmp: Path, threads: int):
 
 
 def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
+    """An onnxruntime session as qcompile runs its exports (graph optimizations on, ``threads`` intra-op)."""
+    return OnnxModel(path, threads).session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+def quiet() -> None:
+    """No warnings, and no onnxruntime.quantization log lines (it logs through the root logger)."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def photo_split() -> tuple[list, torch.Tensor]:
+    """The bundled photos' calibration batches and evaluation images (different crops)."""
+    calib_source, eval_source = open_data("builtin:photos", batch_size=16).interleaved_split()
+    return list(calib_source), torch.cat([b[0] for b in eval_source])
 
 
 def build(name: str):
@@ -147,8 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs through root
+    quiet()
     calib = list(open_data("builtin:photos", batch_size=16, limit=64))
     rows, calibration = [], []
     print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | qcompile native | qcompile gemmlowp "

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
-import warnings
 from functools import partial
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_latency import build, median_ms, onnxruntime_int8, ort_session  # noqa: E402
-from qcompile.data import open_data  # noqa: E402
+from benchmarks.int8_latency import build, median_ms, onnxruntime_int8, ort_session, photo_split, quiet  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.check import run_onnxruntime  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
@@ -38,11 +33,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    calib_source, eval_source = open_data("builtin:photos", batch_size=16).interleaved_split()
-    calib = list(calib_source)
-    evaluation = torch.cat([b[0] for b in eval_source])
+    quiet()
+    calib, evaluation = photo_split()
     rows = []
     print("| model | ONNX model | agreement with float | ORT ms (batch 1) | speed-up vs float ONNX |")
     print("|---|---|---|---|---|")

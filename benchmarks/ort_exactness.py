@@ -26,22 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_latency import build, onnxruntime_int8  # noqa: E402
-from qcompile.data import open_data  # noqa: E402
+from benchmarks.int8_latency import build, onnxruntime_int8, photo_split, quiet  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
@@ -164,11 +160,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--json")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    calib_source, eval_source = open_data("builtin:photos", batch_size=16).interleaved_split()
-    calib = list(calib_source)
-    images = torch.cat([b[0] for b in eval_source])[:args.images].numpy()
+    quiet()
+    calib, evaluation = photo_split()
+    images = evaluation[:args.images].numpy()
     results = []
     print("| model | ONNX model | layers | layers with wrong outputs | output elements wrong (> 1 step) | max steps "
           "| input codes above 127 |")
