@@ -50,7 +50,7 @@ def _values(graph: Graph, inputs: tuple) -> dict[str, torch.Tensor]:
 
 def _native_name(node) -> str:
     """The native node holding this gemmlowp node's value: a folded clamp's, for a conv that absorbed one."""
-    return node.meta.get("clamp_folded", node.name)
+    return node.quant.absorbs or node.name
 
 
 def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agreement]:

@@ -86,6 +86,10 @@ class QuantAnnotation:
         bits: Bit width of the output, when not the container's full width.
         channel_bits: Bit width per channel (bit allocation; ``simulate`` only).
         weight_bits: Bit width per output channel of the weight.
+        absorbs: Name of a node that a pass erased into this one, whose value
+            this node now produces (a clamp folded into the output stage of
+            the conv before it), so that tools comparing this graph with
+            another one match the two values.
         weight_observer, weight_stats, weight_qparams: The same for the weight.
     """
 
@@ -101,6 +105,7 @@ class QuantAnnotation:
     weight_stats: TensorStats | None = None
     weight_qparams: QParams | None = None
     weight_bits: torch.Tensor | None = None
+    absorbs: str | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in vars(self).values())
@@ -121,6 +126,8 @@ class QuantAnnotation:
             out.append(f"bits={_describe_bits(self.channel_bits)}")
         if self.qparams is not None:
             out.append(self.qparams.describe())
+        if self.absorbs is not None:
+            out.append(f"absorbs=%{self.absorbs}")
         weight = []
         if self.weight_observer is not None:
             weight.append(f"obs={self.weight_observer.describe()}")

@@ -248,7 +248,7 @@ def fold_clamps(graph: Graph) -> int:
         if lo > hi:
             continue
         producer.attrs = producer.attrs | {"clamp_min": lo, "clamp_max": hi}
-        producer.meta["clamp_folded"] = node.name  # the producer's value is now the clamp's
+        producer.quant.absorbs = node.name  # the producer's value is now the clamp's
         graph.replace_all_uses(node, producer)
         graph.erase(node)
         folded += 1
