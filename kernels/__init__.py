@@ -6,8 +6,9 @@
 * :mod:`.emulation`: those kernels built for the CPU against an emulation of
   CUDA's blocks, threads and shared memory, for tests;
 * :mod:`.fixed_point` and :mod:`.cpu`: the CPU twin, bit-exact with the kernels;
-  :mod:`.host` and :mod:`.host_conv` its compiled host kernels (``host_kernels.cpp``,
-  ``host_conv.cpp``: AVX2 integer GEMM and depthwise convolutions, the element-wise stages);
+  :mod:`.host` and :mod:`.host_conv` its compiled host kernels (``host_kernels.cpp``: the
+  element-wise stages; ``host_conv.cpp``, ``host_depthwise.cpp``: AVX2 integer GEMM and depthwise
+  convolutions, sharing ``conv_shape.h``);
 * :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export (shapes from :mod:`.geometry`);
 * :mod:`.modules`: the modules the ``gemmlowp`` backend emits.
 

@@ -1,4 +1,5 @@
-"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp`` (AVX2).
+"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp`` (dense) and
+``host_depthwise.cpp`` (AVX2).
 
 uint8 activations in channels-last order times int8 weights in int32, the
 fixed-point output stage of ``gemmlowp.h`` fused, uint8 out in channels-last
@@ -24,13 +25,14 @@ from qcompile.kernels import host
 from qcompile.kernels.build import HERE, shared_library
 from qcompile.kernels.geometry import conv_output_size
 
-_HEADERS = ("parallel.h", "stage8.h")
+_HEADERS = ("conv_shape.h", "parallel.h", "stage8.h")
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = shared_library(HERE / "host_conv.cpp", tuple(HERE / h for h in _HEADERS), flags=("-O3",))
+        lib = shared_library(HERE / "host_conv.cpp", tuple(HERE / h for h in _HEADERS), flags=("-O3",),
+                             also=(HERE / "host_depthwise.cpp",))
     except RuntimeError:
         return None  # host.library() has already warned about the compiler
     i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
