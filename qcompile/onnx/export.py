@@ -395,13 +395,21 @@ def check_exportable(graph: Graph) -> None:
                             hint="export from --backend native: it holds the same integer weights and grids")
 
 
-def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq") -> Path:
+def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",
+                pad_channels: str = "auto", threads: int = 1) -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
 
     Args:
         form: ``qdq`` (float ops between Quantize/DequantizeLinear; any graph) or
             ``qoperator`` (QLinearConv and friends; converted graphs only).
+        pad_channels: int8 convolutions whose input channels are not a multiple
+            of 4 (a network's first one): ``auto`` pads them where onnxruntime
+            runs the layer measurably faster on this machine (timed with
+            ``threads``), ``always``, or ``never`` (a machine-independent file).
+            Outputs are the same either way (:mod:`qcompile.onnx.channel_pad`).
     """
+    from qcompile.onnx.channel_pad import pad_conv_channels
+
     check_exportable(graph)
     if form == "qoperator":
         from qcompile.onnx.qoperator import to_onnx_qoperator
@@ -411,6 +419,13 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
         model = to_onnx(graph, opset)
     else:
         raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+    if any(r.padded for r in pad_conv_channels(model, pad_channels, threads)):
+        nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
+                                           [o.name for o in model.graph.output])
+        del model.graph.node[:], model.graph.initializer[:]
+        model.graph.node.extend(nodes)
+        model.graph.initializer.extend(initializers)
+        onnx.checker.check_model(model, full_check=True)
     return atomic_write_bytes(path, model.SerializeToString())
 
 
