@@ -333,9 +333,9 @@ def _with_backend(pipeline, backend: str):
 
 
 def _export_onnx(args: argparse.Namespace, result) -> None:
-    from qcompile.codegen import load_model as load_emitted
     import onnx
 
+    from qcompile.codegen import load_model as load_emitted
     from qcompile.onnx.channel_pad import recorded
     from qcompile.onnx.check import HEADER, check_onnx, output_scale
     from qcompile.onnx.export import export_onnx

@@ -139,13 +139,13 @@ def _candidates(model: onnx.ModelProto) -> list[_Candidate]:
                 continue
             codes, x_scale, x_zero = (list(x_dq.input) + [""])[:3]
             weight, w_scale, w_zero = (list(w_dq.input) + [""])[:3]
-        w = _initializer(model, weight)
-        zero = _initializer(model, x_zero) if x_zero else None
+        w, zero = _initializer(model, weight), _initializer(model, x_zero)
         shape = shapes.get(codes, [])
         if (w is None or w.data_type != TensorProto.INT8 or len(w.dims) != 4 or w.dims[1] % ALIGNMENT == 0
                 or zero is None or zero.data_type != TensorProto.UINT8 or len(shape) != 4
-                or any(d is None for d in shape[1:])):
-            continue
+                or any(d is None for d in shape[1:])
+                or any(_initializer(model, name) is None for name in (x_scale, w_scale, w_zero))):
+            continue  # the timing model and the padding need every grid as a constant
         found.append(_Candidate(node, codes, x_scale, x_zero, weight, w_scale, w_zero, shape[1:]))
     return found
 
@@ -181,10 +181,7 @@ def _pad(model: onnx.ModelProto, c: _Candidate, weight: np.ndarray, channels: in
 
 def _layer_model(model: onnx.ModelProto, c: _Candidate, weight: np.ndarray, channels: int) -> onnx.ModelProto:
     """The layer alone, as onnxruntime will run it: uint8 codes [1, C, H, W] -> (Pad) -> QLinearConv."""
-    names = (c.x_scale, c.x_zero, c.w_scale, c.w_zero)
-    inits = [onnx.TensorProto() for _ in names]
-    for proto, name in zip(inits, names):
-        proto.CopyFrom(_initializer(model, name) or numpy_helper.from_array(np.zeros((), np.int8), name))
+    inits = [_initializer(model, name) for name in (c.x_scale, c.x_zero, c.w_scale, c.w_zero)]
     w = _padded_weight(weight, channels) if channels != weight.shape[1] else weight
     inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(1.0, np.float32), "y_scale"),
               numpy_helper.from_array(np.array(0, np.uint8), "y_zero")]
