@@ -195,3 +195,24 @@ def test_relu6_clamps_the_integer_codes(form, tmp_path):
     assert (int(bounds[clips[0].input[1]]), int(bounds[clips[0].input[2]])) == (0, 127)  # 6 on the 6/127 grid
     results = check_onnx(path, load_model(tmp_path / "model"), calib, output_scale(graph), graph=graph)
     assert all(r.within_1_lsb == 1.0 and r.exact_share > 0.99 for r in results), results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "efficientnet_b0"])
+def test_channel_shuffle_silu_and_stochastic_depth_export(tmp_path, name):
+    """ShuffleNetV2's chunk / channels // groups view, EfficientNet's SiLU (float, between Dequantize and
+    QuantizeLinear) and its stochastic depth (identity in eval mode), int8, in both forms."""
+    torch.manual_seed(0)
+    model = randomize_batch_norm(torchvision.models.get_model(name).eval())
+    calib = [b[0] for b in open_data("builtin:photos", batch_size=16, limit=32)]
+    graph = lower(model, (calib[0][:1],))
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
+    write_model(graph, tmp_path / "model")
+    emitted = load_model(tmp_path / "model")
+    ops = set()
+    for form in ("qdq", "qoperator"):
+        path = export_onnx(graph, tmp_path / f"{form}.onnx", form=form, pad_channels="never")
+        ops |= {n.op_type for n in onnx.load(str(path)).graph.node}
+        for r in check_onnx(path, emitted, calib, output_scale(graph)):
+            assert r.within_1_lsb >= 0.99 and r.top1_agreement >= 0.9, (form, r)
+    assert ("Split" in ops) if name.startswith("shufflenet") else ({"Sigmoid", "Mul"} <= ops)

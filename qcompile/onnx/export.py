@@ -181,6 +181,9 @@ def _activation(b: _Builder, value: str, act: str | None) -> str:
     return value
 
 
+ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh", "silu")
+
+
 def _module(b: _Builder, node: Node, x: str) -> str:
     a = node.attrs
     if node.op == "conv2d":
@@ -207,7 +210,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
              for k in ("weight", "bias", "running_mean", "running_var")}
         return b.emit("BatchNormalization", [x, p["weight"], p["bias"], p["running_mean"], p["running_var"]],
                       epsilon=float(a["eps"]))
-    if node.op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh"):
+    if node.op in ACTIVATIONS:
         return _activation_op(b, node.op, x)
     if node.op == "max_pool2d":
         pads = _pair(a.get("padding", 0))
@@ -247,6 +250,8 @@ def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
 def _activation_op(b: _Builder, op: str, x: str) -> str:
     if op == "relu6":
         return _activation(b, x, "relu6")
+    if op == "silu":  # x * sigmoid(x); ONNX has no SiLU op at opset 21
+        return b.emit("Mul", [x, b.emit("Sigmoid", [x])])
     return b.emit({"relu": "Relu", "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid", "sigmoid": "Sigmoid",
                    "tanh": "Tanh"}[op], [x], **({"alpha": 1 / 6} if op == "hardsigmoid" else {}))
 
@@ -258,7 +263,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
     args = b.args(node)
     kw = node.kwargs
     op = node.op
-    x = b.value(args[0]) if args and isinstance(args[0], Node) else None
+    several = args and isinstance(args[0], Node) and isinstance(b.names.get(args[0].name), list)  # chunk, split
+    x = b.value(args[0]) if args and isinstance(args[0], Node) and not several else None
     if node.target.startswith("torch.ops.quantized."):
         name = node.target.rsplit(".", 1)[1]
         if name in ("add", "add_relu", "mul", "mul_relu"):
@@ -271,9 +277,11 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
     if op in _BINARY and len(args) == 2:
         if all(isinstance(v, Node) and not isinstance(v.type, TensorType) for v in args):
             return b.emit(_BINARY[op], [b.value(args[0]), b.value(args[1])])  # int shape arithmetic
-        values = [b.value(v) if isinstance(v, Node) else b.const("scalar", np.array(v, np.float32)) for v in args]
+        integer = any(isinstance(v, Node) and not isinstance(v.type, TensorType) for v in args)  # x.size(1) // 2
+        dtype = np.int64 if integer else np.float32
+        values = [b.value(v) if isinstance(v, Node) else b.const("scalar", np.array(v, dtype)) for v in args]
         return _activation(b, b.emit(_BINARY[op], values), node.attrs.get("act"))
-    if op in ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh"):
+    if op in ACTIVATIONS:
         return _activation_op(b, op, x)
     if op == "flatten":
         start = args[1] if len(args) > 1 else kw.get("start_dim", 0)
@@ -313,6 +321,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return b.emit("Transpose", [x], perm=perm)
     if op in ("contiguous", "dropout"):
         return b.emit("Identity", [x])
+    if op == "stochastic_depth" and not (args[3] if len(args) > 3 else kw.get("training", True)):
+        return b.emit("Identity", [x])  # torchvision's, in eval mode: the input as it is
     if op == "chunk":
         chunks = args[1]
         dim = kw.get("dim", args[2] if len(args) > 2 else 0)
