@@ -8,7 +8,8 @@ ops that only move values (pooling, flatten, reshape...) join when their
 input is already quantized. Every float value read inside the region gets
 one ``quantize`` node; every quantized value read outside it (including the
 model's output) gets one ``dequantize`` node. Skipped layers therefore stay
-float with the stubs around them: partial quantization. On ResNet-18::
+float with the stubs around them: partial quantization. A SiLU it quantizes
+becomes ``x * sigmoid(x)`` first (:mod:`qcompile.quant.decompose`). On ResNet-18::
 
     %x     = input() : f32[1,3,224,224]
     %conv1 = conv2d(%x, ...) : f32[1,64,112,112]
@@ -29,6 +30,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.decompose import decompose_silu
 from qcompile.quant.op_table import category, holds_tensor, is_float_tensor
 
 QUANT_STUB = "torch.ao.quantization.QuantStub"
@@ -66,6 +68,7 @@ class Stubs(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         ctx.quant_config.check_patterns(graph.nodes())
+        silu = decompose_silu(graph, lambda node: ctx.quant_config.qconfig_for(node) is not None)
         quantized: set[str] = set()
         for node in graph.nodes():
             if node.quant.mode is None and region_member(graph, node, quantized, ctx):
@@ -96,6 +99,8 @@ class Stubs(Pass):
         for name in quantized:
             graph.node(name).quant.mode = "static"
         stats = {"quantized ops": len(quantized), "quantize": len(quant_stubs), "dequantize": len(dequant_stubs)}
+        if silu:
+            stats["silu as x * sigmoid(x)"] = silu
         float_ops: dict[str, int] = {}
         for node in graph.nodes():
             if (node.name not in quantized and isinstance(node.type, TensorType)

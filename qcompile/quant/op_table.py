@@ -6,7 +6,7 @@ Every tensor-producing op falls in one category:
 * ``own``: computes new values and needs its own output scale (add, mul,
   cat, hardswish, an unfused batch norm).
 * ``shared``: moves or selects values without creating new ones (pooling,
-  flatten, reshape, relu after a quantized op...); its output reuses its
+  flatten, reshape, relu after a quantized op, stochastic depth in eval mode...); its output reuses its
   input's scale and zero point, so it needs no observer.
 * ``fixed``: a bounded output range known in advance (sigmoid: [0, 1]).
 * anything else stays float, with dequantize / quantize around it.
@@ -51,6 +51,14 @@ def is_float_tensor(node: Node) -> bool:
     return isinstance(node.type, TensorType) and node.type.dtype in ("f32",)
 
 
+def _broadcasts(a: TensorType, b: TensorType, out: TensorType) -> bool:
+    """One of a, b is the output's shape and the other the same rank with some dimensions 1."""
+    if len(a.shape) != len(b.shape):
+        return False
+    big, small = (a, b) if a.shape == out.shape else (b, a)
+    return big.shape == out.shape and all(s in (1, o) for s, o in zip(small.shape, out.shape, strict=True))
+
+
 def category(graph: Graph, node: Node) -> str | None:
     """The node's category, or ``None`` if it stays float (or produces no tensor)."""
     if node.kind in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM):
@@ -58,12 +66,17 @@ def category(graph: Graph, node: Node) -> str | None:
     if node.op in WEIGHTED:
         return "weighted" if node.kind == NodeKind.MODULE and is_float_tensor(node) else None
     if node.op in ("add", "mul"):
-        # only tensor-tensor forms, as positional (a, b)
+        # only tensor-tensor forms, as positional (a, b); mul also broadcasting one of them (a squeeze-and-
+        # excitation block's x * scale[N, C, 1, 1])
         inputs = graph.inputs(node)
         ok = (len(inputs) == 2 and node.args[:2] == (Ref(0), Ref(1)) and not node.kwargs
               and all(is_float_tensor(i) for i in inputs) and is_float_tensor(node)
-              and inputs[0].type == node.type and inputs[1].type == node.type)
+              and (all(i.type == node.type for i in inputs)
+                   or (node.op == "mul" and _broadcasts(inputs[0].type, inputs[1].type, node.type))))
         return "own" if ok else None
+    if node.op == "stochastic_depth":  # torchvision's; the identity in eval mode
+        training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+        return "shared" if is_float_tensor(node) and training is False else None
     if node.op == "cat":
         return "own" if is_float_tensor(node) and all(is_float_tensor(i) for i in graph.inputs(node)) else None
     if node.op in OWN:
