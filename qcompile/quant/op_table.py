@@ -6,8 +6,9 @@ Every tensor-producing op falls in one category:
 * ``own``: computes new values and needs its own output scale (add, mul,
   cat, hardswish, an unfused batch norm).
 * ``shared``: moves or selects values without creating new ones (pooling,
-  flatten, reshape, relu after a quantized op, stochastic depth in eval mode...); its output reuses its
-  input's scale and zero point, so it needs no observer.
+  flatten, reshape, relu after a quantized op, stochastic depth in eval
+  mode...); its output reuses its input's scale and zero point, so it needs
+  no observer.
 * ``fixed``: a bounded output range known in advance (sigmoid: [0, 1]).
 * anything else stays float, with dequantize / quantize around it.
 
