@@ -11,11 +11,13 @@ from qcompile.codegen import load_model, write_model
 from qcompile.data import open_data
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
+from qcompile.ir.graph import Graph
 from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig, load_quant_config
 from qcompile.quant.op_table import category
+from qcompile.training import trainable, write_back
 from tests.models import randomize_batch_norm
 
 
@@ -112,3 +114,35 @@ def test_efficientnet_b0_int8_keeps_accuracy_with_integer_silu():
             return _sqnr(ref, Interpreter(graph).run(x))
 
     assert sqnr(integer) > sqnr(float_silu) - 1.5
+
+
+def _qat(skip: list[str]) -> tuple[Graph, float]:
+    """QAT on the small net (a few steps towards the float outputs), then finalize and convert."""
+    torch.manual_seed(0)
+    model = randomize_batch_norm(MBConvNet().eval())
+    x = torch.cat(_photos(32))
+    with torch.no_grad():
+        target = model(x)
+    graph = lower(model, (x[:1],))
+    ctx = PassContext(quant_config=load_quant_config(preset="x86", skip=skip))
+    run_pipeline(graph, "qat", ctx)
+    module, param_map = trainable(graph)
+    module.train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.001)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(module(x), target).backward()
+        optimizer.step()
+    write_back(graph, module, param_map)
+    run_pipeline(graph, "qat-finalize,convert", ctx)
+    with torch.no_grad():
+        return graph, _sqnr(target, Interpreter(graph).run(x))
+
+
+def test_qat_trains_the_silu_output_range_then_converts_it_to_integer():
+    """QAT fake-quantizes the SiLU's output as one value; finalize splits it, the range learned going to
+    the mul. Measured: 13.5 dB either way after five steps (the short training, not the split)."""
+    graph, integer = _qat([])
+    assert {n.op for n in graph.nodes() if n.name.startswith("stem_2")} == {"sigmoid", "mul"}
+    _, float_silu = _qat(["op:silu"])
+    assert integer > float_silu - 1.0
