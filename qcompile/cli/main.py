@@ -94,10 +94,12 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compile_p.add_argument("--onnx-form", choices=("qdq", "qoperator"), default="qdq",
                            help="qdq: Quantize/DequantizeLinear around float ops (any graph); qoperator: "
                            "QLinearConv, QLinearAdd... (int8 graphs)")
-    compile_p.add_argument("--onnx-pad-channels", choices=("auto", "always", "never"), default="auto",
+    compile_p.add_argument("--onnx-narrow-convs", choices=("auto", "pad", "space-to-depth", "plain"),
+                           default="auto",
                            help="int8 convolutions whose input channels are not a multiple of 4 (the first one): "
-                           "auto pads them where onnxruntime runs the layer faster on this machine (timed at "
-                           "export), always, or never (a file that does not depend on the machine); same outputs")
+                           "auto rewrites them (padded to 4 channels, or space-to-depth) where onnxruntime runs the "
+                           "layer faster on this machine (timed at export); pad or space-to-depth always; plain "
+                           "never (a file that does not depend on the machine); same outputs")
     compile_p.add_argument("--check", action="store_true",
                            help="run the ONNX export in onnxruntime (optimizations off and on) and compare "
                            "with the emitted model; exit 3 if more than 1%% of outputs differ by over 1 LSB")
@@ -336,12 +338,12 @@ def _export_onnx(args: argparse.Namespace, result) -> None:
     import onnx
 
     from qcompile.codegen import load_model as load_emitted
-    from qcompile.onnx.channel_pad import recorded
     from qcompile.onnx.check import HEADER, check_onnx, output_scale
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.narrow_convs import recorded
 
     path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
-                       pad_channels=args.onnx_pad_channels)
+                       narrow_convs=args.onnx_narrow_convs)
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
     for record in recorded(onnx.load(str(path))):
         print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)

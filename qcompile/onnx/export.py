@@ -406,19 +406,21 @@ def check_exportable(graph: Graph) -> None:
 
 
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",
-                pad_channels: str = "auto", threads: int = 1) -> Path:
+                narrow_convs: str = "auto", threads: int = 1) -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
 
     Args:
         form: ``qdq`` (float ops between Quantize/DequantizeLinear; any graph) or
             ``qoperator`` (QLinearConv and friends; converted graphs only).
-        pad_channels: int8 convolutions whose input channels are not a multiple
-            of 4 (a network's first one): ``auto`` pads them where onnxruntime
-            runs the layer measurably faster on this machine (timed with
-            ``threads``), ``always``, or ``never`` (a machine-independent file).
-            Outputs are the same either way (:mod:`qcompile.onnx.channel_pad`).
+        narrow_convs: int8 convolutions whose input channels are not a multiple
+            of 4 (a network's first one): ``auto`` rewrites them (padded, or
+            space-to-depth) where onnxruntime runs the layer measurably faster
+            on this machine (timed with ``threads``); ``pad`` or
+            ``space-to-depth`` always; ``plain`` never (a machine-independent
+            file). Outputs are the same either way
+            (:mod:`qcompile.onnx.narrow_convs`).
     """
-    from qcompile.onnx.channel_pad import pad_conv_channels
+    from qcompile.onnx.narrow_convs import relayout_narrow_convs
 
     check_exportable(graph)
     if form == "qoperator":
@@ -429,7 +431,7 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
         model = to_onnx(graph, opset)
     else:
         raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
-    if any(r.padded for r in pad_conv_channels(model, pad_channels, threads)):
+    if any(r.choice != "plain" for r in relayout_narrow_convs(model, narrow_convs, threads)):
         nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
                                            [o.name for o in model.graph.output])
         del model.graph.node[:], model.graph.initializer[:]
