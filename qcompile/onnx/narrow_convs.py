@@ -89,8 +89,7 @@ class _Candidate:
 
     def attrs(self) -> dict:
         a = {x.name: helper.get_attribute_value(x) for x in self.conv.attribute}
-        k = list(a["kernel_shape"])
-        return {"kernel_shape": k, "strides": list(a.get("strides", [1, 1])), "pads": list(a.get("pads", [0] * 4)),
+        return {"kernel_shape": list(a["kernel_shape"]), "strides": list(a.get("strides", [1, 1])), "pads": list(a.get("pads", [0] * 4)),
                 "dilations": list(a.get("dilations", [1, 1])), "group": a.get("group", 1)}
 
 
@@ -103,7 +102,7 @@ class _Rewrite:
     attrs: dict
 
 
-def relayout_narrow_convs(model: onnx.ModelProto, mode: str = "auto", threads: int = 1) -> list[NarrowConv]:
+def relayout_narrow_convs(model: onnx.ModelProto, mode: Mode = "auto", threads: int = 1) -> list[NarrowConv]:
     """Rewrite ``model``'s narrow int8 convolutions (in place) as ``mode`` says: ``auto`` (the fastest
     form onnxruntime measures, if clearly faster), ``pad``, ``space-to-depth`` (where it applies; else
     plain) or ``plain``. QDQ and QOperator forms. Returns a record of every convolution considered."""
