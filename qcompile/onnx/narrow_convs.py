@@ -42,6 +42,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.errors import QCompileError
+from qcompile.onnx.session import session_options
 
 Mode = Literal["auto", "pad", "space-to-depth", "plain"]
 MODES = ("auto", "pad", "space-to-depth", "plain")
@@ -86,6 +87,7 @@ class _Candidate:
     w_scale: str
     w_zero: str
     shape: list[int]  # the codes' [C, H, W]
+    w_dq: onnx.NodeProto | None  # QDQ form: the weight's DequantizeLinear
 
     def attrs(self) -> dict:
         a = {x.name: helper.get_attribute_value(x) for x in self.conv.attribute}
@@ -167,6 +169,7 @@ def _candidates(model: onnx.ModelProto) -> list[_Candidate]:
             continue
         if node.op_type == "QLinearConv":
             codes, x_scale, x_zero, weight, w_scale, w_zero = node.input[:6]
+            w_dq = None
         else:  # QDQ: Conv(DequantizeLinear(codes), DequantizeLinear(int8 weight))
             x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
             if x_dq is None or w_dq is None or x_dq.op_type != w_dq.op_type or x_dq.op_type != "DequantizeLinear":
@@ -180,7 +183,7 @@ def _candidates(model: onnx.ModelProto) -> list[_Candidate]:
                 or any(d is None for d in shape[1:])
                 or any(_initializer(model, name) is None for name in (x_scale, w_scale, w_zero))):
             continue  # the timing model and the rewrites need every grid as a constant
-        found.append(_Candidate(node, codes, x_scale, x_zero, weight, w_scale, w_zero, shape[1:]))
+        found.append(_Candidate(node, codes, x_scale, x_zero, weight, w_scale, w_zero, shape[1:], w_dq))
     return found
 
 
@@ -250,9 +253,8 @@ def _apply(model: onnx.ModelProto, c: _Candidate, form: _Rewrite, name: str) -> 
         c.conv.input[0], c.conv.input[3] = codes, f"{stem}_w"
     else:
         x_dq = helper.make_node("DequantizeLinear", [codes, c.x_scale, c.x_zero], [f"{stem}_x"])
-        w_dq = next(n for n in graph.node if n.output[0] == c.conv.input[1])
-        new_w_dq = helper.make_node("DequantizeLinear", [f"{stem}_w", *w_dq.input[1:]], [f"{stem}_wf"],
-                                    axis=next((helper.get_attribute_value(a) for a in w_dq.attribute
+        new_w_dq = helper.make_node("DequantizeLinear", [f"{stem}_w", *c.w_dq.input[1:]], [f"{stem}_wf"],
+                                    axis=next((helper.get_attribute_value(a) for a in c.w_dq.attribute
                                                if a.name == "axis"), 1))
         nodes += [x_dq, new_w_dq]
         c.conv.input[0], c.conv.input[1] = f"{stem}_x", f"{stem}_wf"
@@ -283,9 +285,7 @@ def _time_forms(model: onnx.ModelProto, c: _Candidate, forms: dict[str, _Rewrite
     """Median ms of each form of the layer, interleaved so that all see the same machine."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options = session_options(threads)
     options.log_severity_level = 3
     sessions = {name: ort.InferenceSession(_layer_model(model, c, form, batch).SerializeToString(), options,
                                            providers=["CPUExecutionProvider"]) for name, form in forms.items()}

@@ -13,6 +13,19 @@ import torch
 from qcompile.errors import QCompileError
 
 
+def session_options(threads: int = 1, optimize: bool = True):
+    """onnxruntime's options as qcompile runs models: graph optimizations on (or all off), ``threads``
+    intra-op threads, one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
 class OnnxModel:
     """``OnnxModel(path, threads)(x)`` runs the model's single input through onnxruntime's CPU provider."""
 
@@ -23,13 +36,9 @@ class OnnxModel:
         if not self.path.is_file():
             raise QCompileError(f"{self.path} does not exist",
                                 hint="pass the .onnx file that `qcompile ... --export onnx -o OUT` wrote (OUT/model.onnx)")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), session_options(threads, optimize),
+                                                providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types, all with a message
             raise QCompileError(f"onnxruntime cannot load {self.path}: {str(error).splitlines()[0]}",
                                 hint="is it an ONNX model? `qcompile ... --export onnx --check` writes and checks one") from None
