@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
-    open_check_data,
     report_modes,
     run_diagnostics,
 )
+from qcompile.cli.onnx_export import export_onnx_and_check
 from qcompile.errors import CheckFailed, QCompileError
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if command == "compile" and args.entropy:
         _report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
-        _export_onnx(args, result)
+        export_onnx_and_check(args, result)
     if snapshot is not None:
         report_modes(args, snapshot, ctx, result)
     if diagnostics is not None:
@@ -332,31 +332,6 @@ def _with_backend(pipeline, backend: str):
                             hint="e.g. --passes ptq --backend gemmlowp")
     passes = tuple(dataclasses.replace(p, backend=backend) if p.name == "convert" else p for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
-
-
-def _export_onnx(args: argparse.Namespace, result) -> None:
-    import onnx
-
-    from qcompile.codegen import load_model as load_emitted
-    from qcompile.onnx.check import HEADER, check_onnx, output_scale
-    from qcompile.onnx.export import export_onnx
-    from qcompile.onnx.narrow_convs import recorded
-
-    path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
-                       narrow_convs=args.onnx_narrow_convs)
-    print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
-    for record in recorded(onnx.load(str(path))):
-        print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)
-    if not args.check:
-        return
-    if (args.check_data or args.calib) is None:
-        raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
-    batches = [b[0] for b in open_check_data(args)]
-    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scale(result.graph),
-                         graph=result.graph)
-    print(HEADER)
-    for r in results:
-        print(r.row())
 
 
 def _lower_only(args: argparse.Namespace):
