@@ -39,8 +39,16 @@ def check_batch(graph: Graph, batch: tuple, index: int) -> None:
     inputs = graph.input_nodes
     if len(batch) != len(inputs):
         raise QCompileError(f"calibration batch {index} has {len(batch)} tensors; the model takes {len(inputs)}")
+    fixed = graph.attrs.get("fixed_batch")
     for value, node in zip(batch, inputs, strict=True):
         expected = node.type
+        if fixed is not None and isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != fixed:
+            raise QCompileError(
+                f"calibration batch {index} holds {value.shape[0]} samples, but the model was "
+                f"exported for batches of exactly {fixed} (torch.export fixes every dimension "
+                "it is not told is dynamic)",
+                hint=f"pass --batch-size {fixed}, or export again with "
+                "dynamic_shapes={'x': {0: torch.export.Dim('batch')}} for the model's inputs")
         if not isinstance(value, torch.Tensor):
             raise QCompileError(f"calibration batch {index}: input %{node.name} is a {type(value).__name__}, "
                                 "not a tensor")

@@ -121,9 +121,10 @@ def compile_model(
         first = next(iter(ctx.calib_data))
         example_inputs = tuple(t[:1] for t in first)  # the data shows the input shape
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
-    graph = lower(loaded.module, inputs)
+    notes = list(loaded.notes)
+    graph = lower(loaded.module, inputs, notes)
     records = PassManager(pipeline, instruments).run(graph, ctx)
-    result = CompileResult(graph, records, notes=list(loaded.notes), example_inputs=tuple(inputs))
+    result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs))
     if out_dir is not None:
         write_model(graph, out_dir)
         emitted = load_emitted(out_dir)

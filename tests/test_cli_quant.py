@@ -139,3 +139,21 @@ def test_compare_names_bad_onnx_variants(tmp_path):
     run = qcompile("compare", "zoo:mobilenet_v2", out / "model.onnx", "--data", "builtin:photos", "--samples", "8")
     assert run.returncode == 2 and "takes inputs of shape [N, 1, 28, 28], not [8, 3, 224, 224]" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_export_archive_with_a_fixed_batch_says_which_batch_size_it_takes(tmp_path):
+    import torch
+
+    from tests.seed_models import FashionNet
+
+    archive = tmp_path / "fashion.pt2"
+    torch.export.save(torch.export.export(FashionNet().eval(), (torch.randn(1, 1, 28, 28),)), archive)
+    data = _npz(tmp_path / "d.npz", np.random.default_rng(0).random((4, 1, 28, 28), np.float32))
+    out = tmp_path / "out"
+    run = qcompile(archive, "--passes", "ptq", "--calib", data, "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert "exported for batches of exactly 1" in run.stderr and "--batch-size 1" in run.stderr
+    assert "Traceback" not in run.stderr and not out.exists()
+    run = qcompile(archive, "--passes", "ptq", "--calib", data, "--batch-size", "1", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "calibrate: changed (batches: 4" in run.stderr

@@ -107,9 +107,86 @@ class _UsesHidden(nn.Module):
         return self.leaf(x)
 
 
-def test_leaf_module_whose_settings_cannot_be_read_is_refused():
-    with pytest.raises(LoweringError, match="cannot read constructor argument 'factor' of _HiddenSetting"):
-        lower(_UsesHidden(), (torch.randn(2),))
+def test_leaf_module_whose_settings_cannot_be_read_goes_through_torch_export():
+    notes: list[str] = []
+    g = lower(_UsesHidden(), (torch.randn(2),), notes)
+    assert len(notes) == 1
+    assert "cannot read constructor argument 'factor' of _HiddenSetting" in notes[0]
+    assert "lowered through torch.export" in notes[0]
+    assert not any(n.kind == NodeKind.MODULE for n in g.nodes())  # the multiply, not the opaque module
+    x = torch.randn(5)
+    torch.testing.assert_close(Interpreter(g).run(x), x * 3.0)
+
+
+class _HiddenAndBranchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.leaf = _HiddenSetting(3.0)
+
+    def forward(self, x):
+        y = self.leaf(x)
+        if y.sum() > 0:  # data-dependent: torch.export refuses it too
+            return y
+        return -y
+
+
+def test_model_neither_fx_nor_export_can_lower_is_refused_with_both_reasons():
+    with pytest.raises(LoweringError) as info:
+        lower(_HiddenAndBranchy(), (torch.randn(2),))
+    text = str(info.value)
+    assert "cannot trace _HiddenAndBranchy" in text and "if y.sum() > 0:" in text
+    assert "torch.export failed as well" in text
+    assert "torch.cond" in text
+
+
+class _Encoder(nn.Module):
+    """torch.nn's TransformerEncoder: a container fx keeps as one opaque leaf."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.head(self.enc(x).mean(1))
+
+
+def test_transformer_encoder_lowers_through_export_with_a_dynamic_batch():
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    notes: list[str] = []
+    g = lower(model, (torch.randn(1, 6, 32),), notes)
+    assert "TransformerEncoder" in notes[0] and "fixed" not in notes[0]
+    assert "fixed_batch" not in g.attrs
+    assert g.find(op="linear")
+    x = torch.randn(3, 6, 32)  # another batch size than the example's
+    with torch.no_grad():
+        torch.testing.assert_close(Interpreter(g).run(x), model(x))
+
+
+class _FixedBatch(nn.Module):
+    def forward(self, x):
+        if x.shape[0] != 1:  # torch.export cannot keep this batch dynamic
+            raise ValueError("one sample at a time")
+        return x.reshape(1, -1)
+
+
+def test_export_fallback_records_a_batch_the_model_fixes():
+    notes: list[str] = []
+    g = lower(_UsesFixedBatch(), (torch.randn(1, 2, 3),), notes)
+    assert g.attrs["fixed_batch"] == 1
+    assert "its batch is fixed at 1" in notes[0]
+
+
+class _UsesFixedBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.leaf = _HiddenSetting(2.0)
+        self.fixed = _FixedBatch()
+
+    def forward(self, x):
+        return self.fixed(self.leaf(x))
 
 
 def test_exported_program_is_raised_to_module_ops():

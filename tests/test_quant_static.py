@@ -206,3 +206,35 @@ def test_relu6_clamp_only_where_the_grid_can_pass_six():
         out = Interpreter(graph).run(x, hook=lambda n, v: codes.__setitem__(n.name, v))
         assert torch.equal(out, Interpreter(clamped).run(x)) and len(torch.unique(out)) > 20
     assert int(codes["narrow"].int_repr().max()) == 255
+
+
+class _PatchTransformer(torch.nn.Module):
+    """A small encoder classifier; torch.fx cannot trace nn.TransformerEncoder, torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(16, 48)
+        layer = torch.nn.TransformerEncoderLayer(48, 4, 96, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(48, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def test_transformer_encoder_static_ptq_quantizes_the_linears_inside_the_encoder(tmp_path):
+    torch.manual_seed(0)
+    model = _PatchTransformer().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [(torch.randn(8, 12, 16, generator=g),) for _ in range(4)]
+    graph, _ = _quantize(model, calib, preset="default")
+    linears = [n for n in graph.find(op="linear") if ".quantized." in n.target]
+    # embed, head, and per layer: attention in/out projections and the two feed-forward linears
+    assert len(linears) == 2 + 2 * 4
+    x = torch.randn(5, 12, 16, generator=g)  # held out, and another batch size
+    with torch.no_grad():
+        reference = model(x)
+    assert sqnr(Interpreter(graph).run(x), reference) > 25
+    write_model(graph, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path)(x), Interpreter(graph).run(x), rtol=0, atol=0)

@@ -344,8 +344,9 @@ def _lower_only(args: argparse.Namespace):
     examples = tuple(torch.randn(parse_shape(s)) for s in args.input_shape) or None
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
                         example_inputs=examples)
-    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape))
-    return CompileResult(graph, [], notes=list(loaded.notes))
+    notes = list(loaded.notes)
+    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape), notes)
+    return CompileResult(graph, [], notes=notes)
 
 
 def _show(graph, args: argparse.Namespace) -> None:

@@ -49,41 +49,148 @@ class _TypeRecorder(fx.Interpreter):
 def lower(
     model: nn.Module,
     example_inputs: Sequence[Any],
+    notes: list[str] | None = None,
 ) -> Graph:
     """Lower ``model`` to a verified IR graph with the fact ``lowered``.
+
+    A module is traced with torch.fx first. If fx cannot trace it (control flow
+    on tensor values) or a leaf module cannot be represented (torch.nn
+    containers such as ``nn.TransformerEncoder``), the module is lowered
+    through ``torch.export`` instead, with the batch dimension kept dynamic,
+    and a line saying so is appended to ``notes``.
 
     Args:
         model: The model; it is put in eval mode. A ``torch.fx.GraphModule``
             (for instance from ``torch.export``'s ``.module()``) is taken as is.
         example_inputs: Inputs for one forward pass; they fix the printed shapes.
+        notes: Receives what the user should know about how the model was lowered.
 
     Raises:
-        LoweringError: if tracing fails or a module cannot be represented.
+        LoweringError: if neither fx nor torch.export can lower the model.
     """
     if isinstance(model, fx.GraphModule):
-        gm = model  # exported programs refuse .eval(); they are already inference graphs
-    else:
+        # exported programs refuse .eval(); they are already inference graphs
+        return _lower_graph_module(model, example_inputs, _model_name(model))
+    name = _model_name(model)
+    try:
         gm = trace(model.eval())
+        types = _record_types(gm, example_inputs, name)
+        return _finish(gm, types, name)
+    except _RunFailed as failed:
+        raise failed.error from failed.error.__cause__
+    except LoweringError as fx_error:
+        gm = export_for_lowering(model, example_inputs, fx_error)
+        reason = _first_line(fx_error)
+    graph = _lower_graph_module(gm, example_inputs, name)
+    if notes is not None:
+        batch = graph.attrs.get("fixed_batch")
+        fixed = f"; its batch is fixed at {batch}" if batch is not None else ""
+        notes.append(f"torch.fx could not lower {name} ({reason}); lowered through torch.export instead{fixed}")
+    return graph
+
+
+def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
+                        fx_error: LoweringError) -> fx.GraphModule:
+    """``torch.export`` ``model``, batch dimension dynamic if the model allows it.
+
+    torch.export specializes a dimension whose example size is 1, so the
+    example batch is widened to 2 for the dynamic attempt. A model whose code
+    fixes the batch is exported again with the example inputs as given; its
+    graph then records that batch in ``graph.attrs['fixed_batch']``.
+
+    Raises:
+        LoweringError: ``fx_error``, with why torch.export failed too.
+    """
+    tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    attempts = []
+    if tensors and all(x.dim() > 0 for x in tensors):
+        batch = torch.export.Dim("batch")
+        widened = tuple(_widen(x) for x in example_inputs)
+        dynamic = tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs)
+        attempts.append((widened, dynamic))
+    attempts.append((tuple(example_inputs), None))
+    last: Exception | None = None
+    for inputs, dynamic_shapes in attempts:
+        try:
+            return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes).module()
+        except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
+            last = exc
+    raise LoweringError(
+        f"{fx_error.message}\n  torch.export failed as well: {type(last).__name__}: {_first_line(last)}",
+        hint="make the model exportable with torch.export.export(model, example_inputs): qcompile "
+        "lowers whatever it exports (a branch on tensor values needs torch.cond)",
+    ) from last
+
+
+def _widen(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 1:
+        return x.expand(2, *x.shape[1:]).clone()
+    return x
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+class _RunFailed(Exception):
+    """Running the traced model on the example inputs failed: not a tracing problem."""
+
+    def __init__(self, error: LoweringError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _record_types(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) -> dict[fx.Node, ValueType]:
     recorder = _TypeRecorder(gm)
     try:
         with torch.no_grad():
             recorder.run(*example_inputs)
     except Exception as exc:
-        shapes = ", ".join(
-            str(type_of(x)) for x in example_inputs
-        )
-        raise LoweringError(
-            f"running {type(model).__name__} on example inputs {shapes} failed: "
-            f"{type(exc).__name__}: {exc}",
+        shapes = ", ".join(str(type_of(x)) for x in example_inputs)
+        error = LoweringError(
+            f"running {name} on example inputs {shapes} failed: {type(exc).__name__}: {exc}",
             hint="pass an input shape the model accepts (--input-shape)",
-        ) from exc
-    graph = Graph(_model_name(model))
-    _Converter(gm, graph, recorder.types).convert()
+        )
+        error.__cause__ = exc
+        raise _RunFailed(error) from exc
+    return recorder.types
+
+
+def _lower_graph_module(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) -> Graph:
+    try:
+        types = _record_types(gm, example_inputs, name)
+    except _RunFailed as failed:
+        raise failed.error from failed.error.__cause__
+    graph = _finish(gm, types, name)
+    batch = _exported_batch(gm)
+    if batch is not None:
+        graph.attrs["fixed_batch"] = batch
+    return graph
+
+
+def _finish(gm: fx.GraphModule, types: dict[fx.Node, ValueType], name: str) -> Graph:
+    graph = Graph(name)
+    _Converter(gm, graph, types).convert()
     if any(n.target.startswith("torch.ops.aten.") for n in graph.find(kind=NodeKind.FUNCTION)):
         raise_aten(graph)
     graph.facts.add("lowered")
     verify(graph)
     return graph
+
+
+def _exported_batch(gm: fx.GraphModule) -> int | None:
+    """The static batch size of an exported module's tensor inputs, if torch.export fixed it."""
+    sizes = set()
+    for node in gm.graph.find_nodes(op="placeholder"):
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        first = value.shape[0]
+        if not isinstance(first, int):
+            return None  # a symbolic (dynamic) batch
+        sizes.add(first)
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _model_name(model: nn.Module) -> str:

@@ -45,7 +45,9 @@ class Graph:
         params: Parameter name -> tensor. Passes that change a tensor store a
             new tensor under the name instead of writing in place.
         facts: Pipeline facts established so far (``lowered``, ``fused``...).
-        attrs: Graph-wide settings passes record (``engine`` for quantized kernels).
+        attrs: Graph-wide settings passes record (``engine`` for quantized
+            kernels; ``fixed_batch``, the one batch size an exported model
+            accepts, set by lowering).
     """
 
     def __init__(self, name: str = "Model"):

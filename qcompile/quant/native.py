@@ -160,9 +160,11 @@ def _convert_quantize(graph: Graph, node: Node) -> None:
 
 
 def _convert_shared(graph: Graph, node: Node) -> None:
+    # quantized convs return channels-last tensors, which view() cannot reshape
     if node.kind == NodeKind.METHOD and node.target == "view":
-        # quantized convs return channels-last tensors, which view() cannot reshape
         node.target = node.op = "reshape"
+    elif node.kind == NodeKind.FUNCTION and node.target == "torch.ops.aten.view.default":  # from torch.export
+        node.target, node.op = "torch.ops.aten.reshape.default", "reshape"
 
 
 RULES = {
