@@ -28,9 +28,21 @@ def save_torchscript(out_dir: str | Path, example_inputs: tuple) -> tuple[Path, 
 
     Returns the file written and the max abs difference after reloading.
     """
+    from qcompile.errors import QCompileError
+
     out = Path(out_dir)
     model = load_model(out)
-    scripted = torch.jit.script(model)
+    try:
+        scripted = torch.jit.script(model)
+    except Exception as exc:  # noqa: BLE001 - TorchScript's compiler raises many kinds
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        marked = [lines[i - 1] for i, line in enumerate(lines) if "<--- HERE" in line and i > 0]
+        at = f" at `{marked[-1]}`" if marked else ""
+        raise QCompileError(
+            f"TorchScript cannot compile {out / 'model.py'} (written; no TorchScript file was): "
+            f"{lines[0] if lines else type(exc).__name__}{at}",
+            hint="deploy the emitted model.py itself, or --deploy export with --backend gemmlowp",
+        ) from None
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
     path = atomic_write_bytes(out / TORCHSCRIPT_FILE, buffer.getvalue())

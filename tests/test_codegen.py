@@ -56,3 +56,40 @@ def test_write_is_atomic_no_temp_files_left(tmp_path):
     write_model(g, tmp_path)
     write_model(g, tmp_path)  # overwrite in place
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _twice(x):
+    return torch.from_numpy(x.numpy() * 2)  # TorchScript has no Tensor.numpy()
+
+
+torch.fx.wrap("_twice")
+
+
+class _CallsTwice(torch.nn.Module):
+    def forward(self, x):
+        return _twice(x) + 1
+
+
+def test_aten_ops_from_torch_export_are_emitted_so_torchscript_compiles_them(tmp_path):
+    from qcompile.deploy import save_torchscript
+
+    program = torch.export.export(Mixed().eval(), (torch.randn(2, 3, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    g = lower(program.module(), (torch.randn(1, 3, 8, 8),))
+    source = emit_python(g).source
+    assert "torch.ops.aten." in source and ".default(" not in source and ".int(" not in source
+    write_model(g, tmp_path)
+    path, diff = save_torchscript(tmp_path, (torch.randn(3, 3, 8, 8),))
+    assert path.exists() and diff == 0
+
+
+def test_model_torchscript_cannot_compile_is_a_clear_error(tmp_path):
+    import pytest
+
+    from qcompile.deploy import TORCHSCRIPT_FILE, save_torchscript
+    from qcompile.errors import QCompileError
+
+    write_model(lower(_CallsTwice(), (torch.randn(2, 3),)), tmp_path)
+    with pytest.raises(QCompileError, match="TorchScript cannot compile .*model.py"):
+        save_torchscript(tmp_path, (torch.randn(2, 3),))
+    assert not (tmp_path / TORCHSCRIPT_FILE).exists()

@@ -135,6 +135,11 @@ class _Emitter:
         if path.startswith("torch.nn.functional."):
             self.imports.add("import torch.nn.functional as F")
             return "F." + path.removeprefix("torch.nn.functional.")
+        if path.startswith("torch.ops.aten.") and path.count(".") == 4:
+            # The overload packet (torch.ops.aten.transpose) picks the overload
+            # (.int) from the arguments, as the named overload would; TorchScript
+            # can compile only the packet.
+            return path.rpartition(".")[0]
         if path.startswith("torch."):
             return path
         if path.startswith("builtins."):
