@@ -51,3 +51,38 @@ def randomize_batch_norm(model: nn.Module) -> nn.Module:
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+class PatchTransformer(nn.Module):
+    """A small encoder classifier; torch.fx cannot trace nn.TransformerEncoder, torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 48)
+        layer = nn.TransformerEncoderLayer(48, 4, 96, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+class AttentionBlock(nn.Module):
+    """A pre-norm attention + MLP block written with nn modules, as torch.fx traces it."""
+
+    def __init__(self, width: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.softmax = nn.Softmax(dim=-1)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attention = self.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(n, t, c))
+        return x + self.mlp(self.norm2(x))

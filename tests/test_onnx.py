@@ -15,7 +15,8 @@ from qcompile.frontend.lower import lower
 from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
-from tests.models import randomize_batch_norm
+from tests.models import AttentionBlock, PatchTransformer, randomize_batch_norm
+from tests.torchao_reference import sqnr
 from tests.seed_models import FashionNet
 
 
@@ -216,3 +217,38 @@ def test_channel_shuffle_silu_and_stochastic_depth_export(tmp_path, name):
         for r in check_onnx(path, emitted, calib, output_scale(graph)):
             assert r.within_1_lsb >= 0.99 and r.top1_agreement >= 0.9, (form, r)
     assert ("Split" in ops) if name.startswith("shufflenet") else ({"Sigmoid", "Mul"} <= ops)
+
+
+@pytest.mark.parametrize("name", ["encoder", "block"])
+def test_transformer_float_graph_exports_exactly(name, tmp_path):
+    torch.manual_seed(0)
+    model = (PatchTransformer() if name == "encoder" else AttentionBlock()).eval()
+    x = torch.randn(1, 12, 16 if name == "encoder" else 32)
+    graph = lower(model, (x,))
+    ops = {n.op for n in graph.nodes()}
+    assert {"layer_norm", "gelu", "softmax"} <= ops if name == "block" else "scaled_dot_product_attention" in ops
+    path, emitted = _export(graph, tmp_path)
+    batches = [torch.randn(3, *x.shape[1:]), torch.randn(5, *x.shape[1:])]  # the batch stays dynamic
+    results = check_onnx(path, emitted, batches, None)
+    assert all(r.max_error < 1e-4 for r in results)
+
+
+def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = PatchTransformer().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 12, 16, generator=g) for _ in range(4)]
+    graph = lower(model, (calib[0][:1],))
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
+    path, emitted = _export(graph, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "LayerNormalization", "Softmax"} <= ops
+    x = torch.randn(6, 12, 16, generator=g)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        reference, ours = model(x), emitted(x)
+    assert sqnr(got, reference) > 25
+    assert (got.argmax(1) == ours.argmax(1)).float().mean() == 1.0

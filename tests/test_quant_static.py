@@ -14,7 +14,7 @@ from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind, print_graph
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig, load_quant_config
-from tests.models import randomize_batch_norm
+from tests.models import PatchTransformer, randomize_batch_norm
 from tests.torchao_reference import fx_quantize, lsb_agreement, sqnr
 
 FX_FUSION = "fuse{activations=relu},calibrate,convert"  # torch.ao does not fuse ReLU6
@@ -208,23 +208,9 @@ def test_relu6_clamp_only_where_the_grid_can_pass_six():
     assert int(codes["narrow"].int_repr().max()) == 255
 
 
-class _PatchTransformer(torch.nn.Module):
-    """A small encoder classifier; torch.fx cannot trace nn.TransformerEncoder, torch.export can."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Linear(16, 48)
-        layer = torch.nn.TransformerEncoderLayer(48, 4, 96, dropout=0.0, batch_first=True)
-        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = torch.nn.Linear(48, 10)
-
-    def forward(self, x):
-        return self.head(self.encoder(self.embed(x)).mean(1))
-
-
 def test_transformer_encoder_static_ptq_quantizes_the_linears_inside_the_encoder(tmp_path):
     torch.manual_seed(0)
-    model = _PatchTransformer().eval()
+    model = PatchTransformer().eval()
     g = torch.Generator().manual_seed(1)
     calib = [(torch.randn(8, 12, 16, generator=g),) for _ in range(4)]
     graph, _ = _quantize(model, calib, preset="default")

@@ -26,7 +26,8 @@ from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_write_bytes
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
-from qcompile.ir.types import TensorType
+from qcompile.ir.types import ScalarType, TensorType
+from qcompile.onnx import sequence_ops
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
 
@@ -212,6 +213,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
                       epsilon=float(a["eps"]))
     if node.op in ACTIVATIONS:
         return _activation_op(b, node.op, x)
+    if node.op in sequence_ops.MODULE_OPS:
+        return sequence_ops.module_op(b, node, x)
     if node.op == "max_pool2d":
         pads = _pair(a.get("padding", 0))
         return b.emit("MaxPool", [x], kernel_shape=_pair(a["kernel_size"]),
@@ -256,7 +259,27 @@ def _activation_op(b: _Builder, op: str, x: str) -> str:
                    "tanh": "Tanh"}[op], [x], **({"alpha": 1 / 6} if op == "hardsigmoid" else {}))
 
 
-_BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div"}
+_BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div", "pow": "Pow"}
+
+
+def _binary(b: _Builder, node: Node, args: list) -> str:
+    """A binary op on tensors or on scalars (shape arithmetic such as ``x.size(1) // 2`` or ``c ** -0.5``).
+
+    Scalars computed in the graph are int64 or float32 ONNX scalars; with a
+    tensor the op works in float32, otherwise in the type of the result.
+    """
+    tensor = any(isinstance(v, Node) and isinstance(v.type, TensorType) for v in args)
+    result_int = not tensor and isinstance(node.type, ScalarType) and node.type.name == "int"
+    dtype = np.int64 if result_int else np.float32
+    values = []
+    for v in args:
+        if not isinstance(v, Node):
+            values.append(b.const("scalar", np.array(v, dtype)))
+        elif not isinstance(v.type, TensorType) and getattr(v.type, "name", "") == "int" and not result_int:
+            values.append(b.emit("Cast", [b.value(v)], to=TensorProto.FLOAT))
+        else:
+            values.append(b.value(v))
+    return b.emit(_BINARY[node.op], values)
 
 
 def _call(b: _Builder, node: Node) -> str | list[str]:
@@ -275,12 +298,7 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         if name == "hardswish":
             return b.emit("HardSwish", [x])
     if op in _BINARY and len(args) == 2:
-        if all(isinstance(v, Node) and not isinstance(v.type, TensorType) for v in args):
-            return b.emit(_BINARY[op], [b.value(args[0]), b.value(args[1])])  # int shape arithmetic
-        integer = any(isinstance(v, Node) and not isinstance(v.type, TensorType) for v in args)  # x.size(1) // 2
-        dtype = np.int64 if integer else np.float32
-        values = [b.value(v) if isinstance(v, Node) else b.const("scalar", np.array(v, dtype)) for v in args]
-        return _activation(b, b.emit(_BINARY[op], values), node.attrs.get("act"))
+        return _activation(b, _binary(b, node, args), node.attrs.get("act"))
     if op in ACTIVATIONS:
         return _activation_op(b, op, x)
     if op == "flatten":
@@ -306,6 +324,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return b.emit("Identity", [b.names[source.name][args[1]]])
         if not isinstance(source.type, TensorType) and isinstance(args[1], int):
             return b.emit("Gather", [b.value(source), b.const("index", np.array(args[1], np.int64))], axis=0)
+        if isinstance(source.type, TensorType):
+            return sequence_ops.tensor_index(b, node, x, args[1])
     if op == "mean":
         dims = args[1] if len(args) > 1 else kw.get("dim")
         keep = kw.get("keepdim", args[2] if len(args) > 2 else False)
@@ -331,6 +351,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return outs
     if op == "adaptive_avg_pool2d" and _pair(args[1]) == [1, 1]:
         return b.emit("GlobalAveragePool", [x])
+    if op in sequence_ops.FUNCTION_OPS:
+        return sequence_ops.function_op(b, node, args, kw)
     raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
                         hint="keep that op out of the export, or extend qcompile.onnx.export")
 

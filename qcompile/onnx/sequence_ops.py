@@ -1,0 +1,166 @@
+"""ONNX for the ops of sequence models: attention, layer norm, softmax, GELU.
+
+Transformer graphs (most of them lowered through ``torch.export``) also move
+tensors around with ops CNNs never use: ``unflatten``, ``select``,
+``squeeze`` / ``unsqueeze`` and the symbolic batch size (``sym_size``). Every
+shape is built from the input's ``Shape`` at run time, so the exported model
+keeps its dynamic batch.
+
+Attention is written out in opset-21 ops (MatMul, Softmax, MatMul); the scale
+``1 / sqrt(head dim)`` is a constant, since the head dimension is static.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from qcompile.errors import QCompileError
+from qcompile.ir.node import Node
+from qcompile.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from qcompile.onnx.export import _Builder
+
+# Ops this module exports, as function / method calls and as nn modules.
+FUNCTION_OPS = ("sym_size", "unflatten", "unsqueeze", "squeeze", "select", "layer_norm",
+                "scaled_dot_product_attention", "softmax", "_softmax", "gelu", "matmul", "bmm")
+MODULE_OPS = ("layer_norm", "softmax", "gelu")
+
+
+def _arg(args: list, kw: dict, index: int, name: str, default: Any = None) -> Any:
+    return args[index] if len(args) > index else kw.get(name, default)
+
+
+def _axes(b: _Builder, dims: Any) -> str:
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    return b.const("axes", np.array(dims, np.int64))
+
+
+def _shape_slice(b: _Builder, shape: str, start: int, end: int) -> str:
+    return b.emit("Slice", [shape, b.const("start", np.array([start], np.int64)),
+                            b.const("end", np.array([end], np.int64))])
+
+
+def _optional(b: _Builder, value: Any) -> str:
+    return b.value(value) if isinstance(value, Node) else ""
+
+
+def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
+    """The ONNX value computing ``node``, a call of one of :data:`FUNCTION_OPS`."""
+    op = node.op
+    x = b.value(args[0])
+    if op == "sym_size":
+        return b.emit("Gather", [b.emit("Shape", [x]), b.const("index", np.array(args[1], np.int64))], axis=0)
+    if op == "unflatten":
+        rank = len(args[0].type.shape)
+        dim = _arg(args, kw, 1, "dim") % rank
+        sizes = [b.int_value(s) for s in _arg(args, kw, 2, "sizes")]
+        shape = b.emit("Shape", [x])
+        parts = ([_shape_slice(b, shape, 0, dim)] if dim > 0 else []) + sizes
+        if dim + 1 < rank:
+            parts.append(_shape_slice(b, shape, dim + 1, rank))
+        return b.emit("Reshape", [x, b.emit("Concat", parts, axis=0)])
+    if op == "unsqueeze":
+        return b.emit("Unsqueeze", [x, _axes(b, _arg(args, kw, 1, "dim"))])
+    if op == "squeeze":
+        dims = _arg(args, kw, 1, "dim")
+        return b.emit("Squeeze", [x] + ([_axes(b, dims)] if dims is not None else []))
+    if op == "select":
+        index = b.const("index", np.array(_arg(args, kw, 2, "index"), np.int64))  # a scalar: the axis goes away
+        return b.emit("Gather", [x, index], axis=_arg(args, kw, 1, "dim"))
+    if op == "layer_norm":
+        shape = _arg(args, kw, 1, "normalized_shape")
+        weight, bias = _arg(args, kw, 2, "weight"), _arg(args, kw, 3, "bias")
+        return _layer_norm(b, x, len(shape), _optional(b, weight), _optional(b, bias),
+                           float(_arg(args, kw, 4, "eps", 1e-5)), node)
+    if op == "scaled_dot_product_attention":
+        return _attention(b, node, args, kw)
+    if op in ("softmax", "_softmax"):
+        return b.emit("Softmax", [x], axis=_arg(args, kw, 1, "dim"))
+    if op == "gelu":
+        return b.emit("Gelu", [x], approximate=_arg(args, kw, 1, "approximate", "none"))
+    if op in ("matmul", "bmm"):
+        return b.emit("MatMul", [x, b.value(args[1])])
+    raise AssertionError(op)
+
+
+def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
+    """``x[index]`` for ints, slices with constant bounds and ``...``: Slice, then Gather per int."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(item is None or isinstance(item, Node) for item in items):
+        raise QCompileError(f"%{node.name}: indexing with None or a tensor is not exported to ONNX yet")
+    rank = len(b.graph.inputs(node)[0].type.shape)
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items = items[:at] + [slice(None)] * (rank - len(items) + 1) + items[at + 1:]
+    starts, ends, axes, steps = [], [], [], []
+    for axis, item in enumerate(items):
+        if isinstance(item, slice) and item != slice(None):
+            step = item.step or 1
+            starts.append(item.start if item.start is not None else (0 if step > 0 else -1))
+            ends.append(item.stop if item.stop is not None else (np.iinfo(np.int64).max if step > 0
+                                                                 else np.iinfo(np.int64).min))
+            axes.append(axis)
+            steps.append(step)
+    if axes:
+        x = b.emit("Slice", [x] + [b.const(n, np.array(v, np.int64)) for n, v in
+                                   (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps))])
+    for axis in reversed(range(len(items))):  # right to left, so earlier axes keep their numbers
+        if isinstance(items[axis], int):
+            x = b.emit("Gather", [x, b.const("index", np.array(items[axis], np.int64))], axis=axis)
+    return x
+
+
+def module_op(b: _Builder, node: Node, x: str) -> str:
+    """The ONNX value computing ``node``, an ``nn`` module of one of :data:`MODULE_OPS`."""
+    a = node.attrs
+    if node.op == "layer_norm":
+        affine = a.get("elementwise_affine", True)
+        params = [b.const(f"{node.name}_{k}", b.graph.param(node, k).float()) if affine and k in node.params else ""
+                  for k in ("weight", "bias")]
+        shape = a["normalized_shape"]
+        rank = len(shape) if isinstance(shape, (list, tuple)) else 1
+        return _layer_norm(b, x, rank, params[0], params[1], float(a.get("eps", 1e-5)), node)
+    if node.op == "softmax":
+        return b.emit("Softmax", [x], axis=a["dim"] if a.get("dim") is not None else -1)
+    if node.op == "gelu":
+        return b.emit("Gelu", [x], approximate=a.get("approximate", "none"))
+    raise AssertionError(node.op)
+
+
+def _layer_norm(b: _Builder, x: str, rank: int, weight: str, bias: str, eps: float, node: Node) -> str:
+    if not weight:  # LayerNormalization needs a scale; no affine part is a scale of ones
+        width = node.type.shape[-rank:] if node.type is not None else None
+        if width is None:
+            raise QCompileError(f"%{node.name}: layer norm without weights and without a known shape")
+        weight = b.const(f"{node.name}_ones", np.ones(width, np.float32))
+    return b.emit("LayerNormalization", [x, weight] + ([bias] if bias else []), axis=-rank, epsilon=eps)
+
+
+def _attention(b: _Builder, node: Node, args: list, kw: dict) -> str:
+    q, k, v = (b.value(a) for a in args[:3])
+    mask = _arg(args, kw, 3, "attn_mask")
+    dropout = _arg(args, kw, 4, "dropout_p", 0.0)
+    causal = _arg(args, kw, 5, "is_causal", False)
+    scale = _arg(args, kw, 6, "scale")
+    if dropout or causal or kw.get("enable_gqa"):
+        raise QCompileError(f"%{node.name}: attention with dropout, is_causal or grouped queries is not "
+                            "exported to ONNX yet", hint="pass an explicit attn_mask instead of is_causal")
+    rank = len(args[0].type.shape)
+    head_dim = args[0].type.shape[-1]
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(head_dim)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scores = b.emit("MatMul", [q, b.emit("Transpose", [k], perm=perm)])
+    scores = b.emit("Mul", [scores, b.const("scale", np.array(scale, np.float32))])
+    if isinstance(mask, Node):
+        mask_value = b.value(mask)
+        if isinstance(mask.type, TensorType) and mask.type.torch_dtype == torch.bool:
+            # True = attend; a boolean mask becomes 0 / -inf added to the scores
+            mask_value = b.emit("Where", [mask_value, b.const("zero", np.array(0, np.float32)),
+                                          b.const("minus_inf", np.array(-np.inf, np.float32))])
+        scores = b.emit("Add", [scores, mask_value])
+    return b.emit("MatMul", [b.emit("Softmax", [scores], axis=-1), v])
