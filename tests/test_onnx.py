@@ -233,7 +233,8 @@ def test_transformer_float_graph_exports_exactly(name, tmp_path):
     assert all(r.max_error < 1e-4 for r in results)
 
 
-def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(tmp_path):
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(form, tmp_path):
     import onnxruntime as ort
 
     torch.manual_seed(0)
@@ -242,13 +243,15 @@ def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(tmp_path):
     calib = [torch.randn(8, 12, 16, generator=g) for _ in range(4)]
     graph = lower(model, (calib[0][:1],))
     run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
-    path, emitted = _export(graph, tmp_path)
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx", form=form)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "LayerNormalization", "Softmax"} <= ops
+    assert ("QLinearConv" in ops) == (form == "qoperator")
     x = torch.randn(6, 12, 16, generator=g)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     with torch.no_grad():
-        reference, ours = model(x), emitted(x)
+        reference, ours = model(x), load_model(tmp_path / "model")(x)
     assert sqnr(got, reference) > 25
     assert (got.argmax(1) == ours.argmax(1)).float().mean() == 1.0

@@ -25,7 +25,7 @@ from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MS = "com.microsoft"
 _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity", "contiguous", "transpose",
-              "permute", "getitem", "chunk"}
+              "permute", "getitem", "chunk", "unflatten", "unsqueeze", "squeeze", "select"}
 
 
 class _QBuilder(_Builder):
@@ -50,9 +50,17 @@ def _qlinear_conv(b: _QBuilder, node: Node, x: str, producer: Node) -> str:
     y_s, y_zp = b.grid(node)
     w, w_s, w_zp, bias = b.int_weight(node, as_conv=True)
     if node.op == "linear":
-        x4 = b.emit("Unsqueeze", [x, b.const("axes", np.array([2, 3], np.int64))])
+        rank = len(producer.type.shape)
+        rows = x if rank == 2 else b.emit("Reshape", [x, b.const("rows", np.array([-1, a["in_features"]], np.int64))])
+        x4 = b.emit("Unsqueeze", [rows, b.const("axes", np.array([2, 3], np.int64))])
         y4 = b.emit("QLinearConv", [x4, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias], kernel_shape=[1, 1])
-        return b.emit("Squeeze", [y4, b.const("axes", np.array([2, 3], np.int64))])
+        y = b.emit("Squeeze", [y4, b.const("axes", np.array([2, 3], np.int64))])
+        if rank == 2:
+            return y
+        leading = b.emit("Slice", [b.emit("Shape", [x]), b.const("start", np.array([0], np.int64)),
+                                   b.const("end", np.array([rank - 1], np.int64))])
+        shape = b.emit("Concat", [leading, b.const("width", np.array([a["out_features"]], np.int64))], axis=0)
+        return b.emit("Reshape", [y, shape])  # [..., in] -> rows -> [..., out]
     pads = _pair(a.get("padding", 0))
     return b.emit("QLinearConv", [x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias],
                   kernel_shape=_pair(a["kernel_size"]), strides=_pair(a.get("stride", 1)), pads=pads + pads,
@@ -92,6 +100,9 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if node.kind == NodeKind.OUTPUT:
             out = b.emit("Identity", [b.value(b.args(node)[0])], ["output"])
             outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", *node.type.shape[1:]]))
+            continue
+        if node.kind == NodeKind.PARAM:
+            b.names[node.name] = b.const(node.name, graph.params[node.target].float())
             continue
         if node.op == "quantize":
             s, zp = b.grid(node)
