@@ -255,3 +255,45 @@ def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(form, tmp_pa
         reference, ours = model(x), load_model(tmp_path / "model")(x)
     assert sqnr(got, reference) > 25
     assert (got.argmax(1) == ours.argmax(1)).float().mean() == 1.0
+
+
+def test_dynamic_linears_export_as_onnxruntime_dynamic_quantization(tmp_path):
+    import onnxruntime as ort
+
+    model = load_user_model("zoo:digit_cnn").module
+    data = open_data("builtin:mnist5k", limit=512, batch_size=128)
+    x = torch.cat([b[0] for b in data])
+    graph = lower(model, (x[:1],))
+    run_pipeline(graph, "dynamic")
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger") == 2
+    results = check_onnx(path, load_model(tmp_path / "model"), [x], None, graph=graph)
+    assert all(r.top1_agreement >= 0.99 for r in results)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        reference, torch_int8 = model(x), load_model(tmp_path / "model")(x)
+    # onnxruntime quantizes the inputs to 8 bits, torch's x86 kernel to 7: closer to float
+    assert sqnr(got, reference) > sqnr(torch_int8, reference)
+
+
+def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):
+    from qcompile.errors import QCompileError
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
+            self.head = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    graph = lower(Tagger().eval(), (torch.randn(1, 5, 8),))
+    run_pipeline(graph, "dynamic")
+    with pytest.raises(QCompileError, match="dynamically quantized lstm is not exported") as info:
+        export_onnx(graph, tmp_path / "model.onnx")
+    assert "dynamic{ops=linear}" in str(info.value)
+    assert not (tmp_path / "model.onnx").exists()
