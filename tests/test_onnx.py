@@ -257,7 +257,7 @@ def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(form, tmp_pa
     assert (got.argmax(1) == ours.argmax(1)).float().mean() == 1.0
 
 
-def test_dynamic_linears_export_as_onnxruntime_dynamic_quantization(tmp_path):
+def test_dynamic_linears_export_with_torchs_seven_bit_inputs(tmp_path):
     import onnxruntime as ort
 
     model = load_user_model("zoo:digit_cnn").module
@@ -268,15 +268,15 @@ def test_dynamic_linears_export_as_onnxruntime_dynamic_quantization(tmp_path):
     write_model(graph, tmp_path / "model")
     path = export_onnx(graph, tmp_path / "model.onnx")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger") == 2
+    assert ops.count("MatMulInteger") == ops.count("ReduceMax") == 2
     results = check_onnx(path, load_model(tmp_path / "model"), [x], None, graph=graph)
     assert all(r.top1_agreement >= 0.99 for r in results)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     with torch.no_grad():
         reference, torch_int8 = model(x), load_model(tmp_path / "model")(x)
-    # onnxruntime quantizes the inputs to 8 bits, torch's x86 kernel to 7: closer to float
-    assert sqnr(got, reference) > sqnr(torch_int8, reference)
+    # the same 7-bit input rounding as torch's kernel: far closer to it than either is to float
+    assert sqnr(got, torch_int8) > sqnr(torch_int8, reference) + 20
 
 
 def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):

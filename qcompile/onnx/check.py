@@ -36,7 +36,7 @@ class OnnxCheck:
                 f"| {within} | {self.top1_agreement:.4f} |")
 
 
-DYNAMIC_TOLERANCE = 1 / 32
+DYNAMIC_TOLERANCE = 1 / 128
 
 HEADER = ("| ORT graph optimizations | samples | max abs error | max error (LSB) | exact | within 1 LSB "
           "| top-1 agreement |\n|---|---|---|---|---|---|---|")
@@ -57,7 +57,7 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Te
 
     Raises:
         QCompileError: if fewer than ``min_share`` of the output elements are
-            within one LSB (int8 models), the error exceeds 1/32 of the
+            within one LSB (int8 models), the error exceeds 1/128 of the
             largest output or top-1 agreement is under ``min_share``
             (dynamically quantized models, which need ``graph``), or the
             relative error exceeds 1e-4 (float models).
@@ -84,13 +84,14 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Te
                 f"top-1 agreement {r.top1_agreement:.2f})",
                 hint=_explain(graph, batches[0], r.top1_agreement))
         if graph is not None and is_dynamic(graph):
-            # Each runtime rounds the inputs of its dynamic linears itself (torch's x86
-            # kernel to 7 bits, onnxruntime to 8): agreement is up to that rounding.
+            # Both runtimes put each dynamic linear's input on a 7-bit grid measured on
+            # it, but compute the codes in their own float arithmetic: a code at a
+            # rounding tie can come out one step apart, and the error travels on.
             bound = DYNAMIC_TOLERANCE * float(want.abs().max())
             if r.max_error > bound or (want.dim() == 2 and r.top1_agreement < min_share):
                 raise CheckFailed(
                     f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's dynamically "
-                    f"quantized model: max error {r.max_error:.3g} (allowed {bound:.3g}, 1/32 of the largest "
+                    f"quantized model: max error {r.max_error:.3g} (allowed {bound:.3g}, 1/128 of the largest "
                     f"output), top-1 agreement {r.top1_agreement:.2f}",
                     hint="a bug in the exporter or a kernel; please report it with the model")
         elif not output_scale and r.max_error > 1e-4 * max(float(want.abs().max()), 1.0):

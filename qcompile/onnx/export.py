@@ -28,6 +28,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops
+from qcompile.onnx.dynamic import dynamic_linear
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
 
@@ -116,8 +117,14 @@ class _Builder:
         self.codes[node.name] = quantized
         return self.emit("DequantizeLinear", [quantized, scale, zero], [self.fresh(f"{node.name}_dq")])
 
-    def weight(self, node: Node) -> tuple[str, str | None]:
-        """(weight, bias) value names: float initializers, or int8/int32 behind DequantizeLinear."""
+    def weight(self, node: Node, transposed: bool = False) -> tuple[str, str | None]:
+        """(weight, bias) value names: float initializers, or int8/int32 behind DequantizeLinear.
+
+        ``transposed`` gives a linear's weight as MatMul reads it, [in, out]: a
+        float weight is stored that way (so that onnxruntime's quantization
+        tools find it as an initializer), an int8 one is transposed after
+        its DequantizeLinear.
+        """
         weight = self.graph.param(node, "weight")
         bias = self.graph.param(node, "bias")
         if node.target.startswith("qcompile.nn.qat."):
@@ -125,7 +132,8 @@ class _Builder:
 
             weight = fake_quantize_weight(weight, node.attrs.get("weight_per_channel", True))
         if not weight.is_quantized:
-            w = self.const(f"{node.name}_weight", weight.detach().float())
+            weight = weight.detach().float()
+            w = self.const(f"{node.name}_weight", weight.t().contiguous() if transposed else weight)
             b = self.const(f"{node.name}_bias", bias.detach().float()) if bias is not None else None
             return w, b
         scales, zps, axis = weight_grid(weight)
@@ -147,7 +155,7 @@ class _Builder:
                                                self.const(f"{node.name}_bias_scale", bias_scale.float()),
                                                self.const(f"{node.name}_bias_zp", torch.zeros_like(b_int))],
                           axis=0)
-        return w, b
+        return (self.emit("Transpose", [w], perm=[1, 0]) if transposed else w), b
 
 
 def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | None:
@@ -202,10 +210,10 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         if node.op != "linear":
             raise QCompileError(f"%{node.name}: dynamically quantized {node.op} is not exported to ONNX yet",
                                 hint=f"dynamic{{ops=linear}} keeps {node.op} in float")
-        return _dynamic_linear(b, node, x)
+        return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
-        w, bias = b.weight(node)
-        out = b.emit("MatMul", [x, b.emit("Transpose", [w], perm=[1, 0])])
+        w_t, bias = b.weight(node, transposed=True)
+        out = b.emit("MatMul", [x, w_t])
         if bias:
             out = b.emit("Add", [out, bias])
         if "LinearReLU" in node.target:
@@ -239,36 +247,6 @@ def _module(b: _Builder, node: Node, x: str) -> str:
     if node.op == "flatten" and a.get("end_dim", -1) == -1:
         return b.emit("Flatten", [x], axis=a.get("start_dim", 1))
     raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet")
-
-
-def _dynamic_linear(b: _Builder, node: Node, x: str) -> str:
-    """A dynamically quantized linear as onnxruntime's own dynamic quantization writes it.
-
-    ``DynamicQuantizeLinear`` measures the input's range and quantizes it to
-    uint8, ``MatMulInteger`` multiplies the codes with the int8 weights, and
-    the int32 result is scaled back (input scale x weight scale per column)
-    before the float bias; onnxruntime fuses the chain into
-    ``DynamicQuantizeMatMul``. torch's x86 kernel quantizes the input to 7 bits
-    (``reduce_range``) where this uses all 8, so the two differ by a little
-    rounding, in onnxruntime's favour.
-    """
-    weight, bias = b.graph.param(node, "weight"), b.graph.param(node, "bias")
-    scales, zero_points, _ = weight_grid(weight)
-    # uint8 weights (code + 128, zero point + 128: the same products). With int8
-    # weights, onnxruntime's AVX2 kernel adds pairs of uint8 x int8 products in
-    # 16 bits, which saturate for inputs near 255 and weights near 127.
-    codes = (weight.int_repr().to(torch.int32) + 128).to(torch.uint8).t().contiguous()  # [in, out]
-    x_q, x_scale, x_zp = (b.fresh(f"{node.name}_{part}") for part in ("x_q", "x_scale", "x_zp"))
-    b.emit("DynamicQuantizeLinear", [x], [x_q, x_scale, x_zp])
-    w_zp = (zero_points.to(torch.int32) + 128).to(torch.uint8)
-    per_column = bool((w_zp != w_zp[0]).any())
-    acc = b.emit("MatMulInteger", [x_q, b.const(f"{node.name}_weight_q", codes), x_zp,
-                                   b.const(f"{node.name}_weight_zp", w_zp if per_column else w_zp[0])])
-    scale = b.emit("Mul", [x_scale, b.const(f"{node.name}_weight_scale", scales.float())])
-    out = b.emit("Mul", [b.emit("Cast", [acc], to=TensorProto.FLOAT), scale])
-    if bias is not None:
-        out = b.emit("Add", [out, b.const(f"{node.name}_bias", bias.detach().float())])
-    return b.emit("Relu", [out]) if "LinearReLU" in node.target else out
 
 
 def _fake_quantize(b: _Builder, node: Node, x: str) -> str:

@@ -1,0 +1,142 @@
+"""Latency and fidelity of int8 transformers: qcompile vs torch.ao and onnxruntime's own tools, and float.
+
+    python benchmarks/transformer_latency.py [--layers 6] [--seq 128] [--batch 1] [--threads 1 2]
+                                             [--repeats 20] [--json out.json]
+
+The model is a text encoder with DistilBERT's geometry (width 768, 12 heads,
+feed-forward 3072, GELU, post-norm) built from ``nn.TransformerEncoder``, with
+a mean-pooled classification head; weights are torch's default random
+initialization and the inputs are random token embeddings (no text data
+ships with qcompile's dependencies). torch.fx cannot trace
+``nn.TransformerEncoder``, so qcompile lowers it through ``torch.export``.
+
+Variants, all timed in the same process in interleaved rounds (see
+``benchmarks/int8_latency.py``), as medians and as speed-ups over float torch
+(which runs ``nn.TransformerEncoder``'s fused inference path):
+
+* torch.ao ``quantize_dynamic`` on ``nn.Linear`` (it reaches the feed-forward
+  linears and the head; attention's projections are not ``nn.Linear``);
+* qcompile ``dynamic`` (every linear, attention's included), as the emitted
+  PyTorch module and exported to onnxruntime;
+* onnxruntime float, and onnxruntime's ``quantize_dynamic`` on the same float
+  ONNX file;
+* qcompile static ``ptq`` (calibrated on 16 other random batches), exported
+  to onnxruntime in QDQ form.
+
+Fidelity is the SQNR (dB) of each variant's output against float torch on
+held-out inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.int8_latency import interleaved_medians_ms, ort_session, quiet  # noqa: E402
+from qcompile.codegen import load_model, write_model  # noqa: E402
+from qcompile.frontend.lower import lower  # noqa: E402
+from qcompile.onnx.export import export_onnx  # noqa: E402
+from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
+from tests.torchao_reference import sqnr  # noqa: E402
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, layers: int, width: int = 768, heads: int = 12, ff: int = 3072, classes: int = 2):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(width, heads, ff, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(1))
+
+
+def without_fast_path(module, data):
+    """Run ``module`` with torch's fused transformer inference path off.
+
+    torch.ao's dynamic Linear makes ``weight`` a method, and the fused
+    path's device check (``x.device`` for each weight) fails on it in torch
+    2.14, so torch.ao's int8 encoder runs only on the unfused path.
+    """
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return module(data)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
+def emit(graph, directory: Path):
+    write_model(graph, directory)
+    return load_model(directory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    quiet()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    torch.manual_seed(0)
+    model = TextEncoder(args.layers).eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [(torch.randn(4, args.seq, 768, generator=g),) for _ in range(4)]
+    x = torch.randn(args.batch, args.seq, 768, generator=g)
+    held_out = torch.randn(8, args.seq, 768, generator=g)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name, torch.no_grad():
+        tmp = Path(tmp_name)
+        float_graph = lower(model, (x[:1],))
+        float_path = export_onnx(float_graph, tmp / "float.onnx")
+        quantize_dynamic(str(float_path), str(tmp / "ort_dynamic.onnx"), weight_type=QuantType.QInt8)
+        dynamic = lower(model, (x[:1],))
+        run_pipeline(dynamic, "dynamic")
+        dynamic_module = emit(dynamic, tmp / "dynamic")
+        dynamic_path = export_onnx(dynamic, tmp / "dynamic.onnx")
+        static = lower(model, (x[:1],))
+        run_pipeline(static, "ptq", PassContext(calib_data=calib))
+        static_path = export_onnx(static, tmp / "static.onnx")
+        torchao = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        reference = model(held_out)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            sessions = {name: ort_session(path, threads) for name, path in [
+                ("onnxruntime float", float_path), ("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx"),
+                ("qcompile dynamic -> onnxruntime", dynamic_path), ("qcompile ptq -> onnxruntime", static_path)]}
+            feeds = {name: s.get_inputs()[0].name for name, s in sessions.items()}
+
+            def ort_fn(name, data):
+                return lambda: torch.from_numpy(sessions[name].run(None, {feeds[name]: data.numpy()})[0])
+
+            variants = {"float torch": lambda data: model(data),
+                        "torch.ao quantize_dynamic": lambda data: without_fast_path(torchao, data),
+                        "qcompile dynamic (native)": lambda data: dynamic_module(data)}
+            variants |= {name: (lambda data, name=name: ort_fn(name, data)()) for name in sessions}
+            times = interleaved_medians_ms({name: (lambda f=f: f(x)) for name, f in variants.items()}, args.repeats)
+            for name, f in variants.items():
+                rows.append({"threads": threads, "variant": name, "ms": times[name],
+                             "speedup": times["float torch"] / times[name],
+                             "sqnr_db": float("inf") if name == "float torch" else sqnr(f(held_out), reference)})
+    print(f"text encoder: {args.layers} layers, width 768, sequence {args.seq}, batch {args.batch}\n")
+    print("| threads | variant | ms | speed-up over float torch | SQNR vs float (dB) |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['threads']} | {r['variant']} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['sqnr_db']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
