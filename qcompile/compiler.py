@@ -101,6 +101,7 @@ def compile_model(
     calib_samples: int | None = None,
     batch_size: int = 32,
     preprocess: str | None = None,
+    frontend: str = "fx",
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
 
@@ -122,7 +123,7 @@ def compile_model(
         example_inputs = tuple(t[:1] for t in first)  # the data shows the input shape
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
     notes = list(loaded.notes)
-    graph = lower(loaded.module, inputs, notes)
+    graph = lower(loaded.module, inputs, notes, frontend)
     records = PassManager(pipeline, instruments).run(graph, ctx)
     result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs))
     if out_dir is not None:

@@ -197,3 +197,37 @@ def test_exported_program_is_raised_to_module_ops():
     assert g.node("conv").kind == NodeKind.MODULE
     x = torch.randn(3, 3, 6, 6)
     torch.testing.assert_close(Interpreter(g).run(x), model(x))
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, _ = self.attention(x, x, x, need_weights=False)
+        return self.head(y)
+
+
+def test_export_frontend_lowers_torch_nn_modules_to_their_operations():
+    torch.manual_seed(0)
+    model = _SelfAttention().eval()
+    x = torch.randn(1, 5, 16)
+    by_fx = lower(model, (x,))
+    assert [n.op for n in by_fx.find(kind=NodeKind.MODULE)] == ["multihead_attention", "linear"]
+    notes: list[str] = []
+    by_export = lower(model, (x,), notes, frontend="export")
+    assert not notes  # asked for, not a fallback
+    assert len(by_export.find(op="linear")) == 3  # the in- and out-projections, and the head
+    assert by_export.find(op="scaled_dot_product_attention")
+    y = torch.randn(4, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(Interpreter(by_export).run(y), model(y))
+
+
+def test_unknown_frontend_is_refused():
+    from qcompile.errors import QCompileError
+
+    with pytest.raises(QCompileError, match="unknown frontend 'jit'"):
+        lower(_SelfAttention(), (torch.randn(1, 5, 16),), frontend="jit")

@@ -36,6 +36,10 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow loading a fully pickled module (this runs code from the file)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
                         help="shape of a model input, e.g. 1,3,224,224 (repeat for several inputs)")
+    parser.add_argument("--frontend", choices=("fx", "export"), default="fx",
+                        help="how a Python model is lowered: torch.fx (default; torch.export where fx "
+                        "fails), or always torch.export (torch.nn modules such as MultiheadAttention "
+                        "become their operations, so their linears quantize too)")
     parser.add_argument("--passes", default=None, metavar="PIPELINE",
                         help="comma-separated passes with options, e.g. 'fuse{activations=false}', "
                         "or a named pipeline (see 'qcompile passes')")
@@ -240,6 +244,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         calib_samples=args.calib_samples,
         batch_size=args.batch_size,
         preprocess=args.preprocess,
+        frontend=args.frontend,
     ) if pipeline is not None else _lower_only(args)
     if args.save_stats:
         from qcompile.quant.stats_io import save_statistics
@@ -345,7 +350,7 @@ def _lower_only(args: argparse.Namespace):
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
                         example_inputs=examples)
     notes = list(loaded.notes)
-    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape), notes)
+    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape), notes, args.frontend)
     return CompileResult(graph, [], notes=notes)
 
 

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
 
-from qcompile.errors import LoweringError
+from qcompile.errors import LoweringError, QCompileError
 from qcompile.frontend.raise_aten import raise_aten
 from qcompile.frontend.tracing import stack_location, trace
 from qcompile.ir.graph import Graph
@@ -46,10 +46,14 @@ class _TypeRecorder(fx.Interpreter):
         return value
 
 
+FRONTENDS = ("fx", "export")
+
+
 def lower(
     model: nn.Module,
     example_inputs: Sequence[Any],
     notes: list[str] | None = None,
+    frontend: str = "fx",
 ) -> Graph:
     """Lower ``model`` to a verified IR graph with the fact ``lowered``.
 
@@ -64,6 +68,11 @@ def lower(
             (for instance from ``torch.export``'s ``.module()``) is taken as is.
         example_inputs: Inputs for one forward pass; they fix the printed shapes.
         notes: Receives what the user should know about how the model was lowered.
+        frontend: ``fx`` (torch.export only when fx fails) or ``export``
+            (always torch.export: torch.nn modules such as
+            ``nn.MultiheadAttention`` are then lowered to their operations,
+            which passes can quantize one by one, instead of staying one
+            opaque module).
 
     Raises:
         LoweringError: if neither fx nor torch.export can lower the model.
@@ -72,6 +81,10 @@ def lower(
         # exported programs refuse .eval(); they are already inference graphs
         return _lower_graph_module(model, example_inputs, _model_name(model))
     name = _model_name(model)
+    if frontend not in FRONTENDS:
+        raise QCompileError(f"unknown frontend {frontend!r}", hint="fx or export")
+    if frontend == "export":
+        return _lower_graph_module(export_for_lowering(model, example_inputs), example_inputs, name)
     try:
         gm = trace(model.eval())
         types = _record_types(gm, example_inputs, name)
@@ -90,7 +103,7 @@ def lower(
 
 
 def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
-                        fx_error: LoweringError) -> fx.GraphModule:
+                        fx_error: LoweringError | None = None) -> fx.GraphModule:
     """``torch.export`` ``model``, batch dimension dynamic if the model allows it.
 
     torch.export specializes a dimension whose example size is 1, so the
@@ -99,7 +112,7 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
     graph then records that batch in ``graph.attrs['fixed_batch']``.
 
     Raises:
-        LoweringError: ``fx_error``, with why torch.export failed too.
+        LoweringError: why torch.export failed (after ``fx_error``, if given).
     """
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
     attempts = []
@@ -115,8 +128,10 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
             return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes).module()
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
+    failure = f"{type(last).__name__}: {_first_line(last)}"
     raise LoweringError(
-        f"{fx_error.message}\n  torch.export failed as well: {type(last).__name__}: {_first_line(last)}",
+        f"{fx_error.message}\n  torch.export failed as well: {failure}" if fx_error is not None
+        else f"torch.export cannot export {type(model).__name__}: {failure}",
         hint="make the model exportable with torch.export.export(model, example_inputs): qcompile "
         "lowers whatever it exports (a branch on tensor values needs torch.cond)",
     ) from last
