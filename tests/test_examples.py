@@ -1,0 +1,29 @@
+"""Examples that run end to end on real data (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_transformer_example_on_fashion_mnist(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(REPO / "examples" / "transformer_fashion_mnist.py"), "--epochs", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert "lowered through torch.export" in run.stdout
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["float", "static int8", "static int8 -> onnxruntime", "dynamic int8",
+                          "dynamic int8 -> onnxruntime"]
+    assert rows["float"]["top1"] >= 0.80  # one epoch on the 60,000 training images
+    for name, row in rows.items():
+        assert row["top1"] >= rows["float"]["top1"] - 0.015, name
+        if name != "float":
+            assert row["agreement"] >= 0.98 and row["size_mb"] < rows["float"]["size_mb"] / 2, name
