@@ -56,7 +56,11 @@ def fit(graph: Graph, data, *, epochs: int = 1, lr: float = 0.01, momentum: floa
     Returns one record per epoch: mean loss and training accuracy.
     """
     if getattr(data, "labels", None) is None:
-        raise QCompileError("training needs labelled data", hint="e.g. --train builtin:fashion-train")
+        name = getattr(data, "name", "the data")
+        raise QCompileError(
+            f"training needs labelled data; {name} has no labels",
+            hint="an image folder with one sub-folder per class, an .npz / .pt file with 'x' and 'y', a "
+            "module:function returning (x, y) tensors (not a list of batches), or builtin:fashion-train")
     module, param_map = trainable(graph)
     optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()

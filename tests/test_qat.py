@@ -89,3 +89,10 @@ def test_train_needs_labelled_data():
     graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
     with pytest.raises(QCompileError, match="needs labelled training data"):
         run_pipeline(graph, "qat,train")
+
+
+def test_fit_on_unlabelled_data_names_the_data_and_the_labelled_forms():
+    graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
+    with pytest.raises(QCompileError, match="builtin:photos has no labels") as info:
+        fit(graph, open_data("builtin:photos", limit=4))
+    assert "(x, y) tensors" in str(info.value)
