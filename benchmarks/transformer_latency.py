@@ -41,10 +41,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_latency import interleaved_medians_ms, ort_session, quiet  # noqa: E402
+from benchmarks.int8_latency import interleaved_medians_ms, quiet  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
+from qcompile.onnx.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from tests.torchao_reference import sqnr  # noqa: E402
 
@@ -116,19 +117,15 @@ def main() -> None:
         reference = model(held_out)
         for threads in args.threads:
             torch.set_num_threads(threads)
-            sessions = {name: ort_session(path, threads) for name, path in [
-                ("onnxruntime float", float_path), ("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx"),
-                ("onnxruntime quantize_dynamic reduce_range", tmp / "ort_dynamic_rr.onnx"),
-                ("qcompile dynamic -> onnxruntime", dynamic_path), ("qcompile ptq -> onnxruntime", static_path)]}
-            feeds = {name: s.get_inputs()[0].name for name, s in sessions.items()}
-
-            def ort_fn(name, data):
-                return lambda: torch.from_numpy(sessions[name].run(None, {feeds[name]: data.numpy()})[0])
-
-            variants = {"float torch": lambda data: model(data),
+            variants = {"float torch": model,
                         "torch.ao quantize_dynamic": lambda data: without_fast_path(torchao, data),
-                        "qcompile dynamic (native)": lambda data: dynamic_module(data)}
-            variants |= {name: (lambda data, name=name: ort_fn(name, data)()) for name in sessions}
+                        "qcompile dynamic (native)": dynamic_module}
+            for name, path in [("onnxruntime float", float_path),
+                               ("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx"),
+                               ("onnxruntime quantize_dynamic reduce_range", tmp / "ort_dynamic_rr.onnx"),
+                               ("qcompile dynamic -> onnxruntime", dynamic_path),
+                               ("qcompile ptq -> onnxruntime", static_path)]:
+                variants[name] = OnnxModel(path, threads)
             times = interleaved_medians_ms({name: (lambda f=f: f(x)) for name, f in variants.items()}, args.repeats)
             for name, f in variants.items():
                 rows.append({"threads": threads, "variant": name, "ms": times[name],

@@ -16,8 +16,8 @@ from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
 from tests.models import AttentionBlock, PatchTransformer, randomize_batch_norm
-from tests.torchao_reference import sqnr
 from tests.seed_models import FashionNet
+from tests.torchao_reference import sqnr
 
 
 def _export(graph, tmp_path):
