@@ -40,14 +40,16 @@ def state_size_bytes(module: nn.Module) -> int:
     return buffer.tell()
 
 
-def median_latency_ms(module, batch: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+def median_latency_ms(module, batch: torch.Tensor | tuple, repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of ``module(batch)`` (``module(*batch)`` for a tuple, one tensor per input)."""
+    inputs = batch if isinstance(batch, tuple) else (batch,)
     with torch.no_grad():
         for _ in range(warmup):
-            module(batch)
+            module(*inputs)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            module(batch)
+            module(*inputs)
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
@@ -58,10 +60,15 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
 
     A model is a module or anything called like one with a batch, such as
     :class:`qcompile.onnx.session.OnnxModel` (an export run by onnxruntime,
-    which takes its thread count when it is made).
+    which takes its thread count when it is made). A model with several
+    inputs gets one tensor per input from each batch; for one with several
+    outputs, accuracy, agreement and SQNR are the first output's.
     """
     torch.set_num_threads(threads)
-    batches = list(data.labelled()) if data.labels is not None else [(b[0], None) for b in data]
+    if data.labels is not None:
+        batches = [((x,), y) for x, y in data.labelled()]
+    else:
+        batches = [(tuple(b), None) for b in data]
     reference_logits = None
     rows = []
     for index, (name, module, size) in enumerate(models):
@@ -69,7 +76,8 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
         logits, labels = [], []
         with torch.no_grad():
             for x, y in batches:
-                logits.append(module(x).float())
+                out = module(*x)
+                logits.append((out[0] if isinstance(out, (tuple, list)) else out).float())
                 if y is not None:
                     labels.append(y)
         out = torch.cat(logits)
@@ -86,7 +94,7 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
             agreement = float((out.argmax(1) == reference_logits.argmax(1)).float().mean())
             noise = (out - reference_logits).pow(2).mean()
             sqnr = float(10 * torch.log10(reference_logits.pow(2).mean() / noise)) if noise > 0 else float("inf")
-        latency = median_latency_ms(module, batches[0][0][:latency_batch], repeats)
+        latency = median_latency_ms(module, tuple(t[:latency_batch] for t in batches[0][0]), repeats)
         rows.append(Row(name, size / 1e6, top1, top5, agreement, sqnr, latency))
     for row in rows[1:]:
         row.speedup = rows[0].latency_ms / row.latency_ms

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,7 @@ def compile_model(
     batch_size: int = 32,
     preprocess: str | None = None,
     frontend: str = "fx",
+    before_write: Callable[[Graph], None] | None = None,
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
 
@@ -127,6 +128,8 @@ def compile_model(
     records = PassManager(pipeline, instruments).run(graph, ctx)
     result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs))
     if out_dir is not None:
+        if before_write is not None:
+            before_write(graph)  # e.g. refuse an export that would fail, before any file exists
         write_model(graph, out_dir)
         emitted = load_emitted(out_dir)
         with torch.no_grad():

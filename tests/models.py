@@ -86,3 +86,18 @@ class AttentionBlock(nn.Module):
         attention = self.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5)
         x = x + self.proj((attention @ v).transpose(1, 2).reshape(n, t, c))
         return x + self.mlp(self.norm2(x))
+
+
+class TwoInputsTwoHeads(nn.Module):
+    """Two inputs (an image and a per-sample scale) and two outputs (class logits, scaled box)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.cls = nn.Linear(8, 5)
+        self.box = nn.Linear(8, 4)
+
+    def forward(self, x, scale):
+        features = self.body(x)
+        return self.cls(features), self.box(features) * scale

@@ -15,7 +15,7 @@ from qcompile.frontend.lower import lower
 from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
-from tests.models import AttentionBlock, PatchTransformer, randomize_batch_norm
+from tests.models import AttentionBlock, PatchTransformer, TwoInputsTwoHeads, randomize_batch_norm
 from tests.seed_models import FashionNet
 from tests.torchao_reference import sqnr
 
@@ -279,21 +279,66 @@ def test_dynamic_linears_export_with_torchs_seven_bit_inputs(tmp_path):
     assert sqnr(got, torch_int8) > sqnr(torch_int8, reference) + 20
 
 
+class Tagger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0])
+
+
 def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):
     from qcompile.errors import QCompileError
 
-    class Tagger(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
-            self.head = torch.nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.head(self.lstm(x)[0])
-
     graph = lower(Tagger().eval(), (torch.randn(1, 5, 8),))
     run_pipeline(graph, "dynamic")
-    with pytest.raises(QCompileError, match="dynamically quantized lstm is not exported") as info:
+    with pytest.raises(QCompileError, match="lstm is not exported to ONNX yet") as info:
         export_onnx(graph, tmp_path / "model.onnx")
-    assert "dynamic{ops=linear}" in str(info.value)
+    assert "--deploy torchscript" in str(info.value)
     assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_two_inputs_and_two_outputs(form, tmp_path):
+    from qcompile.compare import compare
+    from qcompile.onnx.check import output_scales
+    from qcompile.onnx.session import OnnxModel
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(TwoInputsTwoHeads())
+    g = torch.Generator().manual_seed(0)
+    calib = [(torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 1, generator=g)) for _ in range(3)]
+    graph = lower(model, tuple(t[:1] for t in calib[0]))
+    run_pipeline(graph, "ptq", PassContext(calib_data=calib))
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx", form=form)
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["x", "scale"]
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1"]
+    scales = output_scales(graph)
+    assert len(scales) == 2 and all(scales)
+    emitted = load_model(tmp_path / "model")
+    for r in check_onnx(path, emitted, calib, scales, graph=graph):
+        assert r.within_1_lsb >= 0.99 and r.top1_agreement == 1.0
+    logits, box = OnnxModel(path)(*calib[0])
+    assert logits.shape == (4, 5) and box.shape == (4, 4)
+
+    class Batches(list):
+        labels = None
+
+    rows = compare([("float", model, 1), ("int8", emitted, 1), ("onnx", OnnxModel(path), 1)], Batches(calib),
+                   repeats=2)
+    assert [r.agreement for r in rows[1:]] == [1.0, 1.0] and rows[2].sqnr_db > 25
+
+
+def test_export_onnx_of_a_graph_the_exporter_refuses_writes_nothing(tmp_path):
+    from tests.test_cli import qcompile
+
+    out = tmp_path / "out"
+    run = qcompile("tests.test_onnx:Tagger", "--input-shape", "1,5,8", "--passes", "dynamic", "--export", "onnx",
+                   "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert "lstm is not exported to ONNX yet" in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()

@@ -245,6 +245,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         batch_size=args.batch_size,
         preprocess=args.preprocess,
         frontend=args.frontend,
+        before_write=_onnx_preflight(args) if command == "compile" else None,
     ) if pipeline is not None else _lower_only(args)
     if args.save_stats:
         from qcompile.quant.stats_io import save_statistics
@@ -337,6 +338,16 @@ def _with_backend(pipeline, backend: str):
                             hint="e.g. --passes ptq --backend gemmlowp")
     passes = tuple(dataclasses.replace(p, backend=backend) if p.name == "convert" else p for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
+
+
+def _onnx_preflight(args: argparse.Namespace):
+    """With --export onnx: build the ONNX model in memory before OUT is written, so that a graph the
+    exporter does not take fails the run with nothing written."""
+    if "onnx" not in args.export:
+        return None
+    from qcompile.onnx.export import build_onnx
+
+    return lambda graph: build_onnx(graph, form=args.onnx_form)
 
 
 def _lower_only(args: argparse.Namespace):

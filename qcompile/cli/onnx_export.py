@@ -15,7 +15,7 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     import onnx
 
     from qcompile.codegen import load_model as load_emitted
-    from qcompile.onnx.check import HEADER, check_onnx, output_scale
+    from qcompile.onnx.check import HEADER, check_onnx, output_scales
     from qcompile.onnx.export import export_onnx
     from qcompile.onnx.narrow_convs import recorded
 
@@ -28,8 +28,8 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
         return
     if (args.check_data or args.calib) is None:
         raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
-    batches = [b[0] for b in open_check_data(args)]
-    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scale(result.graph),
+    batches = [tuple(b) for b in open_check_data(args)]  # one tensor per model input
+    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scales(result.graph),
                          graph=result.graph)
     print(HEADER)
     for r in results:

@@ -42,14 +42,34 @@ HEADER = ("| ORT graph optimizations | samples | max abs error | max error (LSB)
           "| top-1 agreement |\n|---|---|---|---|---|---|---|")
 
 
-def run_onnxruntime(path: str | Path, batches: list[torch.Tensor], optimize: bool, threads: int = 1) -> torch.Tensor:
-    model = OnnxModel(path, threads, optimize)
-    return torch.cat([model(x) for x in batches])
+def run_onnxruntime(path: str | Path, batches: list, optimize: bool, threads: int = 1) -> torch.Tensor:
+    """The model's (first) output over ``batches``, concatenated."""
+    return _concatenated(OnnxModel(path, threads, optimize), _as_tuples(batches))[0]
 
 
-def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Tensor],
-               output_scale: float | None, min_share: float = 0.99, graph=None) -> list[OnnxCheck]:
+def _as_tuples(batches: list) -> list[tuple]:
+    return [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in batches]
+
+
+def _concatenated(model, batches: list[tuple]) -> list[torch.Tensor]:
+    """Each output of ``model`` over all batches, as one float tensor per output."""
+    results = []
+    for batch in batches:
+        out = model(*batch)
+        results.append(tuple(out) if isinstance(out, (tuple, list)) else (out,))
+    return [torch.cat([r[i].float() for r in results]) for i in range(len(results[0]))]
+
+
+def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
+               output_scale: float | list[float | None] | None, min_share: float = 0.99,
+               graph=None) -> list[OnnxCheck]:
     """Compare onnxruntime (optimizations off and on) with ``module`` on ``batches``.
+
+    Each batch is a tensor, or a tuple with one tensor per model input.
+    ``output_scale`` is the output grid's step, or one per output for a model
+    that returns several (None for a float output; see :func:`output_scales`).
+    Shares and maxima are over the elements of every output; top-1 agreement
+    is the first output's.
 
     ``graph`` (the converted graph ``module`` was emitted from) lets a failure
     say whether the model amplifies one-step rounding differences
@@ -62,39 +82,45 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list[torch.Te
             (dynamically quantized models, which need ``graph``), or the
             relative error exceeds 1e-4 (float models).
     """
+    batches = _as_tuples(batches)
     with torch.no_grad():
-        want = torch.cat([module(x).float() for x in batches])
+        wants = _concatenated(module, batches)
+    scales = list(output_scale) if isinstance(output_scale, (list, tuple)) else [output_scale] * len(wants)
+    quantized = all(scales)
     results = []
     for optimize in (False, True):
-        got = run_onnxruntime(path, batches, optimize)
-        error = (got - want).abs()
-        if output_scale:
-            steps = torch.round(error / output_scale)
+        gots = _concatenated(OnnxModel(path, 1, optimize), batches)
+        errors = [(got - want).abs() for got, want in zip(gots, wants, strict=True)]
+        if quantized:
+            steps = torch.cat([torch.round(e / s).flatten() for e, s in zip(errors, scales, strict=True)])
             lsb, exact, within = float(steps.max()), float((steps == 0).float().mean()), float((steps <= 1).float().mean())
         else:
-            lsb, exact, within = None, float((error == 0).float().mean()), None
+            lsb, within = None, None
+            exact = float(torch.cat([(e == 0).flatten() for e in errors]).float().mean())
+        got, want = gots[0], wants[0]
         agree = float((got.argmax(1) == want.argmax(1)).float().mean()) if want.dim() == 2 else float("nan")
-        results.append(OnnxCheck("on" if optimize else "off", float(error.max()), lsb, exact, within, agree,
-                                 len(want)))
+        results.append(OnnxCheck("on" if optimize else "off", max(float(e.max()) for e in errors), lsb, exact,
+                                 within, agree, len(want)))
+    largest = max(float(w.abs().max()) for w in wants)
     for r in results:
-        if output_scale and r.within_1_lsb < min_share:
+        if quantized and r.within_1_lsb < min_share:
             raise CheckFailed(
                 f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's model: only "
                 f"{100 * r.within_1_lsb:.2f}% of output elements within 1 LSB (max {r.max_error_lsb:.0f} LSB, "
                 f"top-1 agreement {r.top1_agreement:.2f})",
-                hint=_explain(graph, batches[0], r.top1_agreement))
+                hint=_explain(graph if len(batches[0]) == 1 else None, batches[0][0], r.top1_agreement))
         if graph is not None and is_dynamic(graph):
             # Both runtimes put each dynamic linear's input on a 7-bit grid measured on
             # it, but compute the codes in their own float arithmetic: a code at a
             # rounding tie can come out one step apart, and the error travels on.
-            bound = DYNAMIC_TOLERANCE * float(want.abs().max())
-            if r.max_error > bound or (want.dim() == 2 and r.top1_agreement < min_share):
+            bound = DYNAMIC_TOLERANCE * largest
+            if r.max_error > bound or (wants[0].dim() == 2 and r.top1_agreement < min_share):
                 raise CheckFailed(
                     f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's dynamically "
                     f"quantized model: max error {r.max_error:.3g} (allowed {bound:.3g}, 1/128 of the largest "
                     f"output), top-1 agreement {r.top1_agreement:.2f}",
                     hint="a bug in the exporter or a kernel; please report it with the model")
-        elif not output_scale and r.max_error > 1e-4 * max(float(want.abs().max()), 1.0):
+        elif not quantized and r.max_error > 1e-4 * max(largest, 1.0):
             raise CheckFailed(f"onnxruntime's float result differs by {r.max_error:.3g}")
     return results
 
@@ -123,10 +149,18 @@ def is_dynamic(graph) -> bool:
     return any(node.quant.mode == "dynamic" for node in graph.nodes())
 
 
+def output_scales(graph) -> list[float | None]:
+    """The grid step of each value a converted graph returns (None for a float output)."""
+    from qcompile.onnx.export import output_values
+
+    scales = []
+    for value in output_values(graph):
+        qparams = graph.inputs(value)[0].quant.qparams if value.op == "dequantize" else None
+        scales.append(float(qparams.scale) if qparams is not None else None)
+    return scales
+
+
 def output_scale(graph) -> float | None:
-    """The output grid's step of a converted graph (None for float outputs)."""
-    result = graph.inputs(graph.output_node)
-    if result and result[0].op == "dequantize":
-        qparams = graph.inputs(result[0])[0].quant.qparams
-        return float(qparams.scale) if qparams is not None else None
-    return None
+    """The output grid's step of a converted graph with one output (None for float outputs)."""
+    scales = output_scales(graph)
+    return scales[0] if len(scales) == 1 else None

@@ -208,8 +208,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return out
     if node.quant.mode == "dynamic":
         if node.op != "linear":
-            raise QCompileError(f"%{node.name}: dynamically quantized {node.op} is not exported to ONNX yet",
-                                hint=f"dynamic{{ops=linear}} keeps {node.op} in float")
+            raise QCompileError(f"%{node.name}: {node.op} is not exported to ONNX yet (int8 or float)",
+                                hint="deploy the emitted model.py, or --deploy torchscript")
         return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
         w_t, bias = b.weight(node, transposed=True)
@@ -381,12 +381,7 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             b.names[node.name] = node.name
             continue
         if node.kind == NodeKind.OUTPUT:
-            result = b.args(node)[0]
-            if not isinstance(result, Node):
-                raise QCompileError("only single-tensor outputs are exported to ONNX yet")
-            out = b.emit("Identity", [b.value(result)], ["output"])
-            shape = ["batch", *node.type.shape[1:]] if isinstance(node.type, TensorType) else None
-            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, shape))
+            outputs = graph_outputs(b, node)
             continue
         if node.kind == NodeKind.PARAM:
             b.names[node.name] = b.const(node.name, graph.params[node.target].float())
@@ -421,6 +416,30 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     return model
 
 
+def output_values(graph: Graph) -> list[Node]:
+    """The nodes whose values the graph returns: one, or each element of a returned tuple / list."""
+    node = graph.output_node
+    result = [node.args[0]] if not isinstance(node.args[0], (tuple, list)) else list(node.args[0])
+    inputs = graph.inputs(node)
+    values = [inputs[r.index] if isinstance(r, Ref) else r for r in result]
+    bad = [v for v in values if not (isinstance(v, Node) and isinstance(v.type, TensorType))]
+    if bad or isinstance(node.args[0], dict):
+        raise QCompileError(f"the model returns {node.type}; ONNX export takes a tensor or a tuple / list of tensors",
+                            hint="return tensors from forward (wrap the model to drop other values)")
+    return values
+
+
+def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
+    """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic."""
+    values = output_values(b.graph)
+    names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
+    outputs = []
+    for value, name in zip(values, names, strict=True):
+        out = b.emit("Identity", [b.value(value)], [name])
+        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", *value.type.shape[1:]]))
+    return outputs
+
+
 def prune_unused(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
                  outputs: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The nodes and initializers the outputs depend on (a ReLU6 on the codes leaves its input's
@@ -440,6 +459,23 @@ def check_exportable(graph: Graph) -> None:
                             hint="export from --backend native: it holds the same integer weights and grids")
 
 
+def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq") -> onnx.ModelProto:
+    """The graph as an in-memory ONNX model in ``form``, checked; nothing is written or timed.
+
+    Raises:
+        QCompileError: if the graph holds something the exporter does not
+            take (so a caller can refuse before writing any output).
+    """
+    check_exportable(graph)
+    if form == "qoperator":
+        from qcompile.onnx.qoperator import to_onnx_qoperator
+
+        return to_onnx_qoperator(graph, opset)
+    if form == "qdq":
+        return to_onnx(graph, opset)
+    raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+
+
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",
                 narrow_convs: str = "auto", threads: int = 1) -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
@@ -457,15 +493,7 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
     """
     from qcompile.onnx.narrow_convs import relayout_narrow_convs
 
-    check_exportable(graph)
-    if form == "qoperator":
-        from qcompile.onnx.qoperator import to_onnx_qoperator
-
-        model = to_onnx_qoperator(graph, opset)
-    elif form == "qdq":
-        model = to_onnx(graph, opset)
-    else:
-        raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+    model = build_onnx(graph, opset, form)
     if any(r.choice != "plain" for r in relayout_narrow_convs(model, narrow_convs, threads)):
         nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
                                            [o.name for o in model.graph.output])
@@ -476,4 +504,4 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
     return atomic_write_bytes(path, model.SerializeToString())
 
 
-__all__ = ["check_exportable", "export_onnx", "to_onnx"]
+__all__ = ["build_onnx", "check_exportable", "export_onnx", "to_onnx"]

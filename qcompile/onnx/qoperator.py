@@ -20,7 +20,16 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.onnx.export import OPSET, _Builder, _call, _module, _pair, integer_relu6, prune_unused
+from qcompile.onnx.export import (
+    OPSET,
+    _Builder,
+    _call,
+    _module,
+    _pair,
+    graph_outputs,
+    integer_relu6,
+    prune_unused,
+)
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MS = "com.microsoft"
@@ -98,8 +107,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             b.names[node.name] = node.name
             continue
         if node.kind == NodeKind.OUTPUT:
-            out = b.emit("Identity", [b.value(b.args(node)[0])], ["output"])
-            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", *node.type.shape[1:]]))
+            outputs = graph_outputs(b, node)
             continue
         if node.kind == NodeKind.PARAM:
             b.names[node.name] = b.const(node.name, graph.params[node.target].float())

@@ -27,7 +27,11 @@ def session_options(threads: int = 1, optimize: bool = True):
 
 
 class OnnxModel:
-    """``OnnxModel(path, threads)(x)`` runs the model's single input through onnxruntime's CPU provider."""
+    """``OnnxModel(path, threads)(x, ...)`` runs an ONNX model through onnxruntime's CPU provider.
+
+    Called like the module it was exported from: one tensor per model input;
+    returns a tensor, or a tuple of them for a model with several outputs.
+    """
 
     def __init__(self, path: str | Path, threads: int = 1, optimize: bool = True):
         import onnxruntime as ort
@@ -42,20 +46,24 @@ class OnnxModel:
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types, all with a message
             raise QCompileError(f"onnxruntime cannot load {self.path}: {str(error).splitlines()[0]}",
                                 hint="is it an ONNX model? `qcompile ... --export onnx --check` writes and checks one") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise QCompileError(f"{self.path} has {len(inputs)} inputs; only single-input models run here")
-        self.input_name, self.input_shape = inputs[0].name, inputs[0].shape
+        self.inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
+        self.outputs = len(self.session.get_outputs())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().float().contiguous().numpy()})[0])
+    def __call__(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if len(xs) != len(self.inputs):
+            raise QCompileError(f"{self.path.name} takes {len(self.inputs)} inputs, got {len(xs)}",
+                                hint="give one tensor per model input, in the model's order")
+        for x, (_, shape) in zip(xs, self.inputs, strict=True):
+            self._check(x, shape)
+        feeds = {name: x.detach().float().contiguous().numpy() for x, (name, _) in zip(xs, self.inputs, strict=True)}
+        results = tuple(torch.from_numpy(r) for r in self.session.run(None, feeds))
+        return results[0] if self.outputs == 1 else results
 
-    def _check(self, x: torch.Tensor) -> None:
-        fixed = [(i, d) for i, d in enumerate(self.input_shape) if isinstance(d, int)]
-        if x.dim() != len(self.input_shape) or any(x.shape[i] != d for i, d in fixed):
-            shape = ", ".join(str(d) if isinstance(d, int) else "N" for d in self.input_shape)
-            raise QCompileError(f"{self.path.name} takes inputs of shape [{shape}], not {list(x.shape)}",
+    def _check(self, x: torch.Tensor, shape: list) -> None:
+        fixed = [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
+        if x.dim() != len(shape) or any(x.shape[i] != d for i, d in fixed):
+            expected = ", ".join(str(d) if isinstance(d, int) else "N" for d in shape)
+            raise QCompileError(f"{self.path.name} takes inputs of shape [{expected}], not {list(x.shape)}",
                                 hint="use the data (and --preprocess preset) the model was compiled for")
 
     def eval(self) -> OnnxModel:  # so that it stands in for a module
