@@ -294,9 +294,9 @@ def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):
 
     graph = lower(Tagger().eval(), (torch.randn(1, 5, 8),))
     run_pipeline(graph, "dynamic")
-    with pytest.raises(QCompileError, match="lstm is not exported to ONNX yet") as info:
+    with pytest.raises(QCompileError, match="dynamically quantized lstm is not exported to ONNX yet") as info:
         export_onnx(graph, tmp_path / "model.onnx")
-    assert "--deploy torchscript" in str(info.value)
+    assert "dynamic{ops=linear}" in str(info.value)
     assert not (tmp_path / "model.onnx").exists()
 
 
@@ -342,3 +342,33 @@ def test_export_onnx_of_a_graph_the_exporter_refuses_writes_nothing(tmp_path):
     assert run.returncode == 2, run.stderr
     assert "lstm is not exported to ONNX yet" in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
+
+
+class _Recurrent(torch.nn.Module):
+    def __init__(self, kind: str, batch_first: bool, bidirectional: bool, layers: int):
+        super().__init__()
+        rnn = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+        self.kind = kind
+        self.rnn = rnn(6, 10, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional)
+
+    def forward(self, x):
+        out, state = self.rnn(x)
+        if self.kind == "lstm":
+            return out, state[0], state[1]
+        return out, state
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first, bidirectional, layers", [(True, False, 1), (False, True, 2)])
+def test_float_lstm_and_gru_export_exactly(kind, batch_first, bidirectional, layers, tmp_path):
+    torch.manual_seed(0)
+    model = _Recurrent(kind, batch_first, bidirectional, layers).eval()
+    shape = (1, 7, 6) if batch_first else (7, 1, 6)
+    graph = lower(model, (torch.randn(shape),))
+    assert graph.find(op=kind)
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    # the exported input's first axis is dynamic: the batch (batch-first) or the sequence length
+    batches = [torch.randn(3, *shape[1:]) for _ in range(2)]  # other than the example's 1 or 7
+    results = check_onnx(path, load_model(tmp_path / "model"), batches, None)
+    assert all(r.max_error < 1e-4 for r in results)

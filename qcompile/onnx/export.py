@@ -29,6 +29,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops
 from qcompile.onnx.dynamic import dynamic_linear
+from qcompile.onnx.recurrent import recurrent
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
 
@@ -208,8 +209,9 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return out
     if node.quant.mode == "dynamic":
         if node.op != "linear":
-            raise QCompileError(f"%{node.name}: {node.op} is not exported to ONNX yet (int8 or float)",
-                                hint="deploy the emitted model.py, or --deploy torchscript")
+            raise QCompileError(f"%{node.name}: a dynamically quantized {node.op} is not exported to ONNX yet",
+                                hint=f"dynamic{{ops=linear}} keeps {node.op} in float, which exports; or deploy "
+                                "with --deploy torchscript")
         return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
         w_t, bias = b.weight(node, transposed=True)
@@ -226,6 +228,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
                       epsilon=float(a["eps"]))
     if node.op in ACTIVATIONS:
         return _activation_op(b, node.op, x)
+    if node.op in ("lstm", "gru"):
+        return recurrent(b, node, x)
     if node.op in sequence_ops.MODULE_OPS:
         return sequence_ops.module_op(b, node, x)
     if node.op == "max_pool2d":
@@ -334,7 +338,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
     if op == "getitem":
         source = args[0]
         if isinstance(b.names.get(source.name), list):
-            return b.emit("Identity", [b.names[source.name][args[1]]])
+            element = b.names[source.name][args[1]]
+            return element if isinstance(element, list) else b.emit("Identity", [element])  # (h, c) stays a pair
         if not isinstance(source.type, TensorType) and isinstance(args[1], int):
             return b.emit("Gather", [b.value(source), b.const("index", np.array(args[1], np.int64))], axis=0)
         if isinstance(source.type, TensorType):

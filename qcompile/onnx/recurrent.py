@@ -1,0 +1,77 @@
+"""ONNX for float ``nn.LSTM`` and ``nn.GRU``: one ONNX LSTM / GRU op per layer.
+
+torch and ONNX order the gates differently (LSTM: torch i, f, g, o; ONNX i, o,
+f, c. GRU: torch r, z, n; ONNX z, r, h), so the weight rows are reordered;
+torch's GRU applies the reset gate after the hidden projection, which is
+ONNX's ``linear_before_reset=1``. The ops run sequence-first; a batch-first
+module's input and output are transposed around them. The result has torch's
+structure: ``(output, h_n)`` for a GRU, ``(output, (h_n, c_n))`` for an LSTM,
+each state ``[layers x directions, batch, hidden]``.
+
+Dynamically quantized LSTM / GRU modules are not exported (their int8 kernels
+have no standard ONNX op).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from qcompile.errors import QCompileError
+from qcompile.ir.node import Node
+
+if TYPE_CHECKING:
+    from qcompile.onnx.export import _Builder
+
+# torch's gate blocks, in the order ONNX expects them
+_GATES = {"lstm": (4, [0, 3, 1, 2]), "gru": (3, [1, 0, 2])}
+
+
+def recurrent(b: _Builder, node: Node, x: str) -> list:
+    """The ONNX values of an ``nn.LSTM`` / ``nn.GRU`` node, in torch's output structure."""
+    a = node.attrs
+    if len(node.args) > 1 or node.kwargs:
+        raise QCompileError(f"%{node.name}: an {node.op} given initial states is not exported to ONNX yet",
+                            hint="start from zero states (call the module with the input only)")
+    if a.get("proj_size", 0):
+        raise QCompileError(f"%{node.name}: an LSTM with proj_size is not exported to ONNX yet")
+    hidden, layers = a["hidden_size"], a.get("num_layers", 1)
+    directions = 2 if a.get("bidirectional", False) else 1
+    sequence = b.emit("Transpose", [x], perm=[1, 0, 2]) if a.get("batch_first", False) else x
+    states: list[list[str]] = []
+    for layer in range(layers):
+        outputs = [b.fresh(f"{node.name}_l{layer}_{part}") for part in ("y", "h", "c")[: 3 if node.op == "lstm" else 2]]
+        weights = _layer_weights(b, node, layer, directions)
+        attrs = {"hidden_size": hidden, "direction": "bidirectional" if directions == 2 else "forward"}
+        if node.op == "gru":
+            attrs["linear_before_reset"] = 1
+        b.emit("LSTM" if node.op == "lstm" else "GRU", [sequence, *weights], outputs, **attrs)
+        # Y: [seq, directions, batch, hidden] -> [seq, batch, directions x hidden]
+        y = b.emit("Transpose", [outputs[0]], perm=[0, 2, 1, 3])
+        sequence = b.emit("Reshape", [y, b.const("shape", np.array([0, 0, -1], np.int64))])
+        states.append(outputs[1:])
+    out = b.emit("Transpose", [sequence], perm=[1, 0, 2]) if a.get("batch_first", False) else sequence
+    stacked = [b.emit("Concat", [s[i] for s in states], axis=0) if layers > 1 else states[0][i]
+               for i in range(len(states[0]))]
+    return [out, stacked] if node.op == "lstm" else [out, stacked[0]]
+
+
+def _layer_weights(b: _Builder, node: Node, layer: int, directions: int) -> list[str]:
+    """W, R and B of one layer, each stacked over directions, gates in ONNX's order."""
+    blocks, order = _GATES[node.op]
+    suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
+
+    def gates(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tensor.chunk(blocks)[i] for i in order])
+
+    def stacked(kind: str) -> torch.Tensor:
+        return torch.stack([gates(b.graph.param(node, f"{kind}{s}").detach().float()) for s in suffixes])
+
+    w, r = stacked("weight_ih"), stacked("weight_hh")
+    inputs = [b.const(f"{node.name}_W", w), b.const(f"{node.name}_R", r)]
+    if node.attrs.get("bias", True):
+        bias = torch.cat([stacked("bias_ih"), stacked("bias_hh")], dim=1)
+        inputs.append(b.const(f"{node.name}_B", bias))
+    return inputs
