@@ -372,3 +372,21 @@ def test_float_lstm_and_gru_export_exactly(kind, batch_first, bidirectional, lay
     batches = [torch.randn(3, *shape[1:]) for _ in range(2)]  # other than the example's 1 or 7
     results = check_onnx(path, load_model(tmp_path / "model"), batches, None)
     assert all(r.max_error < 1e-4 for r in results)
+
+
+def test_graphs_lowered_through_torch_export_export_to_onnx(tmp_path):
+    """Functional pooling and the other aten ops torch.export leaves, float and int8."""
+    model = randomize_batch_norm(torchvision.models.resnet18())
+    x = torch.randn(2, 3, 64, 64)
+    graph = lower(model, (x[:1],), frontend="export")
+    assert graph.find(op="max_pool2d")[0].kind.name == "FUNCTION"
+    run_pipeline(graph, "fuse")
+    path, emitted = _export(graph, tmp_path / "float")
+    assert all(r.max_error < 1e-4 for r in check_onnx(path, emitted, [x], None))
+    digits = load_user_model("zoo:digit_cnn").module
+    data = [b[0] for b in open_data("builtin:mnist5k", limit=256, batch_size=64)]
+    graph = lower(digits, (data[0][:1],), frontend="export")
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in data]))
+    path, emitted = _export(graph, tmp_path / "int8")
+    for r in check_onnx(path, emitted, data, output_scale(graph)):
+        assert r.within_1_lsb >= 0.99 and r.top1_agreement >= 0.99

@@ -232,16 +232,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return recurrent(b, node, x)
     if node.op in sequence_ops.MODULE_OPS:
         return sequence_ops.module_op(b, node, x)
-    if node.op == "max_pool2d":
-        pads = _pair(a.get("padding", 0))
-        return b.emit("MaxPool", [x], kernel_shape=_pair(a["kernel_size"]),
-                      strides=_pair(a.get("stride") or a["kernel_size"]), pads=pads + pads,
-                      dilations=_pair(a.get("dilation", 1)), ceil_mode=int(a.get("ceil_mode", False)))
-    if node.op == "avg_pool2d":
-        pads = _pair(a.get("padding", 0))
-        return b.emit("AveragePool", [x], kernel_shape=_pair(a["kernel_size"]),
-                      strides=_pair(a.get("stride") or a["kernel_size"]), pads=pads + pads,
-                      ceil_mode=int(a.get("ceil_mode", False)), count_include_pad=int(a.get("count_include_pad", True)))
+    if node.op in ("max_pool2d", "avg_pool2d"):
+        return _pool(b, node.op, x, a)
     if node.op == "adaptive_avg_pool2d" and _pair(a["output_size"]) == [1, 1]:
         return b.emit("GlobalAveragePool", [x])
     if node.op in ("dropout", "identity", "quantize", "dequantize"):
@@ -251,6 +243,23 @@ def _module(b: _Builder, node: Node, x: str) -> str:
     if node.op == "flatten" and a.get("end_dim", -1) == -1:
         return b.emit("Flatten", [x], axis=a.get("start_dim", 1))
     raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet")
+
+
+# Pooling settings by position in F.max_pool2d / F.avg_pool2d (and their aten ops) after the input.
+_POOL_ARGS = {"max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+              "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")}
+
+
+def _pool(b: _Builder, op: str, x: str, a: dict) -> str:
+    """MaxPool / AveragePool from the settings of an nn module or a functional call (``a``)."""
+    if a.get("return_indices") or a.get("divisor_override"):
+        raise QCompileError(f"{op} with return_indices or divisor_override is not exported to ONNX yet")
+    pads = _pair(a.get("padding", 0))
+    common = dict(kernel_shape=_pair(a["kernel_size"]), strides=_pair(a.get("stride") or a["kernel_size"]),
+                  pads=pads + pads, ceil_mode=int(a.get("ceil_mode", False)))
+    if op == "max_pool2d":
+        return b.emit("MaxPool", [x], dilations=_pair(a.get("dilation", 1)), **common)
+    return b.emit("AveragePool", [x], count_include_pad=int(a.get("count_include_pad", True)), **common)
 
 
 def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
@@ -369,6 +378,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return outs
     if op == "adaptive_avg_pool2d" and _pair(args[1]) == [1, 1]:
         return b.emit("GlobalAveragePool", [x])
+    if op in _POOL_ARGS:
+        return _pool(b, op, x, dict(zip(_POOL_ARGS[op], args[1:], strict=False)) | kw)
     if op in sequence_ops.FUNCTION_OPS:
         return sequence_ops.function_op(b, node, args, kw)
     raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
