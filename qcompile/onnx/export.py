@@ -446,13 +446,21 @@ def output_values(graph: Graph) -> list[Node]:
 
 
 def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
-    """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic."""
+    """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic.
+
+    One output is declared ``[batch, static dims...]``. Of several, only the
+    rank is declared: the batch need not be their first axis (an LSTM's
+    state is ``[layers, batch, hidden]``), and a wrong static size would
+    make onnxruntime warn on every run.
+    """
     values = output_values(b.graph)
     names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
     outputs = []
     for value, name in zip(values, names, strict=True):
         out = b.emit("Identity", [b.value(value)], [name])
-        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", *value.type.shape[1:]]))
+        rank = len(value.type.shape)
+        shape = ["batch", *value.type.shape[1:]] if len(values) == 1 else [f"{name}_{k}" for k in range(rank)]
+        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, shape))
     return outputs
 
 
