@@ -450,8 +450,8 @@ def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
 
     One output is declared ``[batch, static dims...]``. Of several, only the
     rank is declared: the batch need not be their first axis (an LSTM's
-    state is ``[layers, batch, hidden]``), and a wrong static size would
-    make onnxruntime warn on every run.
+    state is ``[layers, batch, hidden]``), and onnxruntime warns about a
+    declared size that does not match when it loads the model.
     """
     values = output_values(b.graph)
     names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
