@@ -85,16 +85,19 @@ def lower(
         raise QCompileError(f"unknown frontend {frontend!r}", hint="fx or export")
     if frontend == "export":
         return _lower_graph_module(export_for_lowering(model, example_inputs), example_inputs, name)
+    fx_error: LoweringError | None = None
     try:
         gm = trace(model.eval())
-        types = _record_types(gm, example_inputs, name)
-        return _finish(gm, types, name)
-    except _RunFailed as failed:
-        raise failed.error from failed.error.__cause__
-    except LoweringError as fx_error:
-        gm = export_for_lowering(model, example_inputs, fx_error)
-        reason = _first_line(fx_error)
-    graph = _lower_graph_module(gm, example_inputs, name)
+    except LoweringError as exc:
+        fx_error = exc
+    if fx_error is None:
+        types = _record_types(gm, example_inputs, name)  # wrong inputs: the user's error, no fallback
+        try:
+            return _finish(gm, types, name)
+        except LoweringError as exc:  # a leaf module that cannot be represented
+            fx_error = exc
+    graph = _lower_graph_module(export_for_lowering(model, example_inputs, fx_error), example_inputs, name)
+    reason = _first_line(fx_error)
     if notes is not None:
         batch = graph.attrs.get("fixed_batch")
         fixed = f"; its batch is fixed at {batch}" if batch is not None else ""
@@ -148,14 +151,6 @@ def _first_line(exc: BaseException | None) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-class _RunFailed(Exception):
-    """Running the traced model on the example inputs failed: not a tracing problem."""
-
-    def __init__(self, error: LoweringError):
-        super().__init__(str(error))
-        self.error = error
-
-
 def _record_types(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) -> dict[fx.Node, ValueType]:
     recorder = _TypeRecorder(gm)
     try:
@@ -163,21 +158,15 @@ def _record_types(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) 
             recorder.run(*example_inputs)
     except Exception as exc:
         shapes = ", ".join(str(type_of(x)) for x in example_inputs)
-        error = LoweringError(
+        raise LoweringError(
             f"running {name} on example inputs {shapes} failed: {type(exc).__name__}: {exc}",
             hint="pass an input shape the model accepts (--input-shape)",
-        )
-        error.__cause__ = exc
-        raise _RunFailed(error) from exc
+        ) from exc
     return recorder.types
 
 
 def _lower_graph_module(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) -> Graph:
-    try:
-        types = _record_types(gm, example_inputs, name)
-    except _RunFailed as failed:
-        raise failed.error from failed.error.__cause__
-    graph = _finish(gm, types, name)
+    graph = _finish(gm, _record_types(gm, example_inputs, name), name)
     batch = _exported_batch(gm)
     if batch is not None:
         graph.attrs["fixed_batch"] = batch

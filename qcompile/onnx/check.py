@@ -151,7 +151,7 @@ def is_dynamic(graph) -> bool:
 
 def output_scales(graph) -> list[float | None]:
     """The grid step of each value a converted graph returns (None for a float output)."""
-    from qcompile.onnx.export import output_values
+    from qcompile.onnx.outputs import output_values
 
     scales = []
     for value in output_values(graph):

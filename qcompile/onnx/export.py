@@ -29,6 +29,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops
 from qcompile.onnx.dynamic import dynamic_linear
+from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.recurrent import recurrent
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
@@ -337,7 +338,7 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
         shape = b.emit("Concat", [b.int_value(d) for d in dims], axis=0)
         return b.emit("Reshape", [x, shape])
-    if op == "size":
+    if op in ("size", "sym_size"):  # sym_size: torch.export's symbolic dimension
         shape = b.emit("Shape", [x])
         if len(args) > 1:
             return b.emit("Gather", [shape, b.const("index", np.array(args[1], np.int64))], axis=0)
@@ -430,38 +431,6 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def output_values(graph: Graph) -> list[Node]:
-    """The nodes whose values the graph returns: one, or each element of a returned tuple / list."""
-    node = graph.output_node
-    result = [node.args[0]] if not isinstance(node.args[0], (tuple, list)) else list(node.args[0])
-    inputs = graph.inputs(node)
-    values = [inputs[r.index] if isinstance(r, Ref) else r for r in result]
-    bad = [v for v in values if not (isinstance(v, Node) and isinstance(v.type, TensorType))]
-    if bad or isinstance(node.args[0], dict):
-        raise QCompileError(f"the model returns {node.type}; ONNX export takes a tensor or a tuple / list of tensors",
-                            hint="return tensors from forward (wrap the model to drop other values)")
-    return values
-
-
-def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
-    """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic.
-
-    One output is declared ``[batch, static dims...]``. Of several, only the
-    rank is declared: the batch need not be their first axis (an LSTM's
-    state is ``[layers, batch, hidden]``), and onnxruntime warns about a
-    declared size that does not match when it loads the model.
-    """
-    values = output_values(b.graph)
-    names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
-    outputs = []
-    for value, name in zip(values, names, strict=True):
-        out = b.emit("Identity", [b.value(value)], [name])
-        rank = len(value.type.shape)
-        shape = ["batch", *value.type.shape[1:]] if len(values) == 1 else [f"{name}_{k}" for k in range(rank)]
-        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, shape))
-    return outputs
 
 
 def prune_unused(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],

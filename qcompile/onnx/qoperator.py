@@ -26,10 +26,10 @@ from qcompile.onnx.export import (
     _call,
     _module,
     _pair,
-    graph_outputs,
     integer_relu6,
     prune_unused,
 )
+from qcompile.onnx.outputs import graph_outputs
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MS = "com.microsoft"

@@ -2,7 +2,8 @@
 
 Transformer graphs (most of them lowered through ``torch.export``) also move
 tensors around with ops CNNs never use: ``unflatten``, ``select``,
-``squeeze`` / ``unsqueeze`` and the symbolic batch size (``sym_size``). Every
+``squeeze`` / ``unsqueeze`` (the symbolic batch size, ``sym_size``, is
+``size``'s Shape / Gather in :mod:`qcompile.onnx.export`). Every
 shape is built from the input's ``Shape`` at run time, so the exported model
 keeps its dynamic batch.
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
 
 # Ops this module exports, as function / method calls and as nn modules.
-FUNCTION_OPS = ("sym_size", "unflatten", "unsqueeze", "squeeze", "select", "layer_norm",
+FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "layer_norm",
                 "scaled_dot_product_attention", "softmax", "_softmax", "gelu", "matmul", "bmm")
 MODULE_OPS = ("layer_norm", "softmax", "gelu")
 
@@ -53,8 +54,6 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
     """The ONNX value computing ``node``, a call of one of :data:`FUNCTION_OPS`."""
     op = node.op
     x = b.value(args[0])
-    if op == "sym_size":
-        return b.emit("Gather", [b.emit("Shape", [x]), b.const("index", np.array(args[1], np.int64))], axis=0)
     if op == "unflatten":
         rank = len(args[0].type.shape)
         dim = _arg(args, kw, 1, "dim") % rank

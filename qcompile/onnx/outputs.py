@@ -1,0 +1,48 @@
+"""The graph's outputs in ONNX: one tensor, or each tensor of a returned tuple / list."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import onnx
+from onnx import TensorProto, helper
+
+from qcompile.errors import QCompileError
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, Ref
+from qcompile.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from qcompile.onnx.export import _Builder
+
+
+def output_values(graph: Graph) -> list[Node]:
+    """The nodes whose values the graph returns: one, or each element of a returned tuple / list."""
+    node = graph.output_node
+    result = [node.args[0]] if not isinstance(node.args[0], (tuple, list)) else list(node.args[0])
+    inputs = graph.inputs(node)
+    values = [inputs[r.index] if isinstance(r, Ref) else r for r in result]
+    bad = [v for v in values if not (isinstance(v, Node) and isinstance(v.type, TensorType))]
+    if bad or isinstance(node.args[0], dict):
+        raise QCompileError(f"the model returns {node.type}; ONNX export takes a tensor or a tuple / list of tensors",
+                            hint="return tensors from forward (wrap the model to drop other values)")
+    return values
+
+
+def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
+    """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic.
+
+    One output is declared ``[batch, static dims...]``. Of several, only the
+    rank is declared: the batch need not be their first axis (an LSTM's
+    state is ``[layers, batch, hidden]``), and onnxruntime warns about a
+    declared size that does not match when it loads the model.
+    """
+    values = output_values(b.graph)
+    names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
+    outputs = []
+    for value, name in zip(values, names, strict=True):
+        out = b.emit("Identity", [b.value(value)], [name])
+        rank = len(value.type.shape)
+        shape = ["batch", *value.type.shape[1:]] if len(values) == 1 else [f"{name}_{k}" for k in range(rank)]
+        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, shape))
+    return outputs
