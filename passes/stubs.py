@@ -5,7 +5,11 @@ requires: ``lowered``    provides: ``stubbed``
 A node joins the region when its op has a quantized form (see
 :mod:`qcompile.quant.op_table`) and the quantization config does not skip it;
 ops that only move values (pooling, flatten, reshape...) join when their
-input is already quantized. Every float value read inside the region gets
+input is already quantized. A pure move of a float value (reshape,
+transpose, max pooling...) whose every reader is inside the region joins it
+too: quantizing before the move equals quantizing after it (same grid), and
+a float value read both by the region and through such a move then gets one
+``quantize``, not two. Every float value read inside the region gets
 one ``quantize`` node; every quantized value read outside it (including the
 model's output) gets one ``dequantize`` node. Skipped layers therefore stay
 float with the stubs around them: partial quantization. A SiLU it quantizes
@@ -51,6 +55,23 @@ def region_member(graph: Graph, node: Node, quantized: set[str], ctx: PassContex
     return True
 
 
+# moves that commute exactly with quantization on a shared grid (max commutes: rounding is monotone)
+MOVES = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "identity",
+         "dropout", "max_pool1d", "max_pool2d", "max_pool3d"}
+
+
+def _pull_in_moves(graph: Graph, quantized: set[str], ctx: PassContext) -> None:
+    """Float moves whose readers are all in the region join it (last first, so that chains of moves join)."""
+    for node in reversed(list(graph.nodes())):
+        inputs, readers = graph.inputs(node), graph.users(node)
+        if (node.name in quantized or node.quant.mode is not None or node.op not in MOVES
+                or category(graph, node) != "shared" or ctx.quant_config.qconfig_for(node) is None
+                or not inputs or not is_float_tensor(inputs[0]) or not readers
+                or any(r.name not in quantized for r in readers)):
+            continue
+        quantized.add(node.name)
+
+
 def _stub(graph: Graph, producer: Node, target: str, op: str) -> Node:
     return graph.add_node(op, NodeKind.MODULE, [producer], name=f"{op}_{producer.name}",
                           target=target, attrs={"qconfig": None}, type=producer.type,
@@ -73,6 +94,7 @@ class Stubs(Pass):
         for node in graph.nodes():
             if node.quant.mode is None and region_member(graph, node, quantized, ctx):
                 quantized.add(node.name)
+        _pull_in_moves(graph, quantized, ctx)
         if not quantized:
             ctx.explain("nothing to quantize")
             return PassResult(False)

@@ -224,3 +224,20 @@ def test_transformer_encoder_static_ptq_quantizes_the_linears_inside_the_encoder
     write_model(graph, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path)(x), Interpreter(graph).run(x), rtol=0, atol=0)
+
+
+def test_a_move_between_a_float_op_and_the_region_runs_on_int8_behind_one_quantize():
+    # the encoder's layer norm feeds both a residual add and, through a transpose, the next attention's
+    # projection: the transpose joins the region, so the layer norm's output is quantized once
+    torch.manual_seed(0)
+    model = PatchTransformer().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [(torch.randn(8, 12, 16, generator=g),) for _ in range(4)]
+    graph, _ = _quantize(model, calib, preset="default", pipeline="fuse,stubs")
+    quantized_values = [graph.inputs(q)[0].name for q in graph.find(op="quantize")]
+    assert len(quantized_values) == len(set(quantized_values))
+    moves = [n for n in graph.find(op="transpose") if n.quant.mode == "static"]
+    assert moves and all(graph.inputs(n)[0].op == "quantize" or graph.inputs(n)[0].quant.mode == "static"
+                         for n in moves)
+    before = [n.name for n in graph.find(op="quantize")]
+    assert not any(name.startswith("quantize_transpose") for name in before)
