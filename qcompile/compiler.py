@@ -102,6 +102,7 @@ def compile_model(
     batch_size: int = 32,
     preprocess: str | None = None,
     frontend: str = "fx",
+    dynamic_axes: Sequence[int] = (),
     before_write: Callable[[Graph], None] | None = None,
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
@@ -124,7 +125,7 @@ def compile_model(
         example_inputs = tuple(t[:1] for t in first)  # the data shows the input shape
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
     notes = list(loaded.notes)
-    graph = lower(loaded.module, inputs, notes, frontend)
+    graph = lower(loaded.module, inputs, notes, frontend, dynamic_axes)
     records = PassManager(pipeline, instruments).run(graph, ctx)
     result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs))
     if out_dir is not None:

@@ -88,6 +88,34 @@ class AttentionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class TokenClassifier(nn.Module):
+    """A text classifier over token ids: token and position embeddings, a transformer encoder, a head."""
+
+    def __init__(self, vocabulary: int = 100, width: int = 32, longest: int = 64):
+        super().__init__()
+        self.tokens = nn.Embedding(vocabulary, width)
+        self.positions = nn.Embedding(longest, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.head(self.encoder(self.tokens(ids) + self.positions(positions)).mean(1))
+
+
+class FixedLengthTagger(nn.Module):
+    """Per-token tags, with a learned position table of one fixed length: the sequence cannot vary."""
+
+    def __init__(self, length: int = 12, width: int = 16):
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(1, length, width))
+        self.tag = nn.Linear(width, 5)
+
+    def forward(self, x):
+        return self.tag(x + self.position)
+
+
 class TwoInputsTwoHeads(nn.Module):
     """Two inputs (an image and a per-sample scale) and two outputs (class logits, scaled box)."""
 

@@ -28,6 +28,13 @@ from qcompile.errors import CheckFailed, QCompileError
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
 
 
+def _axes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of axes, such as 1 or 1,2") from None
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (.pt2 export archive, TorchScript, pickled module), "
                         "package.module:factory, or zoo:NAME")
@@ -40,6 +47,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a Python model is lowered: torch.fx (default; torch.export where fx "
                         "fails), or always torch.export (torch.nn modules such as MultiheadAttention "
                         "become their operations, so their linears quantize too)")
+    parser.add_argument("--dynamic-axes", type=_axes, default=(), metavar="AXES",
+                        help="axes besides the batch whose size varies between calls, e.g. 1 for a "
+                        "sequence length: kept symbolic when lowering, dynamic in an ONNX export")
     parser.add_argument("--passes", default=None, metavar="PIPELINE",
                         help="comma-separated passes with options, e.g. 'fuse{activations=false}', "
                         "or a named pipeline (see 'qcompile passes')")
@@ -245,6 +255,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         batch_size=args.batch_size,
         preprocess=args.preprocess,
         frontend=args.frontend,
+        dynamic_axes=args.dynamic_axes,
         before_write=_onnx_preflight(args) if command == "compile" else None,
     ) if pipeline is not None else _lower_only(args)
     if args.save_stats:
@@ -361,7 +372,7 @@ def _lower_only(args: argparse.Namespace):
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
                         example_inputs=examples)
     notes = list(loaded.notes)
-    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape), notes, args.frontend)
+    graph = lower(loaded.module, example_inputs_for(loaded, args.input_shape), notes, args.frontend, args.dynamic_axes)
     return CompileResult(graph, [], notes=notes)
 
 

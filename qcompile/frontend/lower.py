@@ -54,6 +54,7 @@ def lower(
     example_inputs: Sequence[Any],
     notes: list[str] | None = None,
     frontend: str = "fx",
+    dynamic_axes: Sequence[int] = (),
 ) -> Graph:
     """Lower ``model`` to a verified IR graph with the fact ``lowered``.
 
@@ -73,18 +74,25 @@ def lower(
             ``nn.MultiheadAttention`` are then lowered to their operations,
             which passes can quantize one by one, instead of staying one
             opaque module).
+        dynamic_axes: Axes besides the batch whose size varies between calls
+            (1 for a sequence length), in every tensor input that has them.
+            torch.export keeps them symbolic; an ONNX export declares them
+            dynamic (and checks that the model runs at another size).
+            ``graph.attrs['dynamic_axes']`` records them.
 
     Raises:
         LoweringError: if neither fx nor torch.export can lower the model.
     """
+    axes = _dynamic_axes(dynamic_axes, example_inputs)
     if isinstance(model, fx.GraphModule):
         # exported programs refuse .eval(); they are already inference graphs
-        return _lower_graph_module(model, example_inputs, _model_name(model))
+        return _with_axes(_lower_graph_module(model, example_inputs, _model_name(model)), axes)
     name = _model_name(model)
     if frontend not in FRONTENDS:
         raise QCompileError(f"unknown frontend {frontend!r}", hint="fx or export")
     if frontend == "export":
-        return _lower_graph_module(export_for_lowering(model, example_inputs), example_inputs, name)
+        return _with_axes(_lower_graph_module(export_for_lowering(model, example_inputs, axes=axes),
+                                              example_inputs, name), axes)
     fx_error: LoweringError | None = None
     try:
         gm = trace(model.eval())
@@ -93,38 +101,63 @@ def lower(
     if fx_error is None:
         types = _record_types(gm, example_inputs, name)  # wrong inputs: the user's error, no fallback
         try:
-            return _finish(gm, types, name)
+            return _with_axes(_finish(gm, types, name), axes)
         except LoweringError as exc:  # a leaf module that cannot be represented
             fx_error = exc
-    graph = _lower_graph_module(export_for_lowering(model, example_inputs, fx_error), example_inputs, name)
+    graph = _lower_graph_module(export_for_lowering(model, example_inputs, fx_error, axes), example_inputs, name)
     reason = _first_line(fx_error)
     if notes is not None:
         batch = graph.attrs.get("fixed_batch")
         fixed = f"; its batch is fixed at {batch}" if batch is not None else ""
         notes.append(f"torch.fx could not lower {name} ({reason}); lowered through torch.export instead{fixed}")
+    return _with_axes(graph, axes)
+
+
+def _dynamic_axes(axes: Sequence[int], example_inputs: Sequence[Any]) -> tuple[int, ...]:
+    """The dynamic axes besides the batch, checked against the example inputs' ranks."""
+    axes = tuple(sorted(set(axes)))
+    ranks = [x.dim() for x in example_inputs if isinstance(x, torch.Tensor)]
+    for axis in axes:
+        if not isinstance(axis, int) or axis < 1:
+            raise QCompileError(f"dynamic axis {axis!r}: give axes after the batch (1, 2, ...)",
+                                hint="the batch (axis 0) is always dynamic; 1 is a sequence model's length")
+        if not any(rank > axis for rank in ranks):
+            raise QCompileError(f"dynamic axis {axis}: no model input has that axis (input ranks: {ranks})",
+                                hint="count axes from 0, the batch: [batch, sequence, features] has the sequence at 1")
+    return axes
+
+
+def _with_axes(graph: Graph, axes: tuple[int, ...]) -> Graph:
+    if axes:
+        graph.attrs["dynamic_axes"] = list(axes)
     return graph
 
 
 def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
-                        fx_error: LoweringError | None = None) -> fx.GraphModule:
-    """``torch.export`` ``model``, batch dimension dynamic if the model allows it.
+                        fx_error: LoweringError | None = None, axes: Sequence[int] = ()) -> fx.GraphModule:
+    """``torch.export`` ``model``, batch dimension dynamic if the model allows it, and ``axes`` dynamic.
 
     torch.export specializes a dimension whose example size is 1, so the
-    example batch is widened to 2 for the dynamic attempt. A model whose code
-    fixes the batch is exported again with the example inputs as given; its
-    graph then records that batch in ``graph.attrs['fixed_batch']``.
+    example batch (and a dynamic axis of size 1) is widened to 2 for the
+    dynamic attempt. A model whose code fixes the batch is exported again
+    with the example batch as given; its graph then records that batch in
+    ``graph.attrs['fixed_batch']``. The ``axes`` stay dynamic in both
+    attempts: a model that fixes one of them is an error.
 
     Raises:
         LoweringError: why torch.export failed (after ``fx_error``, if given).
     """
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    symbols = {axis: torch.export.Dim(f"axis{axis}") for axis in axes}
+
+    def shapes(batch: torch.export.Dim | None) -> tuple:
+        return tuple({a: d for a, d in ([(0, batch)] if batch else []) + list(symbols.items()) if a < x.dim()}
+                     if isinstance(x, torch.Tensor) else None for x in example_inputs)
+
     attempts = []
     if tensors and all(x.dim() > 0 for x in tensors):
-        batch = torch.export.Dim("batch")
-        widened = tuple(_widen(x) for x in example_inputs)
-        dynamic = tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs)
-        attempts.append((widened, dynamic))
-    attempts.append((tuple(example_inputs), None))
+        attempts.append((tuple(_widen(x, (0, *axes)) for x in example_inputs), shapes(torch.export.Dim("batch"))))
+    attempts.append((tuple(_widen(x, axes) for x in example_inputs), shapes(None) if axes else None))
     last: Exception | None = None
     for inputs, dynamic_shapes in attempts:
         try:
@@ -132,6 +165,10 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
     failure = f"{type(last).__name__}: {_first_line(last)}"
+    if axes:
+        raise LoweringError(f"torch.export cannot keep axes {list(axes)} of {type(model).__name__}'s inputs dynamic: "
+                            f"{failure}", hint="the model fixes that size (a positional table, a reshape to a "
+                            "constant): leave the dynamic axes out, or make the model take any size") from last
     raise LoweringError(
         f"{fx_error.message}\n  torch.export failed as well: {failure}" if fx_error is not None
         else f"torch.export cannot export {type(model).__name__}: {failure}",
@@ -140,9 +177,13 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
     ) from last
 
 
-def _widen(x: Any) -> Any:
-    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 1:
-        return x.expand(2, *x.shape[1:]).clone()
+def _widen(x: Any, axes: Sequence[int]) -> Any:
+    """``x`` with each of ``axes`` of size 1 repeated to 2 (torch.export specializes sizes 0 and 1)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    for axis in axes:
+        if axis < x.dim() and x.shape[axis] == 1:
+            x = torch.cat([x, x], dim=axis)
     return x
 
 

@@ -29,6 +29,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops
 from qcompile.onnx.dynamic import dynamic_linear
+from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.recurrent import recurrent
 from qcompile.quant.qparams import quantize_bias, weight_grid
@@ -390,11 +391,9 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
 def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     """The graph as an ONNX model (QDQ form for converted graphs); checked by onnx.checker."""
     b = _Builder(graph, int4=opset >= 21)
-    inputs, outputs = [], []
+    inputs, outputs = graph_inputs(graph), []
     for node in graph.nodes():
         if node.kind == NodeKind.INPUT:
-            t = node.type
-            inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, ["batch", *t.shape[1:]]))
             b.names[node.name] = node.name
             continue
         if node.kind == NodeKind.OUTPUT:
@@ -463,10 +462,13 @@ def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq") -> onnx.Mode
     if form == "qoperator":
         from qcompile.onnx.qoperator import to_onnx_qoperator
 
-        return to_onnx_qoperator(graph, opset)
-    if form == "qdq":
-        return to_onnx(graph, opset)
-    raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+        model = to_onnx_qoperator(graph, opset)
+    elif form == "qdq":
+        model = to_onnx(graph, opset)
+    else:
+        raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+    check_dynamic_axes(model, graph)  # runs it once, only where the graph has dynamic axes
+    return model
 
 
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",

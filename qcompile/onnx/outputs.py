@@ -32,7 +32,8 @@ def output_values(graph: Graph) -> list[Node]:
 def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
     """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic.
 
-    One output is declared ``[batch, static dims...]``. Of several, only the
+    One output is declared ``[batch, static dims...]`` (``[batch, symbols...]``
+    in a graph with dynamic axes besides the batch). Of several, only the
     rank is declared: the batch need not be their first axis (an LSTM's
     state is ``[layers, batch, hidden]``), and onnxruntime warns about a
     declared size that does not match when it loads the model.
@@ -43,6 +44,11 @@ def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
     for value, name in zip(values, names, strict=True):
         out = b.emit("Identity", [b.value(value)], [name])
         rank = len(value.type.shape)
-        shape = ["batch", *value.type.shape[1:]] if len(values) == 1 else [f"{name}_{k}" for k in range(rank)]
+        if len(values) > 1:
+            shape = [f"{name}_{k}" for k in range(rank)]
+        elif b.graph.attrs.get("dynamic_axes"):  # which output axes follow the inputs' is not known
+            shape = ["batch", *(f"{name}_{k}" for k in range(1, rank))]
+        else:
+            shape = ["batch", *value.type.shape[1:]]
         outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, shape))
     return outputs

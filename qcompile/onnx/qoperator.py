@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
@@ -29,6 +29,7 @@ from qcompile.onnx.export import (
     integer_relu6,
     prune_unused,
 )
+from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
@@ -99,11 +100,10 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     if "converted" not in graph.facts:
         raise QCompileError("QOperator export needs a converted (int8) graph", hint="use the QDQ form for others")
     b = _QBuilder(graph)
-    inputs, outputs = [], []
+    inputs, outputs = graph_inputs(graph), []
     for node in graph.nodes():
         producers = graph.inputs(node)
         if node.kind == NodeKind.INPUT:
-            inputs.append(helper.make_tensor_value_info(node.name, TensorProto.FLOAT, ["batch", *node.type.shape[1:]]))
             b.names[node.name] = node.name
             continue
         if node.kind == NodeKind.OUTPUT:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from onnx import TensorProto
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 # Ops this module exports, as function / method calls and as nn modules.
 FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "layer_norm",
-                "scaled_dot_product_attention", "softmax", "_softmax", "gelu", "matmul", "bmm")
-MODULE_OPS = ("layer_norm", "softmax", "gelu")
+                "scaled_dot_product_attention", "softmax", "_softmax", "gelu", "matmul", "bmm", "embedding", "arange", "unbind")
+MODULE_OPS = ("layer_norm", "softmax", "gelu", "embedding")
 
 
 def _arg(args: list, kw: dict, index: int, name: str, default: Any = None) -> Any:
@@ -50,9 +51,11 @@ def _optional(b: _Builder, value: Any) -> str:
     return b.value(value) if isinstance(value, Node) else ""
 
 
-def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
-    """The ONNX value computing ``node``, a call of one of :data:`FUNCTION_OPS`."""
+def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str]:
+    """The ONNX value computing ``node``, a call of one of :data:`FUNCTION_OPS` (``unbind``: one per slice)."""
     op = node.op
+    if op == "arange":
+        return _arange(b, node, args)
     x = b.value(args[0])
     if op == "unflatten":
         rank = len(args[0].type.shape)
@@ -68,6 +71,12 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
     if op == "squeeze":
         dims = _arg(args, kw, 1, "dim")
         return b.emit("Squeeze", [x] + ([_axes(b, dims)] if dims is not None else []))
+    if op == "unbind":  # q, k, v = qkv.unbind(0): Split into size-1 slices, each squeezed
+        dim = _arg(args, kw, 1, "dim", 0)
+        count = args[0].type.shape[dim]
+        parts = [b.fresh(f"{node.name}_{i}") for i in range(count)]
+        b.emit("Split", [x], parts, axis=dim, num_outputs=count)
+        return [b.emit("Squeeze", [part, _axes(b, dim)]) for part in parts]
     if op == "select":
         index = b.const("index", np.array(_arg(args, kw, 2, "index"), np.int64))  # a scalar: the axis goes away
         return b.emit("Gather", [x, index], axis=_arg(args, kw, 1, "dim"))
@@ -84,6 +93,11 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
         return b.emit("Gelu", [x], approximate=_arg(args, kw, 1, "approximate", "none"))
     if op in ("matmul", "bmm"):
         return b.emit("MatMul", [x, b.value(args[1])])
+    if op == "embedding":  # aten.embedding(weight, ids, ...); F.embedding(ids, weight, ...)
+        weight, ids = (args[0], args[1]) if node.target.startswith("torch.ops.aten.") else (args[1], args[0])
+        _plain_embedding(node, kw if node.target.startswith("torch.ops.aten.") else kw | dict(
+            zip(("padding_idx", "max_norm"), args[2:4], strict=False)))
+        return b.emit("Gather", [b.value(weight), b.value(ids)], axis=0)
     raise AssertionError(op)
 
 
@@ -128,7 +142,29 @@ def module_op(b: _Builder, node: Node, x: str) -> str:
         return b.emit("Softmax", [x], axis=a["dim"] if a.get("dim") is not None else -1)
     if node.op == "gelu":
         return b.emit("Gelu", [x], approximate=a.get("approximate", "none"))
+    if node.op == "embedding":
+        _plain_embedding(node, a)
+        return b.emit("Gather", [b.const(f"{node.name}_weight", b.graph.param(node, "weight").float()), x], axis=0)
     raise AssertionError(node.op)
+
+
+def _arange(b: _Builder, node: Node, args: list) -> str:
+    """``arange(end)``, ``arange(start, end[, step])``: Range over int64 scalars (a symbolic end stays symbolic)."""
+    bounds = [0, *args, 1][-3:] if len(args) == 1 else [*args, 1][:3]
+    if not all(isinstance(v, (int, Node)) and not isinstance(v, bool) for v in bounds):
+        raise QCompileError(f"%{node.name}: arange over non-integers is not exported to ONNX yet")
+    scalars = [b.value(v) if isinstance(v, Node) else b.const("bound", np.array(v, np.int64)) for v in bounds]
+    out = b.emit("Range", scalars)
+    if node.type.dtype != "i64":
+        out = b.emit("Cast", [out], to=TensorProto.FLOAT if node.type.dtype == "f32" else TensorProto.INT32)
+    return out
+
+
+def _plain_embedding(node: Node, settings: dict) -> None:
+    """An embedding lookup is a Gather of rows, unless max_norm renormalizes the rows it reads."""
+    if settings.get("max_norm") is not None:
+        raise QCompileError(f"%{node.name}: an embedding with max_norm is not exported to ONNX yet",
+                            hint="max_norm rescales rows as they are read; renormalize the table once and drop it")
 
 
 def _layer_norm(b: _Builder, x: str, rank: int, weight: str, bias: str, eps: float, node: Node) -> str:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qcompile.errors import QCompileError
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def session_options(threads: int = 1, optimize: bool = True):
@@ -47,15 +50,20 @@ class OnnxModel:
             raise QCompileError(f"onnxruntime cannot load {self.path}: {str(error).splitlines()[0]}",
                                 hint="is it an ONNX model? `qcompile ... --export onnx --check` writes and checks one") from None
         self.inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
+        self.dtypes = [_NUMPY_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()]
         self.outputs = len(self.session.get_outputs())
 
     def __call__(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if len(xs) != len(self.inputs):
             raise QCompileError(f"{self.path.name} takes {len(self.inputs)} inputs, got {len(xs)}",
                                 hint="give one tensor per model input, in the model's order")
-        for x, (_, shape) in zip(xs, self.inputs, strict=True):
+        for x, (name, shape), dtype in zip(xs, self.inputs, self.dtypes, strict=True):
             self._check(x, shape)
-        feeds = {name: x.detach().float().contiguous().numpy() for x, (name, _) in zip(xs, self.inputs, strict=True)}
+            if dtype is not np.float32 and x.is_floating_point():
+                raise QCompileError(f"{self.path.name}'s input {name!r} takes integers (token ids), not {x.dtype}",
+                                    hint="pass the integer tensor the model was compiled with")
+        feeds = {name: x.detach().contiguous().numpy().astype(dtype, copy=False)
+                 for x, (name, _), dtype in zip(xs, self.inputs, self.dtypes, strict=True)}
         results = tuple(torch.from_numpy(r) for r in self.session.run(None, feeds))
         return results[0] if self.outputs == 1 else results
 

@@ -1,0 +1,87 @@
+"""The graph's inputs in ONNX: their element types and which axes vary.
+
+Every input's axis 0 is the batch, ``batch``. The axes a model was lowered
+with as dynamic (``lower(..., dynamic_axes=[1])``, ``--dynamic-axes 1``: a
+sequence length) are declared ``<input>_axis<k>``; the others keep the
+example's size. Float inputs are ``float32``; integer inputs (token ids for
+an ``nn.Embedding``) keep their integer type.
+
+Declaring an axis dynamic does not make the model take any size: a
+positional table or a reshape to a constant fixes it. So an export with
+dynamic axes runs the model once in onnxruntime with those axes one longer
+than the example's (:func:`check_dynamic_axes`), and stops with the reason
+if it does not run.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from qcompile.errors import QCompileError
+from qcompile.ir.graph import Graph
+from qcompile.ir.node import Node, NodeKind
+from qcompile.ir.types import TensorType
+
+_ELEMENT_TYPES = {"f32": TensorProto.FLOAT, "i64": TensorProto.INT64, "i32": TensorProto.INT32}
+
+
+def dynamic_axes(graph: Graph) -> list[int]:
+    """The axes besides the batch that vary between calls, as lowering recorded them."""
+    return list(graph.attrs.get("dynamic_axes", []))
+
+
+def graph_inputs(graph: Graph) -> list[onnx.ValueInfoProto]:
+    """One ``ValueInfoProto`` per tensor input of ``graph``, in order."""
+    return [_declare(node, dynamic_axes(graph)) for node in graph.find(kind=NodeKind.INPUT)]
+
+
+def _declare(node: Node, axes: list[int]) -> onnx.ValueInfoProto:
+    t = node.type
+    if not isinstance(t, TensorType) or t.dtype not in _ELEMENT_TYPES:
+        raise QCompileError(f"model input {node.name!r} is {t}; ONNX export takes float32 or integer tensors",
+                            hint="give the model tensor inputs (wrap it to build other values inside forward)")
+    dims = ["batch"] + [f"{node.name}_axis{k}" if k in axes else size for k, size in enumerate(t.shape[1:], 1)]
+    return helper.make_tensor_value_info(node.name, _ELEMENT_TYPES[t.dtype], dims)
+
+
+def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
+    """Run ``model`` once with each dynamic axis one longer than the example's; a clear error if it fails."""
+    axes = dynamic_axes(graph)
+    if not axes:
+        return
+    import onnxruntime as ort
+
+    from qcompile.onnx.session import session_options
+
+    feeds = {}
+    for node in graph.find(kind=NodeKind.INPUT):
+        shape = [size + 1 if k in axes else size for k, size in enumerate(node.type.shape)]
+        shape[0] = graph.attrs.get("fixed_batch", shape[0])
+        torch.manual_seed(0)
+        value = torch.zeros(shape, dtype=torch.int64) if node.type.dtype != "f32" else torch.randn(shape)
+        feeds[node.name] = value.numpy().astype(np.int32 if node.type.dtype == "i32" else value.numpy().dtype)
+    options = session_options()
+    options.log_severity_level = 4  # the failure is reported below, once
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+    except Exception as error:  # onnxruntime's own exception types, each with a message
+        sizes = ", ".join(f"{name} {list(v.shape)}" for name, v in feeds.items())
+        reason = _tidy(str(error))
+        raise QCompileError(
+            f"the exported model does not run with axes {axes} longer than the example's ({sizes}): {reason}",
+            hint="the model fixes that size somewhere (a positional table, a reshape to a constant, a size "
+            "from the example): leave --dynamic-axes out, or make the model read the size from its input") from None
+
+
+def _tidy(message: str) -> str:
+    """onnxruntime's failure without its source location: the node's op and what went wrong."""
+    line = message.strip().splitlines()[0]
+    op = re.search(r"while running (\w+) node", line)
+    what = re.split(r"(?:was false\.|Status Message:) ", line)[-1].strip()
+    return f"its {op.group(1)} fails: {what}" if op else line

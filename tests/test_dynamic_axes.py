@@ -1,0 +1,120 @@
+"""Inputs whose size varies besides the batch (a sequence length), and token-id inputs, through lowering and ONNX."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from qcompile.codegen import load_model, write_model
+from qcompile.errors import LoweringError, QCompileError
+from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.onnx.export import build_onnx, export_onnx
+from qcompile.onnx.session import OnnxModel
+from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.config import QuantConfig
+from tests.models import AttentionBlock, FixedLengthTagger, TokenClassifier
+from tests.test_cli import qcompile
+from tests.torchao_reference import sqnr
+
+
+def _ids(batch: int, length: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _declared(path) -> list:
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+def test_token_ids_with_any_sequence_length_through_static_ptq_and_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = TokenClassifier().eval()
+    calib = [(_ids(8, 12, seed),) for seed in range(4)]
+    graph = lower(model, (calib[0][0][:1],), dynamic_axes=(1,))
+    run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    assert graph.attrs["dynamic_axes"] == [1]
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert _declared(path) == ["batch", "ids_axis1"]
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    exported = OnnxModel(path)
+    write_model(graph, tmp_path / "native")
+    native = load_model(tmp_path / "native")
+    for length in (5, 12, 31):  # shorter, as calibrated, longer
+        ids = _ids(6, length, 100 + length)
+        with torch.no_grad():
+            reference, ours = model(ids), native(ids)
+        assert exported(ids).shape == reference.shape == (6, 3)
+        assert sqnr(exported(ids), reference) > 20 and sqnr(ours, reference) > 20
+        assert torch.equal(exported(ids).argmax(1), ours.argmax(1))
+    with pytest.raises(QCompileError, match="takes integers"):
+        exported(torch.randn(6, 5))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_float_graph_with_a_dynamic_sequence_exports_exactly(frontend, tmp_path):
+    # fx keeps sizes read from the input symbolic as it traces; torch.export needs the axis marked
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), AttentionBlock(), nn.Linear(32, 4)).eval()
+    graph = lower(model, (torch.randn(1, 12, 16),), frontend=frontend, dynamic_axes=(1,))
+    run_pipeline(graph, "fuse")
+    exported = OnnxModel(export_onnx(graph, tmp_path / "model.onnx"))
+    for length in (3, 12, 40):
+        x = torch.randn(2, length, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_dynamic_quantization_with_a_dynamic_sequence(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), AttentionBlock(), nn.Linear(32, 4)).eval()
+    graph = lower(model, (torch.randn(1, 12, 16),), dynamic_axes=(1,))
+    run_pipeline(graph, "dynamic")
+    exported = OnnxModel(export_onnx(graph, tmp_path / "model.onnx"))
+    x = torch.randn(2, 20, 16)
+    with torch.no_grad():
+        assert sqnr(exported(x), Interpreter(graph).run(x)) > 35
+
+
+def test_without_dynamic_axes_the_sequence_length_is_the_examples(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), AttentionBlock(), nn.Linear(32, 4)).eval()
+    graph = lower(model, (torch.randn(1, 12, 16),))
+    run_pipeline(graph, "fuse")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert _declared(path) == ["batch", 12, 16]
+    with pytest.raises(QCompileError, match=r"takes inputs of shape \[N, 12, 16\]"):
+        OnnxModel(path)(torch.randn(2, 13, 16))
+
+
+def test_a_model_that_fixes_the_length_is_refused_with_the_reason(tmp_path):
+    model = FixedLengthTagger().eval()
+    example = (torch.randn(1, 12, 16),)
+    graph = lower(model, example, dynamic_axes=(1,))  # fx: the sizes are not checked while tracing
+    with pytest.raises(QCompileError, match=r"does not run with axes \[1\] longer .* \(x \[1, 13, 16\]\): its Add fails: .*12 by 13") as error:
+        build_onnx(graph)
+    assert "positional table" in error.value.hint
+    with pytest.raises(LoweringError, match=r"cannot keep axes \[1\] of FixedLengthTagger's inputs dynamic"):
+        lower(model, example, frontend="export", dynamic_axes=(1,))
+    with pytest.raises(QCompileError, match="no model input has that axis"):
+        lower(model, example, dynamic_axes=(3,))
+    with pytest.raises(QCompileError, match="axes after the batch"):
+        lower(model, example, dynamic_axes=(0,))
+
+
+def test_dynamic_axes_from_the_command_line(tmp_path):
+    torch.save({"ids": _ids(64, 12, 0)}, tmp_path / "ids.pt")
+    out = tmp_path / "out"
+    run = qcompile("tests.models:TokenClassifier", "--passes", "ptq", "--calib", tmp_path / "ids.pt",
+                   "--dynamic-axes", "1", "--export", "onnx", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert _declared(out / "model.onnx") == ["batch", "ids_axis1"]
+    assert OnnxModel(out / "model.onnx")(_ids(2, 30, 1)).shape == (2, 3)
+    run = qcompile("tests.models:FixedLengthTagger", "--passes", "fuse", "--input-shape", "1,12,16",
+                   "--dynamic-axes", "1", "--export", "onnx", "-o", tmp_path / "fixed")
+    assert run.returncode != 0 and "does not run with axes [1]" in run.stderr
+    assert not (tmp_path / "fixed").exists()  # refused before anything was written
+    run = qcompile("tests.models:FixedLengthTagger", "--dynamic-axes", "one", "-o", tmp_path / "bad")
+    assert run.returncode != 0 and "not a comma-separated list of axes" in run.stderr
