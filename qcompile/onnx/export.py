@@ -452,22 +452,20 @@ def check_exportable(graph: Graph) -> None:
 
 
 def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq") -> onnx.ModelProto:
-    """The graph as an in-memory ONNX model in ``form``, checked; nothing is written or timed.
+    """The graph as an in-memory ONNX model in ``form``, checked; nothing is written or timed (a graph
+    with dynamic axes runs once in onnxruntime, at another size: :mod:`qcompile.onnx.inputs`).
 
     Raises:
         QCompileError: if the graph holds something the exporter does not
             take (so a caller can refuse before writing any output).
     """
     check_exportable(graph)
-    if form == "qoperator":
-        from qcompile.onnx.qoperator import to_onnx_qoperator
-
-        model = to_onnx_qoperator(graph, opset)
-    elif form == "qdq":
-        model = to_onnx(graph, opset)
-    else:
+    if form not in ("qdq", "qoperator"):
         raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
-    check_dynamic_axes(model, graph)  # runs it once, only where the graph has dynamic axes
+    from qcompile.onnx.qoperator import to_onnx_qoperator
+
+    model = to_onnx(graph, opset) if form == "qdq" else to_onnx_qoperator(graph, opset)
+    check_dynamic_axes(model, graph)
     return model
 
 
