@@ -31,23 +31,38 @@ from qcompile.pipeline.manager import PassManager
 DEFAULT_PIPELINE = "fuse"
 
 
+_INTEGER_TYPES = {"int64": torch.int64, "i64": torch.int64, "int32": torch.int32, "i32": torch.int32}
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``, with a clear error otherwise."""
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``, with a clear error otherwise (a ``:int64`` suffix is dropped)."""
+    dims = text.split(":", 1)[0]
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+        shape = tuple(int(part) for part in dims.replace("x", ",").split(","))
     except ValueError:
         raise QCompileError(f"input shape {text!r} is not a list of integers",
-                            hint="write it like 1,3,224,224") from None
+                            hint="write it like 1,3,224,224 (token ids: 1,128:int64)") from None
     if not shape or any(d <= 0 for d in shape):
         raise QCompileError(f"input shape {text!r} has a non-positive dimension")
     return shape
 
 
-def example_inputs_for(loaded: LoadedModel, shapes: Sequence[str] = (),
-                       dtype: torch.dtype = torch.float32) -> tuple:
+def example_tensor(text: str) -> torch.Tensor:
+    """An example input from ``--input-shape`` text: random floats, or zeros for ``SHAPE:int64`` (token ids)."""
+    shape = parse_shape(text)
+    kind = text.split(":", 1)[1] if ":" in text else "float32"
+    if kind in ("float32", "f32"):
+        return torch.randn(shape)
+    if kind not in _INTEGER_TYPES:
+        raise QCompileError(f"input shape {text!r}: unknown element type {kind!r}",
+                            hint="float32 (the default), int64 or int32, e.g. 1,128:int64")
+    return torch.zeros(shape, dtype=_INTEGER_TYPES[kind])  # index 0 exists in every embedding table
+
+
+def example_inputs_for(loaded: LoadedModel, shapes: Sequence[str] = ()) -> tuple:
     """Example inputs from ``--input-shape`` values, else from the model file or zoo entry."""
     if shapes:
-        return tuple(torch.randn(parse_shape(s)).to(dtype) for s in shapes)
+        return tuple(example_tensor(s) for s in shapes)
     if loaded.example_inputs is not None:
         return loaded.example_inputs
     raise QCompileError(
@@ -119,7 +134,7 @@ def compile_model(
         loaded = LoadedModel(model, type(model).__name__, "module", example_inputs)
     else:
         loaded = load_model(model, weights=weights, trust_pickle=trust_pickle,
-                            example_inputs=tuple(torch.randn(parse_shape(s)) for s in input_shapes) or None)
+                            example_inputs=tuple(example_tensor(s) for s in input_shapes) or None)
     if example_inputs is None and not input_shapes and loaded.example_inputs is None and ctx.calib_data is not None:
         first = next(iter(ctx.calib_data))
         example_inputs = tuple(t[:1] for t in first)  # the data shows the input shape

@@ -118,3 +118,14 @@ def test_dynamic_axes_from_the_command_line(tmp_path):
     assert not (tmp_path / "fixed").exists()  # refused before anything was written
     run = qcompile("tests.models:FixedLengthTagger", "--dynamic-axes", "one", "-o", tmp_path / "bad")
     assert run.returncode != 0 and "not a comma-separated list of axes" in run.stderr
+
+
+def test_token_id_example_inputs_from_the_command_line(tmp_path):
+    run = qcompile("tests.models:TokenClassifier", "--passes", "dynamic", "--input-shape", "1,12:int64",
+                   "--dynamic-axes", "1", "--export", "onnx", "-o", tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    assert OnnxModel(tmp_path / "out" / "model.onnx")(_ids(3, 7, 2)).shape == (3, 3)
+    run = qcompile("tests.models:TokenClassifier", "--passes", "dynamic", "--input-shape", "1,12", "-o", tmp_path / "f")
+    assert run.returncode != 0 and "--input-shape 1,128:int64" in run.stderr  # float examples: the hint says how
+    run = qcompile("tests.models:TokenClassifier", "--input-shape", "1,12:int8", "-o", tmp_path / "bad")
+    assert run.returncode != 0 and "unknown element type 'int8'" in run.stderr

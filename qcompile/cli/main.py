@@ -42,7 +42,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow loading a fully pickled module (this runs code from the file)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
-                        help="shape of a model input, e.g. 1,3,224,224 (repeat for several inputs)")
+                        help="shape of a model input, e.g. 1,3,224,224, or 1,128:int64 for token ids "
+                        "(repeat for several inputs)")
     parser.add_argument("--frontend", choices=("fx", "export"), default="fx",
                         help="how a Python model is lowered: torch.fx (default; torch.export where fx "
                         "fails), or always torch.export (torch.nn modules such as MultiheadAttention "
@@ -362,13 +363,11 @@ def _onnx_preflight(args: argparse.Namespace):
 
 
 def _lower_only(args: argparse.Namespace):
-    import torch
-
-    from qcompile.compiler import CompileResult, example_inputs_for, parse_shape
+    from qcompile.compiler import CompileResult, example_inputs_for, example_tensor
     from qcompile.frontend.loaders import load_model
     from qcompile.frontend.lower import lower
 
-    examples = tuple(torch.randn(parse_shape(s)) for s in args.input_shape) or None
+    examples = tuple(example_tensor(s) for s in args.input_shape) or None
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
                         example_inputs=examples)
     notes = list(loaded.notes)

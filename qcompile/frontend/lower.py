@@ -201,7 +201,7 @@ def _record_types(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) 
         shapes = ", ".join(str(type_of(x)) for x in example_inputs)
         raise LoweringError(
             f"running {name} on example inputs {shapes} failed: {type(exc).__name__}: {exc}",
-            hint="pass an input shape the model accepts (--input-shape)",
+            hint="pass an input shape the model accepts (--input-shape; token ids: --input-shape 1,128:int64)",
         ) from exc
     return recorder.types
 
