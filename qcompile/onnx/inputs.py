@@ -58,13 +58,14 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
 
     from qcompile.onnx.session import session_options
 
-    feeds = {}
+    feeds, rng = {}, np.random.default_rng(0)
     for node in graph.find(kind=NodeKind.INPUT):
         shape = [size + 1 if k in axes else size for k, size in enumerate(node.type.shape)]
         shape[0] = graph.attrs.get("fixed_batch", shape[0])
-        torch.manual_seed(0)
-        value = torch.zeros(shape, dtype=torch.int64) if node.type.dtype != "f32" else torch.randn(shape)
-        feeds[node.name] = value.numpy().astype(np.int32 if node.type.dtype == "i32" else value.numpy().dtype)
+        dtype = node.type.torch_dtype
+        # integers: zeros, an index every embedding table has
+        feeds[node.name] = (rng.standard_normal(shape, np.float32) if dtype.is_floating_point
+                            else np.zeros(shape, torch.empty(0, dtype=dtype).numpy().dtype))
     options = session_options()
     options.log_severity_level = 4  # the failure is reported below, once
     try:

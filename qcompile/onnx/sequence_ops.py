@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
 
 # Ops this module exports, as function / method calls and as nn modules.
-FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "layer_norm",
-                "scaled_dot_product_attention", "softmax", "_softmax", "gelu", "matmul", "bmm", "embedding", "arange", "unbind")
+FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "unbind", "layer_norm", "scaled_dot_product_attention",
+                "softmax", "_softmax", "gelu", "matmul", "bmm", "embedding", "arange")
 MODULE_OPS = ("layer_norm", "softmax", "gelu", "embedding")
 
 
