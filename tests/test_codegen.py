@@ -93,3 +93,24 @@ def test_model_torchscript_cannot_compile_is_a_clear_error(tmp_path):
     with pytest.raises(QCompileError, match="TorchScript cannot compile .*model.py"):
         save_torchscript(tmp_path, (torch.randn(2, 3),))
     assert not (tmp_path / TORCHSCRIPT_FILE).exists()
+
+
+def test_loading_an_int8_model_shows_no_torch_deprecation_warnings(tmp_path):
+    import warnings
+
+    from qcompile.pipeline import PassContext
+    from qcompile.torch_warnings import MESSAGES
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(Mixed()).eval()
+    graph = lower(model, (torch.randn(1, 3, 16, 16),))
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(torch.randn(4, 3, 16, 16),)]))
+    write_model(graph, tmp_path)
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        loaded = load_model(tmp_path)
+        shown_inside = list(warnings.filters)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in loaded.modules())
+    assert not [w for w in seen if any(text in str(w.message) for text in MESSAGES)], [str(w.message) for w in seen]
+    assert shown_inside[0][0] == "always" and warnings.filters == before  # the caller's filters, untouched

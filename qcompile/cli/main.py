@@ -24,6 +24,7 @@ from qcompile.cli.diagnostics import (
 )
 from qcompile.cli.onnx_export import export_onnx_and_check
 from qcompile.errors import CheckFailed, QCompileError
+from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
 
@@ -462,21 +463,10 @@ def _list_zoo() -> int:
     return 0
 
 
-def _quiet_torch_deprecations() -> None:
-    """torch 2.14 warns on every use of its quantized modules; users cannot act on that."""
-    import warnings
-
-    for text in ("quantized tensor creation functions", "TypedStorage is deprecated",
-                 "torch.ao.quantization is deprecated", "Please use quant_min and quant_max"):
-        warnings.filterwarnings("ignore", message=f".*{text}.*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.ao")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qcompile`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_torch_deprecations()
+    ignore_torch_deprecations()
     parsers = _build_parsers()
     command = argv[0] if argv and argv[0] in COMMANDS else "compile"
     if argv and argv[0] in COMMANDS:

@@ -13,6 +13,7 @@ from qcompile.codegen.python_source import EmittedModel, emit_python
 from qcompile.fileio import atomic_torch_save, atomic_write_text
 from qcompile.ir.graph import Graph
 from qcompile.ir.printer import print_graph
+from qcompile.torch_warnings import torch_deprecations_silenced
 
 MODEL_FILE = "model.py"
 WEIGHTS_FILE = "weights.pt"
@@ -35,11 +36,13 @@ def write_model(graph: Graph, out_dir: str | Path) -> EmittedModel:
 
 
 def load_model(out_dir: str | Path) -> nn.Module:
-    """Import ``model.py`` from ``out_dir`` and return ``load(weights.pt)``."""
+    """Import ``model.py`` from ``out_dir`` and return ``load(weights.pt)`` (without torch's deprecation
+    warnings about its quantized tensors: :mod:`qcompile.torch_warnings`)."""
     out = Path(out_dir)
     name = f"qcompile_emitted_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, out / MODEL_FILE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # lets torch.jit / pickle find the class
     spec.loader.exec_module(module)
-    return module.load(out / WEIGHTS_FILE)
+    with torch_deprecations_silenced():
+        return module.load(out / WEIGHTS_FILE)
