@@ -1,4 +1,4 @@
-"""``dynamic``: int8 weights, activations quantized on the fly (Linear, LSTM, GRU).
+"""``dynamic``: int8 weights, activations quantized on the fly (Linear, LSTM, GRU); int8 embedding tables.
 
 requires: ``lowered``    provides: ``converted``
 
@@ -13,8 +13,15 @@ calibration data is needed. Before and after::
     %fc = linear(%flatten, $fc.{weight,bias}) : f32[1,10] {in_features=512, out_features=10,
           target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: qint8 scale=0.00312 zp=0
 
+Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
+``aten.embedding``) get uint8 rows with a float scale and offset per row, as
+torch.ao's ``float_qparams_weight_only_qconfig`` gives them: a quarter of the
+float table's size, and rows within half a step of the float ones. Their
+output is float, so the layers that read them are unchanged. After a static
+pipeline, ``--passes ptq,dynamic{ops=embedding}`` adds only that.
+
 Options:
-    ops: Which ops to quantize (``linear``, ``lstm``, ``gru``).
+    ops: Which ops to quantize (``linear``, ``lstm``, ``gru``, ``embedding``).
     per_channel: One weight scale per output channel (Linear only).
 """
 
@@ -30,6 +37,7 @@ from qcompile.ir.node import NodeKind
 from qcompile.ir.quant_types import ObserverSpec
 from qcompile.ir.targets import resolve_target
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.embedding import embedding_as_module, private_param, quantize_rows
 from qcompile.quant.observers import make_observer
 from qcompile.quant.qparams import qparams_from_range, quantize_tensor
 
@@ -38,30 +46,36 @@ _TARGETS = {
     ("linear", "relu"): "torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU",
     ("lstm", None): "torch.ao.nn.quantized.dynamic.LSTM",
     ("gru", None): "torch.ao.nn.quantized.dynamic.GRU",
+    ("embedding", None): "torch.ao.nn.quantized.Embedding",
 }
+OPS = ("linear", "lstm", "gru", "embedding")
 
 
 @register_pass
 @dataclass(frozen=True)
 class Dynamic(Pass):
-    """Dynamic quantization of Linear, LSTM and GRU: int8 weights, activations at run time."""
+    """Dynamic quantization of Linear, LSTM and GRU (int8 weights, activations at run time), and embeddings."""
 
     name = "dynamic"
     requires = ("lowered",)
     provides = ("converted",)
 
-    ops: tuple[str, ...] = ("linear", "lstm", "gru")
+    ops: tuple[str, ...] = OPS
     per_channel: bool = False
 
     def __post_init__(self):
-        unknown = set(self.ops) - {"linear", "lstm", "gru"}
+        unknown = set(self.ops) - set(OPS)
         if unknown:
-            raise ValueError(f"dynamic quantization covers linear, lstm and gru, not {sorted(unknown)}")
+            raise ValueError(f"dynamic quantization covers {', '.join(OPS)}, not {sorted(unknown)}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         engine = ctx.quant_config.engine
         torch.backends.quantized.engine = engine
         counts: dict[str, int] = {}
+        if "embedding" in self.ops:
+            for node in graph.find(op="embedding"):
+                if node.kind != NodeKind.MODULE and node.quant.mode is None:
+                    embedding_as_module(graph, node)
         for node in graph.find(kind=NodeKind.MODULE):
             if node.op not in self.ops or node.quant.mode is not None:
                 continue
@@ -72,21 +86,28 @@ class Dynamic(Pass):
             if (node.op, act) not in _TARGETS:
                 ctx.explain(f"%{node.name}: no dynamic kernel for {node.op} with a fused {act}")
                 continue
+            if node.op == "embedding" and node.attrs.get("max_norm") is not None:
+                ctx.explain(f"%{node.name} stays float: max_norm rescales the rows it reads")
+                continue
             node.target = _TARGETS[(node.op, act)]
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
+            elif node.op == "embedding":
+                private_param(graph, node, "weight")
+                graph.params[node.params["weight"]] = quantize_rows(graph.param(node, "weight"))
             accepted = ctor_defaults(resolve_target(node.target))
             node.attrs = {k: v for k, v in node.attrs.items() if k in accepted}
             node.quant.mode = "dynamic"
             counts[node.op] = counts.get(node.op, 0) + 1
         if counts:
             graph.attrs.update(backend="native", engine=engine)
+            graph.remove_unused_params()  # float weights that each quantized node copied (tied ones)
         return PassResult(bool(counts), counts)
 
     def _quantize_linear_weight(self, graph: Graph, node) -> None:
         spec = ObserverSpec("minmax", dtype="qint8", symmetric=True, per_channel=self.per_channel, axis=0)
         observer = make_observer(spec)
-        weight = graph.param(node, "weight")
+        weight = private_param(graph, node, "weight")
         observer.update(weight)
         stats = observer.stats()
         q = qparams_from_range(stats.lo, stats.hi, spec, 0 if self.per_channel else None)

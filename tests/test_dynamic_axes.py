@@ -129,3 +129,23 @@ def test_token_id_example_inputs_from_the_command_line(tmp_path):
     assert run.returncode != 0 and "--input-shape 1,128:int64" in run.stderr  # float examples: the hint says how
     run = qcompile("tests.models:TokenClassifier", "--input-shape", "1,12:int8", "-o", tmp_path / "bad")
     assert run.returncode != 0 and "unknown element type 'int8'" in run.stderr
+
+
+@pytest.mark.parametrize("pipeline", ["dynamic", "ptq,dynamic{ops=embedding}"])
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_int8_embedding_tables_export_and_pass_the_check(pipeline, form, tmp_path):
+    from qcompile.onnx.check import check_onnx, output_scale
+
+    torch.manual_seed(0)
+    model = TokenClassifier().eval()
+    calib = [(_ids(8, 12, seed),) for seed in range(4)]
+    graph = lower(model, (calib[0][0][:1],), dynamic_axes=(1,))
+    run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    assert [n.target for n in graph.find(op="embedding")] == ["torch.ao.nn.quantized.Embedding"] * 2
+    write_model(graph, tmp_path / "model")
+    native = load_model(tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx", form=form)
+    check_onnx(path, native, calib, output_scale(graph), graph=graph)  # raises if onnxruntime disagrees
+    ids = _ids(4, 20, 7)
+    with torch.no_grad():
+        assert sqnr(OnnxModel(path)(ids), model(ids)) > 20

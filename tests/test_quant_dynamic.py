@@ -53,3 +53,66 @@ def test_fused_linear_relu_and_option_subset():
     assert graph.node("fc2").quant.weight_qparams.per_channel
     error = (Interpreter(graph).run(x) - model(x)).abs().max()
     assert 0 < error < 0.05
+
+
+class Bag(nn.Module):
+    """Token ids -> an embedding table (as an nn module, which torch.fx keeps) -> mean -> linear."""
+
+    def __init__(self, tied: bool = False):
+        super().__init__()
+        self.tokens = nn.Embedding(500, 32)
+        self.fc = nn.Linear(32, 4)
+        self.out = nn.Linear(32, 500, bias=False)
+        if tied:
+            self.out.weight = self.tokens.weight
+
+    def forward(self, ids):
+        pooled = self.tokens(ids).mean(1)
+        return self.fc(pooled), self.out(pooled)
+
+
+def test_embedding_tables_as_torch_ao_quantizes_them_and_a_quarter_of_the_size(tmp_path):
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+    torch.manual_seed(0)
+    model = Bag().eval()
+    ids = torch.randint(0, 500, (6, 9), generator=torch.Generator().manual_seed(1))
+    graph = lower(model, (ids,))
+    records = run_pipeline(graph, "dynamic")
+    assert records[0].result.stats == {"embedding": 1, "linear": 2}
+    table = graph.param(graph.node("tokens"), "weight")
+    assert table.qscheme() == torch.per_channel_affine_float_qparams
+    step = table.q_per_channel_scales()[:, None]
+    assert bool(((table.dequantize() - model.tokens.weight).abs() <= step / 2 + 1e-6).all())  # half a step per row
+    reference = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(model), {nn.Embedding: float_qparams_weight_only_qconfig, nn.Linear: default_dynamic_qconfig})
+    ours = Interpreter(graph).run(ids)
+    for got, want in zip(ours, reference(ids), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    write_model(graph, tmp_path / "int8")  # the saved table must own its row scales (see codegen's _owned)
+    for got, want in zip(load_model(tmp_path / "int8")(ids), ours, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    plain = lower(model, (ids,))
+    run_pipeline(plain, "dynamic{ops=linear}")
+    assert plain.node("tokens").quant.mode is None
+    write_model(plain, tmp_path / "linears")
+    saved = [(tmp_path / d / "weights.pt").stat().st_size for d in ("linears", "int8")]
+    assert saved[1] < 0.55 * saved[0]  # the 500 x 32 table: 64 KB in float, 16 KB of codes + 4 KB of row grids
+
+
+def test_a_tied_table_is_quantized_once_per_reader_and_max_norm_stays_float():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 500, (2, 5))
+    tied = Bag(tied=True).eval()
+    graph = lower(tied, (ids,))
+    run_pipeline(graph, "dynamic")
+    table, projection = graph.param(graph.node("tokens"), "weight"), graph.param(graph.node("out"), "weight")
+    assert (table.dtype, projection.dtype) == (torch.quint8, torch.qint8)  # each reader its own int8 copy
+    assert not any(p.dtype == torch.float32 and p.shape == (500, 32) for p in graph.params.values())
+    with torch.no_grad():
+        for got, want in zip(Interpreter(graph).run(ids), tied(ids), strict=True):
+            assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
+    normed = nn.Sequential(nn.Embedding(50, 8, max_norm=1.0), nn.Flatten(), nn.Linear(40, 2)).eval()
+    graph = lower(normed, (torch.randint(0, 50, (2, 5)),))
+    run_pipeline(graph, "dynamic")
+    assert [n.quant.mode for n in graph.find(op="embedding") + graph.find(op="linear")] == [None, "dynamic"]

@@ -245,6 +245,8 @@ class _Emitter:
         # quantized weights are packed for one engine when the model is built
         engine_line = f"    torch.backends.quantized.engine = {engine!r}\n" if engine else ""
         state = self.container.state_dict()
+        for key, value in state.items():
+            state[key] = _owned(value)
         load_call = "torch.load(weights, map_location=map_location, weights_only=True)"
         packed = int4.pack(dict(state))
         helpers = ""
@@ -292,6 +294,16 @@ def load(weights="weights.pt", map_location="cpu"):
 {load_block}    return model.eval()
 {helpers}'''
         return EmittedModel(class_name, source, state, dict(self.param_map))
+
+
+def _owned(value: Any) -> Any:
+    """``value``, or a copy that owns its row scales: torch 2.14's quantized Embedding hands out a weight
+    whose per-row scales and zero points live in its packed table and dangle once the module is freed."""
+    if isinstance(value, torch.Tensor) and value.is_quantized and value.qscheme() == torch.per_channel_affine_float_qparams:
+        return torch._make_per_channel_quantized_tensor(value.int_repr().clone(), value.q_per_channel_scales().clone(),
+                                                        value.q_per_channel_zero_points().clone(),
+                                                        value.q_per_channel_axis())
+    return value
 
 
 def emit_python(graph: Graph) -> EmittedModel:

@@ -39,6 +39,13 @@ def _dynamic_linear(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Te
     return module
 
 
+@register_builder(nnq.Embedding)
+def _quantized_embedding(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]):
+    module = cls(**kwargs)
+    module.set_weight(state["weight"])
+    return module
+
+
 @register_builder(nnqd.LSTM, nnqd.GRU)
 def _dynamic_rnn(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]):
     """Dynamic LSTM/GRU from float weights (the graph keeps them; int8 packing happens here)."""

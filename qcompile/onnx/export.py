@@ -209,7 +209,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         if "ConvReLU" in node.target:
             out = b.emit("Relu", [out])
         return out
-    if node.quant.mode == "dynamic":
+    if node.quant.mode == "dynamic" and node.op != "embedding":  # int8 tables: sequence_ops
         if node.op != "linear":
             raise QCompileError(f"%{node.name}: a dynamically quantized {node.op} is not exported to ONNX yet",
                                 hint=f"dynamic{{ops=linear}} keeps {node.op} in float, which exports; or deploy "

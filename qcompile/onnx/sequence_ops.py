@@ -144,7 +144,10 @@ def module_op(b: _Builder, node: Node, x: str) -> str:
         return b.emit("Gelu", [x], approximate=a.get("approximate", "none"))
     if node.op == "embedding":
         _plain_embedding(node, a)
-        return b.emit("Gather", [b.const(f"{node.name}_weight", b.graph.param(node, "weight").float()), x], axis=0)
+        table = b.graph.param(node, "weight")
+        if table.is_quantized:
+            return _int8_embedding(b, node, table, x)
+        return b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0)
     raise AssertionError(node.op)
 
 
@@ -158,6 +161,18 @@ def _arange(b: _Builder, node: Node, args: list) -> str:
     if node.type.dtype != "i64":
         out = b.emit("Cast", [out], to=TensorProto.FLOAT if node.type.dtype == "f32" else TensorProto.INT32)
     return out
+
+
+def _int8_embedding(b: _Builder, node: Node, table: torch.Tensor, ids: str) -> str:
+    """Rows of uint8 codes with a float scale and zero point each (``dynamic``): gathered, then
+    ``code * scale - zero point * scale`` with each row's own pair, as torch's quantized embedding does."""
+    scale = table.q_per_channel_scales().float()
+    offset = -table.q_per_channel_zero_points().float() * scale
+    rows = b.emit("Cast", [b.emit("Gather", [b.const(f"{node.name}_codes", table.int_repr()), ids], axis=0)],
+                  to=TensorProto.FLOAT)
+    per_row = [b.emit("Gather", [b.const(f"{node.name}_{k}", v[:, None].contiguous()), ids], axis=0)
+               for k, v in (("scale", scale), ("offset", offset))]
+    return b.emit("Add", [b.emit("Mul", [rows, per_row[0]]), per_row[1]])
 
 
 def _plain_embedding(node: Node, settings: dict) -> None:
