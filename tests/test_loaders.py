@@ -23,6 +23,16 @@ def test_factory_with_weights(tmp_path, model):
     loaded = load_model("tests.models:ConvBnRelu", weights=str(path))
     x = torch.randn(1, 3, 5, 5)
     torch.testing.assert_close(loaded.module(x), model(x))
+    assert not loaded.notes
+
+
+def test_factory_without_weights_is_the_same_random_model_on_every_load():
+    state = torch.random.get_rng_state()
+    first, second = (load_model("tests.models:ConvBnRelu") for _ in range(2))
+    for a, b in zip(first.module.state_dict().values(), second.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    assert "has no --weights" in first.notes[0] and "seed 0" in first.notes[0]
 
 
 def test_factory_with_wrong_weights(tmp_path):

@@ -429,7 +429,10 @@ def _compare(args: argparse.Namespace) -> int:
     from qcompile.frontend.loaders import load_model
 
     data = open_data(args.data, preprocess=args.preprocess, limit=args.samples, batch_size=args.batch_size)
-    reference = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle).module
+    loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
+    for note in loaded.notes:
+        print(f"qcompile: note: {note}", file=sys.stderr)
+    reference = loaded.module
     models = [("float", reference, state_size_bytes(reference))]
     from pathlib import Path
 

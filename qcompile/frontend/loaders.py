@@ -109,7 +109,11 @@ def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
             raise QCompileError(f"{module_name!r} has no attribute {attr!r}",
                                 hint="name a class or function that builds the model")
     try:
-        model = factory()
+        with torch.random.fork_rng(devices=[]):
+            # without --weights the model is its random initialization: seeded, so that compiling it and
+            # comparing it later (two runs) see the same weights
+            torch.manual_seed(0)
+            model = factory()
     except Exception as exc:
         raise QCompileError(
             f"calling {spec}() failed: {type(exc).__name__}: {exc}",
@@ -128,7 +132,10 @@ def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
                 f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})",
                 hint="check that the weights belong to this architecture",
             )
-    return LoadedModel(model.eval(), spec, "factory")
+    notes = [] if weights is not None else [
+        f"{spec} has no --weights: its weights are the factory's random initialization (seed 0, the same "
+        "on every run)"]
+    return LoadedModel(model.eval(), spec, "factory", notes=notes)
 
 
 def load_file(path: Path, *, trust_pickle: bool = False,
