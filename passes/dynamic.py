@@ -33,11 +33,11 @@ import torch
 
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
-from qcompile.ir.node import NodeKind
+from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.quant_types import ObserverSpec
 from qcompile.ir.targets import resolve_target
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.embedding import embedding_as_module, private_param, quantize_rows
+from qcompile.quant.embedding import embedding_as_module, quantize_rows
 from qcompile.quant.observers import make_observer
 from qcompile.quant.qparams import qparams_from_range, quantize_tensor
 
@@ -49,6 +49,22 @@ _TARGETS = {
     ("embedding", None): "torch.ao.nn.quantized.Embedding",
 }
 OPS = ("linear", "lstm", "gru", "embedding")
+
+
+def _private_param(graph: Graph, node: Node, key: str) -> torch.Tensor:
+    """``node``'s parameter ``key``, first copied under a name of its own if other nodes read it too.
+
+    Quantizing a weight in place must not change it for the others: a table
+    tied to an output projection gets one int8 copy per reader, each on the
+    grid its use needs.
+    """
+    name = node.params[key]
+    shared = any(other is not node and (name in other.params.values()
+                                        or (other.kind == NodeKind.PARAM and other.target == name))
+                 for other in graph.nodes())
+    if shared:
+        node.params[key] = graph.add_param(f"{node.source.module_path or node.name}.{key}", graph.params[name].clone())
+    return graph.params[node.params[key]]
 
 
 @register_pass
@@ -93,7 +109,7 @@ class Dynamic(Pass):
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
             elif node.op == "embedding":
-                private_param(graph, node, "weight")
+                _private_param(graph, node, "weight")
                 graph.params[node.params["weight"]] = quantize_rows(graph.param(node, "weight"))
             accepted = ctor_defaults(resolve_target(node.target))
             node.attrs = {k: v for k, v in node.attrs.items() if k in accepted}
@@ -107,7 +123,7 @@ class Dynamic(Pass):
     def _quantize_linear_weight(self, graph: Graph, node) -> None:
         spec = ObserverSpec("minmax", dtype="qint8", symmetric=True, per_channel=self.per_channel, axis=0)
         observer = make_observer(spec)
-        weight = private_param(graph, node, "weight")
+        weight = _private_param(graph, node, "weight")
         observer.update(weight)
         stats = observer.stats()
         q = qparams_from_range(stats.lo, stats.hi, spec, 0 if self.per_channel else None)

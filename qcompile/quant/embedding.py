@@ -29,21 +29,6 @@ def quantize_rows(table: torch.Tensor) -> torch.Tensor:
     return torch.quantize_per_channel(table.detach().float(), scale, zero_point, 0, torch.quint8)
 
 
-def private_param(graph: Graph, node: Node, key: str) -> torch.Tensor:
-    """``node``'s parameter ``key``, first copied under a name of its own if other nodes read it too.
-
-    A pass that quantizes a weight in place must not change it for the others:
-    a table tied to an output projection stays float for the projection.
-    """
-    name = node.params[key]
-    shared = any(other is not node and (name in other.params.values()
-                                        or (other.kind == NodeKind.PARAM and other.target == name))
-                 for other in graph.nodes())
-    if shared:
-        node.params[key] = graph.add_param(f"{node.source.module_path or node.name}.{key}", graph.params[name].clone())
-    return graph.params[node.params[key]]
-
-
 def embedding_as_module(graph: Graph, node: Node) -> bool:
     """Turn a functional embedding over a graph parameter into an ``nn.Embedding`` module node, in place.
 
