@@ -8,9 +8,11 @@ an ``nn.Embedding``) keep their integer type.
 
 Declaring an axis dynamic does not make the model take any size: a
 positional table or a reshape to a constant fixes it. So an export with
-dynamic axes runs the model once in onnxruntime with those axes one longer
-than the example's (:func:`check_dynamic_axes`), and stops with the reason
-if it does not run.
+dynamic axes runs the model once in onnxruntime with those axes one shorter
+than the example's (one longer where the example's is 2: torch.export
+takes no size under 2), and stops with the reason if it does not run.
+Shorter, because a text model calibrated at its longest length (BERT's 512
+positions) takes any length up to that one, and no longer.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def _declare(node: Node, axes: list[int]) -> onnx.ValueInfoProto:
 
 
 def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
-    """Run ``model`` once with each dynamic axis one longer than the example's; a clear error if it fails."""
+    """Run ``model`` once with each dynamic axis one shorter than the example's (or one longer, from 2);
+    a clear error if it does not run."""
     axes = dynamic_axes(graph)
     if not axes:
         return
@@ -60,7 +63,7 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
 
     feeds, rng = {}, np.random.default_rng(0)
     for node in graph.find(kind=NodeKind.INPUT):
-        shape = [size + 1 if k in axes else size for k, size in enumerate(node.type.shape)]
+        shape = [_other(size) if k in axes else size for k, size in enumerate(node.type.shape)]
         shape[0] = graph.attrs.get("fixed_batch", shape[0])
         dtype = node.type.torch_dtype
         # integers: zeros, an index every embedding table has
@@ -75,9 +78,14 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
         sizes = ", ".join(f"{name} {list(v.shape)}" for name, v in feeds.items())
         reason = _tidy(str(error))
         raise QCompileError(
-            f"the exported model does not run with axes {axes} longer than the example's ({sizes}): {reason}",
+            f"the exported model does not run with axes {axes} at another size than the example's ({sizes}): "
+            f"{reason}",
             hint="the model fixes that size somewhere (a positional table, a reshape to a constant, a size "
             "from the example): leave --dynamic-axes out, or make the model read the size from its input") from None
+
+
+def _other(size: int) -> int:
+    return size - 1 if size > 2 else size + 1
 
 
 def _tidy(message: str) -> str:
