@@ -84,15 +84,22 @@ def lower(
         LoweringError: if neither fx nor torch.export can lower the model.
     """
     axes = _dynamic_axes(dynamic_axes, example_inputs)
+    graph = _lower(model, example_inputs, notes, frontend, axes)
+    if axes:
+        graph.attrs["dynamic_axes"] = list(axes)
+    return graph
+
+
+def _lower(model: nn.Module, example_inputs: Sequence[Any], notes: list[str] | None, frontend: str,
+           axes: tuple[int, ...]) -> Graph:
     if isinstance(model, fx.GraphModule):
         # exported programs refuse .eval(); they are already inference graphs
-        return _with_axes(_lower_graph_module(model, example_inputs, _model_name(model)), axes)
+        return _lower_graph_module(model, example_inputs, _model_name(model))
     name = _model_name(model)
     if frontend not in FRONTENDS:
         raise QCompileError(f"unknown frontend {frontend!r}", hint="fx or export")
     if frontend == "export":
-        return _with_axes(_lower_graph_module(export_for_lowering(model, example_inputs, axes=axes),
-                                              example_inputs, name), axes)
+        return _lower_graph_module(export_for_lowering(model, example_inputs, axes=axes), example_inputs, name)
     fx_error: LoweringError | None = None
     try:
         gm = trace(model.eval())
@@ -101,7 +108,7 @@ def lower(
     if fx_error is None:
         types = _record_types(gm, example_inputs, name)  # wrong inputs: the user's error, no fallback
         try:
-            return _with_axes(_finish(gm, types, name), axes)
+            return _finish(gm, types, name)
         except LoweringError as exc:  # a leaf module that cannot be represented
             fx_error = exc
     graph = _lower_graph_module(export_for_lowering(model, example_inputs, fx_error, axes), example_inputs, name)
@@ -110,7 +117,7 @@ def lower(
         batch = graph.attrs.get("fixed_batch")
         fixed = f"; its batch is fixed at {batch}" if batch is not None else ""
         notes.append(f"torch.fx could not lower {name} ({reason}); lowered through torch.export instead{fixed}")
-    return _with_axes(graph, axes)
+    return graph
 
 
 def _dynamic_axes(axes: Sequence[int], example_inputs: Sequence[Any]) -> tuple[int, ...]:
@@ -125,12 +132,6 @@ def _dynamic_axes(axes: Sequence[int], example_inputs: Sequence[Any]) -> tuple[i
             raise QCompileError(f"dynamic axis {axis}: no model input has that axis (input ranks: {ranks})",
                                 hint="count axes from 0, the batch: [batch, sequence, features] has the sequence at 1")
     return axes
-
-
-def _with_axes(graph: Graph, axes: tuple[int, ...]) -> Graph:
-    if axes:
-        graph.attrs["dynamic_axes"] = list(axes)
-    return graph
 
 
 def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],

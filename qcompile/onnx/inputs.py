@@ -21,7 +21,6 @@ import re
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
@@ -65,10 +64,9 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
     for node in graph.find(kind=NodeKind.INPUT):
         shape = [_other(size) if k in axes else size for k, size in enumerate(node.type.shape)]
         shape[0] = graph.attrs.get("fixed_batch", shape[0])
-        dtype = node.type.torch_dtype
+        dtype = helper.tensor_dtype_to_np_dtype(_ELEMENT_TYPES[node.type.dtype])
         # integers: zeros, an index every embedding table has
-        feeds[node.name] = (rng.standard_normal(shape, np.float32) if dtype.is_floating_point
-                            else np.zeros(shape, torch.empty(0, dtype=dtype).numpy().dtype))
+        feeds[node.name] = rng.standard_normal(shape, dtype) if dtype == np.float32 else np.zeros(shape, dtype)
     options = session_options()
     options.log_severity_level = 4  # the failure is reported below, once
     try:

@@ -11,6 +11,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, Ref
 from qcompile.ir.types import TensorType
+from qcompile.onnx.inputs import dynamic_axes
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -29,7 +30,7 @@ def output_values(graph: Graph) -> list[Node]:
     return values
 
 
-def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
+def graph_outputs(b: _Builder) -> list[onnx.ValueInfoProto]:
     """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic.
 
     One output is declared ``[batch, static dims...]`` (``[batch, symbols...]``
@@ -46,7 +47,7 @@ def graph_outputs(b: _Builder, node: Node) -> list[onnx.ValueInfoProto]:
         rank = len(value.type.shape)
         if len(values) > 1:
             shape = [f"{name}_{k}" for k in range(rank)]
-        elif b.graph.attrs.get("dynamic_axes"):  # which output axes follow the inputs' is not known
+        elif dynamic_axes(b.graph):  # which output axes follow the inputs' is not known
             shape = ["batch", *(f"{name}_{k}" for k in range(1, rank))]
         else:
             shape = ["batch", *value.type.shape[1:]]

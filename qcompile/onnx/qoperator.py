@@ -107,7 +107,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             b.names[node.name] = node.name
             continue
         if node.kind == NodeKind.OUTPUT:
-            outputs = graph_outputs(b, node)
+            outputs = graph_outputs(b)
             continue
         if node.kind == NodeKind.PARAM:
             b.names[node.name] = b.const(node.name, graph.params[node.target].float())

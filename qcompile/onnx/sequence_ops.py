@@ -23,6 +23,7 @@ from onnx import TensorProto
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.ir.types import TensorType
+from qcompile.quant.embedding import embedding_call
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -93,11 +94,11 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str
         return b.emit("Gelu", [x], approximate=_arg(args, kw, 1, "approximate", "none"))
     if op in ("matmul", "bmm"):
         return b.emit("MatMul", [x, b.value(args[1])])
-    if op == "embedding":  # aten.embedding(weight, ids, ...); F.embedding(ids, weight, ...)
-        weight, ids = (args[0], args[1]) if node.target.startswith("torch.ops.aten.") else (args[1], args[0])
-        _plain_embedding(node, kw if node.target.startswith("torch.ops.aten.") else kw | dict(
-            zip(("padding_idx", "max_norm"), args[2:4], strict=False)))
-        return b.emit("Gather", [b.value(weight), b.value(ids)], axis=0)
+    if op == "embedding":
+        call = embedding_call(node)
+        _plain_embedding(node, call)
+        inputs = b.graph.inputs(node)
+        return b.emit("Gather", [b.value(inputs[call[k].index]) for k in ("table", "ids")], axis=0)
     raise AssertionError(op)
 
 

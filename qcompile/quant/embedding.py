@@ -29,28 +29,39 @@ def quantize_rows(table: torch.Tensor) -> torch.Tensor:
     return torch.quantize_per_channel(table.detach().float(), scale, zero_point, 0, torch.quint8)
 
 
+_KWARGS = {"weight": "table", "indices": "ids", "input": "ids"}
+
+
+def embedding_call(node: Node) -> dict:
+    """A functional embedding's ``table``, ``ids``, ``padding_idx`` and ``max_norm``, as its args hold
+    them (``Ref`` for a node): ``aten.embedding(weight, indices, padding_idx=-1, ...)`` or
+    ``F.embedding(input, weight, padding_idx=None, max_norm=None, ...)``."""
+    aten = node.target.startswith("torch.ops.aten.")
+    positions = ("table", "ids", "padding_idx") if aten else ("ids", "table", "padding_idx", "max_norm")
+    call = {"padding_idx": None, "max_norm": None} | dict(zip(positions, node.args, strict=False))
+    call |= {_KWARGS.get(k, k): v for k, v in node.kwargs.items()}
+    if isinstance(call["padding_idx"], int) and call["padding_idx"] < 0:
+        call["padding_idx"] = None  # aten's "no padding row"
+    return call
+
+
 def embedding_as_module(graph: Graph, node: Node) -> bool:
     """Turn a functional embedding over a graph parameter into an ``nn.Embedding`` module node, in place.
 
     Returns False (and changes nothing) where the table is not a parameter of
     the graph (computed, or read by other nodes too).
     """
-    inputs = graph.inputs(node)
-    aten = node.target.startswith("torch.ops.aten.")
-    args = list(node.args) + [None] * 4
-    table_ref, ids_ref = (args[0], args[1]) if aten else (args[1] if args[1] is not None else node.kwargs.get("weight"),
-                                                          args[0] if args[0] is not None else node.kwargs.get("input"))
-    if not (isinstance(table_ref, Ref) and isinstance(ids_ref, Ref)):
+    call = embedding_call(node)
+    if not (isinstance(call.get("table"), Ref) and isinstance(call.get("ids"), Ref)):
         return False
-    table, ids = inputs[table_ref.index], inputs[ids_ref.index]
+    inputs = graph.inputs(node)
+    table, ids = inputs[call["table"].index], inputs[call["ids"].index]
     if table.kind != NodeKind.PARAM or len(graph.users(table)) != 1:
         return False
-    padding = args[2] if aten else (args[2] if args[2] is not None else node.kwargs.get("padding_idx"))
-    max_norm = None if aten else (args[3] if args[3] is not None else node.kwargs.get("max_norm"))
     rows, width = graph.params[table.target].shape
     node.kind, node.target = NodeKind.MODULE, "torch.nn.Embedding"
-    node.attrs = {"num_embeddings": rows, "embedding_dim": width,
-                  "padding_idx": None if padding is None or padding < 0 else padding, "max_norm": max_norm}
+    node.attrs = {"num_embeddings": rows, "embedding_dim": width, "padding_idx": call["padding_idx"],
+                  "max_norm": call["max_norm"]}
     node.params = {"weight": table.target}
     graph.set_inputs(node, [ids], args=(Ref(0),), kwargs={})
     graph.erase(table)
