@@ -13,7 +13,9 @@ backend (qcompile's own integer kernels, bit-exact with gemmlowp), and its
 QDQ ONNX export (``--export onnx``) in onnxruntime. The target column is the
 faster of torch.ao FX x86 and onnxruntime's ``quantize_static`` model;
 "best / target" is the target's time over the fastest qcompile variant's
-(1.00x or more meets the target). Effective GOPS count two operations per
+(1.00x or more meets the target); "paired" measures the same ratio again,
+the two timed head to head in adjacent pairs of calls (``benchmarks/paired.py``),
+at the 10th percentile of each one's times, with a bootstrap 95% interval. Effective GOPS count two operations per
 multiply-accumulate of the convolutions and linears, against this CPU's
 int8 peak, measured per core by ``benchmarks/int8_peak.py`` (about 205 GOPS
 on this AMD EPYC, which has AVX2 but no VNNI). Also measures calibration
@@ -41,6 +43,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
+from benchmarks.paired import head_to_head  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
@@ -162,14 +165,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=100,
+                        help="adjacent pairs of calls timed head to head, best qcompile variant against the target")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--json")
     args = parser.parse_args()
     quiet()
     calib = list(open_data("builtin:photos", batch_size=16, limit=64))
     rows, calibration = [], []
     print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | qcompile native | qcompile gemmlowp "
-          "| qcompile -> onnxruntime | native GOPS (% peak) | best / target |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| qcompile -> onnxruntime | native GOPS (% peak) | best / target | paired, 95% |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +203,7 @@ def main() -> None:
             calibration.append(dict(model=name, images=images, qcompile_images_per_s=images / qcompile_calib,
                                     torchao_images_per_s=images / torchao_calib))
             work = macs(float_graph)
-            for threads in (1, 2):
+            for threads in args.threads:
                 torch.set_num_threads(threads)
                 session = onnxruntime_int8(model, calib, tmp, threads)
                 our_session = ort_session(exported, threads)
@@ -205,28 +211,32 @@ def main() -> None:
                     x = torch.cat([b[0] for b in calib])[:batch].contiguous()
                     feed = {"x": x.numpy()}
                     our_feed = {our_session.get_inputs()[0].name: x.numpy()}
+                    fns = {"float": partial(fair_float, x.contiguous(memory_format=torch.channels_last)),
+                           "torchao": partial(theirs, x), "ort": partial(session.run, None, feed),
+                           "native": partial(ours, x), "gemmlowp": partial(twin, x),
+                           "onnx": partial(our_session.run, None, our_feed)}
                     with torch.no_grad():
-                        t = interleaved_medians_ms({
-                            "float": partial(fair_float, x.contiguous(memory_format=torch.channels_last)),
-                            "torchao": partial(theirs, x), "ort": partial(session.run, None, feed),
-                            "native": partial(ours, x), "gemmlowp": partial(twin, x),
-                            "onnx": partial(our_session.run, None, our_feed)}, args.repeats)
-                    gops = 2 * work * batch / (t["native"] / 1000) / 1e9
-                    target = min(t["torchao"], t["ort"])
-                    best = min(("native", "gemmlowp", "onnx"), key=t.get)
+                        t = interleaved_medians_ms(fns, args.repeats)
+                        gops = 2 * work * batch / (t["native"] / 1000) / 1e9
+                        target = min(t["torchao"], t["ort"])
+                        best = min(("native", "gemmlowp", "onnx"), key=t.get)
+                        rival = min(("torchao", "ort"), key=t.get)
+                        paired = head_to_head(fns[best], fns[rival], args.pairs)
                     row = dict(model=name, batch=batch, threads=threads, float_ms=t["float"], torchao_ms=t["torchao"],
                                ort_ms=t["ort"], qcompile_ms=t["native"], qcompile_gemmlowp_ms=t["gemmlowp"],
                                qcompile_onnx_ms=t["onnx"], qcompile_gops=gops,
                                peak_share=gops / (peak_gops_per_core() * threads), best=best,
-                               best_over_target=target / t[best])
+                               best_over_target=target / t[best], paired_rival=rival,
+                               paired=dict(ratio=paired.ratio, low=paired.low, high=paired.high, pairs=paired.pairs))
                     rows.append(row)
                     ratios = " | ".join(f"{t['float'] / t[k]:.2f}x"
                                         for k in ("torchao", "ort", "native", "gemmlowp", "onnx"))
                     print(f"| {name} | {batch} | {threads} | {t['float']:.2f} | {ratios} | "
-                          f"{gops:.0f} ({100 * row['peak_share']:.0f}%) | {target / t[best]:.3f}x ({best}) |",
+                          f"{gops:.0f} ({100 * row['peak_share']:.0f}%) | {target / t[best]:.3f}x ({best}) | {paired} |",
                           flush=True)
     print("\nspeed-ups are float time / int8 time (higher is faster); best / target is the faster of torch.ao and "
-          "onnxruntime's time over the fastest qcompile variant's (named)\n")
+          "onnxruntime's time over the fastest qcompile variant's (named); paired is the same ratio timed head to head "
+          "in adjacent pairs of calls, at the 10th percentile of each one's times, with a bootstrap 95% interval\n")
     print("| model | calibration images | qcompile images/s | torch.ao images/s |")
     print("|---|---|---|---|")
     for c in calibration:

@@ -2,7 +2,9 @@
 
 Accuracy is top-1 / top-5 against labels when the data has them, and always
 agreement with the float model (share of equal top-1 predictions, output
-SQNR). Latency is the median of repeated runs of one batch after warm-up,
+SQNR). For a model with several outputs, top-1, top-5 and agreement read the
+first output (the class scores, by convention), and SQNR is measured on
+every output: the table shows the worst, the JSON file each. Latency is the median of repeated runs of one batch after warm-up,
 with a fixed number of threads.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_write_text
 
 
@@ -31,6 +34,24 @@ class Row:
     sqnr_db: float | None
     latency_ms: float
     speedup: float | None = None
+    output_sqnr_db: list[float] | None = None  # one per output, in the model's order
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    """A model's output as a flat list of float tensors: a tensor, or tuples, lists and dicts of them."""
+    if isinstance(out, torch.Tensor):
+        return [out.float()]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in flat_outputs(item)]
+    return []  # None and other non-tensor outputs carry nothing to compare
+
+
+def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio of ``actual`` against ``reference``, in dB (inf when equal)."""
+    noise = (actual - reference).pow(2).mean()
+    return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
 
 
 def state_size_bytes(module: nn.Module) -> int:
@@ -62,40 +83,44 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
     :class:`qcompile.onnx.session.OnnxModel` (an export run by onnxruntime,
     which takes its thread count when it is made). A model with several
     inputs gets one tensor per input from each batch; for one with several
-    outputs, accuracy, agreement and SQNR are the first output's.
+    outputs, accuracy and agreement are the first output's, and SQNR is the
+    lowest over all outputs (each in ``Row.output_sqnr_db``).
     """
     torch.set_num_threads(threads)
     if data.labels is not None:
         batches = [((x,), y) for x, y in data.labelled()]
     else:
         batches = [(tuple(b), None) for b in data]
-    reference_logits = None
+    reference = None
     rows = []
     for index, (name, module, size) in enumerate(models):
         module.eval()
-        logits, labels = [], []
+        per_batch, labels = [], []
         with torch.no_grad():
             for x, y in batches:
-                out = module(*x)
-                logits.append((out[0] if isinstance(out, (tuple, list)) else out).float())
+                per_batch.append(flat_outputs(module(*x)))
                 if y is not None:
                     labels.append(y)
-        out = torch.cat(logits)
+        outputs = [torch.cat(parts) for parts in zip(*per_batch, strict=True)]
+        if reference is not None and len(outputs) != len(reference):
+            raise QCompileError(f"{name} gives {len(outputs)} outputs, the float model {len(reference)}",
+                                hint="compare variants of the same model")
+        out = outputs[0]
         top1 = top5 = None
         if labels:
             y = torch.cat(labels)
             top1 = float((out.argmax(1) == y).float().mean())
             k = min(5, out.shape[1])
             top5 = float((out.topk(k, dim=1).indices == y[:, None]).any(1).float().mean())
-        agreement = sqnr = None
+        agreement = each = None
         if index == 0:
-            reference_logits = out
+            reference = outputs
         else:
-            agreement = float((out.argmax(1) == reference_logits.argmax(1)).float().mean())
-            noise = (out - reference_logits).pow(2).mean()
-            sqnr = float(10 * torch.log10(reference_logits.pow(2).mean() / noise)) if noise > 0 else float("inf")
+            agreement = float((out.argmax(1) == reference[0].argmax(1)).float().mean())
+            each = [sqnr_db(r, o) for r, o in zip(reference, outputs, strict=True)]
         latency = median_latency_ms(module, tuple(t[:latency_batch] for t in batches[0][0]), repeats)
-        rows.append(Row(name, size / 1e6, top1, top5, agreement, sqnr, latency))
+        rows.append(Row(name, size / 1e6, top1, top5, agreement, None if each is None else min(each), latency,
+                        output_sqnr_db=each))
     for row in rows[1:]:
         row.speedup = rows[0].latency_ms / row.latency_ms
     return rows
@@ -105,12 +130,18 @@ def format_table(rows: list[Row]) -> str:
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    lines = ["| model | size MB | top-1 | top-5 | agreement | SQNR dB | latency ms | speed-up |",
+    several = any(r.output_sqnr_db and len(r.output_sqnr_db) > 1 for r in rows)
+    sqnr_title = "SQNR dB (worst output)" if several else "SQNR dB"
+    lines = [f"| model | size MB | top-1 | top-5 | agreement | {sqnr_title} | latency ms | speed-up |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.size_mb:.2f} | {cell(r.top1, '.4f')} | {cell(r.top5, '.4f')} | "
                      f"{cell(r.agreement, '.4f')} | {cell(r.sqnr_db, '.1f')} | {r.latency_ms:.2f} | "
                      f"{cell(r.speedup, '.2f')} |")
+    if several:
+        lines.append("")
+        lines.extend(f"{r.name}: SQNR dB per output " + ", ".join(f"{v:.1f}" for v in r.output_sqnr_db)
+                     for r in rows if r.output_sqnr_db)
     return "\n".join(lines)
 
 

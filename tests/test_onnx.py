@@ -302,7 +302,7 @@ def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):
 
 @pytest.mark.parametrize("form", ["qdq", "qoperator"])
 def test_two_inputs_and_two_outputs(form, tmp_path):
-    from qcompile.compare import compare
+    from qcompile.compare import compare, format_table
     from qcompile.onnx.check import output_scales
     from qcompile.onnx.session import OnnxModel
 
@@ -331,6 +331,14 @@ def test_two_inputs_and_two_outputs(form, tmp_path):
     rows = compare([("float", model, 1), ("int8", emitted, 1), ("onnx", OnnxModel(path), 1)], Batches(calib),
                    repeats=2)
     assert [r.agreement for r in rows[1:]] == [1.0, 1.0] and rows[2].sqnr_db > 25
+    with torch.no_grad():  # SQNR of each output, the box's too; the row shows the worst
+        float_box = torch.cat([model(*b)[1] for b in calib])
+        onnx_box = torch.cat([OnnxModel(path)(*b)[1] for b in calib])
+    box_sqnr = float(10 * torch.log10(float_box.pow(2).mean() / (onnx_box - float_box).pow(2).mean()))
+    assert len(rows[2].output_sqnr_db) == 2 and rows[2].output_sqnr_db[1] == pytest.approx(box_sqnr, abs=1e-3)
+    assert rows[2].sqnr_db == min(rows[2].output_sqnr_db)
+    table = format_table(rows)
+    assert "SQNR dB (worst output)" in table and "onnx: SQNR dB per output" in table
 
 
 def test_export_onnx_of_a_graph_the_exporter_refuses_writes_nothing(tmp_path):
