@@ -14,7 +14,7 @@ QDQ ONNX export (``--export onnx``) in onnxruntime. The target column is the
 faster of torch.ao FX x86 and onnxruntime's ``quantize_static`` model;
 "best / target" is the target's time over the fastest qcompile variant's
 (1.00x or more meets the target); "paired" measures the same ratio again,
-the two timed head to head in adjacent pairs of calls (``benchmarks/paired.py``),
+the two timed head to head in adjacent pairs of calls (``qcompile/timing.py``),
 at the 10th percentile of each one's times, with a bootstrap 95% interval. Effective GOPS count two operations per
 multiply-accumulate of the convolutions and linears, against this CPU's
 int8 peak, measured per core by ``benchmarks/int8_peak.py`` (about 205 GOPS
@@ -43,7 +43,6 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
-from benchmarks.paired import head_to_head  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
@@ -53,6 +52,7 @@ from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.onnx.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
+from qcompile.timing import head_to_head  # noqa: E402
 from tests.models import randomize_batch_norm  # noqa: E402
 from tests.torchao_reference import fx_quantize  # noqa: E402
 

@@ -46,6 +46,9 @@ def _rewritten_exports_agree(graph, x, tmp_path, form: str, mode: str) -> onnx.M
     model = onnx.load(str(rewritten))
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    assert [i.name for i in model.graph.initializer if i.name not in read] == []  # the replaced weight is gone
+    assert [n.name for n in model.graph.node if not read & set(n.output)] == []  # and its DequantizeLinear
     return model
 
 
@@ -98,6 +101,27 @@ def test_auto_keeps_the_fastest_form_it_measured(tmp_path):
     assert ("SpaceToDepth" in ops) == (record.choice == "space-to-depth")
 
 
+def test_measure_keeps_a_rewrite_only_where_the_whole_model_is_measurably_faster(tmp_path):
+    graph, x = _digit_cnn()
+    path = export_onnx(graph, tmp_path / "measured.onnx", narrow_convs="measure", batch=4)
+    [record] = recorded(onnx.load(str(path)))
+    assert record.batch == 4 and record.times_ms is None and set(record.speedup) == {"pad"}
+    ratio, low, high = record.speedup["pad"]
+    assert 0 < low <= ratio <= high
+    assert record.choice == ("pad" if low > 1 else "plain")
+    assert "whole model in onnxruntime, this machine, batch 4, speed-up over plain: pad" in record.describe()
+    plain = export_onnx(graph, tmp_path / "plain.onnx", narrow_convs="plain")
+    assert torch.equal(OnnxModel(plain)(x), OnnxModel(path)(x))
+
+
+def test_cli_refuses_a_batch_or_thread_count_under_one(tmp_path):
+    for option in ("--onnx-batch", "--onnx-threads"):
+        run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--export", "onnx",
+                       "--onnx-narrow-convs", "measure", option, "0", "-o", tmp_path / "out")
+        assert run.returncode == 2 and f"argument {option}: '0' is not a whole number of 1 or more" in run.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_plain_leaves_the_file_as_the_graph_is(tmp_path):
     graph, _ = _digit_cnn()
     model = onnx.load(str(export_onnx(graph, tmp_path / "plain.onnx", narrow_convs="plain")))
@@ -109,7 +133,7 @@ def test_unknown_mode_is_refused_before_writing(tmp_path):
     graph, _ = _digit_cnn(32)
     with pytest.raises(QCompileError, match="unknown narrow-convolution mode 'sometimes'") as error:
         export_onnx(graph, tmp_path / "m.onnx", narrow_convs="sometimes")
-    assert "auto, pad, space-to-depth, plain" in error.value.hint
+    assert "auto, measure, pad, space-to-depth, plain" in error.value.hint
     assert not (tmp_path / "m.onnx").exists()
 
 

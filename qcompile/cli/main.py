@@ -22,7 +22,7 @@ from qcompile.cli.diagnostics import (
     report_modes,
     run_diagnostics,
 )
-from qcompile.cli.onnx_export import export_onnx_and_check
+from qcompile.cli.onnx_export import add_onnx_arguments, export_onnx_and_check
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.torch_warnings import ignore_torch_deprecations
 
@@ -107,15 +107,7 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="also export: onnx -> OUT/model.onnx (QDQ form for int8 models)")
     compile_p.add_argument("--entropy", action="store_true",
                            help="report the entropy (bits per value) of the int8 codes per layer, on --calib data")
-    compile_p.add_argument("--onnx-form", choices=("qdq", "qoperator"), default="qdq",
-                           help="qdq: Quantize/DequantizeLinear around float ops (any graph); qoperator: "
-                           "QLinearConv, QLinearAdd... (int8 graphs)")
-    compile_p.add_argument("--onnx-narrow-convs", choices=("auto", "pad", "space-to-depth", "plain"),
-                           default="auto",
-                           help="int8 convolutions whose input channels are not a multiple of 4 (the first one): "
-                           "auto rewrites them (padded to 4 channels, or space-to-depth) where onnxruntime runs the "
-                           "layer faster on this machine (timed at export); pad or space-to-depth always; plain "
-                           "never (a file that does not depend on the machine); same outputs")
+    add_onnx_arguments(compile_p)
     compile_p.add_argument("--check", action="store_true",
                            help="run the ONNX export in onnxruntime (optimizations off and on) and compare "
                            "with the emitted model; exit 3 if more than 1%% of outputs differ by over 1 LSB")

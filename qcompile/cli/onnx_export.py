@@ -9,6 +9,29 @@ from qcompile.cli.diagnostics import open_check_data
 from qcompile.errors import QCompileError
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    """The compile command's options for the ONNX export's form and its narrow-convolution timings."""
+    parser.add_argument("--onnx-form", choices=("qdq", "qoperator"), default="qdq",
+                        help="qdq: Quantize/DequantizeLinear around float ops (any graph); qoperator: "
+                        "QLinearConv, QLinearAdd... (int8 graphs)")
+    parser.add_argument("--onnx-narrow-convs", choices=("auto", "measure", "pad", "space-to-depth", "plain"),
+                        default="auto",
+                        help="int8 convolutions whose input channels are not a multiple of 4 (the first one): "
+                        "auto rewrites them (padded to 4 channels, or space-to-depth) where onnxruntime runs the "
+                        "layer faster on this machine; measure where the whole model runs measurably faster at "
+                        "--onnx-batch and --onnx-threads (slower); pad or space-to-depth always; plain never")
+    parser.add_argument("--onnx-batch", type=_positive, default=1, metavar="N",
+                        help="batch size the export will run at, for --onnx-narrow-convs measure (1)")
+    parser.add_argument("--onnx-threads", type=_positive, default=1, metavar="N",
+                        help="onnxruntime threads the export will run with, for those timings (1)")
+
+
 def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
     comparison with the emitted model in onnxruntime."""
@@ -20,7 +43,7 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     from qcompile.onnx.narrow_convs import recorded
 
     path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
-                       narrow_convs=args.onnx_narrow_convs)
+                       narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch)
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
     for record in recorded(onnx.load(str(path))):
         print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)

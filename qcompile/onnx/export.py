@@ -470,24 +470,24 @@ def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq") -> onnx.Mode
 
 
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",
-                narrow_convs: str = "auto", threads: int = 1) -> Path:
+                narrow_convs: str = "auto", threads: int = 1, batch: int = 1) -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
 
     Args:
         form: ``qdq`` (float ops between Quantize/DequantizeLinear; any graph) or
             ``qoperator`` (QLinearConv and friends; converted graphs only).
-        narrow_convs: int8 convolutions whose input channels are not a multiple
-            of 4 (a network's first one): ``auto`` rewrites them (padded, or
-            space-to-depth) where onnxruntime runs the layer measurably faster
-            on this machine (timed with ``threads``); ``pad`` or
+        narrow_convs: int8 convolutions over channels not a multiple of 4 (a
+            network's first): ``auto`` rewrites them (padded, or space-to-depth)
+            where onnxruntime runs the layer measurably faster on this machine
+            (timed with ``threads``); ``measure`` where the whole model runs
+            measurably faster at ``batch`` and ``threads``; ``pad`` or
             ``space-to-depth`` always; ``plain`` never (a machine-independent
-            file). Outputs are the same either way
-            (:mod:`qcompile.onnx.narrow_convs`).
+            file). Outputs are the same (:mod:`qcompile.onnx.narrow_convs`).
     """
     from qcompile.onnx.narrow_convs import relayout_narrow_convs
 
     model = build_onnx(graph, opset, form)
-    if any(r.choice != "plain" for r in relayout_narrow_convs(model, narrow_convs, threads)):
+    if any(r.choice != "plain" for r in relayout_narrow_convs(model, narrow_convs, threads, batch)):
         nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
                                            [o.name for o in model.graph.output])
         del model.graph.node[:], model.graph.initializer[:]

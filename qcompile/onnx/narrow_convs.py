@@ -27,6 +27,15 @@ keeps the form whose time relative to the plain layer's (the geometric mean
 of the two batches) is lowest, if it is under 95%. The outputs are
 bit-identical (tested). Each decision, with the times, is recorded in the
 model's metadata (``qcompile.narrow_convs``).
+
+The layer alone does not always predict the model: ResNet-18's stem as
+space-to-depth ran 5% faster alone at batch 8 on two threads but made the
+whole model 1.4% slower there, and 1.5% faster at batch 1 on one thread.
+``measure`` decides on the whole model instead, at the batch size and
+threads it will be deployed with: the model plain and with each rewrite,
+timed head to head (:mod:`qcompile.timing`), and a rewrite kept only if the
+95% interval of its speed-up lies wholly above 1. It takes seconds to a
+minute, so it is not the default.
 """
 
 from __future__ import annotations
@@ -43,9 +52,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.errors import QCompileError
 from qcompile.onnx.session import session_options
+from qcompile.timing import PairedRatio, head_to_head
 
-Mode = Literal["auto", "pad", "space-to-depth", "plain"]
-MODES = ("auto", "pad", "space-to-depth", "plain")
+Mode = Literal["auto", "measure", "pad", "space-to-depth", "plain"]
+MODES = ("auto", "measure", "pad", "space-to-depth", "plain")
+PAIRS = 60  # "measure" times the whole model plain and rewritten in this many adjacent pairs of runs
 ALIGNMENT = 4  # MLAS ConvSym's input-channel alignment on x86 (AVX2, AVX-VNNI, AVX-512)
 GAIN = 0.95  # "auto" rewrites only where the rewritten layer takes under 95% of the plain one's time
 BATCHES = (1, 8)  # "auto" times each form at these batch sizes
@@ -60,6 +71,8 @@ class NarrowConv:
     channels: int
     choice: str  # plain, pad or space-to-depth
     times_ms: dict[str, list[float]] | None = None  # form -> ms at each of BATCHES
+    speedup: dict[str, list[float]] | None = None  # "measure": form -> whole model's [speed-up, low, high]
+    batch: int | None = None  # "measure": the batch size it was timed at
 
     def relative(self, form: str) -> float:
         """The form's time over the plain layer's, the geometric mean over BATCHES."""
@@ -74,6 +87,9 @@ class NarrowConv:
             batches = " / ".join(str(b) for b in BATCHES)
             text += f" (onnxruntime, this machine, ms at batch {batches}: " + "; ".join(
                 f"{k} " + " / ".join(f"{t:.3f}" for t in v) for k, v in self.times_ms.items()) + ")"
+        if self.speedup:
+            text += f" (whole model in onnxruntime, this machine, batch {self.batch}, speed-up over plain: " + "; ".join(
+                f"{k} {r:.3f}x [{lo:.3f}, {hi:.3f}]" for k, (r, lo, hi) in self.speedup.items()) + ")"
         return text
 
 
@@ -104,14 +120,18 @@ class _Rewrite:
     attrs: dict
 
 
-def relayout_narrow_convs(model: onnx.ModelProto, mode: Mode = "auto", threads: int = 1) -> list[NarrowConv]:
+def relayout_narrow_convs(model: onnx.ModelProto, mode: Mode = "auto", threads: int = 1,
+                          batch: int = 1) -> list[NarrowConv]:
     """Rewrite ``model``'s narrow int8 convolutions (in place) as ``mode`` says: ``auto`` (the fastest
-    form onnxruntime measures, if clearly faster), ``pad``, ``space-to-depth`` (where it applies; else
+    form of the layer alone, if clearly faster), ``measure`` (the form that makes the whole model
+    measurably faster at ``batch`` and ``threads``), ``pad``, ``space-to-depth`` (where it applies; else
     plain) or ``plain``. QDQ and QOperator forms. Returns a record of every convolution considered."""
     if mode not in MODES:
         raise QCompileError(f"unknown narrow-convolution mode {mode!r}", hint=", ".join(MODES))
     if mode == "plain":
         return []
+    if mode == "measure" and batch < 1:
+        raise QCompileError(f"batch size {batch} to measure at", hint="give the batch size the model will run at (1 or more)")
     records = []
     for c in _candidates(model):
         weight = numpy_helper.to_array(_initializer(model, c.weight))
@@ -126,6 +146,12 @@ def relayout_narrow_convs(model: onnx.ModelProto, mode: Mode = "auto", threads: 
             best = min(forms, key=record.relative)
             if record.relative(best) < GAIN:
                 record = NarrowConv(layer, channels, best, record.times_ms)
+        elif mode == "measure":
+            speedup = {name: _whole_model_speedup(model, c, form, name, threads, batch)
+                       for name, form in forms.items() if name != "plain"}
+            best = max(speedup, key=lambda name: speedup[name].low)
+            record = NarrowConv(layer, channels, best if speedup[best].low > 1 else "plain",
+                                speedup={k: [r.ratio, r.low, r.high] for k, r in speedup.items()}, batch=batch)
         else:
             record = NarrowConv(layer, channels, mode if mode in forms else "plain")
         if record.choice != "plain":
@@ -278,6 +304,39 @@ def _layer_model(model: onnx.ModelProto, c: _Candidate, form: _Rewrite, batch: i
                                                                             [batch, *c.shape])],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _whole_model_speedup(model: onnx.ModelProto, c: _Candidate, form: _Rewrite, name: str, threads: int,
+                         batch: int) -> PairedRatio:
+    """The model's time plain over its time with ``form`` (above 1: the rewrite is faster), head to head."""
+    import onnxruntime as ort
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    _apply(rewritten, next(x for x in _candidates(rewritten) if x.weight == c.weight), form, name)
+    options = session_options(threads)
+    options.log_severity_level = 3  # the replaced weight, now unread, is left for onnxruntime to drop
+    plain, faster = (ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                     for m in (model, rewritten))
+    feed = _feed(model, batch)
+    return head_to_head(lambda: faster.run(None, feed), lambda: plain.run(None, feed), PAIRS)
+
+
+def _feed(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+    """Inputs for timing the whole model: ``batch`` samples of each input's fixed shape (values do not matter)."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim[1:]
+        if any(not d.HasField("dim_value") for d in dims):
+            raise QCompileError(f"input {value.name} has a dynamic axis past the batch; `measure` times the model "
+                                "at one fixed shape", hint="use --onnx-narrow-convs auto, which times the layer alone")
+        shape = (batch, *(d.dim_value for d in dims))
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            feed[value.name] = rng.standard_normal(shape, dtype=np.float32)
+        else:
+            feed[value.name] = np.zeros(shape, helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    return feed
 
 
 def _time_forms(model: onnx.ModelProto, c: _Candidate, forms: dict[str, _Rewrite], threads: int,

@@ -17,8 +17,8 @@ cannot tell the two apart; one wholly above 1 says ``a`` is faster.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
