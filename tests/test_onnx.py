@@ -9,7 +9,7 @@ import torchvision
 
 from qcompile.codegen import load_model, write_model
 from qcompile.data import open_data
-from qcompile.errors import CheckFailed
+from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.loaders import load_model as load_user_model
 from qcompile.frontend.lower import lower
 from qcompile.onnx.check import check_onnx, output_scale
@@ -290,8 +290,6 @@ class Tagger(torch.nn.Module):
 
 
 def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):
-    from qcompile.errors import QCompileError
-
     graph = lower(Tagger().eval(), (torch.randn(1, 5, 8),))
     run_pipeline(graph, "dynamic")
     with pytest.raises(QCompileError, match="dynamically quantized lstm is not exported to ONNX yet") as info:
@@ -339,6 +337,26 @@ def test_two_inputs_and_two_outputs(form, tmp_path):
     assert rows[2].sqnr_db == min(rows[2].output_sqnr_db)
     table = format_table(rows)
     assert "SQNR dB (worst output)" in table and "onnx: SQNR dB per output" in table
+
+
+def test_compare_refuses_a_variant_with_other_outputs():
+    from qcompile.compare import compare
+
+    class FirstHead(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, scale):
+            return self.model(x, scale)[0]
+
+    class Batches(list):
+        labels = None
+
+    model = TwoInputsTwoHeads().eval()
+    batches = Batches([(torch.rand(2, 3, 16, 16), torch.rand(2, 1))])
+    with pytest.raises(QCompileError, match="one-head gives 1 outputs, the float model 2"):
+        compare([("float", model, 1), ("one-head", FirstHead(model), 1)], batches, repeats=1)
 
 
 def test_export_onnx_of_a_graph_the_exporter_refuses_writes_nothing(tmp_path):
