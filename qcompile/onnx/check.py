@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from qcompile.errors import CheckFailed, QCompileError
+from qcompile.onnx.layer_agreement import explain, layer_agreement
 from qcompile.onnx.session import OnnxModel
 
 
@@ -104,11 +105,13 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
     largest = max(float(w.abs().max()) for w in wants)
     for r in results:
         if quantized and r.within_1_lsb < min_share:
+            layers = [] if graph is None else layer_agreement(path, graph, batches[0], r.optimizations == "on")
             raise CheckFailed(
                 f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's model: only "
                 f"{100 * r.within_1_lsb:.2f}% of output elements within 1 LSB (max {r.max_error_lsb:.0f} LSB, "
                 f"top-1 agreement {r.top1_agreement:.2f})",
-                hint=_explain(graph if len(batches[0]) == 1 else None, batches[0][0], r.top1_agreement))
+                hint=_explain(graph if len(batches[0]) == 1 else None, batches[0][0], r.top1_agreement,
+                              explain(layers, min_share)))
         if graph is not None and is_dynamic(graph):
             # Both runtimes put each dynamic linear's input on a 7-bit grid measured on
             # it, but compute the codes in their own float arithmetic: a code at a
@@ -125,8 +128,16 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
     return results
 
 
-def _explain(graph, x: torch.Tensor, top1_agreement: float) -> str:
+def _explain(graph, x: torch.Tensor, top1_agreement: float, by_layer: str | None = None) -> str:
+    """The hint of a failed check: the layer-by-layer comparison's finding where it has one (``by_layer``,
+    from :func:`qcompile.onnx.layer_agreement.explain`), else what one step of rounding does to the output."""
     bug = "a bug in the exporter or a kernel; please report it with the model"
+    if by_layer is not None and "rounding" not in by_layer:
+        return by_layer
+    if by_layer is not None:
+        if top1_agreement < 0.5:
+            return f"{by_layer}; but a top-1 agreement of {top1_agreement:.2f} is more than that: {bug}"
+        return f"{by_layer}; judge the export by the top-1 agreement"
     if graph is None:
         return f"unless the model amplifies one-step rounding differences (see the README's ONNX section), {bug}"
     from qcompile.diagnose.amplification import one_step_reach
