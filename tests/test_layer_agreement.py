@@ -40,8 +40,8 @@ def test_every_quantized_value_is_compared_and_differences_start_as_rounding(tmp
     if first is not None:  # kernels that round every tie alike would agree everywhere
         assert first.max_steps == 1
         strict = explain(rows, min_share=1.0)  # any code more than a step off at the end counts
-        assert strict is None or (strict.startswith(f"the codes agree exactly up to %{first.node}, where")
-                                  and strict.endswith("rounding, not a wrong layer"))
+        assert strict is None or (strict.text.startswith(f"the codes agree exactly up to %{first.node}, where")
+                                  and strict.text.endswith("rounding, not a wrong layer") and not strict.wrong_layer)
         assert explain(rows, min_share=0.0) is None  # nothing to explain: the file agrees with the graph
 
 
@@ -57,8 +57,10 @@ def test_a_wrong_layer_is_named(tmp_path):
     rows = layer_agreement(path, graph, inputs)
     first = next(r for r in rows if r.differ > 0)
     assert first.node == first_linear and first.max_steps > 1 and first.differ > 0.5
-    assert explain(rows).startswith(f"the first quantized value whose codes differ, %{first_linear}, is up to")
-    assert "a bug in the exporter or a kernel at that layer" in explain(rows)
+    finding = explain(rows)
+    assert finding.wrong_layer and finding.text.startswith(
+        f"the first quantized value whose codes differ, %{first_linear}, is up to")
+    assert "a bug in the exporter or a kernel at that layer" in finding.text
 
 
 def test_a_qoperator_file_has_no_probes(tmp_path):
@@ -73,8 +75,8 @@ def test_the_decision_rule():
     exact, stem = Row("stem", 0.0, 0.0, 0), Row("conv", 0.001, 0.0, 1)
     assert explain([exact, Row("head", 0.0, 0.0, 0)]) is None  # nothing differs
     amplified = explain([exact, stem, Row("head", 0.3, 0.05, 4)])  # rounding that grows past 1% off by 2+
-    assert amplified == ("the codes agree exactly up to %conv, where 0.10% are one step apart (the two "
+    assert not amplified.wrong_layer and amplified.text == ("the codes agree exactly up to %conv, where 0.10% are one step apart (the two "
                          "implementations round ties differently), and this model amplifies that to 30.00% of "
                          "%head's codes (5.00% more than one step off, max 4): rounding, not a wrong layer")
     assert explain([exact, stem, Row("head", 0.3, 0.005, 2)]) is None  # within the check: not this file's fault
-    assert "a bug in the exporter or a kernel at that layer" in explain([exact, Row("conv", 0.2, 0.1, 9)])
+    assert explain([exact, Row("conv", 0.2, 0.1, 9)]).wrong_layer

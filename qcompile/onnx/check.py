@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from qcompile.errors import CheckFailed, QCompileError
-from qcompile.onnx.layer_agreement import explain, layer_agreement
+from qcompile.onnx.layer_agreement import Finding, explain, layer_agreement
 from qcompile.onnx.session import OnnxModel
 
 
@@ -128,16 +128,16 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
     return results
 
 
-def _explain(graph, x: torch.Tensor, top1_agreement: float, by_layer: str | None = None) -> str:
+def _explain(graph, x: torch.Tensor, top1_agreement: float, by_layer: Finding | None = None) -> str:
     """The hint of a failed check: the layer-by-layer comparison's finding where it has one (``by_layer``,
     from :func:`qcompile.onnx.layer_agreement.explain`), else what one step of rounding does to the output."""
     bug = "a bug in the exporter or a kernel; please report it with the model"
-    if by_layer is not None and "rounding" not in by_layer:
-        return by_layer
+    if by_layer is not None and by_layer.wrong_layer:
+        return by_layer.text
     if by_layer is not None:
         if top1_agreement < 0.5:
-            return f"{by_layer}; but a top-1 agreement of {top1_agreement:.2f} is more than that: {bug}"
-        return f"{by_layer}; judge the export by the top-1 agreement"
+            return f"{by_layer.text}; but a top-1 agreement of {top1_agreement:.2f} is more than that: {bug}"
+        return f"{by_layer.text}; judge the export by the top-1 agreement"
     if graph is None:
         return f"unless the model amplifies one-step rounding differences (see the README's ONNX section), {bug}"
     from qcompile.diagnose.amplification import one_step_reach

@@ -86,7 +86,15 @@ def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = Fal
     return rows
 
 
-def explain(rows: list[LayerAgreement], min_share: float = 0.99) -> str | None:
+@dataclass(frozen=True)
+class Finding:
+    """What the comparison found: a wrong layer, or rounding the model amplified; ``text`` says which."""
+
+    text: str
+    wrong_layer: bool
+
+
+def explain(rows: list[LayerAgreement], min_share: float = 0.99) -> Finding | None:
     """What the layer-by-layer comparison says about an output disagreement, or None when it does not
     locate it: the file agrees with the graph (up to rounding that stays within ``min_share``), so the
     difference lies between the graph and the module it was checked against."""
@@ -94,13 +102,13 @@ def explain(rows: list[LayerAgreement], min_share: float = 0.99) -> str | None:
     if first is None:
         return None
     if first.max_steps > 1:
-        return (f"the first quantized value whose codes differ, %{first.node}, is up to {first.max_steps} steps off "
-                f"({100 * first.differ:.2f}% of its codes): a bug in the exporter or a kernel at that layer; please "
-                "report it with the model")
+        return Finding(f"the first quantized value whose codes differ, %{first.node}, is up to {first.max_steps} "
+                       f"steps off ({100 * first.differ:.2f}% of its codes): a bug in the exporter or a kernel at "
+                       "that layer; please report it with the model", wrong_layer=True)
     last = rows[-1]
     if last.beyond_one <= 1 - min_share:
         return None
-    return (f"the codes agree exactly up to %{first.node}, where {100 * first.differ:.2f}% are one step apart (the two "
-            f"implementations round ties differently), and this model amplifies that to {100 * last.differ:.2f}% of "
-            f"%{last.node}'s codes ({100 * last.beyond_one:.2f}% more than one step off, max {last.max_steps}): "
-            "rounding, not a wrong layer")
+    return Finding(f"the codes agree exactly up to %{first.node}, where {100 * first.differ:.2f}% are one step apart "
+                   f"(the two implementations round ties differently), and this model amplifies that to "
+                   f"{100 * last.differ:.2f}% of %{last.node}'s codes ({100 * last.beyond_one:.2f}% more than one "
+                   f"step off, max {last.max_steps}): rounding, not a wrong layer", wrong_layer=False)
