@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qcompile.diagnose.metrics import sqnr_db
 from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_write_text
 
@@ -46,12 +47,6 @@ def flat_outputs(out) -> list[torch.Tensor]:
     if isinstance(out, (tuple, list)):
         return [t for item in out for t in flat_outputs(item)]
     return []  # None and other non-tensor outputs carry nothing to compare
-
-
-def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio of ``actual`` against ``reference``, in dB (inf when equal)."""
-    noise = (actual - reference).pow(2).mean()
-    return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
 
 
 def state_size_bytes(module: nn.Module) -> int:
@@ -117,7 +112,7 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
             reference = outputs
         else:
             agreement = float((out.argmax(1) == reference[0].argmax(1)).float().mean())
-            each = [sqnr_db(r, o) for r, o in zip(reference, outputs, strict=True)]
+            each = [sqnr_db(o, r) for r, o in zip(reference, outputs, strict=True)]
         latency = median_latency_ms(module, tuple(t[:latency_batch] for t in batches[0][0]), repeats)
         rows.append(Row(name, size / 1e6, top1, top5, agreement, None if each is None else min(each), latency,
                         output_sqnr_db=each))
