@@ -56,9 +56,7 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
     axes = dynamic_axes(graph)
     if not axes:
         return
-    import onnxruntime as ort
-
-    from qcompile.onnx.session import session_options
+    from qcompile.onnx.session import in_memory_session
 
     feeds, rng = {}, np.random.default_rng(0)
     for node in graph.find(kind=NodeKind.INPUT):
@@ -67,11 +65,8 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
         dtype = helper.tensor_dtype_to_np_dtype(_ELEMENT_TYPES[node.type.dtype])
         # integers: zeros, an index every embedding table has
         feeds[node.name] = rng.standard_normal(shape, dtype) if dtype == np.float32 else np.zeros(shape, dtype)
-    options = session_options()
-    options.log_severity_level = 4  # the failure is reported below, once
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        session.run(None, feeds)
+        in_memory_session(model, log_severity=4).run(None, feeds)  # the failure is reported below, once
     except Exception as error:  # onnxruntime's own exception types, each with a message
         sizes = ", ".join(f"{name} {list(v.shape)}" for name, v in feeds.items())
         reason = _tidy(str(error))

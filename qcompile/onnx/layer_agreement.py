@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from qcompile.interpreter import Interpreter
-from qcompile.onnx.session import session_options
+from qcompile.onnx.session import in_memory_session
 from qcompile.quant.qparams import integer_codes
 
 _CODES = re.compile(r"^(?P<node>.+)_q__\d+$")  # how the QDQ exporter names a node's QuantizeLinear output
@@ -48,7 +48,6 @@ def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = Fal
     """Every quantized value of ``graph`` that the QDQ file at ``path`` writes as a ``QuantizeLinear``,
     in the file's order, compared on ``inputs`` (one tensor per model input). Empty for a QOperator file."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(path))
     nodes = {n.name for n in graph.nodes()}
@@ -60,9 +59,7 @@ def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = Fal
             model.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
     if not probes:
         return []
-    options = session_options(1, optimize)
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = in_memory_session(model, optimize=optimize)
     feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
     names = [o.name for o in session.get_outputs()]
     theirs = dict(zip(names, session.run(None, feed), strict=True))

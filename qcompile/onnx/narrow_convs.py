@@ -51,7 +51,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.errors import QCompileError
-from qcompile.onnx.session import session_options
+from qcompile.onnx.session import in_memory_session
 from qcompile.timing import PairedRatio, head_to_head
 
 Mode = Literal["auto", "measure", "pad", "space-to-depth", "plain"]
@@ -309,15 +309,12 @@ def _layer_model(model: onnx.ModelProto, c: _Candidate, form: _Rewrite, batch: i
 def _whole_model_speedup(model: onnx.ModelProto, c: _Candidate, form: _Rewrite, name: str, threads: int,
                          batch: int) -> PairedRatio:
     """The model's time plain over its time with ``form`` (above 1: the rewrite is faster), head to head."""
-    import onnxruntime as ort
 
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     _apply(rewritten, next(x for x in _candidates(rewritten) if x.weight == c.weight), form, name)
-    options = session_options(threads)
-    options.log_severity_level = 3  # the replaced weight, now unread, is left for onnxruntime to drop
-    plain, faster = (ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-                     for m in (model, rewritten))
+    # quietly: the replaced weight, now unread, is left for onnxruntime to drop
+    plain, faster = (in_memory_session(m, threads) for m in (model, rewritten))
     feed = _feed(model, batch)
     return head_to_head(lambda: faster.run(None, feed), lambda: plain.run(None, feed), PAIRS)
 
@@ -342,12 +339,8 @@ def _feed(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
 def _time_forms(model: onnx.ModelProto, c: _Candidate, forms: dict[str, _Rewrite], threads: int,
                 batch: int) -> dict[str, float]:
     """Median ms of each form of the layer, interleaved so that all see the same machine."""
-    import onnxruntime as ort
 
-    options = session_options(threads)
-    options.log_severity_level = 3
-    sessions = {name: ort.InferenceSession(_layer_model(model, c, form, batch).SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"]) for name, form in forms.items()}
+    sessions = {name: in_memory_session(_layer_model(model, c, form, batch), threads) for name, form in forms.items()}
     feed = {"codes": np.random.default_rng(0).integers(0, 256, (batch, *c.shape), dtype=np.uint8)}
     start = time.perf_counter()
     for session in sessions.values():  # warm-up, and a first measure of how many runs fit in the budget

@@ -29,6 +29,17 @@ def session_options(threads: int = 1, optimize: bool = True):
     return options
 
 
+def in_memory_session(model, threads: int = 1, optimize: bool = True, log_severity: int = 3):
+    """An onnxruntime session of an in-memory ``onnx.ModelProto`` that qcompile builds for its own
+    measurements, with :func:`session_options`; ``log_severity`` 3 keeps onnxruntime's warnings out
+    of the user's output (4: its errors too, for a caller that reports them itself)."""
+    import onnxruntime as ort
+
+    options = session_options(threads, optimize)
+    options.log_severity_level = log_severity
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """``OnnxModel(path, threads)(x, ...)`` runs an ONNX model through onnxruntime's CPU provider.
 
