@@ -65,9 +65,10 @@ def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = Fal
     theirs = dict(zip(names, session.run(None, feed), strict=True))
 
     ours: dict[str, torch.Tensor] = {}
+    probed = set(probes.values())
 
     def keep(node, value):
-        if node.name in probes.values() and isinstance(value, torch.Tensor) and value.is_quantized:
+        if node.name in probed and isinstance(value, torch.Tensor) and value.is_quantized:
             ours[node.name] = integer_codes(value).to(torch.int32)
 
     with torch.no_grad():
