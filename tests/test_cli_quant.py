@@ -93,6 +93,17 @@ def test_export_onnx_and_check(tmp_path):
     assert "| off | 64 |" in run.stdout and "| on | 64 |" in run.stdout  # --check-samples 64
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--calib", "builtin:mnist5k", "--calib-samples", "16", "--check"], "add --export onnx"),
+    (["--export", "onnx", "--check"], "pass --check-data DATA"),
+])
+def test_check_without_its_export_or_data_exits_before_writing(tmp_path, args, message):
+    out = tmp_path / "out"
+    run = qcompile("zoo:digit_cnn", "--passes", "fuse", *args, "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr and not out.exists()
+
+
 def test_statistics_file_replaces_the_data_in_a_later_run(tmp_path):
     stats = tmp_path / "stats.pt"
     first = qcompile("zoo:digit_cnn", "--passes", "fuse,calibrate,aciq,convert", "--calib", "builtin:mnist5k",

@@ -289,13 +289,13 @@ class Tagger(torch.nn.Module):
         return self.head(self.lstm(x)[0])
 
 
-def test_dynamic_lstm_is_refused_by_the_exporter_with_a_way_out(tmp_path):
-    graph = lower(Tagger().eval(), (torch.randn(1, 5, 8),))
-    run_pipeline(graph, "dynamic")
-    with pytest.raises(QCompileError, match="dynamically quantized lstm is not exported to ONNX yet") as info:
-        export_onnx(graph, tmp_path / "model.onnx")
-    assert "dynamic{ops=linear}" in str(info.value)
-    assert not (tmp_path / "model.onnx").exists()
+class ProjectedTagger(Tagger):
+    """An LSTM with proj_size, which the exporter does not take yet."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True, proj_size=4)
+        self.head = torch.nn.Linear(4, 4)
 
 
 @pytest.mark.parametrize("form", ["qdq", "qoperator"])
@@ -363,10 +363,10 @@ def test_export_onnx_of_a_graph_the_exporter_refuses_writes_nothing(tmp_path):
     from tests.test_cli import qcompile
 
     out = tmp_path / "out"
-    run = qcompile("tests.test_onnx:Tagger", "--input-shape", "1,5,8", "--passes", "dynamic", "--export", "onnx",
+    run = qcompile("tests.test_onnx:ProjectedTagger", "--input-shape", "1,5,8", "--passes", "fuse", "--export", "onnx",
                    "-o", out)
     assert run.returncode == 2, run.stderr
-    assert "lstm is not exported to ONNX yet" in run.stderr and "Traceback" not in run.stderr
+    assert "LSTM with proj_size is not exported to ONNX yet" in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
 
 
@@ -416,3 +416,42 @@ def test_graphs_lowered_through_torch_export_export_to_onnx(tmp_path):
     path, emitted = _export(graph, tmp_path / "int8")
     for r in check_onnx(path, emitted, data, output_scale(graph)):
         assert r.within_1_lsb >= 0.99 and r.top1_agreement >= 0.99
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first, bidirectional, layers", [(True, False, 1), (False, True, 2)])
+def test_dynamic_lstm_and_gru_export_with_torchs_integer_arithmetic(kind, batch_first, bidirectional, layers,
+                                                                    tmp_path):
+    torch.manual_seed(0)
+    model = _Recurrent(kind, batch_first, bidirectional, layers).eval()
+    shape = (1, 7, 6) if batch_first else (7, 1, 6)
+    graph = lower(model, (torch.randn(shape),))
+    run_pipeline(graph, "dynamic")
+    assert graph.find(op=kind)[0].quant.mode == "dynamic"
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Scan") == layers * (2 if bidirectional else 1) and kind.upper() not in ops
+    batches = [2 * torch.randn(3, *shape[1:]) for _ in range(2)]  # another batch / sequence length than the example's
+    int8 = load_model(tmp_path / "model")
+    results = check_onnx(path, int8, batches, None, graph=graph)
+    with torch.no_grad():
+        rounding = max(float((a - b).abs().max()) for a, b in zip(model(batches[0]), int8(batches[0]), strict=True))
+    # the same codes as torch's int8 kernels: only float rounding apart, far below what int8 costs against float
+    assert rounding > 1e-3
+    assert all(r.max_error < 1e-5 for r in results)
+
+
+def test_dynamic_lstm_tagger_exports_and_checks_from_the_cli(tmp_path):
+    from tests.test_cli import qcompile
+
+    torch.manual_seed(0)
+    torch.save(torch.randn(16, 5, 8), tmp_path / "sequences.pt")
+    out = tmp_path / "out"
+    run = qcompile("tests.test_onnx:Tagger", "--input-shape", "1,5,8", "--passes", "dynamic", "--export", "onnx",
+                   "--check", "--check-data", tmp_path / "sequences.pt", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "| on | 16 |" in run.stdout
+    assert (out / "model.onnx").exists()
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert "Scan" in ops and ops.count("MatMulInteger") == 2  # the LSTM's input projection and the head

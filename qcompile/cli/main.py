@@ -208,6 +208,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if command == "compile" and "onnx" in args.export and gemmlowp:
         raise QCompileError("--export onnx reads int8 graphs converted for the native backend, not for gemmlowp",
                             hint="drop --backend gemmlowp for the ONNX export (same integer weights and grids)")
+    if command == "compile" and args.check:
+        if "onnx" not in args.export:
+            raise QCompileError("--check compares the ONNX export with the emitted model", hint="add --export onnx")
+        if (args.check_data or args.calib) is None:
+            raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
     if command == "compile" and "export" in args.deploy and pipeline is not None:
         from qcompile.deploy import check_exportable
 

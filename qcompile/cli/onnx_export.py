@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from qcompile.cli.diagnostics import open_check_data
-from qcompile.errors import QCompileError
 
 
 def _positive(text: str) -> int:
@@ -49,8 +48,6 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
         print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)
     if not args.check:
         return
-    if (args.check_data or args.calib) is None:
-        raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
     batches = [tuple(b) for b in open_check_data(args)]  # one tensor per model input
     results = check_onnx(path, load_emitted(result.out_dir), batches, output_scales(result.graph),
                          graph=result.graph)

@@ -34,22 +34,30 @@ INPUT_CODES = 127  # torch's reduce_range on x86: 7-bit input codes
 
 def dynamic_linear(b: _Builder, node: Node, x: str) -> str:
     """The ONNX value of a dynamically quantized linear (with a fused ReLU if it has one)."""
-    weight, bias = b.graph.param(node, "weight"), b.graph.param(node, "bias")
-    scales, zero_points, _ = weight_grid(weight)
-    x_q, x_scale, x_zp = _quantize_input(b, node, x)
-    codes = weight.int_repr().to(torch.int8).t().contiguous()  # [in, out]
-    w_zp = zero_points.to(torch.int8)
-    per_column = bool((w_zp != w_zp[0]).any())
-    acc = b.emit("MatMulInteger", [x_q, b.const(f"{node.name}_weight_q", codes), x_zp,
-                                   b.const(f"{node.name}_weight_zp", w_zp if per_column else w_zp[0])])
-    scale = b.emit("Mul", [x_scale, b.const(f"{node.name}_weight_scale", scales.float())])
-    out = b.emit("Mul", [b.emit("Cast", [acc], to=TensorProto.FLOAT), scale])
-    if bias is not None:
-        out = b.emit("Add", [out, b.const(f"{node.name}_bias", bias.detach().float())])
+    out = integer_linear(b, node.name, quantize_input(b, node.name, x), b.graph.param(node, "weight"),
+                         b.graph.param(node, "bias"))
     return b.emit("Relu", [out]) if "LinearReLU" in node.target else out
 
 
-def _quantize_input(b: _Builder, node: Node, x: str) -> tuple[str, str, str]:
+def integer_linear(b: _Builder, name: str, x: tuple[str, str, str], weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> str:
+    """``x @ weight.T + bias`` in float, from ``x``'s codes (:func:`quantize_input`) and a quantized
+    ``weight`` [out, in]: ``MatMulInteger``, then the int32 result scaled by input scale x weight scale."""
+    x_q, x_scale, x_zp = x
+    scales, zero_points, _ = weight_grid(weight)
+    codes = weight.int_repr().to(torch.int8).t().contiguous()  # [in, out]
+    w_zp = zero_points.to(torch.int8)
+    per_column = bool((w_zp != w_zp[0]).any())
+    acc = b.emit("MatMulInteger", [x_q, b.const(f"{name}_weight_q", codes), x_zp,
+                                   b.const(f"{name}_weight_zp", w_zp if per_column else w_zp[0])])
+    scale = b.emit("Mul", [x_scale, b.const(f"{name}_weight_scale", scales.float())])
+    out = b.emit("Mul", [b.emit("Cast", [acc], to=TensorProto.FLOAT), scale])
+    if bias is not None:
+        out = b.emit("Add", [out, b.const(f"{name}_bias", bias.detach().float())])
+    return out
+
+
+def quantize_input(b: _Builder, name: str, x: str) -> tuple[str, str, str]:
     """(codes, scale, zero point) of ``x`` on a 7-bit grid spanning its range and zero."""
     zero = b.const("zero", np.array(0, np.float32))
     lo = b.emit("Min", [b.emit("ReduceMin", [x], keepdims=0), zero])
@@ -60,5 +68,5 @@ def _quantize_input(b: _Builder, node: Node, x: str) -> tuple[str, str, str]:
     zp = b.emit("Cast", [b.emit("Clip", [b.emit("Round", [b.emit("Div", [b.emit("Neg", [lo]), scale])]),
                                          zero, b.const("top", np.array(INPUT_CODES, np.float32))])],
                 to=TensorProto.UINT8)
-    codes = b.emit("QuantizeLinear", [x, scale, zp], [b.fresh(f"{node.name}_x_q")])
+    codes = b.emit("QuantizeLinear", [x, scale, zp], [b.fresh(f"{name}_x_q")])
     return codes, scale, zp

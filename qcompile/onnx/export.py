@@ -31,6 +31,7 @@ from qcompile.onnx import sequence_ops
 from qcompile.onnx.dynamic import dynamic_linear
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.outputs import graph_outputs
+from qcompile.onnx.prune import prune_unused
 from qcompile.onnx.recurrent import recurrent
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
@@ -209,11 +210,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         if "ConvReLU" in node.target:
             out = b.emit("Relu", [out])
         return out
-    if node.quant.mode == "dynamic" and node.op != "embedding":  # int8 tables: sequence_ops
-        if node.op != "linear":
-            raise QCompileError(f"%{node.name}: a dynamically quantized {node.op} is not exported to ONNX yet",
-                                hint=f"dynamic{{ops=linear}} keeps {node.op} in float, which exports; or deploy "
-                                "with --deploy torchscript")
+    if node.quant.mode == "dynamic" and node.op == "linear":  # LSTM / GRU: recurrent; int8 tables: sequence_ops
         return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
         w_t, bias = b.weight(node, transposed=True)
@@ -430,18 +427,6 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def prune_unused(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
-                 outputs: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes and initializers the outputs depend on (a ReLU6 on the codes leaves its input's
-    DequantizeLinear unread, for one)."""
-    needed, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    return kept[::-1], [i for i in initializers if i.name in needed]
 
 
 def check_exportable(graph: Graph) -> None:

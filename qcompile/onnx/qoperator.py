@@ -27,10 +27,10 @@ from qcompile.onnx.export import (
     _module,
     _pair,
     integer_relu6,
-    prune_unused,
 )
 from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.outputs import graph_outputs
+from qcompile.onnx.prune import prune_unused
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
 MS = "com.microsoft"

@@ -8,12 +8,13 @@ module's input and output are transposed around them. The result has torch's
 structure: ``(output, h_n)`` for a GRU, ``(output, (h_n, c_n))`` for an LSTM,
 each state ``[layers x directions, batch, hidden]``.
 
-Dynamically quantized LSTM / GRU modules are not exported (their int8 kernels
-have no standard ONNX op).
+Dynamically quantized modules have no standard ONNX op for their int8
+kernels; their layers come from :mod:`qcompile.onnx.dynamic_recurrent`.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
+from qcompile.onnx.dynamic_recurrent import dynamic_layers
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -37,25 +39,31 @@ def recurrent(b: _Builder, node: Node, x: str) -> list:
                             hint="start from zero states (call the module with the input only)")
     if a.get("proj_size", 0):
         raise QCompileError(f"%{node.name}: an LSTM with proj_size is not exported to ONNX yet")
-    hidden, layers = a["hidden_size"], a.get("num_layers", 1)
-    directions = 2 if a.get("bidirectional", False) else 1
+    layers = a.get("num_layers", 1)
+    emit_layer = dynamic_layers(b, node) if node.quant.mode == "dynamic" else partial(_onnx_layer, b, node)
     sequence = b.emit("Transpose", [x], perm=[1, 0, 2]) if a.get("batch_first", False) else x
     states: list[list[str]] = []
     for layer in range(layers):
-        outputs = [b.fresh(f"{node.name}_l{layer}_{part}") for part in ("y", "h", "c")[: 3 if node.op == "lstm" else 2]]
-        weights = _layer_weights(b, node, layer, directions)
-        attrs = {"hidden_size": hidden, "direction": "bidirectional" if directions == 2 else "forward"}
-        if node.op == "gru":
-            attrs["linear_before_reset"] = 1
-        b.emit("LSTM" if node.op == "lstm" else "GRU", [sequence, *weights], outputs, **attrs)
-        # Y: [seq, directions, batch, hidden] -> [seq, batch, directions x hidden]
-        y = b.emit("Transpose", [outputs[0]], perm=[0, 2, 1, 3])
-        sequence = b.emit("Reshape", [y, b.const("shape", np.array([0, 0, -1], np.int64))])
-        states.append(outputs[1:])
+        sequence, layer_states = emit_layer(layer, sequence)
+        states.append(layer_states)
     out = b.emit("Transpose", [sequence], perm=[1, 0, 2]) if a.get("batch_first", False) else sequence
     stacked = [b.emit("Concat", [s[i] for s in states], axis=0) if layers > 1 else states[0][i]
                for i in range(len(states[0]))]
     return [out, stacked] if node.op == "lstm" else [out, stacked[0]]
+
+
+def _onnx_layer(b: _Builder, node: Node, layer: int, sequence: str) -> tuple[str, list[str]]:
+    """One layer as ONNX's LSTM / GRU op: (output sequence, [Y_h (, Y_c)])."""
+    directions = 2 if node.attrs.get("bidirectional", False) else 1
+    outputs = [b.fresh(f"{node.name}_l{layer}_{part}") for part in ("y", "h", "c")[: 3 if node.op == "lstm" else 2]]
+    attrs = {"hidden_size": node.attrs["hidden_size"], "direction": "bidirectional" if directions == 2 else "forward"}
+    if node.op == "gru":
+        attrs["linear_before_reset"] = 1
+    b.emit("LSTM" if node.op == "lstm" else "GRU", [sequence, *_layer_weights(b, node, layer, directions)], outputs,
+           **attrs)
+    # Y: [seq, directions, batch, hidden] -> [seq, batch, directions x hidden]
+    y = b.emit("Transpose", [outputs[0]], perm=[0, 2, 1, 3])
+    return b.emit("Reshape", [y, b.const("shape", np.array([0, 0, -1], np.int64))]), outputs[1:]
 
 
 def _layer_weights(b: _Builder, node: Node, layer: int, directions: int) -> list[str]:
