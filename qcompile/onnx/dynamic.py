@@ -65,8 +65,8 @@ def quantize_input(b: _Builder, name: str, x: str) -> tuple[str, str, str]:
     scale = b.emit("Div", [b.emit("Sub", [hi, lo]), b.const("codes", np.array(INPUT_CODES, np.float32))])
     # an all-zero input has no range: any positive scale quantizes it exactly
     scale = b.emit("Max", [scale, b.const("tiny", np.array(np.finfo(np.float32).tiny, np.float32))])
-    zp = b.emit("Cast", [b.emit("Clip", [b.emit("Round", [b.emit("Div", [b.emit("Neg", [lo]), scale])]),
-                                         zero, b.const("top", np.array(INPUT_CODES, np.float32))])],
-                to=TensorProto.UINT8)
+    # round(-lo / scale) lies in [0, 127] (hi >= 0), so QuantizeLinear rounds it (half to even, as
+    # torch does) with nothing to saturate: one op for Div, Round, Clip and Cast
+    zp = b.emit("QuantizeLinear", [b.emit("Neg", [lo]), scale, b.const("zp0", np.array(0, np.uint8))])
     codes = b.emit("QuantizeLinear", [x, scale, zp], [b.fresh(f"{name}_x_q")])
     return codes, scale, zp

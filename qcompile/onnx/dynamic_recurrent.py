@@ -85,6 +85,7 @@ def _scan(b: _Builder, node: Node, name: str, sequence: str, ih: str, hidden: in
 def _body(b: _Builder, op: str, name: str, hidden: int, w_hh: torch.Tensor, b_hh: torch.Tensor | None):
     """One time step: (h, c, ih_t) -> (h', c', h') for an LSTM, (h, ih_t) -> (h', h') for a GRU."""
     outer, b.nodes = b.nodes, []
+    first_constant = len(b.initializers)
     try:
         h = b.fresh(f"{name}_h")
         c = b.fresh(f"{name}_c") if op == "lstm" else None
@@ -106,6 +107,10 @@ def _body(b: _Builder, op: str, name: str, hidden: int, w_hh: torch.Tensor, b_hh
             states = [b.emit("Add", [b.emit("Mul", [b.emit("Sub", [h, n]), z]), n])]
         y = b.emit("Identity", [states[0]])
         nodes = b.nodes
+        # the step's weights and constants live in the body: onnxruntime prepacks a MatMulInteger's
+        # weights only when they are the subgraph's own initializers (each step repacked them before)
+        constants = b.initializers[first_constant:]
+        del b.initializers[first_constant:]
     finally:
         b.nodes = outer
 
@@ -114,7 +119,7 @@ def _body(b: _Builder, op: str, name: str, hidden: int, w_hh: torch.Tensor, b_hh
 
     gate_width = (4 if op == "lstm" else 3) * hidden
     inputs = [value(h, hidden)] + ([value(c, hidden)] if c else []) + [value(ih, gate_width)]
-    return helper.make_graph(nodes, f"{name}_step", inputs, [value(v, hidden) for v in states + [y]])
+    return helper.make_graph(nodes, f"{name}_step", inputs, [value(v, hidden) for v in states + [y]], constants)
 
 
 def _split(b: _Builder, x: str, parts: int) -> list[str]:
