@@ -67,6 +67,16 @@ def _private_param(graph: Graph, node: Node, key: str) -> torch.Tensor:
     return graph.params[node.params[key]]
 
 
+def _zero_biases(graph: Graph, node: Node) -> None:
+    """Zero biases for an LSTM / GRU built without them: torch's int8 modules require biases, and adding
+    zeros changes nothing."""
+    for key in [k for k in node.params if k.startswith("weight_")]:
+        rows = graph.params[node.params[key]].shape[0]
+        bias_key = key.replace("weight_", "bias_", 1)
+        node.params[bias_key] = graph.add_param(f"{node.source.module_path or node.name}.{bias_key}", torch.zeros(rows))
+    node.attrs["bias"] = True
+
+
 @register_pass
 @dataclass(frozen=True)
 class Dynamic(Pass):
@@ -108,6 +118,8 @@ class Dynamic(Pass):
             node.target = _TARGETS[(node.op, act)]
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
+            elif node.op in ("lstm", "gru") and not node.attrs.get("bias", True):
+                _zero_biases(graph, node)
             elif node.op == "embedding":
                 _private_param(graph, node, "weight")
                 graph.params[node.params["weight"]] = quantize_rows(graph.param(node, "weight"))

@@ -42,6 +42,38 @@ def test_matches_quantize_dynamic_and_round_trips(tmp_path):
     assert (tmp_path / "weights.pt").stat().st_size < 0.45 * float_bytes
 
 
+class _Sequence(nn.Module):
+    """A recurrent layer's output sequence alone."""
+
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def test_recurrent_layers_without_biases_get_zero_ones(tmp_path):
+    """torch.ao's int8 LSTM / GRU require biases (its quantize_dynamic fails on bias=False); zeros change nothing."""
+    from qcompile.onnx.check import check_onnx
+    from qcompile.onnx.export import export_onnx
+
+    torch.manual_seed(0)
+    model = _Sequence(nn.LSTM(16, 32, bias=False, num_layers=2, bidirectional=True)).eval()
+    x = torch.randn(7, 3, 16)
+    graph = lower(model, (x,))
+    assert run_pipeline(graph, "dynamic")[0].result.stats == {"lstm": 1}
+    lstm = graph.find(op="lstm")[0]
+    assert lstm.attrs["bias"] and sorted(k for k in lstm.params if k.startswith("bias")) == sorted(
+        f"bias_{kind}_l{layer}{suffix}" for kind in ("hh", "ih") for layer in (0, 1) for suffix in ("", "_reverse"))
+    write_model(graph, tmp_path / "model")
+    emitted = load_model(tmp_path / "model")
+    error = float((emitted(x) - model(x)).abs().max())
+    assert 0 < error < 0.05
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [x], None, graph=graph))
+
+
 def test_fused_linear_relu_and_option_subset():
     model = Recurrent().eval()
     x = torch.randn(2, 5, 16)
