@@ -114,3 +114,32 @@ def test_loading_an_int8_model_shows_no_torch_deprecation_warnings(tmp_path):
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in loaded.modules())
     assert not [w for w in seen if any(text in str(w.message) for text in MESSAGES)], [str(w.message) for w in seen]
     assert shown_inside[0][0] == "always" and warnings.filters == before  # the caller's filters, untouched
+
+
+def test_the_emitted_load_shows_no_torch_deprecation_warnings_on_its_own(tmp_path):
+    """model.py used without qcompile (a deployment): its load() silences torch's deprecation of quantized
+    tensors for the load only; the caller's warning filters are untouched."""
+    import subprocess
+    import sys
+
+    from qcompile.pipeline import PassContext
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(Mixed()).eval()
+    graph = lower(model, (torch.randn(1, 3, 16, 16),))
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(torch.randn(4, 3, 16, 16),)]))
+    write_model(graph, tmp_path)
+    script = ("import warnings, torch\n"
+              "from model import load\n"
+              "before = list(warnings.filters)\n"
+              "model = load()\n"
+              "assert warnings.filters == before\n"
+              "torch.save(model(torch.load('x.pt')), 'out.pt')\n")
+    x = torch.randn(2, 3, 16, 16)
+    torch.save(x, tmp_path / "x.pt")
+    run = subprocess.run([sys.executable, "-W", "always", "-c", script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "deprecated" not in run.stderr, run.stderr
+    for got, want in zip(torch.load(tmp_path / "out.pt"), load_model(tmp_path)(x), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

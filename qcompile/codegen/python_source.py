@@ -265,6 +265,18 @@ class _Emitter:
                           f"        model.load_state_dict({load_call})\n")
         else:
             load_block = f"    model.load_state_dict({load_call})\n"
+        if engine:
+            # int8 state: torch 2.14 warns that its quantized tensors are deprecated when they are
+            # built or loaded; the model runs as before, and its user cannot act on the warning
+            self.imports.add("import warnings")
+            load_block = ("    with warnings.catch_warnings():\n"
+                          "        # torch deprecates its quantized tensors (the int8 weights); they work as before\n"
+                          f"        warnings.filterwarnings(\"ignore\", message={_TORCH_DEPRECATIONS!r})\n"
+                          + "".join(f"        {line}\n" for line in
+                                    [f"model = {class_name}()"] + [x[4:] for x in load_block.splitlines()]))
+            model_line = ""
+        else:
+            model_line = f"    model = {class_name}()\n"
         body_init = "\n".join(f"        {line}" for line in self.init_lines) or "        pass"
         body_fwd = "\n".join(f"        {line}" for line in self.forward_lines)
         source = f'''"""{class_name}, emitted by qcompile (graph facts: {facts}).
@@ -290,10 +302,12 @@ class {class_name}(nn.Module):
 
 def load(weights="weights.pt", map_location="cpu"):
     """Build the model and load its weights (a state-dict file)."""
-{engine_line}    model = {class_name}()
-{load_block}    return model.eval()
+{engine_line}{model_line}{load_block}    return model.eval()
 {helpers}'''
         return EmittedModel(class_name, source, state, dict(self.param_map))
+
+
+_TORCH_DEPRECATIONS = ".*(quantized tensor creation functions|TypedStorage is deprecated).*"
 
 
 def _owned(value: Any) -> Any:
