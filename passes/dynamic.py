@@ -14,14 +14,14 @@ calibration data is needed. Before and after::
           target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: qint8 scale=0.00312 zp=0
 
 Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
-``aten.embedding``) get uint8 rows with a float scale and offset per row, as
+``aten.embedding``, and ``nn.EmbeddingBag`` in ``sum`` mode) get uint8 rows with a float scale and offset per row, as
 torch.ao's ``float_qparams_weight_only_qconfig`` gives them: a quarter of the
 float table's size, and rows within half a step of the float ones. Their
 output is float, so the layers that read them are unchanged. After a static
 pipeline, ``--passes ptq,dynamic{ops=embedding}`` adds only that.
 
 Options:
-    ops: Which ops to quantize (``linear``, ``lstm``, ``gru``, ``embedding``).
+    ops: Which ops to quantize (``linear``, ``lstm``, ``gru``, ``embedding``, ``embedding_bag``).
     per_channel: One weight scale per output channel (Linear only).
 """
 
@@ -47,8 +47,10 @@ _TARGETS = {
     ("lstm", None): "torch.ao.nn.quantized.dynamic.LSTM",
     ("gru", None): "torch.ao.nn.quantized.dynamic.GRU",
     ("embedding", None): "torch.ao.nn.quantized.Embedding",
+    ("embedding_bag", None): "torch.ao.nn.quantized.EmbeddingBag",
 }
-OPS = ("linear", "lstm", "gru", "embedding")
+OPS = ("linear", "lstm", "gru", "embedding", "embedding_bag")
+TABLES = ("embedding", "embedding_bag")
 
 
 def _private_param(graph: Graph, node: Node, key: str) -> torch.Tensor:
@@ -112,15 +114,22 @@ class Dynamic(Pass):
             if (node.op, act) not in _TARGETS:
                 ctx.explain(f"%{node.name}: no dynamic kernel for {node.op} with a fused {act}")
                 continue
-            if node.op == "embedding" and node.attrs.get("max_norm") is not None:
+            if node.op in TABLES and node.attrs.get("max_norm") is not None:
                 ctx.explain(f"%{node.name} stays float: max_norm rescales the rows it reads")
+                continue
+            if node.op == "embedding_bag" and (node.attrs.get("mode", "mean") != "sum"
+                                               or node.attrs.get("padding_idx") is not None):
+                # torch 2.14's int8 EmbeddingBag always sums (its forward passes mode 0 to the kernel)
+                # and has no padding row: a mean or max bag, or one that skips a padding id, would change
+                ctx.explain(f"%{node.name} stays float: torch's int8 EmbeddingBag computes a sum over every "
+                            "id; this bag takes a mean or max, or skips padding ids")
                 continue
             node.target = _TARGETS[(node.op, act)]
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
             elif node.op in ("lstm", "gru") and not node.attrs.get("bias", True):
                 _zero_biases(graph, node)
-            elif node.op == "embedding":
+            elif node.op in TABLES:
                 _private_param(graph, node, "weight")
                 graph.params[node.params["weight"]] = quantize_rows(graph.param(node, "weight"))
             accepted = ctor_defaults(resolve_target(node.target))

@@ -148,3 +148,85 @@ def test_a_tied_table_is_quantized_once_per_reader_and_max_norm_stays_float():
     graph = lower(normed, (torch.randint(0, 50, (2, 5)),))
     run_pipeline(graph, "dynamic")
     assert [n.quant.mode for n in graph.find(op="embedding") + graph.find(op="linear")] == [None, "dynamic"]
+
+
+class Recommender(nn.Module):
+    """Bags of item ids -> an EmbeddingBag -> a linear score."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.items = nn.EmbeddingBag(2000, 32, mode=mode)
+        self.score = nn.Linear(32, 1)
+
+    def forward(self, ids):
+        return self.score(self.items(ids))
+
+
+def test_sum_embedding_bags_as_torch_ao_quantizes_them_and_export_to_onnx(tmp_path):
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+    from qcompile.onnx.check import check_onnx
+    from qcompile.onnx.export import export_onnx
+
+    torch.manual_seed(0)
+    model = Recommender("sum").eval()
+    ids = torch.randint(0, 2000, (8, 12), generator=torch.Generator().manual_seed(1))
+    graph = lower(model, (ids,))
+    assert graph.node("items").target == "torch.nn.EmbeddingBag"  # a module, not traced through
+    assert run_pipeline(graph, "dynamic")[0].result.stats == {"embedding_bag": 1, "linear": 1}
+    reference = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(model), {nn.EmbeddingBag: float_qparams_weight_only_qconfig, nn.Linear: default_dynamic_qconfig})
+    torch.testing.assert_close(Interpreter(graph).run(ids), reference(ids), rtol=0, atol=0)
+    write_model(graph, tmp_path / "int8")
+    emitted = load_model(tmp_path / "int8")
+    torch.testing.assert_close(emitted(ids), reference(ids), rtol=0, atol=0)
+    float_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert (tmp_path / "int8" / "weights.pt").stat().st_size < 0.4 * float_bytes
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    other = torch.randint(0, 2000, (5, 12))  # another number of bags
+    assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [other], None, graph=graph))
+
+
+def test_mean_embedding_bags_stay_float_where_torch_ao_would_sum_them(tmp_path):
+    from torch.ao.quantization import float_qparams_weight_only_qconfig
+
+    from qcompile.pipeline import PassContext
+
+    torch.manual_seed(0)
+    model = Recommender("mean").eval()
+    ids = torch.randint(0, 2000, (4, 6))
+    graph = lower(model, (ids,))
+    ctx = PassContext()
+    run_pipeline(graph, "dynamic{ops=embedding_bag}", ctx)
+    assert graph.node("items").quant.mode is None
+    assert any("computes a sum over every id" in message for _, message in ctx.explanations)
+    torch.testing.assert_close(Interpreter(graph).run(ids), model(ids), rtol=0, atol=0)
+    # what torch.ao's quantize_dynamic does with it in torch 2.14: an int8 bag that sums, 6 ids each
+    theirs = torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(model.items)),
+                                                     {nn.EmbeddingBag: float_qparams_weight_only_qconfig})
+    assert type(theirs[0]).__module__.startswith("torch.ao.nn.quantized")
+    torch.testing.assert_close(theirs(ids), 6 * model.items(ids), atol=0.05, rtol=0.02)
+
+
+class OffsetBags(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.items = nn.EmbeddingBag(100, 8, mode="sum")
+
+    def forward(self, ids, offsets):
+        return self.items(ids, offsets)
+
+
+def test_embedding_bags_given_offsets_are_refused_by_the_exporter_with_a_way_out(tmp_path):
+    import pytest
+
+    from qcompile.errors import QCompileError
+    from qcompile.onnx.export import export_onnx
+
+    graph = lower(OffsetBags().eval(), (torch.randint(0, 100, (10,)), torch.tensor([0, 4])))
+    run_pipeline(graph, "dynamic")
+    assert graph.node("items").quant.mode == "dynamic"
+    with pytest.raises(QCompileError, match="given offsets or per-sample weights is not exported") as info:
+        export_onnx(graph, tmp_path / "model.onnx")
+    assert "[bags, ids per bag]" in str(info.value.hint)
+    assert not (tmp_path / "model.onnx").exists()

@@ -38,7 +38,7 @@ FUSED_ACTIVATIONS = {
 }
 
 _INPLACE = re.compile(r"(, )?inplace=(True|False)")
-_SKIPPED_CTOR_PARAMS = {"self", "mode", "_weight", "_freeze"}
+_SKIPPED_CTOR_PARAMS = {"self", "_weight", "_freeze"}
 _FACTORY_KWARGS = {"device", "dtype"}  # skipped where they only pick where/how tensors are made
 
 
@@ -66,10 +66,12 @@ def _init_signature(cls: type) -> inspect.Signature:
 def ctor_defaults(cls: type) -> dict[str, Any]:
     """Constructor parameter -> default (``inspect.Parameter.empty`` if required)."""
     sig = _init_signature(cls)
+    # nn.LSTM passes RNNBase its own `mode` ("LSTM"); EmbeddingBag's and Upsample's `mode` is a setting
+    skipped = _SKIPPED_CTOR_PARAMS | ({"mode"} if issubclass(cls, nn.RNNBase) else set())
     return {
         p.name: p.default
         for p in sig.parameters.values()
-        if p.name not in _SKIPPED_CTOR_PARAMS
+        if p.name not in skipped
         and not (p.name in _FACTORY_KWARGS and p.default is None)
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }

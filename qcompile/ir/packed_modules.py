@@ -39,7 +39,7 @@ def _dynamic_linear(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Te
     return module
 
 
-@register_builder(nnq.Embedding)
+@register_builder(nnq.Embedding, nnq.EmbeddingBag)
 def _quantized_embedding(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]):
     module = cls(**kwargs)
     module.set_weight(state["weight"])

@@ -158,7 +158,7 @@ def _explain(graph, x: torch.Tensor, top1_agreement: float, by_layer: Finding | 
 def is_dynamic(graph) -> bool:
     """Whether any op of ``graph`` quantizes its input at run time (the ``dynamic`` pass; its int8
     embedding tables read integer ids and do not)."""
-    return any(node.quant.mode == "dynamic" and node.op != "embedding" for node in graph.nodes())
+    return any(node.quant.mode == "dynamic" and node.op not in ("embedding", "embedding_bag") for node in graph.nodes())
 
 
 def output_scales(graph) -> list[float | None]:
