@@ -455,3 +455,55 @@ def test_dynamic_lstm_tagger_exports_and_checks_from_the_cli(tmp_path):
     assert (out / "model.onnx").exists()
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert "Scan" in ops and ops.count("MatMulInteger") == 2  # the LSTM's input projection and the head
+
+
+class _Resizing(torch.nn.Module):
+    """A conv, then nn.Upsample or F.interpolate to a size or by a scale factor."""
+
+    def __init__(self, mode: str, how: str):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        linear = "linear" in mode
+        self.up = torch.nn.Upsample(scale_factor=2, mode=mode, **({"align_corners": False} if linear else {}))
+        self.mode, self.how = mode, how
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        if self.how == "module":
+            return self.up(y)
+        if self.how == "size":
+            corners = {"align_corners": True} if "linear" in self.mode else {}
+            return torch.nn.functional.interpolate(y, size=(15, 9), mode=self.mode, **corners)
+        return torch.nn.functional.interpolate(y, scale_factor=1.7, mode=self.mode)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact", "bilinear"])
+@pytest.mark.parametrize("how", ["module", "size", "scale"])
+def test_upsample_and_interpolate_export_as_resize_with_torchs_positions(mode, how, tmp_path):
+    from qcompile.onnx.check import output_scales
+
+    torch.manual_seed(0)
+    model = _Resizing(mode, how).eval()
+    x = torch.randn(2, 3, 10, 10)
+    for passes in ("fuse", "ptq"):
+        graph = lower(model, (x[:1],))
+        run_pipeline(graph, passes, PassContext(calib_data=[(torch.randn(8, 3, 10, 10),)]))
+        write_model(graph, tmp_path / passes)
+        path = export_onnx(graph, tmp_path / f"{passes}.onnx")
+        assert "Resize" in [n.op_type for n in onnx.load(str(path)).graph.node]
+        int8 = passes == "ptq"
+        results = check_onnx(path, load_model(tmp_path / passes), [x], output_scales(graph) if int8 else None,
+                             graph=graph)
+        if int8:  # the check itself demands 99% within 1 LSB; these agree within 1 everywhere
+            assert all(r.max_error_lsb <= 1 for r in results)
+        else:
+            assert all(r.max_error < 1e-5 for r in results)
+
+
+def test_resizing_the_exporter_does_not_take_is_refused_with_the_modes_it_does(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Upsample(scale_factor=2, mode="bicubic")).eval()
+    graph = lower(model, (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(QCompileError, match="mode='bicubic' is not exported") as info:
+        export_onnx(graph, tmp_path / "model.onnx")
+    assert "nearest, nearest-exact, linear, bilinear" in str(info.value.hint)
+    assert not (tmp_path / "model.onnx").exists()

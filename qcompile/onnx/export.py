@@ -33,6 +33,7 @@ from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
 from qcompile.onnx.recurrent import recurrent
+from qcompile.onnx.resize import resize
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
 
@@ -233,6 +234,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return sequence_ops.module_op(b, node, x)
     if node.op in ("max_pool2d", "avg_pool2d"):
         return _pool(b, node.op, x, a)
+    if node.op == "upsample":
+        return resize(b, node, x, a)
     if node.op == "adaptive_avg_pool2d" and _pair(a["output_size"]) == [1, 1]:
         return b.emit("GlobalAveragePool", [x])
     if node.op in ("dropout", "identity", "quantize", "dequantize"):
@@ -326,6 +329,9 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return _activation(b, _binary(b, node, args), node.attrs.get("act"))
     if op in ACTIVATIONS:
         return _activation_op(b, op, x)
+    if op == "interpolate":
+        return resize(b, node, x, dict(zip(("size", "scale_factor", "mode", "align_corners"), args[1:], strict=False))
+                      | kw)
     if op == "flatten":
         start = args[1] if len(args) > 1 else kw.get("start_dim", 0)
         return b.emit("Flatten", [x], axis=start)
