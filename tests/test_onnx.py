@@ -507,3 +507,22 @@ def test_resizing_the_exporter_does_not_take_is_refused_with_the_modes_it_does(t
         export_onnx(graph, tmp_path / "model.onnx")
     assert "nearest, nearest-exact, linear, bilinear" in str(info.value.hint)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_segmentation_model_with_a_dict_output_and_computed_sizes_exports_in_int8(tmp_path):
+    """torchvision's LR-ASPP: F.interpolate to ``x.shape[-2:]`` (a slice of a shape) and ``{"out": ...}``."""
+    from qcompile.onnx.check import output_scales
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None,
+                                                              weights_backbone=None)).eval()
+    graph = lower(model, (torch.randn(1, 3, 96, 96),))
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(torch.randn(4, 3, 96, 96),)]))
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    exported = onnx.load(str(path))
+    assert [o.name for o in exported.graph.output] == ["out"]
+    assert [n.op_type for n in exported.graph.node].count("Resize") == 2
+    results = check_onnx(path, load_model(tmp_path / "model"), [torch.randn(2, 3, 96, 96)], output_scales(graph),
+                         graph=graph)
+    assert all(r.within_1_lsb >= 0.99 for r in results)

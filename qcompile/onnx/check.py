@@ -57,6 +57,7 @@ def _concatenated(model, batches: list[tuple]) -> list[torch.Tensor]:
     results = []
     for batch in batches:
         out = model(*batch)
+        out = tuple(out.values()) if isinstance(out, dict) else out  # a dict's values, in the file's order
         results.append(tuple(out) if isinstance(out, (tuple, list)) else (out,))
     return [torch.cat([r[i].float() for r in results]) for i in range(len(results[0]))]
 

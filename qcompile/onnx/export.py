@@ -81,16 +81,18 @@ class _Builder:
 
     def args(self, node: Node) -> list[Any]:
         """Positional args with refs replaced by the producer IR nodes."""
-        inputs = self.graph.inputs(node)
+        return [self.resolve(node, a) for a in node.args]
 
-        def resolve(value):
-            if isinstance(value, Ref):
-                return inputs[value.index]
-            if isinstance(value, (list, tuple)):
-                return type(value)(resolve(v) for v in value)
-            return value
+    def kwargs(self, node: Node) -> dict[str, Any]:
+        """Keyword args with refs replaced by the producer IR nodes."""
+        return {k: self.resolve(node, v) for k, v in node.kwargs.items()}
 
-        return [resolve(a) for a in node.args]
+    def resolve(self, node: Node, value: Any) -> Any:
+        if isinstance(value, Ref):
+            return self.graph.inputs(node)[value.index]
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.resolve(node, v) for v in value)
+        return value
 
     def int_value(self, value: Any) -> str:
         """A 1-D int64 ONNX value for an int constant or an int-valued IR node."""
@@ -331,7 +333,7 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return _activation_op(b, op, x)
     if op == "interpolate":
         return resize(b, node, x, dict(zip(("size", "scale_factor", "mode", "align_corners"), args[1:], strict=False))
-                      | kw)
+                      | b.kwargs(node))
     if op == "flatten":
         start = args[1] if len(args) > 1 else kw.get("start_dim", 0)
         return b.emit("Flatten", [x], axis=start)
@@ -356,6 +358,11 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return element if isinstance(element, list) else b.emit("Identity", [element])  # (h, c) stays a pair
         if not isinstance(source.type, TensorType) and isinstance(args[1], int):
             return b.emit("Gather", [b.value(source), b.const("index", np.array(args[1], np.int64))], axis=0)
+        if not isinstance(source.type, TensorType) and isinstance(args[1], slice):  # x.shape[-2:]
+            part = args[1]
+            bounds = [0 if part.start is None else part.start, np.iinfo(np.int64).max if part.stop is None
+                      else part.stop, 0, 1 if part.step is None else part.step]
+            return b.emit("Slice", [b.value(source), *(b.const("bound", np.array([v], np.int64)) for v in bounds)])
         if isinstance(source.type, TensorType):
             return sequence_ops.tensor_index(b, node, x, args[1])
     if op == "mean":

@@ -1,4 +1,4 @@
-"""The graph's outputs in ONNX: one tensor, or each tensor of a returned tuple / list."""
+"""The graph's outputs in ONNX: one tensor, or each tensor of a returned tuple, list or dict."""
 
 from __future__ import annotations
 
@@ -18,20 +18,31 @@ if TYPE_CHECKING:
 
 
 def output_values(graph: Graph) -> list[Node]:
-    """The nodes whose values the graph returns: one, or each element of a returned tuple / list."""
+    """The nodes whose values the graph returns: one, or each element of a returned tuple / list, or each
+    value of a returned dict (torchvision's segmentation models return ``{"out": ..., "aux": ...}``)."""
+    return [value for _, value in _named_outputs(graph)]
+
+
+def _named_outputs(graph: Graph) -> list[tuple[str, Node]]:
     node = graph.output_node
-    result = [node.args[0]] if not isinstance(node.args[0], (tuple, list)) else list(node.args[0])
+    returned = node.args[0]
+    if isinstance(returned, dict):
+        named = list(returned.items())
+    elif isinstance(returned, (tuple, list)):
+        named = [(f"output_{i}", r) for i, r in enumerate(returned)]
+    else:
+        named = [("output", returned)]
     inputs = graph.inputs(node)
-    values = [inputs[r.index] if isinstance(r, Ref) else r for r in result]
-    bad = [v for v in values if not (isinstance(v, Node) and isinstance(v.type, TensorType))]
-    if bad or isinstance(node.args[0], dict):
-        raise QCompileError(f"the model returns {node.type}; ONNX export takes a tensor or a tuple / list of tensors",
-                            hint="return tensors from forward (wrap the model to drop other values)")
-    return values
+    named = [(name, inputs[r.index] if isinstance(r, Ref) else r) for name, r in named]
+    if not all(isinstance(v, Node) and isinstance(v.type, TensorType) for _, v in named):
+        raise QCompileError(f"the model returns {node.type}; ONNX export takes a tensor, or a tuple, list or "
+                            "dict of tensors", hint="return tensors from forward (wrap the model to drop other values)")
+    return named
 
 
 def graph_outputs(b: _Builder) -> list[onnx.ValueInfoProto]:
-    """Graph outputs ``output`` (one tensor) or ``output_0``, ``output_1``, ... (a tuple), batch dynamic.
+    """Graph outputs ``output`` (one tensor), ``output_0``, ``output_1``, ... (a tuple) or the keys of a
+    returned dict, batch dynamic.
 
     One output is declared ``[batch, static dims...]`` (``[batch, symbols...]``
     in a graph with dynamic axes besides the batch). Of several, only the
@@ -39,8 +50,8 @@ def graph_outputs(b: _Builder) -> list[onnx.ValueInfoProto]:
     state is ``[layers, batch, hidden]``), and onnxruntime warns about a
     declared size that does not match when it loads the model.
     """
-    values = output_values(b.graph)
-    names = ["output"] if len(values) == 1 else [f"output_{i}" for i in range(len(values))]
+    named = _named_outputs(b.graph)
+    names, values = [n for n, _ in named], [v for _, v in named]
     outputs = []
     for value, name in zip(values, names, strict=True):
         out = b.emit("Identity", [b.value(value)], [name])

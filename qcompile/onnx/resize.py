@@ -54,11 +54,17 @@ def resize(b: _Builder, node: Node, x: str, settings: dict[str, Any]) -> str:
         factors = list(factor) if isinstance(factor, (list, tuple)) else [factor] * (rank - 2)
         scales = b.const("scales", np.array([1.0, 1.0, *factors], np.float32))
         return b.emit("Resize", [x, "", scales], **attrs)
-    # a size, or a scale factor torch turns into one (recompute_scale_factor): the output's own size
-    spatial = list(node.type.shape[2:])
-    if not all(isinstance(n, int) for n in spatial):
+    # a size, or a scale factor torch turns into one (recompute_scale_factor)
+    size = settings.get("size")
+    if isinstance(size, Node):  # computed in the graph (x.shape[-2:]): a 1-D int64 value
+        spatial = b.value(size)
+    elif isinstance(size, (list, tuple)) and any(isinstance(n, Node) for n in size):
+        spatial = b.emit("Concat", [b.int_value(n) for n in size], axis=0)
+    elif all(isinstance(n, int) for n in node.type.shape[2:]):  # the output's own size
+        spatial = b.const("sizes", np.array(node.type.shape[2:], np.int64))
+    else:
         raise QCompileError(f"%{node.name}: a resize whose output size is not fixed is not exported to ONNX yet")
     batch_and_channels = b.emit("Slice", [b.emit("Shape", [x]), b.const("start", np.array([0], np.int64)),
                                           b.const("end", np.array([2], np.int64))])
-    sizes = b.emit("Concat", [batch_and_channels, b.const("sizes", np.array(spatial, np.int64))], axis=0)
+    sizes = b.emit("Concat", [batch_and_channels, spatial], axis=0)
     return b.emit("Resize", [x, "", "", sizes], **attrs)
