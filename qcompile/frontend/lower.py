@@ -39,8 +39,10 @@ class _TypeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
         self.types: dict[fx.Node, ValueType] = {}
+        self.current: fx.Node | None = None  # the node running (the one that failed, after an error)
 
     def run_node(self, n: fx.Node) -> Any:
+        self.current = n
         value = super().run_node(n)
         self.types[n] = type_of(value)
         return value
@@ -193,6 +195,13 @@ def _first_line(exc: BaseException | None) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+def _describe(node: fx.Node) -> str:
+    """``conv_layers.5`` (a module), or ``x.size (getattr)`` for a call made in a module."""
+    where = node.meta.get("module_path") or node.name
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return where if target == where else f"{where} ({target})"
+
+
 def _record_types(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) -> dict[fx.Node, ValueType]:
     recorder = _TypeRecorder(gm)
     try:
@@ -200,8 +209,10 @@ def _record_types(gm: fx.GraphModule, example_inputs: Sequence[Any], name: str) 
             recorder.run(*example_inputs)
     except Exception as exc:
         shapes = ", ".join(str(type_of(x)) for x in example_inputs)
-        raise LoweringError(
-            f"running {name} on example inputs {shapes} failed: {type(exc).__name__}: {exc}",
+        node = recorder.current
+        where = "" if node is None else f" at {_describe(node)}"
+        raise LoweringError(  # torch's first line; fx appends its own traceback to the rest
+            f"running {name} on example inputs {shapes} failed{where}: {type(exc).__name__}: {_first_line(exc)}",
             hint="pass an input shape the model accepts (--input-shape; token ids: --input-shape 1,128:int64)",
         ) from exc
     return recorder.types
