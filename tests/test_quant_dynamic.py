@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -209,24 +210,50 @@ def test_mean_embedding_bags_stay_float_where_torch_ao_would_sum_them(tmp_path):
 
 
 class OffsetBags(nn.Module):
-    def __init__(self):
+    """Bags of any length: 1-D ids, the offsets where bags start, optional per-id weights (sum mode)."""
+
+    def __init__(self, mode: str, include_last_offset: bool, weighted: bool):
         super().__init__()
-        self.items = nn.EmbeddingBag(100, 8, mode="sum")
+        self.items = nn.EmbeddingBag(300, 8, mode=mode, include_last_offset=include_last_offset)
+        self.weighted = weighted
 
-    def forward(self, ids, offsets):
-        return self.items(ids, offsets)
+    def forward(self, ids, offsets, weights):
+        return self.items(ids, offsets, per_sample_weights=weights if self.weighted else None)
 
 
-def test_embedding_bags_given_offsets_are_refused_by_the_exporter_with_a_way_out(tmp_path):
-    import pytest
+@pytest.mark.parametrize("mode, include_last_offset, weighted", [
+    ("sum", False, False), ("sum", True, True), ("mean", False, False), ("mean", True, False)])
+def test_embedding_bags_given_offsets_export_as_a_scatter_into_bags(tmp_path, mode, include_last_offset, weighted):
+    from qcompile.onnx.check import check_onnx
+    from qcompile.onnx.export import export_onnx
 
+    torch.manual_seed(0)
+    model = OffsetBags(mode, include_last_offset, weighted).eval()
+    ends = [20] if include_last_offset else []
+    example = (torch.randint(0, 300, (20,)), torch.tensor([0, 3, 3, 9, *ends]), torch.rand(20))
+    # another count of ids, an empty first bag and an empty bag inside
+    other = (torch.randint(0, 300, (31,)), torch.tensor([0, 0, 7, 7, 30, *([31] if ends else [])]), torch.rand(31))
+    for passes in ("fuse", "dynamic"):
+        graph = lower(model, example)
+        run_pipeline(graph, passes)
+        quantized = graph.node("items").quant.mode == "dynamic"
+        assert quantized == (passes == "dynamic" and mode == "sum")
+        write_model(graph, tmp_path / passes)
+        path = export_onnx(graph, tmp_path / f"{passes}.onnx")
+        emitted = load_model(tmp_path / passes)
+        assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [other], None, graph=graph))
+        with torch.no_grad():
+            empty = emitted(*other)[[0, 2]]
+        assert not empty.any()  # empty bags are zeros, in torch and (checked above) in the file
+
+
+def test_embedding_bags_the_exporter_does_not_take_are_refused_with_a_way_out(tmp_path):
     from qcompile.errors import QCompileError
     from qcompile.onnx.export import export_onnx
 
-    graph = lower(OffsetBags().eval(), (torch.randint(0, 100, (10,)), torch.tensor([0, 4])))
-    run_pipeline(graph, "dynamic")
-    assert graph.node("items").quant.mode == "dynamic"
-    with pytest.raises(QCompileError, match="given offsets or per-sample weights is not exported") as info:
+    model = OffsetBags("max", False, False).eval()
+    graph = lower(model, (torch.randint(0, 300, (10,)), torch.tensor([0, 4]), torch.rand(10)))
+    with pytest.raises(QCompileError, match="1-D ids with offsets in max mode is not exported") as info:
         export_onnx(graph, tmp_path / "model.onnx")
-    assert "[bags, ids per bag]" in str(info.value.hint)
+    assert "1-D ids with offsets in sum or mean mode" in str(info.value.hint)
     assert not (tmp_path / "model.onnx").exists()

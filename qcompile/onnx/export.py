@@ -29,6 +29,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops
 from qcompile.onnx.dynamic import dynamic_linear
+from qcompile.onnx.embedding_bag import embedding_bag
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
@@ -210,9 +211,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         out = b.emit("Conv", [x, w] + ([bias] if bias else []), kernel_shape=_pair(a["kernel_size"]),
                      strides=_pair(a.get("stride", 1)), pads=pads + pads, dilations=_pair(a.get("dilation", 1)),
                      group=a.get("groups", 1))
-        if "ConvReLU" in node.target:
-            out = b.emit("Relu", [out])
-        return out
+        return b.emit("Relu", [out]) if "ConvReLU" in node.target else out
     if node.quant.mode == "dynamic" and node.op == "linear":  # LSTM / GRU: recurrent; int8 tables: sequence_ops
         return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
@@ -220,9 +219,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         out = b.emit("MatMul", [x, w_t])
         if bias:
             out = b.emit("Add", [out, bias])
-        if "LinearReLU" in node.target:
-            out = b.emit("Relu", [out])
-        return out
+        return b.emit("Relu", [out]) if "LinearReLU" in node.target else out
     if node.op == "batch_norm2d":
         p = {k: b.const(f"{node.name}_{k}", b.graph.param(node, k).float())
              for k in ("weight", "bias", "running_mean", "running_var")}
@@ -238,6 +235,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return _pool(b, node.op, x, a)
     if node.op == "upsample":
         return resize(b, node, x, a)
+    if node.op == "embedding_bag":
+        return embedding_bag(b, node)
     if node.op == "adaptive_avg_pool2d" and _pair(a["output_size"]) == [1, 1]:
         return b.emit("GlobalAveragePool", [x])
     if node.op in ("dropout", "identity", "quantize", "dequantize"):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # Ops this module exports, as function / method calls and as nn modules.
 FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "unbind", "layer_norm", "scaled_dot_product_attention",
                 "softmax", "_softmax", "gelu", "matmul", "bmm", "embedding", "arange")
-MODULE_OPS = ("layer_norm", "softmax", "gelu", "embedding", "embedding_bag")
+MODULE_OPS = ("layer_norm", "softmax", "gelu", "embedding")
 
 
 def _arg(args: list, kw: dict, index: int, name: str, default: Any = None) -> Any:
@@ -147,33 +147,9 @@ def module_op(b: _Builder, node: Node, x: str) -> str:
         _plain_embedding(node, a)
         table = b.graph.param(node, "weight")
         if table.is_quantized:
-            return _int8_embedding(b, node, table, x)
+            return int8_rows(b, node, table, x)
         return b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0)
-    if node.op == "embedding_bag":
-        return _embedding_bag(b, node, x)
     raise AssertionError(node.op)
-
-
-_BAG_REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax"}
-
-
-def _embedding_bag(b: _Builder, node: Node, ids: str) -> str:
-    """Bags of a fixed size, ids ``[bags, size]``: the rows gathered (int8 tables: as :func:`_int8_embedding`
-    reads them), then summed, averaged or maxed over each bag."""
-    a = node.attrs
-    ids_type = b.graph.inputs(node)[0].type
-    if len(node.args) > 1 or node.kwargs or not (isinstance(ids_type, TensorType) and len(ids_type.shape) == 2):
-        raise QCompileError(f"%{node.name}: an EmbeddingBag given offsets or per-sample weights is not exported "
-                            "to ONNX yet", hint="give it ids of shape [bags, ids per bag], without offsets")
-    if a.get("padding_idx") is not None or a.get("max_norm") is not None:
-        raise QCompileError(f"%{node.name}: an EmbeddingBag with padding_idx or max_norm is not exported to "
-                            "ONNX yet")
-    table = b.graph.param(node, "weight")
-    if table.is_quantized:
-        rows = _int8_embedding(b, node, table, ids)
-    else:
-        rows = b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), ids], axis=0)
-    return b.emit(_BAG_REDUCTIONS[a.get("mode", "mean")], [rows, _axes(b, 1)], keepdims=0)
 
 
 def _arange(b: _Builder, node: Node, args: list) -> str:
@@ -188,7 +164,7 @@ def _arange(b: _Builder, node: Node, args: list) -> str:
     return out
 
 
-def _int8_embedding(b: _Builder, node: Node, table: torch.Tensor, ids: str) -> str:
+def int8_rows(b: _Builder, node: Node, table: torch.Tensor, ids: str) -> str:
     """Rows of uint8 codes with a float scale and zero point each (``dynamic``): gathered, then
     ``code * scale - zero point * scale`` with each row's own pair, as torch's quantized embedding does."""
     scale = table.q_per_channel_scales().float()

@@ -1,0 +1,86 @@
+"""ONNX for ``nn.EmbeddingBag``: the rows of each bag gathered, then summed, averaged or maxed.
+
+Bags of a fixed size (ids ``[bags, size]``) reduce over axis 1. Bags given
+by offsets (ids ``[n]``, offsets ``[bags]``, or ``[bags + 1]`` with
+``include_last_offset``) have no segment reduction in ONNX: each id's bag is
+the number of offsets at or before its position, less one, and
+``ScatterElements`` adds its row into that bag; a mean divides by each bag's
+length, and an empty bag stays 0, as in torch. Per-sample weights scale the
+rows first. int8 tables (``dynamic``) are read as
+:func:`qcompile.onnx.sequence_ops.int8_rows` reads them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from qcompile.errors import QCompileError
+from qcompile.ir.node import Node
+from qcompile.onnx.sequence_ops import int8_rows
+
+if TYPE_CHECKING:
+    from qcompile.onnx.export import _Builder
+
+_REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax"}
+
+
+def embedding_bag(b: _Builder, node: Node) -> str:
+    """The ONNX value of an ``nn.EmbeddingBag`` node (float, or an int8 table from ``dynamic``)."""
+    args, kw, a = b.args(node), b.kwargs(node), node.attrs
+    ids = args[0]
+    offsets = args[1] if len(args) > 1 else kw.get("offsets")
+    weights = args[2] if len(args) > 2 else kw.get("per_sample_weights")
+    mode = a.get("mode", "mean")
+    if a.get("padding_idx") is not None or a.get("max_norm") is not None:
+        raise QCompileError(f"%{node.name}: an EmbeddingBag with padding_idx or max_norm is not exported to "
+                            "ONNX yet")
+    rank = len(ids.type.shape)
+    if (offsets is None) != (rank == 2) or (offsets is not None and mode == "max"):
+        raise QCompileError(f"%{node.name}: an EmbeddingBag of {rank}-D ids"
+                            f"{' with offsets' if offsets is not None else ' without offsets'} in {mode} mode "
+                            "is not exported to ONNX yet",
+                            hint="give it ids [bags, ids per bag] without offsets, or 1-D ids with offsets in sum "
+                            "or mean mode")
+    table = b.graph.param(node, "weight")
+    x = b.value(ids)
+    rows = (int8_rows(b, node, table, x) if table.is_quantized
+            else b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0))
+    if weights is not None:
+        rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), _ints(b, [-1])])])
+    if offsets is None:
+        return b.emit(_REDUCTIONS[mode], [rows, _ints(b, [1])], keepdims=0)
+    return _segments(b, node, x, b.value(offsets), rows, mode)
+
+
+def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: str) -> str:
+    """Rows ``[n, width]`` summed (or averaged) into the bags that ``offsets`` start."""
+    count = b.emit("Shape", [ids])  # [n]
+    ends = b.emit("Slice", [offsets, _ints(b, [1]), _ints(b, [np.iinfo(np.int64).max])])
+    if node.attrs.get("include_last_offset", False):
+        offsets = b.emit("Slice", [offsets, _ints(b, [0]), _ints(b, [-1])])
+    else:
+        ends = b.emit("Concat", [ends, count], axis=0)
+    positions = b.emit("Range", [b.const("zero", np.array(0, np.int64)), b.emit("Squeeze", [count]),
+                                 b.const("one", np.array(1, np.int64))])
+    started = b.emit("GreaterOrEqual", [b.emit("Unsqueeze", [positions, _ints(b, [1])]),
+                                        b.emit("Unsqueeze", [offsets, _ints(b, [0])])])  # [n, bags]
+    bag = b.emit("Sub", [b.emit("ReduceSum", [b.emit("Cast", [started], to=TensorProto.INT64), _ints(b, [1])],
+                                keepdims=0), b.const("one", np.array(1, np.int64))])
+    width = _ints(b, [node.attrs["embedding_dim"]])
+    index = b.emit("Expand", [b.emit("Unsqueeze", [bag, _ints(b, [1])]), b.emit("Concat", [count, width], axis=0)])
+    bags = b.emit("Shape", [offsets])
+    zeros = b.emit("ConstantOfShape", [b.emit("Concat", [bags, width], axis=0)],
+                   value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    sums = b.emit("ScatterElements", [zeros, index, rows], axis=0, reduction="add")
+    if mode == "sum":
+        return sums
+    lengths = b.emit("Cast", [b.emit("Sub", [ends, offsets])], to=TensorProto.FLOAT)
+    lengths = b.emit("Max", [lengths, b.const("one", np.array(1, np.float32))])  # an empty bag: 0 / 1
+    return b.emit("Div", [sums, b.emit("Unsqueeze", [lengths, _ints(b, [1])])])
+
+
+def _ints(b: _Builder, values: list[int]) -> str:
+    return b.const("ints", np.array(values, np.int64))
