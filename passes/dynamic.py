@@ -14,10 +14,11 @@ calibration data is needed. Before and after::
           target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: qint8 scale=0.00312 zp=0
 
 Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
-``aten.embedding``, and ``nn.EmbeddingBag`` in ``sum`` mode) get uint8 rows with a float scale and offset per row, as
-torch.ao's ``float_qparams_weight_only_qconfig`` gives them: a quarter of the
-float table's size, and rows within half a step of the float ones. Their
-output is float, so the layers that read them are unchanged. After a static
+``aten.embedding``, and ``nn.EmbeddingBag`` in ``sum`` mode) get uint8 rows
+with a float scale and offset per row, as torch.ao's
+``float_qparams_weight_only_qconfig`` gives them: a quarter of the float
+table's size, and rows within half a step of the float ones. Their output is
+float, so the layers that read them are unchanged. After a static
 pipeline, ``--passes ptq,dynamic{ops=embedding}`` adds only that.
 
 Options:

@@ -526,3 +526,21 @@ def test_a_segmentation_model_with_a_dict_output_and_computed_sizes_exports_in_i
     results = check_onnx(path, load_model(tmp_path / "model"), [torch.randn(2, 3, 96, 96)], output_scales(graph),
                          graph=graph)
     assert all(r.within_1_lsb >= 0.99 for r in results)
+
+
+class _DictHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return {"x": self.head(x), "logits": 2 * self.head(x)}
+
+
+def test_dict_outputs_are_named_by_their_keys_and_an_input_name_is_not_reused(tmp_path):
+    graph = lower(_DictHeads().eval(), (torch.randn(1, 4),))
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["output_x", "logits"]
+    results = check_onnx(path, load_model(tmp_path / "model"), [torch.randn(3, 4)], None)
+    assert all(r.max_error < 1e-5 for r in results)

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
-from qcompile.ir.node import Node, Ref
+from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
 from qcompile.onnx.inputs import dynamic_axes
 
@@ -26,8 +26,9 @@ def output_values(graph: Graph) -> list[Node]:
 def _named_outputs(graph: Graph) -> list[tuple[str, Node]]:
     node = graph.output_node
     returned = node.args[0]
-    if isinstance(returned, dict):
-        named = list(returned.items())
+    if isinstance(returned, dict):  # keys as names; one an input already has gets a prefix
+        taken = {n.name for n in graph.find(kind=NodeKind.INPUT)}
+        named = [(f"output_{k}" if str(k) in taken else str(k), r) for k, r in returned.items()]
     elif isinstance(returned, (tuple, list)):
         named = [(f"output_{i}", r) for i, r in enumerate(returned)]
     else:
