@@ -212,7 +212,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
                      strides=_pair(a.get("stride", 1)), pads=pads + pads, dilations=_pair(a.get("dilation", 1)),
                      group=a.get("groups", 1))
         return b.emit("Relu", [out]) if "ConvReLU" in node.target else out
-    if node.quant.mode == "dynamic" and node.op == "linear":  # LSTM / GRU: recurrent; int8 tables: sequence_ops
+    if node.quant.mode == "dynamic" and node.op == "linear":  # LSTM / GRU: recurrent; int8 tables, bags: below
         return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
         w_t, bias = b.weight(node, transposed=True)
