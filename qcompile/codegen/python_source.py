@@ -31,6 +31,7 @@ from qcompile.ir.graph import Graph, sanitize_name
 from qcompile.ir.modules import FUSED_ACTIVATIONS, build_module, non_default_ctor_args, required_ctor_params
 from qcompile.ir.node import Node, NodeKind, map_refs
 from qcompile.ir.targets import INFIX_OPERATORS, resolve_target
+from qcompile.torch_warnings import MESSAGES
 
 _RESERVED = {"self", "torch", "nn", "F", "operator", "math", "builtins"}
 
@@ -269,11 +270,12 @@ class _Emitter:
             # int8 state: torch 2.14 warns that its quantized tensors are deprecated when they are
             # built or loaded; the model runs as before, and its user cannot act on the warning
             self.imports.add("import warnings")
-            load_block = ("    with warnings.catch_warnings():\n"
-                          "        # torch deprecates its quantized tensors (the int8 weights); they work as before\n"
-                          f"        warnings.filterwarnings(\"ignore\", message={_TORCH_DEPRECATIONS!r})\n"
-                          + "".join(f"        {line}\n" for line in
-                                    [f"model = {class_name}()"] + [x[4:] for x in load_block.splitlines()]))
+            body = [f"model = {class_name}()"] + [line[4:] for line in load_block.splitlines()]
+            filters = [f"warnings.filterwarnings(\"ignore\", message={f'.*{text}.*'!r})" for text in MESSAGES]
+            lines = ["with warnings.catch_warnings():",
+                     "    # torch deprecates its quantized tensors and modules (the int8 weights); they work as before",
+                     *(f"    {line}" for line in filters + body)]
+            load_block = "".join(f"    {line}\n" for line in lines)
             model_line = ""
         else:
             model_line = f"    model = {class_name}()\n"
@@ -305,9 +307,6 @@ def load(weights="weights.pt", map_location="cpu"):
 {engine_line}{model_line}{load_block}    return model.eval()
 {helpers}'''
         return EmittedModel(class_name, source, state, dict(self.param_map))
-
-
-_TORCH_DEPRECATIONS = ".*(quantized tensor creation functions|TypedStorage is deprecated).*"
 
 
 def _owned(value: Any) -> Any:
