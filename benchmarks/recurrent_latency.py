@@ -20,7 +20,6 @@ held-out sequences; the head-to-head table is read as in
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.int8_latency import quiet  # noqa: E402
-from benchmarks.transformer_latency import emit, measure, print_tables  # noqa: E402
+from benchmarks.transformer_latency import emit, measure, parse_arguments, print_tables  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.onnx.session import OnnxModel  # noqa: E402
@@ -50,15 +49,7 @@ class WordLSTM(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=35)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--pairs", type=int, default=60, help="adjacent pairs of runs in each head-to-head timing")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__, layers=2, seq=35)
     quiet()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -90,15 +90,7 @@ def emit(graph, directory: Path):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--pairs", type=int, default=60, help="adjacent pairs of runs in each head-to-head timing")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__, layers=6, seq=128)
     quiet()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -142,6 +134,19 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "head_to_head": duels}, indent=1))
 
+
+
+def parse_arguments(doc: str, layers: int, seq: int) -> argparse.Namespace:
+    """The command line of a sequence-model benchmark (this one, ``recurrent_latency.py``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--seq", type=int, default=seq)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=60, help="adjacent pairs of runs in each head-to-head timing")
+    parser.add_argument("--json", type=Path)
+    return parser.parse_args()
 
 
 def measure(variants: dict, x, held_out, reference, threads: int, args, rows: list, duels: list) -> None:
