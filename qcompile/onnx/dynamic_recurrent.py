@@ -24,13 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from onnx import TensorProto, helper
 
 from qcompile.ir.modules import build_module
 from qcompile.ir.node import Node
 from qcompile.onnx.dynamic import integer_linear, quantize_input
+from qcompile.onnx.sequence_ops import int_list
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -57,7 +57,7 @@ def dynamic_layers(b: _Builder, node: Node) -> Layer:
             y, states = _scan(b, node, f"{node.name}_{key}", sequence, ih, hidden, weights[f"weight_hh_{key}"],
                               biases.get(f"bias_hh_{key}"), reverse=bool(suffix))
             ys.append(y)
-            finals.append([b.emit("Unsqueeze", [s, b.const("axis0", np.array([0], np.int64))]) for s in states])
+            finals.append([b.emit("Unsqueeze", [s, int_list(b, 0)]) for s in states])
         out = b.emit("Concat", ys, axis=2) if len(ys) > 1 else ys[0]
         stacked = [b.emit("Concat", [f[i] for f in finals], axis=0) if len(finals) > 1 else finals[0][i]
                    for i in range(len(finals[0]))]
@@ -70,7 +70,7 @@ def _scan(b: _Builder, node: Node, name: str, sequence: str, ih: str, hidden: in
           b_hh: torch.Tensor | None, reverse: bool) -> tuple[str, list[str]]:
     """The ``Scan`` of one direction of one layer: (outputs [seq, batch, hidden], final states)."""
     batch = b.emit("Shape", [sequence], start=1, end=2)
-    shape = b.emit("Concat", [batch, b.const("hidden", np.array([hidden], np.int64))], axis=0)
+    shape = b.emit("Concat", [batch, int_list(b, hidden)], axis=0)
     zeros = b.emit("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
     count = 2 if node.op == "lstm" else 1
     body = _body(b, node.op, name, hidden, w_hh, b_hh)

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
-from qcompile.onnx.sequence_ops import int8_rows
+from qcompile.onnx.sequence_ops import int8_rows, int_list, int_slice
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -49,28 +49,28 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     rows = (int8_rows(b, node, table, x) if table.is_quantized
             else b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0))
     if weights is not None:
-        rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), _ints(b, [-1])])])
+        rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), int_list(b, [-1])])])
     if offsets is None:
-        return b.emit(_REDUCTIONS[mode], [rows, _ints(b, [1])], keepdims=0)
+        return b.emit(_REDUCTIONS[mode], [rows, int_list(b, [1])], keepdims=0)
     return _segments(b, node, x, b.value(offsets), rows, mode)
 
 
 def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: str) -> str:
     """Rows ``[n, width]`` summed (or averaged) into the bags that ``offsets`` start."""
     count = b.emit("Shape", [ids])  # [n]
-    ends = b.emit("Slice", [offsets, _ints(b, [1]), _ints(b, [np.iinfo(np.int64).max])])
+    ends = int_slice(b, offsets, 1, np.iinfo(np.int64).max)
     if node.attrs.get("include_last_offset", False):
-        offsets = b.emit("Slice", [offsets, _ints(b, [0]), _ints(b, [-1])])
+        offsets = int_slice(b, offsets, 0, -1)
     else:
         ends = b.emit("Concat", [ends, count], axis=0)
     positions = b.emit("Range", [b.const("zero", np.array(0, np.int64)), b.emit("Squeeze", [count]),
                                  b.const("one", np.array(1, np.int64))])
-    started = b.emit("GreaterOrEqual", [b.emit("Unsqueeze", [positions, _ints(b, [1])]),
-                                        b.emit("Unsqueeze", [offsets, _ints(b, [0])])])  # [n, bags]
-    bag = b.emit("Sub", [b.emit("ReduceSum", [b.emit("Cast", [started], to=TensorProto.INT64), _ints(b, [1])],
+    started = b.emit("GreaterOrEqual", [b.emit("Unsqueeze", [positions, int_list(b, [1])]),
+                                        b.emit("Unsqueeze", [offsets, int_list(b, [0])])])  # [n, bags]
+    bag = b.emit("Sub", [b.emit("ReduceSum", [b.emit("Cast", [started], to=TensorProto.INT64), int_list(b, [1])],
                                 keepdims=0), b.const("one", np.array(1, np.int64))])
-    width = _ints(b, [node.attrs["embedding_dim"]])
-    index = b.emit("Expand", [b.emit("Unsqueeze", [bag, _ints(b, [1])]), b.emit("Concat", [count, width], axis=0)])
+    width = int_list(b, [node.attrs["embedding_dim"]])
+    index = b.emit("Expand", [b.emit("Unsqueeze", [bag, int_list(b, [1])]), b.emit("Concat", [count, width], axis=0)])
     bags = b.emit("Shape", [offsets])
     zeros = b.emit("ConstantOfShape", [b.emit("Concat", [bags, width], axis=0)],
                    value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
@@ -79,8 +79,4 @@ def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: 
         return sums
     lengths = b.emit("Cast", [b.emit("Sub", [ends, offsets])], to=TensorProto.FLOAT)
     lengths = b.emit("Max", [lengths, b.const("one", np.array(1, np.float32))])  # an empty bag: 0 / 1
-    return b.emit("Div", [sums, b.emit("Unsqueeze", [lengths, _ints(b, [1])])])
-
-
-def _ints(b: _Builder, values: list[int]) -> str:
-    return b.const("ints", np.array(values, np.int64))
+    return b.emit("Div", [sums, b.emit("Unsqueeze", [lengths, int_list(b, [1])])])

@@ -25,6 +25,7 @@ import numpy as np
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
+from qcompile.onnx.sequence_ops import int_slice
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -64,7 +65,6 @@ def resize(b: _Builder, node: Node, x: str, settings: dict[str, Any]) -> str:
         spatial = b.const("sizes", np.array(node.type.shape[2:], np.int64))
     else:
         raise QCompileError(f"%{node.name}: a resize whose output size is not fixed is not exported to ONNX yet")
-    batch_and_channels = b.emit("Slice", [b.emit("Shape", [x]), b.const("start", np.array([0], np.int64)),
-                                          b.const("end", np.array([2], np.int64))])
+    batch_and_channels = int_slice(b, b.emit("Shape", [x]), 0, 2)
     sizes = b.emit("Concat", [batch_and_channels, spatial], axis=0)
     return b.emit("Resize", [x, "", "", sizes], **attrs)

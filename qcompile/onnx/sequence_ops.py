@@ -38,13 +38,15 @@ def _arg(args: list, kw: dict, index: int, name: str, default: Any = None) -> An
     return args[index] if len(args) > index else kw.get(name, default)
 
 
-def _axes(b: _Builder, dims: Any) -> str:
+def int_list(b: _Builder, dims: Any) -> str:
+    """A 1-D int64 constant of one int or a list of them (axes, sizes)."""
     dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
     return b.const("axes", np.array(dims, np.int64))
 
 
-def _shape_slice(b: _Builder, shape: str, start: int, end: int) -> str:
-    return b.emit("Slice", [shape, b.const("start", np.array([start], np.int64)),
+def int_slice(b: _Builder, values: str, start: int, end: int) -> str:
+    """``values[start:end]`` of a 1-D int64 value (a shape, offsets)."""
+    return b.emit("Slice", [values, b.const("start", np.array([start], np.int64)),
                             b.const("end", np.array([end], np.int64))])
 
 
@@ -63,21 +65,21 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str
         dim = _arg(args, kw, 1, "dim") % rank
         sizes = [b.int_value(s) for s in _arg(args, kw, 2, "sizes")]
         shape = b.emit("Shape", [x])
-        parts = ([_shape_slice(b, shape, 0, dim)] if dim > 0 else []) + sizes
+        parts = ([int_slice(b, shape, 0, dim)] if dim > 0 else []) + sizes
         if dim + 1 < rank:
-            parts.append(_shape_slice(b, shape, dim + 1, rank))
+            parts.append(int_slice(b, shape, dim + 1, rank))
         return b.emit("Reshape", [x, b.emit("Concat", parts, axis=0)])
     if op == "unsqueeze":
-        return b.emit("Unsqueeze", [x, _axes(b, _arg(args, kw, 1, "dim"))])
+        return b.emit("Unsqueeze", [x, int_list(b, _arg(args, kw, 1, "dim"))])
     if op == "squeeze":
         dims = _arg(args, kw, 1, "dim")
-        return b.emit("Squeeze", [x] + ([_axes(b, dims)] if dims is not None else []))
+        return b.emit("Squeeze", [x] + ([int_list(b, dims)] if dims is not None else []))
     if op == "unbind":  # q, k, v = qkv.unbind(0): Split into size-1 slices, each squeezed
         dim = _arg(args, kw, 1, "dim", 0)
         count = args[0].type.shape[dim]
         parts = [b.fresh(f"{node.name}_{i}") for i in range(count)]
         b.emit("Split", [x], parts, axis=dim, num_outputs=count)
-        return [b.emit("Squeeze", [part, _axes(b, dim)]) for part in parts]
+        return [b.emit("Squeeze", [part, int_list(b, dim)]) for part in parts]
     if op == "select":
         index = b.const("index", np.array(_arg(args, kw, 2, "index"), np.int64))  # a scalar: the axis goes away
         return b.emit("Gather", [x, index], axis=_arg(args, kw, 1, "dim"))
