@@ -34,36 +34,41 @@ from qcompile.quant.observers import MomentsObserver, make_observer
 from qcompile.quant.stats_io import load_statistics
 
 
-def check_batch(graph: Graph, batch: tuple, index: int) -> None:
-    """Refuse a batch whose tensors do not fit the graph's inputs, or hold NaN/Inf."""
+def check_batch(graph: Graph, batch: tuple, index: int, purpose: str = "calibration") -> None:
+    """Refuse a batch whose tensors do not fit the graph's inputs, or hold NaN/Inf.
+
+    ``purpose`` names the data in the message (``calibration``, ``check``).
+    """
     inputs = graph.input_nodes
     if len(batch) != len(inputs):
-        raise QCompileError(f"calibration batch {index} has {len(batch)} tensors; the model takes {len(inputs)}")
+        names = ", ".join(f"%{node.name}" for node in inputs)
+        raise QCompileError(f"{purpose} batch {index} has {len(batch)} tensors; the model takes {len(inputs)} "
+                            f"({names})", hint="give one tensor per model input, in the order of its forward()")
     fixed = graph.attrs.get("fixed_batch")
     for value, node in zip(batch, inputs, strict=True):
         expected = node.type
         if fixed is not None and isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != fixed:
             raise QCompileError(
-                f"calibration batch {index} holds {value.shape[0]} samples, but the model was "
+                f"{purpose} batch {index} holds {value.shape[0]} samples, but the model was "
                 f"exported for batches of exactly {fixed} (torch.export fixes every dimension "
                 "it is not told is dynamic)",
                 hint=f"pass --batch-size {fixed}, or export again with "
                 "dynamic_shapes={'x': {0: torch.export.Dim('batch')}} for the model's inputs")
         if not isinstance(value, torch.Tensor):
-            raise QCompileError(f"calibration batch {index}: input %{node.name} is a {type(value).__name__}, "
+            raise QCompileError(f"{purpose} batch {index}: input %{node.name} is a {type(value).__name__}, "
                                 "not a tensor")
         if isinstance(expected, TensorType):
             if value.dim() != len(expected.shape) or tuple(value.shape[1:]) != expected.shape[1:]:
                 raise QCompileError(
-                    f"calibration batch {index}: input %{node.name} has shape {list(value.shape)}, "
+                    f"{purpose} batch {index}: input %{node.name} has shape {list(value.shape)}, "
                     f"the model expects [N, {', '.join(map(str, expected.shape[1:]))}]",
                     hint="check the data's preprocessing (--preprocess) against the model's input")
             if value.dtype != expected.torch_dtype:
                 raise QCompileError(
-                    f"calibration batch {index}: input %{node.name} is {value.dtype}, the model expects "
+                    f"{purpose} batch {index}: input %{node.name} is {value.dtype}, the model expects "
                     f"{expected.torch_dtype}", hint="convert the data (e.g. to float32 in [0, 1])")
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise QCompileError(f"calibration batch {index}: input %{node.name} contains NaN or Inf",
+            raise QCompileError(f"{purpose} batch {index}: input %{node.name} contains NaN or Inf",
                                 hint="clean the data; observers cannot place a range around NaN")
 
 

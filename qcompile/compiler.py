@@ -21,6 +21,7 @@ from qcompile.codegen import load_model as load_emitted
 from qcompile.codegen import write_model
 from qcompile.data import open_data
 from qcompile.errors import QCompileError
+from qcompile.frontend.dynamic_axes import AxesSpec
 from qcompile.frontend.loaders import LoadedModel, load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
@@ -117,7 +118,7 @@ def compile_model(
     batch_size: int = 32,
     preprocess: str | None = None,
     frontend: str = "fx",
-    dynamic_axes: Sequence[int] = (),
+    dynamic_axes: AxesSpec = (),
     before_write: Callable[[Graph], None] | None = None,
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.

@@ -88,6 +88,36 @@ class AttentionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class TokensAndFeatures(nn.Module):
+    """Token ids [N, S] (any length) beside a feature vector [N, 6] (fixed): dynamic axes per input.
+
+    The feature branch is called ``branch``: by default ``meta``, a name
+    torch.fx's GraphModule keeps for itself.
+    """
+
+    def __init__(self, branch: str = "meta"):
+        super().__init__()
+        self.tokens = nn.Embedding(100, 16)
+        self.branch = branch
+        setattr(self, branch, nn.Linear(6, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids, features):
+        return self.head(torch.relu(self.tokens(ids).mean(1) + getattr(self, self.branch)(features)))
+
+
+class TwoLengths(nn.Module):
+    """Source and target token ids whose lengths vary independently."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Embedding(100, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, source, target):
+        return self.head(self.tokens(source).mean(1) - self.tokens(target).mean(1))
+
+
 class TokenClassifier(nn.Module):
     """A text classifier over token ids: token and position embeddings, a transformer encoder, a head."""
 

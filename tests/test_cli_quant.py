@@ -96,6 +96,9 @@ def test_export_onnx_and_check(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--calib", "builtin:mnist5k", "--calib-samples", "16", "--check"], "add --export onnx"),
     (["--export", "onnx", "--check"], "pass --check-data DATA"),
+    # photos for a model of grey 28x28 digits: refused before the export is written, not after
+    (["--export", "onnx", "--check", "--check-data", "builtin:photos"],
+     "--check data batch 0: input %x has shape [32, 3, 224, 224], the model expects [N, 1, 28, 28]"),
 ])
 def test_check_without_its_export_or_data_exits_before_writing(tmp_path, args, message):
     out = tmp_path / "out"

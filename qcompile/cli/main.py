@@ -19,21 +19,16 @@ from collections.abc import Sequence
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
+    open_check_data,
     report_modes,
     run_diagnostics,
 )
 from qcompile.cli.onnx_export import add_onnx_arguments, export_onnx_and_check
 from qcompile.errors import CheckFailed, QCompileError
+from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
-
-
-def _axes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of axes, such as 1 or 1,2") from None
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +44,10 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a Python model is lowered: torch.fx (default; torch.export where fx "
                         "fails), or always torch.export (torch.nn modules such as MultiheadAttention "
                         "become their operations, so their linears quantize too)")
-    parser.add_argument("--dynamic-axes", type=_axes, default=(), metavar="AXES",
+    parser.add_argument("--dynamic-axes", type=parse_dynamic_axes, default=(), metavar="AXES",
                         help="axes besides the batch whose size varies between calls, e.g. 1 for a "
-                        "sequence length: kept symbolic when lowering, dynamic in an ONNX export")
+                        "sequence length in every input that has it, or ids:1,mask:1 for named inputs "
+                        "(forward()'s parameters): kept symbolic when lowering, dynamic in an ONNX export")
     parser.add_argument("--passes", default=None, metavar="PIPELINE",
                         help="comma-separated passes with options, e.g. 'fuse{activations=false}', "
                         "or a named pipeline (see 'qcompile passes')")
@@ -351,13 +347,21 @@ def _with_backend(pipeline, backend: str):
 
 
 def _onnx_preflight(args: argparse.Namespace):
-    """With --export onnx: build the ONNX model in memory before OUT is written, so that a graph the
-    exporter does not take fails the run with nothing written."""
+    """With --export onnx: build the ONNX model in memory before OUT is written, and with --check
+    check its data against the model's inputs, so that a graph the exporter does not take, or data
+    the model cannot run, fails the run with nothing written."""
     if "onnx" not in args.export:
         return None
     from qcompile.onnx.export import build_onnx
+    from qcompile.passes.calibrate import check_batch
 
-    return lambda graph: build_onnx(graph, form=args.onnx_form)
+    def preflight(graph) -> None:
+        build_onnx(graph, form=args.onnx_form)
+        if args.check:
+            for index, batch in enumerate(open_check_data(args)):
+                check_batch(graph, tuple(batch), index, purpose="--check data")
+
+    return preflight
 
 
 def _lower_only(args: argparse.Namespace):

@@ -18,8 +18,17 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from qcompile.errors import LoweringError, QCompileError
+from qcompile.frontend.dynamic_axes import (
+    AxesSpec,
+    PerInput,
+    describe,
+    export_shapes,
+    input_names,
+    recorded,
+    resolve,
+)
 from qcompile.frontend.raise_aten import raise_aten
-from qcompile.frontend.tracing import stack_location, trace
+from qcompile.frontend.tracing import GRAPH_MODULE_NAMES, stack_location, trace
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_args
 from qcompile.ir.node import Node, NodeKind, Ref, SourceInfo
@@ -56,7 +65,7 @@ def lower(
     example_inputs: Sequence[Any],
     notes: list[str] | None = None,
     frontend: str = "fx",
-    dynamic_axes: Sequence[int] = (),
+    dynamic_axes: AxesSpec = (),
 ) -> Graph:
     """Lower ``model`` to a verified IR graph with the fact ``lowered``.
 
@@ -77,23 +86,27 @@ def lower(
             which passes can quantize one by one, instead of staying one
             opaque module).
         dynamic_axes: Axes besides the batch whose size varies between calls
-            (1 for a sequence length), in every tensor input that has them.
+            (1 for a sequence length): axis numbers for every tensor input
+            that has them, or ``{"ids": [1]}`` for inputs named as
+            ``forward``'s parameters (:mod:`qcompile.frontend.dynamic_axes`).
             torch.export keeps them symbolic; an ONNX export declares them
             dynamic (and checks that the model runs at another size).
-            ``graph.attrs['dynamic_axes']`` records them.
+            ``graph.attrs['dynamic_axes']`` records them per input name.
 
     Raises:
         LoweringError: if neither fx nor torch.export can lower the model.
     """
-    axes = _dynamic_axes(dynamic_axes, example_inputs)
+    axes = resolve(dynamic_axes, model, example_inputs)
     graph = _lower(model, example_inputs, notes, frontend, axes)
-    if axes:
-        graph.attrs["dynamic_axes"] = list(axes)
+    tensor_axes = [a for x, a in zip(example_inputs, axes, strict=True) if isinstance(x, torch.Tensor)]
+    kept = recorded(tuple(tensor_axes), [node.name for node in graph.input_nodes])
+    if kept:
+        graph.attrs["dynamic_axes"] = kept
     return graph
 
 
 def _lower(model: nn.Module, example_inputs: Sequence[Any], notes: list[str] | None, frontend: str,
-           axes: tuple[int, ...]) -> Graph:
+           axes: PerInput) -> Graph:
     if isinstance(model, fx.GraphModule):
         # exported programs refuse .eval(); they are already inference graphs
         return _lower_graph_module(model, example_inputs, _model_name(model))
@@ -122,28 +135,16 @@ def _lower(model: nn.Module, example_inputs: Sequence[Any], notes: list[str] | N
     return graph
 
 
-def _dynamic_axes(axes: Sequence[int], example_inputs: Sequence[Any]) -> tuple[int, ...]:
-    """The dynamic axes besides the batch, checked against the example inputs' ranks."""
-    axes = tuple(sorted(set(axes)))
-    ranks = [x.dim() for x in example_inputs if isinstance(x, torch.Tensor)]
-    for axis in axes:
-        if not isinstance(axis, int) or axis < 1:
-            raise QCompileError(f"dynamic axis {axis!r}: give axes after the batch (1, 2, ...)",
-                                hint="the batch (axis 0) is always dynamic; 1 is a sequence model's length")
-        if not any(rank > axis for rank in ranks):
-            raise QCompileError(f"dynamic axis {axis}: no model input has that axis (input ranks: {ranks})",
-                                hint="count axes from 0, the batch: [batch, sequence, features] has the sequence at 1")
-    return axes
-
-
 def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
-                        fx_error: LoweringError | None = None, axes: Sequence[int] = ()) -> fx.GraphModule:
+                        fx_error: LoweringError | None = None, axes: PerInput | None = None) -> fx.GraphModule:
     """``torch.export`` ``model``, batch dimension dynamic if the model allows it, and ``axes`` dynamic.
 
-    torch.export specializes a dimension whose example size is 1, so the
-    example batch (and a dynamic axis of size 1) is widened to 2 for the
-    dynamic attempt. A model whose code fixes the batch is exported again
-    with the example batch as given; its graph then records that batch in
+    ``axes`` holds each example input's dynamic axes besides the batch
+    (:func:`qcompile.frontend.dynamic_axes.resolve`). torch.export
+    specializes a dimension whose example size is 1, so the example batch
+    (and a dynamic axis of size 1) is widened to 2 for the dynamic attempt.
+    A model whose code fixes the batch is exported again with the example
+    batch as given; its graph then records that batch in
     ``graph.attrs['fixed_batch']``. The ``axes`` stay dynamic in both
     attempts: a model that fixes one of them is an error.
 
@@ -151,16 +152,13 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
         LoweringError: why torch.export failed (after ``fx_error``, if given).
     """
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
-    symbols = {axis: torch.export.Dim(f"axis{axis}") for axis in axes}
-
-    def shapes(batch: torch.export.Dim | None) -> tuple:
-        return tuple({a: d for a, d in ([(0, batch)] if batch else []) + list(symbols.items()) if a < x.dim()}
-                     if isinstance(x, torch.Tensor) else None for x in example_inputs)
-
+    axes = axes if axes is not None else tuple(() for _ in example_inputs)
     attempts = []
     if tensors and all(x.dim() > 0 for x in tensors):
-        attempts.append((tuple(_widen(x, (0, *axes)) for x in example_inputs), shapes(torch.export.Dim("batch"))))
-    attempts.append((tuple(_widen(x, axes) for x in example_inputs), shapes(None) if axes else None))
+        inputs = tuple(_widen(x, (0, *a)) for x, a in zip(example_inputs, axes, strict=True))
+        attempts.append((inputs, export_shapes(axes, inputs, torch.export.Dim("batch"))))
+    inputs = tuple(_widen(x, a) for x, a in zip(example_inputs, axes, strict=True))
+    attempts.append((inputs, export_shapes(axes, inputs, None) if any(axes) else None))
     last: Exception | None = None
     for inputs, dynamic_shapes in attempts:
         try:
@@ -168,8 +166,17 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
     failure = f"{type(last).__name__}: {_first_line(last)}"
-    if axes:
-        raise LoweringError(f"torch.export cannot keep axes {list(axes)} of {type(model).__name__}'s inputs dynamic: "
+    clashes = _graph_module_clashes(model)
+    if clashes:
+        failure = (f"{type(model).__name__}'s {', '.join(clashes)} has a name torch.fx's GraphModule keeps for "
+                   f"itself, and torch.export cannot lower that ({failure})")
+        raise LoweringError(f"{fx_error.message}\n  torch.export failed as well: {failure}" if fx_error is not None
+                            else f"torch.export cannot export {type(model).__name__}: {failure}",
+                            hint=f"rename {clashes[0]} in the model (its weights' names change with it), or "
+                            "lower it with the fx frontend (the default), which renames it") from last
+    if any(axes):
+        described = describe(dict(zip(input_names(model, len(axes)), axes, strict=True)))
+        raise LoweringError(f"torch.export cannot keep {described} dynamic ({type(model).__name__}): "
                             f"{failure}", hint="the model fixes that size (a positional table, a reshape to a "
                             "constant): leave the dynamic axes out, or make the model take any size") from last
     raise LoweringError(
@@ -178,6 +185,12 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
         hint="make the model exportable with torch.export.export(model, example_inputs): qcompile "
         "lowers whatever it exports (a branch on tensor values needs torch.cond)",
     ) from last
+
+
+def _graph_module_clashes(model: nn.Module) -> list[str]:
+    """The model's own attributes named as GraphModule's (``self.meta = nn.Linear(...)``)."""
+    own = [*model.named_children(), *model.named_parameters(recurse=False), *model.named_buffers(recurse=False)]
+    return sorted(f"self.{name}" for name, _ in own if name in GRAPH_MODULE_NAMES)
 
 
 def _widen(x: Any, axes: Sequence[int]) -> Any:

@@ -18,6 +18,9 @@ from torch import nn
 from qcompile.errors import LoweringError
 
 _TORCH_DIR = str(Path(torch.__file__).parent)
+# names a GraphModule gives its own attributes: a submodule or parameter called so cannot be one of its children
+GRAPH_MODULE_NAMES = frozenset(dir(fx.GraphModule)) | frozenset(
+    vars(fx.GraphModule(nn.Module(), fx.Graph())).keys())
 _OWN_DIR = str(Path(__file__).parent.parent)
 
 
@@ -82,7 +85,43 @@ def trace(model: nn.Module) -> fx.GraphModule:
                 "that line so it does not branch on tensor values"
             ),
         ) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """``fx.GraphModule(root, graph)``, with children whose names the GraphModule uses itself renamed.
+
+    A GraphModule keeps ``meta``, ``graph``, ``code`` (and more) for itself,
+    so ``self.meta = nn.Linear(...)`` in the user's model would make torch.fx
+    (and torch.export) fail with a TypeError. Such a child is renamed
+    ``meta_`` (more underscores if that is taken); the nodes keep the
+    module path they were traced under, so reports still name ``meta``.
+    """
+    heads = {node.target.split(".")[0] for node in graph.nodes if node.op in ("call_module", "get_attr")}
+    clashes = heads & GRAPH_MODULE_NAMES
+    if not clashes:
+        return fx.GraphModule(root, graph, name)
+    renamed = {}
+    for head in sorted(clashes):
+        new = head + "_"
+        while new in heads or new in GRAPH_MODULE_NAMES or hasattr(root, new):
+            new += "_"
+        renamed[head] = new
+    attributes = {}
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            head, dot, rest = node.target.partition(".")
+            target = renamed.get(head, head) + dot + rest
+            attributes[target] = _attribute(root, node.target)
+            node.target = target
+    return fx.GraphModule(attributes, graph, name)
+
+
+def _attribute(root: nn.Module, qualified_name: str):
+    value = root
+    for part in qualified_name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def stack_location(node: fx.Node) -> tuple[str, str]:

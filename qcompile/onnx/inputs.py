@@ -2,8 +2,8 @@
 
 Every input's axis 0 is the batch, ``batch``. The axes a model was lowered
 with as dynamic (``lower(..., dynamic_axes=[1])``, ``--dynamic-axes 1``: a
-sequence length) are declared ``<input>_axis<k>``; the others keep the
-example's size. Float inputs are ``float32``; integer inputs (token ids for
+sequence length; or per input, ``--dynamic-axes ids:1``) are declared
+``<input>_axis<k>``; the others keep the example's size. Float inputs are ``float32``; integer inputs (token ids for
 an ``nn.Embedding``) keep their integer type.
 
 Declaring an axis dynamic does not make the model take any size: a
@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
+from qcompile.frontend.dynamic_axes import describe
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
@@ -31,14 +32,15 @@ from qcompile.ir.types import TensorType
 _ELEMENT_TYPES = {"f32": TensorProto.FLOAT, "i64": TensorProto.INT64, "i32": TensorProto.INT32}
 
 
-def dynamic_axes(graph: Graph) -> list[int]:
-    """The axes besides the batch that vary between calls, as lowering recorded them."""
-    return list(graph.attrs.get("dynamic_axes", []))
+def dynamic_axes(graph: Graph) -> dict[str, list[int]]:
+    """Input name -> its axes besides the batch that vary between calls, as lowering recorded them."""
+    return dict(graph.attrs.get("dynamic_axes", {}))
 
 
 def graph_inputs(graph: Graph) -> list[onnx.ValueInfoProto]:
     """One ``ValueInfoProto`` per tensor input of ``graph``, in order."""
-    return [_declare(node, dynamic_axes(graph)) for node in graph.find(kind=NodeKind.INPUT)]
+    axes = dynamic_axes(graph)
+    return [_declare(node, axes.get(node.name, [])) for node in graph.find(kind=NodeKind.INPUT)]
 
 
 def _declare(node: Node, axes: list[int]) -> onnx.ValueInfoProto:
@@ -60,7 +62,7 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
 
     feeds, rng = {}, np.random.default_rng(0)
     for node in graph.find(kind=NodeKind.INPUT):
-        shape = [_other(size) if k in axes else size for k, size in enumerate(node.type.shape)]
+        shape = [_other(size) if k in axes.get(node.name, []) else size for k, size in enumerate(node.type.shape)]
         shape[0] = graph.attrs.get("fixed_batch", shape[0])
         dtype = helper.tensor_dtype_to_np_dtype(_ELEMENT_TYPES[node.type.dtype])
         # integers: zeros, an index every embedding table has
@@ -71,7 +73,7 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
         sizes = ", ".join(f"{name} {list(v.shape)}" for name, v in feeds.items())
         reason = _tidy(str(error))
         raise QCompileError(
-            f"the exported model does not run with axes {axes} at another size than the example's ({sizes}): "
+            f"the exported model does not run with {describe(axes)} at another size than the example's ({sizes}): "
             f"{reason}",
             hint="the model fixes that size somewhere (a positional table, a reshape to a constant, a size "
             "from the example): leave --dynamic-axes out, or make the model read the size from its input") from None
