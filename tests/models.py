@@ -118,6 +118,21 @@ class TwoLengths(nn.Module):
         return self.head(self.tokens(source).mean(1) - self.tokens(target).mean(1))
 
 
+class RecurrentStates(nn.Module):
+    """A bidirectional 2-layer LSTM, then a GRU; the head reads their outputs and their last states."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(32, 16, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        out, (h, c) = self.lstm(x)
+        out, last = self.gru(out)
+        return self.head(out + h[-1:].transpose(0, 1) + c[-1:].transpose(0, 1) + last.transpose(0, 1))
+
+
 class TokenClassifier(nn.Module):
     """A text classifier over token ids: token and position embeddings, a transformer encoder, a head."""
 

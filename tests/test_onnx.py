@@ -12,10 +12,18 @@ from qcompile.data import open_data
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.loaders import load_model as load_user_model
 from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
+from qcompile.ir import NodeKind
 from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
-from tests.models import AttentionBlock, PatchTransformer, TwoInputsTwoHeads, randomize_batch_norm
+from tests.models import (
+    AttentionBlock,
+    PatchTransformer,
+    RecurrentStates,
+    TwoInputsTwoHeads,
+    randomize_batch_norm,
+)
 from tests.seed_models import FashionNet
 from tests.torchao_reference import sqnr
 
@@ -440,6 +448,31 @@ def test_dynamic_lstm_and_gru_export_with_torchs_integer_arithmetic(kind, batch_
     # the same codes as torch's int8 kernels: only float rounding apart, far below what int8 costs against float
     assert rounding > 1e-3
     assert all(r.max_error < 1e-5 for r in results)
+
+
+def test_recurrent_layers_lowered_through_torch_export_quantize_and_export(tmp_path):
+    # torch.export spells self.lstm(x) as zero states and aten.lstm returning (out, h, c): raised back to the
+    # modules fx gives, so that dynamic quantizes them and the exporter takes them
+    torch.manual_seed(0)
+    model = RecurrentStates().eval()
+    example = torch.randn(1, 5, 8)
+    graph = lower(model, (example,), frontend="export")  # (torch.export fixes an LSTM's length)
+    fx_graph = lower(model, (example,))
+    for kind in ("lstm", "gru"):
+        ours, theirs = graph.find(op=kind)[0], fx_graph.find(op=kind)[0]
+        assert ours.kind == theirs.kind == NodeKind.MODULE and ours.attrs == theirs.attrs
+        assert ours.params == theirs.params and ours.type == theirs.type
+    assert not graph.find(op="zeros")
+    batches = [torch.randn(3, 5, 8) for _ in range(2)]  # another batch than the example's
+    with torch.no_grad():
+        assert torch.equal(Interpreter(graph).run(batches[0]), model(batches[0]))
+    run_pipeline(graph, "dynamic")
+    assert {n.op for n in graph.find(kind=NodeKind.MODULE) if n.quant.mode == "dynamic"} == {"lstm", "gru", "linear"}
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Scan") == 5  # 2 layers x 2 directions + GRU
+    assert all(r.max_error < 1e-5 for r in check_onnx(path, load_model(tmp_path / "model"), batches, None,
+                                                       graph=graph))
 
 
 def test_dynamic_lstm_tagger_exports_and_checks_from_the_cli(tmp_path):

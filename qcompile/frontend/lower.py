@@ -9,6 +9,7 @@ example inputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,7 +163,9 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
     last: Exception | None = None
     for inputs, dynamic_shapes in attempts:
         try:
-            return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes).module()
+            with warnings.catch_warnings():  # nn.LSTM / nn.GRU's own attributes: nothing the user can change
+                warnings.filterwarnings("ignore", message=r".*_flat_weights.*assigned during export")
+                return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes).module()
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
     failure = f"{type(last).__name__}: {_first_line(last)}"

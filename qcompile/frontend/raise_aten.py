@@ -19,6 +19,7 @@ import torch
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.targets import op_name_for_function, op_name_for_module, resolve_target
+from qcompile.ir.types import TupleType
 
 
 def _bind(node: Node, inputs: list[Node]) -> dict[str, Any]:
@@ -32,8 +33,17 @@ def _bind(node: Node, inputs: list[Node]) -> dict[str, Any]:
             value = node.kwargs[arg.name]
         else:
             value = arg.default_value
-        bound[arg.name] = inputs[value.index] if isinstance(value, Ref) else value
+        bound[arg.name] = _resolved(value, inputs)
     return bound
+
+
+def _resolved(value: Any, inputs: list[Node]) -> Any:
+    """``value`` with ``Ref``s (also inside lists, such as an RNN's weights) replaced by their nodes."""
+    if isinstance(value, Ref):
+        return inputs[value.index]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolved(v, inputs) for v in value)
+    return value
 
 
 def _param_name(value: Any) -> str | None:
@@ -127,6 +137,53 @@ def _raise_hardtanh(graph: Graph, node: Node, b: dict) -> bool:
     return _raise_activation(graph, node, b, torch.nn.ReLU6)
 
 
+def _is_zeros(graph: Graph, value: Any) -> bool:
+    """``value`` is an ``aten.zeros`` node (an RNN's initial state when forward passes none)."""
+    return isinstance(value, Node) and value.target == "torch.ops.aten.zeros.default"
+
+
+def _raise_rnn(graph: Graph, node: Node, b: dict, cls: type) -> bool:
+    """``aten.lstm`` / ``aten.gru`` over a module's weights, from zero states: that ``nn.LSTM`` / ``nn.GRU``.
+
+    torch.export decomposes ``self.lstm(x)`` into zero initial states and
+    ``aten.lstm(x, [h0, c0], params, ...)``, which returns ``(out, h, c)``
+    where the module returns ``(out, (h, c))``: readers of ``h`` and ``c``
+    are moved onto a ``getitem`` of the pair. Given states, projections or
+    training mode, the call stays as it is.
+    """
+    states = list(b["hx"]) if isinstance(b["hx"], (list, tuple)) else [b["hx"]]
+    names = [_param_name(p) for p in b["params"]]
+    if b["train"] or not all(_is_zeros(graph, s) for s in states) or None in names or not names:
+        return False
+    attrs = dict(input_size=graph.params[names[0]].shape[1], hidden_size=graph.params[names[1]].shape[1],
+                 num_layers=b["num_layers"], bias=b["has_biases"], batch_first=b["batch_first"],
+                 dropout=b["dropout"], bidirectional=b["bidirectional"], proj_size=0)
+    # its weights' names and shapes, nothing allocated (only nn.LSTM takes proj_size; fx lowering records it anyway)
+    reference = cls(**{k: v for k, v in attrs.items() if k != "proj_size" or cls is torch.nn.LSTM}, device="meta")
+    expected = reference._flat_weights_names
+    if len(expected) != len(names) or any(graph.params[n].shape != getattr(reference, e).shape
+                                          for n, e in zip(names, expected, strict=True)):
+        return False
+    readers = graph.users(node)
+    _to_module(graph, node, b["input"], cls, attrs, dict(zip(expected, names, strict=True)))
+    for state in states:
+        size = graph.inputs(state)
+        graph.erase(state)
+        for producer in size:  # the batch read off the input for the zeros' shape
+            if producer.kind != NodeKind.INPUT and not graph.users(producer):
+                graph.erase(producer)
+    if cls is torch.nn.LSTM:
+        out, h, c = node.type.elements
+        node.type = TupleType((out, TupleType((h, c))))
+        pair = graph.add_node("getitem", NodeKind.FUNCTION, [node], name=f"{node.name}_state",
+                              target="operator.getitem", args=(Ref(0), 1), type=node.type.elements[1],
+                              source=node.source, after=node)
+        for reader in readers:
+            if reader.op == "getitem" and reader.args[1] in (1, 2):
+                graph.set_inputs(reader, [pair], args=(Ref(0), reader.args[1] - 1), kwargs={})
+    return True
+
+
 _RAISERS = {
     "conv1d": _raise_conv,
     "conv2d": _raise_conv,
@@ -135,6 +192,8 @@ _RAISERS = {
     "batch_norm": _raise_batch_norm,
     "relu": lambda g, n, b: _raise_activation(g, n, b, torch.nn.ReLU),
     "hardtanh": _raise_hardtanh,
+    "lstm": lambda g, n, b: _raise_rnn(g, n, b, torch.nn.LSTM),
+    "gru": lambda g, n, b: _raise_rnn(g, n, b, torch.nn.GRU),
 }
 
 

@@ -10,6 +10,7 @@ written, evaluated in float) and on (fused into QLinearConv and friends).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,9 @@ class OnnxCheck:
     def row(self) -> str:
         lsb = "-" if self.max_error_lsb is None else f"{self.max_error_lsb:.0f}"
         within = "-" if self.within_1_lsb is None else f"{self.within_1_lsb:.4f}"
+        top1 = "-" if math.isnan(self.top1_agreement) else f"{self.top1_agreement:.4f}"  # outputs not [N, classes]
         return (f"| {self.optimizations} | {self.samples} | {self.max_error:.3g} | {lsb} | {self.exact_share:.4f} "
-                f"| {within} | {self.top1_agreement:.4f} |")
+                f"| {within} | {top1} |")
 
 
 DYNAMIC_TOLERANCE = 1 / 128

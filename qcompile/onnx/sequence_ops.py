@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # Ops this module exports, as function / method calls and as nn modules.
 FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "unbind", "layer_norm", "scaled_dot_product_attention",
-                "softmax", "_softmax", "gelu", "matmul", "bmm", "embedding", "arange")
+                "softmax", "_softmax", "gelu", "matmul", "bmm", "embedding", "arange", "slice")
 MODULE_OPS = ("layer_norm", "softmax", "gelu", "embedding")
 
 
@@ -69,6 +69,10 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str
         if dim + 1 < rank:
             parts.append(int_slice(b, shape, dim + 1, rank))
         return b.emit("Reshape", [x, b.emit("Concat", parts, axis=0)])
+    if op == "slice":  # torch.export's x[:, start:end:step]
+        dim = _arg(args, kw, 1, "dim", 0) % len(args[0].type.shape)
+        bounds = slice(_arg(args, kw, 2, "start"), _arg(args, kw, 3, "end"), _arg(args, kw, 4, "step", 1))
+        return tensor_index(b, node, x, (*[slice(None)] * dim, bounds))
     if op == "unsqueeze":
         return b.emit("Unsqueeze", [x, int_list(b, _arg(args, kw, 1, "dim"))])
     if op == "squeeze":
@@ -109,6 +113,10 @@ def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
     items = list(index) if isinstance(index, tuple) else [index]
     if any(item is None or isinstance(item, Node) for item in items):
         raise QCompileError(f"%{node.name}: indexing with None or a tensor is not exported to ONNX yet")
+    if any(isinstance(item, slice) and any(isinstance(v, Node) for v in (item.start, item.stop, item.step))
+           for item in items):
+        raise QCompileError(f"%{node.name}: a slice whose bounds are computed is not exported to ONNX yet",
+                            hint="slice with constant bounds, or keep the slice out of the export")
     rank = len(b.graph.inputs(node)[0].type.shape)
     if Ellipsis in items:
         at = items.index(Ellipsis)
