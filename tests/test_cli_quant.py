@@ -98,13 +98,21 @@ def test_export_onnx_and_check(tmp_path):
     (["--export", "onnx", "--check"], "pass --check-data DATA"),
     # photos for a model of grey 28x28 digits: refused before the export is written, not after
     (["--export", "onnx", "--check", "--check-data", "builtin:photos"],
-     "--check data batch 0: input %x has shape [32, 3, 224, 224], the model expects [N, 1, 28, 28]"),
+     "--check-data batch 0: input %x has shape [32, 3, 224, 224], the model expects [N, 1, 28, 28]"),
 ])
 def test_check_without_its_export_or_data_exits_before_writing(tmp_path, args, message):
     out = tmp_path / "out"
     run = qcompile("zoo:digit_cnn", "--passes", "fuse", *args, "-o", out)
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr and not out.exists()
+
+
+def test_modes_data_of_the_wrong_shape_exits_before_writing(tmp_path):
+    out = tmp_path / "out"
+    run = qcompile("zoo:digit_cnn", "--passes", "fuse,calibrate,simulate{bits=4}", "--calib", "builtin:mnist5k",
+                   "--calib-samples", "16", "--modes", "--check-data", "builtin:photos", "-o", out)
+    assert run.returncode == 2, run.stderr
+    assert "--check-data batch 0: input %x has shape [32, 3, 224, 224]" in run.stderr and not out.exists()
 
 
 def test_statistics_file_replaces_the_data_in_a_later_run(tmp_path):

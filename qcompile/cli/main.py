@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
-    open_check_data,
     report_modes,
     run_diagnostics,
 )
-from qcompile.cli.onnx_export import add_onnx_arguments, export_onnx_and_check
+from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
@@ -251,7 +250,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
         preprocess=args.preprocess,
         frontend=args.frontend,
         dynamic_axes=args.dynamic_axes,
-        before_write=_onnx_preflight(args) if command == "compile" else None,
+        before_write=before_write(args) if command == "compile" else None,
     ) if pipeline is not None else _lower_only(args)
     if args.save_stats:
         from qcompile.quant.stats_io import save_statistics
@@ -344,24 +343,6 @@ def _with_backend(pipeline, backend: str):
                             hint="e.g. --passes ptq --backend gemmlowp")
     passes = tuple(dataclasses.replace(p, backend=backend) if p.name == "convert" else p for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
-
-
-def _onnx_preflight(args: argparse.Namespace):
-    """With --export onnx: build the ONNX model in memory before OUT is written, and with --check
-    check its data against the model's inputs, so that a graph the exporter does not take, or data
-    the model cannot run, fails the run with nothing written."""
-    if "onnx" not in args.export:
-        return None
-    from qcompile.onnx.export import build_onnx
-    from qcompile.passes.calibrate import check_batch
-
-    def preflight(graph) -> None:
-        build_onnx(graph, form=args.onnx_form)
-        if args.check:
-            for index, batch in enumerate(open_check_data(args)):
-                check_batch(graph, tuple(batch), index, purpose="--check data")
-
-    return preflight
 
 
 def _lower_only(args: argparse.Namespace):

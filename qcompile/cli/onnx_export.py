@@ -1,4 +1,8 @@
-"""The command line's ``--export onnx``: write OUT/model.onnx, report it, and check it with ``--check``."""
+"""The command line's ``--export onnx``: write OUT/model.onnx, report it, and check it with ``--check``.
+
+Before OUT is written, :func:`before_write` builds the file in memory and checks the data ``--check``
+(and ``--modes``) will run on, so that either failing leaves nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,29 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch size the export will run at, for --onnx-narrow-convs measure (1)")
     parser.add_argument("--onnx-threads", type=_positive, default=1, metavar="N",
                         help="onnxruntime threads the export will run with, for those timings (1)")
+
+
+def before_write(args: argparse.Namespace):
+    """Checks on the compiled graph before OUT is written, so that a failure leaves nothing behind: with
+    --export onnx the ONNX model is built in memory (a graph the exporter does not take fails here), and
+    the data --check and --modes run on is checked against the model's inputs."""
+    onnx = "onnx" in args.export
+    scored = (args.check and onnx) or args.modes
+    if not onnx and not scored:
+        return None
+
+    def preflight(graph) -> None:
+        if onnx:
+            from qcompile.onnx.export import build_onnx
+
+            build_onnx(graph, form=args.onnx_form)
+        if scored:
+            from qcompile.passes.calibrate import check_batch
+
+            for index, batch in enumerate(open_check_data(args)):
+                check_batch(graph, tuple(batch), index, purpose="--check-data" if args.check_data else "--calib")
+
+    return preflight
 
 
 def export_onnx_and_check(args: argparse.Namespace, result) -> None:
