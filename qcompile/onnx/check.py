@@ -83,8 +83,9 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
         QCompileError: if fewer than ``min_share`` of the output elements are
             within one LSB (int8 models), the error exceeds 1/128 of the
             largest output or top-1 agreement is under ``min_share``
-            (dynamically quantized models, which need ``graph``), or the
-            relative error exceeds 1e-4 (float models).
+            (dynamically quantized models, and int8 models whose outputs are
+            float, such as a softmax after the last dequantize; both need
+            ``graph``), or the relative error exceeds 1e-4 (float models).
     """
     batches = _as_tuples(batches)
     with torch.no_grad():
@@ -115,16 +116,20 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
                 f"top-1 agreement {r.top1_agreement:.2f})",
                 hint=_explain(graph if len(batches[0]) == 1 else None, batches[0][0], r.top1_agreement,
                               explain(layers, min_share)))
-        if graph is not None and is_dynamic(graph):
+        dynamic = graph is not None and is_dynamic(graph)
+        if dynamic or (graph is not None and "converted" in graph.facts and not quantized):
             # Both runtimes put each dynamic linear's input on a 7-bit grid measured on
             # it, but compute the codes in their own float arithmetic: a code at a
-            # rounding tie can come out one step apart, and the error travels on.
+            # rounding tie can come out one step apart, and the error travels on. So
+            # does a one-step difference of an int8 model's codes through the float
+            # ops after its last dequantize (a softmax over int8 logits).
             bound = DYNAMIC_TOLERANCE * largest
             if r.max_error > bound or (wants[0].dim() == 2 and r.top1_agreement < min_share):
+                what = "dynamically quantized model" if dynamic else "int8 model (float outputs)"
                 raise CheckFailed(
-                    f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's dynamically "
-                    f"quantized model: max error {r.max_error:.3g} (allowed {bound:.3g}, 1/128 of the largest "
-                    f"output), top-1 agreement {r.top1_agreement:.2f}",
+                    f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's {what}: max error "
+                    f"{r.max_error:.3g} (allowed {bound:.3g}, 1/128 of the largest output), top-1 agreement "
+                    f"{r.top1_agreement:.2f}",
                     hint="a bug in the exporter or a kernel; please report it with the model")
         elif not quantized and r.max_error > 1e-4 * max(largest, 1.0):
             raise CheckFailed(f"onnxruntime's float result differs by {r.max_error:.3g}")
