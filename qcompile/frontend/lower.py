@@ -245,8 +245,7 @@ def _lower_graph_module(gm: fx.GraphModule, example_inputs: Sequence[Any], name:
 def _finish(gm: fx.GraphModule, types: dict[fx.Node, ValueType], name: str) -> Graph:
     graph = Graph(name)
     _Converter(gm, graph, types).convert()
-    if any(n.target.startswith("torch.ops.aten.") for n in graph.find(kind=NodeKind.FUNCTION)):
-        raise_aten(graph)
+    raise_aten(graph)  # ATen calls (torch.export), and F.conv2d / F.linear over the model's weights (fx)
     graph.facts.add("lowered")
     verify(graph)
     return graph

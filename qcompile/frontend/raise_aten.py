@@ -7,6 +7,11 @@ ops (a ``conv2d`` MODULE node owning its weights), so this step rewrites the
 ATen calls it recognises into exactly the nodes ``fx`` lowering produces, and
 makes in-place ATen ops (``relu_``, ``add_``) functional. Whatever it does not
 recognise stays a FUNCTION node and still executes.
+
+torch.fx leaves ``F.conv2d(x, self.weight, self.bias, ...)`` and
+``F.linear(x, self.weight)`` as function calls over parameters; they take
+the ATen ops' arguments, so they are raised the same way (the node keeps
+its name), and quantize like ``nn.Conv2d`` / ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -53,7 +58,17 @@ def _param_name(value: Any) -> str | None:
     return None
 
 
-def _to_module(graph: Graph, node: Node, x: Node, cls: type, attrs: dict, params: dict) -> None:
+def _shared(graph: Graph, node: Node, name: str) -> bool:
+    """Whether parameter ``name`` is read anywhere but by ``node`` (tied weights: an embedding table that
+    is also the output layer). Such a layer stays a call: quantizing the weight would change the other reader."""
+    readers = [user for p in graph.find(kind=NodeKind.PARAM) if p.target == name for user in graph.users(p)]
+    owners = [m for m in graph.find(kind=NodeKind.MODULE) if name in m.params.values()]
+    return any(r is not node for r in readers) or bool(owners)
+
+
+def _to_module(graph: Graph, node: Node, x: Node, cls: type, attrs: dict, params: dict, rename: bool = True) -> None:
+    """``node`` as a ``cls`` module reading ``x``; named after its module (``rename``; not for a functional call,
+    whose module is the one calling it)."""
     node.kind = NodeKind.MODULE
     node.op = op_name_for_module(cls)
     node.target = f"torch.nn.{cls.__name__}"
@@ -65,14 +80,14 @@ def _to_module(graph: Graph, node: Node, x: Node, cls: type, attrs: dict, params
         # TorchScript keeps no module stack, but the weights' names tell it
         path = next(iter(params.values())).rpartition(".")[0]
         node.source = replace(node.source, module_path=path)
-    if path:
+    if path and rename:
         graph.rename(node, path)
 
 
-def _raise_conv(graph: Graph, node: Node, b: dict) -> bool:
+def _raise_conv(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
     weight = _param_name(b["weight"])
     bias = _param_name(b["bias"]) if b["bias"] is not None else None
-    if weight is None or (b["bias"] is not None and bias is None):
+    if weight is None or (b["bias"] is not None and bias is None) or _shared(graph, node, weight):
         return False
     w = graph.params[weight]
     dims = w.dim() - 2
@@ -87,19 +102,19 @@ def _raise_conv(graph: Graph, node: Node, b: dict) -> bool:
         padding_mode="zeros",
     )
     params = {"weight": weight} | ({"bias": bias} if bias else {})
-    _to_module(graph, node, b["input"], cls, attrs, params)
+    _to_module(graph, node, b["input"], cls, attrs, params, rename)
     return True
 
 
-def _raise_linear(graph: Graph, node: Node, b: dict) -> bool:
+def _raise_linear(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
     weight = _param_name(b["weight"])
     bias = _param_name(b["bias"]) if b["bias"] is not None else None
-    if weight is None or (b["bias"] is not None and bias is None):
+    if weight is None or (b["bias"] is not None and bias is None) or _shared(graph, node, weight):
         return False
     w = graph.params[weight]
     attrs = dict(in_features=w.shape[1], out_features=w.shape[0], bias=bias is not None)
     params = {"weight": weight} | ({"bias": bias} if bias else {})
-    _to_module(graph, node, b["input"], torch.nn.Linear, attrs, params)
+    _to_module(graph, node, b["input"], torch.nn.Linear, attrs, params, rename)
     return True
 
 
@@ -210,10 +225,42 @@ def _functional(node: Node) -> None:
         node.op = op_name_for_function(overload)
 
 
+# torch's functional convolutions and linear (``F.conv2d(x, self.w, ...)``), which take the ATen ops' arguments
+_FUNCTIONAL = {f"torch.conv{n}d": "conv" for n in (1, 2, 3)} | {
+    "torch.nn.functional.linear": "linear", "torch._C._nn.linear": "linear"}
+_FUNCTIONAL_ARGS = {"conv": (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0),
+                             ("dilation", 1), ("groups", 1)),
+                    "linear": (("input", None), ("weight", None), ("bias", None))}
+
+
+def _bind_functional(graph: Graph, node: Node, kind: str) -> dict[str, Any] | None:
+    """A functional call's arguments by name, as :func:`_bind` gives an ATen op's; None if its weight is
+    not one of the model's parameters (a weight computed in forward stays a function call)."""
+    b = {name: node.args[i] if i < len(node.args) else node.kwargs.get(name, default)
+         for i, (name, default) in enumerate(_FUNCTIONAL_ARGS[kind])}
+    b = {k: _resolved(v, graph.inputs(node)) for k, v in b.items()}
+    if _param_name(b["weight"]) is None:
+        return None
+    if kind == "conv":
+        dims = graph.params[b["weight"].target].dim() - 2
+        for key in ("stride", "padding", "dilation"):
+            if isinstance(b[key], int):
+                b[key] = (b[key],) * dims
+    return b
+
+
 def raise_aten(graph: Graph) -> dict[str, int]:
-    """Rewrite recognised ATen calls into module-level nodes; return counts by op."""
+    """Rewrite recognised ATen calls (and torch's functional convolutions and linear over the model's own
+    weights) into module-level nodes; return counts by op."""
     counts: dict[str, int] = {}
     for node in graph.nodes():
+        if node.kind == NodeKind.FUNCTION and node.target in _FUNCTIONAL:
+            kind = _FUNCTIONAL[node.target]
+            b = _bind_functional(graph, node, kind)
+            raiser = _raise_linear if kind == "linear" else _raise_conv
+            if b is not None and raiser(graph, node, b, rename=False):
+                counts[node.op] = counts.get(node.op, 0) + 1
+            continue
         if node.kind != NodeKind.FUNCTION or not node.target.startswith("torch.ops.aten."):
             continue
         _functional(node)
