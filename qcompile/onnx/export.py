@@ -27,13 +27,22 @@ from qcompile.fileio import atomic_write_bytes
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
-from qcompile.onnx import sequence_ops
-from qcompile.onnx.dynamic import dynamic_linear
-from qcompile.onnx.embedding_bag import embedding_bag
+from qcompile.onnx import sequence_ops, tensor_ops
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
+from qcompile.onnx.modules import (
+    _POOL_ARGS,
+    ACTIVATIONS,
+    CONVS,
+    _activation,
+    _activation_op,
+    _module,
+    _pair,
+    _pool,
+    activation_settings,
+    functional_layer,
+)
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
-from qcompile.onnx.recurrent import recurrent
 from qcompile.onnx.resize import resize
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
@@ -186,108 +195,6 @@ def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | 
                            b.const(f"{node.name}_hi", np.array(top, np.uint8))])
 
 
-def _pair(value, n=2):
-    return list(value) if isinstance(value, (tuple, list)) else [value] * n
-
-
-def _activation(b: _Builder, value: str, act: str | None) -> str:
-    if act == "relu":
-        return b.emit("Relu", [value])
-    if act == "relu6":
-        return b.emit("Clip", [value, b.const("zero", np.array(0, np.float32)), b.const("six", np.array(6, np.float32))])
-    return value
-
-
-ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh", "silu")
-
-
-def _module(b: _Builder, node: Node, x: str) -> str:
-    a = node.attrs
-    if node.op == "conv2d":
-        w, bias = b.weight(node)
-        pads = _pair(a.get("padding", 0))
-        if isinstance(a.get("padding"), str):
-            raise QCompileError(f"%{node.name}: padding={a['padding']!r} is not exported yet")
-        out = b.emit("Conv", [x, w] + ([bias] if bias else []), kernel_shape=_pair(a["kernel_size"]),
-                     strides=_pair(a.get("stride", 1)), pads=pads + pads, dilations=_pair(a.get("dilation", 1)),
-                     group=a.get("groups", 1))
-        return b.emit("Relu", [out]) if "ConvReLU" in node.target else out
-    if node.quant.mode == "dynamic" and node.op == "linear":  # LSTM / GRU: recurrent; int8 tables, bags: below
-        return dynamic_linear(b, node, x)
-    if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)
-        w_t, bias = b.weight(node, transposed=True)
-        out = b.emit("MatMul", [x, w_t])
-        if bias:
-            out = b.emit("Add", [out, bias])
-        return b.emit("Relu", [out]) if "LinearReLU" in node.target else out
-    if node.op == "batch_norm2d":
-        p = {k: b.const(f"{node.name}_{k}", b.graph.param(node, k).float())
-             for k in ("weight", "bias", "running_mean", "running_var")}
-        return b.emit("BatchNormalization", [x, p["weight"], p["bias"], p["running_mean"], p["running_var"]],
-                      epsilon=float(a["eps"]))
-    if node.op in ACTIVATIONS:
-        return _activation_op(b, node.op, x)
-    if node.op in ("lstm", "gru"):
-        return recurrent(b, node, x)
-    if node.op in sequence_ops.MODULE_OPS:
-        return sequence_ops.module_op(b, node, x)
-    if node.op in ("max_pool2d", "avg_pool2d"):
-        return _pool(b, node.op, x, a)
-    if node.op == "upsample":
-        return resize(b, node, x, a)
-    if node.op == "embedding_bag":
-        return embedding_bag(b, node)
-    if node.op == "adaptive_avg_pool2d" and _pair(a["output_size"]) == [1, 1]:
-        return b.emit("GlobalAveragePool", [x])
-    if node.op in ("dropout", "identity", "quantize", "dequantize"):
-        return b.emit("Identity", [x])
-    if node.op == "fake_quantize":
-        return _fake_quantize(b, node, x)
-    if node.op == "flatten" and a.get("end_dim", -1) == -1:
-        return b.emit("Flatten", [x], axis=a.get("start_dim", 1))
-    raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet")
-
-
-# Pooling settings by position in F.max_pool2d / F.avg_pool2d (and their aten ops) after the input.
-_POOL_ARGS = {"max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-              "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")}
-
-
-def _pool(b: _Builder, op: str, x: str, a: dict) -> str:
-    """MaxPool / AveragePool from the settings of an nn module or a functional call (``a``)."""
-    if a.get("return_indices") or a.get("divisor_override"):
-        raise QCompileError(f"{op} with return_indices or divisor_override is not exported to ONNX yet")
-    pads = _pair(a.get("padding", 0))
-    common = dict(kernel_shape=_pair(a["kernel_size"]), strides=_pair(a.get("stride") or a["kernel_size"]),
-                  pads=pads + pads, ceil_mode=int(a.get("ceil_mode", False)))
-    if op == "max_pool2d":
-        return b.emit("MaxPool", [x], dilations=_pair(a.get("dilation", 1)), **common)
-    return b.emit("AveragePool", [x], count_include_pad=int(a.get("count_include_pad", True)), **common)
-
-
-def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
-    """A QAT fake-quant node as the Quantize/DequantizeLinear pair it simulates."""
-    from qcompile.nn.qat import _affine_qparams
-
-    lo, hi = b.graph.param(node, "min_val"), b.graph.param(node, "max_val")
-    if not torch.isfinite(lo):
-        return b.emit("Identity", [x])  # no range learned yet: the module passes values through
-    a = node.attrs
-    scale, zero_point = _affine_qparams(lo, hi, a["quant_min"], a["quant_max"], a["symmetric"])
-    s = b.const(f"{node.name}_scale", np.array(float(scale), np.float32))
-    zp = b.const(f"{node.name}_zp", np.array(int(zero_point), np.uint8 if a["quant_min"] >= 0 else np.int8))
-    return b.emit("DequantizeLinear", [b.emit("QuantizeLinear", [x, s, zp]), s, zp])
-
-
-def _activation_op(b: _Builder, op: str, x: str) -> str:
-    if op == "relu6":
-        return _activation(b, x, "relu6")
-    if op == "silu":  # x * sigmoid(x); ONNX has no SiLU op at opset 21
-        return b.emit("Mul", [x, b.emit("Sigmoid", [x])])
-    return b.emit({"relu": "Relu", "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid", "sigmoid": "Sigmoid",
-                   "tanh": "Tanh"}[op], [x], **({"alpha": 1 / 6} if op == "hardsigmoid" else {}))
-
-
 _BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div", "pow": "Pow"}
 
 
@@ -329,13 +236,16 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
     if op in _BINARY and len(args) == 2:
         return _activation(b, _binary(b, node, args), node.attrs.get("act"))
     if op in ACTIVATIONS:
-        return _activation_op(b, op, x)
+        return _activation_op(b, op, x, activation_settings(op, args[1:], kw))
+    if op in (*CONVS, "linear") and node.kind == NodeKind.FUNCTION:  # F.conv2d / F.linear with their weights
+        return functional_layer(b, node, x, args, kw)
     if op == "interpolate":
         return resize(b, node, x, dict(zip(("size", "scale_factor", "mode", "align_corners"), args[1:], strict=False))
                       | b.kwargs(node))
     if op == "flatten":
         start = args[1] if len(args) > 1 else kw.get("start_dim", 0)
-        return b.emit("Flatten", [x], axis=start)
+        end = args[2] if len(args) > 2 else kw.get("end_dim", -1)
+        return tensor_ops.flatten(b, x, len(args[0].type.shape), start, end)
     if op == "cat":
         dim = args[1] if len(args) > 1 else kw.get("dim", 0)
         return b.emit("Concat", [b.value(t) for t in args[0]], axis=dim)
@@ -348,6 +258,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         if len(args) > 1:
             return b.emit("Gather", [shape, b.const("index", np.array(args[1], np.int64))], axis=0)
         return shape
+    if op == "getattr" and args[1] in ("values", "indices") and isinstance(b.names.get(args[0].name), list):
+        return b.emit("Identity", [b.names[args[0].name][("values", "indices").index(args[1])]])  # x.max(1).values
     if op == "getattr" and args[1] == "shape":
         return b.emit("Shape", [x])
     if op == "getitem":
@@ -387,12 +299,16 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         outs = [b.fresh(f"{node.name}_{i}") for i in range(chunks)]
         b.emit("Split", [x], outs, axis=dim, num_outputs=chunks)
         return outs
-    if op == "adaptive_avg_pool2d" and _pair(args[1]) == [1, 1]:
+    if op == "adaptive_max_pool2d" and _pair(args[1]) == [1, 1] and not (args[2:] or kw.get("return_indices")):
+        return b.emit("GlobalMaxPool", [x])
+    if op in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") and set(_pair(args[1], 1)) == {1}:
         return b.emit("GlobalAveragePool", [x])
     if op in _POOL_ARGS:
         return _pool(b, op, x, dict(zip(_POOL_ARGS[op], args[1:], strict=False)) | kw)
     if op in sequence_ops.FUNCTION_OPS:
         return sequence_ops.function_op(b, node, args, kw)
+    if op in tensor_ops.FUNCTION_OPS:
+        return tensor_ops.function_op(b, node, args, kw)
     raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
                         hint="keep that op out of the export, or extend qcompile.onnx.export")
 
@@ -423,7 +339,7 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if node.kind == NodeKind.MODULE:
             args = b.args(node)
             value = _module(b, node, b.value(args[0]))
-            if node.op not in ("conv2d", "linear"):
+            if node.op not in (*CONVS, "linear"):
                 value = _activation(b, value, node.attrs.get("act"))
             elif "torch.nn." in node.target:
                 value = _activation(b, value, node.attrs.get("act"))

@@ -20,15 +20,9 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.onnx.export import (
-    OPSET,
-    _Builder,
-    _call,
-    _module,
-    _pair,
-    integer_relu6,
-)
+from qcompile.onnx.export import OPSET, _Builder, _call, integer_relu6
 from qcompile.onnx.inputs import graph_inputs
+from qcompile.onnx.modules import CONVS, _module, _pair, conv_attrs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
 from qcompile.quant.qparams import quantize_bias, weight_grid
@@ -71,10 +65,7 @@ def _qlinear_conv(b: _QBuilder, node: Node, x: str, producer: Node) -> str:
                                    b.const("end", np.array([rank - 1], np.int64))])
         shape = b.emit("Concat", [leading, b.const("width", np.array([a["out_features"]], np.int64))], axis=0)
         return b.emit("Reshape", [y, shape])  # [..., in] -> rows -> [..., out]
-    pads = _pair(a.get("padding", 0))
-    return b.emit("QLinearConv", [x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias],
-                  kernel_shape=_pair(a["kernel_size"]), strides=_pair(a.get("stride", 1)), pads=pads + pads,
-                  dilations=_pair(a.get("dilation", 1)), group=a.get("groups", 1))
+    return b.emit("QLinearConv", [x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias], **conv_attrs(node))
 
 
 def _float_island(b: _QBuilder, node: Node) -> str:
@@ -124,7 +115,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             b.names[node.name] = _call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
             continue
         target = node.target.rsplit(".", 1)[-1]
-        if node.op in ("conv2d", "linear") and node.kind == NodeKind.MODULE:
+        if node.op in (*CONVS, "linear") and node.kind == NodeKind.MODULE:
             if "ReLU" in target and int(node.quant.qparams.zero_point) != 0:
                 raise QCompileError(f"%{node.name}: fused ReLU with a non-zero output zero point")
             b.names[node.name] = _qlinear_conv(b, node, b.value(producers[0]), producers[0])

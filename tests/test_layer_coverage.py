@@ -1,0 +1,238 @@
+"""Layers beyond the torchvision classifiers': 1-D convolutions, transposed convolutions, PReLU, activations
+with settings, functional convolutions and linears, tied weights: through ptq, codegen and both ONNX forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qcompile.codegen import load_model, write_model
+from qcompile.frontend.lower import lower
+from qcompile.ir import NodeKind
+from qcompile.onnx.check import check_onnx, output_scales
+from qcompile.onnx.export import export_onnx
+from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.config import QuantConfig
+
+
+class Signal(nn.Module):
+    """1-D convolutions over a [N, 3, 32] signal (audio, sensor series)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 5, padding=2)
+        self.bn = nn.BatchNorm1d(8)
+        self.down = nn.Conv1d(8, 16, 3, stride=2, padding=1, groups=2)
+        self.fc = nn.Linear(16 * 16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        return self.fc(F.relu(self.down(x)).flatten(1))
+
+
+class Decoder(nn.Module):
+    """PReLU, a transposed convolution, LeakyReLU and a global max pool: ops that stay float in int8."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.prelu = nn.PReLU(8)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.mix = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.leaky = nn.LeakyReLU(0.1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.up(self.prelu(self.conv(x)))
+        return self.fc(F.adaptive_max_pool2d(self.leaky(self.mix(x)), 1).flatten(1))
+
+
+class Norms(nn.Module):
+    """Group, instance (with and without affine) and batch norms, a pixel shuffle, a log-softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.group = nn.GroupNorm(4, 16)
+        self.instance = nn.InstanceNorm2d(4, affine=True)
+        self.plain = nn.InstanceNorm2d(4)
+        self.shuffle = nn.PixelShuffle(2)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = self.plain(self.instance(self.shuffle(F.relu(self.group(self.conv(x))))))
+        return F.log_softmax(self.fc(F.pixel_shuffle(x, 1).mean((2, 3))), 1)
+
+
+class Volumes(nn.Module):
+    """3-D convolution and batch norm, then 1-D pools over the flattened depth."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm3d(4)
+        self.bn1 = nn.BatchNorm1d(4)
+        self.pool = nn.MaxPool1d(2)
+        self.gap = nn.AdaptiveAvgPool1d(1)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x))).flatten(2)  # [N, 4, D * H * W]
+        return self.gap(F.avg_pool1d(self.pool(self.bn1(x)), 2, ceil_mode=True)).flatten(1)
+
+
+class TensorCalls(nn.Module):
+    """Element-wise and reduction calls: clamp, abs, neg, exp, stack, sum, amax, max over an axis."""
+
+    def forward(self, x):
+        y = torch.clamp(x, -1.0, 1.5) + x.abs() * 0.5 - torch.exp(-x.clamp(min=0))
+        y = torch.stack([y, -y, y * y], 1).sum(1)
+        return y.amax(dim=-1) + y.max(1).values.sum(-1, keepdim=True) + torch.max(y, x).mean(2)
+
+
+class SoftmaxHead(nn.Module):
+    """An int8 body whose output is a float softmax over channels after a bilinear upsample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return torch.softmax(self.out(self.up(F.relu(self.conv(x)))), 1)
+
+
+class FunctionalLayers(nn.Module):
+    """A convolution and a linear written as F.conv2d / F.linear over the module's own parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
+        self.bias = nn.Parameter(torch.randn(8) * 0.1)
+        self.head = nn.Parameter(torch.randn(10, 8) * 0.3)
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.weight, self.bias, padding=1))
+        return F.linear(x.mean((2, 3)), self.head)
+
+
+class TiedWeights(nn.Module):
+    """A language-model head that reuses the embedding table as its weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+
+    def forward(self, ids):
+        return F.linear(torch.relu(self.mix(self.tokens(ids))), self.tokens.weight)
+
+
+def _quantized(model: nn.Module, batches: list, tmp_path, frontend: str = "fx"):
+    graph = lower(model, (batches[0][:1],), frontend=frontend)
+    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in batches],
+                                           quant_config=QuantConfig.from_preset("x86")))
+    write_model(graph, tmp_path / "model")
+    return graph, load_model(tmp_path / "model")
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("model_class, shape", [(Signal, (3, 32)), (Decoder, (3, 8, 8))])
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_int8_layers_export_within_one_step(model_class, shape, form, tmp_path):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    batches = [torch.randn(8, *shape) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path)
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[0]), model(batches[0])) < 0.1  # int8, near float
+    converted = {n.op for n in graph.find(kind=NodeKind.MODULE) if "quantized" in n.target}
+    assert {"conv1d", "linear"} <= converted if model_class is Signal else {"conv2d", "linear"} <= converted
+    path = export_onnx(graph, tmp_path / "model.onnx", form=form)
+    for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
+        assert result.within_1_lsb >= 0.99
+
+
+@pytest.mark.parametrize("activation", [
+    nn.ELU(0.5), nn.CELU(1.5), nn.SELU(), nn.Hardtanh(-2.0, 3.0), nn.Softplus(), nn.Mish(), nn.Softsign(),
+    nn.LeakyReLU(0.2), nn.PReLU(4)])
+def test_float_activations_with_their_settings_export_exactly(activation, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), activation, nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1,
+                                                                             output_padding=1)).eval()
+    x = 3 * torch.randn(4, 3, 10, 10)
+    graph = lower(model, (x[:1],))
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert max(r.max_error for r in check_onnx(path, load_model(tmp_path / "model"), [x], None)) < 1e-5
+
+
+def test_functional_activation_settings_export(tmp_path):
+    class Calls(nn.Module):
+        def forward(self, x):
+            return F.hardtanh(F.leaky_relu(x, 0.3), -0.5, 2.0) + F.elu(x, alpha=0.7)
+
+    x = 2 * torch.randn(4, 6)
+    graph = lower(Calls(), (x[:1],))
+    write_model(graph, tmp_path / "model")
+    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
+    assert max(r.max_error for r in results) < 1e-6
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_functional_convolution_and_linear_quantize_like_modules(frontend, tmp_path):
+    torch.manual_seed(0)
+    model = FunctionalLayers().eval()
+    batches = [torch.randn(8, 3, 12, 12) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path, frontend)
+    quantized = {n.op for n in graph.find(kind=NodeKind.MODULE) if "quantized" in n.target}
+    assert {"conv2d", "linear"} <= quantized
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[1]), model(batches[1])) < 0.1
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
+        assert result.within_1_lsb >= 0.99
+
+
+def test_a_tied_weight_stays_float_where_it_is_shared(tmp_path):
+    # the head's weight is the embedding table: quantizing it as a linear would change the table
+    torch.manual_seed(0)
+    model = TiedWeights().eval()
+    batches = [torch.randint(0, 50, (8, 7)) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path)
+    assert graph.node("linear").kind == NodeKind.FUNCTION and "quantized" in graph.node("mix").target
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[0]), model(batches[0])) < 0.05
+
+
+@pytest.mark.parametrize("model_class, shape", [(Norms, (3, 8, 8)), (Volumes, (2, 4, 6, 6)), (TensorCalls, (5, 6))])
+def test_float_norms_pools_and_tensor_calls_export_exactly(model_class, shape, tmp_path):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    for module in model.modules():  # running statistics other than 0 and 1
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = 2 * torch.randn(4, *shape)
+    graph = lower(model, (x[:1],))
+    write_model(graph, tmp_path / "model")
+    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
+    assert max(r.max_error for r in results) < 1e-5
+
+
+def test_an_int8_body_with_a_float_softmax_output_passes_the_check(tmp_path):
+    # one code a step apart reaches the float output through the softmax: judged on 1/128 of the largest output
+    torch.manual_seed(0)
+    model = SoftmaxHead().eval()
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path)
+    assert output_scales(graph) == [None]  # a float output
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    results = check_onnx(path, emitted, batches, output_scales(graph), graph=graph)
+    assert max(r.max_error for r in results) > 1e-4  # more than a float model's tolerance, so the bound matters
+    assert max(r.max_error for r in results) < 1 / 128
