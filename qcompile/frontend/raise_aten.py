@@ -152,9 +152,10 @@ def _raise_hardtanh(graph: Graph, node: Node, b: dict) -> bool:
     return _raise_activation(graph, node, b, torch.nn.ReLU6)
 
 
-def _is_zeros(graph: Graph, value: Any) -> bool:
-    """``value`` is an ``aten.zeros`` node (an RNN's initial state when forward passes none)."""
-    return isinstance(value, Node) and value.target == "torch.ops.aten.zeros.default"
+def _own_zeros(graph: Graph, value: Any, node: Node) -> bool:
+    """``value`` is an ``aten.zeros`` node only ``node`` reads (an RNN's initial state when forward passes none)."""
+    return (isinstance(value, Node) and value.target == "torch.ops.aten.zeros.default"
+            and all(user is node for user in graph.users(value)))
 
 
 def _raise_rnn(graph: Graph, node: Node, b: dict, cls: type) -> bool:
@@ -168,7 +169,7 @@ def _raise_rnn(graph: Graph, node: Node, b: dict, cls: type) -> bool:
     """
     states = list(b["hx"]) if isinstance(b["hx"], (list, tuple)) else [b["hx"]]
     names = [_param_name(p) for p in b["params"]]
-    if b["train"] or not all(_is_zeros(graph, s) for s in states) or None in names or not names:
+    if b["train"] or not all(_own_zeros(graph, s, node) for s in states) or None in names or not names:
         return False
     attrs = dict(input_size=graph.params[names[0]].shape[1], hidden_size=graph.params[names[1]].shape[1],
                  num_layers=b["num_layers"], bias=b["has_biases"], batch_first=b["batch_first"],
