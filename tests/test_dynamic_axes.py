@@ -232,3 +232,20 @@ def test_named_dynamic_axes_from_the_command_line(tmp_path):
                    "--dynamic-axes", "1,ids:1", "-o", tmp_path / "bad")
     assert run.returncode != 0 and "mixes axes for every input with axes for named inputs" in run.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_inputs_the_model_does_not_read_or_leaves_at_their_default(frontend):
+    # fx keeps an input defaulting to None, torch.export drops it: the axes still land on the right inputs
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x, unused, y=None):
+            return self.linear(x)
+
+    example = (torch.randn(1, 3, 4), torch.randn(1, 5))
+    assert "dynamic_axes" not in lower(Partial(), example, frontend=frontend).attrs
+    graph = lower(Partial(), example, frontend=frontend, dynamic_axes={"x": [1]})
+    assert graph.attrs["dynamic_axes"] == {"x": [1]}

@@ -118,9 +118,16 @@ def _shared_size(key: tuple[int, int], symbols: dict) -> bool:
     return any(axis == key[0] and size != key[1] for axis, size in symbols)
 
 
-def recorded(per_input: PerInput, names: Sequence[str]) -> dict[str, list[int]]:
-    """What ``graph.attrs['dynamic_axes']`` keeps: input name -> its dynamic axes (inputs that have some)."""
-    return {name: list(axes) for name, axes in zip(names, per_input, strict=True) if axes}
+def recorded(per_input: PerInput, names: Sequence[str], graph_inputs: Sequence[str]) -> dict[str, list[int]]:
+    """What ``graph.attrs['dynamic_axes']`` keeps: graph input name -> its dynamic axes.
+
+    ``names`` are the example inputs' (``forward``'s parameters); the graph's
+    inputs carry the same names where lowering kept them, and otherwise (an
+    exported module's own placeholder names) follow in the same order.
+    """
+    if set(graph_inputs) <= set(names):
+        return {name: list(axes) for name, axes in zip(names, per_input, strict=True) if axes and name in graph_inputs}
+    return {name: list(axes) for name, axes in zip(graph_inputs, per_input, strict=False) if axes}
 
 
 def describe(axes: Mapping[str, Sequence[int]]) -> str:

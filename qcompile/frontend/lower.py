@@ -99,10 +99,9 @@ def lower(
     """
     axes = resolve(dynamic_axes, model, example_inputs)
     graph = _lower(model, example_inputs, notes, frontend, axes)
-    tensor_axes = [a for x, a in zip(example_inputs, axes, strict=True) if isinstance(x, torch.Tensor)]
-    kept = recorded(tuple(tensor_axes), [node.name for node in graph.input_nodes])
-    if kept:
-        graph.attrs["dynamic_axes"] = kept
+    if any(axes):
+        graph.attrs["dynamic_axes"] = recorded(axes, input_names(model, len(example_inputs)),
+                                               [node.name for node in graph.input_nodes])
     return graph
 
 
