@@ -211,7 +211,8 @@ def test_a_tied_weight_stays_float_where_it_is_shared(tmp_path):
 
 
 @pytest.mark.parametrize("model_class, shape", [(Norms, (3, 8, 8)), (Volumes, (2, 4, 6, 6)), (TensorCalls, (5, 6))])
-def test_float_norms_pools_and_tensor_calls_export_exactly(model_class, shape, tmp_path):
+@pytest.mark.parametrize("frontend", ["fx", "export"])  # torch.export: ATen norms raised to their modules
+def test_float_norms_pools_and_tensor_calls_export_exactly(model_class, shape, frontend, tmp_path):
     torch.manual_seed(0)
     model = model_class().eval()
     for module in model.modules():  # running statistics other than 0 and 1
@@ -219,18 +220,20 @@ def test_float_norms_pools_and_tensor_calls_export_exactly(model_class, shape, t
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     x = 2 * torch.randn(4, *shape)
-    graph = lower(model, (x[:1],))
+    graph = lower(model, (x[:1],), frontend=frontend)
     write_model(graph, tmp_path / "model")
     results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
     assert max(r.max_error for r in results) < 1e-5
 
 
-def test_an_int8_body_with_a_float_softmax_output_passes_the_check(tmp_path):
+@pytest.mark.parametrize("frontend", ["fx", "export"])  # torch.export: aten.upsample_bilinear2d -> nn.Upsample
+def test_an_int8_body_with_a_float_softmax_output_passes_the_check(frontend, tmp_path):
     # one code a step apart reaches the float output through the softmax: judged on 1/128 of the largest output
     torch.manual_seed(0)
     model = SoftmaxHead().eval()
     batches = [torch.randn(8, 3, 16, 16) for _ in range(4)]
-    graph, emitted = _quantized(model, batches, tmp_path)
+    graph, emitted = _quantized(model, batches, tmp_path, frontend)
+    assert graph.find(op="upsample")[0].kind == NodeKind.MODULE
     assert output_scales(graph) == [None]  # a float output
     path = export_onnx(graph, tmp_path / "model.onnx")
     results = check_onnx(path, emitted, batches, output_scales(graph), graph=graph)

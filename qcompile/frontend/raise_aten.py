@@ -152,6 +152,47 @@ def _raise_hardtanh(graph: Graph, node: Node, b: dict) -> bool:
     return _raise_activation(graph, node, b, torch.nn.ReLU6)
 
 
+def _raise_group_norm(graph: Graph, node: Node, b: dict) -> bool:
+    names = [_param_name(b[k]) if b[k] is not None else None for k in ("weight", "bias")]
+    if any(b[k] is not None and n is None for k, n in zip(("weight", "bias"), names, strict=True)):
+        return False  # a weight computed in forward
+    weight, bias = names
+    attrs = dict(num_groups=b["num_groups"], num_channels=node.type.shape[1], eps=b["eps"],
+                 affine=weight is not None, bias=bias is not None)
+    if weight is None and bias is not None:
+        return False
+    params = {k: v for k, v in (("weight", weight), ("bias", bias)) if v is not None}
+    _to_module(graph, node, b["input"], torch.nn.GroupNorm, attrs, params)
+    return True
+
+
+def _raise_instance_norm(graph: Graph, node: Node, b: dict) -> bool:
+    """``aten.instance_norm`` from the input's own statistics (the default ``track_running_stats=False``)."""
+    names = [_param_name(b[k]) if b[k] is not None else None for k in ("weight", "bias")]
+    cls = {3: torch.nn.InstanceNorm1d, 4: torch.nn.InstanceNorm2d, 5: torch.nn.InstanceNorm3d}.get(
+        len(node.type.shape))
+    if (not b["use_input_stats"] or b["running_mean"] is not None or cls is None
+            or (names[0] is None) != (b["weight"] is None) or (names[0] is None) != (names[1] is None)):
+        return False
+    attrs = dict(num_features=node.type.shape[1], eps=b["eps"], momentum=b["momentum"],
+                 affine=names[0] is not None, track_running_stats=False)
+    params = {"weight": names[0], "bias": names[1]} if names[0] is not None else {}
+    _to_module(graph, node, b["input"], cls, attrs, params)
+    return True
+
+
+def _raise_upsample(graph: Graph, node: Node, b: dict, mode: str) -> bool:
+    """``aten.upsample_*.vec`` (``F.interpolate``, ``nn.Upsample`` under torch.export) as ``nn.Upsample``."""
+    size, scales = b["output_size"], b["scale_factors"]
+    if size is not None and any(isinstance(v, Node) for v in size):
+        return False  # a size computed in forward
+    attrs = dict(size=tuple(size) if size is not None else None,
+                 scale_factor=tuple(scales) if scales is not None else None, mode=mode,
+                 align_corners=b.get("align_corners"), recompute_scale_factor=None)
+    _to_module(graph, node, b["input"], torch.nn.Upsample, attrs, {})
+    return True
+
+
 def _own_zeros(graph: Graph, value: Any, node: Node) -> bool:
     """``value`` is an ``aten.zeros`` node only ``node`` reads (an RNN's initial state when forward passes none)."""
     return (isinstance(value, Node) and value.target == "torch.ops.aten.zeros.default"
@@ -208,6 +249,10 @@ _RAISERS = {
     "batch_norm": _raise_batch_norm,
     "relu": lambda g, n, b: _raise_activation(g, n, b, torch.nn.ReLU),
     "hardtanh": _raise_hardtanh,
+    "group_norm": _raise_group_norm,
+    "instance_norm": _raise_instance_norm,
+    "upsample_nearest2d": lambda g, n, b: _raise_upsample(g, n, b, "nearest"),
+    "upsample_bilinear2d": lambda g, n, b: _raise_upsample(g, n, b, "bilinear"),
     "lstm": lambda g, n, b: _raise_rnn(g, n, b, torch.nn.LSTM),
     "gru": lambda g, n, b: _raise_rnn(g, n, b, torch.nn.GRU),
 }
