@@ -276,10 +276,6 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return b.emit("Slice", [b.value(source), *(b.const("bound", np.array([v], np.int64)) for v in bounds)])
         if isinstance(source.type, TensorType):
             return sequence_ops.tensor_index(b, node, x, args[1])
-    if op == "mean":
-        dims = args[1] if len(args) > 1 else kw.get("dim")
-        keep = kw.get("keepdim", args[2] if len(args) > 2 else False)
-        return b.emit("ReduceMean", [x, b.const("axes", np.array(_pair(dims, 1), np.int64))], keepdims=int(keep))
     if op in ("transpose", "permute"):
         rank = len(args[0].type.shape)
         if op == "transpose":

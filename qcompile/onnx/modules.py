@@ -45,22 +45,20 @@ def functional_layer(b: _Builder, node: Node, x: str, args: list, kw: dict) -> s
     if node.op == "linear":
         out = b.emit("MatMul", [x, b.emit("Transpose", [weight])])
         return b.emit("Add", [out, b.value(bias)]) if bias is not None else out
-    if isinstance(call.get("padding"), str):
-        raise QCompileError(f"%{node.name}: padding={call['padding']!r} is not exported yet")
-    n = 1 + CONVS.index(node.op)
-    pads = _pair(call.get("padding", 0), n)
     return b.emit("Conv", [x, weight] + ([b.value(bias)] if bias is not None else []),
-                  kernel_shape=list(call["weight"].type.shape[2:]), strides=_pair(call.get("stride", 1), n),
-                  pads=pads + pads, dilations=_pair(call.get("dilation", 1), n), group=call.get("groups", 1))
+                  **conv_attrs(node, call, kernel_shape=list(call["weight"].type.shape[2:])))
 
 
-def conv_attrs(node: Node) -> dict:
-    """ONNX Conv / QLinearConv attributes of an nn.Conv1d / 2d / 3d node (1, 2 or 3 spatial axes)."""
-    a = node.attrs
-    n = len(_pair(a["kernel_size"], 1 + CONVS.index(node.op)))
+def conv_attrs(node: Node, settings: dict | None = None, kernel_shape: list | None = None) -> dict:
+    """ONNX Conv / QLinearConv / ConvTranspose attributes from torch's settings: an nn.Conv*d /
+    ConvTranspose*d node's own (default) or a functional call's, whose kernel is its weight's shape."""
+    a = node.attrs if settings is None else settings
+    if isinstance(a.get("padding"), str):
+        raise QCompileError(f"%{node.name}: padding={a['padding']!r} is not exported yet")
+    n = int(node.op[-2])  # conv2d, conv_transpose2d: 2 spatial axes
     pads = _pair(a.get("padding", 0), n)
-    return dict(kernel_shape=_pair(a["kernel_size"], n), strides=_pair(a.get("stride", 1), n), pads=pads + pads,
-                dilations=_pair(a.get("dilation", 1), n), group=a.get("groups", 1))
+    return dict(kernel_shape=kernel_shape or _pair(a["kernel_size"], n), strides=_pair(a.get("stride", 1), n),
+                pads=pads + pads, dilations=_pair(a.get("dilation", 1), n), group=a.get("groups", 1))
 
 
 def _activation(b: _Builder, value: str, act: str | None) -> str:
@@ -89,20 +87,14 @@ def _module(b: _Builder, node: Node, x: str) -> str:
     a = node.attrs
     if node.op in CONVS:
         w, bias = b.weight(node)
-        if isinstance(a.get("padding"), str):
-            raise QCompileError(f"%{node.name}: padding={a['padding']!r} is not exported yet")
         out = b.emit("Conv", [x, w] + ([bias] if bias else []), **conv_attrs(node))
         return b.emit("Relu", [out]) if "ConvReLU" in node.target else out
     if node.op in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):  # float (no int8 kernel)
         if a.get("padding_mode", "zeros") != "zeros":
             raise QCompileError(f"%{node.name}: padding_mode={a['padding_mode']!r} is not exported yet")
         w, bias = b.weight(node)
-        n = int(node.op[-2])
-        pads = _pair(a.get("padding", 0), n)
-        return b.emit("ConvTranspose", [x, w] + ([bias] if bias else []), kernel_shape=_pair(a["kernel_size"], n),
-                      strides=_pair(a.get("stride", 1), n), pads=pads + pads,
-                      output_padding=_pair(a.get("output_padding", 0), n), dilations=_pair(a.get("dilation", 1), n),
-                      group=a.get("groups", 1))
+        return b.emit("ConvTranspose", [x, w] + ([bias] if bias else []), **conv_attrs(node),
+                      output_padding=_pair(a.get("output_padding", 0), int(node.op[-2])))
     if node.quant.mode == "dynamic" and node.op == "linear":  # LSTM / GRU: recurrent; int8 tables, bags: below
         return dynamic_linear(b, node, x)
     if node.op == "linear":  # nn.Linear, QATLinear, quantized Linear(ReLU)

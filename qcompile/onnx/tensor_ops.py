@@ -7,24 +7,22 @@ take the same arguments in the same order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qcompile.ir.node import Node
+from qcompile.onnx.sequence_ops import _arg, int_list, int_slice
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
 
 _UNARY = {"abs": "Abs", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "reciprocal": "Reciprocal",
           "floor": "Floor", "ceil": "Ceil", "sign": "Sign", "erf": "Erf"}
-_REDUCTIONS = {"sum": "ReduceSum", "amax": "ReduceMax", "amin": "ReduceMin", "prod": "ReduceProd"}
+_REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin": "ReduceMin",
+               "prod": "ReduceProd"}
 FUNCTION_OPS = (*_UNARY, *_REDUCTIONS, "clamp", "clip", "rsqrt", "stack", "log_softmax", "_log_softmax",
                 "pixel_shuffle", "max", "min")
-
-
-def _arg(args: list, kw: dict, index: int, name: str, default: Any = None) -> Any:
-    return args[index] if len(args) > index else kw.get(name, default)
 
 
 def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
@@ -33,7 +31,7 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
     if op == "stack":  # torch.stack(tensors, dim): each unsqueezed at dim, then concatenated
         tensors, dim = args[0], _arg(args, kw, 1, "dim", 0)
         dim = dim % (len(tensors[0].type.shape) + 1)
-        axes = b.const("axes", np.array([dim], np.int64))
+        axes = int_list(b, dim)
         return b.emit("Concat", [b.emit("Unsqueeze", [b.value(t), axes]) for t in tensors], axis=dim)
     x = b.value(args[0])
     if op in _UNARY:
@@ -48,8 +46,7 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
         keep = int(bool(_arg(args, kw, 2, "keepdim", False)))
         if dims is None:  # every axis, to a scalar
             return b.emit(_REDUCTIONS[op], [x], keepdims=keep)
-        dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
-        return b.emit(_REDUCTIONS[op], [x, b.const("axes", np.array(dims, np.int64))], keepdims=keep)
+        return b.emit(_REDUCTIONS[op], [x, int_list(b, dims)], keepdims=keep)
     if op in ("max", "min"):
         return _extreme(b, node, x, args, kw)
     if op in ("log_softmax", "_log_softmax"):
@@ -67,8 +64,7 @@ def _extreme(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str | lis
     if isinstance(other, Node):
         return b.emit("Max" if node.op == "max" else "Min", [x, b.value(other)])
     keep = int(bool(_arg(args, kw, 2, "keepdim", False)))
-    values = b.emit("ReduceMax" if node.op == "max" else "ReduceMin", [x, b.const("axes", np.array([other], np.int64))],
-                    keepdims=keep)
+    values = b.emit("ReduceMax" if node.op == "max" else "ReduceMin", [x, int_list(b, other)], keepdims=keep)
     # torch returns the first index of the extreme value, as select_last_index=0 does
     indices = b.emit("ArgMax" if node.op == "max" else "ArgMin", [x], axis=other, keepdims=keep)
     return [values, indices]
@@ -80,10 +76,8 @@ def flatten(b: _Builder, x: str, rank: int, start: int, end: int) -> str:
     start, end = start % rank, end % rank
     if (start, end) == (1, rank - 1):
         return b.emit("Flatten", [x], axis=1)
-    from qcompile.onnx.sequence_ops import int_slice
-
     shape = b.emit("Shape", [x])
-    parts = ([int_slice(b, shape, 0, start)] if start > 0 else []) + [b.const("run", np.array([-1], np.int64))]
+    parts = ([int_slice(b, shape, 0, start)] if start > 0 else []) + [int_list(b, -1)]
     if end + 1 < rank:
         parts.append(int_slice(b, shape, end + 1, rank))
     return b.emit("Reshape", [x, b.emit("Concat", parts, axis=0)])
