@@ -107,7 +107,8 @@ def export_shapes(per_input: PerInput, example_inputs: Sequence[Any], batch: Any
         dims = {0: batch} if batch is not None else {}
         for axis in axes:
             key = (axis, x.shape[axis])
-            symbols.setdefault(key, torch.export.Dim(f"axis{axis}" + (f"_{i}" if _shared_size(key, symbols) else "")))
+            if key not in symbols:  # another size on this axis already has the plain name
+                symbols[key] = torch.export.Dim(f"axis{axis}" + (f"_{i}" if _shared_size(key, symbols) else ""))
             dims[axis] = symbols[key]
         shapes.append(dims)
     return tuple(shapes)

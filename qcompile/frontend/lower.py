@@ -29,7 +29,7 @@ from qcompile.frontend.dynamic_axes import (
     resolve,
 )
 from qcompile.frontend.raise_aten import raise_aten
-from qcompile.frontend.tracing import GRAPH_MODULE_NAMES, stack_location, trace
+from qcompile.frontend.tracing import graph_module_names, stack_location, trace
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_args
 from qcompile.ir.node import Node, NodeKind, Ref, SourceInfo
@@ -168,31 +168,28 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
     failure = f"{type(last).__name__}: {_first_line(last)}"
+    hint = ("make the model exportable with torch.export.export(model, example_inputs): qcompile lowers whatever "
+            "it exports (a branch on tensor values needs torch.cond)")
     clashes = _graph_module_clashes(model)
     if clashes:
         failure = (f"{type(model).__name__}'s {', '.join(clashes)} has a name torch.fx's GraphModule keeps for "
                    f"itself, and torch.export cannot lower that ({failure})")
-        raise LoweringError(f"{fx_error.message}\n  torch.export failed as well: {failure}" if fx_error is not None
-                            else f"torch.export cannot export {type(model).__name__}: {failure}",
-                            hint=f"rename {clashes[0]} in the model (its weights' names change with it), or "
-                            "lower it with the fx frontend (the default), which renames it") from last
-    if any(axes):
+        hint = (f"rename {clashes[0]} in the model (its weights' names change with it), or lower it with the fx "
+                "frontend (the default), which renames it")
+    elif any(axes):
         described = describe(dict(zip(input_names(model, len(axes)), axes, strict=True)))
         raise LoweringError(f"torch.export cannot keep {described} dynamic ({type(model).__name__}): "
                             f"{failure}", hint="the model fixes that size (a positional table, a reshape to a "
                             "constant): leave the dynamic axes out, or make the model take any size") from last
     raise LoweringError(
         f"{fx_error.message}\n  torch.export failed as well: {failure}" if fx_error is not None
-        else f"torch.export cannot export {type(model).__name__}: {failure}",
-        hint="make the model exportable with torch.export.export(model, example_inputs): qcompile "
-        "lowers whatever it exports (a branch on tensor values needs torch.cond)",
-    ) from last
+        else f"torch.export cannot export {type(model).__name__}: {failure}", hint=hint) from last
 
 
 def _graph_module_clashes(model: nn.Module) -> list[str]:
     """The model's own attributes named as GraphModule's (``self.meta = nn.Linear(...)``)."""
     own = [*model.named_children(), *model.named_parameters(recurse=False), *model.named_buffers(recurse=False)]
-    return sorted(f"self.{name}" for name, _ in own if name in GRAPH_MODULE_NAMES)
+    return sorted(f"self.{name}" for name, _ in own if name in graph_module_names())
 
 
 def _widen(x: Any, axes: Sequence[int]) -> Any:

@@ -58,6 +58,13 @@ def _param_name(value: Any) -> str | None:
     return None
 
 
+def _params(b: dict, *keys: str) -> dict[str, str] | None:
+    """The graph parameter behind each of ``keys`` given a value (a weight, a bias), or None if one of
+    them is computed in forward instead."""
+    names = {key: _param_name(b[key]) for key in keys if b[key] is not None}
+    return None if None in names.values() else names
+
+
 def _shared(graph: Graph, node: Node, name: str) -> bool:
     """Whether parameter ``name`` is read anywhere but by ``node`` (tied weights: an embedding table that
     is also the output layer). Such a layer stays a call: quantizing the weight would change the other reader."""
@@ -85,11 +92,10 @@ def _to_module(graph: Graph, node: Node, x: Node, cls: type, attrs: dict, params
 
 
 def _raise_conv(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
-    weight = _param_name(b["weight"])
-    bias = _param_name(b["bias"]) if b["bias"] is not None else None
-    if weight is None or (b["bias"] is not None and bias is None) or _shared(graph, node, weight):
+    params = _params(b, "weight", "bias")
+    if params is None or "weight" not in params or _shared(graph, node, params["weight"]):
         return False
-    w = graph.params[weight]
+    w = graph.params[params["weight"]]
     dims = w.dim() - 2
     cls = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}.get(dims)
     if cls is None:
@@ -98,22 +104,19 @@ def _raise_conv(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
     attrs = dict(
         in_channels=w.shape[1] * b["groups"], out_channels=w.shape[0],
         kernel_size=tuple(w.shape[2:]), stride=tuple(b["stride"]), padding=padding,
-        dilation=tuple(b["dilation"]), groups=b["groups"], bias=bias is not None,
+        dilation=tuple(b["dilation"]), groups=b["groups"], bias="bias" in params,
         padding_mode="zeros",
     )
-    params = {"weight": weight} | ({"bias": bias} if bias else {})
     _to_module(graph, node, b["input"], cls, attrs, params, rename)
     return True
 
 
 def _raise_linear(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
-    weight = _param_name(b["weight"])
-    bias = _param_name(b["bias"]) if b["bias"] is not None else None
-    if weight is None or (b["bias"] is not None and bias is None) or _shared(graph, node, weight):
+    params = _params(b, "weight", "bias")
+    if params is None or "weight" not in params or _shared(graph, node, params["weight"]):
         return False
-    w = graph.params[weight]
-    attrs = dict(in_features=w.shape[1], out_features=w.shape[0], bias=bias is not None)
-    params = {"weight": weight} | ({"bias": bias} if bias else {})
+    w = graph.params[params["weight"]]
+    attrs = dict(in_features=w.shape[1], out_features=w.shape[0], bias="bias" in params)
     _to_module(graph, node, b["input"], torch.nn.Linear, attrs, params, rename)
     return True
 
@@ -153,30 +156,24 @@ def _raise_hardtanh(graph: Graph, node: Node, b: dict) -> bool:
 
 
 def _raise_group_norm(graph: Graph, node: Node, b: dict) -> bool:
-    names = [_param_name(b[k]) if b[k] is not None else None for k in ("weight", "bias")]
-    if any(b[k] is not None and n is None for k, n in zip(("weight", "bias"), names, strict=True)):
-        return False  # a weight computed in forward
-    weight, bias = names
-    attrs = dict(num_groups=b["num_groups"], num_channels=node.type.shape[1], eps=b["eps"],
-                 affine=weight is not None, bias=bias is not None)
-    if weight is None and bias is not None:
+    params = _params(b, "weight", "bias")
+    if params is None or ("bias" in params and "weight" not in params):
         return False
-    params = {k: v for k, v in (("weight", weight), ("bias", bias)) if v is not None}
+    attrs = dict(num_groups=b["num_groups"], num_channels=node.type.shape[1], eps=b["eps"],
+                 affine="weight" in params, bias="bias" in params)
     _to_module(graph, node, b["input"], torch.nn.GroupNorm, attrs, params)
     return True
 
 
 def _raise_instance_norm(graph: Graph, node: Node, b: dict) -> bool:
     """``aten.instance_norm`` from the input's own statistics (the default ``track_running_stats=False``)."""
-    names = [_param_name(b[k]) if b[k] is not None else None for k in ("weight", "bias")]
+    params = _params(b, "weight", "bias")
     cls = {3: torch.nn.InstanceNorm1d, 4: torch.nn.InstanceNorm2d, 5: torch.nn.InstanceNorm3d}.get(
         len(node.type.shape))
-    if (not b["use_input_stats"] or b["running_mean"] is not None or cls is None
-            or (names[0] is None) != (b["weight"] is None) or (names[0] is None) != (names[1] is None)):
+    if not b["use_input_stats"] or b["running_mean"] is not None or cls is None or params is None or len(params) == 1:
         return False
-    attrs = dict(num_features=node.type.shape[1], eps=b["eps"], momentum=b["momentum"],
-                 affine=names[0] is not None, track_running_stats=False)
-    params = {"weight": names[0], "bias": names[1]} if names[0] is not None else {}
+    attrs = dict(num_features=node.type.shape[1], eps=b["eps"], momentum=b["momentum"], affine=bool(params),
+                 track_running_stats=False)
     _to_module(graph, node, b["input"], cls, attrs, params)
     return True
 

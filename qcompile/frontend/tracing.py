@@ -8,6 +8,8 @@ traced, the user's source line and what to do next.
 
 from __future__ import annotations
 
+import functools
+import operator
 import traceback
 from pathlib import Path
 
@@ -18,10 +20,14 @@ from torch import nn
 from qcompile.errors import LoweringError
 
 _TORCH_DIR = str(Path(torch.__file__).parent)
-# names a GraphModule gives its own attributes: a submodule or parameter called so cannot be one of its children
-GRAPH_MODULE_NAMES = frozenset(dir(fx.GraphModule)) | frozenset(
-    vars(fx.GraphModule(nn.Module(), fx.Graph())).keys())
 _OWN_DIR = str(Path(__file__).parent.parent)
+
+
+@functools.cache
+def graph_module_names() -> frozenset[str]:
+    """Names a GraphModule gives its own attributes: a submodule or parameter called so cannot be one of its
+    children (built once, on first use)."""
+    return frozenset(dir(fx.GraphModule)) | frozenset(vars(fx.GraphModule(nn.Module(), fx.Graph())).keys())
 
 
 def _internal(filename: str) -> bool:
@@ -98,13 +104,14 @@ def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule
     module path they were traced under, so reports still name ``meta``.
     """
     heads = {node.target.split(".")[0] for node in graph.nodes if node.op in ("call_module", "get_attr")}
-    clashes = heads & GRAPH_MODULE_NAMES
+    taken = graph_module_names()
+    clashes = heads & taken
     if not clashes:
         return fx.GraphModule(root, graph, name)
     renamed = {}
     for head in sorted(clashes):
         new = head + "_"
-        while new in heads or new in GRAPH_MODULE_NAMES or hasattr(root, new):
+        while new in heads or new in taken or hasattr(root, new):
             new += "_"
         renamed[head] = new
     attributes = {}
@@ -112,16 +119,9 @@ def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule
         if node.op in ("call_module", "get_attr"):
             head, dot, rest = node.target.partition(".")
             target = renamed.get(head, head) + dot + rest
-            attributes[target] = _attribute(root, node.target)
+            attributes[target] = operator.attrgetter(node.target)(root)
             node.target = target
     return fx.GraphModule(attributes, graph, name)
-
-
-def _attribute(root: nn.Module, qualified_name: str):
-    value = root
-    for part in qualified_name.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def stack_location(node: fx.Node) -> tuple[str, str]:

@@ -3,8 +3,9 @@
 Every input's axis 0 is the batch, ``batch``. The axes a model was lowered
 with as dynamic (``lower(..., dynamic_axes=[1])``, ``--dynamic-axes 1``: a
 sequence length; or per input, ``--dynamic-axes ids:1``) are declared
-``<input>_axis<k>``; the others keep the example's size. Float inputs are ``float32``; integer inputs (token ids for
-an ``nn.Embedding``) keep their integer type.
+``<input>_axis<k>``; the others keep the example's size. Float inputs are
+``float32``; integer inputs (token ids for an ``nn.Embedding``) keep their
+integer type.
 
 Declaring an axis dynamic does not make the model take any size: a
 positional table or a reshape to a constant fixes it. So an export with
