@@ -101,7 +101,7 @@ class Qat(Pass):
                 for user, port in graph.uses(producer):
                     if user.name in inside:
                         graph.set_input(user, port, guarded[producer.name])
-            elif node.op in ("conv2d", "linear", "add", "mul", "cat", "hardswish") and node.kind != NodeKind.PARAM:
+            elif node.op in ("conv2d", "linear", "add", "mul", "cat", "hardswish", "leaky_relu") and node.kind != NodeKind.PARAM:
                 end = _chain_end(graph, graph.node(node.name), gone)
                 if end.name not in guarded:
                     uses = graph.uses(end)

@@ -95,6 +95,22 @@ class VolumeClassifier(nn.Module):
         return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3, 4)))
 
 
+class LeakyNet(nn.Module):
+    """Convolutions with leaky ReLUs after them, as a module and as a call (as in a detector's backbone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.act = nn.LeakyReLU(0.1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.leaky_relu(self.conv2(self.act(self.bn(self.conv(x)))), negative_slope=0.2)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 class TensorCalls(nn.Module):
     """Element-wise and reduction calls: clamp, abs, neg, exp, stack, sum, amax, max over an axis."""
 
@@ -183,6 +199,36 @@ def test_int8_volumes_pass_the_check_on_a_small_output(tmp_path):
     path = export_onnx(graph, tmp_path / "model.onnx")
     for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
         assert result.elements == 96 and result.beyond_1_lsb <= 1
+
+
+def _optimized_ops(path, tmp_path) -> set[str]:
+    """The op types of the file as onnxruntime optimizes it (its int8 fusions applied)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node}
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_leaky_relu_runs_in_int8(frontend, tmp_path):
+    torch.manual_seed(0)
+    model = LeakyNet().eval()
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path, frontend)
+    leaky = [n for n in graph.nodes() if n.op == "leaky_relu"]
+    assert [(n.target, n.args[1]) for n in leaky] == [("torch.ops.quantized.leaky_relu", 0.1),
+                                                      ("torch.ops.quantized.leaky_relu", 0.2)]
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[1]), model(batches[1])) < 0.05
+    for form in ("qdq", "qoperator"):
+        path = export_onnx(graph, tmp_path / f"{form}.onnx", form=form)
+        for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
+            assert result.within_1_lsb >= 0.99 and result.top1_agreement == 1.0
+        assert "QLinearLeakyRelu" in _optimized_ops(path, tmp_path)  # integer in onnxruntime, both forms
 
 
 def test_small_outputs_may_have_one_element_beyond_one_step():

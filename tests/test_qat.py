@@ -79,6 +79,22 @@ def test_user_training_loop_round_trip(fashion):
     assert graph.find(kind=NodeKind.MODULE)
 
 
+def test_qat_quantizes_leaky_relu_as_ptq_does(fashion):
+    train, test = fashion
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.LeakyReLU(0.1),
+                                torch.nn.MaxPool2d(4), torch.nn.Flatten(), torch.nn.Linear(8 * 7 * 7, 10))
+    graph = lower(model, (torch.randn(1, 1, 28, 28),))
+    run_pipeline(graph, "qat")
+    # the conv + BN output and the leaky ReLU's each get a grid of their own, as in post-training quantization
+    assert sorted(graph.inputs(fq)[0].name for fq in graph.find(op="fake_quantize")) == ["input_1", "v1", "v2", "v5"]
+    fit(graph, train, epochs=1, lr=0.01)
+    qat_acc = _accuracy(graph, test)
+    run_pipeline(graph, "qat-finalize,convert")
+    assert graph.node("v2").target == "torch.ops.quantized.leaky_relu"
+    assert qat_acc > 0.7 and _accuracy(graph, test) >= qat_acc - 0.02
+
+
 def test_finalize_without_training_explains():
     graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
     with pytest.raises(QCompileError, match="never saw data"):

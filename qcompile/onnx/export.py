@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_write_bytes
+from qcompile.ir.activations import activation_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
@@ -38,7 +39,6 @@ from qcompile.onnx.modules import (
     _module,
     _pair,
     _pool,
-    activation_settings,
     functional_layer,
 )
 from qcompile.onnx.outputs import graph_outputs
@@ -233,6 +233,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return b.emit("Concat", [b.value(t) for t in args[0]], axis=args[1])
         if name == "hardswish":
             return b.emit("HardSwish", [x])
+        if name == "leaky_relu":  # (x, slope, inplace, scale, zero point)
+            return b.emit("LeakyRelu", [x], alpha=float(args[1]))
     if op in _BINARY and len(args) == 2:
         return _activation(b, _binary(b, node, args), node.attrs.get("act"))
     if op in ACTIVATIONS:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from qcompile.errors import QCompileError
+from qcompile.ir.activations import SETTINGS, node_settings
 from qcompile.ir.node import Node
 from qcompile.onnx import sequence_ops, tensor_ops
 from qcompile.onnx.dynamic import dynamic_linear
@@ -69,18 +70,8 @@ def _activation(b: _Builder, value: str, act: str | None) -> str:
     return value
 
 
-# Activations with settings: name, default (in the order of F.<op>'s arguments after the input; nn modules hold
-# them as attributes of the same names)
-SETTINGS = {"leaky_relu": (("negative_slope", 0.01),), "elu": (("alpha", 1.0),), "celu": (("alpha", 1.0),),
-            "hardtanh": (("min_val", -1.0), ("max_val", 1.0)), "softplus": (("beta", 1.0), ("threshold", 20.0))}
 ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh", "silu", "selu", "softsign", "mish",
                *SETTINGS)
-
-
-def activation_settings(op: str, args: list, kw: dict) -> dict:
-    """An activation's settings from a functional call's arguments after the input (defaults filled in)."""
-    return {name: args[i] if i < len(args) else kw.get(name, default)
-            for i, (name, default) in enumerate(SETTINGS.get(op, ()))}
 
 
 def _module(b: _Builder, node: Node, x: str) -> str:
@@ -108,7 +99,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
     if node.op == "pixel_shuffle":
         return b.emit("DepthToSpace", [x], blocksize=a["upscale_factor"], mode="CRD")
     if node.op in ACTIVATIONS:
-        return _activation_op(b, node.op, x, {k: a.get(k, d) for k, d in SETTINGS.get(node.op, ())})
+        return _activation_op(b, node.op, x, node_settings(node))
     if node.op == "prelu":  # one slope, or one per channel (axis 1)
         slope = b.graph.param(node, "weight").float()
         rank = len(b.graph.inputs(node)[0].type.shape)

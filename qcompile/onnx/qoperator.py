@@ -5,7 +5,7 @@ and leaves fusion to the runtime, this form writes the integer operators
 themselves: ``QLinearConv`` (also for linears, as a 1x1 convolution, so the
 int32 bias is applied exactly as in a conv), and onnxruntime's
 ``com.microsoft`` ``QLinearAdd`` / ``QLinearMul`` / ``QLinearConcat`` /
-``QLinearGlobalAveragePool``. Ops that only move values (max-pool, flatten,
+``QLinearGlobalAveragePool`` / ``QLinearLeakyRelu``. Ops that only move values (max-pool, flatten,
 reshape) run on the uint8 tensors directly; anything else is dequantized,
 run in float and quantized again on its own grid.
 """
@@ -140,6 +140,11 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             y_s, y_zp = b.grid(node)
             b.names[node.name] = b.emit("QLinearGlobalAveragePool", [b.value(producers[0]), x_s, x_zp, y_s, y_zp],
                                         domain=MS, channels_last=0)
+        elif node.target == "torch.ops.quantized.leaky_relu":  # (x, slope, inplace, scale, zero point)
+            x_s, x_zp = b.grid(producers[0])
+            y_s, y_zp = b.grid(node)
+            b.names[node.name] = b.emit("QLinearLeakyRelu", [b.value(producers[0]), x_s, x_zp, y_s, y_zp], domain=MS,
+                                        alpha=float(b.args(node)[1]))
         elif node.op == "relu6" and (codes := integer_relu6(b, node, producers[0], b.value(producers[0]))):
             b.names[node.name] = codes
         elif node.op in _MOVE_ONLY:

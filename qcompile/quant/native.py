@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from qcompile.ir.activations import node_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
 from qcompile.ir.node import Node, NodeKind, Ref
@@ -153,6 +154,13 @@ def _convert_hardswish(graph: Graph, node: Node) -> None:
                  (Ref(0), float(q.scale), int(q.zero_point)))
 
 
+def _convert_leaky_relu(graph: Graph, node: Node) -> None:
+    q = node.quant.qparams
+    slope = float(node_settings(node)["negative_slope"])
+    _as_function(graph, node, "torch.ops.quantized.leaky_relu", graph.inputs(node)[:1],
+                 (Ref(0), slope, False, float(q.scale), int(q.zero_point)))
+
+
 def _convert_quantize(graph: Graph, node: Node) -> None:
     q = node.quant.qparams
     node.target = "torch.ao.nn.quantized.Quantize"
@@ -174,6 +182,7 @@ RULES = {
     "add": _convert_binary, "mul": _convert_binary,
     "cat": _convert_cat,
     "hardswish": _convert_hardswish,
+    "leaky_relu": _convert_leaky_relu,
     "quantize": _convert_quantize,
 } | {op: _convert_shared for op in SHARED}
 

@@ -4,7 +4,7 @@ Every tensor-producing op falls in one category:
 
 * ``weighted``: conv / linear modules; int8 weights, own output scale.
 * ``own``: computes new values and needs its own output scale (add, mul,
-  cat, hardswish, an unfused batch norm).
+  cat, hardswish, leaky ReLU, an unfused batch norm).
 * ``shared``: moves or selects values without creating new ones (pooling,
   flatten, reshape, relu after a quantized op, stochastic depth in eval
   mode...); its output reuses its input's scale and zero point, so it needs
@@ -23,7 +23,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
 
 WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
-OWN = {"add", "mul", "cat", "hardswish", "batch_norm2d", "batch_norm3d"}
+OWN = {"add", "mul", "cat", "hardswish", "leaky_relu", "batch_norm2d", "batch_norm3d"}
 SHARED = {
     "relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
