@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcompile.codegen import load_model, write_model
+from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
 from qcompile.ir import NodeKind
 from qcompile.onnx.check import allowed_beyond, check_onnx, output_scales
@@ -109,6 +110,21 @@ class LeakyNet(nn.Module):
     def forward(self, x):
         x = F.leaky_relu(self.conv2(self.act(self.bn(self.conv(x)))), negative_slope=0.2)
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class AdaptivePools(nn.Module):
+    """Adaptive pools to sizes other than 1: a multiple of the output, the input's own size, None."""
+
+    def __init__(self):
+        super().__init__()
+        self.avg = nn.AdaptiveAvgPool2d((3, None))
+        self.max = nn.AdaptiveMaxPool2d(2)
+        self.same = nn.AdaptiveAvgPool2d((6, 12))
+
+    def forward(self, x):
+        parts = [self.avg(x), self.max(x), self.same(x), F.adaptive_avg_pool1d(x.flatten(2), 4),
+                 F.adaptive_max_pool3d(x.unsqueeze(1), (1, 3, 2))]
+        return torch.cat([p.flatten(1) for p in parts], 1)
 
 
 class TensorCalls(nn.Module):
@@ -229,6 +245,32 @@ def test_leaky_relu_runs_in_int8(frontend, tmp_path):
         for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
             assert result.within_1_lsb >= 0.99 and result.top1_agreement == 1.0
         assert "QLinearLeakyRelu" in _optimized_ops(path, tmp_path)  # integer in onnxruntime, both forms
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_adaptive_pools_to_a_divisor_export_exactly(frontend, tmp_path):
+    x = torch.randn(2, 4, 6, 12)
+    graph = lower(AdaptivePools(), (x[:1],), frontend=frontend)
+    write_model(graph, tmp_path / "model")
+    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
+    assert max(r.max_error for r in results) == 0.0
+    with pytest.raises(QCompileError, match=r"from \[6, 12\] to \[5, 5\] is exported only where") as info:
+        export_onnx(lower(nn.AdaptiveAvgPool2d(5), (x[:1],)), tmp_path / "refused.onnx")
+    assert "--input-shape" in info.value.hint and not (tmp_path / "refused.onnx").exists()
+
+
+def test_int8_adaptive_average_pool_runs_on_the_codes(tmp_path):
+    # as in AlexNet and VGG: features pooled to a fixed grid, then a linear over them
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                          nn.Linear(72, 10)).eval()
+    batches = [torch.randn(8, 3, 12, 12) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path)
+    assert graph.node("v2").quant.shares == "v0"  # on the conv's grid
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
+        assert result.within_1_lsb >= 0.99 and result.top1_agreement == 1.0
+    assert "QLinearAveragePool" in _optimized_ops(path, tmp_path)
 
 
 def test_small_outputs_may_have_one_element_beyond_one_step():

@@ -190,6 +190,23 @@ def _raise_upsample(graph: Graph, node: Node, b: dict, mode: str) -> bool:
     return True
 
 
+def _raise_adaptive_max_pool(graph: Graph, node: Node, b: dict) -> bool:
+    """``aten.adaptive_max_pool*d``, which always returns ``(values, indices)``, as the
+    ``nn.AdaptiveMaxPool*d`` module returning the values, where nothing reads the indices."""
+    readers = graph.users(node)
+    if any(r.op != "getitem" or r.args[1] not in (0, 1) or (r.args[1] == 1 and graph.users(r)) for r in readers):
+        return False
+    cls = getattr(torch.nn, f"AdaptiveMaxPool{node.op[-2]}d")
+    node.type = node.type.elements[0]
+    _to_module(graph, node, b["self"], cls, {"output_size": tuple(b["output_size"]), "return_indices": False}, {},
+               rename=False)
+    for reader in readers:
+        if reader.args[1] == 0:
+            graph.replace_all_uses(reader, node)
+        graph.erase(reader)
+    return True
+
+
 def _own_zeros(graph: Graph, value: Any, node: Node) -> bool:
     """``value`` is an ``aten.zeros`` node only ``node`` reads (an RNN's initial state when forward passes none)."""
     return (isinstance(value, Node) and value.target == "torch.ops.aten.zeros.default"
@@ -250,6 +267,9 @@ _RAISERS = {
     "instance_norm": _raise_instance_norm,
     "upsample_nearest2d": lambda g, n, b: _raise_upsample(g, n, b, "nearest"),
     "upsample_bilinear2d": lambda g, n, b: _raise_upsample(g, n, b, "bilinear"),
+    "adaptive_max_pool1d": _raise_adaptive_max_pool,
+    "adaptive_max_pool2d": _raise_adaptive_max_pool,
+    "adaptive_max_pool3d": _raise_adaptive_max_pool,
     "lstm": lambda g, n, b: _raise_rnn(g, n, b, torch.nn.LSTM),
     "gru": lambda g, n, b: _raise_rnn(g, n, b, torch.nn.GRU),
 }

@@ -33,12 +33,13 @@ from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.modules import (
     _POOL_ARGS,
     ACTIVATIONS,
+    ADAPTIVE_POOLS,
     CONVS,
     _activation,
     _activation_op,
     _module,
-    _pair,
     _pool,
+    adaptive_pool,
     functional_layer,
 )
 from qcompile.onnx.outputs import graph_outputs
@@ -297,10 +298,9 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         outs = [b.fresh(f"{node.name}_{i}") for i in range(chunks)]
         b.emit("Split", [x], outs, axis=dim, num_outputs=chunks)
         return outs
-    if op == "adaptive_max_pool2d" and _pair(args[1]) == [1, 1] and not (args[2:] or kw.get("return_indices")):
-        return b.emit("GlobalMaxPool", [x])
-    if op in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") and set(_pair(args[1], 1)) == {1}:
-        return b.emit("GlobalAveragePool", [x])
+    if op in ADAPTIVE_POOLS:
+        return adaptive_pool(b, node, x, args[1] if len(args) > 1 else kw["output_size"],
+                             bool(args[2] if len(args) > 2 else kw.get("return_indices", False)))
     if op in _POOL_ARGS:
         return _pool(b, op, x, dict(zip(_POOL_ARGS[op], args[1:], strict=False)) | kw)
     if op in sequence_ops.FUNCTION_OPS:

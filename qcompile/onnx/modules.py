@@ -115,10 +115,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return resize(b, node, x, a)
     if node.op == "embedding_bag":
         return embedding_bag(b, node)
-    if node.op == "adaptive_max_pool2d" and _pair(a["output_size"]) == [1, 1] and not a.get("return_indices"):
-        return b.emit("GlobalMaxPool", [x])
-    if node.op in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") and set(_pair(a["output_size"], 1)) == {1}:
-        return b.emit("GlobalAveragePool", [x])
+    if node.op in ADAPTIVE_POOLS:
+        return adaptive_pool(b, node, x, a["output_size"], a.get("return_indices", False))
     if node.op in ("dropout", "identity", "quantize", "dequantize"):
         return b.emit("Identity", [x])
     if node.op == "fake_quantize":
@@ -146,6 +144,32 @@ def _pool(b: _Builder, op: str, x: str, a: dict) -> str:
     if op.startswith("max"):
         return b.emit("MaxPool", [x], dilations=_pair(a.get("dilation", 1), n), **common)
     return b.emit("AveragePool", [x], count_include_pad=int(a.get("count_include_pad", True)), **common)
+
+
+ADAPTIVE_POOLS = {f"adaptive_{kind}_pool{n}d" for kind in ("avg", "max") for n in (1, 2, 3)}
+
+
+def adaptive_pool(b: _Builder, node: Node, x: str, output_size, return_indices: bool = False) -> str:
+    """An adaptive pool: global, or a fixed pool where each input size is a multiple of its output size
+    (torch's windows are then ``input / output`` wide, side by side), or the input itself."""
+    kind = "Max" if "max" in node.op else "Average"
+    n = int(node.op[-2])
+    if return_indices:
+        raise QCompileError(f"%{node.name}: {node.op} with return_indices is not exported to ONNX yet")
+    sizes = list(b.graph.inputs(node)[0].type.shape[-n:])
+    wanted = [s if o is None else o for o, s in zip(_pair(output_size, n), sizes, strict=True)]
+    if set(wanted) == {1}:
+        return b.emit(f"Global{kind}Pool", [x])
+    spatial = [axis for axes in b.graph.attrs.get("dynamic_axes", {}).values() for axis in axes if axis >= 2]
+    if spatial or any(not isinstance(s, int) or s % o for s, o in zip(sizes, wanted, strict=True)):
+        raise QCompileError(
+            f"%{node.name}: {node.op} from {sizes} to {wanted} is exported only where each input size is a fixed "
+            "multiple of the output size", hint="give the model an input shape where it is (--input-shape; AlexNet and "
+            "VGG at 224 x 224 pool 6 x 6 and 7 x 7 maps as they are), or pool to 1 (global pooling)")
+    if sizes == wanted:
+        return b.emit("Identity", [x])
+    kernel = [s // o for s, o in zip(sizes, wanted, strict=True)]
+    return b.emit(f"{kind}Pool", [x], kernel_shape=kernel, strides=kernel)
 
 
 def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
