@@ -127,6 +127,21 @@ class AdaptivePools(nn.Module):
         return torch.cat([p.flatten(1) for p in parts], 1)
 
 
+class ShapeChecks(nn.Module):
+    """ViT's patch-sequence head: asserts on the input's size and rank, a class token expanded to the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(1, 1, 4))
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        torch._assert(h == 6, f"expected height 6, got {h}")
+        torch._assert(x.dim() == 4, "expected [N, C, H, W]")
+        tokens = x.flatten(2).transpose(1, 2)  # [N, H * W, C]
+        return torch.cat([self.token.expand(n, -1, -1), tokens], dim=1)[:, 0] * (w >= 6)
+
+
 class TensorCalls(nn.Module):
     """Element-wise and reduction calls: clamp, abs, neg, exp, stack, sum, amax, max over an axis."""
 
@@ -271,6 +286,34 @@ def test_int8_adaptive_average_pool_runs_on_the_codes(tmp_path):
     for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
         assert result.within_1_lsb >= 0.99 and result.top1_agreement == 1.0
     assert "QLinearAveragePool" in _optimized_ops(path, tmp_path)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_shape_checks_and_expand_export_with_a_dynamic_batch(frontend, tmp_path):
+    graph = lower(ShapeChecks(), (torch.randn(1, 4, 6, 12),), frontend=frontend)
+    write_model(graph, tmp_path / "model")
+    x = torch.randn(3, 4, 6, 12)  # lowered at batch 1: the expand follows the batch
+    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
+    assert max(r.max_error for r in results) == 0.0
+
+
+def test_attention_modules_under_fx_name_the_frontend_that_exports_them(tmp_path):
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attention(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(QCompileError, match="MultiheadAttention.* is not exported") as info:
+        export_onnx(lower(Attend().eval(), (x,), frontend="fx"), tmp_path / "fx.onnx")
+    assert "--frontend export" in info.value.hint
+    graph = lower(Attend().eval(), (x,), frontend="export")
+    write_model(graph, tmp_path / "model")
+    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
+    assert max(r.max_error for r in results) < 1e-5
 
 
 def test_small_outputs_may_have_one_element_beyond_one_step():

@@ -196,23 +196,37 @@ def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | 
                            b.const(f"{node.name}_hi", np.array(top, np.uint8))])
 
 
-_BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div", "pow": "Pow"}
+_COMPARISONS = {"eq": "Equal", "lt": "Less", "gt": "Greater", "le": "LessOrEqual", "ge": "GreaterOrEqual"}
+_BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div", "pow": "Pow"} | _COMPARISONS
+
+
+def _integer(value: Any) -> bool:
+    """An int constant, an int scalar of the graph, or an int64 tensor."""
+    if isinstance(value, Node):
+        if isinstance(value.type, TensorType):
+            return value.type.dtype == "i64"
+        return getattr(value.type, "name", "") == "int"
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _binary(b: _Builder, node: Node, args: list) -> str:
     """A binary op on tensors or on scalars (shape arithmetic such as ``x.size(1) // 2`` or ``c ** -0.5``).
 
-    Scalars computed in the graph are int64 or float32 ONNX scalars; with a
-    tensor the op works in float32, otherwise in the type of the result.
+    Scalars computed in the graph are int64 or float32 ONNX scalars. The op
+    works in int64 where every operand is an integer (int constants, int
+    scalars, int64 tensors; not a true division), otherwise in float32.
     """
     tensor = any(isinstance(v, Node) and isinstance(v.type, TensorType) for v in args)
-    result_int = not tensor and isinstance(node.type, ScalarType) and node.type.name == "int"
-    dtype = np.int64 if result_int else np.float32
+    result_int = isinstance(node.type, ScalarType) and node.type.name == "int"
+    # integers in, integers out (ids == 0, x.size(2) == 224, n // 2); a true division gives floats
+    as_int = (all(_integer(v) for v in args) and node.op != "div"
+              and (tensor or result_int or node.op in _COMPARISONS))
+    dtype = np.int64 if as_int else np.float32
     values = []
     for v in args:
         if not isinstance(v, Node):
             values.append(b.const("scalar", np.array(v, dtype)))
-        elif not isinstance(v.type, TensorType) and getattr(v.type, "name", "") == "int" and not result_int:
+        elif not isinstance(v.type, TensorType) and getattr(v.type, "name", "") in ("int", "bool") and not as_int:
             values.append(b.emit("Cast", [b.value(v)], to=TensorProto.FLOAT))
         else:
             values.append(b.value(v))
@@ -256,6 +270,12 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
         shape = b.emit("Concat", [b.int_value(d) for d in dims], axis=0)
         return b.emit("Reshape", [x, shape])
+    if op == "expand":  # torch's -1 keeps a size; ONNX's Expand broadcasts a 1 to the input's size
+        dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
+        shape = b.emit("Concat", [b.int_value(1 if d == -1 else d) for d in dims], axis=0)
+        return b.emit("Expand", [x, shape])
+    if op == "dim":  # the rank: fixed in the file
+        return b.const("rank", np.array(len(args[0].type.shape), np.int64))
     if op in ("size", "sym_size"):  # sym_size: torch.export's symbolic dimension
         shape = b.emit("Shape", [x])
         if len(args) > 1:
@@ -324,6 +344,8 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             continue
         if node.kind == NodeKind.PARAM:
             b.names[node.name] = b.const(node.name, graph.params[node.target].float())
+            continue
+        if node.op == "_assert":  # torch._assert (a shape check traced from forward): ONNX has no assertions
             continue
         producers = graph.inputs(node)
         if node.op == "relu6" and producers and producers[0].name in b.codes:

@@ -124,7 +124,12 @@ def _module(b: _Builder, node: Node, x: str) -> str:
     if node.op == "flatten":
         rank = len(b.graph.inputs(node)[0].type.shape)
         return tensor_ops.flatten(b, x, rank, a.get("start_dim", 1), a.get("end_dim", -1))
-    raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet")
+    if node.target.startswith("torch.nn.") and node.target.rsplit(".", 1)[1].startswith(("Multihead", "Transformer")):
+        hint = (f"lower the model with --frontend export (Python: lower(..., frontend='export')), which turns "
+                f"{node.target} into its operations (projections, attention), and those export")
+    else:
+        hint = "keep that op out of the export, or extend qcompile.onnx.modules"
+    raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet", hint=hint)
 
 
 # Pooling settings by position in F.max_pool2d / F.avg_pool2d (and their aten ops) after the input.
