@@ -3,6 +3,7 @@ with settings, functional convolutions and linears, tied weights: through ptq, c
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from torch import nn
 from qcompile.codegen import load_model, write_model
 from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
+from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
 from qcompile.onnx.check import allowed_beyond, check_onnx, output_scales
 from qcompile.onnx.export import export_onnx
@@ -140,6 +142,29 @@ class ShapeChecks(nn.Module):
         torch._assert(x.dim() == 4, "expected [N, C, H, W]")
         tokens = x.flatten(2).transpose(1, 2)  # [N, H * W, C]
         return torch.cat([self.token.expand(n, -1, -1), tokens], dim=1)[:, 0] * (w >= 6)
+
+
+class Windows(nn.Module):
+    """Swin's patterns: a padded and rolled map, a mask built in forward by writing into slices, a relative
+    bias gathered from a table by a fixed index, an einsum with upper-case subscripts."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.table = nn.Parameter(torch.randn(9, 2))
+        self.register_buffer("index", torch.randint(0, 9, (16,)))
+        self.mix = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):  # [N, 4, 4, 4]
+        x = F.pad(self.bn(x), (1, 1, 0, 2), mode="reflect")  # [N, 4, 6, 6]
+        x = torch.roll(F.pad(x, (0, 0, 1, 0), value=0.25)[:, :, 1:], shifts=(2, -1), dims=(2, 3))
+        mask = x.new_zeros((6, 6))
+        mask[:3, :3] = 1.0
+        mask[3:, 2:] = 2.0
+        y = x.masked_fill(mask != 0, 0.5) + mask.clone()
+        z = torch.einsum("N C H W, C D -> N D H W", y, self.mix)
+        bias = self.table[self.index].view(4, 4, 2).permute(2, 0, 1)  # [2, 4, 4]
+        return z[:, :2, :4, :4] + bias
 
 
 class TensorCalls(nn.Module):
@@ -314,6 +339,22 @@ def test_attention_modules_under_fx_name_the_frontend_that_exports_them(tmp_path
     write_model(graph, tmp_path / "model")
     results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
     assert max(r.max_error for r in results) < 1e-5
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_masks_built_in_forward_lower_exactly_and_export_as_constants(frontend, tmp_path):
+    # under torch.export the mask is written in place through slices: lowering must keep those writes
+    torch.manual_seed(0)
+    model = Windows().eval()
+    x = torch.randn(3, 4, 4, 4)
+    graph = lower(model, (x[:1],), frontend=frontend)
+    with torch.no_grad():
+        assert torch.equal(Interpreter(graph).run(x), model(x))
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert max(r.max_error for r in check_onnx(path, load_model(tmp_path / "model"), [x], None)) < 1e-5
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"Einsum", "Where", "Pad"} <= ops and not {"Not", "Equal", "ScatterElements"} & ops  # the mask: folded
 
 
 def test_small_outputs_may_have_one_element_beyond_one_step():

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from qcompile.errors import LoweringError, QCompileError
+from qcompile.frontend.functionalize import functional
 
 
 @dataclass
@@ -149,7 +150,7 @@ def load_file(path: Path, *, trust_pickle: bool = False,
             raise QCompileError(f"{path} looks like a torch.export archive but does not load: {exc}") from None
         inputs = getattr(program, "example_inputs", None)
         example = tuple(inputs[0]) if inputs else None
-        return LoadedModel(program.module(), str(path), "export", example)
+        return LoadedModel(functional(program).module(), str(path), "export", example)
     if form == "torchscript":
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
@@ -172,7 +173,7 @@ def load_file(path: Path, *, trust_pickle: bool = False,
                 f"converting TorchScript {path} to an exported program failed: {exc}",
                 hint="export the original model with torch.export instead",
             ) from None
-        return LoadedModel(program.module(), str(path), "torchscript", tuple(example_inputs),
+        return LoadedModel(functional(program).module(), str(path), "torchscript", tuple(example_inputs),
                            notes=["converted from TorchScript through torch.export"])
     return _load_pickle(path, trust_pickle)
 

@@ -28,6 +28,7 @@ from qcompile.frontend.dynamic_axes import (
     recorded,
     resolve,
 )
+from qcompile.frontend.functionalize import functional
 from qcompile.frontend.raise_aten import raise_aten
 from qcompile.frontend.tracing import graph_module_names, stack_location, trace
 from qcompile.ir.graph import Graph
@@ -164,7 +165,7 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
         try:
             with warnings.catch_warnings():  # nn.LSTM / nn.GRU's own attributes: nothing the user can change
                 warnings.filterwarnings("ignore", message=r".*_flat_weights.*assigned during export")
-                return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes).module()
+                return functional(torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes)).module()
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
     failure = f"{type(last).__name__}: {_first_line(last)}"

@@ -190,20 +190,46 @@ def _raise_upsample(graph: Graph, node: Node, b: dict, mode: str) -> bool:
     return True
 
 
-def _raise_adaptive_max_pool(graph: Graph, node: Node, b: dict) -> bool:
-    """``aten.adaptive_max_pool*d``, which always returns ``(values, indices)``, as the
-    ``nn.AdaptiveMaxPool*d`` module returning the values, where nothing reads the indices."""
-    readers = graph.users(node)
-    if any(r.op != "getitem" or r.args[1] not in (0, 1) or (r.args[1] == 1 and graph.users(r)) for r in readers):
-        return False
-    cls = getattr(torch.nn, f"AdaptiveMaxPool{node.op[-2]}d")
-    node.type = node.type.elements[0]
-    _to_module(graph, node, b["self"], cls, {"output_size": tuple(b["output_size"]), "return_indices": False}, {},
-               rename=False)
+def _only_first_output_read(graph: Graph, node: Node) -> bool:
+    """``node`` returns a tuple of which only element 0 is read (through ``getitem``)."""
+    return isinstance(node.type, TupleType) and all(
+        r.op == "getitem" and isinstance(r.args[1], int) and (r.args[1] == 0 or not graph.users(r))
+        for r in graph.users(node))
+
+
+def _keep_first_output(graph: Graph, node: Node, readers: list[Node]) -> None:
+    """After raising ``node`` to a module returning element 0 of its old tuple: its ``getitem``s go."""
     for reader in readers:
         if reader.args[1] == 0:
             graph.replace_all_uses(reader, node)
         graph.erase(reader)
+
+
+def _raise_adaptive_max_pool(graph: Graph, node: Node, b: dict) -> bool:
+    """``aten.adaptive_max_pool*d``, which always returns ``(values, indices)``, as the
+    ``nn.AdaptiveMaxPool*d`` module returning the values, where nothing reads the indices."""
+    if not _only_first_output_read(graph, node):
+        return False
+    readers = graph.users(node)
+    cls = getattr(torch.nn, f"AdaptiveMaxPool{node.op[-2]}d")
+    node.type = node.type.elements[0]
+    _to_module(graph, node, b["self"], cls, {"output_size": tuple(b["output_size"]), "return_indices": False}, {},
+               rename=False)
+    _keep_first_output(graph, node, readers)
+    return True
+
+
+def _raise_native_batch_norm(graph: Graph, node: Node, b: dict) -> bool:
+    """``aten._native_batch_norm_legit_no_training`` (a functionalized program's eval-mode batch norm, which
+    returns ``(out, mean, invstd)``) as the ``nn.BatchNorm*d`` that ``aten.batch_norm`` becomes."""
+    if not _only_first_output_read(graph, node):
+        return False
+    readers, whole = graph.users(node), node.type
+    node.type = whole.elements[0]
+    if not _raise_batch_norm(graph, node, b | {"training": False}):
+        node.type = whole
+        return False
+    _keep_first_output(graph, node, readers)
     return True
 
 
@@ -261,6 +287,7 @@ _RAISERS = {
     "conv3d": _raise_conv,
     "linear": _raise_linear,
     "batch_norm": _raise_batch_norm,
+    "_native_batch_norm_legit_no_training": _raise_native_batch_norm,
     "relu": lambda g, n, b: _raise_activation(g, n, b, torch.nn.ReLU),
     "hardtanh": _raise_hardtanh,
     "group_norm": _raise_group_norm,

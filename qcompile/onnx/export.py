@@ -29,6 +29,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops, tensor_ops
+from qcompile.onnx.constants import fold_constants
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.modules import (
     _POOL_ARGS,
@@ -176,6 +177,13 @@ class _Builder:
         return (self.emit("Transpose", [w], perm=[1, 0]) if transposed else w), b
 
 
+def param_value(tensor: torch.Tensor) -> torch.Tensor:
+    """A graph parameter as an initializer: floats as float32; integer and bool buffers (a relative position
+    index, a mask) keep their type."""
+    tensor = tensor.detach()
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
 def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | None:
     """A ReLU6 that keeps its input's uint8 grid, as a Clip of the codes (None when it does not).
 
@@ -220,7 +228,7 @@ def _binary(b: _Builder, node: Node, args: list) -> str:
     result_int = isinstance(node.type, ScalarType) and node.type.name == "int"
     # integers in, integers out (ids == 0, x.size(2) == 224, n // 2); a true division gives floats
     as_int = (all(_integer(v) for v in args) and node.op != "div"
-              and (tensor or result_int or node.op in _COMPARISONS))
+              and (tensor or result_int or node.op in (*_COMPARISONS, "ne")))
     dtype = np.int64 if as_int else np.float32
     values = []
     for v in args:
@@ -230,7 +238,7 @@ def _binary(b: _Builder, node: Node, args: list) -> str:
             values.append(b.emit("Cast", [b.value(v)], to=TensorProto.FLOAT))
         else:
             values.append(b.value(v))
-    return b.emit(_BINARY[node.op], values)
+    return b.emit(_BINARY["eq" if node.op == "ne" else node.op], values)
 
 
 def _call(b: _Builder, node: Node) -> str | list[str]:
@@ -252,6 +260,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return b.emit("LeakyRelu", [x], alpha=float(args[1]))
     if op in _BINARY and len(args) == 2:
         return _activation(b, _binary(b, node, args), node.attrs.get("act"))
+    if op == "ne" and len(args) == 2:
+        return b.emit("Not", [_binary(b, node, args)])
     if op in ACTIVATIONS:
         return _activation_op(b, op, x, activation_settings(op, args[1:], kw))
     if op in (*CONVS, "linear") and node.kind == NodeKind.FUNCTION:  # F.conv2d / F.linear with their weights
@@ -266,7 +276,7 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
     if op == "cat":
         dim = args[1] if len(args) > 1 else kw.get("dim", 0)
         return b.emit("Concat", [b.value(t) for t in args[0]], axis=dim)
-    if op in ("view", "reshape"):
+    if op in ("view", "reshape", "_unsafe_view"):
         dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
         shape = b.emit("Concat", [b.int_value(d) for d in dims], axis=0)
         return b.emit("Reshape", [x, shape])
@@ -285,6 +295,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return b.emit("Identity", [b.names[args[0].name][("values", "indices").index(args[1])]])  # x.max(1).values
     if op == "getattr" and args[1] == "shape":
         return b.emit("Shape", [x])
+    if op == "index" and node.target.startswith("torch.ops.aten.index."):  # x[idx] under torch.export
+        return sequence_ops.tensor_index(b, node, x, tuple(slice(None) if i is None else i for i in args[1]))
     if op == "getitem":
         source = args[0]
         if isinstance(b.names.get(source.name), list):
@@ -299,17 +311,20 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return b.emit("Slice", [b.value(source), *(b.const("bound", np.array([v], np.int64)) for v in bounds)])
         if isinstance(source.type, TensorType):
             return sequence_ops.tensor_index(b, node, x, args[1])
-    if op in ("transpose", "permute"):
+    if op in ("transpose", "swapaxes", "swapdims", "permute"):
         rank = len(args[0].type.shape)
-        if op == "transpose":
+        if op != "permute":
             perm = list(range(rank))
             d0, d1 = (d % rank for d in args[1:3])
             perm[d0], perm[d1] = perm[d1], perm[d0]
         else:
             perm = list(args[1]) if isinstance(args[1], (list, tuple)) else list(args[1:])
         return b.emit("Transpose", [x], perm=perm)
-    if op in ("contiguous", "dropout"):
+    if op in ("contiguous", "dropout", "clone"):
         return b.emit("Identity", [x])
+    if op == "masked_fill":  # (x, mask, value)
+        value = b.const("fill", np.array(args[2], np.float32)) if not isinstance(args[2], Node) else b.value(args[2])
+        return b.emit("Where", [b.value(args[1]), value, x])
     if op == "stochastic_depth" and not (args[3] if len(args) > 3 else kw.get("training", True)):
         return b.emit("Identity", [x])  # torchvision's, in eval mode: the input as it is
     if op == "chunk":
@@ -327,23 +342,32 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return sequence_ops.function_op(b, node, args, kw)
     if op in tensor_ops.FUNCTION_OPS:
         return tensor_ops.function_op(b, node, args, kw)
-    raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
-                        hint="keep that op out of the export, or extend qcompile.onnx.export")
+    if node.kind == NodeKind.FUNCTION and not node.target.startswith(("torch.", "operator.", "builtins.")):
+        hint = (f"lower the model with --frontend export (Python: lower(..., frontend='export')), which traces "
+                f"{node.target} down to torch operations")  # a function fx keeps whole (torchvision's Swin)
+    else:
+        hint = "keep that op out of the export, or extend qcompile.onnx.export"
+    raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet", hint=hint)
 
 
 def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     """The graph as an ONNX model (QDQ form for converted graphs); checked by onnx.checker."""
     b = _Builder(graph, int4=opset >= 21)
     inputs, outputs = graph_inputs(graph), []
+    constants = fold_constants(graph)
     for node in graph.nodes():
         if node.kind == NodeKind.INPUT:
             b.names[node.name] = node.name
+            continue
+        if node.name in constants:  # computed from constants alone: its value, if anything reads it
+            if constants[node.name] is not None:
+                b.names[node.name] = b.const(node.name, param_value(constants[node.name]))
             continue
         if node.kind == NodeKind.OUTPUT:
             outputs = graph_outputs(b)
             continue
         if node.kind == NodeKind.PARAM:
-            b.names[node.name] = b.const(node.name, graph.params[node.target].float())
+            b.names[node.name] = b.const(node.name, param_value(graph.params[node.target]))
             continue
         if node.op == "_assert":  # torch._assert (a shape check traced from forward): ONNX has no assertions
             continue

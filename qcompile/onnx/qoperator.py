@@ -20,7 +20,8 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.onnx.export import OPSET, _Builder, _call, integer_relu6
+from qcompile.onnx.constants import fold_constants
+from qcompile.onnx.export import OPSET, _Builder, _call, integer_relu6, param_value
 from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.modules import CONVS, _module, _pair, conv_attrs
 from qcompile.onnx.outputs import graph_outputs
@@ -92,16 +93,21 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         raise QCompileError("QOperator export needs a converted (int8) graph", hint="use the QDQ form for others")
     b = _QBuilder(graph)
     inputs, outputs = graph_inputs(graph), []
+    constants = fold_constants(graph)
     for node in graph.nodes():
         producers = graph.inputs(node)
         if node.kind == NodeKind.INPUT:
             b.names[node.name] = node.name
             continue
+        if node.name in constants:  # computed from constants alone (qcompile.onnx.constants)
+            if constants[node.name] is not None:
+                b.names[node.name] = b.const(node.name, param_value(constants[node.name]))
+            continue
         if node.kind == NodeKind.OUTPUT:
             outputs = graph_outputs(b)
             continue
         if node.kind == NodeKind.PARAM:
-            b.names[node.name] = b.const(node.name, graph.params[node.target].float())
+            b.names[node.name] = b.const(node.name, param_value(graph.params[node.target]))
             continue
         if node.op == "quantize":
             s, zp = b.grid(node)

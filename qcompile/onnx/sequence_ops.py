@@ -109,10 +109,15 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str
 
 
 def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
-    """``x[index]`` for ints, slices with constant bounds and ``...``: Slice, then Gather per int."""
+    """``x[index]`` for ints, slices with constant bounds, ``...``, ``None`` and one int64 index tensor
+    (``table[idx]``, as in relative position biases): Slice, Gather per int, Gather by the tensor (its
+    axis becomes the index's shape, as in torch), Unsqueeze for each None."""
     items = list(index) if isinstance(index, tuple) else [index]
-    if any(item is None or isinstance(item, Node) for item in items):
-        raise QCompileError(f"%{node.name}: indexing with None or a tensor is not exported to ONNX yet")
+    tensors = [i for i in items if isinstance(i, Node)]
+    if len(tensors) > 1 or any(getattr(t.type, "dtype", None) != "i64" for t in tensors) or (
+            tensors and any(isinstance(i, int) for i in items)):
+        raise QCompileError(f"%{node.name}: indexing with several index tensors, a mask, or an index tensor beside "
+                            "ints is not exported to ONNX yet", hint="index with one int64 tensor and slices")
     if any(isinstance(item, slice) and any(isinstance(v, Node) for v in (item.start, item.stop, item.step))
            for item in items):
         raise QCompileError(f"%{node.name}: a slice whose bounds are computed is not exported to ONNX yet",
@@ -120,9 +125,11 @@ def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
     rank = len(b.graph.inputs(node)[0].type.shape)
     if Ellipsis in items:
         at = items.index(Ellipsis)
-        items = items[:at] + [slice(None)] * (rank - len(items) + 1) + items[at + 1:]
+        consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items = items[:at] + [slice(None)] * (rank - consumed) + items[at + 1:]
+    on_input = [i for i in items if i is not None]  # the items that consume an input axis, in order
     starts, ends, axes, steps = [], [], [], []
-    for axis, item in enumerate(items):
+    for axis, item in enumerate(on_input):
         if isinstance(item, slice) and item != slice(None):
             step = item.step or 1
             starts.append(item.start if item.start is not None else (0 if step > 0 else -1))
@@ -133,9 +140,18 @@ def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
     if axes:
         x = b.emit("Slice", [x] + [b.const(n, np.array(v, np.int64)) for n, v in
                                    (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps))])
-    for axis in reversed(range(len(items))):  # right to left, so earlier axes keep their numbers
-        if isinstance(items[axis], int):
-            x = b.emit("Gather", [x, b.const("index", np.array(items[axis], np.int64))], axis=axis)
+    for axis in reversed(range(len(on_input))):  # right to left, so earlier axes keep their numbers
+        if isinstance(on_input[axis], int):
+            x = b.emit("Gather", [x, b.const("index", np.array(on_input[axis], np.int64))], axis=axis)
+        elif isinstance(on_input[axis], Node):
+            x = b.emit("Gather", [x, b.value(on_input[axis])], axis=axis)
+    if None in items:  # each None's place among the output axes
+        position, new_axes = 0, []
+        for item in items:
+            if item is None:
+                new_axes.append(position)
+            position += 0 if isinstance(item, int) else len(item.type.shape) if isinstance(item, Node) else 1
+        x = b.emit("Unsqueeze", [x, b.const("axes", np.array(new_axes, np.int64))])
     return x
 
 

@@ -1,4 +1,5 @@
-"""Element-wise and reduction calls on tensors as ONNX ops: clamp, abs, exp, ..., sum, amax, stack, log_softmax.
+"""Element-wise and reduction calls on tensors as ONNX ops: clamp, abs, exp, ..., sum, amax, stack, log_softmax,
+einsum.
 
 These are torch functions and tensor methods (``torch.clamp(x, 0, 1)``,
 ``x.abs()``, ``x.sum(dim=1)``) and their torch.export ATen forms, which
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.onnx.sequence_ops import _arg, int_list, int_slice
 
@@ -22,7 +24,7 @@ _UNARY = {"abs": "Abs", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt"
 _REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin": "ReduceMin",
                "prod": "ReduceProd"}
 FUNCTION_OPS = (*_UNARY, *_REDUCTIONS, "clamp", "clip", "rsqrt", "stack", "log_softmax", "_log_softmax",
-                "pixel_shuffle", "max", "min")
+                "pixel_shuffle", "max", "min", "einsum", "pad", "roll")
 
 
 def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
@@ -33,7 +35,14 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
         dim = dim % (len(tensors[0].type.shape) + 1)
         axes = int_list(b, dim)
         return b.emit("Concat", [b.emit("Unsqueeze", [b.value(t), axes]) for t in tensors], axis=dim)
+    if op == "einsum":  # torch.einsum(eq, a, b) or, from torch.export, (eq, [a, b])
+        operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+        return b.emit("Einsum", [b.value(t) for t in operands], equation=onnx_equation(args[0]))
     x = b.value(args[0])
+    if op == "pad":
+        return _pad(b, node, x, args, kw)
+    if op == "roll":
+        return _roll(b, node, x, args, kw)
     if op in _UNARY:
         return b.emit(_UNARY[op], [x])
     if op == "rsqrt":
@@ -54,6 +63,64 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
     if op == "pixel_shuffle":
         return b.emit("DepthToSpace", [x], blocksize=_arg(args, kw, 1, "upscale_factor"), mode="CRD")
     raise AssertionError(op)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
+    """``F.pad(x, (left, right, top, bottom, ...), mode, value)``: torch lists the last axis first, in
+    (begin, end) pairs; ONNX's Pad takes every axis's begins, then every axis's ends."""
+    widths, mode, value = _arg(args, kw, 1, "pad"), _arg(args, kw, 2, "mode", "constant"), _arg(args, kw, 3, "value")
+    if any(isinstance(w, Node) for w in widths) or mode not in _PAD_MODES:
+        raise QCompileError(f"%{node.name}: a pad of computed widths or in mode {mode!r} is not exported to ONNX yet")
+    rank = len(b.graph.inputs(node)[0].type.shape)
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(widths) // 2):
+        begins[rank - 1 - i], ends[rank - 1 - i] = widths[2 * i], widths[2 * i + 1]
+    inputs = [x, b.const("pads", np.array(begins + ends, np.int64))]
+    if mode == "constant" and value:
+        inputs.append(b.const("pad_value", np.array(value, np.float32)))
+    return b.emit("Pad", inputs, mode=_PAD_MODES[mode])
+
+
+def _roll(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
+    """``torch.roll(x, shifts, dims)`` (Swin's shifted windows): per axis, the last ``shift`` entries moved
+    to the front, as two Slices and a Concat; the axes' sizes are fixed in the file."""
+    shifts, dims = _arg(args, kw, 1, "shifts"), _arg(args, kw, 2, "dims")
+    shifts = list(shifts) if isinstance(shifts, (list, tuple)) else [shifts]
+    if dims is None or dims == []:
+        raise QCompileError(f"%{node.name}: torch.roll over the flattened tensor (no dims) is not exported to ONNX yet")
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    shape = b.graph.inputs(node)[0].type.shape
+    for shift, dim in zip(shifts, dims, strict=True):
+        size = shape[dim]
+        if isinstance(shift, Node) or not isinstance(size, int):
+            raise QCompileError(f"%{node.name}: torch.roll by a computed shift or along a dynamic axis is not "
+                                "exported to ONNX yet")
+        cut = size - shift % size
+        if cut == size:
+            continue
+        tail, head = (b.emit("Slice", [x, int_list(b, start), int_list(b, stop), int_list(b, dim)])
+                      for start, stop in ((cut, size), (0, cut)))
+        x = b.emit("Concat", [tail, head], axis=dim)
+    return x
+
+
+def onnx_equation(equation: str) -> str:
+    """A torch einsum equation in ONNX's spelling: no spaces, each subscript letter (torch takes both
+    cases) renamed to a lower-case one, in order of appearance."""
+    letters: dict[str, str] = {}
+    out = []
+    for ch in equation.replace(" ", ""):
+        if ch.isalpha():
+            if ch not in letters:
+                if len(letters) == 26:
+                    raise QCompileError(f"einsum {equation!r} uses more than 26 subscripts; ONNX's Einsum takes a-z")
+                letters[ch] = chr(ord("a") + len(letters))
+            ch = letters[ch]
+        out.append(ch)
+    return "".join(out)
 
 
 def _extreme(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str | list[str]:
