@@ -168,12 +168,18 @@ class Windows(nn.Module):
 
 
 class TensorCalls(nn.Module):
-    """Element-wise and reduction calls: clamp, abs, neg, exp, stack, sum, amax, max over an axis."""
+    """Element-wise and reduction calls: clamp, abs, neg, exp, stack, sum, amax, max over an axis, and Swin V2's
+    cosine attention: F.normalize (a vector norm, clamped) and a clamped learned scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor([0.5, 3.0, 1.0, 2.0, 0.1]).log())
 
     def forward(self, x):
         y = torch.clamp(x, -1.0, 1.5) + x.abs() * 0.5 - torch.exp(-x.clamp(min=0))
         y = torch.stack([y, -y, y * y], 1).sum(1)
-        return y.amax(dim=-1) + y.max(1).values.sum(-1, keepdim=True) + torch.max(y, x).mean(2)
+        cosine = F.normalize(x, dim=-1) * torch.clamp(self.logit_scale, max=1.0).exp()[:, None]
+        return y.amax(dim=-1) + y.max(1).values.sum(-1, keepdim=True) + torch.max(y, x).mean(2) + cosine.sum(-1)
 
 
 class SoftmaxHead(nn.Module):

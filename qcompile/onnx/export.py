@@ -280,6 +280,8 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
         shape = b.emit("Concat", [b.int_value(d) for d in dims], axis=0)
         return b.emit("Reshape", [x, shape])
+    if op == "expand_as":
+        return b.emit("Expand", [x, b.emit("Shape", [b.value(args[1])])])
     if op == "expand":  # torch's -1 keeps a size; ONNX's Expand broadcasts a 1 to the input's size
         dims = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else list(args[1])
         shape = b.emit("Concat", [b.int_value(1 if d == -1 else d) for d in dims], axis=0)

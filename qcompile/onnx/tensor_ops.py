@@ -24,7 +24,7 @@ _UNARY = {"abs": "Abs", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt"
 _REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin": "ReduceMin",
                "prod": "ReduceProd"}
 FUNCTION_OPS = (*_UNARY, *_REDUCTIONS, "clamp", "clip", "rsqrt", "stack", "log_softmax", "_log_softmax",
-                "pixel_shuffle", "max", "min", "einsum", "pad", "roll")
+                "pixel_shuffle", "max", "min", "einsum", "pad", "roll", "linalg_vector_norm", "clamp_min", "clamp_max", "normalize")
 
 
 def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
@@ -43,12 +43,27 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
         return _pad(b, node, x, args, kw)
     if op == "roll":
         return _roll(b, node, x, args, kw)
+    if op == "normalize":  # F.normalize(x, p, dim, eps): x / max(norm, eps)
+        order, dim, eps = _arg(args, kw, 1, "p", 2.0), _arg(args, kw, 2, "dim", 1), _arg(args, kw, 3, "eps", 1e-12)
+        if order not in (1, 2):
+            raise QCompileError(f"%{node.name}: F.normalize with p={order} is not exported to ONNX yet")
+        norm = b.emit("ReduceL2" if order == 2 else "ReduceL1", [x, int_list(b, dim)], keepdims=1)
+        return b.emit("Div", [x, b.emit("Max", [norm, b.const("eps", np.array(eps, np.float32))])])
+    if op == "linalg_vector_norm":  # F.normalize's norm (Swin V2's cosine attention): 1- and 2-norms
+        order, dims = _arg(args, kw, 1, "ord", 2), _arg(args, kw, 2, "dim")
+        if order not in (1, 2):
+            raise QCompileError(f"%{node.name}: a vector norm of order {order} is not exported to ONNX yet")
+        keep = int(bool(_arg(args, kw, 3, "keepdim", False)))
+        reduce = "ReduceL2" if order == 2 else "ReduceL1"
+        return b.emit(reduce, [x] + ([int_list(b, dims)] if dims is not None else []), keepdims=keep)
     if op in _UNARY:
         return b.emit(_UNARY[op], [x])
     if op == "rsqrt":
         return b.emit("Reciprocal", [b.emit("Sqrt", [x])])
-    if op in ("clamp", "clip"):  # bounds may be None (one-sided)
+    if op in ("clamp", "clip", "clamp_min", "clamp_max"):  # bounds may be None (one-sided)
         bounds = [_arg(args, kw, 1, "min"), _arg(args, kw, 2, "max")]
+        if op != "clamp" and op != "clip":  # aten.clamp_min(x, low), aten.clamp_max(x, high)
+            bounds = [args[1], None] if op == "clamp_min" else [None, args[1]]
         return b.emit("Clip", [x] + ["" if v is None else b.const("bound", np.array(v, np.float32)) for v in bounds])
     if op in _REDUCTIONS:
         dims = _arg(args, kw, 1, "dim")
