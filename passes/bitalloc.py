@@ -30,6 +30,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.bit_allocation import allocate_bits
+from qcompile.quant.op_table import TRANSPOSED
 
 
 @register_pass
@@ -55,7 +56,10 @@ class Bitalloc(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         layers = channels = 0
         for node in graph.find(kind=NodeKind.MODULE):
-            if self.weights and node.quant.weight_observer is not None:
+            if self.weights and node.quant.weight_observer is not None and node.op in TRANSPOSED:
+                ctx.explain(f"%{node.name} ({node.op}) keeps 8-bit weights: torch's int8 transposed convolutions take "
+                            "one scale per tensor, not bits per channel")
+            elif self.weights and node.quant.weight_observer is not None:
                 weight = graph.param(node, "weight").detach().float()
                 std = weight.reshape(weight.shape[0], -1).std(dim=1)
                 bits = allocate_bits(std, self.budget, self.max_bits)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.op_table import category
+from qcompile.quant.op_table import TRANSPOSED, category
 
 
 def grid_owner(node: Node) -> str:
@@ -50,8 +50,9 @@ class Observe(Pass):
             if kind in ("own", "weighted"):
                 node.quant.observer = qconfig.activation
                 counts["activations"] += 1
-            if kind == "weighted":
-                node.quant.weight_observer = replace(qconfig.weight, axis=0)
+            if kind == "weighted":  # per output channel (axis 0), but transposed convolutions per tensor
+                node.quant.weight_observer = (replace(qconfig.weight, per_channel=False) if node.op in TRANSPOSED
+                                              else replace(qconfig.weight, axis=0))
                 counts["weights"] += 1
             if kind == "shared":
                 node.quant.shares = grid_owner(graph.inputs(node)[0])

@@ -41,6 +41,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.quant.op_table import TRANSPOSED
 from qcompile.training import fit
 
 FAKE_QUANT = "qcompile.nn.qat.FakeQuantize"
@@ -101,7 +102,8 @@ class Qat(Pass):
                 for user, port in graph.uses(producer):
                     if user.name in inside:
                         graph.set_input(user, port, guarded[producer.name])
-            elif node.op in ("conv2d", "linear", "add", "mul", "cat", "hardswish", "leaky_relu") and node.kind != NodeKind.PARAM:
+            elif (node.op in ("conv2d", "linear", "add", "mul", "cat", "hardswish", "leaky_relu", *TRANSPOSED)
+                  and node.kind != NodeKind.PARAM):
                 end = _chain_end(graph, graph.node(node.name), gone)
                 if end.name not in guarded:
                     uses = graph.uses(end)

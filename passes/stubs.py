@@ -35,7 +35,8 @@ from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.decompose import decompose_silu
-from qcompile.quant.op_table import category, holds_tensor, is_float_tensor
+from qcompile.quant.op_table import TRANSPOSED, category, holds_tensor, is_float_tensor
+from qcompile.quant.transposed_probe import transposed_kernel_ok
 
 QUANT_STUB = "torch.ao.quantization.QuantStub"
 DEQUANT_STUB = "torch.ao.quantization.DeQuantStub"
@@ -52,6 +53,13 @@ def region_member(graph: Graph, node: Node, quantized: set[str], ctx: PassContex
     if cat == "shared":
         inputs = graph.inputs(node)
         return bool(inputs) and inputs[0].name in quantized
+    if node.op in TRANSPOSED:
+        engine = ctx.quant_config.engine
+        ok, sqnr = transposed_kernel_ok(node.op, node.attrs, engine)
+        if not ok:
+            ctx.explain(f"%{node.name} ({node.op}) stays float: torch's int8 kernel on the {engine} engine computes "
+                        f"this configuration wrongly (probed at {sqnr:.1f} dB SQNR against float on the same codes)")
+            return False
     return True
 
 

@@ -36,7 +36,9 @@ class Signal(nn.Module):
 
 
 class Decoder(nn.Module):
-    """PReLU, a transposed convolution, LeakyReLU and a global max pool: ops that stay float in int8."""
+    """PReLU, a 2 x 2 stride-2 transposed convolution (which torch's x86 int8 kernel gets wrong, so it stays
+    float: see test_transposed_convolution_runs_in_int8_where_torch_computes_it_right) and a global max pool
+    stay float in int8; a LeakyReLU does not."""
 
     def __init__(self):
         super().__init__()
@@ -165,6 +167,30 @@ class Windows(nn.Module):
         z = torch.einsum("N C H W, C D -> N D H W", y, self.mix)
         bias = self.table[self.index].view(4, 4, 2).permute(2, 0, 1)  # [2, 4, 4]
         return z[:, :2, :4, :4] + bias
+
+
+class UpSampler(nn.Module):
+    """A decoder step: a strided convolution down, a transposed convolution up, a skip connection added."""
+
+    def __init__(self, groups: int = 1, kernel_size: int = 4, padding: int = 1):
+        super().__init__()
+        self.down = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.up = nn.ConvTranspose2d(16, 8, kernel_size, stride=2, padding=padding, groups=groups)
+        self.skip = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.up(F.relu(self.bn(self.down(x)))) + self.skip(x)))
+
+
+class Mean(nn.Module):
+    def __init__(self, dims: tuple):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.mean(self.dims)
 
 
 class TensorCalls(nn.Module):
@@ -361,6 +387,67 @@ def test_masks_built_in_forward_lower_exactly_and_export_as_constants(frontend, 
     assert max(r.max_error for r in check_onnx(path, load_model(tmp_path / "model"), [x], None)) < 1e-5
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert {"Einsum", "Where", "Pad"} <= ops and not {"Not", "Equal", "ScatterElements"} & ops  # the mask: folded
+
+
+def _quantized_with(model: nn.Module, batches: list, tmp_path, preset: str, frontend: str = "fx"):
+    graph = lower(model, (batches[0][:1],), frontend=frontend)
+    ctx = PassContext(calib_data=[(b,) for b in batches], quant_config=QuantConfig.from_preset(preset))
+    run_pipeline(graph, "ptq", ctx)
+    write_model(graph, tmp_path / "model")
+    return graph, load_model(tmp_path / "model"), ctx
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_transposed_convolution_runs_in_int8_with_one_weight_scale(frontend, tmp_path):
+    torch.manual_seed(0)
+    model = UpSampler().eval()
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(4)]
+    graph, emitted = _quantized(model, batches, tmp_path, frontend)
+    up = graph.node("up")
+    assert up.target == "torch.ao.nn.quantized.ConvTranspose2d"
+    assert graph.params[up.params["weight"]].qscheme() == torch.per_tensor_affine  # one scale: torch takes no other
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[1]), model(batches[1])) < 0.05
+    for form in ("qdq", "qoperator"):
+        path = export_onnx(graph, tmp_path / f"{form}.onnx", form=form)
+        for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
+            assert result.within_1_lsb >= 0.99
+    # grouped: torch's int8 kernel does not take it, so the layer stays float between its stubs
+    grouped, _ = _quantized(UpSampler(groups=2).eval(), batches, tmp_path / "grouped", frontend)
+    assert grouped.node("up").target == "torch.nn.ConvTranspose2d" and grouped.node("up").quant.mode is None
+
+
+@pytest.mark.parametrize("preset, int8", [("x86", False), ("fbgemm", False), ("qnnpack", True)])
+def test_transposed_convolution_runs_in_int8_where_torch_computes_it_right(preset, int8, tmp_path):
+    # a 2 x 2, stride-2 transposed convolution: torch 2.14's x86 and fbgemm int8 kernels miss it by far more than
+    # rounding (the probe measures about -12 dB), qnnpack's does not
+    torch.manual_seed(0)
+    model = UpSampler(kernel_size=2, padding=0).eval()
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(4)]
+    graph, emitted, ctx = _quantized_with(model, batches, tmp_path, preset)
+    up = graph.node("up")
+    assert (up.target == "torch.ao.nn.quantized.ConvTranspose2d") == int8
+    assert any("computes this configuration wrongly" in message for _, message in ctx.explanations) != int8
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[1]), model(batches[1])) < 0.1  # right either way (-12 dB: > 1)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_int8_mean_over_a_map_of_ones(rank, tmp_path):
+    # S3D's head: a 1x1(x1) convolution over a map pooled to 1x1(x1), then mean over the spatial axes, which
+    # torch's int8 mean refuses on such a tensor; as the squeeze it is, it runs
+    conv, pool = (nn.Conv2d, nn.AdaptiveAvgPool2d) if rank == 2 else (nn.Conv3d, nn.AdaptiveAvgPool3d)
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(3, 8, 3, padding=1), nn.ReLU(), pool(1), conv(8, 5, 1)).eval()
+    head = nn.Sequential(model, Mean(tuple(range(2, 2 + rank)))).eval()
+    batches = [torch.randn(4, 3, *(6,) * rank) for _ in range(3)]
+    graph, emitted = _quantized(head, batches, tmp_path)
+    assert graph.node("mean").op == "squeeze" and graph.node("mean").quant.mode == "static"
+    with torch.no_grad():
+        assert _relative_error(emitted(batches[0]), head(batches[0])) < 0.05
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
+        assert result.within_1_lsb >= 0.99
 
 
 def test_small_outputs_may_have_one_element_beyond_one_step():

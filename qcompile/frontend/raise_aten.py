@@ -111,6 +111,24 @@ def _raise_conv(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
     return True
 
 
+def _raise_conv_transpose(graph: Graph, node: Node, b: dict) -> bool:
+    """``aten.conv_transpose*d`` over the module's weight ``[in, out / groups, ...]``: ``nn.ConvTranspose*d``."""
+    params = _params(b, "weight", "bias")
+    if params is None or "weight" not in params or _shared(graph, node, params["weight"]):
+        return False
+    w = graph.params[params["weight"]]
+    cls = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}.get(w.dim() - 2)
+    if cls is None:
+        return False
+    attrs = dict(
+        in_channels=w.shape[0], out_channels=w.shape[1] * b["groups"], kernel_size=tuple(w.shape[2:]),
+        stride=tuple(b["stride"]), padding=tuple(b["padding"]), output_padding=tuple(b["output_padding"]),
+        groups=b["groups"], bias="bias" in params, dilation=tuple(b["dilation"]), padding_mode="zeros",
+    )
+    _to_module(graph, node, b["input"], cls, attrs, params)
+    return True
+
+
 def _raise_linear(graph: Graph, node: Node, b: dict, rename: bool = True) -> bool:
     params = _params(b, "weight", "bias")
     if params is None or "weight" not in params or _shared(graph, node, params["weight"]):
@@ -286,6 +304,9 @@ _RAISERS = {
     "conv2d": _raise_conv,
     "conv3d": _raise_conv,
     "linear": _raise_linear,
+    "conv_transpose1d": _raise_conv_transpose,
+    "conv_transpose2d": _raise_conv_transpose,
+    "conv_transpose3d": _raise_conv_transpose,
     "batch_norm": _raise_batch_norm,
     "_native_batch_norm_legit_no_training": _raise_native_batch_norm,
     "relu": lambda g, n, b: _raise_activation(g, n, b, torch.nn.ReLU),

@@ -46,6 +46,7 @@ from qcompile.onnx.modules import (
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
 from qcompile.onnx.resize import resize
+from qcompile.quant.op_table import TRANSPOSED
 from qcompile.quant.qparams import quantize_bias, weight_grid
 from qcompile.quant.relu6_grid import relu6_top_code
 
@@ -155,7 +156,10 @@ class _Builder:
             w = self.const(f"{node.name}_weight", weight.t().contiguous() if transposed else weight)
             b = self.const(f"{node.name}_bias", bias.detach().float()) if bias is not None else None
             return w, b
-        scales, zps, axis = weight_grid(weight)
+        if node.op in TRANSPOSED:  # one scale (torch's int8 transposed convolutions take no other), [in, out, ...]
+            scales, zps, axis = torch.tensor(weight.q_scale(), dtype=torch.float64), torch.tensor(weight.q_zero_point()), 0
+        else:
+            scales, zps, axis = weight_grid(weight)
         scales, zps = scales.float(), zps.to(torch.int8)
         codes = weight.int_repr().to(torch.int8)
         if self.int4 and int(codes.min()) >= -8 and int(codes.max()) <= 7 and int(zps.abs().max()) <= 7:
@@ -172,7 +176,7 @@ class _Builder:
             b_int = quantize_bias(bias, bias_scale)
             b = self.emit("DequantizeLinear", [self.const(f"{node.name}_bias_q", b_int),
                                                self.const(f"{node.name}_bias_scale", bias_scale.float()),
-                                               self.const(f"{node.name}_bias_zp", torch.zeros_like(b_int))],
+                                               self.const(f"{node.name}_bias_zp", torch.zeros(bias_scale.shape, dtype=torch.int32))],
                           axis=0)
         return (self.emit("Transpose", [w], perm=[1, 0]) if transposed else w), b
 

@@ -30,6 +30,9 @@ _CONV = {
 }
 
 
+_CONV_TRANSPOSE = {f"conv_transpose{n}d": f"torch.ao.nn.quantized.ConvTranspose{n}d" for n in (1, 2, 3)}
+
+
 def _scalar_params(graph: Graph, node: Node) -> dict[str, str]:
     q = node.quant.qparams
     base = node.source.module_path or node.name
@@ -108,6 +111,12 @@ def _convert_conv(graph: Graph, node: Node) -> None:
     node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
 
 
+def _convert_conv_transpose(graph: Graph, node: Node) -> None:
+    node.target = _CONV_TRANSPOSE[node.op]
+    node.params = _quantized_weight_params(graph, node)
+    node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
+
+
 def _convert_linear(graph: Graph, node: Node) -> None:
     _split_relu6(graph, node)
     relu = _act(node) == "relu"
@@ -173,11 +182,35 @@ def _convert_shared(graph: Graph, node: Node) -> None:
         node.target = node.op = "reshape"
     elif node.kind == NodeKind.FUNCTION and node.target == "torch.ops.aten.view.default":  # from torch.export
         node.target, node.op = "torch.ops.aten.reshape.default", "reshape"
+    elif node.op == "mean":
+        _mean_over_ones_as_squeeze(graph, node)
+
+
+def _mean_over_ones_as_squeeze(graph: Graph, node: Node) -> None:
+    """A mean over axes of size 1 only, dropping them, as the squeeze it is (the same values).
+
+    torch's int8 mean fails on a channels-last tensor whose axes past the
+    channels are all 1 (``required rank 5 tensor to use channels_last_3d
+    format``): S3D's classifier, a 1x1x1 convolution over a 1x1x1 map, then
+    ``mean((2, 3, 4))``.
+    """
+    args, kwargs = node.args, node.kwargs
+    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    shape = graph.inputs(node)[0].type.shape
+    if dims is None or keepdim or (len(args) > 3 or set(kwargs) - {"dim", "keepdim"}):
+        return
+    dims = tuple(d % len(shape) for d in (dims if isinstance(dims, (list, tuple)) else (dims,)))
+    if all(shape[d] == 1 for d in dims):
+        node.kind, node.target, node.op = NodeKind.METHOD, "squeeze", "squeeze"
+        graph.set_inputs(node, graph.inputs(node)[:1], args=(Ref(0), dims), kwargs={})
 
 
 RULES = {
     "conv1d": _convert_conv, "conv2d": _convert_conv, "conv3d": _convert_conv,
     "linear": _convert_linear,
+    "conv_transpose1d": _convert_conv_transpose, "conv_transpose2d": _convert_conv_transpose,
+    "conv_transpose3d": _convert_conv_transpose,
     "batch_norm2d": _convert_batch_norm, "batch_norm3d": _convert_batch_norm,
     "add": _convert_binary, "mul": _convert_binary,
     "cat": _convert_cat,

@@ -2,7 +2,9 @@
 
 Every tensor-producing op falls in one category:
 
-* ``weighted``: conv / linear modules; int8 weights, own output scale.
+* ``weighted``: conv / linear modules; int8 weights, own output scale; also
+  transposed convolutions (``TRANSPOSED``), whose int8 weights torch takes
+  per tensor only.
 * ``own``: computes new values and needs its own output scale (add, mul,
   cat, hardswish, leaky ReLU, an unfused batch norm).
 * ``shared``: moves or selects values without creating new ones (pooling,
@@ -23,6 +25,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
 
 WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
+TRANSPOSED = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 OWN = {"add", "mul", "cat", "hardswish", "leaky_relu", "batch_norm2d", "batch_norm3d"}
 SHARED = {
     "relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d",
@@ -66,6 +69,12 @@ def category(graph: Graph, node: Node) -> str | None:
         return None
     if node.op in WEIGHTED:
         return "weighted" if node.kind == NodeKind.MODULE and is_float_tensor(node) else None
+    if node.op in TRANSPOSED:  # torch's int8 kernels: one group, no dilation, zero padding
+        a = node.attrs
+        dilation = a.get("dilation", 1)
+        plain = (a.get("groups", 1) == 1 and a.get("padding_mode", "zeros") == "zeros"
+                 and all(d == 1 for d in (dilation if isinstance(dilation, (tuple, list)) else (dilation,))))
+        return "weighted" if node.kind == NodeKind.MODULE and is_float_tensor(node) and plain else None
     if node.op in ("add", "mul"):
         # only tensor-tensor forms, as positional (a, b); mul also broadcasting one of them (a squeeze-and-
         # excitation block's x * scale[N, C, 1, 1])
