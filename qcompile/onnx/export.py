@@ -113,6 +113,15 @@ class _Builder:
             return self.emit("Unsqueeze", [self.value(value), self.const("axis0", np.array([0], np.int64))])
         return self.const("int", np.array([value], np.int64))
 
+    def folded(self, node: Node, constants: dict) -> bool:
+        """Whether ``node`` was computed from constants alone (:func:`fold_constants`); its value, if anything
+        reads it, becomes an initializer."""
+        if node.name not in constants:
+            return False
+        if constants[node.name] is not None:
+            self.names[node.name] = self.const(node.name, param_value(constants[node.name]))
+        return True
+
     # --------------------------------------------------------- quantization
     def grid(self, node: Node) -> tuple[str, str]:
         """The node's output scale and zero point as initializers."""
@@ -208,7 +217,8 @@ def integer_relu6(b: _Builder, node: Node, producer: Node, codes: str) -> str | 
                            b.const(f"{node.name}_hi", np.array(top, np.uint8))])
 
 
-_COMPARISONS = {"eq": "Equal", "lt": "Less", "gt": "Greater", "le": "LessOrEqual", "ge": "GreaterOrEqual"}
+_COMPARISONS = {"eq": "Equal", "ne": "Equal", "lt": "Less", "gt": "Greater", "le": "LessOrEqual",
+                "ge": "GreaterOrEqual"}  # ne: Not(Equal)
 _BINARY = {"add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "floor_divide": "Div", "pow": "Pow"} | _COMPARISONS
 
 
@@ -232,7 +242,7 @@ def _binary(b: _Builder, node: Node, args: list) -> str:
     result_int = isinstance(node.type, ScalarType) and node.type.name == "int"
     # integers in, integers out (ids == 0, x.size(2) == 224, n // 2); a true division gives floats
     as_int = (all(_integer(v) for v in args) and node.op != "div"
-              and (tensor or result_int or node.op in (*_COMPARISONS, "ne")))
+              and (tensor or result_int or node.op in _COMPARISONS))
     dtype = np.int64 if as_int else np.float32
     values = []
     for v in args:
@@ -242,7 +252,8 @@ def _binary(b: _Builder, node: Node, args: list) -> str:
             values.append(b.emit("Cast", [b.value(v)], to=TensorProto.FLOAT))
         else:
             values.append(b.value(v))
-    return b.emit(_BINARY["eq" if node.op == "ne" else node.op], values)
+    out = b.emit(_BINARY[node.op], values)
+    return b.emit("Not", [out]) if node.op == "ne" else out
 
 
 def _call(b: _Builder, node: Node) -> str | list[str]:
@@ -264,8 +275,6 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
             return b.emit("LeakyRelu", [x], alpha=float(args[1]))
     if op in _BINARY and len(args) == 2:
         return _activation(b, _binary(b, node, args), node.attrs.get("act"))
-    if op == "ne" and len(args) == 2:
-        return b.emit("Not", [_binary(b, node, args)])
     if op in ACTIVATIONS:
         return _activation_op(b, op, x, activation_settings(op, args[1:], kw))
     if op in (*CONVS, "linear") and node.kind == NodeKind.FUNCTION:  # F.conv2d / F.linear with their weights
@@ -365,9 +374,7 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if node.kind == NodeKind.INPUT:
             b.names[node.name] = node.name
             continue
-        if node.name in constants:  # computed from constants alone: its value, if anything reads it
-            if constants[node.name] is not None:
-                b.names[node.name] = b.const(node.name, param_value(constants[node.name]))
+        if b.folded(node, constants):
             continue
         if node.kind == NodeKind.OUTPUT:
             outputs = graph_outputs(b)

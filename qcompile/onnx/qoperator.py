@@ -99,9 +99,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if node.kind == NodeKind.INPUT:
             b.names[node.name] = node.name
             continue
-        if node.name in constants:  # computed from constants alone (qcompile.onnx.constants)
-            if constants[node.name] is not None:
-                b.names[node.name] = b.const(node.name, param_value(constants[node.name]))
+        if b.folded(node, constants):
             continue
         if node.kind == NodeKind.OUTPUT:
             outputs = graph_outputs(b)

@@ -30,7 +30,7 @@ _CONV = {
 }
 
 
-_CONV_TRANSPOSE = {f"conv_transpose{n}d": f"torch.ao.nn.quantized.ConvTranspose{n}d" for n in (1, 2, 3)}
+_CONV |= {(f"conv_transpose{n}d", None): f"torch.ao.nn.quantized.ConvTranspose{n}d" for n in (1, 2, 3)}
 
 
 def _scalar_params(graph: Graph, node: Node) -> dict[str, str]:
@@ -107,12 +107,6 @@ def clamp_to_bits(graph: Graph, node: Node) -> None:
 def _convert_conv(graph: Graph, node: Node) -> None:
     _split_relu6(graph, node)
     node.target = _CONV[(node.op, _act(node))]
-    node.params = _quantized_weight_params(graph, node)
-    node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
-
-
-def _convert_conv_transpose(graph: Graph, node: Node) -> None:
-    node.target = _CONV_TRANSPOSE[node.op]
     node.params = _quantized_weight_params(graph, node)
     node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
 
@@ -209,8 +203,7 @@ def _mean_over_ones_as_squeeze(graph: Graph, node: Node) -> None:
 RULES = {
     "conv1d": _convert_conv, "conv2d": _convert_conv, "conv3d": _convert_conv,
     "linear": _convert_linear,
-    "conv_transpose1d": _convert_conv_transpose, "conv_transpose2d": _convert_conv_transpose,
-    "conv_transpose3d": _convert_conv_transpose,
+    "conv_transpose1d": _convert_conv, "conv_transpose2d": _convert_conv, "conv_transpose3d": _convert_conv,
     "batch_norm2d": _convert_batch_norm, "batch_norm3d": _convert_batch_norm,
     "add": _convert_binary, "mul": _convert_binary,
     "cat": _convert_cat,
