@@ -248,11 +248,15 @@ class TiedWeights(nn.Module):
 
 
 def _quantized(model: nn.Module, batches: list, tmp_path, frontend: str = "fx"):
-    graph = lower(model, (batches[0][:1],), frontend=frontend)
-    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in batches],
-                                           quant_config=QuantConfig.from_preset("x86")))
+    graph, emitted, _ = _quantized_with(model, batches, tmp_path, "x86", frontend)
+    return graph, emitted
+
+
+def _export_error(graph, x: torch.Tensor, tmp_path) -> tuple[float, object]:
+    """A float graph's emitted module against its ONNX file in onnxruntime on ``x``: max error, and the file."""
     write_model(graph, tmp_path / "model")
-    return graph, load_model(tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    return max(r.max_error for r in check_onnx(path, load_model(tmp_path / "model"), [x], None)), path
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -323,9 +327,7 @@ def test_leaky_relu_runs_in_int8(frontend, tmp_path):
 def test_adaptive_pools_to_a_divisor_export_exactly(frontend, tmp_path):
     x = torch.randn(2, 4, 6, 12)
     graph = lower(AdaptivePools(), (x[:1],), frontend=frontend)
-    write_model(graph, tmp_path / "model")
-    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
-    assert max(r.max_error for r in results) == 0.0
+    assert _export_error(graph, x, tmp_path)[0] == 0.0
     with pytest.raises(QCompileError, match=r"from \[6, 12\] to \[5, 5\] is exported only where") as info:
         export_onnx(lower(nn.AdaptiveAvgPool2d(5), (x[:1],)), tmp_path / "refused.onnx")
     assert "--input-shape" in info.value.hint and not (tmp_path / "refused.onnx").exists()
@@ -348,10 +350,8 @@ def test_int8_adaptive_average_pool_runs_on_the_codes(tmp_path):
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 def test_shape_checks_and_expand_export_with_a_dynamic_batch(frontend, tmp_path):
     graph = lower(ShapeChecks(), (torch.randn(1, 4, 6, 12),), frontend=frontend)
-    write_model(graph, tmp_path / "model")
     x = torch.randn(3, 4, 6, 12)  # lowered at batch 1: the expand follows the batch
-    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
-    assert max(r.max_error for r in results) == 0.0
+    assert _export_error(graph, x, tmp_path)[0] == 0.0
 
 
 def test_attention_modules_under_fx_name_the_frontend_that_exports_them(tmp_path):
@@ -368,9 +368,7 @@ def test_attention_modules_under_fx_name_the_frontend_that_exports_them(tmp_path
         export_onnx(lower(Attend().eval(), (x,), frontend="fx"), tmp_path / "fx.onnx")
     assert "--frontend export" in info.value.hint
     graph = lower(Attend().eval(), (x,), frontend="export")
-    write_model(graph, tmp_path / "model")
-    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
-    assert max(r.max_error for r in results) < 1e-5
+    assert _export_error(graph, x, tmp_path)[0] < 1e-5
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
@@ -382,9 +380,8 @@ def test_masks_built_in_forward_lower_exactly_and_export_as_constants(frontend, 
     graph = lower(model, (x[:1],), frontend=frontend)
     with torch.no_grad():
         assert torch.equal(Interpreter(graph).run(x), model(x))
-    write_model(graph, tmp_path / "model")
-    path = export_onnx(graph, tmp_path / "model.onnx")
-    assert max(r.max_error for r in check_onnx(path, load_model(tmp_path / "model"), [x], None)) < 1e-5
+    error, path = _export_error(graph, x, tmp_path)
+    assert error < 1e-5
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert {"Einsum", "Where", "Pad"} <= ops and not {"Not", "Equal", "ScatterElements"} & ops  # the mask: folded
 
@@ -466,9 +463,7 @@ def test_float_activations_with_their_settings_export_exactly(activation, tmp_pa
                                                                              output_padding=1)).eval()
     x = 3 * torch.randn(4, 3, 10, 10)
     graph = lower(model, (x[:1],))
-    write_model(graph, tmp_path / "model")
-    path = export_onnx(graph, tmp_path / "model.onnx")
-    assert max(r.max_error for r in check_onnx(path, load_model(tmp_path / "model"), [x], None)) < 1e-5
+    assert _export_error(graph, x, tmp_path)[0] < 1e-5
 
 
 def test_functional_activation_settings_export(tmp_path):
@@ -478,9 +473,7 @@ def test_functional_activation_settings_export(tmp_path):
 
     x = 2 * torch.randn(4, 6)
     graph = lower(Calls(), (x[:1],))
-    write_model(graph, tmp_path / "model")
-    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
-    assert max(r.max_error for r in results) < 1e-6
+    assert _export_error(graph, x, tmp_path)[0] < 1e-6
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
@@ -520,9 +513,7 @@ def test_float_norms_pools_and_tensor_calls_export_exactly(model_class, shape, f
             module.running_var.uniform_(0.5, 2.0)
     x = 2 * torch.randn(4, *shape)
     graph = lower(model, (x[:1],), frontend=frontend)
-    write_model(graph, tmp_path / "model")
-    results = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), load_model(tmp_path / "model"), [x], None)
-    assert max(r.max_error for r in results) < 1e-5
+    assert _export_error(graph, x, tmp_path)[0] < 1e-5
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])  # torch.export: aten.upsample_bilinear2d -> nn.Upsample

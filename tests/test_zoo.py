@@ -48,6 +48,12 @@ def _nonzero_weights(model):
     return randomize_batch_norm(model)
 
 
+def _random_model(name: str) -> tuple[torch.nn.Module, int]:
+    """torchvision's ``name`` with seeded random weights, and the image size it takes."""
+    torch.manual_seed(0)
+    return _nonzero_weights(torchvision.models.get_model(name).eval()), 299 if name == "inception_v3" else 224
+
+
 def _unfused_patterns(graph):
     """Independent check: conv/linear -> BN or -> ReLU pairs that fuse could have taken."""
     left = []
@@ -96,9 +102,7 @@ def _check(model, x, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_model(name, tmp_path):
-    torch.manual_seed(0)
-    model = _nonzero_weights(torchvision.models.get_model(name).eval())
-    size = 299 if name == "inception_v3" else 224
+    model, size = _random_model(name)
     graph, stats, _ = _check(model, torch.randn(1, 3, size, size), tmp_path)
     batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     if batch_norms:
@@ -110,9 +114,7 @@ def test_torchvision_model(name, tmp_path):
 def test_torchvision_model_int8_exports_to_onnx(name, tmp_path):
     # post-training static int8 (x86 preset), the emitted module, and its ONNX file in onnxruntime, which
     # must be as close to the float model as qcompile's own int8 model is (rounding differs, accuracy not)
-    torch.manual_seed(0)
-    model = _nonzero_weights(torchvision.models.get_model(name).eval())
-    size = 299 if name == "inception_v3" else 224
+    model, size = _random_model(name)
     batches = [torch.randn(2, 3, size, size) for _ in range(2)]
     graph = lower(model, (batches[0][:1],), frontend="export" if name.startswith(THROUGH_EXPORT) else "fx")
     run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in batches],
