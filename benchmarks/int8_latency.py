@@ -10,7 +10,11 @@ Float is the fair baseline: the fused graph (BatchNorm folded) in
 channels-last memory. qcompile's int8 graph runs three ways: the emitted
 PyTorch module on the native backend (torch's x86 kernels), the gemmlowp
 backend (qcompile's own integer kernels, bit-exact with gemmlowp), and its
-QDQ ONNX export (``--export onnx``) in onnxruntime. The target column is the
+QDQ ONNX export (``--export onnx``) in onnxruntime, exported for each row
+as a deployment at that batch size and thread count would be
+(``--onnx-narrow-convs measure``: the network's first convolution padded or
+rewritten as space-to-depth only if that makes the whole model measurably
+faster there; the decisions are printed at the end). The target column is the
 faster of torch.ao FX x86 and onnxruntime's ``quantize_static`` model;
 "best / target" is the target's time over the fastest qcompile variant's
 (1.00x or more meets the target); "paired" measures the same ratio again,
@@ -37,6 +41,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import torchvision
 
@@ -49,10 +54,11 @@ from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E40
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.ir import NodeKind  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
+from qcompile.onnx.narrow_convs import recorded  # noqa: E402
 from qcompile.onnx.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
-from qcompile.timing import head_to_head  # noqa: E402
+from qcompile.timing import head_to_head_resolved  # noqa: E402
 from tests.models import randomize_batch_norm  # noqa: E402
 from tests.torchao_reference import fx_quantize  # noqa: E402
 
@@ -166,7 +172,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--pairs", type=int, default=100,
-                        help="adjacent pairs of calls timed head to head, best qcompile variant against the target")
+                        help="adjacent pairs of calls timed head to head, best qcompile variant against the target, "
+                             "in rounds of this many while the interval holds 1")
+    parser.add_argument("--max-pairs", type=int, default=300, help="most pairs timed head to head")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -190,7 +198,6 @@ def main() -> None:
             qcompile_calib = time.perf_counter() - start
             write_model(graph, tmp / "int8")
             ours = load_model(tmp / "int8")
-            exported = export_onnx(graph, tmp / "qcompile_int8.onnx")
             twin_graph = lower(model, (calib[0][0][:1],))
             run_pipeline(twin_graph, "fuse,calibrate,convert{backend=gemmlowp}",
                          PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
@@ -206,8 +213,12 @@ def main() -> None:
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 session = onnxruntime_int8(model, calib, tmp, threads)
-                our_session = ort_session(exported, threads)
                 for batch in (1, 8):
+                    # deployed as a user who knows the batch and threads would: --onnx-narrow-convs measure
+                    exported = export_onnx(graph, tmp / f"qcompile_int8_{batch}_{threads}.onnx", narrow_convs="measure",
+                                           threads=threads, batch=batch)
+                    decisions = "; ".join(r.describe() for r in recorded(onnx.load(str(exported))))
+                    our_session = ort_session(exported, threads)
                     x = torch.cat([b[0] for b in calib])[:batch].contiguous()
                     feed = {"x": x.numpy()}
                     our_feed = {our_session.get_inputs()[0].name: x.numpy()}
@@ -221,13 +232,14 @@ def main() -> None:
                         target = min(t["torchao"], t["ort"])
                         best = min(("native", "gemmlowp", "onnx"), key=t.get)
                         rival = min(("torchao", "ort"), key=t.get)
-                        paired = head_to_head(fns[best], fns[rival], args.pairs)
+                        paired = head_to_head_resolved(fns[best], fns[rival], args.pairs, args.max_pairs)
                     row = dict(model=name, batch=batch, threads=threads, float_ms=t["float"], torchao_ms=t["torchao"],
                                ort_ms=t["ort"], qcompile_ms=t["native"], qcompile_gemmlowp_ms=t["gemmlowp"],
                                qcompile_onnx_ms=t["onnx"], qcompile_gops=gops,
                                peak_share=gops / (peak_gops_per_core() * threads), best=best,
                                best_over_target=target / t[best], paired_rival=rival,
-                               paired=dict(ratio=paired.ratio, low=paired.low, high=paired.high, pairs=paired.pairs))
+                               paired=dict(ratio=paired.ratio, low=paired.low, high=paired.high, pairs=paired.pairs),
+                               narrow_convs=decisions)
                     rows.append(row)
                     ratios = " | ".join(f"{t['float'] / t[k]:.2f}x"
                                         for k in ("torchao", "ort", "native", "gemmlowp", "onnx"))
@@ -241,6 +253,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for c in calibration:
         print(f"| {c['model']} | {c['images']} | {c['qcompile_images_per_s']:.1f} | {c['torchao_images_per_s']:.1f} |")
+    print("\nqcompile's export of each row, built with --onnx-narrow-convs measure at the row's batch and threads:")
+    for row in rows:
+        print(f"  {row['model']}, batch {row['batch']}, {row['threads']} threads: {row['narrow_convs'] or 'nothing to rewrite'}")
     if args.json:
         Path(args.json).write_text(json.dumps({"latency": rows, "calibration": calibration}, indent=1))
 

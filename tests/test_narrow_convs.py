@@ -106,8 +106,10 @@ def test_measure_keeps_a_rewrite_only_where_the_whole_model_is_measurably_faster
     path = export_onnx(graph, tmp_path / "measured.onnx", narrow_convs="measure", batch=4)
     [record] = recorded(onnx.load(str(path)))
     assert record.batch == 4 and record.times_ms is None and set(record.speedup) == {"pad"}
-    ratio, low, high = record.speedup["pad"]
-    assert 0 < low <= ratio <= high
+    ratio, low, high, pairs = record.speedup["pad"]
+    assert 0 < low <= ratio <= high and pairs in (60, 120, 180, 240)
+    if low <= 1 <= high:
+        assert pairs == 240  # timed on until the interval leaves 1, or 240 pairs
     assert record.choice == ("pad" if low > 1 else "plain")
     assert "whole model in onnxruntime, this machine, batch 4, speed-up over plain: pad" in record.describe()
     plain = export_onnx(graph, tmp_path / "plain.onnx", narrow_convs="plain")

@@ -68,6 +68,10 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     from qcompile.onnx.export import export_onnx
     from qcompile.onnx.narrow_convs import recorded
 
+    if args.onnx_narrow_convs == "measure":
+        print(f"qcompile: onnx: timing the whole model with each rewrite of its narrow convolutions against it "
+              f"plain in onnxruntime (batch {args.onnx_batch}, {args.onnx_threads} threads; 60 to 240 pairs of "
+              "runs each, seconds to a few minutes)", file=sys.stderr)
     path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
                        narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch)
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)

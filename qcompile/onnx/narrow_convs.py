@@ -34,8 +34,10 @@ whole model 1.4% slower there, and 1.5% faster at batch 1 on one thread.
 ``measure`` decides on the whole model instead, at the batch size and
 threads it will be deployed with: the model plain and with each rewrite,
 timed head to head (:mod:`qcompile.timing`), and a rewrite kept only if the
-95% interval of its speed-up lies wholly above 1. It takes seconds to a
-minute, so it is not the default.
+95% interval of its speed-up lies wholly above 1. A rewrite worth 1% needs
+more pairs of runs to show than one worth 5%, so the timing goes on in
+rounds of 60 pairs while the interval holds 1, up to 240. It takes seconds
+to a few minutes, so it is not the default.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.errors import QCompileError
 from qcompile.onnx.session import in_memory_session
-from qcompile.timing import PairedRatio, head_to_head
+from qcompile.timing import PairedRatio, head_to_head_resolved
 
 Mode = Literal["auto", "measure", "pad", "space-to-depth", "plain"]
 MODES = ("auto", "measure", "pad", "space-to-depth", "plain")
-PAIRS = 60  # "measure" times the whole model plain and rewritten in this many adjacent pairs of runs
+PAIRS = 60  # "measure" times the whole model plain and rewritten in rounds of this many adjacent pairs of runs
+MAX_PAIRS = 240  # ... adding rounds while the speed-up's interval holds 1, up to this many pairs
 ALIGNMENT = 4  # MLAS ConvSym's input-channel alignment on x86 (AVX2, AVX-VNNI, AVX-512)
 GAIN = 0.95  # "auto" rewrites only where the rewritten layer takes under 95% of the plain one's time
 BATCHES = (1, 8)  # "auto" times each form at these batch sizes
@@ -71,7 +74,7 @@ class NarrowConv:
     channels: int
     choice: str  # plain, pad or space-to-depth
     times_ms: dict[str, list[float]] | None = None  # form -> ms at each of BATCHES
-    speedup: dict[str, list[float]] | None = None  # "measure": form -> whole model's [speed-up, low, high]
+    speedup: dict[str, list[float]] | None = None  # "measure": form -> whole model's [speed-up, low, high, pairs]
     batch: int | None = None  # "measure": the batch size it was timed at
 
     def relative(self, form: str) -> float:
@@ -89,7 +92,8 @@ class NarrowConv:
                 f"{k} " + " / ".join(f"{t:.3f}" for t in v) for k, v in self.times_ms.items()) + ")"
         if self.speedup:
             text += f" (whole model in onnxruntime, this machine, batch {self.batch}, speed-up over plain: " + "; ".join(
-                f"{k} {r:.3f}x [{lo:.3f}, {hi:.3f}]" for k, (r, lo, hi) in self.speedup.items()) + ")"
+                f"{k} {r:.3f}x [{lo:.3f}, {hi:.3f}] over {pairs:.0f} pairs of runs"
+                for k, (r, lo, hi, pairs) in self.speedup.items()) + ")"
         return text
 
 
@@ -151,7 +155,7 @@ def relayout_narrow_convs(model: onnx.ModelProto, mode: Mode = "auto", threads: 
                        for name, form in forms.items() if name != "plain"}
             best = max(speedup, key=lambda name: speedup[name].low)
             record = NarrowConv(layer, channels, best if speedup[best].low > 1 else "plain",
-                                speedup={k: [r.ratio, r.low, r.high] for k, r in speedup.items()}, batch=batch)
+                                speedup={k: [r.ratio, r.low, r.high, r.pairs] for k, r in speedup.items()}, batch=batch)
         else:
             record = NarrowConv(layer, channels, mode if mode in forms else "plain")
         if record.choice != "plain":
@@ -316,7 +320,7 @@ def _whole_model_speedup(model: onnx.ModelProto, c: _Candidate, form: _Rewrite, 
     # quietly: the replaced weight, now unread, is left for onnxruntime to drop
     plain, faster = (in_memory_session(m, threads) for m in (model, rewritten))
     feed = _feed(model, batch)
-    return head_to_head(lambda: faster.run(None, feed), lambda: plain.run(None, feed), PAIRS)
+    return head_to_head_resolved(lambda: faster.run(None, feed), lambda: plain.run(None, feed), PAIRS, MAX_PAIRS)
 
 
 def _feed(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
