@@ -5,8 +5,10 @@
 Run on the unfused graph, so BatchNorm stays a layer of its own and keeps
 training. Every tensor the int8 model will quantize gets a ``fake_quantize``
 node (a moving-average range and a straight-through round trip); convs and
-linears in the region become ``QATConv2d`` / ``QATLinear``, whose weights are
-fake-quantized per channel in each forward::
+linears in the region become ``QATConv1d/2d/3d`` / ``QATLinear``, whose
+weights are fake-quantized per channel in each forward (as the preset says),
+and transposed convs ``QATConvTranspose1d/2d/3d``, with one weight scale, as
+``convert`` will quantize them::
 
     %conv1 = conv2d(%x, ...)   %bn1 = batch_norm2d(%conv1, ...)   %relu = relu(%bn1)
 
@@ -41,12 +43,14 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.op_table import TRANSPOSED
+from qcompile.quant.op_table import TRANSPOSED, WEIGHTED
 from qcompile.training import fit
 
 FAKE_QUANT = "qcompile.nn.qat.FakeQuantize"
-_QAT_MODULES = {"conv2d": ("torch.nn.Conv2d", "qcompile.nn.qat.QATConv2d"),
-                "linear": ("torch.nn.Linear", "qcompile.nn.qat.QATLinear")}
+_QAT_MODULES = {"linear": ("torch.nn.Linear", "qcompile.nn.qat.QATLinear"),
+                **{f"conv{d}d": (f"torch.nn.Conv{d}d", f"qcompile.nn.qat.QATConv{d}d") for d in (1, 2, 3)},
+                **{f"conv_transpose{d}d": (f"torch.nn.ConvTranspose{d}d", f"qcompile.nn.qat.QATConvTranspose{d}d")
+                   for d in (1, 2, 3)}}
 
 
 def _chain_end(graph: Graph, node: Node, gone: set[str]) -> Node:
@@ -102,7 +106,7 @@ class Qat(Pass):
                 for user, port in graph.uses(producer):
                     if user.name in inside:
                         graph.set_input(user, port, guarded[producer.name])
-            elif (node.op in ("conv2d", "linear", "add", "mul", "cat", "hardswish", "leaky_relu", *TRANSPOSED)
+            elif (node.op in (*WEIGHTED, *TRANSPOSED, "add", "mul", "cat", "hardswish", "leaky_relu")
                   and node.kind != NodeKind.PARAM):
                 end = _chain_end(graph, graph.node(node.name), gone)
                 if end.name not in guarded:
@@ -116,7 +120,9 @@ class Qat(Pass):
             plan_node = planned.get(node.name)
             if node.op in _QAT_MODULES and plan_node is not None and plan_node.quant.mode == "static":
                 node.target = _QAT_MODULES[node.op][1]
-                node.attrs["weight_per_channel"] = ctx.quant_config.qconfig.weight.per_channel
+                # torch's int8 transposed convolutions take one weight scale, whatever the preset says
+                node.attrs["weight_per_channel"] = (node.op not in TRANSPOSED
+                                                    and ctx.quant_config.qconfig.weight.per_channel)
                 node.quant.mode = "qat"
                 converted += 1
         return PassResult(bool(guarded), {"fake_quantize": len(guarded), "qat modules": converted})

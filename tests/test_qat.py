@@ -10,7 +10,11 @@ from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
+from qcompile.nn.qat import QATConvTranspose2d
+from qcompile.onnx.check import run_onnxruntime
+from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.config import QuantConfig
 from qcompile.training import fit, trainable, write_back
 from tests.seed_models import FashionNet
 
@@ -112,3 +116,66 @@ def test_fit_on_unlabelled_data_names_the_data_and_the_labelled_forms():
     with pytest.raises(QCompileError, match="builtin:photos has no labels") as info:
         fit(graph, open_data("builtin:photos", limit=4))
     assert "(x, y) tensors" in str(info.value)
+
+
+class _Upsampler(torch.nn.Module):
+    """Fashion-MNIST through a stride-2 convolution down and a transposed convolution back up."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU())
+        self.up = torch.nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)  # a configuration torch's x86 kernel gets right
+        self.head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(4), torch.nn.Flatten(),
+                                        torch.nn.Linear(8 * 7 * 7, 10))
+
+    def forward(self, x):
+        return self.head(self.up(self.down(x)))
+
+
+def test_qat_trains_transposed_convolutions_on_the_weights_convert_gives_them(fashion, tmp_path):
+    train, test = fashion
+    torch.manual_seed(0)
+    graph = lower(_Upsampler(), (torch.randn(1, 1, 28, 28),))
+    run_pipeline(graph, "qat", PassContext(quant_config=QuantConfig.from_preset("x86")))
+    assert graph.node("up").target == "qcompile.nn.qat.QATConvTranspose2d"
+    assert graph.node("up").attrs["weight_per_channel"] is False  # one scale, whatever the preset says
+    assert graph.node("down_0").attrs["weight_per_channel"] is True
+    module, _ = trainable(graph)
+    up = next(m for m in module.modules() if isinstance(m, QATConvTranspose2d))
+    x = torch.randn(2, 8, 14, 14)
+    scale = up.weight.detach().abs().max() / 127.5
+    fake = torch.fake_quantize_per_tensor_affine(up.weight, float(scale), 0, -128, 127)
+    expected = torch.nn.functional.conv_transpose2d(x, fake, up.bias, 2, 1)
+    assert torch.equal(up(x), expected)  # training sees the int8 weight
+    assert not torch.equal(up(x), torch.nn.functional.conv_transpose2d(x, up.weight, up.bias, 2, 1))
+    fit(graph, train, epochs=1, lr=0.01)
+    qat_acc = _accuracy(graph, test)
+    images = next(iter(test.labelled()))[0]
+    exported = run_onnxruntime(export_onnx(graph, tmp_path / "qat.onnx"), [images], optimize=False)
+    assert float((exported - Interpreter(graph).run(images)).abs().max()) < 1e-4  # the weight stored fake-quantized
+    run_pipeline(graph, "qat-finalize,convert")
+    assert graph.node("up").target == "torch.ao.nn.quantized.ConvTranspose2d"
+    # One short epoch (50 steps) leaves the moving-average ranges behind the activations, and the fake
+    # quantization clips at the 7-bit grid's top where the int8 kernels saturate at 255: a wider margin.
+    assert qat_acc > 0.5 and _accuracy(graph, test) >= qat_acc - 0.05
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_qat_fake_quantizes_one_and_three_dimensional_convolutions(dims):
+    conv, bn, pool = ((torch.nn.Conv1d, torch.nn.BatchNorm1d, torch.nn.AdaptiveAvgPool1d) if dims == 1 else
+                      (torch.nn.Conv3d, torch.nn.BatchNorm3d, torch.nn.AdaptiveAvgPool3d))
+    model = torch.nn.Sequential(conv(2, 4, 3), bn(4), torch.nn.ReLU(), pool(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3))
+    graph = lower(model, (torch.randn(1, 2, *[6] * dims),))
+    records = run_pipeline(graph, "qat")
+    assert graph.node("v0").target == f"qcompile.nn.qat.QATConv{dims}d"
+    assert records[0].result.stats["qat modules"] == 2
+    assert "v2" in {graph.inputs(fq)[0].name for fq in graph.find(op="fake_quantize")}  # conv + BN + ReLU's output
+    module, param_map = trainable(graph)
+    module.train()
+    with torch.no_grad():
+        module(torch.randn(8, 2, *[6] * dims))  # the ranges see data, as a training step would
+    write_back(graph, module, param_map)
+    run_pipeline(graph, "qat-finalize,convert")
+    assert graph.node("v0").target == f"torch.ao.nn.intrinsic.quantized.ConvReLU{dims}d"

@@ -42,12 +42,15 @@ _SKIPPED_CTOR_PARAMS = {"self", "_weight", "_freeze"}
 _FACTORY_KWARGS = {"device", "dtype"}  # skipped where they only pick where/how tensors are made
 
 
-def _init_signature(cls: type) -> inspect.Signature:
-    """The first constructor in the MRO with named parameters.
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    """The named constructor parameters, through constructors that pass ``**kwargs`` on.
 
     ``nn.LSTM.__init__`` only takes ``*args, **kwargs`` and passes them on to
-    ``nn.RNNBase.__init__``, whose signature is the one that matters.
+    ``nn.RNNBase.__init__``, whose signature is the one that matters. A
+    constructor that takes parameters of its own and passes the rest on (the
+    QAT convolutions' ``weight_per_channel``) has its own and the next one's.
     """
+    found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
@@ -57,23 +60,23 @@ def _init_signature(cls: type) -> inspect.Signature:
             for p in sig.parameters.values()
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"
         ]
-        if named or klass is nn.Module:
-            return sig
-    return inspect.signature(nn.Module.__init__)
+        for p in named:
+            found.setdefault(p.name, p)
+        passes_on = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+        if (named and not passes_on) or klass is nn.Module:
+            break
+    return list(found.values())
 
 
 @functools.cache
 def ctor_defaults(cls: type) -> dict[str, Any]:
     """Constructor parameter -> default (``inspect.Parameter.empty`` if required)."""
-    sig = _init_signature(cls)
     # nn.LSTM passes RNNBase its own `mode` ("LSTM"); EmbeddingBag's and Upsample's `mode` is a setting
     skipped = _SKIPPED_CTOR_PARAMS | ({"mode"} if issubclass(cls, nn.RNNBase) else set())
     return {
         p.name: p.default
-        for p in sig.parameters.values()
-        if p.name not in skipped
-        and not (p.name in _FACTORY_KWARGS and p.default is None)
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in _init_parameters(cls)
+        if p.name not in skipped and not (p.name in _FACTORY_KWARGS and p.default is None)
     }
 
 

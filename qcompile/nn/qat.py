@@ -76,17 +76,67 @@ def fake_quantize_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tenso
     return torch.fake_quantize_per_tensor_affine(weight, scale, zero_point, qmin, qmax)
 
 
-class QATConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose weight is fake-quantized (int8, symmetric) in every forward."""
+class _QATConv:
+    """A convolution whose weight is fake-quantized (int8, symmetric) in every forward, per channel or not."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", weight_per_channel: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode)
+    def __init__(self, *args, weight_per_channel: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
         self.weight_per_channel = weight_per_channel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, fake_quantize_weight(self.weight, self.weight_per_channel), self.bias)
+
+
+class QATConv1d(_QATConv, nn.Conv1d):
+    """``nn.Conv1d`` whose weight is fake-quantized (int8, symmetric) in every forward."""
+
+
+class QATConv2d(_QATConv, nn.Conv2d):
+    """``nn.Conv2d`` whose weight is fake-quantized (int8, symmetric) in every forward."""
+
+
+class QATConv3d(_QATConv, nn.Conv3d):
+    """``nn.Conv3d`` whose weight is fake-quantized (int8, symmetric) in every forward."""
+
+
+class _QATConvTranspose:
+    """A transposed convolution whose weight is fake-quantized (int8, symmetric) with one scale, as
+    ``convert`` quantizes it: torch's int8 transposed convolutions take no per-channel weights."""
+
+    _functional = None  # F.conv_transpose1d / 2d / 3d
+
+    def __init__(self, *args, weight_per_channel: bool = False, **kwargs):
+        if weight_per_channel:
+            raise ValueError("torch's int8 transposed convolutions take one weight scale: "
+                             "weight_per_channel must be False")
+        super().__init__(*args, **kwargs)
+        self.weight_per_channel = False
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        spatial = self.weight.dim() - 2
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, spatial,
+                                              self.dilation)
+        weight = fake_quantize_weight(self.weight, self.weight_per_channel)
+        return type(self)._functional(x, weight, self.bias, self.stride, self.padding, output_padding, self.groups,
+                                      self.dilation)
+
+
+class QATConvTranspose1d(_QATConvTranspose, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` whose weight is fake-quantized (int8, one scale) in every forward."""
+
+    _functional = staticmethod(nn.functional.conv_transpose1d)
+
+
+class QATConvTranspose2d(_QATConvTranspose, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` whose weight is fake-quantized (int8, one scale) in every forward."""
+
+    _functional = staticmethod(nn.functional.conv_transpose2d)
+
+
+class QATConvTranspose3d(_QATConvTranspose, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` whose weight is fake-quantized (int8, one scale) in every forward."""
+
+    _functional = staticmethod(nn.functional.conv_transpose3d)
 
 
 class QATLinear(nn.Linear):
