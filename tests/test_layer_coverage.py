@@ -455,8 +455,8 @@ def test_small_outputs_may_have_one_element_beyond_one_step():
 
 
 @pytest.mark.parametrize("activation", [
-    nn.ELU(0.5), nn.CELU(1.5), nn.SELU(), nn.Hardtanh(-2.0, 3.0), nn.Softplus(), nn.Mish(), nn.Softsign(),
-    nn.LeakyReLU(0.2), nn.PReLU(4)])
+    nn.ELU(0.5), nn.CELU(1.5), nn.SELU(), nn.Hardtanh(-2.0, 3.0), nn.Softplus(), nn.Softplus(beta=2.0),
+    nn.Softplus(beta=0.5, threshold=1.0), nn.Mish(), nn.Softsign(), nn.LeakyReLU(0.2), nn.PReLU(4)])
 def test_float_activations_with_their_settings_export_exactly(activation, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), activation, nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1,
@@ -464,6 +464,29 @@ def test_float_activations_with_their_settings_export_exactly(activation, tmp_pa
     x = 3 * torch.randn(4, 3, 10, 10)
     graph = lower(model, (x[:1],))
     assert _export_error(graph, x, tmp_path)[0] < 1e-5
+
+
+class Unshuffle(nn.Module):
+    """Space to depth both ways torch writes it: the module and the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.PixelUnshuffle(2)
+        self.conv = nn.Conv2d(12, 8, 3, padding=1)
+
+    def forward(self, x):
+        return F.pixel_unshuffle(self.conv(self.down(x)), 3)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_pixel_unshuffle_exports_in_torch_channel_order(frontend, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    graph = lower(Unshuffle().eval(), (x[:1],), frontend=frontend)
+    assert sum(n.op == "pixel_unshuffle" for n in graph.nodes()) == 2
+    error, path = _export_error(graph, x, tmp_path)
+    assert error < 1e-6
+    assert "SpaceToDepth" not in {n.op_type for n in onnx.load(str(path)).graph.node}  # its order is another
 
 
 def test_functional_activation_settings_export(tmp_path):

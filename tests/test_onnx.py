@@ -150,7 +150,8 @@ def test_fake_quant_graph_exports_as_qdq(tmp_path):
     last = graph.inputs(graph.output_node)[0]
     assert last.op == "fake_quantize"
     step, _ = _affine_qparams(graph.param(last, "min_val"), graph.param(last, "max_val"), 0, 127, False)
-    assert float((got - want).abs().max()) <= 3 * float(step)
+    # the 7-bit grids saturate at code 127 in both (a Clip on the codes), so no value is a step apart
+    assert float((got - want).abs().max()) < 0.5 * float(step)
     assert float((got.argmax(1) == want.argmax(1)).float().mean()) >= 0.95
 
 

@@ -26,6 +26,7 @@ from qcompile.onnx.normalization import OPS as NORMALIZATIONS
 from qcompile.onnx.normalization import normalization
 from qcompile.onnx.recurrent import recurrent
 from qcompile.onnx.resize import resize
+from qcompile.onnx.tensor_ops import pixel_unshuffle
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -98,6 +99,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return normalization(b, node, x)
     if node.op == "pixel_shuffle":
         return b.emit("DepthToSpace", [x], blocksize=a["upscale_factor"], mode="CRD")
+    if node.op == "pixel_unshuffle":
+        return pixel_unshuffle(b, node, x, a["downscale_factor"])
     if node.op in ACTIVATIONS:
         return _activation_op(b, node.op, x, node_settings(node))
     if node.op == "prelu":  # one slope, or one per channel (axis 1)
@@ -186,9 +189,32 @@ def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
         return b.emit("Identity", [x])  # no range learned yet: the module passes values through
     a = node.attrs
     scale, zero_point = _affine_qparams(lo, hi, a["quant_min"], a["quant_max"], a["symmetric"])
+    dtype = np.uint8 if a["quant_min"] >= 0 else np.int8
     s = b.const(f"{node.name}_scale", np.array(float(scale), np.float32))
-    zp = b.const(f"{node.name}_zp", np.array(int(zero_point), np.uint8 if a["quant_min"] >= 0 else np.int8))
-    return b.emit("DequantizeLinear", [b.emit("QuantizeLinear", [x, s, zp]), s, zp])
+    zp = b.const(f"{node.name}_zp", np.array(int(zero_point), dtype))
+    codes = b.emit("QuantizeLinear", [x, s, zp])
+    if (a["quant_min"], a["quant_max"]) != (np.iinfo(dtype).min, np.iinfo(dtype).max):  # 7-bit: saturate as torch does
+        codes = b.emit("Clip", [codes, b.const("code_min", np.array(a["quant_min"], dtype)),
+                                b.const("code_max", np.array(a["quant_max"], dtype))])
+    return b.emit("DequantizeLinear", [codes, s, zp])
+
+
+def _softplus(b: _Builder, x: str, beta: float, threshold: float) -> str:
+    """torch's softplus: log(1 + exp(beta x)) / beta, and x itself where beta x is above the threshold.
+
+    ONNX's Softplus has no beta and no threshold. From a threshold of 20 up,
+    the logarithm is within float rounding of x where torch switches, so the
+    switch is written only for a lower threshold.
+    """
+    beta_value = b.const("beta", np.array(beta, np.float32))
+    scaled = x if beta == 1.0 else b.emit("Mul", [x, beta_value])
+    soft = b.emit("Softplus", [scaled])
+    if beta != 1.0:
+        soft = b.emit("Div", [soft, beta_value])
+    if threshold >= 20.0:
+        return soft
+    above = b.emit("Greater", [scaled, b.const("threshold", np.array(threshold, np.float32))])
+    return b.emit("Where", [above, x, soft])
 
 
 def _activation_op(b: _Builder, op: str, x: str, settings: dict | None = None) -> str:
@@ -207,11 +233,7 @@ def _activation_op(b: _Builder, op: str, x: str, settings: dict | None = None) -
         low, high = (b.const(k, np.array(settings[k], np.float32)) for k in ("min_val", "max_val"))
         return b.emit("Clip", [x, low, high])
     if op == "softplus":
-        if settings["beta"] != 1.0:
-            raise QCompileError(f"softplus with beta={settings['beta']} is not exported to ONNX yet",
-                                hint="ONNX's Softplus has no beta: keep beta=1, or keep the op out of the export")
-        # torch returns x itself above the threshold; log(1 + exp(x)) is within float rounding of it there
-        return b.emit("Softplus", [x])
+        return _softplus(b, x, float(settings["beta"]), float(settings["threshold"]))
     return b.emit({"relu": "Relu", "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid", "sigmoid": "Sigmoid",
                    "tanh": "Tanh", "selu": "Selu", "softsign": "Softsign"}[op], [x],
                   **({"alpha": 1 / 6} if op == "hardsigmoid" else {}))

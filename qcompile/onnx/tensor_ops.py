@@ -24,7 +24,7 @@ _UNARY = {"abs": "Abs", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt"
 _REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin": "ReduceMin",
                "prod": "ReduceProd"}
 FUNCTION_OPS = (*_UNARY, *_REDUCTIONS, "clamp", "clip", "rsqrt", "stack", "log_softmax", "_log_softmax",
-                "pixel_shuffle", "max", "min", "einsum", "pad", "roll", "linalg_vector_norm", "clamp_min", "clamp_max", "normalize")
+                "pixel_shuffle", "pixel_unshuffle", "max", "min", "einsum", "pad", "roll", "linalg_vector_norm", "clamp_min", "clamp_max", "normalize")
 
 
 def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
@@ -77,7 +77,23 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
         return b.emit("LogSoftmax", [x], axis=_arg(args, kw, 1, "dim"))
     if op == "pixel_shuffle":
         return b.emit("DepthToSpace", [x], blocksize=_arg(args, kw, 1, "upscale_factor"), mode="CRD")
+    if op == "pixel_unshuffle":
+        return pixel_unshuffle(b, node, x, _arg(args, kw, 1, "downscale_factor"))
     raise AssertionError(op)
+
+
+def pixel_unshuffle(b: _Builder, node: Node, x: str, factor: int) -> str:
+    """``F.pixel_unshuffle(x, r)``: channel ``c r^2 + i r + j`` holds pixel ``(i, j)`` of each r x r block of
+    channel ``c``. ONNX's SpaceToDepth orders them ``(i r + j) C + c`` (phase first), so this is written
+    as Reshape [N, C, H/r, r, W/r, r], Transpose and Reshape; the batch axis may vary."""
+    *lead, channels, height, width = b.graph.inputs(node)[0].type.shape
+    if len(lead) != 1 or not all(isinstance(d, int) for d in (channels, height, width)):
+        raise QCompileError(f"%{node.name}: pixel_unshuffle of a tensor other than [N, C, H, W] of fixed C, H, W "
+                            "is not exported to ONNX yet")
+    blocks = b.const("shape", np.array([0, channels, height // factor, factor, width // factor, factor], np.int64))
+    moved = b.emit("Transpose", [b.emit("Reshape", [x, blocks])], perm=[0, 1, 3, 5, 2, 4])
+    merged = np.array([0, channels * factor * factor, height // factor, width // factor], np.int64)
+    return b.emit("Reshape", [moved, b.const("shape", merged)])
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
