@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,10 @@ def _max_abs_diff(a: Any, b: Any) -> float:
         return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
     if isinstance(a, (tuple, list)):
         return max((_max_abs_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    if isinstance(a, Mapping):  # a backbone's feature maps by name
+        if not isinstance(b, Mapping) or list(a) != list(b):
+            return float("inf")
+        return max((_max_abs_diff(a[k], b[k]) for k in a), default=0.0)
     return 0.0 if a == b else float("inf")
 
 

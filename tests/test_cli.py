@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,3 +112,14 @@ def test_untraceable_model_reports_module_and_line(tmp_path):
     assert "in module 'gate' at" in run.stderr and "usermodel.py:5" in run.stderr
     assert "if x.mean() > 0:" in run.stderr
     assert "torch.export" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_a_detector_backbone_with_dict_outputs_compiles_and_exports(tmp_path):
+    run = qcompile("tests.models:detector_backbone", "--input-shape", "1,3,224,224", "--passes", "ptq",
+                   "--calib", "builtin:photos", "--calib-samples", "16", "--export", "onnx", "--check",
+                   "--check-samples", "8", "-o", tmp_path / "out", cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0, run.stderr
+    assert "emitted module matches the graph within 0" in run.stderr  # every feature map compared
+    outputs = [o.name for o in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.output]
+    assert outputs == ["0", "1", "pool"]  # the FPN's levels, by their keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from qcompile.errors import LoweringError
@@ -231,3 +232,28 @@ def test_unknown_frontend_is_refused():
 
     with pytest.raises(QCompileError, match="unknown frontend 'jit'"):
         lower(_SelfAttention(), (torch.randn(1, 5, 16),), frontend="jit")
+
+
+class _TinyDetector(nn.Module):
+    """A detector's tail: boxes kept by score (a data-dependent count), then NMS, which branches on that count."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(3, 5, 1)
+
+    def forward(self, x):
+        out = self.head(x).flatten(2)[0].t()  # [H * W, 4 box coordinates + 1 score]
+        boxes = torch.cat([out[:, :2], out[:, :2] + out[:, 2:4].abs()], 1)
+        kept = torch.where(out[:, 4] > 0)[0]
+        boxes, scores = boxes[kept], out[kept, 4]
+        return boxes[torchvision.ops.batched_nms(boxes, scores, torch.zeros_like(kept), 0.5)]
+
+
+def test_a_data_dependent_tail_is_refused_briefly_with_the_part_to_compile(capfd):
+    with pytest.raises(LoweringError) as info:
+        lower(_TinyDetector().eval(), (torch.randn(1, 3, 8, 8),))
+    text = f"{info.value}\n{info.value.hint}"
+    assert "torch.export failed as well: GuardOnDataDependentSymNode" in text
+    assert "raised at torchvision/ops/boxes.py" in text  # where in the model's code, as torch.export names it
+    assert "compile the part before it" in info.value.hint and "model.backbone" in info.value.hint
+    assert len(capfd.readouterr().err) < 2000  # torch's log of the failed export's graph is kept back

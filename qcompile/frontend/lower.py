@@ -9,6 +9,10 @@ example inputs.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -162,16 +166,27 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
     attempts.append((inputs, export_shapes(axes, inputs, None) if any(axes) else None))
     last: Exception | None = None
     for inputs, dynamic_shapes in attempts:
+        # torch logs a failed export's whole graph to stderr (185 kB for a detector): kept back, and passed
+        # on only if the export succeeds
+        log = io.StringIO()
         try:
-            with warnings.catch_warnings():  # nn.LSTM / nn.GRU's own attributes: nothing the user can change
+            with warnings.catch_warnings(), contextlib.redirect_stderr(log):
+                # nn.LSTM / nn.GRU's own attributes: nothing the user can change
                 warnings.filterwarnings("ignore", message=r".*_flat_weights.*assigned during export")
-                return functional(torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes)).module()
+                exported = torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes)
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
-    failure = f"{type(last).__name__}: {_first_line(last)}"
+            continue
+        sys.stderr.write(log.getvalue())
+        return functional(exported).module()
+    failure = f"{type(last).__name__}: {_shortened(_first_line(last))}{_caused_by(last)}"
     hint = ("make the model exportable with torch.export.export(model, example_inputs): qcompile lowers whatever "
             "it exports (a branch on tensor values needs torch.cond)")
     clashes = _graph_module_clashes(model)
+    if "data-dependent" in str(last):
+        hint = ("a branch on tensor values needs torch.cond; a size that depends on them (a detector's box "
+                "selection: NMS, scores over a threshold) cannot be lowered: compile the part before it, with a "
+                "factory that returns it (for torchvision's detectors, model.backbone), and keep the rest in float")
     if clashes:
         failure = (f"{type(model).__name__}'s {', '.join(clashes)} has a name torch.fx's GraphModule keeps for "
                    f"itself, and torch.export cannot lower that ({failure})")
@@ -201,6 +216,17 @@ def _widen(x: Any, axes: Sequence[int]) -> Any:
         if axis < x.dim() and x.shape[axis] == 1:
             x = torch.cat([x, x], dim=axis)
     return x
+
+
+def _shortened(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters: torch's symbolic sizes run to thousands."""
+    return text if len(text) <= limit else text[:limit] + f" ... ({len(text) - limit} more characters)"
+
+
+def _caused_by(exc: BaseException | None) -> str:
+    """Where in the model's code torch.export's error arose, as torch names it (``file.py:103 in fn``)."""
+    found = re.search(r"Caused by: \(([^)\n]+)\)", str(exc))
+    return f" (raised at {found.group(1)})" if found else ""
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -43,6 +43,10 @@ class OnnxCheck:
         return (f"| {self.optimizations} | {self.samples} | {self.max_error:.3g} | {lsb} | {self.exact_share:.4f} "
                 f"| {within} | {top1} |")
 
+    def top1_clause(self) -> str:
+        """``, top-1 agreement 0.88`` for a classifier's [N, classes] output; nothing for other outputs."""
+        return "" if math.isnan(self.top1_agreement) else f", top-1 agreement {self.top1_agreement:.2f}"
+
 
 DYNAMIC_TOLERANCE = 1 / 128
 
@@ -128,8 +132,8 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
             layers = [] if graph is None else layer_agreement(path, graph, batches[0], r.optimizations == "on")
             raise CheckFailed(
                 f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's model: only "
-                f"{100 * r.within_1_lsb:.2f}% of {r.elements} output elements within 1 LSB (max {r.max_error_lsb:.0f} LSB, "
-                f"top-1 agreement {r.top1_agreement:.2f})",
+                f"{100 * r.within_1_lsb:.2f}% of {r.elements} output elements within 1 LSB (max {r.max_error_lsb:.0f} LSB"
+                f"{r.top1_clause()})",
                 hint=_explain(graph if len(batches[0]) == 1 else None, batches[0][0], r.top1_agreement,
                               explain(layers, min_share)))
         dynamic = graph is not None and is_dynamic(graph)
@@ -144,8 +148,7 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
                 what = "dynamically quantized model" if dynamic else "int8 model (float outputs)"
                 raise CheckFailed(
                     f"onnxruntime (optimizations {r.optimizations}) disagrees with qcompile's {what}: max error "
-                    f"{r.max_error:.3g} (allowed {bound:.3g}, 1/128 of the largest output), top-1 agreement "
-                    f"{r.top1_agreement:.2f}",
+                    f"{r.max_error:.3g} (allowed {bound:.3g}, 1/128 of the largest output){r.top1_clause()}",
                     hint="a bug in the exporter or a kernel; please report it with the model")
         elif not quantized and r.max_error > 1e-4 * max(largest, 1.0):
             raise CheckFailed(f"onnxruntime's float result differs by {r.max_error:.3g}")
@@ -161,6 +164,8 @@ def _explain(graph, x: torch.Tensor, top1_agreement: float, by_layer: Finding | 
     if by_layer is not None:
         if top1_agreement < 0.5:
             return f"{by_layer.text}; but a top-1 agreement of {top1_agreement:.2f} is more than that: {bug}"
+        if math.isnan(top1_agreement):  # feature maps, not a classifier's scores
+            return f"{by_layer.text}; judge the export by its outputs' SQNR against the float model"
         return f"{by_layer.text}; judge the export by the top-1 agreement"
     if graph is None:
         return f"unless the model amplifies one-step rounding differences (see the README's ONNX section), {bug}"
