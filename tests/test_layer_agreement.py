@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from onnx import numpy_helper
 
@@ -19,17 +20,18 @@ def _ids(n: int, length: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _encoder(tmp_path):
+def _encoder(tmp_path, form: str = "qdq"):
     torch.manual_seed(0)
     model = TokenClassifier().eval()
     calib = [(_ids(16, 12, seed),) for seed in range(4)]
     graph = lower(model, (calib[0][0][:1],))
     run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
-    return graph, export_onnx(graph, tmp_path / "model.onnx"), (_ids(64, 12, 99),)
+    return graph, export_onnx(graph, tmp_path / "model.onnx", form=form), (_ids(64, 12, 99),)
 
 
-def test_every_quantized_value_is_compared_and_differences_start_as_rounding(tmp_path):
-    graph, path, inputs = _encoder(tmp_path)
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_every_quantized_value_is_compared_and_differences_start_as_rounding(form, tmp_path):
+    graph, path, inputs = _encoder(tmp_path, form)
     rows = layer_agreement(path, graph, inputs)
     names = [r.node for r in rows]
     linears = [n.name for n in graph.nodes() if n.op == "linear"]
@@ -63,12 +65,6 @@ def test_a_wrong_layer_is_named(tmp_path):
     assert "a bug in the exporter or a kernel at that layer" in finding.text
 
 
-def test_a_qoperator_file_has_no_probes(tmp_path):
-    graph, _, inputs = _encoder(tmp_path)
-    path = export_onnx(graph, tmp_path / "qop.onnx", form="qoperator")
-    assert layer_agreement(path, graph, inputs) == [] and explain([]) is None
-
-
 def test_the_decision_rule():
     from qcompile.onnx.layer_agreement import LayerAgreement as Row
 
@@ -80,3 +76,19 @@ def test_the_decision_rule():
                          "%head's codes (5.00% more than one step off, max 4): rounding, not a wrong layer")
     assert explain([exact, stem, Row("head", 0.3, 0.005, 2)]) is None  # within the check: not this file's fault
     assert explain([exact, Row("conv", 0.2, 0.1, 9)]).wrong_layer
+
+
+def test_a_wrong_layer_of_a_qoperator_file_is_named(tmp_path):
+    graph, path, inputs = _encoder(tmp_path, "qoperator")
+    model = onnx.load(str(path))
+    first_linear = next(n.name for n in graph.nodes() if n.op == "linear")
+    conv = next(n for n in model.graph.node if n.op_type == "QLinearConv")  # linears as 1x1 convs, in graph order
+    weight = next(i for i in model.graph.initializer if i.name == conv.input[3])
+    codes = numpy_helper.to_array(weight)
+    wrong = np.clip(codes.astype(np.int16) + 40, -127, 127).astype(np.int8)  # as if the exporter mis-wrote it
+    weight.CopyFrom(numpy_helper.from_array(wrong, weight.name))
+    onnx.save(model, str(path))
+    rows = layer_agreement(path, graph, inputs)
+    first = next(r for r in rows if r.differ > 0)
+    assert first.node == first_linear and first.max_steps > 1 and first.differ > 0.5
+    assert explain(rows).wrong_layer

@@ -5,7 +5,8 @@ one layer is wrong (a bug in the exporter or a kernel) or whether the two
 implementations' rounding, one step apart at rare elements, grew on its way
 through the model. A QDQ export writes each quantized value of the graph as
 a ``QuantizeLinear`` whose output is named after the graph node
-(``<node>_q__<n>``), so both can be read at every quantized value: the file
+(``<node>_q__<n>``), and a QOperator export names each node's codes the
+same way, so both can be read at every quantized value: the file
 runs in onnxruntime with those codes as extra outputs, the graph runs in
 qcompile's interpreter, and the codes are compared in the file's order. The
 first value whose codes differ says which it is: by one step, rounding; by
@@ -45,16 +46,18 @@ class LayerAgreement:
 
 
 def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = False) -> list[LayerAgreement]:
-    """Every quantized value of ``graph`` that the QDQ file at ``path`` writes as a ``QuantizeLinear``,
-    in the file's order, compared on ``inputs`` (one tensor per model input). Empty for a QOperator file."""
+    """Every quantized value of ``graph`` that the file at ``path`` names after its node (QDQ: the
+    ``QuantizeLinear`` outputs; QOperator: every node's codes), in the file's order, compared on ``inputs``
+    (one tensor per model input)."""
     import onnx
 
     model = onnx.load(str(path))
     nodes = {n.name for n in graph.nodes()}
     probes = {}
+    qoperator = any(n.op_type.startswith("QLinear") for n in model.graph.node)
     for node in model.graph.node:
-        match = _CODES.match(node.output[0]) if node.op_type == "QuantizeLinear" else None
-        if match and match["node"] in nodes:
+        match = _CODES.match(node.output[0]) if node.op_type == "QuantizeLinear" or qoperator else None
+        if match and match["node"] in nodes and node.output[0] not in probes:
             probes[node.output[0]] = match["node"]
             model.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
     if not probes:

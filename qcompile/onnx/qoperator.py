@@ -82,6 +82,22 @@ def _float_island(b: _QBuilder, node: Node) -> str:
     return b.emit("QuantizeLinear", [value, s, zp])
 
 
+def _name_codes(nodes: list[onnx.NodeProto], codes: dict[str, object], keep: set[str]) -> None:
+    """Each quantized node's codes renamed ``<node>_q__0``, as the QDQ form names its QuantizeLinear outputs,
+    so that :mod:`qcompile.onnx.layer_agreement` can compare them with the graph's. A value several nodes
+    share (a dropout passes its input on) keeps the first one's name; the graph's outputs keep theirs."""
+    produced = {o for n in nodes for o in n.output}
+    renames: dict[str, str] = {}
+    for node_name, value in codes.items():
+        if isinstance(value, str) and value in produced and value not in keep and value not in renames:
+            renames[value] = f"{node_name}_q__0"
+    for n in nodes:
+        for field in (n.input, n.output):
+            names = [renames.get(v, v) for v in field]
+            del field[:]
+            field.extend(names)
+
+
 def _global_pool(b: _QBuilder, node: Node) -> bool:
     size = node.attrs["output_size"] if node.kind == NodeKind.MODULE else b.args(node)[1]
     return _pair(size) == [1, 1]
@@ -94,6 +110,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     b = _QBuilder(graph)
     inputs, outputs = graph_inputs(graph), []
     constants = fold_constants(graph)
+    node_codes: dict[str, str] = {}  # quantized graph node -> the uint8 value holding its codes
     for node in graph.nodes():
         producers = graph.inputs(node)
         if node.kind == NodeKind.INPUT:
@@ -110,6 +127,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
         if node.op == "quantize":
             s, zp = b.grid(node)
             b.names[node.name] = b.emit("QuantizeLinear", [b.value(producers[0]), s, zp])
+            node_codes[node.name] = b.names[node.name]
             continue
         if node.op == "dequantize":
             s, zp = b.grid(producers[0])
@@ -156,7 +174,9 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
             b.names[node.name] = value
         else:
             b.names[node.name] = _float_island(b, node)
+        node_codes[node.name] = b.names[node.name]
     nodes, initializers = prune_unused(b.nodes, b.initializers, [o.name for o in outputs])
+    _name_codes(nodes, node_codes, {o.name for o in outputs})
     model = helper.make_model(
         helper.make_graph(nodes, graph.name, inputs, outputs, initializers),
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)], producer_name="qcompile")
