@@ -177,11 +177,11 @@ class TwoInputsTwoHeads(nn.Module):
 
 
 def detector_backbone() -> nn.Module:
-    """torchvision's Faster R-CNN (MobileNetV3 + FPN) backbone: a dict of feature maps out. The detector
-    around it (anchors, NMS) depends on tensor values and stays float; the backbone is what compiles."""
+    """torchvision's SSDLite (MobileNetV3) feature extractor: a dict of six feature maps out, with
+    randomized BatchNorm statistics. The detector around it (anchors, NMS) depends on tensor values and
+    stays float; the backbone is what compiles."""
     import torchvision
 
     torch.manual_seed(0)
-    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None,
-                                                                                 weights_backbone=None)
-    return detector.backbone.eval()  # torch's initial BatchNorm statistics: randomized ones amplify rounding
+    detector = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    return randomize_batch_norm(detector.backbone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PASS = REPO / "examples" / "custom_pass.py"
@@ -119,7 +121,17 @@ def test_a_detector_backbone_with_dict_outputs_compiles_and_exports(tmp_path):
     run = qcompile("tests.models:detector_backbone", "--input-shape", "1,3,224,224", "--passes", "ptq",
                    "--calib", "builtin:photos", "--calib-samples", "16", "--export", "onnx", "--check",
                    "--check-samples", "8", "-o", tmp_path / "out", cwd=Path(__file__).resolve().parent.parent)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stderr  # --check: onnxruntime's codes within 1 LSB on every feature map
     assert "emitted module matches the graph within 0" in run.stderr  # every feature map compared
     outputs = [o.name for o in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.output]
-    assert outputs == ["0", "1", "pool"]  # the FPN's levels, by their keys
+    assert outputs == ["0", "1", "2", "3", "4", "5"]  # the feature maps, by their keys
+    from qcompile.codegen import load_model
+    from qcompile.data import open_data
+    from tests.models import detector_backbone
+
+    x = list(open_data("builtin:photos", batch_size=8, limit=24))[2][0]  # 8 photos the calibration did not see
+    with torch.no_grad():
+        want, got = detector_backbone()(x), load_model(tmp_path / "out")(x)
+    error = sum(float((got[k] - want[k]).pow(2).sum()) for k in want)
+    signal = sum(float(want[k].pow(2).sum()) for k in want)
+    assert 10 * math.log10(signal / error) > 25  # int8 near float on all six maps (32.6 dB measured)
