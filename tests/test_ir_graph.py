@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from qcompile.errors import VerifyError
 from qcompile.ir import Graph, NodeKind, Ref, TensorType, verify
@@ -126,3 +127,20 @@ def test_verify_error_shows_context():
     with pytest.raises(VerifyError) as info:
         verify(g)
     assert ">> %add" in str(info.value)
+
+
+class _SquareConv(nn.Conv2d):
+    """A subclass that passes on only what it chooses: its constructor takes ``c`` and ``**kwargs``."""
+
+    def __init__(self, c, **kwargs):
+        super().__init__(c, c, 3, **kwargs)
+
+
+def test_constructor_parameters_are_read_through_constructors_that_pass_everything_on():
+    from qcompile.ir.modules import ctor_defaults
+    from qcompile.nn.qat import QATConv2d
+
+    # (*args, weight_per_channel, **kwargs): its own keyword, then nn.Conv2d's
+    assert list(ctor_defaults(QATConv2d))[:4] == ["weight_per_channel", "in_channels", "out_channels", "kernel_size"]
+    assert list(ctor_defaults(nn.LSTM))[:2] == ["input_size", "hidden_size"]  # (*args, **kwargs): nn.RNNBase's
+    assert list(ctor_defaults(_SquareConv)) == ["c"]  # nn.Conv2d's would be passed twice

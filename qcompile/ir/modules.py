@@ -47,8 +47,10 @@ def _init_parameters(cls: type) -> list[inspect.Parameter]:
 
     ``nn.LSTM.__init__`` only takes ``*args, **kwargs`` and passes them on to
     ``nn.RNNBase.__init__``, whose signature is the one that matters. A
-    constructor that takes parameters of its own and passes the rest on (the
-    QAT convolutions' ``weight_per_channel``) has its own and the next one's.
+    constructor that takes keyword-only parameters of its own besides
+    ``*args, **kwargs`` (the QAT convolutions' ``weight_per_channel``) has
+    its own and the next one's. One that takes named parameters and only
+    ``**kwargs`` passes on what it chooses, so its own are all there is.
     """
     found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
@@ -62,7 +64,8 @@ def _init_parameters(cls: type) -> list[inspect.Parameter]:
         ]
         for p in named:
             found.setdefault(p.name, p)
-        passes_on = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+        kinds = {p.kind for p in sig.parameters.values()}
+        passes_on = {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} <= kinds
         if (named and not passes_on) or klass is nn.Module:
             break
     return list(found.values())
