@@ -47,11 +47,16 @@ def test_every_quantized_value_is_compared_and_differences_start_as_rounding(for
         assert explain(rows, min_share=0.0) is None  # nothing to explain: the file agrees with the graph
 
 
-def test_a_wrong_layer_is_named(tmp_path):
-    graph, path, inputs = _encoder(tmp_path)
+@pytest.mark.parametrize("form", ["qdq", "qoperator"])
+def test_a_wrong_layer_is_named(form, tmp_path):
+    graph, path, inputs = _encoder(tmp_path, form)
     model = onnx.load(str(path))
     first_linear = next(n.name for n in graph.nodes() if n.op == "linear")
-    weight = next(i for i in model.graph.initializer if i.name.startswith(f"{first_linear}_weight_q__"))
+    if form == "qdq":
+        weight = next(i for i in model.graph.initializer if i.name.startswith(f"{first_linear}_weight_q__"))
+    else:  # linears as 1x1 QLinearConvs, in graph order; the weight is the fourth input
+        conv = next(n for n in model.graph.node if n.op_type == "QLinearConv")
+        weight = next(i for i in model.graph.initializer if i.name == conv.input[3])
     codes = numpy_helper.to_array(weight)
     wrong = np.clip(codes.astype(np.int16) + 40, -127, 127).astype(np.int8)  # as if the exporter mis-wrote it
     weight.CopyFrom(numpy_helper.from_array(wrong, weight.name))
@@ -76,19 +81,3 @@ def test_the_decision_rule():
                          "%head's codes (5.00% more than one step off, max 4): rounding, not a wrong layer")
     assert explain([exact, stem, Row("head", 0.3, 0.005, 2)]) is None  # within the check: not this file's fault
     assert explain([exact, Row("conv", 0.2, 0.1, 9)]).wrong_layer
-
-
-def test_a_wrong_layer_of_a_qoperator_file_is_named(tmp_path):
-    graph, path, inputs = _encoder(tmp_path, "qoperator")
-    model = onnx.load(str(path))
-    first_linear = next(n.name for n in graph.nodes() if n.op == "linear")
-    conv = next(n for n in model.graph.node if n.op_type == "QLinearConv")  # linears as 1x1 convs, in graph order
-    weight = next(i for i in model.graph.initializer if i.name == conv.input[3])
-    codes = numpy_helper.to_array(weight)
-    wrong = np.clip(codes.astype(np.int16) + 40, -127, 127).astype(np.int8)  # as if the exporter mis-wrote it
-    weight.CopyFrom(numpy_helper.from_array(wrong, weight.name))
-    onnx.save(model, str(path))
-    rows = layer_agreement(path, graph, inputs)
-    first = next(r for r in rows if r.differ > 0)
-    assert first.node == first_linear and first.max_steps > 1 and first.differ > 0.5
-    assert explain(rows).wrong_layer
