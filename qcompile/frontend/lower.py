@@ -174,11 +174,12 @@ def export_for_lowering(model: nn.Module, example_inputs: Sequence[Any],
                 # nn.LSTM / nn.GRU's own attributes: nothing the user can change
                 warnings.filterwarnings("ignore", message=r".*_flat_weights.*assigned during export")
                 exported = torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes)
+                module = functional(exported).module()
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next form
             last = exc
             continue
         sys.stderr.write(log.getvalue())
-        return functional(exported).module()
+        return module
     failure = f"{type(last).__name__}: {_shortened(_first_line(last))}{_caused_by(last)}"
     hint = ("make the model exportable with torch.export.export(model, example_inputs): qcompile lowers whatever "
             "it exports (a branch on tensor values needs torch.cond)")
