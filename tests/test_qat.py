@@ -137,7 +137,8 @@ def test_qat_trains_transposed_convolutions_on_the_weights_convert_gives_them(fa
     train, test = fashion
     torch.manual_seed(0)
     graph = lower(_Upsampler(), (torch.randn(1, 1, 28, 28),))
-    run_pipeline(graph, "qat", PassContext(quant_config=QuantConfig.from_preset("x86")))
+    x86 = PassContext(quant_config=QuantConfig.from_preset("x86"))  # the same preset (and engine) throughout
+    run_pipeline(graph, "qat", x86)
     assert graph.node("up").target == "qcompile.nn.qat.QATConvTranspose2d"
     assert graph.node("up").attrs["weight_per_channel"] is False  # one scale, whatever the preset says
     assert graph.node("down_0").attrs["weight_per_channel"] is True
@@ -154,7 +155,7 @@ def test_qat_trains_transposed_convolutions_on_the_weights_convert_gives_them(fa
     images = next(iter(test.labelled()))[0]
     exported = run_onnxruntime(export_onnx(graph, tmp_path / "qat.onnx"), [images], optimize=False)
     assert float((exported - Interpreter(graph).run(images)).abs().max()) < 1e-4  # the weight stored fake-quantized
-    run_pipeline(graph, "qat-finalize,convert")
+    run_pipeline(graph, "qat-finalize,convert", x86)
     assert graph.node("up").target == "torch.ao.nn.quantized.ConvTranspose2d"
     # One short epoch (50 steps) leaves the moving-average ranges behind the activations, and the fake
     # quantization clips at the 7-bit grid's top where the int8 kernels saturate at 255: a wider margin.

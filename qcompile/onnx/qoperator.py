@@ -87,10 +87,14 @@ def _name_codes(nodes: list[onnx.NodeProto], codes: dict[str, object], keep: set
     so that :mod:`qcompile.onnx.layer_agreement` can compare them with the graph's. A value several nodes
     share (a dropout passes its input on) keeps the first one's name; the graph's outputs keep theirs."""
     produced = {o for n in nodes for o in n.output}
+    taken = produced | {i for n in nodes for i in n.input}
     renames: dict[str, str] = {}
     for node_name, value in codes.items():
-        if isinstance(value, str) and value in produced and value not in keep and value not in renames:
-            renames[value] = f"{node_name}_q__0"
+        name = f"{node_name}_q__0"
+        if (isinstance(value, str) and value in produced and value not in keep and value not in renames
+                and name not in taken):
+            renames[value] = name
+            taken.add(name)
     for n in nodes:
         for field in (n.input, n.output):
             names = [renames.get(v, v) for v in field]
