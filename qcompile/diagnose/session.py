@@ -103,9 +103,5 @@ class Diagnostics:
             write_model(self.snapshot.float_graph, tmp)
             float_model = load_model(tmp)
             emitted = load_model(out_dir)
-            threads = torch.get_num_threads()
-            try:
-                return compare([("float", float_model, state_size_bytes(float_model)),
-                                ("emitted", emitted, state_size_bytes(emitted))], data, repeats=10)
-            finally:
-                torch.set_num_threads(threads)
+            return compare([("float", float_model, state_size_bytes(float_model)),
+                            ("emitted", emitted, state_size_bytes(emitted))], data, repeats=10)
