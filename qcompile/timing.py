@@ -61,8 +61,7 @@ def head_to_head(a: Callable[[], object], b: Callable[[], object], pairs: int, w
     other session's spinning. Without them, the 10th-percentile ratio of the
     identical sessions above had an interval of 0.96-1.01.
     """
-    _warm(a, b, warmup)
-    return quantile_ratio(*_paired_times(a, b, pairs, settle_ms))
+    return head_to_head_resolved(a, b, pairs, pairs, warmup, settle_ms)  # one round
 
 
 def head_to_head_resolved(a: Callable[[], object], b: Callable[[], object], pairs: int, max_pairs: int,
@@ -78,7 +77,9 @@ def head_to_head_resolved(a: Callable[[], object], b: Callable[[], object], pair
     """
     if pairs < 2 or max_pairs < pairs:
         raise ValueError(f"need 2 <= pairs <= max_pairs, got {pairs}, {max_pairs}")
-    _warm(a, b, warmup)
+    for _ in range(warmup):
+        a()
+        b()
     a_times, b_times = _paired_times(a, b, pairs, settle_ms)
     result = quantile_ratio(a_times, b_times)
     while (result.low <= 1 <= result.high) and len(a_times) + pairs <= max_pairs:
@@ -86,12 +87,6 @@ def head_to_head_resolved(a: Callable[[], object], b: Callable[[], object], pair
         a_times, b_times = np.concatenate([a_times, more_a]), np.concatenate([b_times, more_b])
         result = quantile_ratio(a_times, b_times)
     return result
-
-
-def _warm(a: Callable[[], object], b: Callable[[], object], calls: int) -> None:
-    for _ in range(calls):
-        a()
-        b()
 
 
 def _paired_times(a: Callable[[], object], b: Callable[[], object], pairs: int,
