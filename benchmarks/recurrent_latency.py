@@ -10,7 +10,8 @@ default random initialization. Variants, timed in interleaved rounds in one
 process (see ``benchmarks/int8_latency.py``): float torch, torch.ao
 ``quantize_dynamic`` on ``nn.LSTM`` and ``nn.Linear``, qcompile ``dynamic`` as
 the emitted PyTorch module and exported to onnxruntime (the LSTM as a
-``Scan`` that rounds as torch's int8 kernels do), onnxruntime float, and
+``Scan`` that rounds as torch's int8 kernels do, and in the ``fused`` form as
+onnxruntime's ``DynamicQuantizeLSTM``), onnxruntime float, and
 onnxruntime's ``quantize_dynamic`` on the same float ONNX file (its
 ``DynamicQuantizeLSTM``), with its defaults and with ``reduce_range``.
 Fidelity is the SQNR (dB) of each variant's logits against float torch on
@@ -31,7 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.int8_latency import quiet  # noqa: E402
-from benchmarks.transformer_latency import emit, measure, parse_arguments, print_tables  # noqa: E402
+from benchmarks.transformer_latency import OURS, emit, measure, parse_arguments, print_tables  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.onnx.session import OnnxModel  # noqa: E402
@@ -69,6 +70,7 @@ def main() -> None:
         run_pipeline(dynamic, "dynamic")
         dynamic_module = emit(dynamic, tmp / "dynamic")
         dynamic_path = export_onnx(dynamic, tmp / "dynamic.onnx")
+        fused_path = export_onnx(dynamic, tmp / "dynamic_fused.onnx", dynamic="fused")
         torchao = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
         reference = model(held_out)
         for threads in args.threads:
@@ -78,7 +80,7 @@ def main() -> None:
             for name, path in [("onnxruntime float", float_path),
                                ("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx"),
                                ("onnxruntime quantize_dynamic reduce_range", tmp / "ort_dynamic_rr.onnx"),
-                               ("qcompile dynamic -> onnxruntime", dynamic_path)]:
+                               (OURS[0], dynamic_path), (OURS[1], fused_path)]:
                 variants[name] = OnnxModel(path, threads)
             measure(variants, x, held_out, reference, threads, args, rows, duels)
     print(f"word LSTM: {args.layers} layers, input 512, hidden 256, 1000 words, sequence {args.seq}, "

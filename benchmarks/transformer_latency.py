@@ -17,7 +17,9 @@ Variants, all timed in the same process in interleaved rounds (see
 * torch.ao ``quantize_dynamic`` on ``nn.Linear`` (it reaches the feed-forward
   linears and the head; attention's projections are not ``nn.Linear``);
 * qcompile ``dynamic`` (every linear, attention's included), as the emitted
-  PyTorch module and exported to onnxruntime;
+  PyTorch module and exported to onnxruntime, in the exact form (torch's
+  rounding) and the ``fused`` one (onnxruntime's fused dynamic kernels,
+  ``qcompile/onnx/fused_dynamic.py``);
 * onnxruntime float, and onnxruntime's ``quantize_dynamic`` on the same float
   ONNX file, with its defaults and with ``reduce_range`` (7-bit weights, its
   advice for AVX2 CPUs without VNNI, where 8-bit products can saturate);
@@ -25,8 +27,8 @@ Variants, all timed in the same process in interleaved rounds (see
   to onnxruntime in QDQ form.
 
 Fidelity is the SQNR (dB) of each variant's output against float torch on
-held-out inputs. Last, per thread count, qcompile's dynamic export is timed
-head to head against each of onnxruntime's ``quantize_dynamic`` models
+held-out inputs. Last, per thread count, each of qcompile's dynamic exports is
+timed head to head against each of onnxruntime's ``quantize_dynamic`` models
 (``qcompile/timing.py``: adjacent pairs of runs, the ratio of the
 10th-percentile times with a bootstrap 95% interval; above 1, qcompile's is
 faster).
@@ -56,7 +58,7 @@ from qcompile.timing import head_to_head  # noqa: E402
 from tests.torchao_reference import sqnr  # noqa: E402
 
 RIVALS = ("onnxruntime quantize_dynamic", "onnxruntime quantize_dynamic reduce_range")
-OURS = "qcompile dynamic -> onnxruntime"
+OURS = ("qcompile dynamic -> onnxruntime", "qcompile dynamic fused -> onnxruntime")
 
 
 class TextEncoder(nn.Module):
@@ -112,6 +114,7 @@ def main() -> None:
         run_pipeline(dynamic, "dynamic")
         dynamic_module = emit(dynamic, tmp / "dynamic")
         dynamic_path = export_onnx(dynamic, tmp / "dynamic.onnx")
+        fused_path = export_onnx(dynamic, tmp / "dynamic_fused.onnx", dynamic="fused")
         static = lower(model, (x[:1],))
         run_pipeline(static, "ptq", PassContext(calib_data=calib))
         static_path = export_onnx(static, tmp / "static.onnx")
@@ -125,7 +128,7 @@ def main() -> None:
             for name, path in [("onnxruntime float", float_path),
                                ("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx"),
                                ("onnxruntime quantize_dynamic reduce_range", tmp / "ort_dynamic_rr.onnx"),
-                               ("qcompile dynamic -> onnxruntime", dynamic_path),
+                               (OURS[0], dynamic_path), (OURS[1], fused_path),
                                ("qcompile ptq -> onnxruntime", static_path)]:
                 variants[name] = OnnxModel(path, threads)
             measure(variants, x, held_out, reference, threads, args, rows, duels)
@@ -150,14 +153,15 @@ def parse_arguments(doc: str, layers: int, seq: int) -> argparse.Namespace:
 
 
 def measure(variants: dict, x, held_out, reference, threads: int, args, rows: list, duels: list) -> None:
-    """Time ``variants`` (name -> callable) in interleaved rounds, time qcompile's dynamic export head to
-    head against each of onnxruntime's ``quantize_dynamic`` models, and append the results to ``rows``
-    and ``duels``; fidelity is each variant's SQNR against ``reference`` on ``held_out``."""
+    """Time ``variants`` (name -> callable) in interleaved rounds, time each of qcompile's dynamic exports
+    head to head against each of onnxruntime's ``quantize_dynamic`` models, and append the results to
+    ``rows`` and ``duels``; fidelity is each variant's SQNR against ``reference`` on ``held_out``."""
     times = interleaved_medians_ms({name: (lambda f=f: f(x)) for name, f in variants.items()}, args.repeats)
-    for rival in RIVALS:
-        paired = head_to_head(partial(variants[OURS], x), partial(variants[rival], x), args.pairs)
-        duels.append({"threads": threads, "rival": rival, "ratio": paired.ratio, "low": paired.low,
-                      "high": paired.high, "pairs": paired.pairs})
+    for ours in OURS:
+        for rival in RIVALS:
+            paired = head_to_head(partial(variants[ours], x), partial(variants[rival], x), args.pairs)
+            duels.append({"threads": threads, "ours": ours, "rival": rival, "ratio": paired.ratio,
+                          "low": paired.low, "high": paired.high, "pairs": paired.pairs})
     for name, f in variants.items():
         out = f(held_out)
         rows.append({"threads": threads, "variant": name, "ms": times[name],
@@ -174,10 +178,10 @@ def print_tables(rows: list, duels: list) -> None:
     print("| threads | variant | ms | speed-up over float torch | SQNR vs float (dB) |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['threads']} | {r['variant']} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['sqnr_db']:.1f} |")
-    print(f"\nhead to head: the rival's time over {OURS}'s (10th percentiles, 95% interval)\n")
-    print("| threads | rival | ratio |\n|---|---|---|")
+    print("\nhead to head: the rival's time over qcompile's (10th percentiles, 95% interval)\n")
+    print("| threads | qcompile | rival | ratio |\n|---|---|---|---|")
     for d in duels:
-        print(f"| {d['threads']} | {d['rival']} | {d['ratio']:.3f}x [{d['low']:.3f}, {d['high']:.3f}] |")
+        print(f"| {d['threads']} | {d['ours']} | {d['rival']} | {d['ratio']:.3f}x [{d['low']:.3f}, {d['high']:.3f}] |")
 
 
 if __name__ == "__main__":

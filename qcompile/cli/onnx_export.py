@@ -29,6 +29,10 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
                         "auto rewrites them (padded to 4 channels, or space-to-depth) where onnxruntime runs the "
                         "layer faster on this machine; measure where the whole model runs measurably faster at "
                         "--onnx-batch and --onnx-threads (slower); pad or space-to-depth always; plain never")
+    parser.add_argument("--onnx-dynamic", choices=("exact", "fused"), default="exact",
+                        help="dynamically quantized linears and LSTMs: exact rounds as the emitted model (torch's "
+                        "int8 kernels) does; fused is onnxruntime's DynamicQuantizeMatMul / DynamicQuantizeLSTM "
+                        "with 7-bit weights: faster, rounding its own way, onnxruntime only")
     parser.add_argument("--onnx-batch", type=_positive, default=1, metavar="N",
                         help="batch size the export will run at, for --onnx-narrow-convs measure (1)")
     parser.add_argument("--onnx-threads", type=_positive, default=1, metavar="N",
@@ -48,7 +52,7 @@ def before_write(args: argparse.Namespace):
         if onnx:
             from qcompile.onnx.export import build_onnx
 
-            build_onnx(graph, form=args.onnx_form)
+            build_onnx(graph, form=args.onnx_form, dynamic=args.onnx_dynamic)
         if scored:
             from qcompile.passes.calibrate import check_batch
 
@@ -66,6 +70,7 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     from qcompile.codegen import load_model as load_emitted
     from qcompile.onnx.check import HEADER, check_onnx, output_scales
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.fused_dynamic import uses_fused_kernels
     from qcompile.onnx.narrow_convs import recorded
 
     if args.onnx_narrow_convs == "measure":
@@ -73,10 +78,14 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
               f"plain in onnxruntime (batch {args.onnx_batch}, {args.onnx_threads} threads; 60 to 240 pairs of "
               "runs each, seconds to a few minutes)", file=sys.stderr)
     path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
-                       narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch)
+                       narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch,
+                       dynamic=args.onnx_dynamic)
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
     for record in recorded(onnx.load(str(path))):
         print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)
+    if args.onnx_dynamic == "fused" and not uses_fused_kernels(path):
+        print("qcompile: onnx: --onnx-dynamic fused changed nothing: the graph has no dynamically quantized "
+              "linear or LSTM (the dynamic pass makes them)", file=sys.stderr)
     if not args.check:
         return
     batches = [tuple(b) for b in open_check_data(args)]  # one tensor per model input

@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto
 
 from qcompile.ir.node import Node
+from qcompile.onnx.fused_dynamic import fused_linear
 from qcompile.quant.qparams import weight_grid
 
 if TYPE_CHECKING:
@@ -33,9 +34,13 @@ INPUT_CODES = 127  # torch's reduce_range on x86: 7-bit input codes
 
 
 def dynamic_linear(b: _Builder, node: Node, x: str) -> str:
-    """The ONNX value of a dynamically quantized linear (with a fused ReLU if it has one)."""
-    out = integer_linear(b, node.name, quantize_input(b, node.name, x), b.graph.param(node, "weight"),
-                         b.graph.param(node, "bias"))
+    """The ONNX value of a dynamically quantized linear (with a fused ReLU if it has one); onnxruntime's
+    fused kernel in the ``fused`` form (:mod:`qcompile.onnx.fused_dynamic`)."""
+    if b.dynamic == "fused":
+        out = fused_linear(b, node, x)
+    else:
+        out = integer_linear(b, node.name, quantize_input(b, node.name, x), b.graph.param(node, "weight"),
+                             b.graph.param(node, "bias"))
     return b.emit("Relu", [out]) if "LinearReLU" in node.target else out
 
 

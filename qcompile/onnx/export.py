@@ -30,6 +30,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType
 from qcompile.onnx import sequence_ops, tensor_ops
 from qcompile.onnx.constants import fold_constants
+from qcompile.onnx.fused_dynamic import DYNAMIC_FORMS, MS_DOMAIN
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.modules import (
     _POOL_ARGS,
@@ -54,9 +55,10 @@ OPSET = 21
 
 
 class _Builder:
-    def __init__(self, graph: Graph, int4: bool = False):
+    def __init__(self, graph: Graph, int4: bool = False, dynamic: str = "exact"):
         self.graph = graph
         self.int4 = int4  # the opset has INT4 (21 and later)
+        self.dynamic = dynamic  # "exact" (torch's rounding) or "fused" (qcompile.onnx.fused_dynamic)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names: dict[str, list[str] | str] = {}  # IR node -> ONNX value name(s)
@@ -365,9 +367,9 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
     raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet", hint=hint)
 
 
-def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
+def to_onnx(graph: Graph, opset: int = OPSET, dynamic: str = "exact") -> onnx.ModelProto:
     """The graph as an ONNX model (QDQ form for converted graphs); checked by onnx.checker."""
-    b = _Builder(graph, int4=opset >= 21)
+    b = _Builder(graph, int4=opset >= 21, dynamic=dynamic)
     inputs, outputs = graph_inputs(graph), []
     constants = fold_constants(graph)
     for node in graph.nodes():
@@ -408,10 +410,18 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     nodes, initializers = prune_unused(b.nodes, b.initializers, [o.name for o in outputs])
     model = helper.make_model(
         helper.make_graph(nodes, graph.name, inputs, outputs, initializers),
-        opset_imports=[helper.make_opsetid("", opset)], producer_name="qcompile")
+        opset_imports=opset_imports(nodes, opset), producer_name="qcompile")
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def opset_imports(nodes: list[onnx.NodeProto], opset: int) -> list[onnx.OperatorSetIdProto]:
+    """ONNX's opset, and onnxruntime's contrib domain where a node is from it."""
+    imports = [helper.make_opsetid("", opset)]
+    if any(n.domain == MS_DOMAIN for n in nodes):
+        imports.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return imports
 
 
 def check_exportable(graph: Graph) -> None:
@@ -421,7 +431,7 @@ def check_exportable(graph: Graph) -> None:
                             hint="export from --backend native: it holds the same integer weights and grids")
 
 
-def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq") -> onnx.ModelProto:
+def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq", dynamic: str = "exact") -> onnx.ModelProto:
     """The graph as an in-memory ONNX model in ``form``, checked; nothing is written or timed (a graph
     with dynamic axes runs once in onnxruntime, at another size: :mod:`qcompile.onnx.inputs`).
 
@@ -432,15 +442,17 @@ def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq") -> onnx.Mode
     check_exportable(graph)
     if form not in ("qdq", "qoperator"):
         raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+    if dynamic not in DYNAMIC_FORMS:
+        raise QCompileError(f"unknown form of dynamically quantized ops {dynamic!r}", hint=" or ".join(DYNAMIC_FORMS))
     from qcompile.onnx.qoperator import to_onnx_qoperator
 
-    model = to_onnx(graph, opset) if form == "qdq" else to_onnx_qoperator(graph, opset)
+    model = to_onnx(graph, opset, dynamic) if form == "qdq" else to_onnx_qoperator(graph, opset, dynamic)
     check_dynamic_axes(model, graph)
     return model
 
 
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",
-                narrow_convs: str = "auto", threads: int = 1, batch: int = 1) -> Path:
+                narrow_convs: str = "auto", threads: int = 1, batch: int = 1, dynamic: str = "exact") -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
 
     Args:
@@ -453,10 +465,15 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
             measurably faster at ``batch`` and ``threads``; ``pad`` or
             ``space-to-depth`` always; ``plain`` never (a machine-independent
             file). Outputs are the same (:mod:`qcompile.onnx.narrow_convs`).
+        dynamic: dynamically quantized linears and LSTMs: ``exact`` rounds as
+            torch's int8 kernels (the emitted model) do; ``fused`` is
+            onnxruntime's ``DynamicQuantizeMatMul`` / ``DynamicQuantizeLSTM``,
+            faster, rounding its own way with 7-bit weights, onnxruntime only
+            (:mod:`qcompile.onnx.fused_dynamic`).
     """
     from qcompile.onnx.narrow_convs import relayout_narrow_convs
 
-    model = build_onnx(graph, opset, form)
+    model = build_onnx(graph, opset, form, dynamic)
     if any(r.choice != "plain" for r in relayout_narrow_convs(model, narrow_convs, threads, batch)):
         nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
                                            [o.name for o in model.graph.output])

@@ -9,7 +9,9 @@ structure: ``(output, h_n)`` for a GRU, ``(output, (h_n, c_n))`` for an LSTM,
 each state ``[layers x directions, batch, hidden]``.
 
 Dynamically quantized modules have no standard ONNX op for their int8
-kernels; their layers come from :mod:`qcompile.onnx.dynamic_recurrent`.
+kernels; their layers come from :mod:`qcompile.onnx.dynamic_recurrent`, or
+for an LSTM exported with ``dynamic="fused"`` are onnxruntime's
+``DynamicQuantizeLSTM`` (:mod:`qcompile.onnx.fused_dynamic`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.onnx.dynamic_recurrent import dynamic_layers
+from qcompile.onnx.fused_dynamic import MS_DOMAIN, fused_lstm_inputs
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -40,7 +43,11 @@ def recurrent(b: _Builder, node: Node, x: str) -> list:
     if a.get("proj_size", 0):
         raise QCompileError(f"%{node.name}: an LSTM with proj_size is not exported to ONNX yet")
     layers = a.get("num_layers", 1)
-    emit_layer = dynamic_layers(b, node) if node.quant.mode == "dynamic" else partial(_onnx_layer, b, node)
+    fused = node.quant.mode == "dynamic" and node.op == "lstm" and b.dynamic == "fused"
+    if node.quant.mode == "dynamic" and not fused:
+        emit_layer = dynamic_layers(b, node)
+    else:
+        emit_layer = partial(_onnx_layer, b, node, fused)
     sequence = b.emit("Transpose", [x], perm=[1, 0, 2]) if a.get("batch_first", False) else x
     states: list[list[str]] = []
     for layer in range(layers):
@@ -52,22 +59,31 @@ def recurrent(b: _Builder, node: Node, x: str) -> list:
     return [out, stacked] if node.op == "lstm" else [out, stacked[0]]
 
 
-def _onnx_layer(b: _Builder, node: Node, layer: int, sequence: str) -> tuple[str, list[str]]:
-    """One layer as ONNX's LSTM / GRU op: (output sequence, [Y_h (, Y_c)])."""
+def _onnx_layer(b: _Builder, node: Node, fused: bool, layer: int, sequence: str) -> tuple[str, list[str]]:
+    """One layer as ONNX's LSTM / GRU op, or onnxruntime's ``DynamicQuantizeLSTM`` if ``fused``: (output
+    sequence, [Y_h (, Y_c)])."""
     directions = 2 if node.attrs.get("bidirectional", False) else 1
     outputs = [b.fresh(f"{node.name}_l{layer}_{part}") for part in ("y", "h", "c")[: 3 if node.op == "lstm" else 2]]
     attrs = {"hidden_size": node.attrs["hidden_size"], "direction": "bidirectional" if directions == 2 else "forward"}
     if node.op == "gru":
         attrs["linear_before_reset"] = 1
-    b.emit("LSTM" if node.op == "lstm" else "GRU", [sequence, *_layer_weights(b, node, layer, directions)], outputs,
-           **attrs)
+    w, r, bias = _layer_weights(b, node, layer, directions)
+    if fused:
+        b.emit("DynamicQuantizeLSTM", fused_lstm_inputs(b, f"{node.name}_l{layer}", w, r, bias, sequence), outputs,
+               domain=MS_DOMAIN, **attrs)
+    else:
+        inputs = [sequence, b.const(f"{node.name}_W", w), b.const(f"{node.name}_R", r)]
+        if bias is not None:
+            inputs.append(b.const(f"{node.name}_B", bias))
+        b.emit("LSTM" if node.op == "lstm" else "GRU", inputs, outputs, **attrs)
     # Y: [seq, directions, batch, hidden] -> [seq, batch, directions x hidden]
     y = b.emit("Transpose", [outputs[0]], perm=[0, 2, 1, 3])
     return b.emit("Reshape", [y, b.const("shape", np.array([0, 0, -1], np.int64))]), outputs[1:]
 
 
-def _layer_weights(b: _Builder, node: Node, layer: int, directions: int) -> list[str]:
-    """W, R and B of one layer, each stacked over directions, gates in ONNX's order."""
+def _layer_weights(b: _Builder, node: Node, layer: int,
+                   directions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """W, R and B (None without biases) of one layer, each stacked over directions, gates in ONNX's order."""
     blocks, order = _GATES[node.op]
     suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
 
@@ -77,9 +93,5 @@ def _layer_weights(b: _Builder, node: Node, layer: int, directions: int) -> list
     def stacked(kind: str) -> torch.Tensor:
         return torch.stack([gates(b.graph.param(node, f"{kind}{s}").detach().float()) for s in suffixes])
 
-    w, r = stacked("weight_ih"), stacked("weight_hh")
-    inputs = [b.const(f"{node.name}_W", w), b.const(f"{node.name}_R", r)]
-    if node.attrs.get("bias", True):
-        bias = torch.cat([stacked("bias_ih"), stacked("bias_hh")], dim=1)
-        inputs.append(b.const(f"{node.name}_B", bias))
-    return inputs
+    bias = torch.cat([stacked("bias_ih"), stacked("bias_hh")], dim=1) if node.attrs.get("bias", True) else None
+    return stacked("weight_ih"), stacked("weight_hh"), bias
