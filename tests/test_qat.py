@@ -157,10 +157,10 @@ def test_qat_trains_transposed_convolutions_on_the_weights_convert_gives_them(fa
     assert float((exported - Interpreter(graph).run(images)).abs().max()) < 1e-4  # the weight stored fake-quantized
     run_pipeline(graph, "qat-finalize,convert", x86)
     assert graph.node("up").target == "torch.ao.nn.quantized.ConvTranspose2d"
-    # One short epoch (50 steps) leaves the moving-average ranges behind the activations, and the fake
-    # quantization clips at the 7-bit grid's top where the int8 kernels saturate at 255: a wider margin.
-    # Measured: 0.627 -> 0.587 on two threads, 0.566 on one (torch's x86 engine picks other kernels).
-    assert qat_acc > 0.5 and _accuracy(graph, test) >= qat_acc - 0.08
+    # One short epoch (50 steps) leaves the moving-average ranges behind the activations; the fake
+    # quantization saturates where the int8 kernels do (at 255, above the 7-bit grid's top), so int8 keeps
+    # the QAT model's accuracy. Measured on one thread: 0.699 -> 0.700 (clipping at 127: 0.627 -> 0.566).
+    assert qat_acc > 0.6 and _accuracy(graph, test) >= qat_acc - 0.02
 
 
 @pytest.mark.parametrize("dims", [1, 3])

@@ -189,14 +189,11 @@ def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
         return b.emit("Identity", [x])  # no range learned yet: the module passes values through
     a = node.attrs
     scale, zero_point = _affine_qparams(lo, hi, a["quant_min"], a["quant_max"], a["symmetric"])
+    # the module saturates at its dtype's limits (qcompile.nn.qat.FakeQuantize), as QuantizeLinear does
     dtype = np.uint8 if a["quant_min"] >= 0 else np.int8
     s = b.const(f"{node.name}_scale", np.array(float(scale), np.float32))
     zp = b.const(f"{node.name}_zp", np.array(int(zero_point), dtype))
-    codes = b.emit("QuantizeLinear", [x, s, zp])
-    if (a["quant_min"], a["quant_max"]) != (np.iinfo(dtype).min, np.iinfo(dtype).max):  # 7-bit: saturate as torch does
-        codes = b.emit("Clip", [codes, b.const("code_min", np.array(a["quant_min"], dtype)),
-                                b.const("code_max", np.array(a["quant_max"], dtype))])
-    return b.emit("DequantizeLinear", [codes, s, zp])
+    return b.emit("DequantizeLinear", [b.emit("QuantizeLinear", [x, s, zp]), s, zp])
 
 
 def _softplus(b: _Builder, x: str, beta: float, threshold: float) -> str:
