@@ -150,6 +150,7 @@ class Dynamic(Pass):
         stats = observer.stats()
         q = qparams_from_range(stats.lo, stats.hi, spec, 0 if self.per_channel else None)
         node.quant.weight_observer, node.quant.weight_stats, node.quant.weight_qparams = spec, stats, q
+        node.quant.float_weight = weight.detach()  # for exports that quantize it again (fused ONNX kernels)
         graph.params[node.params["weight"]] = quantize_tensor(weight, q)
         # nnqd.Linear spells its bias flag "bias_"; LinearReLU "bias"
         flag = "bias_" if node.target.endswith("dynamic.Linear") else "bias"

@@ -13,6 +13,7 @@ from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.lower import lower
 from qcompile.onnx.check import FUSED_MIN_SQNR, check_onnx
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.fused_dynamic import seven_bit
 from qcompile.onnx.session import OnnxModel
 from qcompile.pipeline import run_pipeline
 from tests.test_onnx import _Recurrent
@@ -96,7 +97,7 @@ def test_every_layer_and_direction_of_an_lstm_is_one_fused_kernel(batch_first, b
             assert got.shape == want.shape and sqnr(got, want) > 30
 
 
-def test_grus_stay_exact_and_per_channel_linears_keep_a_scale_per_column(tmp_path):
+def test_linears_are_quantized_from_their_float_weights_per_column_and_grus_stay_exact(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(), torch.nn.Linear(24, 5)).eval()
     graph = lower(model, (torch.randn(1, 12),))
@@ -106,7 +107,17 @@ def test_grus_stay_exact_and_per_channel_linears_keep_a_scale_per_column(tmp_pat
     matmuls = [n for n in file.graph.node if n.op_type == "DynamicQuantizeMatMul"]
     initializers = {i.name: numpy_helper.to_array(i) for i in file.graph.initializer}
     assert [initializers[n.input[2]].shape for n in matmuls] == [(24,), (5,)]
-    assert all(initializers[n.input[1]].min() >= -64 and initializers[n.input[1]].max() <= 63 for n in matmuls)
+    # quantized from the float weights dynamic kept, not from torch's 8-bit codes
+    for matmul, layer in zip(matmuls, (model[0], model[2]), strict=True):
+        codes, scales = seven_bit(layer.weight, per_row=True)
+        assert (initializers[matmul.input[1]] == codes.numpy()).all()
+        assert codes.min() >= -64 and codes.max() <= 63 and torch.equal(torch.from_numpy(initializers[matmul.input[2]]), scales)
+    graph.node("v0").quant.float_weight = None  # a graph without them: torch's codes, rounded again
+    again = onnx.load(str(export_onnx(graph, tmp_path / "again.onnx", dynamic="fused")))
+    first = next(n for n in again.graph.node if n.op_type == "DynamicQuantizeMatMul")
+    codes = numpy_helper.to_array(next(i for i in again.graph.initializer if i.name == first.input[1]))
+    assert not (codes == initializers[matmuls[0].input[1]]).all()
+    assert abs(codes.astype(int) - initializers[matmuls[0].input[1]].astype(int)).max() == 1
 
     gru = _Recurrent("gru", True, False, 1).eval()
     graph = lower(gru, (torch.randn(1, 7, 6),))

@@ -91,6 +91,10 @@ class QuantAnnotation:
             the conv before it), so that tools comparing this graph with
             another one match the two values.
         weight_observer, weight_stats, weight_qparams: The same for the weight.
+        float_weight: The float weight a dynamically quantized linear's int8
+            one was quantized from (set by ``dynamic``), for exports that
+            quantize it again: onnxruntime's fused kernels take 7-bit weights
+            (:mod:`qcompile.onnx.fused_dynamic`). Held in memory only.
     """
 
     mode: str | None = None
@@ -106,6 +110,7 @@ class QuantAnnotation:
     weight_qparams: QParams | None = None
     weight_bits: torch.Tensor | None = None
     absorbs: str | None = None
+    float_weight: torch.Tensor | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in vars(self).values())
