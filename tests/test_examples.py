@@ -27,3 +27,24 @@ def test_transformer_example_on_fashion_mnist(tmp_path):
         assert row["top1"] >= rows["float"]["top1"] - 0.015, name
         if name != "float":
             assert row["agreement"] >= 0.98 and row["size_mb"] < rows["float"]["size_mb"] / 2, name
+
+
+@pytest.mark.slow
+def test_lstm_example_on_fashion_mnist(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(REPO / "examples" / "lstm_fashion_mnist.py"), "--epochs", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["float", "torch.ao quantize_dynamic", "qcompile dynamic",
+                          "qcompile dynamic -> onnxruntime, exact", "qcompile dynamic -> onnxruntime, fused",
+                          "onnxruntime quantize_dynamic (reduce_range)"]
+    assert rows["float"]["top1"] >= 0.70  # one epoch on the 60,000 training images
+    # torch.ao's int8 model and qcompile's are the same model; the exact export rounds as they do (within
+    # float rounding: at most a near-tie or two of the 10,000 images may flip)
+    assert abs(rows["qcompile dynamic"]["top1"] - rows["torch.ao quantize_dynamic"]["top1"]) <= 2e-4
+    assert abs(rows["qcompile dynamic -> onnxruntime, exact"]["top1"] - rows["qcompile dynamic"]["top1"]) <= 2e-4
+    for name, row in rows.items():
+        assert row["top1"] >= rows["float"]["top1"] - 0.015, name
+        if name != "float":
+            assert row["agreement"] >= 0.98 and row["size_mb"] < rows["float"]["size_mb"] / 2, name
