@@ -126,6 +126,20 @@ def test_linears_are_quantized_from_their_float_weights_per_column_and_grus_stay
     assert "Scan" in ops and "DynamicQuantizeLSTM" not in ops
 
 
+def test_the_qoperator_form_takes_the_fused_kernels_too(tmp_path):
+    from tests.test_onnx import Tagger
+
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    graph = lower(model, (torch.randn(1, 5, 8),))
+    run_pipeline(graph, "dynamic")
+    write_model(graph, tmp_path / "model")
+    path = export_onnx(graph, tmp_path / "model.onnx", form="qoperator", dynamic="fused")
+    assert {"DynamicQuantizeLSTM", "DynamicQuantizeMatMul"} <= set(_ops(path))
+    results = check_onnx(path, load_model(tmp_path / "model"), [torch.randn(8, 5, 8)], None, graph=graph)
+    assert all(r.sqnr_db >= FUSED_MIN_SQNR for r in results)
+
+
 def test_the_check_fails_a_fused_file_with_its_gates_out_of_order(tmp_path):
     torch.manual_seed(0)
     model = _Recurrent("lstm", True, False, 1).eval()
