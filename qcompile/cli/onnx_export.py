@@ -81,9 +81,10 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
                        narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch,
                        dynamic=args.onnx_dynamic)
     print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
-    for record in recorded(onnx.load(str(path))):
+    written = onnx.load(str(path))
+    for record in recorded(written):
         print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)
-    if args.onnx_dynamic == "fused" and not uses_fused_kernels(path):
+    if args.onnx_dynamic == "fused" and not uses_fused_kernels(written):
         print("qcompile: onnx: --onnx-dynamic fused changed nothing: the graph has no dynamically quantized "
               "linear or LSTM (the dynamic pass makes them)", file=sys.stderr)
     if not args.check:

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from qcompile.diagnose.metrics import sqnr_db
@@ -121,7 +122,8 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
         wants = _concatenated(module, batches)
     scales = list(output_scale) if isinstance(output_scale, (list, tuple)) else [output_scale] * len(wants)
     quantized = all(scales)
-    fused = uses_fused_kernels(path)
+    dynamic = graph is not None and is_dynamic(graph)
+    fused = dynamic and uses_fused_kernels(onnx.load(str(path)))
     results = []
     for optimize in (False, True):
         gots = _concatenated(OnnxModel(path, 1, optimize), batches)
@@ -149,8 +151,7 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
                 f"{r.top1_clause()})",
                 hint=_explain(graph if len(batches[0]) == 1 else None, batches[0][0], r.top1_agreement,
                               explain(layers, min_share)))
-        dynamic = graph is not None and is_dynamic(graph)
-        if dynamic and fused:
+        if fused:
             if r.sqnr_db < FUSED_MIN_SQNR:
                 raise CheckFailed(
                     f"onnxruntime (optimizations {r.optimizations}) with its fused dynamic kernels is {r.sqnr_db:.1f} dB "

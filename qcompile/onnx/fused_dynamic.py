@@ -84,8 +84,7 @@ def fused_linear(b: _Builder, node: Node, x: str) -> str:
     return b.emit("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
 
 
-def uses_fused_kernels(path) -> bool:
-    """Whether the ONNX file at ``path`` holds onnxruntime's fused dynamic kernels (the ``fused`` form)."""
-    import onnx
-
-    return any(n.op_type in FUSED_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
+def uses_fused_kernels(model) -> bool:
+    """Whether the ONNX ``model`` (a ``ModelProto``) holds onnxruntime's fused dynamic kernels (the ``fused``
+    form)."""
+    return any(n.op_type in FUSED_OPS for n in model.graph.node)
