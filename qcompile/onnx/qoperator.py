@@ -22,13 +22,13 @@ from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.onnx.constants import fold_constants
 from qcompile.onnx.export import OPSET, _Builder, _call, integer_relu6, param_value
+from qcompile.onnx.fused_dynamic import MS_DOMAIN as MS
 from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.modules import CONVS, _module, _pair, conv_attrs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
-MS = "com.microsoft"
 _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity", "contiguous", "transpose",
               "permute", "getitem", "chunk", "unflatten", "unsqueeze", "squeeze", "select"}
 
