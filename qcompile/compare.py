@@ -4,7 +4,11 @@ Accuracy is top-1 / top-5 against labels when the data has them, and always
 agreement with the float model (share of equal top-1 predictions, output
 SQNR). For a model with several outputs, top-1, top-5 and agreement read the
 first output (the class scores, by convention), and SQNR is measured on
-every output: the table shows the worst, the JSON file each. Latency is the median of repeated runs of one batch after warm-up,
+every output: the table shows the worst, the JSON file each. The class axis
+is axis 1 of ``[N, C]`` scores, follows the labels' shape otherwise (a
+tagger's ``[N, T, C]`` scores against ``[N, T]`` labels: the last), or is
+given (``class_dim``); without any of these, agreement is left out and SQNR
+alone compares. Latency is the median of repeated runs of one batch after warm-up,
 with a fixed number of threads.
 """
 
@@ -20,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qcompile.diagnose.metrics import sqnr_db
+from qcompile.diagnose.metrics import agreement as agreement_of
+from qcompile.diagnose.metrics import class_dim, sqnr_db, top_k_accuracy
 from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_write_text
 
@@ -71,7 +76,7 @@ def median_latency_ms(module, batch: torch.Tensor | tuple, repeats: int = 20, wa
 
 
 def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1, repeats: int = 20,
-            latency_batch: int = 1) -> list[Row]:
+            latency_batch: int = 1, class_dim: int | None = None) -> list[Row]:
     """One row per (name, model, size in bytes); the first model is the float reference.
 
     A model is a module or anything called like one with a batch, such as
@@ -79,17 +84,19 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
     which takes its thread count when it is made). A model with several
     inputs gets one tensor per input from each batch; for one with several
     outputs, accuracy and agreement are the first output's, and SQNR is the
-    lowest over all outputs (each in ``Row.output_sqnr_db``).
+    lowest over all outputs (each in ``Row.output_sqnr_db``). ``class_dim``
+    names the axis of class scores (see :func:`qcompile.diagnose.metrics.class_dim`).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _rows(models, data, repeats, latency_batch)
+        return _rows(models, data, repeats, latency_batch, class_dim)
     finally:
         torch.set_num_threads(previous)  # the caller's setting, as it was
 
 
-def _rows(models: list[tuple[str, nn.Module, int]], data, repeats: int, latency_batch: int) -> list[Row]:
+def _rows(models: list[tuple[str, nn.Module, int]], data, repeats: int, latency_batch: int,
+          requested_dim: int | None) -> list[Row]:
     if data.labels is not None:
         batches = [((x,), y) for x, y in data.labelled()]
     else:
@@ -109,17 +116,16 @@ def _rows(models: list[tuple[str, nn.Module, int]], data, repeats: int, latency_
             raise QCompileError(f"{name} gives {len(outputs)} outputs, the float model {len(reference)}",
                                 hint="compare variants of the same model")
         out = outputs[0]
+        y = torch.cat(labels) if labels else None
+        dim = class_dim(out, y, requested_dim)
         top1 = top5 = None
-        if labels:
-            y = torch.cat(labels)
-            top1 = float((out.argmax(1) == y).float().mean())
-            k = min(5, out.shape[1])
-            top5 = float((out.topk(k, dim=1).indices == y[:, None]).any(1).float().mean())
+        if y is not None:
+            top1, top5 = (top_k_accuracy(out, y, k, dim) for k in (1, 5))
         agreement = each = None
         if index == 0:
             reference = outputs
         else:
-            agreement = float((out.argmax(1) == reference[0].argmax(1)).float().mean())
+            agreement = None if dim is None else agreement_of(out, reference[0], dim)
             each = [sqnr_db(o, r) for r, o in zip(reference, outputs, strict=True)]
         latency = median_latency_ms(module, tuple(t[:latency_batch] for t in batches[0][0]), repeats)
         rows.append(Row(name, size / 1e6, top1, top5, agreement, None if each is None else min(each), latency,
@@ -141,6 +147,11 @@ def format_table(rows: list[Row]) -> str:
         lines.append(f"| {r.name} | {r.size_mb:.2f} | {cell(r.top1, '.4f')} | {cell(r.top5, '.4f')} | "
                      f"{cell(r.agreement, '.4f')} | {cell(r.sqnr_db, '.1f')} | {r.latency_ms:.2f} | "
                      f"{cell(r.speedup, '.2f')} |")
+    if any(r.agreement is None and r.sqnr_db is not None for r in rows):
+        lines.append("")
+        lines.append("agreement -: the first output is not known to hold class scores (only [N, C] outputs are, "
+                     "or labels show the axis); give its class axis with --class-dim (class_dim=) to compare "
+                     "top-1 predictions")
     if several:
         lines.append("")
         lines.extend(f"{r.name}: SQNR dB per output " + ", ".join(f"{v:.1f}" for v in r.output_sqnr_db)

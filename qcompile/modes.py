@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 import torch
 
-from qcompile.diagnose.metrics import agreement, as_float, first_tensor, fmt_db, sqnr_db
+from qcompile.diagnose.metrics import (
+    agreement,
+    as_float,
+    class_dim,
+    first_tensor,
+    fmt_db,
+    sqnr_db,
+    top_k_accuracy,
+)
 from qcompile.diagnose.snapshot import Snapshot
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
@@ -81,10 +89,11 @@ def _score(graph: Graph, batches, references) -> tuple[float, float, float | Non
     interpreter = Interpreter(graph)
     out = torch.cat([as_float(first_tensor(interpreter.run(x))) for x, _ in batches])
     reference = torch.cat(references)
-    top1 = None
-    if batches[0][1] is not None:
-        top1 = float((out.argmax(1) == torch.cat([y for _, y in batches])).float().mean())
-    return sqnr_db(out, reference), agreement(out, reference), top1
+    if batches[0][1] is None:
+        return sqnr_db(out, reference), agreement(out, reference), None
+    labels = torch.cat([y for _, y in batches])
+    dim = class_dim(out, labels)
+    return sqnr_db(out, reference), agreement(out, reference, dim), top_k_accuracy(out, labels, 1, dim)
 
 
 def compare_modes(snapshot: Snapshot, ctx: PassContext, data) -> list[ModeRow]:

@@ -157,6 +157,10 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compare_p.add_argument("--threads", type=int, default=1, help="torch threads for the latency runs (1)")
     compare_p.add_argument("--repeats", type=int, default=20, help="timed runs per model (median is kept)")
     compare_p.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency runs (1)")
+    compare_p.add_argument("--class-dim", type=int, metavar="D",
+                           help="axis of the first output that holds class scores, for agreement and accuracy "
+                                "(default: 1 for [N, C] outputs; otherwise read from the labels' shape, e.g. the "
+                                "last axis of a tagger's [N, T, C] scores against [N, T] labels)")
     compare_p.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     return {"compile": compile_p, "inspect": inspect_p, "passes": passes_p, "zoo": zoo_p, "compare": compare_p}
 
@@ -431,11 +435,12 @@ def _compare(args: argparse.Namespace) -> int:
                                 hint="pass directories written by qcompile MODEL ... -o OUT, or OUT/model.onnx "
                                      "from --export onnx (run in onnxruntime)")
         models.append((path.name, load_emitted(path), (path / "weights.pt").stat().st_size))
-    rows = compare(models, data, threads=args.threads, repeats=args.repeats, latency_batch=args.latency_batch)
+    rows = compare(models, data, threads=args.threads, repeats=args.repeats, latency_batch=args.latency_batch,
+                   class_dim=args.class_dim)
     print(format_table(rows))
     if args.json:
         write_json(rows, args.json, data=args.data, threads=args.threads, repeats=args.repeats,
-                   latency_batch=args.latency_batch)
+                   latency_batch=args.latency_batch, class_dim=args.class_dim)
     return 0
 
 
