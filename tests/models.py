@@ -176,6 +176,45 @@ class TwoInputsTwoHeads(nn.Module):
         return self.cls(features), self.box(features) * scale
 
 
+class RowLSTM(nn.Module):
+    """Reads a 28x28 image row by row (28 steps of 28 pixels) with an LSTM: class scores from the last step,
+    ``[N, 10]``, or a tag for every row, ``[N, 28, 10]`` (``tag_rows``)."""
+
+    def __init__(self, hidden: int = 64, tag_rows: bool = False):
+        super().__init__()
+        self.lstm = nn.LSTM(28, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 10)
+        self.tag_rows = tag_rows
+
+    def forward(self, x):
+        steps = self.lstm(x)[0]
+        return self.head(steps if self.tag_rows else steps[:, -1])
+
+
+def fashion_rows(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` Fashion-MNIST images of ``split`` as ``[N, 28, 28]`` rows in [0, 1], and their labels."""
+    from qcompile.data.builtin import fashion_mnist
+
+    images, labels = fashion_mnist(split)
+    return images[:count].squeeze(1).float() / 255, labels[:count]
+
+
+def fit_on_fashion_rows(model: RowLSTM, count: int, epochs: int) -> RowLSTM:
+    """Train ``model`` with Adam (lr 3e-3, batches of 64) on ``count`` Fashion-MNIST training images, the
+    image's class the target of every row for a tagger; returns it in eval mode."""
+    x, y = fashion_rows("train", count)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for i in range(0, len(x), 64):
+            optimizer.zero_grad()
+            scores, target = model(x[i:i + 64]), y[i:i + 64]
+            if model.tag_rows:  # [N, 28, 10] against the class on each of the 28 rows
+                scores, target = scores.transpose(1, 2), target[:, None].expand(-1, scores.shape[1])
+            F.cross_entropy(scores, target).backward()
+            optimizer.step()
+    return model.eval()
+
+
 def detector_backbone() -> nn.Module:
     """torchvision's SSDLite (MobileNetV3) feature extractor: a dict of six feature maps out, with
     randomized BatchNorm statistics. The detector around it (anchors, NMS) depends on tensor values and

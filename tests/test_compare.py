@@ -10,42 +10,29 @@ import torch
 
 from qcompile.codegen import load_model, write_model
 from qcompile.compare import compare, format_table
-from qcompile.data.builtin import fashion_mnist
 from qcompile.data.sources import DataSource
 from qcompile.diagnose.metrics import agreement, class_dim
 from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
 from qcompile.pipeline import run_pipeline
+from tests.models import RowLSTM, fashion_rows, fit_on_fashion_rows
 from tests.test_cli import qcompile
 
 
-class RowTagger(torch.nn.Module):
-    """Tags every row of an image (28 steps of 28 pixels) with the image's class: ``[N, 28, 10]`` scores."""
+class RowTagger(RowLSTM):
+    """Tags every row of an image with the image's class: ``[N, 28, 10]`` scores (the CLI builds it by name)."""
 
     def __init__(self):
-        super().__init__()
-        self.lstm = torch.nn.LSTM(28, 48, batch_first=True)
-        self.head = torch.nn.Linear(48, 10)
-
-    def forward(self, x):
-        return self.head(self.lstm(x)[0])
+        super().__init__(48, tag_rows=True)
 
 
 @pytest.fixture(scope="module")
 def tagger():
     """A RowTagger trained for one epoch on 6,000 Fashion-MNIST images; 512 test images, a tag per row."""
     torch.manual_seed(0)
-    images, labels = fashion_mnist("train")
-    x, y = images[:6000].squeeze(1).float() / 255, labels[:6000]
-    model = RowTagger()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for i in range(0, len(x), 64):
-        optimizer.zero_grad()
-        scores = model(x[i:i + 64])  # [N, 28, 10] against the image's class on every row
-        torch.nn.functional.cross_entropy(scores.transpose(1, 2), y[i:i + 64, None].expand(-1, 28)).backward()
-        optimizer.step()
-    test_images, test_labels = fashion_mnist("test")
-    return model.eval(), test_images[:512].squeeze(1).float() / 255, test_labels[:512, None].expand(-1, 28).clone()
+    model = fit_on_fashion_rows(RowTagger(), 6000, epochs=1)
+    x, labels = fashion_rows("test", 512)
+    return model, x, labels[:, None].expand(-1, 28).clone()
 
 
 def _dynamic_int8(model, example, out_dir):

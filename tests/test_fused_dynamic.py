@@ -8,7 +8,6 @@ import torch
 from onnx import numpy_helper
 
 from qcompile.codegen import load_model, write_model
-from qcompile.data.builtin import fashion_mnist
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.lower import lower
 from qcompile.onnx.check import FUSED_MIN_SQNR, check_onnx
@@ -16,20 +15,9 @@ from qcompile.onnx.export import export_onnx
 from qcompile.onnx.fused_dynamic import seven_bit
 from qcompile.onnx.session import OnnxModel
 from qcompile.pipeline import run_pipeline
+from tests.models import RowLSTM, fashion_rows, fit_on_fashion_rows
 from tests.test_onnx import _Recurrent
 from tests.torchao_reference import sqnr
-
-
-class RowReader(torch.nn.Module):
-    """Reads an image row by row (28 steps of 28 pixels) with an LSTM; the last state classifies it."""
-
-    def __init__(self):
-        super().__init__()
-        self.lstm = torch.nn.LSTM(28, 64, batch_first=True)
-        self.head = torch.nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.head(self.lstm(x)[0][:, -1])
 
 
 def _ops(path) -> list[str]:
@@ -42,19 +30,10 @@ def _outputs(out) -> tuple:
 
 @pytest.fixture(scope="module")
 def row_reader():
-    """A RowReader trained for three epochs on 12,000 Fashion-MNIST images, and 1,000 test images."""
+    """A RowLSTM reading rows, trained for three epochs on 12,000 Fashion-MNIST images, and 1,000 test images."""
     torch.manual_seed(0)
-    images, labels = fashion_mnist("train")
-    x, y = images[:12000].squeeze(1).float() / 255, labels[:12000]
-    model = RowReader()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(3):
-        for i in range(0, len(x), 64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            optimizer.step()
-    test_images, test_labels = fashion_mnist("test")
-    return model.eval(), test_images[:1000].squeeze(1).float() / 255, test_labels[:1000]
+    model = fit_on_fashion_rows(RowLSTM(64), 12000, epochs=3)
+    return (model, *fashion_rows("test", 1000))
 
 
 def test_a_trained_lstm_classifier_keeps_its_accuracy_in_the_fused_kernels(row_reader, tmp_path):
