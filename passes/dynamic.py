@@ -14,10 +14,11 @@ calibration data is needed. Before and after::
           target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: qint8 scale=0.00312 zp=0
 
 Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
-``aten.embedding``, and ``nn.EmbeddingBag`` in ``sum`` mode) get uint8 rows
-with a float scale and offset per row, as torch.ao's
-``float_qparams_weight_only_qconfig`` gives them: a quarter of the float
-table's size, and rows within half a step of the float ones. Their output is
+``aten.embedding``, and ``nn.EmbeddingBag``) get uint8 rows with a float
+scale and offset per row, as torch.ao's ``float_qparams_weight_only_qconfig``
+gives them: a quarter of the float table's size, and rows within half a step
+of the float ones. Sum bags become torch.ao's int8 ``EmbeddingBag``; mean and
+max bags, which that module sums, :class:`qcompile.nn.int8_bags.Int8EmbeddingBag`. Their output is
 float, so the layers that read them are unchanged. After a static
 pipeline, ``--passes ptq,dynamic{ops=embedding}`` adds only that.
 
@@ -50,6 +51,7 @@ _TARGETS = {
     ("embedding", None): "torch.ao.nn.quantized.Embedding",
     ("embedding_bag", None): "torch.ao.nn.quantized.EmbeddingBag",
 }
+ANY_MODE_BAG = "qcompile.nn.int8_bags.Int8EmbeddingBag"  # the same int8 rows in mean and max mode
 OPS = ("linear", "lstm", "gru", "embedding", "embedding_bag")
 TABLES = ("embedding", "embedding_bag")
 
@@ -118,14 +120,14 @@ class Dynamic(Pass):
             if node.op in TABLES and node.attrs.get("max_norm") is not None:
                 ctx.explain(f"%{node.name} stays float: max_norm rescales the rows it reads")
                 continue
-            if node.op == "embedding_bag" and (node.attrs.get("mode", "mean") != "sum"
-                                               or node.attrs.get("padding_idx") is not None):
-                # torch 2.14's int8 EmbeddingBag always sums (its forward passes mode 0 to the kernel)
-                # and has no padding row: a mean or max bag, or one that skips a padding id, would change
-                ctx.explain(f"%{node.name} stays float: torch's int8 EmbeddingBag computes a sum over every "
-                            "id; this bag takes a mean or max, or skips padding ids")
+            if node.op == "embedding_bag" and node.attrs.get("padding_idx") is not None:
+                # torch 2.14's int8 EmbeddingBag has no padding row: a bag that skips a padding id would change
+                ctx.explain(f"%{node.name} stays float: torch's int8 EmbeddingBag reads every id; this bag "
+                            "skips padding ids")
                 continue
             node.target = _TARGETS[(node.op, act)]
+            if node.op == "embedding_bag" and node.attrs.get("mode", "mean") != "sum":
+                node.target = ANY_MODE_BAG  # torch's int8 bag sums whatever its mode says
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
             elif node.op in ("lstm", "gru") and not node.attrs.get("bias", True):

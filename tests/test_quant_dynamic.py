@@ -188,25 +188,39 @@ def test_sum_embedding_bags_as_torch_ao_quantizes_them_and_export_to_onnx(tmp_pa
     assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [other], None, graph=graph))
 
 
-def test_mean_embedding_bags_stay_float_where_torch_ao_would_sum_them(tmp_path):
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_mean_and_max_embedding_bags_keep_their_mode_where_torch_ao_would_sum_them(tmp_path, mode):
     from torch.ao.quantization import float_qparams_weight_only_qconfig
 
-    from qcompile.pipeline import PassContext
+    from qcompile.onnx.check import check_onnx
+    from qcompile.onnx.export import export_onnx
 
     torch.manual_seed(0)
-    model = Recommender("mean").eval()
+    model = Recommender(mode).eval()
     ids = torch.randint(0, 2000, (4, 6))
     graph = lower(model, (ids,))
-    ctx = PassContext()
-    run_pipeline(graph, "dynamic{ops=embedding_bag}", ctx)
-    assert graph.node("items").quant.mode is None
-    assert any("computes a sum over every id" in message for _, message in ctx.explanations)
-    torch.testing.assert_close(Interpreter(graph).run(ids), model(ids), rtol=0, atol=0)
-    # what torch.ao's quantize_dynamic does with it in torch 2.14: an int8 bag that sums, 6 ids each
+    run_pipeline(graph, "dynamic{ops=embedding_bag}")
+    node = graph.node("items")
+    assert node.quant.mode == "dynamic" and node.target == "qcompile.nn.int8_bags.Int8EmbeddingBag"
+    table = graph.params[node.params["weight"]]
+    dequantized = torch.nn.functional.embedding_bag(ids, table.dequantize(), mode=mode)
+    torch.testing.assert_close(model.items.weight, table.dequantize(), atol=0.02, rtol=0)  # half a step
+    int8 = Interpreter(graph)
+    with torch.no_grad():  # the bag in its own mode over the int8 rows, then the float linear
+        torch.testing.assert_close(int8.run(ids), model.score(dequantized), atol=1e-5, rtol=0)
+    write_model(graph, tmp_path / "int8")
+    emitted = load_model(tmp_path / "int8")
+    torch.testing.assert_close(emitted(ids), int8.run(ids), rtol=0, atol=0)
+    torch.testing.assert_close(torch.jit.script(emitted)(ids), emitted(ids), rtol=0, atol=0)  # deployable
+    other = torch.randint(0, 2000, (5, 6))
+    path = export_onnx(graph, tmp_path / "model.onnx")
+    assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [other], None, graph=graph))
+    # what torch.ao's quantize_dynamic does with the same bag in torch 2.14: an int8 bag that sums
     theirs = torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(model.items)),
                                                      {nn.EmbeddingBag: float_qparams_weight_only_qconfig})
-    assert type(theirs[0]).__module__.startswith("torch.ao.nn.quantized")
-    torch.testing.assert_close(theirs(ids), 6 * model.items(ids), atol=0.05, rtol=0.02)
+    summed = torch.nn.functional.embedding_bag(ids, table.dequantize(), mode="sum")
+    torch.testing.assert_close(theirs(ids), summed, atol=1e-5, rtol=0)
+    assert not torch.allclose(theirs(ids), dequantized, atol=0.05)
 
 
 class OffsetBags(nn.Module):
@@ -236,8 +250,7 @@ def test_embedding_bags_given_offsets_export_as_a_scatter_into_bags(tmp_path, mo
     for passes in ("fuse", "dynamic"):
         graph = lower(model, example)
         run_pipeline(graph, passes)
-        quantized = graph.node("items").quant.mode == "dynamic"
-        assert quantized == (passes == "dynamic" and mode == "sum")
+        assert (graph.node("items").quant.mode == "dynamic") == (passes == "dynamic")
         write_model(graph, tmp_path / passes)
         path = export_onnx(graph, tmp_path / f"{passes}.onnx")
         emitted = load_model(tmp_path / passes)

@@ -16,6 +16,7 @@ import torch.ao.nn.quantized as nnq
 import torch.ao.nn.quantized.dynamic as nnqd
 
 from qcompile.ir.modules import register_builder
+from qcompile.nn.int8_bags import Int8EmbeddingBag
 
 
 @register_builder(nnq.Quantize, nnq.DeQuantize)
@@ -39,7 +40,7 @@ def _dynamic_linear(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Te
     return module
 
 
-@register_builder(nnq.Embedding, nnq.EmbeddingBag)
+@register_builder(nnq.Embedding, nnq.EmbeddingBag, Int8EmbeddingBag)
 def _quantized_embedding(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]):
     module = cls(**kwargs)
     module.set_weight(state["weight"])
