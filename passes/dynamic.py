@@ -17,10 +17,11 @@ Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
 ``aten.embedding``, and ``nn.EmbeddingBag``) get uint8 rows with a float
 scale and offset per row, as torch.ao's ``float_qparams_weight_only_qconfig``
 gives them: a quarter of the float table's size, and rows within half a step
-of the float ones. Sum bags become torch.ao's int8 ``EmbeddingBag``; mean and
-max bags, which that module sums, :class:`qcompile.nn.int8_bags.Int8EmbeddingBag`. Their output is
-float, so the layers that read them are unchanged. After a static
-pipeline, ``--passes ptq,dynamic{ops=embedding}`` adds only that.
+of the float ones. Sum bags become torch.ao's int8 ``EmbeddingBag``; mean
+and max bags, which that module would sum,
+:class:`qcompile.nn.int8_bags.Int8EmbeddingBag`. Their output is float, so
+the layers that read them are unchanged. After a static pipeline,
+``--passes ptq,dynamic{ops=embedding}`` adds only that.
 
 Options:
     ops: Which ops to quantize (``linear``, ``lstm``, ``gru``, ``embedding``, ``embedding_bag``).

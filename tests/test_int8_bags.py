@@ -84,3 +84,16 @@ def test_bags_given_offsets_reduce_the_int8_rows_in_their_mode(tmp_path, mode, i
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
         torch.testing.assert_close(Interpreter(graph).run(ids, offsets, weights), got, atol=0, rtol=0)
     assert not emitted(*other)[[0, 2]].any()  # empty bags are zeros, as in float torch
+
+
+def test_bags_that_skip_a_padding_id_stay_float_and_say_why():
+    from qcompile.pipeline import PassContext
+
+    model = nn.Sequential(nn.EmbeddingBag(300, 8, mode="mean", padding_idx=0)).eval()
+    ids = torch.tensor([[0, 5, 7], [0, 0, 9]])
+    graph = lower(model, (ids,))
+    ctx = PassContext()
+    run_pipeline(graph, "dynamic", ctx)
+    assert all(node.quant.mode is None for node in graph.find(op="embedding_bag"))
+    assert any("skips padding ids" in message for _, message in ctx.explanations)
+    torch.testing.assert_close(Interpreter(graph).run(ids), model(ids), rtol=0, atol=0)
