@@ -18,8 +18,8 @@ Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
 scale and offset per row, as torch.ao's ``float_qparams_weight_only_qconfig``
 gives them: a quarter of the float table's size, and rows within half a step
 of the float ones. Sum bags become torch.ao's int8 ``EmbeddingBag``; mean
-and max bags, which that module would sum,
-:class:`qcompile.nn.int8_bags.Int8EmbeddingBag`. Their output is float, so
+and max bags, which that module would sum, and bags that skip a padding id,
+which it would not, :class:`qcompile.nn.int8_bags.Int8EmbeddingBag`. Their output is float, so
 the layers that read them are unchanged. After a static pipeline,
 ``--passes ptq,dynamic{ops=embedding}`` adds only that.
 
@@ -52,7 +52,7 @@ _TARGETS = {
     ("embedding", None): "torch.ao.nn.quantized.Embedding",
     ("embedding_bag", None): "torch.ao.nn.quantized.EmbeddingBag",
 }
-ANY_MODE_BAG = "qcompile.nn.int8_bags.Int8EmbeddingBag"  # the same int8 rows in mean and max mode
+ANY_MODE_BAG = "qcompile.nn.int8_bags.Int8EmbeddingBag"  # the same int8 rows in mean and max mode, padding skipped
 OPS = ("linear", "lstm", "gru", "embedding", "embedding_bag")
 TABLES = ("embedding", "embedding_bag")
 
@@ -121,14 +121,10 @@ class Dynamic(Pass):
             if node.op in TABLES and node.attrs.get("max_norm") is not None:
                 ctx.explain(f"%{node.name} stays float: max_norm rescales the rows it reads")
                 continue
-            if node.op == "embedding_bag" and node.attrs.get("padding_idx") is not None:
-                # torch 2.14's int8 EmbeddingBag has no padding row: a bag that skips a padding id would change
-                ctx.explain(f"%{node.name} stays float: torch's int8 EmbeddingBag reads every id; this bag "
-                            "skips padding ids")
-                continue
             node.target = _TARGETS[(node.op, act)]
-            if node.op == "embedding_bag" and node.attrs.get("mode", "mean") != "sum":
-                node.target = ANY_MODE_BAG  # torch's int8 bag sums whatever its mode says
+            if node.op == "embedding_bag" and (node.attrs.get("mode", "mean") != "sum"
+                                               or node.attrs.get("padding_idx") is not None):
+                node.target = ANY_MODE_BAG  # torch's int8 bag sums whatever its mode says, and over every id
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
             elif node.op in ("lstm", "gru") and not node.attrs.get("bias", True):

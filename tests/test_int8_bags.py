@@ -86,14 +86,53 @@ def test_bags_given_offsets_reduce_the_int8_rows_in_their_mode(tmp_path, mode, i
     assert not emitted(*other)[[0, 2]].any()  # empty bags are zeros, as in float torch
 
 
-def test_bags_that_skip_a_padding_id_stay_float_and_say_why():
-    from qcompile.pipeline import PassContext
+class PaddedBags(nn.Module):
+    """A bag that leaves a padding id out, given ``[bags, ids]`` ids (a padded batch) or 1-D ids and offsets."""
 
-    model = nn.Sequential(nn.EmbeddingBag(300, 8, mode="mean", padding_idx=0)).eval()
-    ids = torch.tensor([[0, 5, 7], [0, 0, 9]])
-    graph = lower(model, (ids,))
-    ctx = PassContext()
-    run_pipeline(graph, "dynamic", ctx)
-    assert all(node.quant.mode is None for node in graph.find(op="embedding_bag"))
-    assert any("skips padding ids" in message for _, message in ctx.explanations)
-    torch.testing.assert_close(Interpreter(graph).run(ids), model(ids), rtol=0, atol=0)
+    def __init__(self, mode: str, by_offsets: bool):
+        super().__init__()
+        self.items = nn.EmbeddingBag(300, 8, mode=mode, padding_idx=0)
+        self.by_offsets = by_offsets
+        with torch.no_grad():
+            self.items.weight[0] = 5.0  # a padding row that is not zero: only leaving it out gives torch's answer
+
+    def forward(self, ids, offsets):
+        return self.items(ids, offsets) if self.by_offsets else self.items(ids)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_bags_leave_their_padding_id_out(tmp_path, mode):
+    from qcompile.onnx.check import check_onnx
+    from qcompile.onnx.export import export_onnx
+
+    torch.manual_seed(0)
+    padded = (torch.tensor([[0, 5, 7, 0], [0, 0, 0, 0], [9, 8, 0, 4]]), torch.tensor([0]))
+    offset = (torch.tensor([3, 0, 0, 7, 0, 2, 2]), torch.tensor([0, 2, 3, 5]))  # bags [3, 0], [0], [7, 0], [2, 2]
+    others = {2: torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 6, 0, 0], [5, 4, 3, 2], [0, 0, 0, 9]]),
+              1: torch.tensor([0, 0, 0, 8, 1, 0, 0, 0, 4])}  # another number of bags, and of ids
+    for example in (padded, offset):
+        ids, offsets = example
+        model = PaddedBags(mode, by_offsets=ids.dim() == 1).eval()
+        other = (others[ids.dim()], torch.tensor([0, 1, 3, 6]))  # bags [0], [0, 0], [8, 1, 0], [0, 0, 4]
+        for passes in ("fuse", "dynamic"):
+            graph = lower(model, example)
+            run_pipeline(graph, passes)
+            node = graph.node("items")
+            table = graph.param(node, "weight")
+            if passes == "dynamic":  # torch.ao's int8 bag reads every id
+                assert node.target == "qcompile.nn.int8_bags.Int8EmbeddingBag"
+                table = table.dequantize()
+            out = tmp_path / f"{passes}_{ids.dim()}"
+            write_model(graph, out)
+            emitted = load_model(out)
+            for x, o in (example, other):
+                want = nn.functional.embedding_bag(x, table, None if x.dim() == 2 else o, mode=mode, padding_idx=0)
+                torch.testing.assert_close(emitted(x, o), want, atol=1e-5, rtol=0)
+                assert not emitted(x, o)[1].any()  # a bag of padding alone is 0
+            torch.testing.assert_close(torch.jit.script(emitted)(*other), emitted(*other), atol=0, rtol=0)
+            with torch.no_grad():
+                torch.testing.assert_close(emitted(*other), model(*other), atol=0.05, rtol=0)  # the float bag
+            if mode == "max" and ids.dim() == 1:
+                continue  # max bags given offsets are not exported (tests/test_quant_dynamic.py)
+            path = export_onnx(graph, out / "model.onnx")
+            assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [other], None, graph=graph))

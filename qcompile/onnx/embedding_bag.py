@@ -5,7 +5,9 @@ by offsets (ids ``[n]``, offsets ``[bags]``, or ``[bags + 1]`` with
 ``include_last_offset``) have no segment reduction in ONNX: each id's bag is
 the number of offsets at or before its position, less one, and
 ``ScatterElements`` adds its row into that bag; a mean divides by each bag's
-length, and an empty bag stays 0, as in torch. Per-sample weights scale the
+length, and an empty bag stays 0, as in torch. A ``padding_idx`` leaves its
+ids out: their rows are zeros, a mean does not count them, a max does not
+see them (a bag of padding alone is 0). Per-sample weights scale the
 rows first. int8 tables (``dynamic``) are read as
 :func:`qcompile.onnx.sequence_ops.int8_rows` reads them.
 """
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
 
 _REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax"}
+_ID_TYPES = {"i64": TensorProto.INT64, "i32": TensorProto.INT32}
 
 
 def embedding_bag(b: _Builder, node: Node) -> str:
@@ -34,9 +37,8 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     offsets = args[1] if len(args) > 1 else kw.get("offsets")
     weights = args[2] if len(args) > 2 else kw.get("per_sample_weights")
     mode = a.get("mode", "mean")
-    if a.get("padding_idx") is not None or a.get("max_norm") is not None:
-        raise QCompileError(f"%{node.name}: an EmbeddingBag with padding_idx or max_norm is not exported to "
-                            "ONNX yet")
+    if a.get("max_norm") is not None:
+        raise QCompileError(f"%{node.name}: an EmbeddingBag with max_norm is not exported to ONNX yet")
     rank = len(ids.type.shape)
     if (offsets is None) != (rank == 2) or (offsets is not None and mode == "max"):
         raise QCompileError(f"%{node.name}: an EmbeddingBag of {rank}-D ids"
@@ -50,13 +52,38 @@ def embedding_bag(b: _Builder, node: Node) -> str:
             else b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0))
     if weights is not None:
         rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), int_list(b, [-1])])])
+    kept = None
+    if a.get("padding_idx") is not None:  # padding ids leave the bag: zero rows, not counted, not maxed
+        padding = b.const("padding_id", np.array(a["padding_idx"], helper.tensor_dtype_to_np_dtype(
+            _ID_TYPES[ids.type.dtype])))
+        kept = b.emit("Not", [b.emit("Equal", [x, padding])])
+        rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.emit("Cast", [kept], to=TensorProto.FLOAT),
+                                                          int_list(b, [-1])])])
     if offsets is None:
-        return b.emit(_REDUCTIONS[mode], [rows, int_list(b, [1])], keepdims=0)
-    return _segments(b, node, x, b.value(offsets), rows, mode)
+        return _fixed_bags(b, rows, mode, kept)
+    return _segments(b, node, x, b.value(offsets), rows, mode, kept)
 
 
-def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: str) -> str:
-    """Rows ``[n, width]`` summed (or averaged) into the bags that ``offsets`` start."""
+def _fixed_bags(b: _Builder, rows: str, mode: str, kept: str | None) -> str:
+    """Rows ``[bags, ids per bag, width]`` reduced over each bag; ``kept`` (bool ``[bags, ids]``) marks ids
+    that are not padding."""
+    axis = int_list(b, [1])
+    if kept is None or mode == "sum":  # padding rows are zeros already
+        return b.emit(_REDUCTIONS[mode], [rows, axis], keepdims=0)
+    if mode == "mean":
+        counts = b.emit("ReduceSum", [b.emit("Cast", [kept], to=TensorProto.FLOAT), axis], keepdims=1)
+        sums = b.emit("ReduceSum", [rows, axis], keepdims=0)
+        return b.emit("Div", [sums, b.emit("Max", [counts, b.const("one", np.array(1, np.float32))])])
+    lowest = b.const("minus_inf", np.array(-np.inf, np.float32))
+    largest = b.emit("ReduceMax", [b.emit("Where", [b.emit("Unsqueeze", [kept, int_list(b, [-1])]), rows, lowest]),
+                                   axis], keepdims=0)
+    zero = b.const("zero_f", np.array(0, np.float32))  # a bag of padding alone is 0, as in torch
+    return b.emit("Where", [b.emit("IsInf", [largest], detect_positive=0), zero, largest])
+
+
+def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: str, kept: str | None) -> str:
+    """Rows ``[n, width]`` summed (or averaged) into the bags that ``offsets`` start; ``kept`` (bool ``[n]``)
+    marks ids that are not padding."""
     count = b.emit("Shape", [ids])  # [n]
     ends = int_slice(b, offsets, 1, np.iinfo(np.int64).max)
     if node.attrs.get("include_last_offset", False):
@@ -77,6 +104,11 @@ def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: 
     sums = b.emit("ScatterElements", [zeros, index, rows], axis=0, reduction="add")
     if mode == "sum":
         return sums
-    lengths = b.emit("Cast", [b.emit("Sub", [ends, offsets])], to=TensorProto.FLOAT)
+    if kept is None:
+        lengths = b.emit("Cast", [b.emit("Sub", [ends, offsets])], to=TensorProto.FLOAT)
+    else:  # the ids of each bag that are not padding
+        lengths = b.emit("ScatterElements", [b.emit("ConstantOfShape", [bags], value=helper.make_tensor(
+            "zero", TensorProto.FLOAT, [1], [0.0])), bag, b.emit("Cast", [kept], to=TensorProto.FLOAT)],
+            axis=0, reduction="add")
     lengths = b.emit("Max", [lengths, b.const("one", np.array(1, np.float32))])  # an empty bag: 0 / 1
     return b.emit("Div", [sums, b.emit("Unsqueeze", [lengths, int_list(b, [1])])])
