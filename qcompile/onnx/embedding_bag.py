@@ -4,8 +4,9 @@ Bags of a fixed size (ids ``[bags, size]``) reduce over axis 1. Bags given
 by offsets (ids ``[n]``, offsets ``[bags]``, or ``[bags + 1]`` with
 ``include_last_offset``) have no segment reduction in ONNX: each id's bag is
 the number of offsets at or before its position, less one, and
-``ScatterElements`` adds its row into that bag; a mean divides by each bag's
-length, and an empty bag stays 0, as in torch. A ``padding_idx`` leaves its
+``ScatterElements`` adds its row into that bag (or keeps the larger, for a
+max); a mean divides by each bag's length, and an empty bag stays 0, as in
+torch. A ``padding_idx`` leaves its
 ids out: their rows are zeros, a mean does not count them, a max does not
 see them (a bag of padding alone is 0). Per-sample weights scale the
 rows first. int8 tables (``dynamic``) are read as
@@ -40,12 +41,11 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     if a.get("max_norm") is not None:
         raise QCompileError(f"%{node.name}: an EmbeddingBag with max_norm is not exported to ONNX yet")
     rank = len(ids.type.shape)
-    if (offsets is None) != (rank == 2) or (offsets is not None and mode == "max"):
+    if (offsets is None) != (rank == 2):
         raise QCompileError(f"%{node.name}: an EmbeddingBag of {rank}-D ids"
-                            f"{' with offsets' if offsets is not None else ' without offsets'} in {mode} mode "
+                            f"{' with offsets' if offsets is not None else ' without offsets'} "
                             "is not exported to ONNX yet",
-                            hint="give it ids [bags, ids per bag] without offsets, or 1-D ids with offsets in sum "
-                            "or mean mode")
+                            hint="give it ids [bags, ids per bag] without offsets, or 1-D ids with offsets")
     table = b.graph.param(node, "weight")
     x = b.value(ids)
     rows = (int8_rows(b, node, table, x) if table.is_quantized
@@ -74,16 +74,27 @@ def _fixed_bags(b: _Builder, rows: str, mode: str, kept: str | None) -> str:
         counts = b.emit("ReduceSum", [b.emit("Cast", [kept], to=TensorProto.FLOAT), axis], keepdims=1)
         sums = b.emit("ReduceSum", [rows, axis], keepdims=0)
         return b.emit("Div", [sums, b.emit("Max", [counts, b.const("one", np.array(1, np.float32))])])
+    largest = b.emit("ReduceMax", [_without_padding(b, rows, kept), axis], keepdims=0)
+    return _nothing_seen_is_zero(b, largest)
+
+
+def _without_padding(b: _Builder, rows: str, kept: str | None) -> str:
+    """``rows`` with padding ids' rows at -inf, for a max that does not see them."""
+    if kept is None:
+        return rows
     lowest = b.const("minus_inf", np.array(-np.inf, np.float32))
-    largest = b.emit("ReduceMax", [b.emit("Where", [b.emit("Unsqueeze", [kept, int_list(b, [-1])]), rows, lowest]),
-                                   axis], keepdims=0)
-    zero = b.const("zero_f", np.array(0, np.float32))  # a bag of padding alone is 0, as in torch
+    return b.emit("Where", [b.emit("Unsqueeze", [kept, int_list(b, [-1])]), rows, lowest])
+
+
+def _nothing_seen_is_zero(b: _Builder, largest: str) -> str:
+    """A max over no row (an empty bag, a bag of padding alone) is -inf here and 0 in torch."""
+    zero = b.const("zero_f", np.array(0, np.float32))
     return b.emit("Where", [b.emit("IsInf", [largest], detect_positive=0), zero, largest])
 
 
 def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: str, kept: str | None) -> str:
-    """Rows ``[n, width]`` summed (or averaged) into the bags that ``offsets`` start; ``kept`` (bool ``[n]``)
-    marks ids that are not padding."""
+    """Rows ``[n, width]`` summed, averaged or maxed into the bags that ``offsets`` start; ``kept`` (bool
+    ``[n]``) marks ids that are not padding."""
     count = b.emit("Shape", [ids])  # [n]
     ends = int_slice(b, offsets, 1, np.iinfo(np.int64).max)
     if node.attrs.get("include_last_offset", False):
@@ -99,6 +110,12 @@ def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: 
     width = int_list(b, [node.attrs["embedding_dim"]])
     index = b.emit("Expand", [b.emit("Unsqueeze", [bag, int_list(b, [1])]), b.emit("Concat", [count, width], axis=0)])
     bags = b.emit("Shape", [offsets])
+    if mode == "max":  # each bag's largest value per column, from -inf
+        lowest = b.emit("ConstantOfShape", [b.emit("Concat", [bags, width], axis=0)],
+                        value=helper.make_tensor("minus_inf", TensorProto.FLOAT, [1], [-np.inf]))
+        largest = b.emit("ScatterElements", [lowest, index, _without_padding(b, rows, kept)], axis=0,
+                         reduction="max")
+        return _nothing_seen_is_zero(b, largest)
     zeros = b.emit("ConstantOfShape", [b.emit("Concat", [bags, width], axis=0)],
                    value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
     sums = b.emit("ScatterElements", [zeros, index, rows], axis=0, reduction="add")
