@@ -6,10 +6,9 @@ by offsets (ids ``[n]``, offsets ``[bags]``, or ``[bags + 1]`` with
 the number of offsets at or before its position, less one, and
 ``ScatterElements`` adds its row into that bag (or keeps the larger, for a
 max); a mean divides by each bag's length, and an empty bag stays 0, as in
-torch. A ``padding_idx`` leaves its
-ids out: their rows are zeros, a mean does not count them, a max does not
-see them (a bag of padding alone is 0). Per-sample weights scale the
-rows first. int8 tables (``dynamic``) are read as
+torch. A ``padding_idx`` leaves its ids out: their rows are zeros, a mean
+does not count them, a max does not see them (a bag of padding alone is 0).
+Per-sample weights scale the rows first. int8 tables (``dynamic``) are read as
 :func:`qcompile.onnx.sequence_ops.int8_rows` reads them.
 """
 
