@@ -40,7 +40,7 @@ from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.quant_types import ObserverSpec
 from qcompile.ir.targets import resolve_target
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.embedding import embedding_as_module, quantize_rows
+from qcompile.quant.embedding import embedding_as_module, quantize_rows, renormed_rows
 from qcompile.quant.observers import make_observer
 from qcompile.quant.qparams import qparams_from_range, quantize_tensor
 
@@ -118,9 +118,6 @@ class Dynamic(Pass):
             if (node.op, act) not in _TARGETS:
                 ctx.explain(f"%{node.name}: no dynamic kernel for {node.op} with a fused {act}")
                 continue
-            if node.op in TABLES and node.attrs.get("max_norm") is not None:
-                ctx.explain(f"%{node.name} stays float: max_norm rescales the rows it reads")
-                continue
             node.target = _TARGETS[(node.op, act)]
             if node.op == "embedding_bag" and (node.attrs.get("mode", "mean") != "sum"
                                                or node.attrs.get("padding_idx") is not None):
@@ -131,7 +128,12 @@ class Dynamic(Pass):
                 _zero_biases(graph, node)
             elif node.op in TABLES:
                 _private_param(graph, node, "weight")
-                graph.params[node.params["weight"]] = quantize_rows(graph.param(node, "weight"))
+                table = graph.param(node, "weight")
+                if node.attrs.get("max_norm") is not None:  # rows renormalized once: the same lookups
+                    table = renormed_rows(table, node.attrs["max_norm"], node.attrs.get("norm_type", 2.0))
+                    node.attrs["max_norm"] = None
+                    ctx.explain(f"%{node.name}: max_norm applied to every row before quantizing")
+                graph.params[node.params["weight"]] = quantize_rows(table)
             accepted = ctor_defaults(resolve_target(node.target))
             node.attrs = {k: v for k, v in node.attrs.items() if k in accepted}
             node.quant.mode = "dynamic"

@@ -11,6 +11,7 @@ from torch import nn
 from qcompile.codegen import load_model, write_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
+from qcompile.ir.node import NodeKind
 from qcompile.pipeline import run_pipeline
 
 
@@ -133,7 +134,7 @@ def test_embedding_tables_as_torch_ao_quantizes_them_and_a_quarter_of_the_size(t
     assert saved[1] < 0.55 * saved[0]  # the 500 x 32 table: 64 KB in float, 16 KB of codes + 4 KB of row grids
 
 
-def test_a_tied_table_is_quantized_once_per_reader_and_max_norm_stays_float():
+def test_a_tied_table_is_quantized_once_per_reader():
     torch.manual_seed(0)
     ids = torch.randint(0, 500, (2, 5))
     tied = Bag(tied=True).eval()
@@ -145,10 +146,6 @@ def test_a_tied_table_is_quantized_once_per_reader_and_max_norm_stays_float():
     with torch.no_grad():
         for got, want in zip(Interpreter(graph).run(ids), tied(ids), strict=True):
             assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
-    normed = nn.Sequential(nn.Embedding(50, 8, max_norm=1.0), nn.Flatten(), nn.Linear(40, 2)).eval()
-    graph = lower(normed, (torch.randint(0, 50, (2, 5)),))
-    run_pipeline(graph, "dynamic")
-    assert [n.quant.mode for n in graph.find(op="embedding") + graph.find(op="linear")] == [None, "dynamic"]
 
 
 class Recommender(nn.Module):
@@ -261,12 +258,40 @@ def test_embedding_bags_given_offsets_export_as_a_scatter_into_bags(tmp_path, mo
         assert not empty.any()  # empty bags are zeros, in torch and (checked above) in the file
 
 
-def test_embedding_bags_the_exporter_does_not_take_are_refused_before_writing(tmp_path):
-    from qcompile.errors import QCompileError
-    from qcompile.onnx.export import export_onnx
+class NormedTables(nn.Module):
+    """An embedding and a max bag whose rows torch rescales to norm 1 as it reads them (``max_norm``)."""
 
-    model = nn.Sequential(nn.EmbeddingBag(300, 8, mode="max", max_norm=1.0)).eval()
-    graph = lower(model, (torch.randint(0, 300, (2, 5)),))
-    with pytest.raises(QCompileError, match="an EmbeddingBag with max_norm is not exported to ONNX yet"):
-        export_onnx(graph, tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists()
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Embedding(50, 8, max_norm=1.0)
+        self.bag = nn.EmbeddingBag(50, 8, mode="max", max_norm=1.0, norm_type=1.0)
+
+    def forward(self, ids):
+        return self.tokens(ids).flatten(1), self.bag(ids)
+
+
+def test_max_norm_tables_are_renormalized_once_for_int8_and_for_onnx(tmp_path):
+    from qcompile.onnx.check import check_onnx
+    from qcompile.onnx.export import export_onnx
+    from qcompile.pipeline import PassContext
+
+    torch.manual_seed(0)
+    ids, other = torch.randint(0, 50, (3, 5)), torch.randint(0, 50, (4, 5))
+    for passes in ("fuse", "dynamic"):
+        model = NormedTables().eval()
+        graph = lower(model, (ids,))
+        ctx = PassContext()
+        run_pipeline(graph, passes, ctx)
+        write_model(graph, tmp_path / passes)
+        emitted = load_model(tmp_path / passes)
+        path = export_onnx(graph, tmp_path / f"{passes}.onnx")
+        assert all(r.max_error < 1e-5 for r in check_onnx(path, emitted, [other], None, graph=graph))
+        with torch.no_grad():
+            want = model(other)  # float torch renormalizes the rows it reads, in place
+        for got, reference in zip(emitted(other), want, strict=True):
+            torch.testing.assert_close(got, reference, atol=1e-5 if passes == "fuse" else 0.01, rtol=0)
+        if passes == "dynamic":
+            assert [n.quant.mode for n in graph.find(kind=NodeKind.MODULE)] == ["dynamic", "dynamic"]
+            assert sum("max_norm applied to every row" in m for _, m in ctx.explanations) == 2
+            tokens = graph.param(graph.node("tokens"), "weight").dequantize()
+            assert float(tokens.norm(dim=1).max()) < 1.0 + 0.01  # the int8 rows are the renormalized ones

@@ -9,7 +9,9 @@ max); a mean divides by each bag's length, and an empty bag stays 0, as in
 torch. A ``padding_idx`` leaves its ids out: their rows are zeros, a mean
 does not count them, a max does not see them (a bag of padding alone is 0).
 Per-sample weights scale the rows first. int8 tables (``dynamic``) are read as
-:func:`qcompile.onnx.sequence_ops.int8_rows` reads them.
+:func:`qcompile.onnx.sequence_ops.int8_rows` reads them; a float table with
+``max_norm`` is written with every row renormalized once, which reads the
+same.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
-from qcompile.onnx.sequence_ops import int8_rows, int_list, int_slice
+from qcompile.onnx.sequence_ops import float_table, int8_rows, int_list, int_slice
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -37,8 +39,6 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     offsets = args[1] if len(args) > 1 else kw.get("offsets")
     weights = args[2] if len(args) > 2 else kw.get("per_sample_weights")
     mode = a.get("mode", "mean")
-    if a.get("max_norm") is not None:
-        raise QCompileError(f"%{node.name}: an EmbeddingBag with max_norm is not exported to ONNX yet")
     rank = len(ids.type.shape)
     if (offsets is None) != (rank == 2):
         raise QCompileError(f"%{node.name}: an EmbeddingBag of {rank}-D ids"
@@ -48,7 +48,7 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     table = b.graph.param(node, "weight")
     x = b.value(ids)
     rows = (int8_rows(b, node, table, x) if table.is_quantized
-            else b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0))
+            else b.emit("Gather", [b.const(f"{node.name}_weight", float_table(node, table)), x], axis=0))
     if weights is not None:
         rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), int_list(b, [-1])])])
     kept = None

@@ -23,7 +23,7 @@ from onnx import TensorProto
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.ir.types import TensorType
-from qcompile.quant.embedding import embedding_call
+from qcompile.quant.embedding import embedding_call, renormed_rows
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -170,11 +170,10 @@ def module_op(b: _Builder, node: Node, x: str) -> str:
     if node.op == "gelu":
         return b.emit("Gelu", [x], approximate=a.get("approximate", "none"))
     if node.op == "embedding":
-        _plain_embedding(node, a)
         table = b.graph.param(node, "weight")
         if table.is_quantized:
             return int8_rows(b, node, table, x)
-        return b.emit("Gather", [b.const(f"{node.name}_weight", table.float()), x], axis=0)
+        return b.emit("Gather", [b.const(f"{node.name}_weight", float_table(node, table)), x], axis=0)
     raise AssertionError(node.op)
 
 
@@ -203,10 +202,18 @@ def int8_rows(b: _Builder, node: Node, table: torch.Tensor, ids: str) -> str:
 
 
 def _plain_embedding(node: Node, settings: dict) -> None:
-    """An embedding lookup is a Gather of rows, unless max_norm renormalizes the rows it reads."""
+    """A functional embedding lookup is a Gather of rows, unless max_norm renormalizes the rows it reads."""
     if settings.get("max_norm") is not None:
         raise QCompileError(f"%{node.name}: an embedding with max_norm is not exported to ONNX yet",
                             hint="max_norm rescales rows as they are read; renormalize the table once and drop it")
+
+
+def float_table(node: Node, table: torch.Tensor) -> torch.Tensor:
+    """An embedding module's float table as its lookups read it: with ``max_norm``, every row renormalized
+    once (:func:`qcompile.quant.embedding.renormed_rows`)."""
+    if node.attrs.get("max_norm") is None:
+        return table.float()
+    return renormed_rows(table, node.attrs["max_norm"], node.attrs.get("norm_type", 2.0))
 
 
 def _layer_norm(b: _Builder, x: str, rank: int, weight: str, bias: str, eps: float, node: Node) -> str:
