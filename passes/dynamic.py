@@ -40,7 +40,7 @@ from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.quant_types import ObserverSpec
 from qcompile.ir.targets import resolve_target
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
-from qcompile.quant.embedding import embedding_as_module, quantize_rows, renormed_rows
+from qcompile.quant.embedding import embedding_as_module, quantize_rows, rows_as_read
 from qcompile.quant.observers import make_observer
 from qcompile.quant.qparams import qparams_from_range, quantize_tensor
 
@@ -55,6 +55,12 @@ _TARGETS = {
 ANY_MODE_BAG = "qcompile.nn.int8_bags.Int8EmbeddingBag"  # the same int8 rows in mean and max mode, padding skipped
 OPS = ("linear", "lstm", "gru", "embedding", "embedding_bag")
 TABLES = ("embedding", "embedding_bag")
+
+
+def _needs_any_mode_bag(node: Node) -> bool:
+    """A bag torch.ao's int8 ``EmbeddingBag`` would get wrong: it sums whatever its mode says, over every id."""
+    return node.op == "embedding_bag" and (node.attrs.get("mode", "mean") != "sum"
+                                           or node.attrs.get("padding_idx") is not None)
 
 
 def _private_param(graph: Graph, node: Node, key: str) -> torch.Tensor:
@@ -118,22 +124,18 @@ class Dynamic(Pass):
             if (node.op, act) not in _TARGETS:
                 ctx.explain(f"%{node.name}: no dynamic kernel for {node.op} with a fused {act}")
                 continue
-            node.target = _TARGETS[(node.op, act)]
-            if node.op == "embedding_bag" and (node.attrs.get("mode", "mean") != "sum"
-                                               or node.attrs.get("padding_idx") is not None):
-                node.target = ANY_MODE_BAG  # torch's int8 bag sums whatever its mode says, and over every id
+            node.target = ANY_MODE_BAG if _needs_any_mode_bag(node) else _TARGETS[(node.op, act)]
             if node.op == "linear":
                 self._quantize_linear_weight(graph, node)
             elif node.op in ("lstm", "gru") and not node.attrs.get("bias", True):
                 _zero_biases(graph, node)
             elif node.op in TABLES:
                 _private_param(graph, node, "weight")
-                table = graph.param(node, "weight")
-                if node.attrs.get("max_norm") is not None:  # rows renormalized once: the same lookups
-                    table = renormed_rows(table, node.attrs["max_norm"], node.attrs.get("norm_type", 2.0))
+                graph.params[node.params["weight"]] = quantize_rows(rows_as_read(graph.param(node, "weight"),
+                                                                                 node.attrs))
+                if node.attrs.get("max_norm") is not None:  # applied to the rows just quantized
                     node.attrs["max_norm"] = None
                     ctx.explain(f"%{node.name}: max_norm applied to every row before quantizing")
-                graph.params[node.params["weight"]] = quantize_rows(table)
             accepted = ctor_defaults(resolve_target(node.target))
             node.attrs = {k: v for k, v in node.attrs.items() if k in accepted}
             node.quant.mode = "dynamic"

@@ -23,7 +23,8 @@ from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
-from qcompile.onnx.sequence_ops import float_table, int8_rows, int_list, int_slice
+from qcompile.onnx.sequence_ops import int8_rows, int_list, int_slice
+from qcompile.quant.embedding import rows_as_read
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -48,7 +49,7 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     table = b.graph.param(node, "weight")
     x = b.value(ids)
     rows = (int8_rows(b, node, table, x) if table.is_quantized
-            else b.emit("Gather", [b.const(f"{node.name}_weight", float_table(node, table)), x], axis=0))
+            else b.emit("Gather", [b.const(f"{node.name}_weight", rows_as_read(table, a)), x], axis=0))
     if weights is not None:
         rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), int_list(b, [-1])])])
     kept = None

@@ -23,7 +23,7 @@ from onnx import TensorProto
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.ir.types import TensorType
-from qcompile.quant.embedding import embedding_call, renormed_rows
+from qcompile.quant.embedding import embedding_call, rows_as_read
 
 if TYPE_CHECKING:
     from qcompile.onnx.export import _Builder
@@ -173,7 +173,7 @@ def module_op(b: _Builder, node: Node, x: str) -> str:
         table = b.graph.param(node, "weight")
         if table.is_quantized:
             return int8_rows(b, node, table, x)
-        return b.emit("Gather", [b.const(f"{node.name}_weight", float_table(node, table)), x], axis=0)
+        return b.emit("Gather", [b.const(f"{node.name}_weight", rows_as_read(table, a)), x], axis=0)
     raise AssertionError(node.op)
 
 
@@ -206,14 +206,6 @@ def _plain_embedding(node: Node, settings: dict) -> None:
     if settings.get("max_norm") is not None:
         raise QCompileError(f"%{node.name}: an embedding with max_norm is not exported to ONNX yet",
                             hint="max_norm rescales rows as they are read; renormalize the table once and drop it")
-
-
-def float_table(node: Node, table: torch.Tensor) -> torch.Tensor:
-    """An embedding module's float table as its lookups read it: with ``max_norm``, every row renormalized
-    once (:func:`qcompile.quant.embedding.renormed_rows`)."""
-    if node.attrs.get("max_norm") is None:
-        return table.float()
-    return renormed_rows(table, node.attrs["max_norm"], node.attrs.get("norm_type", 2.0))
 
 
 def _layer_norm(b: _Builder, x: str, rank: int, weight: str, bias: str, eps: float, node: Node) -> str:

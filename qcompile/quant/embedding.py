@@ -29,17 +29,21 @@ def quantize_rows(table: torch.Tensor) -> torch.Tensor:
     return torch.quantize_per_channel(table.detach().float(), scale, zero_point, 0, torch.quint8)
 
 
-def renormed_rows(table: torch.Tensor, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
-    """``table`` as an embedding's ``max_norm`` leaves it once every row has been read.
+def rows_as_read(table: torch.Tensor, settings: dict) -> torch.Tensor:
+    """An embedding module's float ``table`` as its lookups read it, given its ``settings`` (attrs).
 
-    torch rescales each row it reads whose ``norm_type``-norm passes
-    ``max_norm`` (in place, ``torch.embedding_renorm_``); a rescaled row is
-    not rescaled again, so a table renormalized once, and read without
-    ``max_norm``, gives the same lookups.
+    With ``max_norm``, torch rescales each row it reads whose
+    ``norm_type``-norm passes ``max_norm`` (in place,
+    ``torch.embedding_renorm_``); a rescaled row is not rescaled again, so the
+    table with every row renormalized once, read without ``max_norm``, gives
+    the same lookups.
     """
-    rows = table.detach().float().clone()
+    rows = table.detach().float()
+    if settings.get("max_norm") is None:
+        return rows
+    rows = rows.clone()
     with torch.no_grad():
-        torch.embedding_renorm_(rows, torch.arange(len(rows)), max_norm, norm_type)
+        torch.embedding_renorm_(rows, torch.arange(len(rows)), settings["max_norm"], settings.get("norm_type", 2.0))
     return rows
 
 
