@@ -99,24 +99,20 @@ def _rows(models: list[tuple[str, nn.Module, int]], data, repeats: int, latency_
           requested_dim: int | None) -> list[Row]:
     if data.labels is not None:
         batches = [((x,), y) for x, y in data.labelled()]
+        y = torch.cat([labels for _, labels in batches])
     else:
-        batches = [(tuple(b), None) for b in data]
+        batches, y = [(tuple(b), None) for b in data], None
     reference = None
     rows = []
     for index, (name, module, size) in enumerate(models):
         module.eval()
-        per_batch, labels = [], []
         with torch.no_grad():
-            for x, y in batches:
-                per_batch.append(flat_outputs(module(*x)))
-                if y is not None:
-                    labels.append(y)
+            per_batch = [flat_outputs(module(*x)) for x, _ in batches]
         outputs = [torch.cat(parts) for parts in zip(*per_batch, strict=True)]
         if reference is not None and len(outputs) != len(reference):
             raise QCompileError(f"{name} gives {len(outputs)} outputs, the float model {len(reference)}",
                                 hint="compare variants of the same model")
         out = outputs[0]
-        y = torch.cat(labels) if labels else None
         dim = class_dim(out, y, requested_dim)
         top1 = top5 = None
         if y is not None:
