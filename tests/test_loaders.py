@@ -67,9 +67,12 @@ def test_torchscript(tmp_path, model):
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.script(model), str(path))
     assert detect_form(path) == "torchscript"
+    with pytest.raises(QCompileError, match="TorchScript.*does not load it by default") as info:
+        load_model(str(path), example_inputs=(torch.randn(1, 3, 6, 6),))
+    assert "--trust-pickle" in info.value.hint
     with pytest.raises(QCompileError, match="needs example inputs"):
-        load_model(str(path))
-    loaded = load_model(str(path), example_inputs=(torch.randn(1, 3, 6, 6),))
+        load_model(str(path), trust_pickle=True)
+    loaded = load_model(str(path), trust_pickle=True, example_inputs=(torch.randn(1, 3, 6, 6),))
     g = lower(loaded.module, loaded.example_inputs)
     assert g.find(op="conv2d")[0].params["weight"] == "conv.weight"
     x = torch.randn(1, 3, 6, 6)

@@ -131,9 +131,18 @@ def _split_xy(content: Any, where: str) -> tuple[Any, torch.Tensor | None]:
         x, y = content
     else:
         x, y = content, None
-    x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    try:
+        x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        y = torch.as_tensor(np.asarray(y)).long() if y is not None else None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise QCompileError(f"{where} does not hold numeric arrays: {type(exc).__name__}: {exc}",
+                            hint="store the inputs as a tensor or array under 'x' (labels under 'y')") from None
+    if x.ndim == 0 or x.dtype == torch.bool or x.is_complex():
+        raise QCompileError(f"{where} holds a {x.dtype} {'scalar' if x.ndim == 0 else 'tensor'}, not a batch of "
+                            "samples", hint="store a tensor whose first axis counts the samples")
     if y is not None:
-        y = torch.as_tensor(np.asarray(y)).long()
+        if y.ndim == 0:
+            raise QCompileError(f"{where}: the labels are a scalar, not one per sample")
         if len(y) != len(x):
             raise QCompileError(f"{where}: {len(x)} samples but {len(y)} labels")
     return x, y
@@ -144,6 +153,8 @@ def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = N
     """Open the data named by ``spec`` (see the module docstring)."""
     if limit is not None and limit <= 0:
         raise QCompileError(f"sample limit must be positive, got {limit}")
+    if batch_size <= 0:
+        raise QCompileError(f"batch size must be positive, got {batch_size}", hint="e.g. --batch-size 32")
     labels: torch.Tensor | None
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
@@ -165,8 +176,12 @@ def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = N
                 raise QCompileError(f"data file {path} does not exist")
             try:
                 content = dict(np.load(path)) if path.suffix == ".npz" else torch.load(path, weights_only=True)
-            except Exception as exc:
-                raise QCompileError(f"cannot read data file {path}: {str(exc).splitlines()[0]}") from None
+            except Exception as exc:  # noqa: BLE001 - a damaged file raises anything from numpy, zip or unpickler
+                text = str(exc).strip().splitlines()
+                reason = f"{type(exc).__name__}: {text[0] if text else 'empty, truncated or not this format'}"
+                raise QCompileError(f"cannot read data file {path}: {reason}",
+                                    hint="save tensors with torch.save({'x': inputs, 'y': labels}, path) or "
+                                    "numpy.savez(path, x=inputs, y=labels)") from None
             items, labels = _split_xy(content, str(path))
             load = get_preprocess(preprocess or "none")
         elif ":" in spec and not path.exists():
@@ -186,9 +201,12 @@ def _from_callable(spec: str, preprocess: str | None, limit: int | None, batch_s
         sys.path.append(str(Path.cwd()))
     try:
         fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise QCompileError(f"cannot load data function {spec!r}: {exc}") from None
-    content = fn()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module runs on import
+        raise QCompileError(f"cannot load data function {spec!r}: {type(exc).__name__}: {exc}") from None
+    try:
+        content = fn()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's function can raise anything
+        raise QCompileError(f"calling the data function {spec}() failed: {type(exc).__name__}: {exc}") from None
     if isinstance(content, (torch.Tensor, np.ndarray, dict)) or (
             isinstance(content, tuple) and len(content) == 2 and hasattr(content[0], "shape")):
         items, labels = _split_xy(content, spec)

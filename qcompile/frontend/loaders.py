@@ -16,7 +16,9 @@ back into module-level ops.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import pickle
 import sys
 import warnings
@@ -53,10 +55,17 @@ class LoadedModel:
 
 
 def _zip_names(path: Path) -> list[str] | None:
-    if not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as archive:
-        return archive.namelist()
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError) as exc:
+        raise QCompileError(f"{path} is a damaged zip archive ({_first_line(exc)})",
+                            hint="save the model again; torch.save, torch.jit.save and torch.export.save all "
+                            "write zip archives") from None
+    except OSError as exc:
+        raise QCompileError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def detect_form(path: Path) -> str:
@@ -71,14 +80,19 @@ def detect_form(path: Path) -> str:
     return "pickle"
 
 
+_NOT_A_MODEL_HINT = ("give a torch.export archive (.pt2), package.module:factory with --weights, a TorchScript "
+                     "file or a pickled module (these two with --trust-pickle)")
+
+
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise QCompileError(f"weights file {path} does not exist" if not path.exists() else
+                            f"weights {path} is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise QCompileError(f"weights file {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises anything from the unpickler or the zip reader
         raise QCompileError(
-            f"{path} is not a readable state-dict file: {str(exc).splitlines()[0]}",
+            f"{path} is not a readable state-dict file: {_first_line(exc)}",
             hint="save weights with torch.save(model.state_dict(), path)",
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -103,6 +117,11 @@ def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
             f"cannot import {module_name!r} (from {spec!r}): {exc}",
             hint="MODEL is a file path or package.module:factory; is the package installed?",
         ) from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module runs on import
+        raise QCompileError(
+            f"importing {module_name!r} (from {spec!r}) failed: {_raised(exc)}",
+            hint=f"run 'python -c \"import {module_name}\"' to see the whole error",
+        ) from None
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -115,9 +134,9 @@ def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
             # comparing it later (two runs) see the same weights
             torch.manual_seed(0)
             model = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's factory can raise anything
         raise QCompileError(
-            f"calling {spec}() failed: {type(exc).__name__}: {exc}",
+            f"calling {spec}() failed: {_raised(exc)}",
             hint="the factory is called with no arguments; wrap it in a function that "
             "supplies them",
         ) from exc
@@ -144,18 +163,22 @@ def load_file(path: Path, *, trust_pickle: bool = False,
     """Load a TorchScript file, an export archive or (if trusted) a pickled module."""
     form = detect_form(path)
     if form == "export":
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:
-            raise QCompileError(f"{path} looks like a torch.export archive but does not load: {exc}") from None
+        program = _load_export(path, trust_pickle)
         inputs = getattr(program, "example_inputs", None)
         example = tuple(inputs[0]) if inputs else None
         return LoadedModel(functional(program).module(), str(path), "export", example)
     if form == "torchscript":
+        if not trust_pickle:
+            raise QCompileError(
+                f"{path} is TorchScript: loading it runs the TorchScript code and unpickles the objects stored "
+                "in the file, so qcompile does not load it by default",
+                hint="if you trust this file, pass --trust-pickle; better, save the model with "
+                "torch.export.save (.pt2), which loads without running code from the file",
+            )
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise QCompileError(f"{path} looks like TorchScript but does not load: {exc}") from None
+            raise QCompileError(f"{path} looks like TorchScript but does not load: {_first_line(exc)}") from None
         if example_inputs is None:
             raise QCompileError(
                 f"{path} is TorchScript, which is converted through torch.export and needs "
@@ -178,16 +201,67 @@ def load_file(path: Path, *, trust_pickle: bool = False,
     return _load_pickle(path, trust_pickle)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'}"
+
+
+def _raised(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return _first_line(exc)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """torch's export loader logs a traceback before raising; the raised error is reported instead."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _load_export(path: Path, trust_pickle: bool):
+    """``torch.export.load``, holding its unpickling to tensors and plain data unless the user trusts the file."""
+    from qcompile.frontend.safe_unpickling import UnsafeArchive, tensors_only_unpickling
+
+    guard = contextlib.nullcontext() if trust_pickle else tensors_only_unpickling()
+    try:
+        with guard, warnings.catch_warnings(), _quiet_loggers("torch.export", "torch._export"):
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
+    except UnsafeArchive as exc:
+        raise QCompileError(
+            f"{path} is a torch.export archive that stores pickled objects beyond tensors ({exc}); loading "
+            "them runs code named in the file, so qcompile does not load it by default",
+            hint="if you trust this file, pass --trust-pickle",
+        ) from None
+    except Exception as exc:
+        raise QCompileError(f"{path} looks like a torch.export archive but does not load: {_first_line(exc)}",
+                            hint="save it again with torch.export.save(torch.export.export(model, inputs), path)",
+                            ) from None
+
+
 def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise QCompileError(f"{path} is a truncated or damaged zip archive", hint=_NOT_A_MODEL_HINT)
+    elif not head.startswith(b"\x80"):  # torch.save's legacy format is a bare pickle (protocol 2+)
+        raise QCompileError(f"{path} is not a file that torch.save, torch.jit.save or torch.export.save wrote "
+                            f"(it starts with {head!r})", hint=_NOT_A_MODEL_HINT)
     try:
         content: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
+    except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise QCompileError(
-                f"{path} is not a model file qcompile can read: {str(exc).splitlines()[0]}",
-                hint="give a TorchScript file, a torch.export archive (.pt2), a pickled "
-                "module, or package.module:factory with --weights",
-            ) from None
+            raise QCompileError(f"{path} is not a model file qcompile can read: {_first_line(exc)}",
+                                hint=_NOT_A_MODEL_HINT) from None
         if not trust_pickle:
             raise QCompileError(
                 f"{path} is a pickled Python object; loading it runs whatever code the "
@@ -197,13 +271,14 @@ def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
             ) from None
         try:
             content = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
+        except (Exception, SystemExit) as exc2:  # noqa: BLE001 - the pickle runs code that can raise anything
             raise QCompileError(
-                f"unpickling {path} failed: {type(exc2).__name__}: {exc2}",
+                f"unpickling {path} failed: {_raised(exc2)}",
                 hint="the classes the pickle refers to must be importable here",
             ) from None
-    except (EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise QCompileError(f"{path} is truncated or corrupt: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises anything from the unpickler or the zip reader
+        raise QCompileError(f"{path} is not a model file qcompile can read (truncated, corrupt or another "
+                            f"format): {_first_line(exc)}", hint=_NOT_A_MODEL_HINT) from None
     if isinstance(content, nn.Module):
         return LoadedModel(content.eval(), str(path), "pickle")
     if isinstance(content, dict):
@@ -212,7 +287,7 @@ def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
             hint=f"name the architecture and pass the file as weights: "
             f"qcompile package.module:factory --weights {path}",
         )
-    raise QCompileError(f"{path} holds a {type(content).__name__}, not a model")
+    raise QCompileError(f"{path} holds a {type(content).__name__}, not a model", hint=_NOT_A_MODEL_HINT)
 
 
 def load_model(spec: str, *, weights: str | None = None, trust_pickle: bool = False,

@@ -42,14 +42,18 @@ def qualified_name(obj: Any) -> str:
         return f"builtins.{obj.__name__}"
     name = obj.__name__
     module = getattr(obj, "__module__", None) or ""
-    module = _MODULE_ALIASES.get(module, module)
+    if module in _MODULE_ALIASES:
+        module = _MODULE_ALIASES[module]
+        public = importlib.import_module(module)
+        if getattr(public, name, None) is not obj:  # torch.special.i0 is torch._C._special.special_i0
+            name = next((attr for attr, value in vars(public).items() if value is obj), name)
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
         if getattr(torch.nn, name, None) is obj:
             return f"torch.nn.{name}"
     for public in ("torch", "torch.nn.functional"):
         if getattr(importlib.import_module(public), name, None) is obj:
             return f"{public}.{name}"
-    qual = getattr(obj, "__qualname__", name)
+    qual = getattr(obj, "__qualname__", name) if name == obj.__name__ else name
     if "<locals>" in qual:
         raise ValueError(f"{qual} is defined inside a function and cannot be referred to by name")
     if "." not in qual:
