@@ -13,6 +13,7 @@ from qcompile.codegen.python_source import EmittedModel, emit_python
 from qcompile.fileio import atomic_torch_save, atomic_write_text
 from qcompile.ir.graph import Graph
 from qcompile.ir.printer import print_graph
+from qcompile.provenance import sign
 from qcompile.torch_warnings import torch_deprecations_silenced
 
 MODEL_FILE = "model.py"
@@ -25,13 +26,15 @@ def write_model(graph: Graph, out_dir: str | Path) -> EmittedModel:
 
     Each file is written to a temporary name and renamed, so an interrupted
     run never leaves a half-written file behind. The weights go first: a
-    ``model.py`` never refers to weights that are not there.
+    ``model.py`` never refers to weights that are not there. ``model.py`` is
+    signed last (:mod:`qcompile.provenance`).
     """
     out = Path(out_dir)
     emitted = emit_python(graph)
     atomic_torch_save(out / WEIGHTS_FILE, emitted.state_dict)
     atomic_write_text(out / GRAPH_FILE, print_graph(graph))
     atomic_write_text(out / MODEL_FILE, emitted.source)
+    sign(out)  # qcompile compare runs model.py only from directories this user's qcompile wrote
     return emitted
 
 
