@@ -37,7 +37,7 @@ import torch
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.aciq import clip_interval, gauss_ratio, laplace_ratio, mse_gauss, mse_laplace
 
 ONE_SIDED_ACTS = {"relu", "relu6"}
@@ -76,14 +76,10 @@ class Aciq(Pass):
     needs_statistics = ("moments",)
 
     prior: Literal["laplace", "gauss", "std", "mix"] = "laplace"
-    bits: int = 8
-    k: float = 2.0
+    bits: int = option(8, low=2, high=8)
+    k: float = option(2.0, above=0)
     per_channel: bool = False
     weights: bool = False
-
-    def __post_init__(self):
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"bits must be between 2 and 8, got {self.bits}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         counts: dict[str, int] = {}

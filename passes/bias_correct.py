@@ -41,7 +41,7 @@ from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.op_table import WEIGHTED
 
@@ -75,11 +75,7 @@ class BiasCorrect(Pass):
     requires = ("calibrated",)
     provides = ("bias-corrected",)
 
-    samples: int = 64
-
-    def __post_init__(self):
-        if self.samples < 1:
-            raise ValueError(f"samples must be at least 1, got {self.samples}")
+    samples: int = option(64, low=1)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "bias-corrected" in graph.facts:

@@ -28,7 +28,7 @@ from typing import Literal
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.bit_allocation import allocate_bits
 from qcompile.quant.op_table import TRANSPOSED
 
@@ -43,13 +43,13 @@ class Bitalloc(Pass):
     provides = ("bits-allocated",)
     needs_statistics = ("moments",)
 
-    budget: float = 4.0
+    budget: float = option(4.0, above=0, high=8)
     weights: bool = True
     activations: bool = False
     prior: Literal["gauss", "laplace"] = "gauss"
-    max_bits: int = 8
+    max_bits: int = option(8, low=1, high=8)
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if not 0 < self.budget <= self.max_bits <= 8:
             raise ValueError(f"need 0 < budget <= max-bits <= 8, got budget={self.budget} max-bits={self.max_bits}")
 

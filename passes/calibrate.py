@@ -29,7 +29,7 @@ from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.observers import MomentsObserver, make_observer
 from qcompile.quant.stats_io import load_statistics
 
@@ -111,7 +111,7 @@ class Calibrate(Pass):
     requires = ("observed",)
     provides = ("calibrated",)
 
-    max_batches: int = 0
+    max_batches: int = option(0, low=0)  # 0: every batch
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.calib_data is None:

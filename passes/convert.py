@@ -43,7 +43,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.native import RULES, clamp_to_bits, convert_dequantize
 from qcompile.quant.op_table import FIXED
 from qcompile.quant.qparams import qparams_from_range
@@ -90,12 +90,8 @@ class Convert(Pass):
     provides = ("converted",)
 
     backend: Literal["native", "gemmlowp"] = "native"
-    weight_bits: int = 8
+    weight_bits: int = option(8, low=2, high=8)
     relu6_grid: Literal["full", "observed"] = "full"
-
-    def __post_init__(self):
-        if not 2 <= self.weight_bits <= 8:
-            raise ValueError(f"weight-bits must be between 2 and 8, got {self.weight_bits}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "converted" in graph.facts:

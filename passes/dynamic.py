@@ -101,7 +101,7 @@ class Dynamic(Pass):
     ops: tuple[str, ...] = OPS
     per_channel: bool = False
 
-    def __post_init__(self):
+    def validate(self) -> None:
         unknown = set(self.ops) - set(OPS)
         if unknown:
             raise ValueError(f"dynamic quantization covers {', '.join(OPS)}, not {sorted(unknown)}")

@@ -98,7 +98,7 @@ class Fuse(Pass):
     activations: tuple[str, ...] = ("relu", "relu6")
     binary_relu: bool = True
 
-    def __post_init__(self):
+    def validate(self) -> None:
         unknown = set(self.activations) - _ACTIVATIONS
         if unknown:
             raise ValueError(f"cannot fuse {sorted(unknown)}; choose from {sorted(_ACTIVATIONS)}")

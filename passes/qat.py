@@ -42,7 +42,7 @@ from qcompile.passes.stubs import Stubs
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.op_table import TRANSPOSED, WEIGHTED
 from qcompile.training import fit
 
@@ -137,9 +137,9 @@ class Train(Pass):
     requires = ("qat-prepared",)
     provides = ("trained",)
 
-    epochs: int = 1
-    lr: float = 0.01
-    momentum: float = 0.9
+    epochs: int = option(1, low=1)
+    lr: float = option(0.01, above=0)
+    momentum: float = option(0.9, low=0, high=0.999)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         data = getattr(ctx, "train_data", None)

@@ -31,7 +31,7 @@ import torch
 
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.fake import fake_quantize
 
 FAKE_QUANTIZE = "qcompile.quant.fake.fake_quantize"
@@ -62,8 +62,8 @@ class Simulate(Pass):
     requires = ("calibrated",)
     provides = ("simulated",)
 
-    bits: int = 8
-    weight_bits: int = 8
+    bits: int = option(8, low=1, high=8)
+    weight_bits: int = option(8, low=1, high=8)
     bias_correct: Literal["none", "mean", "mean-std"] = "none"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:

@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +25,7 @@ from qcompile.frontend.loaders import LoadedModel, load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
+from qcompile.output_check import CheckInputs, check_inputs, verify_outputs
 from qcompile.pipeline import Instrument, PassContext, PassRecord, parse_pipeline
 from qcompile.pipeline.manager import PassManager
 
@@ -81,7 +81,10 @@ class CompileResult:
         records: What each pass reported.
         out_dir: Where the model was written (None if not written).
         check: Max abs difference between the emitted module and the graph's
-            interpreter on the example inputs (None if not written).
+            interpreter on ``check_inputs`` (None if not written); a difference
+            beyond tolerance, NaN or a constant output raised instead
+            (:mod:`qcompile.output_check`).
+        check_inputs: The real inputs the checks ran on (None if not written).
     """
 
     graph: Graph
@@ -90,20 +93,7 @@ class CompileResult:
     check: float | None = None
     notes: list[str] = field(default_factory=list)
     example_inputs: tuple = ()
-
-
-def _max_abs_diff(a: Any, b: Any) -> float:
-    if isinstance(a, torch.Tensor):
-        if a.is_quantized:
-            a, b = a.dequantize(), b.dequantize()
-        return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
-    if isinstance(a, (tuple, list)):
-        return max((_max_abs_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
-    if isinstance(a, Mapping):  # a backbone's feature maps by name
-        if not isinstance(b, Mapping) or list(a) != list(b):
-            return float("inf")
-        return max((_max_abs_diff(a[k], b[k]) for k in a), default=0.0)
-    return 0.0 if a == b else float("inf")
+    check_inputs: CheckInputs | None = None
 
 
 def compile_model(
@@ -146,14 +136,19 @@ def compile_model(
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
     notes = list(loaded.notes)
     graph = lower(loaded.module, inputs, notes, frontend, dynamic_axes)
+    checked = check_inputs(ctx.calib_data, tuple(inputs)) if out_dir is not None else None
+    with torch.no_grad():
+        float_outputs = Interpreter(graph).run(*checked.tensors) if checked is not None else None
     records = PassManager(pipeline, instruments).run(graph, ctx)
-    result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs))
+    result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs), check_inputs=checked)
     if out_dir is not None:
         if before_write is not None:
             before_write(graph)  # e.g. refuse an export that would fail, before any file exists
         write_model(graph, out_dir)
         emitted = load_emitted(out_dir)
         with torch.no_grad():
-            result.check = _max_abs_diff(emitted(*inputs), Interpreter(graph).run(*inputs))
+            result.check = verify_outputs(emitted(*checked.tensors), Interpreter(graph).run(*checked.tensors),
+                                          what="the emitted module", against="the graph's interpreter",
+                                          source=checked.source, float_reference=float_outputs)
         result.out_dir = Path(out_dir)
     return result

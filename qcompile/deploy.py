@@ -18,15 +18,19 @@ import torch
 
 from qcompile.codegen import load_model
 from qcompile.fileio import atomic_write_bytes
+from qcompile.output_check import CheckInputs, verify_outputs
 
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 EXPORT_FILE = "model.pt2"
 
 
-def save_torchscript(out_dir: str | Path, example_inputs: tuple) -> tuple[Path, float]:
+def save_torchscript(out_dir: str | Path, example_inputs: tuple,
+                     check: CheckInputs | None = None) -> tuple[Path, float]:
     """Script the model in ``out_dir``, save it, reload it and compare outputs.
 
-    Returns the file written and the max abs difference after reloading.
+    Returns the file written and the max abs difference after reloading, on ``check`` (the compile's
+    check inputs; else ``example_inputs``); NaN, a constant output or a mismatch raises
+    :class:`~qcompile.output_check.OutputCheckFailed`.
     """
     from qcompile.errors import QCompileError
 
@@ -46,12 +50,7 @@ def save_torchscript(out_dir: str | Path, example_inputs: tuple) -> tuple[Path, 
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
     path = atomic_write_bytes(out / TORCHSCRIPT_FILE, buffer.getvalue())
-    reloaded = torch.jit.load(str(path))
-    with torch.no_grad():
-        a, b = model(*example_inputs), reloaded(*example_inputs)
-    a = a[0] if isinstance(a, (tuple, list)) else a
-    b = b[0] if isinstance(b, (tuple, list)) else b
-    return path, float((a.float() - b.float()).abs().max())
+    return path, _reloaded_agrees(model, torch.jit.load(str(path)), check or example_inputs, "the TorchScript file")
 
 
 def check_exportable(pipeline) -> None:
@@ -67,7 +66,8 @@ def check_exportable(pipeline) -> None:
                             "or deploy with --deploy torchscript")
 
 
-def save_export(out_dir: str | Path, example_inputs: tuple) -> tuple[Path, float]:
+def save_export(out_dir: str | Path, example_inputs: tuple,
+                check: CheckInputs | None = None) -> tuple[Path, float]:
     """``torch.export`` the model in ``out_dir``, save the archive, reload it and compare outputs."""
     import qcompile.kernels  # noqa: F401  (the archive may call torch.ops.qcompile.*)
 
@@ -78,8 +78,15 @@ def save_export(out_dir: str | Path, example_inputs: tuple) -> tuple[Path, float
     torch.export.save(program, buffer)
     path = atomic_write_bytes(out / EXPORT_FILE, buffer.getvalue())
     reloaded = torch.export.load(str(path)).module()
+    if check is not None:  # the archive's batch is the example's
+        batch = len(example_inputs[0])
+        check = CheckInputs(tuple(t[:batch] for t in check.tensors), check.source)
+    return path, _reloaded_agrees(model, reloaded, check or example_inputs, "the torch.export archive")
+
+
+def _reloaded_agrees(model, reloaded, inputs: tuple | CheckInputs, what: str) -> float:
+    """Hold the reloaded artefact to the emitted module on the check inputs (raises if it is unusable)."""
+    checked = inputs if isinstance(inputs, CheckInputs) else CheckInputs(tuple(inputs), "the example inputs")
     with torch.no_grad():
-        a, b = model(*example_inputs), reloaded(*example_inputs)
-    a = a[0] if isinstance(a, (tuple, list)) else a
-    b = b[0] if isinstance(b, (tuple, list)) else b
-    return path, float((a.float() - b.float()).abs().max())
+        return verify_outputs(reloaded(*checked.tensors), model(*checked.tensors), what=f"{what}, reloaded,",
+                              against="the emitted module", source=checked.source)

@@ -29,7 +29,7 @@ def test_main_job_on_a_real_model(tmp_path):
     out = tmp_path / "out"
     run = qcompile("zoo:digit_cnn", "--passes", "fuse", "-o", out, "--timing")
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["graph.qir", "model.py", "weights.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["graph.qir", "model.py", "qcompile-signature.json", "weights.pt"]
     assert "fuse: changed (conv2d+relu: 3, linear+relu: 1)" in run.stderr
     assert "emitted module matches the graph within 0" in run.stderr
     assert "total" in run.stderr  # the timing table

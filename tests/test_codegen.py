@@ -20,7 +20,7 @@ def test_round_trip_is_exact(tmp_path):
     x = torch.randn(4, 3, 8, 8)
     for got, want in zip(emitted(x), model(x), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.qir", "model.py", "weights.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.qir", "model.py", "qcompile-signature.json", "weights.pt"]
 
 
 def test_source_reads_like_eager_code():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from qcompile.errors import QCompileError
 
@@ -49,7 +50,7 @@ def report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:
           "an integer deployment delivers the integer row.")
     path = result.out_dir / "modes.json"
     atomic_write_text(path, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    print(f"qcompile: wrote {path}", file=sys.stderr)
+    print(f"qcompile: wrote {Path(args.output) / path.name}", file=sys.stderr)
 
 
 def diagnostics_for(args: argparse.Namespace, pipeline):
@@ -103,7 +104,7 @@ def run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: 
     if args.report:
         report = diagnostics.report(result.out_dir / "report.html", result.graph.name, passes, final, args.model,
                                     result.out_dir, open_check_data(args))
-        print(f"qcompile: wrote {report}", file=sys.stderr)
+        print(f"qcompile: wrote {Path(args.output) / report.name}", file=sys.stderr)
     if args.mlflow:
         from qcompile.diagnose.tracking import log_run
 

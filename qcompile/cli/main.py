@@ -30,12 +30,24 @@ from qcompile.torch_warnings import ignore_torch_deprecations
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (.pt2 export archive, TorchScript, pickled module), "
                         "package.module:factory, or zoo:NAME")
     parser.add_argument("--weights", help="state-dict file for a package.module:factory model")
     parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow loading a fully pickled module (this runs code from the file)")
+                        help="allow loading a fully pickled module, a TorchScript file, or a .pt2 archive that "
+                        "stores pickled objects beyond tensors (each runs code from the file)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
                         help="shape of a model input, e.g. 1,3,224,224, or 1,128:int64 for token ids "
                         "(repeat for several inputs)")
@@ -53,15 +65,15 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="DATA",
                         help="calibration data: image folder, .npz/.pt file, module:function, or "
                         "builtin:photos / builtin:fashion-train / builtin:mnist5k")
-    parser.add_argument("--calib-samples", type=int, metavar="N", help="use at most N calibration samples")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="calibration batch size (32)")
+    parser.add_argument("--calib-samples", type=positive_int, metavar="N", help="use at most N calibration samples")
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="calibration batch size (32)")
     parser.add_argument("--preprocess", metavar="PRESET",
                         help="imagenet, mnist, grey-half, unit or none (default: per data source)")
     parser.add_argument("--save-stats", metavar="FILE", help="save the calibration statistics after the run")
     parser.add_argument("--stats", metavar="FILE",
                         help="statistics saved earlier, for the load-stats pass (instead of calibrate + data)")
     parser.add_argument("--train", metavar="DATA", help="labelled training data for the 'train' pass (QAT)")
-    parser.add_argument("--train-samples", type=int, metavar="N", help="use at most N training samples")
+    parser.add_argument("--train-samples", type=positive_int, metavar="N", help="use at most N training samples")
     parser.add_argument("--preset", metavar="NAME",
                         help="quantization preset: x86 (the default), default, fbgemm, qnnpack (torch.ao's configs)")
     parser.add_argument("--qconfig", metavar="FILE", help="quantization config file (TOML or JSON)")
@@ -119,14 +131,14 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compile_p.add_argument("--report", action="store_true",
                            help="write OUT/report.html: summary, comparison, pipeline, graph, per-layer error, "
                            "histograms, ACIQ curves, bit allocation, sensitivity")
-    compile_p.add_argument("--diagnose-samples", type=int, default=16, metavar="N",
+    compile_p.add_argument("--diagnose-samples", type=positive_int, default=16, metavar="N",
                            help="samples the diagnostics run on (16)")
     compile_p.add_argument("--mlflow", metavar="URI",
                            help="log parameters, metrics and the report to MLflow (e.g. file:./mlruns; "
                            "pip install 'qcompile[mlflow]')")
     compile_p.add_argument("--check-data", metavar="DATA",
                            help="data for --check, --modes and the diagnostics (default: --calib)")
-    compile_p.add_argument("--check-samples", type=int, default=64, metavar="N")
+    compile_p.add_argument("--check-samples", type=positive_int, default=64, metavar="N")
 
     inspect_p = argparse.ArgumentParser(
         prog="qcompile inspect", description="Lower a model, run passes, and show the graph.")
@@ -142,21 +154,26 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compare_p = argparse.ArgumentParser(
         prog="qcompile compare",
         description="Compare a float model with quantized variants (qcompile output directories, or their ONNX "
-        "exports run in onnxruntime): "
-        "size on disk, accuracy or agreement, latency.")
+        "exports run in onnxruntime): size on disk, accuracy or agreement, latency. An output directory is run "
+        "by importing its model.py: compare runs only directories that qcompile wrote as this user (signed "
+        "with a key in ~/.config/qcompile), unless --trust-out is given.")
     compare_p.add_argument("model", help="the float model (as for qcompile MODEL)")
     compare_p.add_argument("variants", nargs="+", metavar="OUT",
                            help="directories written by qcompile -o, or .onnx files (OUT/model.onnx from --export "
                                 "onnx), which run in onnxruntime with the same --threads")
     compare_p.add_argument("--data", required=True, help="evaluation data (labelled data gives accuracy)")
-    compare_p.add_argument("--samples", type=int, help="use at most this many samples")
+    compare_p.add_argument("--samples", type=positive_int, help="use at most this many samples")
     compare_p.add_argument("--preprocess", metavar="PRESET")
-    compare_p.add_argument("--batch-size", type=int, default=64)
+    compare_p.add_argument("--batch-size", type=positive_int, default=64)
     compare_p.add_argument("--weights")
-    compare_p.add_argument("--trust-pickle", action="store_true")
-    compare_p.add_argument("--threads", type=int, default=1, help="torch threads for the latency runs (1)")
-    compare_p.add_argument("--repeats", type=int, default=20, help="timed runs per model (median is kept)")
-    compare_p.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency runs (1)")
+    compare_p.add_argument("--trust-pickle", action="store_true",
+                           help="allow loading a pickled module or TorchScript file as MODEL (runs code from it)")
+    compare_p.add_argument("--trust-out", action="store_true",
+                           help="run OUT/model.py even where this user's qcompile did not write it (it is Python "
+                           "code: read it first)")
+    compare_p.add_argument("--threads", type=positive_int, default=1, help="torch threads for the latency runs (1)")
+    compare_p.add_argument("--repeats", type=positive_int, default=20, help="timed runs per model (median is kept)")
+    compare_p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size of the latency runs (1)")
     compare_p.add_argument("--class-dim", type=int, metavar="D",
                            help="axis of the first output that holds class scores, for agreement and accuracy "
                                 "(default: 1 for [N, C] outputs; otherwise read from the labels' shape, e.g. the "
@@ -193,12 +210,32 @@ def _check_print_after(args: argparse.Namespace, pipeline) -> None:
 
 
 def _run(args: argparse.Namespace, command: str) -> int:
+    if command != "compile":
+        return _run_staged(args, command, None)
+    from qcompile.output_dir import StagedOutput
+
+    staged = StagedOutput.create(args.output)  # OUT problems surface before any work
+    try:
+        status = _run_staged(args, command, staged)
+    except CheckFailed:
+        staged.commit()  # the files are written; the ONNX check says they disagree (exit 3)
+        raise
+    finally:
+        staged.discard()
+    return status
+
+
+def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
+    """The run itself; a compile writes into ``staged.path``, which becomes OUT only at the end."""
     from qcompile.compiler import DEFAULT_PIPELINE, compile_model
     from qcompile.pipeline import PassContext, load_plugin, parse_pipeline
 
     for plugin in args.plugin:
         load_plugin(plugin)
     passes = args.passes if args.passes is not None else (DEFAULT_PIPELINE if command == "compile" else "")
+    if command == "compile" and not passes.strip():
+        raise QCompileError("--passes is empty", hint=f"name the passes, e.g. --passes ptq, or leave --passes out "
+                            f"for the default ({DEFAULT_PIPELINE})")
     pipeline = parse_pipeline(passes) if passes else None
     if getattr(args, "backend", None):
         pipeline = _with_backend(pipeline, args.backend)
@@ -242,7 +279,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     result = compile_model(
         args.model,
         passes=passes or "",
-        out_dir=args.output if command == "compile" else None,
+        out_dir=staged.path if staged is not None else None,
         input_shapes=args.input_shape,
         weights=args.weights,
         trust_pickle=args.trust_pickle,
@@ -271,14 +308,15 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if command == "compile" and "export" in args.deploy:
         from qcompile.deploy import save_export
 
-        path, diff = save_export(result.out_dir, result.example_inputs)
-        print(f"qcompile: wrote {path} (torch.export; reloaded: outputs identical within {diff:.3g})",
-              file=sys.stderr)
+        path, diff = save_export(result.out_dir, result.example_inputs, result.check_inputs)
+        print(f"qcompile: wrote {staged.target / path.name} (torch.export; reloaded: outputs identical within "
+              f"{diff:.3g})", file=sys.stderr)
     if command == "compile" and "torchscript" in args.deploy:
         from qcompile.deploy import save_torchscript
 
-        path, diff = save_torchscript(result.out_dir, result.example_inputs)
-        print(f"qcompile: wrote {path} (reloaded: outputs identical within {diff:.3g})", file=sys.stderr)
+        path, diff = save_torchscript(result.out_dir, result.example_inputs, result.check_inputs)
+        print(f"qcompile: wrote {staged.target / path.name} (reloaded: outputs identical within {diff:.3g})",
+              file=sys.stderr)
     if command == "compile" and args.entropy:
         _report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
@@ -288,9 +326,10 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if diagnostics is not None:
         run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
     if command == "compile":
-        print(f"qcompile: wrote {result.out_dir}/model.py, weights.pt, graph.qir "
+        staged.commit()
+        print(f"qcompile: wrote {staged.target}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
-              f"within {result.check:.3g}", file=sys.stderr)
+              f"within {result.check:.3g} on {result.check_inputs.source}", file=sys.stderr)
     else:
         _show(result.graph, args)
     return 0
@@ -399,7 +438,9 @@ def _list_passes(args: argparse.Namespace) -> int:
               f"provides: {', '.join(cls.provides) or '-'}")
         for f in cls.options():
             kind = getattr(f.type, "__name__", str(f.type))
-            print(f"  {'':<{width}}    {f.name.replace('_', '-')}: {kind} = {format_value(f.default)}")
+            bounds = f.metadata.get("bounds")
+            limits = f" ({bounds.describe()})" if bounds is not None else ""
+            print(f"  {'':<{width}}    {f.name.replace('_', '-')}: {kind} = {format_value(f.default)}{limits}")
     named = named_pipelines()
     if named:
         print("named pipelines:")
@@ -413,6 +454,7 @@ def _compare(args: argparse.Namespace) -> int:
     from qcompile.compare import compare, format_table, state_size_bytes, write_json
     from qcompile.data import open_data
     from qcompile.frontend.loaders import load_model
+    from qcompile.provenance import is_signed
 
     data = open_data(args.data, preprocess=args.preprocess, limit=args.samples, batch_size=args.batch_size)
     loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
@@ -434,6 +476,11 @@ def _compare(args: argparse.Namespace) -> int:
             raise QCompileError(f"{out} is neither a qcompile output directory (no model.py) nor an .onnx file",
                                 hint="pass directories written by qcompile MODEL ... -o OUT, or OUT/model.onnx "
                                      "from --export onnx (run in onnxruntime)")
+        if not args.trust_out and not is_signed(path):
+            raise QCompileError(
+                f"{out} was not written by qcompile as this user (or its model.py changed since): compare imports "
+                "and runs OUT/model.py, which would run code from someone else",
+                hint=f"read {path / 'model.py'} first; if you trust it, pass --trust-out")
         models.append((path.name, load_emitted(path), (path / "weights.pt").stat().st_size))
     rows = compare(models, data, threads=args.threads, repeats=args.repeats, latency_batch=args.latency_batch,
                    class_dim=args.class_dim)

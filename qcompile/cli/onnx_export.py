@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from qcompile.cli.diagnostics import open_check_data
 
@@ -80,7 +81,7 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
                        narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch,
                        dynamic=args.onnx_dynamic)
-    print(f"qcompile: wrote {path} (onnx.checker passed)", file=sys.stderr)
+    print(f"qcompile: wrote {Path(args.output) / path.name} (onnx.checker passed)", file=sys.stderr)
     written = onnx.load(str(path))
     for record in recorded(written):
         print(f"qcompile: onnx: {record.describe()}", file=sys.stderr)

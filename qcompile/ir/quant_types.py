@@ -50,6 +50,22 @@ class ObserverSpec:
             raise ValueError(f"unknown observer kind {self.kind!r}; choose one of {', '.join(self.KINDS)}")
         if self.dtype not in ("quint8", "qint8"):
             raise ValueError(f"unknown dtype {self.dtype!r}; choose quint8 or qint8")
+        for name, kind in (("symmetric", bool), ("per_channel", bool), ("reduce_range", bool), ("axis", int),
+                           ("averaging_constant", float), ("percentile", float), ("bins", int)):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (kind is bool and not isinstance(value, bool)) or (kind is int and not (number and value == int(value))) \
+                    or (kind is float and not number):
+                raise ValueError(f"{name} must be {'true or false' if kind is bool else 'a number'}, got {value!r}")
+        if not 0 < self.averaging_constant <= 1:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {self.averaging_constant}")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.bins < 1:
+            raise ValueError(f"bins must be at least 1, got {self.bins}")
+        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
+                                      or not 2 <= self.bits <= 8):
+            raise ValueError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
 
     @property
     def quant_range(self) -> tuple[int, int]:

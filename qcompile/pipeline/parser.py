@@ -192,6 +192,9 @@ def _instantiate(text: str, item: _Item) -> Pass:
             valid = ", ".join(_kebab(f) for f in fields) or "none"
             hint = (f"did you mean '{_kebab(close[0])}'? " if close else "") + f"options of '{cls.name}': {valid}"
             raise _caret_error(text, start, start + len(key), f"unknown option '{key}' for pass '{cls.name}'", hint=hint)
+        if field_name in values:
+            raise _caret_error(text, start, end, f"option '{key}' of '{cls.name}' is given twice",
+                               hint="give each option once")
         try:
             values[field_name] = _convert(raw, hints[field_name])
         except ValueError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,33 @@ class PassContext:
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The range an option's value must lie in (checked whenever a pass is built)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # a value equal to ``low`` is out of range
+
+    def violated_by(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return True
+        return self.high is not None and value > self.high
+
+    def describe(self) -> str:
+        low = None if self.low is None else (f"above {self.low:g}" if self.low_open else f"at least {self.low:g}")
+        high = None if self.high is None else f"at most {self.high:g}"
+        if low and high and not self.low_open:
+            return f"from {self.low:g} to {self.high:g}"
+        return " and ".join(part for part in (low, high) if part) or "any value"
+
+
+def option(default: Any, *, low: float | None = None, high: float | None = None, above: float | None = None) -> Any:
+    """A pass option with a range: ``bits: int = option(8, low=2, high=8)``, ``k: float = option(2.0, above=0)``."""
+    bounds = Bounds(low=above if above is not None else low, high=high, low_open=above is not None)
+    return field(default=default, metadata={"bounds": bounds})
+
+
+@dataclass(frozen=True)
 class Pass(abc.ABC):
     """Base class of all passes. Subclass as a frozen dataclass and register it.
 
@@ -110,6 +138,25 @@ class Pass(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
     invalidates: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for f in self.options():
+            value = getattr(self, f.name)
+            key = f.name.replace("_", "-")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value}")
+            bounds = f.metadata.get("bounds")
+            if bounds is not None and isinstance(value, (int, float)) and bounds.violated_by(value):
+                raise ValueError(f"{key} must be {bounds.describe()}, got {value}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check options against each other (ranges of single options are declared with :func:`option`).
+
+        Raises:
+            ValueError: saying which option is wrong and what it must be.
+        """
+        return None
 
     @abc.abstractmethod
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:

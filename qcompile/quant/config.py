@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from qcompile.compat import tomllib
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.ir.quant_types import ObserverSpec
@@ -144,6 +143,11 @@ def _spec_with(base: ObserverSpec, changes: dict[str, Any], where: str) -> Obser
         raise QCompileError(f"{where}: {exc}") from None
 
 
+def _expect(value: Any, kind: type, where: str, form: str) -> None:
+    if not isinstance(value, kind):
+        raise QCompileError(f"{where} is {value!r} ({type(value).__name__})", hint=f"write {form}")
+
+
 def load_quant_config(path: str | Path | None = None, *, preset: str | None = None,
                       skip: list[str] | None = None) -> QuantConfig:
     """Build a QuantConfig from a TOML/JSON file and/or command-line settings.
@@ -157,23 +161,37 @@ def load_quant_config(path: str | Path | None = None, *, preset: str | None = No
         if not path.is_file():
             raise QCompileError(f"quantization config {path} does not exist")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise QCompileError(f"quantization config {path} is not valid "
                                 f"{'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+        if not isinstance(data, dict):
+            raise QCompileError(f"quantization config {path} holds a {type(data).__name__}, not a table of settings",
+                                hint='e.g. preset = "x86" and skip = ["classifier.*"]')
         unknown = set(data) - {"preset", "skip", "override"}
         if unknown:
-            raise QCompileError(f"{path}: unknown keys {sorted(unknown)}", hint="keys: preset, skip, override")
+            raise QCompileError(f"{path}: unknown keys {sorted(unknown)}",
+                                hint="keys: preset, skip, override (observer settings such as per_channel go in "
+                                "an override's activation or weight table)")
+        _expect(data.get("preset", "x86"), str, f"{path}: preset", 'a preset name in quotes, e.g. preset = "x86"')
+        _expect(data.get("skip", []), list, f"{path}: skip", 'a list of patterns, e.g. skip = ["conv.*"]')
+        for pattern in data.get("skip", []):
+            _expect(pattern, str, f"{path}: skip", 'a list of patterns, e.g. skip = ["conv.*"]')
+        _expect(data.get("override", []), list, f"{path}: override", "a list of [[override]] tables")
     config = QuantConfig.from_preset(preset or data.get("preset", "x86"))
     config.skip = list(data.get("skip", [])) + list(skip or [])
     for i, entry in enumerate(data.get("override", [])):
         where = f"{path}: override {i + 1}"
+        _expect(entry, dict, where, "a table with match, activation and weight")
         if "match" not in entry:
             raise QCompileError(f"{where} has no 'match' pattern")
         extra = set(entry) - {"match", "activation", "weight"}
         if extra:
             raise QCompileError(f"{where}: unknown keys {sorted(extra)}", hint="keys: match, activation, weight")
+        _expect(entry["match"], str, f"{where}: match", 'a pattern in quotes, e.g. match = "features.0.*"')
+        for key in ("activation", "weight"):
+            _expect(entry.get(key, {}), dict, f"{where}: {key}", f'a table, e.g. {key} = {{ kind = "minmax" }}')
         qconfig = QConfig(_spec_with(config.qconfig.activation, entry.get("activation", {}), where),
                           _spec_with(config.qconfig.weight, entry.get("weight", {}), where))
         config.overrides.append((entry["match"], qconfig))
