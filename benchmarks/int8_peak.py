@@ -27,18 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qcompile.kernels.build import shared_library  # noqa: E402
 
+from qcompile.cpu_features import describe_cpu  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 
 
 def cpu_description() -> str:
-    model, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and model == "unknown CPU":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    vnni = "AVX-512 VNNI" if "avx512_vnni" in flags else ("AVX-VNNI" if "avx_vnni" in flags else "no VNNI")
-    return f"{model}, {'AVX2' if 'avx2' in flags else 'no AVX2'}, {vnni}"
+    return describe_cpu()
 
 
 @cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import qcompile.kernels  # noqa: F401
 import torch
@@ -164,9 +166,9 @@ def _sqnr(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float(10 * torch.log10(reference.pow(2).mean() / (out - reference).pow(2).mean()))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_gemmlowp_agrees_with_native_layer_by_layer(name):
+@functools.cache
+def _both_backends(name: str):
+    """The model converted for the native and the gemmlowp backend from the same calibration, and test inputs."""
     torch.manual_seed(0)
     if name == "resnet18":
         model = torchvision.models.resnet18().eval()
@@ -181,12 +183,18 @@ def test_gemmlowp_agrees_with_native_layer_by_layer(name):
         graphs[backend] = lower(model, (x[:1],))
         run_pipeline(graphs[backend], f"fuse,calibrate,convert{{backend={backend}}}",
                      PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    return model, graphs, x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_gemmlowp_agrees_with_native_layer_by_layer(name):
+    model, graphs, x = _both_backends(name)
     layers = layer_agreement(graphs["native"], graphs["gemmlowp"], (x,))
     assert len(layers) >= 30
     # every layer, given the same integer inputs: within 1 LSB everywhere, and almost always bit-exact
     assert all(r.within_one == 1.0 for r in layers), [r for r in layers if r.within_one < 1]
     assert sum(r.exact * r.elements for r in layers) / sum(r.elements for r in layers) > 0.995
-    end_to_end = output_agreement(graphs["native"], graphs["gemmlowp"], (x,))
     with torch.no_grad():
         reference = model(x)
     native_sqnr = _sqnr(Interpreter(graphs["native"]).run(x), reference)
@@ -194,15 +202,25 @@ def test_gemmlowp_agrees_with_native_layer_by_layer(name):
     assert abs(gemmlowp_sqnr - native_sqnr) < 0.5, (native_sqnr, gemmlowp_sqnr)
     reach = {backend: one_step_reach(graphs[backend], x) for backend in graphs}
     if name == "resnet18":
-        assert end_to_end.within_one >= 0.99  # measured 100%
         # one step anywhere in the first layer stays within one step at the output
         assert all(r.moved < 0.01 for r in reach.values()), reach
     else:
-        # measured 37.6%: the two requantize differently (gemmlowp's double rounding against torch's
-        # float multiplier), and MobileNetV2 amplifies single steps: one step at one element of its
-        # first conv moves about 30% of that image's logits by more than 1 LSB, on either backend
-        assert end_to_end.within_one < 0.99
+        # MobileNetV2 amplifies single steps: one step at one element of its first conv moves about 30% of
+        # that image's logits by more than 1 LSB, on either backend
         assert all(r.moved > 0.1 for r in reach.values()), reach
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [
+    "resnet18",
+    pytest.param("mobilenet_v2", marks=pytest.mark.xfail(strict=True, reason=(
+        "target: 99% of outputs within 1 LSB of the native backend; measured 37.6%: the two requantize "
+        "differently (gemmlowp's double rounding against torch's float multiplier) and MobileNetV2 amplifies "
+        "single steps"))),
+])
+def test_gemmlowp_outputs_within_one_step_of_native(name):
+    _, graphs, x = _both_backends(name)
+    assert output_agreement(graphs["native"], graphs["gemmlowp"], (x,)).within_one >= 0.99  # ResNet-18: 100%
 
 
 def test_onnx_export_of_a_gemmlowp_graph_is_refused(tmp_path):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
@@ -75,22 +79,39 @@ def test_resnet18_int8_agrees_within_one_lsb(tmp_path):
         assert r.within_1_lsb >= 0.99, r
 
 
-@pytest.mark.slow
-def test_mobilenet_v2_int8_one_lsb_per_layer_compounds(tmp_path):
-    """torch's int8 kernels and onnxruntime round differently on rare elements (one step
-    per layer); MobileNetV2 amplifies single steps (one at one element of its first conv
-    moves a third of that image's logits by more than 1 LSB). Measured: 45% of output
-    elements within 1 LSB, top-1 agreement 0.81; the 99% target is not met here."""
+@functools.cache
+def _mobilenet_v2_export():
+    """Shared by the tests below (one calibration and export), in a folder that lives as long as the run."""
+    folder = Path(tempfile.mkdtemp(prefix="qcompile-mobilenet-v2-"))
     model = load_user_model("zoo:mobilenet_v2").module
     calib = [b[0] for b in open_data("builtin:photos", batch_size=16, limit=48)]
     graph = lower(model, (calib[0][:1],))
     run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
-    path, emitted = _export(graph, tmp_path)
-    with pytest.raises(CheckFailed) as failed:
-        check_onnx(path, emitted, calib, output_scale(graph), graph=graph)
-    assert "this model amplifies" in failed.value.hint and "features_0_0" in failed.value.hint
+    path, emitted = _export(graph, folder)
+    return graph, path, emitted, calib
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_one_lsb_per_layer_compounds():
+    """torch's int8 kernels and onnxruntime round differently on rare elements (one step
+    per layer); MobileNetV2 amplifies single steps (one at one element of its first conv
+    moves a third of that image's logits by more than 1 LSB). When the check fails, its
+    hint says so and names the layer where the codes first part."""
+    graph, path, emitted, calib = _mobilenet_v2_export()
     results = check_onnx(path, emitted, calib, output_scale(graph), min_share=0.0)
     assert all(r.top1_agreement >= 0.7 for r in results)
+    try:
+        check_onnx(path, emitted, calib, output_scale(graph), graph=graph)
+    except CheckFailed as failed:
+        assert "this model amplifies" in failed.hint and "features_0_0" in failed.hint
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="target: 99% of MobileNetV2's outputs within 1 LSB of the emitted module in "
+                   "onnxruntime; measured 45% (top-1 agreement 0.81), rounding differences the model amplifies")
+def test_mobilenet_v2_int8_export_within_one_lsb():
+    graph, path, emitted, calib = _mobilenet_v2_export()
+    check_onnx(path, emitted, calib, output_scale(graph), graph=graph)  # raises CheckFailed below 99%
 
 
 def test_digit_cnn_shape_arithmetic_exports(tmp_path):
