@@ -13,6 +13,7 @@ User mistakes print ``qcompile: error: ...`` with a hint and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,17 @@ from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -125,7 +137,7 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="output SQNR against float after every pass, on --diagnose-samples of --check-data")
     compile_p.add_argument("--layers", action="store_true",
                            help="SQNR of every quantized tensor against its float twin, worst first")
-    compile_p.add_argument("--sensitivity", type=float, metavar="DB",
+    compile_p.add_argument("--sensitivity", type=finite_float, metavar="DB",
                            help="each layer quantized alone / left float alone, and a skip list that brings the "
                            "output SQNR to DB (checked by rerunning the pipeline with it)")
     compile_p.add_argument("--report", action="store_true",

@@ -15,14 +15,12 @@ The weights are on a symmetric 7-bit grid ``[-64, 63]``: onnxruntime's AVX2
 kernels multiply uint8 inputs with int8 weights in pairs summed in 16 bits,
 which 8-bit weights can saturate (``255 * 127 * 2 > 32767``) and 7-bit ones
 cannot. They have the emitted model's granularity: one scale per LSTM
-weight matrix and direction (per gate row, the LSTM kernel ran 5% slower at
-batch 1 for 0.05 dB), per linear weight, or per column where ``dynamic`` ran
+weight matrix and direction, per linear weight, or per column where ``dynamic`` ran
 with ``per_channel=true``. They are quantized from the float weights: an
 LSTM's are still the graph's parameters; a linear's ``dynamic`` kept in
 ``node.quant.float_weight``. Rounding torch's 8-bit codes again instead
-costs up to 1.8 dB: the 7-bit grid falls on every other 8-bit code, so
-every odd one is a tie (a row-reading LSTM's head on Fashion-MNIST: 36.9
-against 38.7 dB SQNR to float). A graph without them (one built by hand)
+loses accuracy: the 7-bit grid falls on every other 8-bit code, so every odd
+one is a tie. A graph without them (one built by hand)
 gets that.
 """
 

@@ -11,12 +11,6 @@ runs in onnxruntime with those codes as extra outputs, the graph runs in
 qcompile's interpreter, and the codes are compared in the file's order. The
 first value whose codes differ says which it is: by one step, rounding; by
 more, that layer.
-
-A transformer encoder (``tests.models.TokenClassifier``) showed why this
-matters: its codes agreed exactly up to the first feed-forward linear, where
-0.05% were one step apart (torch's and onnxruntime's requantization rounding
-ties differently), and two layers of attention and layer norm carried that
-to 8% of the head's codes, 0.26% of them two steps apart.
 """
 
 from __future__ import annotations

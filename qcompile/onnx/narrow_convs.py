@@ -17,20 +17,15 @@ outputs:
   elsewhere; the padding moves onto the new convolution (the zero point
   again).
 
-Which is fastest depends on the layer and the CPU. On an AVX2 machine,
-MobileNetV2's 3x3 stem ran 542 -> 352 us padded, and ResNet-18's 7x7 stem
-became slower padded but faster as space-to-depth (a third of its time at
-batch 8 on two threads, where the im2col path does not spread over the
-threads). So ``auto`` measures: it times the layer alone in onnxruntime, plain and
+Which is fastest depends on the layer and the CPU. On some layers padding
+wins, on others space-to-depth, and on others neither. So ``auto`` measures: it times the layer alone in onnxruntime, plain and
 in each rewrite that applies, on this machine, at batch 1 and batch 8, and
 keeps the form whose time relative to the plain layer's (the geometric mean
 of the two batches) is lowest, if it is under 95%. The outputs are
 bit-identical (tested). Each decision, with the times, is recorded in the
 model's metadata (``qcompile.narrow_convs``).
 
-The layer alone does not always predict the model: ResNet-18's stem as
-space-to-depth ran 5% faster alone at batch 8 on two threads but made the
-whole model 1.4% slower there, and 1.5% faster at batch 1 on one thread.
+The layer alone does not always predict the model.
 ``measure`` decides on the whole model instead, at the batch size and
 threads it will be deployed with: the model plain and with each rewrite,
 timed head to head (:mod:`qcompile.timing`), and a rewrite kept only if the

@@ -21,22 +21,11 @@ through ops that share it: a max pool, a global average pool) gets 7-bit
 weights, [-64, 63]: 2 * 255 * 64 = 32640 fits. Pooling, adds and the other
 ops that read codes multiply nothing by weights. Per-channel weights
 (``x86``, ``fbgemm``) spare that bit (MobileNetV2: the same output SQNR);
-per-tensor ones (``default``) do not (MobileNetV2's output SQNR fell from
-2.7 to 1.0 dB), so a grid read by a layer with per-tensor weights keeps its
+per-tensor ones (``default``) do not, so a grid read by a layer with per-tensor weights keeps its
 clamp. So do grids ``aciq`` clipped or gave fewer than 8 bits, and every
 grid after QAT, which learned its grids and 8-bit weights.
 
-Measured on MobileNetV2 (``x86`` preset, 52 evaluation photos, SQNR of the
-logits against float, in onnxruntime / in torch): the observed grids with
-their 7 clamps 11.66 / 11.52 dB; full grids, no clamps, 7-bit weights in the
-7 layers that read them 11.65 / 11.51 dB, and no onnxruntime output more
-than 1 step from exact. On 520 other crops of the photos (torch): 11.24 and
-11.16 dB, top-1 agreement with float 73.8% and 73.1% (standard error 1.9%).
-Left at 8 bits, those weights put onnxruntime's dense layers up to 16 steps
-off (50 outputs on 8 photos), and torch's depthwise convolution 73 steps off
-on a small model (``tests/test_relu6_grid.py``). Keeping 8-bit weights safe
-instead, by lowering each same-sign neighbour pair past 32767 / 255 in
-magnitude sum, cost 4.6 dB.
+``docs/design-notes.md`` has the measurements behind this choice.
 """
 
 from __future__ import annotations
