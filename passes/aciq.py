@@ -37,7 +37,7 @@ import torch
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
-from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.aciq import clip_interval, gauss_ratio, laplace_ratio, mse_gauss, mse_laplace
 
 ONE_SIDED_ACTS = {"relu", "relu6"}
@@ -73,6 +73,7 @@ class Aciq(Pass):
     name = "aciq"
     requires = ("calibrated",)
     provides = ("clipped",)
+    forbids = FLOAT_GRAPH_ONLY
     needs_statistics = ("moments",)
 
     prior: Literal["laplace", "gauss", "std", "mix"] = "laplace"

@@ -41,7 +41,7 @@ from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
-from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.op_table import WEIGHTED
 
@@ -74,6 +74,7 @@ class BiasCorrect(Pass):
     name = "bias-correct"
     requires = ("calibrated",)
     provides = ("bias-corrected",)
+    forbids = FLOAT_GRAPH_ONLY
 
     samples: int = option(64, low=1)
 

@@ -28,7 +28,7 @@ from typing import Literal
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
-from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.bit_allocation import allocate_bits
 from qcompile.quant.op_table import TRANSPOSED
 
@@ -41,6 +41,7 @@ class Bitalloc(Pass):
     name = "bitalloc"
     requires = ("calibrated",)
     provides = ("bits-allocated",)
+    forbids = FLOAT_GRAPH_ONLY
     needs_statistics = ("moments",)
 
     budget: float = option(4.0, above=0, high=8)

@@ -29,7 +29,7 @@ from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.observers import MomentsObserver, make_observer
 from qcompile.quant.stats_io import load_statistics
 
@@ -93,6 +93,7 @@ class LoadStats(Pass):
     name = "load-stats"
     requires = ("observed",)
     provides = ("calibrated",)
+    forbids = FLOAT_GRAPH_ONLY
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         path = getattr(ctx, "statistics_file", None)
@@ -110,6 +111,7 @@ class Calibrate(Pass):
     name = "calibrate"
     requires = ("observed",)
     provides = ("calibrated",)
+    forbids = FLOAT_GRAPH_ONLY
 
     max_batches: int = option(0, low=0)  # 0: every batch
 

@@ -33,7 +33,7 @@ import torch
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
 _NORMS = {"batch_norm1d", "batch_norm2d", "batch_norm3d"}
@@ -93,6 +93,7 @@ class Fuse(Pass):
     name = "fuse"
     requires = ("lowered",)
     provides = ("fused",)
+    forbids = FLOAT_GRAPH_ONLY
 
     batch_norm: bool = True
     activations: tuple[str, ...] = ("relu", "relu6")

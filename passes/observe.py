@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
 from qcompile.quant.op_table import TRANSPOSED, category
 
 
@@ -38,6 +38,7 @@ class Observe(Pass):
     name = "observe"
     requires = ("stubbed",)
     provides = ("observed",)
+    forbids = FLOAT_GRAPH_ONLY
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         before = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}

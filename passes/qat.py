@@ -42,7 +42,7 @@ from qcompile.passes.stubs import Stubs
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
-from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.op_table import TRANSPOSED, WEIGHTED
 from qcompile.training import fit
 
@@ -84,6 +84,7 @@ class Qat(Pass):
     name = "qat"
     requires = ("lowered",)
     provides = ("qat-prepared",)
+    forbids = FLOAT_GRAPH_ONLY
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "qat-prepared" in graph.facts:
@@ -136,6 +137,7 @@ class Train(Pass):
     name = "train"
     requires = ("qat-prepared",)
     provides = ("trained",)
+    forbids = FLOAT_GRAPH_ONLY
 
     epochs: int = option(1, low=1)
     lr: float = option(0.01, above=0)
@@ -159,6 +161,7 @@ class QatFinalize(Pass):
     name = "qat-finalize"
     requires = ("qat-prepared",)
     provides = ("fused", "stubbed", "observed", "calibrated")
+    forbids = FLOAT_GRAPH_ONLY
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         for node in graph.find(kind=NodeKind.MODULE):

@@ -31,7 +31,7 @@ import torch
 
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
-from qcompile.pipeline import Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
 from qcompile.quant.fake import fake_quantize
 
 FAKE_QUANTIZE = "qcompile.quant.fake.fake_quantize"
@@ -61,6 +61,7 @@ class Simulate(Pass):
     name = "simulate"
     requires = ("calibrated",)
     provides = ("simulated",)
+    forbids = FLOAT_GRAPH_ONLY
 
     bits: int = option(8, low=1, high=8)
     weight_bits: int = option(8, low=1, high=8)

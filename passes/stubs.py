@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
-from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
 from qcompile.quant.decompose import decompose_silu
 from qcompile.quant.op_table import TRANSPOSED, category, holds_tensor, is_float_tensor
 from qcompile.quant.transposed_probe import transposed_kernel_ok
@@ -94,6 +94,7 @@ class Stubs(Pass):
     name = "stubs"
     requires = ("lowered",)
     provides = ("stubbed",)
+    forbids = FLOAT_GRAPH_ONLY
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         ctx.quant_config.check_patterns(graph.nodes())

@@ -40,6 +40,16 @@ def test_python_dash_m_works(tmp_path):
     assert run.returncode == 0 and "zoo:mobilenet_v2" in run.stdout
 
 
+def test_version_and_a_closed_pipe():
+    run = qcompile("--version")
+    assert run.returncode == 0 and re.fullmatch(r"qcompile \d+\.\d+\.\d+\n", run.stdout)
+    exe = shutil.which("qcompile")
+    reader = subprocess.Popen([exe, "passes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # as `qcompile passes | head -0` would
+    assert reader.wait(timeout=120) == 0
+    assert reader.stderr.read() == b""  # no BrokenPipeError traceback
+
+
 def test_passes_lists_docs():
     run = qcompile("passes")
     assert run.returncode == 0

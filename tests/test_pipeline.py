@@ -158,6 +158,19 @@ def test_invalidated_fact_must_be_provided_again():
         parse_pipeline("test-tagger,test-needs-prepared,test-prepare")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("ptq,ptq", "'fuse' cannot run after 'convert': the graph is converted by then"),
+    ("fuse,calibrate,convert,calibrate", "'calibrate' cannot run after 'convert'"),
+    ("dynamic,convert", "'convert' cannot run after 'dynamic'"),
+    ("fuse,dynamic,dynamic", "'dynamic' cannot run after 'dynamic'"),
+])
+def test_float_passes_after_quantizing_are_refused_when_parsed(text, message):
+    with pytest.raises(PipelineError, match=message) as info:
+        parse_pipeline(text)
+    assert "fuse,calibrate,convert" in info.value.hint
+    assert str(parse_pipeline("ptq")) == "fuse,stubs,observe,calibrate,convert"  # once is fine
+
+
 def test_named_pipeline_expands():
     register_pipeline("test-named", "fuse,test-tagger{bits=4}", "for tests")
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -110,8 +111,8 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
     compile_p = argparse.ArgumentParser(
         prog="qcompile",
         description="Compile a PyTorch model through qcompile's pass pipeline and emit a "
-        "readable eager-mode module. Other commands: qcompile inspect | passes | zoo "
-        "(run 'qcompile COMMAND -h').",
+        "readable eager-mode module. Other commands: qcompile inspect | passes | zoo | compare "
+        "(run 'qcompile COMMAND -h'); qcompile --version.",
     )
     _model_arguments(compile_p)
     compile_p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -515,6 +516,27 @@ def _list_zoo() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qcompile`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"qcompile {_version()}")
+        return 0
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (qcompile passes | head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qcompile")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _main(argv: list[str]) -> int:
     ignore_torch_deprecations()
     parsers = _build_parsers()
     command = argv[0] if argv and argv[0] in COMMANDS else "compile"

@@ -62,7 +62,8 @@ def passes_reference() -> str:
     for name, cls in registered_passes().items():
         parts += [f"## `{name}`", "", cls.summary(), "",
                   f"requires: {', '.join(cls.requires) or '-'}; provides: {', '.join(cls.provides) or '-'}"
-                  + (f"; invalidates: {', '.join(cls.invalidates)}" if cls.invalidates else ""), ""]
+                  + (f"; invalidates: {', '.join(cls.invalidates)}" if cls.invalidates else "")
+                  + (f"; cannot run once the graph is: {', '.join(cls.forbids)}" if cls.forbids else ""), ""]
         options = cls.options()
         if options:
             parts += ["| option | type | default | range |", "|---|---|---|---|"]

@@ -3,7 +3,15 @@
 from qcompile.pipeline.instruments import DumpDir, Instrument, PrintAfter, Timing
 from qcompile.pipeline.manager import PassManager, PassRecord, run_pipeline
 from qcompile.pipeline.parser import Pipeline, format_pass, parse_pipeline
-from qcompile.pipeline.pass_base import Pass, PassContext, PassResult, function_pass, option
+from qcompile.pipeline.pass_base import (
+    CONVERTED,
+    FLOAT_GRAPH_ONLY,
+    Pass,
+    PassContext,
+    PassResult,
+    function_pass,
+    option,
+)
 from qcompile.pipeline.registry import (
     load_plugin,
     named_pipelines,
@@ -14,7 +22,7 @@ from qcompile.pipeline.registry import (
 
 __all__ = [
     "DumpDir", "Instrument", "PrintAfter", "Timing",
-    "Pass", "PassContext", "PassResult", "function_pass", "option",
+    "CONVERTED", "FLOAT_GRAPH_ONLY", "Pass", "PassContext", "PassResult", "function_pass", "option",
     "load_plugin", "named_pipelines", "register_pass", "register_pipeline", "registered_passes",
     "Pipeline", "format_pass", "parse_pipeline",
     "PassManager", "PassRecord", "run_pipeline",

@@ -234,8 +234,15 @@ def parse_pipeline(text: str, facts: set[str] | frozenset[str] = frozenset({"low
 def _order(parsed: list[tuple[Pass, _Item, str]], facts: set[str]) -> Pipeline:
     passes: list[Pass] = []
     inserted: list[int] = []
+    provided_by = {fact: "the input" for fact in facts}
 
     def place(p: Pass, item: _Item, text: str, chain: tuple[str, ...]) -> None:
+        for fact in p.forbids:
+            if fact in facts:
+                raise _caret_error(text, item.start, item.end,
+                                   f"'{p.name}' cannot run after '{provided_by[fact]}': the graph is {fact} by then",
+                                   hint="a pipeline quantizes once, at its end (e.g. fuse,calibrate,convert); "
+                                   "calibration and the other float passes go before it")
         for fact in p.requires:
             if fact in facts:
                 continue
@@ -252,6 +259,7 @@ def _order(parsed: list[tuple[Pass, _Item, str]], facts: set[str]) -> Pipeline:
         passes.append(p)
         facts.difference_update(p.invalidates)
         facts.update(p.provides)
+        provided_by.update({fact: p.name for fact in p.provides})
 
     for p, item, text in parsed:
         place(p, item, text, ())

@@ -24,6 +24,11 @@ from typing import Any, ClassVar
 
 from qcompile.ir.graph import Graph
 
+CONVERTED = "converted"
+# What the built-in passes forbid: they rewrite float graphs, so none runs on a graph already converted to
+# integer kernels (a second convert, a calibration after convert).
+FLOAT_GRAPH_ONLY: tuple[str, ...] = (CONVERTED,)
+
 
 @dataclass(frozen=True)
 class PassResult:
@@ -129,6 +134,7 @@ class Pass(abc.ABC):
         requires: Facts that must hold before the pass runs.
         provides: Facts that hold after it.
         invalidates: Facts that no longer hold after it.
+        forbids: Facts under which it cannot run; a pipeline that puts it there is refused when parsed.
     """
 
     name: ClassVar[str] = ""
@@ -138,6 +144,8 @@ class Pass(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
     invalidates: ClassVar[tuple[str, ...]] = ()
+    # Facts under which the pass cannot run (the built-in passes rewrite float graphs: not after "converted").
+    forbids: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in self.options():
