@@ -137,6 +137,10 @@ def compile_model(
     notes = list(loaded.notes)
     graph = lower(loaded.module, inputs, notes, frontend, dynamic_axes)
     checked = check_inputs(ctx.calib_data, tuple(inputs)) if out_dir is not None else None
+    if checked is not None and ctx.calib_data is not None:
+        from qcompile.passes.calibrate import check_batch
+
+        check_batch(graph, checked.tensors, 0)  # the data's own mistakes, said as calibrate would say them
     with torch.no_grad():
         float_outputs = Interpreter(graph).run(*checked.tensors) if checked is not None else None
     records = PassManager(pipeline, instruments).run(graph, ctx)

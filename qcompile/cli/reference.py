@@ -47,7 +47,7 @@ def cli_reference() -> str:
 
 
 def passes_reference() -> str:
-    """Markdown for every registered pass and named pipeline."""
+    """Markdown for every built-in pass and named pipeline."""
     from qcompile.pipeline import named_pipelines, registered_passes
     from qcompile.pipeline.parser import format_value
 
@@ -59,7 +59,8 @@ def passes_reference() -> str:
         parts += ["## Named pipelines", "", "| name | passes | what for |", "|---|---|---|"]
         parts += [f"| `{name}` | `{text}` | {about} |" for name, (text, about) in named.items()]
         parts.append("")
-    for name, cls in registered_passes().items():
+    builtin = {name: cls for name, cls in registered_passes().items() if cls.__module__.startswith("qcompile.passes.")}
+    for name, cls in builtin.items():  # plugins registered in this process are not the reference
         parts += [f"## `{name}`", "", cls.summary(), "",
                   f"requires: {', '.join(cls.requires) or '-'}; provides: {', '.join(cls.provides) or '-'}"
                   + (f"; invalidates: {', '.join(cls.invalidates)}" if cls.invalidates else "")
