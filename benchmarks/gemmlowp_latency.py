@@ -6,7 +6,9 @@ On a CPU the gemmlowp backend runs its CPU twin (integer AVX2 convolutions
 with the fixed-point output stage of ``kernels/gemmlowp.h`` fused,
 ``kernels/host_conv.cpp``, where the CPU has AVX2); all models are
 emitted by qcompile and timed in one process, medians of ``--repeats`` runs,
-as ratios against the fused float model (channels-last). Also the GEMM alone:
+as ratios against the fused float model (channels-last); gemmlowp both with
+its default full 8-bit activation grids and with the preset's 7-bit ones
+(``observe{activation-grid=preset}``). Also the GEMM alone:
 effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's int8
 peak, measured by ``benchmarks/int8_peak.py`` (about 205 GOPS per core here),
 and single convolution layers of both models.
@@ -32,6 +34,7 @@ from qcompile.kernels.geometry import conv_output_size  # noqa: E402
 from benchmarks.int8_latency import build, macs, median_ms  # noqa: E402
 from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
+from qcompile.cpu_features import describe_cpu  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
@@ -99,8 +102,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     calib = list(open_data("builtin:photos", batch_size=16, limit=32))
     rows = []
-    print("| model | batch | threads | float ms | native x86 | native fbgemm | gemmlowp | gemmlowp GOPS (% peak) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin (kernels/host_conv.cpp: AVX2 byte and int16 forms)\n")
+    print("| model | batch | threads | float ms | native x86 | native fbgemm | gemmlowp | gemmlowp, preset's 7-bit grid "
+          "| gemmlowp GOPS (% peak) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -110,6 +115,8 @@ def main() -> None:
             _, x86 = emit(model, calib, tmp, "x86", "ptq")
             _, fbgemm = emit(model, calib, tmp, "fbgemm", "ptq", preset="fbgemm")
             _, gemmlowp = emit(model, calib, tmp, "gemmlowp", "fuse,calibrate,convert{backend=gemmlowp}")
+            _, narrow = emit(model, calib, tmp, "gemmlowp7", "fuse,stubs,observe{activation-grid=preset},calibrate,"
+                             "convert{backend=gemmlowp}")
             work = macs(float_graph)
             for threads in (1, 2):
                 torch.set_num_threads(threads)
@@ -123,13 +130,16 @@ def main() -> None:
                         torch.backends.quantized.engine = "fbgemm"
                         packed = median_ms(partial(fbgemm, x), args.repeats)
                         ours = median_ms(partial(gemmlowp, x), args.repeats)
+                        seven = median_ms(partial(narrow, x), args.repeats)
                     gops = 2 * work * batch / (ours / 1000) / 1e9
                     share = gops / (peak_gops_per_core() * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
                                      native_x86=base / native, native_fbgemm=base / packed, gemmlowp=base / ours,
+                                     gemmlowp_preset_grid=base / seven,
                                      gemmlowp_gops=gops))
                     print(f"| {name} | {batch} | {threads} | {base:.1f} | {base / native:.2f}x | "
-                          f"{base / packed:.2f}x | {base / ours:.2f}x | {gops:.1f} ({share:.1%}) |", flush=True)
+                          f"{base / packed:.2f}x | {base / ours:.2f}x | {base / seven:.2f}x | {gops:.1f} ({share:.1%}) |",
+                          flush=True)
     torch.set_num_threads(2)
     print("\nthe GEMM alone (torch.ops.qcompile.qlinear, 2 threads):")
     for shape in ((256, 512, 1024), (256, 2048, 1024)):

@@ -178,13 +178,27 @@ def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
     return out
 
 
+# The byte form corrects each code above 127 one product at a time: cheap where such codes are rare (7-bit
+# grids, where only values past the calibrated range reach them), not on full 8-bit grids, where the int16
+# form is faster. It is taken where at most 1 code in this many is above 127 at the layer's first call.
+BYTE_FORM_WIDE_SHARE = 32
+
+
+def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int) -> bool:
+    """Whether this layer runs in the byte form: depths of 64 and more over up to 64 taps, where few codes are
+    above 127; decided once per layer, at its first call, from the codes it reads (its grid does not change)."""
+    if not (taps <= 64 and taps * channels >= 64):
+        return False
+    return _cached((weight,), "few codes above 127",
+                   lambda: int((x > 127).sum()) * BYTE_FORM_WIDE_SHARE < x.numel())
+
+
 def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out) -> None:
-    """The byte form (vpmaddubsw) for depths of 64 and more over up to 64 taps, else the int16 form (faster
-    for thin layers, measured); the same integers."""
+    """The byte form (vpmaddubsw) for depths of 64 and more over up to 64 taps, where few codes are above 127,
+    else the int16 form (faster for thin layers and wide codes, measured); the same integers."""
     dims = _dims(shape)
     params = host.int32_params(bias, multiplier, exponent)
-    taps = shape[5] * shape[6]
-    if taps <= 64 and taps * shape[3] >= 64:
+    if byte_form(x, weight, shape[5] * shape[6], shape[3]):
         panels = _cached((weight,), "bytes", lambda: _BytePanels(weight))
         # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
         params[0] = _cached((weight, bias), ("bias", x_zero),

@@ -13,12 +13,20 @@ ops that reuse their input's grid (pooling, flatten, relu...) get
 
     %conv1   = conv2d(...) ...  # mode=static obs=minmax quint8[0,127] affine | weight: obs=minmax qint8[-128,127] sym
     %maxpool = max_pool2d(%conv1) ...  # mode=static shares=%conv1
+
+Options:
+    activation-grid: ``backend`` (default) puts the preset's activations on
+        the most accurate grid the pipeline's ``convert`` backend computes
+        exactly (full 8-bit grids for ``gemmlowp``, :mod:`qcompile.backends.grids`);
+        ``preset`` keeps the preset's grid, as torch.ao would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
+from qcompile.backends import activation_grid_for, backend_of
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
@@ -40,17 +48,25 @@ class Observe(Pass):
     provides = ("observed",)
     forbids = FLOAT_GRAPH_ONLY
 
+    activation_grid: Literal["backend", "preset"] = "backend"
+
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         before = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
         counts = {"activations": 0, "weights": 0, "shared": 0}
+        preset = ctx.quant_config.qconfig
+        backend = backend_of(ctx.remaining_passes) if self.activation_grid == "backend" else None
+        followed = activation_grid_for(preset.activation, backend)
         for node in graph.nodes():
             if node.quant.mode != "static":
                 continue
-            qconfig = ctx.quant_config.qconfig_for(node) or ctx.quant_config.qconfig
+            qconfig = ctx.quant_config.qconfig_for(node) or preset
             kind = "own" if node.op == "quantize" else category(graph, node)
             if kind in ("own", "weighted"):
-                node.quant.observer = qconfig.activation
+                # the preset's grid follows the backend; an override from a config file is the user's own
+                node.quant.observer = followed if qconfig.activation == preset.activation else qconfig.activation
                 counts["activations"] += 1
+                if node.quant.observer != qconfig.activation:
+                    counts[f"grids for {backend}"] = counts.get(f"grids for {backend}", 0) + 1
             if kind == "weighted":  # per output channel (axis 0), but transposed convolutions per tensor
                 node.quant.weight_observer = (replace(qconfig.weight, per_channel=False) if node.op in TRANSPOSED
                                               else replace(qconfig.weight, axis=0))

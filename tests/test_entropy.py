@@ -44,7 +44,8 @@ def test_both_backends_have_the_same_codes_and_entropy():
     results = {}
     for backend in ("native", "gemmlowp"):
         graph = lower(load_model("zoo:digit_cnn").module, (torch.zeros(1, 1, 28, 28),))
-        run_pipeline(graph, f"fuse,calibrate,convert{{backend={backend}}}", PassContext(calib_data=data))
+        run_pipeline(graph, f"fuse,stubs,observe{{activation-grid=preset}},calibrate,convert{{backend={backend}}}",
+                     PassContext(calib_data=data))
         results[backend] = code_entropy(graph, [b[0] for b in data])
     (native_rows, native_bits), (gemmlowp_rows, gemmlowp_bits) = results.values()
     assert len(native_rows) == len(gemmlowp_rows) == 11 and native_bits > 1.0  # 6 activations, 5 weights

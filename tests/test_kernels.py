@@ -401,11 +401,14 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
     """The AVX2 integer GEMM convolutions (bytes with the codes above 127 and the padding corrected, or int16
     pairs; int32 sums, fused output stage, channels last) against float64 accumulation and the torch-op output
     stage; the twin dispatches to them where they may run. Zero points below and above 127 (padding then
-    needs the correction), and random codes, half of them above 127."""
+    needs the correction); codes of a full 8-bit grid (half above 127: the int16 form) and of a 7-bit grid
+    with a few codes past it (the byte form where the layer's depth takes it)."""
     from qcompile.kernels import host_conv
 
     generator = torch.Generator().manual_seed(batch * 1000 + cin)
-    x = torch.randint(0, 256, (batch, cin, size, size), dtype=torch.uint8, generator=generator)
+    full = torch.randint(0, 256, (batch, cin, size, size), dtype=torch.uint8, generator=generator)
+    narrow = torch.randint(0, 128, full.shape, dtype=torch.uint8, generator=generator)
+    narrow.view(-1)[:: 101] += 128  # 1% past the grid, as values beyond the calibrated range give
     weight = torch.randint(-128, 128, (cout, cin, kernel, kernel), dtype=torch.int8, generator=generator)
     bias = torch.randint(-(2**16), 2**16, (cout,), dtype=torch.int32, generator=generator)
     scale = torch.rand(cout, dtype=torch.float64, generator=generator) * 2e-3 + 2e-3
@@ -413,16 +416,21 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
     geometry = ([stride] * 2, [padding] * 2, [dilation] * 2)
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
     assert host_conv.runs(bias, m0, exponent, cpu.accumulator_bound(cin * kernel * kernel)) == avx2
-    for zero in (5, 131):
-        want = _conv_reference(x, zero, weight, bias, m0, exponent, 7, 0, 255, *geometry)
-        assert len(torch.unique(want)) > 20  # neither saturated nor constant
-        got = cpu.qconv2d(x, zero, weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
-        assert torch.equal(got, want), zero
-        if avx2:
-            assert got.is_contiguous(memory_format=torch.channels_last)  # written by the integer kernel
-            # NCHW and channels-last inputs alike
-            nhwc = x.contiguous(memory_format=torch.channels_last)
-            assert torch.equal(host_conv.conv2d(nhwc, zero, weight, bias, m0, exponent, 7, 0, 255, *geometry), want)
+    deep = kernel * kernel <= 64 and kernel * kernel * cin >= 64
+    for x, bytes_expected in ((full, False), (narrow, deep)):
+        layer_weight = weight.clone()  # a layer of its own: the form is decided at a layer's first call
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        assert host_conv.byte_form(nhwc, layer_weight, kernel * kernel, cin) == bytes_expected
+        for zero in (5, 131):
+            want = _conv_reference(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry)
+            assert len(torch.unique(want)) > 20  # neither saturated nor constant
+            got = cpu.qconv2d(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
+            assert torch.equal(got, want), zero
+            if avx2:
+                assert got.is_contiguous(memory_format=torch.channels_last)  # written by the integer kernel
+                # NCHW and channels-last inputs alike
+                assert torch.equal(host_conv.conv2d(nhwc, zero, layer_weight, bias, m0, exponent, 7, 0, 255,
+                                                    *geometry), want)
 
 
 @pytest.mark.parametrize("batch, channels, size, kernel, stride, padding, dilation", [

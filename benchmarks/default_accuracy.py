@@ -1,0 +1,125 @@
+"""Default-pipeline accuracy as a new user gets it: the real MobileNetV2, held-out photo crops.
+
+    python benchmarks/default_accuracy.py [--samples 520] [--json out.json]
+
+Each variant is calibrated on ``builtin:photos`` (the README's main job) and
+scored on ``builtin:photo-crops`` (520 other crops of the same photos, none
+seen by calibration): top-1 agreement with the float model and output SQNR
+against it. Rows: qcompile's default pipeline (``ptq``) on each backend; the
+``gemmlowp`` backend with the preset's 7-bit activation grid kept
+(``observe{activation-grid=preset}``), to show what the backend's own grid
+buys; ``aciq`` and ``bias-correct`` on the gemmlowp backend; the native
+model's ONNX export in onnxruntime; and onnxruntime's
+``quantize_static`` with its defaults (QDQ, int8 activations and weights,
+per tensor, min/max) after its recommended pre-processing. The table names
+the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.int8_latency import quiet  # noqa: E402
+from qcompile.codegen import load_model, write_model  # noqa: E402
+from qcompile.cpu_features import describe_cpu  # noqa: E402
+from qcompile.data import open_data  # noqa: E402
+from qcompile.diagnose.metrics import agreement, sqnr_db  # noqa: E402
+from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
+from qcompile.frontend.lower import lower  # noqa: E402
+from qcompile.onnx.export import export_onnx  # noqa: E402
+from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
+
+VARIANTS = [  # (row, pipeline)
+    ("qcompile ptq, native backend (default)", "ptq"),
+    ("qcompile ptq, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
+    ("qcompile ptq, gemmlowp, preset's 7-bit grid", "fuse,stubs,observe{activation-grid=preset},calibrate,"
+                                                     "convert{backend=gemmlowp}"),
+    ("qcompile aciq, gemmlowp backend", "fuse,calibrate,aciq,convert{backend=gemmlowp}"),
+    ("qcompile bias-correct, gemmlowp backend", "fuse,calibrate,bias-correct,convert{backend=gemmlowp}"),
+]
+
+
+def _run_batches(model, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def onnxruntime_default(model, calib: list, evaluation: torch.Tensor, tmp: Path) -> torch.Tensor:
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    float_path, prepared, int8_path = tmp / "float.onnx", tmp / "prepared.onnx", tmp / "ort_int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (calib[0][:1],), str(float_path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": b.numpy()} for b in calib])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quant_pre_process(str(float_path), str(prepared))
+    quantize_static(str(prepared), str(int8_path), Reader())  # onnxruntime's defaults
+    session = OnnxModel(int8_path, 1).session
+    outs = [session.run(None, {"x": evaluation[i:i + 64].numpy()})[0] for i in range(0, len(evaluation), 64)]
+    return torch.from_numpy(np.concatenate(outs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=520, help="held-out crops scored (at most 520)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    quiet()
+    torch.set_num_threads(2)
+    model = load_user_model("zoo:mobilenet_v2").module
+    calib_source = open_data("builtin:photos", batch_size=32)
+    calib = [b[0] for b in calib_source]
+    evaluation = torch.cat([b[0] for b in open_data("builtin:photo-crops", batch_size=64, limit=args.samples)])
+    reference = _run_batches(model, evaluation)
+    rows = []
+
+    def record(name: str, out: torch.Tensor) -> None:
+        rows.append({"variant": name, "agreement": agreement(out, reference), "sqnr_db": sqnr_db(out, reference)})
+        print(f"| {name} | {rows[-1]['agreement']:.3f} | {rows[-1]['sqnr_db']:.1f} |", flush=True)
+
+    print(f"MobileNetV2 (ImageNet weights), calibrated on builtin:photos ({sum(len(b) for b in calib)} images), "
+          f"scored on {len(evaluation)} held-out crops (builtin:photo-crops); CPU: {describe_cpu()}\n")
+    print("| variant | top-1 agreement with float | SQNR vs float (dB) |\n|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, pipeline in VARIANTS:
+            graph = lower(model, (calib[0][:1],))
+            run_pipeline(graph, pipeline, PassContext(calib_data=[(b,) for b in calib]))
+            out_dir = tmp / name.replace(" ", "_").replace(",", "").replace("'", "")
+            write_model(graph, out_dir)
+            record(name, _run_batches(load_model(out_dir), evaluation))
+            if pipeline == "ptq":
+                path = export_onnx(graph, out_dir / "model.onnx")
+                session = OnnxModel(path, 1).session
+                feed = session.get_inputs()[0].name
+                outs = [session.run(None, {feed: evaluation[i:i + 64].numpy()})[0]
+                        for i in range(0, len(evaluation), 64)]
+                record("qcompile ptq, native, ONNX export in onnxruntime", torch.from_numpy(np.concatenate(outs)))
+        record("onnxruntime quantize_static, defaults", onnxruntime_default(model, calib, evaluation, tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": describe_cpu(), "samples": len(evaluation), "rows": rows},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()
