@@ -11,6 +11,8 @@
 //    int16, which is exact for codes up to 127 (2 * 127 * 128 < 2^15); so the GEMM multiplies min(q, 127), and
 //    the rare codes above 127 are corrected one product at a time. The zero point comes off through the bias
 //    (sum (q - z) w = sum q w - z sum w), and taps outside the input (padding) get their share back.
+//    On CPUs with VNNI (AVX-512 VNNI or AVX-VNNI) the byte form is vpdpbusd instead, which sums the four
+//    uint8 x int8 products of each lane in int32: every code goes in whole, and nothing needs correcting.
 //  * int16 pairs: _mm256_madd_epi16 of q - z (|q - z| <= 255) with the weights, each pair sum below 2^16.
 // Every sum is exact in int32 arithmetic, whose wrap-around cannot change a result that fits int32; the caller
 // checks that the result does (kernels/cpu.py: accumulator_bound).
@@ -126,10 +128,10 @@ struct Exception {
 };
 
 // Row r of a byte tile: min(q, 127) of pixel m's receptive field, padded with 0 to a multiple of 4; codes
-// above 127 are appended to `exceptions`. Taps outside the input are 0 here and set in the returned mask: they
+// above 127 are appended to `exceptions` (with `wide`, for VNNI, the codes themselves and no exceptions). Taps outside the input are 0 here and set in the returned mask: they
 // must contribute (z - z) w = 0, so their share of the bias correction (- z w) is added back afterwards.
 __attribute__((target("avx2"))) uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m, int32_t r,
-                                                      uint8_t* row, std::vector<Exception>& exceptions) {
+                                                      uint8_t* row, std::vector<Exception>& exceptions, bool wide) {
   const int64_t ow = m % s.out_w, oh = (m / s.out_w) % s.out_h, n = m / (s.out_w * s.out_h);
   const __m256i top = _mm256_set1_epi8(127);
   uint8_t* dst = row;
@@ -145,6 +147,10 @@ __attribute__((target("avx2"))) uint64_t gather_bytes(const uint8_t* x, const Co
         continue;
       }
       const uint8_t* src = x + ((n * s.height + iy) * s.width + ix) * s.channels;
+      if (wide) {  // VNNI sums u8 x s8 products in int32: every code goes in whole
+        memcpy(dst, src, static_cast<size_t>(s.channels));
+        continue;
+      }
       int64_t c = 0;
       for (; c + 32 <= s.channels; c += 32) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c));
@@ -165,42 +171,64 @@ __attribute__((target("avx2"))) uint64_t gather_bytes(const uint8_t* x, const Co
 }
 
 #define QC_BYTE_ROWS(X) X(0) X(1) X(2) X(3)
-__attribute__((target("avx2"))) void byte_tile_panel(const uint8_t* a, const int8_t* b, int64_t quads,
-                                                     __m256i (&out)[kByteRows][2]) {
-  static_assert(kByteRows == 4, "QC_BYTE_ROWS names four rows");
-  const __m256i ones = _mm256_set1_epi16(1);
-#define QC_ZERO(r) __m256i acc##r##_0 = _mm256_setzero_si256(), acc##r##_1 = _mm256_setzero_si256();
-  QC_BYTE_ROWS(QC_ZERO)
-#undef QC_ZERO
-  const int64_t stride = 4 * quads;
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 64 * q));
-    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 64 * q + 32));
-#define QC_STEP(r)                                                                                         \
-  {                                                                                                        \
-    int32_t quad;                                                                                          \
-    memcpy(&quad, a + r * stride + 4 * q, sizeof quad);                                                    \
-    const __m256i v = _mm256_set1_epi32(quad);                                                             \
-    acc##r##_0 = _mm256_add_epi32(acc##r##_0, _mm256_madd_epi16(_mm256_maddubs_epi16(v, b0), ones));      \
-    acc##r##_1 = _mm256_add_epi32(acc##r##_1, _mm256_madd_epi16(_mm256_maddubs_epi16(v, b1), ones));      \
+// The byte GEMM over one tile and one panel; MAC(acc, v, b) adds the four products of each 32-bit lane.
+#define QC_BYTE_TILE_PANEL(NAME, TARGET, SETUP, MAC)                                                        \
+  __attribute__((target(TARGET))) void NAME(const uint8_t* a, const int8_t* b, int64_t quads,              \
+                                            __m256i(&out)[kByteRows][2]) {                                   \
+    static_assert(kByteRows == 4, "QC_BYTE_ROWS names four rows");                                         \
+    SETUP                                                                                                   \
+    QC_BYTE_ROWS(QC_ZERO)                                                                                   \
+    const int64_t stride = 4 * quads;                                                                       \
+    for (int64_t q = 0; q < quads; ++q) {                                                                   \
+      const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 64 * q));                  \
+      const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + 64 * q + 32));             \
+      QC_BYTE_ROWS(QC_STEP)                                                                                 \
+    }                                                                                                       \
+    QC_BYTE_ROWS(QC_SAVE)                                                                                   \
   }
-    QC_BYTE_ROWS(QC_STEP)
-#undef QC_STEP
+#define QC_ZERO(r) __m256i acc##r##_0 = _mm256_setzero_si256(), acc##r##_1 = _mm256_setzero_si256();
+#define QC_STEP(r)                                                                                          \
+  {                                                                                                         \
+    int32_t quad;                                                                                           \
+    memcpy(&quad, a + r * stride + 4 * q, sizeof quad);                                                     \
+    const __m256i v = _mm256_set1_epi32(quad);                                                              \
+    acc##r##_0 = QC_MAC(acc##r##_0, v, b0);                                                                 \
+    acc##r##_1 = QC_MAC(acc##r##_1, v, b1);                                                                 \
   }
 #define QC_SAVE(r) out[r][0] = acc##r##_0, out[r][1] = acc##r##_1;
-  QC_BYTE_ROWS(QC_SAVE)
+// AVX2: vpmaddubsw sums pairs in saturating int16 (exact for codes up to 127), vpmaddwd the pairs in int32
+#define QC_MAC(acc, v, w) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(v, w), ones))
+QC_BYTE_TILE_PANEL(byte_tile_panel, "avx2", const __m256i ones = _mm256_set1_epi16(1);, QC_MAC)
+#undef QC_MAC
+// VNNI: vpdpbusd sums the four products of each lane into int32, exact for every uint8 code
+#define QC_MAC(acc, v, w) _mm256_dpbusd_avx_epi32(acc, v, w)
+QC_BYTE_TILE_PANEL(byte_tile_panel_avx_vnni, "avx2,avxvnni", , QC_MAC)
+#undef QC_MAC
+#define QC_MAC(acc, v, w) _mm256_dpbusd_epi32(acc, v, w)
+QC_BYTE_TILE_PANEL(byte_tile_panel_avx512_vnni, "avx2,avx512f,avx512vl,avx512vnni", , QC_MAC)
+#undef QC_MAC
+#undef QC_ZERO
+#undef QC_STEP
 #undef QC_SAVE
-}
+#undef QC_BYTE_TILE_PANEL
 #undef QC_BYTE_ROWS
+
+// Which byte GEMM runs: qc_conv_vnni's answer, or 0 for AVX2.
+enum ByteIsa : int { kAvx2 = 0, kAvxVnni = 1, kAvx512Vnni = 2 };
 
 // One tile and one panel in the byte form: the GEMM, the exceptions, the taps outside the input, the output
 // stage.
 __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t* b, const int32_t* tap_sums,
                                                int64_t quads, int64_t rows, const std::vector<Exception>& exceptions,
                                                const uint64_t* outside, int32_t x_zero, int64_t c0,
-                                               int64_t out_channels, const Stage8* stages, uint8_t* out) {
+                                               int64_t out_channels, const Stage8* stages, uint8_t* out, int isa) {
   alignas(32) __m256i acc[kByteRows][2];
-  byte_tile_panel(tile, b, quads, acc);
+  if (isa == kAvx512Vnni)
+    byte_tile_panel_avx512_vnni(tile, b, quads, acc);
+  else if (isa == kAvxVnni)
+    byte_tile_panel_avx_vnni(tile, b, quads, acc);
+  else
+    byte_tile_panel(tile, b, quads, acc);
   for (const Exception& e : exceptions) {  // the codes above 127: excess * weight, one at a time
     alignas(32) int32_t lanes[2][8];
     memcpy(lanes, acc[e.row], sizeof lanes);
@@ -265,6 +293,12 @@ extern "C" {
 // 1 if this CPU runs the kernels below (AVX2).
 int qc_conv_supported() { return __builtin_cpu_supports("avx2") ? 1 : 0; }
 
+// The VNNI byte GEMM this CPU runs: 2 (AVX-512 VNNI with 256-bit forms), 1 (AVX-VNNI), or 0 (none: AVX2).
+int qc_conv_vnni() {
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) return kAvx512Vnni;
+  return __builtin_cpu_supports("avxvnni") ? kAvxVnni : kAvx2;
+}
+
 // The number of int16 values qc_conv_pack writes for this layer.
 int64_t qc_conv_packed_size(int64_t out_channels, int64_t depth) { return packed_size(out_channels, depth, 2); }
 
@@ -319,9 +353,11 @@ void qc_conv_byte_pack(const int8_t* weight, int64_t out_channels, int64_t depth
 // qc_conv_gemm in the byte form: the same result. bias must be the layer's bias minus x_zero * (the sum of
 // each channel's weights), and tap_sums[p, t, i] the sum of channel 16 p + i's weights at tap t (at most 64
 // taps); the caller has checked that the bias and every accumulator stay in int32.
+// isa: 0 for AVX2 (codes above 127 corrected one product at a time), or qc_conv_vnni's answer (every code
+// whole, no correction).
 void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
                         const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
-                        int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads) {
+                        int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads, int isa) {
   const ConvShape s = ConvShape::read(shape);
   const int64_t quads = (s.depth() + 3) / 4, tiles = (s.pixels() + kByteRows - 1) / kByteRows;
   const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
@@ -345,7 +381,7 @@ void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, 
           uint8_t* row = scratch.tile.get() + r * 4 * quads;
           scratch.outside[r] = 0;
           if (r < scratch.rows)
-            scratch.outside[r] = gather_bytes(x, s, t * kByteRows + r, r, row, scratch.exceptions);
+            scratch.outside[r] = gather_bytes(x, s, t * kByteRows + r, r, row, scratch.exceptions, isa != kAvx2);
           else
             std::fill(row, row + 4 * quads, uint8_t{0});
         }
@@ -353,7 +389,7 @@ void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, 
       [&](Scratch& scratch, int64_t t, int64_t p) {
         byte_tile(scratch.tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads,
                   scratch.rows, scratch.exceptions, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
-                  out + t * kByteRows * s.out_channels);
+                  out + t * kByteRows * s.out_channels, isa);
       });
 }
 

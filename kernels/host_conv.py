@@ -45,7 +45,8 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_byte_packed_size.argtypes = [i64, i64]
     lib.qc_conv_byte_packed_size.restype = i64
     lib.qc_conv_byte_pack.argtypes = [ptr, i64, i64, ptr]
-    lib.qc_conv_gemm_bytes.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_]
+    lib.qc_conv_gemm_bytes.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_, int_]
+    lib.qc_conv_vnni.restype = int_
     return lib if lib.qc_conv_supported() else None
 
 
@@ -136,14 +137,15 @@ def _output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
 
 def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
            exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
-           dilation: list[int]) -> torch.Tensor:
-    """A dense convolution (groups 1) of uint8 ``x`` (N, C, H, W, any memory format); channels-last uint8 out."""
+           dilation: list[int], isa: str | None = None) -> torch.Tensor:
+    """A dense convolution (groups 1) of uint8 ``x`` (N, C, H, W, any memory format); channels-last uint8 out.
+    ``isa`` forces the byte form's instructions (one of :data:`BYTE_ISAS` this CPU runs)."""
     n, c, h, w = x.shape
     cout, _, kh, kw = weight.shape
     oh, ow = _output_size(x, weight, stride, padding, dilation)
     out = torch.empty((n, cout, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     shape = (n, h, w, c, cout, kh, kw, *stride, *padding, *dilation, oh, ow)
-    _gemm(host.channels_last(x), x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out)
+    _gemm(host.channels_last(x), x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out, isa)
     return out
 
 
@@ -169,43 +171,56 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
 
 
 def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
-           exponent: torch.Tensor, out_zero: int, lo: int, hi: int) -> torch.Tensor:
+           exponent: torch.Tensor, out_zero: int, lo: int, hi: int, isa: str | None = None) -> torch.Tensor:
     """uint8 ``x[..., K]`` times int8 ``weight[N, K]``: the same GEMM, one pixel per row."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty((*x.shape[:-1], weight.shape[0]), dtype=torch.uint8)
     shape = (rows.shape[0], 1, 1, rows.shape[1], weight.shape[0], 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
-    _gemm(rows, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out)
+    _gemm(rows, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out, isa)
     return out
 
 
-# The byte form corrects each code above 127 one product at a time: cheap where such codes are rare (7-bit
-# grids, where only values past the calibrated range reach them), not on full 8-bit grids, where the int16
-# form is faster. It is taken where at most 1 code in this many is above 127 at the layer's first call.
+# Without VNNI the byte form corrects each code above 127 one product at a time: cheap where such codes are
+# rare (7-bit grids, where only values past the calibrated range reach them), not on full 8-bit grids, where
+# the int16 form is faster. It is taken where at most 1 code in this many is above 127 at the layer's first
+# call. With VNNI nothing needs correcting.
 BYTE_FORM_WIDE_SHARE = 32
 
+BYTE_ISAS = ("avx2", "avx-vnni", "avx512-vnni")  # qc_conv_vnni's answers, by number
 
-def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int) -> bool:
-    """Whether this layer runs in the byte form: depths of 64 and more over up to 64 taps, where few codes are
-    above 127; decided once per layer, at its first call, from the codes it reads (its grid does not change)."""
+
+def byte_isa() -> str:
+    """The byte form's instructions on this CPU: ``avx512-vnni``, ``avx-vnni`` or ``avx2``."""
+    lib = library()
+    return BYTE_ISAS[lib.qc_conv_vnni()] if lib is not None else "avx2"
+
+
+def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int, isa: str | None = None) -> bool:
+    """Whether this layer runs in the byte form: depths of 64 and more over up to 64 taps; without VNNI only
+    where few codes are above 127, decided once per layer at its first call (its grid does not change)."""
     if not (taps <= 64 and taps * channels >= 64):
         return False
+    if (isa or byte_isa()) != "avx2":
+        return True
     return _cached((weight,), "few codes above 127",
                    lambda: int((x > 127).sum()) * BYTE_FORM_WIDE_SHARE < x.numel())
 
 
-def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out) -> None:
-    """The byte form (vpmaddubsw) for depths of 64 and more over up to 64 taps, where few codes are above 127,
-    else the int16 form (faster for thin layers and wide codes, measured); the same integers."""
+def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out, isa=None) -> None:
+    """The byte form (vpdpbusd with VNNI, else vpmaddubsw) for depths of 64 and more over up to 64 taps (without
+    VNNI where few codes are above 127), else the int16 form (faster for thin layers, measured); the same
+    integers. ``isa`` forces the byte form's instructions (tests: ``avx2`` on a VNNI CPU)."""
     dims = _dims(shape)
     params = host.int32_params(bias, multiplier, exponent)
-    if byte_form(x, weight, shape[5] * shape[6], shape[3]):
+    isa = isa or byte_isa()
+    if byte_form(x, weight, shape[5] * shape[6], shape[3], isa):
         panels = _cached((weight,), "bytes", lambda: _BytePanels(weight))
         # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
         params[0] = _cached((weight, bias), ("bias", x_zero),
                             lambda: (bias.long() - x_zero * panels.sums).to(torch.int32))
         library().qc_conv_gemm_bytes(x.data_ptr(), x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(),
                                      dims, *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
-                                     torch.get_num_threads())
+                                     torch.get_num_threads(), BYTE_ISAS.index(isa))
         return
     packed = _cached((weight,), "int16", lambda: _gemm_panels(weight))
     library().qc_conv_gemm(x.data_ptr(), x_zero, packed.data_ptr(), dims, *(t.data_ptr() for t in params),

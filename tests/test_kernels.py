@@ -417,20 +417,39 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
     assert host_conv.runs(bias, m0, exponent, cpu.accumulator_bound(cin * kernel * kernel)) == avx2
     deep = kernel * kernel <= 64 and kernel * kernel * cin >= 64
-    for x, bytes_expected in ((full, False), (narrow, deep)):
-        layer_weight = weight.clone()  # a layer of its own: the form is decided at a layer's first call
-        nhwc = x.contiguous(memory_format=torch.channels_last)
-        assert host_conv.byte_form(nhwc, layer_weight, kernel * kernel, cin) == bytes_expected
-        for zero in (5, 131):
-            want = _conv_reference(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry)
-            assert len(torch.unique(want)) > 20  # neither saturated nor constant
-            got = cpu.qconv2d(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
-            assert torch.equal(got, want), zero
-            if avx2:
-                assert got.is_contiguous(memory_format=torch.channels_last)  # written by the integer kernel
-                # NCHW and channels-last inputs alike
-                assert torch.equal(host_conv.conv2d(nhwc, zero, layer_weight, bias, m0, exponent, 7, 0, 255,
-                                                    *geometry), want)
+    for isa in _byte_isas():
+        # without VNNI the byte form takes codes mostly up to 127; with it, any codes
+        for x, bytes_expected in ((full, deep and isa != "avx2"), (narrow, deep)):
+            layer_weight = weight.clone()  # a layer of its own: the form is decided at a layer's first call
+            nhwc = x.contiguous(memory_format=torch.channels_last)
+            assert host_conv.byte_form(nhwc, layer_weight, kernel * kernel, cin, isa) == bytes_expected
+            for zero in (5, 131):
+                want = _conv_reference(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry)
+                assert len(torch.unique(want)) > 20  # neither saturated nor constant
+                if isa == host_conv.byte_isa():  # the form the twin dispatches to by itself
+                    got = cpu.qconv2d(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
+                    assert torch.equal(got, want), zero
+                    assert got.is_contiguous(memory_format=torch.channels_last) == avx2  # the integer kernel's
+                if avx2:  # NCHW and channels-last inputs alike
+                    for layout in (x, nhwc):
+                        got = host_conv.conv2d(layout, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry,
+                                               isa=isa)
+                        assert torch.equal(got, want), (isa, zero)
+
+
+def _byte_isas() -> tuple[str, ...]:
+    """The byte form's instruction sets this CPU runs: AVX2 always (with AVX2), and each VNNI it has."""
+    from qcompile.kernels import host_conv
+
+    from qcompile.cpu_features import cpu_flags
+
+    flags = cpu_flags()
+    found = ("avx2",) + (("avx-vnni",) if "avx_vnni" in flags else ()) + (
+        ("avx512-vnni",) if {"avx512_vnni", "avx512vl"} <= flags else ())
+    # the kernels' own detection agrees with the CPU's flags: the best VNNI it has, else AVX2
+    if host_conv.library() is not None:
+        assert host_conv.byte_isa() == found[-1]
+    return found
 
 
 @pytest.mark.parametrize("batch, channels, size, kernel, stride, padding, dilation", [
