@@ -10,7 +10,7 @@ as ratios against the fused float model (channels-last); gemmlowp both with
 its default full 8-bit activation grids and with the preset's 7-bit ones
 (``observe{activation-grid=preset}``). Also the GEMM alone:
 effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's int8
-peak, measured by ``benchmarks/int8_peak.py`` (about 205 GOPS per core here),
+peak, measured by ``benchmarks/int8_peak.py`` (the AVX2 ``vpmaddubsw`` loop: VNNI can pass it),
 and single convolution layers of both models.
 """
 
@@ -102,7 +102,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     calib = list(open_data("builtin:photos", batch_size=16, limit=32))
     rows = []
-    print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin (kernels/host_conv.cpp: AVX2 byte and int16 forms)\n")
+    from qcompile.kernels import host_conv
+
+    print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin (kernels/host_conv.cpp), byte form in "
+          f"{host_conv.byte_isa()}; % peak is against the AVX2 vpmaddubsw loop of benchmarks/int8_peak.py\n")
     print("| model | batch | threads | float ms | native x86 | native fbgemm | gemmlowp | gemmlowp, preset's 7-bit grid "
           "| gemmlowp GOPS (% peak) |")
     print("|---|---|---|---|---|---|---|---|---|")
