@@ -54,6 +54,20 @@ class StagedOutput:
                                 hint="choose a directory you can write to") from None
         return cls(target, stage)
 
+    def redirect(self, path: str | os.PathLike | None) -> str | None:
+        """``path`` inside the stage where it names a place inside OUT (it would be replaced with OUT), else as is."""
+        if path is None:
+            return None
+        target, resolved = self.target.resolve(), Path(path).resolve()
+        if resolved == target or not resolved.is_relative_to(target):
+            return str(path)
+        return str(self.path / resolved.relative_to(target))
+
+    def shown(self, path: str | os.PathLike) -> Path:
+        """Where a file written into the stage will be once OUT is replaced (for messages)."""
+        path = Path(path)
+        return self.target / path.relative_to(self.path) if path.is_relative_to(self.path) else path
+
     def commit(self) -> Path:
         """Replace ``target`` with the stage; the old ``target`` is removed."""
         old = None

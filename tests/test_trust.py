@@ -229,3 +229,12 @@ def test_a_torch_special_function_is_named_as_torch_names_it(tmp_path, capsys, m
     assert status == 0, err
     assert "target='torch.special.i0'" in (tmp_path / "out" / "graph.qir").read_text()
     assert "torch.special.i0(" in (tmp_path / "out" / "model.py").read_text()
+
+
+def test_files_asked_for_inside_out_survive_its_replacement(tmp_path, capsys):
+    out = tmp_path / "out"
+    status, err = run(capsys, *DIGITS, "--passes", "ptq", "-o", out, "--save-stats", out / "stats.pt",
+                      "--dump-dir", out / "dump")
+    assert status == 0, err
+    assert (out / "stats.pt").is_file() and (out / "dump" / "00_input.qir").is_file()
+    assert f"wrote {out / 'stats.pt'}" in err and ".qcompile-" not in err

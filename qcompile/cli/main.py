@@ -228,6 +228,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
     from qcompile.output_dir import StagedOutput
 
     staged = StagedOutput.create(args.output)  # OUT problems surface before any work
+    # files asked for inside OUT go into the stage, or OUT's replacement would drop them
+    args.save_stats, args.dump_dir = staged.redirect(args.save_stats), staged.redirect(args.dump_dir)
     try:
         status = _run_staged(args, command, staged)
     except CheckFailed:
@@ -309,7 +311,8 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     if args.save_stats:
         from qcompile.quant.stats_io import save_statistics
 
-        print(f"qcompile: wrote {save_statistics(result.graph, args.save_stats)}", file=sys.stderr)
+        written = save_statistics(result.graph, args.save_stats)
+        print(f"qcompile: wrote {staged.shown(written) if staged is not None else written}", file=sys.stderr)
     for note in result.notes:
         print(f"qcompile: note: {note}", file=sys.stderr)
     for record in result.records:
