@@ -35,6 +35,12 @@ def test_factory_without_weights_is_the_same_random_model_on_every_load():
     assert "has no --weights" in first.notes[0] and "seed 0" in first.notes[0]
 
 
+def test_a_factory_that_loads_its_own_weights_gets_no_random_weights_note():
+    loaded = load_model("qcompile.zoo:_digit_cnn")  # the real digit CNN: its factory loads trained weights
+    assert not [note for note in loaded.notes if "random initialization" in note]
+    assert load_model("tests.models:ConvBnRelu").notes  # a random one still gets it
+
+
 def test_factory_with_wrong_weights(tmp_path):
     path = tmp_path / "w.pt"
     torch.save({"other.weight": torch.zeros(1)}, path)

@@ -128,18 +128,7 @@ def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
         if factory is None:
             raise QCompileError(f"{module_name!r} has no attribute {attr!r}",
                                 hint="name a class or function that builds the model")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            # without --weights the model is its random initialization: seeded, so that compiling it and
-            # comparing it later (two runs) see the same weights
-            torch.manual_seed(0)
-            model = factory()
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's factory can raise anything
-        raise QCompileError(
-            f"calling {spec}() failed: {_raised(exc)}",
-            hint="the factory is called with no arguments; wrap it in a function that "
-            "supplies them",
-        ) from exc
+    model = _call_factory(spec, factory, seed=0)
     if not isinstance(model, nn.Module):
         raise QCompileError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
     if weights is not None:
@@ -152,10 +141,36 @@ def load_factory(spec: str, weights: str | None = None) -> LoadedModel:
                 f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})",
                 hint="check that the weights belong to this architecture",
             )
-    notes = [] if weights is not None else [
-        f"{spec} has no --weights: its weights are the factory's random initialization (seed 0, the same "
-        "on every run)"]
+    notes = []
+    if weights is None and _depends_on_the_seed(model, _call_factory(spec, factory, seed=1)):
+        notes.append(f"{spec} has no --weights: its weights are the factory's random initialization (seed 0, "
+                     "the same on every run)")
     return LoadedModel(model.eval(), spec, "factory", notes=notes)
+
+
+def _call_factory(spec: str, factory, seed: int):
+    """``factory()`` under ``seed``, leaving the caller's random stream as it was."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            # without --weights the model is its random initialization: seeded, so that compiling it and
+            # comparing it later (two runs) see the same weights
+            torch.manual_seed(seed)
+            return factory()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's factory can raise anything
+        raise QCompileError(
+            f"calling {spec}() failed: {_raised(exc)}",
+            hint="the factory is called with no arguments; wrap it in a function that "
+            "supplies them",
+        ) from exc
+
+
+def _depends_on_the_seed(model: nn.Module, other: object) -> bool:
+    """Whether a second build under another seed has other weights: random ones, not a factory's own (loaded)."""
+    if not isinstance(other, nn.Module):
+        return True
+    mine, theirs = model.state_dict(), other.state_dict()
+    return mine.keys() != theirs.keys() or any(
+        not torch.equal(value, theirs[key]) for key, value in mine.items() if isinstance(value, torch.Tensor))
 
 
 def load_file(path: Path, *, trust_pickle: bool = False,
