@@ -13,11 +13,11 @@ User mistakes print ``qcompile: error: ...`` with a hint and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
 
+from qcompile.cli.argtypes import finite_float, positive_int
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
@@ -30,28 +30,6 @@ from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:

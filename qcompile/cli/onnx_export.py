@@ -10,13 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from qcompile.cli.argtypes import positive_int
 from qcompile.cli.diagnostics import open_check_data
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return int(text)
 
 
 def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +29,9 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dynamically quantized linears and LSTMs: exact rounds as the emitted model (torch's "
                         "int8 kernels) does; fused is onnxruntime's DynamicQuantizeMatMul / DynamicQuantizeLSTM "
                         "with 7-bit weights: faster, rounding its own way, onnxruntime only")
-    parser.add_argument("--onnx-batch", type=_positive, default=1, metavar="N",
+    parser.add_argument("--onnx-batch", type=positive_int, default=1, metavar="N",
                         help="batch size the export will run at, for --onnx-narrow-convs measure (1)")
-    parser.add_argument("--onnx-threads", type=_positive, default=1, metavar="N",
+    parser.add_argument("--onnx-threads", type=positive_int, default=1, metavar="N",
                         help="onnxruntime threads the export will run with, for those timings (1)")
 
 
