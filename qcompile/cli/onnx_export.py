@@ -58,12 +58,36 @@ def before_write(args: argparse.Namespace):
     return preflight
 
 
+def _against_float(args: argparse.Namespace, path, emitted, batches: list):
+    """Per output, the export's and the module's closeness to the float model on ``batches``
+    (:mod:`qcompile.onnx.verdict`); None where the float model cannot be loaded again."""
+    import torch
+
+    from qcompile.errors import QCompileError
+    from qcompile.frontend.loaders import load_model
+    from qcompile.onnx.check import concatenated_outputs
+    from qcompile.onnx.session import OnnxModel
+    from qcompile.onnx.verdict import judge
+
+    try:
+        reference = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
+                               example_inputs=batches[0]).module
+    except QCompileError:
+        return None
+    with torch.no_grad():
+        return judge(concatenated_outputs(OnnxModel(path, 1, True), batches),
+                     concatenated_outputs(emitted, batches), concatenated_outputs(reference, batches))
+
+
 def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
-    comparison with the emitted model in onnxruntime."""
+    comparison with the emitted model in onnxruntime. Where their outputs differ by more than one step, the
+    export is judged against the float model beside the module (:mod:`qcompile.onnx.verdict`): as close
+    passes with a note, further fails (exit 3)."""
     import onnx
 
     from qcompile.codegen import load_model as load_emitted
+    from qcompile.errors import CheckFailed
     from qcompile.onnx.check import HEADER, check_onnx, output_scales
     from qcompile.onnx.export import export_onnx
     from qcompile.onnx.fused_dynamic import uses_fused_kernels
@@ -86,8 +110,21 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     if not args.check:
         return
     batches = [tuple(b) for b in open_check_data(args)]  # one tensor per model input
-    results = check_onnx(path, load_emitted(result.out_dir), batches, output_scales(result.graph),
-                         graph=result.graph)
+    emitted = load_emitted(result.out_dir)
+    try:
+        results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph)
+    except CheckFailed as failed:
+        verdicts = _against_float(args, path, emitted, batches)
+        if verdicts is None or not all(v.as_close for v in verdicts):
+            details = "; ".join(v.describe() for v in verdicts or [])
+            raise CheckFailed(failed.message + (f". Against the float model, {details}" if details else ""),
+                              hint=failed.hint) from None
+        print("qcompile: check: the export's outputs differ from the emitted module's by more than one step "
+              f"({failed.message.split(': ', 1)[-1]}), but it is as close to the float model as the module: "
+              + "; ".join(v.describe() for v in verdicts)
+              + ". These are rounding differences this model amplifies, not a wrong export; judge it by "
+              "those numbers.", file=sys.stderr)
+        results = check_onnx(path, emitted, batches, output_scales(result.graph), min_share=0.0, graph=result.graph)
     print(HEADER)
     for r in results:
         print(r.row())

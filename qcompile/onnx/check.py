@@ -76,14 +76,14 @@ HEADER = ("| ORT graph optimizations | samples | max abs error | max error (LSB)
 
 def run_onnxruntime(path: str | Path, batches: list, optimize: bool, threads: int = 1) -> torch.Tensor:
     """The model's (first) output over ``batches``, concatenated."""
-    return _concatenated(OnnxModel(path, threads, optimize), _as_tuples(batches))[0]
+    return concatenated_outputs(OnnxModel(path, threads, optimize), as_tuples(batches))[0]
 
 
-def _as_tuples(batches: list) -> list[tuple]:
+def as_tuples(batches: list) -> list[tuple]:
     return [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in batches]
 
 
-def _concatenated(model, batches: list[tuple]) -> list[torch.Tensor]:
+def concatenated_outputs(model, batches: list[tuple]) -> list[torch.Tensor]:
     """Each output of ``model`` over all batches, as one float tensor per output."""
     results = []
     for batch in batches:
@@ -117,16 +117,16 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
             float, such as a softmax after the last dequantize; both need
             ``graph``), or the relative error exceeds 1e-4 (float models).
     """
-    batches = _as_tuples(batches)
+    batches = as_tuples(batches)
     with torch.no_grad():
-        wants = _concatenated(module, batches)
+        wants = concatenated_outputs(module, batches)
     scales = list(output_scale) if isinstance(output_scale, (list, tuple)) else [output_scale] * len(wants)
     quantized = all(scales)
     dynamic = graph is not None and is_dynamic(graph)
     fused = dynamic and uses_fused_kernels(onnx.load(str(path)))
     results = []
     for optimize in (False, True):
-        gots = _concatenated(OnnxModel(path, 1, optimize), batches)
+        gots = concatenated_outputs(OnnxModel(path, 1, optimize), batches)
         errors = [(got - want).abs() for got, want in zip(gots, wants, strict=True)]
         if quantized:
             steps = torch.cat([torch.round(e / s).flatten() for e, s in zip(errors, scales, strict=True)])
