@@ -25,6 +25,7 @@ from qcompile.cli.diagnostics import (
     run_diagnostics,
 )
 from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
+from qcompile.cli.progress import ProgressPrinter
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
@@ -327,33 +328,6 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     else:
         _show(result.graph, args)
     return 0
-
-
-class ProgressPrinter:
-    """Progress on stderr: an updating line on a terminal, a few lines otherwise."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.last_quarter: dict[str, int] = {}
-
-    def __call__(self, label: str, done: int, total: int | None) -> None:
-        tty = self.stream.isatty()
-        if total:
-            text = f"qcompile: {label}: {done}/{total}"
-            if tty:
-                width = 30
-                filled = width * done // total
-                self.stream.write(f"\r{text} [{'#' * filled}{'.' * (width - filled)}]")
-                if done == total:
-                    self.stream.write("\n")
-            else:
-                quarter = 4 * done // total
-                if quarter != self.last_quarter.get(label):
-                    self.last_quarter[label] = quarter
-                    self.stream.write(text + "\n")
-        elif tty:
-            self.stream.write(f"\rqcompile: {label}: {done}")
-        self.stream.flush()
 
 
 def _report_entropy(args: argparse.Namespace, result) -> None:
