@@ -18,12 +18,14 @@ import sys
 from collections.abc import Sequence
 
 from qcompile.cli.argtypes import finite_float, positive_int
+from qcompile.cli.compare_command import run_compare
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
     report_modes,
     run_diagnostics,
 )
+from qcompile.cli.listing import list_passes, list_zoo
 from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
 from qcompile.cli.progress import ProgressPrinter
 from qcompile.errors import CheckFailed, QCompileError
@@ -381,93 +383,6 @@ def _show(graph, args: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
-def _list_passes(args: argparse.Namespace) -> int:
-    import inspect
-
-    from qcompile.pipeline import load_plugin, named_pipelines, registered_passes
-    from qcompile.pipeline.parser import format_value
-
-    for plugin in args.plugin:
-        load_plugin(plugin)
-    passes = registered_passes()
-    if args.name:
-        if args.name not in passes:
-            raise QCompileError(f"no pass named {args.name!r}", hint="run 'qcompile passes' to list them")
-        cls = passes[args.name]
-        print(f"{cls.name}  (requires: {', '.join(cls.requires) or '-'}; "
-              f"provides: {', '.join(cls.provides) or '-'})\n")
-        print(inspect.getdoc(__import__(cls.__module__, fromlist=["_"])) or inspect.getdoc(cls))
-        return 0
-    width = max(len(n) for n in passes)
-    print("passes:")
-    for name, cls in passes.items():
-        print(f"  {name:<{width}}  {cls.summary()}")
-        print(f"  {'':<{width}}  requires: {', '.join(cls.requires) or '-'}; "
-              f"provides: {', '.join(cls.provides) or '-'}")
-        for f in cls.options():
-            kind = getattr(f.type, "__name__", str(f.type))
-            bounds = f.metadata.get("bounds")
-            limits = f" ({bounds.describe()})" if bounds is not None else ""
-            print(f"  {'':<{width}}    {f.name.replace('_', '-')}: {kind} = {format_value(f.default)}{limits}")
-    named = named_pipelines()
-    if named:
-        print("named pipelines:")
-        for name, (text, description) in named.items():
-            print(f"  {name:<{width}}  {text}" + (f"   # {description}" if description else ""))
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from qcompile.codegen import load_model as load_emitted
-    from qcompile.compare import compare, format_table, state_size_bytes, write_json
-    from qcompile.data import open_data
-    from qcompile.frontend.loaders import load_model
-    from qcompile.provenance import is_signed
-
-    data = open_data(args.data, preprocess=args.preprocess, limit=args.samples, batch_size=args.batch_size)
-    loaded = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle)
-    for note in loaded.notes:
-        print(f"qcompile: note: {note}", file=sys.stderr)
-    reference = loaded.module
-    models = [("float", reference, state_size_bytes(reference))]
-    from pathlib import Path
-
-    for out in args.variants:
-        path = Path(out)
-        if path.suffix == ".onnx":
-            from qcompile.onnx.session import OnnxModel
-
-            models.append((f"{path.parent.name}/{path.name} (onnxruntime)", OnnxModel(path, args.threads),
-                           path.stat().st_size))
-            continue
-        if not (path / "model.py").is_file():
-            raise QCompileError(f"{out} is neither a qcompile output directory (no model.py) nor an .onnx file",
-                                hint="pass directories written by qcompile MODEL ... -o OUT, or OUT/model.onnx "
-                                     "from --export onnx (run in onnxruntime)")
-        if not args.trust_out and not is_signed(path):
-            raise QCompileError(
-                f"{out} was not written by qcompile as this user (or its model.py changed since): compare imports "
-                "and runs OUT/model.py, which would run code from someone else",
-                hint=f"read {path / 'model.py'} first; if you trust it, pass --trust-out")
-        models.append((path.name, load_emitted(path), (path / "weights.pt").stat().st_size))
-    rows = compare(models, data, threads=args.threads, repeats=args.repeats, latency_batch=args.latency_batch,
-                   class_dim=args.class_dim)
-    print(format_table(rows))
-    if args.json:
-        write_json(rows, args.json, data=args.data, threads=args.threads, repeats=args.repeats,
-                   latency_batch=args.latency_batch, class_dim=args.class_dim)
-    return 0
-
-
-def _list_zoo() -> int:
-    from qcompile.zoo import ZOO
-
-    for entry in ZOO.values():
-        shape = ",".join(str(d) for d in entry.input_shape)
-        print(f"zoo:{entry.name:<14} input {shape:<12} {entry.description} (package {entry.package})")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qcompile`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -500,11 +415,11 @@ def _main(argv: list[str]) -> int:
     args = parsers[command].parse_args(argv)
     try:
         if command == "passes":
-            return _list_passes(args)
+            return list_passes(args)
         if command == "zoo":
-            return _list_zoo()
+            return list_zoo()
         if command == "compare":
-            return _compare(args)
+            return run_compare(args)
         return _run(args, command)
     except CheckFailed as exc:
         print(f"qcompile: check failed: {exc}", file=sys.stderr)
