@@ -43,7 +43,15 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
-from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import (
+    FLOAT_GRAPH_ONLY,
+    STATICALLY_CONVERTED,
+    Pass,
+    PassContext,
+    PassResult,
+    option,
+    register_pass,
+)
 from qcompile.quant.native import RULES, clamp_to_bits, convert_dequantize
 from qcompile.quant.op_table import FIXED
 from qcompile.quant.qparams import qparams_from_range
@@ -87,7 +95,7 @@ class Convert(Pass):
 
     name = "convert"
     requires = ("calibrated",)
-    provides = ("converted",)
+    provides = ("converted", STATICALLY_CONVERTED)
     forbids = FLOAT_GRAPH_ONLY
 
     backend: Literal["native", "gemmlowp"] = "native"

@@ -39,7 +39,7 @@ from qcompile.ir.modules import ctor_defaults
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.quant_types import ObserverSpec
 from qcompile.ir.targets import resolve_target
-from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
+from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.embedding import embedding_as_module, quantize_rows, rows_as_read
 from qcompile.quant.observers import make_observer
 from qcompile.quant.qparams import qparams_from_range, quantize_tensor
@@ -96,8 +96,7 @@ class Dynamic(Pass):
 
     name = "dynamic"
     requires = ("lowered",)
-    provides = ("converted",)
-    forbids = FLOAT_GRAPH_ONLY
+    provides = ("converted",)  # may follow convert: ptq,dynamic{ops=embedding}
 
     ops: tuple[str, ...] = OPS
     per_channel: bool = False

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
@@ -97,6 +98,11 @@ class Stubs(Pass):
     forbids = FLOAT_GRAPH_ONLY
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        dynamic = [n for n in graph.nodes() if n.quant.mode == "dynamic" and n.op in ("linear", "lstm", "gru")]
+        if dynamic:  # their weights are torch's packed int8 now: static quantization cannot observe them
+            raise QCompileError(
+                f"static quantization after dynamic quantization of {dynamic[0].op} layers (%{dynamic[0].name})",
+                hint="put dynamic after convert (e.g. ptq,dynamic), or give it ops=embedding before")
         ctx.quant_config.check_patterns(graph.nodes())
         silu = decompose_silu(graph, lambda node: ctx.quant_config.qconfig_for(node) is not None)
         quantized: set[str] = set()

@@ -159,16 +159,28 @@ def test_invalidated_fact_must_be_provided_again():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("ptq,ptq", "'fuse' cannot run after 'convert': the graph is converted by then"),
+    ("ptq,ptq", "'fuse' cannot run after 'convert': the graph is statically-converted by then"),
     ("fuse,calibrate,convert,calibrate", "'calibrate' cannot run after 'convert'"),
-    ("dynamic,convert", "'convert' cannot run after 'dynamic'"),
-    ("fuse,dynamic,dynamic", "'dynamic' cannot run after 'dynamic'"),
+    ("fuse,calibrate,convert,aciq", "'aciq' cannot run after 'convert'"),
 ])
 def test_float_passes_after_quantizing_are_refused_when_parsed(text, message):
     with pytest.raises(PipelineError, match=message) as info:
         parse_pipeline(text)
     assert "fuse,calibrate,convert" in info.value.hint
-    assert str(parse_pipeline("ptq")) == "fuse,stubs,observe,calibrate,convert"  # once is fine
+    # once is fine, and dynamic may follow convert or, for embeddings, precede it
+    for fine in ("ptq", "ptq,dynamic{ops=embedding}", "dynamic{ops=embedding},ptq"):
+        parse_pipeline(fine)
+
+
+def test_static_quantization_after_dynamic_linears_is_a_clear_error():
+    from qcompile.errors import QCompileError
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 8)
+    graph = lower(model, (x[:1],))
+    with pytest.raises(QCompileError, match="static quantization after dynamic quantization of linear") as info:
+        run_pipeline(graph, "dynamic,ptq", PassContext(calib_data=[(x,)]))
+    assert "ptq,dynamic" in str(info.value)
 
 
 def test_named_pipeline_expands():

@@ -24,10 +24,11 @@ from typing import Any, ClassVar
 
 from qcompile.ir.graph import Graph
 
-CONVERTED = "converted"
-# What the built-in passes forbid: they rewrite float graphs, so none runs on a graph already converted to
-# integer kernels (a second convert, a calibration after convert).
-FLOAT_GRAPH_ONLY: tuple[str, ...] = (CONVERTED,)
+STATICALLY_CONVERTED = "statically-converted"
+# What the built-in passes that rewrite float graphs forbid: none runs once convert has put the graph on
+# integer kernels (a second convert, a calibration after convert). ``dynamic`` may follow convert
+# (ptq,dynamic{ops=embedding}) and precede it where it quantizes embeddings only.
+FLOAT_GRAPH_ONLY: tuple[str, ...] = (STATICALLY_CONVERTED,)
 
 
 @dataclass(frozen=True)
