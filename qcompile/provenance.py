@@ -60,10 +60,14 @@ def _tag(key: bytes, path: Path) -> str:
     return hmac.new(key, path.read_bytes(), hashlib.sha256).hexdigest()
 
 
-def sign(out_dir: str | Path) -> Path:
-    """Record that this user's qcompile wrote ``out_dir``'s code files."""
+def sign(out_dir: str | Path) -> Path | None:
+    """Record that this user's qcompile wrote ``out_dir``'s code files; None where no key can be kept (a
+    read-only home): the output is then unsigned, and ``compare`` needs ``--trust-out`` for it."""
     out = Path(out_dir)
-    key = _key(create=True)
+    try:
+        key = _key(create=True)
+    except QCompileError:
+        return None
     tags = {name: _tag(key, out / name) for name in SIGNED_FILES}
     return atomic_write_text(out / SIGNATURE_FILE, json.dumps({"hmac-sha256": tags}, indent=1) + "\n")
 

@@ -238,3 +238,13 @@ def test_files_asked_for_inside_out_survive_its_replacement(tmp_path, capsys):
     assert status == 0, err
     assert (out / "stats.pt").is_file() and (out / "dump" / "00_input.qir").is_file()
     assert f"wrote {out / 'stats.pt'}" in err and ".qcompile-" not in err
+
+
+def test_without_a_place_for_the_key_outputs_are_written_unsigned(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/proc/qcompile-no-such-place")  # not writable, even as root
+    out = tmp_path / "out"
+    assert run(capsys, *DIGITS, "--passes", "fuse", "-o", out)[0] == 0
+    assert not (out / "qcompile-signature.json").exists()
+    compare = ["compare", "zoo:digit_cnn", out, "--data", "builtin:mnist5k", "--samples", "32", "--repeats", "1"]
+    assert run(capsys, *compare)[0] == 2
+    assert run(capsys, *compare, "--trust-out")[0] == 0
