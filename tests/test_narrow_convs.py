@@ -120,7 +120,7 @@ def test_cli_refuses_a_batch_or_thread_count_under_one(tmp_path):
     for option in ("--onnx-batch", "--onnx-threads"):
         run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--export", "onnx",
                        "--onnx-narrow-convs", "measure", option, "0", "-o", tmp_path / "out")
-        assert run.returncode == 2 and f"argument {option}: '0' is not a whole number of 1 or more" in run.stderr
+        assert run.returncode == 2 and f"argument {option}: must be at least 1, got 0" in run.stderr
         assert not (tmp_path / "out").exists()
 
 
