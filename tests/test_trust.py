@@ -7,6 +7,7 @@ CNN with MNIST, so each case costs a compile, not a new interpreter.
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -38,32 +39,42 @@ class _Evil:
         return (Path.touch, (self.marker,))
 
 
-def _archive_with_a_pickled_payload(tmp_path: Path, marker: Path) -> Path:
-    """A real torch.export archive whose example inputs are a pickle that creates ``marker`` when loaded."""
+def _archive_with_a_pickled_payload(tmp_path: Path, marker: Path, route: str) -> Path:
+    """A real torch.export archive with a pickle that creates ``marker`` when loaded: as its example inputs,
+    or as a weight marked as pickled (the two routes by which torch 2.14's loader unpickles)."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     buffer = io.BytesIO()
     torch.export.save(torch.export.export(model, (torch.randn(1, 3, 8, 8),)), buffer)
-    payload = io.BytesIO()
-    torch.save(_Evil(marker), payload)
-    path = tmp_path / "evil.pt2"
-    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w") as target:
-        for info in source.infolist():
-            data = source.read(info.filename)
-            target.writestr(info.filename, payload.getvalue() if info.filename.endswith("sample_inputs/model.pt")
-                            else data)
+    payload = _pickled(_Evil(marker))
+    with zipfile.ZipFile(buffer) as source:
+        members = {info.filename: source.read(info.filename) for info in source.infolist()}
+    if route == "example inputs":
+        name = next(n for n in members if n.endswith("sample_inputs/model.pt"))
+        members[name] = payload
+    else:
+        name = next(n for n in members if n.endswith("model_weights_config.json"))
+        config = json.loads(members[name])
+        entry = next(iter(config["config"].values()))
+        entry["use_pickle"] = True
+        members[name] = json.dumps(config).encode()
+        members[next(n for n in members if n.endswith(f"weights/{entry['path_name']}"))] = payload
+    path = tmp_path / f"evil_{route.replace(' ', '_')}.pt2"
+    with zipfile.ZipFile(path, "w") as target:
+        for member, data in members.items():
+            target.writestr(member, data)
     return path
 
 
 def test_a_pt2_archive_cannot_run_code_without_trust(tmp_path, capsys):
-    marker = tmp_path / "ran"
-    path = _archive_with_a_pickled_payload(tmp_path, marker)
-    torch.load(io.BytesIO(_pickled(_Evil(marker))), weights_only=False)  # the payload does run when unpickled
-    assert marker.exists()
-    marker.unlink()
-    status, err = run(capsys, path, "-o", tmp_path / "out")
-    assert status == 2 and "stores pickled objects beyond tensors" in err and "--trust-pickle" in err
-    assert "pathlib" in err or "GLOBAL" in err  # names what the pickle wanted
-    assert not marker.exists() and not (tmp_path / "out").exists()
+    for route in ("example inputs", "weight"):
+        marker = tmp_path / f"ran_{route.replace(' ', '_')}"
+        path = _archive_with_a_pickled_payload(tmp_path, marker, route)
+        status, err = run(capsys, path, "-o", tmp_path / "out")
+        assert status == 2 and "stores pickled objects beyond tensors" in err and "--trust-pickle" in err, route
+        assert "pathlib" in err or "GLOBAL" in err  # names what the pickle wanted
+        assert not marker.exists() and not (tmp_path / "out").exists(), route
+        run(capsys, path, "--trust-pickle", "-o", tmp_path / "out")  # trusted, torch's loader does run it
+        assert marker.exists(), route
 
 
 def _pickled(obj) -> bytes:
