@@ -200,13 +200,19 @@ __attribute__((target("avx2"))) uint64_t gather_bytes(const uint8_t* x, const Co
 #define QC_MAC(acc, v, w) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(v, w), ones))
 QC_BYTE_TILE_PANEL(byte_tile_panel, "avx2", const __m256i ones = _mm256_set1_epi16(1);, QC_MAC)
 #undef QC_MAC
-// VNNI: vpdpbusd sums the four products of each lane into int32, exact for every uint8 code
+// VNNI: vpdpbusd sums the four products of each lane into int32, exact for every uint8 code (compilers
+// older than GCC 11 / Clang 12 know no AVX-VNNI target: the AVX2 form serves there)
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define QC_HAVE_VNNI 1
 #define QC_MAC(acc, v, w) _mm256_dpbusd_avx_epi32(acc, v, w)
 QC_BYTE_TILE_PANEL(byte_tile_panel_avx_vnni, "avx2,avxvnni", , QC_MAC)
 #undef QC_MAC
 #define QC_MAC(acc, v, w) _mm256_dpbusd_epi32(acc, v, w)
 QC_BYTE_TILE_PANEL(byte_tile_panel_avx512_vnni, "avx2,avx512f,avx512vl,avx512vnni", , QC_MAC)
 #undef QC_MAC
+#else
+#define QC_HAVE_VNNI 0
+#endif
 #undef QC_ZERO
 #undef QC_STEP
 #undef QC_SAVE
@@ -223,11 +229,13 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
                                                const uint64_t* outside, int32_t x_zero, int64_t c0,
                                                int64_t out_channels, const Stage8* stages, uint8_t* out, int isa) {
   alignas(32) __m256i acc[kByteRows][2];
+#if QC_HAVE_VNNI
   if (isa == kAvx512Vnni)
     byte_tile_panel_avx512_vnni(tile, b, quads, acc);
   else if (isa == kAvxVnni)
     byte_tile_panel_avx_vnni(tile, b, quads, acc);
   else
+#endif
     byte_tile_panel(tile, b, quads, acc);
   for (const Exception& e : exceptions) {  // the codes above 127: excess * weight, one at a time
     alignas(32) int32_t lanes[2][8];
@@ -295,8 +303,17 @@ int qc_conv_supported() { return __builtin_cpu_supports("avx2") ? 1 : 0; }
 
 // The VNNI byte GEMM this CPU runs: 2 (AVX-512 VNNI with 256-bit forms), 1 (AVX-VNNI), or 0 (none: AVX2).
 int qc_conv_vnni() {
+  if (!QC_HAVE_VNNI) return kAvx2;
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) return kAvx512Vnni;
   return __builtin_cpu_supports("avxvnni") ? kAvxVnni : kAvx2;
+}
+
+// Whether this build runs the byte GEMM `isa` on this CPU (a form asked for that it cannot run is AVX2's).
+static bool byte_isa_runs(int isa) {
+  if (isa == kAvx2) return true;
+  if (!QC_HAVE_VNNI) return false;
+  if (isa == kAvxVnni) return __builtin_cpu_supports("avxvnni");
+  return isa == kAvx512Vnni && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
 }
 
 // The number of int16 values qc_conv_pack writes for this layer.
@@ -359,6 +376,7 @@ void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, 
                         const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
                         int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads, int isa) {
   const ConvShape s = ConvShape::read(shape);
+  if (!byte_isa_runs(isa)) isa = kAvx2;
   const int64_t quads = (s.depth() + 3) / 4, tiles = (s.pixels() + kByteRows - 1) / kByteRows;
   const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
