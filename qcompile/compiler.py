@@ -130,14 +130,17 @@ def compile_model(
     else:
         loaded = load_model(model, weights=weights, trust_pickle=trust_pickle,
                             example_inputs=tuple(example_tensor(s) for s in input_shapes) or None)
-    if example_inputs is None and not input_shapes and loaded.example_inputs is None and ctx.calib_data is not None:
-        first = next(iter(ctx.calib_data))
+    shape_unknown = example_inputs is None and not input_shapes and loaded.example_inputs is None
+    # read once: it shows the input shape, and the post-write check runs on it
+    wanted = ctx.calib_data is not None and (shape_unknown or out_dir is not None)
+    first = next(iter(ctx.calib_data), None) if wanted else None
+    if shape_unknown and first is not None:
         example_inputs = tuple(t[:1] for t in first)  # the data shows the input shape
     inputs = example_inputs if example_inputs is not None else example_inputs_for(loaded, input_shapes)
     notes = list(loaded.notes)
     graph = lower(loaded.module, inputs, notes, frontend, dynamic_axes)
-    checked = check_inputs(ctx.calib_data, tuple(inputs)) if out_dir is not None else None
-    if checked is not None and ctx.calib_data is not None:
+    checked = check_inputs(first, tuple(inputs)) if out_dir is not None else None
+    if checked is not None and first is not None:
         from qcompile.passes.calibrate import check_batch
 
         check_batch(graph, checked.tensors, 0)  # the data's own mistakes, said as calibrate would say them

@@ -50,7 +50,8 @@ def save_torchscript(out_dir: str | Path, example_inputs: tuple,
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
     path = atomic_write_bytes(out / TORCHSCRIPT_FILE, buffer.getvalue())
-    return path, _reloaded_agrees(model, torch.jit.load(str(path)), check or example_inputs, "the TorchScript file")
+    return path, _reloaded_agrees(model, torch.jit.load(str(path)), check or _examples(example_inputs),
+                                  "the TorchScript file")
 
 
 def check_exportable(pipeline) -> None:
@@ -81,12 +82,15 @@ def save_export(out_dir: str | Path, example_inputs: tuple,
     if check is not None:  # the archive's batch is the example's
         batch = len(example_inputs[0])
         check = CheckInputs(tuple(t[:batch] for t in check.tensors), check.source)
-    return path, _reloaded_agrees(model, reloaded, check or example_inputs, "the torch.export archive")
+    return path, _reloaded_agrees(model, reloaded, check or _examples(example_inputs), "the torch.export archive")
 
 
-def _reloaded_agrees(model, reloaded, inputs: tuple | CheckInputs, what: str) -> float:
+def _examples(example_inputs: tuple) -> CheckInputs:
+    return CheckInputs(tuple(example_inputs), "the example inputs")
+
+
+def _reloaded_agrees(model, reloaded, checked: CheckInputs, what: str) -> float:
     """Hold the reloaded artefact to the emitted module on the check inputs (raises if it is unusable)."""
-    checked = inputs if isinstance(inputs, CheckInputs) else CheckInputs(tuple(inputs), "the example inputs")
     with torch.no_grad():
         return verify_outputs(reloaded(*checked.tensors), model(*checked.tensors), what=f"{what}, reloaded,",
                               against="the emitted module", source=checked.source)

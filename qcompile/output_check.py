@@ -18,7 +18,7 @@ the caller writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +41,11 @@ class CheckInputs:
     source: str
 
 
-def check_inputs(calib_data: Iterable | None, examples: tuple) -> CheckInputs:
+def check_inputs(first_batch: tuple | None, examples: tuple) -> CheckInputs:
     """The first calibration batch (at most :data:`CHECK_SAMPLES`), else the examples made non-degenerate."""
-    if calib_data is not None:
-        first = next(iter(calib_data), None)
-        if first is not None:
-            batch = tuple(t[:CHECK_SAMPLES] if isinstance(t, torch.Tensor) else t for t in first)
-            return CheckInputs(batch, f"{len(batch[0])} calibration samples")
+    if first_batch is not None:
+        batch = tuple(t[:CHECK_SAMPLES] if isinstance(t, torch.Tensor) else t for t in first_batch)
+        return CheckInputs(batch, f"{len(batch[0])} calibration samples")
     generator = torch.Generator().manual_seed(0)
     tensors = tuple(
         torch.randn(t.shape, generator=generator, dtype=t.dtype)

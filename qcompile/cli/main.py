@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from qcompile.backends import backend_of
 from qcompile.cli.argtypes import finite_float, positive_int
 from qcompile.cli.compare_command import run_compare
 from qcompile.cli.diagnostics import (
@@ -236,7 +237,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     if getattr(args, "backend", None):
         pipeline = _with_backend(pipeline, args.backend)
         passes = str(pipeline)
-    gemmlowp = pipeline is not None and any(p.name == "convert" and p.backend == "gemmlowp" for p in pipeline.passes)
+    gemmlowp = pipeline is not None and backend_of(pipeline.passes) == "gemmlowp"
     if command == "compile" and "onnx" in args.export and gemmlowp:
         raise QCompileError("--export onnx reads int8 graphs converted for the native backend, not for gemmlowp",
                             hint="drop --backend gemmlowp for the ONNX export (same integer weights and grids)")
