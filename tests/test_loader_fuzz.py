@@ -10,6 +10,7 @@ file), seeded, so a failure reproduces.
 from __future__ import annotations
 
 import io
+import json
 import random
 import zipfile
 from pathlib import Path
@@ -126,4 +127,21 @@ def test_a_text_file_is_refused_with_the_reason(tmp_path, role):
     path.write_text("not a model\n")
     with pytest.raises(QCompileError) as info:
         _load(role, path)
+    assert str(path) in str(info.value)
+
+
+def test_an_export_archive_whose_program_is_inconsistent_is_refused(tmp_path):
+    """The archive unpacks and deserializes, but its call signature is gone: ``.module()`` would fail inside torch."""
+    with zipfile.ZipFile(io.BytesIO(_seeds()["export"])) as archive:
+        members = [(info.filename, archive.read(info.filename)) for info in archive.infolist()]
+    path = tmp_path / "model.pt2"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members:
+            if name.endswith("models/model.json"):
+                program = json.loads(content)
+                program["graph_module"]["module_call_graph"][0]["signature"] = None
+                content = json.dumps(program).encode()
+            archive.writestr(name, content)
+    with pytest.raises(QCompileError, match="program is damaged") as info:
+        _load("model", path)
     assert str(path) in str(info.value)

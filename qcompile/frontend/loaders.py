@@ -173,15 +173,23 @@ def _depends_on_the_seed(model: nn.Module, other: object) -> bool:
         not torch.equal(value, theirs[key]) for key, value in mine.items() if isinstance(value, torch.Tensor))
 
 
+_RESAVE_EXPORT_HINT = "save it again with torch.export.save(torch.export.export(model, inputs), path)"
+
+
 def load_file(path: Path, *, trust_pickle: bool = False,
               example_inputs: tuple | None = None) -> LoadedModel:
     """Load a TorchScript file, an export archive or (if trusted) a pickled module."""
     form = detect_form(path)
     if form == "export":
         program = _load_export(path, trust_pickle)
-        inputs = getattr(program, "example_inputs", None)
-        example = tuple(inputs[0]) if inputs else None
-        return LoadedModel(functional(program).module(), str(path), "export", example)
+        try:  # a damaged archive can load and still hold a program that does not hang together
+            inputs = getattr(program, "example_inputs", None)
+            example = tuple(inputs[0]) if inputs else None
+            module = functional(program).module()
+        except Exception as exc:  # noqa: BLE001 - torch raises anything on an inconsistent program
+            raise QCompileError(f"{path} is a torch.export archive whose program is damaged: {_first_line(exc)}",
+                                hint=_RESAVE_EXPORT_HINT) from None
+        return LoadedModel(module, str(path), "export", example)
     if form == "torchscript":
         if not trust_pickle:
             raise QCompileError(
@@ -258,8 +266,7 @@ def _load_export(path: Path, trust_pickle: bool):
         ) from None
     except Exception as exc:
         raise QCompileError(f"{path} looks like a torch.export archive but does not load: {_first_line(exc)}",
-                            hint="save it again with torch.export.save(torch.export.export(model, inputs), path)",
-                            ) from None
+                            hint=_RESAVE_EXPORT_HINT) from None
 
 
 def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
