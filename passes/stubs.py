@@ -43,25 +43,33 @@ QUANT_STUB = "torch.ao.quantization.QuantStub"
 DEQUANT_STUB = "torch.ao.quantization.DeQuantStub"
 
 
-def region_member(graph: Graph, node: Node, quantized: set[str], ctx: PassContext) -> bool:
+def float_reason(graph: Graph, node: Node, quantized: set[str], ctx: PassContext) -> str | None:
+    """Why ``node`` stays out of the region (``None``: it joins it), in words a user can act on."""
     cat = category(graph, node)
-    if cat is None or ctx.quant_config.qconfig_for(node) is None:
-        if cat is not None:
-            ctx.explain(f"%{node.name} ({node.op}) stays float: skipped by the config")
-        elif isinstance(node.type, TensorType) and node.kind not in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM):
-            ctx.explain(f"%{node.name} ({node.op}) stays float: no quantized form")
-        return False
+    if cat is None:
+        return "no quantized form for this op"
+    if ctx.quant_config.qconfig_for(node) is None:
+        return "skipped by the config (--skip or the qconfig file)"
     if cat == "shared":
         inputs = graph.inputs(node)
-        return bool(inputs) and inputs[0].name in quantized
+        return None if inputs and inputs[0].name in quantized else "moves a float value"
     if node.op in TRANSPOSED:
         engine = ctx.quant_config.engine
         ok, sqnr = transposed_kernel_ok(node.op, node.attrs, engine)
         if not ok:
-            ctx.explain(f"%{node.name} ({node.op}) stays float: torch's int8 kernel on the {engine} engine computes "
-                        f"this configuration wrongly (probed at {sqnr:.1f} dB SQNR against float on the same codes)")
-            return False
-    return True
+            return (f"torch's int8 kernel on the {engine} engine computes this configuration wrongly (probed at "
+                    f"{sqnr:.1f} dB SQNR against float on the same codes)")
+    return None
+
+
+def region_member(graph: Graph, node: Node, quantized: set[str], ctx: PassContext) -> bool:
+    reason = float_reason(graph, node, quantized, ctx)
+    if reason is not None and isinstance(node.type, TensorType) and node.kind in _COMPUTE:
+        ctx.explain(f"%{node.name} ({node.op}) stays float: {reason}")
+    return reason is None
+
+
+_COMPUTE = (NodeKind.MODULE, NodeKind.FUNCTION, NodeKind.METHOD)
 
 
 # moves that commute exactly with quantization on a shared grid (max commutes: rounding is monotone)
@@ -140,10 +148,11 @@ class Stubs(Pass):
             stats["silu as x * sigmoid(x)"] = silu
         float_ops: dict[str, int] = {}
         for node in graph.nodes():
-            if (node.name not in quantized and isinstance(node.type, TensorType)
-                    and node.kind in (NodeKind.MODULE, NodeKind.FUNCTION, NodeKind.METHOD)
+            if (node.name not in quantized and isinstance(node.type, TensorType) and node.kind in _COMPUTE
                     and node.op not in ("quantize", "dequantize")):
                 float_ops[node.op] = float_ops.get(node.op, 0) + 1
+                if node.quant.mode is None:
+                    node.quant.float_reason = float_reason(graph, node, quantized, ctx)
         if float_ops:
             # the ops that run in float between dequantize/quantize, most frequent first
             stats["float"] = ", ".join(f"{op} x{n}" for op, n in sorted(float_ops.items(), key=lambda i: -i[1]))

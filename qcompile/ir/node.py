@@ -91,6 +91,8 @@ class QuantAnnotation:
             the conv before it), so that tools comparing this graph with
             another one match the two values.
         weight_observer, weight_stats, weight_qparams: The same for the weight.
+        float_reason: Why a node outside the quantized region stays float
+            (set by ``stubs``: no quantized form, skipped by the config, ...).
         float_weight: The float weight a dynamically quantized linear's int8
             one was quantized from (set by ``dynamic``), for exports that
             quantize it again: onnxruntime's fused kernels take 7-bit weights
@@ -110,6 +112,7 @@ class QuantAnnotation:
     weight_qparams: QParams | None = None
     weight_bits: torch.Tensor | None = None
     absorbs: str | None = None
+    float_reason: str | None = None
     float_weight: torch.Tensor | None = None
 
     def is_empty(self) -> bool:
@@ -133,6 +136,8 @@ class QuantAnnotation:
             out.append(self.qparams.describe())
         if self.absorbs is not None:
             out.append(f"absorbs=%{self.absorbs}")
+        if self.float_reason is not None:
+            out.append(f"float: {self.float_reason}")
         weight = []
         if self.weight_observer is not None:
             weight.append(f"obs={self.weight_observer.describe()}")
