@@ -80,16 +80,16 @@ def head_to_head_resolved(a: Callable[[], object], b: Callable[[], object], pair
     for _ in range(warmup):
         a()
         b()
-    a_times, b_times = _paired_times(a, b, pairs, settle_ms)
+    a_times, b_times = paired_times(a, b, pairs, settle_ms)
     result = quantile_ratio(a_times, b_times)
     while (result.low <= 1 <= result.high) and len(a_times) + pairs <= max_pairs:
-        more_a, more_b = _paired_times(a, b, pairs, settle_ms)
+        more_a, more_b = paired_times(a, b, pairs, settle_ms)
         a_times, b_times = np.concatenate([a_times, more_a]), np.concatenate([b_times, more_b])
         result = quantile_ratio(a_times, b_times)
     return result
 
 
-def _paired_times(a: Callable[[], object], b: Callable[[], object], pairs: int,
+def paired_times(a: Callable[[], object], b: Callable[[], object], pairs: int,
                   settle_ms: float) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of ``pairs`` timed calls of each, in adjacent pairs, the order turning each pair."""
 

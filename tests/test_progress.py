@@ -1,4 +1,4 @@
-"""Progress lines: rate and time left on a terminal, a line a quarter with the rate elsewhere."""
+"""Progress lines: rate and time left on a terminal, a line a quarter with the rate elsewhere (for long work)."""
 
 from __future__ import annotations
 
@@ -28,15 +28,17 @@ def test_a_terminal_gets_a_bar_with_the_rate_and_the_time_left():
     assert lines[-1].startswith("qcompile: calibrate: 8/8 [" + "#" * 30 + "]") and text.endswith("\n")
 
 
-def test_a_log_gets_a_line_a_quarter_with_the_rate():
+def test_a_log_gets_a_line_a_quarter_with_the_rate_once_the_work_takes_two_seconds():
     text = _run(io.StringIO())
     assert text.splitlines() == [
-        "qcompile: calibrate: 1/8 (-/s, 0:00:00 so far)",
-        "qcompile: calibrate: 2/8 (2/s, 0:00:00 so far)",
-        "qcompile: calibrate: 4/8 (2/s, 0:00:02 so far)",
+        "qcompile: calibrate: 5/8 (2/s, 0:00:02 so far)",
         "qcompile: calibrate: 6/8 (2/s, 0:00:02 so far)",
         "qcompile: calibrate: 8/8 (2/s, 0:00:04 so far)",
     ]
+
+
+def test_quick_work_leaves_a_log_alone():
+    assert _run(io.StringIO(), seconds_per_step=0.1) == ""
 
 
 def test_a_label_used_again_counts_from_its_new_start():
@@ -46,5 +48,5 @@ def test_a_label_used_again_counts_from_its_new_start():
     for run in range(2):
         for done in range(1, 5):
             printer("sensitivity", done, 4)
-            now[0] += 1.0 if run == 0 else 0.25
-    assert stream.getvalue().splitlines()[-1] == "qcompile: sensitivity: 4/4 (4/s, 0:00:01 so far)"
+            now[0] += 2.0 if run == 0 else 1.0
+    assert stream.getvalue().splitlines()[-1] == "qcompile: sensitivity: 4/4 (1/s, 0:00:03 so far)"

@@ -33,14 +33,14 @@ def test_unequal_series_are_refused():
 
 
 def _rounds(monkeypatch, series):
-    """``_paired_times`` giving the (a, b) series one round at a time, counting the rounds asked for."""
+    """``paired_times`` giving the (a, b) series one round at a time, counting the rounds asked for."""
     asked = []
 
     def paired_times(a, b, pairs, settle_ms):
         asked.append(pairs)
         return series[len(asked) - 1]
 
-    monkeypatch.setattr(timing, "_paired_times", paired_times)
+    monkeypatch.setattr(timing, "paired_times", paired_times)
     return asked
 
 

@@ -7,7 +7,8 @@ line per label is rewritten in place::
     qcompile: calibrate: 3/4 [######################........] 2.4/s, 0:00:01 left
 
 Elsewhere (a log file, a pipe, CI) a line is written at each quarter, with
-the rate and the time so far, so logs stay short. ``NO_COLOR`` needs nothing:
+the rate and the time so far, once the work has taken
+:attr:`ProgressPrinter.QUIET_SECONDS`, so logs stay short. ``NO_COLOR`` needs nothing:
 no colour is ever written.
 """
 
@@ -27,6 +28,7 @@ class ProgressPrinter:
     """Progress on ``stream`` (stderr): an updating bar on a terminal, a line a quarter otherwise."""
 
     WIDTH = 30
+    QUIET_SECONDS = 2.0  # off a terminal, work is logged once it has taken this long
 
     def __init__(self, stream=None, clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stderr
@@ -54,7 +56,7 @@ class ProgressPrinter:
                 self.stream.write(f"\r{text} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {speed}, {left} left")
                 if done == total:
                     self.stream.write("\n")
-            else:
+            elif elapsed >= self.QUIET_SECONDS:  # a log of work that ends sooner would only be noise
                 quarter = 4 * done // total
                 if quarter != self.last_quarter.get(label):
                     self.last_quarter[label] = quarter

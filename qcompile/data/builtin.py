@@ -110,3 +110,6 @@ BUILTIN = {
     "fashion-test": (lambda: fashion_mnist("test"), "grey-half"),
     "mnist5k": (mnist5k, "mnist"),
 }
+
+# a calibration set's twin that calibration never sees (the verdict scores on it)
+HELD_OUT = {"photos": "photo-crops", "fashion-train": "fashion-test"}

@@ -90,6 +90,14 @@ class DataSource:
 
         return part(1, "calibration"), part(0, "evaluation")
 
+    def spread(self, count: int) -> DataSource:
+        """At most ``count`` samples, evenly spaced over the whole set (a set ordered by source stays varied)."""
+        if self._ready is not None or len(self.items) <= count:
+            return self
+        picks = torch.linspace(0, len(self.items) - 1, count).round().long().tolist()
+        labels = self.labels[picks] if self.labels is not None else None
+        return DataSource(self.name, [self.items[i] for i in picks], labels, self.load, self.batch_size)
+
     def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x, y)`` batches; only for labelled data."""
         if self.labels is None:
@@ -149,8 +157,11 @@ def _split_xy(content: Any, where: str) -> tuple[Any, torch.Tensor | None]:
 
 
 def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = None,
-              batch_size: int = 32) -> DataSource:
-    """Open the data named by ``spec`` (see the module docstring)."""
+              batch_size: int = 32, skip: int = 0) -> DataSource:
+    """Open the data named by ``spec`` (see the module docstring): at most ``limit`` samples after the first ``skip``.
+
+    ``skip`` needs files or a built-in set; a data function is refused with it.
+    """
     if limit is not None and limit <= 0:
         raise QCompileError(f"sample limit must be positive, got {limit}")
     if batch_size <= 0:
@@ -185,13 +196,16 @@ def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = N
             items, labels = _split_xy(content, str(path))
             load = get_preprocess(preprocess or "none")
         elif ":" in spec and not path.exists():
+            if skip:
+                raise QCompileError(f"the data function {spec} gives batches, which cannot be skipped into")
             return _from_callable(spec, preprocess, limit, batch_size)
         else:
             raise QCompileError(f"data {spec!r} is not an image folder, .npz/.pt file, module:function "
                                 "or builtin:NAME", hint="e.g. --calib builtin:photos or --calib images/")
-    if limit is not None:
-        items = items[:limit]
-        labels = labels[:limit] if labels is not None else None
+    end = None if limit is None else skip + limit
+    if skip or limit is not None:
+        items = items[skip:end]
+        labels = labels[skip:end] if labels is not None else None
     return DataSource(spec, items, labels, load, batch_size)
 
 
