@@ -85,6 +85,7 @@ class CompileResult:
             beyond tolerance, NaN or a constant output raised instead
             (:mod:`qcompile.output_check`).
         check_inputs: The real inputs the checks ran on (None if not written).
+        float_module: The model as loaded, before lowering (the float reference of the verdict).
     """
 
     graph: Graph
@@ -94,6 +95,7 @@ class CompileResult:
     notes: list[str] = field(default_factory=list)
     example_inputs: tuple = ()
     check_inputs: CheckInputs | None = None
+    float_module: nn.Module | None = None
 
 
 def compile_model(
@@ -147,7 +149,8 @@ def compile_model(
     with torch.no_grad():
         float_outputs = Interpreter(graph).run(*checked.tensors) if checked is not None else None
     records = PassManager(pipeline, instruments).run(graph, ctx)
-    result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs), check_inputs=checked)
+    result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs), check_inputs=checked,
+                           float_module=loaded.module)
     if out_dir is not None:
         if before_write is not None:
             before_write(graph)  # e.g. refuse an export that would fail, before any file exists

@@ -29,7 +29,8 @@ def test_main_job_on_a_real_model(tmp_path):
     out = tmp_path / "out"
     run = qcompile("zoo:digit_cnn", "--passes", "fuse", "-o", out, "--timing")
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["graph.qir", "model.py", "qcompile-signature.json", "weights.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["graph.qir", "model.py", "qcompile-signature.json",
+                                                     "verdict.json", "weights.pt"]
     assert "fuse: changed (conv2d+relu: 3, linear+relu: 1)" in run.stderr
     assert "emitted module matches the graph within 0" in run.stderr
     assert "total" in run.stderr  # the timing table
@@ -96,7 +97,8 @@ def test_inspect_formats(tmp_path, fmt, start):
 ])
 def test_user_mistakes_exit_2_without_output_or_traceback(tmp_path, args, message):
     out = tmp_path / "out"
-    run = qcompile(*args, "-o", out)
+    passes = [] if "--passes" in args else ["--passes", "fuse"]  # without --passes, the data would be missing first
+    run = qcompile(*args, *passes, "-o", out)
     assert run.returncode == 2, run.stderr
     assert message in run.stderr
     assert "Traceback" not in run.stderr and "traceback" not in run.stderr  # nor torch.fx's "Original traceback"
@@ -118,7 +120,7 @@ def test_untraceable_model_reports_module_and_line(tmp_path):
         "    def forward(self, x):\n"
         "        return self.gate(x) * 2\n"
     )
-    run = qcompile("usermodel:Outer", "--input-shape", "2,3", "-o", tmp_path / "out",
+    run = qcompile("usermodel:Outer", "--input-shape", "2,3", "--passes", "fuse", "-o", tmp_path / "out",
                    env={"PYTHONPATH": str(tmp_path)})
     assert run.returncode == 2
     assert "in module 'gate' at" in run.stderr and "usermodel.py:5" in run.stderr

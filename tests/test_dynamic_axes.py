@@ -140,7 +140,7 @@ def test_token_id_example_inputs_from_the_command_line(tmp_path):
     assert OnnxModel(tmp_path / "out" / "model.onnx")(_ids(3, 7, 2)).shape == (3, 3)
     run = qcompile("tests.models:TokenClassifier", "--passes", "dynamic", "--input-shape", "1,12", "-o", tmp_path / "f")
     assert run.returncode != 0 and "--input-shape 1,128:int64" in run.stderr  # float examples: the hint says how
-    run = qcompile("tests.models:TokenClassifier", "--input-shape", "1,12:int8", "-o", tmp_path / "bad")
+    run = qcompile("tests.models:TokenClassifier", "--passes", "fuse", "--input-shape", "1,12:int8", "-o", tmp_path / "bad")
     assert run.returncode != 0 and "unknown element type 'int8'" in run.stderr
 
 
@@ -224,11 +224,11 @@ def test_a_child_named_as_a_graph_module_attribute(tmp_path):
 
 def test_named_dynamic_axes_from_the_command_line(tmp_path):
     out = tmp_path / "out"
-    run = qcompile("tests.models:TokensAndFeatures", "--input-shape", "1,12:int64", "--input-shape", "1,6",
+    run = qcompile("tests.models:TokensAndFeatures", "--passes", "fuse", "--input-shape", "1,12:int64", "--input-shape", "1,6",
                    "--dynamic-axes", "ids:1", "--export", "onnx", "-o", out)
     assert run.returncode == 0, run.stderr
     assert OnnxModel(out / "model.onnx")(_ids(2, 30, 1), _features(2, 1)).shape == (2, 3)
-    run = qcompile("tests.models:TokensAndFeatures", "--input-shape", "1,12:int64", "--input-shape", "1,6",
+    run = qcompile("tests.models:TokensAndFeatures", "--passes", "fuse", "--input-shape", "1,12:int64", "--input-shape", "1,6",
                    "--dynamic-axes", "1,ids:1", "-o", tmp_path / "bad")
     assert run.returncode != 0 and "mixes axes for every input with axes for named inputs" in run.stderr
     assert not (tmp_path / "bad").exists()

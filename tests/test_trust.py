@@ -69,11 +69,11 @@ def test_a_pt2_archive_cannot_run_code_without_trust(tmp_path, capsys):
     for route in ("example inputs", "weight"):
         marker = tmp_path / f"ran_{route.replace(' ', '_')}"
         path = _archive_with_a_pickled_payload(tmp_path, marker, route)
-        status, err = run(capsys, path, "-o", tmp_path / "out")
+        status, err = run(capsys, path, "--passes", "fuse", "-o", tmp_path / "out")
         assert status == 2 and "stores pickled objects beyond tensors" in err and "--trust-pickle" in err, route
         assert "pathlib" in err or "GLOBAL" in err  # names what the pickle wanted
         assert not marker.exists() and not (tmp_path / "out").exists(), route
-        run(capsys, path, "--trust-pickle", "-o", tmp_path / "out")  # trusted, torch's loader does run it
+        run(capsys, path, "--passes", "fuse", "--trust-pickle", "-o", tmp_path / "out")  # trusted, torch's loader does run it
         assert marker.exists(), route
 
 
@@ -226,7 +226,8 @@ def test_user_mistakes_are_errors_with_exit_2(tmp_path, capsys, monkeypatch, arg
     _user_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    status, err = run(capsys, *args, "-o", "out")
+    passes = [] if "--passes" in args else ["--passes", "fuse"]  # without --passes, --calib would be missing first
+    status, err = run(capsys, *args, *passes, "-o", "out")
     assert status == 2, err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -236,7 +237,7 @@ def test_a_torch_special_function_is_named_as_torch_names_it(tmp_path, capsys, m
     _user_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    status, err = run(capsys, "qc_models:I0", *SHAPE, "-o", "out")
+    status, err = run(capsys, "qc_models:I0", *SHAPE, "--passes", "fuse", "-o", "out")
     assert status == 0, err
     assert "target='torch.special.i0'" in (tmp_path / "out" / "graph.qir").read_text()
     assert "torch.special.i0(" in (tmp_path / "out" / "model.py").read_text()

@@ -7,7 +7,8 @@
     qcompile passes [NAME]                             list passes (or show one)
     qcompile zoo                                       list bundled models
 
-User mistakes print ``qcompile: error: ...`` with a hint and exit with status 2.
+User mistakes print ``qcompile: error: ...`` with a hint and exit with status 2
+(:data:`EXIT_STATUS` lists every status).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
+EXIT_STATUS = ("Exit status: 0 success; 2 a user error (`qcompile: error: ...` with a hint; nothing written, OUT "
+               "left as it was); 3 the ONNX --check found the export disagreeing with the emitted model (files "
+               "written); 130 interrupted (nothing written); 1 an internal error (a bug in qcompile: please "
+               "report it with the command line). No colour is ever written, so NO_COLOR needs nothing.")
+# what `qcompile MODEL --calib DATA -o OUT` runs when --passes is left out
+RECOMMENDED_PIPELINE = "ptq"
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +101,9 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
         prog="qcompile",
         description="Compile a PyTorch model through qcompile's pass pipeline and emit a "
         "readable eager-mode module. Other commands: qcompile inspect | passes | zoo | compare "
-        "(run 'qcompile COMMAND -h'); qcompile --version.",
+        "(run 'qcompile COMMAND -h'); qcompile --version. Without --passes it runs the recommended "
+        f"post-training static quantization, {RECOMMENDED_PIPELINE}.",
+        epilog=EXIT_STATUS,
     )
     _model_arguments(compile_p)
     compile_p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -132,8 +141,16 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="log parameters, metrics and the report to MLflow (e.g. file:./mlruns; "
                            "pip install 'qcompile[mlflow]')")
     compile_p.add_argument("--check-data", metavar="DATA",
-                           help="data for --check, --modes and the diagnostics (default: --calib)")
-    compile_p.add_argument("--check-samples", type=positive_int, default=64, metavar="N")
+                           help="data for the verdict, --check, --modes and the diagnostics (default: --calib; "
+                           "the verdict prefers data calibration did not see: the held-out twin of a built-in set, "
+                           "or --calib after the first --calib-samples)")
+    compile_p.add_argument("--check-samples", type=positive_int, default=64, metavar="N",
+                           help="samples of that data the verdict and --check score on (64)")
+    compile_p.add_argument("--no-verdict", action="store_true",
+                           help="skip the verdict after the compile (size, closeness to float, latency, float "
+                           "layers, advice; a few seconds)")
+    compile_p.add_argument("--json", action="store_true",
+                           help="print the verdict as JSON on stdout (it is always written to OUT/verdict.json)")
 
     inspect_p = argparse.ArgumentParser(
         prog="qcompile inspect", description="Lower a model, run passes, and show the graph.")
@@ -224,15 +241,15 @@ def _run(args: argparse.Namespace, command: str) -> int:
 
 def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     """The run itself; a compile writes into ``staged.path``, which becomes OUT only at the end."""
-    from qcompile.compiler import DEFAULT_PIPELINE, compile_model
+    from qcompile.compiler import compile_model
     from qcompile.pipeline import PassContext, load_plugin, parse_pipeline
 
     for plugin in args.plugin:
         load_plugin(plugin)
-    passes = args.passes if args.passes is not None else (DEFAULT_PIPELINE if command == "compile" else "")
+    passes = args.passes if args.passes is not None else (_recommended(args) if command == "compile" else "")
     if command == "compile" and not passes.strip():
-        raise QCompileError("--passes is empty", hint=f"name the passes, e.g. --passes ptq, or leave --passes out "
-                            f"for the default ({DEFAULT_PIPELINE})")
+        raise QCompileError("--passes is empty", hint="name the passes, e.g. --passes ptq (--passes fuse for a float "
+                            f"model), or leave --passes out for the recommended {RECOMMENDED_PIPELINE}")
     pipeline = parse_pipeline(passes) if passes else None
     if getattr(args, "backend", None):
         pipeline = _with_backend(pipeline, args.backend)
@@ -266,7 +283,8 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     from qcompile.quant.config import load_quant_config
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
-    ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=ProgressPrinter())
+    progress = ProgressPrinter()
+    ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=progress)
     ctx.statistics_file = args.stats
     if args.train:
         from qcompile.data import open_data
@@ -324,13 +342,53 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     if diagnostics is not None:
         run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
     if command == "compile":
+        verdict = None if args.no_verdict else _verdict(args, result, staged, passes, progress)
         staged.commit()
         print(f"qcompile: wrote {staged.target}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
               f"within {result.check:.3g} on {result.check_inputs.source}", file=sys.stderr)
+        if verdict is not None:
+            for line in verdict.lines():
+                print(f"qcompile: verdict: {line}", file=sys.stderr)
+            if args.json:
+                print(verdict.to_json())
     else:
         _show(result.graph, args)
     return 0
+
+
+def _recommended(args: argparse.Namespace) -> str:
+    """The pipeline of a compile without --passes: the recommended static quantization, said so."""
+    from qcompile.pipeline import named_pipelines
+
+    text = named_pipelines()[RECOMMENDED_PIPELINE][0]
+    if args.calib is None:
+        raise QCompileError(f"without --passes, qcompile runs the recommended static quantization "
+                            f"({RECOMMENDED_PIPELINE}: {text}), which calibrates on data, and no --calib was given",
+                            hint="pass --calib DATA (e.g. --calib builtin:photos for an ImageNet model), or "
+                            "--passes fuse for a float model")
+    print(f"qcompile: no --passes given: running the recommended static quantization, {RECOMMENDED_PIPELINE} "
+          f"({text}); --passes fuse keeps the model float", file=sys.stderr)
+    return RECOMMENDED_PIPELINE
+
+
+def _verdict(args: argparse.Namespace, result, staged, passes: str, progress):
+    """Measure the written model (:mod:`qcompile.verdict`) and write OUT/verdict.json; the verdict."""
+    from qcompile.fileio import atomic_write_text
+    from qcompile.verdict import judge, verdict_data
+
+    data = verdict_data(check_data=args.check_data, calib=args.calib, calib_samples=args.calib_samples,
+                        samples=args.check_samples, preprocess=args.preprocess, batch_size=args.batch_size)
+    try:
+        verdict = judge(result.graph, result.float_module, result.out_dir, data, result.check_inputs.tensors,
+                        pipeline_text=passes, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - the user's model runs here; the model is written and checked already
+        text = str(exc).strip().splitlines()
+        print(f"qcompile: verdict: not measured: running the models on {data.description if data else 'the examples'}"
+              f" failed: {type(exc).__name__}: {text[0] if text else ''}", file=sys.stderr)
+        return None
+    atomic_write_text(result.out_dir / "verdict.json", verdict.to_json() + "\n")
+    return verdict
 
 
 def _report_entropy(args: argparse.Namespace, result) -> None:

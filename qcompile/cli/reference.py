@@ -18,13 +18,11 @@ from pathlib import Path
 
 def cli_reference() -> str:
     """Markdown for every command and flag, in the parsers' order."""
-    from qcompile.cli.main import _build_parsers
+    from qcompile.cli.main import EXIT_STATUS, _build_parsers
 
     parts = ["# Command-line reference", "",
              "Generated from the argument parser (`python -m qcompile.cli.reference docs/`).", "",
-             "Exit status: 0 success; 2 a user error (`qcompile: error: ...` with a hint, nothing written); "
-             "3 the ONNX `--check` found the export disagreeing with the emitted model (files written); "
-             "130 interrupted.", ""]
+             EXIT_STATUS, ""]
     for command, parser in _build_parsers().items():
         usage = " ".join(parser.format_usage().split())
         parts += [f"## `qcompile {'' if command == 'compile' else command}`".replace("`qcompile `", "`qcompile`"),
