@@ -336,7 +336,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     if command == "compile" and args.entropy:
         _report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
-        export_onnx_and_check(args, result)
+        export_onnx_and_check(args, result, progress)
     if snapshot is not None:
         report_modes(args, snapshot, ctx, result)
     if diagnostics is not None:

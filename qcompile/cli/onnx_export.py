@@ -79,7 +79,7 @@ def _against_float(args: argparse.Namespace, path, emitted, batches: list):
                      concatenated_outputs(emitted, batches), concatenated_outputs(reference, batches))
 
 
-def export_onnx_and_check(args: argparse.Namespace, result) -> None:
+def export_onnx_and_check(args: argparse.Namespace, result, progress=None) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
     comparison with the emitted model in onnxruntime. Where their outputs differ by more than one step, the
     export is judged against the float model beside the module (:mod:`qcompile.onnx.verdict`): as close
@@ -112,7 +112,8 @@ def export_onnx_and_check(args: argparse.Namespace, result) -> None:
     batches = [tuple(b) for b in open_check_data(args)]  # one tensor per model input
     emitted = load_emitted(result.out_dir)
     try:
-        results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph)
+        results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph,
+                             progress=progress)
     except CheckFailed as failed:
         verdicts = _against_float(args, path, emitted, batches)
         if verdicts is None or not all(v.as_close for v in verdicts):

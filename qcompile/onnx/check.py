@@ -21,6 +21,7 @@ or weight layout leaves a few dB.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +84,13 @@ def as_tuples(batches: list) -> list[tuple]:
     return [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in batches]
 
 
-def concatenated_outputs(model, batches: list[tuple]) -> list[torch.Tensor]:
-    """Each output of ``model`` over all batches, as one float tensor per output."""
+def concatenated_outputs(model, batches: list[tuple], tick: Callable[[], None] | None = None) -> list[torch.Tensor]:
+    """Each output of ``model`` over all batches, as one float tensor per output (``tick()`` after each batch)."""
     results = []
     for batch in batches:
         out = model(*batch)
+        if tick is not None:
+            tick()
         out = tuple(out.values()) if isinstance(out, dict) else out  # a dict's values, in the file's order
         results.append(tuple(out) if isinstance(out, (tuple, list)) else (out,))
     return [torch.cat([r[i].float() for r in results]) for i in range(len(results[0]))]
@@ -95,7 +98,7 @@ def concatenated_outputs(model, batches: list[tuple]) -> list[torch.Tensor]:
 
 def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
                output_scale: float | list[float | None] | None, min_share: float = 0.99,
-               graph=None) -> list[OnnxCheck]:
+               graph=None, progress: Callable[[str, int, int | None], None] | None = None) -> list[OnnxCheck]:
     """Compare onnxruntime (optimizations off and on) with ``module`` on ``batches``.
 
     Each batch is a tensor, or a tuple with one tensor per model input.
@@ -118,15 +121,22 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
             ``graph``), or the relative error exceeds 1e-4 (float models).
     """
     batches = as_tuples(batches)
+    done = [0]
+
+    def tick() -> None:  # the module, then onnxruntime without and with optimizations: three runs of the batches
+        done[0] += 1
+        if progress is not None:
+            progress("onnx check", done[0], 3 * len(batches))
+
     with torch.no_grad():
-        wants = concatenated_outputs(module, batches)
+        wants = concatenated_outputs(module, batches, tick)
     scales = list(output_scale) if isinstance(output_scale, (list, tuple)) else [output_scale] * len(wants)
     quantized = all(scales)
     dynamic = graph is not None and is_dynamic(graph)
     fused = dynamic and uses_fused_kernels(onnx.load(str(path)))
     results = []
     for optimize in (False, True):
-        gots = concatenated_outputs(OnnxModel(path, 1, optimize), batches)
+        gots = concatenated_outputs(OnnxModel(path, 1, optimize), batches, tick)
         errors = [(got - want).abs() for got, want in zip(gots, wants, strict=True)]
         if quantized:
             steps = torch.cat([torch.round(e / s).flatten() for e, s in zip(errors, scales, strict=True)])
