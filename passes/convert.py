@@ -52,7 +52,8 @@ from qcompile.pipeline import (
     option,
     register_pass,
 )
-from qcompile.quant.native import RULES, clamp_to_bits, convert_dequantize
+from qcompile.quant.clamps import clamp_to_bits
+from qcompile.quant.native import RULES, convert_dequantize
 from qcompile.quant.op_table import FIXED
 from qcompile.quant.qparams import qparams_from_range
 from qcompile.quant.relu6_grid import widen_relu6_grids
@@ -105,12 +106,7 @@ class Convert(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "converted" in graph.facts:
             return PassResult(False)
-        engine = ctx.quant_config.engine
-        if engine not in torch.backends.quantized.supported_engines:
-            raise QCompileError(f"quantized engine {engine!r} is not available in this torch build",
-                                hint=f"available: {', '.join(torch.backends.quantized.supported_engines)}")
-        torch.backends.quantized.engine = engine  # weights are packed for this engine
-        graph.attrs.update(backend=self.backend, engine=engine)
+        graph.attrs.update(backend=self.backend)
         choose_qparams(graph)
         counts: dict[str, int] = {}
         if self.weight_bits < 8:
@@ -123,14 +119,25 @@ class Convert(Pass):
             if widened:
                 counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})
         for node in graph.nodes():
+            if node.quant.mode == "static" and node.quant.qparams is None and node.op not in ("chunk", "getitem"):
+                raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
+        if self.backend == "gemmlowp":  # lowered from the decisions above, never through torch's quantized modules
+            from qcompile.quant.gemmlowp import to_gemmlowp
+
+            return PassResult(True, counts | to_gemmlowp(graph))
+        engine = ctx.quant_config.engine
+        if engine not in torch.backends.quantized.supported_engines:
+            raise QCompileError(f"quantized engine {engine!r} is not available in this torch build",
+                                hint=f"available: {', '.join(torch.backends.quantized.supported_engines)}")
+        torch.backends.quantized.engine = engine  # weights are packed for this engine
+        graph.attrs.update(engine=engine)
+        for node in graph.nodes():
             if node.op == "dequantize":
                 convert_dequantize(node)
                 counts["dequantize"] = counts.get("dequantize", 0) + 1
                 continue
             if node.quant.mode != "static":
                 continue
-            if node.quant.qparams is None and node.op not in ("chunk", "getitem"):
-                raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
             rule = RULES.get(node.op)
             if rule is not None:
                 rule(graph, node)
@@ -140,11 +147,6 @@ class Convert(Pass):
         for node in graph.nodes():  # including the clamps the rules added
             if node.quant.mode == "static" and isinstance(node.type, TensorType) and node.quant.qparams is not None:
                 node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "quint8" else "qi8")
-        if self.backend == "gemmlowp":
-            from qcompile.quant.gemmlowp import to_gemmlowp
-
-            to_gemmlowp(graph)
-            graph.attrs.pop("engine")  # no torch engine runs it
         return PassResult(True, counts)
 
 

@@ -300,3 +300,33 @@ def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
     assert len(absorbed) == clamps["unfolded"] and all(n.attrs["clamp_max"] < 255 for n in absorbed)
     with torch.no_grad():
         assert torch.equal(Interpreter(folded).run(x), Interpreter(unfolded).run(x))
+
+
+_QUANTIZED_TENSOR_FUNCTIONS = ("quantize_per_tensor", "quantize_per_channel", "_make_per_tensor_quantized_tensor",
+                               "_make_per_channel_quantized_tensor", "quantize_per_tensor_dynamic")
+
+
+@pytest.mark.parametrize("model, calib", [("zoo:digit_cnn", "builtin:mnist5k"), ("zoo:mobilenet_v2", "builtin:photos")])
+def test_gemmlowp_needs_none_of_torchs_quantized_tensors(tmp_path, monkeypatch, model, calib):
+    """PyTorch deprecated its quantized tensors (pytorch issue 184982): with them gone, a gemmlowp compile, its
+    checks and the emitted model still run, and give the same codes as before they went."""
+    from qcompile.compiler import compile_model
+
+    def compile_to(out):
+        return compile_model(model, passes="fuse,calibrate,convert{backend=gemmlowp}", out_dir=out, calib=calib,
+                             calib_samples=32, batch_size=16)
+
+    with_them = compile_to(tmp_path / "with")
+    x = with_them.check_inputs.tensors
+    expected = load_emitted(tmp_path / "with")(*x)
+
+    def gone(*args, **kwargs):
+        raise RuntimeError("torch's quantized tensors were removed")
+
+    for name in _QUANTIZED_TENSOR_FUNCTIONS:
+        monkeypatch.setattr(torch, name, gone)
+    monkeypatch.setattr(torch.Tensor, "int_repr", gone)
+    without = compile_to(tmp_path / "without")
+    assert without.check == 0.0
+    assert torch.equal(load_emitted(tmp_path / "without")(*x), expected)
+    assert "quint8" not in (tmp_path / "without" / "model.py").read_text()

@@ -186,7 +186,7 @@ def test_relu6_clamp_only_where_the_grid_can_pass_six():
     """On its observed grid, a ReLU6 after a conv becomes an int8 hardtanh only when the grid reaches past 6;
     the one left out
     would change no code, even where the conv saturates (checked by putting the clamp back)."""
-    from qcompile.quant.native import clamp_after
+    from qcompile.quant.clamps import clamp_after
 
     torch.manual_seed(0)
     model = _ReLU6Pair().eval()

@@ -13,8 +13,8 @@ from qcompile.interpreter import Interpreter
 from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
 from qcompile.pipeline import PassContext, run_pipeline
+from qcompile.quant.clamps import clamp_after
 from qcompile.quant.config import QuantConfig
-from qcompile.quant.native import clamp_after
 from qcompile.training import trainable, write_back
 
 

@@ -1,28 +1,37 @@
-"""Rewriting a converted graph onto the ``gemmlowp`` backend: qcompile's own integer kernels.
+"""Lowering a quantized graph onto the ``gemmlowp`` backend: qcompile's own integer kernels.
 
-``convert{backend=gemmlowp}`` first chooses qparams and quantizes weights
-exactly as for ``native`` (so both backends hold the same integer weights
-and grids), then this module replaces torch's quantized modules with
-:mod:`qcompile.kernels.modules`, which carry everything as plain tensors:
+``convert{backend=gemmlowp}`` chooses qparams exactly as for ``native``,
+then lowers the graph from those decisions (float ops, each with its output
+grid and its weight's grid) straight onto :mod:`qcompile.kernels.modules`,
+never through torch's quantized modules or tensors. Everything is a plain
+tensor:
 
-* conv / linear: int8 weight codes, ``bias_q = round(bias / (s_in * s_w))`` in
-  int32, and per output channel the multiplier ``s_in * s_w / s_out`` as
+* conv / linear: int8 weight codes (:mod:`qcompile.quant.integer_weights`:
+  the same codes ``native`` holds), ``bias_q = round(bias / (s_in * s_w))``
+  in int32, and per output channel the multiplier ``s_in * s_w / s_out`` as
   ``(m0, exponent)``; a fused ReLU is the clamp at the output zero point;
 * add: TFLite's scheme (both inputs onto a grid 2^20 times finer, add,
   requantize);
-* ReLU / ReLU6 / the sub-8-bit clamps: integer clamps, folded into the
-  output stage of the conv / linear / add that makes their input when
-  nothing else reads it (a clamp of a clamp is one clamp); global average
-  pooling: an integer mean; pooling and reshaping ops run on the uint8 codes
-  as they are.
+* ReLU / ReLU6 / the sub-8-bit clamps (:mod:`qcompile.quant.clamps`):
+  integer clamps, folded into the output stage of the conv / linear / add
+  that makes their input when nothing else reads it (a clamp of a clamp is
+  one clamp); global average pooling: an integer mean; pooling and
+  reshaping ops run on the uint8 codes as they are.
 
 Every value between quantize and dequantize is a uint8 tensor (``u8`` in the
-printed graph). Ops the kernels do not cover are refused by name.
+printed graph). Ops the kernels do not cover are refused by name. Before
+and after (the digit CNN)::
+
+    %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias}) : f32[1,32,28,28] {act='relu', ...}  # mode=static ...
+
+    %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias,multiplier,exponent}) : u8[1,32,28,28] {input_zero_point=33, ..., target='qcompile.kernels.modules.QConv2d'}  # mode=static ...
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+import torch
 
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
@@ -31,19 +40,20 @@ from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
 from qcompile.kernels.cpu import add_multipliers
 from qcompile.kernels.fixed_point import quantize_multiplier, quantize_multipliers
-from qcompile.quant.qparams import quantize_bias, weight_grid
+from qcompile.quant.clamps import clamp_to_bits, split_relu6
+from qcompile.quant.integer_weights import integer_weight
+from qcompile.quant.qparams import quantize_bias
 
 MODULES = "qcompile.kernels.modules"
-_CONVS = {"torch.ao.nn.quantized.Conv2d": False, "torch.ao.nn.intrinsic.quantized.ConvReLU2d": True}
-_LINEARS = {"torch.ao.nn.quantized.Linear": False, "torch.ao.nn.intrinsic.quantized.LinearReLU": True}
-_ADDS = {"torch.ops.quantized.add": False, "torch.ops.quantized.add_relu": True}
 # ops that only move or select uint8 codes: they run on them unchanged
-_AS_IS = {"max_pool1d", "flatten", "view", "reshape", "permute", "transpose", "contiguous",
+_AS_IS = {"max_pool1d", "flatten", "reshape", "permute", "transpose", "contiguous",
           "squeeze", "unsqueeze", "dropout", "identity", "chunk", "getitem"}
 
 
 def _is_quantized(node: Node) -> bool:
-    return isinstance(node.type, TensorType) and node.type.dtype in ("qu8", "qi8")
+    """A value inside the quantized region, on a grid ``convert`` chose."""
+    return (isinstance(node.type, TensorType) and node.quant.mode == "static" and node.quant.qparams is not None
+            and node.kind not in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM))
 
 
 def _input_qparams(graph: Graph, node: Node, index: int = 0) -> QParams:
@@ -54,29 +64,38 @@ def _code(value: float, q: QParams) -> int:
     return max(0, min(255, round(value / float(q.scale)) + int(q.zero_point)))
 
 
-def _weighted(graph: Graph, node: Node, relu: bool) -> dict[str, str]:
+def _relu(node: Node) -> bool:
+    """Whether the node's fused activation is a ReLU (a ReLU6 became a clamp after it: quant.clamps)."""
+    act = node.attrs.get("act")
+    if act not in (None, "relu", "relu6"):
+        raise QCompileError(f"%{node.name}: the gemmlowp kernels fuse ReLU and ReLU6 only, not {act}",
+                            hint="use backend=native")
+    return act == "relu"
+
+
+def _weighted(graph: Graph, node: Node) -> dict[str, str]:
     """Plain-tensor params of a conv / linear and the common constructor arguments."""
-    weight = graph.params[node.params["weight"]]
-    scales, zeros, _ = weight_grid(weight)
-    if bool((zeros != 0).any()):
-        raise QCompileError(f"%{node.name}: the gemmlowp kernels take symmetric weights (zero point 0)",
+    weight = integer_weight(graph.params[node.params["weight"]], node.quant)
+    if not weight.symmetric or weight.codes.dtype != torch.int8:
+        raise QCompileError(f"%{node.name}: the gemmlowp kernels take symmetric int8 weights (zero point 0)",
                             hint="use a preset with symmetric weights (all built-in ones are), or backend=native")
     q_in, q_out = _input_qparams(graph, node), node.quant.qparams
     if q_in.dtype != "quint8" or q_out.dtype != "quint8":
         raise QCompileError(f"%{node.name}: the gemmlowp kernels take uint8 activations", hint="use backend=native")
-    accumulator_scale = float(q_in.scale) * scales
-    bias_q = quantize_bias(graph.params[node.params["bias"]], accumulator_scale)
+    accumulator_scale = float(q_in.scale) * weight.scales
+    bias = graph.params[node.params["bias"]] if "bias" in node.params else torch.zeros(len(weight.scales))
     m0, exponent = quantize_multipliers(accumulator_scale / float(q_out.scale))
     base = node.source.module_path or node.name
+    graph.params[node.params["weight"]] = weight.codes
     node.params = {
-        "weight": graph.add_param(f"{base}.weight", weight.int_repr()),
-        "bias": graph.add_param(f"{base}.bias", bias_q),
+        "weight": node.params["weight"],
+        "bias": graph.add_param(f"{base}.bias_q", quantize_bias(bias, accumulator_scale)),
         "multiplier": graph.add_param(f"{base}.multiplier", m0),
         "exponent": graph.add_param(f"{base}.exponent", exponent),
     }
     zero = int(q_out.zero_point)
     return {"input_zero_point": int(q_in.zero_point), "output_zero_point": zero,
-            "clamp_min": zero if relu else 0, "clamp_max": 255}
+            "clamp_min": zero if _relu(node) else 0, "clamp_max": 255}
 
 
 def _pair(value) -> tuple[int, int]:
@@ -88,7 +107,7 @@ def _conv(graph: Graph, node: Node) -> None:
     if attrs.get("padding_mode", "zeros") != "zeros" or isinstance(attrs.get("padding"), str):
         raise QCompileError(f"%{node.name}: the gemmlowp convolution pads with zeros, by explicit amounts",
                             hint="use backend=native")
-    common = _weighted(graph, node, _CONVS[node.target])
+    common = _weighted(graph, node)
     node.target = f"{MODULES}.QConv2d"
     node.attrs = {"in_channels": attrs["in_channels"], "out_channels": attrs["out_channels"],
                   "kernel_size": _pair(attrs["kernel_size"]), "stride": _pair(attrs.get("stride", 1)),
@@ -98,7 +117,7 @@ def _conv(graph: Graph, node: Node) -> None:
 
 def _linear(graph: Graph, node: Node) -> None:
     attrs = node.attrs
-    common = _weighted(graph, node, _LINEARS[node.target])
+    common = _weighted(graph, node)
     node.target = f"{MODULES}.QLinear"
     node.attrs = {"in_features": attrs["in_features"], "out_features": attrs["out_features"]} | common
 
@@ -118,7 +137,7 @@ def _add(graph: Graph, node: Node) -> None:
         "a_zero_point": int(q_a.zero_point), "a_multiplier": a_m0, "a_exponent": a_e,
         "b_zero_point": int(q_b.zero_point), "b_multiplier": b_m0, "b_exponent": b_e,
         "output_multiplier": o_m0, "output_exponent": o_e, "output_zero_point": zero,
-        "clamp_min": zero if _ADDS[node.target] else 0, "clamp_max": 255}, inputs)
+        "clamp_min": zero if _relu(node) else 0, "clamp_max": 255}, inputs)
 
 
 def _clamp(graph: Graph, node: Node, lo: float | None, hi: float | None) -> None:
@@ -161,23 +180,22 @@ def _max_pool(graph: Graph, node: Node) -> None:
 
 
 def _rewrite(graph: Graph, node: Node) -> bool:
-    """Rewrite one node; False if the kernels do not cover it."""
-    target = node.target if isinstance(node.target, str) else ""
-    if target == "torch.ao.nn.quantized.Quantize":
+    """Rewrite one node of the quantized region (or a dequantize); False if the kernels do not cover it."""
+    if node.op == "quantize":
         q = node.quant.qparams
         if q.dtype != "quint8":
             return False
         _as_module(graph, node, "Quantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
                    graph.inputs(node)[:1])
-    elif target == "torch.ao.nn.quantized.DeQuantize":
+    elif node.op == "dequantize":
         q = _input_qparams(graph, node)
         _as_module(graph, node, "Dequantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
                    graph.inputs(node)[:1])
-    elif target in _CONVS:
+    elif node.op == "conv2d" and node.kind == NodeKind.MODULE:
         _conv(graph, node)
-    elif target in _LINEARS:
+    elif node.op == "linear" and node.kind == NodeKind.MODULE:
         _linear(graph, node)
-    elif target in _ADDS:
+    elif node.op == "add" and len(graph.inputs(node)) == 2:
         _add(graph, node)
     elif node.op == "relu":
         _clamp(graph, node, 0.0, None)
@@ -189,18 +207,32 @@ def _rewrite(graph: Graph, node: Node) -> bool:
         _global_pool(graph, node)
     elif node.op == "max_pool2d":
         _max_pool(graph, node)
+    elif node.op == "view":
+        _as_reshape(node)
     elif node.op not in _AS_IS:
         return False
     return True
 
 
+def _as_reshape(node: Node) -> None:
+    """``view`` as ``reshape``: the kernels return channels-last tensors, which ``view`` cannot flatten."""
+    if node.kind == NodeKind.METHOD and node.target == "view":
+        node.target = node.op = "reshape"
+    elif node.kind == NodeKind.FUNCTION and node.target == "torch.ops.aten.view.default":  # from torch.export
+        node.target, node.op = "torch.ops.aten.reshape.default", "reshape"
+
+
 def to_gemmlowp(graph: Graph) -> dict[str, int]:
-    """Rewrite every quantized node of a ``native``-converted graph onto the gemmlowp kernels."""
+    """Lower every node of the quantized region, whose qparams ``convert`` chose, onto the gemmlowp kernels."""
+    for node in graph.nodes():
+        if _is_quantized(node) and node.op in ("conv2d", "linear"):
+            split_relu6(graph, node)
+        if _is_quantized(node) and node.quant.bits is not None and node.quant.bits < 8 and node.quant.observer:
+            clamp_to_bits(graph, node)
     unsupported: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for node in graph.nodes():
-        touches = _is_quantized(node) or node.target == "torch.ao.nn.quantized.DeQuantize"
-        if not touches or node.kind in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM):
+        if not (_is_quantized(node) or node.op == "dequantize"):
             continue
         if not _rewrite(graph, node):
             unsupported.setdefault(node.op, []).append(node.name)

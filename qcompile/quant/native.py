@@ -16,9 +16,9 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.targets import resolve_target
+from qcompile.quant.clamps import split_relu6
+from qcompile.quant.integer_weights import IntegerWeight, integer_weight
 from qcompile.quant.op_table import QUANTIZED_BINARY, SHARED
-from qcompile.quant.qparams import quantize_tensor, quantize_weight_bits
-from qcompile.quant.relu6_grid import relu6_top_code
 
 _CONV = {
     ("conv1d", None): "torch.ao.nn.quantized.Conv1d",
@@ -42,17 +42,17 @@ def _scalar_params(graph: Graph, node: Node) -> dict[str, str]:
     }
 
 
+def as_torch_weight(weight: IntegerWeight) -> torch.Tensor:
+    """The codes and grid as the torch quantized tensor torch's quantized modules hold."""
+    if weight.per_channel:
+        return torch._make_per_channel_quantized_tensor(weight.codes, weight.scales, weight.zero_points, 0)
+    return torch._make_per_tensor_quantized_tensor(weight.codes, float(weight.scales[0]), int(weight.zero_points[0]))
+
+
 def _quantized_weight_params(graph: Graph, node: Node) -> dict[str, str]:
     """int8 weight, float bias (zeros if the layer had none), output scale and zero point."""
     weight_name = node.params["weight"]
-    q = node.quant
-    if q.weight_bits is not None:  # fewer than 8 bits, per channel (bitalloc or convert{weight-bits})
-        lo, hi = q.weight_stats.lo, q.weight_stats.hi
-        if lo.dim() == 0:
-            lo, hi = lo.expand(len(q.weight_bits)), hi.expand(len(q.weight_bits))
-        graph.params[weight_name] = quantize_weight_bits(graph.params[weight_name], lo, hi, q.weight_bits)
-    else:
-        graph.params[weight_name] = quantize_tensor(graph.params[weight_name], q.weight_qparams)
+    graph.params[weight_name] = as_torch_weight(integer_weight(graph.params[weight_name], node.quant))
     params = {"weight": weight_name}
     if "bias" in node.params:
         params["bias"] = node.params["bias"]
@@ -67,52 +67,15 @@ def _act(node: Node) -> str | None:
     return "relu" if act == "relu" else None
 
 
-def _split_relu6(graph: Graph, node: Node) -> None:
-    """torch has no int8 conv/linear with ReLU6: quantize on the post-ReLU6 grid, then clamp.
-
-    The grid from the range observed after ReLU6 is tight, but quint8 holds
-    values up to 255 steps, beyond 6 (with a reduced range, up to twice the
-    observed maximum), so an explicit int8 hardtanh(0, 6) keeps the ReLU6.
-    Where the grid cannot pass 6 (zero point 0, 6 at code 255 or above, as
-    convert's ``relu6-grid=full`` makes it where it can) that clamp would
-    change no code, and is left out.
-    """
-    q = node.quant.qparams
-    if node.attrs.get("act") != "relu6":
-        return
-    if q is not None and not q.per_channel and int(q.zero_point) == 0 and relu6_top_code(q) == 255:
-        return
-    clamp_after(graph, node, 0.0, 6.0, "relu6")
-
-
-def clamp_after(graph: Graph, node: Node, lo: float, hi: float, op: str) -> Node:
-    """An int8 hardtanh(lo, hi) after ``node``, on its grid, read by all its former readers."""
-    uses = graph.uses(node)
-    clamp = graph.add_node(op, NodeKind.FUNCTION, [node], name=f"{node.name}_{op}",
-                           target="torch.nn.functional.hardtanh", args=(Ref(0), lo, hi),
-                           type=node.type, source=node.source, after=node)
-    clamp.quant.mode, clamp.quant.shares, clamp.quant.qparams = "static", node.name, node.quant.qparams
-    for user, port in uses:
-        graph.set_input(user, port, clamp)
-    return clamp
-
-
-def clamp_to_bits(graph: Graph, node: Node) -> None:
-    """Keep a sub-8-bit value on its grid: the container would hold up to 255 steps."""
-    q = node.quant.qparams
-    scale, zero = float(q.scale), int(q.zero_point)
-    clamp_after(graph, node, (q.quant_min - zero) * scale, (q.quant_max - zero) * scale, f"clamp{node.quant.bits}b")
-
-
 def _convert_conv(graph: Graph, node: Node) -> None:
-    _split_relu6(graph, node)
+    split_relu6(graph, node)
     node.target = _CONV[(node.op, _act(node))]
     node.params = _quantized_weight_params(graph, node)
     node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
 
 
 def _convert_linear(graph: Graph, node: Node) -> None:
-    _split_relu6(graph, node)
+    split_relu6(graph, node)
     relu = _act(node) == "relu"
     node.target = "torch.ao.nn.intrinsic.quantized.LinearReLU" if relu else "torch.ao.nn.quantized.Linear"
     node.params = _quantized_weight_params(graph, node)

@@ -54,20 +54,11 @@ def quantize_tensor(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
 
 def quantize_weight_bits(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                          bits: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-output-channel int8 weights with ``bits[c]`` bits in channel ``c``.
+    """:func:`qcompile.quant.integer_weights.bits_per_channel` as a torch per-channel quantized tensor."""
+    from qcompile.quant.integer_weights import bits_per_channel
 
-    Each channel uses codes in ``[-2^(b-1), 2^(b-1) - 1]`` of the int8 container
-    (a 0-bit channel is all zeros), so the native int8 kernels run them as is.
-    """
-    bits = bits.to(torch.float64)
-    qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
-    qmin = torch.where(bits > 0, -(2.0 ** (bits - 1)), torch.zeros_like(bits))
-    magnitude = torch.maximum(-torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi)))
-    scale = (magnitude.double() / ((qmax - qmin) / 2).clamp(min=0.5)).clamp(min=float(_EPS))
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    codes = torch.round(weight.double() / scale.reshape(shape))
-    codes = torch.maximum(torch.minimum(codes, qmax.reshape(shape)), qmin.reshape(shape)).to(torch.int8)
-    return torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(len(scale), dtype=torch.int64), 0)
+    codes = bits_per_channel(weight, lo, hi, bits)
+    return torch._make_per_channel_quantized_tensor(codes.codes, codes.scales, codes.zero_points, 0)
 
 
 def integer_codes(value: torch.Tensor) -> torch.Tensor:
