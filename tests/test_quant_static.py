@@ -17,7 +17,7 @@ from qcompile.quant.config import QuantConfig, load_quant_config
 from tests.models import PatchTransformer, randomize_batch_norm
 from tests.torchao_reference import fx_quantize, lsb_agreement, sqnr
 
-FX_FUSION = "fuse{activations=relu},calibrate,convert"  # torch.ao does not fuse ReLU6
+FX_FUSION = "ptq-torchao"  # torch.ao's fusions (it does not fuse ReLU6) and its 7-bit activation grids
 
 
 def _quantize(model, calib, preset="x86", pipeline="fuse,calibrate,convert", config=None):
