@@ -2,11 +2,15 @@
 
 requires: ``calibrated``    provides: ``converted``
 
-Qparams come from each value's statistics (or an analytic clip range, when a
-pass set one) and its observer's grid; weights are quantized per channel or
-per tensor as observed. Then every node of the quantized region is rewritten
-for the backend: ``native`` runs torch's quantized engines (x86 / fbgemm /
-qnnpack, chosen by the quantization config). Before and after::
+First every decision is made, the same for every backend: qparams from each
+value's statistics (or an analytic clip range, when a pass set one) and its
+observer's grid; weight bits (``weight-bits``, ReLU6 grids widened, below).
+Then the quantized region is lowered onto one backend in
+``qcompile/backends/``, each from those decisions, never through another:
+``gemmlowp`` makes weights integer codes (:mod:`qcompile.quant.integer_weights`)
+and runs qcompile's kernels; ``native`` wraps the same codes as torch's
+quantized tensors and runs torch's engines (x86 / fbgemm / qnnpack, chosen by
+the quantization config). Before and after (``native``)::
 
     %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) : f32[1,64,112,112] {act='relu', ...}
     %add   = add(%layer1_0_conv2, %maxpool) : f32[1,64,56,56] {act='relu'}
@@ -39,6 +43,7 @@ from typing import Literal
 
 import torch
 
+from qcompile.backends.torch_ao import RULES, convert_dequantize
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.quant_types import QParams
@@ -53,7 +58,6 @@ from qcompile.pipeline import (
     register_pass,
 )
 from qcompile.quant.clamps import clamp_to_bits
-from qcompile.quant.native import RULES, convert_dequantize
 from qcompile.quant.op_table import FIXED
 from qcompile.quant.qparams import qparams_from_range
 from qcompile.quant.relu6_grid import widen_relu6_grids
@@ -122,7 +126,7 @@ class Convert(Pass):
             if node.quant.mode == "static" and node.quant.qparams is None and node.op not in ("chunk", "getitem"):
                 raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
         if self.backend == "gemmlowp":  # lowered from the decisions above, never through torch's quantized modules
-            from qcompile.quant.gemmlowp import to_gemmlowp
+            from qcompile.backends.gemmlowp import to_gemmlowp
 
             return PassResult(True, counts | to_gemmlowp(graph))
         engine = ctx.quant_config.engine

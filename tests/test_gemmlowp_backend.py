@@ -276,7 +276,7 @@ def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
     (On observed grids: convert already drops the clamps a grid makes redundant, and by default widens the
     grids that would need one; the clamps left are the ones folded here.)
     """
-    import qcompile.quant.gemmlowp as gemmlowp
+    import qcompile.backends.gemmlowp as gemmlowp
 
     model = load_model("zoo:mobilenet_v2").module
     calib = list(open_data("builtin:photos", batch_size=8, limit=8))

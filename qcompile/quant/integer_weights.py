@@ -12,7 +12,7 @@ in float32, rounding half to even: the same codes, element for element, as
 five CNNs), without creating a torch quantized tensor. Each backend wraps
 them as it needs: the ``gemmlowp`` kernels take them as they are; the
 ``torch-ao`` backend builds torch's quantized tensors from them
-(:func:`qcompile.quant.native.as_torch_weight`).
+(:func:`qcompile.backends.torch_ao.as_torch_weight`).
 """
 
 from __future__ import annotations

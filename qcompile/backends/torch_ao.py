@@ -1,4 +1,10 @@
-"""Rewriting quantized-region nodes onto torch's quantized modules and ops (``native`` backend).
+"""The ``native`` backend: lowering quantized-region nodes onto torch's quantized modules and ops.
+
+torch's quantized tensors (``quint8``, ``qint8``, ``quantize_per_tensor``)
+were deprecated in May 2026 (pytorch issue 184982); this module and the
+dynamic-quantization path are where qcompile still creates them. Weights
+arrive as codes (:mod:`qcompile.quant.integer_weights`) and are wrapped as
+torch quantized tensors here (:func:`as_torch_weight`).
 
 Each rule turns one float node, whose qparams ``convert`` has chosen, into
 the node torch's x86 / fbgemm / qnnpack kernels run: ``conv2d`` becomes a
