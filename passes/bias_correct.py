@@ -41,7 +41,17 @@ from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
-from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
+from qcompile.pipeline import (
+    FLOAT_GRAPH_ONLY,
+    SIMULATED,
+    STATICALLY_CONVERTED,
+    Pass,
+    PassContext,
+    PassResult,
+    first_providing,
+    option,
+    register_pass,
+)
 from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.op_table import WEIGHTED
 
@@ -81,7 +91,7 @@ class BiasCorrect(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "bias-corrected" in graph.facts:
             return PassResult(False)
-        target = next((p for p in ctx.remaining_passes if p.name in ("simulate", "convert")), None)
+        target = first_providing(ctx.remaining_passes, SIMULATED, STATICALLY_CONVERTED)
         if target is None:
             raise QCompileError("'bias-correct' corrects for the quantization that a later simulate or "
                                 "convert pass applies, and none follows it",

@@ -57,9 +57,11 @@ def save_torchscript(out_dir: str | Path, example_inputs: tuple,
 def check_exportable(pipeline) -> None:
     """Refuse, before anything runs or is written, a pipeline whose model torch.export cannot take."""
     from qcompile.errors import QCompileError
+    from qcompile.pipeline import CONVERTED
 
+    # what puts packed weights on torch's quantized modules: dynamic, and convert on the native backend
     packed = [p.name for p in pipeline.passes
-              if (p.name == "convert" and p.backend == "native") or p.name == "dynamic"]
+              if CONVERTED in p.provides and getattr(p, "backend", "native") == "native"]
     if packed:
         raise QCompileError(f"torch.export cannot export the packed int8 weights that '{packed[0]}' puts on "
                             "torch's quantized modules (torch 2.14)",

@@ -299,3 +299,17 @@ def test_plugin_errors(tmp_path):
         load_plugin(str(broken))
     with pytest.raises(QCompileError, match="cannot be imported"):
         load_plugin("no_such_plugin_module")
+
+
+def test_pipelines_are_asked_for_facts_not_pass_names():
+    from qcompile.backends import backend_of
+    from qcompile.pipeline import CONVERTED, SIMULATED, STATICALLY_CONVERTED
+
+    pipeline = parse_pipeline("fuse,calibrate,aciq,convert{backend=gemmlowp}")
+    assert pipeline.provides(STATICALLY_CONVERTED) and pipeline.provides(CONVERTED)
+    assert not pipeline.provides(SIMULATED)
+    assert pipeline.provider(SIMULATED, STATICALLY_CONVERTED).name == "convert"
+    assert backend_of(pipeline.passes) == "gemmlowp"
+    dynamic = parse_pipeline("fuse,dynamic")
+    assert dynamic.provides(CONVERTED) and not dynamic.provides(STATICALLY_CONVERTED)
+    assert backend_of(dynamic.passes) is None

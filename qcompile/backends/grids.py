@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from qcompile.ir.quant_types import ObserverSpec
+from qcompile.pipeline.pass_base import STATICALLY_CONVERTED, first_providing
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ BACKEND_GRIDS: dict[str, ExactGrids] = {
 
 def backend_of(passes: Iterable) -> str | None:
     """The backend the pipeline's ``convert`` lowers to (None without a convert)."""
-    return next((p.backend for p in passes if p.name == "convert"), None)
+    lowering = first_providing(passes, STATICALLY_CONVERTED)
+    return lowering.backend if lowering is not None else None
 
 
 def activation_grid_for(spec: ObserverSpec, backend: str | None) -> ObserverSpec:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from qcompile.errors import QCompileError
+from qcompile.pipeline import SIMULATED
 
 
 def open_check_data(args: argparse.Namespace):
@@ -26,7 +27,7 @@ def open_check_data(args: argparse.Namespace):
 def modes_snapshot(args: argparse.Namespace, pipeline):
     from qcompile.diagnose.snapshot import Snapshot
 
-    if pipeline is None or not any(p.name == "simulate" for p in pipeline.passes):
+    if pipeline is None or not pipeline.provides(SIMULATED):
         raise QCompileError("--modes compares simulate's research mode with what integer kernels deliver, "
                             "and the pipeline has no simulate pass",
                             hint="e.g. --passes fuse,calibrate,aciq{bits=4 per-channel=true},simulate{bits=4}")

@@ -408,12 +408,13 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
 def _with_backend(pipeline, backend: str):
     import dataclasses
 
-    from qcompile.pipeline import Pipeline
+    from qcompile.pipeline import STATICALLY_CONVERTED, Pipeline
 
-    if pipeline is None or not any(p.name == "convert" for p in pipeline.passes):
+    if pipeline is None or not pipeline.provides(STATICALLY_CONVERTED):
         raise QCompileError("--backend chooses the kernels of the convert pass, and the pipeline has none",
                             hint="e.g. --passes ptq --backend gemmlowp")
-    passes = tuple(dataclasses.replace(p, backend=backend) if p.name == "convert" else p for p in pipeline.passes)
+    passes = tuple(dataclasses.replace(p, backend=backend) if STATICALLY_CONVERTED in p.provides else p
+                   for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
 
 

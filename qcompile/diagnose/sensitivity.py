@@ -25,7 +25,15 @@ from qcompile.diagnose.metrics import first_tensor, sqnr_db
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
-from qcompile.pipeline import Pass, PassContext, PassManager, Pipeline
+from qcompile.pipeline import (
+    SIMULATED,
+    STATICALLY_CONVERTED,
+    Pass,
+    PassContext,
+    PassManager,
+    Pipeline,
+    first_providing,
+)
 from qcompile.quant.emulate import quantizable_layers, quantized_twin
 
 
@@ -55,7 +63,8 @@ class SensitivityAnalysis:
 
     def __init__(self, calibrated: Graph, rest: tuple[Pass, ...], ctx: PassContext, inputs: tuple,
                  reference: torch.Tensor):
-        index = next((i for i, p in enumerate(rest) if p.name in ("convert", "simulate")), None)
+        target = first_providing(rest, STATICALLY_CONVERTED, SIMULATED)
+        index = rest.index(target) if target is not None else None
         if index is None:
             raise QCompileError("sensitivity analysis needs a convert or simulate pass in the pipeline",
                                 hint="e.g. --passes ptq")

@@ -4,11 +4,15 @@ from qcompile.pipeline.instruments import DumpDir, Instrument, PrintAfter, Timin
 from qcompile.pipeline.manager import PassManager, PassRecord, run_pipeline
 from qcompile.pipeline.parser import Pipeline, format_pass, parse_pipeline
 from qcompile.pipeline.pass_base import (
+    CALIBRATED,
+    CONVERTED,
     FLOAT_GRAPH_ONLY,
+    SIMULATED,
     STATICALLY_CONVERTED,
     Pass,
     PassContext,
     PassResult,
+    first_providing,
     function_pass,
     option,
 )
@@ -22,7 +26,8 @@ from qcompile.pipeline.registry import (
 
 __all__ = [
     "DumpDir", "Instrument", "PrintAfter", "Timing",
-    "FLOAT_GRAPH_ONLY", "STATICALLY_CONVERTED", "Pass", "PassContext", "PassResult", "function_pass", "option",
+    "CALIBRATED", "CONVERTED", "FLOAT_GRAPH_ONLY", "SIMULATED", "STATICALLY_CONVERTED",
+    "Pass", "PassContext", "PassResult", "first_providing", "function_pass", "option",
     "load_plugin", "named_pipelines", "register_pass", "register_pipeline", "registered_passes",
     "Pipeline", "format_pass", "parse_pipeline",
     "PassManager", "PassRecord", "run_pipeline",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qcompile.errors import PipelineError
-from qcompile.pipeline.pass_base import Pass
+from qcompile.pipeline.pass_base import Pass, first_providing
 from qcompile.pipeline.registry import (
     default_provider,
     named_pipelines,
@@ -59,6 +59,14 @@ class Pipeline:
 
     def __len__(self) -> int:
         return len(self.passes)
+
+    def provides(self, fact: str) -> bool:
+        """Whether a pass of the pipeline provides ``fact`` (e.g. ``STATICALLY_CONVERTED``)."""
+        return first_providing(self.passes, fact) is not None
+
+    def provider(self, *facts: str) -> Pass | None:
+        """The first pass that provides any of ``facts``."""
+        return first_providing(self.passes, *facts)
 
 
 def _caret_error(text: str, start: int, end: int, message: str, hint: str | None = None) -> PipelineError:

@@ -18,17 +18,26 @@ import dataclasses
 import inspect
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from qcompile.ir.graph import Graph
 
-STATICALLY_CONVERTED = "statically-converted"
+# facts passes and tools ask about by name (a pass's ``provides`` / ``requires`` / ``forbids``)
+CALIBRATED = "calibrated"
+CONVERTED = "converted"  # on integer kernels: convert, or dynamic
+SIMULATED = "simulated"  # fake-quantized in float: simulate
+STATICALLY_CONVERTED = "statically-converted"  # convert: the whole quantized region on integer kernels
 # What the built-in passes that rewrite float graphs forbid: none runs once convert has put the graph on
 # integer kernels (a second convert, a calibration after convert). ``dynamic`` may follow convert
 # (ptq,dynamic{ops=embedding}) and precede it where it quantizes embeddings only.
 FLOAT_GRAPH_ONLY: tuple[str, ...] = (STATICALLY_CONVERTED,)
+
+
+def first_providing(passes: Iterable[Pass], *facts: str) -> Pass | None:
+    """The first of ``passes`` that provides any of ``facts`` (None if none does)."""
+    return next((p for p in passes if any(fact in p.provides for fact in facts)), None)
 
 
 @dataclass(frozen=True)
