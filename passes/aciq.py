@@ -88,10 +88,10 @@ class Aciq(Pass):
             stats = node.quant.stats
             if stats is None or node.quant.observer is None:
                 continue
-            if "mad" not in stats.extra:
+            if stats.moments is None:
                 raise QCompileError(f"%{node.name} has no moments: calibrate again with aciq in the pipeline",
                                     hint="statistics files or earlier runs without aciq lack them")
-            if self.per_channel and "mad_c" in stats.extra:
+            if self.per_channel and stats.moments.channels is not None:
                 clip, used = self._clip_per_channel(node)
             else:
                 clip, used = self._clip(node)
@@ -103,25 +103,25 @@ class Aciq(Pass):
         return PassResult(bool(counts), counts)
 
     def _clip(self, node: Node) -> tuple[tuple[float, float], str]:
-        extra = node.quant.stats.extra
+        moments = node.quant.stats.moments
         one_sided = node.attrs.get("act") in ONE_SIDED_ACTS
-        alpha, used = choose_alpha(self.prior, self.bits, one_sided, float(extra["mad"]), float(extra["std"]), self.k)
-        lo, hi = clip_interval(alpha, float(extra["mean"]), float(node.quant.stats.min), one_sided)
+        alpha, used = choose_alpha(self.prior, self.bits, one_sided, float(moments.mad), float(moments.std), self.k)
+        lo, hi = clip_interval(alpha, float(moments.mean), float(node.quant.stats.min), one_sided)
         # never widen beyond what was seen: a clip only ever removes range
         lo, hi = max(lo, float(node.quant.stats.min)), min(hi, float(node.quant.stats.max))
         return (min(lo, 0.0) if one_sided else lo, max(hi, lo)), used
 
     def _clip_per_channel(self, node: Node) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
-        extra = node.quant.stats.extra
+        channels = node.quant.stats.moments.channels
         one_sided = node.attrs.get("act") in ONE_SIDED_ACTS
         bits = node.quant.channel_bits
         los, his, used = [], [], set()
-        for c in range(len(extra["mad_c"])):
+        for c in range(len(channels.mad)):
             m = int(bits[c]) if bits is not None else self.bits
-            alpha, prior = choose_alpha(self.prior, m, one_sided, float(extra["mad_c"][c]),
-                                        float(extra["std_c"][c]), self.k)
-            low, high = float(extra["min_c"][c]), float(extra["max_c"][c])
-            lo, hi = clip_interval(alpha, float(extra["mean_c"][c]), low, one_sided)
+            alpha, prior = choose_alpha(self.prior, m, one_sided, float(channels.mad[c]), float(channels.std[c]),
+                                        self.k)
+            low, high = float(channels.min[c]), float(channels.max[c])
+            lo, hi = clip_interval(alpha, float(channels.mean[c]), low, one_sided)
             lo, hi = max(lo, low), min(hi, high)
             lo = min(lo, 0.0) if one_sided else lo
             los.append(lo)

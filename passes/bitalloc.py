@@ -72,11 +72,12 @@ class Bitalloc(Pass):
                 stats = node.quant.stats
                 if stats is None:
                     continue
-                key = "std_c" if self.prior == "gauss" else "mad_c"
-                if key not in stats.extra:
+                per_channel = stats.moments.channels if stats.moments is not None else None
+                if per_channel is None:
                     raise QCompileError(f"%{node.name} has no per-channel moments",
                                         hint="calibrate again with bitalloc in the pipeline")
-                bits = allocate_bits(stats.extra[key], self.budget, self.max_bits)
+                spread = per_channel.std if self.prior == "gauss" else per_channel.mad
+                bits = allocate_bits(spread, self.budget, self.max_bits)
                 if node.quant.channel_bits is None or not bool((bits == node.quant.channel_bits).all()):
                     node.quant.channel_bits = bits
                     layers, channels = layers + 1, channels + len(bits)

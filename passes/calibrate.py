@@ -155,6 +155,6 @@ class Calibrate(Pass):
         for name, observer in observers.items():
             graph.node(name).quant.stats = observer.stats()
             if name in moments:
-                graph.node(name).quant.stats.extra.update(moments[name].stats())
+                graph.node(name).quant.stats.moments = moments[name].stats()
         weights = observe_weights(graph)
         return PassResult(True, {"batches": batches, "activations": len(observers), "weights": weights})

@@ -73,7 +73,7 @@ def test_aciq_clips_inside_the_observed_range_and_convert_uses_it():
     conv = graph.node("conv_layers_0")
     lo, hi = conv.quant.clip
     assert lo == 0 and 0 < hi <= float(conv.quant.stats.max)  # one-sided: after its fused ReLU
-    assert "mad" in conv.quant.stats.extra and "mad_c" in conv.quant.stats.extra
+    assert conv.quant.stats.moments is not None and conv.quant.stats.moments.channels is not None
     assert float(conv.quant.qparams.scale) == pytest.approx(hi / 127, rel=1e-6)  # 7-bit grid of the preset
 
 
@@ -118,14 +118,14 @@ def test_per_channel_clips_follow_each_channel_and_convert_refuses_them():
     assert records[-1].result.stats == {"laplace per channel": 6}
     conv = graph.node("conv_layers_0")
     lo, hi = conv.quant.clip
-    extra, bits = conv.quant.stats.extra, conv.quant.channel_bits
-    assert lo.shape == hi.shape == extra["mad_c"].shape
-    assert torch.all(lo == 0) and torch.all(hi <= extra["max_c"] + 1e-6)  # one-sided, inside each channel's range
-    live = (bits > 0) & (hi < extra["max_c"])  # channels the clip actually cut
+    channels, bits = conv.quant.stats.moments.channels, conv.quant.channel_bits
+    assert lo.shape == hi.shape == channels.mad.shape
+    assert torch.all(lo == 0) and torch.all(hi <= channels.max + 1e-6)  # one-sided, inside each channel's range
+    live = (bits > 0) & (hi < channels.max)  # channels the clip actually cut
     assert live.any()
     # spec: alpha_i = b_i * alpha_laplace+[M_i], the one-sided ACIQ optimum for the channel's own width
     expected = torch.tensor([max(float(m), 0.0) + float(b) * laplace_ratio(int(k), True)
-                             for m, b, k in zip(extra["mean_c"], extra["mad_c"], bits, strict=True)])
+                             for m, b, k in zip(channels.mean, channels.mad, bits, strict=True)])
     assert torch.allclose(hi[live], expected[live], rtol=1e-5)
     assert "clip=[" in graph.node("conv_layers_0").quant.describe() and "channels" in conv.quant.describe()
     graph, _ = _digit_graph("fuse,calibrate,aciq{bits=4 per-channel=true}")
@@ -141,3 +141,37 @@ def test_per_channel_clips_beat_per_tensor_on_real_mobilenet_v2():
     per_tensor = _sqnr(*setup, "fuse,calibrate,aciq{bits=4},simulate{bits=4}", "x86")
     per_channel = _sqnr(*setup, "fuse,calibrate,aciq{bits=4 per-channel=true},simulate{bits=4}", "x86")
     assert per_channel > per_tensor + 0.5  # measured: 1.89 -> 2.92 dB (W8A4)
+
+
+def test_moments_survive_a_statistics_file_in_the_typed_and_the_older_flat_form(tmp_path):
+    """calibrate's moments are a typed record; files written when they were a flat dict still load."""
+    from dataclasses import asdict
+
+    from qcompile.quant.stats_io import load_statistics, save_statistics
+
+    model = load_model("zoo:digit_cnn").module
+    calib = list(open_data("builtin:mnist5k", limit=64, batch_size=32))
+    graph = lower(model, (calib[0][0][:1],))
+    run_pipeline(graph, "fuse,calibrate,aciq{per-channel=true}", PassContext(calib_data=calib))
+    path = save_statistics(graph, tmp_path / "typed.pt")
+    content = torch.load(path, weights_only=True)
+    flat = {}
+    for name, entry in content["nodes"].items():  # the older layout: mean, mad, std, mean_c, ..., max_c
+        moments = entry.pop("moments")
+        extra = {key: moments[key] for key in ("mean", "mad", "std")}
+        if moments["channels"] is not None:
+            extra |= {f"{key}_c": value for key, value in moments["channels"].items()}
+        flat[name] = entry | {"extra": extra}
+    torch.save(content | {"nodes": flat}, tmp_path / "flat.pt")
+    for file in (path, tmp_path / "flat.pt"):
+        fresh = lower(model, (calib[0][0][:1],))
+        run_pipeline(fresh, "fuse,stubs,observe", PassContext())
+        assert load_statistics(fresh, file) > 0
+        for node in graph.nodes():
+            if node.quant.stats is not None and node.quant.stats.moments is not None:
+                loaded = fresh.node(node.name).quant.stats.moments
+                assert loaded.channels is not None
+                for key, value in asdict(node.quant.stats.moments).items():
+                    if key != "channels":
+                        assert torch.equal(getattr(loaded, key), value)
+                assert torch.equal(loaded.channels.mad, node.quant.stats.moments.channels.mad)

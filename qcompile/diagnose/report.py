@@ -138,19 +138,19 @@ def _aciq_curves(data: ReportData) -> str:
     import matplotlib.pyplot as plt
 
     clipped = [n for n in data.final.nodes() if n.quant.clip is not None and n.quant.stats is not None
-               and "mad" in n.quant.stats.extra and torch.as_tensor(n.quant.clip[0]).numel() == 1][:6]
+               and n.quant.stats.moments is not None and torch.as_tensor(n.quant.clip[0]).numel() == 1][:6]
     if not clipped:
         return "<p>This pipeline has no <code>aciq</code> pass (per-tensor clips): nothing to show.</p>"
     figure, axes = plt.subplots(len(clipped), 1, figsize=(8, 2.1 * len(clipped)))
     axes = [axes] if len(clipped) == 1 else list(axes)
     for axis, node in zip(axes, clipped, strict=True):
-        b = float(node.quant.stats.extra["mad"])
+        b = float(node.quant.stats.moments.mad)
         bits = node.quant.bits or 8
         source = data.calibrated.node(node.name) if data.calibrated is not None else node  # before convert
         one_sided = source.attrs.get("act") in ("relu", "relu6")
         m = bits + 1 if one_sided else bits
         lo, hi = (float(x) for x in node.quant.clip)
-        chosen = hi - max(float(node.quant.stats.extra["mean"]), 0.0) if one_sided else (hi - lo) / 2
+        chosen = hi - max(float(node.quant.stats.moments.mean), 0.0) if one_sided else (hi - lo) / 2
         optimum = b * laplace_ratio(bits, one_sided)
         alphas = [b * (0.25 + 1.5 * laplace_ratio(bits, one_sided) * i / 200) for i in range(201)]
         axis.plot(alphas, [mse_laplace(a, b, m) for a in alphas], color="#2c3e50")

@@ -7,7 +7,7 @@ them in order: ``observe`` sets an :class:`ObserverSpec`, ``calibrate`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -90,11 +90,51 @@ class ObserverSpec:
 
 
 @dataclass
+class ChannelMoments:
+    """:class:`Moments` of each channel (axis 1 of an activation), and each channel's extremes."""
+
+    mean: torch.Tensor
+    mad: torch.Tensor
+    std: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+
+
+@dataclass
+class Moments:
+    """Mean, mean absolute deviation and standard deviation of a tensor: what ACIQ's priors and bit
+    allocation read (``calibrate`` collects them where a later pass needs them).
+
+    Attributes:
+        channels: The same per channel (``None`` for a tensor without channels).
+    """
+
+    mean: torch.Tensor
+    mad: torch.Tensor
+    std: torch.Tensor
+    channels: ChannelMoments | None = None
+
+    @staticmethod
+    def from_plain(saved: dict) -> Moments:
+        """From :func:`dataclasses.asdict` output (a statistics file), or from the flat ``mean`` /
+        ``mad_c`` ... dictionary older statistics files hold."""
+        if "channels" in saved:
+            channels = saved["channels"]
+            return Moments(saved["mean"], saved["mad"], saved["std"],
+                           ChannelMoments(**channels) if channels is not None else None)
+        per_channel = "mad_c" in saved
+        return Moments(saved["mean"], saved["mad"], saved["std"],
+                       ChannelMoments(saved["mean_c"], saved["mad_c"], saved["std_c"], saved["min_c"],
+                                      saved["max_c"]) if per_channel else None)
+
+
+@dataclass
 class TensorStats:
     """What calibration saw of one tensor (per-tensor, or per-channel along ``axis``).
 
     ``lo``/``hi`` are the range the observer chose (for min/max observers the
-    extremes seen; for histogram observers the error-minimising sub-range).
+    extremes seen; for histogram observers the error-minimising sub-range);
+    ``moments`` what ACIQ and bit allocation read, where they run.
     """
 
     lo: torch.Tensor
@@ -103,7 +143,7 @@ class TensorStats:
     max: torch.Tensor
     count: int = 0
     axis: int | None = None
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    moments: Moments | None = None
 
     def describe(self) -> str:
         if self.lo.numel() == 1:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qcompile.ir.quant_types import ObserverSpec, TensorStats
+from qcompile.ir.quant_types import ChannelMoments, Moments, ObserverSpec, TensorStats
 
 
 def _per_channel(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -255,5 +255,8 @@ class MomentsObserver:
             self.sums[key] = self.sums.get(key, 0) + value * n
         self.count += n
 
-    def stats(self) -> dict[str, torch.Tensor]:
-        return {key: value / self.count for key, value in self.sums.items()} | self.extremes
+    def stats(self) -> Moments:
+        mean = {key: value / self.count for key, value in self.sums.items()}
+        channels = (ChannelMoments(mean["mean_c"], mean["mad_c"], mean["std_c"], self.extremes["min_c"],
+                                   self.extremes["max_c"]) if "mad_c" in mean else None)
+        return Moments(mean["mean"], mean["mad"], mean["std"], channels)

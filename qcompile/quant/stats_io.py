@@ -17,7 +17,7 @@ import torch
 from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_torch_save
 from qcompile.ir.graph import Graph
-from qcompile.ir.quant_types import TensorStats
+from qcompile.ir.quant_types import Moments, TensorStats
 
 FORMAT = "qcompile-statistics-1"
 
@@ -49,5 +49,9 @@ def load_statistics(graph: Graph, path: str | Path) -> int:
             f"e.g. %{missing[0]}",
             hint="save statistics from the same model and the same passes before calibrate")
     for node in observed:
-        node.quant.stats = TensorStats(**saved[node.name])
+        entry = dict(saved[node.name])
+        extra = entry.pop("extra", None)  # the flat moments of files written before they were typed
+        moments = entry.pop("moments", None)
+        plain = moments if moments is not None else (extra or None)
+        node.quant.stats = TensorStats(**entry, moments=Moments.from_plain(plain) if plain else None)
     return len(observed)
