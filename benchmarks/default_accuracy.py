@@ -47,6 +47,11 @@ VARIANTS = [  # (row, pipeline)
                                                      "convert{backend=gemmlowp}"),
     ("qcompile aciq, gemmlowp backend", "fuse,calibrate,aciq,convert{backend=gemmlowp}"),
     ("qcompile bias-correct, gemmlowp backend", "fuse,calibrate,bias-correct,convert{backend=gemmlowp}"),
+    ("qcompile aciq + bias-correct, gemmlowp backend",
+     "fuse,calibrate,aciq,bias-correct,convert{backend=gemmlowp}"),
+    ("qcompile aciq, native backend", "fuse,calibrate,aciq,convert"),
+    ("qcompile bias-correct, native backend", "fuse,calibrate,bias-correct,convert"),
+    ("qcompile aciq + bias-correct, native backend", "fuse,calibrate,aciq,bias-correct,convert"),
 ]
 
 

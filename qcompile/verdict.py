@@ -268,13 +268,13 @@ def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:
     if quantized and poor:
         target = max(GOOD_SQNR_DB, math.ceil(verdict.sqnr_db or 0) + 6)
         sensitivity = f"--sensitivity {target:.0f} lists the layers to keep float for {target:.0f} dB"
+        clipped = "aciq" in pipeline_text
         if graph.attrs.get("backend") == "native":
             return ("closeness is poor: try --backend gemmlowp (full 8-bit activation grids; torch's x86 kernels "
-                    "take 7-bit ones) and add aciq and bias-correct: --passes fuse,calibrate,aciq,bias-correct,"
-                    f"convert; {sensitivity}")
-        if "aciq" not in pipeline_text:
-            return ("closeness is poor: add analytic clipping and bias correction: --passes fuse,calibrate,aciq,"
-                    f"bias-correct,convert; {sensitivity}")
+                    "take 7-bit ones)" + ("" if clipped else " with analytic clipping: --passes "
+                                          "fuse,calibrate,aciq,convert") + f"; {sensitivity}")
+        if not clipped:
+            return f"closeness is poor: add analytic clipping: --passes fuse,calibrate,aciq,convert; {sensitivity}"
         return f"closeness is poor: {sensitivity} (then --skip them)"
     if quantized and verdict.speedup < SLOW:
         if graph.attrs.get("backend") == "gemmlowp":

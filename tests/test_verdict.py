@@ -126,5 +126,6 @@ def test_advice_follows_the_poor_number():
     assert "--backend gemmlowp" in advise(_verdict(sqnr_db=12.0), graph, "ptq")
     assert "slower than float" in advise(_verdict(quantized_ms=3.0), graph, "ptq")
     graph.attrs["backend"] = "gemmlowp"
-    assert "aciq" in advise(_verdict(agreement=0.7), graph, "ptq")
+    assert "aciq" in advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert{backend=gemmlowp}")
+    assert "aciq" not in advise(_verdict(agreement=0.7), graph, "fuse,calibrate,aciq,convert{backend=gemmlowp}")
     assert "--backend native" in advise(_verdict(quantized_ms=3.0), graph, "ptq")

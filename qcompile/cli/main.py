@@ -342,7 +342,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     if diagnostics is not None:
         run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
     if command == "compile":
-        verdict = None if args.no_verdict else _verdict(args, result, staged, passes, progress)
+        verdict = None if args.no_verdict else _verdict(args, result, staged, str(pipeline), progress)
         staged.commit()
         print(f"qcompile: wrote {staged.target}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
