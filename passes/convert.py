@@ -58,7 +58,7 @@ from qcompile.pipeline import (
     register_pass,
 )
 from qcompile.quant.clamps import clamp_to_bits
-from qcompile.quant.op_table import FIXED
+from qcompile.quant.op_table import FIXED, SPLITS
 from qcompile.quant.qparams import qparams_from_range
 from qcompile.quant.relu6_grid import widen_relu6_grids
 
@@ -123,7 +123,7 @@ class Convert(Pass):
             if widened:
                 counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})
         for node in graph.nodes():
-            if node.quant.mode == "static" and node.quant.qparams is None and node.op not in ("chunk", "getitem"):
+            if node.quant.mode == "static" and node.quant.qparams is None and node.op not in SPLITS | {"getitem"}:
                 raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
         if self.backend == "gemmlowp":  # lowered from the decisions above, never through torch's quantized modules
             from qcompile.backends.gemmlowp import to_gemmlowp

@@ -42,12 +42,13 @@ from qcompile.kernels.cpu import add_multipliers
 from qcompile.kernels.fixed_point import quantize_multiplier, quantize_multipliers
 from qcompile.quant.clamps import clamp_to_bits, split_relu6
 from qcompile.quant.integer_weights import integer_weight
+from qcompile.quant.op_table import SPLITS
 from qcompile.quant.qparams import quantize_bias
 
 MODULES = "qcompile.kernels.modules"
 # ops that only move or select uint8 codes: they run on them unchanged
 _AS_IS = {"max_pool1d", "flatten", "reshape", "permute", "transpose", "contiguous",
-          "squeeze", "unsqueeze", "dropout", "identity", "chunk", "getitem"}
+          "squeeze", "unsqueeze", "dropout", "identity", "getitem"} | SPLITS
 
 
 def _is_quantized(node: Node) -> bool:

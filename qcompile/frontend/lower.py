@@ -34,6 +34,7 @@ from qcompile.frontend.dynamic_axes import (
 )
 from qcompile.frontend.functionalize import functional
 from qcompile.frontend.raise_aten import raise_aten
+from qcompile.frontend.shape_checks import fold_shape_checks
 from qcompile.frontend.tracing import graph_module_names, stack_location, trace
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_args
@@ -268,6 +269,7 @@ def _lower_graph_module(gm: fx.GraphModule, example_inputs: Sequence[Any], name:
 
 def _finish(gm: fx.GraphModule, types: dict[fx.Node, ValueType], name: str) -> Graph:
     graph = Graph(name)
+    fold_shape_checks(gm, types)  # timm's _assert(x.ndim == 4): decided now that the ranks are known
     _Converter(gm, graph, types).convert()
     raise_aten(graph)  # ATen calls (torch.export), and F.conv2d / F.linear over the model's weights (fx)
     graph.facts.add("lowered")

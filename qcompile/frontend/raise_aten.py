@@ -337,11 +337,19 @@ def _functional(node: Node) -> None:
 
 
 # torch's functional convolutions and linear (``F.conv2d(x, self.w, ...)``), which take the ATen ops' arguments
+# (and batch norm over its running statistics: timm's BatchNormAct2d calls F.batch_norm in its forward)
 _FUNCTIONAL = {f"torch.conv{n}d": "conv" for n in (1, 2, 3)} | {
-    "torch.nn.functional.linear": "linear", "torch._C._nn.linear": "linear"}
+    "torch.nn.functional.linear": "linear", "torch._C._nn.linear": "linear",
+    "torch.nn.functional.batch_norm": "batch_norm"}
 _FUNCTIONAL_ARGS = {"conv": (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0),
                              ("dilation", 1), ("groups", 1)),
-                    "linear": (("input", None), ("weight", None), ("bias", None))}
+                    "linear": (("input", None), ("weight", None), ("bias", None)),
+                    "batch_norm": (("input", None), ("running_mean", None), ("running_var", None),
+                                   ("weight", None), ("bias", None), ("training", False), ("momentum", 0.1),
+                                   ("eps", 1e-5))}
+_FUNCTIONAL_RAISERS = {"conv": lambda g, n, b: _raise_conv(g, n, b, rename=False),
+                       "linear": lambda g, n, b: _raise_linear(g, n, b, rename=False),
+                       "batch_norm": _raise_batch_norm}  # named after the module whose statistics it reads
 
 
 def _bind_functional(graph: Graph, node: Node, kind: str) -> dict[str, Any] | None:
@@ -350,7 +358,7 @@ def _bind_functional(graph: Graph, node: Node, kind: str) -> dict[str, Any] | No
     b = {name: node.args[i] if i < len(node.args) else node.kwargs.get(name, default)
          for i, (name, default) in enumerate(_FUNCTIONAL_ARGS[kind])}
     b = {k: _resolved(v, graph.inputs(node)) for k, v in b.items()}
-    if _param_name(b["weight"]) is None:
+    if _param_name(b["running_mean" if kind == "batch_norm" else "weight"]) is None:
         return None
     if kind == "conv":
         dims = graph.params[b["weight"].target].dim() - 2
@@ -368,8 +376,7 @@ def raise_aten(graph: Graph) -> dict[str, int]:
         if node.kind == NodeKind.FUNCTION and node.target in _FUNCTIONAL:
             kind = _FUNCTIONAL[node.target]
             b = _bind_functional(graph, node, kind)
-            raiser = _raise_linear if kind == "linear" else _raise_conv
-            if b is not None and raiser(graph, node, b, rename=False):
+            if b is not None and _FUNCTIONAL_RAISERS[kind](graph, node, b):
                 counts[node.op] = counts.get(node.op, 0) + 1
             continue
         if node.kind != NodeKind.FUNCTION or not node.target.startswith("torch.ops.aten."):

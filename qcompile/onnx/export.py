@@ -27,7 +27,7 @@ from qcompile.fileio import atomic_write_bytes
 from qcompile.ir.activations import activation_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
-from qcompile.ir.types import ScalarType, TensorType
+from qcompile.ir.types import ScalarType, TensorType, TupleType
 from qcompile.onnx import sequence_ops, tensor_ops
 from qcompile.onnx.constants import fold_constants
 from qcompile.onnx.fused_dynamic import DYNAMIC_FORMS, MS_DOMAIN
@@ -349,6 +349,12 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         dim = kw.get("dim", args[2] if len(args) > 2 else 0)
         outs = [b.fresh(f"{node.name}_{i}") for i in range(chunks)]
         b.emit("Split", [x], outs, axis=dim, num_outputs=chunks)
+        return outs
+    if op in ("split", "split_with_sizes") and isinstance(node.type, TupleType):  # sizes from the traced shapes
+        dim = kw.get("dim", args[2] if len(args) > 2 else 0)
+        sizes = [t.shape[dim] for t in node.type.elements]
+        outs = [b.fresh(f"{node.name}_{i}") for i in range(len(sizes))]
+        b.emit("Split", [x, b.const(f"{node.name}_sizes", np.array(sizes, np.int64))], outs, axis=dim)
         return outs
     if op in ADAPTIVE_POOLS:
         return adaptive_pool(b, node, x, args[1] if len(args) > 1 else kw["output_size"],

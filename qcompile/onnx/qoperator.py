@@ -30,7 +30,7 @@ from qcompile.onnx.prune import prune_unused
 from qcompile.quant.qparams import quantize_bias, weight_grid
 
 _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity", "contiguous", "transpose",
-              "permute", "getitem", "chunk", "unflatten", "unsqueeze", "squeeze", "select"}
+              "permute", "getitem", "chunk", "split", "split_with_sizes", "unflatten", "unsqueeze", "squeeze", "select"}
 
 
 class _QBuilder(_Builder):

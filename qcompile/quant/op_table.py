@@ -31,8 +31,10 @@ SHARED = {
     "relu", "relu6", "hardtanh", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
-    "dropout", "identity", "mean", "chunk", "getitem", "interpolate", "upsample",
+    "dropout", "identity", "mean", "chunk", "split", "split_with_sizes", "getitem", "interpolate", "upsample",
 }
+# shared ops that give several tensors (read through getitem), each on the input's grid
+SPLITS = {"chunk", "split", "split_with_sizes"}
 FIXED = {"sigmoid": (1.0 / 256, 0), "hardsigmoid": (1.0 / 256, 0), "tanh": (2.0 / 256, 128)}
 
 # Functions that codegen and the interpreter call for converted binary ops.
@@ -94,6 +96,6 @@ def category(graph: Graph, node: Node) -> str | None:
     if node.op in FIXED:
         return "fixed" if is_float_tensor(node) else None
     if node.op in SHARED:
-        if node.op == "getitem" or is_float_tensor(node) or node.op == "chunk":
+        if node.op == "getitem" or is_float_tensor(node) or node.op in SPLITS:
             return "shared"
     return None
