@@ -337,7 +337,9 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         else:
             perm = list(args[1]) if isinstance(args[1], (list, tuple)) else list(args[1:])
         return b.emit("Transpose", [x], perm=perm)
-    if op in ("contiguous", "dropout", "clone"):
+    if op in ("contiguous", "clone") or (op in ("dropout", "feature_dropout", "alpha_dropout")
+                                         and not (node.target.startswith("torch.ops.aten.") and len(args) > 2
+                                                  and args[2] is True)):  # dropout in eval mode: the identity
         return b.emit("Identity", [x])
     if op == "masked_fill":  # (x, mask, value)
         value = b.const("fill", np.array(args[2], np.float32)) if not isinstance(args[2], Node) else b.value(args[2])
