@@ -156,7 +156,7 @@ def kernels_of(graph: Graph) -> str:
 
 
 def verdict_data(*, check_data: str | None, calib: str | None, calib_samples: int | None, samples: int,
-                 preprocess: str | None, batch_size: int, opener: Callable | None = None) -> VerdictData | None:
+                 preprocess: str | None, batch_size: int) -> VerdictData | None:
     """The data the verdict scores on, preferring data that calibration did not see.
 
     In order: ``--check-data``; the held-out twin of a built-in calibration
@@ -169,35 +169,35 @@ def verdict_data(*, check_data: str | None, calib: str | None, calib_samples: in
     from qcompile.data import open_data
     from qcompile.data.builtin import HELD_OUT
 
-    opener = opener or open_data
     if check_data is not None:
-        source = opener(check_data, preprocess=preprocess, batch_size=batch_size).spread(samples)
-        return _read(source, f"{{n}} samples of {check_data}", held_out=True)
+        return _read(open_data(check_data, preprocess=preprocess, batch_size=batch_size).spread(samples),
+                     f"of {check_data}", held_out=True)
     if calib is None:
         return None
     twin = HELD_OUT.get(calib.removeprefix("builtin:")) if calib.startswith("builtin:") else None
     if twin is not None:
-        source = opener(f"builtin:{twin}", preprocess=preprocess, batch_size=batch_size).spread(samples)
-        return _read(source, f"{{n}} samples of builtin:{twin}, held out from {calib}", held_out=True)
+        return _read(open_data(f"builtin:{twin}", preprocess=preprocess, batch_size=batch_size).spread(samples),
+                     f"of builtin:{twin}, held out from {calib}", held_out=True)
     if calib_samples is not None:
         try:
-            source = opener(calib, preprocess=preprocess, batch_size=batch_size, skip=calib_samples).spread(samples)
+            rest = open_data(calib, preprocess=preprocess, batch_size=batch_size, skip=calib_samples)
         except QCompileError:
-            source = None  # nothing after the calibration samples
-        if source is not None:
-            return _read(source, f"{{n}} samples of {calib} after the {calib_samples} calibrated on", held_out=True)
-    source = opener(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size).spread(samples)
-    return _read(source, f"{{n}} calibration samples of {calib} (for held-out ones: --check-data DATA, or "
-                 f"--calib-samples below the data's size)", held_out=False)
+            rest = None  # nothing after the calibration samples
+        if rest is not None:
+            return _read(rest.spread(samples), f"of {calib} after the {calib_samples} calibrated on", held_out=True)
+    source = open_data(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size).spread(samples)
+    return _read(source, f"of {calib} (for held-out ones: --check-data DATA, or --calib-samples below the data's "
+                 "size)", held_out=False, kind="calibration samples")
 
 
-def _read(source, description: str, held_out: bool) -> VerdictData:
+def _read(source, where: str, held_out: bool, kind: str = "samples") -> VerdictData:
+    """The source's batches, described as ``N samples of ...``."""
     if source.labels is not None:
         batches = [((x,), y) for x, y in source.labelled()]
     else:
         batches = [(tuple(b) if isinstance(b, (tuple, list)) else (b,), None) for b in source]
-    data = VerdictData(batches, description, held_out)
-    return VerdictData(batches, description.format(n=data.samples), held_out)
+    count = sum(len(inputs[0]) for inputs, _ in batches)
+    return VerdictData(batches, f"{count} {kind} {where}", held_out)
 
 
 def _outputs(module: nn.Module, batches: Iterable[tuple[tuple, torch.Tensor | None]]) -> list[torch.Tensor]:

@@ -129,3 +129,11 @@ def test_advice_follows_the_poor_number():
     assert "aciq" in advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert{backend=gemmlowp}")
     assert "aciq" not in advise(_verdict(agreement=0.7), graph, "fuse,calibrate,aciq,convert{backend=gemmlowp}")
     assert "--backend native" in advise(_verdict(quantized_ms=3.0), graph, "ptq")
+
+
+def test_a_verdict_that_cannot_be_measured_says_why_and_the_model_stands(tmp_path):
+    out = tmp_path / "out"
+    run = qcompile("zoo:digit_cnn", "--passes", "fuse", "--check-data", tmp_path / "missing.pt", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert "qcompile: verdict: not measured: reading its data failed: QCompileError: data file" in run.stderr
+    assert (out / "model.py").is_file() and not (out / "verdict.json").exists()

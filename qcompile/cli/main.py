@@ -8,7 +8,7 @@
     qcompile zoo                                       list bundled models
 
 User mistakes print ``qcompile: error: ...`` with a hint and exit with status 2
-(:data:`EXIT_STATUS` lists every status).
+(:data:`qcompile.cli.defaults.EXIT_STATUS` lists every status).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from qcompile.backends import backend_of
 from qcompile.cli.argtypes import finite_float, positive_int
 from qcompile.cli.compare_command import run_compare
+from qcompile.cli.defaults import EXIT_STATUS, RECOMMENDED_PIPELINE, recommended_passes
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
@@ -30,17 +31,12 @@ from qcompile.cli.diagnostics import (
 from qcompile.cli.listing import list_passes, list_zoo
 from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
 from qcompile.cli.progress import ProgressPrinter
+from qcompile.cli.verdict_command import print_verdict, run_verdict
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
-EXIT_STATUS = ("Exit status: 0 success; 2 a user error (`qcompile: error: ...` with a hint; nothing written, OUT "
-               "left as it was); 3 the ONNX --check found the export disagreeing with the emitted model (files "
-               "written); 130 interrupted (nothing written); 1 an internal error (a bug in qcompile: please "
-               "report it with the command line). No colour is ever written, so NO_COLOR needs nothing.")
-# what `qcompile MODEL --calib DATA -o OUT` runs when --passes is left out
-RECOMMENDED_PIPELINE = "ptq"
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +242,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
 
     for plugin in args.plugin:
         load_plugin(plugin)
-    passes = args.passes if args.passes is not None else (_recommended(args) if command == "compile" else "")
+    passes = args.passes if args.passes is not None else (recommended_passes(args) if command == "compile" else "")
     if command == "compile" and not passes.strip():
         raise QCompileError("--passes is empty", hint="name the passes, e.g. --passes ptq (--passes fuse for a float "
                             f"model), or leave --passes out for the recommended {RECOMMENDED_PIPELINE}")
@@ -342,53 +338,16 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
     if diagnostics is not None:
         run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
     if command == "compile":
-        verdict = None if args.no_verdict else _verdict(args, result, staged, str(pipeline), progress)
+        verdict = None if args.no_verdict else run_verdict(args, result, str(pipeline), progress)
         staged.commit()
         print(f"qcompile: wrote {staged.target}/model.py, weights.pt, graph.qir "
               f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
               f"within {result.check:.3g} on {result.check_inputs.source}", file=sys.stderr)
         if verdict is not None:
-            for line in verdict.lines():
-                print(f"qcompile: verdict: {line}", file=sys.stderr)
-            if args.json:
-                print(verdict.to_json())
+            print_verdict(verdict, as_json=args.json)
     else:
         _show(result.graph, args)
     return 0
-
-
-def _recommended(args: argparse.Namespace) -> str:
-    """The pipeline of a compile without --passes: the recommended static quantization, said so."""
-    from qcompile.pipeline import named_pipelines
-
-    text = named_pipelines()[RECOMMENDED_PIPELINE][0]
-    if args.calib is None:
-        raise QCompileError(f"without --passes, qcompile runs the recommended static quantization "
-                            f"({RECOMMENDED_PIPELINE}: {text}), which calibrates on data, and no --calib was given",
-                            hint="pass --calib DATA (e.g. --calib builtin:photos for an ImageNet model), or "
-                            "--passes fuse for a float model")
-    print(f"qcompile: no --passes given: running the recommended static quantization, {RECOMMENDED_PIPELINE} "
-          f"({text}); --passes fuse keeps the model float", file=sys.stderr)
-    return RECOMMENDED_PIPELINE
-
-
-def _verdict(args: argparse.Namespace, result, staged, passes: str, progress):
-    """Measure the written model (:mod:`qcompile.verdict`) and write OUT/verdict.json; the verdict."""
-    from qcompile.fileio import atomic_write_text
-    from qcompile.verdict import judge, verdict_data
-
-    data = verdict_data(check_data=args.check_data, calib=args.calib, calib_samples=args.calib_samples,
-                        samples=args.check_samples, preprocess=args.preprocess, batch_size=args.batch_size)
-    try:
-        verdict = judge(result.graph, result.float_module, result.out_dir, data, result.check_inputs.tensors,
-                        pipeline_text=passes, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - the user's model runs here; the model is written and checked already
-        text = str(exc).strip().splitlines()
-        print(f"qcompile: verdict: not measured: running the models on {data.description if data else 'the examples'}"
-              f" failed: {type(exc).__name__}: {text[0] if text else ''}", file=sys.stderr)
-        return None
-    atomic_write_text(result.out_dir / "verdict.json", verdict.to_json() + "\n")
-    return verdict
 
 
 def _report_entropy(args: argparse.Namespace, result) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 def cli_reference() -> str:
     """Markdown for every command and flag, in the parsers' order."""
-    from qcompile.cli.main import EXIT_STATUS, _build_parsers
+    from qcompile.cli.defaults import EXIT_STATUS
+    from qcompile.cli.main import _build_parsers
 
     parts = ["# Command-line reference", "",
              "Generated from the argument parser (`python -m qcompile.cli.reference docs/`).", "",
