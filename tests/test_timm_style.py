@@ -135,3 +135,51 @@ def test_timm_architectures_fold_quantize_and_export(name, folded, tmp_path):
     path = export_onnx(graph, tmp_path / "model.onnx")
     # as the torchvision zoo test: the export as close to float as the emitted module (rounding differs)
     assert sqnr_db(OnnxModel(path, 2)(batches[2]), want) >= sqnr_db(int8, want) - 1.0
+
+
+class Padded(nn.Module):
+    """TensorFlow-style 'same' padding (tf_efficientnet_lite's): explicit zero pads before strided convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.down = nn.Conv2d(8, 8, 3, stride=2)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.down(self.pad(torch.relu(self.stem(x))))
+        return self.head(F.pad(x, (1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("backend", ["native", "gemmlowp"])
+def test_zero_pads_run_on_the_codes(tmp_path, backend):
+    """A pad with 0.0 pads the codes with the zero point: no dequantize / quantize around it, on either backend."""
+    torch.manual_seed(0)
+    model = Padded().eval()
+    x = torch.randn(4, 3, 16, 16)
+    graph = lower(model, (x[:1],))
+    run_pipeline(graph, f"fuse,calibrate,convert{{backend={backend}}}",
+                 PassContext(calib_data=[(torch.randn(8, 3, 16, 16),)]))
+    pads = [n for n in graph.nodes() if "pad" in n.op]
+    assert len(pads) == 2 and all(n.quant.mode == "static" for n in pads)
+    assert sum(n.op == "dequantize" for n in graph.nodes()) == 1
+    write_model(graph, tmp_path / "int8")
+    emitted = load_model(tmp_path / "int8")
+    with torch.no_grad():
+        assert torch.equal(emitted(x), Interpreter(graph).run(x))
+        assert sqnr_db(emitted(x), model(x)) > 25
+    if backend == "native":  # the QDQ export pads in float between DequantizeLinear and QuantizeLinear
+        (off, on) = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), emitted, [x], output_scale(graph),
+                               graph=graph)
+        assert off.within_1_lsb == on.within_1_lsb == 1.0
+
+
+def test_padding_modules_export_to_onnx(tmp_path):
+    model = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(3, 4, 3), nn.ConstantPad2d((1, 0, 2, 0), 0.5),
+                          nn.ReplicationPad2d((0, 1, 1, 0)), nn.ZeroPad2d(1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = lower(model, (x[:1],))
+    with torch.no_grad():
+        got = OnnxModel(export_onnx(graph, tmp_path / "model.onnx"), 1)(x)
+        assert torch.allclose(got, model(x), atol=1e-5)

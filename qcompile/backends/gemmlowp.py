@@ -15,8 +15,9 @@ tensor:
 * ReLU / ReLU6 / the sub-8-bit clamps (:mod:`qcompile.quant.clamps`):
   integer clamps, folded into the output stage of the conv / linear / add
   that makes their input when nothing else reads it (a clamp of a clamp is
-  one clamp); global average pooling: an integer mean; pooling and
-  reshaping ops run on the uint8 codes as they are.
+  one clamp); global average pooling: an integer mean; a pad with zeros
+  pads the codes with the zero point; pooling and reshaping ops run on the
+  uint8 codes as they are.
 
 Every value between quantize and dequantize is a uint8 tensor (``u8`` in the
 printed graph). Ops the kernels do not cover are refused by name. Before
@@ -42,7 +43,7 @@ from qcompile.kernels.cpu import add_multipliers
 from qcompile.kernels.fixed_point import quantize_multiplier, quantize_multipliers
 from qcompile.quant.clamps import clamp_to_bits, split_relu6
 from qcompile.quant.integer_weights import integer_weight
-from qcompile.quant.op_table import SPLITS
+from qcompile.quant.op_table import SPLITS, zero_pad_widths
 from qcompile.quant.qparams import quantize_bias
 
 MODULES = "qcompile.kernels.modules"
@@ -210,9 +211,18 @@ def _rewrite(graph: Graph, node: Node) -> bool:
         _max_pool(graph, node)
     elif node.op == "view":
         _as_reshape(node)
+    elif zero_pad_widths(node) is not None:
+        _pad_with_zero_point(graph, node)
     elif node.op not in _AS_IS:
         return False
     return True
+
+
+def _pad_with_zero_point(graph: Graph, node: Node) -> None:
+    """A pad with 0.0 as ``F.pad`` of the uint8 codes with the zero point (the code of 0.0)."""
+    widths, q = zero_pad_widths(node), node.quant.qparams
+    node.kind, node.target, node.params, node.attrs = NodeKind.FUNCTION, "torch.nn.functional.pad", {}, {}
+    graph.set_inputs(node, graph.inputs(node)[:1], args=(Ref(0), widths, "constant", int(q.zero_point)), kwargs={})
 
 
 def _as_reshape(node: Node) -> None:

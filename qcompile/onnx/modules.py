@@ -124,6 +124,8 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return b.emit("Identity", [x])
     if node.op == "fake_quantize":
         return _fake_quantize(b, node, x)
+    if tensor_ops.PAD_MODULE.match(node.op):
+        return tensor_ops.pad_module(b, node, x)
     if node.op == "flatten":
         rank = len(b.graph.inputs(node)[0].type.shape)
         return tensor_ops.flatten(b, x, rank, a.get("start_dim", 1), a.get("end_dim", -1))

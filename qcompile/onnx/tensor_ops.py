@@ -8,6 +8,7 @@ take the same arguments in the same order.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,6 +104,25 @@ def _pad(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
     """``F.pad(x, (left, right, top, bottom, ...), mode, value)``: torch lists the last axis first, in
     (begin, end) pairs; ONNX's Pad takes every axis's begins, then every axis's ends."""
     widths, mode, value = _arg(args, kw, 1, "pad"), _arg(args, kw, 2, "mode", "constant"), _arg(args, kw, 3, "value")
+    return pad(b, node, x, widths, mode, value)
+
+
+# nn.ZeroPad2d, nn.ConstantPad1d, nn.ReflectionPad2d, ...: the module's op (zero_pad2d) and F.pad's mode
+PAD_MODULE = re.compile(r"^(zero|constant|reflection|replication|circular)_pad([123])d$")
+_PAD_MODULE_MODES = {"zero": "constant", "constant": "constant", "reflection": "reflect",
+                     "replication": "replicate", "circular": "circular"}
+
+
+def pad_module(b: _Builder, node: Node, x: str) -> str:
+    """A padding module (``nn.ZeroPad2d((0, 1, 0, 1))``, ``nn.ReflectionPad1d(2)``...) as :func:`pad`."""
+    kind, dims = PAD_MODULE.match(node.op).groups()
+    widths = node.attrs["padding"]
+    widths = (widths,) * (2 * int(dims)) if isinstance(widths, int) else tuple(widths)
+    return pad(b, node, x, widths, _PAD_MODULE_MODES[kind], node.attrs.get("value", 0.0))
+
+
+def pad(b: _Builder, node: Node, x: str, widths, mode: str, value) -> str:
+    """ONNX Pad for torch's ``(last axis begin, end, axis before it begin, end, ...)`` widths."""
     if any(isinstance(w, Node) for w in widths) or mode not in _PAD_MODES:
         raise QCompileError(f"%{node.name}: a pad of computed widths or in mode {mode!r} is not exported to ONNX yet")
     rank = len(b.graph.inputs(node)[0].type.shape)

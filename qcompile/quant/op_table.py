@@ -20,6 +20,8 @@ read quantized or float tensors alike.
 
 from __future__ import annotations
 
+import re
+
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import TensorType
@@ -98,4 +100,23 @@ def category(graph: Graph, node: Node) -> str | None:
     if node.op in SHARED:
         if node.op == "getitem" or is_float_tensor(node) or node.op in SPLITS:
             return "shared"
+    if zero_pad_widths(node) is not None and is_float_tensor(node):
+        return "shared"  # padding with 0.0 is padding with the zero point: the grid does not change
     return None
+
+
+def zero_pad_widths(node: Node) -> tuple[int, ...] | None:
+    """The widths of a pad with zeros (``F.pad(x, widths)``, ``nn.ZeroPad2d``, ``nn.ConstantPad2d(w, 0)``), torch's
+    order (last axis first); None for any other node, or widths computed in forward."""
+    if node.op == "pad" and node.kind == NodeKind.FUNCTION:
+        args, kw = node.args, node.kwargs
+        widths = args[1] if len(args) > 1 else kw.get("pad")
+        mode = args[2] if len(args) > 2 else kw.get("mode", "constant")
+        value = args[3] if len(args) > 3 else kw.get("value")
+        ok = mode == "constant" and not value and isinstance(widths, (tuple, list))
+        return tuple(widths) if ok and all(isinstance(w, int) for w in widths) else None
+    match = re.match(r"^(zero|constant)_pad([123])d$", node.op)
+    if match is None or node.kind != NodeKind.MODULE or node.attrs.get("value", 0.0) != 0.0:
+        return None
+    widths = node.attrs["padding"]
+    return (widths,) * (2 * int(match.group(2))) if isinstance(widths, int) else tuple(widths)
