@@ -58,21 +58,16 @@ def before_write(args: argparse.Namespace):
     return preflight
 
 
-def _against_float(args: argparse.Namespace, path, emitted, batches: list):
-    """Per output, the export's and the module's closeness to the float model on ``batches``
-    (:mod:`qcompile.onnx.verdict`); None where the float model cannot be loaded again."""
+def _against_float(reference, path, emitted, batches: list):
+    """Per output, the export's and the module's closeness to the float model ``reference`` on ``batches``
+    (:mod:`qcompile.onnx.verdict`); None without the float model."""
     import torch
 
-    from qcompile.errors import QCompileError
-    from qcompile.frontend.loaders import load_model
     from qcompile.onnx.check import concatenated_outputs
     from qcompile.onnx.session import OnnxModel
     from qcompile.onnx.verdict import judge
 
-    try:
-        reference = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle,
-                               example_inputs=batches[0]).module
-    except QCompileError:
+    if reference is None:
         return None
     with torch.no_grad():
         return judge(concatenated_outputs(OnnxModel(path, 1, True), batches),
@@ -115,7 +110,7 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None) -> No
         results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph,
                              progress=progress)
     except CheckFailed as failed:
-        verdicts = _against_float(args, path, emitted, batches)
+        verdicts = _against_float(result.float_module, path, emitted, batches)
         if verdicts is None or not all(v.as_close for v in verdicts):
             details = "; ".join(v.describe() for v in verdicts or [])
             raise CheckFailed(failed.message + (f". Against the float model, {details}" if details else ""),

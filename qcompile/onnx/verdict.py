@@ -24,9 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from qcompile.diagnose.metrics import sqnr_db
+from qcompile.diagnose.metrics import agreement, sqnr_db
 from qcompile.output_check import flatten
 
 SQNR_SLACK_DB = 1.0
@@ -63,16 +61,10 @@ class OutputVerdict:
         return text
 
 
-def _top1(out: torch.Tensor, reference: torch.Tensor) -> float | None:
-    if out.dim() != 2 or out.shape[1] < 2:
-        return None
-    return float((out.argmax(1) == reference.argmax(1)).float().mean())
-
-
 def judge(export_outputs, module_outputs, float_outputs) -> list[OutputVerdict]:
     """Per output, how close the export and the module each are to the float model."""
     exports, modules, floats = flatten(export_outputs), flatten(module_outputs), flatten(float_outputs)
     if not (len(exports) == len(modules) == len(floats)):
         raise ValueError(f"{len(exports)} export outputs, {len(modules)} module outputs, {len(floats)} float ones")
-    return [OutputVerdict(i, sqnr_db(m, f), sqnr_db(e, f), _top1(m, f), _top1(e, f), len(f))
+    return [OutputVerdict(i, sqnr_db(m, f), sqnr_db(e, f), agreement(m, f), agreement(e, f), len(f))
             for i, (e, m, f) in enumerate(zip(exports, modules, floats, strict=True))]
