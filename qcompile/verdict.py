@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from qcompile.compare import flat_outputs, state_size_bytes
 from qcompile.diagnose.metrics import agreement, class_dim, sqnr_db, top_k_accuracy
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
-from qcompile.ir.types import TensorType
+from qcompile.pipeline import CONVERTED
 from qcompile.timing import paired_times
 
 # below these, the advice line suggests what to try
@@ -128,11 +128,15 @@ def _first(names: list[str], shown: int = 4) -> list[str]:
 
 def float_layers(graph: Graph) -> list[dict[str, str]]:
     """The compute layers that ``stubs`` left out of the quantized region, with its reason for each."""
-    if not any(node.quant.mode is not None for node in graph.nodes()):
+    if not _quantized(graph):
         return []  # a float pipeline: everything is float by choice
     return [{"name": node.name, "op": node.op, "reason": node.quant.float_reason} for node in graph.nodes()
-            if node.quant.float_reason is not None and isinstance(node.type, TensorType)
-            and node.op not in _PLUMBING]
+            if node.quant.float_reason is not None and node.op not in _PLUMBING]
+
+
+def _quantized(graph: Graph) -> bool:
+    """Whether any part of the graph was quantized (statically, dynamically or for training)."""
+    return any(node.quant.mode is not None for node in graph.nodes())
 
 
 # ops that carry values around rather than compute them: not worth a line of their own
@@ -150,7 +154,7 @@ def kernels_of(graph: Graph) -> str:
         return f"qcompile's gemmlowp kernels ({byte_isa()} byte form)"
     if backend == "native":
         return f"torch's {graph.attrs.get('engine', 'x86')} int8 engine ({capability})"
-    if "converted" in graph.facts:
+    if CONVERTED in graph.facts:
         return f"torch's dynamic int8 kernels ({capability})"
     return f"torch float kernels ({capability})"
 
@@ -196,8 +200,8 @@ def _read(source, where: str, held_out: bool, kind: str = "samples") -> VerdictD
         batches = [((x,), y) for x, y in source.labelled()]
     else:
         batches = [(tuple(b) if isinstance(b, (tuple, list)) else (b,), None) for b in source]
-    count = sum(len(inputs[0]) for inputs, _ in batches)
-    return VerdictData(batches, f"{count} {kind} {where}", held_out)
+    data = VerdictData(batches, "", held_out)
+    return replace(data, description=f"{data.samples} {kind} {where}")
 
 
 def _outputs(module: nn.Module, batches: Iterable[tuple[tuple, torch.Tensor | None]]) -> list[torch.Tensor]:
@@ -262,7 +266,7 @@ def judge(graph: Graph, float_module: nn.Module, out_dir: Path, data: VerdictDat
 
 def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:
     """One line on what to try, where a number is poor; ``None`` where none is."""
-    quantized = any(node.quant.mode is not None for node in graph.nodes())
+    quantized = _quantized(graph)
     poor = ((verdict.agreement is not None and verdict.agreement < GOOD_AGREEMENT)
             or (verdict.sqnr_db is not None and verdict.sqnr_db < GOOD_SQNR_DB))
     if quantized and poor:
