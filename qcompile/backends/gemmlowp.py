@@ -34,6 +34,7 @@ from dataclasses import replace
 
 import torch
 
+from qcompile.backends.channels_last import view_as_reshape
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
@@ -210,7 +211,7 @@ def _rewrite(graph: Graph, node: Node) -> bool:
     elif node.op == "max_pool2d":
         _max_pool(graph, node)
     elif node.op == "view":
-        _as_reshape(node)
+        view_as_reshape(node)
     elif zero_pad_widths(node) is not None:
         _pad_with_zero_point(graph, node)
     elif node.op not in _AS_IS:
@@ -223,14 +224,6 @@ def _pad_with_zero_point(graph: Graph, node: Node) -> None:
     widths, q = zero_pad_widths(node), node.quant.qparams
     node.kind, node.target, node.params, node.attrs = NodeKind.FUNCTION, "torch.nn.functional.pad", {}, {}
     graph.set_inputs(node, graph.inputs(node)[:1], args=(Ref(0), widths, "constant", int(q.zero_point)), kwargs={})
-
-
-def _as_reshape(node: Node) -> None:
-    """``view`` as ``reshape``: the kernels return channels-last tensors, which ``view`` cannot flatten."""
-    if node.kind == NodeKind.METHOD and node.target == "view":
-        node.target = node.op = "reshape"
-    elif node.kind == NodeKind.FUNCTION and node.target == "torch.ops.aten.view.default":  # from torch.export
-        node.target, node.op = "torch.ops.aten.reshape.default", "reshape"
 
 
 def to_gemmlowp(graph: Graph) -> dict[str, int]:

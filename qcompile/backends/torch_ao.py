@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from qcompile.backends.channels_last import view_as_reshape
 from qcompile.ir.activations import node_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
@@ -140,12 +141,9 @@ def _convert_quantize(graph: Graph, node: Node) -> None:
 
 
 def _convert_shared(graph: Graph, node: Node) -> None:
-    # quantized convs return channels-last tensors, which view() cannot reshape
-    if node.kind == NodeKind.METHOD and node.target == "view":
-        node.target = node.op = "reshape"
-    elif node.kind == NodeKind.FUNCTION and node.target == "torch.ops.aten.view.default":  # from torch.export
-        node.target, node.op = "torch.ops.aten.reshape.default", "reshape"
-    elif node.op == "mean":
+    if view_as_reshape(node):
+        return
+    if node.op == "mean":
         _mean_over_ones_as_squeeze(graph, node)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from qcompile.errors import QCompileError
 
@@ -22,8 +23,6 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"qcompile: note: {note}", file=sys.stderr)
     reference = loaded.module
     models = [("float", reference, state_size_bytes(reference))]
-    from pathlib import Path
-
     for out in args.variants:
         path = Path(out)
         if path.suffix == ".onnx":

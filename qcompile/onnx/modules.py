@@ -19,6 +19,7 @@ import torch
 from qcompile.errors import QCompileError
 from qcompile.ir.activations import SETTINGS, node_settings
 from qcompile.ir.node import Node
+from qcompile.ir.padding import module_padding
 from qcompile.onnx import sequence_ops, tensor_ops
 from qcompile.onnx.dynamic import dynamic_linear
 from qcompile.onnx.embedding_bag import embedding_bag
@@ -124,7 +125,7 @@ def _module(b: _Builder, node: Node, x: str) -> str:
         return b.emit("Identity", [x])
     if node.op == "fake_quantize":
         return _fake_quantize(b, node, x)
-    if tensor_ops.PAD_MODULE.match(node.op):
+    if module_padding(node) is not None:
         return tensor_ops.pad_module(b, node, x)
     if node.op == "flatten":
         rank = len(b.graph.inputs(node)[0].type.shape)

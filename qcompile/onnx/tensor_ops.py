@@ -8,13 +8,13 @@ take the same arguments in the same order.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
+from qcompile.ir.padding import module_padding
 from qcompile.onnx.sequence_ops import _arg, int_list, int_slice
 
 if TYPE_CHECKING:
@@ -107,18 +107,9 @@ def _pad(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
     return pad(b, node, x, widths, mode, value)
 
 
-# nn.ZeroPad2d, nn.ConstantPad1d, nn.ReflectionPad2d, ...: the module's op (zero_pad2d) and F.pad's mode
-PAD_MODULE = re.compile(r"^(zero|constant|reflection|replication|circular)_pad([123])d$")
-_PAD_MODULE_MODES = {"zero": "constant", "constant": "constant", "reflection": "reflect",
-                     "replication": "replicate", "circular": "circular"}
-
-
 def pad_module(b: _Builder, node: Node, x: str) -> str:
     """A padding module (``nn.ZeroPad2d((0, 1, 0, 1))``, ``nn.ReflectionPad1d(2)``...) as :func:`pad`."""
-    kind, dims = PAD_MODULE.match(node.op).groups()
-    widths = node.attrs["padding"]
-    widths = (widths,) * (2 * int(dims)) if isinstance(widths, int) else tuple(widths)
-    return pad(b, node, x, widths, _PAD_MODULE_MODES[kind], node.attrs.get("value", 0.0))
+    return pad(b, node, x, *module_padding(node))
 
 
 def pad(b: _Builder, node: Node, x: str, widths, mode: str, value) -> str:

@@ -20,10 +20,9 @@ read quantized or float tensors alike.
 
 from __future__ import annotations
 
-import re
-
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
+from qcompile.ir.padding import module_padding
 from qcompile.ir.types import TensorType
 
 WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear"}
@@ -115,8 +114,7 @@ def zero_pad_widths(node: Node) -> tuple[int, ...] | None:
         value = args[3] if len(args) > 3 else kw.get("value")
         ok = mode == "constant" and not value and isinstance(widths, (tuple, list))
         return tuple(widths) if ok and all(isinstance(w, int) for w in widths) else None
-    match = re.match(r"^(zero|constant)_pad([123])d$", node.op)
-    if match is None or node.kind != NodeKind.MODULE or node.attrs.get("value", 0.0) != 0.0:
+    padding = module_padding(node)
+    if padding is None or padding[1] != "constant" or padding[2] != 0.0:
         return None
-    widths = node.attrs["padding"]
-    return (widths,) * (2 * int(match.group(2))) if isinstance(widths, int) else tuple(widths)
+    return padding[0]
