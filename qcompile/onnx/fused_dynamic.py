@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qcompile.quant.qparams import quantize_weight_bits
+from qcompile.quant.integer_weights import bits_per_channel
 
 if TYPE_CHECKING:
     from qcompile.ir.node import Node
@@ -48,9 +48,9 @@ def seven_bit(w: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tenso
     matrix (``[...]``)."""
     *lead, rows, columns = w.shape
     flat = w.detach().float().reshape(-1, columns if per_row else rows * columns)
-    q = quantize_weight_bits(flat, flat.amin(1), flat.amax(1), torch.full((len(flat),), WEIGHT_BITS))
-    codes = q.int_repr().reshape(*lead, rows, columns).transpose(-1, -2).contiguous()
-    scales = q.q_per_channel_scales().float()
+    q = bits_per_channel(flat, flat.amin(1), flat.amax(1), torch.full((len(flat),), WEIGHT_BITS))
+    codes = q.codes.reshape(*lead, rows, columns).transpose(-1, -2).contiguous()
+    scales = q.scales.float()
     return codes, scales.reshape(*lead, rows) if per_row else scales.reshape(lead)
 
 

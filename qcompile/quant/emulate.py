@@ -33,7 +33,7 @@ def _grid_range(qparams: QParams) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def _weight_grid(graph: Graph, node: Node, weight_bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The grid ``convert`` puts the weights on (see ``quantize_weight_bits``), as a range and bits."""
+    """The grid ``convert`` puts the weights on (see :func:`qcompile.quant.integer_weights.integer_weight`), as a range and bits."""
     q = node.quant
     channels = graph.param(node, "weight").shape[0]
     if q.weight_bits is None and weight_bits == 8:

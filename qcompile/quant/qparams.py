@@ -52,15 +52,6 @@ def quantize_tensor(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     return torch.quantize_per_tensor(x, float(qparams.scale), int(qparams.zero_point), qparams.torch_dtype)
 
 
-def quantize_weight_bits(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                         bits: torch.Tensor) -> torch.Tensor:
-    """:func:`qcompile.quant.integer_weights.bits_per_channel` as a torch per-channel quantized tensor."""
-    from qcompile.quant.integer_weights import bits_per_channel
-
-    codes = bits_per_channel(weight, lo, hi, bits)
-    return torch._make_per_channel_quantized_tensor(codes.codes, codes.scales, codes.zero_points, 0)
-
-
 def integer_codes(value: torch.Tensor) -> torch.Tensor:
     """The integer codes of a value: a torch quantized tensor's ``int_repr()``, or plain int8 / uint8 as it is."""
     return value.int_repr() if value.is_quantized else value
