@@ -26,6 +26,11 @@ grid, so it works for integer models too::
 Layers without a bias are left alone (and counted). Calibration ranges are
 not recomputed after the shift.
 
+Under ``torchrun`` the samples are split over the processes; each layer's
+channel means are summed over them (one all-reduce per layer and run), so
+every process applies the same correction, equal to one process's within
+float rounding.
+
 Options:
     samples: Calibration samples to measure on, run as one batch.
 """
@@ -37,6 +42,8 @@ from dataclasses import dataclass
 import torch
 
 from qcompile.data import first_samples
+from qcompile.distributed import World
+from qcompile.distributed.shards import my_samples
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -61,10 +68,15 @@ def channel_axis(node: Node, value: torch.Tensor) -> int:
     return value.dim() - 1 if node.op == "linear" else 1
 
 
-def channel_means(node: Node, value: torch.Tensor) -> torch.Tensor:
-    """Mean of each output channel."""
+def channel_means(node: Node, value: torch.Tensor, world: World | None = None) -> torch.Tensor:
+    """Mean of each output channel (over the samples of every rank, given the run's ``world``)."""
     axis = channel_axis(node, value)
-    return value.detach().float().transpose(0, axis).reshape(value.shape[axis], -1).mean(dim=1)
+    per_channel = value.detach().float().transpose(0, axis).reshape(value.shape[axis], -1)
+    if world is None or not world.distributed:
+        return per_channel.mean(dim=1)
+    sums = world.all_reduce(torch.cat([per_channel.double().sum(dim=1), per_channel.new_tensor([per_channel.shape[1]],
+                                                                                              dtype=torch.float64)]))
+    return (sums[:-1] / sums[-1]).float()
 
 
 def _samples(ctx: PassContext, count: int) -> tuple[torch.Tensor, ...]:
@@ -99,12 +111,12 @@ class BiasCorrect(Pass):
         layers = [n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.op in WEIGHTED
                   and n.quant.weight_stats is not None]
         biased = {n.name: n for n in layers if "bias" in n.params}
-        inputs = _samples(ctx, self.samples)
+        inputs = my_samples(_samples(ctx, self.samples), ctx.world)
         float_means: dict[str, torch.Tensor] = {}
 
         def measure(node, value):
             if node.name in biased:
-                float_means[node.name] = channel_means(node, value)
+                float_means[node.name] = channel_means(node, value, ctx.world)
 
         Interpreter(graph).run(*inputs, edit=measure)
         shifts: dict[str, torch.Tensor] = {}
@@ -112,7 +124,7 @@ class BiasCorrect(Pass):
         def correct(node, value):
             if node.name not in biased:
                 return None
-            shift = channel_means(node, value) - float_means[node.name]
+            shift = channel_means(node, value, ctx.world) - float_means[node.name]
             shifts[node.name] = shift
             shape = [1] * value.dim()
             shape[channel_axis(node, value)] = -1

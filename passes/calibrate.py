@@ -14,6 +14,11 @@ observed directly. The statistics land in ``node.quant.stats`` /
 
     %conv1 = conv2d(...) ...  # mode=static obs=minmax quint8[0,127] affine range=[0, 7.31] | weight: ... range=[64 channels, -1.2..1.3]
 
+Under ``torchrun`` each process calibrates its share of the batches
+(:mod:`qcompile.distributed.shards`) and the observers merge exactly
+(:meth:`~qcompile.quant.observers.Observer.reduce`): every process ends with
+the statistics, and the graph, that one process computes on the same batches.
+
 Options:
     max_batches: Stop after this many batches (0: use all).
 """
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.distributed.shards import my_batch_count, my_batches
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -120,9 +126,11 @@ class Calibrate(Pass):
             raise QCompileError("'calibrate' needs calibration data",
                                 hint="pass --calib DATA (an image folder, .npz/.pt tensors, "
                                 "module:function, or a built-in set such as builtin:photos)")
-        observers = {n.name: make_observer(n.quant.observer) for n in graph.nodes() if n.quant.observer}
+        world = ctx.world
+        merged = world.distributed  # per-batch records, for an exact merge in the global batch order
+        observers = {n.name: make_observer(n.quant.observer, merged) for n in graph.nodes() if n.quant.observer}
         wanted = {s for p in ctx.remaining_passes for s in p.needs_statistics}
-        moments = {name: MomentsObserver() for name in observers} if "moments" in wanted else {}
+        moments = {name: MomentsObserver(merged) for name in observers} if "moments" in wanted else {}
         fused_act = {n.name for n in graph.nodes() if n.attrs.get("act")}
         interpreter = Interpreter(graph)
 
@@ -138,23 +146,25 @@ class Calibrate(Pass):
             if node.name in moments:
                 moments[node.name].update(value)
 
-        total = len(ctx.calib_data) if hasattr(ctx.calib_data, "__len__") else None
-        if self.max_batches and total:
-            total = min(total, self.max_batches)
+        total = my_batch_count(ctx.calib_data, world, self.max_batches)
         batches = 0
-        for batch in ctx.calib_data:
-            if self.max_batches and batches >= self.max_batches:
-                break
-            batch = batch if isinstance(batch, (tuple, list)) else (batch,)
-            check_batch(graph, tuple(batch), batches)
-            interpreter.run(*batch, hook=hook, pre_activation_hook=pre_activation if moments else None)
-            batches += 1
-            ctx.progress("calibrate", batches, total)
-        if batches == 0:
-            raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
+        with world.together("calibrate"):
+            for batch in my_batches(ctx.calib_data, world, self.max_batches):
+                batch = batch if isinstance(batch, (tuple, list)) else (batch,)
+                check_batch(graph, tuple(batch), batches * world.size + world.rank)
+                interpreter.run(*batch, hook=hook, pre_activation_hook=pre_activation if moments else None)
+                batches += 1
+                ctx.progress("calibrate", batches, total)
+            if batches == 0:
+                raise QCompileError("the calibration data is empty" if not world.distributed else
+                                    f"rank {world.rank} got no calibration batch",
+                                    hint="check the --calib path and --calib-samples")
         for name, observer in observers.items():
+            observer.reduce(world)
             graph.node(name).quant.stats = observer.stats()
             if name in moments:
+                moments[name].reduce(world)
                 graph.node(name).quant.stats.moments = moments[name].stats()
+        batches = int(world.all_reduce(torch.tensor(batches)))
         weights = observe_weights(graph)
         return PassResult(True, {"batches": batches, "activations": len(observers), "weights": weights})

@@ -148,7 +148,7 @@ class Train(Pass):
         if data is None:
             raise QCompileError("'train' needs labelled training data", hint="pass --train DATA")
         history = fit(graph, data, epochs=self.epochs, lr=self.lr, momentum=self.momentum,
-                      progress=ctx.progress, log=ctx.log)
+                      progress=ctx.progress, log=ctx.log, world=ctx.world)
         return PassResult(True, {"epochs": self.epochs, "final loss": round(history[-1]["loss"], 4),
                                  "train accuracy": round(history[-1]["accuracy"], 4)})
 

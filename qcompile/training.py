@@ -9,7 +9,13 @@ graph afterwards::
     write_back(graph, module, param_map)
 
 :func:`fit` is the built-in loop: SGD with momentum and cross-entropy on a
-labelled data source.
+labelled data source. Given a distributed ``world`` (``torchrun``), it trains
+data parallel: each rank takes its slice of every global batch
+(:func:`qcompile.distributed.shards.training_batches`), BatchNorm and the
+fake-quantization ranges use the statistics of the whole global batch, and
+``DistributedDataParallel`` averages the gradients, scaled so that each step
+is the step one process takes on the global batch (equal within float
+rounding). Every rank ends with the same trained graph.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import torch
 from torch import nn
 
 from qcompile.codegen import emit_python
+from qcompile.distributed import World, single_process
+from qcompile.distributed.batch_norm import with_global_batch_norm
+from qcompile.distributed.shards import training_batches
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 
@@ -50,11 +59,12 @@ def write_back(graph: Graph, module: nn.Module, param_map: dict[str, str]) -> No
 
 def fit(graph: Graph, data, *, epochs: int = 1, lr: float = 0.01, momentum: float = 0.9,
         progress: Callable[[str, int, int | None], None] | None = None,
-        log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+        log: Callable[[str], None] | None = None, world: World | None = None) -> list[dict[str, float]]:
     """Train ``graph`` in place on labelled ``data`` with SGD and cross-entropy.
 
-    Returns one record per epoch: mean loss and training accuracy.
+    Returns one record per epoch: mean loss and training accuracy (over every rank's samples).
     """
+    world = world or single_process()
     if getattr(data, "labels", None) is None:
         name = getattr(data, "name", "the data")
         raise QCompileError(
@@ -62,25 +72,31 @@ def fit(graph: Graph, data, *, epochs: int = 1, lr: float = 0.01, momentum: floa
             hint="an image folder with one sub-folder per class, an .npz / .pt file with 'x' and 'y', a "
             "module:function returning (x, y) tensors (not a list of batches), or builtin:fashion-train")
     module, param_map = trainable(graph)
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
-    loss_fn = nn.CrossEntropyLoss()
+    model: nn.Module = module
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = with_global_batch_norm(module)
+        model = DistributedDataParallel(module, broadcast_buffers=False)  # buffers stay equal: see above
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     history = []
     total = len(data)
     for epoch in range(epochs):
-        module.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        for step, (x, y) in enumerate(data.labelled(), start=1):
+        model.train()
+        tally = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+        for step, (x, y, global_count) in enumerate(training_batches(data, world), start=1):
             optimizer.zero_grad()
-            out = module(x)
+            out = model(x)
             loss = loss_fn(out, y)
-            loss.backward()
+            # DDP averages gradients over ranks: scale so that the average is the global batch's mean
+            (loss * (world.size / global_count)).backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
+            tally += torch.tensor([float(loss.detach()), int((out.argmax(1) == y).sum()), len(y)],
+                                  dtype=torch.float64)
             if progress:
                 progress(f"train epoch {epoch + 1}/{epochs}", step, total)
+        loss_sum, correct, seen = world.all_reduce(tally).tolist()
         record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen}
         history.append(record)
         if log:

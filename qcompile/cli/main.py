@@ -31,7 +31,9 @@ from qcompile.cli.diagnostics import (
 from qcompile.cli.listing import list_passes, list_zoo
 from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
 from qcompile.cli.progress import ProgressPrinter
+from qcompile.cli.ranks import RUNS_PASSES, environment_rank, join_world, parse_quietly
 from qcompile.cli.verdict_command import print_verdict, run_verdict
+from qcompile.distributed import World, single_process
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.dynamic_axes import parse_dynamic_axes
 from qcompile.torch_warnings import ignore_torch_deprecations
@@ -217,16 +219,21 @@ def _check_print_after(args: argparse.Namespace, pipeline) -> None:
                                 hint="name a pass of the pipeline, or 'all'")
 
 
-def _run(args: argparse.Namespace, command: str) -> int:
+def _run(args: argparse.Namespace, command: str, world: World) -> int:
     if command != "compile":
-        return _run_staged(args, command, None)
+        return _run_staged(args, command, None, world)
     from qcompile.output_dir import StagedOutput
 
-    staged = StagedOutput.create(args.output)  # OUT problems surface before any work
+    staged = None
+    with world.together("preparing OUT"):  # only rank 0 writes OUT
+        if world.is_main:
+            staged = StagedOutput.create(args.output)  # OUT problems surface before any work
+    if staged is None:
+        return _run_staged(args, command, None, world)
     # files asked for inside OUT go into the stage, or OUT's replacement would drop them
     args.save_stats, args.dump_dir = staged.redirect(args.save_stats), staged.redirect(args.dump_dir)
     try:
-        status = _run_staged(args, command, staged)
+        status = _run_staged(args, command, staged, world)
     except CheckFailed:
         staged.commit()  # the files are written; the ONNX check says they disagree (exit 3)
         raise
@@ -235,8 +242,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
     return status
 
 
-def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
-    """The run itself; a compile writes into ``staged.path``, which becomes OUT only at the end."""
+def _run_staged(args: argparse.Namespace, command: str, staged, world: World) -> int:
+    """The run itself; a compile writes into ``staged.path``, which becomes OUT only at the end.
+
+    Ranks other than 0 (under torchrun) run the pipeline without OUT and stop after it.
+    """
     from qcompile.compiler import compile_model
     from qcompile.pipeline import PassContext, load_plugin, parse_pipeline
 
@@ -264,23 +274,25 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
 
         check_exportable(pipeline)
     if pipeline is not None:
-        if pipeline.inserted:
+        if pipeline.inserted and world.is_main:
             print(f"qcompile: pipeline expanded to: {pipeline}", file=sys.stderr)
         _check_print_after(args, pipeline)
     elif args.print_after:
         raise QCompileError("--print-after needs --passes")
-    instruments, timing = _instruments(args)
-    snapshot = modes_snapshot(args, pipeline) if command == "compile" and args.modes else None
+    instruments, timing = _instruments(args) if world.is_main else ([], None)
+    snapshot = modes_snapshot(args, pipeline) if command == "compile" and args.modes and world.is_main else None
     if snapshot is not None:
         instruments.append(snapshot)
-    diagnostics = diagnostics_for(args, pipeline) if command == "compile" else None
+    diagnostics = diagnostics_for(args, pipeline) if command == "compile" and world.is_main else None
     if diagnostics is not None:
         instruments.extend(diagnostics.instruments())
     from qcompile.quant.config import load_quant_config
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
     progress = ProgressPrinter()
-    ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=progress)
+    ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=progress if world.is_main else None,
+                      log=None if world.is_main else (lambda message: None))
+    ctx.world = world
     ctx.statistics_file = args.stats
     if args.train:
         from qcompile.data import open_data
@@ -304,6 +316,9 @@ def _run_staged(args: argparse.Namespace, command: str, staged) -> int:
         dynamic_axes=args.dynamic_axes,
         before_write=before_write(args) if command == "compile" else None,
     ) if pipeline is not None else _lower_only(args)
+    if not world.is_main:
+        return 0
+    ctx.world = single_process()  # what follows (checks, diagnostics, verdict) runs on rank 0 alone
     if args.save_stats:
         from qcompile.quant.stats_io import save_statistics
 
@@ -431,7 +446,11 @@ def _main(argv: list[str]) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else "compile"
     if argv and argv[0] in COMMANDS:
         argv = argv[1:]
-    args = parsers[command].parse_args(argv)
+    args = parse_quietly(parsers[command], argv)
+    speaks = environment_rank() == 0  # under torchrun only rank 0 prints; a failure anywhere reaches it
+    if command not in RUNS_PASSES and not speaks:
+        return 0  # listing and comparing need one process
+    world = None
     try:
         if command == "passes":
             return list_passes(args)
@@ -439,16 +458,22 @@ def _main(argv: list[str]) -> int:
             return list_zoo()
         if command == "compare":
             return run_compare(args)
-        return _run(args, command)
+        world = join_world(command)
+        return _run(args, command, world)
     except CheckFailed as exc:
         print(f"qcompile: check failed: {exc}", file=sys.stderr)
         return 3
     except QCompileError as exc:
-        print(f"qcompile: error: {exc}", file=sys.stderr)
+        if speaks:
+            print(f"qcompile: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("qcompile: interrupted; no output was written partially", file=sys.stderr)
+        if speaks:
+            print("qcompile: interrupted; no output was written partially", file=sys.stderr)
         return 130
+    finally:
+        if world is not None:
+            world.close()
 
 
 if __name__ == "__main__":

@@ -66,7 +66,11 @@ class DataSource:
         return len(self.items)
 
     def _batch(self, start: int) -> torch.Tensor:
-        tensors = [self.load(item) for item in self.items[start:start + self.batch_size]]
+        return self.load_samples(start, start + self.batch_size)
+
+    def load_samples(self, start: int, stop: int) -> torch.Tensor:
+        """Samples ``start`` to ``stop`` (not their labels), loaded and stacked."""
+        tensors = [self.load(item) for item in self.items[start:stop]]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
             raise QCompileError(f"samples of {self.name} have different shapes after preprocessing: "
@@ -89,6 +93,20 @@ class DataSource:
             return DataSource(f"{self.name} ({role})", self.items[offset::2], labels, self.load, self.batch_size)
 
         return part(1, "calibration"), part(0, "evaluation")
+
+    def shard(self, rank: int, size: int) -> DataSource:
+        """Batches ``rank``, ``rank + size``, ... of this source, whole and in order (one process's share).
+
+        Batch boundaries stay where they are, so each batch is the one that a
+        single process would see.
+        """
+        if self._ready is not None:
+            return DataSource(self.name, [], None, self.load, self.batch_size, ready_batches=self._ready[rank::size])
+        picks = [i for start in range(rank * self.batch_size, len(self.items), size * self.batch_size)
+                 for i in range(start, min(start + self.batch_size, len(self.items)))]
+        labels = self.labels[picks] if self.labels is not None else None
+        return DataSource(f"{self.name} (rank {rank} of {size})", [self.items[i] for i in picks], labels,
+                          self.load, self.batch_size)
 
     def spread(self, count: int) -> DataSource:
         """At most ``count`` samples, evenly spaced over the whole set (a set ordered by source stays varied)."""

@@ -47,6 +47,10 @@ class FakeQuantize(nn.Module):
         quant_min, quant_max: The integer grid (``0, 127`` for reduce-range quint8).
         symmetric: Zero point in the middle of the grid.
         averaging_constant: Weight of each training batch in the range average.
+
+    In data-parallel training (torch.distributed initialized, more than one
+    process) the batch's range is the range over every rank's slice of it,
+    so each rank learns the range one process learns on the whole batch.
     """
 
     def __init__(self, quant_min: int = 0, quant_max: int = 255, symmetric: bool = False,
@@ -61,6 +65,12 @@ class FakeQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             lo, hi = torch.aminmax(x.detach())
+            if _data_parallel():
+                import torch.distributed as dist
+
+                lo, hi = lo.clone(), hi.clone()
+                dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+                dist.all_reduce(hi, op=dist.ReduceOp.MAX)
             if torch.isinf(self.min_val):
                 self.min_val.copy_(lo)
                 self.max_val.copy_(hi)
@@ -77,6 +87,12 @@ class FakeQuantize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"quant_min={self.quant_min}, quant_max={self.quant_max}, symmetric={self.symmetric}"
+
+
+def _data_parallel() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def fake_quantize_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:

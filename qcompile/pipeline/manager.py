@@ -88,7 +88,8 @@ class PassManager:
         before = fingerprint(graph)
         ctx.current_pass = p.name
         try:
-            result = p.run(graph, ctx)
+            with ctx.world.together(f"pass '{p.name}'"):
+                result = p.run(graph, ctx)
             if not isinstance(result, PassResult):
                 raise PassError(
                     f"pass '{p.name}' returned {type(result).__name__}, not a PassResult"

@@ -64,6 +64,8 @@ class PassContext:
         device: Device for any computation a pass does.
         debug: Whether passes should explain their decisions (see ``explain``).
         explanations: (pass name, message) pairs recorded by ``explain``.
+        world: The processes this run is spread over
+            (:class:`qcompile.distributed.World`; one process unless started by torchrun).
     """
 
     def __init__(
@@ -91,6 +93,9 @@ class PassContext:
         self._progress = progress
         self._log = log or (lambda message: print(message, file=sys.stderr))
         self.current_pass = ""
+        from qcompile.distributed import single_process
+
+        self.world = single_process()
 
     def explain(self, message: str) -> None:
         """Record why a pass did or did not act (shown with ``--debug``)."""

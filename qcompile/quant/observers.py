@@ -10,10 +10,19 @@
   whose quantized distribution is closest to the observed one in KL divergence.
 
 Memory per observer is O(bins) or O(channels), independent of the number of
-samples.
+samples (unless it keeps per-batch records for a distributed merge, below).
+
+Merging across processes (``reduce(world)``, :mod:`qcompile.distributed`)
+gives exactly what one process computes on the same batches: extremes by
+all-reduce min / max, histograms by summing counts on a common aligned bin
+grid; the two results that depend on batch order (the moving average and
+:class:`MomentsObserver`'s per-batch averages) keep one small record per batch
+when ``keep_batches`` is set and replay them in the global batch order.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -28,8 +37,9 @@ def _per_channel(x: torch.Tensor, axis: int) -> torch.Tensor:
 class Observer:
     """Base class: ``update`` with batches, then ``stats``."""
 
-    def __init__(self, spec: ObserverSpec):
+    def __init__(self, spec: ObserverSpec, keep_batches: bool = False):
         self.spec = spec
+        self.keep_batches = keep_batches
         self.count = 0
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
@@ -47,6 +57,11 @@ class Observer:
         else:
             self.min, self.max = torch.minimum(self.min, lo), torch.maximum(self.max, hi)
         self.count += x.numel()
+
+    def reduce(self, world) -> None:
+        """Become the observer of every rank's batches (each rank must have seen data)."""
+        self.min, self.max = world.all_reduce(self.min, "min"), world.all_reduce(self.max, "max")
+        self.count = int(world.all_reduce(torch.tensor(self.count, dtype=torch.int64)))
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.min, self.max
@@ -66,65 +81,135 @@ class MinMaxObserver(Observer):
 class MovingAverageObserver(Observer):
     """Min and max averaged over batches with weight ``averaging_constant``."""
 
-    def __init__(self, spec: ObserverSpec):
-        super().__init__(spec)
+    def __init__(self, spec: ObserverSpec, keep_batches: bool = False):
+        super().__init__(spec, keep_batches)
         self.avg_min: torch.Tensor | None = None
         self.avg_max: torch.Tensor | None = None
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # (min, max) per batch, if kept
 
     def update(self, x: torch.Tensor) -> None:
         lo, hi = self._extremes(x)
+        self._average(lo, hi)
+        if self.keep_batches:
+            self.batches.append((lo, hi))
+        super().update(x)
+
+    def _average(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         c = self.spec.averaging_constant
         if self.avg_min is None:
             self.avg_min, self.avg_max = lo, hi
         else:
             self.avg_min = self.avg_min + c * (lo - self.avg_min)
             self.avg_max = self.avg_max + c * (hi - self.avg_max)
-        super().update(x)
+
+    def reduce(self, world) -> None:
+        if world.distributed and not self.keep_batches:
+            raise RuntimeError("a moving average merges across processes only with keep_batches=True")
+        super().reduce(world)
+        if world.distributed:
+            self.avg_min = self.avg_max = None
+            for lo, hi in world.interleave(world.all_gather(self.batches)):
+                self._average(lo, hi)
 
     def _range(self):
         return self.avg_min, self.avg_max
 
 
 class HistogramObserver(Observer):
-    """A histogram over the range seen so far; the range minimising expected L2 error."""
+    """A histogram over the range seen so far; the range minimising expected L2 error.
 
-    def __init__(self, spec: ObserverSpec):
+    Bins are aligned to multiples of a power-of-two width ``w`` (bin ``k`` holds
+    ``[k w, (k + 1) w)``), the smallest width at which the range seen so far
+    fits in ``2 * bins`` bins. When the range grows, the width doubles as often
+    as needed and neighbouring bins merge, which is exact: a value's bin
+    depends only on the final width, never on the order the values came in.
+    So histograms of disjoint parts of the data merge into exactly the
+    histogram of the whole (:meth:`reduce`), and the range chosen from it
+    keeps between ``bins`` and ``2 * bins`` bins of resolution.
+    """
+
+    def __init__(self, spec: ObserverSpec, keep_batches: bool = False):
         if spec.per_channel:
             raise ValueError(f"{spec.kind} observers are per-tensor; use minmax for per-channel weights")
         super().__init__(spec)
-        self.hist = np.zeros(spec.bins, dtype=np.float64)
-        self.lo_edge = 0.0
-        self.hi_edge = 0.0
+        self.hist = torch.zeros(0, dtype=torch.float64)
+        self.exponent = 0
+        self.first_bin = 0
+
+    @property
+    def capacity(self) -> int:
+        return 2 * self.spec.bins
+
+    @property
+    def width(self) -> float:
+        return 2.0**self.exponent
+
+    @property
+    def lo_edge(self) -> float:
+        return self.first_bin * self.width
+
+    @property
+    def hi_edge(self) -> float:
+        return (self.first_bin + len(self.hist)) * self.width
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float().reshape(-1)
         if x.numel() == 0:
             return
-        lo, hi = (float(v) for v in torch.aminmax(x))
-        if self.count == 0:
-            self.lo_edge, self.hi_edge = lo, hi if hi > lo else lo + 1e-8
-        elif lo < self.lo_edge or hi > self.hi_edge:
-            self._rebin(min(lo, self.lo_edge), max(hi, self.hi_edge))
-        counts = torch.histc(x, self.spec.bins, self.lo_edge, self.hi_edge)
-        self.hist += counts.double().numpy()
         super().update(x)
+        self._fit(float(self.min), float(self.max))
+        bins = torch.floor(x / self.width).long() - self.first_bin  # exact: the width is a power of two
+        self.hist += torch.bincount(bins, minlength=len(self.hist)).double()
 
-    def _rebin(self, lo: float, hi: float) -> None:
-        """Spread the old counts over the wider range, in proportion to bin overlap."""
-        old_edges = np.linspace(self.lo_edge, self.hi_edge, self.spec.bins + 1)
-        new_edges = np.linspace(lo, hi, self.spec.bins + 1)
-        cumulative = np.concatenate([[0.0], np.cumsum(self.hist)])
-        at_new = np.interp(new_edges, old_edges, cumulative)  # CDF, linear within old bins
-        self.hist = np.diff(at_new)
-        self.lo_edge, self.hi_edge = lo, hi
+    def _fit(self, lo: float, hi: float) -> None:
+        """Widen the bins and the span so that ``[lo, hi]`` is covered (counts merge exactly)."""
+        exponent = max(aligned_exponent(lo, hi, self.capacity), self.exponent if len(self.hist) else -1000)
+        first, last = math.floor(lo / 2.0**exponent), math.floor(hi / 2.0**exponent)
+        if len(self.hist) and (exponent, first, last + 1 - first) == (self.exponent, self.first_bin,
+                                                                       len(self.hist)):
+            return
+        merged = torch.zeros(last + 1 - first, dtype=torch.float64)
+        if len(self.hist):
+            old = torch.arange(self.first_bin, self.first_bin + len(self.hist))
+            new = torch.bitwise_right_shift(old, min(exponent - self.exponent, 63)) - first
+            merged.index_add_(0, new, self.hist)
+        self.hist, self.exponent, self.first_bin = merged, exponent, first
+
+    def reduce(self, world) -> None:
+        super().reduce(world)
+        self._fit(float(self.min), float(self.max))  # the union's range, the same on every rank
+        self.hist = world.all_reduce(self.hist)
 
     def _centers(self) -> np.ndarray:
-        edges = np.linspace(self.lo_edge, self.hi_edge, self.spec.bins + 1)
+        edges = self.lo_edge + np.arange(len(self.hist) + 1) * self.width
         return (edges[:-1] + edges[1:]) / 2
 
-    def _range(self):
-        lo, hi = l2_optimal_range(self.hist, self.lo_edge, self.hi_edge, self.spec.quant_range)
+    def _inside_data(self, lo: float, hi: float):
+        """``[lo, hi]`` cut to the data's extremes (widened to 0), as tensors: aligned bins overhang the data."""
+        lo = max(lo, min(float(self.min), 0.0))
+        hi = min(hi, max(float(self.max), 0.0))
         return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+
+    def _range(self):
+        lo, hi = l2_optimal_range(self.hist.numpy(), self.lo_edge, self.hi_edge, self.spec.quant_range)
+        return self._inside_data(lo, hi)
+
+
+def aligned_exponent(lo: float, hi: float, capacity: int) -> int:
+    """The smallest ``e`` whose bins ``[k 2^e, (k + 1) 2^e)`` cover ``[lo, hi]`` in at most ``capacity`` bins.
+
+    ``e`` is also kept within 40 binary orders of the largest magnitude (bin
+    indices stay small integers) and at or above -126 (the width is a normal
+    float32). It never decreases when the range grows, so the width a
+    stream of batches ends with depends only on the union of their ranges.
+    """
+    top = max(abs(lo), abs(hi))
+    exponent = max(math.frexp(top)[1] - 40 if top > 0 else -126, -126)
+    if hi > lo:
+        exponent = max(exponent, math.floor(math.log2((hi - lo) / capacity)) - 1)
+    while math.floor(hi / 2.0**exponent) - math.floor(lo / 2.0**exponent) + 1 > capacity:
+        exponent += 1
+    return exponent
 
 
 def l2_optimal_range(hist: np.ndarray, lo_edge: float, hi_edge: float,
@@ -164,12 +249,13 @@ class PercentileObserver(HistogramObserver):
     """The range between the ``100 - p`` and ``p`` percentiles of the histogram."""
 
     def _range(self):
-        cdf = np.cumsum(self.hist) / max(self.hist.sum(), 1.0)
+        hist = self.hist.numpy()
+        cdf = np.cumsum(hist) / max(hist.sum(), 1.0)
         centers = self._centers()
         p = self.spec.percentile / 100
         hi = float(np.interp(p, cdf, centers))
-        lo = float(np.interp(1 - p, cdf, centers)) if self.lo_edge < 0 else self.lo_edge
-        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+        lo = float(np.interp(1 - p, cdf, centers)) if self.lo_edge < 0 else float(self.min)
+        return self._inside_data(lo, hi)
 
 
 class EntropyObserver(HistogramObserver):
@@ -180,12 +266,12 @@ class EntropyObserver(HistogramObserver):
         signed = self.lo_edge < 0
         magnitude = np.abs(centers) if signed else centers
         top = max(abs(self.lo_edge), abs(self.hi_edge))
-        folded, _ = np.histogram(magnitude, bins=self.spec.bins, range=(0.0, top), weights=self.hist)
+        folded, _ = np.histogram(magnitude, bins=self.spec.bins, range=(0.0, top), weights=self.hist.numpy())
         qmin, qmax = self.spec.quant_range
         levels = (qmax - qmin + 1) // (2 if signed else 1)
         threshold = kl_threshold(folded, top, levels)
-        lo = -threshold if signed else max(self.lo_edge, 0.0)
-        return torch.tensor(lo, dtype=torch.float32), torch.tensor(threshold, dtype=torch.float32)
+        lo = -threshold if signed else max(float(self.min), 0.0)
+        return self._inside_data(lo, threshold)
 
 
 def kl_threshold(hist: np.ndarray, top: float, levels: int) -> float:
@@ -219,9 +305,9 @@ _KINDS = {
 }
 
 
-def make_observer(spec: ObserverSpec) -> Observer:
-    """A fresh observer for ``spec``."""
-    return _KINDS[spec.kind](spec)
+def make_observer(spec: ObserverSpec, keep_batches: bool = False) -> Observer:
+    """A fresh observer for ``spec`` (``keep_batches``: ready to merge across processes)."""
+    return _KINDS[spec.kind](spec, keep_batches)
 
 
 class MomentsObserver:
@@ -230,12 +316,17 @@ class MomentsObserver:
     Each batch contributes its own statistics (deviations around the batch's
     mean, as the ACIQ reference does offline), averaged over batches weighted by
     their size. Channels are along axis 1 (activations, N x C x ...); per
-    channel it also keeps the minimum and maximum seen.
+    channel it also keeps the minimum and maximum seen. With ``keep_batches``
+    it keeps each batch's statistics (a few floats per channel) instead of
+    their running sum, so that :meth:`reduce` can sum every rank's batches in
+    the global batch order, as one process does.
     """
 
-    def __init__(self):
+    def __init__(self, keep_batches: bool = False):
+        self.keep_batches = keep_batches
         self.count = 0
         self.sums: dict[str, torch.Tensor] = {}
+        self.batches: list[tuple[dict[str, torch.Tensor], int]] = []
         self.extremes: dict[str, torch.Tensor] = {}  # per-channel min and max, over all batches
 
     def update(self, x: torch.Tensor) -> None:
@@ -251,11 +342,29 @@ class MomentsObserver:
             seen = self.extremes.get("min_c")
             self.extremes = {"min_c": lo if seen is None else torch.minimum(seen, lo),
                              "max_c": hi if seen is None else torch.maximum(self.extremes["max_c"], hi)}
+        if self.keep_batches:
+            self.batches.append((stats, n))
+        else:
+            self._add(stats, n)
+
+    def _add(self, stats: dict[str, torch.Tensor], n: int) -> None:
         for key, value in stats.items():
             self.sums[key] = self.sums.get(key, 0) + value * n
         self.count += n
 
+    def reduce(self, world) -> None:
+        """Sum every rank's batches in the global batch order."""
+        if self.extremes:
+            self.extremes = {"min_c": world.all_reduce(self.extremes["min_c"], "min"),
+                             "max_c": world.all_reduce(self.extremes["max_c"], "max")}
+        if world.distributed:
+            self.batches = world.interleave(world.all_gather(self.batches))
+
     def stats(self) -> Moments:
+        if self.batches:
+            self.sums, self.count = {}, 0
+            for stats, n in self.batches:
+                self._add(stats, n)
         mean = {key: value / self.count for key, value in self.sums.items()}
         channels = (ChannelMoments(mean["mean_c"], mean["mad_c"], mean["std_c"], self.extremes["min_c"],
                                    self.extremes["max_c"]) if "mad_c" in mean else None)
