@@ -90,7 +90,7 @@ def test_readme_commands_and_example_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["python-api.md", "writing-a-pass.md"])
+@pytest.mark.parametrize("page", ["python-api.md", "writing-a-pass.md", "distributed.md"])
 def test_docs_examples_run(tmp_path, page):
     for block in _blocks(DOCS / page, "python"):
         run = _run([sys.executable, "-c", block], tmp_path)

@@ -100,7 +100,9 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
         description="Compile a PyTorch model through qcompile's pass pipeline and emit a "
         "readable eager-mode module. Other commands: qcompile inspect | passes | zoo | compare "
         "(run 'qcompile COMMAND -h'); qcompile --version. Without --passes it runs the recommended "
-        f"post-training static quantization, {RECOMMENDED_PIPELINE}.",
+        f"post-training static quantization, {RECOMMENDED_PIPELINE}. Started by torchrun "
+        "(torchrun --nproc_per_node N -m qcompile ...), calibration, bias correction and training run on N "
+        "processes, and rank 0 writes OUT (docs/distributed.md).",
         epilog=EXIT_STATUS,
     )
     _model_arguments(compile_p)

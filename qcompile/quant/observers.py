@@ -2,9 +2,10 @@
 
 * ``minmax``: running extremes (per tensor or per channel).
 * ``moving_average``: extremes averaged over batches (first batch exact).
-* ``histogram``: a fixed number of bins over the range seen so far (re-binned
-  when the range grows), and the sub-range that minimises the expected L2
-  quantization error (rounding noise inside, clipping error outside).
+* ``histogram``: ``bins`` to ``2 * bins`` bins of a power-of-two width over
+  the range seen so far (pairs merge when the range grows), and the
+  sub-range that minimises the expected L2 quantization error (rounding
+  noise inside, clipping error outside).
 * ``percentile``: the range between the lower and upper percentile.
 * ``entropy``: the symmetric (or, for non-negative data, one-sided) threshold
   whose quantized distribution is closest to the observed one in KL divergence.
