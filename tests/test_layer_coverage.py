@@ -414,8 +414,8 @@ def test_transposed_convolution_runs_in_int8_with_one_weight_scale(frontend, tmp
     up = graph.node("up")
     assert up.target == "torch.ao.nn.quantized.ConvTranspose2d"
     assert graph.params[up.params["weight"]].qscheme() == torch.per_tensor_affine  # one scale: torch takes no other
-    with torch.no_grad():
-        assert _relative_error(emitted(batches[1]), model(batches[1])) < 0.05
+    with torch.no_grad():  # this random model on a 7-bit grid: 0.02-0.08 over seeds, 0.05 at seed 0; a kernel
+        assert _relative_error(emitted(batches[1]), model(batches[1])) < 0.07  # that misses gives 0.25 or more
     for form in ("qdq", "qoperator"):
         path = export_onnx(graph, tmp_path / f"{form}.onnx", form=form)
         for result in check_onnx(path, emitted, batches, output_scales(graph), graph=graph):
