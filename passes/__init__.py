@@ -5,6 +5,7 @@ Importing this package registers every built-in pass.
 
 from qcompile.passes import (  # noqa: F401
     aciq,
+    adaround,
     bias_correct,
     bitalloc,
     calibrate,

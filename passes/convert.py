@@ -93,6 +93,26 @@ def choose_qparams(graph: Graph) -> None:
             node.quant.qparams = owner.quant.qparams
 
 
+def decide_grids(graph: Graph, convert: Convert) -> dict[str, int]:
+    """Every grid ``convert`` will use, decided on ``graph``'s annotations: qparams, weight bits, ReLU6 grids.
+
+    Passes that must know the integer model's exact weight grid before
+    ``convert`` runs (``adaround``) call this on a copy of the graph.
+    """
+    choose_qparams(graph)
+    counts: dict[str, int] = {}
+    if convert.weight_bits < 8:
+        for node in graph.nodes():
+            q = node.quant
+            if q.weight_stats is not None and q.weight_bits is None:
+                q.weight_bits = torch.full((graph.param(node, "weight").shape[0],), convert.weight_bits)
+    if convert.relu6_grid == "full" and "qat-prepared" not in graph.facts:  # QAT learned its grids and weights
+        widened, readers = widen_relu6_grids(graph)
+        if widened:
+            counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})
+    return counts
+
+
 @register_pass
 @dataclass(frozen=True)
 class Convert(Pass):
@@ -111,17 +131,7 @@ class Convert(Pass):
         if "converted" in graph.facts:
             return PassResult(False)
         graph.attrs.update(backend=self.backend)
-        choose_qparams(graph)
-        counts: dict[str, int] = {}
-        if self.weight_bits < 8:
-            for node in graph.nodes():
-                q = node.quant
-                if q.weight_stats is not None and q.weight_bits is None:
-                    q.weight_bits = torch.full((graph.param(node, "weight").shape[0],), self.weight_bits)
-        if self.relu6_grid == "full" and "qat-prepared" not in graph.facts:  # QAT learned its grids and weights
-            widened, readers = widen_relu6_grids(graph)
-            if widened:
-                counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})
+        counts = decide_grids(graph, self)
         for node in graph.nodes():
             if node.quant.mode == "static" and node.quant.qparams is None and node.op not in SPLITS | {"getitem"}:
                 raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")

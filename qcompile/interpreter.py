@@ -6,7 +6,7 @@ through this one class, so "what the graph computes" has one definition.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -80,6 +80,22 @@ class Interpreter:
                 the value (``None`` keeps it). Bias correction uses this to
                 correct a layer while later layers are still to run.
         """
+        result: Any = None
+        for node, value in self.steps(*inputs, pre_activation_hook=pre_activation_hook, edit=edit):
+            if node.kind == NodeKind.OUTPUT:
+                result = value
+            if hook is not None:
+                hook(node, value)
+        return result
+
+    @torch.no_grad()
+    def steps(self, *inputs: Any, pre_activation_hook: NodeHook | None = None,
+              edit: NodeEdit | None = None) -> Iterator[tuple[Node, Any]]:
+        """Execute the graph node by node, yielding ``(node, value)`` after each (see :meth:`run`).
+
+        Two graphs can run in step this way, e.g. a float graph and its
+        quantized twin, each node seeing the other's value of the same name.
+        """
         self._pre_activation_hook = pre_activation_hook
         self._edit = edit
         input_nodes = [n for n in self._nodes if n.kind == NodeKind.INPUT]
@@ -90,7 +106,6 @@ class Interpreter:
             )
         feeds = {n.name: v for n, v in zip(input_nodes, inputs, strict=True)}
         env: dict[str, Any] = {}
-        result: Any = None
         for i, node in enumerate(self._nodes):
             if node.kind == NodeKind.INPUT:
                 value = feeds[node.name]
@@ -106,14 +121,10 @@ class Interpreter:
                         f"{excerpt(self.graph, node)}",
                         hint="check the input shapes and dtypes against the graph's inputs",
                     ) from exc
-            if node.kind == NodeKind.OUTPUT:
-                result = value
-            if hook is not None:
-                hook(node, value)
+            yield node, value
             env[node.name] = value
             for name in self._dead_after.get(i, ()):
                 env.pop(name, None)
-        return result
 
     def _execute(self, node: Node, inputs: list[Any]) -> Any:
         value = self._compute(node, inputs)

@@ -1,0 +1,169 @@
+"""``adaround``: learn each weight's rounding, up or down, layer by layer on calibration data (Nagel et al. 2020).
+
+requires: ``calibrated``    provides: ``adarounded``
+
+For every conv and linear layer that the following ``convert`` quantizes,
+in graph order, on ``samples`` calibration samples: the layer's inputs in
+the quantized model (a float twin on ``convert``'s grids, with the earlier
+layers already rounded), the float model's outputs of the layer, and then
+:func:`qcompile.quant.adaround.learn_rounding` on them. The learned weight
+is written back exactly on ``convert``'s grid (the same scales, decided from
+the same statistics and options), so ``convert`` turns it into the learned
+codes; a layer whose output error the learned rounding does not lower keeps
+round-to-nearest. The float model and the twin run side by side, so memory
+stays at two live sets of activations, not every layer's::
+
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) ...  # $conv1.weight: float
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) ...  # $conv1.weight: on convert's grid, rounded as learned
+
+Put it after calibration (and ``aciq``) and before ``convert``; a
+``bias-correct`` after it measures the shift that the learned rounding
+leaves::
+
+    fuse,calibrate,adaround,convert{weight-bits=4}
+
+Deterministic for a given ``seed``. Under ``torchrun`` every rank learns the
+same rounding on the same samples (no speed-up yet).
+
+Options:
+    samples: Calibration samples to reconstruct on (their activations stay in memory).
+    iterations: Optimizer steps per layer.
+    batch_size: Samples per step.
+    budget: Seconds for the whole pass (0: no limit); layers left when it is spent keep round-to-nearest.
+    seed: Seed of the sample order.
+    regularization: Weight of the term that pushes each rounding to up or down.
+    lr: Adam's learning rate for the rounding variables.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from qcompile.data import first_samples
+from qcompile.errors import PassError, QCompileError
+from qcompile.interpreter import Interpreter
+from qcompile.ir.graph import Graph
+from qcompile.ir.modules import FUSED_ACTIVATIONS
+from qcompile.ir.node import Node, NodeKind
+from qcompile.ir.targets import resolve_target
+from qcompile.pipeline import (
+    FLOAT_GRAPH_ONLY,
+    STATICALLY_CONVERTED,
+    Pass,
+    PassContext,
+    PassResult,
+    first_providing,
+    option,
+    register_pass,
+)
+from qcompile.quant.adaround import learn_rounding, weight_grid
+from qcompile.quant.emulate import quantized_twin
+from qcompile.quant.integer_weights import integer_weight
+from qcompile.quant.op_table import WEIGHTED
+
+
+def _layer_function(module: torch.nn.Module, node: Node):
+    """``f(x, w)``: the layer on ``x`` with weight ``w`` and its own bias, then its fused activation."""
+    act = node.attrs.get("act")
+    activation = resolve_target(FUSED_ACTIVATIONS[act]) if act else None
+
+    def layer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, {"weight": weight}, (x,), strict=False)
+        return activation(out) if activation is not None else out
+
+    return layer
+
+
+@register_pass
+@dataclass(frozen=True)
+class AdaRound(Pass):
+    """Learn each weight's rounding (up or down) so that each layer's output stays close to float."""
+
+    name = "adaround"
+    requires = ("calibrated",)
+    provides = ("adarounded",)
+    forbids = FLOAT_GRAPH_ONLY
+
+    samples: int = option(128, low=1)
+    iterations: int = option(100, low=1)
+    batch_size: int = option(32, low=1)
+    budget: float = option(0.0, low=0)
+    seed: int = option(0, low=0)
+    regularization: float = option(0.01, above=0)
+    lr: float = option(1e-2, above=0)
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if "adarounded" in graph.facts:
+            return PassResult(False)
+        target = first_providing(ctx.remaining_passes, STATICALLY_CONVERTED)
+        if target is None:
+            raise QCompileError("'adaround' learns the rounding of the integer weights that a later convert "
+                                "pass makes, and none follows it",
+                                hint="put it before convert, e.g. fuse,calibrate,adaround,convert")
+        if ctx.calib_data is None:
+            raise QCompileError("'adaround' needs calibration data", hint="pass --calib DATA")
+        inputs = first_samples(ctx.calib_data, self.samples)
+        if inputs is None:
+            raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
+        from qcompile.passes.convert import decide_grids
+
+        decided = graph.copy()
+        decide_grids(decided, target)
+        layers = {n.name: n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.op in WEIGHTED
+                  and n.quant.weight_stats is not None and decided.node(n.name).quant.weight_qparams is not None}
+        twin = quantized_twin(graph, target, ctx)
+        twin_run = Interpreter(twin)
+        feeding = {twin.inputs(twin.node(name))[0].name for name in layers}
+        float_steps = Interpreter(graph).steps(*inputs)
+        stash: dict[str, torch.Tensor] = {}
+        learned: dict[str, torch.Tensor] = {}
+        learned_codes: dict[str, torch.Tensor] = {}
+        gains: list[float] = []
+        flipped: list[float] = []
+        generator = torch.Generator().manual_seed(self.seed)
+        started = time.monotonic()
+
+        def float_output(name: str) -> torch.Tensor:
+            for node, value in float_steps:
+                if node.name == name:
+                    return value
+            raise PassError(f"adaround: %{name} did not run in the float graph")
+
+        def edit(node: Node, value: torch.Tensor):
+            if node.name not in layers:
+                return None
+            target_output = float_output(node.name)
+            if self.budget and time.monotonic() - started > self.budget:
+                return None  # out of time: round to nearest, as the twin already does
+            weight = graph.param(layers[node.name], "weight")
+            grid = weight_grid(weight, decided.node(node.name).quant)
+            x = stash[twin.inputs(node)[0].name]
+            layer = _layer_function(twin_run.module(node), node)
+            result = learn_rounding(weight, grid, layer, x, target_output, iterations=self.iterations,
+                                    batch_size=self.batch_size, regularization=self.regularization,
+                                    lr=self.lr, generator=generator)
+            codes = result.codes if result.learned_error <= result.nearest_error else grid.codes(weight)
+            learned[node.name], learned_codes[node.name] = grid.values(codes), codes
+            gains.append(1 - min(result.learned_error, result.nearest_error) / max(result.nearest_error, 1e-30))
+            flipped.append(result.flipped if codes is result.codes else 0.0)
+            ctx.progress("adaround", len(learned), len(layers))
+            return functional_call(twin_run.module(node), {"weight": learned[node.name]}, (x,), strict=False)
+
+        for node, value in twin_run.steps(*inputs, edit=edit):
+            if node.name in feeding:
+                stash[node.name] = value
+        for name, weight in learned.items():
+            key = layers[name].params["weight"]
+            graph.params[key] = weight.requires_grad_(graph.params[key].requires_grad)
+            codes = integer_weight(weight, decided.node(name).quant).codes
+            if not torch.equal(learned_codes[name].to(codes.dtype), codes):  # convert must hold what was learned
+                raise PassError(f"adaround: the learned weight of %{name} is off convert's grid")
+        mean_gain = sum(gains) / len(gains) if gains else 0.0
+        return PassResult(bool(learned), {
+            "layers": len(learned), "left at nearest (budget)": len(layers) - len(learned),
+            "output error vs nearest": f"-{mean_gain:.0%}",
+            "weights flipped": f"{sum(flipped) / len(flipped):.1%}" if flipped else "0%"})

@@ -1,0 +1,147 @@
+"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization").
+
+Rounding each weight to the nearest grid point minimises the error of each
+weight, not of the layer's output. AdaRound learns, per weight, whether to
+round down or up so that the layer's output on real inputs stays close to
+the float layer's::
+
+    w~ = s * (clamp(floor(w / s) + h(V) + z, qmin, qmax) - z)
+    h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1),   zeta = 1.1, gamma = -0.1
+
+    minimise  || f(x^ ; w~) - f(x ; w) ||^2  +  lambda * sum(1 - |2 h(V) - 1|^beta)
+
+``x^`` is the layer's input in the quantized model (earlier layers already
+rounded), ``x`` its input in the float model, ``f`` the layer with its fused
+activation (the paper's asymmetric reconstruction). The regulariser pulls
+every ``h(V)`` to 0 or 1 as ``beta`` anneals from 20 to 2, after a warm-up
+without it; at the end each weight rounds up where ``V >= 0``. ``V`` starts
+where ``h(V)`` equals the weight's fractional part, so the first step is
+the float weight itself.
+
+:func:`weight_grid` gives the grid ``convert`` will put a weight on (the
+same as :func:`qcompile.quant.integer_weights.integer_weight`), so the
+learned codes are exactly what the integer model holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.ir.node import QuantAnnotation
+
+ZETA, GAMMA = 1.1, -0.1
+_EPS = float(torch.finfo(torch.float32).eps)
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """Per output channel: scale, zero point and the code range (float64, shaped to broadcast over the weight)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmin: torch.Tensor
+    qmax: torch.Tensor
+    float32_reciprocal: bool = False  # convert multiplies by 1 / scale in float32 (torch.quantize_per_channel's way)
+
+    def codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """Round to nearest: the codes ``convert`` gives without AdaRound, element for element."""
+        if self.float32_reciprocal:
+            scaled = (weight.float() * (1.0 / self.scale.float())).double()
+        else:
+            scaled = weight.double() / self.scale
+        return torch.clamp(torch.round(scaled) + self.zero_point, self.qmin, self.qmax)
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """The float weight whose codes are ``codes`` (exactly on the grid)."""
+        return ((codes - self.zero_point) * self.scale).float()
+
+
+def weight_grid(weight: torch.Tensor, q: QuantAnnotation) -> WeightGrid:
+    """The grid of ``weight`` under a node annotation whose grids ``convert``'s decisions filled in."""
+    channels = weight.shape[0]
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    if q.weight_bits is not None:
+        bits = q.weight_bits.double()
+        qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
+        qmin = torch.where(bits > 0, -(2.0 ** (bits - 1)), torch.zeros_like(bits))
+        lo, hi = q.weight_stats.lo.double(), q.weight_stats.hi.double()
+        magnitude = torch.maximum(-lo.clamp(max=0), hi.clamp(min=0)).expand(channels)
+        scale = (magnitude / ((qmax - qmin) / 2).clamp(min=0.5)).clamp(min=_EPS)
+        zero = torch.zeros(channels, dtype=torch.float64)
+        exact = False
+    else:
+        qparams = q.weight_qparams
+        scale = qparams.scale.float().double().expand(channels)  # integer_weight divides by the float32 scale
+        zero = qparams.zero_point.double().expand(channels)
+        qmin = torch.full((channels,), float(qparams.quant_min), dtype=torch.float64)
+        qmax = torch.full((channels,), float(qparams.quant_max), dtype=torch.float64)
+        exact = True
+    return WeightGrid(scale.reshape(shape), zero.reshape(shape), qmin.reshape(shape), qmax.reshape(shape), exact)
+
+
+def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """What :func:`learn_rounding` found: the codes, and the output error before and after."""
+
+    codes: torch.Tensor
+    nearest_error: float
+    learned_error: float
+    flipped: float  # share of weights rounded the other way than to nearest
+
+
+def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over channels (axis 1), averaged over the rest."""
+    return (output - target).pow(2).sum(1).mean()
+
+
+def learn_rounding(weight: torch.Tensor, grid: WeightGrid, layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   inputs: torch.Tensor, targets: torch.Tensor, *, iterations: int, batch_size: int,
+                   regularization: float = 0.01, beta: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2,
+                   lr: float = 1e-2, generator: torch.Generator | None = None) -> Rounding:
+    """Learn up / down rounding of ``weight`` for ``layer(inputs, weight) ~ targets`` (see the module docstring).
+
+    ``layer(x, w)`` computes the layer's output (with its fused activation)
+    on a batch ``x`` with weight ``w``; ``inputs`` are the quantized model's
+    inputs to the layer, ``targets`` the float model's outputs, sample by sample.
+    """
+    scaled = weight.detach().double() / grid.scale
+    floor = torch.floor(scaled)
+    rest = (scaled - floor).clamp(1e-4, 1 - 1e-4)
+    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).float().requires_grad_(True)
+    floor, scale, zero = floor.float(), grid.scale.float(), grid.zero_point.float()
+    qmin, qmax = grid.qmin.float(), grid.qmax.float()
+
+    def soft_weight(h: torch.Tensor) -> torch.Tensor:
+        return scale * (torch.maximum(torch.minimum(floor + h + zero, qmax), qmin) - zero)
+
+    optimizer = torch.optim.Adam([v], lr=lr)
+    count = len(inputs)
+    start = int(warmup * iterations)
+    with torch.enable_grad():
+        for step in range(iterations):
+            pick = torch.randint(count, (min(batch_size, count),), generator=generator)
+            h = rectified_sigmoid(v)
+            loss = reconstruction_error(layer(inputs[pick], soft_weight(h)), targets[pick])
+            if step >= start:
+                progress = (step - start) / max(iterations - start, 1)
+                b = beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - progress)
+                loss = loss + regularization * (1 - (2 * h - 1).abs().pow(b)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    codes = torch.clamp(floor.double() + (v.detach() >= 0).double() + grid.zero_point, grid.qmin, grid.qmax)
+    nearest = grid.codes(weight)
+    with torch.no_grad():
+        errors = [float(reconstruction_error(layer(inputs, grid.values(c)), targets)) for c in (nearest, codes)]
+    flipped = float((codes != nearest).double().mean())
+    if not all(math.isfinite(e) for e in errors):
+        raise ValueError("the reconstruction error is not finite")
+    return Rounding(codes, errors[0], errors[1], flipped)
