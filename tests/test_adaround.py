@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qcompile.passes.convert import Convert, decide_grids
 
 from qcompile.data import open_data
 from qcompile.errors import QCompileError
@@ -11,7 +12,6 @@ from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
-from qcompile.passes.convert import Convert, decide_grids
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.adaround import WeightGrid, learn_rounding, weight_grid
 from qcompile.quant.integer_weights import integer_weight
