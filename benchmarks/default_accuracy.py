@@ -11,8 +11,9 @@ against it. Rows: qcompile's default pipeline (``ptq``) on each backend; the
 buys; ``aciq`` and ``bias-correct`` on the gemmlowp backend; the native
 model's ONNX export in onnxruntime; and onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8 activations and weights,
-per tensor, min/max) after its recommended pre-processing. The table names
-the CPU.
+per tensor, min/max) after its recommended pre-processing; ``adaround`` on
+both backends, and at 4-bit weights against round-to-nearest. The table
+names the CPU. ``--only TEXT`` runs the variants whose name contains TEXT.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ VARIANTS = [  # (row, pipeline)
     ("qcompile aciq, native backend", "fuse,calibrate,aciq,convert"),
     ("qcompile bias-correct, native backend", "fuse,calibrate,bias-correct,convert"),
     ("qcompile aciq + bias-correct, native backend", "fuse,calibrate,aciq,bias-correct,convert"),
+    ("qcompile adaround, native backend", "fuse,calibrate,adaround,convert"),
+    ("qcompile adaround, gemmlowp backend", "fuse,calibrate,adaround,convert{backend=gemmlowp}"),
+    ("qcompile aciq + adaround, gemmlowp backend", "fuse,calibrate,aciq,adaround,convert{backend=gemmlowp}"),
+    ("qcompile W4A8 round-to-nearest, gemmlowp", "fuse,calibrate,convert{backend=gemmlowp weight-bits=4}"),
+    ("qcompile W4A8 adaround, gemmlowp", "fuse,calibrate,adaround,convert{backend=gemmlowp weight-bits=4}"),
 ]
 
 
@@ -88,6 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=520, help="held-out crops scored (at most 520)")
     parser.add_argument("--json")
+    parser.add_argument("--only", metavar="TEXT", help="run only the variants whose name contains TEXT "
+                        "(onnxruntime's row always runs)")
     args = parser.parse_args()
     quiet()
     torch.set_num_threads(2)
@@ -108,6 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, pipeline in VARIANTS:
+            if args.only and args.only not in name:
+                continue
             graph = lower(model, (calib[0][:1],))
             run_pipeline(graph, pipeline, PassContext(calib_data=[(b,) for b in calib]))
             out_dir = tmp / name.replace(" ", "_").replace(",", "").replace("'", "")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from qcompile.data import first_samples
+from qcompile.data import calibration_samples
 from qcompile.errors import PassError, QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -104,11 +104,7 @@ class AdaRound(Pass):
             raise QCompileError("'adaround' learns the rounding of the integer weights that a later convert "
                                 "pass makes, and none follows it",
                                 hint="put it before convert, e.g. fuse,calibrate,adaround,convert")
-        if ctx.calib_data is None:
-            raise QCompileError("'adaround' needs calibration data", hint="pass --calib DATA")
-        inputs = first_samples(ctx.calib_data, self.samples)
-        if inputs is None:
-            raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
+        inputs = calibration_samples(ctx.calib_data, self.samples, self.name)
         from qcompile.passes.convert import decide_grids
 
         decided = graph.copy()

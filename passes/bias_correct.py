@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qcompile.data import first_samples
+from qcompile.data import calibration_samples
 from qcompile.distributed import World
 from qcompile.distributed.shards import my_samples
 from qcompile.errors import QCompileError
@@ -79,15 +79,6 @@ def channel_means(node: Node, value: torch.Tensor, world: World | None = None) -
     return (sums[:-1] / sums[-1]).float()
 
 
-def _samples(ctx: PassContext, count: int) -> tuple[torch.Tensor, ...]:
-    if ctx.calib_data is None:
-        raise QCompileError("'bias-correct' needs calibration data", hint="pass --calib DATA")
-    inputs = first_samples(ctx.calib_data, count)
-    if inputs is None:
-        raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
-    return inputs
-
-
 @register_pass
 @dataclass(frozen=True)
 class BiasCorrect(Pass):
@@ -111,7 +102,7 @@ class BiasCorrect(Pass):
         layers = [n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.op in WEIGHTED
                   and n.quant.weight_stats is not None]
         biased = {n.name: n for n in layers if "bias" in n.params}
-        inputs = my_samples(_samples(ctx, self.samples), ctx.world)
+        inputs = my_samples(calibration_samples(ctx.calib_data, self.samples, self.name), ctx.world)
         float_means: dict[str, torch.Tensor] = {}
 
         def measure(node, value):

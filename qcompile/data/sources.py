@@ -270,3 +270,13 @@ def first_samples(batches: Iterable, count: int) -> tuple[torch.Tensor, ...] | N
     if not parts:
         return None
     return tuple(torch.cat(column)[:count] for column in zip(*parts, strict=True))
+
+
+def calibration_samples(data: Iterable | None, count: int, needed_by: str) -> tuple[torch.Tensor, ...]:
+    """:func:`first_samples` of the calibration data, refusing missing or empty data on behalf of pass ``needed_by``."""
+    if data is None:
+        raise QCompileError(f"'{needed_by}' needs calibration data", hint="pass --calib DATA")
+    inputs = first_samples(data, count)
+    if inputs is None:
+        raise QCompileError("the calibration data is empty", hint="check the --calib path and --calib-samples")
+    return inputs
