@@ -13,7 +13,7 @@ model's ONNX export in onnxruntime; and onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8 activations and weights,
 per tensor, min/max) after its recommended pre-processing; ``adaround`` on
 both backends, and at 4-bit weights against round-to-nearest. The table
-names the CPU. ``--only TEXT`` runs the variants whose name contains TEXT.
+names the CPU. ``--only TEXT`` (repeatable) runs the variants whose name contains TEXT.
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=520, help="held-out crops scored (at most 520)")
     parser.add_argument("--json")
-    parser.add_argument("--only", metavar="TEXT", help="run only the variants whose name contains TEXT "
-                        "(onnxruntime's row always runs)")
+    parser.add_argument("--only", metavar="TEXT", action="append", default=[],
+                        help="run only the variants whose name contains TEXT (repeatable; onnxruntime's row "
+                        "always runs)")
     args = parser.parse_args()
     quiet()
     torch.set_num_threads(2)
@@ -116,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, pipeline in VARIANTS:
-            if args.only and args.only not in name:
+            if args.only and not any(text in name for text in args.only):
                 continue
             graph = lower(model, (calib[0][:1],))
             run_pipeline(graph, pipeline, PassContext(calib_data=[(b,) for b in calib]))
