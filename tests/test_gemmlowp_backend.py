@@ -203,37 +203,43 @@ def _sqnr(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 @functools.cache
 def _both_backends(name: str):
-    """The model converted for the native and the gemmlowp backend from the same calibration, and test inputs."""
+    """The model converted for the native and the gemmlowp backend from the same calibration, and test inputs.
+
+    Returns the model, the two graphs, a few inputs for the layer-by-layer comparison and the inputs that
+    score the outputs (MobileNetV2: all 52 held-out photos; on 8 the two backends' SQNR moved by up to 0.53 dB
+    with the calibration's histogram binning, on all 52 by 0.24 dB).
+    """
     torch.manual_seed(0)
     if name == "resnet18":
         model = torchvision.models.resnet18().eval()
         calib = [(torch.randn(8, 3, 224, 224),) for _ in range(2)]
-        x = torch.randn(4, 3, 224, 224)
+        scored = x = torch.randn(4, 3, 224, 224)
     else:
         model = load_model("zoo:mobilenet_v2").module
         calib, evaluation = open_data("builtin:photos", batch_size=16).interleaved_split()
-        x = torch.cat([b[0] for b in evaluation])[:8]
+        scored = torch.cat([b[0] for b in evaluation])
+        x = scored[:8]
     graphs = {}
     for backend in ("native", "gemmlowp"):
         graphs[backend] = lower(model, (x[:1],))
         run_pipeline(graphs[backend], same_grids(backend),
                      PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
-    return model, graphs, x
+    return model, graphs, x, scored
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_gemmlowp_agrees_with_native_layer_by_layer(name):
-    model, graphs, x = _both_backends(name)
+    model, graphs, x, scored = _both_backends(name)
     layers = layer_agreement(graphs["native"], graphs["gemmlowp"], (x,))
     assert len(layers) >= 30
     # every layer, given the same integer inputs: within 1 LSB everywhere, and almost always bit-exact
     assert all(r.within_one == 1.0 for r in layers), [r for r in layers if r.within_one < 1]
     assert sum(r.exact * r.elements for r in layers) / sum(r.elements for r in layers) > 0.995
     with torch.no_grad():
-        reference = model(x)
-    native_sqnr = _sqnr(Interpreter(graphs["native"]).run(x), reference)
-    gemmlowp_sqnr = _sqnr(Interpreter(graphs["gemmlowp"]).run(x), reference)
+        reference = model(scored)
+    native_sqnr = _sqnr(Interpreter(graphs["native"]).run(scored), reference)
+    gemmlowp_sqnr = _sqnr(Interpreter(graphs["gemmlowp"]).run(scored), reference)
     assert abs(gemmlowp_sqnr - native_sqnr) < 0.5, (native_sqnr, gemmlowp_sqnr)
     reach = {backend: one_step_reach(graphs[backend], x) for backend in graphs}
     if name == "resnet18":
@@ -254,7 +260,7 @@ def test_gemmlowp_agrees_with_native_layer_by_layer(name):
         "single steps"))),
 ])
 def test_gemmlowp_outputs_within_one_step_of_native(name):
-    _, graphs, x = _both_backends(name)
+    _, graphs, x, _ = _both_backends(name)
     assert output_agreement(graphs["native"], graphs["gemmlowp"], (x,)).within_one >= 0.99  # ResNet-18: 100%
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import tempfile
 from pathlib import Path
 
@@ -96,14 +97,18 @@ def test_mobilenet_v2_int8_one_lsb_per_layer_compounds():
     """torch's int8 kernels and onnxruntime round differently on rare elements (one step
     per layer); MobileNetV2 amplifies single steps (one at one element of its first conv
     moves a third of that image's logits by more than 1 LSB). When the check fails, its
-    hint says so and names the layer where the codes first part."""
+    hint says so and names the layer where the codes first part: one of the first (the input's
+    quantize or the first conv, depending on where the calibrated grid puts a tie)."""
     graph, path, emitted, calib = _mobilenet_v2_export()
     results = check_onnx(path, emitted, calib, output_scale(graph), min_share=0.0)
     assert all(r.top1_agreement >= 0.7 for r in results)
     try:
         check_onnx(path, emitted, calib, output_scale(graph), graph=graph)
     except CheckFailed as failed:
-        assert "this model amplifies" in failed.hint and "features_0_0" in failed.hint
+        assert "this model amplifies" in failed.hint
+        first = re.search(r"agree exactly up to %(\w+)", failed.hint).group(1)
+        early = [n.name for n in graph.nodes()][:[n.name for n in graph.nodes()].index("features_1_conv_0_0")]
+        assert first in early, (first, early)
 
 
 @pytest.mark.slow
