@@ -41,10 +41,11 @@ def _calibrate_seconds(command: list[str], threads: int, out: Path) -> float:
     return float(match.group(1))
 
 
-def _merge_bytes(samples: int, batch: int, processes: int) -> dict[str, int]:
-    """What one rank sends into the merge of ``fuse,calibrate`` on MobileNetV2 (x86 preset)."""
+def _merge_bytes(pipeline: str) -> dict[str, int]:
+    """What one rank sends into the merge of ``pipeline`` on MobileNetV2 (x86 preset)."""
     from qcompile.compiler import compile_model
     from qcompile.ir.node import NodeKind
+    from qcompile.pipeline import parse_pipeline
 
     result = compile_model("zoo:mobilenet_v2", passes="fuse,stubs,observe")
     observers = [n for n in result.graph.nodes() if n.quant.observer is not None]
@@ -52,7 +53,7 @@ def _merge_bytes(samples: int, batch: int, processes: int) -> dict[str, int]:
     histograms = sum(1 for n in observers if n.quant.observer.kind in ("histogram", "percentile", "entropy"))
     extremes = len(observers) * (4 + 4 + 8)  # min, max (float32), count (int64)
     hist = histograms * 2 * bins * 8  # at most 2 x bins float64 counts
-    agreement = len(("fuse", "stubs", "observe", "calibrate")) + 1  # one small all_gather per pass, and OUT
+    agreement = len(parse_pipeline(pipeline).passes) + 1  # one small all_gather per pass, and OUT
     return {"activation observers": len(observers), "histogram bins (at most)": 2 * bins,
             "extremes and counts, bytes": extremes, "histograms, bytes (at most)": hist,
             "agreement exchanges": agreement,
@@ -68,7 +69,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    common = ["zoo:mobilenet_v2", "--passes", "fuse,calibrate", "--calib", "builtin:photo-crops",
+    pipeline = "fuse,calibrate"
+    common = ["zoo:mobilenet_v2", "--passes", pipeline, "--calib", "builtin:photo-crops",
               "--calib-samples", str(args.samples), "--batch-size", str(args.batch_size), "--timing",
               "--no-verdict"]
     variants = {
@@ -96,7 +98,7 @@ def main() -> None:
         median = statistics.median(values)
         table[name] = {"seconds": values, "median": median}
         print(f"| {name} | {median:.2f} | {args.samples / median:.1f} | {base / median:.2f}x |")
-    merge = _merge_bytes(args.samples, args.batch_size, args.processes)
+    merge = _merge_bytes(pipeline)
     print("\nmerge, per rank: " + ", ".join(f"{k}: {v}" for k, v in merge.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": describe_cpu(), "runs": table, "merge": merge,

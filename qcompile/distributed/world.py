@@ -127,6 +127,13 @@ class World:
                 dist.destroy_process_group()
 
 
+def data_parallel() -> bool:
+    """Whether torch.distributed runs more than one process now (modules that sync in training ask this)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def single_process() -> World:
     """The world of a run in one process."""
     return World()

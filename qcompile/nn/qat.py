@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qcompile.distributed.world import data_parallel
+
 _EPS = torch.finfo(torch.float32).eps
 
 
@@ -65,7 +67,7 @@ class FakeQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             lo, hi = torch.aminmax(x.detach())
-            if _data_parallel():
+            if data_parallel():
                 import torch.distributed as dist
 
                 lo, hi = lo.clone(), hi.clone()
@@ -87,12 +89,6 @@ class FakeQuantize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"quant_min={self.quant_min}, quant_max={self.quant_max}, symmetric={self.symmetric}"
-
-
-def _data_parallel() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def fake_quantize_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
