@@ -318,6 +318,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         dynamic_axes=args.dynamic_axes,
         before_write=before_write(args) if command == "compile" else None,
     ) if pipeline is not None else _lower_only(args)
+    world.finished = True
     if not world.is_main:
         return 0
     ctx.world = single_process()  # what follows (checks, diagnostics, verdict) runs on rank 0 alone

@@ -49,6 +49,7 @@ class World:
         self.size = size
         self.backend = backend
         self.device = device
+        self.finished = False  # every rank reached the end of the pipeline: they leave together
 
     @property
     def is_main(self) -> bool:
@@ -120,11 +121,24 @@ class World:
             raise AgreedFailure(f"{step} failed on rank {rank} of {self.size}{others}: {text}")
 
     def close(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
+        """Leave the process group.
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        After a finished pipeline every rank waits here for the others (rank 0
+        still writes and checks), so that no process tears its connections
+        down while a peer still holds them open. After a failure the ranks
+        leave at once: a rank that failed alone must not wait for peers that
+        are stuck elsewhere (torchrun stops them).
+        """
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return
+        if self.finished:
+            with contextlib.suppress(RuntimeError):  # a peer that died is torchrun's to report
+                dist.barrier()
+        dist.destroy_process_group()
 
 
 def data_parallel() -> bool:
