@@ -355,23 +355,6 @@ def test_shape_checks_and_expand_export_with_a_dynamic_batch(frontend, tmp_path)
     assert _export_error(graph, x, tmp_path)[0] == 0.0
 
 
-def test_attention_modules_under_fx_name_the_frontend_that_exports_them(tmp_path):
-    class Attend(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
-
-        def forward(self, x):
-            return self.attention(x, x, x, need_weights=False)[0]
-
-    x = torch.randn(2, 5, 8)
-    with pytest.raises(QCompileError, match="MultiheadAttention.* is not exported") as info:
-        export_onnx(lower(Attend().eval(), (x,), frontend="fx"), tmp_path / "fx.onnx")
-    assert "--frontend export" in info.value.hint
-    graph = lower(Attend().eval(), (x,), frontend="export")
-    assert _export_error(graph, x, tmp_path)[0] < 1e-5
-
-
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 def test_masks_built_in_forward_lower_exactly_and_export_as_constants(frontend, tmp_path):
     # under torch.export the mask is written in place through slices: lowering must keep those writes

@@ -28,7 +28,7 @@ from qcompile.ir.activations import activation_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.types import ScalarType, TensorType, TupleType
-from qcompile.onnx import sequence_ops, tensor_ops
+from qcompile.onnx import sequence_ops, tensor_ops, torch_written
 from qcompile.onnx.constants import fold_constants
 from qcompile.onnx.fused_dynamic import DYNAMIC_FORMS, MS_DOMAIN
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
@@ -55,8 +55,9 @@ OPSET = 21
 
 
 class _Builder:
-    def __init__(self, graph: Graph, int4: bool = False, dynamic: str = "exact"):
+    def __init__(self, graph: Graph, opset: int = OPSET, int4: bool = False, dynamic: str = "exact"):
         self.graph = graph
+        self.opset = opset  # torch.onnx writes the float ops qcompile does not in the same opset
         self.int4 = int4  # the opset has INT4 (21 and later)
         self.dynamic = dynamic  # "exact" (torch's rounding) or "fused" (qcompile.onnx.fused_dynamic)
         self.nodes: list[onnx.NodeProto] = []
@@ -367,17 +368,15 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         return sequence_ops.function_op(b, node, args, kw)
     if op in tensor_ops.FUNCTION_OPS:
         return tensor_ops.function_op(b, node, args, kw)
-    if node.kind == NodeKind.FUNCTION and not node.target.startswith(("torch.", "operator.", "builtins.")):
-        hint = (f"lower the model with --frontend export (Python: lower(..., frontend='export')), which traces "
-                f"{node.target} down to torch operations")  # a function fx keeps whole (torchvision's Swin)
-    else:
-        hint = "keep that op out of the export, or extend qcompile.onnx.export"
-    raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet", hint=hint)
+    if torch_written.writes(node):  # any other float op: as torch's own exporter writes it
+        return torch_written.torch_written(b, node, b.opset)
+    raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
+                        hint="keep that op out of the export, or extend qcompile.onnx.export")
 
 
 def to_onnx(graph: Graph, opset: int = OPSET, dynamic: str = "exact") -> onnx.ModelProto:
     """The graph as an ONNX model (QDQ form for converted graphs); checked by onnx.checker."""
-    b = _Builder(graph, int4=opset >= 21, dynamic=dynamic)
+    b = _Builder(graph, opset, int4=opset >= 21, dynamic=dynamic)
     inputs, outputs = graph_inputs(graph), []
     constants = fold_constants(graph)
     for node in graph.nodes():

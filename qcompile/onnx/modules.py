@@ -20,7 +20,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir.activations import SETTINGS, node_settings
 from qcompile.ir.node import Node
 from qcompile.ir.padding import module_padding
-from qcompile.onnx import sequence_ops, tensor_ops
+from qcompile.onnx import sequence_ops, tensor_ops, torch_written
 from qcompile.onnx.dynamic import dynamic_linear
 from qcompile.onnx.embedding_bag import embedding_bag
 from qcompile.onnx.normalization import OPS as NORMALIZATIONS
@@ -130,12 +130,10 @@ def _module(b: _Builder, node: Node, x: str) -> str:
     if node.op == "flatten":
         rank = len(b.graph.inputs(node)[0].type.shape)
         return tensor_ops.flatten(b, x, rank, a.get("start_dim", 1), a.get("end_dim", -1))
-    if node.target.startswith("torch.nn.") and node.target.rsplit(".", 1)[1].startswith(("Multihead", "Transformer")):
-        hint = (f"lower the model with --frontend export (Python: lower(..., frontend='export')), which turns "
-                f"{node.target} into its operations (projections, attention), and those export")
-    else:
-        hint = "keep that op out of the export, or extend qcompile.onnx.modules"
-    raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet", hint=hint)
+    if torch_written.writes(node):  # any other float module: as torch's own exporter writes it
+        return torch_written.torch_written(b, node, b.opset)
+    raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet",
+                        hint="keep that op out of the export, or extend qcompile.onnx.modules")
 
 
 # Pooling settings by position in F.max_pool2d / F.avg_pool2d (and their aten ops) after the input.

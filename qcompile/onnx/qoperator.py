@@ -111,7 +111,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET, dynamic: str = "exact") 
     """A converted graph as an ONNX model of integer operators."""
     if "converted" not in graph.facts:
         raise QCompileError("QOperator export needs a converted (int8) graph", hint="use the QDQ form for others")
-    b = _QBuilder(graph, dynamic=dynamic)
+    b = _QBuilder(graph, opset, dynamic=dynamic)
     inputs, outputs = graph_inputs(graph), []
     constants = fold_constants(graph)
     node_codes: dict[str, str] = {}  # quantized graph node -> the uint8 value holding its codes
