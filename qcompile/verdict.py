@@ -264,6 +264,22 @@ def judge(graph: Graph, float_module: nn.Module, out_dir: Path, data: VerdictDat
     return verdict
 
 
+def _closer(graph: Graph, pipeline_text: str) -> str:
+    """The next step up the accuracy ladder measured on MobileNetV2 (docs/benchmarks/default-accuracy.md):
+    native 7-bit grids, then gemmlowp's full 8-bit grids, then learned rounding (``ptq-accurate``, the
+    most accurate, minutes on a small CPU) or analytic clipping (``aciq``, seconds)."""
+    learned, clipped = "adaround" in pipeline_text, "aciq" in pipeline_text
+    if graph.attrs.get("backend") == "native":
+        return ("try --passes ptq-accurate (learned rounding on qcompile's own kernels, which take full 8-bit "
+                "activation grids where torch's x86 kernels take 7-bit ones; minutes of compiling)"
+                + ("" if learned or clipped else ", or, in seconds, --backend gemmlowp --passes "
+                   "fuse,calibrate,aciq,convert"))
+    if learned:
+        return "learned rounding is the most accurate method here; keep sensitive layers float"
+    return ("try --passes ptq-accurate (learned rounding; minutes of compiling)"
+            + ("" if clipped else ", or, in seconds, analytic clipping: --passes fuse,calibrate,aciq,convert"))
+
+
 def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:
     """One line on what to try, where a number is poor; ``None`` where none is."""
     quantized = _quantized(graph)
@@ -272,14 +288,7 @@ def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:
     if quantized and poor:
         target = max(GOOD_SQNR_DB, math.ceil(verdict.sqnr_db or 0) + 6)
         sensitivity = f"--sensitivity {target:.0f} lists the layers to keep float for {target:.0f} dB"
-        clipped = "aciq" in pipeline_text
-        if graph.attrs.get("backend") == "native":
-            return ("closeness is poor: try --backend gemmlowp (full 8-bit activation grids; torch's x86 kernels "
-                    "take 7-bit ones)" + ("" if clipped else " with analytic clipping: --passes "
-                                          "fuse,calibrate,aciq,convert") + f"; {sensitivity}")
-        if not clipped:
-            return f"closeness is poor: add analytic clipping: --passes fuse,calibrate,aciq,convert; {sensitivity}"
-        return f"closeness is poor: {sensitivity} (then --skip them)"
+        return f"closeness is poor: {_closer(graph, pipeline_text)}; {sensitivity}"
     if quantized and verdict.speedup < SLOW:
         if graph.attrs.get("backend") == "gemmlowp":
             return ("the quantized model is slower than float here: --backend native runs torch's int8 engine, "

@@ -122,12 +122,17 @@ def test_advice_follows_the_poor_number():
         node.quant.mode = "static"
     graph.attrs["backend"] = "native"
     assert advise(_verdict(), graph, "ptq") is None
-    assert "--backend gemmlowp" in advise(_verdict(agreement=0.7), graph, "ptq")
-    assert "--backend gemmlowp" in advise(_verdict(sqnr_db=12.0), graph, "ptq")
+    native = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert")
+    assert "--passes ptq-accurate" in native and "--backend gemmlowp --passes fuse,calibrate,aciq,convert" in native
+    assert "--passes ptq-accurate" in advise(_verdict(sqnr_db=12.0), graph, "fuse,calibrate,convert")
     assert "slower than float" in advise(_verdict(quantized_ms=3.0), graph, "ptq")
     graph.attrs["backend"] = "gemmlowp"
-    assert "aciq" in advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert{backend=gemmlowp}")
-    assert "aciq" not in advise(_verdict(agreement=0.7), graph, "fuse,calibrate,aciq,convert{backend=gemmlowp}")
+    plain = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert{backend=gemmlowp}")
+    assert "--passes ptq-accurate" in plain and "aciq" in plain and "--sensitivity" in plain
+    clipped = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,aciq,convert{backend=gemmlowp}")
+    assert "--passes ptq-accurate" in clipped and "aciq" not in clipped
+    learned = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,adaround,convert{backend=gemmlowp}")
+    assert "ptq-accurate" not in learned and "aciq" not in learned and "--sensitivity" in learned
     assert "--backend native" in advise(_verdict(quantized_ms=3.0), graph, "ptq")
 
 
