@@ -149,9 +149,9 @@ class Calibrate(Pass):
         total = my_batch_count(ctx.calib_data, world, self.max_batches)
         batches = 0
         with world.together("calibrate"):
-            for batch in my_batches(ctx.calib_data, world, self.max_batches):
+            for index, batch in my_batches(ctx.calib_data, world, self.max_batches):
                 batch = batch if isinstance(batch, (tuple, list)) else (batch,)
-                check_batch(graph, tuple(batch), batches * world.size + world.rank)
+                check_batch(graph, tuple(batch), index)
                 interpreter.run(*batch, hook=hook, pre_activation_hook=pre_activation if moments else None)
                 batches += 1
                 ctx.progress("calibrate", batches, total)

@@ -59,11 +59,12 @@ def test_interleave_restores_the_global_batch_order():
 def test_shards_deal_whole_batches_round_robin():
     data = open_data("builtin:mnist5k", limit=100, batch_size=30)  # batches of 30, 30, 30, 10
     one = [b[0] for b in data]
-    shards = [[b[0] for b in my_batches(data, World(rank, 2))] for rank in (0, 1)]
+    shards = [[b[0] for _, b in my_batches(data, World(rank, 2))] for rank in (0, 1)]
     assert [len(b) for b in shards[0]] == [30, 30] and [len(b) for b in shards[1]] == [30, 10]
     assert all(torch.equal(a, b) for a, b in zip(World(0, 2).interleave(shards), one, strict=True))
     assert [my_batch_count(data, World(rank, 2)) for rank in (0, 1)] == [2, 2]
     assert [len(list(my_batches(data, World(rank, 2), max_batches=3))) for rank in (0, 1)] == [2, 1]
+    assert [[i for i, _ in my_batches(data, World(rank, 2))] for rank in (0, 1)] == [[0, 2], [1, 3]]  # global
 
 
 def test_too_few_batches_for_the_processes_is_refused():

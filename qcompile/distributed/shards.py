@@ -19,8 +19,9 @@ from qcompile.distributed.world import World
 from qcompile.errors import QCompileError
 
 
-def my_batches(data: Iterable, world: World, max_batches: int = 0) -> Iterator[tuple]:
-    """This rank's calibration batches of ``data`` (the first ``max_batches`` global ones, 0: all).
+def my_batches(data: Iterable, world: World, max_batches: int = 0) -> Iterator[tuple[int, tuple]]:
+    """This rank's calibration batches of ``data`` (the first ``max_batches`` global ones, 0: all), each with
+    its index among the global batches.
 
     A :class:`DataSource` loads only this rank's samples; other iterables are
     read whole and filtered.
@@ -33,17 +34,13 @@ def my_batches(data: Iterable, world: World, max_batches: int = 0) -> Iterator[t
                             f"{world.size} processes; each process needs at least one",
                             hint="use more samples, a smaller --batch-size, or fewer processes")
     if isinstance(data, DataSource) and world.distributed:
-        shard = data.shard(world.rank, world.size)
-        for index, batch in enumerate(shard):
-            if max_batches and index * world.size + world.rank >= max_batches:
-                return
-            yield batch
-        return
-    for index, batch in enumerate(data):
+        mine = ((j * world.size + world.rank, batch) for j, batch in enumerate(data.shard(world.rank, world.size)))
+    else:
+        mine = ((index, batch) for index, batch in enumerate(data) if index % world.size == world.rank)
+    for index, batch in mine:
         if max_batches and index >= max_batches:
             return
-        if index % world.size == world.rank:
-            yield batch
+        yield index, batch
 
 
 def my_batch_count(data: Iterable, world: World, max_batches: int = 0) -> int | None:
