@@ -264,18 +264,6 @@ def test_gemmlowp_outputs_within_one_step_of_native(name):
     assert output_agreement(graphs["native"], graphs["gemmlowp"], (x,)).within_one >= 0.99  # ResNet-18: 100%
 
 
-def test_onnx_export_of_a_gemmlowp_graph_is_refused(tmp_path):
-    from qcompile.onnx.export import export_onnx
-
-    graph, _ = _digits(tmp_path, "gemmlowp")
-    with pytest.raises(QCompileError, match="not for gemmlowp"):
-        export_onnx(graph, tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
-    run = qcompile("zoo:digit_cnn", "--passes", "ptq", "--backend", "gemmlowp", "--calib", "builtin:mnist5k",
-                   "--export", "onnx", "-o", tmp_path / "o")
-    assert run.returncode == 2 and "drop --backend gemmlowp" in run.stderr and not (tmp_path / "o").exists()
-
-
 def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
     """MobileNetV2's ReLU6 clamps become the output-stage bounds of their convs: the same codes, fewer ops.
 

@@ -263,9 +263,9 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         pipeline = _with_backend(pipeline, args.backend)
         passes = str(pipeline)
     gemmlowp = pipeline is not None and backend_of(pipeline.passes) == "gemmlowp"
-    if command == "compile" and "onnx" in args.export and gemmlowp:
-        raise QCompileError("--export onnx reads int8 graphs converted for the native backend, not for gemmlowp",
-                            hint="drop --backend gemmlowp for the ONNX export (same integer weights and grids)")
+    if command == "compile" and "onnx" in args.export and gemmlowp and args.onnx_form != "qdq":
+        raise QCompileError("graphs converted for the gemmlowp backend export in QDQ form only",
+                            hint="use --onnx-form qdq (onnxruntime fuses it into the same integer kernels)")
     if command == "compile" and args.check:
         if "onnx" not in args.export:
             raise QCompileError("--check compares the ONNX export with the emitted model", hint="add --export onnx")

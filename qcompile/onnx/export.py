@@ -31,6 +31,7 @@ from qcompile.ir.types import ScalarType, TensorType, TupleType
 from qcompile.onnx import sequence_ops, tensor_ops, torch_written
 from qcompile.onnx.constants import fold_constants
 from qcompile.onnx.fused_dynamic import DYNAMIC_FORMS, MS_DOMAIN
+from qcompile.onnx.gemmlowp import gemmlowp_module, is_gemmlowp
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.modules import (
     _POOL_ARGS,
@@ -172,8 +173,17 @@ class _Builder:
             scales, zps, axis = torch.tensor(weight.q_scale(), dtype=torch.float64), torch.tensor(weight.q_zero_point()), 0
         else:
             scales, zps, axis = weight_grid(weight)
-        scales, zps = scales.float(), zps.to(torch.int8)
-        codes = weight.int_repr().to(torch.int8)
+        input_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
+        bias_codes = quantize_bias(bias, scales.float().double() * input_scale) if bias is not None else None
+        return self.integer_weight(node, weight.int_repr(), scales, zps, axis, bias_codes, input_scale, transposed)
+
+    def integer_weight(self, node: Node, codes: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
+                       axis: int, bias_codes: torch.Tensor | None, input_scale: float,
+                       transposed: bool = False) -> tuple[str, str | None]:
+        """(weight, bias) value names for integer codes on their grid: int8 (or INT4 where the codes fit) behind
+        a per-channel DequantizeLinear, the int32 bias behind one on the accumulator's grid (input scale x
+        weight scale), as onnxruntime's QDQ fusion expects."""
+        scales, zps, codes = scales.float(), zero_points.to(torch.int8), codes.to(torch.int8)
         if self.int4 and int(codes.min()) >= -8 and int(codes.max()) <= 7 and int(zps.abs().max()) <= 7:
             # 4-bit weights (convert{weight-bits=4}, bitalloc): INT4 initializers, two codes per byte on disk
             w_int, w_zp = self.int4_const(f"{node.name}_weight_q", codes), self.int4_const(f"{node.name}_weight_zp", zps)
@@ -182,11 +192,9 @@ class _Builder:
         w_scale = self.const(f"{node.name}_weight_scale", scales)
         w = self.emit("DequantizeLinear", [w_int, w_scale, w_zp], axis=axis)
         b = None
-        if bias is not None:
-            input_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
+        if bias_codes is not None:
             bias_scale = scales.double() * input_scale
-            b_int = quantize_bias(bias, bias_scale)
-            b = self.emit("DequantizeLinear", [self.const(f"{node.name}_bias_q", b_int),
+            b = self.emit("DequantizeLinear", [self.const(f"{node.name}_bias_q", bias_codes.to(torch.int32)),
                                                self.const(f"{node.name}_bias_scale", bias_scale.float()),
                                                self.const(f"{node.name}_bias_zp", torch.zeros(bias_scale.shape, dtype=torch.int32))],
                           axis=0)
@@ -402,7 +410,9 @@ def to_onnx(graph: Graph, opset: int = OPSET, dynamic: str = "exact") -> onnx.Mo
             if codes is not None:  # on the codes, with no float Clip between Quantize and DequantizeLinear
                 b.codes[node.name], b.names[node.name] = codes, b.dequantize(codes, node)
                 continue
-        if node.kind == NodeKind.MODULE:
+        if node.kind == NodeKind.MODULE and is_gemmlowp(node):  # plain integer tensors: qcompile.onnx.gemmlowp
+            value = gemmlowp_module(b, node, b.value(b.args(node)[0]))
+        elif node.kind == NodeKind.MODULE:
             args = b.args(node)
             value = _module(b, node, b.value(args[0]))
             if node.op not in (*CONVS, "linear"):
@@ -431,11 +441,11 @@ def opset_imports(nodes: list[onnx.NodeProto], opset: int) -> list[onnx.Operator
     return imports
 
 
-def check_exportable(graph: Graph) -> None:
-    """Refuse graphs the exporter does not take: those converted for the gemmlowp backend."""
-    if graph.attrs.get("backend") == "gemmlowp":
-        raise QCompileError("ONNX export reads int8 graphs converted for the native backend, not for gemmlowp",
-                            hint="export from --backend native: it holds the same integer weights and grids")
+def check_exportable(graph: Graph, form: str = "qdq") -> None:
+    """Refuse graphs the exporter does not take in ``form``: gemmlowp graphs export in QDQ form only."""
+    if graph.attrs.get("backend") == "gemmlowp" and form != "qdq":
+        raise QCompileError("graphs converted for the gemmlowp backend export in QDQ form only",
+                            hint="use --onnx-form qdq (onnxruntime fuses it into the same integer kernels)")
 
 
 def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq", dynamic: str = "exact") -> onnx.ModelProto:
@@ -446,9 +456,9 @@ def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq", dynamic: str
         QCompileError: if the graph holds something the exporter does not
             take (so a caller can refuse before writing any output).
     """
-    check_exportable(graph)
     if form not in ("qdq", "qoperator"):
         raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
+    check_exportable(graph, form)
     if dynamic not in DYNAMIC_FORMS:
         raise QCompileError(f"unknown form of dynamically quantized ops {dynamic!r}", hint=" or ".join(DYNAMIC_FORMS))
     from qcompile.onnx.qoperator import to_onnx_qoperator

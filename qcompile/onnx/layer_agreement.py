@@ -65,8 +65,12 @@ def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = Fal
     probed = set(probes.values())
 
     def keep(node, value):
-        if node.name in probed and isinstance(value, torch.Tensor) and value.is_quantized:
+        if node.name not in probed or not isinstance(value, torch.Tensor):
+            return
+        if value.is_quantized:  # the native backend's values: torch's quantized tensors
             ours[node.name] = integer_codes(value).to(torch.int32)
+        elif value.dtype == torch.uint8:  # the gemmlowp backend's: the codes themselves
+            ours[node.name] = value.to(torch.int32)
 
     with torch.no_grad():
         Interpreter(graph).run(*inputs, hook=keep)

@@ -51,9 +51,7 @@ def integer_weight(weight: torch.Tensor, q: QuantAnnotation) -> IntegerWeight:
     """The codes and grid of ``weight`` under the node's weight annotation (see the module docstring)."""
     weight = weight.detach()
     if q.weight_bits is not None:
-        lo, hi = q.weight_stats.lo, q.weight_stats.hi
-        if lo.dim() == 0:
-            lo, hi = lo.expand(len(q.weight_bits)), hi.expand(len(q.weight_bits))
+        lo, hi = _channel_range(q)
         return bits_per_channel(weight, lo, hi, q.weight_bits)
     qparams = q.weight_qparams
     channels = weight.shape[0]
@@ -63,14 +61,41 @@ def integer_weight(weight: torch.Tensor, q: QuantAnnotation) -> IntegerWeight:
         shape = (-1,) + (1,) * (weight.dim() - 1)
         scale = qparams.scale.float().reshape(shape)
         zero = qparams.zero_point.reshape(shape)
-        scales, zeros = qparams.scale.double(), qparams.zero_point.long()
     else:
         scale, zero = qparams.scale.float(), qparams.zero_point
-        scales = torch.full((channels,), float(qparams.scale), dtype=torch.float64)
-        zeros = torch.full((channels,), int(qparams.zero_point), dtype=torch.int64)
+    scales, zeros = weight_codes_grid(q, channels)
     codes = torch.clamp(torch.round(weight.float() * (1.0 / scale)) + zero, qparams.quant_min, qparams.quant_max)
     container = torch.uint8 if qparams.dtype == "quint8" else torch.int8
     return IntegerWeight(codes.to(container), scales, zeros, qparams.per_channel)
+
+
+def weight_codes_grid(q: QuantAnnotation, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-output-channel grid (float64 scales, int64 zero points) :func:`integer_weight` gives a weight
+    of ``channels`` output channels under ``q``: a function of the annotation alone, so that a reader of the
+    integer codes (the ONNX writer) knows their grid without the float weight."""
+    if q.weight_bits is not None:
+        lo, hi = _channel_range(q)
+        scales = _bits_scales(lo, hi, q.weight_bits.to(torch.float64))
+        return scales, torch.zeros(len(scales), dtype=torch.int64)
+    qparams = q.weight_qparams
+    if qparams.per_channel:
+        return qparams.scale.double(), qparams.zero_point.long()
+    return (torch.full((channels,), float(qparams.scale), dtype=torch.float64),
+            torch.full((channels,), int(qparams.zero_point), dtype=torch.int64))
+
+
+def _channel_range(q: QuantAnnotation) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = q.weight_stats.lo, q.weight_stats.hi
+    if lo.dim() == 0:
+        lo, hi = lo.expand(len(q.weight_bits)), hi.expand(len(q.weight_bits))
+    return lo, hi
+
+
+def _bits_scales(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
+    qmin = torch.where(bits > 0, -(2.0 ** (bits - 1)), torch.zeros_like(bits))
+    magnitude = torch.maximum(-torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi)))
+    return (magnitude.double() / ((qmax - qmin) / 2).clamp(min=0.5)).clamp(min=_EPS)
 
 
 def bits_per_channel(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor) -> IntegerWeight:
@@ -82,8 +107,7 @@ def bits_per_channel(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, b
     bits = bits.to(torch.float64)
     qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
     qmin = torch.where(bits > 0, -(2.0 ** (bits - 1)), torch.zeros_like(bits))
-    magnitude = torch.maximum(-torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi)))
-    scale = (magnitude.double() / ((qmax - qmin) / 2).clamp(min=0.5)).clamp(min=_EPS)
+    scale = _bits_scales(lo, hi, bits)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     codes = torch.round(weight.double() / scale.reshape(shape))
     codes = torch.maximum(torch.minimum(codes, qmax.reshape(shape)), qmin.reshape(shape)).to(torch.int8)

@@ -1,0 +1,99 @@
+"""Graphs lowered for the ``gemmlowp`` backend, written in QDQ form from their plain integer tensors.
+
+A graph converted with ``convert{backend=gemmlowp}`` (``ptq-accurate``, or
+any pipeline on that backend) holds what its integer model computes as plain
+tensors (:mod:`qcompile.backends.gemmlowp`): int8 weight codes, int32 biases
+in accumulator units, output grids, and clamps on the codes. The writer reads
+exactly those, never a torch quantized tensor: a weight's grid comes from its
+annotation (:func:`qcompile.quant.integer_weights.weight_codes_grid`), the
+bias from ``bias_q``. Every value between the model's quantize and dequantize
+is written as the float value it stands for, behind ``QuantizeLinear ->
+DequantizeLinear`` on its grid, as for the native backend, so onnxruntime
+fuses the patterns into its integer kernels. Module by module::
+
+    QConv2d / QLinear   DequantizeLinear(codes), DequantizeLinear(bias_q) -> Conv / MatMul + Add -> clamp
+    QAdd                Add -> clamp
+    QClamp              clamp
+    QMaxPool2d          MaxPool
+    QGlobalAvgPool      GlobalAveragePool
+    Quantize, Dequantize  the model's grid at its ends (QDQ), Identity
+
+where the clamp on codes ``[lo, hi]`` of a grid ``(s, z)`` is ``Relu`` when it
+is ``[z, 255]`` and ``Clip(s (lo - z), s (hi - z))`` otherwise (nothing at all
+for ``[0, 255]``: QuantizeLinear saturates there). A pad of the codes with the
+zero point is a pad of the values with 0.
+
+The integer model requantizes in gemmlowp's fixed point, onnxruntime in
+float: the two agree within one step of the output grid, and ``--check``
+holds the export to that.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qcompile.errors import QCompileError
+from qcompile.ir.node import Node
+from qcompile.onnx.modules import _pool
+from qcompile.quant.integer_weights import weight_codes_grid
+
+if TYPE_CHECKING:
+    from qcompile.onnx.export import _Builder
+
+MODULES = "qcompile.kernels.modules."
+
+
+def is_gemmlowp(node: Node) -> bool:
+    return node.target.startswith(MODULES)
+
+
+def _clamp(b: _Builder, node: Node, value: str) -> str:
+    """The module's clamp on its output codes, on float values (see the module docstring)."""
+    lo, hi = node.attrs.get("clamp_min", 0), node.attrs.get("clamp_max", 255)
+    q = node.quant.qparams
+    scale, zero = float(q.scale), int(q.zero_point)
+    if lo <= 0 and hi >= 255:
+        return value
+    if lo == zero and hi >= 255:
+        return b.emit("Relu", [value])
+    low = b.const("clamp_min", np.array(scale * (lo - zero), np.float32)) if lo > 0 else ""
+    high = b.const("clamp_max", np.array(scale * (hi - zero), np.float32)) if hi < 255 else ""
+    return b.emit("Clip", [value, low, high] if high else [value, low])
+
+
+def _weighted(b: _Builder, node: Node, transposed: bool) -> tuple[str, str | None]:
+    codes = b.graph.param(node, "weight")
+    scales, zero_points = weight_codes_grid(node.quant, codes.shape[0])
+    input_scale = float(b.graph.inputs(node)[0].quant.qparams.scale)
+    return b.integer_weight(node, codes, scales, zero_points, 0, b.graph.param(node, "bias"), input_scale,
+                            transposed)
+
+
+def gemmlowp_module(b: _Builder, node: Node, x: str) -> str:
+    """The ONNX value (a float value on the node's grid before its QDQ) of one gemmlowp module."""
+    kind, a = node.target.removeprefix(MODULES), node.attrs
+    if kind in ("Quantize", "Dequantize"):
+        return b.emit("Identity", [x])
+    if kind == "QConv2d":
+        w, bias = _weighted(b, node, transposed=False)
+        out = b.emit("Conv", [x, w] + ([bias] if bias else []), kernel_shape=list(a["kernel_size"]),
+                     strides=list(a["stride"]), pads=list(a["padding"]) * 2, dilations=list(a["dilation"]),
+                     group=a.get("groups", 1))
+        return _clamp(b, node, out)
+    if kind == "QLinear":
+        w_t, bias = _weighted(b, node, transposed=True)
+        out = b.emit("MatMul", [x, w_t])
+        return _clamp(b, node, b.emit("Add", [out, bias]) if bias else out)
+    if kind == "QAdd":
+        other = b.value(b.graph.inputs(node)[1])
+        return _clamp(b, node, b.emit("Add", [x, other]))
+    if kind == "QClamp":
+        return _clamp(b, node, x)
+    if kind == "QGlobalAvgPool":
+        return b.emit("GlobalAveragePool", [x])
+    if kind == "QMaxPool2d":
+        return _pool(b, "max_pool2d", x, dict(a))
+    raise QCompileError(f"%{node.name}: the gemmlowp module {kind} is not exported to ONNX yet",
+                        hint="export from convert{backend=native}")
