@@ -264,7 +264,7 @@ def judge(graph: Graph, float_module: nn.Module, out_dir: Path, data: VerdictDat
     return verdict
 
 
-def _closer(graph: Graph, pipeline_text: str) -> str:
+def _closer(graph: Graph, pipeline_text: str) -> str | None:
     """The next step up the accuracy ladder measured on MobileNetV2 (docs/benchmarks/default-accuracy.md):
     native 7-bit grids, then gemmlowp's full 8-bit grids, then learned rounding (``ptq-accurate``, the
     most accurate, minutes on a small CPU) or analytic clipping (``aciq``, seconds)."""
@@ -275,7 +275,7 @@ def _closer(graph: Graph, pipeline_text: str) -> str:
                 + ("" if learned or clipped else ", or, in seconds, --backend gemmlowp --passes "
                    "fuse,calibrate,aciq,convert"))
     if learned:
-        return "learned rounding is the most accurate method here; keep sensitive layers float"
+        return None  # the most accurate method qcompile has: what is left is keeping layers float
     return ("try --passes ptq-accurate (learned rounding; minutes of compiling)"
             + ("" if clipped else ", or, in seconds, analytic clipping: --passes fuse,calibrate,aciq,convert"))
 
@@ -288,7 +288,10 @@ def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:
     if quantized and poor:
         target = max(GOOD_SQNR_DB, math.ceil(verdict.sqnr_db or 0) + 6)
         sensitivity = f"--sensitivity {target:.0f} lists the layers to keep float for {target:.0f} dB"
-        return f"closeness is poor: {_closer(graph, pipeline_text)}; {sensitivity}"
+        closer = _closer(graph, pipeline_text)
+        if closer is None:
+            return f"closeness is poor after learned rounding, qcompile's most accurate method: {sensitivity} (then --skip them)"
+        return f"closeness is poor: {closer}; {sensitivity}"
     if quantized and verdict.speedup < SLOW:
         if graph.attrs.get("backend") == "gemmlowp":
             return ("the quantized model is slower than float here: --backend native runs torch's int8 engine, "
