@@ -58,6 +58,12 @@ VARIANTS = [  # (row, pipeline)
     ("qcompile aciq + adaround, gemmlowp backend", "fuse,calibrate,aciq,adaround,convert{backend=gemmlowp}"),
     ("qcompile W4A8 round-to-nearest, gemmlowp", "fuse,calibrate,convert{backend=gemmlowp weight-bits=4}"),
     ("qcompile W4A8 adaround, gemmlowp", "fuse,calibrate,adaround,convert{backend=gemmlowp weight-bits=4}"),
+    # the native backend on full 8-bit activation grids: exact with 7-bit weights on every x86 CPU, with 8-bit
+    # weights only on CPUs with VNNI
+    ("qcompile native, full 8-bit activations, 7-bit weights",
+     "fuse,stubs,observe{activation-grid=full},calibrate,convert{weight-bits=7}"),
+    ("qcompile native, full 8-bit activations, 8-bit weights (VNNI only)",
+     "fuse,stubs,observe{activation-grid=full},calibrate,convert"),
 ]
 
 

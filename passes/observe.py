@@ -18,7 +18,11 @@ Options:
     activation-grid: ``backend`` (default) puts the preset's activations on
         the most accurate grid the pipeline's ``convert`` backend computes
         exactly (full 8-bit grids for ``gemmlowp``, :mod:`qcompile.backends.grids`);
-        ``preset`` keeps the preset's grid, as torch.ao would.
+        ``preset`` keeps the preset's grid, as torch.ao would; ``full`` puts
+        them on full 8-bit grids whatever the backend: exact on the native
+        backend only on CPUs with VNNI (torch's x86 kernels elsewhere sum
+        pairs of products in saturating int16), for deployments that run
+        only on such CPUs and for measuring what the 7-bit grid costs.
 """
 
 from __future__ import annotations
@@ -48,14 +52,15 @@ class Observe(Pass):
     provides = ("observed",)
     forbids = FLOAT_GRAPH_ONLY
 
-    activation_grid: Literal["backend", "preset"] = "backend"
+    activation_grid: Literal["backend", "preset", "full"] = "backend"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         before = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
         counts = {"activations": 0, "weights": 0, "shared": 0}
         preset = ctx.quant_config.qconfig
         backend = backend_of(ctx.remaining_passes) if self.activation_grid == "backend" else None
-        followed = activation_grid_for(preset.activation, backend)
+        followed = activation_grid_for(preset.activation, "gemmlowp" if self.activation_grid == "full" else backend)
+        backend = "full 8-bit" if self.activation_grid == "full" else backend
         for node in graph.nodes():
             if node.quant.mode != "static":
                 continue

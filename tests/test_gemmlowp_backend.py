@@ -136,6 +136,20 @@ def test_gemmlowp_matches_native_on_real_digits(tmp_path):
     assert output_agreement(native_graph, gemmlowp_graph, (x,)).within_one >= 0.99
 
 
+def test_full_activation_grids_on_request_for_the_native_backend():
+    """observe{activation-grid=full}: the whole uint8 grid whatever the backend (exact for torch's x86 kernels on
+    CPUs with VNNI only, so never the default); weights keep their preset."""
+    data = open_data("builtin:mnist5k", limit=256, batch_size=64)
+    graph = lower(load_model("zoo:digit_cnn").module, (torch.zeros(1, 1, 28, 28),))
+    records = run_pipeline(graph, "fuse,stubs,observe{activation-grid=full},calibrate,convert",
+                           PassContext(calib_data=data))
+    assert {n.quant.observer.quant_range[1] for n in graph.nodes() if n.quant.observer is not None} == {255}
+    assert {n.quant.weight_observer.quant_range for n in graph.nodes() if n.quant.weight_observer} == {(-128, 127)}
+    observe = next(r for r in records if r.pass_.name == "observe")
+    assert observe.result.stats["grids for full 8-bit"] == 6
+    assert graph.attrs["backend"] == "native"
+
+
 def test_gemmlowp_activations_get_full_8_bit_grids(tmp_path):
     """gemmlowp's kernels are exact on codes 0-255, so the default pipeline gives its activations the whole uint8
     grid where the x86 preset has 7 bits; the native backend keeps the preset's, and an override stays."""
