@@ -104,7 +104,7 @@ class Aciq(Pass):
 
     def _clip(self, node: Node) -> tuple[tuple[float, float], str]:
         moments = node.quant.stats.moments
-        one_sided = node.attrs.get("act") in ONE_SIDED_ACTS
+        one_sided = node.act in ONE_SIDED_ACTS
         alpha, used = choose_alpha(self.prior, self.bits, one_sided, float(moments.mad), float(moments.std), self.k)
         lo, hi = clip_interval(alpha, float(moments.mean), float(node.quant.stats.min), one_sided)
         # never widen beyond what was seen: a clip only ever removes range
@@ -113,7 +113,7 @@ class Aciq(Pass):
 
     def _clip_per_channel(self, node: Node) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
         channels = node.quant.stats.moments.channels
-        one_sided = node.attrs.get("act") in ONE_SIDED_ACTS
+        one_sided = node.act in ONE_SIDED_ACTS
         bits = node.quant.channel_bits
         los, his, used = [], [], set()
         for c in range(len(channels.mad)):

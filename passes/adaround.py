@@ -68,7 +68,7 @@ from qcompile.quant.op_table import WEIGHTED
 
 def _layer_function(module: torch.nn.Module, node: Node):
     """``f(x, w)``: the layer on ``x`` with weight ``w`` and its own bias, then its fused activation."""
-    act = node.attrs.get("act")
+    act = node.act
     activation = resolve_target(FUSED_ACTIVATIONS[act]) if act else None
 
     def layer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

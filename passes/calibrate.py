@@ -131,7 +131,7 @@ class Calibrate(Pass):
         observers = {n.name: make_observer(n.quant.observer, merged) for n in graph.nodes() if n.quant.observer}
         wanted = {s for p in ctx.remaining_passes for s in p.needs_statistics}
         moments = {name: MomentsObserver(merged) for name in observers} if "moments" in wanted else {}
-        fused_act = {n.name for n in graph.nodes() if n.attrs.get("act")}
+        fused_act = {n.name for n in graph.nodes() if n.act}
         interpreter = Interpreter(graph)
 
         def hook(node, value):

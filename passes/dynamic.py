@@ -120,7 +120,7 @@ class Dynamic(Pass):
             if ctx.quant_config.qconfig_for(node) is None:
                 ctx.explain(f"%{node.name} stays float: skipped by the config")
                 continue
-            act = node.attrs.get("act")
+            act = node.act
             if (node.op, act) not in _TARGETS:
                 ctx.explain(f"%{node.name}: no dynamic kernel for {node.op} with a fused {act}")
                 continue
@@ -138,6 +138,7 @@ class Dynamic(Pass):
                     ctx.explain(f"%{node.name}: max_norm applied to every row before quantizing")
             accepted = ctor_defaults(resolve_target(node.target))
             node.attrs = {k: v for k, v in node.attrs.items() if k in accepted}
+            node.act = None  # the dynamic module applies it (LinearReLU)
             node.quant.mode = "dynamic"
             counts[node.op] = counts.get(node.op, 0) + 1
         if counts:
@@ -158,7 +159,7 @@ class Dynamic(Pass):
         # nnqd.Linear spells its bias flag "bias_"; LinearReLU "bias"
         flag = "bias_" if node.target.endswith("dynamic.Linear") else "bias"
         node.attrs = {"in_features": node.attrs["in_features"], "out_features": node.attrs["out_features"],
-                      flag: "bias" in node.params} | {"act": node.attrs.get("act")}
+                      flag: "bias" in node.params}
         if "bias" not in node.params:
             node.params["bias"] = graph.add_param(f"{node.source.module_path or node.name}.bias",
                                                   torch.zeros(node.attrs["out_features"]))

@@ -10,7 +10,7 @@ Patterns, each optional part in brackets::
 
 BatchNorm folds into the weights (W' = W * g / sqrt(var + eps),
 b' = (b - mean) * g / sqrt(var + eps) + beta); the activation becomes the
-node's ``act`` attribute. Before and after, on ResNet-18::
+node's typed ``act`` field (``Node.act``, printed among its attributes). Before and after, on ResNet-18::
 
     %conv1 = conv2d(%x, $conv1.weight) : f32[1,64,112,112] {bias=False, ...}
     %bn1   = batch_norm2d(%conv1, $bn1.{weight,bias,running_mean,running_var,num_batches_tracked}) : ...
@@ -133,7 +133,7 @@ class Fuse(Pass):
         if next_node is not None and self.batch_norm and next_node.op in _NORMS:
             if next_node.kind != NodeKind.MODULE or next_node.attrs.get("track_running_stats") is False:
                 ctx.explain(f"%{node.name} + %{next_node.name}: the norm has no running statistics")
-            elif node.attrs.get("act"):
+            elif node.act:
                 ctx.explain(f"%{node.name} + %{next_node.name}: an activation is already fused")
             else:
                 self._fold(graph, node, next_node)
@@ -152,10 +152,10 @@ class Fuse(Pass):
         next_node, _ = _sole_consumer(graph, node)
         if next_node is None or not _is_activation(next_node) or next_node.op not in allowed:
             return ""
-        if node.attrs.get("act"):
+        if node.act:
             ctx.explain(f"%{node.name} + %{next_node.name}: an activation is already fused")
             return ""
-        node.attrs["act"] = next_node.op
+        node.act = next_node.op
         graph.replace_all_uses(next_node, node)
         graph.erase(next_node)
         return f"{node.op}+{next_node.op}"

@@ -131,7 +131,7 @@ class Interpreter:
         if self._edit is not None:
             edited = self._edit(node, value)
             value = value if edited is None else edited
-        act = node.attrs.get("act")
+        act = node.act
         if not act:
             return value
         if self._pre_activation_hook is not None:

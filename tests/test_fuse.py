@@ -29,7 +29,7 @@ def test_conv_bn_relu_fuses_to_one_node():
     assert result.modified and result.stats == {"conv2d+batch_norm2d+relu": 1}
     assert [n.op for n in g.nodes()] == ["input", "conv2d", "output"]
     conv = g.node("conv")
-    assert conv.attrs["act"] == "relu" and conv.attrs["bias"] is True
+    assert conv.act == "relu" and conv.attrs["bias"] is True
     assert set(g.params) == {"conv.weight", "conv.bias"}  # BN's tensors are gone
     out = Interpreter(g).run(x)
     ref = model(x)
@@ -133,7 +133,7 @@ def test_add_relu_fuses_like_resnet_blocks():
     model = Block().eval()
     g, result, _, x = _run(model)
     assert result.stats == {"add+relu": 1}
-    assert g.node("add").attrs["act"] == "relu"
+    assert g.node("add").act == "relu"
     torch.testing.assert_close(Interpreter(g).run(x), model(x))
     g, result, _, x = _run(model, pipeline="fuse{binary-relu=false}")
     assert result.stats == {}

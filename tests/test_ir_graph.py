@@ -74,9 +74,9 @@ def test_copy_is_independent():
     g, x, add, out = _add_graph()
     g.params["w"] = torch.ones(2)
     c = g.copy()
-    c.node("add").attrs["act"] = "relu"
+    c.node("add").act = "relu"
     c.erase(c.node("output"))
-    assert "act" not in add.attrs
+    assert add.act is None
     assert len(g) == 3 and len(c) == 2
     assert c.params["w"] is g.params["w"]
 

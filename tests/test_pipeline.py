@@ -87,7 +87,7 @@ class _Liar(Pass):
     requires = ("lowered",)
 
     def run(self, graph, ctx):
-        graph.find(op="conv2d")[0].attrs["act"] = "relu"
+        graph.find(op="conv2d")[0].act = "relu"
         return PassResult(modified=False)
 
 

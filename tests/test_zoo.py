@@ -79,7 +79,7 @@ def _unfused_patterns(graph):
         nxt = users[0]
         if nxt.op.startswith("batch_norm") and nxt.kind == NodeKind.MODULE:
             left.append(f"{node.name}->{nxt.name}")
-        if nxt.op in ("relu", "relu6") and not node.attrs.get("act") and len(graph.inputs(nxt)) == 1:
+        if nxt.op in ("relu", "relu6") and not node.act and len(graph.inputs(nxt)) == 1:
             left.append(f"{node.name}->{nxt.name}")
     return left
 

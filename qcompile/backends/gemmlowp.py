@@ -69,7 +69,7 @@ def _code(value: float, q: QParams) -> int:
 
 def _relu(node: Node) -> bool:
     """Whether the node's fused activation is a ReLU (a ReLU6 became a clamp after it: quant.clamps)."""
-    act = node.attrs.get("act")
+    act = node.act
     if act not in (None, "relu", "relu6"):
         raise QCompileError(f"%{node.name}: the gemmlowp kernels fuse ReLU and ReLU6 only, not {act}",
                             hint="use backend=native")
@@ -97,8 +97,10 @@ def _weighted(graph: Graph, node: Node) -> dict[str, str]:
         "exponent": graph.add_param(f"{base}.exponent", exponent),
     }
     zero = int(q_out.zero_point)
-    return {"input_zero_point": int(q_in.zero_point), "output_zero_point": zero,
-            "clamp_min": zero if _relu(node) else 0, "clamp_max": 255}
+    clamp_min = zero if _relu(node) else 0
+    node.act = None  # a ReLU is the clamp at the zero point; a ReLU6 the clamp split_relu6 put after the node
+    return {"input_zero_point": int(q_in.zero_point), "output_zero_point": zero, "clamp_min": clamp_min,
+            "clamp_max": 255}
 
 
 def _pair(value) -> tuple[int, int]:
@@ -136,11 +138,13 @@ def _add(graph: Graph, node: Node) -> None:
     reals = add_multipliers(float(q_a.scale), float(q_b.scale), float(q_out.scale))
     (a_m0, a_e), (b_m0, b_e), (o_m0, o_e) = (quantize_multiplier(r) for r in reals)
     zero = int(q_out.zero_point)
+    clamp_min = zero if _relu(node) else 0
+    node.act = None
     _as_module(graph, node, "QAdd", {
         "a_zero_point": int(q_a.zero_point), "a_multiplier": a_m0, "a_exponent": a_e,
         "b_zero_point": int(q_b.zero_point), "b_multiplier": b_m0, "b_exponent": b_e,
         "output_multiplier": o_m0, "output_exponent": o_e, "output_zero_point": zero,
-        "clamp_min": zero if _relu(node) else 0, "clamp_max": 255}, inputs)
+        "clamp_min": clamp_min, "clamp_max": 255}, inputs)
 
 
 def _clamp(graph: Graph, node: Node, lo: float | None, hi: float | None) -> None:

@@ -70,15 +70,14 @@ def _quantized_weight_params(graph: Graph, node: Node) -> dict[str, str]:
 
 
 def _act(node: Node) -> str | None:
-    act = node.attrs.get("act")
-    return "relu" if act == "relu" else None
+    return "relu" if node.act == "relu" else None
 
 
 def _convert_conv(graph: Graph, node: Node) -> None:
     split_relu6(graph, node)
     node.target = _CONV[(node.op, _act(node))]
     node.params = _quantized_weight_params(graph, node)
-    node.attrs = {k: v for k, v in node.attrs.items() if k != "act"} | {"bias": True}
+    node.attrs, node.act = node.attrs | {"bias": True}, None  # a ReLU is the module's; a ReLU6 the clamp after it
 
 
 def _convert_linear(graph: Graph, node: Node) -> None:
@@ -86,7 +85,7 @@ def _convert_linear(graph: Graph, node: Node) -> None:
     relu = _act(node) == "relu"
     node.target = "torch.ao.nn.intrinsic.quantized.LinearReLU" if relu else "torch.ao.nn.quantized.Linear"
     node.params = _quantized_weight_params(graph, node)
-    node.attrs.pop("act", None)
+    node.act = None  # a ReLU is the module's; a ReLU6 the clamp after it
     # nnq.Linear spells its bias flag "bias_", LinearReLU "bias"
     bias_flag = "bias_" if "bias_" in ctor_defaults(resolve_target(node.target)) else "bias"
     node.attrs = {"in_features": node.attrs["in_features"], "out_features": node.attrs["out_features"],
@@ -109,7 +108,8 @@ def _as_function(graph: Graph, node: Node, target: str, inputs: list[Node], args
 
 def _convert_binary(graph: Graph, node: Node) -> None:
     q = node.quant.qparams
-    target = QUANTIZED_BINARY[(node.op, node.attrs.get("act"))]
+    target = QUANTIZED_BINARY[(node.op, node.act)]
+    node.act = None  # add_relu computes it
     _as_function(graph, node, target, graph.inputs(node), (Ref(0), Ref(1), float(q.scale), int(q.zero_point)))
 
 

@@ -202,7 +202,7 @@ class _Emitter:
 
     def _expression(self, node: Node) -> str:
         expr = self._call(node)
-        act = node.attrs.get("act")
+        act = node.act
         return f"{self._callable(FUSED_ACTIVATIONS[act])}({expr})" if act else expr
 
     def _call(self, node: Node) -> str:

@@ -147,7 +147,7 @@ def _aciq_curves(data: ReportData) -> str:
         b = float(node.quant.stats.moments.mad)
         bits = node.quant.bits or 8
         source = data.calibrated.node(node.name) if data.calibrated is not None else node  # before convert
-        one_sided = source.attrs.get("act") in ("relu", "relu6")
+        one_sided = source.act in ("relu", "relu6")
         m = bits + 1 if one_sided else bits
         lo, hi = (float(x) for x in node.quant.clip)
         chosen = hi - max(float(node.quant.stats.moments.mean), 0.0) if one_sided else (hi - lo) / 2

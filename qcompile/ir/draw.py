@@ -23,7 +23,7 @@ _FILL = {
 
 
 def _label_lines(node: Node) -> list[str]:
-    lines = [f"%{node.name}", node.op + (f" +{node.attrs['act']}" if node.attrs.get("act") else "")]
+    lines = [f"%{node.name}", node.op + (f" +{node.act}" if node.act else "")]
     lines.append(str(node.type))
     if not node.quant.is_empty():
         lines.append(node.quant.describe())

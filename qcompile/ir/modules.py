@@ -27,11 +27,7 @@ from torch import nn
 from qcompile.errors import LoweringError
 from qcompile.ir.targets import resolve_target
 
-# Attributes a pass may set on a MODULE node that are not constructor arguments.
-# `act`: an activation fused into the op's output (see passes/fuse.py).
-OP_ATTRS = ("act",)
-
-# Activations a pass may fuse into a MODULE node's output, by `act` value.
+# Activations a pass may fuse into a node's output, by ``Node.act`` value (see passes/fuse.py).
 FUSED_ACTIVATIONS = {
     "relu": "torch.nn.functional.relu",
     "relu6": "torch.nn.functional.relu6",

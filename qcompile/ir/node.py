@@ -179,8 +179,11 @@ class Node:
             the argument name.
         args: Positional arguments, with ``Ref(i)`` for input port ``i``.
         kwargs: Keyword arguments, likewise.
-        attrs: Constructor arguments of a MODULE, plus op-level attributes that
-            passes set (``act`` for a fused activation).
+        attrs: Constructor arguments of a MODULE (for other kinds, op-level
+            attributes that lowering or passes set).
+        act: The activation fused into the op, applied to its output
+            (``relu``, ``relu6``, ...; set by ``fuse``), or None. A backend whose
+            kernel computes it clears it when it lowers the node.
         params: For MODULE, state-dict key -> graph parameter name.
         type: Type of the value the node produces.
         source: Where the node came from in the user's model.
@@ -195,6 +198,7 @@ class Node:
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    act: str | None = None
     params: dict[str, str] = field(default_factory=dict)
     type: ValueType = field(default_factory=NoneType)
     source: SourceInfo = field(default_factory=SourceInfo)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from qcompile.ir.graph import Graph
-from qcompile.ir.modules import OP_ATTRS, non_default_ctor_args
+from qcompile.ir.modules import non_default_ctor_args
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.targets import resolve_target
 
@@ -77,9 +77,10 @@ def node_attrs(node: Node) -> dict[str, Any]:
     shown: dict[str, Any] = {}
     if node.kind == NodeKind.MODULE:
         shown.update(non_default_ctor_args(resolve_target(node.target), node.attrs))
-        shown.update({k: v for k, v in node.attrs.items() if k in OP_ATTRS})
     else:
         shown.update(node.attrs)
+    if node.act:
+        shown["act"] = node.act
     if node.kind == NodeKind.METHOD and node.target == node.op:
         shown["method"] = True
     elif not _default_target(node):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from qcompile.errors import VerifyError
 from qcompile.ir.graph import Graph
-from qcompile.ir.modules import OP_ATTRS, ctor_defaults
+from qcompile.ir.modules import FUSED_ACTIVATIONS, ctor_defaults
 from qcompile.ir.node import Node, NodeKind, collect_refs
 from qcompile.ir.printer import excerpt
 from qcompile.ir.targets import resolve_target
@@ -58,7 +58,9 @@ def _verify_node(graph: Graph, node: Node) -> None:
             cls = resolve_target(node.target)
         except (ImportError, AttributeError):
             raise _fail(graph, node, f"module class {node.target} cannot be imported") from None
-        unknown = set(node.attrs) - set(ctor_defaults(cls)) - set(OP_ATTRS)
+        unknown = set(node.attrs) - set(ctor_defaults(cls))
         if unknown:
             raise _fail(graph, node, f"unknown attributes {sorted(unknown)} for {node.target}")
+    if node.act is not None and node.act not in FUSED_ACTIVATIONS:
+        raise _fail(graph, node, f"fused activation {node.act!r} is not one of {', '.join(FUSED_ACTIVATIONS)}")
 

@@ -285,7 +285,7 @@ def _call(b: _Builder, node: Node) -> str | list[str]:
         if name == "leaky_relu":  # (x, slope, inplace, scale, zero point)
             return b.emit("LeakyRelu", [x], alpha=float(args[1]))
     if op in _BINARY and len(args) == 2:
-        return _activation(b, _binary(b, node, args), node.attrs.get("act"))
+        return _activation(b, _binary(b, node, args), node.act)
     if op in ACTIVATIONS:
         return _activation_op(b, op, x, activation_settings(op, args[1:], kw))
     if op in (*CONVS, "linear") and node.kind == NodeKind.FUNCTION:  # F.conv2d / F.linear with their weights
@@ -416,9 +416,9 @@ def to_onnx(graph: Graph, opset: int = OPSET, dynamic: str = "exact") -> onnx.Mo
             args = b.args(node)
             value = _module(b, node, b.value(args[0]))
             if node.op not in (*CONVS, "linear"):
-                value = _activation(b, value, node.attrs.get("act"))
+                value = _activation(b, value, node.act)
             elif "torch.nn." in node.target:
-                value = _activation(b, value, node.attrs.get("act"))
+                value = _activation(b, value, node.act)
         else:
             value = _call(b, node)
         if isinstance(value, str) and node.quant.mode == "static" and isinstance(node.type, TensorType):

@@ -38,7 +38,7 @@ def split_relu6(graph: Graph, node: Node) -> None:
     change no code, and is left out.
     """
     q = node.quant.qparams
-    if node.attrs.get("act") != "relu6":
+    if node.act != "relu6":
         return
     if q is not None and not q.per_channel and int(q.zero_point) == 0 and relu6_top_code(q) == 255:
         return

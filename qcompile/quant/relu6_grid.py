@@ -78,7 +78,7 @@ def widen_relu6_grids(graph: Graph) -> tuple[list[str], list[str]]:
     widened, narrowed = [], []
     for node in graph.nodes():
         q = node.quant.qparams
-        if (node.attrs.get("act") != "relu6" or q is None or q.per_channel or q.dtype != "quint8"
+        if (node.act != "relu6" or q is None or q.per_channel or q.dtype != "quint8"
                 or relu6_top_code(q) == 255 or node.quant.clip is not None
                 or (node.quant.bits is not None and node.quant.bits < 8)):
             continue  # an analytic clip (aciq) or a sub-8-bit grid is the user's choice
