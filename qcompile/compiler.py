@@ -26,7 +26,7 @@ from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.output_check import CheckInputs, check_inputs, verify_outputs
-from qcompile.pipeline import Instrument, PassContext, PassRecord, parse_pipeline
+from qcompile.pipeline import Instrument, PassContext, PassRecord, Pipeline, parse_pipeline
 from qcompile.pipeline.manager import PassManager
 
 DEFAULT_PIPELINE = "fuse"
@@ -101,7 +101,7 @@ class CompileResult:
 def compile_model(
     model: str | nn.Module,
     *,
-    passes: str = DEFAULT_PIPELINE,
+    passes: str | Pipeline = DEFAULT_PIPELINE,
     out_dir: str | Path | None = None,
     example_inputs: tuple | None = None,
     input_shapes: Sequence[str] = (),
@@ -119,11 +119,11 @@ def compile_model(
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
 
-    The pipeline string is parsed and order-checked before the model is even
-    loaded, and the calibration data opened before the model is lowered, so a
-    typo costs nothing.
+    ``passes`` is a pipeline string, parsed and order-checked before the model
+    is even loaded, or a pipeline already parsed (the CLI's); the calibration
+    data is opened before the model is lowered, so a typo costs nothing.
     """
-    pipeline = parse_pipeline(passes)
+    pipeline = passes if isinstance(passes, Pipeline) else parse_pipeline(passes)
     ctx = ctx or PassContext()
     if calib is not None:
         ctx.calib_data = open_data(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size)

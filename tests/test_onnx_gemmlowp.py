@@ -92,3 +92,17 @@ def test_mobilenet_v2_on_gemmlowp_exports_as_close_to_float_as_the_module(tmp_pa
         verdicts = judge(concatenated_outputs(OnnxModel(path, 1, True), batches),
                          concatenated_outputs(emitted, batches), concatenated_outputs(model, batches))
     assert all(v.as_close for v in verdicts), [v.describe() for v in verdicts]
+
+
+def test_the_cli_builds_the_onnx_model_once(tmp_path, monkeypatch):
+    # before OUT is written the model is built to refuse an unexportable graph early; the export reuses it
+    import qcompile.onnx.export as export
+    from qcompile.cli.main import main
+
+    built = []
+    original = export.build_onnx
+    monkeypatch.setattr(export, "build_onnx", lambda *a, **k: built.append(1) or original(*a, **k))
+    status = main(["zoo:digit_cnn", "--passes", "ptq", "--backend", "gemmlowp", "--calib", "builtin:mnist5k",
+                   "--calib-samples", "64", "--export", "onnx", "--check", "--no-verdict", "-o", str(tmp_path / "o")])
+    assert status == 0 and (tmp_path / "o" / "model.onnx").exists()
+    assert len(built) == 1

@@ -261,7 +261,6 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
     pipeline = parse_pipeline(passes) if passes else None
     if getattr(args, "backend", None):
         pipeline = _with_backend(pipeline, args.backend)
-        passes = str(pipeline)
     gemmlowp = pipeline is not None and backend_of(pipeline.passes) == "gemmlowp"
     if command == "compile" and "onnx" in args.export and gemmlowp and args.onnx_form != "qdq":
         raise QCompileError("graphs converted for the gemmlowp backend export in QDQ form only",
@@ -286,6 +285,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
     if snapshot is not None:
         instruments.append(snapshot)
     diagnostics = diagnostics_for(args, pipeline) if command == "compile" and world.is_main else None
+    preflight = before_write(args) if command == "compile" else None  # builds the ONNX model once, before OUT
     if diagnostics is not None:
         instruments.extend(diagnostics.instruments())
     from qcompile.quant.config import load_quant_config
@@ -303,7 +303,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
                                    batch_size=args.batch_size)
     result = compile_model(
         args.model,
-        passes=passes or "",
+        passes=pipeline,  # parsed once, above
         out_dir=staged.path if staged is not None else None,
         input_shapes=args.input_shape,
         weights=args.weights,
@@ -316,7 +316,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         preprocess=args.preprocess,
         frontend=args.frontend,
         dynamic_axes=args.dynamic_axes,
-        before_write=before_write(args) if command == "compile" else None,
+        before_write=preflight,
     ) if pipeline is not None else _lower_only(args)
     world.finished = True
     if not world.is_main:
@@ -350,7 +350,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
     if command == "compile" and args.entropy:
         _report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
-        export_onnx_and_check(args, result, progress)
+        export_onnx_and_check(args, result, progress, preflight)
     if snapshot is not None:
         report_modes(args, snapshot, ctx, result)
     if diagnostics is not None:

@@ -35,27 +35,35 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime threads the export will run with, for those timings (1)")
 
 
-def before_write(args: argparse.Namespace):
+class Preflight:
     """Checks on the compiled graph before OUT is written, so that a failure leaves nothing behind: with
     --export onnx the ONNX model is built in memory (a graph the exporter does not take fails here), and
-    the data --check and --modes run on is checked against the model's inputs."""
-    onnx = "onnx" in args.export
-    scored = (args.check and onnx) or args.modes
-    if not onnx and not scored:
-        return None
+    the data --check and --modes run on is read and checked against the model's inputs. What it built and
+    read is kept for the export and the check that follow (``model``, ``batches``)."""
 
-    def preflight(graph) -> None:
-        if onnx:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.model = None  # the in-memory ONNX model
+        self.batches: list[tuple] | None = None  # the check data, one tensor per model input
+
+    def __call__(self, graph) -> None:
+        args = self.args
+        if "onnx" in args.export:
             from qcompile.onnx.export import build_onnx
 
-            build_onnx(graph, form=args.onnx_form, dynamic=args.onnx_dynamic)
-        if scored:
+            self.model = build_onnx(graph, form=args.onnx_form, dynamic=args.onnx_dynamic)
+        if (args.check and "onnx" in args.export) or args.modes:
             from qcompile.passes.calibrate import check_batch
 
-            for index, batch in enumerate(open_check_data(args)):
-                check_batch(graph, tuple(batch), index, purpose="--check-data" if args.check_data else "--calib")
+            self.batches = [tuple(batch) for batch in open_check_data(args)]
+            for index, batch in enumerate(self.batches):
+                check_batch(graph, batch, index, purpose="--check-data" if args.check_data else "--calib")
 
-    return preflight
+
+def before_write(args: argparse.Namespace) -> Preflight | None:
+    """The checks to run before OUT is written, or None where there are none."""
+    scored = (args.check and "onnx" in args.export) or args.modes
+    return Preflight(args) if "onnx" in args.export or scored else None
 
 
 def _against_float(reference, path, emitted, batches: list):
@@ -74,7 +82,7 @@ def _against_float(reference, path, emitted, batches: list):
                      concatenated_outputs(emitted, batches), concatenated_outputs(reference, batches))
 
 
-def export_onnx_and_check(args: argparse.Namespace, result, progress=None) -> None:
+def export_onnx_and_check(args: argparse.Namespace, result, progress=None, preflight: Preflight | None = None) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
     comparison with the emitted model in onnxruntime. Where their outputs differ by more than one step, the
     export is judged against the float model beside the module (:mod:`qcompile.onnx.verdict`): as close
@@ -94,7 +102,7 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None) -> No
               "runs each, seconds to a few minutes)", file=sys.stderr)
     path = export_onnx(result.graph, result.out_dir / "model.onnx", form=args.onnx_form,
                        narrow_convs=args.onnx_narrow_convs, threads=args.onnx_threads, batch=args.onnx_batch,
-                       dynamic=args.onnx_dynamic)
+                       dynamic=args.onnx_dynamic, built=preflight.model if preflight is not None else None)
     print(f"qcompile: wrote {Path(args.output) / path.name} (onnx.checker passed)", file=sys.stderr)
     written = onnx.load(str(path))
     for record in recorded(written):
@@ -104,7 +112,8 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None) -> No
               "linear or LSTM (the dynamic pass makes them)", file=sys.stderr)
     if not args.check:
         return
-    batches = [tuple(b) for b in open_check_data(args)]  # one tensor per model input
+    batches = (preflight.batches if preflight is not None and preflight.batches is not None
+               else [tuple(b) for b in open_check_data(args)])  # one tensor per model input
     emitted = load_emitted(result.out_dir)
     try:
         results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph,

@@ -469,7 +469,8 @@ def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq", dynamic: str
 
 
 def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = "qdq",
-                narrow_convs: str = "auto", threads: int = 1, batch: int = 1, dynamic: str = "exact") -> Path:
+                narrow_convs: str = "auto", threads: int = 1, batch: int = 1, dynamic: str = "exact",
+                built: onnx.ModelProto | None = None) -> Path:
     """Write ``graph`` as a self-contained ONNX file (atomically).
 
     Args:
@@ -487,10 +488,13 @@ def export_onnx(graph: Graph, path: str | Path, opset: int = OPSET, form: str = 
             onnxruntime's ``DynamicQuantizeMatMul`` / ``DynamicQuantizeLSTM``,
             faster, rounding its own way with 7-bit weights, onnxruntime only
             (:mod:`qcompile.onnx.fused_dynamic`).
+        built: the model :func:`build_onnx` already made of ``graph`` with
+            these settings (a caller that built it to refuse early), so
+            that it is not built twice.
     """
     from qcompile.onnx.narrow_convs import relayout_narrow_convs
 
-    model = build_onnx(graph, opset, form, dynamic)
+    model = built if built is not None else build_onnx(graph, opset, form, dynamic)
     if any(r.choice != "plain" for r in relayout_narrow_convs(model, narrow_convs, threads, batch)):
         nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
                                            [o.name for o in model.graph.output])
