@@ -28,12 +28,12 @@ from qcompile.onnx.fused_dynamic import fused_linear
 from qcompile.quant.qparams import weight_grid
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 INPUT_CODES = 127  # torch's reduce_range on x86: 7-bit input codes
 
 
-def dynamic_linear(b: _Builder, node: Node, x: str) -> str:
+def dynamic_linear(b: Builder, node: Node, x: str) -> str:
     """The ONNX value of a dynamically quantized linear (with a fused ReLU if it has one); onnxruntime's
     fused kernel in the ``fused`` form (:mod:`qcompile.onnx.fused_dynamic`)."""
     if b.dynamic == "fused":
@@ -44,7 +44,7 @@ def dynamic_linear(b: _Builder, node: Node, x: str) -> str:
     return b.emit("Relu", [out]) if "LinearReLU" in node.target else out
 
 
-def integer_linear(b: _Builder, name: str, x: tuple[str, str, str], weight: torch.Tensor,
+def integer_linear(b: Builder, name: str, x: tuple[str, str, str], weight: torch.Tensor,
                    bias: torch.Tensor | None) -> str:
     """``x @ weight.T + bias`` in float, from ``x``'s codes (:func:`quantize_input`) and a quantized
     ``weight`` [out, in]: ``MatMulInteger``, then the int32 result scaled by input scale x weight scale."""
@@ -62,7 +62,7 @@ def integer_linear(b: _Builder, name: str, x: tuple[str, str, str], weight: torc
     return out
 
 
-def quantize_input(b: _Builder, name: str, x: str) -> tuple[str, str, str]:
+def quantize_input(b: Builder, name: str, x: str) -> tuple[str, str, str]:
     """(codes, scale, zero point) of ``x`` on a 7-bit grid spanning its range and zero."""
     zero = b.const("zero", np.array(0, np.float32))
     lo = b.emit("Min", [b.emit("ReduceMin", [x], keepdims=0), zero])

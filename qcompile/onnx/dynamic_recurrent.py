@@ -33,12 +33,12 @@ from qcompile.onnx.dynamic import integer_linear, quantize_input
 from qcompile.onnx.sequence_ops import int_list
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 Layer = Callable[[int, str], tuple[str, list[str]]]
 
 
-def dynamic_layers(b: _Builder, node: Node) -> Layer:
+def dynamic_layers(b: Builder, node: Node) -> Layer:
     """A function ``(layer, sequence) -> (output sequence, [h_n (, c_n)])`` for ``node``'s layers, each
     state ``[directions, batch, hidden]``, with the int8 weights of torch's dynamic module."""
     state = {key: b.graph.param(node, key) for key in node.params}
@@ -66,7 +66,7 @@ def dynamic_layers(b: _Builder, node: Node) -> Layer:
     return layer
 
 
-def _scan(b: _Builder, node: Node, name: str, sequence: str, ih: str, hidden: int, w_hh: torch.Tensor,
+def _scan(b: Builder, node: Node, name: str, sequence: str, ih: str, hidden: int, w_hh: torch.Tensor,
           b_hh: torch.Tensor | None, reverse: bool) -> tuple[str, list[str]]:
     """The ``Scan`` of one direction of one layer: (outputs [seq, batch, hidden], final states)."""
     batch = b.emit("Shape", [sequence], start=1, end=2)
@@ -82,7 +82,7 @@ def _scan(b: _Builder, node: Node, name: str, sequence: str, ih: str, hidden: in
     return y, finals
 
 
-def _body(b: _Builder, op: str, name: str, hidden: int, w_hh: torch.Tensor, b_hh: torch.Tensor | None):
+def _body(b: Builder, op: str, name: str, hidden: int, w_hh: torch.Tensor, b_hh: torch.Tensor | None):
     """One time step: (h, c, ih_t) -> (h', c', h') for an LSTM, (h, ih_t) -> (h', h') for a GRU."""
     outer, b.nodes = b.nodes, []
     first_constant = len(b.initializers)
@@ -122,7 +122,7 @@ def _body(b: _Builder, op: str, name: str, hidden: int, w_hh: torch.Tensor, b_hh
     return helper.make_graph(nodes, f"{name}_step", inputs, [value(v, hidden) for v in states + [y]], constants)
 
 
-def _split(b: _Builder, x: str, parts: int) -> list[str]:
+def _split(b: Builder, x: str, parts: int) -> list[str]:
     outputs = [b.fresh(f"{x}_part") for _ in range(parts)]
     b.emit("Split", [x], outputs, axis=1, num_outputs=parts)
     return outputs

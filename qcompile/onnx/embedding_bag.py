@@ -27,13 +27,13 @@ from qcompile.onnx.sequence_ops import int8_rows, int_list, int_slice
 from qcompile.quant.embedding import rows_as_read
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 _REDUCTIONS = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax"}
 _ID_TYPES = {"i64": TensorProto.INT64, "i32": TensorProto.INT32}
 
 
-def embedding_bag(b: _Builder, node: Node) -> str:
+def embedding_bag(b: Builder, node: Node) -> str:
     """The ONNX value of an ``nn.EmbeddingBag`` node (float, or an int8 table from ``dynamic``)."""
     args, kw, a = b.args(node), b.kwargs(node), node.attrs
     ids = args[0]
@@ -64,7 +64,7 @@ def embedding_bag(b: _Builder, node: Node) -> str:
     return _segments(b, node, x, b.value(offsets), rows, mode, kept)
 
 
-def _fixed_bags(b: _Builder, rows: str, mode: str, kept: str | None) -> str:
+def _fixed_bags(b: Builder, rows: str, mode: str, kept: str | None) -> str:
     """Rows ``[bags, ids per bag, width]`` reduced over each bag; ``kept`` (bool ``[bags, ids]``) marks ids
     that are not padding."""
     axis = int_list(b, [1])
@@ -78,7 +78,7 @@ def _fixed_bags(b: _Builder, rows: str, mode: str, kept: str | None) -> str:
     return _nothing_seen_is_zero(b, largest)
 
 
-def _without_padding(b: _Builder, rows: str, kept: str | None) -> str:
+def _without_padding(b: Builder, rows: str, kept: str | None) -> str:
     """``rows`` with padding ids' rows at -inf, for a max that does not see them."""
     if kept is None:
         return rows
@@ -86,13 +86,13 @@ def _without_padding(b: _Builder, rows: str, kept: str | None) -> str:
     return b.emit("Where", [b.emit("Unsqueeze", [kept, int_list(b, [-1])]), rows, lowest])
 
 
-def _nothing_seen_is_zero(b: _Builder, largest: str) -> str:
+def _nothing_seen_is_zero(b: Builder, largest: str) -> str:
     """A max over no row (an empty bag, a bag of padding alone) is -inf here and 0 in torch."""
     zero = b.const("zero_f", np.array(0, np.float32))
     return b.emit("Where", [b.emit("IsInf", [largest], detect_positive=0), zero, largest])
 
 
-def _segments(b: _Builder, node: Node, ids: str, offsets: str, rows: str, mode: str, kept: str | None) -> str:
+def _segments(b: Builder, node: Node, ids: str, offsets: str, rows: str, mode: str, kept: str | None) -> str:
     """Rows ``[n, width]`` summed, averaged or maxed into the bags that ``offsets`` start; ``kept`` (bool
     ``[n]``) marks ids that are not padding."""
     count = b.emit("Shape", [ids])  # [n]

@@ -34,7 +34,7 @@ from qcompile.quant.integer_weights import bits_per_channel
 
 if TYPE_CHECKING:
     from qcompile.ir.node import Node
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 MS_DOMAIN = "com.microsoft"
 DYNAMIC_FORMS = ("exact", "fused")
@@ -54,7 +54,7 @@ def seven_bit(w: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tenso
     return codes, scales.reshape(*lead, rows) if per_row else scales.reshape(lead)
 
 
-def fused_lstm_inputs(b: _Builder, name: str, w: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None,
+def fused_lstm_inputs(b: Builder, name: str, w: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None,
                       sequence: str) -> list[str]:
     """The inputs of one layer's ``DynamicQuantizeLSTM`` from its float ``W``, ``R`` ([directions, 4 x
     hidden, ...], ONNX's gate order) and ``B``: no sequence lengths, zero initial states, no peepholes."""
@@ -67,7 +67,7 @@ def fused_lstm_inputs(b: _Builder, name: str, w: torch.Tensor, r: torch.Tensor, 
             b.const(f"{name}_R_scale", r_scales), b.const(f"{name}_R_zero_point", zeros)]
 
 
-def fused_linear(b: _Builder, node: Node, x: str) -> str:
+def fused_linear(b: Builder, node: Node, x: str) -> str:
     """A dynamically quantized linear as ``DynamicQuantizeMatMul``, its weights quantized from the float
     ones where ``dynamic`` kept them, else from torch's int8 ones."""
     weight = b.graph.param(node, "weight")

@@ -40,7 +40,7 @@ from qcompile.onnx.modules import _pool
 from qcompile.quant.integer_weights import weight_codes_grid
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 MODULES = "qcompile.kernels.modules."
 
@@ -49,7 +49,7 @@ def is_gemmlowp(node: Node) -> bool:
     return node.target.startswith(MODULES)
 
 
-def _clamp(b: _Builder, node: Node, value: str) -> str:
+def _clamp(b: Builder, node: Node, value: str) -> str:
     """The module's clamp on its output codes, on float values (see the module docstring)."""
     lo, hi = node.attrs.get("clamp_min", 0), node.attrs.get("clamp_max", 255)
     q = node.quant.qparams
@@ -63,7 +63,7 @@ def _clamp(b: _Builder, node: Node, value: str) -> str:
     return b.emit("Clip", [value, low, high] if high else [value, low])
 
 
-def _weighted(b: _Builder, node: Node, transposed: bool) -> tuple[str, str | None]:
+def _weighted(b: Builder, node: Node, transposed: bool) -> tuple[str, str | None]:
     codes = b.graph.param(node, "weight")
     scales, zero_points = weight_codes_grid(node.quant, codes.shape[0])
     input_scale = float(b.graph.inputs(node)[0].quant.qparams.scale)
@@ -71,7 +71,7 @@ def _weighted(b: _Builder, node: Node, transposed: bool) -> tuple[str, str | Non
                             transposed)
 
 
-def gemmlowp_module(b: _Builder, node: Node, x: str) -> str:
+def gemmlowp_module(b: Builder, node: Node, x: str) -> str:
     """The ONNX value (a float value on the node's grid before its QDQ) of one gemmlowp module."""
     kind, a = node.target.removeprefix(MODULES), node.attrs
     if kind in ("Quantize", "Dequantize"):

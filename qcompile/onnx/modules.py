@@ -30,7 +30,7 @@ from qcompile.onnx.resize import resize
 from qcompile.onnx.tensor_ops import pixel_unshuffle
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 
 def _pair(value, n=2):
@@ -40,7 +40,7 @@ def _pair(value, n=2):
 CONVS = ("conv1d", "conv2d", "conv3d")
 
 
-def functional_layer(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
+def functional_layer(b: Builder, node: Node, x: str, args: list, kw: dict) -> str:
     """``F.conv1d`` / ``2d`` / ``3d`` (as ``Conv``) or ``F.linear`` (``MatMul``, ``Add``), weights as inputs."""
     names = ("weight", "bias") if node.op == "linear" else ("weight", "bias", "stride", "padding", "dilation", "groups")
     call = dict(zip(names, args[1:], strict=False)) | kw
@@ -64,7 +64,7 @@ def conv_attrs(node: Node, settings: dict | None = None, kernel_shape: list | No
                 pads=pads + pads, dilations=_pair(a.get("dilation", 1), n), group=a.get("groups", 1))
 
 
-def _activation(b: _Builder, value: str, act: str | None) -> str:
+def _activation(b: Builder, value: str, act: str | None) -> str:
     if act == "relu":
         return b.emit("Relu", [value])
     if act == "relu6":
@@ -76,7 +76,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh", "
                *SETTINGS)
 
 
-def _module(b: _Builder, node: Node, x: str) -> str:
+def _module(b: Builder, node: Node, x: str) -> str:
     a = node.attrs
     if node.op in CONVS:
         w, bias = b.weight(node)
@@ -142,7 +142,7 @@ _POOL_ARGS = {f"{kind}_pool{n}d": settings for n in (1, 2, 3) for kind, settings
     ("avg", ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")))}
 
 
-def _pool(b: _Builder, op: str, x: str, a: dict) -> str:
+def _pool(b: Builder, op: str, x: str, a: dict) -> str:
     """MaxPool / AveragePool from the settings of an nn module or a functional call (``a``)."""
     if a.get("return_indices") or a.get("divisor_override"):
         raise QCompileError(f"{op} with return_indices or divisor_override is not exported to ONNX yet")
@@ -158,7 +158,7 @@ def _pool(b: _Builder, op: str, x: str, a: dict) -> str:
 ADAPTIVE_POOLS = {f"adaptive_{kind}_pool{n}d" for kind in ("avg", "max") for n in (1, 2, 3)}
 
 
-def adaptive_pool(b: _Builder, node: Node, x: str, output_size, return_indices: bool = False) -> str:
+def adaptive_pool(b: Builder, node: Node, x: str, output_size, return_indices: bool = False) -> str:
     """An adaptive pool: global, or a fixed pool where each input size is a multiple of its output size
     (torch's windows are then ``input / output`` wide, side by side), or the input itself."""
     kind = "Max" if "max" in node.op else "Average"
@@ -181,7 +181,7 @@ def adaptive_pool(b: _Builder, node: Node, x: str, output_size, return_indices: 
     return b.emit(f"{kind}Pool", [x], kernel_shape=kernel, strides=kernel)
 
 
-def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
+def _fake_quantize(b: Builder, node: Node, x: str) -> str:
     """A QAT fake-quant node as the Quantize/DequantizeLinear pair it simulates."""
     from qcompile.nn.qat import _affine_qparams
 
@@ -197,7 +197,7 @@ def _fake_quantize(b: _Builder, node: Node, x: str) -> str:
     return b.emit("DequantizeLinear", [b.emit("QuantizeLinear", [x, s, zp]), s, zp])
 
 
-def _softplus(b: _Builder, x: str, beta: float, threshold: float) -> str:
+def _softplus(b: Builder, x: str, beta: float, threshold: float) -> str:
     """torch's softplus: log(1 + exp(beta x)) / beta, and x itself where beta x is above the threshold.
 
     ONNX's Softplus has no beta and no threshold. From a threshold of 20 up,
@@ -215,7 +215,7 @@ def _softplus(b: _Builder, x: str, beta: float, threshold: float) -> str:
     return b.emit("Where", [above, x, soft])
 
 
-def _activation_op(b: _Builder, op: str, x: str, settings: dict | None = None) -> str:
+def _activation_op(b: Builder, op: str, x: str, settings: dict | None = None) -> str:
     settings = settings or {}
     if op == "relu6":
         return _activation(b, x, "relu6")

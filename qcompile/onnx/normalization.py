@@ -20,13 +20,13 @@ from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 OPS = ("batch_norm1d", "batch_norm2d", "batch_norm3d", "group_norm", "instance_norm1d", "instance_norm2d",
        "instance_norm3d")
 
 
-def normalization(b: _Builder, node: Node, x: str) -> str:
+def normalization(b: Builder, node: Node, x: str) -> str:
     """The ONNX value computing ``node``, an ``nn`` normalization module of :data:`OPS`."""
     a = node.attrs
     eps = float(a["eps"])
@@ -50,7 +50,7 @@ def normalization(b: _Builder, node: Node, x: str) -> str:
     return b.emit("Add", [b.emit("Mul", [normalized, weight]), bias])
 
 
-def _batch_norm(b: _Builder, node: Node, x: str, eps: float) -> str:
+def _batch_norm(b: Builder, node: Node, x: str, eps: float) -> str:
     channels = node.attrs["num_features"]
     weight, bias = _affine(b, node, channels, node.attrs.get("affine", True))
     mean, var = (b.graph.param(node, k) for k in ("running_mean", "running_var"))
@@ -61,7 +61,7 @@ def _batch_norm(b: _Builder, node: Node, x: str, eps: float) -> str:
     return b.emit("BatchNormalization", [x, weight, bias, mean, var], epsilon=eps)
 
 
-def _affine(b: _Builder, node: Node, channels: int, affine: bool) -> tuple[str, str]:
+def _affine(b: Builder, node: Node, channels: int, affine: bool) -> tuple[str, str]:
     """The module's weight and bias, or ones and zeros where it has none."""
     if affine:
         return tuple(b.const(f"{node.name}_{k}", b.graph.param(node, k).float()) for k in ("weight", "bias"))

@@ -14,7 +14,7 @@ from qcompile.ir.types import TensorType
 from qcompile.onnx.inputs import dynamic_axes
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 
 def output_values(graph: Graph) -> list[Node]:
@@ -41,7 +41,7 @@ def _named_outputs(graph: Graph) -> list[tuple[str, Node]]:
     return named
 
 
-def graph_outputs(b: _Builder) -> list[onnx.ValueInfoProto]:
+def graph_outputs(b: Builder) -> list[onnx.ValueInfoProto]:
     """Graph outputs ``output`` (one tensor), ``output_0``, ``output_1``, ... (a tuple) or the keys of a
     returned dict, batch dynamic.
 

@@ -20,8 +20,9 @@ from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
+from qcompile.onnx.builder import OPSET, Builder, param_value
 from qcompile.onnx.constants import fold_constants
-from qcompile.onnx.export import OPSET, _Builder, _call, integer_relu6, param_value
+from qcompile.onnx.export import _call, integer_relu6
 from qcompile.onnx.fused_dynamic import MS_DOMAIN as MS
 from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.modules import CONVS, _module, _pair, conv_attrs
@@ -33,7 +34,7 @@ _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity",
               "permute", "getitem", "chunk", "split", "split_with_sizes", "unflatten", "unsqueeze", "squeeze", "select"}
 
 
-class _QBuilder(_Builder):
+class _QBuilder(Builder):
     def int_weight(self, node: Node, as_conv: bool) -> list[str]:
         weight = self.graph.param(node, "weight")
         bias = self.graph.param(node, "bias")

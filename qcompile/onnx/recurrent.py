@@ -28,13 +28,13 @@ from qcompile.onnx.dynamic_recurrent import dynamic_layers
 from qcompile.onnx.fused_dynamic import MS_DOMAIN, fused_lstm_inputs
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 # torch's gate blocks, in the order ONNX expects them
 _GATES = {"lstm": (4, [0, 3, 1, 2]), "gru": (3, [1, 0, 2])}
 
 
-def recurrent(b: _Builder, node: Node, x: str) -> list:
+def recurrent(b: Builder, node: Node, x: str) -> list:
     """The ONNX values of an ``nn.LSTM`` / ``nn.GRU`` node, in torch's output structure."""
     a = node.attrs
     if len(node.args) > 1 or node.kwargs:
@@ -59,7 +59,7 @@ def recurrent(b: _Builder, node: Node, x: str) -> list:
     return [out, stacked] if node.op == "lstm" else [out, stacked[0]]
 
 
-def _onnx_layer(b: _Builder, node: Node, fused: bool, layer: int, sequence: str) -> tuple[str, list[str]]:
+def _onnx_layer(b: Builder, node: Node, fused: bool, layer: int, sequence: str) -> tuple[str, list[str]]:
     """One layer as ONNX's LSTM / GRU op, or onnxruntime's ``DynamicQuantizeLSTM`` if ``fused``: (output
     sequence, [Y_h (, Y_c)])."""
     directions = 2 if node.attrs.get("bidirectional", False) else 1
@@ -81,7 +81,7 @@ def _onnx_layer(b: _Builder, node: Node, fused: bool, layer: int, sequence: str)
     return b.emit("Reshape", [y, b.const("shape", np.array([0, 0, -1], np.int64))]), outputs[1:]
 
 
-def _layer_weights(b: _Builder, node: Node, layer: int,
+def _layer_weights(b: Builder, node: Node, layer: int,
                    directions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """W, R and B (None without biases) of one layer, each stacked over directions, gates in ONNX's order."""
     blocks, order = _GATES[node.op]

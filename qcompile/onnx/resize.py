@@ -28,12 +28,12 @@ from qcompile.ir.node import Node
 from qcompile.onnx.sequence_ops import int_slice
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 _LINEAR = ("linear", "bilinear", "trilinear")
 
 
-def resize(b: _Builder, node: Node, x: str, settings: dict[str, Any]) -> str:
+def resize(b: Builder, node: Node, x: str, settings: dict[str, Any]) -> str:
     """The ONNX value of ``node`` resizing ``x`` with ``settings`` (``size``, ``scale_factor``, ``mode``,
     ``align_corners``, ``recompute_scale_factor``, ``antialias``, as torch names them)."""
     mode = settings.get("mode", "nearest")

@@ -26,7 +26,7 @@ from qcompile.ir.types import TensorType
 from qcompile.quant.embedding import embedding_call, rows_as_read
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 # Ops this module exports, as function / method calls and as nn modules.
 FUNCTION_OPS = ("unflatten", "unsqueeze", "squeeze", "select", "unbind", "layer_norm", "scaled_dot_product_attention",
@@ -38,23 +38,23 @@ def _arg(args: list, kw: dict, index: int, name: str, default: Any = None) -> An
     return args[index] if len(args) > index else kw.get(name, default)
 
 
-def int_list(b: _Builder, dims: Any) -> str:
+def int_list(b: Builder, dims: Any) -> str:
     """A 1-D int64 constant of one int or a list of them (axes, sizes)."""
     dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
     return b.const("axes", np.array(dims, np.int64))
 
 
-def int_slice(b: _Builder, values: str, start: int, end: int) -> str:
+def int_slice(b: Builder, values: str, start: int, end: int) -> str:
     """``values[start:end]`` of a 1-D int64 value (a shape, offsets)."""
     return b.emit("Slice", [values, b.const("start", np.array([start], np.int64)),
                             b.const("end", np.array([end], np.int64))])
 
 
-def _optional(b: _Builder, value: Any) -> str:
+def _optional(b: Builder, value: Any) -> str:
     return b.value(value) if isinstance(value, Node) else ""
 
 
-def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str]:
+def function_op(b: Builder, node: Node, args: list, kw: dict) -> str | list[str]:
     """The ONNX value computing ``node``, a call of one of :data:`FUNCTION_OPS` (``unbind``: one per slice)."""
     op = node.op
     if op == "arange":
@@ -108,7 +108,7 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str | list[str
     raise AssertionError(op)
 
 
-def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
+def tensor_index(b: Builder, node: Node, x: str, index: Any) -> str:
     """``x[index]`` for ints, slices with constant bounds, ``...``, ``None`` and one int64 index tensor
     (``table[idx]``, as in relative position biases): Slice, Gather per int, Gather by the tensor (its
     axis becomes the index's shape, as in torch), Unsqueeze for each None."""
@@ -155,7 +155,7 @@ def tensor_index(b: _Builder, node: Node, x: str, index: Any) -> str:
     return x
 
 
-def module_op(b: _Builder, node: Node, x: str) -> str:
+def module_op(b: Builder, node: Node, x: str) -> str:
     """The ONNX value computing ``node``, an ``nn`` module of one of :data:`MODULE_OPS`."""
     a = node.attrs
     if node.op == "layer_norm":
@@ -177,7 +177,7 @@ def module_op(b: _Builder, node: Node, x: str) -> str:
     raise AssertionError(node.op)
 
 
-def _arange(b: _Builder, node: Node, args: list) -> str:
+def _arange(b: Builder, node: Node, args: list) -> str:
     """``arange(end)``, ``arange(start, end[, step])``: Range over int64 scalars (a symbolic end stays symbolic)."""
     bounds = [0, *args, 1][-3:] if len(args) == 1 else [*args, 1][:3]
     if not all(isinstance(v, (int, Node)) and not isinstance(v, bool) for v in bounds):
@@ -189,7 +189,7 @@ def _arange(b: _Builder, node: Node, args: list) -> str:
     return out
 
 
-def int8_rows(b: _Builder, node: Node, table: torch.Tensor, ids: str) -> str:
+def int8_rows(b: Builder, node: Node, table: torch.Tensor, ids: str) -> str:
     """Rows of uint8 codes with a float scale and zero point each (``dynamic``): gathered, then
     ``code * scale - zero point * scale`` with each row's own pair, as torch's quantized embedding does."""
     scale = table.q_per_channel_scales().float()
@@ -208,7 +208,7 @@ def _plain_embedding(node: Node, settings: dict) -> None:
                             hint="max_norm rescales rows as they are read; renormalize the table once and drop it")
 
 
-def _layer_norm(b: _Builder, x: str, rank: int, weight: str, bias: str, eps: float, node: Node) -> str:
+def _layer_norm(b: Builder, x: str, rank: int, weight: str, bias: str, eps: float, node: Node) -> str:
     if not weight:  # LayerNormalization needs a scale; no affine part is a scale of ones
         width = node.type.shape[-rank:] if node.type is not None else None
         if width is None:
@@ -217,7 +217,7 @@ def _layer_norm(b: _Builder, x: str, rank: int, weight: str, bias: str, eps: flo
     return b.emit("LayerNormalization", [x, weight] + ([bias] if bias else []), axis=-rank, epsilon=eps)
 
 
-def _attention(b: _Builder, node: Node, args: list, kw: dict) -> str:
+def _attention(b: Builder, node: Node, args: list, kw: dict) -> str:
     q, k, v = (b.value(a) for a in args[:3])
     mask = _arg(args, kw, 3, "attn_mask")
     dropout = _arg(args, kw, 4, "dropout_p", 0.0)

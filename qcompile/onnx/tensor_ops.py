@@ -18,7 +18,7 @@ from qcompile.ir.padding import module_padding
 from qcompile.onnx.sequence_ops import _arg, int_list, int_slice
 
 if TYPE_CHECKING:
-    from qcompile.onnx.export import _Builder
+    from qcompile.onnx.builder import Builder
 
 _UNARY = {"abs": "Abs", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "reciprocal": "Reciprocal",
           "floor": "Floor", "ceil": "Ceil", "sign": "Sign", "erf": "Erf"}
@@ -28,7 +28,7 @@ FUNCTION_OPS = (*_UNARY, *_REDUCTIONS, "clamp", "clip", "rsqrt", "stack", "log_s
                 "pixel_shuffle", "pixel_unshuffle", "max", "min", "einsum", "pad", "roll", "linalg_vector_norm", "clamp_min", "clamp_max", "normalize")
 
 
-def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
+def function_op(b: Builder, node: Node, args: list, kw: dict) -> str:
     """The ONNX value computing ``node``, a call of one of :data:`FUNCTION_OPS`."""
     op = node.op
     if op == "stack":  # torch.stack(tensors, dim): each unsqueezed at dim, then concatenated
@@ -83,7 +83,7 @@ def function_op(b: _Builder, node: Node, args: list, kw: dict) -> str:
     raise AssertionError(op)
 
 
-def pixel_unshuffle(b: _Builder, node: Node, x: str, factor: int) -> str:
+def pixel_unshuffle(b: Builder, node: Node, x: str, factor: int) -> str:
     """``F.pixel_unshuffle(x, r)``: channel ``c r^2 + i r + j`` holds pixel ``(i, j)`` of each r x r block of
     channel ``c``. ONNX's SpaceToDepth orders them ``(i r + j) C + c`` (phase first), so this is written
     as Reshape [N, C, H/r, r, W/r, r], Transpose and Reshape; the batch axis may vary."""
@@ -100,19 +100,19 @@ def pixel_unshuffle(b: _Builder, node: Node, x: str, factor: int) -> str:
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _pad(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
+def _pad(b: Builder, node: Node, x: str, args: list, kw: dict) -> str:
     """``F.pad(x, (left, right, top, bottom, ...), mode, value)``: torch lists the last axis first, in
     (begin, end) pairs; ONNX's Pad takes every axis's begins, then every axis's ends."""
     widths, mode, value = _arg(args, kw, 1, "pad"), _arg(args, kw, 2, "mode", "constant"), _arg(args, kw, 3, "value")
     return pad(b, node, x, widths, mode, value)
 
 
-def pad_module(b: _Builder, node: Node, x: str) -> str:
+def pad_module(b: Builder, node: Node, x: str) -> str:
     """A padding module (``nn.ZeroPad2d((0, 1, 0, 1))``, ``nn.ReflectionPad1d(2)``...) as :func:`pad`."""
     return pad(b, node, x, *module_padding(node))
 
 
-def pad(b: _Builder, node: Node, x: str, widths, mode: str, value) -> str:
+def pad(b: Builder, node: Node, x: str, widths, mode: str, value) -> str:
     """ONNX Pad for torch's ``(last axis begin, end, axis before it begin, end, ...)`` widths."""
     if any(isinstance(w, Node) for w in widths) or mode not in _PAD_MODES:
         raise QCompileError(f"%{node.name}: a pad of computed widths or in mode {mode!r} is not exported to ONNX yet")
@@ -126,7 +126,7 @@ def pad(b: _Builder, node: Node, x: str, widths, mode: str, value) -> str:
     return b.emit("Pad", inputs, mode=_PAD_MODES[mode])
 
 
-def _roll(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str:
+def _roll(b: Builder, node: Node, x: str, args: list, kw: dict) -> str:
     """``torch.roll(x, shifts, dims)`` (Swin's shifted windows): per axis, the last ``shift`` entries moved
     to the front, as two Slices and a Concat; the axes' sizes are fixed in the file."""
     shifts, dims = _arg(args, kw, 1, "shifts"), _arg(args, kw, 2, "dims")
@@ -165,7 +165,7 @@ def onnx_equation(equation: str) -> str:
     return "".join(out)
 
 
-def _extreme(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str | list[str]:
+def _extreme(b: Builder, node: Node, x: str, args: list, kw: dict) -> str | list[str]:
     """``torch.max(x)`` (a scalar), ``torch.max(x, y)`` (element-wise) or ``x.max(dim)``: [values, indices]."""
     other = _arg(args, kw, 1, "dim")
     if other is None:
@@ -179,7 +179,7 @@ def _extreme(b: _Builder, node: Node, x: str, args: list, kw: dict) -> str | lis
     return [values, indices]
 
 
-def flatten(b: _Builder, x: str, rank: int, start: int, end: int) -> str:
+def flatten(b: Builder, x: str, rank: int, start: int, end: int) -> str:
     """``torch.flatten(x, start, end)``. ONNX's Flatten always gives 2-D ``[d0 * ... * d(k-1), rest]``,
     which is torch's only for ``start=1, end=-1``; otherwise a Reshape keeps the axes around the run."""
     start, end = start % rank, end % rank
