@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from qcompile.backends import activation_grid_for, backend_of
+from qcompile.backends import activation_grid_for, backend_of, full_activation_grid
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
@@ -58,9 +58,11 @@ class Observe(Pass):
         before = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
         counts = {"activations": 0, "weights": 0, "shared": 0}
         preset = ctx.quant_config.qconfig
-        backend = backend_of(ctx.remaining_passes) if self.activation_grid == "backend" else None
-        followed = activation_grid_for(preset.activation, "gemmlowp" if self.activation_grid == "full" else backend)
-        backend = "full 8-bit" if self.activation_grid == "full" else backend
+        if self.activation_grid == "full":
+            followed, grids = full_activation_grid(preset.activation), "full 8-bit"
+        else:
+            grids = backend_of(ctx.remaining_passes) if self.activation_grid == "backend" else None
+            followed = activation_grid_for(preset.activation, grids)
         for node in graph.nodes():
             if node.quant.mode != "static":
                 continue
@@ -71,7 +73,7 @@ class Observe(Pass):
                 node.quant.observer = followed if qconfig.activation == preset.activation else qconfig.activation
                 counts["activations"] += 1
                 if node.quant.observer != qconfig.activation:
-                    counts[f"grids for {backend}"] = counts.get(f"grids for {backend}", 0) + 1
+                    counts[f"grids for {grids}"] = counts.get(f"grids for {grids}", 0) + 1
             if kind == "weighted":  # per output channel (axis 0), but transposed convolutions per tensor
                 node.quant.weight_observer = (replace(qconfig.weight, per_channel=False) if node.op in TRANSPOSED
                                               else replace(qconfig.weight, axis=0))

@@ -61,6 +61,9 @@ def backend_of(passes: Iterable) -> str | None:
 def activation_grid_for(spec: ObserverSpec, backend: str | None) -> ObserverSpec:
     """``spec`` on the most accurate grid ``backend`` computes exactly (unchanged without a backend)."""
     grids = BACKEND_GRIDS.get(backend) if backend is not None else None
-    if grids is not None and grids.full_activations and spec.reduce_range and spec.dtype == "quint8":
-        return replace(spec, reduce_range=False)
-    return spec
+    return full_activation_grid(spec) if grids is not None and grids.full_activations else spec
+
+
+def full_activation_grid(spec: ObserverSpec) -> ObserverSpec:
+    """``spec`` over the whole uint8 container (codes 0-255) where it reduces the range."""
+    return replace(spec, reduce_range=False) if spec.reduce_range and spec.dtype == "quint8" else spec

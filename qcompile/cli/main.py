@@ -261,10 +261,10 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
     pipeline = parse_pipeline(passes) if passes else None
     if getattr(args, "backend", None):
         pipeline = _with_backend(pipeline, args.backend)
-    gemmlowp = pipeline is not None and backend_of(pipeline.passes) == "gemmlowp"
-    if command == "compile" and "onnx" in args.export and gemmlowp and args.onnx_form != "qdq":
-        raise QCompileError("graphs converted for the gemmlowp backend export in QDQ form only",
-                            hint="use --onnx-form qdq (onnxruntime fuses it into the same integer kernels)")
+    if command == "compile" and "onnx" in args.export:
+        from qcompile.onnx.export import check_exportable as check_onnx_form
+
+        check_onnx_form(backend_of(pipeline.passes) if pipeline is not None else None, args.onnx_form)
     if command == "compile" and args.check:
         if "onnx" not in args.export:
             raise QCompileError("--check compares the ONNX export with the emitted model", hint="add --export onnx")

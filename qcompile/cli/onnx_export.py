@@ -52,7 +52,7 @@ class Preflight:
             from qcompile.onnx.export import build_onnx
 
             self.model = build_onnx(graph, form=args.onnx_form, dynamic=args.onnx_dynamic)
-        if (args.check and "onnx" in args.export) or args.modes:
+        if _scored(args):
             from qcompile.passes.calibrate import check_batch
 
             self.batches = [tuple(batch) for batch in open_check_data(args)]
@@ -60,10 +60,14 @@ class Preflight:
                 check_batch(graph, batch, index, purpose="--check-data" if args.check_data else "--calib")
 
 
+def _scored(args: argparse.Namespace) -> bool:
+    """Whether --check or --modes will run the model on data."""
+    return bool((args.check and "onnx" in args.export) or args.modes)
+
+
 def before_write(args: argparse.Namespace) -> Preflight | None:
     """The checks to run before OUT is written, or None where there are none."""
-    scored = (args.check and "onnx" in args.export) or args.modes
-    return Preflight(args) if "onnx" in args.export or scored else None
+    return Preflight(args) if "onnx" in args.export or _scored(args) else None
 
 
 def _against_float(reference, path, emitted, batches: list):

@@ -220,7 +220,7 @@ def _call(b: Builder, node: Node) -> str | list[str]:
     if op in tensor_ops.FUNCTION_OPS:
         return tensor_ops.function_op(b, node, args, kw)
     if torch_written.writes(node):  # any other float op: as torch's own exporter writes it
-        return torch_written.torch_written(b, node, b.opset)
+        return torch_written.torch_written(b, node)
     raise QCompileError(f"%{node.name}: {node.target} is not exported to ONNX yet",
                         hint="keep that op out of the export, or extend qcompile.onnx.export")
 
@@ -284,9 +284,10 @@ def opset_imports(nodes: list[onnx.NodeProto], opset: int) -> list[onnx.Operator
     return imports
 
 
-def check_exportable(graph: Graph, form: str = "qdq") -> None:
-    """Refuse graphs the exporter does not take in ``form``: gemmlowp graphs export in QDQ form only."""
-    if graph.attrs.get("backend") == "gemmlowp" and form != "qdq":
+def check_exportable(backend: str | None, form: str = "qdq") -> None:
+    """Refuse a graph on ``backend`` the exporter does not write in ``form``: gemmlowp graphs export in QDQ form
+    only. The CLI asks with the pipeline's backend before anything runs."""
+    if backend == "gemmlowp" and form != "qdq":
         raise QCompileError("graphs converted for the gemmlowp backend export in QDQ form only",
                             hint="use --onnx-form qdq (onnxruntime fuses it into the same integer kernels)")
 
@@ -301,7 +302,7 @@ def build_onnx(graph: Graph, opset: int = OPSET, form: str = "qdq", dynamic: str
     """
     if form not in ("qdq", "qoperator"):
         raise QCompileError(f"unknown ONNX form {form!r}", hint="qdq or qoperator")
-    check_exportable(graph, form)
+    check_exportable(graph.attrs.get("backend"), form)
     if dynamic not in DYNAMIC_FORMS:
         raise QCompileError(f"unknown form of dynamically quantized ops {dynamic!r}", hint=" or ".join(DYNAMIC_FORMS))
     from qcompile.onnx.qoperator import to_onnx_qoperator

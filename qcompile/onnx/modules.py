@@ -131,7 +131,7 @@ def _module(b: Builder, node: Node, x: str) -> str:
         rank = len(b.graph.inputs(node)[0].type.shape)
         return tensor_ops.flatten(b, x, rank, a.get("start_dim", 1), a.get("end_dim", -1))
     if torch_written.writes(node):  # any other float module: as torch's own exporter writes it
-        return torch_written.torch_written(b, node, b.opset)
+        return torch_written.torch_written(b, node)
     raise QCompileError(f"%{node.name}: module op {node.op!r} ({node.target}) is not exported to ONNX yet",
                         hint="keep that op out of the export, or extend qcompile.onnx.modules")
 

@@ -43,7 +43,7 @@ from qcompile.ir.modules import build_module
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.targets import resolve_target
 from qcompile.ir.types import TensorType
-from qcompile.torch_warnings import torch_deprecations_silenced
+from qcompile.onnx.builder import Builder
 
 INTEGER_TARGETS = ("torch.ao.", "torch.ops.quantized.", "qcompile.")  # lowered by the int8 emitters, or nowhere
 
@@ -59,9 +59,7 @@ class _Op(torch.nn.Module):
 
     def __init__(self, call, args: list, kwargs: dict, slots: list[tuple[str, Any]]):
         super().__init__()
-        self.call, self.args, self.kwargs, self.slots = call, args, kwargs, slots
-        if isinstance(call, torch.nn.Module):
-            self.layer = call  # registered, so that its parameters export as initializers
+        self.call, self.args, self.kwargs, self.slots = call, args, kwargs, slots  # a module call: a submodule
 
     def forward(self, *tensors: torch.Tensor):
         args, kwargs = list(self.args), dict(self.kwargs)
@@ -106,7 +104,7 @@ def _silenced_output() -> Iterator[None]:
         os.close(saved[0]), os.close(saved[1])
 
 
-def _callable(b, node: Node):
+def _callable(b: Builder, node: Node):
     if node.kind == NodeKind.MODULE:
         state = {key: b.graph.params[p] for key, p in node.params.items()}
         return build_module(node.target, node.attrs, state, path=node.source.module_path).eval()
@@ -115,7 +113,7 @@ def _callable(b, node: Node):
     return resolve_target(node.target)
 
 
-def torch_written(b, node: Node, opset: int) -> str | list[str]:
+def torch_written(b: Builder, node: Node) -> str | list[str]:
     """The ONNX value(s) of ``node``, from the nodes ``torch.onnx.export`` writes for it alone.
 
     Raises:
@@ -154,9 +152,9 @@ def torch_written(b, node: Node, opset: int) -> str | list[str]:
                                                                                             strict=True)}
     buffer = io.BytesIO()
     try:
-        with torch_deprecations_silenced(), warnings.catch_warnings(), torch.no_grad(), _silenced_output():
+        with warnings.catch_warnings(), torch.no_grad(), _silenced_output():
             warnings.simplefilter("ignore")
-            torch.onnx.export(op, tuple(examples), buffer, dynamo=False, opset_version=opset, input_names=names_in,
+            torch.onnx.export(op, tuple(examples), buffer, dynamo=False, opset_version=b.opset, input_names=names_in,
                               output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
     except Exception as exc:  # noqa: BLE001 - whatever torch's exporter raises, the user gets one named error
         raise _refused(node, f"torch.onnx cannot write it either ({type(exc).__name__}: "
@@ -167,7 +165,7 @@ def torch_written(b, node: Node, opset: int) -> str | list[str]:
     return written if several else written[0]
 
 
-def _inline(b, node: Node, model: onnx.ModelProto, inputs: dict[str, str], outputs: list[str]) -> list[str]:
+def _inline(b: Builder, node: Node, model: onnx.ModelProto, inputs: dict[str, str], outputs: list[str]) -> list[str]:
     """``model``'s nodes and initializers added to the builder, renamed apart; the values of ``outputs``."""
     if any(o.domain not in ("", "ai.onnx") for o in model.opset_import):
         raise _refused(node, "torch.onnx writes it with operators outside ONNX's standard set")

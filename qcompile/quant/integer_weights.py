@@ -91,9 +91,15 @@ def _channel_range(q: QuantAnnotation) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def _bits_scales(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
+def _bits_codes(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lowest and highest code of ``bits`` (float64) bits per channel; both 0 for 0 bits."""
     qmin = torch.where(bits > 0, -(2.0 ** (bits - 1)), torch.zeros_like(bits))
+    qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
+    return qmin, qmax
+
+
+def _bits_scales(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    qmin, qmax = _bits_codes(bits)
     magnitude = torch.maximum(-torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi)))
     return (magnitude.double() / ((qmax - qmin) / 2).clamp(min=0.5)).clamp(min=_EPS)
 
@@ -105,8 +111,7 @@ def bits_per_channel(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, b
     (a 0-bit channel is all zeros), so int8 kernels run them as they are.
     """
     bits = bits.to(torch.float64)
-    qmax = torch.where(bits > 0, 2.0 ** (bits - 1) - 1, torch.zeros_like(bits))
-    qmin = torch.where(bits > 0, -(2.0 ** (bits - 1)), torch.zeros_like(bits))
+    qmin, qmax = _bits_codes(bits)
     scale = _bits_scales(lo, hi, bits)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     codes = torch.round(weight.double() / scale.reshape(shape))
