@@ -169,10 +169,10 @@ def test_zero_pads_run_on_the_codes(tmp_path, backend):
     with torch.no_grad():
         assert torch.equal(emitted(x), Interpreter(graph).run(x))
         assert sqnr_db(emitted(x), model(x)) > 25
-    if backend == "native":  # the QDQ export pads in float between DequantizeLinear and QuantizeLinear
-        (off, on) = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), emitted, [x], output_scale(graph),
-                               graph=graph)
-        assert off.within_1_lsb == on.within_1_lsb == 1.0
+    # the QDQ export pads in float between DequantizeLinear and QuantizeLinear (with 0: the zero point's value)
+    (off, on) = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), emitted, [x], output_scale(graph),
+                           graph=graph)
+    assert off.within_1_lsb == on.within_1_lsb == 1.0
 
 
 def test_padding_modules_export_to_onnx(tmp_path):

@@ -31,7 +31,7 @@ from qcompile.onnx import sequence_ops, tensor_ops, torch_written
 from qcompile.onnx.builder import OPSET, Builder, param_value
 from qcompile.onnx.constants import fold_constants
 from qcompile.onnx.fused_dynamic import DYNAMIC_FORMS, MS_DOMAIN
-from qcompile.onnx.gemmlowp import gemmlowp_module, is_gemmlowp
+from qcompile.onnx.gemmlowp import code_pad, gemmlowp_module, is_gemmlowp, pads_codes
 from qcompile.onnx.inputs import check_dynamic_axes, graph_inputs
 from qcompile.onnx.modules import (
     _POOL_ARGS,
@@ -255,6 +255,8 @@ def to_onnx(graph: Graph, opset: int = OPSET, dynamic: str = "exact") -> onnx.Mo
                 continue
         if node.kind == NodeKind.MODULE and is_gemmlowp(node):  # plain integer tensors: qcompile.onnx.gemmlowp
             value = gemmlowp_module(b, node, b.value(b.args(node)[0]))
+        elif pads_codes(b, node):
+            value = code_pad(b, node, b.value(b.args(node)[0]))
         elif node.kind == NodeKind.MODULE:
             args = b.args(node)
             value = _module(b, node, b.value(args[0]))

@@ -37,6 +37,7 @@ import numpy as np
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.onnx.modules import _pool
+from qcompile.onnx.tensor_ops import pad
 from qcompile.quant.integer_weights import weight_codes_grid
 
 if TYPE_CHECKING:
@@ -69,6 +70,17 @@ def _weighted(b: Builder, node: Node, transposed: bool) -> tuple[str, str | None
     input_scale = float(b.graph.inputs(node)[0].quant.qparams.scale)
     return b.integer_weight(node, codes, scales, zero_points, 0, b.graph.param(node, "bias"), input_scale,
                             transposed)
+
+
+def pads_codes(b: Builder, node: Node) -> bool:
+    """Whether ``node`` is a pad the gemmlowp lowering wrote on the codes (``F.pad`` with the zero point)."""
+    return (b.graph.attrs.get("backend") == "gemmlowp" and node.target == "torch.nn.functional.pad"
+            and node.quant.mode == "static")
+
+
+def code_pad(b: Builder, node: Node, x: str) -> str:
+    """A pad of the codes with the zero point, as a pad of the values they stand for with 0."""
+    return pad(b, node, x, node.args[1], "constant", 0.0)
 
 
 def gemmlowp_module(b: Builder, node: Node, x: str) -> str:
