@@ -12,6 +12,8 @@ from qcompile.passes import (  # noqa: F401
     convert,
     dynamic,
     fuse,
+    integerize,
+    lower,
     observe,
     pipelines,
     qat,

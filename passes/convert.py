@@ -7,10 +7,12 @@ value's statistics (or an analytic clip range, when a pass set one) and its
 observer's grid; weight bits (``weight-bits``, ReLU6 grids widened, below).
 Then the quantized region is lowered onto one backend in
 ``qcompile/backends/``, each from those decisions, never through another:
-``gemmlowp`` makes weights integer codes (:mod:`qcompile.quant.integer_weights`)
-and runs qcompile's kernels; ``native`` wraps the same codes as torch's
-quantized tensors and runs torch's engines (x86 / fbgemm / qnnpack, chosen by
-the quantization config). Before and after (``native``)::
+``gemmlowp`` is ``integerize`` (the neutral integer stage: weights as integer
+codes, int32 biases, fixed-point multipliers, :mod:`qcompile.integer.stage`)
+followed by ``lower{backend=gemmlowp}`` (qcompile's kernels); ``native`` wraps
+the same codes as torch's quantized tensors and runs torch's engines (x86 /
+fbgemm / qnnpack, chosen by the quantization config). Before and after
+(``native``)::
 
     %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) : f32[1,64,112,112] {act='relu', ...}
     %add   = add(%layer1_0_conv2, %maxpool) : f32[1,64,56,56] {act='relu'}
@@ -113,6 +115,13 @@ def decide_grids(graph: Graph, convert: Convert) -> dict[str, int]:
     return counts
 
 
+def require_scales(graph: Graph) -> None:
+    """Refuse a graph with a statically quantized value that got no grid."""
+    for node in graph.nodes():
+        if node.quant.mode == "static" and node.quant.qparams is None and node.op not in SPLITS | {"getitem"}:
+            raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
+
+
 @register_pass
 @dataclass(frozen=True)
 class Convert(Pass):
@@ -131,14 +140,16 @@ class Convert(Pass):
         if "converted" in graph.facts:
             return PassResult(False)
         graph.attrs.update(backend=self.backend)
-        counts = decide_grids(graph, self)
-        for node in graph.nodes():
-            if node.quant.mode == "static" and node.quant.qparams is None and node.op not in SPLITS | {"getitem"}:
-                raise QCompileError(f"%{node.name} ({node.op}) has no scale: was it observed and calibrated?")
-        if self.backend == "gemmlowp":  # lowered from the decisions above, never through torch's quantized modules
-            from qcompile.backends.gemmlowp import to_gemmlowp
+        if self.backend == "gemmlowp":  # the integer stage, then its kernels: never torch's quantized modules
+            from qcompile.passes.integerize import integerize
 
-            return PassResult(True, counts | to_gemmlowp(graph))
+            from qcompile.backends.gemmlowp import lower_to_gemmlowp
+
+            counts = integerize(graph, self)
+            lower_to_gemmlowp(graph)
+            return PassResult(True, counts)
+        counts = decide_grids(graph, self)
+        require_scales(graph)
         engine = ctx.quant_config.engine
         if engine not in torch.backends.quantized.supported_engines:
             raise QCompileError(f"quantized engine {engine!r} is not available in this torch build",

@@ -60,7 +60,7 @@ def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agree
     rows = []
     for node in gemmlowp.nodes():
         target = node.target if isinstance(node.target, str) else ""
-        if node.kind != NodeKind.MODULE or not target.startswith("qcompile.kernels.modules.Q"):
+        if node.kind != NodeKind.MODULE or not target.startswith(("qcompile.kernels.modules.Q", "qcompile.integer.reference.Q")):
             continue
         args = [integer_codes(reference[_native_name(i)]) for i in gemmlowp.inputs(node)]
         with torch.no_grad():

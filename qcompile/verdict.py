@@ -152,6 +152,8 @@ def kernels_of(graph: Graph) -> str:
         from qcompile.kernels.host_conv import byte_isa
 
         return f"qcompile's gemmlowp kernels ({byte_isa()} byte form)"
+    if backend == "reference":
+        return "the integer stage's reference modules (exact int64 arithmetic, not for speed)"
     if backend == "native":
         return f"torch's {graph.attrs.get('engine', 'x86')} int8 engine ({capability})"
     if CONVERTED in graph.facts:

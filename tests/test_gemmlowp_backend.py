@@ -206,7 +206,7 @@ class _Gate(nn.Module):
 
 def test_ops_the_kernels_do_not_cover_are_named():
     graph = lower(_Gate(), (torch.randn(1, 3, 8, 8),))
-    with pytest.raises(QCompileError, match=r"do not cover these quantized ops: mul \(%mul\)"):
+    with pytest.raises(QCompileError, match=r"integer stage \(qcompile.s kernels\) does not cover these quantized ops: mul \(%mul\)"):
         run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp}",
                      PassContext(calib_data=[(torch.randn(2, 3, 8, 8),)]))
 
@@ -284,7 +284,7 @@ def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
     (On observed grids: convert already drops the clamps a grid makes redundant, and by default widens the
     grids that would need one; the clamps left are the ones folded here.)
     """
-    import qcompile.backends.gemmlowp as gemmlowp
+    import qcompile.integer.stage as stage
 
     model = load_model("zoo:mobilenet_v2").module
     calib = list(open_data("builtin:photos", batch_size=8, limit=8))
@@ -299,7 +299,7 @@ def test_relu6_clamps_fold_into_the_convolutions_before_them(monkeypatch):
         return graph
 
     folded = convert()
-    monkeypatch.setattr(gemmlowp, "fold_clamps", lambda graph: 0)
+    monkeypatch.setattr(stage, "fold_clamps", lambda graph: 0)
     unfolded = convert()
     clamps = {name: sum(n.target.endswith(".QClamp") for n in g.nodes())
               for name, g in (("folded", folded), ("unfolded", unfolded))}

@@ -23,12 +23,13 @@ LADDERS = {
     "mobilenet_v2": "fuse",
     "mixed": "fuse",
     "digit_cnn_ptq": "fuse,stubs,observe,calibrate,convert",
+    # the neutral integer stage, then qcompile's kernels
+    "digit_cnn_integer": "fuse,stubs,observe,calibrate,integerize,lower{backend=gemmlowp}",
 }
 
 
 def _graph(name):
-    if name.endswith("_ptq"):
-        name = name.removesuffix("_ptq")
+    name = name.removesuffix("_ptq").removesuffix("_integer")
     if name == "mixed":
         torch.manual_seed(0)
         return lower(Mixed(), (torch.randn(1, 3, 8, 8),))

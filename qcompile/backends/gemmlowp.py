@@ -1,295 +1,37 @@
-"""Lowering a quantized graph onto the ``gemmlowp`` backend: qcompile's own integer kernels.
+"""Lowering the neutral integer stage onto the ``gemmlowp`` backend: qcompile's own integer kernels.
 
-``convert{backend=gemmlowp}`` chooses qparams exactly as for ``native``,
-then lowers the graph from those decisions (float ops, each with its output
-grid and its weight's grid) straight onto :mod:`qcompile.kernels.modules`,
-never through torch's quantized modules or tensors. Everything is a plain
-tensor:
+The stage (:mod:`qcompile.integer.stage`) already holds every tensor the
+kernels take, so lowering swaps each reference module for the kernel module
+of the same name and arguments in :mod:`qcompile.kernels.modules`
+(``torch.ops.qcompile.*``: the CPU twin, or CUDA); graph, tensors and grids
+stay as they are, and the kernels compute bit for bit what the reference
+modules compute. Before and after::
 
-* conv / linear: int8 weight codes (:mod:`qcompile.quant.integer_weights`:
-  the same codes ``native`` holds), ``bias_q = round(bias / (s_in * s_w))``
-  in int32, and per output channel the multiplier ``s_in * s_w / s_out`` as
-  ``(m0, exponent)``; a fused ReLU is the clamp at the output zero point;
-* add: TFLite's scheme (both inputs onto a grid 2^20 times finer, add,
-  requantize);
-* ReLU / ReLU6 / the sub-8-bit clamps (:mod:`qcompile.quant.clamps`):
-  integer clamps, folded into the output stage of the conv / linear / add
-  that makes their input when nothing else reads it (a clamp of a clamp is
-  one clamp); global average pooling: an integer mean; a pad with zeros
-  pads the codes with the zero point; pooling and reshaping ops run on the
-  uint8 codes as they are.
-
-Every value between quantize and dequantize is a uint8 tensor (``u8`` in the
-printed graph). Ops the kernels do not cover are refused by name. Before
-and after (the digit CNN)::
-
-    %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias}) : f32[1,32,28,28] {act='relu', ...}  # mode=static ...
-
-    %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias,multiplier,exponent}) : u8[1,32,28,28] {input_zero_point=33, ..., target='qcompile.kernels.modules.QConv2d'}  # mode=static ...
+    %conv_layers_0 = conv2d(...) : u8[1,32,28,28] {..., target='qcompile.integer.reference.QConv2d'}
+    %conv_layers_0 = conv2d(...) : u8[1,32,28,28] {..., target='qcompile.kernels.modules.QConv2d'}
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import torch
-
-from qcompile.backends.channels_last import view_as_reshape
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
-from qcompile.ir.node import Node, NodeKind, Ref
-from qcompile.ir.quant_types import QParams
-from qcompile.ir.types import TensorType
-from qcompile.kernels.cpu import add_multipliers
-from qcompile.kernels.fixed_point import quantize_multiplier, quantize_multipliers
-from qcompile.quant.clamps import clamp_to_bits, split_relu6
-from qcompile.quant.integer_weights import integer_weight
-from qcompile.quant.op_table import SPLITS, zero_pad_widths
-from qcompile.quant.qparams import quantize_bias
+from qcompile.ir.node import NodeKind
 
-MODULES = "qcompile.kernels.modules"
-# ops that only move or select uint8 codes: they run on them unchanged
-_AS_IS = {"max_pool1d", "flatten", "reshape", "permute", "transpose", "contiguous",
-          "squeeze", "unsqueeze", "dropout", "identity", "getitem"} | SPLITS
+REFERENCE = "qcompile.integer.reference."
+KERNELS = "qcompile.kernels.modules."
+_COVERED = ("Quantize", "Dequantize", "QConv2d", "QLinear", "QAdd", "QClamp", "QGlobalAvgPool", "QMaxPool2d")
 
 
-def _is_quantized(node: Node) -> bool:
-    """A value inside the quantized region, on a grid ``convert`` chose."""
-    return (isinstance(node.type, TensorType) and node.quant.mode == "static" and node.quant.qparams is not None
-            and node.kind not in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM))
-
-
-def _input_qparams(graph: Graph, node: Node, index: int = 0) -> QParams:
-    return graph.inputs(node)[index].quant.qparams
-
-
-def _code(value: float, q: QParams) -> int:
-    return max(0, min(255, round(value / float(q.scale)) + int(q.zero_point)))
-
-
-def _relu(node: Node) -> bool:
-    """Whether the node's fused activation is a ReLU (a ReLU6 became a clamp after it: quant.clamps)."""
-    act = node.act
-    if act not in (None, "relu", "relu6"):
-        raise QCompileError(f"%{node.name}: the gemmlowp kernels fuse ReLU and ReLU6 only, not {act}",
-                            hint="use backend=native")
-    return act == "relu"
-
-
-def _weighted(graph: Graph, node: Node) -> dict[str, str]:
-    """Plain-tensor params of a conv / linear and the common constructor arguments."""
-    weight = integer_weight(graph.params[node.params["weight"]], node.quant)
-    if not weight.symmetric or weight.codes.dtype != torch.int8:
-        raise QCompileError(f"%{node.name}: the gemmlowp kernels take symmetric int8 weights (zero point 0)",
-                            hint="use a preset with symmetric weights (all built-in ones are), or backend=native")
-    q_in, q_out = _input_qparams(graph, node), node.quant.qparams
-    if q_in.dtype != "quint8" or q_out.dtype != "quint8":
-        raise QCompileError(f"%{node.name}: the gemmlowp kernels take uint8 activations", hint="use backend=native")
-    accumulator_scale = float(q_in.scale) * weight.scales
-    bias = graph.params[node.params["bias"]] if "bias" in node.params else torch.zeros(len(weight.scales))
-    m0, exponent = quantize_multipliers(accumulator_scale / float(q_out.scale))
-    base = node.source.module_path or node.name
-    graph.params[node.params["weight"]] = weight.codes
-    node.params = {
-        "weight": node.params["weight"],
-        "bias": graph.add_param(f"{base}.bias_q", quantize_bias(bias, accumulator_scale)),
-        "multiplier": graph.add_param(f"{base}.multiplier", m0),
-        "exponent": graph.add_param(f"{base}.exponent", exponent),
-    }
-    zero = int(q_out.zero_point)
-    clamp_min = zero if _relu(node) else 0
-    node.act = None  # a ReLU is the clamp at the zero point; a ReLU6 the clamp split_relu6 put after the node
-    return {"input_zero_point": int(q_in.zero_point), "output_zero_point": zero, "clamp_min": clamp_min,
-            "clamp_max": 255}
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _conv(graph: Graph, node: Node) -> None:
-    attrs = node.attrs
-    if attrs.get("padding_mode", "zeros") != "zeros" or isinstance(attrs.get("padding"), str):
-        raise QCompileError(f"%{node.name}: the gemmlowp convolution pads with zeros, by explicit amounts",
-                            hint="use backend=native")
-    common = _weighted(graph, node)
-    node.target = f"{MODULES}.QConv2d"
-    node.attrs = {"in_channels": attrs["in_channels"], "out_channels": attrs["out_channels"],
-                  "kernel_size": _pair(attrs["kernel_size"]), "stride": _pair(attrs.get("stride", 1)),
-                  "padding": _pair(attrs.get("padding", 0)), "dilation": _pair(attrs.get("dilation", 1)),
-                  "groups": attrs.get("groups", 1)} | common
-
-
-def _linear(graph: Graph, node: Node) -> None:
-    attrs = node.attrs
-    common = _weighted(graph, node)
-    node.target = f"{MODULES}.QLinear"
-    node.attrs = {"in_features": attrs["in_features"], "out_features": attrs["out_features"]} | common
-
-
-def _as_module(graph: Graph, node: Node, target: str, attrs: dict, inputs: list[Node]) -> None:
-    node.kind, node.target, node.params, node.attrs = NodeKind.MODULE, f"{MODULES}.{target}", {}, attrs
-    graph.set_inputs(node, inputs, args=tuple(Ref(i) for i in range(len(inputs))), kwargs={})
-
-
-def _add(graph: Graph, node: Node) -> None:
-    inputs = graph.inputs(node)
-    q_a, q_b, q_out = inputs[0].quant.qparams, inputs[1].quant.qparams, node.quant.qparams
-    reals = add_multipliers(float(q_a.scale), float(q_b.scale), float(q_out.scale))
-    (a_m0, a_e), (b_m0, b_e), (o_m0, o_e) = (quantize_multiplier(r) for r in reals)
-    zero = int(q_out.zero_point)
-    clamp_min = zero if _relu(node) else 0
-    node.act = None
-    _as_module(graph, node, "QAdd", {
-        "a_zero_point": int(q_a.zero_point), "a_multiplier": a_m0, "a_exponent": a_e,
-        "b_zero_point": int(q_b.zero_point), "b_multiplier": b_m0, "b_exponent": b_e,
-        "output_multiplier": o_m0, "output_exponent": o_e, "output_zero_point": zero,
-        "clamp_min": clamp_min, "clamp_max": 255}, inputs)
-
-
-def _clamp(graph: Graph, node: Node, lo: float | None, hi: float | None) -> None:
-    q = node.quant.qparams
-    attrs = {"clamp_min": _code(lo, q) if lo is not None else 0, "clamp_max": _code(hi, q) if hi is not None else 255}
-    _as_module(graph, node, "QClamp", attrs, graph.inputs(node)[:1])
-
-
-def _hardtanh_bounds(node: Node) -> tuple[float, float]:
-    if node.kind == NodeKind.MODULE:
-        return node.attrs.get("min_val", -1.0), node.attrs.get("max_val", 1.0)
-    args = list(node.args[1:]) + [None, None]
-    lo = node.kwargs.get("min_val", args[0] if args[0] is not None else -1.0)
-    hi = node.kwargs.get("max_val", args[1] if args[1] is not None else 1.0)
-    return lo, hi
-
-
-def _global_pool(graph: Graph, node: Node) -> None:
-    size = node.attrs.get("output_size") if node.kind == NodeKind.MODULE else (
-        node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size"))
-    if _pair(size) != (1, 1):
-        raise QCompileError(f"%{node.name}: the gemmlowp backend pools to 1x1 only, not {size}",
-                            hint="use backend=native")
-    _as_module(graph, node, "QGlobalAvgPool", {}, graph.inputs(node)[:1])
-
-
-_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-
-
-def _max_pool(graph: Graph, node: Node) -> None:
-    if node.kind == NodeKind.MODULE:
-        attrs = dict(node.attrs)
-    else:  # F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-        given = dict(zip(_MAX_POOL_ARGS, node.args[1:], strict=False))
-        attrs = given | {k: v for k, v in node.kwargs.items() if k != "input"}
-    if attrs.pop("return_indices", False):
-        raise QCompileError(f"%{node.name}: max pooling with indices is not an integer op",
-                            hint="use backend=native")
-    _as_module(graph, node, "QMaxPool2d", attrs, graph.inputs(node)[:1])
-
-
-def _rewrite(graph: Graph, node: Node) -> bool:
-    """Rewrite one node of the quantized region (or a dequantize); False if the kernels do not cover it."""
-    if node.op == "quantize":
-        q = node.quant.qparams
-        if q.dtype != "quint8":
-            return False
-        _as_module(graph, node, "Quantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
-                   graph.inputs(node)[:1])
-    elif node.op == "dequantize":
-        q = _input_qparams(graph, node)
-        _as_module(graph, node, "Dequantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
-                   graph.inputs(node)[:1])
-    elif node.op == "conv2d" and node.kind == NodeKind.MODULE:
-        _conv(graph, node)
-    elif node.op == "linear" and node.kind == NodeKind.MODULE:
-        _linear(graph, node)
-    elif node.op == "add" and len(graph.inputs(node)) == 2:
-        _add(graph, node)
-    elif node.op == "relu":
-        _clamp(graph, node, 0.0, None)
-    elif node.op == "relu6":
-        _clamp(graph, node, 0.0, 6.0)
-    elif node.op == "hardtanh" or (node.op.startswith("clamp") and node.op.endswith("b")):
-        _clamp(graph, node, *_hardtanh_bounds(node))
-    elif node.op == "adaptive_avg_pool2d":
-        _global_pool(graph, node)
-    elif node.op == "max_pool2d":
-        _max_pool(graph, node)
-    elif node.op == "view":
-        view_as_reshape(node)
-    elif zero_pad_widths(node) is not None:
-        _pad_with_zero_point(graph, node)
-    elif node.op not in _AS_IS:
-        return False
-    return True
-
-
-def _pad_with_zero_point(graph: Graph, node: Node) -> None:
-    """A pad with 0.0 as ``F.pad`` of the uint8 codes with the zero point (the code of 0.0)."""
-    widths, q = zero_pad_widths(node), node.quant.qparams
-    node.kind, node.target, node.params, node.attrs = NodeKind.FUNCTION, "torch.nn.functional.pad", {}, {}
-    graph.set_inputs(node, graph.inputs(node)[:1], args=(Ref(0), widths, "constant", int(q.zero_point)), kwargs={})
-
-
-def to_gemmlowp(graph: Graph) -> dict[str, int]:
-    """Lower every node of the quantized region, whose qparams ``convert`` chose, onto the gemmlowp kernels."""
-    for node in graph.nodes():
-        if _is_quantized(node) and node.op in ("conv2d", "linear"):
-            split_relu6(graph, node)
-        if _is_quantized(node) and node.quant.bits is not None and node.quant.bits < 8 and node.quant.observer:
-            clamp_to_bits(graph, node)
-    unsupported: dict[str, list[str]] = {}
+def lower_to_gemmlowp(graph: Graph) -> dict[str, int]:
+    """Put every module of the integer stage on its gemmlowp kernel; return how many of each."""
     counts: dict[str, int] = {}
     for node in graph.nodes():
-        if not (_is_quantized(node) or node.op == "dequantize"):
+        if node.kind != NodeKind.MODULE or not (node.target or "").startswith(REFERENCE):
             continue
-        if not _rewrite(graph, node):
-            unsupported.setdefault(node.op, []).append(node.name)
-            continue
-        counts[node.op] = counts.get(node.op, 0) + 1
-        if _is_quantized(node):
-            node.type = replace(node.type, dtype="u8")
-    if unsupported:
-        listing = "; ".join(f"{op} (%{names[0]}{' and others' if len(names) > 1 else ''})"
-                            for op, names in sorted(unsupported.items()))
-        raise QCompileError(f"the gemmlowp kernels do not cover these quantized ops: {listing}",
-                            hint="use convert{backend=native}, or --skip those layers to keep them in float")
-    folded = fold_clamps(graph)
-    if folded:
-        counts["clamps folded into their producer"] = folded
+        name = node.target.removeprefix(REFERENCE)
+        if name not in _COVERED:  # the stage and the kernels cover the same ops: this is a bug, not user input
+            raise QCompileError(f"%{node.name}: the gemmlowp kernels have no module for {name}")
+        node.target = KERNELS + name
+        counts[name] = counts.get(name, 0) + 1
+    graph.attrs.update(backend="gemmlowp")
     return counts
-
-
-_CLAMPED = {f"{MODULES}.{name}" for name in ("QConv2d", "QLinear", "QAdd")}
-
-
-def fold_clamps(graph: Graph) -> int:
-    """Fold each QClamp into the output stage of the conv / linear / add before it; return how many.
-
-    Only where the clamp is the producer's single reader and both are on
-    the same grid, and the two ranges overlap: then clamping codes to
-    [a, b] and then to [c, d] is clamping them to [max(a, c), min(b, d)].
-    Besides one call less, this keeps the model free of torch's own
-    parallel ops, whose waiting threads take the second core from the
-    kernels' own on two-core machines.
-    """
-    folded = 0
-    for node in graph.nodes():
-        if node.target != f"{MODULES}.QClamp":
-            continue
-        producer = graph.inputs(node)[0]
-        if producer.target not in _CLAMPED or len(graph.uses(producer)) != 1:
-            continue
-        q, q_in = node.quant.qparams, producer.quant.qparams
-        if q is None or q_in is None or (float(q.scale), int(q.zero_point)) != (float(q_in.scale),
-                                                                                int(q_in.zero_point)):
-            continue
-        lo = max(producer.attrs["clamp_min"], node.attrs["clamp_min"])
-        hi = min(producer.attrs["clamp_max"], node.attrs["clamp_max"])
-        if lo > hi:
-            continue
-        producer.attrs = producer.attrs | {"clamp_min": lo, "clamp_max": hi}
-        producer.quant.absorbs = node.name  # the producer's value is now the clamp's
-        graph.replace_all_uses(node, producer)
-        graph.erase(node)
-        folded += 1
-    return folded

@@ -48,6 +48,7 @@ class ExactGrids:
 
 BACKEND_GRIDS: dict[str, ExactGrids] = {
     "gemmlowp": ExactGrids(full_activations=True),
+    "reference": ExactGrids(full_activations=True),  # the integer stage's exact arithmetic (integerize)
     "native": ExactGrids(full_activations=False),
 }
 

@@ -385,13 +385,16 @@ def _report_entropy(args: argparse.Namespace, result) -> None:
 def _with_backend(pipeline, backend: str):
     import dataclasses
 
-    from qcompile.pipeline import STATICALLY_CONVERTED, Pipeline
+    from qcompile.pipeline import ON_KERNELS, STATICALLY_CONVERTED, Pipeline
 
-    if pipeline is None or not pipeline.provides(STATICALLY_CONVERTED):
-        raise QCompileError("--backend chooses the kernels of the convert pass, and the pipeline has none",
-                            hint="e.g. --passes ptq --backend gemmlowp")
-    passes = tuple(dataclasses.replace(p, backend=backend) if STATICALLY_CONVERTED in p.provides else p
-                   for p in pipeline.passes)
+    def chooses(p) -> bool:  # convert, or lower: a pass with a backend option
+        return (STATICALLY_CONVERTED in p.provides or ON_KERNELS in p.provides) and any(
+            f.name == "backend" for f in p.options())
+
+    if pipeline is None or not any(chooses(p) for p in pipeline.passes):
+        raise QCompileError("--backend chooses the kernels of the convert (or lower) pass, and the pipeline has "
+                            "none", hint="e.g. --passes ptq --backend gemmlowp")
+    passes = tuple(dataclasses.replace(p, backend=backend) if chooses(p) else p for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
 
 

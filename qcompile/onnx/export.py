@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from qcompile.errors import QCompileError
 from qcompile.fileio import atomic_write_bytes
+from qcompile.integer import ON_INTEGER_STAGE
 from qcompile.ir.activations import activation_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
@@ -289,8 +290,9 @@ def opset_imports(nodes: list[onnx.NodeProto], opset: int) -> list[onnx.Operator
 def check_exportable(backend: str | None, form: str = "qdq") -> None:
     """Refuse a graph on ``backend`` the exporter does not write in ``form``: gemmlowp graphs export in QDQ form
     only. The CLI asks with the pipeline's backend before anything runs."""
-    if backend == "gemmlowp" and form != "qdq":
-        raise QCompileError("graphs converted for the gemmlowp backend export in QDQ form only",
+    if backend in ON_INTEGER_STAGE and form != "qdq":
+        raise QCompileError(f"graphs on the {'integer stage' if backend == 'reference' else 'gemmlowp backend'} "
+                            "export in QDQ form only",
                             hint="use --onnx-form qdq (onnxruntime fuses it into the same integer kernels)")
 
 

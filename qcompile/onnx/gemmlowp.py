@@ -1,8 +1,9 @@
 """Graphs lowered for the ``gemmlowp`` backend, written in QDQ form from their plain integer tensors.
 
 A graph converted with ``convert{backend=gemmlowp}`` (``ptq-accurate``, or
-any pipeline on that backend) holds what its integer model computes as plain
-tensors (:mod:`qcompile.backends.gemmlowp`): int8 weight codes, int32 biases
+any pipeline on that backend), or left at the integer stage by
+``integerize``, holds what its integer model computes as plain tensors
+(:mod:`qcompile.integer.stage`): int8 weight codes, int32 biases
 in accumulator units, output grids, and clamps on the codes. The writer reads
 exactly those, never a torch quantized tensor: a weight's grid comes from its
 annotation (:func:`qcompile.quant.integer_weights.weight_codes_grid`), the
@@ -34,7 +35,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qcompile.backends.gemmlowp import KERNELS, REFERENCE
 from qcompile.errors import QCompileError
+from qcompile.integer import ON_INTEGER_STAGE
 from qcompile.ir.node import Node
 from qcompile.onnx.modules import _pool
 from qcompile.onnx.tensor_ops import pad
@@ -43,11 +46,9 @@ from qcompile.quant.integer_weights import weight_codes_grid
 if TYPE_CHECKING:
     from qcompile.onnx.builder import Builder
 
-MODULES = "qcompile.kernels.modules."
-
-
 def is_gemmlowp(node: Node) -> bool:
-    return node.target.startswith(MODULES)
+    """A module of the integer stage, or its gemmlowp kernel (the same arguments and tensors)."""
+    return node.target.startswith((KERNELS, REFERENCE))
 
 
 def _clamp(b: Builder, node: Node, value: str) -> str:
@@ -74,7 +75,7 @@ def _weighted(b: Builder, node: Node, transposed: bool) -> tuple[str, str | None
 
 def pads_codes(b: Builder, node: Node) -> bool:
     """Whether ``node`` is a pad the gemmlowp lowering wrote on the codes (``F.pad`` with the zero point)."""
-    return (b.graph.attrs.get("backend") == "gemmlowp" and node.target == "torch.nn.functional.pad"
+    return (b.graph.attrs.get("backend") in ON_INTEGER_STAGE and node.target == "torch.nn.functional.pad"
             and node.quant.mode == "static")
 
 
@@ -85,7 +86,7 @@ def code_pad(b: Builder, node: Node, x: str) -> str:
 
 def gemmlowp_module(b: Builder, node: Node, x: str) -> str:
     """The ONNX value (a float value on the node's grid before its QDQ) of one gemmlowp module."""
-    kind, a = node.target.removeprefix(MODULES), node.attrs
+    kind, a = node.target.rsplit(".", 1)[1], node.attrs
     if kind in ("Quantize", "Dequantize"):
         return b.emit("Identity", [x])
     if kind == "QConv2d":

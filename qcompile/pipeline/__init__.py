@@ -7,6 +7,8 @@ from qcompile.pipeline.pass_base import (
     CALIBRATED,
     CONVERTED,
     FLOAT_GRAPH_ONLY,
+    INTEGER_STAGE,
+    ON_KERNELS,
     SIMULATED,
     STATICALLY_CONVERTED,
     Pass,
@@ -26,7 +28,8 @@ from qcompile.pipeline.registry import (
 
 __all__ = [
     "DumpDir", "Instrument", "PrintAfter", "Timing",
-    "CALIBRATED", "CONVERTED", "FLOAT_GRAPH_ONLY", "SIMULATED", "STATICALLY_CONVERTED",
+    "CALIBRATED", "CONVERTED", "FLOAT_GRAPH_ONLY", "INTEGER_STAGE", "ON_KERNELS", "SIMULATED",
+    "STATICALLY_CONVERTED",
     "Pass", "PassContext", "PassResult", "first_providing", "function_pass", "option",
     "load_plugin", "named_pipelines", "register_pass", "register_pipeline", "registered_passes",
     "Pipeline", "format_pass", "parse_pipeline",

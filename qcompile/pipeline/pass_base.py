@@ -29,6 +29,8 @@ CALIBRATED = "calibrated"
 CONVERTED = "converted"  # on integer kernels: convert, or dynamic
 SIMULATED = "simulated"  # fake-quantized in float: simulate
 STATICALLY_CONVERTED = "statically-converted"  # convert: the whole quantized region on integer kernels
+INTEGER_STAGE = "integer-stage"  # integerize: every grid and weight code decided, as plain integer tensors
+ON_KERNELS = "on-kernels"  # lower: the integer stage on one backend's kernels
 # What the built-in passes that rewrite float graphs forbid: none runs once convert has put the graph on
 # integer kernels (a second convert, a calibration after convert). ``dynamic`` may follow convert
 # (ptq,dynamic{ops=embedding}) and precede it where it quantizes embeddings only.

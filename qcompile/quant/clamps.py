@@ -5,7 +5,7 @@ container holds more codes than the value may take:
 
 * a conv / linear with a fused ReLU6 whose grid reaches past 6 (torch has no
   int8 conv with ReLU6; qcompile's kernels fold the clamp into the output
-  stage, :func:`qcompile.backends.gemmlowp.fold_clamps`);
+  stage, :func:`qcompile.integer.stage.fold_clamps`);
 * a value of fewer than 8 bits, whose uint8 container would hold up to 255
   steps.
 
