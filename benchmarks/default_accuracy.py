@@ -38,7 +38,7 @@ from qcompile.diagnose.metrics import agreement, sqnr_db  # noqa: E402
 from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 
 VARIANTS = [  # (row, pipeline)

@@ -54,8 +54,8 @@ from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E40
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.ir import NodeKind  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.narrow_convs import recorded  # noqa: E402
-from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.narrow_convs import recorded  # noqa: E402
+from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 from qcompile.timing import head_to_head_resolved  # noqa: E402

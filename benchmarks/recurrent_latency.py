@@ -35,7 +35,7 @@ from benchmarks.int8_latency import quiet  # noqa: E402
 from benchmarks.transformer_latency import OURS, emit, measure, parse_arguments, print_tables  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import run_pipeline  # noqa: E402
 
 

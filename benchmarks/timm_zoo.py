@@ -35,9 +35,9 @@ from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.cpu_features import describe_cpu  # noqa: E402
 from qcompile.diagnose.metrics import sqnr_db  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
-from qcompile.onnx.check import output_scale  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.check import output_scale  # noqa: E402
+from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 from tests.models import randomize_batch_norm  # noqa: E402

@@ -52,7 +52,7 @@ from benchmarks.int8_latency import interleaved_medians_ms, quiet  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.timing import head_to_head  # noqa: E402
 from tests.torchao_reference import sqnr  # noqa: E402

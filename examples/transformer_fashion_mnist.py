@@ -30,7 +30,7 @@ from qcompile.compare import compare, format_table, write_json  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 
 

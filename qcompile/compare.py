@@ -80,7 +80,7 @@ def compare(models: list[tuple[str, nn.Module, int]], data, *, threads: int = 1,
     """One row per (name, model, size in bytes); the first model is the float reference.
 
     A model is a module or anything called like one with a batch, such as
-    :class:`qcompile.onnx.session.OnnxModel` (an export run by onnxruntime,
+    :class:`qcompile.onnx.runtime.session.OnnxModel` (an export run by onnxruntime,
     which takes its thread count when it is made). A model with several
     inputs gets one tensor per input from each batch; for one with several
     outputs, accuracy and agreement are the first output's, and SQNR is the

@@ -13,7 +13,7 @@ from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
 from qcompile.onnx.export import build_onnx, export_onnx
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.models import AttentionBlock, FixedLengthTagger, TokenClassifier, TokensAndFeatures, TwoLengths
@@ -147,7 +147,7 @@ def test_token_id_example_inputs_from_the_command_line(tmp_path):
 @pytest.mark.parametrize("pipeline", ["dynamic", "ptq,dynamic{ops=embedding}"])
 @pytest.mark.parametrize("form", ["qdq", "qoperator"])
 def test_int8_embedding_tables_export_and_pass_the_check(pipeline, form, tmp_path):
-    from qcompile.onnx.check import check_onnx, output_scale
+    from qcompile.onnx.runtime.check import check_onnx, output_scale
 
     torch.manual_seed(0)
     model = TokenClassifier().eval()

@@ -10,10 +10,10 @@ from onnx import numpy_helper
 from qcompile.codegen import load_model, write_model
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.lower import lower
-from qcompile.onnx.check import FUSED_MIN_SQNR, check_onnx
 from qcompile.onnx.export import export_onnx
 from qcompile.onnx.fused_dynamic import seven_bit
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.check import FUSED_MIN_SQNR, check_onnx
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import run_pipeline
 from tests.models import RowLSTM, fashion_rows, fit_on_fashion_rows
 from tests.test_onnx import _Recurrent

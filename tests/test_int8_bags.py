@@ -102,8 +102,8 @@ class PaddedBags(nn.Module):
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_bags_leave_their_padding_id_out(tmp_path, mode):
-    from qcompile.onnx.check import check_onnx
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.runtime.check import check_onnx
 
     torch.manual_seed(0)
     padded = (torch.tensor([[0, 5, 7, 0], [0, 0, 0, 0], [9, 8, 0, 4]]), torch.tensor([0]))

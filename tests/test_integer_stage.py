@@ -18,7 +18,7 @@ from qcompile.interpreter import Interpreter
 from qcompile.ir import print_graph
 from qcompile.ir.node import NodeKind
 from qcompile.onnx.export import export_onnx
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, parse_pipeline, run_pipeline
 
 _DATA = {"digit_cnn": ("builtin:mnist5k", (1, 1, 28, 28)), "mobilenet_v2": ("builtin:photos", (1, 3, 224, 224))}

@@ -1,4 +1,4 @@
-"""Layer-by-layer codes of a QDQ export against qcompile's graph (qcompile.onnx.layer_agreement)."""
+"""Layer-by-layer codes of a QDQ export against qcompile's graph (qcompile.onnx.runtime.layer_agreement)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from qcompile.frontend.lower import lower
 from qcompile.onnx.export import export_onnx
-from qcompile.onnx.layer_agreement import explain, layer_agreement
+from qcompile.onnx.runtime.layer_agreement import explain, layer_agreement
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.models import TokenClassifier
@@ -71,7 +71,7 @@ def test_a_wrong_layer_is_named(form, tmp_path):
 
 
 def test_the_decision_rule():
-    from qcompile.onnx.layer_agreement import LayerAgreement as Row
+    from qcompile.onnx.runtime.layer_agreement import LayerAgreement as Row
 
     exact, stem = Row("stem", 0.0, 0.0, 0), Row("conv", 0.001, 0.0, 1)
     assert explain([exact, Row("head", 0.0, 0.0, 0)]) is None  # nothing differs

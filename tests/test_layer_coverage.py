@@ -14,8 +14,8 @@ from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
-from qcompile.onnx.check import allowed_beyond, check_onnx, output_scales
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.runtime.check import allowed_beyond, check_onnx, output_scales
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from qcompile.quant.transposed_probe import transposed_kernel_ok

@@ -1,4 +1,4 @@
-"""Narrow int8 convolutions rewritten for onnxruntime (qcompile.onnx.narrow_convs): same outputs, measured choice."""
+"""Narrow int8 convolutions rewritten for onnxruntime (qcompile.onnx.runtime.narrow_convs): same outputs, measured choice."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from qcompile.errors import QCompileError
 from qcompile.frontend.loaders import load_model as load_user_model
 from qcompile.frontend.lower import lower
 from qcompile.onnx.export import export_onnx
-from qcompile.onnx.narrow_convs import BATCHES, GAIN, recorded
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.narrow_convs import BATCHES, GAIN, recorded
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.test_cli import qcompile

@@ -19,8 +19,8 @@ from qcompile.frontend.loaders import load_model as load_user_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
-from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.runtime.check import check_onnx, output_scale
 from qcompile.pipeline import PassContext, run_pipeline
 from tests.models import (
     AttentionBlock,
@@ -163,7 +163,7 @@ def test_qoperator_form(model_name, tmp_path):
 def test_fake_quant_graph_exports_as_qdq(tmp_path):
     from qcompile.interpreter import Interpreter
     from qcompile.nn.qat import _affine_qparams
-    from qcompile.onnx.check import run_onnxruntime
+    from qcompile.onnx.runtime.check import run_onnxruntime
 
     graph = lower(FashionNet(), (torch.randn(1, 1, 28, 28),))
     run_pipeline(graph, "qat,train", PassContext(train_data=open_data("builtin:fashion-train", limit=640,
@@ -337,8 +337,8 @@ class ProjectedTagger(Tagger):
 @pytest.mark.parametrize("form", ["qdq", "qoperator"])
 def test_two_inputs_and_two_outputs(form, tmp_path):
     from qcompile.compare import compare, format_table
-    from qcompile.onnx.check import output_scales
-    from qcompile.onnx.session import OnnxModel
+    from qcompile.onnx.runtime.check import output_scales
+    from qcompile.onnx.runtime.session import OnnxModel
 
     torch.manual_seed(0)
     model = randomize_batch_norm(TwoInputsTwoHeads())
@@ -543,7 +543,7 @@ class _Resizing(torch.nn.Module):
 @pytest.mark.parametrize("mode", ["nearest", "nearest-exact", "bilinear"])
 @pytest.mark.parametrize("how", ["module", "size", "scale"])
 def test_upsample_and_interpolate_export_as_resize_with_torchs_positions(mode, how, tmp_path):
-    from qcompile.onnx.check import output_scales
+    from qcompile.onnx.runtime.check import output_scales
 
     torch.manual_seed(0)
     model = _Resizing(mode, how).eval()
@@ -574,7 +574,7 @@ def test_resizing_the_exporter_does_not_take_is_refused_with_the_modes_it_does(t
 
 def test_a_segmentation_model_with_a_dict_output_and_computed_sizes_exports_in_int8(tmp_path):
     """torchvision's LR-ASPP: F.interpolate to ``x.shape[-2:]`` (a slice of a shape) and ``{"out": ...}``."""
-    from qcompile.onnx.check import output_scales
+    from qcompile.onnx.runtime.check import output_scales
 
     torch.manual_seed(0)
     model = randomize_batch_norm(torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None,

@@ -13,11 +13,11 @@ from qcompile.data import open_data
 from qcompile.errors import QCompileError
 from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
-from qcompile.onnx.check import check_onnx, concatenated_outputs, output_scales
 from qcompile.onnx.export import export_onnx
-from qcompile.onnx.layer_agreement import explain, layer_agreement
-from qcompile.onnx.session import OnnxModel
-from qcompile.onnx.verdict import judge
+from qcompile.onnx.runtime.check import check_onnx, concatenated_outputs, output_scales
+from qcompile.onnx.runtime.layer_agreement import explain, layer_agreement
+from qcompile.onnx.runtime.session import OnnxModel
+from qcompile.onnx.runtime.verdict import judge
 from qcompile.pipeline import PassContext, run_pipeline
 from tests.test_cli import qcompile
 

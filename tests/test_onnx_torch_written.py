@@ -14,8 +14,8 @@ from torch import nn
 from qcompile.codegen import load_model, write_model
 from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
-from qcompile.onnx.check import check_onnx
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.runtime.check import check_onnx
 from tests.models import RowLSTM, fashion_rows, fit_on_fashion_rows
 from tests.test_cli import qcompile
 

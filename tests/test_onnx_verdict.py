@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from qcompile.onnx.verdict import judge
+from qcompile.onnx.runtime.verdict import judge
 
 
 def test_an_export_as_close_to_float_as_the_module_passes_and_a_wrong_one_does_not():

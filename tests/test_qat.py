@@ -11,8 +11,8 @@ from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
 from qcompile.nn.qat import QATConvTranspose2d
-from qcompile.onnx.check import run_onnxruntime
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.runtime.check import run_onnxruntime
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from qcompile.training import fit, trainable, write_back

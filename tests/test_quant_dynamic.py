@@ -57,8 +57,8 @@ class _Sequence(nn.Module):
 
 def test_recurrent_layers_without_biases_get_zero_ones(tmp_path):
     """torch.ao's int8 LSTM / GRU require biases (its quantize_dynamic fails on bias=False); zeros change nothing."""
-    from qcompile.onnx.check import check_onnx
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.runtime.check import check_onnx
 
     torch.manual_seed(0)
     model = _Sequence(nn.LSTM(16, 32, bias=False, num_layers=2, bidirectional=True)).eval()
@@ -163,8 +163,8 @@ class Recommender(nn.Module):
 def test_sum_embedding_bags_as_torch_ao_quantizes_them_and_export_to_onnx(tmp_path):
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
 
-    from qcompile.onnx.check import check_onnx
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.runtime.check import check_onnx
 
     torch.manual_seed(0)
     model = Recommender("sum").eval()
@@ -189,8 +189,8 @@ def test_sum_embedding_bags_as_torch_ao_quantizes_them_and_export_to_onnx(tmp_pa
 def test_mean_and_max_embedding_bags_keep_their_mode_where_torch_ao_would_sum_them(tmp_path, mode):
     from torch.ao.quantization import float_qparams_weight_only_qconfig
 
-    from qcompile.onnx.check import check_onnx
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.runtime.check import check_onnx
 
     torch.manual_seed(0)
     model = Recommender(mode).eval()
@@ -236,8 +236,8 @@ class OffsetBags(nn.Module):
     ("sum", False, False), ("sum", True, True), ("mean", False, False), ("mean", True, False), ("max", False, False),
     ("max", True, False)])
 def test_embedding_bags_given_offsets_export_as_a_scatter_into_bags(tmp_path, mode, include_last_offset, weighted):
-    from qcompile.onnx.check import check_onnx
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.runtime.check import check_onnx
 
     torch.manual_seed(0)
     model = OffsetBags(mode, include_last_offset, weighted).eval()
@@ -271,8 +271,8 @@ class NormedTables(nn.Module):
 
 
 def test_max_norm_tables_are_renormalized_once_for_int8_and_for_onnx(tmp_path):
-    from qcompile.onnx.check import check_onnx
     from qcompile.onnx.export import export_onnx
+    from qcompile.onnx.runtime.check import check_onnx
     from qcompile.pipeline import PassContext
 
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ from qcompile.codegen import load_model, write_model
 from qcompile.cpu_features import has_vnni
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
-from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.runtime.check import check_onnx, output_scale
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.clamps import clamp_after
 from qcompile.quant.config import QuantConfig

@@ -12,8 +12,8 @@ from qcompile.data import open_data
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
-from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
+from qcompile.onnx.runtime.check import check_onnx, output_scale
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig, load_quant_config
 from qcompile.quant.op_table import category

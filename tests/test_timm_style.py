@@ -19,9 +19,9 @@ from qcompile.diagnose.metrics import sqnr_db
 from qcompile.errors import LoweringError
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
-from qcompile.onnx.check import check_onnx, output_scale
 from qcompile.onnx.export import export_onnx
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.check import check_onnx, output_scale
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.models import randomize_batch_norm

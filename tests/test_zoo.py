@@ -19,7 +19,7 @@ from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
 from qcompile.onnx.export import export_onnx
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.models import randomize_batch_norm

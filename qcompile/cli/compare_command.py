@@ -26,7 +26,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for out in args.variants:
         path = Path(out)
         if path.suffix == ".onnx":
-            from qcompile.onnx.session import OnnxModel
+            from qcompile.onnx.runtime.session import OnnxModel
 
             models.append((f"{path.parent.name}/{path.name} (onnxruntime)", OnnxModel(path, args.threads),
                            path.stat().st_size))

@@ -72,12 +72,12 @@ def before_write(args: argparse.Namespace) -> Preflight | None:
 
 def _against_float(reference, path, emitted, batches: list):
     """Per output, the export's and the module's closeness to the float model ``reference`` on ``batches``
-    (:mod:`qcompile.onnx.verdict`); None without the float model."""
+    (:mod:`qcompile.onnx.runtime.verdict`); None without the float model."""
     import torch
 
-    from qcompile.onnx.check import concatenated_outputs
-    from qcompile.onnx.session import OnnxModel
-    from qcompile.onnx.verdict import judge
+    from qcompile.onnx.runtime.check import concatenated_outputs
+    from qcompile.onnx.runtime.session import OnnxModel
+    from qcompile.onnx.runtime.verdict import judge
 
     if reference is None:
         return None
@@ -89,16 +89,16 @@ def _against_float(reference, path, emitted, batches: list):
 def export_onnx_and_check(args: argparse.Namespace, result, progress=None, preflight: Preflight | None = None) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
     comparison with the emitted model in onnxruntime. Where their outputs differ by more than one step, the
-    export is judged against the float model beside the module (:mod:`qcompile.onnx.verdict`): as close
+    export is judged against the float model beside the module (:mod:`qcompile.onnx.runtime.verdict`): as close
     passes with a note, further fails (exit 3)."""
     import onnx
 
     from qcompile.codegen import load_model as load_emitted
     from qcompile.errors import CheckFailed
-    from qcompile.onnx.check import HEADER, check_onnx, output_scales
     from qcompile.onnx.export import export_onnx
     from qcompile.onnx.fused_dynamic import uses_fused_kernels
-    from qcompile.onnx.narrow_convs import recorded
+    from qcompile.onnx.runtime.check import HEADER, check_onnx, output_scales
+    from qcompile.onnx.runtime.narrow_convs import recorded
 
     if args.onnx_narrow_convs == "measure":
         print(f"qcompile: onnx: timing the whole model with each rewrite of its narrow convolutions against it "

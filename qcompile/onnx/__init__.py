@@ -1,1 +1,1 @@
-"""ONNX export from the IR and the onnxruntime cross-check."""
+"""ONNX export from the IR (writers here, emitters by op name) and, in ``runtime/``, the onnxruntime cross-check."""

@@ -59,7 +59,7 @@ def check_dynamic_axes(model: onnx.ModelProto, graph: Graph) -> None:
     axes = dynamic_axes(graph)
     if not axes:
         return
-    from qcompile.onnx.session import in_memory_session
+    from qcompile.onnx.runtime.session import in_memory_session
 
     feeds, rng = {}, np.random.default_rng(0)
     for node in graph.find(kind=NodeKind.INPUT):

@@ -21,8 +21,8 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 from qcompile.ir.types import TensorType
 from qcompile.onnx.builder import OPSET, Builder, param_value
+from qcompile.onnx.calls import call, integer_relu6
 from qcompile.onnx.constants import fold_constants
-from qcompile.onnx.export import _call, integer_relu6
 from qcompile.onnx.fused_dynamic import MS_DOMAIN as MS
 from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.modules import CONVS, _module, _pair, conv_attrs
@@ -77,7 +77,7 @@ def _float_island(b: _QBuilder, node: Node) -> str:
         if producer.quant.qparams is not None and isinstance(producer.type, TensorType):
             s, zp = b.grid(producer)
             b.names[producer.name] = b.emit("DequantizeLinear", [originals[producer.name], s, zp])
-    value = _module(b, node, b.value(b.args(node)[0])) if node.kind == NodeKind.MODULE else _call(b, node)
+    value = _module(b, node, b.value(b.args(node)[0])) if node.kind == NodeKind.MODULE else call(b, node)
     b.names.update(originals)  # the dequantized names were local to this op
     s, zp = b.grid(node)
     return b.emit("QuantizeLinear", [value, s, zp])
@@ -85,7 +85,7 @@ def _float_island(b: _QBuilder, node: Node) -> str:
 
 def _name_codes(nodes: list[onnx.NodeProto], codes: dict[str, object], keep: set[str]) -> None:
     """Each quantized node's codes renamed ``<node>_q__0``, as the QDQ form names its QuantizeLinear outputs,
-    so that :mod:`qcompile.onnx.layer_agreement` can compare them with the graph's. A value several nodes
+    so that :mod:`qcompile.onnx.runtime.layer_agreement` can compare them with the graph's. A value several nodes
     share (a dropout passes its input on) keeps the first one's name; the graph's outputs keep theirs."""
     produced = {o for n in nodes for o in n.output}
     taken = produced | {i for n in nodes for i in n.input}
@@ -139,7 +139,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET, dynamic: str = "exact") 
             b.names[node.name] = b.emit("DequantizeLinear", [b.value(producers[0]), s, zp])
             continue
         if node.quant.mode != "static" or not isinstance(node.type, TensorType):
-            b.names[node.name] = _call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
+            b.names[node.name] = call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
             continue
         target = node.target.rsplit(".", 1)[-1]
         if node.op in (*CONVS, "linear") and node.kind == NodeKind.MODULE:
@@ -175,7 +175,7 @@ def to_onnx_qoperator(graph: Graph, opset: int = OPSET, dynamic: str = "exact") 
         elif node.op == "relu6" and (codes := integer_relu6(b, node, producers[0], b.value(producers[0]))):
             b.names[node.name] = codes
         elif node.op in _MOVE_ONLY:
-            value = _call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
+            value = call(b, node) if node.kind != NodeKind.MODULE else _module(b, node, b.value(producers[0]))
             b.names[node.name] = value
         else:
             b.names[node.name] = _float_island(b, node)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qcompile.interpreter import Interpreter
-from qcompile.onnx.session import in_memory_session
+from qcompile.onnx.runtime.session import in_memory_session
 from qcompile.quant.qparams import integer_codes
 
 _CODES = re.compile(r"^(?P<node>.+)_q__\d+$")  # how the QDQ exporter names a node's QuantizeLinear output

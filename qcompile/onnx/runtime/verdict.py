@@ -1,7 +1,7 @@
 """Judging an ONNX export as a user would: against the float model, beside the emitted module.
 
 ``--check`` first compares the export's outputs with the emitted module's
-code for code (:func:`qcompile.onnx.check.check_onnx`). Two int8
+code for code (:func:`qcompile.onnx.runtime.check.check_onnx`). Two int8
 implementations round a few ties differently, and some models (MobileNetV2)
 amplify one step at one element into many steps at the output, so that
 comparison can fail for an export that is as good as the module. The

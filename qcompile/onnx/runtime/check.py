@@ -31,8 +31,8 @@ import torch
 from qcompile.diagnose.metrics import sqnr_db
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.onnx.fused_dynamic import uses_fused_kernels
-from qcompile.onnx.layer_agreement import Finding, explain, layer_agreement
-from qcompile.onnx.session import OnnxModel
+from qcompile.onnx.runtime.layer_agreement import Finding, explain, layer_agreement
+from qcompile.onnx.runtime.session import OnnxModel
 
 
 @dataclass
@@ -188,7 +188,7 @@ def check_onnx(path: str | Path, module: torch.nn.Module, batches: list,
 
 def _explain(graph, x: torch.Tensor, top1_agreement: float, by_layer: Finding | None = None) -> str:
     """The hint of a failed check: the layer-by-layer comparison's finding where it has one (``by_layer``,
-    from :func:`qcompile.onnx.layer_agreement.explain`), else what one step of rounding does to the output."""
+    from :func:`qcompile.onnx.runtime.layer_agreement.explain`), else what one step of rounding does to the output."""
     bug = "a bug in the exporter or a kernel; please report it with the model"
     if by_layer is not None and by_layer.wrong_layer:
         return by_layer.text

@@ -48,7 +48,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.errors import QCompileError
-from qcompile.onnx.session import in_memory_session
+from qcompile.onnx.runtime.session import in_memory_session
 from qcompile.timing import PairedRatio, head_to_head_resolved
 
 Mode = Literal["auto", "measure", "pad", "space-to-depth", "plain"]
