@@ -93,6 +93,28 @@ def layer_gops(cin: int, cout: int, size: int, kernel: int, stride: int, groups:
     return 2 * out * out * cout * (cin // groups) * kernel * kernel / (ms / 1000) / 1e9
 
 
+VNNI_CAP = "avx512-vnni"  # the best form below AMX: what a CPU without AMX runs (a no-op there)
+
+
+def with_byte_isa(cap: str, run):
+    """``run()`` with the byte form capped at ``cap`` (QCOMPILE_BYTE_ISA), restored after."""
+    import os
+
+    from qcompile.kernels import host_conv
+
+    before = os.environ.get("QCOMPILE_BYTE_ISA")
+    os.environ["QCOMPILE_BYTE_ISA"] = cap
+    host_conv.byte_isa.cache_clear()
+    try:
+        return run()
+    finally:
+        if before is None:
+            del os.environ["QCOMPILE_BYTE_ISA"]
+        else:
+            os.environ["QCOMPILE_BYTE_ISA"] = before
+        host_conv.byte_isa.cache_clear()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
@@ -107,8 +129,8 @@ def main() -> None:
     print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin (kernels/host_conv.cpp), byte form in "
           f"{host_conv.byte_isa()}; % peak is against the AVX2 vpmaddubsw loop of benchmarks/int8_peak.py\n")
     print("| model | batch | threads | float ms | native x86 | native fbgemm | gemmlowp | gemmlowp, preset's 7-bit grid "
-          "| gemmlowp GOPS (% peak) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| gemmlowp, byte form capped at {VNNI_CAP} | gemmlowp GOPS (% peak) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -134,15 +156,16 @@ def main() -> None:
                         packed = median_ms(partial(fbgemm, x), args.repeats)
                         ours = median_ms(partial(gemmlowp, x), args.repeats)
                         seven = median_ms(partial(narrow, x), args.repeats)
+                        vnni = with_byte_isa(VNNI_CAP, partial(median_ms, partial(gemmlowp, x), args.repeats))
                     gops = 2 * work * batch / (ours / 1000) / 1e9
                     share = gops / (peak_gops_per_core() * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
                                      native_x86=base / native, native_fbgemm=base / packed, gemmlowp=base / ours,
-                                     gemmlowp_preset_grid=base / seven,
+                                     gemmlowp_preset_grid=base / seven, gemmlowp_without_amx=base / vnni,
                                      gemmlowp_gops=gops))
                     print(f"| {name} | {batch} | {threads} | {base:.1f} | {base / native:.2f}x | "
-                          f"{base / packed:.2f}x | {base / ours:.2f}x | {base / seven:.2f}x | {gops:.1f} ({share:.1%}) |",
-                          flush=True)
+                          f"{base / packed:.2f}x | {base / ours:.2f}x | {base / seven:.2f}x | {base / vnni:.2f}x | "
+                          f"{gops:.1f} ({share:.1%}) |", flush=True)
     torch.set_num_threads(2)
     print("\nthe GEMM alone (torch.ops.qcompile.qlinear, 2 threads):")
     for shape in ((256, 512, 1024), (256, 2048, 1024)):
@@ -152,7 +175,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print("\nsingle layers (torch.ops.qcompile.qconv2d, batch 1, one thread):")
     for name, *shape in LAYERS:
-        print(f"  {name}: {layer_gops(*shape, args.repeats):.1f} GOPS")
+        capped = with_byte_isa(VNNI_CAP, partial(layer_gops, *shape, args.repeats))
+        print(f"  {name}: {layer_gops(*shape, args.repeats):.1f} GOPS ({capped:.1f} capped at {VNNI_CAP})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -17,8 +17,11 @@
 // Every sum is exact in int32 arithmetic, whose wrap-around cannot change a result that fits int32; the caller
 // checks that the result does (kernels/cpu.py: accumulator_bound).
 // Depthwise convolutions are in host_depthwise.cpp, built into the same library.
+#include <cpuid.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <memory>
@@ -220,7 +223,7 @@ QC_BYTE_TILE_PANEL(byte_tile_panel_avx512_vnni, "avx2,avx512f,avx512vl,avx512vnn
 #undef QC_BYTE_ROWS
 
 // Which byte GEMM runs: qc_conv_vnni's answer, or 0 for AVX2.
-enum ByteIsa : int { kAvx2 = 0, kAvxVnni = 1, kAvx512Vnni = 2 };
+enum ByteIsa : int { kAvx2 = 0, kAvxVnni = 1, kAvx512Vnni = 2, kAmx = 3 };
 
 // One tile and one panel in the byte form: the GEMM, the exceptions, the taps outside the input, the output
 // stage.
@@ -256,6 +259,94 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
   store_tile(acc, rows, c0, out_channels, stages, out);
 }
 
+// AMX-INT8 (Intel Sapphire Rapids and later): the byte GEMM on tiles. One tile multiply (tdpbusd) sums the
+// uint8 x int8 products of 16 pixels x 64 depth bytes x 16 channels into a 16 x 16 int32 tile, every code whole,
+// as VNNI does. The byte form's weights already are tdpbusd's right-hand layout (a panel's quads are rows of
+// 16 channels x 4 bytes); the depth is padded with zero quads to whole tiles of 64 bytes, in the weights and
+// in the gathered rows alike. Linux hands out the tile registers only on request (arch_prctl), once per process.
+constexpr int kAmxRows = 16;  // pixels per tile (tile rows)
+constexpr int64_t kAmxQuads = 16;  // quads per tile multiply: 64 bytes of depth
+
+int64_t amx_quads(int64_t depth) { return kAmxQuads * ((depth + 4 * kAmxQuads - 1) / (4 * kAmxQuads)); }
+
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define QC_HAVE_AMX 1
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// A constant in memory: GCC's ldtilecfg names only the first bytes of its operand as read, so the stores that
+// fill a local configuration before it may be dropped.
+constexpr TileConfig tile_config() {
+  TileConfig c{};
+  c.palette = 1;
+  for (int t = 0; t < 3; ++t) c.rows[t] = kAmxRows, c.colsb[t] = 64;
+  return c;
+}
+constexpr TileConfig kTileConfig = tile_config();
+
+// The tile registers configured on this thread while it lives (tile 0: 16 x 16 int32, 1: 16 rows x 64 bytes of
+// pixels, 2: 16 quads x 16 channels of weights), released after.
+struct AmxTiles {
+  __attribute__((target("amx-tile"))) AmxTiles() { _tile_loadconfig(&kTileConfig); }
+  __attribute__((target("amx-tile"))) ~AmxTiles() { _tile_release(); }
+  AmxTiles(const AmxTiles&) = delete;
+  AmxTiles& operator=(const AmxTiles&) = delete;
+};
+
+// acc (16 rows x 16 int32) = the tile of rows a[r * a_stride ...] times one panel b over `chunks` x 64 bytes,
+// on a thread whose AmxTiles live.
+__attribute__((target("amx-tile,amx-int8"))) void amx_tile_panel(const uint8_t* a, int64_t a_stride,
+                                                                  const int8_t* b, int64_t chunks, int32_t* acc) {
+  _tile_zero(0);
+  for (int64_t k = 0; k < chunks; ++k) {
+    _tile_loadd(1, a + 64 * k, a_stride);
+    _tile_loadd(2, b + 1024 * k, 64);
+    _tile_dpbusd(0, 1, 2);
+  }
+  _tile_stored(0, acc, 64);
+}
+#else
+struct AmxTiles {};
+#define QC_HAVE_AMX 0
+#endif
+
+// Whether this CPU has AMX-INT8 and the kernel lets this process use the tiles.
+bool amx_usable() {
+#if QC_HAVE_AMX
+  static const bool usable = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  }();
+  return usable;
+#else
+  return false;
+#endif
+}
+
+// One AMX tile of pixels and one panel: the tile multiplies, the taps outside the input, the output stage.
+__attribute__((target("avx2"))) void amx_tile(const uint8_t* tile, const int8_t* b, const int32_t* tap_sums,
+                                              int64_t quads, int64_t rows, const uint64_t* outside, int32_t x_zero,
+                                              int64_t c0, int64_t out_channels, const Stage8* stages, uint8_t* out) {
+  alignas(64) __m256i acc[kAmxRows][2];
+#if QC_HAVE_AMX
+  amx_tile_panel(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
+#endif
+  const __m256i zero = _mm256_set1_epi32(x_zero);
+  for (int64_t r = 0; r < rows; ++r)  // taps outside the input: z * (their weights' sum) back
+    for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
+      const int32_t* sums = tap_sums + __builtin_ctzll(mask) * kChannels;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8 * h));
+        acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_mullo_epi32(zero, w));
+      }
+    }
+  store_tile(acc, rows, c0, out_channels, stages, out);
+}
+
 // Weights in panels of 16 output channels, kGroup consecutive depth indices per channel (2 for int16 pairs,
 // 4 for byte quads): packed[p, g, i, t] = weight[16 p + i, kGroup g + t], 0 beyond the channels and depth.
 int64_t packed_size(int64_t out_channels, int64_t depth, int64_t group) {
@@ -263,8 +354,8 @@ int64_t packed_size(int64_t out_channels, int64_t depth, int64_t group) {
 }
 
 template <int kGroup, class T>
-void pack_panels(const int8_t* weight, int64_t out_channels, int64_t depth, T* packed) {
-  const int64_t groups = (depth + kGroup - 1) / kGroup;
+void pack_panels(const int8_t* weight, int64_t out_channels, int64_t depth, T* packed, int64_t groups = 0) {
+  if (groups == 0) groups = (depth + kGroup - 1) / kGroup;
   for (int64_t p = 0; p < panels(out_channels); ++p)
     for (int64_t g = 0; g < groups; ++g)
       for (int64_t i = 0; i < kChannels; ++i)
@@ -308,9 +399,13 @@ int qc_conv_vnni() {
   return __builtin_cpu_supports("avxvnni") ? kAvxVnni : kAvx2;
 }
 
+// The best byte GEMM this CPU runs: 3 (AMX-INT8), or qc_conv_vnni's answer.
+int qc_conv_byte_isa() { return amx_usable() ? kAmx : qc_conv_vnni(); }
+
 // Whether this build runs the byte GEMM `isa` on this CPU (a form asked for that it cannot run is AVX2's).
 static bool byte_isa_runs(int isa) {
   if (isa == kAvx2) return true;
+  if (isa == kAmx) return amx_usable();
   if (!QC_HAVE_VNNI) return false;
   if (isa == kAvxVnni) return __builtin_cpu_supports("avxvnni");
   return isa == kAvx512Vnni && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
@@ -408,6 +503,56 @@ void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, 
         byte_tile(scratch.tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads,
                   scratch.rows, scratch.exceptions, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
                   out + t * kByteRows * s.out_channels, isa);
+      });
+}
+
+// The AMX form's weights: the byte form's panels with the depth padded to whole tiles (amx_quads quads),
+// qc_conv_amx_packed_size bytes.
+int64_t qc_conv_amx_packed_size(int64_t out_channels, int64_t depth) {
+  return panels(out_channels) * amx_quads(depth) * 4 * kChannels;
+}
+
+void qc_conv_amx_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int8_t* packed) {
+  pack_panels<4>(weight, out_channels, depth, packed, amx_quads(depth));
+}
+
+// qc_conv_gemm_bytes on AMX tiles (weights packed by qc_conv_amx_pack; the same bias and tap sums); the caller
+// has checked qc_conv_byte_isa() == 3.
+void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
+                      const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                      int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads) {
+  const ConvShape s = ConvShape::read(shape);
+  const int64_t quads = amx_quads(s.depth()), tiles = (s.pixels() + kAmxRows - 1) / kAmxRows;
+  const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
+  const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
+  const Stage8* stages = table.data();
+  const int64_t taps = s.kernel_h * s.kernel_w, stride = 4 * quads;
+  struct Scratch {
+    std::unique_ptr<uint8_t[]> tile;  // zero beyond each row's depth, for good
+    int64_t rows;
+    std::vector<Exception> none;
+    uint64_t outside[kAmxRows];
+    std::unique_ptr<AmxTiles> tiles;  // made on the thread that uses them
+  };
+  tile_loop(
+      tiles, all_panels, block, threads,
+      [&] { return Scratch{std::unique_ptr<uint8_t[]>(new uint8_t[static_cast<size_t>(kAmxRows * stride)]()), 0,
+                           {}, {}, std::make_unique<AmxTiles>()}; },
+      [&](Scratch& scratch, int64_t t) {
+        scratch.rows = std::min<int64_t>(kAmxRows, s.pixels() - t * kAmxRows);
+        for (int32_t r = 0; r < kAmxRows; ++r) {
+          uint8_t* row = scratch.tile.get() + r * stride;
+          scratch.outside[r] = 0;
+          if (r < scratch.rows)
+            scratch.outside[r] = gather_bytes(x, s, t * kAmxRows + r, r, row, scratch.none, true);
+          else
+            std::fill(row, row + stride, uint8_t{0});
+        }
+      },
+      [&](Scratch& scratch, int64_t t, int64_t p) {
+        amx_tile(scratch.tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads,
+                 scratch.rows, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
+                 out + t * kAmxRows * s.out_channels);
       });
 }
 

@@ -17,6 +17,7 @@ a model's calls pay for the kernels and little else.
 from __future__ import annotations
 
 import ctypes
+import os
 import weakref
 from functools import cache
 
@@ -47,6 +48,11 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_byte_pack.argtypes = [ptr, i64, i64, ptr]
     lib.qc_conv_gemm_bytes.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_, int_]
     lib.qc_conv_vnni.restype = int_
+    lib.qc_conv_byte_isa.restype = int_
+    lib.qc_conv_amx_packed_size.argtypes = [i64, i64]
+    lib.qc_conv_amx_packed_size.restype = i64
+    lib.qc_conv_amx_pack.argtypes = [ptr, i64, i64, ptr]
+    lib.qc_conv_gemm_amx.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_]
     return lib if lib.qc_conv_supported() else None
 
 
@@ -91,13 +97,16 @@ def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
 
 class _BytePanels:
     """The byte form's weights: int8 panels, each channel's weight sum (the zero point's share of the
-    accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels."""
+    accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels. ``amx``: the
+    panels' depth padded to whole AMX tiles."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, amx: bool = False):
         rows = _weight_rows(weight)
         lib = library()
-        self.panels = torch.empty(lib.qc_conv_byte_packed_size(*rows.shape), dtype=torch.int8)
-        lib.qc_conv_byte_pack(rows.data_ptr(), rows.shape[0], rows.shape[1], self.panels.data_ptr())
+        size, pack = ((lib.qc_conv_amx_packed_size, lib.qc_conv_amx_pack) if amx
+                      else (lib.qc_conv_byte_packed_size, lib.qc_conv_byte_pack))
+        self.panels = torch.empty(size(*rows.shape), dtype=torch.int8)
+        pack(rows.data_ptr(), rows.shape[0], rows.shape[1], self.panels.data_ptr())
         self.sums = rows.long().sum(1)
         channels, taps = weight.shape[0], (weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1)
         per_tap = rows.long().reshape(channels, taps, -1).sum(2)  # [channels, taps]
@@ -186,13 +195,21 @@ def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
 # call. With VNNI nothing needs correcting.
 BYTE_FORM_WIDE_SHARE = 32
 
-BYTE_ISAS = ("avx2", "avx-vnni", "avx512-vnni")  # qc_conv_vnni's answers, by number
+BYTE_ISAS = ("avx2", "avx-vnni", "avx512-vnni", "amx")  # qc_conv_byte_isa's answers, by number
 
 
+@cache
 def byte_isa() -> str:
-    """The byte form's instructions on this CPU: ``avx512-vnni``, ``avx-vnni`` or ``avx2``."""
+    """The byte form's instructions on this CPU: ``amx`` (AMX-INT8 tiles), ``avx512-vnni``, ``avx-vnni`` or
+    ``avx2``; ``QCOMPILE_BYTE_ISA`` (one of :data:`BYTE_ISAS`) caps it, read once (to compare the forms)."""
     lib = library()
-    return BYTE_ISAS[lib.qc_conv_vnni()] if lib is not None else "avx2"
+    best = BYTE_ISAS[lib.qc_conv_byte_isa()] if lib is not None else "avx2"
+    cap = os.environ.get("QCOMPILE_BYTE_ISA")
+    if cap is None:
+        return best
+    if cap not in BYTE_ISAS:
+        raise ValueError(f"QCOMPILE_BYTE_ISA={cap!r}: choose one of {', '.join(BYTE_ISAS)}")
+    return cap if BYTE_ISAS.index(cap) < BYTE_ISAS.index(best) else best
 
 
 def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int, isa: str | None = None) -> bool:
@@ -214,13 +231,17 @@ def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi
     params = host.int32_params(bias, multiplier, exponent)
     isa = isa or byte_isa()
     if byte_form(x, weight, shape[5] * shape[6], shape[3], isa):
-        panels = _cached((weight,), "bytes", lambda: _BytePanels(weight))
+        amx = isa == "amx"
+        panels = _cached((weight,), ("bytes", amx), lambda: _BytePanels(weight, amx))
         # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
         params[0] = _cached((weight, bias), ("bias", x_zero),
                             lambda: (bias.long() - x_zero * panels.sums).to(torch.int32))
-        library().qc_conv_gemm_bytes(x.data_ptr(), x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(),
-                                     dims, *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
-                                     torch.get_num_threads(), BYTE_ISAS.index(isa))
+        pointers = (x.data_ptr(), x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(), dims,
+                    *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(), torch.get_num_threads())
+        if amx:
+            library().qc_conv_gemm_amx(*pointers)
+        else:
+            library().qc_conv_gemm_bytes(*pointers, BYTE_ISAS.index(isa))
         return
     packed = _cached((weight,), "int16", lambda: _gemm_panels(weight))
     library().qc_conv_gemm(x.data_ptr(), x_zero, packed.data_ptr(), dims, *(t.data_ptr() for t in params),

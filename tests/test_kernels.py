@@ -438,15 +438,17 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
 
 
 def _byte_isas() -> tuple[str, ...]:
-    """The byte form's instruction sets this CPU runs: AVX2 always (with AVX2), and each VNNI it has."""
+    """The byte form's instruction sets this CPU runs: AVX2 always (with AVX2), each VNNI it has, and AMX-INT8
+    tiles where it has them."""
     from qcompile.kernels import host_conv
 
     from qcompile.cpu_features import cpu_flags
 
     flags = cpu_flags()
     found = ("avx2",) + (("avx-vnni",) if "avx_vnni" in flags else ()) + (
-        ("avx512-vnni",) if {"avx512_vnni", "avx512vl"} <= flags else ())
-    # the kernels' own detection agrees with the CPU's flags: the best VNNI it has, else AVX2
+        ("avx512-vnni",) if {"avx512_vnni", "avx512vl"} <= flags else ()) + (
+        ("amx",) if {"amx_tile", "amx_int8"} <= flags else ())
+    # the kernels' own detection agrees with the CPU's flags: AMX, else the best VNNI it has, else AVX2
     if host_conv.library() is not None:
         assert host_conv.byte_isa() == found[-1]
     return found
