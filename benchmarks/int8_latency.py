@@ -181,6 +181,12 @@ def main() -> None:
     quiet()
     calib = list(open_data("builtin:photos", batch_size=16, limit=64))
     rows, calibration = [], []
+    from qcompile.kernels.host_conv import byte_isa
+
+    from qcompile.cpu_features import describe_cpu
+
+    print(f"CPU: {describe_cpu()}; torch's engine: x86 ({torch.backends.cpu.get_cpu_capability()}); qcompile "
+          f"gemmlowp: the CPU twin, byte form in {byte_isa()}\n")
     print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | qcompile native | qcompile gemmlowp "
           "| qcompile -> onnxruntime | native GOPS (% peak) | best / target | paired, 95% |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
