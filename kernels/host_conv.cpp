@@ -264,7 +264,7 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
 // as VNNI does. The byte form's weights already are tdpbusd's right-hand layout (a panel's quads are rows of
 // 16 channels x 4 bytes); the depth is padded with zero quads to whole tiles of 64 bytes, in the weights and
 // in the gathered rows alike. Linux hands out the tile registers only on request (arch_prctl), once per process.
-constexpr int kAmxRows = 16;  // pixels per tile (tile rows)
+constexpr int kAmxRows = 32;  // pixels per scratch tile, at most: two tiles of 16 rows under each weight tile
 constexpr int64_t kAmxQuads = 16;  // quads per tile multiply: 64 bytes of depth
 
 int64_t amx_quads(int64_t depth) { return kAmxQuads * ((depth + 4 * kAmxQuads - 1) / (4 * kAmxQuads)); }
@@ -282,13 +282,13 @@ struct alignas(64) TileConfig {
 constexpr TileConfig tile_config() {
   TileConfig c{};
   c.palette = 1;
-  for (int t = 0; t < 3; ++t) c.rows[t] = kAmxRows, c.colsb[t] = 64;
+  for (int t = 0; t < 5; ++t) c.rows[t] = 16, c.colsb[t] = 64;
   return c;
 }
 constexpr TileConfig kTileConfig = tile_config();
 
-// The tile registers configured on this thread while it lives (tile 0: 16 x 16 int32, 1: 16 rows x 64 bytes of
-// pixels, 2: 16 quads x 16 channels of weights), released after.
+// The tile registers configured on this thread while it lives (tiles 0, 1: 16 x 16 int32; 2: 16 quads x 16
+// channels of weights; 3, 4: 16 rows x 64 bytes of pixels), released after.
 struct AmxTiles {
   __attribute__((target("amx-tile"))) AmxTiles() { _tile_loadconfig(&kTileConfig); }
   __attribute__((target("amx-tile"))) ~AmxTiles() { _tile_release(); }
@@ -296,17 +296,35 @@ struct AmxTiles {
   AmxTiles& operator=(const AmxTiles&) = delete;
 };
 
-// acc (16 rows x 16 int32) = the tile of rows a[r * a_stride ...] times one panel b over `chunks` x 64 bytes,
-// on a thread whose AmxTiles live.
+// acc (16 rows x 16 int32) = the 16 rows a[r * a_stride ...] times one panel b over `chunks` x 64 bytes, on a
+// thread whose AmxTiles live.
 __attribute__((target("amx-tile,amx-int8"))) void amx_tile_panel(const uint8_t* a, int64_t a_stride,
                                                                   const int8_t* b, int64_t chunks, int32_t* acc) {
   _tile_zero(0);
   for (int64_t k = 0; k < chunks; ++k) {
-    _tile_loadd(1, a + 64 * k, a_stride);
     _tile_loadd(2, b + 1024 * k, 64);
-    _tile_dpbusd(0, 1, 2);
+    _tile_loadd(3, a + 64 * k, a_stride);
+    _tile_dpbusd(0, 3, 2);
   }
   _tile_stored(0, acc, 64);
+}
+
+// The same for 32 rows, each weight tile loaded once for both halves (deep layers, whose 16 rows alone fill
+// the L1 cache: the weights then come from L2 half as often).
+__attribute__((target("amx-tile,amx-int8"))) void amx_tile_panel32(const uint8_t* a, int64_t a_stride,
+                                                                    const int8_t* b, int64_t chunks, int32_t* acc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  const uint8_t* lower = a + 16 * a_stride;
+  for (int64_t k = 0; k < chunks; ++k) {
+    _tile_loadd(2, b + 1024 * k, 64);
+    _tile_loadd(3, a + 64 * k, a_stride);
+    _tile_dpbusd(0, 3, 2);
+    _tile_loadd(4, lower + 64 * k, a_stride);
+    _tile_dpbusd(1, 4, 2);
+  }
+  _tile_stored(0, acc, 64);
+  _tile_stored(1, acc + 16 * 16, 64);
 }
 #else
 struct AmxTiles {};
@@ -327,13 +345,16 @@ bool amx_usable() {
 #endif
 }
 
-// One AMX tile of pixels and one panel: the tile multiplies, the taps outside the input, the output stage.
-__attribute__((target("avx2"))) void amx_tile(const uint8_t* tile, const int8_t* b, const int32_t* tap_sums,
-                                              int64_t quads, int64_t rows, const uint64_t* outside, int32_t x_zero,
+// One tile of 16 or 32 pixels and one panel: the tile multiplies, the taps outside the input, the output stage.
+__attribute__((target("avx2"))) void amx_tile(const uint8_t* tile, int tile_rows, const int8_t* b,
+                                              const int32_t* tap_sums, int64_t quads, int64_t rows, const uint64_t* outside, int32_t x_zero,
                                               int64_t c0, int64_t out_channels, const Stage8* stages, uint8_t* out) {
   alignas(64) __m256i acc[kAmxRows][2];
 #if QC_HAVE_AMX
-  amx_tile_panel(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
+  if (tile_rows == 32)
+    amx_tile_panel32(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
+  else
+    amx_tile_panel(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
 #endif
   const __m256i zero = _mm256_set1_epi32(x_zero);
   for (int64_t r = 0; r < rows; ++r)  // taps outside the input: z * (their weights' sum) back
@@ -522,8 +543,12 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
                       const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
                       int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads) {
   const ConvShape s = ConvShape::read(shape);
-  const int64_t quads = amx_quads(s.depth()), tiles = (s.pixels() + kAmxRows - 1) / kAmxRows;
-  const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
+  const int64_t quads = amx_quads(s.depth());
+  // 32 rows where 16 rows of the tile alone take half the L1 cache (measured: ResNet-18's layers 3 and 4 faster,
+  // layer 2 slower); every panel over each tile gathered once (the gather costs more than the panels' reloads)
+  const int tile_rows = 16 * 4 * quads > 24 * 1024 ? 32 : 16;
+  const int64_t tiles = (s.pixels() + tile_rows - 1) / tile_rows;
+  const int64_t all_panels = panels(s.out_channels), block = all_panels;
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
   const Stage8* stages = table.data();
   const int64_t taps = s.kernel_h * s.kernel_w, stride = 4 * quads;
@@ -539,20 +564,20 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
       [&] { return Scratch{std::unique_ptr<uint8_t[]>(new uint8_t[static_cast<size_t>(kAmxRows * stride)]()), 0,
                            {}, {}, std::make_unique<AmxTiles>()}; },
       [&](Scratch& scratch, int64_t t) {
-        scratch.rows = std::min<int64_t>(kAmxRows, s.pixels() - t * kAmxRows);
-        for (int32_t r = 0; r < kAmxRows; ++r) {
+        scratch.rows = std::min<int64_t>(tile_rows, s.pixels() - t * tile_rows);
+        for (int32_t r = 0; r < tile_rows; ++r) {
           uint8_t* row = scratch.tile.get() + r * stride;
           scratch.outside[r] = 0;
           if (r < scratch.rows)
-            scratch.outside[r] = gather_bytes(x, s, t * kAmxRows + r, r, row, scratch.none, true);
+            scratch.outside[r] = gather_bytes(x, s, t * tile_rows + r, r, row, scratch.none, true);
           else
             std::fill(row, row + stride, uint8_t{0});
         }
       },
       [&](Scratch& scratch, int64_t t, int64_t p) {
-        amx_tile(scratch.tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads,
-                 scratch.rows, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
-                 out + t * kAmxRows * s.out_channels);
+        amx_tile(scratch.tile.get(), tile_rows, packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels,
+                 quads, scratch.rows, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
+                 out + t * tile_rows * s.out_channels);
       });
 }
 
