@@ -12,7 +12,7 @@ kilobytes per observer, whatever the number of samples). Weights are
 observed directly. The statistics land in ``node.quant.stats`` /
 ``node.quant.weight_stats`` and print as ranges::
 
-    %conv1 = conv2d(...) ...  # mode=static obs=minmax quint8[0,127] affine range=[0, 7.31] | weight: ... range=[64 channels, -1.2..1.3]
+    %conv1 = conv2d(...) ...  # mode=static obs=minmax uint8[0,127] affine range=[0, 7.31] | weight: ... range=[64 channels, -1.2..1.3]
 
 Under ``torchrun`` each process calibrates its share of the batches
 (:mod:`qcompile.distributed.shards`) and the observers merge exactly

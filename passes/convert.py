@@ -88,7 +88,7 @@ def choose_qparams(graph: Graph) -> None:
                                                   spec.axis if spec.per_channel else None)
         if q.mode == "static" and node.op in FIXED and q.stats is None:
             scale, zero_point = FIXED[node.op]
-            q.qparams = QParams(torch.tensor(scale), torch.tensor(zero_point), "quint8", 0, 255)
+            q.qparams = QParams(torch.tensor(scale), torch.tensor(zero_point), "uint8", 0, 255)
     for node in graph.nodes():
         if node.quant.shares is not None:
             owner = graph.node(node.quant.shares)
@@ -171,7 +171,7 @@ class Convert(Pass):
                 clamp_to_bits(graph, node)
         for node in graph.nodes():  # including the clamps the rules added
             if node.quant.mode == "static" and isinstance(node.type, TensorType) and node.quant.qparams is not None:
-                node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "quint8" else "qi8")
+                node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "uint8" else "qi8")
         return PassResult(True, counts)
 
 

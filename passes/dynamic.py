@@ -11,7 +11,7 @@ calibration data is needed. Before and after::
     %fc = linear(%flatten, $fc.{weight,bias}) : f32[1,10] {in_features=512, out_features=10}
 
     %fc = linear(%flatten, $fc.{weight,bias}) : f32[1,10] {in_features=512, out_features=10,
-          target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: qint8 scale=0.00312 zp=0
+          target='torch.ao.nn.quantized.dynamic.Linear'}  # mode=dynamic | weight: int8 scale=0.00312 zp=0
 
 Embedding tables (``nn.Embedding``, ``F.embedding``, torch.export's
 ``aten.embedding``, and ``nn.EmbeddingBag``) get uint8 rows with a float
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import quantize_tensor
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
 from qcompile.ir.node import Node, NodeKind
@@ -42,7 +43,7 @@ from qcompile.ir.targets import resolve_target
 from qcompile.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompile.quant.embedding import embedding_as_module, quantize_rows, rows_as_read
 from qcompile.quant.observers import make_observer
-from qcompile.quant.qparams import qparams_from_range, quantize_tensor
+from qcompile.quant.qparams import qparams_from_range
 
 _TARGETS = {
     ("linear", None): "torch.ao.nn.quantized.dynamic.Linear",
@@ -147,7 +148,7 @@ class Dynamic(Pass):
         return PassResult(bool(counts), counts)
 
     def _quantize_linear_weight(self, graph: Graph, node) -> None:
-        spec = ObserverSpec("minmax", dtype="qint8", symmetric=True, per_channel=self.per_channel, axis=0)
+        spec = ObserverSpec("minmax", dtype="int8", symmetric=True, per_channel=self.per_channel, axis=0)
         observer = make_observer(spec)
         weight = _private_param(graph, node, "weight")
         observer.update(weight)

@@ -11,7 +11,7 @@ ops that reuse their input's grid (pooling, flatten, relu...) get
     %conv1   = conv2d(%quantize_x, ...) : f32[1,64,112,112]  # mode=static
     %maxpool = max_pool2d(%conv1) : f32[1,64,56,56]  # mode=static
 
-    %conv1   = conv2d(...) ...  # mode=static obs=minmax quint8[0,127] affine | weight: obs=minmax qint8[-128,127] sym
+    %conv1   = conv2d(...) ...  # mode=static obs=minmax uint8[0,127] affine | weight: obs=minmax int8[-128,127] sym
     %maxpool = max_pool2d(%conv1) ...  # mode=static shares=%conv1
 
 Options:

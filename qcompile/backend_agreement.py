@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import integer_codes
 from qcompile.diagnose.amplification import final_integer_node
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
-from qcompile.quant.qparams import integer_codes
 
 
 @dataclass

@@ -21,9 +21,9 @@ def _batches(n=6, seed=0):
 
 @pytest.mark.parametrize("spec, reference", [
     (ObserverSpec("minmax", reduce_range=True), lambda: ao.MinMaxObserver(quant_min=0, quant_max=127)),
-    (ObserverSpec("minmax", dtype="qint8", symmetric=True),
+    (ObserverSpec("minmax", dtype="int8", symmetric=True),
      lambda: ao.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)),
-    (ObserverSpec("minmax", dtype="qint8", symmetric=True, per_channel=True, axis=1),
+    (ObserverSpec("minmax", dtype="int8", symmetric=True, per_channel=True, axis=1),
      lambda: ao.PerChannelMinMaxObserver(ch_axis=1, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)),
     (ObserverSpec("moving_average", reduce_range=True),
      lambda: ao.MovingAverageMinMaxObserver(quant_min=0, quant_max=127)),
@@ -151,8 +151,16 @@ def test_config_file_overrides_and_skips(tmp_path):
     assert qconfig.weight == PRESETS["default"][0].weight
 
 
+@pytest.mark.parametrize("written, meant", [("quint8", "uint8"), ("qint8", "int8"), ("int8", "int8")])
+def test_config_files_may_name_containers_as_torch_does(tmp_path, written, meant):
+    path = tmp_path / "q.toml"
+    path.write_text(f'[[override]]\nmatch = "a"\nactivation = {{ dtype = "{written}", symmetric = true }}\n')
+    assert load_quant_config(path).overrides[0][1].activation.dtype == meant
+
+
 @pytest.mark.parametrize("text, message", [
     ('preset = "x68"', "unknown preset 'x68'"),
+    ('[[override]]\nmatch = "a"\nactivation = {dtype = "quint4"}', "unknown dtype 'quint4'; choose uint8 or int8"),
     ('presets = "x86"', "unknown keys"),
     ('[[override]]\nactivation = {kind = "minmax"}', "no 'match'"),
     ('[[override]]\nmatch = "a"\nactivation = {kind = "median"}', "unknown observer kind"),

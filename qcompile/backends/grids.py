@@ -22,8 +22,8 @@ one. ``activation-grid=preset`` keeps the preset's grid, as torch.ao would
 config file are the user's word and are never changed. Before and after
 (``ptq --backend gemmlowp``)::
 
-    %conv1 = conv2d(...)  # mode=static obs=histogram quint8[0,127] affine | weight: ...
-    %conv1 = conv2d(...)  # mode=static obs=histogram quint8[0,255] affine | weight: ...
+    %conv1 = conv2d(...)  # mode=static obs=histogram uint8[0,127] affine | weight: ...
+    %conv1 = conv2d(...)  # mode=static obs=histogram uint8[0,255] affine | weight: ...
 """
 
 from __future__ import annotations
@@ -67,4 +67,4 @@ def activation_grid_for(spec: ObserverSpec, backend: str | None) -> ObserverSpec
 
 def full_activation_grid(spec: ObserverSpec) -> ObserverSpec:
     """``spec`` over the whole uint8 container (codes 0-255) where it reduces the range."""
-    return replace(spec, reduce_range=False) if spec.reduce_range and spec.dtype == "quint8" else spec
+    return replace(spec, reduce_range=False) if spec.reduce_range and spec.dtype == "uint8" else spec

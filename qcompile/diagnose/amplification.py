@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import integer_codes
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.ir.types import TensorType
-from qcompile.quant.qparams import integer_codes
 
 _INTEGER_TYPES = ("qu8", "qi8", "u8")
 

@@ -88,7 +88,7 @@ def _weighted(graph: Graph, node: Node) -> dict[str, str]:
         raise QCompileError(f"%{node.name}: integer kernels take symmetric int8 weights (zero point 0)",
                             hint="use a preset with symmetric weights (all built-in ones are), or backend=native")
     q_in, q_out = _input_qparams(graph, node), node.quant.qparams
-    if q_in.dtype != "quint8" or q_out.dtype != "quint8":
+    if q_in.dtype != "uint8" or q_out.dtype != "uint8":
         raise QCompileError(f"%{node.name}: integer kernels take uint8 activations", hint="use backend=native")
     accumulator_scale = float(q_in.scale) * weight.scales
     bias = graph.params[node.params["bias"]] if "bias" in node.params else torch.zeros(len(weight.scales))
@@ -195,7 +195,7 @@ def _rewrite(graph: Graph, node: Node) -> bool:
     """Rewrite one node of the quantized region (or a dequantize); False if the kernels do not cover it."""
     if node.op == "quantize":
         q = node.quant.qparams
-        if q.dtype != "quint8":
+        if q.dtype != "uint8":
             return False
         _as_module(graph, node, "Quantize", {"scale": float(q.scale), "zero_point": int(q.zero_point)},
                    graph.inputs(node)[:1])

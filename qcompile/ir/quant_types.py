@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-_DTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-(2**31), 2**31 - 1)}
+_DTYPE_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,11 @@ class ObserverSpec:
 
     Attributes:
         kind: ``minmax``, ``moving_average``, ``histogram``, ``percentile`` or ``entropy``.
-        dtype: Integer container: ``quint8`` or ``qint8``.
+        dtype: Integer container: ``uint8`` or ``int8``.
         symmetric: Zero point fixed at the middle of the range (weights).
         per_channel: One scale per slice along ``axis`` (weights).
         axis: Channel axis for per-channel observers.
-        reduce_range: Use one bit less (``[0, 127]`` for quint8), as the x86
+        reduce_range: Use one bit less (``[0, 127]`` for uint8), as the x86
             and fbgemm kernels need to avoid overflow in their 16-bit
             intermediate sums.
         averaging_constant: Weight of each new batch for ``moving_average``.
@@ -33,7 +33,7 @@ class ObserverSpec:
     """
 
     kind: str = "minmax"
-    dtype: str = "quint8"
+    dtype: str = "uint8"
     symmetric: bool = False
     per_channel: bool = False
     axis: int = 0
@@ -48,8 +48,8 @@ class ObserverSpec:
     def __post_init__(self):
         if self.kind not in self.KINDS:
             raise ValueError(f"unknown observer kind {self.kind!r}; choose one of {', '.join(self.KINDS)}")
-        if self.dtype not in ("quint8", "qint8"):
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose quint8 or qint8")
+        if self.dtype not in ("uint8", "int8"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose uint8 or int8")
         for name, kind in (("symmetric", bool), ("per_channel", bool), ("reduce_range", bool), ("axis", int),
                            ("averaging_constant", float), ("percentile", float), ("bins", int)):
             value = getattr(self, name)
@@ -70,17 +70,13 @@ class ObserverSpec:
     @property
     def quant_range(self) -> tuple[int, int]:
         if self.bits is not None and self.bits < 8:
-            if self.dtype == "quint8":
+            if self.dtype == "uint8":
                 return 0, 2**self.bits - 1
             return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
         qmin, qmax = _DTYPE_RANGES[self.dtype]
         if self.reduce_range:
             return (qmin // 2, qmax // 2)
         return qmin, qmax
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
 
     def describe(self) -> str:
         qmin, qmax = self.quant_range
@@ -165,10 +161,6 @@ class QParams:
     @property
     def per_channel(self) -> bool:
         return self.axis is not None
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
 
     def describe(self) -> str:
         if self.per_channel:

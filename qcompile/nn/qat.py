@@ -29,7 +29,7 @@ def _affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, sy
 
 
 def storage_range(quant_min: int) -> tuple[int, int]:
-    """The codes an int8 tensor holds whatever its grid: quint8's for a grid from 0 up, else qint8's."""
+    """The codes an int8 tensor holds whatever its grid: uint8's for a grid from 0 up, else int8's."""
     return (0, 255) if quant_min >= 0 else (-128, 127)
 
 
@@ -38,7 +38,7 @@ class FakeQuantize(nn.Module):
 
     The scale and zero point put the learned range on ``[quant_min,
     quant_max]``, but codes saturate where the int8 model's do: at the limits
-    of its dtype (0 and 255 for quint8). A reduce-range grid (``0, 127``, the
+    of its dtype (0 and 255 for uint8). A reduce-range grid (``0, 127``, the
     x86 preset's) leaves torch's and onnxruntime's kernels twice the learned
     range above its top; clamping there in training, as torch.ao's fake
     quantization does, clipped what the int8 model then computed (a QAT model
@@ -46,7 +46,7 @@ class FakeQuantize(nn.Module):
     0.700).
 
     Args:
-        quant_min, quant_max: The integer grid (``0, 127`` for reduce-range quint8).
+        quant_min, quant_max: The integer grid (``0, 127`` for reduce-range uint8).
         symmetric: Zero point in the middle of the grid.
         averaging_constant: Weight of each training batch in the range average.
 

@@ -18,11 +18,12 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from qcompile.backends.torch_ao.tensors import weight_grid
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, Ref
 from qcompile.quant.op_table import TRANSPOSED
-from qcompile.quant.qparams import quantize_bias, weight_grid
+from qcompile.quant.qparams import quantize_bias
 
 OPSET = 21
 
@@ -106,7 +107,7 @@ class Builder:
         q = node.quant.qparams
         if q is None:
             raise QCompileError(f"%{node.name} has no scale; QOperator export needs a converted graph")
-        dtype = np.uint8 if q.dtype == "quint8" else np.int8
+        dtype = np.uint8 if q.dtype == "uint8" else np.int8
         return (self.const(f"{node.name}_scale", np.array(float(q.scale), np.float32)),
                 self.const(f"{node.name}_zp", np.array(int(q.zero_point), dtype)))
 

@@ -66,8 +66,8 @@ def integer_relu6(b: Builder, node: Node, producer: Node, codes: str) -> str | N
     (zero point 0, 255 codes within 6) the clamp is dropped.
     """
     q, q_in = node.quant.qparams, producer.quant.qparams
-    if (node.op != "relu6" or q is None or q_in is None or q.per_channel or q.dtype != "quint8"
-            or q_in.dtype != "quint8" or float(q.scale) != float(q_in.scale)
+    if (node.op != "relu6" or q is None or q_in is None or q.per_channel or q.dtype != "uint8"
+            or q_in.dtype != "uint8" or float(q.scale) != float(q_in.scale)
             or int(q.zero_point) != int(q_in.zero_point)):
         return None
     zero, top = int(q.zero_point), relu6_top_code(q)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
+from qcompile.backends.torch_ao.tensors import weight_grid
 from qcompile.ir.node import Node
 from qcompile.onnx.fused_dynamic import fused_linear
-from qcompile.quant.qparams import weight_grid
 
 if TYPE_CHECKING:
     from qcompile.onnx.builder import Builder

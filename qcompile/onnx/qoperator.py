@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from qcompile.backends.torch_ao.tensors import weight_grid
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
@@ -28,7 +29,7 @@ from qcompile.onnx.inputs import graph_inputs
 from qcompile.onnx.modules import CONVS, _module, _pair, conv_attrs
 from qcompile.onnx.outputs import graph_outputs
 from qcompile.onnx.prune import prune_unused
-from qcompile.quant.qparams import quantize_bias, weight_grid
+from qcompile.quant.qparams import quantize_bias
 
 _MOVE_ONLY = {"max_pool2d", "flatten", "view", "reshape", "dropout", "identity", "contiguous", "transpose",
               "permute", "getitem", "chunk", "split", "split_with_sizes", "unflatten", "unsqueeze", "squeeze", "select"}

@@ -30,7 +30,7 @@ from qcompile.quant.relu6_grid import relu6_top_code
 def split_relu6(graph: Graph, node: Node) -> None:
     """A conv / linear with a fused ReLU6: quantize on the post-ReLU6 grid, then clamp at [0, 6].
 
-    The grid from the range observed after ReLU6 is tight, but quint8 holds
+    The grid from the range observed after ReLU6 is tight, but uint8 holds
     values up to 255 steps, beyond 6 (with a reduced range, up to twice the
     observed maximum), so an explicit int8 hardtanh(0, 6) keeps the ReLU6.
     Where the grid cannot pass 6 (zero point 0, 6 at code 255 or above, as

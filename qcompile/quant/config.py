@@ -6,10 +6,10 @@ torch.ao one for one:
 ===========  ===========================================  =================================  ========
 preset       activations                                  weights                            engine
 ===========  ===========================================  =================================  ========
-default      min/max, quint8 [0,127], affine               min/max, qint8, symmetric          x86
-x86          histogram (L2-optimal range), quint8 [0,127]  per-channel min/max, qint8, sym    x86
+default      min/max, uint8 [0,127], affine                min/max, int8, symmetric           x86
+x86          histogram (L2-optimal range), uint8 [0,127]   per-channel min/max, int8, sym     x86
 fbgemm       same as x86                                   same as x86                        fbgemm
-qnnpack      histogram, quint8 [0,255]                     min/max, qint8, symmetric          qnnpack
+qnnpack      histogram, uint8 [0,255]                      min/max, int8, symmetric           qnnpack
 ===========  ===========================================  =================================  ========
 
 Without a preset qcompile uses ``x86``, the most accurate of the four here.
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qcompile.backends.torch_ao.tensors import TORCH_NAMES
 from qcompile.compat import tomllib
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
@@ -49,8 +50,8 @@ class QConfig:
     weight: ObserverSpec
 
 
-_ACT_7BIT = dict(dtype="quint8", reduce_range=True)
-_W_SYM = dict(dtype="qint8", symmetric=True)
+_ACT_7BIT = dict(dtype="uint8", reduce_range=True)
+_W_SYM = dict(dtype="int8", symmetric=True)
 
 PRESETS: dict[str, tuple[QConfig, str]] = {
     "default": (QConfig(ObserverSpec("minmax", **_ACT_7BIT), ObserverSpec("minmax", **_W_SYM)), "x86"),
@@ -58,7 +59,7 @@ PRESETS: dict[str, tuple[QConfig, str]] = {
                     ObserverSpec("minmax", per_channel=True, **_W_SYM)), "x86"),
     "fbgemm": (QConfig(ObserverSpec("histogram", **_ACT_7BIT),
                        ObserverSpec("minmax", per_channel=True, **_W_SYM)), "fbgemm"),
-    "qnnpack": (QConfig(ObserverSpec("histogram", dtype="quint8"), ObserverSpec("minmax", **_W_SYM)),
+    "qnnpack": (QConfig(ObserverSpec("histogram", dtype="uint8"), ObserverSpec("minmax", **_W_SYM)),
                 "qnnpack"),
 }
 
@@ -137,6 +138,8 @@ def _spec_with(base: ObserverSpec, changes: dict[str, Any], where: str) -> Obser
     if unknown:
         raise QCompileError(f"{where}: unknown observer settings {sorted(unknown)}",
                             hint=f"settings: {', '.join(sorted(fields))}")
+    if changes.get("dtype") in TORCH_NAMES:  # torch's names for the containers, as torch.ao configs write them
+        changes = changes | {"dtype": TORCH_NAMES[changes["dtype"]]}
     try:
         return dataclasses.replace(base, **changes)
     except (ValueError, TypeError) as exc:

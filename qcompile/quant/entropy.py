@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import integer_codes
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
-from qcompile.quant.qparams import integer_codes
 
 
 @dataclass

@@ -65,7 +65,7 @@ def integer_weight(weight: torch.Tensor, q: QuantAnnotation) -> IntegerWeight:
         scale, zero = qparams.scale.float(), qparams.zero_point
     scales, zeros = weight_codes_grid(q, channels)
     codes = torch.clamp(torch.round(weight.float() * (1.0 / scale)) + zero, qparams.quant_min, qparams.quant_max)
-    container = torch.uint8 if qparams.dtype == "quint8" else torch.int8
+    container = torch.uint8 if qparams.dtype == "uint8" else torch.int8
     return IntegerWeight(codes.to(container), scales, zeros, qparams.per_channel)
 
 

@@ -8,7 +8,7 @@ models can be compared with torch.ao's element for element:
 * affine: ``scale = (hi - lo) / (qmax - qmin)``, ``zp = qmin - round(lo / scale)``,
   clamped to ``[qmin, qmax]``;
 * symmetric: ``scale = max(-lo, hi) / ((qmax - qmin) / 2)``, ``zp`` at the middle
-  of the grid (0 for qint8);
+  of the grid (0 for int8);
 * scales are floored at float32's epsilon; ``round`` is half-to-even.
 """
 
@@ -34,7 +34,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: ObserverSpec,
         hi_pos = torch.maximum(-lo_neg, hi_pos)
         scale = hi_pos / (float(qmax - qmin) / 2)
         scale = torch.maximum(scale, _EPS)
-        if spec.dtype == "quint8":
+        if spec.dtype == "uint8":
             zero_point = zero_point.new_full(zero_point.size(), (qmin + qmax + 1) // 2)
     else:
         scale = (hi_pos - lo_neg) / float(qmax - qmin)
@@ -42,32 +42,6 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: ObserverSpec,
         zero_point = qmin - torch.round(lo_neg / scale).to(torch.int64)
         zero_point = torch.clamp(zero_point, qmin, qmax)
     return QParams(scale, zero_point, spec.dtype, qmin, qmax, axis)
-
-
-def quantize_tensor(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
-    """``x`` as a torch quantized tensor with ``qparams``."""
-    if qparams.per_channel:
-        return torch.quantize_per_channel(x, qparams.scale.double(), qparams.zero_point,
-                                          qparams.axis, qparams.torch_dtype)
-    return torch.quantize_per_tensor(x, float(qparams.scale), int(qparams.zero_point), qparams.torch_dtype)
-
-
-def integer_codes(value: torch.Tensor) -> torch.Tensor:
-    """The integer codes of a value: a torch quantized tensor's ``int_repr()``, or plain int8 / uint8 as it is."""
-    return value.int_repr() if value.is_quantized else value
-
-
-def weight_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A quantized weight's scales (float64), zero points and axis, one per output channel.
-
-    A per-tensor weight's scale and zero point are repeated for every channel,
-    so integer kernels and exporters handle both kinds alike.
-    """
-    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        return weight.q_per_channel_scales().double(), weight.q_per_channel_zero_points(), weight.q_per_channel_axis()
-    channels = weight.shape[0]
-    return (torch.full((channels,), weight.q_scale(), dtype=torch.float64),
-            torch.full((channels,), weight.q_zero_point(), dtype=torch.int64), 0)
 
 
 def quantize_bias(bias: torch.Tensor, accumulator_scale: torch.Tensor) -> torch.Tensor:

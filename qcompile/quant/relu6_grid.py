@@ -37,7 +37,7 @@ from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.ir.quant_types import QParams
 
-FULL_RELU6 = QParams(torch.tensor(6.0 / 255.0), torch.tensor(0), "quint8", 0, 255)
+FULL_RELU6 = QParams(torch.tensor(6.0 / 255.0), torch.tensor(0), "uint8", 0, 255)
 WIDE_INPUT_WEIGHT_BITS = 7
 
 
@@ -78,7 +78,7 @@ def widen_relu6_grids(graph: Graph) -> tuple[list[str], list[str]]:
     widened, narrowed = [], []
     for node in graph.nodes():
         q = node.quant.qparams
-        if (node.act != "relu6" or q is None or q.per_channel or q.dtype != "quint8"
+        if (node.act != "relu6" or q is None or q.per_channel or q.dtype != "uint8"
                 or relu6_top_code(q) == 255 or node.quant.clip is not None
                 or (node.quant.bits is not None and node.quant.bits < 8)):
             continue  # an analytic clip (aciq) or a sub-8-bit grid is the user's choice

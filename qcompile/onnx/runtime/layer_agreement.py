@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qcompile.backends.torch_ao.tensors import integer_codes
 from qcompile.interpreter import Interpreter
 from qcompile.onnx.runtime.session import in_memory_session
-from qcompile.quant.qparams import integer_codes
 
 _CODES = re.compile(r"^(?P<node>.+)_q__\d+$")  # how the QDQ exporter names a node's QuantizeLinear output
 

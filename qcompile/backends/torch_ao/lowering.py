@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from qcompile.backends.channels_last import view_as_reshape
+from qcompile.backends.torch_ao.tensors import TORCH_DTYPES
 from qcompile.ir.activations import node_settings
 from qcompile.ir.graph import Graph
 from qcompile.ir.modules import ctor_defaults
@@ -137,7 +138,7 @@ def _convert_leaky_relu(graph: Graph, node: Node) -> None:
 def _convert_quantize(graph: Graph, node: Node) -> None:
     q = node.quant.qparams
     node.target = "torch.ao.nn.quantized.Quantize"
-    node.attrs = {"scale": float(q.scale), "zero_point": int(q.zero_point), "dtype": q.torch_dtype}
+    node.attrs = {"scale": float(q.scale), "zero_point": int(q.zero_point), "dtype": TORCH_DTYPES[q.dtype]}
 
 
 def _convert_shared(graph: Graph, node: Node) -> None:
