@@ -30,6 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qcompile.backends.torch_ao.warnings import torch_deprecations_silenced  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.compare import compare, format_table, write_json  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
@@ -37,7 +38,6 @@ from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import run_pipeline  # noqa: E402
-from qcompile.torch_warnings import torch_deprecations_silenced  # noqa: E402
 
 
 class RowLSTM(nn.Module):

@@ -10,7 +10,7 @@ and folds it into the layer's bias (spec section 4.4)::
 
 ``y`` is the layer's output in the float graph, ``y~`` its output in a twin
 of the graph quantized the way the next ``simulate`` or ``convert`` pass will
-quantize it (for ``convert``: torch.ao's grids, emulated in float), both
+quantize it (for ``convert``: the integer grids, emulated in float), both
 before any fused activation and on the same samples. Layers are corrected in
 order, each with every earlier layer already corrected: the twin runs once
 on all samples, and each layer's output is corrected while later layers

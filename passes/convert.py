@@ -17,7 +17,7 @@ fbgemm / qnnpack, chosen by the quantization config). Before and after
     %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) : f32[1,64,112,112] {act='relu', ...}
     %add   = add(%layer1_0_conv2, %maxpool) : f32[1,64,56,56] {act='relu'}
 
-    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias,scale,zero_point}) : qu8[1,64,112,112] {target='torch.ao.nn.intrinsic.quantized.ConvReLU2d', ...}
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias,scale,zero_point}) : qu8[1,64,112,112] {target=(torch's ConvReLU2d), ...}
     %add   = add(%layer1_0_conv2, %maxpool, 0.0412, 0) : qu8[1,64,56,56] {target='torch.ops.quantized.add_relu'}
 
 Options:
@@ -45,7 +45,7 @@ from typing import Literal
 
 import torch
 
-from qcompile.backends.torch_ao import RULES, convert_dequantize
+from qcompile.backends.torch_ao.lowering import RULES, convert_dequantize
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.quant_types import QParams

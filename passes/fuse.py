@@ -85,7 +85,7 @@ class Fuse(Pass):
     Options:
         batch_norm: Fold BatchNorm layers.
         activations: Activations to fuse into the preceding conv/linear
-            (``relu``, ``relu6``; empty for none). torch.ao does not fuse ReLU6;
+            (``relu``, ``relu6``; empty for none). PyTorch's quantization does not fuse ReLU6;
             ``fuse{activations=relu}`` reproduces its graphs.
         binary_relu: Fuse a ReLU into a preceding add/mul of two tensors.
     """

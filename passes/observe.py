@@ -18,7 +18,7 @@ Options:
     activation-grid: ``backend`` (default) puts the preset's activations on
         the most accurate grid the pipeline's ``convert`` backend computes
         exactly (full 8-bit grids for ``gemmlowp``, :mod:`qcompile.backends.grids`);
-        ``preset`` keeps the preset's grid, as torch.ao would; ``full`` puts
+        ``preset`` keeps the preset's grid, as PyTorch's quantization would; ``full`` puts
         them on full 8-bit grids whatever the backend: exact on the native
         backend only on CPUs with VNNI (torch's x86 kernels elsewhere sum
         pairs of products in saturating int16), for deployments that run
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from qcompile.backends import activation_grid_for, backend_of, full_activation_grid
+from qcompile.backends.grids import activation_grid_for, backend_of, full_activation_grid
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
 from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass

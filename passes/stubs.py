@@ -19,7 +19,7 @@ becomes ``x * sigmoid(x)`` first (:mod:`qcompile.quant.decompose`). On ResNet-18
     %conv1 = conv2d(%x, ...) : f32[1,64,112,112]
 
     %x          = input() : f32[1,3,224,224]
-    %quantize_x = quantize(%x) : f32[1,3,224,224] {target='torch.ao.quantization.QuantStub'}  # mode=static
+    %quantize_x = quantize(%x) : f32[1,3,224,224] {target='qcompile.nn.stubs.QuantStub'}  # mode=static
     %conv1      = conv2d(%quantize_x, ...) : f32[1,64,112,112]  # mode=static
 
 The quantization config (preset, skips, overrides) comes from the pass
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qcompile.backends.torch_ao.transposed_probe import transposed_kernel_ok
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
@@ -37,10 +38,9 @@ from qcompile.ir.types import TensorType
 from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, register_pass
 from qcompile.quant.decompose import decompose_silu
 from qcompile.quant.op_table import TRANSPOSED, category, holds_tensor, is_float_tensor
-from qcompile.quant.transposed_probe import transposed_kernel_ok
 
-QUANT_STUB = "torch.ao.quantization.QuantStub"
-DEQUANT_STUB = "torch.ao.quantization.DeQuantStub"
+QUANT_STUB = "qcompile.nn.stubs.QuantStub"
+DEQUANT_STUB = "qcompile.nn.stubs.DeQuantStub"
 
 
 def float_reason(graph: Graph, node: Node, quantized: set[str], ctx: PassContext) -> str | None:
@@ -91,7 +91,7 @@ def _pull_in_moves(graph: Graph, quantized: set[str], ctx: PassContext) -> None:
 
 def _stub(graph: Graph, producer: Node, target: str, op: str) -> Node:
     return graph.add_node(op, NodeKind.MODULE, [producer], name=f"{op}_{producer.name}",
-                          target=target, attrs={"qconfig": None}, type=producer.type,
+                          target=target, attrs={}, type=producer.type,
                           source=producer.source, after=producer)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import dequantized
 from qcompile.errors import QCompileError
 
 CHECK_SAMPLES = 8
@@ -57,7 +58,7 @@ def check_inputs(first_batch: tuple | None, examples: tuple) -> CheckInputs:
 def flatten(outputs: Any) -> list[torch.Tensor]:
     """The tensors of a model's outputs (nested tuples, lists and dicts), dequantized, as float."""
     if isinstance(outputs, torch.Tensor):
-        return [(outputs.dequantize() if outputs.is_quantized else outputs).detach().float()]
+        return [dequantized(outputs).detach().float()]
     if isinstance(outputs, Mapping):
         return [t for key in outputs for t in flatten(outputs[key])]
     if isinstance(outputs, (tuple, list)):

@@ -98,8 +98,8 @@ def test_model_torchscript_cannot_compile_is_a_clear_error(tmp_path):
 def test_loading_an_int8_model_shows_no_torch_deprecation_warnings(tmp_path):
     import warnings
 
+    from qcompile.backends.torch_ao.warnings import MESSAGES
     from qcompile.pipeline import PassContext
-    from qcompile.torch_warnings import MESSAGES
 
     torch.manual_seed(0)
     model = randomize_batch_norm(Mixed()).eval()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from qcompile.backends.torch_ao.int4 import MARKER, pack
 from qcompile.codegen import load_model, write_model
-from qcompile.codegen.int4 import MARKER, pack
 from qcompile.data import open_data
 from qcompile.frontend.loaders import load_model as load_user_model
 from qcompile.frontend.lower import lower
@@ -14,7 +14,7 @@ from qcompile.pipeline import PassContext, run_pipeline
 
 
 def test_pack_round_trip_through_the_emitted_unpacker():
-    from qcompile.codegen.int4 import UNPACK_SOURCE
+    from qcompile.backends.torch_ao.int4 import UNPACK_SOURCE
 
     namespace = {"torch": torch}
     exec(UNPACK_SOURCE, namespace)  # noqa: S102 - the source model.py carries

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qcompile.backends.torch_ao.transposed_probe import transposed_kernel_ok
 from qcompile.codegen import load_model, write_model
 from qcompile.errors import QCompileError
 from qcompile.frontend.lower import lower
@@ -18,7 +19,6 @@ from qcompile.onnx.export import export_onnx
 from qcompile.onnx.runtime.check import allowed_beyond, check_onnx, output_scales
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
-from qcompile.quant.transposed_probe import transposed_kernel_ok
 
 
 class Signal(nn.Module):

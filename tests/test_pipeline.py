@@ -302,7 +302,7 @@ def test_plugin_errors(tmp_path):
 
 
 def test_pipelines_are_asked_for_facts_not_pass_names():
-    from qcompile.backends import backend_of
+    from qcompile.backends.grids import backend_of
     from qcompile.pipeline import CONVERTED, SIMULATED, STATICALLY_CONVERTED
 
     pipeline = parse_pipeline("fuse,calibrate,aciq,convert{backend=gemmlowp}")

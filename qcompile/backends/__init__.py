@@ -1,11 +1,10 @@
-"""The integer backends a quantized graph is lowered to, and what each computes exactly."""
+"""The integer backends a quantized graph is lowered to, and what each computes exactly.
 
-from qcompile.backends.grids import (
-    BACKEND_GRIDS,
-    ExactGrids,
-    activation_grid_for,
-    backend_of,
-    full_activation_grid,
-)
+* :mod:`.grids`: the grids each backend's kernels compute exactly;
+* :mod:`.gemmlowp`: the integer stage on qcompile's own kernels;
+* :mod:`.torch_ao`: torch's quantized modules and tensors (the ``native`` backend);
+* :mod:`.channels_last`: the view-as-reshape both need.
 
-__all__ = ["BACKEND_GRIDS", "ExactGrids", "activation_grid_for", "backend_of", "full_activation_grid"]
+Nothing is imported here (the IR registers torch's packed modules from
+:mod:`.torch_ao` without loading the rest).
+"""

@@ -10,14 +10,14 @@ property of how they accumulate:
   exact on every CPU.
 * ``native`` (torch's x86 / fbgemm engines) multiplies uint8 by int8 with
   ``vpmaddubsw`` on CPUs without VNNI and adds neighbouring products in
-  saturating int16, so torch.ao's presets keep activations on 7-bit grids
+  saturating int16, so PyTorch's presets keep activations on 7-bit grids
   (``reduce_range``); the emitted module has to be exact on whichever x86 CPU
   runs it, so it keeps them.
 
 ``observe`` gives each activation the most accurate grid the pipeline's
 backend computes exactly (``observe{activation-grid=backend}``, the
 default): for ``gemmlowp`` the preset's 7-bit grid becomes the full 8-bit
-one. ``activation-grid=preset`` keeps the preset's grid, as torch.ao would
+one. ``activation-grid=preset`` keeps the preset's grid, as PyTorch's quantization would
 (for comparing backends on identical grids). Per-layer overrides from a
 config file are the user's word and are never changed. Before and after
 (``ptq --backend gemmlowp``)::

@@ -18,7 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qcompile.backends import backend_of
+from qcompile.backends.grids import backend_of
+from qcompile.backends.torch_ao.warnings import ignore_torch_deprecations
 from qcompile.cli.argtypes import finite_float, positive_int
 from qcompile.cli.compare_command import run_compare
 from qcompile.cli.defaults import EXIT_STATUS, RECOMMENDED_PIPELINE, recommended_passes
@@ -36,7 +37,6 @@ from qcompile.cli.verdict_command import print_verdict, run_verdict
 from qcompile.distributed import World, single_process
 from qcompile.errors import CheckFailed, QCompileError
 from qcompile.frontend.dynamic_axes import parse_dynamic_axes
-from qcompile.torch_warnings import ignore_torch_deprecations
 
 COMMANDS = ("inspect", "passes", "zoo", "compile", "compare")
 
@@ -75,7 +75,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", metavar="DATA", help="labelled training data for the 'train' pass (QAT)")
     parser.add_argument("--train-samples", type=positive_int, metavar="N", help="use at most N training samples")
     parser.add_argument("--preset", metavar="NAME",
-                        help="quantization preset: x86 (the default), default, fbgemm, qnnpack (torch.ao's configs)")
+                        help="quantization preset: x86 (the default), default, fbgemm, qnnpack (PyTorch's own quantization configs)")
     parser.add_argument("--qconfig", metavar="FILE", help="quantization config file (TOML or JSON)")
     parser.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                         help="keep matching layers float (node name / module path glob, or op:TYPE)")

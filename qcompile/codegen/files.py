@@ -9,12 +9,12 @@ from pathlib import Path
 
 from torch import nn
 
+from qcompile.backends.torch_ao.warnings import torch_deprecations_silenced
 from qcompile.codegen.python_source import EmittedModel, emit_python
 from qcompile.fileio import atomic_torch_save, atomic_write_text
 from qcompile.ir.graph import Graph
 from qcompile.ir.printer import print_graph
 from qcompile.provenance import sign
-from qcompile.torch_warnings import torch_deprecations_silenced
 
 MODEL_FILE = "model.py"
 WEIGHTS_FILE = "weights.pt"
@@ -40,7 +40,7 @@ def write_model(graph: Graph, out_dir: str | Path) -> EmittedModel:
 
 def load_model(out_dir: str | Path) -> nn.Module:
     """Import ``model.py`` from ``out_dir`` and return ``load(weights.pt)`` (without torch's deprecation
-    warnings about its quantized tensors: :mod:`qcompile.torch_warnings`)."""
+    warnings about its quantized tensors: :mod:`qcompile.backends.torch_ao.warnings`)."""
     out = Path(out_dir)
     name = f"qcompile_emitted_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(name, out / MODEL_FILE)

@@ -26,12 +26,13 @@ from typing import Any
 
 import torch
 
-from qcompile.codegen import int4
+from qcompile.backends.torch_ao import int4
+from qcompile.backends.torch_ao.tensors import owned
+from qcompile.backends.torch_ao.warnings import MESSAGES
 from qcompile.ir.graph import Graph, sanitize_name
 from qcompile.ir.modules import FUSED_ACTIVATIONS, build_module, non_default_ctor_args, required_ctor_params
 from qcompile.ir.node import Node, NodeKind, map_refs
 from qcompile.ir.targets import INFIX_OPERATORS, resolve_target
-from qcompile.torch_warnings import MESSAGES
 
 _RESERVED = {"self", "torch", "nn", "F", "operator", "math", "builtins"}
 
@@ -312,11 +313,7 @@ def load(weights="weights.pt", map_location="cpu"):
 def _owned(value: Any) -> Any:
     """``value``, or a copy that owns its row scales: torch 2.14's quantized Embedding hands out a weight
     whose per-row scales and zero points live in its packed table and dangle once the module is freed."""
-    if isinstance(value, torch.Tensor) and value.is_quantized and value.qscheme() == torch.per_channel_affine_float_qparams:
-        return torch._make_per_channel_quantized_tensor(value.int_repr().clone(), value.q_per_channel_scales().clone(),
-                                                        value.q_per_channel_zero_points().clone(),
-                                                        value.q_per_channel_axis())
-    return value
+    return owned(value)
 
 
 def emit_python(graph: Graph) -> EmittedModel:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qcompile.backends.torch_ao.tensors import integer_codes
+from qcompile.backends.torch_ao.tensors import integer_codes, with_codes
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -51,15 +51,6 @@ class Reach:
     def describe(self) -> str:
         return (f"one step at one element of %{self.node} moves {100 * self.moved:.1f}% of that sample's "
                 f"output elements by more than 1 LSB (max {self.max_lsb} LSB; mean of {self.trials} elements)")
-
-
-def _with_codes(value: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    if not value.is_quantized:
-        return codes
-    if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-        return torch._make_per_tensor_quantized_tensor(codes, value.q_scale(), value.q_zero_point())
-    return torch._make_per_channel_quantized_tensor(codes, value.q_per_channel_scales(),
-                                                    value.q_per_channel_zero_points(), value.q_per_channel_axis())
 
 
 def _integer(node: Node) -> bool:
@@ -120,7 +111,7 @@ def one_step_reach(graph: Graph, x: torch.Tensor, node: str | None = None, trial
         flat = codes.view(-1)
         i = int(torch.randint(flat.numel(), (1,), generator=generator))
         flat[i] = flat[i] + 1 if int(flat[i]) < torch.iinfo(codes.dtype).max else flat[i] - 1
-        return _with_codes(value, codes)
+        return with_codes(value, codes)
 
     reference = run()
     moved, worst = [], 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import is_torch_quantized
 from qcompile.diagnose.metrics import as_float, sqnr_db
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
@@ -36,10 +37,10 @@ def _chain_end(graph: Graph, name: str) -> Node:
         node = users[0]
 
 
-def _is_quantized_value(graph: Graph, node: Node, value) -> bool:
+def _integer_value(graph: Graph, node: Node, value) -> bool:
     if not isinstance(value, torch.Tensor):
         return False
-    return value.is_quantized or (value.dtype == torch.uint8 and node.quant.qparams is not None) or \
+    return is_torch_quantized(value) or (value.dtype == torch.uint8 and node.quant.qparams is not None) or \
         node.target == "qcompile.quant.fake.fake_quantize"
 
 
@@ -60,7 +61,7 @@ def layer_errors(float_graph: Graph, quantized: Graph, inputs: tuple) -> list[La
     values: dict[str, torch.Tensor] = {}
 
     def keep_quantized(node, value):
-        if node.name in wanted and _is_quantized_value(quantized, node, value):
+        if node.name in wanted and _integer_value(quantized, node, value):
             values[node.name] = as_float(value, node)
 
     Interpreter(quantized).run(*inputs, hook=keep_quantized)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from qcompile.backends.torch_ao.tensors import dequantized, is_torch_quantized
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 
@@ -15,8 +16,8 @@ def as_float(value: Any, node: Node | None = None) -> Any:
     """A graph value as a float tensor: quantized tensors dequantized, gemmlowp uint8 codes by the node's grid."""
     if not isinstance(value, torch.Tensor):
         return value
-    if value.is_quantized:
-        return value.dequantize()
+    if is_torch_quantized(value):
+        return dequantized(value)
     q = node.quant.qparams if node is not None else None
     if value.dtype == torch.uint8 and q is not None:
         return (value.float() - float(q.zero_point)) * float(q.scale)

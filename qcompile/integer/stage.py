@@ -58,7 +58,7 @@ _AS_IS = {"max_pool1d", "flatten", "reshape", "permute", "transpose", "contiguou
           "squeeze", "unsqueeze", "dropout", "identity", "getitem"} | SPLITS
 
 
-def _is_quantized(node: Node) -> bool:
+def _on_grid(node: Node) -> bool:
     """A value inside the quantized region, on a grid ``convert`` chose."""
     return (isinstance(node.type, TensorType) and node.quant.mode == "static" and node.quant.qparams is not None
             and node.kind not in (NodeKind.INPUT, NodeKind.OUTPUT, NodeKind.PARAM))
@@ -238,20 +238,20 @@ def _pad_with_zero_point(graph: Graph, node: Node) -> None:
 def to_integer_stage(graph: Graph) -> dict[str, int]:
     """Rewrite every node of the quantized region, whose grids ``decide_grids`` chose, into the integer stage."""
     for node in graph.nodes():
-        if _is_quantized(node) and node.op in ("conv2d", "linear"):
+        if _on_grid(node) and node.op in ("conv2d", "linear"):
             split_relu6(graph, node)
-        if _is_quantized(node) and node.quant.bits is not None and node.quant.bits < 8 and node.quant.observer:
+        if _on_grid(node) and node.quant.bits is not None and node.quant.bits < 8 and node.quant.observer:
             clamp_to_bits(graph, node)
     unsupported: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for node in graph.nodes():
-        if not (_is_quantized(node) or node.op == "dequantize"):
+        if not (_on_grid(node) or node.op == "dequantize"):
             continue
         if not _rewrite(graph, node):
             unsupported.setdefault(node.op, []).append(node.name)
             continue
         counts[node.op] = counts.get(node.op, 0) + 1
-        if _is_quantized(node):
+        if _on_grid(node):
             node.type = replace(node.type, dtype="u8")
     if unsupported:
         listing = "; ".join(f"{op} (%{names[0]}{' and others' if len(names) > 1 else ''})"

@@ -188,7 +188,9 @@ def register_builder(*classes: type) -> Callable[[Builder], Builder]:
 
 
 def _build_on_meta(cls: type, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module | None:
-    if any(t.is_quantized for t in state.values()):
+    from qcompile.backends.torch_ao.tensors import is_torch_quantized
+
+    if any(is_torch_quantized(t) for t in state.values()):
         return None
     try:
         with torch.device("meta"):
@@ -229,4 +231,4 @@ def _same(value: Any, default: Any) -> bool:
 
 
 # Builders for torch's quantized modules register themselves here.
-from qcompile.ir import packed_modules  # noqa: E402, F401
+from qcompile.backends.torch_ao import packed_modules  # noqa: E402, F401

@@ -8,6 +8,7 @@ model computes with shapes (``x.size(0)``) or returns several values at once
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
@@ -22,22 +23,30 @@ _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.int32: "i32",
     torch.int64: "i64",
     torch.bool: "bool",
-    torch.qint8: "qi8",
-    torch.quint8: "qu8",
-    torch.qint32: "qi32",
-    torch.quint4x2: "qu4x2",
 }
-_DTYPES_BY_NAME = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+
+
+@cache
+def _names() -> dict[torch.dtype, str]:
+    """The names above, and those of torch's quantized dtypes (the native backend's: ``qu8``, ``qi8``, ...)."""
+    from qcompile.backends.torch_ao.tensors import IR_NAMES
+
+    return _DTYPE_NAMES | IR_NAMES
+
+
+@cache
+def _dtypes() -> dict[str, torch.dtype]:
+    return {name: dtype for dtype, name in _names().items()}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """Short IR name of a torch dtype (``torch.float32`` -> ``f32``)."""
-    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+    return _names().get(dtype, str(dtype).removeprefix("torch."))
 
 
 def dtype_from_name(name: str) -> torch.dtype:
     """Inverse of :func:`dtype_name`."""
-    return _DTYPES_BY_NAME[name]
+    return _dtypes()[name]
 
 
 @dataclass(frozen=True)

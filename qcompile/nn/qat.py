@@ -40,7 +40,7 @@ class FakeQuantize(nn.Module):
     quant_max]``, but codes saturate where the int8 model's do: at the limits
     of its dtype (0 and 255 for uint8). A reduce-range grid (``0, 127``, the
     x86 preset's) leaves torch's and onnxruntime's kernels twice the learned
-    range above its top; clamping there in training, as torch.ao's fake
+    range above its top; clamping there in training, as PyTorch's fake
     quantization does, clipped what the int8 model then computed (a QAT model
     at 0.627 on Fashion-MNIST gave 0.566 in int8; saturating at 255, 0.699 and
     0.700).

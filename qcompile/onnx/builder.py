@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from qcompile.backends.torch_ao.tensors import weight_grid
+from qcompile.backends.torch_ao.tensors import integer_codes, is_torch_quantized, per_tensor_grid, weight_grid
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, Ref
@@ -139,18 +139,18 @@ class Builder:
             from qcompile.nn.qat import fake_quantize_weight
 
             weight = fake_quantize_weight(weight, node.attrs.get("weight_per_channel", True))
-        if not weight.is_quantized:
+        if not is_torch_quantized(weight):
             weight = weight.detach().float()
             w = self.const(f"{node.name}_weight", weight.t().contiguous() if transposed else weight)
             b = self.const(f"{node.name}_bias", bias.detach().float()) if bias is not None else None
             return w, b
         if node.op in TRANSPOSED:  # one scale (torch's int8 transposed convolutions take no other), [in, out, ...]
-            scales, zps, axis = torch.tensor(weight.q_scale(), dtype=torch.float64), torch.tensor(weight.q_zero_point()), 0
+            (scales, zps), axis = per_tensor_grid(weight), 0
         else:
             scales, zps, axis = weight_grid(weight)
         input_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)
         bias_codes = quantize_bias(bias, scales.float().double() * input_scale) if bias is not None else None
-        return self.integer_weight(node, weight.int_repr(), scales, zps, axis, bias_codes, input_scale, transposed)
+        return self.integer_weight(node, integer_codes(weight), scales, zps, axis, bias_codes, input_scale, transposed)
 
     def integer_weight(self, node: Node, codes: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
                        axis: int, bias_codes: torch.Tensor | None, input_scale: float,

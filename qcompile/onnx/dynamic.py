@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
-from qcompile.backends.torch_ao.tensors import weight_grid
+from qcompile.backends.torch_ao.tensors import integer_codes, weight_grid
 from qcompile.ir.node import Node
 from qcompile.onnx.fused_dynamic import fused_linear
 
@@ -50,7 +50,7 @@ def integer_linear(b: Builder, name: str, x: tuple[str, str, str], weight: torch
     ``weight`` [out, in]: ``MatMulInteger``, then the int32 result scaled by input scale x weight scale."""
     x_q, x_scale, x_zp = x
     scales, zero_points, _ = weight_grid(weight)
-    codes = weight.int_repr().to(torch.int8).t().contiguous()  # [in, out]
+    codes = integer_codes(weight).to(torch.int8).t().contiguous()  # [in, out]
     w_zp = zero_points.to(torch.int8)
     per_column = bool((w_zp != w_zp[0]).any())
     acc = b.emit("MatMulInteger", [x_q, b.const(f"{name}_weight_q", codes), x_zp,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto, helper
 
+from qcompile.backends.torch_ao.tensors import is_torch_quantized
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.onnx.sequence_ops import int8_rows, int_list, int_slice
@@ -48,7 +49,7 @@ def embedding_bag(b: Builder, node: Node) -> str:
                             hint="give it ids [bags, ids per bag] without offsets, or 1-D ids with offsets")
     table = b.graph.param(node, "weight")
     x = b.value(ids)
-    rows = (int8_rows(b, node, table, x) if table.is_quantized
+    rows = (int8_rows(b, node, table, x) if is_torch_quantized(table)
             else b.emit("Gather", [b.const(f"{node.name}_weight", rows_as_read(table, a)), x], axis=0))
     if weights is not None:
         rows = b.emit("Mul", [rows, b.emit("Unsqueeze", [b.value(weights), int_list(b, [-1])])])

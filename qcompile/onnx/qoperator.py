@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from qcompile.backends.torch_ao.tensors import weight_grid
+from qcompile.backends.torch_ao.tensors import integer_codes, weight_grid
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
@@ -40,7 +40,7 @@ class _QBuilder(Builder):
         weight = self.graph.param(node, "weight")
         bias = self.graph.param(node, "bias")
         scales = weight_grid(weight)[0].float()
-        w = weight.int_repr()
+        w = integer_codes(weight)
         if as_conv and w.dim() == 2:
             w = w.reshape(*w.shape, 1, 1)
         x_scale = float(self.graph.inputs(node)[0].quant.qparams.scale)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
+from qcompile.backends.torch_ao.tensors import integer_codes, is_torch_quantized
 from qcompile.errors import QCompileError
 from qcompile.ir.node import Node
 from qcompile.ir.types import TensorType
@@ -171,7 +172,7 @@ def module_op(b: Builder, node: Node, x: str) -> str:
         return b.emit("Gelu", [x], approximate=a.get("approximate", "none"))
     if node.op == "embedding":
         table = b.graph.param(node, "weight")
-        if table.is_quantized:
+        if is_torch_quantized(table):
             return int8_rows(b, node, table, x)
         return b.emit("Gather", [b.const(f"{node.name}_weight", rows_as_read(table, a)), x], axis=0)
     raise AssertionError(node.op)
@@ -194,7 +195,7 @@ def int8_rows(b: Builder, node: Node, table: torch.Tensor, ids: str) -> str:
     ``code * scale - zero point * scale`` with each row's own pair, as torch's quantized embedding does."""
     scale = table.q_per_channel_scales().float()
     offset = -table.q_per_channel_zero_points().float() * scale
-    rows = b.emit("Cast", [b.emit("Gather", [b.const(f"{node.name}_codes", table.int_repr()), ids], axis=0)],
+    rows = b.emit("Cast", [b.emit("Gather", [b.const(f"{node.name}_codes", integer_codes(table)), ids], axis=0)],
                   to=TensorProto.FLOAT)
     per_row = [b.emit("Gather", [b.const(f"{node.name}_{k}", v[:, None].contiguous()), ids], axis=0)
                for k, v in (("scale", scale), ("offset", offset))]

@@ -14,7 +14,7 @@ under the IR node's name. Before and after, for ``%norm``::
     %norm__torch__3 = ReduceL2[keepdims=1](%relu_dq__7, %norm__torch__2)   # %norm__torch__2: the axes
 
 Contract:
-    * Only float ops: quantized modules and ops (``torch.ao``, qcompile's
+    * Only float ops: quantized modules and ops (torch's quantized modules, qcompile's
       integer kernels) never come here.
     * Tensor arguments are the file's values; every other argument (dims,
       ``keepdim``, a norm's order) is a constant of the file. An argument
@@ -38,6 +38,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from qcompile.backends.torch_ao.lowering import NATIVE_TARGETS
 from qcompile.errors import QCompileError
 from qcompile.ir.modules import build_module
 from qcompile.ir.node import Node, NodeKind
@@ -45,7 +46,7 @@ from qcompile.ir.targets import resolve_target
 from qcompile.ir.types import TensorType
 from qcompile.onnx.builder import Builder
 
-INTEGER_TARGETS = ("torch.ao.", "torch.ops.quantized.", "qcompile.")  # lowered by the int8 emitters, or nowhere
+INTEGER_TARGETS = (*NATIVE_TARGETS, "qcompile.")  # lowered by the int8 emitters, or nowhere
 
 
 def writes(node: Node) -> bool:

@@ -45,7 +45,7 @@ class WeightGrid:
     zero_point: torch.Tensor
     qmin: torch.Tensor
     qmax: torch.Tensor
-    float32_reciprocal: bool = False  # convert multiplies by 1 / scale in float32 (torch.quantize_per_channel's way)
+    float32_reciprocal: bool = False  # convert multiplies by 1 / scale in float32 (as torch's per-channel quantization does)
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Round to nearest: the codes ``convert`` gives without AdaRound, element for element."""

@@ -1,7 +1,7 @@
 """Quantization configs: presets, per-layer overrides, skip lists, config files.
 
-The presets reproduce torch.ao's defaults, so a result can be compared with
-torch.ao one for one:
+The presets reproduce PyTorch's own quantization defaults, so a result can be
+compared with PyTorch's one for one:
 
 ===========  ===========================================  =================================  ========
 preset       activations                                  weights                            engine
@@ -138,7 +138,7 @@ def _spec_with(base: ObserverSpec, changes: dict[str, Any], where: str) -> Obser
     if unknown:
         raise QCompileError(f"{where}: unknown observer settings {sorted(unknown)}",
                             hint=f"settings: {', '.join(sorted(fields))}")
-    if changes.get("dtype") in TORCH_NAMES:  # torch's names for the containers, as torch.ao configs write them
+    if changes.get("dtype") in TORCH_NAMES:  # torch's names for the containers, as PyTorch's configs write them
         changes = changes | {"dtype": TORCH_NAMES[changes["dtype"]]}
     try:
         return dataclasses.replace(base, **changes)

@@ -1,7 +1,7 @@
 """Quantization emulated in float: a twin of a calibrated graph that computes what a later pass will.
 
 ``simulate`` is its own emulation; for ``convert`` the twin puts every
-activation and weight on exactly the grid torch.ao's qparams give (as a
+activation and weight on exactly the grid PyTorch's qparams give (as a
 ``fake_quantize`` range with the same step and zero point), so the twin
 differs from the integer model only in the integer arithmetic (rounding of
 the requantization). Bias correction measures shifts on it, and the

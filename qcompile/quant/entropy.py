@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qcompile.backends.torch_ao.tensors import integer_codes
+from qcompile.backends.torch_ao.tensors import integer_codes, is_torch_quantized
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import NodeKind
@@ -42,7 +42,7 @@ def code_entropy(graph: Graph, batches) -> tuple[list[CodeEntropy], float]:
     def hook(node, value):
         if node.quant.observer is None or not isinstance(value, torch.Tensor):
             return
-        if value.is_quantized or value.dtype == torch.uint8:  # native int8 tensors, or gemmlowp's uint8 codes
+        if is_torch_quantized(value) or value.dtype == torch.uint8:  # native int8 tensors, or gemmlowp's uint8 codes
             codes = integer_codes(value).flatten().to(torch.int64)
             histogram = torch.bincount(codes, minlength=256)
             counts[node.name] = counts.get(node.name, 0) + histogram
@@ -57,7 +57,7 @@ def code_entropy(graph: Graph, batches) -> tuple[list[CodeEntropy], float]:
         rows.append(CodeEntropy(name, "activation", float(-(p * torch.log2(p)).sum()), sizes[name]))
     for node in graph.find(kind=NodeKind.MODULE):
         weight = graph.param(node, "weight") if "weight" in node.params else None
-        if weight is not None and (weight.is_quantized or weight.dtype == torch.int8):
+        if weight is not None and (is_torch_quantized(weight) or weight.dtype == torch.int8):
             rows.append(CodeEntropy(node.name, "weight", entropy_bits(integer_codes(weight)), weight.numel()))
     total = sum(r.values for r in rows)
     average = sum(r.bits * r.values for r in rows) / total if total else 0.0

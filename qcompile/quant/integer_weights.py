@@ -8,7 +8,7 @@ what the integer kernels hold::
     codes[c, ...] = clamp(round(w[c, ...] * (1 / scale[c])) + zero_point[c], qmin, qmax)
 
 in float32, rounding half to even: the same codes, element for element, as
-``torch.quantize_per_channel`` gives (checked over 42 million weights of
+torch's per-channel quantization gives (checked over 42 million weights of
 five CNNs), without creating a torch quantized tensor. Each backend wraps
 them as it needs: the ``gemmlowp`` kernels take them as they are; the
 ``torch-ao`` backend builds torch's quantized tensors from them

@@ -1,8 +1,8 @@
 """From a real range to a scale and zero point.
 
-The arithmetic is done in float32 torch ops in the same order as torch.ao's
+The arithmetic is done in float32 torch ops in the same order as PyTorch's
 observers, so that min/max ranges give bit-identical qparams and the emitted
-models can be compared with torch.ao's element for element:
+models can be compared with PyTorch's element for element:
 
 * the range is first widened to contain 0 (so zero-padding is exact);
 * affine: ``scale = (hi - lo) / (qmax - qmin)``, ``zp = qmin - round(lo / scale)``,

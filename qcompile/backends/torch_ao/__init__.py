@@ -9,9 +9,15 @@ names them:
 
 * :mod:`.lowering`: the rules that put a decided graph on torch's modules;
 * :mod:`.tensors`: torch's quantized tensors as qcompile reads and makes
-  them (dtypes, codes, per-channel grids).
+  them (dtypes, codes, per-channel grids);
+* :mod:`.packed_modules`: torch's quantized modules rebuilt from a graph's
+  attributes and tensors (their weights live packed inside them);
+* :mod:`.int4`: 4-bit weights of torch's quantized modules packed two to a
+  byte in saved files;
+* :mod:`.transposed_probe`: whether this torch build's int8 transposed
+  convolutions compute correctly, asked once;
+* :mod:`.warnings`: torch's deprecation warnings about all of the above,
+  silenced where qcompile has already said so.
+
+Nothing is imported here: the modules are imported where they are needed.
 """
-
-from qcompile.backends.torch_ao.lowering import RULES, as_torch_weight, convert_dequantize
-
-__all__ = ["RULES", "as_torch_weight", "convert_dequantize"]

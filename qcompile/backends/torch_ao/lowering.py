@@ -28,6 +28,9 @@ from qcompile.quant.clamps import split_relu6
 from qcompile.quant.integer_weights import IntegerWeight, integer_weight
 from qcompile.quant.op_table import QUANTIZED_BINARY, SHARED
 
+# the targets of nodes lowered onto torch's quantized modules and ops
+NATIVE_TARGETS = ("torch.ao.", "torch.ops.quantized.")
+
 _CONV = {
     ("conv1d", None): "torch.ao.nn.quantized.Conv1d",
     ("conv2d", None): "torch.ao.nn.quantized.Conv2d",

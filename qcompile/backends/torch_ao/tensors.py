@@ -17,6 +17,8 @@ from qcompile.ir.quant_types import QParams
 TORCH_DTYPES = {"uint8": torch.quint8, "int8": torch.qint8, "int32": torch.qint32}
 # the names torch gives those containers, which configuration files written for torch.ao may use
 TORCH_NAMES = {"quint8": "uint8", "qint8": "int8"}
+# torch's quantized dtypes in printed IR types (``qu8[1,64,56,56]``: a value of the native backend)
+IR_NAMES = {torch.qint8: "qi8", torch.quint8: "qu8", torch.qint32: "qi32", torch.quint4x2: "qu4x2"}
 
 
 def is_torch_quantized(value) -> bool:
@@ -53,3 +55,29 @@ def weight_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     channels = weight.shape[0]
     return (torch.full((channels,), weight.q_scale(), dtype=torch.float64),
             torch.full((channels,), weight.q_zero_point(), dtype=torch.int64), 0)
+
+
+def per_tensor_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-tensor quantized weight's scale (float64) and zero point, as 0-d tensors."""
+    return torch.tensor(weight.q_scale(), dtype=torch.float64), torch.tensor(weight.q_zero_point())
+
+
+def with_codes(value: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``codes`` on ``value``'s grid: a torch quantized tensor like ``value``, or the codes themselves when
+    ``value`` is plain (the integer stage's and gemmlowp's values are their codes)."""
+    if not value.is_quantized:
+        return codes
+    if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return torch._make_per_tensor_quantized_tensor(codes, value.q_scale(), value.q_zero_point())
+    return torch._make_per_channel_quantized_tensor(codes, value.q_per_channel_scales(),
+                                                    value.q_per_channel_zero_points(), value.q_per_channel_axis())
+
+
+def owned(value):
+    """``value``, or a copy that owns its row scales: torch 2.14's quantized Embedding hands out a weight
+    whose per-row scales and zero points live in its packed table and dangle once the module is freed."""
+    if is_torch_quantized(value) and value.qscheme() == torch.per_channel_affine_float_qparams:
+        return torch._make_per_channel_quantized_tensor(value.int_repr().clone(), value.q_per_channel_scales().clone(),
+                                                        value.q_per_channel_zero_points().clone(),
+                                                        value.q_per_channel_axis())
+    return value

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qcompile.backends.torch_ao.tensors import integer_codes
+from qcompile.backends.torch_ao.tensors import integer_codes, is_torch_quantized
 from qcompile.interpreter import Interpreter
 from qcompile.onnx.runtime.session import in_memory_session
 
@@ -67,7 +67,7 @@ def layer_agreement(path: str | Path, graph, inputs: tuple, optimize: bool = Fal
     def keep(node, value):
         if node.name not in probed or not isinstance(value, torch.Tensor):
             return
-        if value.is_quantized:  # the native backend's values: torch's quantized tensors
+        if is_torch_quantized(value):  # the native backend's values: torch's quantized tensors
             ours[node.name] = integer_codes(value).to(torch.int32)
         elif value.dtype == torch.uint8:  # the gemmlowp backend's: the codes themselves
             ours[node.name] = value.to(torch.int32)

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcompile.torch_warnings import torch_deprecations_silenced
+from qcompile.backends.torch_ao.warnings import torch_deprecations_silenced
 
 MIN_SQNR_DB = 30.0  # 8-bit output rounding alone gives about 40 dB on the probe
 
