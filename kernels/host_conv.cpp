@@ -84,6 +84,24 @@ __attribute__((target("avx2"))) void store_tile(const __m256i (&acc)[kTileRows][
   }
 }
 
+// A byte tile's accumulators finished: taps outside the input (set in `outside`, one mask per row) get
+// z * (their weights' sum) back, which the bias took off for every tap; then the output stage and the store.
+template <int kTileRows>
+__attribute__((target("avx2"))) void finish_tile(__m256i (&acc)[kTileRows][2], const int32_t* tap_sums,
+                                                 int64_t rows, const uint64_t* outside, int32_t x_zero, int64_t c0,
+                                                 int64_t out_channels, const Stage8* stages, uint8_t* out) {
+  const __m256i zero = _mm256_set1_epi32(x_zero);
+  for (int64_t r = 0; r < rows; ++r)
+    for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
+      const int32_t* sums = tap_sums + __builtin_ctzll(mask) * kChannels;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8 * h));
+        acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_mullo_epi32(zero, w));
+      }
+    }
+  store_tile(acc, rows, c0, out_channels, stages, out);
+}
+
 // kRows x 16 accumulators over the whole depth for one tile and one panel, then the output stage, stored as
 // uint8 at out[m, c] for the tile's valid rows and the panel's valid channels. The accumulators are named
 // variables, not an array, so that they stay in the sixteen vector registers with the two weight vectors and
@@ -247,16 +265,7 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
     for (int i = 0; i < kChannels; ++i) lanes[i / 8][i % 8] += e.excess * w[4 * i];
     memcpy(acc[e.row], lanes, sizeof lanes);
   }
-  const __m256i zero = _mm256_set1_epi32(x_zero);
-  for (int64_t r = 0; r < rows; ++r)  // taps outside the input: z * (their weights' sum) back
-    for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
-      const int32_t* sums = tap_sums + __builtin_ctzll(mask) * kChannels;
-      for (int h = 0; h < 2; ++h) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8 * h));
-        acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_mullo_epi32(zero, w));
-      }
-    }
-  store_tile(acc, rows, c0, out_channels, stages, out);
+  finish_tile(acc, tap_sums, rows, outside, x_zero, c0, out_channels, stages, out);
 }
 
 // AMX-INT8 (Intel Sapphire Rapids and later): the byte GEMM on tiles. One tile multiply (tdpbusd) sums the
@@ -356,16 +365,7 @@ __attribute__((target("avx2"))) void amx_tile(const uint8_t* tile, int tile_rows
   else
     amx_tile_panel(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
 #endif
-  const __m256i zero = _mm256_set1_epi32(x_zero);
-  for (int64_t r = 0; r < rows; ++r)  // taps outside the input: z * (their weights' sum) back
-    for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
-      const int32_t* sums = tap_sums + __builtin_ctzll(mask) * kChannels;
-      for (int h = 0; h < 2; ++h) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8 * h));
-        acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_mullo_epi32(zero, w));
-      }
-    }
-  store_tile(acc, rows, c0, out_channels, stages, out);
+  finish_tile(acc, tap_sums, rows, outside, x_zero, c0, out_channels, stages, out);
 }
 
 // Weights in panels of 16 output channels, kGroup consecutive depth indices per channel (2 for int16 pairs,
