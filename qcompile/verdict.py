@@ -295,6 +295,9 @@ def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:
             return f"closeness is poor after learned rounding, qcompile's most accurate method: {sensitivity} (then --skip them)"
         return f"closeness is poor: {closer}; {sensitivity}"
     if quantized and verdict.speedup < SLOW:
+        if graph.attrs.get("backend") == "reference":
+            return ("the integer stage's reference modules are for checking, not for speed: add "
+                    "lower{backend=gemmlowp} to the pipeline for qcompile's kernels (the same integers)")
         if graph.attrs.get("backend") == "gemmlowp":
             return ("the quantized model is slower than float here: --backend native runs torch's int8 engine, "
                     "faster on this CPU (the same integer weights)")

@@ -134,6 +134,8 @@ def test_advice_follows_the_poor_number():
     learned = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,adaround,convert{backend=gemmlowp}")
     assert "ptq-accurate" not in learned and "aciq" not in learned and "--sensitivity" in learned
     assert "--backend native" in advise(_verdict(quantized_ms=3.0), graph, "ptq")
+    graph.attrs["backend"] = "reference"  # integerize alone: the reference modules, not kernels
+    assert "lower{backend=gemmlowp}" in advise(_verdict(quantized_ms=3.0), graph, "fuse,calibrate,integerize")
 
 
 def test_a_verdict_that_cannot_be_measured_says_why_and_the_model_stands(tmp_path):
