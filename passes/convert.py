@@ -11,14 +11,12 @@ Then the quantized region is lowered onto one backend in
 codes, int32 biases, fixed-point multipliers, :mod:`qcompile.integer.stage`)
 followed by ``lower{backend=gemmlowp}`` (qcompile's kernels); ``native`` wraps
 the same codes as torch's quantized tensors and runs torch's engines (x86 /
-fbgemm / qnnpack, chosen by the quantization config). Before and after
-(``native``)::
+fbgemm / qnnpack, chosen by the quantization config: the rules of
+:mod:`qcompile.backends.torch_ao.lowering`, whose values print as ``qu8``).
+Before and after (``gemmlowp``, the digit CNN)::
 
-    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) : f32[1,64,112,112] {act='relu', ...}
-    %add   = add(%layer1_0_conv2, %maxpool) : f32[1,64,56,56] {act='relu'}
-
-    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias,scale,zero_point}) : qu8[1,64,112,112] {target=(torch's ConvReLU2d), ...}
-    %add   = add(%layer1_0_conv2, %maxpool, 0.0412, 0) : qu8[1,64,56,56] {target='torch.ops.quantized.add_relu'}
+    %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias}) : f32[1,32,28,28] {act='relu', ...}
+    %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias_q,multiplier,exponent}) : u8[1,32,28,28] {input_zero_point=33, ..., target='qcompile.kernels.modules.QConv2d'}
 
 Options:
     backend: ``native`` (torch's quantized modules and ops) or ``gemmlowp``

@@ -11,6 +11,13 @@ the node torch's x86 / fbgemm / qnnpack kernels run: ``conv2d`` becomes a
 ``torch.ao.nn.quantized.Conv2d`` holding an int8 weight, ``add`` becomes
 ``torch.ops.quantized.add(a, b, scale, zero_point)``, and so on. This is
 what torch.ao users do by hand with QuantStub, FloatFunctional and friends.
+Before and after (``convert``, ResNet-18)::
+
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias}) : f32[1,64,112,112] {act='relu', ...}
+    %add   = add(%layer1_0_conv2, %maxpool) : f32[1,64,56,56] {act='relu'}
+
+    %conv1 = conv2d(%quantize_x, $conv1.{weight,bias,scale,zero_point}) : qu8[1,64,112,112] {target='torch.ao.nn.intrinsic.quantized.ConvReLU2d', ...}
+    %add   = add(%layer1_0_conv2, %maxpool, 0.0412, 0) : qu8[1,64,56,56] {target='torch.ops.quantized.add_relu'}
 """
 
 from __future__ import annotations
