@@ -62,10 +62,10 @@ def quantized_twin(graph: Graph, target: Pass, ctx: PassContext, layers: set[str
     if target.name == "simulate":
         target.run(twin, ctx)
         return twin
-    from qcompile.passes.convert import choose_qparams
+    from qcompile.passes.convert import decide_grids
     from qcompile.passes.simulate import Simulate
 
-    choose_qparams(twin)
+    decide_grids(twin, target)  # every grid convert will choose: qparams, weight bits, widened ReLU6 grids
     for node in twin.nodes():
         q = node.quant
         if q.qparams is not None and q.observer is not None:
