@@ -8,7 +8,7 @@
 * :mod:`.fixed_point` and :mod:`.cpu`: the CPU twin, bit-exact with the kernels;
   :mod:`.host` and :mod:`.host_conv` its compiled host kernels (``host_kernels.cpp``: the
   element-wise stages; ``host_conv.cpp``, ``host_depthwise.cpp``: AVX2 integer GEMM and depthwise
-  convolutions, sharing ``conv_shape.h``);
+  convolutions, sharing ``conv_shape.h``; ``amx_tiles.h``: AMX-INT8 tiles where the CPU has them);
 * :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export (shapes from :mod:`.geometry`);
 * :mod:`.modules`: the modules the ``gemmlowp`` backend emits.
 

@@ -26,7 +26,7 @@ from qcompile.kernels import host
 from qcompile.kernels.build import HERE, shared_library
 from qcompile.kernels.geometry import conv_output_size
 
-_HEADERS = ("conv_shape.h", "parallel.h", "stage8.h")
+_HEADERS = ("amx_tiles.h", "conv_shape.h", "parallel.h", "stage8.h")
 
 
 @cache

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompile.backends.gemmlowp import KERNELS, REFERENCE
 from qcompile.backends.torch_ao.tensors import integer_codes
 from qcompile.diagnose.amplification import final_integer_node
 from qcompile.interpreter import Interpreter
@@ -60,7 +61,7 @@ def layer_agreement(native: Graph, gemmlowp: Graph, inputs: tuple) -> list[Agree
     rows = []
     for node in gemmlowp.nodes():
         target = node.target if isinstance(node.target, str) else ""
-        if node.kind != NodeKind.MODULE or not target.startswith(("qcompile.kernels.modules.Q", "qcompile.integer.reference.Q")):
+        if node.kind != NodeKind.MODULE or not target.startswith((f"{KERNELS}Q", f"{REFERENCE}Q")):
             continue
         args = [integer_codes(reference[_native_name(i)]) for i in gemmlowp.inputs(node)]
         with torch.no_grad():

@@ -9,3 +9,5 @@ Backends in ``qcompile/backends/`` lower from the stage (``lower``).
 
 # graphs whose values are the stage's plain integer tensors: the stage itself, and its kernels
 ON_INTEGER_STAGE = ("reference", "gemmlowp")
+# where the stage's modules live (their class names are those of the gemmlowp kernels' modules)
+REFERENCE_MODULES = "qcompile.integer.reference"

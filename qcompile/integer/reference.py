@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qcompile.kernels.cpu import ADD_LEFT_SHIFT  # an add's inputs go onto a grid 2^20 times finer
 from qcompile.kernels.fixed_point import INT32_MAX, INT32_MIN, dequantize, quantize, rdbpot, srdhm
-
-ADD_LEFT_SHIFT = 20  # the inputs of an add go onto a grid 2^20 times finer (TFLite's choice)
 
 
 def requantize(acc: Tensor, m0: Tensor, exponent: Tensor) -> Tensor:

@@ -41,6 +41,7 @@ import torch
 
 from qcompile.backends.channels_last import view_as_reshape
 from qcompile.errors import QCompileError
+from qcompile.integer import REFERENCE_MODULES
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.quant_types import QParams
@@ -52,7 +53,7 @@ from qcompile.quant.integer_weights import integer_weight
 from qcompile.quant.op_table import SPLITS, zero_pad_widths
 from qcompile.quant.qparams import quantize_bias
 
-MODULES = "qcompile.integer.reference"
+MODULES = REFERENCE_MODULES
 # ops that only move or select uint8 codes: they run on them unchanged
 _AS_IS = {"max_pool1d", "flatten", "reshape", "permute", "transpose", "contiguous",
           "squeeze", "unsqueeze", "dropout", "identity", "getitem"} | SPLITS
