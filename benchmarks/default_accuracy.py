@@ -19,6 +19,7 @@ names the CPU. ``--only TEXT`` (repeatable) runs the variants whose name contain
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
+from qcompile.quant.config import QuantConfig  # noqa: E402
 
 VARIANTS = [  # (row, pipeline)
     ("qcompile ptq, native backend (default)", "ptq"),
@@ -64,7 +66,30 @@ VARIANTS = [  # (row, pipeline)
      "fuse,stubs,observe{activation-grid=full},calibrate,convert{weight-bits=7}"),
     ("qcompile native, full 8-bit activations, 8-bit weights (VNNI only)",
      "fuse,stubs,observe{activation-grid=full},calibrate,convert"),
+    # cross-layer equalization, alone and with the other methods
+    ("qcompile equalize, native backend", "fuse,equalize,calibrate,convert"),
+    ("qcompile equalize, gemmlowp backend", "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
+    ("qcompile equalize + aciq, gemmlowp backend", "fuse,equalize,calibrate,aciq,convert{backend=gemmlowp}"),
+    ("qcompile equalize + bias-correct, gemmlowp backend",
+     "fuse,equalize,calibrate,bias-correct,convert{backend=gemmlowp}"),
+    ("qcompile equalize{relu6=relu}, gemmlowp backend",
+     "fuse,equalize{relu6=relu},calibrate,convert{backend=gemmlowp}"),
+    ("qcompile equalize + adaround, gemmlowp backend",
+     "fuse,equalize,calibrate,adaround,convert{backend=gemmlowp}"),
+    # per-tensor weights (one grid for all of a layer's channels): what equalization is for
+    ("qcompile ptq, per-tensor weights, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
+    ("qcompile equalize, per-tensor weights, gemmlowp backend",
+     "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
 ]
+PER_TENSOR_WEIGHTS = "per-tensor weights"  # rows whose name says this quantize each weight on one grid
+
+
+def _config(name: str) -> QuantConfig:
+    config = QuantConfig()
+    if PER_TENSOR_WEIGHTS in name:
+        weight = dataclasses.replace(config.qconfig.weight, per_channel=False)
+        config.qconfig = dataclasses.replace(config.qconfig, weight=weight)
+    return config
 
 
 def _run_batches(model, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
@@ -126,7 +151,8 @@ def main() -> None:
             if args.only and not any(text in name for text in args.only):
                 continue
             graph = lower(model, (calib[0][:1],))
-            run_pipeline(graph, pipeline, PassContext(calib_data=[(b,) for b in calib]))
+            context = PassContext(calib_data=[(b,) for b in calib], quant_config=_config(name))
+            run_pipeline(graph, pipeline, context)
             out_dir = tmp / name.replace(" ", "_").replace(",", "").replace("'", "")
             write_model(graph, out_dir)
             record(name, _run_batches(load_model(out_dir), evaluation))

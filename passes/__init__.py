@@ -11,6 +11,7 @@ from qcompile.passes import (  # noqa: F401
     calibrate,
     convert,
     dynamic,
+    equalize,
     fuse,
     integerize,
     lower,

@@ -10,7 +10,10 @@ Patterns, each optional part in brackets::
 
 BatchNorm folds into the weights (W' = W * g / sqrt(var + eps),
 b' = (b - mean) * g / sqrt(var + eps) + beta); the activation becomes the
-node's typed ``act`` field (``Node.act``, printed among its attributes). Before and after, on ResNet-18::
+node's typed ``act`` field (``Node.act``, printed among its attributes), and
+the folded norm's shift and scale stay as the node's ``norm_prior`` (what
+the output's distribution was trained to be, for data-free passes such as
+``equalize``). Before and after, on ResNet-18::
 
     %conv1 = conv2d(%x, $conv1.weight) : f32[1,64,112,112] {bias=False, ...}
     %bn1   = batch_norm2d(%conv1, $bn1.{weight,bias,running_mean,running_var,num_batches_tracked}) : ...
@@ -166,6 +169,7 @@ class Fuse(Pass):
             graph.param(node, "weight"), graph.param(node, "bias"), bn_state, bn.attrs["eps"]
         )
         graph.params[node.params["weight"]] = weight
+        node.norm_prior = _norm_prior(bn_state, weight.shape[0])
         if "bias" in node.params:
             graph.params[node.params["bias"]] = bias
         else:
@@ -173,6 +177,14 @@ class Fuse(Pass):
             node.attrs["bias"] = True
         graph.replace_all_uses(bn, node)
         graph.erase(bn)
+
+
+def _norm_prior(bn_state: dict, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per channel of a BatchNorm's output as its training sees it: its shift and |scale|."""
+    gamma, beta = bn_state.get("weight"), bn_state.get("bias")
+    std = torch.ones(channels) if gamma is None else gamma.detach().abs().clone()
+    mean = torch.zeros(channels) if beta is None else beta.detach().clone()
+    return mean, std
 
 
 def _two_tensor_operands(graph: Graph, node: Node) -> bool:

@@ -184,6 +184,11 @@ class Node:
         act: The activation fused into the op, applied to its output
             (``relu``, ``relu6``, ...; set by ``fuse``), or None. A backend whose
             kernel computes it clears it when it lowers the node.
+        norm_prior: The per-channel (mean, standard deviation) of the output
+            before ``act`` that a BatchNorm folded into the node predicts (its
+            shift and the magnitude of its scale; set by ``fuse``, kept up to
+            date by passes that rescale the node's output channels). Data-free
+            passes read it in place of statistics.
         params: For MODULE, state-dict key -> graph parameter name.
         type: Type of the value the node produces.
         source: Where the node came from in the user's model.
@@ -199,6 +204,7 @@ class Node:
     kwargs: dict[str, Any] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     act: str | None = None
+    norm_prior: tuple[torch.Tensor, torch.Tensor] | None = None
     params: dict[str, str] = field(default_factory=dict)
     type: ValueType = field(default_factory=NoneType)
     source: SourceInfo = field(default_factory=SourceInfo)

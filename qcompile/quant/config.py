@@ -64,7 +64,8 @@ PRESETS: dict[str, tuple[QConfig, str]] = {
 }
 
 
-def _matches(node: Node, pattern: str) -> bool:
+def matches_pattern(node: Node, pattern: str) -> bool:
+    """Whether ``node`` is what ``pattern`` names: ``op:conv2d``, or a glob over its name or module path."""
     if pattern.startswith("op:"):
         return node.op == pattern[3:]
     candidates = [node.name, node.source.module_path]
@@ -102,18 +103,18 @@ class QuantConfig:
 
     def qconfig_for(self, node: Node) -> QConfig | None:
         """The node's QConfig, or ``None`` if it is skipped (stays float)."""
-        if any(_matches(node, p) for p in self.skip):
+        if any(matches_pattern(node, p) for p in self.skip):
             return None
         chosen = self.qconfig
         for pattern, qconfig in self.overrides:
-            if _matches(node, pattern):
+            if matches_pattern(node, pattern):
                 chosen = qconfig
         return chosen
 
     def check_patterns(self, nodes: list[Node]) -> None:
         """Refuse skip/override patterns that match no node: they are usually typos."""
         for pattern in self.skip + [p for p, _ in self.overrides]:
-            if not any(_matches(n, pattern) for n in nodes):
+            if not any(matches_pattern(n, pattern) for n in nodes):
                 names = [n.name for n in nodes] + [n.source.module_path for n in nodes if n.source.module_path]
                 close = difflib.get_close_matches(pattern, names, n=1)
                 raise QCompileError(
