@@ -105,8 +105,8 @@ class LoadStats(Pass):
         path = getattr(ctx, "statistics_file", None)
         if path is None:
             raise QCompileError("'load-stats' needs a statistics file", hint="pass --stats FILE")
-        count = load_statistics(graph, path)
-        return PassResult(True, {"activations": count, "weights": observe_weights(graph)})
+        weights = observe_weights(graph)
+        return PassResult(True, {"activations": load_statistics(graph, path), "weights": weights})
 
 
 @register_pass(default_for=("calibrated",))

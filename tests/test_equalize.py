@@ -15,6 +15,7 @@ from qcompile.errors import PipelineError
 from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
+from qcompile.ir import print_graph
 from qcompile.pipeline import PassContext, parse_pipeline, run_pipeline
 from qcompile.quant.equalization import input_ranges, output_ranges
 
@@ -114,3 +115,26 @@ def test_equalize_is_refused_after_calibration_and_validates_its_options():
         parse_pipeline("fuse,equalize{relu6=clamp}")
     with pytest.raises(PipelineError, match="margin"):
         parse_pipeline("fuse,equalize{margin=0}")
+
+
+def test_statistics_of_equalized_weights_are_refused_on_weights_that_are_not(tmp_path):
+    from qcompile.errors import QCompileError
+    from qcompile.quant.stats_io import save_statistics
+
+    calib = [(b[0],) for b in open_data("builtin:photos", limit=16, batch_size=16)]
+    graph = lower(load_model("zoo:mobilenet_v2").module, (torch.zeros(_SHAPES["mobilenet_v2"]),))
+    run_pipeline(graph, "fuse,equalize,calibrate,convert", PassContext(calib_data=calib))
+    stats = save_statistics(graph, tmp_path / "stats.pt")
+
+    def reload(passes: str):
+        again = lower(load_model("zoo:mobilenet_v2").module, (torch.zeros(_SHAPES["mobilenet_v2"]),))
+        ctx = PassContext()
+        ctx.statistics_file = stats
+        run_pipeline(again, passes, ctx)
+        return again
+
+    with pytest.raises(QCompileError, match="statistics of different weights") as refused:
+        reload("fuse,stubs,observe,load-stats,convert")
+    assert "fuse,equalize,load-stats" in refused.value.hint
+    same = reload("fuse,equalize,stubs,observe,load-stats,convert")
+    assert print_graph(same) == print_graph(graph)  # every grid the same as with the data
