@@ -5,8 +5,8 @@ from qcompile.pipeline import register_pipeline
 register_pipeline("ptq", "fuse,calibrate,convert", "post-training static int8")
 register_pipeline("ptq-torchao", "fuse{activations=relu},stubs,observe{activation-grid=preset},calibrate,convert",
                   "static int8 with PyTorch's own fusion choices and grids (for one-to-one comparisons)")
-register_pipeline("ptq-accurate", "fuse,calibrate,adaround,convert{backend=gemmlowp}",
-                  "static int8, most accurate measured: learned rounding on qcompile's kernels (minutes)")
+register_pipeline("ptq-accurate", "fuse,equalize,calibrate,adaround,convert{backend=gemmlowp}",
+                  "static int8, most accurate measured: equalization and learned rounding on qcompile's kernels (minutes)")
 register_pipeline("dynamic-int8", "fuse,dynamic", "int8 weights, activations quantized at run time")
 register_pipeline("qat-int8", "qat,train,qat-finalize,convert", "quantization-aware training, then int8")
 
