@@ -28,5 +28,9 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: tor
     levels = _broadcast(2.0 ** bits.to(x.dtype) - 1, x, axis)
     step = torch.where(levels > 0, (hi - lo) / levels.clamp(min=1), torch.ones_like(hi)).clamp(min=1e-8)
     zero = torch.round(-lo / step)
-    codes = torch.minimum(torch.clamp(torch.round(x / step) + zero, min=0), levels)
-    return torch.where(levels > 0, step * (codes - zero), lo.expand_as(x))
+    # clamp(round(x / step) + z, 0, levels) - z is clamp(round(x / step), -z, levels - z): the codes are
+    # small integers, exact in float, so this is the same value in four passes over x instead of eight
+    out = torch.div(x, step).round_().clamp_(-zero, levels - zero).mul_(step)
+    if bool((levels > 0).all()):
+        return out
+    return torch.where(levels > 0, out, lo.expand_as(x))
