@@ -19,7 +19,7 @@ from torch import nn
 from qcompile.codegen import load_model as load_emitted
 from qcompile.codegen import write_model
 from qcompile.data import open_data
-from qcompile.errors import QCompileError
+from qcompile.errors import QCompileError, TargetMissed
 from qcompile.frontend.dynamic_axes import AxesSpec
 from qcompile.frontend.loaders import LoadedModel, load_model
 from qcompile.frontend.lower import lower
@@ -28,6 +28,7 @@ from qcompile.ir.graph import Graph
 from qcompile.output_check import CheckInputs, check_inputs, verify_outputs
 from qcompile.pipeline import Instrument, PassContext, PassRecord, Pipeline, parse_pipeline
 from qcompile.pipeline.manager import PassManager
+from qcompile.target_search import Target, Trial, search
 
 DEFAULT_PIPELINE = "fuse"
 
@@ -86,6 +87,9 @@ class CompileResult:
             (:mod:`qcompile.output_check`).
         check_inputs: The real inputs the checks ran on (None if not written).
         float_module: The model as loaded, before lowering (the float reference of the verdict).
+        trials: With an accuracy target, every pipeline tried, in order
+            (:class:`qcompile.target_search.Trial`); the last one that met the
+            target, or the closest, is the graph.
     """
 
     graph: Graph
@@ -96,6 +100,7 @@ class CompileResult:
     example_inputs: tuple = ()
     check_inputs: CheckInputs | None = None
     float_module: nn.Module | None = None
+    trials: list[Trial] = field(default_factory=list)
 
 
 def compile_model(
@@ -116,6 +121,9 @@ def compile_model(
     frontend: str = "fx",
     dynamic_axes: AxesSpec = (),
     before_write: Callable[[Graph], None] | None = None,
+    target: Target | None = None,
+    target_inputs: list[tuple] | None = None,
+    write_best: bool = False,
 ) -> CompileResult:
     """Load ``model``, lower it, run ``passes`` and (with ``out_dir``) emit and check it.
 
@@ -148,9 +156,22 @@ def compile_model(
         check_batch(graph, checked.tensors, 0)  # the data's own mistakes, said as calibrate would say them
     with torch.no_grad():
         float_outputs = Interpreter(graph).run(*checked.tensors) if checked is not None else None
-    records = PassManager(pipeline, instruments).run(graph, ctx)
+    if target is None:
+        records = PassManager(pipeline, instruments).run(graph, ctx)
+    else:
+        graph, records, trials = search(graph, pipeline, ctx, target, target_inputs, ctx.log)
+        if not trials[-1].met:
+            best = min(trials, key=target.shortfall)
+            missed = TargetMissed(f"no pipeline tried meets {target.describe()}; the closest was {best.describe()}",
+                                  hint="lower the target, give more calibration data, or keep layers float "
+                                       "(--sensitivity DB lists them)"
+                                       + ("" if write_best else "; --write-best writes the closest anyway"))
+            if not write_best or out_dir is None:
+                raise missed
+            ctx.log(f"qcompile: target: writing the closest anyway (--write-best): {best.pipeline}")
+            notes.append(str(missed).splitlines()[0])
     result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs), check_inputs=checked,
-                           float_module=loaded.module)
+                           float_module=loaded.module, trials=trials if target is not None else [])
     if out_dir is not None:
         if before_write is not None:
             before_write(graph)  # e.g. refuse an export that would fail, before any file exists

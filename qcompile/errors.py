@@ -44,3 +44,7 @@ class PassError(QCompileError):
 
 class CheckFailed(QCompileError):
     """A numerical cross-check failed (exit status 3): the outputs were written but disagree."""
+
+
+class TargetMissed(QCompileError):
+    """No pipeline tried met the accuracy target (exit status 4)."""

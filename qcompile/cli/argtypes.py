@@ -26,3 +26,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (a share of samples)."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (a share of the samples), got {value:g}")
+    return value

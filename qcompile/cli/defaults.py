@@ -9,7 +9,8 @@ from qcompile.errors import QCompileError
 
 EXIT_STATUS = ("Exit status: 0 success; 2 a user error (`qcompile: error: ...` with a hint; nothing written, OUT "
                "left as it was); 3 the ONNX --check found the export disagreeing with the emitted model (files "
-               "written); 130 interrupted (nothing written); 1 an internal error (a bug in qcompile: please "
+               "written); 4 no pipeline met --target-agreement / --target-sqnr (nothing written, or the closest "
+               "with --write-best); 130 interrupted (nothing written); 1 an internal error (a bug in qcompile: please "
                "report it with the command line). No colour is ever written, so NO_COLOR needs nothing.")
 # what `qcompile MODEL --calib DATA -o OUT` runs when --passes is left out
 RECOMMENDED_PIPELINE = "ptq"

@@ -1,0 +1,132 @@
+"""The cheapest pipeline that meets an accuracy target, found by real runs on held-out data.
+
+``qcompile MODEL --calib DATA --target-agreement 0.85 -o OUT`` tries the
+user's pipeline first, then each rung of :data:`LADDER`, cheapest first,
+until one meets the target: every candidate is compiled from the same
+lowered graph and scored against the float model on the verdict's held-out
+samples (top-1 agreement, output SQNR). The rungs and their order come from
+what was measured on MobileNetV2 (docs/benchmarks/default-accuracy.md,
+table 7): equalization costs under a second, the gemmlowp kernels' full
+8-bit grids nothing, bias correction seconds, learned rounding minutes. A
+rung that the user's pipeline already covers is not tried again.
+
+Each trial is reported as it ends; the chosen graph is the one that is
+written. When no candidate meets the target, :class:`TargetMissed` names
+the best one (exit status 4, nothing written unless ``--write-best``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from qcompile.diagnose.metrics import agreement, first_tensor, sqnr_db
+from qcompile.errors import QCompileError
+from qcompile.interpreter import Interpreter
+from qcompile.ir.graph import Graph
+from qcompile.pipeline import PassContext, PassManager, Pipeline, parse_pipeline
+
+# (what the rung adds, its pipeline), cheapest first
+LADDER: tuple[tuple[str, str], ...] = (
+    ("cross-layer equalization", "fuse,equalize,calibrate,convert"),
+    ("qcompile's kernels on full 8-bit grids", "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
+    ("bias correction", "fuse,equalize,calibrate,bias-correct,convert{backend=gemmlowp}"),
+    ("learned rounding (minutes)", "fuse,equalize,calibrate,adaround,convert{backend=gemmlowp}"),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What counts as close enough to float: top-1 agreement, output SQNR, or both."""
+
+    agreement: float | None = None
+    sqnr_db: float | None = None
+
+    def met_by(self, trial: Trial) -> bool:
+        return ((self.agreement is None or trial.agreement >= self.agreement)
+                and (self.sqnr_db is None or trial.sqnr_db >= self.sqnr_db))
+
+    def describe(self) -> str:
+        parts = ([f"top-1 agreement >= {self.agreement:g}"] if self.agreement is not None else []) + (
+            [f"output SQNR >= {self.sqnr_db:g} dB"] if self.sqnr_db is not None else [])
+        return " and ".join(parts)
+
+    def shortfall(self, trial: Trial) -> float:
+        """How far ``trial`` is from the target (0 when met): what ranks the candidates that miss."""
+        gaps = []
+        if self.agreement is not None:
+            gaps.append(max(0.0, self.agreement - trial.agreement) * 100)  # a point of agreement ~ a dB
+        if self.sqnr_db is not None:
+            gaps.append(max(0.0, self.sqnr_db - trial.sqnr_db))
+        return sum(gaps)
+
+
+@dataclass
+class Trial:
+    label: str
+    pipeline: str
+    agreement: float
+    sqnr_db: float
+    seconds: float
+    met: bool = False
+
+    def describe(self) -> str:
+        return (f"{self.label}: agreement {self.agreement:.3f}, {self.sqnr_db:.1f} dB "
+                f"({self.seconds:.1f} s; {self.pipeline})")
+
+
+def candidates(pipeline: Pipeline) -> list[tuple[str, Pipeline]]:
+    """The user's pipeline, then every rung whose pipeline it is not."""
+    chosen = [("your pipeline", pipeline)]
+    for label, text in LADDER:
+        rung = parse_pipeline(text)
+        if all(str(rung) != str(p) for _, p in chosen):
+            chosen.append((label, rung))
+    return chosen
+
+
+def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, inputs: list[tuple],
+           log: Callable[[str], None]) -> tuple[Graph, list, list[Trial]]:
+    """Run the candidates on copies of ``graph`` (lowered, float) until one meets ``target``.
+
+    Returns the chosen graph (the one that met the target, else the best),
+    its pass records, and every trial in order; :attr:`Trial.met` says
+    whether the target was met.
+    """
+    reference = _outputs(graph, inputs)
+    trials: list[Trial] = []
+    best: tuple[Graph, list, Trial] | None = None
+    for label, candidate in candidates(pipeline):
+        started = time.perf_counter()
+        trial_graph = graph.copy()
+        records = PassManager(candidate).run(trial_graph, ctx)
+        outputs = _outputs(trial_graph, inputs)
+        agree = agreement(outputs, reference)
+        if agree is None and target.agreement is not None:
+            raise QCompileError("--target-agreement needs a model whose output holds class scores; this one's "
+                                f"has shape {list(outputs.shape)}", hint="aim at --target-sqnr DB instead")
+        trial = Trial(label, str(candidate), agree if agree is not None else math.nan,
+                      _finite(sqnr_db(outputs, reference)), time.perf_counter() - started)
+        trial.met = target.met_by(trial)
+        trials.append(trial)
+        log(f"qcompile: target: {'meets' if trial.met else 'misses'} {target.describe()}: {trial.describe()}")
+        if best is None or target.shortfall(trial) < target.shortfall(best[2]):
+            best = (trial_graph, records, trial)
+        if trial.met:
+            return trial_graph, records, trials
+    assert best is not None
+    return best[0], best[1], trials
+
+
+def _outputs(graph: Graph, inputs: list[tuple]) -> torch.Tensor:
+    interpreter = Interpreter(graph)
+    with torch.no_grad():
+        return torch.cat([first_tensor(interpreter.run(*batch)).float() for batch in inputs])
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 1e9  # identical outputs: as good as it gets

@@ -1,0 +1,66 @@
+"""``--target-agreement`` / ``--target-sqnr``: the cheapest pipeline that meets a target, by real runs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from qcompile.pipeline import parse_pipeline
+from qcompile.target_search import LADDER, candidates
+from tests.test_cli import qcompile
+
+_TRIAL = re.compile(r"qcompile: target: (meets|misses) .*?: (.+?): agreement ([\d.]+), ([\d.]+) dB")
+
+
+def _trials(stderr: str) -> list[tuple[str, str, float, float]]:
+    return [(m[1], m[2], float(m[3]), float(m[4])) for m in _TRIAL.finditer(stderr)]
+
+
+def test_ladder_tries_the_users_pipeline_first_and_no_rung_twice():
+    tried = candidates(parse_pipeline("fuse,equalize,calibrate,convert"))
+    assert [label for label, _ in tried] == ["your pipeline"] + [label for label, _ in LADDER[1:]]
+    assert len(candidates(parse_pipeline("ptq"))) == 1 + len(LADDER)
+
+
+def test_a_target_no_pipeline_meets_writes_nothing_and_exits_4(tmp_path):
+    out = tmp_path / "out"
+    args = ("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--calib-samples", "256", "--target-sqnr", "60")
+    run = qcompile(*args, "--no-verdict", "-o", out)
+    assert run.returncode == 4, run.stderr
+    trials = _trials(run.stderr)
+    assert [t[1] for t in trials] == ["your pipeline"] + [label for label, _ in LADDER]
+    assert all(verdict == "misses" and sqnr < 60 for verdict, _, _, sqnr in trials)
+    closest = max(trials, key=lambda t: t[3])
+    assert f"the closest was {closest[1]}" in run.stderr and "--write-best" in run.stderr
+    assert not out.exists()
+    written = qcompile(*args, "--no-verdict", "--write-best", "-o", out)
+    assert written.returncode == 4, written.stderr
+    assert (out / "model.py").is_file() and "wrote the closest pipeline" in written.stderr
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_climbs_until_the_agreement_is_met(tmp_path):
+    out = tmp_path / "out"
+    run = qcompile("zoo:mobilenet_v2", "--calib", "builtin:photos", "--target-agreement", "0.8", "--no-verdict",
+                   "-o", out)
+    assert run.returncode == 0, run.stderr
+    trials = _trials(run.stderr)
+    assert "on 64 samples of builtin:photo-crops, held out from builtin:photos" in run.stderr
+    assert [t[0] for t in trials][-1] == "meets" and all(t[0] == "misses" for t in trials[:-1])
+    assert trials[-1][2] >= 0.8 and all(t[2] < 0.8 for t in trials[:-1])
+    # the written model is the one that met it: its pipeline's backend is in graph.qir
+    backend = "gemmlowp" if "gemmlowp" in dict(LADDER)[trials[-1][1]] else "native"
+    assert f"backend='{backend}'" in (out / "graph.qir").read_text()
+
+
+def test_a_target_needs_data_and_one_pipeline_of_tools(tmp_path):
+    no_data = qcompile("zoo:digit_cnn", "--passes", "fuse,stubs,observe,load-stats,convert", "--target-sqnr", "30",
+                       "-o", tmp_path / "a")
+    assert no_data.returncode == 2 and "needs calibration data" in no_data.stderr
+    timed = qcompile("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--target-sqnr", "30", "--timing",
+                     "-o", tmp_path / "b")
+    assert timed.returncode == 2 and "runs several pipelines" in timed.stderr
+    out_of_range = qcompile("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--target-agreement", "1.5",
+                            "-o", tmp_path / "c")
+    assert out_of_range.returncode == 2 and "must be from 0 to 1" in out_of_range.stderr
