@@ -19,6 +19,7 @@ names the CPU. ``--only TEXT`` (repeatable) runs the variants whose name contain
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -121,30 +122,60 @@ def onnxruntime_default(model, calib: list, evaluation: torch.Tensor, tmp: Path)
     return torch.from_numpy(np.concatenate(outs))
 
 
+def torchao_fx(model, calib: list):
+    """torch.ao's FX post-training quantization with its x86 defaults (deprecated upstream; a reference)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0][:1],))
+        with torch.no_grad():
+            for batch in calib:
+                prepared(batch)
+        return convert_fx(prepared)
+
+
+# model -> (calibration data, how many of its samples, held-out data: the rest of it, or another set)
+DATA = {"mobilenet_v2": ("builtin:photos", None, "builtin:photo-crops"),
+        "digit_cnn": ("builtin:mnist5k", 512, "builtin:mnist5k")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=520, help="held-out crops scored (at most 520)")
+    parser.add_argument("--model", choices=sorted(DATA), default="mobilenet_v2",
+                        help="mobilenet_v2 (photos, agreement only) or digit_cnn (labelled MNIST-5k: top-1 too)")
+    parser.add_argument("--samples", type=int, default=520, help="held-out samples scored (520 crops at most)")
     parser.add_argument("--json")
     parser.add_argument("--only", metavar="TEXT", action="append", default=[],
-                        help="run only the variants whose name contains TEXT (repeatable; onnxruntime's row "
-                        "always runs)")
+                        help="run only the variants whose name contains TEXT (repeatable; onnxruntime's and "
+                        "torch.ao's rows always run)")
     args = parser.parse_args()
     quiet()
     torch.set_num_threads(2)
-    model = load_user_model("zoo:mobilenet_v2").module
-    calib_source = open_data("builtin:photos", batch_size=32)
-    calib = [b[0] for b in calib_source]
-    evaluation = torch.cat([b[0] for b in open_data("builtin:photo-crops", batch_size=64, limit=args.samples)])
+    calib_data, calib_samples, held_out = DATA[args.model]
+    model = load_user_model(f"zoo:{args.model}").module
+    calib = [b[0] for b in open_data(calib_data, batch_size=32, limit=calib_samples)]
+    scored = list(open_data(held_out, batch_size=64, limit=args.samples, skip=calib_samples or 0))
+    evaluation = torch.cat([b[0] for b in scored])
+    labels = torch.cat([b[1] for b in scored]) if len(scored[0]) > 1 else None
     reference = _run_batches(model, evaluation)
     rows = []
 
     def record(name: str, out: torch.Tensor) -> None:
-        rows.append({"variant": name, "agreement": agreement(out, reference), "sqnr_db": sqnr_db(out, reference)})
-        print(f"| {name} | {rows[-1]['agreement']:.3f} | {rows[-1]['sqnr_db']:.1f} |", flush=True)
+        top1 = None if labels is None else float((out.argmax(1) == labels).float().mean())
+        rows.append({"variant": name, "agreement": agreement(out, reference), "sqnr_db": sqnr_db(out, reference),
+                     "top1": top1})
+        print(f"| {name} | {rows[-1]['agreement']:.3f} | {rows[-1]['sqnr_db']:.1f} |"
+              + ("" if top1 is None else f" {top1:.4f} |"), flush=True)
 
-    print(f"MobileNetV2 (ImageNet weights), calibrated on builtin:photos ({sum(len(b) for b in calib)} images), "
-          f"scored on {len(evaluation)} held-out crops (builtin:photo-crops); CPU: {describe_cpu()}\n")
-    print("| variant | top-1 agreement with float | SQNR vs float (dB) |\n|---|---|---|")
+    print(f"{args.model}, calibrated on {calib_data} ({sum(len(b) for b in calib)} samples), scored on "
+          f"{len(evaluation)} held-out samples of {held_out}; CPU: {describe_cpu()}\n")
+    if labels is not None:
+        print(f"float top-1 accuracy: {float((reference.argmax(1) == labels).float().mean()):.4f}\n")
+    print("| variant | top-1 agreement with float | SQNR vs float (dB) |" + ("" if labels is None else " top-1 |")
+          + "\n|---|---|---|" + ("" if labels is None else "---|"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, pipeline in VARIANTS:
@@ -164,6 +195,7 @@ def main() -> None:
                         for i in range(0, len(evaluation), 64)]
                 record("qcompile ptq, native, ONNX export in onnxruntime", torch.from_numpy(np.concatenate(outs)))
         record("onnxruntime quantize_static, defaults", onnxruntime_default(model, calib, evaluation, tmp))
+        record("torch.ao FX, x86 defaults", _run_batches(torchao_fx(model, calib), evaluation))
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": describe_cpu(), "samples": len(evaluation), "rows": rows},
                                               indent=1))

@@ -43,7 +43,8 @@ class Dequantize(_OnGrid):
         super().__init__(scale, zero_point)
 
     def forward(self, q: Tensor) -> Tensor:
-        return torch.ops.qcompile.dequantize(q, self.scale, self.zero_point)
+        # the float code after a quantized region may reshape with .view(): give it the standard layout
+        return torch.ops.qcompile.dequantize(q, self.scale, self.zero_point).contiguous()
 
 
 class QConv2d(reference.QConv2d):

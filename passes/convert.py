@@ -43,6 +43,7 @@ from typing import Literal
 
 import torch
 
+from qcompile.backends.channels_last import views_after_dequantize
 from qcompile.backends.torch_ao.lowering import RULES, convert_dequantize
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
@@ -170,6 +171,9 @@ class Convert(Pass):
         for node in graph.nodes():  # including the clamps the rules added
             if node.quant.mode == "static" and isinstance(node.type, TensorType) and node.quant.qparams is not None:
                 node.type = replace(node.type, dtype="qu8" if node.quant.qparams.dtype == "uint8" else "qi8")
+        rewritten = views_after_dequantize(graph)  # torch's DeQuantize keeps the channels-last layout
+        if rewritten:
+            counts["float views as reshape"] = rewritten
         return PassResult(True, counts)
 
 

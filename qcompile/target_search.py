@@ -11,16 +11,22 @@ table 7): equalization costs under a second, the gemmlowp kernels' full
 rung that the user's pipeline already covers is not tried again.
 
 Each trial is reported as it ends; the chosen graph is the one that is
-written. When no candidate meets the target, :class:`TargetMissed` names
-the best one (exit status 4, nothing written unless ``--write-best``).
+written. When no rung meets the target, the last resort keeps layers float: on the
+closest pipeline that compiles in seconds (learned rounding is left out),
+:class:`qcompile.diagnose.sensitivity.SensitivityAnalysis` ranks the layers
+and suggests skip lists for rising SQNR goals, each checked with a real
+run; a list keeps at most a quarter of the layers float (more is hardly a
+quantized model). When that fails too, :class:`qcompile.errors.TargetMissed` names the
+closest trial (exit status 4, nothing written unless ``--write-best``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -73,10 +79,12 @@ class Trial:
     sqnr_db: float
     seconds: float
     met: bool = False
+    skip: list[str] = field(default_factory=list)  # layers kept float on top of the pipeline
 
     def describe(self) -> str:
+        skips = "".join(f" --skip {name}" for name in self.skip)
         return (f"{self.label}: agreement {self.agreement:.3f}, {self.sqnr_db:.1f} dB "
-                f"({self.seconds:.1f} s; {self.pipeline})")
+                f"({self.seconds:.1f} s; {self.pipeline}{skips})")
 
 
 def candidates(pipeline: Pipeline) -> list[tuple[str, Pipeline]]:
@@ -109,7 +117,7 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
         if agree is None and target.agreement is not None:
             raise QCompileError("--target-agreement needs a model whose output holds class scores; this one's "
                                 f"has shape {list(outputs.shape)}", hint="aim at --target-sqnr DB instead")
-        trial = Trial(label, str(candidate), agree if agree is not None else math.nan,
+        trial = Trial(label, str(candidate), _agreement(outputs, reference),
                       _finite(sqnr_db(outputs, reference)), time.perf_counter() - started)
         trial.met = target.met_by(trial)
         trials.append(trial)
@@ -119,13 +127,69 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
         if trial.met:
             return trial_graph, records, trials
     assert best is not None
+    kept = _keep_layers_float(graph, trials, ctx, target, inputs, reference, log)
+    if kept is not None:
+        return kept[0], kept[1], trials
     return best[0], best[1], trials
+
+
+def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
+                       reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list] | None:
+    """The last resort: the closest pipeline that compiles in seconds, with the layers sensitivity ranks worst
+    kept float, more of them until the target is met (each skip list checked with a real run; at most a
+    quarter of the layers)."""
+    from qcompile.diagnose.sensitivity import SensitivityAnalysis
+    from qcompile.pipeline import CALIBRATED, first_providing
+
+    quick = [t for t in trials if "adaround" not in t.pipeline]
+    if not quick:
+        return None
+    base = min(quick, key=target.shortfall)
+    passes = parse_pipeline(base.pipeline).passes
+    calibrate = first_providing(passes, CALIBRATED)
+    if calibrate is None:
+        return None
+    split = passes.index(calibrate) + 1
+    calibrated = graph.copy()
+    PassManager(Pipeline(passes)).run(calibrated, ctx, until=split)
+    batch = tuple(torch.cat(parts) for parts in zip(*inputs, strict=True))
+    analysis = SensitivityAnalysis(calibrated, passes[split:], ctx, batch, reference)
+    rows = analysis.run()
+    config, tried = ctx.quant_config, set()
+    goals = [target.sqnr_db] if target.sqnr_db is not None else []
+    goals += [base.sqnr_db + step for step in (3.0, 6.0, 10.0, 20.0)]
+    try:
+        for goal in sorted(set(goals)):
+            skip = analysis.suggest_skips(rows, goal, max_layers=max(1, len(analysis.names) // 4)).skip
+            if not skip or tuple(skip) in tried:
+                continue
+            tried.add(tuple(skip))
+            started = time.perf_counter()
+            ctx.quant_config = dataclasses.replace(config, skip=[*config.skip, *skip])
+            trial_graph = graph.copy()
+            records = PassManager(Pipeline(passes)).run(trial_graph, ctx)
+            outputs = _outputs(trial_graph, inputs)
+            trial = Trial(f"{base.label}, {len(skip)} layers kept float", base.pipeline, _agreement(outputs, reference),
+                          _finite(sqnr_db(outputs, reference)), time.perf_counter() - started, skip=list(skip))
+            trial.met = target.met_by(trial)
+            trials.append(trial)
+            log(f"qcompile: target: {'meets' if trial.met else 'misses'} {target.describe()}: {trial.describe()}")
+            if trial.met:
+                return trial_graph, records
+    finally:
+        ctx.quant_config = config
+    return None
 
 
 def _outputs(graph: Graph, inputs: list[tuple]) -> torch.Tensor:
     interpreter = Interpreter(graph)
     with torch.no_grad():
         return torch.cat([first_tensor(interpreter.run(*batch)).float() for batch in inputs])
+
+
+def _agreement(outputs: torch.Tensor, reference: torch.Tensor) -> float:
+    agree = agreement(outputs, reference)
+    return agree if agree is not None else math.nan
 
 
 def _finite(value: float) -> float:

@@ -23,20 +23,30 @@ def test_ladder_tries_the_users_pipeline_first_and_no_rung_twice():
     assert len(candidates(parse_pipeline("ptq"))) == 1 + len(LADDER)
 
 
-def test_a_target_no_pipeline_meets_writes_nothing_and_exits_4(tmp_path):
+def test_layers_kept_float_are_the_last_resort_and_a_missed_target_writes_nothing(tmp_path):
     out = tmp_path / "out"
-    args = ("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--calib-samples", "256", "--target-sqnr", "60")
-    run = qcompile(*args, "--no-verdict", "-o", out)
+    args = ("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--calib-samples", "256", "--no-verdict")
+    # 44 dB: no pipeline alone reaches it (41-42 dB), one layer kept float does
+    kept = qcompile(*args, "--target-sqnr", "44", "-o", out)
+    assert kept.returncode == 0, kept.stderr
+    trials = _trials(kept.stderr)
+    assert [t[1] for t in trials[:len(LADDER) + 1]] == ["your pipeline"] + [label for label, _ in LADDER]
+    assert all(t[0] == "misses" and t[3] < 44 for t in trials[:-1])
+    assert trials[-1][0] == "meets" and trials[-1][1].endswith("1 layers kept float") and trials[-1][3] >= 44
+    skipped = re.search(r"--skip (\S+)\)", kept.stderr)[1]
+    assert f"%{skipped} " in (out / "graph.qir").read_text() and "skipped by the config" in (out / "graph.qir").read_text()
+    # 60 dB: a quarter of the layers (one) kept float is not enough either: the closest is named, nothing written
+    missed = tmp_path / "missed"
+    run = qcompile(*args, "--target-sqnr", "60", "-o", missed)
     assert run.returncode == 4, run.stderr
     trials = _trials(run.stderr)
-    assert [t[1] for t in trials] == ["your pipeline"] + [label for label, _ in LADDER]
     assert all(verdict == "misses" and sqnr < 60 for verdict, _, _, sqnr in trials)
     closest = max(trials, key=lambda t: t[3])
     assert f"the closest was {closest[1]}" in run.stderr and "--write-best" in run.stderr
-    assert not out.exists()
-    written = qcompile(*args, "--no-verdict", "--write-best", "-o", out)
+    assert not missed.exists()
+    written = qcompile(*args, "--target-sqnr", "60", "--write-best", "-o", missed)
     assert written.returncode == 4, written.stderr
-    assert (out / "model.py").is_file() and "wrote the closest pipeline" in written.stderr
+    assert (missed / "model.py").is_file() and "wrote the closest pipeline" in written.stderr
 
 
 @pytest.mark.slow

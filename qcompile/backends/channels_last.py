@@ -7,10 +7,15 @@ fails where the float model's worked. Lowering rewrites it as the
 
     %view = view(%conv_layers_8, %size, -1) : ...
     %view = reshape(%conv_layers_8, %size, -1) : ...
+
+The same holds after the quantized region: torch's ``DeQuantize`` keeps the
+layout, and so does a float convolution on it (a layer kept float with
+``--skip``), so float views downstream of a dequantize are rewritten too.
 """
 
 from __future__ import annotations
 
+from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
 
 
@@ -23,3 +28,17 @@ def view_as_reshape(node: Node) -> bool:
     else:
         return False
     return True
+
+
+def views_after_dequantize(graph: Graph) -> int:
+    """Rewrite every ``view`` that a dequantize's value reaches as ``reshape``; return how many."""
+    rewritten, seen = 0, set()
+    frontier = [n for n in graph.nodes() if n.op == "dequantize"]
+    while frontier:
+        node = frontier.pop()
+        for user, _ in graph.uses(node):
+            if user.name not in seen:
+                seen.add(user.name)
+                rewritten += view_as_reshape(user)
+                frontier.append(user)
+    return rewritten

@@ -79,7 +79,7 @@ class SensitivityAnalysis:
         self.target, self.ctx = rest[index], ctx
         self.prepared = calibrated.copy()
         if index:
-            PassManager(Pipeline(rest[:index])).run(self.prepared, ctx)
+            PassManager(Pipeline(rest)).run(self.prepared, ctx, until=index)
         self.ctx.remaining_passes = rest[index:]
         self.inputs, self.reference = inputs, reference
         self.layers = quantizable_layers(self.prepared)

@@ -64,7 +64,8 @@ class Dequantize(nn.Module):
         self.scale, self.zero_point = scale, zero_point
 
     def forward(self, q: Tensor) -> Tensor:
-        return dequantize(q, torch.tensor(self.scale, dtype=torch.float32), torch.tensor(self.zero_point))
+        # the float code after a quantized region may reshape with .view(): give it the standard layout
+        return dequantize(q, torch.tensor(self.scale, dtype=torch.float32), torch.tensor(self.zero_point)).contiguous()
 
 
 class _Weighted(nn.Module):

@@ -62,13 +62,19 @@ class PassManager:
         self.instruments = list(instruments)
         self.verify_each = verify_each
 
-    def run(self, graph: Graph, ctx: PassContext | None = None) -> list[PassRecord]:
-        """Run every pass in order on ``graph`` (in place); return what each reported."""
+    def run(self, graph: Graph, ctx: PassContext | None = None, until: int | None = None) -> list[PassRecord]:
+        """Run every pass in order on ``graph`` (in place); return what each reported.
+
+        With ``until``, only the first ``until`` passes run; the others still
+        count as the ones that follow (``ctx.remaining_passes``), for passes that
+        prepare for a later one (``observe`` picks the grids of the backend that
+        ``convert`` will use, ``bias-correct`` needs a quantizing pass after it).
+        """
         ctx = ctx or PassContext()
         for inst in self.instruments:
             inst.before_pipeline(graph, ctx)
         records = []
-        for index, p in enumerate(self.pipeline.passes, start=1):
+        for index, p in enumerate(self.pipeline.passes[:until], start=1):
             ctx.remaining_passes = self.pipeline.passes[index:]
             records.append(self._run_one(index, p, graph, ctx))
         for inst in self.instruments:
