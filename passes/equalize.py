@@ -109,7 +109,7 @@ def _pads(node: Node) -> bool:
 @register_pass
 @dataclass(frozen=True)
 class Equalize(Pass):
-    """Rescale consecutive layers' channels to equal weight ranges, and absorb high biases (data-free)."""
+    """Rescale consecutive layers' channels to equal weight ranges: cross-layer equalization (data-free)."""
 
     name = "equalize"
     requires = ("fused",)
