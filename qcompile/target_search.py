@@ -128,13 +128,13 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
             return trial_graph, records, trials
     assert best is not None
     kept = _keep_layers_float(graph, trials, ctx, target, inputs, reference, log)
-    if kept is not None:
-        return kept[0], kept[1], trials
+    if kept is not None and target.shortfall(kept[2]) < target.shortfall(best[2]):
+        best = kept
     return best[0], best[1], trials
 
 
 def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
-                       reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list] | None:
+                       reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list, Trial] | None:
     """The last resort: the closest pipeline that compiles in seconds, with the layers sensitivity ranks worst
     kept float, more of them until the target is met (each skip list checked with a real run; at most a
     quarter of the layers)."""
@@ -155,7 +155,7 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
     batch = tuple(torch.cat(parts) for parts in zip(*inputs, strict=True))
     analysis = SensitivityAnalysis(calibrated, passes[split:], ctx, batch, reference)
     rows = analysis.run()
-    config, tried = ctx.quant_config, set()
+    config, tried, closest = ctx.quant_config, set(), None
     goals = [target.sqnr_db] if target.sqnr_db is not None else []
     goals += [base.sqnr_db + step for step in (3.0, 6.0, 10.0, 20.0)]
     try:
@@ -174,11 +174,13 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
             trial.met = target.met_by(trial)
             trials.append(trial)
             log(f"qcompile: target: {'meets' if trial.met else 'misses'} {target.describe()}: {trial.describe()}")
+            if closest is None or target.shortfall(trial) < target.shortfall(closest[2]):
+                closest = (trial_graph, records, trial)
             if trial.met:
-                return trial_graph, records
+                break
     finally:
         ctx.quant_config = config
-    return None
+    return closest
 
 
 def _outputs(graph: Graph, inputs: list[tuple]) -> torch.Tensor:

@@ -379,7 +379,8 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         if verdict is not None:
             print_verdict(verdict, as_json=args.json)
         if result.trials and not result.trials[-1].met:
-            print(f"qcompile: target missed: wrote the closest pipeline, {pipeline} (--write-best)", file=sys.stderr)
+            print(f"qcompile: target missed: wrote the closest pipeline, {chosen.describe()} (--write-best)",
+                  file=sys.stderr)
             return 4
     else:
         _show(result.graph, args)
@@ -408,7 +409,6 @@ def _target(args: argparse.Namespace, world: World, instruments: list):
     seen = "" if data.held_out else " (calibration saw them: pass --check-data for held-out ones)"
     print(f"qcompile: target: {target.describe()} on {data.description}{seen}", file=sys.stderr)
     return target, [inputs for inputs, _ in data.batches]
-
 
 
 def _report_entropy(args: argparse.Namespace, result) -> None:
