@@ -11,7 +11,8 @@ table 7): equalization costs under a second, the gemmlowp kernels' full
 rung that the user's pipeline already covers is not tried again.
 
 Each trial is reported as it ends; the chosen graph is the one that is
-written. When no rung meets the target, the last resort keeps layers float: on the
+written. Pipelines that calibrate alike (the same passes before it, the
+same backend grids) share one calibration. When no rung meets the target, the last resort keeps layers float: on the
 closest pipeline that compiles in seconds (learned rounding is left out),
 :class:`qcompile.diagnose.sensitivity.SensitivityAnalysis` ranks the layers
 and suggests skip lists for rising SQNR goals, each checked with a real
@@ -26,15 +27,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
 
+from qcompile.backends.grids import backend_of
 from qcompile.diagnose.metrics import agreement, first_tensor, sqnr_db
 from qcompile.errors import QCompileError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
-from qcompile.pipeline import PassContext, PassManager, Pipeline, parse_pipeline
+from qcompile.pipeline import CALIBRATED, PassContext, PassManager, Pipeline, first_providing, parse_pipeline
 
 # (what the rung adds, its pipeline), cheapest first
 LADDER: tuple[tuple[str, str], ...] = (
@@ -108,10 +111,10 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
     reference = _outputs(graph, inputs)
     trials: list[Trial] = []
     best: tuple[Graph, list, Trial] | None = None
+    calibrated: dict = {}
     for label, candidate in candidates(pipeline):
         started = time.perf_counter()
-        trial_graph = graph.copy()
-        records = PassManager(candidate).run(trial_graph, ctx)
+        trial_graph, records = compiled(graph, candidate, ctx, calibrated)
         outputs = _outputs(trial_graph, inputs)
         agree = agreement(outputs, reference)
         if agree is None and target.agreement is not None:
@@ -133,13 +136,41 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
     return best[0], best[1], trials
 
 
+def compiled(graph: Graph, pipeline: Pipeline, ctx: PassContext, calibrated: dict) -> tuple[Graph, list]:
+    """``pipeline`` run on a copy of ``graph``, and its pass records.
+
+    The passes up to calibration run once for all the pipelines that share
+    them, the backend whose grids ``observe`` picks and the statistics the
+    later passes need; ``calibrated`` keeps those graphs, and each pipeline
+    goes on from its own deep copy.
+    """
+    passes = pipeline.passes
+    calibrate = first_providing(passes, CALIBRATED)
+    if calibrate is None:
+        copy = graph.copy()
+        return copy, PassManager(pipeline).run(copy, ctx)
+    split = passes.index(calibrate) + 1
+    # what the passes up to calibration look ahead at: the backend (observe's grids) and the statistics that
+    # later passes need (calibrate collects moments only for aciq and bit allocation)
+    needs = frozenset(s for p in passes[split:] for s in p.needs_statistics)
+    key = (str(Pipeline(passes[:split])), backend_of(passes), needs)
+    if key not in calibrated:
+        prefix = graph.copy()
+        calibrated[key] = (prefix, PassManager(pipeline).run(prefix, ctx, until=split))
+    prefix, prefix_records = calibrated[key]
+    copy = prefix.copy()
+    copy.params = {name: t.clone() if isinstance(t, torch.Tensor) else t for name, t in copy.params.items()}
+    for node in copy.nodes():  # later passes may change statistics in place (aciq's weight clips)
+        node.quant = deepcopy(node.quant)
+    return copy, prefix_records + PassManager(Pipeline(passes[split:])).run(copy, ctx)
+
+
 def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
                        reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list, Trial] | None:
     """The last resort: the closest pipeline that compiles in seconds, with the layers sensitivity ranks worst
     kept float, more of them until the target is met (each skip list checked with a real run; at most a
     quarter of the layers)."""
     from qcompile.diagnose.sensitivity import SensitivityAnalysis
-    from qcompile.pipeline import CALIBRATED, first_providing
 
     quick = [t for t in trials if "adaround" not in t.pipeline]
     if not quick:

@@ -74,3 +74,32 @@ def test_a_target_needs_data_and_one_pipeline_of_tools(tmp_path):
     out_of_range = qcompile("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--target-agreement", "1.5",
                             "-o", tmp_path / "c")
     assert out_of_range.returncode == 2 and "must be from 0 to 1" in out_of_range.stderr
+
+
+def test_pipelines_that_calibrate_alike_share_one_calibration_and_compute_the_same():
+    import torch
+
+    from qcompile.data import open_data
+    from qcompile.frontend.loaders import load_model
+    from qcompile.frontend.lower import lower
+    from qcompile.interpreter import Interpreter
+    from qcompile.ir import print_graph
+    from qcompile.pipeline import PassContext, PassManager
+    from qcompile.target_search import compiled
+
+    batches = list(open_data("builtin:mnist5k", limit=192, batch_size=64))
+    ctx = PassContext(calib_data=[(b[0],) for b in batches[:2]])
+    graph = lower(load_model("zoo:digit_cnn").module, (batches[2][0][:1],))
+    cache: dict = {}
+    for text in ("fuse,equalize,calibrate,convert{backend=gemmlowp}",
+                 "fuse,equalize,calibrate,aciq{weights=true},convert{backend=gemmlowp}",
+                 "fuse,equalize,calibrate,bias-correct,convert{backend=gemmlowp}",
+                 "fuse,equalize,calibrate,convert"):
+        shared, records = compiled(graph, parse_pipeline(text), ctx, cache)
+        alone = graph.copy()
+        PassManager(parse_pipeline(text)).run(alone, ctx)
+        assert [r.pass_.name for r in records] == [p.name for p in parse_pipeline(text).passes]
+        assert print_graph(shared) == print_graph(alone), text
+        x = batches[2][0]
+        assert torch.equal(Interpreter(shared).run(x), Interpreter(alone).run(x)), text
+    assert len(cache) == 3  # gemmlowp grids, the same with aciq's moments, native grids: calibrated once each
