@@ -120,11 +120,8 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
         if agree is None and target.agreement is not None:
             raise QCompileError("--target-agreement needs a model whose output holds class scores; this one's "
                                 f"has shape {list(outputs.shape)}", hint="aim at --target-sqnr DB instead")
-        trial = Trial(label, str(candidate), _agreement(outputs, reference),
-                      _finite(sqnr_db(outputs, reference)), time.perf_counter() - started)
-        trial.met = target.met_by(trial)
-        trials.append(trial)
-        log(f"qcompile: target: {'meets' if trial.met else 'misses'} {target.describe()}: {trial.describe()}")
+        trial = _scored(Trial(label, str(candidate), _agreement(outputs, reference),
+                              _finite(sqnr_db(outputs, reference)), time.perf_counter() - started), target, trials, log)
         if best is None or target.shortfall(trial) < target.shortfall(best[2]):
             best = (trial_graph, records, trial)
         if trial.met:
@@ -200,11 +197,9 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
             trial_graph = graph.copy()
             records = PassManager(Pipeline(passes)).run(trial_graph, ctx)
             outputs = _outputs(trial_graph, inputs)
-            trial = Trial(f"{base.label}, {len(skip)} layers kept float", base.pipeline, _agreement(outputs, reference),
-                          _finite(sqnr_db(outputs, reference)), time.perf_counter() - started, skip=list(skip))
-            trial.met = target.met_by(trial)
-            trials.append(trial)
-            log(f"qcompile: target: {'meets' if trial.met else 'misses'} {target.describe()}: {trial.describe()}")
+            trial = _scored(Trial(f"{base.label}, {len(skip)} layers kept float", base.pipeline,
+                                  _agreement(outputs, reference), _finite(sqnr_db(outputs, reference)),
+                                  time.perf_counter() - started, skip=list(skip)), target, trials, log)
             if closest is None or target.shortfall(trial) < target.shortfall(closest[2]):
                 closest = (trial_graph, records, trial)
             if trial.met:
@@ -212,6 +207,14 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
     finally:
         ctx.quant_config = config
     return closest
+
+
+def _scored(trial: Trial, target: Target, trials: list[Trial], log: Callable[[str], None]) -> Trial:
+    """``trial`` judged against ``target``, recorded and reported."""
+    trial.met = target.met_by(trial)
+    trials.append(trial)
+    log(f"qcompile: target: {'meets' if trial.met else 'misses'} {target.describe()}: {trial.describe()}")
+    return trial
 
 
 def _outputs(graph: Graph, inputs: list[tuple]) -> torch.Tensor:
