@@ -28,7 +28,7 @@ from qcompile.ir.graph import Graph
 from qcompile.output_check import CheckInputs, check_inputs, verify_outputs
 from qcompile.pipeline import Instrument, PassContext, PassRecord, Pipeline, parse_pipeline
 from qcompile.pipeline.manager import PassManager
-from qcompile.target_search import Target, Trial, search
+from qcompile.target_search import Target, Trial, chosen, search
 
 DEFAULT_PIPELINE = "fuse"
 
@@ -161,7 +161,7 @@ def compile_model(
     else:
         graph, records, trials = search(graph, pipeline, ctx, target, target_inputs, ctx.log)
         if not trials[-1].met:
-            best = min(trials, key=target.shortfall)
+            best = chosen(trials, target)
             missed = TargetMissed(f"no pipeline tried meets {target.describe()}; the closest was {best.describe()}",
                                   hint="lower the target, give more calibration data, or keep layers float "
                                        "(--sensitivity DB lists them)"

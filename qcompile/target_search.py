@@ -209,6 +209,11 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
     return closest
 
 
+def chosen(trials: list[Trial], target: Target) -> Trial:
+    """The trial a search settles on: the last, if it met the target; else the closest (the first of equals)."""
+    return trials[-1] if trials[-1].met else min(trials, key=target.shortfall)
+
+
 def _scored(trial: Trial, target: Target, trials: list[Trial], log: Callable[[str], None]) -> Trial:
     """``trial`` judged against ``target``, recorded and reported."""
     trial.met = target.met_by(trial)

@@ -1,4 +1,4 @@
-"""The command line's analyses after a compile run: ``--modes`` and the diagnostics.
+"""The command line's analyses after a compile run: ``--modes``, ``--entropy`` and the diagnostics.
 
 ``--modes`` (research, deployable and integer rows side by side) and
 ``--trace-error`` / ``--layers`` / ``--sensitivity`` / ``--report`` /
@@ -124,3 +124,17 @@ def _rerun_with_skips(args: argparse.Namespace, passes: str, skip: list[str]):
     return compile_model(args.model, passes=passes, input_shapes=args.input_shape, weights=args.weights,
                          trust_pickle=args.trust_pickle, ctx=ctx, calib=args.calib, calib_samples=args.calib_samples,
                          batch_size=args.batch_size, preprocess=args.preprocess).graph
+
+
+def report_entropy(args: argparse.Namespace, result) -> None:
+    from qcompile.data import open_data
+    from qcompile.quant.entropy import code_entropy
+
+    if "converted" not in result.graph.facts or args.calib is None:
+        raise QCompileError("--entropy needs a converted graph and --calib data")
+    rows, average = code_entropy(result.graph, open_data(args.calib, preprocess=args.preprocess,
+                                                         limit=args.calib_samples, batch_size=args.batch_size))
+    print("| tensor | kind | bits per value | values |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")
+    print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 
 from qcompile.backends.grids import backend_of
 from qcompile.backends.torch_ao.warnings import ignore_torch_deprecations
-from qcompile.cli.argtypes import finite_float, fraction, positive_int
+from qcompile.cli.argtypes import finite_float, positive_int
 from qcompile.cli.compare_command import run_compare
 from qcompile.cli.defaults import EXIT_STATUS, RECOMMENDED_PIPELINE, recommended_passes
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
+    report_entropy,
     report_modes,
     run_diagnostics,
 )
@@ -33,6 +34,7 @@ from qcompile.cli.listing import list_passes, list_zoo
 from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
 from qcompile.cli.progress import ProgressPrinter
 from qcompile.cli.ranks import RUNS_PASSES, environment_rank, join_world, parse_quietly
+from qcompile.cli.target_options import accuracy_target, add_target_arguments
 from qcompile.cli.verdict_command import print_verdict, run_verdict
 from qcompile.distributed import World, single_process
 from qcompile.errors import CheckFailed, QCompileError, TargetMissed
@@ -146,14 +148,7 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            "or --calib after the first --calib-samples)")
     compile_p.add_argument("--check-samples", type=positive_int, default=64, metavar="N",
                            help="samples of that data the verdict and --check score on (64)")
-    compile_p.add_argument("--target-agreement", type=fraction, metavar="A",
-                           help="search for the cheapest pipeline whose top-1 agreement with float reaches A on "
-                           "the verdict's held-out samples: yours first, then equalization, gemmlowp's 8-bit "
-                           "grids, bias correction, learned rounding; exit 4 without writing if none does")
-    compile_p.add_argument("--target-sqnr", type=finite_float, metavar="DB",
-                           help="likewise for the output SQNR against float (with --target-agreement: both)")
-    compile_p.add_argument("--write-best", action="store_true",
-                           help="with a target that no pipeline meets, write the closest anyway (still exit 4)")
+    add_target_arguments(compile_p)
     compile_p.add_argument("--no-verdict", action="store_true",
                            help="skip the verdict after the compile (size, closeness to float, latency, float "
                            "layers, advice; a few seconds)")
@@ -296,7 +291,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
     preflight = before_write(args) if command == "compile" else None  # builds the ONNX model once, before OUT
     if diagnostics is not None:
         instruments.extend(diagnostics.instruments())
-    target, target_inputs = _target(args, world, instruments) if command == "compile" else (None, None)
+    target, target_inputs = accuracy_target(args, world, instruments) if command == "compile" else (None, None)
     from qcompile.quant.config import load_quant_config
 
     quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
@@ -331,8 +326,10 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         write_best=getattr(args, "write_best", False),
     ) if pipeline is not None else _lower_only(args)
     if result.trials:  # what the search chose is what was compiled
-        chosen = result.trials[-1] if result.trials[-1].met else min(result.trials, key=target.shortfall)
-        pipeline = parse_pipeline(chosen.pipeline)
+        from qcompile.target_search import chosen
+
+        picked = chosen(result.trials, target)
+        pipeline = parse_pipeline(picked.pipeline)
     world.finished = True
     if not world.is_main:
         return 0
@@ -363,7 +360,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         print(f"qcompile: wrote {staged.target / path.name} (reloaded: outputs identical within {diff:.3g})",
               file=sys.stderr)
     if command == "compile" and args.entropy:
-        _report_entropy(args, result)
+        report_entropy(args, result)
     if command == "compile" and "onnx" in args.export:
         export_onnx_and_check(args, result, progress, preflight)
     if snapshot is not None:
@@ -379,50 +376,12 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         if verdict is not None:
             print_verdict(verdict, as_json=args.json)
         if result.trials and not result.trials[-1].met:
-            print(f"qcompile: target missed: wrote the closest pipeline, {chosen.describe()} (--write-best)",
+            print(f"qcompile: target missed: wrote the closest pipeline, {picked.describe()} (--write-best)",
                   file=sys.stderr)
             return 4
     else:
         _show(result.graph, args)
     return 0
-
-
-def _target(args: argparse.Namespace, world: World, instruments: list):
-    """The accuracy target of --target-agreement / --target-sqnr, and the held-out inputs it is scored on."""
-    from qcompile.target_search import Target
-    from qcompile.verdict import verdict_data
-
-    if args.target_agreement is None and args.target_sqnr is None:
-        if args.write_best:
-            raise QCompileError("--write-best goes with an accuracy target",
-                                hint="add --target-agreement A or --target-sqnr DB")
-        return None, None
-    if args.calib is None:
-        raise QCompileError("an accuracy target needs calibration data", hint="pass --calib DATA")
-    if instruments or args.modes or world.size > 1:
-        raise QCompileError("an accuracy target runs several pipelines; diagnostics, --timing, --print-after, "
-                            "--dump-dir, --modes and torchrun follow one",
-                            hint="search first, then run the chosen pipeline (printed) again with them")
-    data = verdict_data(check_data=args.check_data, calib=args.calib, calib_samples=args.calib_samples,
-                        samples=args.check_samples, preprocess=args.preprocess, batch_size=args.batch_size)
-    target = Target(args.target_agreement, args.target_sqnr)
-    seen = "" if data.held_out else " (calibration saw them: pass --check-data for held-out ones)"
-    print(f"qcompile: target: {target.describe()} on {data.description}{seen}", file=sys.stderr)
-    return target, [inputs for inputs, _ in data.batches]
-
-
-def _report_entropy(args: argparse.Namespace, result) -> None:
-    from qcompile.data import open_data
-    from qcompile.quant.entropy import code_entropy
-
-    if "converted" not in result.graph.facts or args.calib is None:
-        raise QCompileError("--entropy needs a converted graph and --calib data")
-    rows, average = code_entropy(result.graph, open_data(args.calib, preprocess=args.preprocess,
-                                                         limit=args.calib_samples, batch_size=args.batch_size))
-    print("| tensor | kind | bits per value | values |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")
-    print(f"| all | weighted by values | {average:.3f} | {sum(r.values for r in rows)} |")
 
 
 def _with_backend(pipeline, backend: str):
