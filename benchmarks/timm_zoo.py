@@ -6,14 +6,17 @@
 Each model is ``timm.create_model(name, pretrained=False)`` with seeded random
 weights and randomized batch-norm statistics (as the torchvision zoo test),
 lowered with torch.fx, compiled with ``ptq`` (``x86`` preset) on two random
-batches, and scored on a third: the batch norms the model has, those left
+batches of two, and scored on eight other random images: the batch norms the model has, those left
 after ``fuse`` (a batch norm that reads no conv's sole output, such as a
 pre-activation one, cannot fold and is quantized on its own), the
 quantize/dequantize pairs (1 when the whole model is one int8 region), the
 emitted module's output SQNR against float, torch.ao FX's (``x86`` qconfig
 mapping, same data) where FX traces the model, and the ONNX export run in
 onnxruntime against the emitted module (share of outputs within 1 LSB) and
-against float (SQNR). An error stops only its row.
+against float (SQNR), and what ``--check`` says of it: ``passes`` (within
+1 LSB), ``passes (rounding)`` (more than 1 LSB apart, but as close to float
+as the module, :mod:`qcompile.onnx.runtime.verdict`) or ``FAILS``. An error
+stops only its row.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.cpu_features import describe_cpu  # noqa: E402
 from qcompile.diagnose.metrics import sqnr_db  # noqa: E402
+from qcompile.errors import CheckFailed  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
-from qcompile.onnx.runtime.check import output_scale  # noqa: E402
+from qcompile.onnx.runtime.check import check_onnx, concatenated_outputs, output_scale, output_scales  # noqa: E402
 from qcompile.onnx.runtime.session import OnnxModel  # noqa: E402
+from qcompile.onnx.runtime.verdict import against_float  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 from tests.models import randomize_batch_norm  # noqa: E402
@@ -64,7 +69,8 @@ def measure(name: str) -> dict:
     torch.manual_seed(0)
     model = randomize_batch_norm(timm.create_model(name, pretrained=False).eval())
     size = model.default_cfg.get("input_size", (3, 224, 224))[-1]
-    batches = [torch.randn(2, 3, size, size) for _ in range(3)]
+    batches = [torch.randn(2, 3, size, size) for _ in range(2)]
+    scored = [(torch.randn(2, 3, size, size),) for _ in range(4)]
     row: dict = {"model": name, "input": size}
     started = time.perf_counter()
     graph = lower(model, (batches[0][:1],))
@@ -73,34 +79,46 @@ def measure(name: str) -> dict:
     run_pipeline(graph, "fuse", PassContext())
     row["left after fuse"] = _batch_norms(graph)
     run_pipeline(graph, "stubs,observe,calibrate,convert",
-                 PassContext(calib_data=[(b,) for b in batches[:2]], quant_config=config))
+                 PassContext(calib_data=[(b,) for b in batches], quant_config=config))
     row["dequantize"] = sum(1 for n in graph.nodes() if n.op == "dequantize")
     with tempfile.TemporaryDirectory() as tmp:
         write_model(graph, Path(tmp) / "int8")
+        emitted = load_model(Path(tmp) / "int8")
         with torch.no_grad():
-            want, int8 = model(batches[2]), load_model(Path(tmp) / "int8")(batches[2])
+            want, int8 = concatenated_outputs(model, scored)[0], concatenated_outputs(emitted, scored)[0]
         row["SQNR int8 (dB)"] = round(sqnr_db(int8, want), 2)
         row["seconds"] = round(time.perf_counter() - started, 1)
-        row["SQNR torch.ao FX (dB)"] = _fx_sqnr(model, batches)
+        row["SQNR torch.ao FX (dB)"] = _fx_sqnr(model, batches, scored, want)
         try:
             path = export_onnx(graph, Path(tmp) / "model.onnx")
-            got = OnnxModel(path, 2)(batches[2])
+            got = concatenated_outputs(OnnxModel(path, 2), scored)[0]
             scale = output_scale(graph)
             steps = ((got - int8).abs() / scale).round() if scale else None
             row["ONNX within 1 LSB"] = round(float((steps <= 1).float().mean()), 4) if steps is not None else None
             row["SQNR ONNX (dB)"] = round(sqnr_db(got, want), 2)
+            row["--check"] = _check(path, emitted, model, graph, scored)
         except Exception as exc:  # noqa: BLE001 - a row records what stopped it
             row["ONNX"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     return row
 
 
-def _fx_sqnr(model, batches) -> float | str:
+def _check(path, emitted, model, graph, scored) -> str:
+    """What ``--check`` concludes of the export on the scored images."""
+    try:
+        check_onnx(path, emitted, scored, output_scales(graph), graph=graph)
+        return "passes"
+    except CheckFailed:
+        verdicts = against_float(model, path, emitted, scored)
+        return "passes (rounding)" if all(v.as_close for v in verdicts) else "FAILS"
+
+
+def _fx_sqnr(model, batches, scored, want) -> float | str:
     from tests.torchao_reference import fx_quantize
 
     try:
-        reference = fx_quantize(model, [(b,) for b in batches[:2]], "x86")
+        reference = fx_quantize(model, [(b,) for b in batches], "x86")
         with torch.no_grad():
-            return round(sqnr_db(reference(batches[2]), model(batches[2])), 2)
+            return round(sqnr_db(concatenated_outputs(reference, scored)[0], want), 2)
     except Exception as exc:  # noqa: BLE001 - FX does not trace every model
         return f"FX fails: {type(exc).__name__}"
 
@@ -121,14 +139,14 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     columns = ["model", "batch norms", "left after fuse", "dequantize", "SQNR int8 (dB)", "SQNR torch.ao FX (dB)",
-               "ONNX within 1 LSB", "SQNR ONNX (dB)", "seconds"]
+               "ONNX within 1 LSB", "SQNR ONNX (dB)", "--check", "seconds"]
     print(f"CPU: {describe_cpu()}; torch {torch.__version__}\n")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
         if "error" in row:
             print(f"| {row['model']} | " + f"error: {row['error']} |" + " |" * (len(columns) - 2))
             continue
-        cells = [row.get(c, row.get("ONNX", "-")) if c.startswith(("ONNX", "SQNR ONNX")) else row.get(c, "-")
+        cells = [row.get(c, row.get("ONNX", "-")) if c.startswith(("ONNX", "SQNR ONNX", "--check")) else row.get(c, "-")
                  for c in columns]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     if args.json:

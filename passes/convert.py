@@ -4,7 +4,9 @@ requires: ``calibrated``    provides: ``converted``
 
 First every decision is made, the same for every backend: qparams from each
 value's statistics (or an analytic clip range, when a pass set one) and its
-observer's grid; weight bits (``weight-bits``, ReLU6 grids widened, below).
+observer's grid; a concatenation's grid given to the layers that make its
+inputs, so that it copies codes instead of requantizing them
+(:mod:`qcompile.quant.cat_grids`); weight bits (``weight-bits``, ReLU6 grids widened, below).
 Then the quantized region is lowered onto one backend in
 ``qcompile/backends/``, each from those decisions, never through another:
 ``gemmlowp`` is ``integerize`` (the neutral integer stage: weights as integer
@@ -58,14 +60,16 @@ from qcompile.pipeline import (
     option,
     register_pass,
 )
+from qcompile.quant.cat_grids import share_cat_grids
 from qcompile.quant.clamps import clamp_to_bits
 from qcompile.quant.op_table import FIXED, SPLITS
 from qcompile.quant.qparams import qparams_from_range
 from qcompile.quant.relu6_grid import widen_relu6_grids
 
 
-def choose_qparams(graph: Graph) -> None:
-    """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids."""
+def choose_qparams(graph: Graph) -> int:
+    """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids (a cat's inputs on
+    its grid, :mod:`qcompile.quant.cat_grids`); returns the number of cats that copy codes."""
     for node in graph.nodes():
         q = node.quant
         if q.channel_bits is not None:
@@ -88,10 +92,12 @@ def choose_qparams(graph: Graph) -> None:
         if q.mode == "static" and node.op in FIXED and q.stats is None:
             scale, zero_point = FIXED[node.op]
             q.qparams = QParams(torch.tensor(scale), torch.tensor(zero_point), "uint8", 0, 255)
+    cats = share_cat_grids(graph)
     for node in graph.nodes():
         if node.quant.shares is not None:
             owner = graph.node(node.quant.shares)
             node.quant.qparams = owner.quant.qparams
+    return cats
 
 
 def decide_grids(graph: Graph, convert: Convert) -> dict[str, int]:
@@ -100,8 +106,8 @@ def decide_grids(graph: Graph, convert: Convert) -> dict[str, int]:
     Passes that must know the integer model's exact weight grid before
     ``convert`` runs (``adaround``) call this on a copy of the graph.
     """
-    choose_qparams(graph)
-    counts: dict[str, int] = {}
+    cats = choose_qparams(graph)
+    counts: dict[str, int] = {"cats on their inputs' grid": cats} if cats else {}
     if convert.weight_bits < 8:
         for node in graph.nodes():
             q = node.quant

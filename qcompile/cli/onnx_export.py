@@ -70,22 +70,6 @@ def before_write(args: argparse.Namespace) -> Preflight | None:
     return Preflight(args) if "onnx" in args.export or _scored(args) else None
 
 
-def _against_float(reference, path, emitted, batches: list):
-    """Per output, the export's and the module's closeness to the float model ``reference`` on ``batches``
-    (:mod:`qcompile.onnx.runtime.verdict`); None without the float model."""
-    import torch
-
-    from qcompile.onnx.runtime.check import concatenated_outputs
-    from qcompile.onnx.runtime.session import OnnxModel
-    from qcompile.onnx.runtime.verdict import judge
-
-    if reference is None:
-        return None
-    with torch.no_grad():
-        return judge(concatenated_outputs(OnnxModel(path, 1, True), batches),
-                     concatenated_outputs(emitted, batches), concatenated_outputs(reference, batches))
-
-
 def export_onnx_and_check(args: argparse.Namespace, result, progress=None, preflight: Preflight | None = None) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
     comparison with the emitted model in onnxruntime. Where their outputs differ by more than one step, the
@@ -99,6 +83,7 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None, prefl
     from qcompile.onnx.fused_dynamic import uses_fused_kernels
     from qcompile.onnx.runtime.check import HEADER, check_onnx, output_scales
     from qcompile.onnx.runtime.narrow_convs import recorded
+    from qcompile.onnx.runtime.verdict import against_float
 
     if args.onnx_narrow_convs == "measure":
         print(f"qcompile: onnx: timing the whole model with each rewrite of its narrow convolutions against it "
@@ -123,7 +108,7 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None, prefl
         results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph,
                              progress=progress)
     except CheckFailed as failed:
-        verdicts = _against_float(result.float_module, path, emitted, batches)
+        verdicts = against_float(result.float_module, path, emitted, batches)
         if verdicts is None or not all(v.as_close for v in verdicts):
             details = "; ".join(v.describe() for v in verdicts or [])
             raise CheckFailed(failed.message + (f". Against the float model, {details}" if details else ""),

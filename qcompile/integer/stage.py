@@ -222,6 +222,8 @@ def _rewrite(graph: Graph, node: Node) -> bool:
         _max_pool(graph, node)
     elif node.op == "view":
         view_as_reshape(node)
+    elif node.op == "cat":  # copies codes where its inputs write its grid (qcompile.quant.cat_grids)
+        return all(node.quant.qparams.same_grid(i.quant.qparams) for i in graph.inputs(node))
     elif zero_pad_widths(node) is not None:
         _pad_with_zero_point(graph, node)
     elif node.op not in _AS_IS:

@@ -162,6 +162,12 @@ class QParams:
     def per_channel(self) -> bool:
         return self.axis is not None
 
+    def same_grid(self, other: QParams | None) -> bool:
+        """Whether ``other`` is the same grid: the same codes mean the same values."""
+        return (other is not None and self.dtype == other.dtype and self.axis == other.axis
+                and (self.quant_min, self.quant_max) == (other.quant_min, other.quant_max)
+                and torch.equal(self.scale, other.scale) and torch.equal(self.zero_point, other.zero_point))
+
     def describe(self) -> str:
         if self.per_channel:
             return f"{self.dtype} scale=[{self.scale.numel()} channels] axis={self.axis}"

@@ -24,7 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from qcompile.diagnose.metrics import agreement, sqnr_db
+from qcompile.onnx.runtime.check import concatenated_outputs
+from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.output_check import flatten
 
 SQNR_SLACK_DB = 1.0
@@ -68,3 +72,13 @@ def judge(export_outputs, module_outputs, float_outputs) -> list[OutputVerdict]:
         raise ValueError(f"{len(exports)} export outputs, {len(modules)} module outputs, {len(floats)} float ones")
     return [OutputVerdict(i, sqnr_db(m, f), sqnr_db(e, f), agreement(m, f), agreement(e, f), len(f))
             for i, (e, m, f) in enumerate(zip(exports, modules, floats, strict=True))]
+
+
+def against_float(reference, path, emitted, batches: list) -> list[OutputVerdict] | None:
+    """Per output, the export at ``path`` (onnxruntime, optimizations on) and the emitted module, each against
+    the float model ``reference`` on ``batches`` (tuples, one tensor per input); None without the float model."""
+    if reference is None:
+        return None
+    with torch.no_grad():
+        return judge(concatenated_outputs(OnnxModel(path, 1, True), batches),
+                     concatenated_outputs(emitted, batches), concatenated_outputs(reference, batches))
