@@ -6,6 +6,7 @@ Patterns, each optional part in brackets::
 
     conv{1,2,3}d [-> batch_norm{1,2,3}d] [-> relu | relu6]
     linear       [-> batch_norm1d]       [-> relu | relu6]
+    cat(conv, conv, ...) over channels   -> batch_norm  [-> relu | relu6]
     add | mul (of two tensors)           -> relu
 
 BatchNorm folds into the weights (W' = W * g / sqrt(var + eps),
@@ -20,6 +21,24 @@ the output's distribution was trained to be, for data-free passes such as
     %relu  = relu(%bn1) : f32[1,64,112,112]
 
     %conv1 = conv2d(%x, $conv1.weight, $conv1.bias) : f32[1,64,112,112] {act='relu', ...}
+
+A norm after a concatenation of convs over channels (MixNet's mixed
+convolution: a conv per group of channels, concatenated, one norm) folds
+slice by slice into the convs that make its channels, and an activation
+after it fuses into each of them (``relu(cat(a, b)) = cat(relu(a), relu(b))``).
+``nn.Identity()`` modules go first: timm's norm layers put one between the
+norm and its activation. Before and after, on timm's MixNet-S::
+
+    %blocks_1_0_conv_pw_0 = conv2d(%getitem, $blocks.1.0.conv_pw.0.weight) : f32[1,48,112,112] {bias=False, ...}
+    %blocks_1_0_conv_pw_1 = conv2d(%getitem_1, $blocks.1.0.conv_pw.1.weight) : f32[1,48,112,112] {bias=False, ...}
+    %cat                  = cat([%blocks_1_0_conv_pw_0, %blocks_1_0_conv_pw_1], 1) : f32[1,96,112,112]
+    %blocks_1_0_bn1       = batch_norm2d(%cat, $blocks.1.0.bn1.{weight,bias,running_mean,...}) : f32[1,96,112,112]
+    %blocks_1_0_bn1_drop  = identity(%blocks_1_0_bn1) : f32[1,96,112,112]
+    %blocks_1_0_bn1_act   = relu(%blocks_1_0_bn1_drop) : f32[1,96,112,112]
+
+    %blocks_1_0_conv_pw_0 = conv2d(%getitem, $blocks.1.0.conv_pw.0.{weight,bias}) : f32[1,48,112,112] {act='relu', ...}
+    %blocks_1_0_conv_pw_1 = conv2d(%getitem_1, $blocks.1.0.conv_pw.1.{weight,bias}) : f32[1,48,112,112] {act='relu', ...}
+    %cat                  = cat([%blocks_1_0_conv_pw_0, %blocks_1_0_conv_pw_1], 1) : f32[1,96,112,112]
 
 A candidate is left alone when the intermediate value has other readers, the
 weights are shared with another node, or the conv already carries an
@@ -109,6 +128,9 @@ class Fuse(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         counts: dict[str, int] = {}
+        identities = _drop_identities(graph)
+        if identities:
+            counts["identity removed"] = identities
         # how many nodes read each parameter (fusion never adds readers to existing ones)
         readers = Counter(p for n in graph.nodes() for p in set(n.params.values()))
         for node in graph.find(kind=NodeKind.MODULE):
@@ -122,6 +144,11 @@ class Fuse(Pass):
                     pattern = self._fuse_activation(graph, node, ("relu",), ctx)
                     if pattern:
                         counts[pattern] = counts.get(pattern, 0) + 1
+        for node in graph.nodes():
+            if self.batch_norm and node.op in _NORMS and node in graph:
+                pattern = self._fold_after_cat(graph, node, ctx, readers)
+                if pattern:
+                    counts[pattern] = counts.get(pattern, 0) + 1
         for node in graph.nodes():
             if node.op in _NORMS:
                 ctx.explain(f"%{node.name} ({node.op}) stays: no conv/linear feeds it alone")
@@ -163,11 +190,49 @@ class Fuse(Pass):
         graph.erase(next_node)
         return f"{node.op}+{next_node.op}"
 
-    def _fold(self, graph: Graph, node: Node, bn: Node) -> None:
+    def _fold_after_cat(self, graph: Graph, bn: Node, ctx: PassContext, readers: Counter) -> str:
+        """Fold a norm after a channel concatenation of convs into them, a slice each; then the activation."""
+        cat = graph.inputs(bn)[0]
+        if cat.op != "cat" or bn.kind != NodeKind.MODULE or bn.attrs.get("track_running_stats") is False:
+            return ""
+        convs = graph.inputs(cat)
+        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+        channels = sum(graph.param(c, "weight").shape[0] for c in convs if c.op in _WEIGHTED and "weight" in c.params)
+        foldable = (_sole_consumer(graph, cat)[0] is bn and isinstance(dim, int) and isinstance(cat.type, TensorType)
+                    and dim % len(cat.type.shape) == 1 and len({c.name for c in convs}) == len(convs)
+                    and all(c.op in _WEIGHTED and c.kind == NodeKind.MODULE and not c.act
+                            and len(graph.uses(c)) == 1 and not any(readers[p] > 1 for p in c.params.values())
+                            for c in convs)
+                    and channels == graph.param(bn, "running_mean").numel())
+        if not foldable:
+            ctx.explain(f"%{bn.name} stays: %{cat.name} is not a channel concatenation of convs read by it alone")
+            return ""
         bn_state = {key: graph.params[name] for key, name in bn.params.items()}
-        weight, bias = fold_batch_norm(
-            graph.param(node, "weight"), graph.param(node, "bias"), bn_state, bn.attrs["eps"]
-        )
+        start = 0
+        for conv in convs:
+            width = graph.param(conv, "weight").shape[0]
+            part = {k: v[start:start + width] if v.dim() == 1 else v for k, v in bn_state.items()}
+            self._fold_state(graph, conv, part, bn.attrs["eps"])
+            start += width
+        graph.replace_all_uses(bn, cat)
+        graph.erase(bn)
+        act, _ = _sole_consumer(graph, cat)
+        if act is None or not _is_activation(act) or act.op not in self.activations:
+            return f"cat+{bn.op}"
+        for conv in convs:
+            conv.act = act.op
+        graph.replace_all_uses(act, cat)
+        graph.erase(act)
+        return f"cat+{bn.op}+{act.op}"
+
+    def _fold(self, graph: Graph, node: Node, bn: Node) -> None:
+        self._fold_state(graph, node, {key: graph.params[name] for key, name in bn.params.items()}, bn.attrs["eps"])
+        graph.replace_all_uses(bn, node)
+        graph.erase(bn)
+
+    def _fold_state(self, graph: Graph, node: Node, bn_state: dict, eps: float) -> None:
+        """Fold a norm's statistics and affine (one entry per output channel of ``node``) into its weights."""
+        weight, bias = fold_batch_norm(graph.param(node, "weight"), graph.param(node, "bias"), bn_state, eps)
         graph.params[node.params["weight"]] = weight
         node.norm_prior = _norm_prior(bn_state, weight.shape[0])
         if "bias" in node.params:
@@ -175,8 +240,6 @@ class Fuse(Pass):
         else:
             node.params["bias"] = graph.add_param(f"{node.source.module_path or node.name}.bias", bias)
             node.attrs["bias"] = True
-        graph.replace_all_uses(bn, node)
-        graph.erase(bn)
 
 
 def _norm_prior(bn_state: dict, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +248,17 @@ def _norm_prior(bn_state: dict, channels: int) -> tuple[torch.Tensor, torch.Tens
     std = torch.ones(channels) if gamma is None else gamma.detach().abs().clone()
     mean = torch.zeros(channels) if beta is None else beta.detach().clone()
     return mean, std
+
+
+def _drop_identities(graph: Graph) -> int:
+    """Erase ``nn.Identity()`` modules, which stand between a norm and its activation in timm's blocks."""
+    dropped = 0
+    for node in graph.nodes():
+        if node.op == "identity" and node.kind == NodeKind.MODULE and node.args == (Ref(0),) and not node.kwargs:
+            graph.replace_all_uses(node, graph.inputs(node)[0])
+            graph.erase(node)
+            dropped += 1
+    return dropped
 
 
 def _two_tensor_operands(graph: Graph, node: Node) -> bool:

@@ -160,3 +160,39 @@ def test_mixed_model_fusions_and_numbers():
     assert result.stats == {"conv2d+batch_norm2d+relu": 1, "conv2d+relu": 1}
     for got, want in zip(Interpreter(g).run(x), model(x), strict=True):
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+class _MixedConvNorm(nn.Module):
+    """MixNet's block in timm's style: a conv per group of channels, concatenated, one norm, an identity, a
+    ReLU; ``pool=True`` concatenates a pooled input instead, which has no weights to fold into."""
+
+    def __init__(self, pool: bool = False):
+        super().__init__()
+        self.pool = pool
+        self.convs = nn.ModuleList([nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.Conv2d(2, 6, 5, padding=2)])
+        self.bn, self.drop, self.act = nn.BatchNorm2d(10 if not pool else 7), nn.Identity(), nn.ReLU()
+
+    def forward(self, x):
+        parts = torch.split(x, [1, 2], dim=1)
+        made = [self.convs[0](parts[0]), self.convs[1](parts[1])]
+        if self.pool:
+            made = [made[1], F.max_pool2d(parts[0], 3, 1, 1)]
+        return self.act(self.drop(self.bn(torch.cat(made, dim=1))))
+
+
+def test_a_norm_after_a_channel_concatenation_of_convs_folds_into_them():
+    model = randomize_batch_norm(_MixedConvNorm()).eval()
+    g, result, _, x = _run(model)
+    assert result.stats == {"identity removed": 1, "cat+batch_norm2d+relu": 1}
+    assert sorted(n.op for n in g.nodes()) == ["cat", "conv2d", "conv2d", "getitem", "getitem", "input", "output", "split"]
+    assert all(n.act == "relu" and n.attrs["bias"] is True for n in g.find(op="conv2d"))
+    with torch.no_grad():
+        ref = model(x)
+        assert (Interpreter(g).run(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_a_norm_after_a_concatenation_with_other_inputs_stays():
+    g, result, ctx, _ = _run(randomize_batch_norm(_MixedConvNorm(pool=True)).eval())
+    assert result.stats == {"identity removed": 1}
+    assert len(g.find(op="batch_norm2d")) == 1
+    assert any("is not a channel concatenation of convs read by it alone" in m for _, m in ctx.explanations)
