@@ -5,7 +5,7 @@ rounding, onto a second grid for the same numbers. Where each input of a cat
 comes from a layer with a grid of its own (a conv, an add, a quantize stub,
 another cat), followed by nothing but ops that keep that grid and are their
 input's only reader (a ReLU, timm's ``nn.Identity()``, a pool), the cat and
-those layers get the cat's grid, and the cat copies codes. torch.ao's
+those layers get the cat's grid, and the cat copies codes. PyTorch's own
 quantizers share one observer between a cat's inputs and its output for the
 same reason. The grid is the cat's own: its calibration saw every value it
 copies (a histogram observer's range over all of them, which may clip the
