@@ -73,6 +73,14 @@ class QAdd(reference.QAdd):
                                        self.clamp_max)
 
 
+class QMul(reference.QMul):
+    """``a * b`` of two uint8 tensors on their own grids (``b`` may broadcast), onto the output grid."""
+
+
+class QLookup(reference.QLookup):
+    """An elementwise function of uint8 codes as a 256-entry table (a gather)."""
+
+
 class QClamp(reference.QClamp):
     """Clamp uint8 codes: ReLU / ReLU6 / hardtanh on a quantized grid, and the M-bit range."""
 

@@ -113,3 +113,44 @@ def test_pipelines_that_leave_the_stage_twice_are_refused_when_parsed(text, mess
 def test_lower_alone_gets_the_integer_stage_before_it():
     pipeline = parse_pipeline("fuse,calibrate,lower{backend=gemmlowp}")
     assert [p.name for p in pipeline.passes][-2:] == ["integerize", "lower"]
+
+
+def test_squeeze_excitation_and_hard_activations_run_on_the_integer_stage(tmp_path):
+    """MobileNetV3's ops beyond convs and adds: the SE block's broadcast mul (QMul), hardswish and the hard
+    sigmoid gate (QLookup tables), all on the stage and its kernels, value for value, and in ONNX."""
+    import torchvision
+
+    from qcompile.codegen import load_model as load_emitted
+    from qcompile.codegen import write_model
+    from qcompile.diagnose.metrics import sqnr_db
+    from qcompile.onnx.runtime.check import check_onnx, output_scale
+    from tests.models import randomize_batch_norm
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(torchvision.models.mobilenet_v3_small().eval())
+    photos = [b[0] for b in open_data("builtin:photos", limit=24, batch_size=8)]
+    calib, x = [(b,) for b in photos[:2]], photos[2]
+    graphs = {}
+    for passes in ("fuse,calibrate,integerize", "fuse,calibrate,convert{backend=gemmlowp}", "fuse,calibrate,convert"):
+        graphs[passes] = lower(model, (x[:1],))
+        run_pipeline(graphs[passes], passes, PassContext(calib_data=calib))
+    stage, kernels, native = graphs.values()
+    targets = [n.target.rsplit(".", 1)[1] for n in stage.nodes() if n.target and ".integer.reference." in n.target]
+    assert targets.count("QMul") == 9 and targets.count("QLookup") == 19 + 9  # hardswish, hard sigmoid
+    reference, fast = _values(stage, x), _values(kernels, x)
+    assert all(torch.equal(reference[n.name], fast[n.name]) for n in stage.nodes() if n.name in fast
+               and reference[n.name].dtype == torch.uint8)
+    gate = next(n for n in stage.nodes() if n.op == "hardsigmoid")  # the table is the function, code for code
+    codes = torch.arange(256)
+    q_in, q_out = stage.inputs(gate)[0].quant.qparams, gate.quant.qparams
+    want = torch.nn.functional.hardsigmoid(q_in.scale * (codes - q_in.zero_point))
+    got = q_out.scale * (stage.param(gate, "table").long() - q_out.zero_point)
+    assert float((got - want).abs().max()) <= float(q_out.scale) / 2 + 1e-6
+    with torch.no_grad():
+        want = model(x)
+        assert sqnr_db(fast["output"], want) > sqnr_db(Interpreter(native).run(x), want)  # full 8-bit grids
+    write_model(kernels, tmp_path / "int8")
+    emitted = load_emitted(tmp_path / "int8")
+    (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
+                           graph=kernels, min_share=0.0)
+    assert off.within_1_lsb >= 0.98 and on.within_1_lsb >= 0.98

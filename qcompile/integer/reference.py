@@ -140,6 +140,37 @@ class QAdd(nn.Module):
                             zero_point, self.clamp_min, self.clamp_max)
 
 
+class QMul(nn.Module):
+    """``a * b`` on their own grids onto the output grid: the product of the centred codes (at most 255^2 in
+    magnitude), requantized by ``s_a s_b / s_out``, then zero point and clamp; ``b`` may broadcast (a
+    squeeze-and-excitation block's per-channel scale)."""
+
+    def __init__(self, a_zero_point: int = 0, b_zero_point: int = 0, output_multiplier: int = 0,
+                 output_exponent: int = 0, output_zero_point: int = 0, clamp_min: int = 0, clamp_max: int = 255):
+        super().__init__()
+        self.a_zero_point, self.b_zero_point = a_zero_point, b_zero_point
+        self.output = (output_multiplier, output_exponent, output_zero_point)
+        self.clamp_min, self.clamp_max = clamp_min, clamp_max
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        product = (a.long() - self.a_zero_point) * (b.long() - self.b_zero_point)
+        m0, exponent, zero_point = self.output
+        return output_stage(product, torch.zeros((), dtype=torch.int64), torch.tensor(m0), torch.tensor(exponent),
+                            zero_point, self.clamp_min, self.clamp_max)
+
+
+class QLookup(nn.Module):
+    """A function of one value (sigmoid, hardswish, ...) as a table of its 256 output codes, one per input code:
+    the exact integer form of any elementwise op from one grid to another."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.zeros(256, dtype=torch.uint8))
+
+    def forward(self, q: Tensor) -> Tensor:
+        return self.table[q.long()]
+
+
 class QClamp(nn.Module):
     """Codes clamped to ``[clamp_min, clamp_max]``: ReLU, ReLU6, hardtanh on a grid, an M-bit range."""
 

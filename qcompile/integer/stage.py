@@ -13,7 +13,13 @@ involved; the stage says, for every value and weight:
   the multiplier ``s_in * s_w / s_out`` as gemmlowp's ``(m0, exponent)``
   (spec section 7); a fused ReLU is the clamp at the output zero point;
 * add: TFLite's scheme (both inputs onto a grid 2^20 times finer, add,
-  requantize), its three multipliers as ``(m0, exponent)`` pairs;
+  requantize), its three multipliers as ``(m0, exponent)`` pairs; mul: the
+  product of the centred codes, requantized by ``s_a s_b / s_out``;
+* sigmoid, hard sigmoid, tanh, hardswish, leaky ReLU: a table of 256 output
+  codes, one per input code (the function at the value the code stands for,
+  quantized onto the output grid);
+* a cat whose inputs are on its grid (:mod:`qcompile.quant.cat_grids`)
+  concatenates the codes;
 * ReLU / ReLU6 / hardtanh / the sub-8-bit clamps (:mod:`qcompile.quant.clamps`):
   clamps of the codes, folded into the output stage of the conv / linear /
   add that makes their input when nothing else reads it (a clamp of a clamp
@@ -38,6 +44,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from qcompile.backends.channels_last import view_as_reshape
 from qcompile.errors import QCompileError
@@ -47,7 +54,7 @@ from qcompile.ir.node import Node, NodeKind, Ref
 from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
 from qcompile.kernels.cpu import add_multipliers
-from qcompile.kernels.fixed_point import quantize_multiplier, quantize_multipliers
+from qcompile.kernels.fixed_point import dequantize, quantize, quantize_multiplier, quantize_multipliers
 from qcompile.quant.clamps import clamp_to_bits, split_relu6
 from qcompile.quant.integer_weights import integer_weight
 from qcompile.quant.op_table import SPLITS, zero_pad_widths
@@ -153,6 +160,42 @@ def _add(graph: Graph, node: Node) -> None:
         "clamp_min": clamp_min, "clamp_max": 255}, inputs)
 
 
+def _mul(graph: Graph, node: Node) -> None:
+    inputs = graph.inputs(node)
+    q_a, q_b, q_out = inputs[0].quant.qparams, inputs[1].quant.qparams, node.quant.qparams
+    m0, exponent = quantize_multiplier(float(q_a.scale) * float(q_b.scale) / float(q_out.scale))
+    zero = int(q_out.zero_point)
+    clamp_min = zero if _relu(node) else 0
+    node.act = None
+    _as_module(graph, node, "QMul", {
+        "a_zero_point": int(q_a.zero_point), "b_zero_point": int(q_b.zero_point), "output_multiplier": m0,
+        "output_exponent": exponent, "output_zero_point": zero, "clamp_min": clamp_min, "clamp_max": 255}, inputs)
+
+
+def _negative_slope(node: Node) -> float:
+    if node.kind == NodeKind.MODULE:
+        return node.attrs.get("negative_slope", 0.01)
+    return node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+
+
+# elementwise functions of one value that run on the codes as a table (QLookup)
+_LOOKUPS = {
+    "sigmoid": lambda node: torch.sigmoid, "hardsigmoid": lambda node: F.hardsigmoid, "tanh": lambda node: torch.tanh,
+    "hardswish": lambda node: F.hardswish,
+    "leaky_relu": lambda node: lambda x: F.leaky_relu(x, _negative_slope(node)),
+}
+
+
+def _lookup(graph: Graph, node: Node) -> None:
+    """The op as the table of its output codes over the 256 input codes: each entry is the float function at
+    the value the code stands for, quantized onto the output grid as the stage's Quantize does."""
+    q_in, q_out = _input_qparams(graph, node), node.quant.qparams
+    values = dequantize(torch.arange(256), q_in.scale, q_in.zero_point)
+    codes = quantize(_LOOKUPS[node.op](node)(values), q_out.scale, q_out.zero_point, 0, 255).to(torch.uint8)
+    _as_module(graph, node, "QLookup", {}, graph.inputs(node)[:1])
+    node.params = {"table": graph.add_param(f"{node.source.module_path or node.name}.table", codes)}
+
+
 def _clamp(graph: Graph, node: Node, lo: float | None, hi: float | None) -> None:
     q = node.quant.qparams
     attrs = {"clamp_min": _code(lo, q) if lo is not None else 0, "clamp_max": _code(hi, q) if hi is not None else 255}
@@ -210,6 +253,10 @@ def _rewrite(graph: Graph, node: Node) -> bool:
         _linear(graph, node)
     elif node.op == "add" and len(graph.inputs(node)) == 2:
         _add(graph, node)
+    elif node.op == "mul" and len(graph.inputs(node)) == 2:
+        _mul(graph, node)
+    elif node.op in _LOOKUPS and len(graph.inputs(node)) == 1:
+        _lookup(graph, node)
     elif node.op == "relu":
         _clamp(graph, node, 0.0, None)
     elif node.op == "relu6":
@@ -267,7 +314,7 @@ def to_integer_stage(graph: Graph) -> dict[str, int]:
     return counts
 
 
-_CLAMPED = {f"{MODULES}.{name}" for name in ("QConv2d", "QLinear", "QAdd")}
+_CLAMPED = {f"{MODULES}.{name}" for name in ("QConv2d", "QLinear", "QAdd", "QMul")}
 
 
 def fold_clamps(graph: Graph) -> int:

@@ -13,7 +13,8 @@ DequantizeLinear`` on its grid, as for the native backend, so onnxruntime
 fuses the patterns into its integer kernels. Module by module::
 
     QConv2d / QLinear   DequantizeLinear(codes), DequantizeLinear(bias_q) -> Conv / MatMul + Add -> clamp
-    QAdd                Add -> clamp
+    QAdd / QMul         Add / Mul -> clamp
+    QLookup             the input's codes -> Gather from the table -> DequantizeLinear (exact)
     QClamp              clamp
     QMaxPool2d          MaxPool
     QGlobalAvgPool      GlobalAveragePool
@@ -34,6 +35,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from onnx import TensorProto
 
 from qcompile.backends.gemmlowp import KERNELS, REFERENCE
 from qcompile.errors import QCompileError
@@ -73,6 +75,15 @@ def _weighted(b: Builder, node: Node, transposed: bool) -> tuple[str, str | None
                             transposed)
 
 
+def _lookup(b: Builder, node: Node, x: str) -> str:
+    """A table on the codes, as the input's codes (from its QuantizeLinear), a Gather and the output grid."""
+    source = b.graph.inputs(node)[0]
+    codes = b.codes.get(source.name) or b.emit("QuantizeLinear", [x, *b.grid(source)])
+    index = b.emit("Cast", [codes], to=TensorProto.INT64)
+    table = b.const(f"{node.name}_table", b.graph.param(node, "table"))
+    return b.dequantize(b.emit("Gather", [table, index]), node)
+
+
 def pads_codes(b: Builder, node: Node) -> bool:
     """Whether ``node`` is a pad the gemmlowp lowering wrote on the codes (``F.pad`` with the zero point)."""
     return (b.graph.attrs.get("backend") in ON_INTEGER_STAGE and node.target == "torch.nn.functional.pad"
@@ -102,6 +113,10 @@ def gemmlowp_module(b: Builder, node: Node, x: str) -> str:
     if kind == "QAdd":
         other = b.value(b.graph.inputs(node)[1])
         return _clamp(b, node, b.emit("Add", [x, other]))
+    if kind == "QMul":
+        return _clamp(b, node, b.emit("Mul", [x, b.value(b.graph.inputs(node)[1])]))
+    if kind == "QLookup":
+        return _lookup(b, node, x)
     if kind == "QClamp":
         return _clamp(b, node, x)
     if kind == "QGlobalAvgPool":
