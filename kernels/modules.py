@@ -92,6 +92,18 @@ class QGlobalAvgPool(nn.Module):
         return torch.ops.qcompile.global_avg_pool(q)
 
 
+class QMean(reference.QMean):
+    """``x.mean((2, 3))`` of uint8 codes: the global average pool kernel, flattened unless kept."""
+
+    def forward(self, q: Tensor) -> Tensor:
+        pooled = torch.ops.qcompile.global_avg_pool(q)
+        return pooled if self.keepdim else pooled.flatten(1)
+
+
+class QCat(reference.QCat):
+    """Concatenation of uint8 tensors on their own grids onto the output grid."""
+
+
 def _pair(value) -> list[int]:
     return [value, value] if isinstance(value, int) else list(value)
 

@@ -154,3 +154,40 @@ def test_squeeze_excitation_and_hard_activations_run_on_the_integer_stage(tmp_pa
     (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
                            graph=kernels, min_share=0.0)
     assert off.within_1_lsb >= 0.98 and on.within_1_lsb >= 0.98
+
+
+def test_cats_that_requantize_and_means_run_on_the_integer_stage(tmp_path):
+    """ShuffleNetV2: half of each block's input (a chunk of the previous block's output, read by a branch too)
+    is concatenated with the branch's output, so the cat requantizes (QCat); its head is ``x.mean([2, 3])``."""
+    import torchvision
+
+    from qcompile.codegen import load_model as load_emitted
+    from qcompile.codegen import write_model
+    from qcompile.onnx.runtime.check import check_onnx, output_scale
+    from tests.models import randomize_batch_norm
+
+    torch.manual_seed(0)
+    model = randomize_batch_norm(torchvision.models.shufflenet_v2_x0_5().eval())
+    photos = [b[0] for b in open_data("builtin:photos", limit=24, batch_size=8)]
+    calib, x = [(b,) for b in photos[:2]], photos[2]
+    stage, kernels = lower(model, (x[:1],)), lower(model, (x[:1],))
+    run_pipeline(stage, "fuse,calibrate,integerize", PassContext(calib_data=calib))
+    run_pipeline(kernels, "fuse,calibrate,convert{backend=gemmlowp}", PassContext(calib_data=calib))
+    targets = [n.target.rsplit(".", 1)[1] for n in kernels.nodes() if n.target and "kernels.modules" in n.target]
+    assert targets.count("QCat") >= 10 and targets.count("QMean") == 1
+    reference, fast = _values(stage, x), _values(kernels, x)
+    assert all(torch.equal(reference[n.name], fast[n.name]) for n in stage.nodes() if n.name in fast)
+    cat = next(n for n in stage.nodes() if n.target.endswith(".QCat"))  # one rounding of the values it copies
+    with torch.no_grad():
+        inputs = [reference[i.name] for i in stage.inputs(cat)]
+        values = torch.cat([i.quant.qparams.scale * (v.float() - i.quant.qparams.zero_point)
+                            for i, v in zip(stage.inputs(cat), inputs, strict=True)], 1)
+    q = cat.quant.qparams
+    got = q.scale * (reference[cat.name].float() - q.zero_point)
+    assert float((got - values.clamp(q.scale * (0 - q.zero_point), q.scale * (255 - q.zero_point))).abs().max()) \
+        <= float(q.scale) / 2 + 1e-6
+    write_model(kernels, tmp_path / "int8")
+    emitted = load_emitted(tmp_path / "int8")
+    (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
+                           graph=kernels)
+    assert off.within_1_lsb >= 0.99 and on.within_1_lsb >= 0.99

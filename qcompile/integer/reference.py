@@ -191,6 +191,34 @@ class QGlobalAvgPool(nn.Module):
         return torch.div(total + count // 2, count, rounding_mode="floor").to(torch.uint8)
 
 
+class QMean(QGlobalAvgPool):
+    """``x.mean((2, 3))`` of the codes: the global average pool, without the 1 x 1 dimensions unless kept."""
+
+    def __init__(self, keepdim: bool = False):
+        super().__init__()
+        self.keepdim = keepdim
+
+    def forward(self, q: Tensor) -> Tensor:
+        pooled = super().forward(q)
+        return pooled if self.keepdim else pooled.flatten(1)
+
+
+class QCat(nn.Module):
+    """Concatenation onto the output grid: each input's centred codes requantized by ``s_in / s_out`` in
+    gemmlowp's fixed point, plus the output zero point, clamped (one step of rounding per value)."""
+
+    def __init__(self, dim: int = 1, zero_points: tuple = (), multipliers: tuple = (), exponents: tuple = (),
+                 output_zero_point: int = 0):
+        super().__init__()
+        self.dim, self.output_zero_point = dim, output_zero_point
+        self.grids = list(zip(zero_points, multipliers, exponents, strict=True))
+
+    def forward(self, *codes: Tensor) -> Tensor:
+        parts = [output_stage(q.long() - z, torch.zeros((), dtype=torch.int64), torch.tensor(m0), torch.tensor(e),
+                              self.output_zero_point, 0, 255) for q, (z, m0, e) in zip(codes, self.grids, strict=True)]
+        return torch.cat(parts, self.dim)
+
+
 class QMaxPool2d(nn.Module):
     """Max pooling of the codes (max commutes with any grid's increasing map); padding never wins."""
 

@@ -19,7 +19,8 @@ involved; the stage says, for every value and weight:
   codes, one per input code (the function at the value the code stands for,
   quantized onto the output grid);
 * a cat whose inputs are on its grid (:mod:`qcompile.quant.cat_grids`)
-  concatenates the codes;
+  concatenates the codes; any other cat requantizes each input onto its
+  grid first (QCat); ``x.mean((2, 3))`` is the global average pool (QMean);
 * ReLU / ReLU6 / hardtanh / the sub-8-bit clamps (:mod:`qcompile.quant.clamps`):
   clamps of the codes, folded into the output stage of the conv / linear /
   add that makes their input when nothing else reads it (a clamp of a clamp
@@ -63,7 +64,7 @@ from qcompile.quant.qparams import quantize_bias
 MODULES = REFERENCE_MODULES
 # ops that only move or select uint8 codes: they run on them unchanged
 _AS_IS = {"max_pool1d", "flatten", "reshape", "permute", "transpose", "contiguous",
-          "squeeze", "unsqueeze", "dropout", "identity", "getitem"} | SPLITS
+          "squeeze", "unsqueeze", "dropout", "identity", "getitem", "stochastic_depth"} | SPLITS
 
 
 def _on_grid(node: Node) -> bool:
@@ -172,6 +173,28 @@ def _mul(graph: Graph, node: Node) -> None:
         "output_exponent": exponent, "output_zero_point": zero, "clamp_min": clamp_min, "clamp_max": 255}, inputs)
 
 
+def _cat(graph: Graph, node: Node) -> None:
+    """A cat whose inputs are on other grids than its own: each requantized onto it (QCat)."""
+    inputs, q_out = graph.inputs(node), node.quant.qparams
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    pairs = [quantize_multiplier(float(i.quant.qparams.scale) / float(q_out.scale)) for i in inputs]
+    _as_module(graph, node, "QCat", {
+        "dim": dim, "zero_points": tuple(int(i.quant.qparams.zero_point) for i in inputs),
+        "multipliers": tuple(m0 for m0, _ in pairs), "exponents": tuple(e for _, e in pairs),
+        "output_zero_point": int(q_out.zero_point)}, inputs)
+
+
+def _mean(graph: Graph, node: Node) -> bool:
+    """``x.mean((2, 3))`` (or ``(-2, -1)``) of a 4-d tensor as the integer global average pool; False otherwise."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    rank = len(graph.inputs(node)[0].type.shape)
+    if rank != 4 or not isinstance(dims, (list, tuple)) or sorted(d % rank for d in dims) != [2, 3]:
+        return False
+    _as_module(graph, node, "QMean", {"keepdim": bool(keepdim)}, graph.inputs(node)[:1])
+    return True
+
+
 def _negative_slope(node: Node) -> float:
     if node.kind == NodeKind.MODULE:
         return node.attrs.get("negative_slope", 0.01)
@@ -270,7 +293,10 @@ def _rewrite(graph: Graph, node: Node) -> bool:
     elif node.op == "view":
         view_as_reshape(node)
     elif node.op == "cat":  # copies codes where its inputs write its grid (qcompile.quant.cat_grids)
-        return all(node.quant.qparams.same_grid(i.quant.qparams) for i in graph.inputs(node))
+        if not all(node.quant.qparams.same_grid(i.quant.qparams) for i in graph.inputs(node)):
+            _cat(graph, node)
+    elif node.op == "mean":
+        return _mean(graph, node)
     elif zero_pad_widths(node) is not None:
         _pad_with_zero_point(graph, node)
     elif node.op not in _AS_IS:

@@ -18,6 +18,8 @@ fuses the patterns into its integer kernels. Module by module::
     QClamp              clamp
     QMaxPool2d          MaxPool
     QGlobalAvgPool      GlobalAveragePool
+    QMean               ReduceMean over H and W
+    QCat                Concat (the output's QDQ requantizes)
     Quantize, Dequantize  the model's grid at its ends (QDQ), Identity
 
 where the clamp on codes ``[lo, hi]`` of a grid ``(s, z)`` is ``Relu`` when it
@@ -121,6 +123,10 @@ def gemmlowp_module(b: Builder, node: Node, x: str) -> str:
         return _clamp(b, node, x)
     if kind == "QGlobalAvgPool":
         return b.emit("GlobalAveragePool", [x])
+    if kind == "QMean":
+        return b.emit("ReduceMean", [x, b.const("axes", np.array([2, 3], np.int64))], keepdims=int(a["keepdim"]))
+    if kind == "QCat":
+        return b.emit("Concat", [b.value(i) for i in b.graph.inputs(node)], axis=a["dim"])
     if kind == "QMaxPool2d":
         return _pool(b, "max_pool2d", x, dict(a))
     raise QCompileError(f"%{node.name}: the gemmlowp module {kind} is not exported to ONNX yet",
