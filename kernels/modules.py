@@ -100,6 +100,10 @@ class QMean(reference.QMean):
         return pooled if self.keepdim else pooled.flatten(1)
 
 
+class QAvgPool2d(reference.QAvgPool2d):
+    """Window averages of uint8 codes (same grid in and out)."""
+
+
 class QCat(reference.QCat):
     """Concatenation of uint8 tensors on their own grids onto the output grid."""
 

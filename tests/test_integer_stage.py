@@ -191,3 +191,41 @@ def test_cats_that_requantize_and_means_run_on_the_integer_stage(tmp_path):
     (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
                            graph=kernels)
     assert off.within_1_lsb >= 0.99 and on.within_1_lsb >= 0.99
+
+
+class _Averages(torch.nn.Module):
+    def __init__(self, **settings):
+        super().__init__()
+        self.conv, self.head, self.settings = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 4, 1), settings
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.avg_pool2d(torch.relu(self.conv(x)), **self.settings))
+
+
+@pytest.mark.parametrize("settings", [{"kernel_size": 3, "stride": 1, "padding": 1},
+                                      {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False},
+                                      {"kernel_size": 3, "stride": 2, "ceil_mode": True}])
+def test_window_averages_round_once_on_the_codes(tmp_path, settings):
+    from qcompile.codegen import load_model as load_emitted
+    from qcompile.codegen import write_model
+    from qcompile.onnx.runtime.check import check_onnx, output_scale
+
+    torch.manual_seed(0)
+    model = _Averages(**settings).eval()
+    calib = list(open_data("builtin:mnist5k", limit=128, batch_size=64))
+    x = next(iter(open_data("builtin:mnist5k", limit=64, batch_size=64, skip=128)))[0]
+    graph = lower(model, (x[:1],))
+    run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp}", PassContext(calib_data=calib))
+    (pool,) = [n for n in graph.nodes() if n.op == "avg_pool2d"]
+    assert pool.target.endswith("kernels.modules.QAvgPool2d")
+    values = _values(graph, x)
+    q = pool.quant.qparams
+    source = graph.inputs(pool)[0]
+    want = torch.nn.functional.avg_pool2d(q.scale * (values[source.name].double() - q.zero_point), **settings)
+    got = q.scale * (values[pool.name].double() - q.zero_point)
+    assert got.shape == want.shape and float((got - want).abs().max()) <= float(q.scale) / 2 + 1e-9
+    write_model(graph, tmp_path / "int8")
+    emitted = load_emitted(tmp_path / "int8")
+    (off, on) = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), emitted, [x], output_scale(graph),
+                           graph=graph)
+    assert off.within_1_lsb >= 0.99 and on.within_1_lsb >= 0.99

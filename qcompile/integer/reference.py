@@ -219,6 +219,35 @@ class QCat(nn.Module):
         return torch.cat(parts, self.dim)
 
 
+class QAvgPool2d(nn.Module):
+    """Window averages of the codes on one grid in and out: the sum of the centred codes over each window
+    (padding counts as the value 0), divided by the window's count (with or without the padding, as torch's
+    ``count_include_pad``) and rounded half away from zero, plus the zero point."""
+
+    def __init__(self, kernel_size=1, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, zero_point: int = 0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.zero_point = ceil_mode, count_include_pad, zero_point
+
+    def _sums(self, x: Tensor) -> Tensor:  # float64 holds every sum of codes exactly
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                            divisor_override=1)
+
+    def forward(self, q: Tensor) -> Tensor:
+        sums = self._sums(q.double() - self.zero_point).long()
+        if self.count_include_pad:  # torch counts the padding but not a ceil_mode window's overhang
+            widths = ([self.padding] * 4 if isinstance(self.padding, int)
+                      else [p for p in reversed(self.padding) for _ in (0, 1)])
+            ones = F.pad(torch.ones_like(q[:1, :1], dtype=torch.float64), widths, value=1.0)
+            counts = F.avg_pool2d(ones, self.kernel_size, self.stride, 0, self.ceil_mode, True,
+                                  divisor_override=1).long()
+        else:
+            counts = self._sums(torch.ones_like(q[:1, :1], dtype=torch.float64)).long()
+        half_away = torch.div(2 * sums.abs() + counts, 2 * counts, rounding_mode="floor") * sums.sign()
+        return (half_away + self.zero_point).clamp(0, 255).to(torch.uint8)
+
+
 class QMaxPool2d(nn.Module):
     """Max pooling of the codes (max commutes with any grid's increasing map); padding never wins."""
 

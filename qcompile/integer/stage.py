@@ -20,7 +20,8 @@ involved; the stage says, for every value and weight:
   quantized onto the output grid);
 * a cat whose inputs are on its grid (:mod:`qcompile.quant.cat_grids`)
   concatenates the codes; any other cat requantizes each input onto its
-  grid first (QCat); ``x.mean((2, 3))`` is the global average pool (QMean);
+  grid first (QCat); ``x.mean((2, 3))`` is the global average pool (QMean); window averages
+  sum the centred codes and divide, rounding half away from zero (QAvgPool2d);
 * ReLU / ReLU6 / hardtanh / the sub-8-bit clamps (:mod:`qcompile.quant.clamps`):
   clamps of the codes, folded into the output stage of the conv / linear /
   add that makes their input when nothing else reads it (a clamp of a clamp
@@ -258,6 +259,27 @@ def _max_pool(graph: Graph, node: Node) -> None:
     _as_module(graph, node, "QMaxPool2d", attrs, graph.inputs(node)[:1])
 
 
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
+def _avg_pool(graph: Graph, node: Node) -> bool:
+    """A window average on the codes (QAvgPool2d); False for a divisor override, or ceil mode with padding."""
+    if node.kind == NodeKind.MODULE:
+        given = dict(node.attrs)
+    else:
+        given = dict(zip(_AVG_POOL_ARGS, node.args[1:], strict=False)) | {
+            k: v for k, v in node.kwargs.items() if k != "input"}
+    padding = given.get("padding", 0)
+    if given.get("divisor_override") or (given.get("ceil_mode") and any(_pair(padding))):
+        return False
+    stride = given.get("stride") or given["kernel_size"]
+    _as_module(graph, node, "QAvgPool2d", {
+        "kernel_size": _pair(given["kernel_size"]), "stride": _pair(stride), "padding": _pair(padding),
+        "ceil_mode": bool(given.get("ceil_mode", False)), "count_include_pad": bool(given.get("count_include_pad", True)),
+        "zero_point": int(node.quant.qparams.zero_point)}, graph.inputs(node)[:1])
+    return True
+
+
 def _rewrite(graph: Graph, node: Node) -> bool:
     """Rewrite one node of the quantized region (or a dequantize); False if the kernels do not cover it."""
     if node.op == "quantize":
@@ -290,6 +312,8 @@ def _rewrite(graph: Graph, node: Node) -> bool:
         _global_pool(graph, node)
     elif node.op == "max_pool2d":
         _max_pool(graph, node)
+    elif node.op == "avg_pool2d":
+        return _avg_pool(graph, node)
     elif node.op == "view":
         view_as_reshape(node)
     elif node.op == "cat":  # copies codes where its inputs write its grid (qcompile.quant.cat_grids)

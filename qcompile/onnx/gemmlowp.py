@@ -17,6 +17,7 @@ fuses the patterns into its integer kernels. Module by module::
     QLookup             the input's codes -> Gather from the table -> DequantizeLinear (exact)
     QClamp              clamp
     QMaxPool2d          MaxPool
+    QAvgPool2d          AveragePool
     QGlobalAvgPool      GlobalAveragePool
     QMean               ReduceMean over H and W
     QCat                Concat (the output's QDQ requantizes)
@@ -129,5 +130,7 @@ def gemmlowp_module(b: Builder, node: Node, x: str) -> str:
         return b.emit("Concat", [b.value(i) for i in b.graph.inputs(node)], axis=a["dim"])
     if kind == "QMaxPool2d":
         return _pool(b, "max_pool2d", x, dict(a))
+    if kind == "QAvgPool2d":
+        return _pool(b, "avg_pool2d", x, {k: v for k, v in a.items() if k != "zero_point"})
     raise QCompileError(f"%{node.name}: the gemmlowp module {kind} is not exported to ONNX yet",
                         hint="export from convert{backend=native}")

@@ -152,7 +152,10 @@ def _pool(b: Builder, op: str, x: str, a: dict) -> str:
                   pads=pads + pads, ceil_mode=int(a.get("ceil_mode", False)))
     if op.startswith("max"):
         return b.emit("MaxPool", [x], dilations=_pair(a.get("dilation", 1), n), **common)
-    return b.emit("AveragePool", [x], count_include_pad=int(a.get("count_include_pad", True)), **common)
+    # torch never counts a ceil-mode window's overhang past the input; without padding that is ONNX's
+    # count_include_pad=0 (with it, ONNX counts the overhang too)
+    include = a.get("count_include_pad", True) and not (a.get("ceil_mode") and not any(pads))
+    return b.emit("AveragePool", [x], count_include_pad=int(include), **common)
 
 
 ADAPTIVE_POOLS = {f"adaptive_{kind}_pool{n}d" for kind in ("avg", "max") for n in (1, 2, 3)}
