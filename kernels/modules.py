@@ -76,6 +76,10 @@ class QAdd(reference.QAdd):
 class QMul(reference.QMul):
     """``a * b`` of two uint8 tensors on their own grids (``b`` may broadcast), onto the output grid."""
 
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.ops.qcompile.qmul(a, self.a_zero_point, b, self.b_zero_point, self.output[0], self.output[1],
+                                       self.output[2], self.clamp_min, self.clamp_max)
+
 
 class QLookup(reference.QLookup):
     """An elementwise function of uint8 codes as a 256-entry table (a gather)."""
@@ -106,6 +110,12 @@ class QAvgPool2d(reference.QAvgPool2d):
 
 class QCat(reference.QCat):
     """Concatenation of uint8 tensors on their own grids onto the output grid."""
+
+    def forward(self, codes: list[Tensor]) -> Tensor:
+        # TorchScript's zip takes no strict=; the stage writes one grid per input
+        parts = [torch.ops.qcompile.requantize_codes(q, z, m0, e, self.output_zero_point)
+                 for q, z, m0, e in zip(codes, self.zero_points, self.multipliers, self.exponents)]  # noqa: B905
+        return torch.cat(parts, self.dim)
 
 
 def _pair(value) -> list[int]:

@@ -103,6 +103,37 @@ def _(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, 
 
 
 @_operator
+def qmul(a: Tensor, a_zero: int, b: Tensor, b_zero: int, out_multiplier: int, out_exponent: int, out_zero: int,
+         lo: int, hi: int) -> Tensor:
+    """Elementwise ``a * b`` of two uint8 tensors on their own grids (``b`` may broadcast), onto the output grid."""
+    product = (a.long() - a_zero) * (b.long() - b_zero)
+    return _output_stage(product, out_multiplier, out_exponent, out_zero, lo, hi)
+
+
+@torch.library.register_fake("qcompile::qmul")
+def _(a, a_zero, b, b_zero, out_multiplier, out_exponent, out_zero, lo, hi):
+    return a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.uint8)
+
+
+@_operator
+def requantize_codes(q: Tensor, zero: int, multiplier: int, exponent: int, out_zero: int) -> Tensor:
+    """uint8 codes onto another grid: ``(q - zero)`` times the fixed-point multiplier, plus ``out_zero``."""
+    return _output_stage(q.long() - zero, multiplier, exponent, out_zero, 0, 255)
+
+
+@torch.library.register_fake("qcompile::requantize_codes")
+def _(q, zero, multiplier, exponent, out_zero):
+    return torch.empty_like(q, dtype=torch.uint8)
+
+
+def _output_stage(acc: Tensor, multiplier: int, exponent: int, out_zero: int, lo: int, hi: int) -> Tensor:
+    from qcompile.integer.reference import output_stage
+
+    return output_stage(acc, torch.zeros((), dtype=torch.int64), torch.tensor(multiplier), torch.tensor(exponent),
+                        out_zero, lo, hi)
+
+
+@_operator
 def max_pool2d(q: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
                ceil_mode: bool) -> Tensor:
     """Max pooling of uint8 codes (N, C, H, W), channels-last memory order out, as :func:`qconv2d`.

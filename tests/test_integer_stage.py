@@ -151,6 +151,9 @@ def test_squeeze_excitation_and_hard_activations_run_on_the_integer_stage(tmp_pa
         assert sqnr_db(fast["output"], want) > sqnr_db(Interpreter(native).run(x), want)  # full 8-bit grids
     write_model(kernels, tmp_path / "int8")
     emitted = load_emitted(tmp_path / "int8")
+    with torch.no_grad():  # the emitted module scripts and exports, as every gemmlowp module does
+        assert torch.equal(torch.jit.script(emitted)(x), emitted(x))
+        assert torch.equal(torch.export.export(emitted, (x,)).module()(x), emitted(x))
     (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
                            graph=kernels, min_share=0.0)
     assert off.within_1_lsb >= 0.98 and on.within_1_lsb >= 0.98
@@ -188,6 +191,9 @@ def test_cats_that_requantize_and_means_run_on_the_integer_stage(tmp_path):
         <= float(q.scale) / 2 + 1e-6
     write_model(kernels, tmp_path / "int8")
     emitted = load_emitted(tmp_path / "int8")
+    with torch.no_grad():  # the emitted module scripts and exports, as every gemmlowp module does
+        assert torch.equal(torch.jit.script(emitted)(x), emitted(x))
+        assert torch.equal(torch.export.export(emitted, (x,)).module()(x), emitted(x))
     (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
                            graph=kernels)
     assert off.within_1_lsb >= 0.99 and on.within_1_lsb >= 0.99
@@ -226,6 +232,8 @@ def test_window_averages_round_once_on_the_codes(tmp_path, settings):
     assert got.shape == want.shape and float((got - want).abs().max()) <= float(q.scale) / 2 + 1e-9
     write_model(graph, tmp_path / "int8")
     emitted = load_emitted(tmp_path / "int8")
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(emitted)(x), emitted(x))
     (off, on) = check_onnx(export_onnx(graph, tmp_path / "model.onnx"), emitted, [x], output_scale(graph),
                            graph=graph)
     assert off.within_1_lsb >= 0.99 and on.within_1_lsb >= 0.99

@@ -211,11 +211,12 @@ class QCat(nn.Module):
                  output_zero_point: int = 0):
         super().__init__()
         self.dim, self.output_zero_point = dim, output_zero_point
-        self.grids = list(zip(zero_points, multipliers, exponents, strict=True))
+        self.zero_points, self.multipliers, self.exponents = list(zero_points), list(multipliers), list(exponents)
 
-    def forward(self, *codes: Tensor) -> Tensor:
+    def forward(self, codes: list[Tensor]) -> Tensor:
         parts = [output_stage(q.long() - z, torch.zeros((), dtype=torch.int64), torch.tensor(m0), torch.tensor(e),
-                              self.output_zero_point, 0, 255) for q, (z, m0, e) in zip(codes, self.grids, strict=True)]
+                              self.output_zero_point, 0, 255)
+                 for q, z, m0, e in zip(codes, self.zero_points, self.multipliers, self.exponents, strict=True)]
         return torch.cat(parts, self.dim)
 
 
@@ -224,10 +225,11 @@ class QAvgPool2d(nn.Module):
     (padding counts as the value 0), divided by the window's count (with or without the padding, as torch's
     ``count_include_pad``) and rounded half away from zero, plus the zero point."""
 
-    def __init__(self, kernel_size=1, stride=None, padding=0, ceil_mode: bool = False,
+    def __init__(self, kernel_size=(1, 1), stride=None, padding=(0, 0), ceil_mode: bool = False,
                  count_include_pad: bool = True, zero_point: int = 0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        # lists of two (TorchScript reads them as such); the stage writes pairs
+        self.kernel_size, self.stride, self.padding = list(kernel_size), list(stride or kernel_size), list(padding)
         self.ceil_mode, self.count_include_pad, self.zero_point = ceil_mode, count_include_pad, zero_point
 
     def _sums(self, x: Tensor) -> Tensor:  # float64 holds every sum of codes exactly
@@ -237,8 +239,7 @@ class QAvgPool2d(nn.Module):
     def forward(self, q: Tensor) -> Tensor:
         sums = self._sums(q.double() - self.zero_point).long()
         if self.count_include_pad:  # torch counts the padding but not a ceil_mode window's overhang
-            widths = ([self.padding] * 4 if isinstance(self.padding, int)
-                      else [p for p in reversed(self.padding) for _ in (0, 1)])
+            widths = [self.padding[1], self.padding[1], self.padding[0], self.padding[0]]  # last axis first
             ones = F.pad(torch.ones_like(q[:1, :1], dtype=torch.float64), widths, value=1.0)
             counts = F.avg_pool2d(ones, self.kernel_size, self.stride, 0, self.ceil_mode, True,
                                   divisor_override=1).long()

@@ -183,6 +183,7 @@ def _cat(graph: Graph, node: Node) -> None:
         "dim": dim, "zero_points": tuple(int(i.quant.qparams.zero_point) for i in inputs),
         "multipliers": tuple(m0 for m0, _ in pairs), "exponents": tuple(e for _, e in pairs),
         "output_zero_point": int(q_out.zero_point)}, inputs)
+    graph.set_inputs(node, inputs, args=([Ref(i) for i in range(len(inputs))],), kwargs={})  # one list, as torch.cat
 
 
 def _mean(graph: Graph, node: Node) -> bool:

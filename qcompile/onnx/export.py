@@ -70,7 +70,7 @@ def to_onnx(graph: Graph, opset: int = OPSET, dynamic: str = "exact") -> onnx.Mo
                 b.codes[node.name], b.names[node.name] = codes, b.dequantize(codes, node)
                 continue
         if node.kind == NodeKind.MODULE and is_gemmlowp(node):  # plain integer tensors: qcompile.onnx.gemmlowp
-            value = gemmlowp_module(b, node, b.value(b.args(node)[0]))
+            value = gemmlowp_module(b, node, b.value(graph.inputs(node)[0]))
         elif pads_codes(b, node):
             value = code_pad(b, node, b.value(b.args(node)[0]))
         elif node.kind == NodeKind.MODULE:
