@@ -115,15 +115,28 @@ def test_lower_alone_gets_the_integer_stage_before_it():
     assert [p.name for p in pipeline.passes][-2:] == ["integerize", "lower"]
 
 
+def _deployed(kernels, x: torch.Tensor, tmp_path, min_share: float = 0.99):
+    """The emitted module of a gemmlowp graph: it scripts and exports with outputs identical (as every gemmlowp
+    module does), and its ONNX export's check against it (optimizations off, on)."""
+    from qcompile.codegen import load_model as load_emitted
+    from qcompile.codegen import write_model
+    from qcompile.onnx.runtime.check import check_onnx, output_scale
+
+    write_model(kernels, tmp_path / "int8")
+    emitted = load_emitted(tmp_path / "int8")
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(emitted)(x), emitted(x))
+        assert torch.equal(torch.export.export(emitted, (x,)).module()(x), emitted(x))
+    return check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
+                      graph=kernels, min_share=min_share)
+
+
 def test_squeeze_excitation_and_hard_activations_run_on_the_integer_stage(tmp_path):
     """MobileNetV3's ops beyond convs and adds: the SE block's broadcast mul (QMul), hardswish and the hard
     sigmoid gate (QLookup tables), all on the stage and its kernels, value for value, and in ONNX."""
     import torchvision
 
-    from qcompile.codegen import load_model as load_emitted
-    from qcompile.codegen import write_model
     from qcompile.diagnose.metrics import sqnr_db
-    from qcompile.onnx.runtime.check import check_onnx, output_scale
     from tests.models import randomize_batch_norm
 
     torch.manual_seed(0)
@@ -149,13 +162,7 @@ def test_squeeze_excitation_and_hard_activations_run_on_the_integer_stage(tmp_pa
     with torch.no_grad():
         want = model(x)
         assert sqnr_db(fast["output"], want) > sqnr_db(Interpreter(native).run(x), want)  # full 8-bit grids
-    write_model(kernels, tmp_path / "int8")
-    emitted = load_emitted(tmp_path / "int8")
-    with torch.no_grad():  # the emitted module scripts and exports, as every gemmlowp module does
-        assert torch.equal(torch.jit.script(emitted)(x), emitted(x))
-        assert torch.equal(torch.export.export(emitted, (x,)).module()(x), emitted(x))
-    (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
-                           graph=kernels, min_share=0.0)
+    (off, on) = _deployed(kernels, x, tmp_path, min_share=0.0)
     assert off.within_1_lsb >= 0.98 and on.within_1_lsb >= 0.98
 
 
@@ -164,9 +171,6 @@ def test_cats_that_requantize_and_means_run_on_the_integer_stage(tmp_path):
     is concatenated with the branch's output, so the cat requantizes (QCat); its head is ``x.mean([2, 3])``."""
     import torchvision
 
-    from qcompile.codegen import load_model as load_emitted
-    from qcompile.codegen import write_model
-    from qcompile.onnx.runtime.check import check_onnx, output_scale
     from tests.models import randomize_batch_norm
 
     torch.manual_seed(0)
@@ -189,13 +193,7 @@ def test_cats_that_requantize_and_means_run_on_the_integer_stage(tmp_path):
     got = q.scale * (reference[cat.name].float() - q.zero_point)
     assert float((got - values.clamp(q.scale * (0 - q.zero_point), q.scale * (255 - q.zero_point))).abs().max()) \
         <= float(q.scale) / 2 + 1e-6
-    write_model(kernels, tmp_path / "int8")
-    emitted = load_emitted(tmp_path / "int8")
-    with torch.no_grad():  # the emitted module scripts and exports, as every gemmlowp module does
-        assert torch.equal(torch.jit.script(emitted)(x), emitted(x))
-        assert torch.equal(torch.export.export(emitted, (x,)).module()(x), emitted(x))
-    (off, on) = check_onnx(export_onnx(kernels, tmp_path / "model.onnx"), emitted, [x], output_scale(kernels),
-                           graph=kernels)
+    (off, on) = _deployed(kernels, x, tmp_path)
     assert off.within_1_lsb >= 0.99 and on.within_1_lsb >= 0.99
 
 
