@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qcompile.backends.torch_ao.int4 import MARKER, pack
@@ -30,11 +31,12 @@ def test_pack_round_trip_through_the_emitted_unpacker():
     assert pack(wide) is wide  # codes beyond 4 bits stay as they are
 
 
-def test_w4_model_file_is_about_eight_times_smaller(tmp_path):
+@pytest.mark.parametrize("backend", ["gemmlowp", "native"])
+def test_w4_model_file_is_about_eight_times_smaller(backend, tmp_path):
     model = load_user_model("zoo:digit_cnn").module
     data = open_data("builtin:mnist5k", limit=512, batch_size=128)
     graph = lower(model, (torch.zeros(1, 1, 28, 28),))
-    run_pipeline(graph, "fuse,calibrate,convert{weight-bits=4}", PassContext(calib_data=data))
+    run_pipeline(graph, f"fuse,calibrate,convert{{backend={backend} weight-bits=4}}", PassContext(calib_data=data))
     write_model(graph, tmp_path)
     emitted = load_model(tmp_path)
     x, y = next(data.labelled())

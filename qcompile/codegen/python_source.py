@@ -29,6 +29,7 @@ import torch
 from qcompile.backends.torch_ao import int4
 from qcompile.backends.torch_ao.tensors import owned
 from qcompile.backends.torch_ao.warnings import MESSAGES
+from qcompile.codegen import int4_codes
 from qcompile.ir.graph import Graph, sanitize_name
 from qcompile.ir.modules import FUSED_ACTIVATIONS, build_module, non_default_ctor_args, required_ctor_params
 from qcompile.ir.node import Node, NodeKind, map_refs
@@ -260,6 +261,11 @@ class _Emitter:
                 state._metadata = metadata
             load_call = f"_unpack_int4({load_call})"
             helpers = int4.UNPACK_SOURCE
+        codes = int4_codes.pack(state)  # qcompile's kernels: plain int8 codes of 4-bit weights
+        if codes is not None:
+            state = codes
+            load_call = f"_unpack_int4_codes({load_call})"
+            helpers += int4_codes.UNPACK_SOURCE
         if any(not isinstance(v, torch.Tensor) for v in state.values()):
             # packed weights of dynamic LSTM/GRU are torch ScriptObjects, which the
             # safe loader accepts only when allowed explicitly
