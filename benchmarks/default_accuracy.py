@@ -5,15 +5,17 @@
 Each variant is calibrated on ``builtin:photos`` (the README's main job) and
 scored on ``builtin:photo-crops`` (520 other crops of the same photos, none
 seen by calibration): top-1 agreement with the float model and output SQNR
-against it. Rows: qcompile's default pipeline (``ptq``) on each backend; the
-``gemmlowp`` backend with the preset's 7-bit activation grid kept
+against it. Rows: qcompile's default pipeline (``ptq``: equalization, then
+``convert{backend=auto}``) and ``fuse,calibrate,convert`` on the native
+backend, each also as its ONNX export in onnxruntime; the gemmlowp backend
+with and without the preset's 7-bit activation grid
 (``observe{activation-grid=preset}``), to show what the backend's own grid
-buys; ``aciq`` and ``bias-correct`` on the gemmlowp backend; the native
-model's ONNX export in onnxruntime; and onnxruntime's
+buys; ``aciq``, ``bias-correct``, ``equalize`` and ``adaround`` on both
+backends, and at 4-bit weights against round-to-nearest; onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8 activations and weights,
-per tensor, min/max) after its recommended pre-processing; ``adaround`` on
-both backends, and at 4-bit weights against round-to-nearest. The table
-names the CPU. ``--only TEXT`` (repeatable) runs the variants whose name contains TEXT.
+per tensor, min/max) after its recommended pre-processing; torch.ao's FX
+quantization with its x86 defaults. The table names the CPU. ``--only
+TEXT`` (repeatable) runs the variants whose name contains TEXT.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
 
 VARIANTS = [  # (row, pipeline)
-    ("qcompile ptq, native backend (default)", "ptq"),
+    ("qcompile ptq (default: backend auto -> gemmlowp)", "ptq"),
+    ("qcompile ptq, native backend", "fuse,calibrate,convert{backend=native}"),
     ("qcompile ptq, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
     ("qcompile ptq, gemmlowp, preset's 7-bit grid", "fuse,stubs,observe{activation-grid=preset},calibrate,"
                                                      "convert{backend=gemmlowp}"),
@@ -53,10 +56,10 @@ VARIANTS = [  # (row, pipeline)
     ("qcompile bias-correct, gemmlowp backend", "fuse,calibrate,bias-correct,convert{backend=gemmlowp}"),
     ("qcompile aciq + bias-correct, gemmlowp backend",
      "fuse,calibrate,aciq,bias-correct,convert{backend=gemmlowp}"),
-    ("qcompile aciq, native backend", "fuse,calibrate,aciq,convert"),
-    ("qcompile bias-correct, native backend", "fuse,calibrate,bias-correct,convert"),
-    ("qcompile aciq + bias-correct, native backend", "fuse,calibrate,aciq,bias-correct,convert"),
-    ("qcompile adaround, native backend", "fuse,calibrate,adaround,convert"),
+    ("qcompile aciq, native backend", "fuse,calibrate,aciq,convert{backend=native}"),
+    ("qcompile bias-correct, native backend", "fuse,calibrate,bias-correct,convert{backend=native}"),
+    ("qcompile aciq + bias-correct, native backend", "fuse,calibrate,aciq,bias-correct,convert{backend=native}"),
+    ("qcompile adaround, native backend", "fuse,calibrate,adaround,convert{backend=native}"),
     ("qcompile adaround, gemmlowp backend", "fuse,calibrate,adaround,convert{backend=gemmlowp}"),
     ("qcompile aciq + adaround, gemmlowp backend", "fuse,calibrate,aciq,adaround,convert{backend=gemmlowp}"),
     ("qcompile W4A8 round-to-nearest, gemmlowp", "fuse,calibrate,convert{backend=gemmlowp weight-bits=4}"),
@@ -64,11 +67,12 @@ VARIANTS = [  # (row, pipeline)
     # the native backend on full 8-bit activation grids: exact with 7-bit weights on every x86 CPU, with 8-bit
     # weights only on CPUs with VNNI
     ("qcompile native, full 8-bit activations, 7-bit weights",
-     "fuse,stubs,observe{activation-grid=full},calibrate,convert{weight-bits=7}"),
+     "fuse,stubs,observe{activation-grid=full},calibrate,convert{backend=native weight-bits=7}"),
     ("qcompile native, full 8-bit activations, 8-bit weights (VNNI only)",
-     "fuse,stubs,observe{activation-grid=full},calibrate,convert"),
+     "fuse,stubs,observe{activation-grid=full},calibrate,convert{backend=native}"),
     # cross-layer equalization, alone and with the other methods
-    ("qcompile equalize, native backend", "fuse,equalize,calibrate,convert"),
+    ("qcompile equalize, native backend", "fuse,equalize,calibrate,convert{backend=native}"),
+    ("qcompile equalize + aciq, native backend", "fuse,equalize,calibrate,aciq,convert{backend=native}"),
     ("qcompile equalize, gemmlowp backend", "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
     ("qcompile equalize + aciq, gemmlowp backend", "fuse,equalize,calibrate,aciq,convert{backend=gemmlowp}"),
     ("qcompile equalize + bias-correct, gemmlowp backend",
@@ -84,6 +88,7 @@ VARIANTS = [  # (row, pipeline)
     ("qcompile equalize, per-tensor weights, gemmlowp backend",
      "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
 ]
+EXPORTED = {VARIANTS[0][0], VARIANTS[1][0]}  # rows also scored as their ONNX export, in onnxruntime
 PER_TENSOR_WEIGHTS = "per-tensor weights"  # rows whose name says this quantize each weight on one grid
 
 
@@ -193,13 +198,13 @@ def main() -> None:
             out_dir = tmp / name.replace(" ", "_").replace(",", "").replace("'", "")
             write_model(graph, out_dir)
             record(name, _run_batches(load_model(out_dir), evaluation))
-            if pipeline == "ptq":
+            if name in EXPORTED:
                 path = export_onnx(graph, out_dir / "model.onnx")
                 session = OnnxModel(path, 1).session
                 feed = session.get_inputs()[0].name
                 outs = [session.run(None, {feed: evaluation[i:i + 64].numpy()})[0]
                         for i in range(0, len(evaluation), 64)]
-                record("qcompile ptq, native, ONNX export in onnxruntime", torch.from_numpy(np.concatenate(outs)))
+                record(f"{name}, ONNX export in onnxruntime", torch.from_numpy(np.concatenate(outs)))
         record("onnxruntime quantize_static, defaults", onnxruntime_default(model, calib, evaluation, tmp))
         try:
             record("torch.ao FX, x86 defaults", _run_batches(torchao_fx(model, calib), evaluation))

@@ -21,11 +21,14 @@ Before and after (``gemmlowp``, the digit CNN)::
     %conv_layers_0 = conv2d(%quantize_x, $conv_layers.0.{weight,bias_q,multiplier,exponent}) : u8[1,32,28,28] {input_zero_point=33, ..., target='qcompile.kernels.modules.QConv2d'}
 
 Options:
-    backend: ``native`` (torch's quantized modules and ops) or ``gemmlowp``
-        (qcompile's own integer kernels, :mod:`qcompile.kernels`: plain int8 /
-        int32 tensors and fixed-point requantization; the emitted model
-        exports with ``torch.export``). Both hold the same integer weights
-        and grids.
+    backend: ``auto`` (default), ``gemmlowp`` or ``native``. ``gemmlowp`` is
+        qcompile's own integer kernels (:mod:`qcompile.kernels`: plain int8 /
+        int32 tensors and fixed-point requantization, exact on full 8-bit
+        activation grids; the emitted model exports with ``torch.export``);
+        ``native`` is torch's quantized modules and ops (deprecated upstream;
+        7-bit activation grids on x86). ``auto`` is ``gemmlowp`` where the
+        integer stage covers every quantized op of the graph and ``native``
+        otherwise, chosen before calibration (:mod:`qcompile.backends.choice`).
     weight-bits: 2-8 (default 8); below 8, every weight gets that many bits
         per output channel, in int8 containers.
     relu6-grid: ``full`` (default) gives a fused ReLU6 whose observed grid
@@ -46,6 +49,7 @@ from typing import Literal
 import torch
 
 from qcompile.backends.channels_last import views_after_dequantize
+from qcompile.backends.choice import AUTO, choose_backend
 from qcompile.backends.torch_ao.lowering import RULES, convert_dequantize
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
@@ -137,23 +141,25 @@ class Convert(Pass):
     provides = ("converted", STATICALLY_CONVERTED)
     forbids = FLOAT_GRAPH_ONLY
 
-    backend: Literal["native", "gemmlowp"] = "native"
+    backend: Literal["auto", "native", "gemmlowp"] = AUTO
     weight_bits: int = option(8, low=2, high=8)
     relu6_grid: Literal["full", "observed"] = "full"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "converted" in graph.facts:
             return PassResult(False)
-        graph.attrs.update(backend=self.backend)
-        if self.backend == "gemmlowp":  # the integer stage, then its kernels: never torch's quantized modules
+        backend = choose_backend(graph, ctx.log) if self.backend == AUTO else self.backend  # observe chose, where it ran
+        chosen = {f"backend auto -> {backend}": 1} if self.backend == AUTO else {}
+        graph.attrs.update(backend=backend)
+        if backend == "gemmlowp":  # the integer stage, then its kernels: never torch's quantized modules
             from qcompile.passes.integerize import integerize
 
             from qcompile.backends.gemmlowp import lower_to_gemmlowp
 
             counts = integerize(graph, self)
             lower_to_gemmlowp(graph)
-            return PassResult(True, counts)
-        counts = decide_grids(graph, self)
+            return PassResult(True, chosen | counts)
+        counts = chosen | decide_grids(graph, self)
         require_scales(graph)
         engine = ctx.quant_config.engine
         if engine not in torch.backends.quantized.supported_engines:

@@ -99,6 +99,11 @@ def _spread(ranges: torch.Tensor) -> float:
     return float(live.max() / live.min()) if live.numel() else 1.0
 
 
+def _packed(node: Node) -> bool:
+    """A layer dynamic quantization already put on torch's packed int8 weights: nothing to rescale."""
+    return node.quant.mode == "dynamic"
+
+
 def _pads(node: Node) -> bool:
     padding = node.attrs.get("padding", 0)
     if isinstance(padding, str):
@@ -182,7 +187,7 @@ class Equalize(Pass):
         readers = Counter(p for n in graph.nodes() for p in set(n.params.values()))
         pairs = []
         for first in graph.find(kind=NodeKind.MODULE):
-            if first.op not in _LAYERS:
+            if first.op not in _LAYERS or _packed(first):
                 continue
             if self.layers and not any(matches_pattern(first, pattern) for pattern in self.layers):
                 continue
@@ -198,6 +203,8 @@ class Equalize(Pass):
         if len(uses) != 1:
             return None, f"its output has {len(uses)} readers"
         second, port = uses[0]
+        if _packed(second):
+            return None, f"%{second.name} holds torch's packed int8 weights (dynamic quantization ran)"
         if second.kind != NodeKind.MODULE or second.op != first.op:
             return None, f"next is %{second.name} ({second.op}), not another {first.op}"
         if port != 0 or len(graph.inputs(second)) != 1 or second.args != (Ref(0),):

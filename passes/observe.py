@@ -17,7 +17,8 @@ ops that reuse their input's grid (pooling, flatten, relu...) get
 Options:
     activation-grid: ``backend`` (default) puts the preset's activations on
         the most accurate grid the pipeline's ``convert`` backend computes
-        exactly (full 8-bit grids for ``gemmlowp``, :mod:`qcompile.backends.grids`);
+        exactly (full 8-bit grids for ``gemmlowp``, :mod:`qcompile.backends.grids`;
+        for ``auto`` this pass chooses the backend, :mod:`qcompile.backends.choice`);
         ``preset`` keeps the preset's grid, as PyTorch's quantization would; ``full`` puts
         them on full 8-bit grids whatever the backend: exact on the native
         backend only on CPUs with VNNI (torch's x86 kernels elsewhere sum
@@ -30,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from qcompile.backends.choice import AUTO, CHOSEN, choose_backend
 from qcompile.backends.grids import activation_grid_for, backend_of, full_activation_grid
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node
@@ -62,6 +64,8 @@ class Observe(Pass):
             followed, grids = full_activation_grid(preset.activation), "full 8-bit"
         else:
             grids = backend_of(ctx.remaining_passes) if self.activation_grid == "backend" else None
+            if grids == AUTO:  # decided here, on the observed graph: the backends calibrate for different grids
+                grids = self._resolve(graph, ctx)
             followed = activation_grid_for(preset.activation, grids)
         for node in graph.nodes():
             if node.quant.mode != "static":
@@ -83,3 +87,13 @@ class Observe(Pass):
                 counts["shared"] += 1
         after = {n.name: (n.quant.observer, n.quant.weight_observer, n.quant.shares) for n in graph.nodes()}
         return PassResult(after != before, counts)
+
+    @staticmethod
+    def _resolve(graph: Graph, ctx: PassContext) -> str:
+        """``convert{backend=auto}``'s backend for this graph (:mod:`qcompile.backends.choice`), chosen on a
+        copy observed with the preset's grids (the stage refuses by op, not by grid)."""
+        if CHOSEN not in graph.attrs:
+            trial = graph.copy()
+            Observe(activation_grid="preset").run(trial, ctx)
+            graph.attrs[CHOSEN] = choose_backend(trial, ctx.log)
+        return graph.attrs[CHOSEN]

@@ -2,10 +2,12 @@
 
 from qcompile.pipeline import register_pipeline
 
-register_pipeline("ptq", "fuse,calibrate,convert", "post-training static int8")
-register_pipeline("ptq-torchao", "fuse{activations=relu},stubs,observe{activation-grid=preset},calibrate,convert",
+register_pipeline("ptq", "fuse,equalize,calibrate,convert",
+                  "post-training static int8: cross-layer equalization, qcompile's kernels where they cover the model")
+register_pipeline("ptq-torchao",
+                  "fuse{activations=relu},stubs,observe{activation-grid=preset},calibrate,convert{backend=native}",
                   "static int8 with PyTorch's own fusion choices and grids (for one-to-one comparisons)")
-register_pipeline("ptq-accurate", "fuse,equalize,calibrate,adaround,convert{backend=gemmlowp}",
+register_pipeline("ptq-accurate", "fuse,equalize,calibrate,adaround,convert",
                   "static int8, most accurate measured: equalization and learned rounding on qcompile's kernels (minutes)")
 register_pipeline("dynamic-int8", "fuse,dynamic", "int8 weights, activations quantized at run time")
 register_pipeline("qat-int8", "qat,train,qat-finalize,convert", "quantization-aware training, then int8")

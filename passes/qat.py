@@ -180,7 +180,7 @@ class QatFinalize(Pass):
             graph.replace_all_uses(fq, producer)
             graph.erase(fq)
         Stubs().run(graph, ctx)
-        Observe().run(graph, ctx)
+        Observe(activation_grid="preset").run(graph, ctx)  # the grids training learned, whatever the backend
         for node in graph.nodes():
             source = graph.inputs(node)[0].name if node.op == "quantize" else node.name
             if node.quant.observer is not None and source in ranges:

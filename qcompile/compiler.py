@@ -18,7 +18,7 @@ from torch import nn
 
 from qcompile.codegen import load_model as load_emitted
 from qcompile.codegen import write_model
-from qcompile.data import open_data
+from qcompile.data import DataSource, open_data
 from qcompile.errors import QCompileError, TargetMissed
 from qcompile.frontend.dynamic_axes import AxesSpec
 from qcompile.frontend.loaders import LoadedModel, load_model
@@ -90,6 +90,8 @@ class CompileResult:
         trials: With an accuracy target, every pipeline tried, in order
             (:class:`qcompile.target_search.Trial`); the last one that met the
             target, or the closest, is the graph.
+        pipeline: The pipeline that made the graph (the one given, or the one
+            an accuracy search chose; its skip list is in the config it ran with).
     """
 
     graph: Graph
@@ -101,6 +103,7 @@ class CompileResult:
     check_inputs: CheckInputs | None = None
     float_module: nn.Module | None = None
     trials: list[Trial] = field(default_factory=list)
+    pipeline: Pipeline | None = None
 
 
 def compile_model(
@@ -114,7 +117,7 @@ def compile_model(
     trust_pickle: bool = False,
     ctx: PassContext | None = None,
     instruments: Sequence[Instrument] = (),
-    calib: str | None = None,
+    calib: str | DataSource | None = None,
     calib_samples: int | None = None,
     batch_size: int = 32,
     preprocess: str | None = None,
@@ -134,7 +137,8 @@ def compile_model(
     pipeline = passes if isinstance(passes, Pipeline) else parse_pipeline(passes)
     ctx = ctx or PassContext()
     if calib is not None:
-        ctx.calib_data = open_data(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size)
+        ctx.calib_data = (calib if isinstance(calib, DataSource)  # opened already (the command line's)
+                          else open_data(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size))
     if isinstance(model, nn.Module):
         loaded = LoadedModel(model, type(model).__name__, "module", example_inputs)
     else:
@@ -171,7 +175,8 @@ def compile_model(
             ctx.log(f"qcompile: target: writing the closest anyway (--write-best): {best.pipeline}")
             notes.append(str(missed).splitlines()[0])
     result = CompileResult(graph, records, notes=notes, example_inputs=tuple(inputs), check_inputs=checked,
-                           float_module=loaded.module, trials=trials if target is not None else [])
+                           float_module=loaded.module, trials=trials if target is not None else [],
+                           pipeline=pipeline if target is None else chosen(trials, target).passes)
     if out_dir is not None:
         if before_write is not None:
             before_write(graph)  # e.g. refuse an export that would fail, before any file exists

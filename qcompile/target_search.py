@@ -6,9 +6,10 @@ until one meets the target: every candidate is compiled from the same
 lowered graph and scored against the float model on the verdict's held-out
 samples (top-1 agreement, output SQNR). The rungs and their order come from
 what was measured on MobileNetV2 (docs/benchmarks/default-accuracy.md,
-table 7): equalization costs under a second, the gemmlowp kernels' full
-8-bit grids nothing, bias correction seconds, learned rounding minutes. A
-rung that the user's pipeline already covers is not tried again.
+table 7): equalization costs under a second, bias correction seconds,
+learned rounding minutes. Every rung converts with ``backend=auto``
+(qcompile's kernels and their full 8-bit grids wherever they cover the
+model). A rung that the user's pipeline already covers is not tried again.
 
 Each trial is reported as it ends; the chosen graph is the one that is
 written. Pipelines that calibrate alike (the same passes before it, the
@@ -42,9 +43,8 @@ from qcompile.pipeline import CALIBRATED, PassContext, PassManager, Pipeline, fi
 # (what the rung adds, its pipeline), cheapest first
 LADDER: tuple[tuple[str, str], ...] = (
     ("cross-layer equalization", "fuse,equalize,calibrate,convert"),
-    ("qcompile's kernels on full 8-bit grids", "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
-    ("bias correction", "fuse,equalize,calibrate,bias-correct,convert{backend=gemmlowp}"),
-    ("learned rounding (minutes)", "fuse,equalize,calibrate,adaround,convert{backend=gemmlowp}"),
+    ("bias correction", "fuse,equalize,calibrate,bias-correct,convert"),
+    ("learned rounding (minutes)", "fuse,equalize,calibrate,adaround,convert"),
 )
 
 
@@ -83,6 +83,7 @@ class Trial:
     seconds: float
     met: bool = False
     skip: list[str] = field(default_factory=list)  # layers kept float on top of the pipeline
+    passes: Pipeline | None = field(default=None, compare=False, repr=False)  # ``pipeline``, parsed
 
     def describe(self) -> str:
         skips = "".join(f" --skip {name}" for name in self.skip)
@@ -121,7 +122,8 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
             raise QCompileError("--target-agreement needs a model whose output holds class scores; this one's "
                                 f"has shape {list(outputs.shape)}", hint="aim at --target-sqnr DB instead")
         trial = _scored(Trial(label, str(candidate), _agreement(outputs, reference),
-                              _finite(sqnr_db(outputs, reference)), time.perf_counter() - started), target, trials, log)
+                              _finite(sqnr_db(outputs, reference)), time.perf_counter() - started, passes=candidate),
+                        target, trials, log)
         if best is None or target.shortfall(trial) < target.shortfall(best[2]):
             best = (trial_graph, records, trial)
         if trial.met:
@@ -199,7 +201,8 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
             outputs = _outputs(trial_graph, inputs)
             trial = _scored(Trial(f"{base.label}, {len(skip)} layers kept float", base.pipeline,
                                   _agreement(outputs, reference), _finite(sqnr_db(outputs, reference)),
-                                  time.perf_counter() - started, skip=list(skip)), target, trials, log)
+                                  time.perf_counter() - started, skip=list(skip), passes=Pipeline(passes)),
+                            target, trials, log)
             if closest is None or target.shortfall(trial) < target.shortfall(closest[2]):
                 closest = (trial_graph, records, trial)
             if trial.met:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qcompile.backends.choice import CHOSEN
 from qcompile.compare import flat_outputs, state_size_bytes
 from qcompile.diagnose.metrics import agreement, class_dim, sqnr_db, top_k_accuracy
 from qcompile.errors import QCompileError
@@ -162,7 +163,7 @@ def kernels_of(graph: Graph) -> str:
 
 
 def verdict_data(*, check_data: str | None, calib: str | None, calib_samples: int | None, samples: int,
-                 preprocess: str | None, batch_size: int) -> VerdictData | None:
+                 preprocess: str | None, batch_size: int, opener=None) -> VerdictData | None:
     """The data the verdict scores on, preferring data that calibration did not see.
 
     In order: ``--check-data``; the held-out twin of a built-in calibration
@@ -170,28 +171,30 @@ def verdict_data(*, check_data: str | None, calib: str | None, calib_samples: in
     ``fashion-test``); the samples of ``--calib`` after the first
     ``--calib-samples``; else the calibration samples themselves (said so).
     At most ``samples`` of them, evenly spaced over the set. ``None`` without
-    any data.
+    any data. ``opener`` opens the data (default :func:`qcompile.data.open_data`; the command line's opens
+    each set once).
     """
     from qcompile.data import open_data
     from qcompile.data.builtin import HELD_OUT
 
+    opener = opener or open_data
     if check_data is not None:
-        return _read(open_data(check_data, preprocess=preprocess, batch_size=batch_size).spread(samples),
+        return _read(opener(check_data, preprocess=preprocess, batch_size=batch_size).spread(samples),
                      f"of {check_data}", held_out=True)
     if calib is None:
         return None
     twin = HELD_OUT.get(calib.removeprefix("builtin:")) if calib.startswith("builtin:") else None
     if twin is not None:
-        return _read(open_data(f"builtin:{twin}", preprocess=preprocess, batch_size=batch_size).spread(samples),
+        return _read(opener(f"builtin:{twin}", preprocess=preprocess, batch_size=batch_size).spread(samples),
                      f"of builtin:{twin}, held out from {calib}", held_out=True)
     if calib_samples is not None:
         try:
-            rest = open_data(calib, preprocess=preprocess, batch_size=batch_size, skip=calib_samples)
+            rest = opener(calib, preprocess=preprocess, batch_size=batch_size, skip=calib_samples)
         except QCompileError:
             rest = None  # nothing after the calibration samples
         if rest is not None:
             return _read(rest.spread(samples), f"of {calib} after the {calib_samples} calibrated on", held_out=True)
-    source = open_data(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size).spread(samples)
+    source = opener(calib, preprocess=preprocess, limit=calib_samples, batch_size=batch_size).spread(samples)
     return _read(source, f"of {calib} (for held-out ones: --check-data DATA, or --calib-samples below the data's "
                  "size)", held_out=False, kind="calibration samples")
 
@@ -268,18 +271,21 @@ def judge(graph: Graph, float_module: nn.Module, out_dir: Path, data: VerdictDat
 
 def _closer(graph: Graph, pipeline_text: str) -> str | None:
     """The next step up the accuracy ladder measured on MobileNetV2 (docs/benchmarks/default-accuracy.md):
-    native 7-bit grids, then gemmlowp's full 8-bit grids, then learned rounding (``ptq-accurate``, the
-    most accurate, minutes on a small CPU) or analytic clipping (``aciq``, seconds)."""
-    learned, clipped = "adaround" in pipeline_text, "aciq" in pipeline_text
-    if graph.attrs.get("backend") == "native":
-        return ("try --passes ptq-accurate (learned rounding on qcompile's own kernels, which take full 8-bit "
-                "activation grids where torch's x86 kernels take 7-bit ones; minutes of compiling)"
-                + ("" if learned or clipped else ", or, in seconds, --backend gemmlowp --passes "
-                   "fuse,calibrate,aciq,convert"))
+    qcompile's kernels on full 8-bit grids where torch's 7-bit ones ran, then, in seconds, bias correction
+    (analytic clipping on torch's kernels), or learned rounding (``ptq-accurate``, the most accurate, minutes
+    on a small CPU)."""
+    learned = "adaround" in pipeline_text
+    tuned = "aciq" in pipeline_text or "bias-correct" in pipeline_text
+    if graph.attrs.get("backend") == "native" and graph.attrs.get(CHOSEN) is None:  # the user's choice
+        return ("try the default backend, qcompile's own kernels, which take full 8-bit activation grids where "
+                "torch's x86 kernels take 7-bit ones (leave out --backend native), or --passes ptq-accurate "
+                "(learned rounding; minutes of compiling)")
     if learned:
         return None  # the most accurate method qcompile has: what is left is keeping layers float
-    return ("try --passes ptq-accurate (learned rounding; minutes of compiling)"
-            + ("" if clipped else ", or, in seconds, analytic clipping: --passes fuse,calibrate,aciq,convert"))
+    quick = ("analytic clipping: --passes fuse,equalize,calibrate,aciq,convert" if graph.attrs.get("backend") == "native"
+             else "bias correction: --passes fuse,equalize,calibrate,bias-correct,convert")
+    return "try --passes ptq-accurate (learned rounding; minutes of compiling)" + (
+        "" if tuned else f", or, in seconds, {quick}")
 
 
 def advise(verdict: Verdict, graph: Graph, pipeline_text: str) -> str | None:

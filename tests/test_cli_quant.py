@@ -19,7 +19,8 @@ def test_static_ptq_with_deploy_and_compare(tmp_path):
     assert "pipeline expanded to: fuse,stubs,observe,calibrate,convert" in run.stderr
     assert "qcompile: calibrate: changed (batches: 8," in run.stderr
     assert (out / "model.torchscript.pt").is_file() and "identical within 0" in run.stderr
-    assert "qu8[1,10]" in (out / "graph.qir").read_text()
+    assert "backend auto -> gemmlowp: 1" in run.stderr and "= dequantize" in (out / "graph.qir").read_text()
+    assert "u8[1,10] {" in (out / "graph.qir").read_text()  # qcompile's kernels: plain uint8 codes
     dynamic = tmp_path / "dynamic"
     assert qcompile("zoo:digit_cnn", "--passes", "dynamic-int8", "-o", dynamic).returncode == 0
     table = tmp_path / "table.json"
@@ -42,7 +43,7 @@ def test_qat_from_the_command_line(tmp_path):
                    "--train-samples", "640", "-o", out, "--input-shape", "1,1,28,28")
     assert run.returncode == 0, run.stderr
     assert "train: changed (epochs: 1" in run.stderr and "epoch 1: loss" in run.stderr
-    assert "ConvReLU2d" in (out / "model.py").read_text()
+    assert "qcompile.kernels.modules.QConv2d" in (out / "model.py").read_text() and "backend auto -> gemmlowp" in run.stderr
 
 
 def _npz(path, x):

@@ -16,6 +16,7 @@ from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.pipeline import PassContext, PassManager, parse_pipeline
 from qcompile.quant.config import QuantConfig, load_quant_config
+from tests.pipelines import NATIVE_PTQ
 from tests.test_cli import qcompile
 
 PIPELINE = "fuse,calibrate,bitalloc{budget=5},aciq{bits=6},convert"
@@ -114,7 +115,7 @@ def test_mlflow_logs_parameters_metrics_and_the_report(tmp_path, monkeypatch):
     run_id = re.search(r"logged MLflow run (\w+)", run.stderr)[1]
     client = mlflow.tracking.MlflowClient(tracking_uri=store)
     logged = client.get_run(run_id).data
-    assert logged.params["pipeline"] == "fuse,stubs,observe,calibrate,convert"
+    assert logged.params["pipeline"] == "fuse,equalize,stubs,observe,calibrate,convert"
     assert 10 < logged.metrics["output_sqnr_db"] < 80 and "seconds.calibrate" in logged.metrics
     assert [a.path for a in client.list_artifacts(run_id)] == ["report.html"]
 
@@ -126,7 +127,8 @@ def test_diagnostics_need_data(tmp_path):
 
 @pytest.mark.slow
 def test_suggested_skips_raise_agreement_on_real_mobilenet_v2():
-    """Seed 004's low-accuracy case: the default preset (per-tensor weights) on MobileNetV2."""
+    """Seed 004's low-accuracy case: the default preset (per-tensor weights) on MobileNetV2, as torch.ao runs it
+    (no equalization, torch's kernels)."""
     model = load_model("zoo:mobilenet_v2").module
     calib, evaluation = open_data("builtin:photos", batch_size=16).interleaved_split()
     x = torch.cat([b[0] for b in evaluation])[:16]
@@ -134,14 +136,14 @@ def test_suggested_skips_raise_agreement_on_real_mobilenet_v2():
     diagnostics = Diagnostics((x,))
     graph = lower(model, (x[:1],))
     ctx = PassContext(calib_data=calib, quant_config=config)
-    PassManager(parse_pipeline("ptq"), diagnostics.instruments()).run(graph, ctx)
+    PassManager(parse_pipeline(NATIVE_PTQ), diagnostics.instruments()).run(graph, ctx)
     layers = diagnostics.per_layer(graph)
     assert layers[0].sqnr_db < 5  # the report points at layers far from float
 
     def rerun(skip):
         again = lower(model, (x[:1],))
         skipped = load_quant_config(preset="default", skip=skip)
-        PassManager(parse_pipeline("ptq")).run(again, PassContext(calib_data=calib, quant_config=skipped))
+        PassManager(parse_pipeline(NATIVE_PTQ)).run(again, PassContext(calib_data=calib, quant_config=skipped))
         return again
 
     suggestion = diagnostics.sensitivity(ctx, 12.0, rerun, graph)

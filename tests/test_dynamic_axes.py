@@ -144,7 +144,7 @@ def test_token_id_example_inputs_from_the_command_line(tmp_path):
     assert run.returncode != 0 and "unknown element type 'int8'" in run.stderr
 
 
-@pytest.mark.parametrize("pipeline", ["dynamic", "ptq,dynamic{ops=embedding}"])
+@pytest.mark.parametrize("pipeline", ["dynamic", "fuse,calibrate,convert{backend=native},dynamic{ops=embedding}"])
 @pytest.mark.parametrize("form", ["qdq", "qoperator"])
 def test_int8_embedding_tables_export_and_pass_the_check(pipeline, form, tmp_path):
     from qcompile.onnx.runtime.check import check_onnx, output_scale

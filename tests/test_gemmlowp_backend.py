@@ -22,6 +22,7 @@ from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig, load_quant_config
+from tests.pipelines import NATIVE_PTQ
 from tests.test_cli import qcompile
 
 
@@ -141,7 +142,7 @@ def test_full_activation_grids_on_request_for_the_native_backend():
     CPUs with VNNI only, so never the default); weights keep their preset."""
     data = open_data("builtin:mnist5k", limit=256, batch_size=64)
     graph = lower(load_model("zoo:digit_cnn").module, (torch.zeros(1, 1, 28, 28),))
-    records = run_pipeline(graph, "fuse,stubs,observe{activation-grid=full},calibrate,convert",
+    records = run_pipeline(graph, "fuse,stubs,observe{activation-grid=full},calibrate,convert{backend=native}",
                            PassContext(calib_data=data))
     assert {n.quant.observer.quant_range[1] for n in graph.nodes() if n.quant.observer is not None} == {255}
     assert {n.quant.weight_observer.quant_range for n in graph.nodes() if n.quant.weight_observer} == {(-128, 127)}
@@ -159,7 +160,7 @@ def test_gemmlowp_activations_get_full_8_bit_grids(tmp_path):
     with torch.no_grad():
         reference = model(x)
     sqnr = {}
-    for name, pipeline in (("native", "ptq"), ("gemmlowp", "fuse,calibrate,convert{backend=gemmlowp}"),
+    for name, pipeline in (("native", NATIVE_PTQ), ("gemmlowp", "fuse,calibrate,convert{backend=gemmlowp}"),
                            ("gemmlowp, preset grid", same_grids("gemmlowp"))):
         graph = lower(model, (torch.zeros(1, 1, 28, 28),))
         records = run_pipeline(graph, pipeline, PassContext(calib_data=data))
@@ -187,8 +188,8 @@ def test_cli_backend_and_deploy_export(tmp_path):
     assert "model.pt2 (torch.export; reloaded: outputs identical within 0)" in run.stderr
     assert (out / "model.torchscript.pt").is_file()
     assert "torch.backends.quantized.engine" not in (out / "model.py").read_text()
-    refused = qcompile("zoo:digit_cnn", "--passes", "ptq", "--calib", "builtin:mnist5k", "--deploy", "export",
-                       "-o", tmp_path / "n")
+    refused = qcompile("zoo:digit_cnn", "--passes", "ptq", "--backend", "native", "--calib", "builtin:mnist5k",
+                       "--deploy", "export", "-o", tmp_path / "n")
     assert refused.returncode == 2 and "--backend gemmlowp" in refused.stderr and not (tmp_path / "n").exists()
     no_convert = qcompile("zoo:digit_cnn", "--passes", "fuse", "--backend", "gemmlowp", "-o", tmp_path / "f")
     assert no_convert.returncode == 2 and "pipeline has none" in no_convert.stderr

@@ -22,7 +22,7 @@ LADDERS = {
     "digit_cnn": "fuse",
     "mobilenet_v2": "fuse",
     "mixed": "fuse",
-    "digit_cnn_ptq": "fuse,stubs,observe,calibrate,convert",
+    "digit_cnn_ptq": "fuse,stubs,observe,calibrate,convert{backend=native}",
     # the neutral integer stage, then qcompile's kernels
     "digit_cnn_integer": "fuse,stubs,observe,calibrate,integerize,lower{backend=gemmlowp}",
 }

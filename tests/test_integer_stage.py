@@ -20,6 +20,7 @@ from qcompile.ir.node import NodeKind
 from qcompile.onnx.export import export_onnx
 from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, parse_pipeline, run_pipeline
+from tests.pipelines import NATIVE_PTQ
 
 _DATA = {"digit_cnn": ("builtin:mnist5k", (1, 1, 28, 28)), "mobilenet_v2": ("builtin:photos", (1, 3, 224, 224))}
 
@@ -144,7 +145,7 @@ def test_squeeze_excitation_and_hard_activations_run_on_the_integer_stage(tmp_pa
     photos = [b[0] for b in open_data("builtin:photos", limit=24, batch_size=8)]
     calib, x = [(b,) for b in photos[:2]], photos[2]
     graphs = {}
-    for passes in ("fuse,calibrate,integerize", "fuse,calibrate,convert{backend=gemmlowp}", "fuse,calibrate,convert"):
+    for passes in ("fuse,calibrate,integerize", "fuse,calibrate,convert{backend=gemmlowp}", NATIVE_PTQ):
         graphs[passes] = lower(model, (x[:1],))
         run_pipeline(graphs[passes], passes, PassContext(calib_data=calib))
     stage, kernels, native = graphs.values()

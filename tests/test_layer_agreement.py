@@ -14,6 +14,7 @@ from qcompile.onnx.runtime.layer_agreement import explain, layer_agreement
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
 from tests.models import TokenClassifier
+from tests.pipelines import NATIVE_PTQ
 
 
 def _ids(n: int, length: int, seed: int) -> torch.Tensor:
@@ -25,7 +26,7 @@ def _encoder(tmp_path, form: str = "qdq"):
     model = TokenClassifier().eval()
     calib = [(_ids(16, 12, seed),) for seed in range(4)]
     graph = lower(model, (calib[0][0][:1],))
-    run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
     return graph, export_onnx(graph, tmp_path / "model.onnx", form=form), (_ids(64, 12, 99),)
 
 

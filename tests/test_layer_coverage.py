@@ -19,6 +19,7 @@ from qcompile.onnx.export import export_onnx
 from qcompile.onnx.runtime.check import allowed_beyond, check_onnx, output_scales
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
+from tests.pipelines import NATIVE_PTQ
 
 
 class Signal(nn.Module):
@@ -373,7 +374,7 @@ def test_masks_built_in_forward_lower_exactly_and_export_as_constants(frontend, 
 def _quantized_with(model: nn.Module, batches: list, tmp_path, preset: str, frontend: str = "fx"):
     graph = lower(model, (batches[0][:1],), frontend=frontend)
     ctx = PassContext(calib_data=[(b,) for b in batches], quant_config=QuantConfig.from_preset(preset))
-    run_pipeline(graph, "ptq", ctx)
+    run_pipeline(graph, NATIVE_PTQ, ctx)  # torch's int8 ops are what these tests cover
     write_model(graph, tmp_path / "model")
     return graph, load_model(tmp_path / "model"), ctx
 

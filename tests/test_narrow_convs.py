@@ -18,13 +18,14 @@ from qcompile.onnx.runtime.narrow_convs import BATCHES, GAIN, recorded
 from qcompile.onnx.runtime.session import OnnxModel
 from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.config import QuantConfig
+from tests.pipelines import NATIVE_PTQ
 from tests.test_cli import qcompile
 
 
 def _int8_graph(model, data: str, limit: int):
     batches = [b[0] for b in open_data(data, batch_size=16, limit=limit)]
     graph = lower(model, (batches[0][:1],))
-    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in batches],
+    run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=[(b,) for b in batches],
                                            quant_config=QuantConfig.from_preset("x86")))
     return graph, torch.cat(batches)
 

@@ -29,6 +29,7 @@ from tests.models import (
     TwoInputsTwoHeads,
     randomize_batch_norm,
 )
+from tests.pipelines import NATIVE_PTQ
 from tests.seed_models import FashionNet
 from tests.torchao_reference import sqnr
 
@@ -147,7 +148,7 @@ def test_qoperator_form(model_name, tmp_path):
         model = randomize_batch_norm(torchvision.models.resnet18())
         data = [b[0] for b in open_data("builtin:photos", limit=32, batch_size=16)]
     graph = lower(model, (data[0][:1],))
-    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in data]))
+    run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=[(b,) for b in data]))
     write_model(graph, tmp_path / "m")
     path = export_onnx(graph, tmp_path / "m" / "model.onnx", form="qoperator")
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -221,7 +222,7 @@ def test_relu6_clamps_the_integer_codes(form, tmp_path):
     torch.manual_seed(0)
     calib = [torch.randn(8, 3, 12, 12) for _ in range(2)]
     graph = lower(_TwoReLU6().eval(), (calib[0][:1],))
-    run_pipeline(graph, "fuse,calibrate,convert{relu6-grid=observed}", PassContext(calib_data=[(b,) for b in calib]))
+    run_pipeline(graph, "fuse,calibrate,convert{backend=native relu6-grid=observed}", PassContext(calib_data=[(b,) for b in calib]))
     write_model(graph, tmp_path / "model")
     path = export_onnx(graph, tmp_path / "model" / "model.onnx", form=form)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
@@ -243,7 +244,7 @@ def test_channel_shuffle_silu_and_stochastic_depth_export(tmp_path, name):
     model = randomize_batch_norm(torchvision.models.get_model(name).eval())
     calib = [b[0] for b in open_data("builtin:photos", batch_size=16, limit=32)]
     graph = lower(model, (calib[0][:1],))
-    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
+    run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=[(b,) for b in calib]))
     write_model(graph, tmp_path / "model")
     emitted = load_model(tmp_path / "model")
     ops = set()
@@ -278,7 +279,7 @@ def test_transformer_int8_export_runs_in_onnxruntime_close_to_float(form, tmp_pa
     g = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 12, 16, generator=g) for _ in range(4)]
     graph = lower(model, (calib[0][:1],))
-    run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib]))
+    run_pipeline(graph, "ptq" if form == "qdq" else NATIVE_PTQ, PassContext(calib_data=[(b,) for b in calib]))
     write_model(graph, tmp_path / "model")
     path = export_onnx(graph, tmp_path / "model.onnx", form=form)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -345,7 +346,7 @@ def test_two_inputs_and_two_outputs(form, tmp_path):
     g = torch.Generator().manual_seed(0)
     calib = [(torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 1, generator=g)) for _ in range(3)]
     graph = lower(model, tuple(t[:1] for t in calib[0]))
-    run_pipeline(graph, "ptq", PassContext(calib_data=calib))
+    run_pipeline(graph, "ptq" if form == "qdq" else NATIVE_PTQ, PassContext(calib_data=calib))
     write_model(graph, tmp_path / "model")
     path = export_onnx(graph, tmp_path / "model.onnx", form=form)
     proto = onnx.load(str(path))

@@ -20,7 +20,7 @@ from tests.torchao_reference import fx_quantize, lsb_agreement, sqnr
 FX_FUSION = "ptq-torchao"  # torch.ao's fusions (it does not fuse ReLU6) and its 7-bit activation grids
 
 
-def _quantize(model, calib, preset="x86", pipeline="fuse,calibrate,convert", config=None):
+def _quantize(model, calib, preset="x86", pipeline="fuse,calibrate,convert{backend=native}", config=None):
     graph = lower(model, (calib[0][0][:1],))
     config = config or QuantConfig.from_preset(preset)
     records = run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=config))
@@ -192,7 +192,7 @@ def test_relu6_clamp_only_where_the_grid_can_pass_six():
     model = _ReLU6Pair().eval()
     calib = [(torch.randn(8, 3, 12, 12),) for _ in range(2)]
     graph = lower(model, (calib[0][0][:1],))
-    run_pipeline(graph, "fuse,calibrate,convert{relu6-grid=observed}",
+    run_pipeline(graph, "fuse,calibrate,convert{backend=native relu6-grid=observed}",
                  PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
     clamps = [n for n in graph.nodes() if n.op == "relu6"]
     assert [graph.inputs(n)[0].name for n in clamps] == ["wide"]

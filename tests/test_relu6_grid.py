@@ -16,6 +16,7 @@ from qcompile.pipeline import PassContext, run_pipeline
 from qcompile.quant.clamps import clamp_after
 from qcompile.quant.config import QuantConfig
 from qcompile.training import trainable, write_back
+from tests.pipelines import NATIVE_PTQ
 
 
 class _SaturatingReLU6(torch.nn.Module):
@@ -41,7 +42,7 @@ def _convert(grid: str, preset: str = "x86", before: str = ""):
     model = _SaturatingReLU6().eval()
     calib = [(torch.randn(8, 3, 10, 10) * 3,) for _ in range(2)]
     graph = lower(model, (calib[0][0][:1],))
-    records = run_pipeline(graph, f"fuse,calibrate,{before}convert{{relu6-grid={grid}}}",
+    records = run_pipeline(graph, f"fuse,calibrate,{before}convert{{backend=native relu6-grid={grid}}}",
                            PassContext(calib_data=calib, quant_config=QuantConfig.from_preset(preset)))
     return graph, records, calib
 
@@ -106,7 +107,7 @@ def test_after_qat_the_learned_grids_and_weights_stay():
         for _ in range(3):  # the fake-quant ranges learn from forward passes
             module(torch.randn(8, 3, 10, 10) * 3)
     write_back(graph, module, param_map)
-    records = run_pipeline(graph, "qat-finalize,convert")
+    records = run_pipeline(graph, "qat-finalize,convert{backend=native}")
     assert "relu6 grids widened" not in records[-1].result.stats and graph.find(op="relu6")
     assert int(graph.param(graph.node("dense"), "weight").int_repr().abs().max()) == 127
 
@@ -138,7 +139,7 @@ def test_mobilenet_v2_exports_without_clamps(tmp_path):
     model = load_user_model("zoo:mobilenet_v2").module
     calib = list(open_data("builtin:photos", batch_size=16, limit=64))
     graph = lower(model, (calib[0][0][:1],))
-    records = run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    records = run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
     stats = records[-1].result.stats
     assert stats["relu6 grids widened"] >= 1 and stats["7-bit weights for wide inputs"] >= stats["relu6 grids widened"]
     ops = [n.op_type for n in onnx.load(str(export_onnx(graph, tmp_path / "model.onnx"))).graph.node]

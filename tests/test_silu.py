@@ -19,6 +19,7 @@ from qcompile.quant.config import QuantConfig, load_quant_config
 from qcompile.quant.op_table import category
 from qcompile.training import trainable, write_back
 from tests.models import randomize_batch_norm
+from tests.pipelines import NATIVE_PTQ
 
 
 class MBConvNet(nn.Module):
@@ -49,7 +50,7 @@ def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 def _int8(model, calib, config: QuantConfig):
     graph = lower(model, (calib[0][:1],))
-    records = run_pipeline(graph, "ptq", PassContext(calib_data=[(b,) for b in calib], quant_config=config))
+    records = run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=[(b,) for b in calib], quant_config=config))
     stubs = next(r.result.stats for r in records if r.pass_.name == "stubs")
     return graph, stubs
 

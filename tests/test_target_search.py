@@ -18,9 +18,9 @@ def _trials(stderr: str) -> list[tuple[str, str, float, float]]:
 
 
 def test_ladder_tries_the_users_pipeline_first_and_no_rung_twice():
-    tried = candidates(parse_pipeline("fuse,equalize,calibrate,convert"))
+    tried = candidates(parse_pipeline("ptq"))  # the default is the first rung: it is not tried again
     assert [label for label, _ in tried] == ["your pipeline"] + [label for label, _ in LADDER[1:]]
-    assert len(candidates(parse_pipeline("ptq"))) == 1 + len(LADDER)
+    assert len(candidates(parse_pipeline("fuse,calibrate,convert"))) == 1 + len(LADDER)
 
 
 def test_layers_kept_float_are_the_last_resort_and_a_missed_target_writes_nothing(tmp_path):
@@ -30,7 +30,7 @@ def test_layers_kept_float_are_the_last_resort_and_a_missed_target_writes_nothin
     kept = qcompile(*args, "--target-sqnr", "44", "-o", out)
     assert kept.returncode == 0, kept.stderr
     trials = _trials(kept.stderr)
-    assert [t[1] for t in trials[:len(LADDER) + 1]] == ["your pipeline"] + [label for label, _ in LADDER]
+    assert [t[1] for t in trials[:len(LADDER)]] == ["your pipeline"] + [label for label, _ in LADDER[1:]]
     assert all(t[0] == "misses" and t[3] < 44 for t in trials[:-1])
     assert trials[-1][0] == "meets" and trials[-1][1].endswith("1 layers kept float") and trials[-1][3] >= 44
     skipped = re.search(r"--skip (\S+)\)", kept.stderr)[1]
@@ -52,16 +52,16 @@ def test_layers_kept_float_are_the_last_resort_and_a_missed_target_writes_nothin
 @pytest.mark.slow
 def test_mobilenet_v2_climbs_until_the_agreement_is_met(tmp_path):
     out = tmp_path / "out"
-    run = qcompile("zoo:mobilenet_v2", "--calib", "builtin:photos", "--target-agreement", "0.8", "--no-verdict",
-                   "-o", out)
+    # from torch's kernels on 7-bit grids (about 0.77 on these samples) to the default, which meets it
+    run = qcompile("zoo:mobilenet_v2", "--passes", "fuse,calibrate,convert{backend=native}", "--calib",
+                   "builtin:photos", "--target-agreement", "0.8", "--no-verdict", "-o", out)
     assert run.returncode == 0, run.stderr
     trials = _trials(run.stderr)
     assert "on 64 samples of builtin:photo-crops, held out from builtin:photos" in run.stderr
-    assert [t[0] for t in trials][-1] == "meets" and all(t[0] == "misses" for t in trials[:-1])
-    assert trials[-1][2] >= 0.8 and all(t[2] < 0.8 for t in trials[:-1])
-    # the written model is the one that met it: its pipeline's backend is in graph.qir
-    backend = "gemmlowp" if "gemmlowp" in dict(LADDER)[trials[-1][1]] else "native"
-    assert f"backend='{backend}'" in (out / "graph.qir").read_text()
+    assert [(t[0], t[1]) for t in trials] == [("misses", "your pipeline"), ("meets", LADDER[0][0])]
+    assert trials[-1][2] >= 0.8 > trials[0][2]
+    # the written model is the one that met it: backend=auto put it on qcompile's kernels
+    assert "backend='gemmlowp'" in (out / "graph.qir").read_text()
 
 
 def test_a_target_needs_data_and_one_pipeline_of_tools(tmp_path):

@@ -57,7 +57,7 @@ def test_the_verdicts_numbers_match_an_independent_computation(tmp_path):
     assert verdict["quantized_bytes"] == (out / "weights.pt").stat().st_size
     assert verdict["float_ms"] > 0 and verdict["quantized_ms"] > 0
     assert math.isclose(verdict["speedup"], verdict["float_ms"] / verdict["quantized_ms"])
-    assert "x86 int8 engine" in verdict["kernels"] and verdict["float_layers"] == []
+    assert "qcompile's gemmlowp kernels" in verdict["kernels"] and verdict["float_layers"] == []
     lines = [line for line in run.stderr.splitlines() if line.startswith("qcompile: verdict:")]
     assert lines[0] == (f"qcompile: verdict: size: {verdict['float_bytes'] / 1e6:.2f} MB float -> "
                         f"{verdict['quantized_bytes'] / 1e6:.2f} MB "
@@ -99,8 +99,9 @@ def test_without_passes_the_recommended_quantization_runs_and_says_so(tmp_path):
     out = tmp_path / "out"
     run = qcompile("zoo:digit_cnn", "--calib", "builtin:mnist5k", "--calib-samples", "64", "-o", out)
     assert run.returncode == 0, run.stderr
-    assert "no --passes given: running the recommended static quantization, ptq (fuse,calibrate,convert)" in run.stderr
-    assert "qu8[1,10]" in (out / "graph.qir").read_text()
+    assert ("no --passes given: running the recommended static quantization, ptq (fuse,equalize,calibrate,convert)"
+            in run.stderr)
+    assert "u8[1,10] {" in (out / "graph.qir").read_text() and "backend='gemmlowp'" in (out / "graph.qir").read_text()
     run = qcompile("zoo:digit_cnn", "-o", tmp_path / "none")
     assert run.returncode == 2 and "--calib DATA" in run.stderr and "--passes fuse" in run.stderr
     assert not (tmp_path / "none").exists()
@@ -120,17 +121,22 @@ def test_advice_follows_the_poor_number():
     assert advise(_verdict(), graph, "fuse") is None  # a float graph: nothing to advise
     for node in graph.nodes():
         node.quant.mode = "static"
-    graph.attrs["backend"] = "native"
+    graph.attrs["backend"] = "native"  # chosen by --backend native
     assert advise(_verdict(), graph, "ptq") is None
-    native = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert")
-    assert "--passes ptq-accurate" in native and "--backend gemmlowp --passes fuse,calibrate,aciq,convert" in native
-    assert "--passes ptq-accurate" in advise(_verdict(sqnr_db=12.0), graph, "fuse,calibrate,convert")
+    native = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert{backend=native}")
+    assert "leave out --backend native" in native and "--passes ptq-accurate" in native
+    assert "--passes ptq-accurate" in advise(_verdict(sqnr_db=12.0), graph, "fuse,calibrate,convert{backend=native}")
     assert "slower than float" in advise(_verdict(quantized_ms=3.0), graph, "ptq")
-    graph.attrs["backend"] = "gemmlowp"
-    plain = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,convert{backend=gemmlowp}")
-    assert "--passes ptq-accurate" in plain and "aciq" in plain and "--sensitivity" in plain
-    clipped = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,aciq,convert{backend=gemmlowp}")
-    assert "--passes ptq-accurate" in clipped and "aciq" not in clipped
+    graph.attrs["auto-backend"] = "native"  # chosen by backend=auto: qcompile's kernels do not cover the model
+    fallback = advise(_verdict(agreement=0.7), graph, "ptq")
+    assert "--backend" not in fallback and "--passes fuse,equalize,calibrate,aciq,convert" in fallback
+    graph.attrs["backend"] = graph.attrs["auto-backend"] = "gemmlowp"
+    plain = advise(_verdict(agreement=0.7), graph, "fuse,equalize,calibrate,convert")
+    assert "--passes ptq-accurate" in plain and "--passes fuse,equalize,calibrate,bias-correct,convert" in plain
+    assert "--sensitivity" in plain
+    for tuned in ("aciq", "bias-correct"):
+        after = advise(_verdict(agreement=0.7), graph, f"fuse,calibrate,{tuned},convert")
+        assert "--passes ptq-accurate" in after and "in seconds" not in after
     learned = advise(_verdict(agreement=0.7), graph, "fuse,calibrate,adaround,convert{backend=gemmlowp}")
     assert "ptq-accurate" not in learned and "aciq" not in learned and "--sensitivity" in learned
     assert "--backend native" in advise(_verdict(quantized_ms=3.0), graph, "ptq")

@@ -8,7 +8,7 @@ instruments to the pipeline, and reports after the model is written.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,17 +16,10 @@ from qcompile.errors import QCompileError
 from qcompile.pipeline import SIMULATED
 
 
-def open_check_data(args: argparse.Namespace):
-    """The data --check, --modes and the report score on: --check-data, else --calib."""
-    from qcompile.data import open_data
-
-    return open_data(args.check_data or args.calib, preprocess=args.preprocess, limit=args.check_samples,
-                     batch_size=args.batch_size)
-
-
-def modes_snapshot(args: argparse.Namespace, pipeline):
+def modes_snapshot(options):
     from qcompile.diagnose.snapshot import Snapshot
 
+    args, pipeline = options.args, options.pipeline
     if pipeline is None or not pipeline.provides(SIMULATED):
         raise QCompileError("--modes compares simulate's research mode with what integer kernels deliver, "
                             "and the pipeline has no simulate pass",
@@ -36,14 +29,14 @@ def modes_snapshot(args: argparse.Namespace, pipeline):
     return Snapshot()
 
 
-def report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:
+def report_modes(options, snapshot, ctx, result) -> None:
     import json
     from dataclasses import asdict
 
     from qcompile.fileio import atomic_write_text
     from qcompile.modes import HEADER, compare_modes
 
-    rows = compare_modes(snapshot, ctx, open_check_data(args))
+    rows = compare_modes(snapshot, ctx, options.check_data())
     print(HEADER)
     for r in rows:
         print(r.row())
@@ -51,10 +44,11 @@ def report_modes(args: argparse.Namespace, snapshot, ctx, result) -> None:
           "an integer deployment delivers the integer row.")
     path = result.out_dir / "modes.json"
     atomic_write_text(path, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    print(f"qcompile: wrote {Path(args.output) / path.name}", file=sys.stderr)
+    print(f"qcompile: wrote {Path(options.args.output) / path.name}", file=sys.stderr)
 
 
-def diagnostics_for(args: argparse.Namespace, pipeline):
+def diagnostics_for(options):
+    args, pipeline = options.args, options.pipeline
     wanted = args.trace_error or args.layers or args.sensitivity is not None or args.report or args.mlflow
     if not wanted:
         return None
@@ -66,17 +60,17 @@ def diagnostics_for(args: argparse.Namespace, pipeline):
     spec = args.check_data or args.calib
     if spec is None:
         raise QCompileError("the diagnostics need data to run on", hint="pass --check-data DATA (or --calib DATA)")
-    from qcompile.data import first_samples, open_data
+    from qcompile.data import first_samples
     from qcompile.diagnose.session import Diagnostics
 
-    data = open_data(spec, preprocess=args.preprocess, limit=args.diagnose_samples, batch_size=args.diagnose_samples)
-    inputs = first_samples(data, args.diagnose_samples)
+    inputs = first_samples(options.check_data(args.diagnose_samples), args.diagnose_samples)
     return Diagnostics(inputs, trace=args.trace_error or args.report or bool(args.mlflow))
 
 
-def run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: str) -> None:
+def run_diagnostics(options, diagnostics, ctx, result, pipeline) -> None:
     from qcompile.diagnose.metrics import fmt_db
 
+    args, passes = options.args, str(pipeline)
     final = result.graph
     if diagnostics.trace is not None and args.trace_error:
         print(diagnostics.trace.table())
@@ -88,7 +82,7 @@ def run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: 
                 print(f"| {r.name} | {r.op} | {r.compared} | {fmt_db(r.sqnr_db)} |")
     if args.sensitivity is not None:
         def rerun(skip: list[str]):
-            return _rerun_with_skips(args, passes, skip)
+            return _rerun_with_skips(options, pipeline, skip)
 
         suggestion = diagnostics.sensitivity(ctx, args.sensitivity, rerun, final)
         print("| layer | op | alone dB | without dB |\n|---|---|---|---|")
@@ -104,7 +98,7 @@ def run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: 
     report = None
     if args.report:
         report = diagnostics.report(result.out_dir / "report.html", result.graph.name, passes, final, args.model,
-                                    result.out_dir, open_check_data(args))
+                                    result.out_dir, options.check_data())
         print(f"qcompile: wrote {Path(args.output) / report.name}", file=sys.stderr)
     if args.mlflow:
         from qcompile.diagnose.tracking import log_run
@@ -113,27 +107,25 @@ def run_diagnostics(args: argparse.Namespace, diagnostics, ctx, result, passes: 
         print(f"qcompile: logged MLflow run {run_id} to {args.mlflow}", file=sys.stderr)
 
 
-def _rerun_with_skips(args: argparse.Namespace, passes: str, skip: list[str]):
+def _rerun_with_skips(options, pipeline, skip: list[str]):
+    """The same compile with ``skip`` added to the skip list (the graph, nothing written)."""
     from qcompile.compiler import compile_model
     from qcompile.pipeline import PassContext
-    from qcompile.quant.config import load_quant_config
 
-    config = load_quant_config(args.qconfig, preset=args.preset, skip=list(args.skip) + skip)
-    ctx = PassContext(quant_config=config)
+    args = options.args
+    ctx = PassContext(quant_config=dataclasses.replace(options.quant_config, skip=[*options.quant_config.skip, *skip]))
     ctx.statistics_file = args.stats
-    return compile_model(args.model, passes=passes, input_shapes=args.input_shape, weights=args.weights,
-                         trust_pickle=args.trust_pickle, ctx=ctx, calib=args.calib, calib_samples=args.calib_samples,
-                         batch_size=args.batch_size, preprocess=args.preprocess).graph
+    return compile_model(args.model, passes=pipeline, input_shapes=args.input_shape, weights=args.weights,
+                         trust_pickle=args.trust_pickle, ctx=ctx, calib=options.calibration_data(),
+                         batch_size=args.batch_size).graph
 
 
-def report_entropy(args: argparse.Namespace, result) -> None:
-    from qcompile.data import open_data
+def report_entropy(options, result) -> None:
     from qcompile.quant.entropy import code_entropy
 
-    if "converted" not in result.graph.facts or args.calib is None:
+    if "converted" not in result.graph.facts or options.args.calib is None:
         raise QCompileError("--entropy needs a converted graph and --calib data")
-    rows, average = code_entropy(result.graph, open_data(args.calib, preprocess=args.preprocess,
-                                                         limit=args.calib_samples, batch_size=args.batch_size))
+    rows, average = code_entropy(result.graph, options.calibration_data())
     print("| tensor | kind | bits per value | values |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r.name} | {r.kind} | {r.bits:.3f} | {r.values} |")

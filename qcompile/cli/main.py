@@ -18,11 +18,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qcompile.backends.grids import backend_of
 from qcompile.backends.torch_ao.warnings import ignore_torch_deprecations
 from qcompile.cli.argtypes import finite_float, positive_int
 from qcompile.cli.compare_command import run_compare
-from qcompile.cli.defaults import EXIT_STATUS, RECOMMENDED_PIPELINE, recommended_passes
+from qcompile.cli.defaults import EXIT_STATUS, RECOMMENDED_PIPELINE
 from qcompile.cli.diagnostics import (
     diagnostics_for,
     modes_snapshot,
@@ -32,6 +31,7 @@ from qcompile.cli.diagnostics import (
 )
 from qcompile.cli.listing import list_passes, list_zoo
 from qcompile.cli.onnx_export import add_onnx_arguments, before_write, export_onnx_and_check
+from qcompile.cli.options import RunOptions
 from qcompile.cli.progress import ProgressPrinter
 from qcompile.cli.ranks import RUNS_PASSES, environment_rank, join_world, parse_quietly
 from qcompile.cli.target_options import accuracy_target, add_target_arguments
@@ -112,10 +112,13 @@ def _build_parsers() -> dict[str, argparse.ArgumentParser]:
                            help="directory for model.py, weights.pt and graph.qir")
     compile_p.add_argument("--deploy", choices=("torchscript", "export"), action="append", default=[],
                            help="also save a deployable artefact: torchscript -> OUT/model.torchscript.pt, "
-                           "export -> OUT/model.pt2 (torch.export; float models and --backend gemmlowp)")
-    compile_p.add_argument("--backend", choices=("native", "gemmlowp"),
-                           help="integer kernels for convert: native (torch's x86/fbgemm/qnnpack engines, the "
-                           "default) or gemmlowp (qcompile's own fixed-point kernels, exportable)")
+                           "export -> OUT/model.pt2 (torch.export: float models, and int8 on qcompile's kernels, which it "
+                           "makes backend=auto choose)")
+    compile_p.add_argument("--backend", choices=("auto", "gemmlowp", "native"),
+                           help="integer kernels for convert: gemmlowp (qcompile's own fixed-point kernels, "
+                           "exportable, full 8-bit grids), native (torch's x86/fbgemm/qnnpack engines, deprecated "
+                           "upstream, 7-bit grids on x86) or auto (the default: gemmlowp where its kernels cover "
+                           "every quantized op of the model, native otherwise)")
     compile_p.add_argument("--export", choices=("onnx",), action="append", default=[],
                            help="also export: onnx -> OUT/model.onnx (QDQ form for int8 models)")
     compile_p.add_argument("--entropy", action="store_true",
@@ -216,17 +219,10 @@ def _instruments(args: argparse.Namespace):
     return instruments, timing
 
 
-def _check_print_after(args: argparse.Namespace, pipeline) -> None:
-    names = {p.name for p in pipeline}
-    for name in args.print_after:
-        if name != "all" and name not in names:
-            raise QCompileError(f"--print-after {name}: no such pass in the pipeline '{pipeline}'",
-                                hint="name a pass of the pipeline, or 'all'")
-
-
 def _run(args: argparse.Namespace, command: str, world: World) -> int:
+    options = RunOptions.settle(args, command)  # every decision the arguments make, before any work
     if command != "compile":
-        return _run_staged(args, command, None, world)
+        return _run_staged(options, None, world)
     from qcompile.output_dir import StagedOutput
 
     staged = None
@@ -234,11 +230,11 @@ def _run(args: argparse.Namespace, command: str, world: World) -> int:
         if world.is_main:
             staged = StagedOutput.create(args.output)  # OUT problems surface before any work
     if staged is None:
-        return _run_staged(args, command, None, world)
+        return _run_staged(options, None, world)
     # files asked for inside OUT go into the stage, or OUT's replacement would drop them
     args.save_stats, args.dump_dir = staged.redirect(args.save_stats), staged.redirect(args.dump_dir)
     try:
-        status = _run_staged(args, command, staged, world)
+        status = _run_staged(options, staged, world)
     except CheckFailed:
         staged.commit()  # the files are written; the ONNX check says they disagree (exit 3)
         raise
@@ -247,77 +243,47 @@ def _run(args: argparse.Namespace, command: str, world: World) -> int:
     return status
 
 
-def _run_staged(args: argparse.Namespace, command: str, staged, world: World) -> int:
+def _run_staged(options: RunOptions, staged, world: World) -> int:
     """The run itself; a compile writes into ``staged.path``, which becomes OUT only at the end.
 
     Ranks other than 0 (under torchrun) run the pipeline without OUT and stop after it.
     """
     from qcompile.compiler import compile_model
-    from qcompile.pipeline import PassContext, load_plugin, parse_pipeline
+    from qcompile.pipeline import PassContext
 
-    for plugin in args.plugin:
-        load_plugin(plugin)
-    passes = args.passes if args.passes is not None else (recommended_passes(args) if command == "compile" else "")
-    if command == "compile" and not passes.strip():
-        raise QCompileError("--passes is empty", hint="name the passes, e.g. --passes ptq (--passes fuse for a float "
-                            f"model), or leave --passes out for the recommended {RECOMMENDED_PIPELINE}")
-    pipeline = parse_pipeline(passes) if passes else None
-    if getattr(args, "backend", None):
-        pipeline = _with_backend(pipeline, args.backend)
-    if command == "compile" and "onnx" in args.export:
-        from qcompile.onnx.export import check_exportable as check_onnx_form
-
-        check_onnx_form(backend_of(pipeline.passes) if pipeline is not None else None, args.onnx_form)
-    if command == "compile" and args.check:
-        if "onnx" not in args.export:
-            raise QCompileError("--check compares the ONNX export with the emitted model", hint="add --export onnx")
-        if (args.check_data or args.calib) is None:
-            raise QCompileError("--check needs data", hint="pass --check-data DATA (or --calib DATA)")
-    if command == "compile" and "export" in args.deploy and pipeline is not None:
-        from qcompile.deploy import check_exportable
-
-        check_exportable(pipeline)
-    if pipeline is not None:
-        if pipeline.inserted and world.is_main:
-            print(f"qcompile: pipeline expanded to: {pipeline}", file=sys.stderr)
-        _check_print_after(args, pipeline)
-    elif args.print_after:
-        raise QCompileError("--print-after needs --passes")
+    args, command, pipeline = options.args, options.command, options.pipeline
+    compiling = command == "compile"
+    if pipeline is not None and pipeline.inserted and world.is_main:
+        print(f"qcompile: pipeline expanded to: {pipeline}", file=sys.stderr)
     instruments, timing = _instruments(args) if world.is_main else ([], None)
-    snapshot = modes_snapshot(args, pipeline) if command == "compile" and args.modes and world.is_main else None
+    snapshot = modes_snapshot(options) if compiling and args.modes and world.is_main else None
     if snapshot is not None:
         instruments.append(snapshot)
-    diagnostics = diagnostics_for(args, pipeline) if command == "compile" and world.is_main else None
-    preflight = before_write(args) if command == "compile" else None  # builds the ONNX model once, before OUT
+    diagnostics = diagnostics_for(options) if compiling and world.is_main else None
+    preflight = before_write(options) if compiling else None  # builds the ONNX model once, before OUT
     if diagnostics is not None:
         instruments.extend(diagnostics.instruments())
-    target, target_inputs = accuracy_target(args, world, instruments) if command == "compile" else (None, None)
-    from qcompile.quant.config import load_quant_config
-
-    quant_config = load_quant_config(args.qconfig, preset=args.preset, skip=args.skip)
+    target, target_inputs = accuracy_target(options, world, instruments) if compiling else (None, None)
     progress = ProgressPrinter()
-    ctx = PassContext(debug=args.debug, quant_config=quant_config, progress=progress if world.is_main else None,
+    ctx = PassContext(debug=args.debug, quant_config=options.quant_config,
+                      progress=progress if world.is_main else None,
                       log=None if world.is_main else (lambda message: None))
     ctx.world = world
     ctx.statistics_file = args.stats
     if args.train:
-        from qcompile.data import open_data
-
-        ctx.train_data = open_data(args.train, preprocess=args.preprocess, limit=args.train_samples,
-                                   batch_size=args.batch_size)
+        ctx.train_data = options.open_data(args.train, preprocess=args.preprocess, limit=args.train_samples,
+                                           batch_size=args.batch_size)
     result = compile_model(
         args.model,
-        passes=pipeline,  # parsed once, above
+        passes=pipeline,  # parsed once, by RunOptions
         out_dir=staged.path if staged is not None else None,
         input_shapes=args.input_shape,
         weights=args.weights,
         trust_pickle=args.trust_pickle,
         ctx=ctx,
         instruments=instruments,
-        calib=args.calib,
-        calib_samples=args.calib_samples,
+        calib=options.calibration_data(),
         batch_size=args.batch_size,
-        preprocess=args.preprocess,
         frontend=args.frontend,
         dynamic_axes=args.dynamic_axes,
         before_write=preflight,
@@ -325,11 +291,7 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         target_inputs=target_inputs,
         write_best=getattr(args, "write_best", False),
     ) if pipeline is not None else _lower_only(args)
-    if result.trials:  # what the search chose is what was compiled
-        from qcompile.target_search import chosen
-
-        picked = chosen(result.trials, target)
-        pipeline = parse_pipeline(picked.pipeline)
+    pipeline = result.pipeline or pipeline  # after an accuracy search, the pipeline it chose
     world.finished = True
     if not world.is_main:
         return 0
@@ -347,57 +309,43 @@ def _run_staged(args: argparse.Namespace, command: str, staged, world: World) ->
         print(f"qcompile: {record.pass_.name}: {changed}" + (f" ({stats})" if stats else ""), file=sys.stderr)
     if timing is not None:
         print(timing.table(), file=sys.stderr)
-    if command == "compile" and "export" in args.deploy:
+    if compiling and "export" in args.deploy:
         from qcompile.deploy import save_export
 
         path, diff = save_export(result.out_dir, result.example_inputs, result.check_inputs)
         print(f"qcompile: wrote {staged.target / path.name} (torch.export; reloaded: outputs identical within "
               f"{diff:.3g})", file=sys.stderr)
-    if command == "compile" and "torchscript" in args.deploy:
+    if compiling and "torchscript" in args.deploy:
         from qcompile.deploy import save_torchscript
 
         path, diff = save_torchscript(result.out_dir, result.example_inputs, result.check_inputs)
         print(f"qcompile: wrote {staged.target / path.name} (reloaded: outputs identical within {diff:.3g})",
               file=sys.stderr)
-    if command == "compile" and args.entropy:
-        report_entropy(args, result)
-    if command == "compile" and "onnx" in args.export:
-        export_onnx_and_check(args, result, progress, preflight)
+    if compiling and args.entropy:
+        report_entropy(options, result)
+    if compiling and "onnx" in args.export:
+        export_onnx_and_check(options, result, progress, preflight)
     if snapshot is not None:
-        report_modes(args, snapshot, ctx, result)
+        report_modes(options, snapshot, ctx, result)
     if diagnostics is not None:
-        run_diagnostics(args, diagnostics, ctx, result, str(pipeline))
-    if command == "compile":
-        verdict = None if args.no_verdict else run_verdict(args, result, str(pipeline), progress)
-        staged.commit()
-        print(f"qcompile: wrote {staged.target}/model.py, weights.pt, graph.qir "
-              f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
-              f"within {result.check:.3g} on {result.check_inputs.source}", file=sys.stderr)
-        if verdict is not None:
-            print_verdict(verdict, as_json=args.json)
-        if result.trials and not result.trials[-1].met:
-            print(f"qcompile: target missed: wrote the closest pipeline, {picked.describe()} (--write-best)",
-                  file=sys.stderr)
-            return 4
-    else:
+        run_diagnostics(options, diagnostics, ctx, result, pipeline)
+    if not compiling:
         _show(result.graph, args)
+        return 0
+    verdict = None if args.no_verdict else run_verdict(options, result, str(pipeline), progress)
+    staged.commit()
+    print(f"qcompile: wrote {staged.target}/model.py, weights.pt, graph.qir "
+          f"({result.graph.name}, {len(result.graph)} nodes); emitted module matches the graph "
+          f"within {result.check:.3g} on {result.check_inputs.source}", file=sys.stderr)
+    if verdict is not None:
+        print_verdict(verdict, as_json=args.json)
+    if result.trials and not result.trials[-1].met:
+        from qcompile.target_search import chosen
+
+        print(f"qcompile: target missed: wrote the closest pipeline, {chosen(result.trials, target).describe()} "
+              "(--write-best)", file=sys.stderr)
+        return 4
     return 0
-
-
-def _with_backend(pipeline, backend: str):
-    import dataclasses
-
-    from qcompile.pipeline import ON_KERNELS, STATICALLY_CONVERTED, Pipeline
-
-    def chooses(p) -> bool:  # convert, or lower: a pass with a backend option
-        return (STATICALLY_CONVERTED in p.provides or ON_KERNELS in p.provides) and any(
-            f.name == "backend" for f in p.options())
-
-    if pipeline is None or not any(chooses(p) for p in pipeline.passes):
-        raise QCompileError("--backend chooses the kernels of the convert (or lower) pass, and the pipeline has "
-                            "none", hint="e.g. --passes ptq --backend gemmlowp")
-    passes = tuple(dataclasses.replace(p, backend=backend) if chooses(p) else p for p in pipeline.passes)
-    return Pipeline(passes, pipeline.inserted)
 
 
 def _lower_only(args: argparse.Namespace):

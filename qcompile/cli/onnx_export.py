@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from qcompile.cli.argtypes import positive_int
-from qcompile.cli.diagnostics import open_check_data
 
 
 def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,13 +40,13 @@ class Preflight:
     the data --check and --modes run on is read and checked against the model's inputs. What it built and
     read is kept for the export and the check that follow (``model``, ``batches``)."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    def __init__(self, options):
+        self.options = options
         self.model = None  # the in-memory ONNX model
         self.batches: list[tuple] | None = None  # the check data, one tensor per model input
 
     def __call__(self, graph) -> None:
-        args = self.args
+        args = self.options.args
         if "onnx" in args.export:
             from qcompile.onnx.export import build_onnx
 
@@ -55,7 +54,7 @@ class Preflight:
         if _scored(args):
             from qcompile.passes.calibrate import check_batch
 
-            self.batches = [tuple(batch) for batch in open_check_data(args)]
+            self.batches = [tuple(batch) for batch in self.options.check_data()]
             for index, batch in enumerate(self.batches):
                 check_batch(graph, batch, index, purpose="--check-data" if args.check_data else "--calib")
 
@@ -65,12 +64,13 @@ def _scored(args: argparse.Namespace) -> bool:
     return bool((args.check and "onnx" in args.export) or args.modes)
 
 
-def before_write(args: argparse.Namespace) -> Preflight | None:
+def before_write(options) -> Preflight | None:
     """The checks to run before OUT is written, or None where there are none."""
-    return Preflight(args) if "onnx" in args.export or _scored(args) else None
+    args = options.args
+    return Preflight(options) if "onnx" in args.export or _scored(args) else None
 
 
-def export_onnx_and_check(args: argparse.Namespace, result, progress=None, preflight: Preflight | None = None) -> None:
+def export_onnx_and_check(options, result, progress=None, preflight: Preflight | None = None) -> None:
     """OUT/model.onnx from the compiled graph, its narrow-convolution decisions, and with ``--check`` the
     comparison with the emitted model in onnxruntime. Where their outputs differ by more than one step, the
     export is judged against the float model beside the module (:mod:`qcompile.onnx.runtime.verdict`): as close
@@ -85,6 +85,7 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None, prefl
     from qcompile.onnx.runtime.narrow_convs import recorded
     from qcompile.onnx.runtime.verdict import against_float
 
+    args = options.args
     if args.onnx_narrow_convs == "measure":
         print(f"qcompile: onnx: timing the whole model with each rewrite of its narrow convolutions against it "
               f"plain in onnxruntime (batch {args.onnx_batch}, {args.onnx_threads} threads; 60 to 240 pairs of "
@@ -102,7 +103,7 @@ def export_onnx_and_check(args: argparse.Namespace, result, progress=None, prefl
     if not args.check:
         return
     batches = (preflight.batches if preflight is not None and preflight.batches is not None
-               else [tuple(b) for b in open_check_data(args)])  # one tensor per model input
+               else [tuple(b) for b in options.check_data()])  # one tensor per model input
     emitted = load_emitted(result.out_dir)
     try:
         results = check_onnx(path, emitted, batches, output_scales(result.graph), graph=result.graph,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
-def run_verdict(args: argparse.Namespace, result, passes: str, progress):
+def run_verdict(options, result, passes: str, progress):
     """Measure the written model (:mod:`qcompile.verdict`) and write OUT/verdict.json; the verdict."""
     from qcompile.fileio import atomic_write_text
-    from qcompile.verdict import judge, verdict_data
+    from qcompile.verdict import judge
 
     data = None
     try:
-        data = verdict_data(check_data=args.check_data, calib=args.calib, calib_samples=args.calib_samples,
-                            samples=args.check_samples, preprocess=args.preprocess, batch_size=args.batch_size)
+        data = options.verdict_data  # read once: an accuracy search scored on the same
         verdict = judge(result.graph, result.float_module, result.out_dir, data, result.check_inputs.tensors,
                         pipeline_text=passes, progress=progress)
     except Exception as exc:  # noqa: BLE001 - the user's model and data run here; the model stands, checked

@@ -116,6 +116,25 @@ class DataSource:
         labels = self.labels[picks] if self.labels is not None else None
         return DataSource(self.name, [self.items[i] for i in picks], labels, self.load, self.batch_size)
 
+    def window(self, skip: int = 0, limit: int | None = None) -> DataSource:
+        """At most ``limit`` samples after the first ``skip``: a view, nothing is loaded.
+
+        A data function's ready batches are kept whole (the first
+        ``limit // batch_size``, at least one) and cannot be skipped into.
+        """
+        if limit is not None and limit <= 0:
+            raise QCompileError(f"sample limit must be positive, got {limit}")
+        if self._ready is not None:
+            if skip:
+                raise QCompileError(f"the data function {self.name} gives batches, which cannot be skipped into")
+            ready = self._ready if limit is None else self._ready[: max(1, limit // self.batch_size)]
+            return DataSource(self.name, [], None, self.load, self.batch_size, ready_batches=ready)
+        if not skip and limit is None:
+            return self
+        end = None if limit is None else skip + limit
+        labels = self.labels[skip:end] if self.labels is not None else None
+        return DataSource(self.name, self.items[skip:end], labels, self.load, self.batch_size)
+
     def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x, y)`` batches; only for labelled data."""
         if self.labels is None:
@@ -225,6 +244,30 @@ def open_data(spec: str, *, preprocess: str | None = None, limit: int | None = N
         items = items[skip:end]
         labels = labels[skip:end] if labels is not None else None
     return DataSource(spec, items, labels, load, batch_size)
+
+
+class OpenedData:
+    """:func:`open_data` that opens each data set once: later requests for it are views of that opening.
+
+    A data function runs once, a data file is read once, a folder listed
+    once, however many steps of a run read the set (calibration, the
+    verdict, the checks, the diagnostics). Called like :func:`open_data`.
+    """
+
+    def __init__(self) -> None:
+        self._opened: dict[tuple, DataSource] = {}
+
+    def __call__(self, spec: str, *, preprocess: str | None = None, limit: int | None = None,
+                 batch_size: int = 32, skip: int = 0) -> DataSource:
+        key = (spec, preprocess, batch_size)
+        if key not in self._opened:
+            self._opened[key] = open_data(spec, preprocess=preprocess, batch_size=batch_size)
+        return self._opened[key].window(skip, limit)
+
+    @property
+    def opened(self) -> int:
+        """How many data sets were opened."""
+        return len(self._opened)
 
 
 def _from_callable(spec: str, preprocess: str | None, limit: int | None, batch_size: int) -> DataSource:
