@@ -9,7 +9,7 @@ the two backends calibrate for different grids: ``observe`` makes it on the
 observed graph, by rewriting a copy of it into the integer stage with the
 real weights and a stand-in range for every activation (the stage refuses by
 op and attributes, never by range), and records it in
-``graph.attrs["auto-backend"]`` with the reason. ``convert`` then lowers to
+``graph.attrs["auto-backend"]``. ``convert`` then lowers to
 that backend. A graph that reaches ``convert`` without ``observe`` (after
 quantization-aware training, whose grids are learned) is tried on the
 calibrated grids themselves, at ``convert``.

@@ -113,14 +113,17 @@ def with_backend(pipeline: Pipeline | None, backend: str) -> Pipeline:
     if backend == AUTO and any(chooses(p) and STATICALLY_CONVERTED not in p.provides for p in pipeline.passes):
         raise QCompileError("--backend auto is for convert; lower puts the integer stage on a named backend",
                             hint="--backend gemmlowp")
-    passes = tuple(dataclasses.replace(p, backend=backend) if chooses(p) else p for p in pipeline.passes)
-    return Pipeline(passes, pipeline.inserted)
+    return _backend_given(pipeline, backend, chooses)
 
 
 def _auto_pinned(pipeline: Pipeline, backend: str) -> Pipeline:
     """``pipeline`` with each ``convert{backend=auto}`` made ``backend``."""
-    passes = tuple(dataclasses.replace(p, backend=backend) if getattr(p, "backend", None) == AUTO else p
-                   for p in pipeline.passes)
+    return _backend_given(pipeline, backend, lambda p: getattr(p, "backend", None) == AUTO)
+
+
+def _backend_given(pipeline: Pipeline, backend: str, chooses) -> Pipeline:
+    """``pipeline`` with ``backend`` set on the passes ``chooses`` picks."""
+    passes = tuple(dataclasses.replace(p, backend=backend) if chooses(p) else p for p in pipeline.passes)
     return Pipeline(passes, pipeline.inserted)
 
 
