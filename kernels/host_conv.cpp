@@ -27,6 +27,7 @@
 
 #include "amx_tiles.h"
 #include "conv_shape.h"
+#include "gather_bytes.h"
 #include "parallel.h"
 #include "stage8.h"
 
@@ -40,6 +41,8 @@ using qc_amx::AmxTiles;
 using qc_amx::kAmxQuads;
 using qc_amx::kAmxRows;
 using qc_avx2::ConvShape;
+using qc_avx2::Exception;
+using qc_avx2::gather_bytes;
 using qc_avx2::Stage8;
 using qc_avx2::StageTable;
 using qc_avx2::stage8;
@@ -148,54 +151,6 @@ int64_t panels_per_block(int64_t pairs) { return std::max<int64_t>(1, (192 * 102
 
 // The byte form (see the top of this file).
 constexpr int kByteRows = 4;  // 4 x 2 accumulators, 2 weight vectors, the broadcast, the ones and a product
-
-// A code above 127 at depth index k of a tile's row: the GEMM left its excess q - 127 out.
-struct Exception {
-  int32_t row, k, excess;
-};
-
-// Row r of a byte tile: min(q, 127) of pixel m's receptive field, padded with 0 to a multiple of 4; codes
-// above 127 are appended to `exceptions` (with `wide`, for VNNI, the codes themselves and no exceptions). Taps outside the input are 0 here and set in the returned mask: they
-// must contribute (z - z) w = 0, so their share of the bias correction (- z w) is added back afterwards.
-__attribute__((target("avx2"))) uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m, int32_t r,
-                                                      uint8_t* row, std::vector<Exception>& exceptions, bool wide) {
-  const int64_t ow = m % s.out_w, oh = (m / s.out_w) % s.out_h, n = m / (s.out_w * s.out_h);
-  const __m256i top = _mm256_set1_epi8(127);
-  uint8_t* dst = row;
-  uint64_t outside = 0;
-  int64_t k0 = 0, tap = 0;
-  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
-    const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
-    for (int64_t kx = 0; kx < s.kernel_w; ++kx, dst += s.channels, k0 += s.channels, ++tap) {
-      const int64_t ix = ow * s.stride_w - s.pad_w + kx * s.dilation_w;
-      if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) {
-        std::fill(dst, dst + s.channels, uint8_t{0});
-        outside |= uint64_t{1} << tap;
-        continue;
-      }
-      const uint8_t* src = x + ((n * s.height + iy) * s.width + ix) * s.channels;
-      if (wide) {  // VNNI sums u8 x s8 products in int32: every code goes in whole
-        memcpy(dst, src, static_cast<size_t>(s.channels));
-        continue;
-      }
-      int64_t c = 0;
-      for (; c + 32 <= s.channels; c += 32) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), _mm256_min_epu8(v, top));
-        for (uint32_t high = static_cast<uint32_t>(_mm256_movemask_epi8(v)); high != 0; high &= high - 1) {
-          const int64_t i = c + __builtin_ctz(high);
-          exceptions.push_back({r, static_cast<int32_t>(k0 + i), src[i] - 127});
-        }
-      }
-      for (; c < s.channels; ++c) {
-        dst[c] = static_cast<uint8_t>(std::min<int32_t>(src[c], 127));
-        if (src[c] > 127) exceptions.push_back({r, static_cast<int32_t>(k0 + c), src[c] - 127});
-      }
-    }
-  }
-  std::fill(dst, row + 4 * ((s.depth() + 3) / 4), uint8_t{0});
-  return outside;
-}
 
 #define QC_BYTE_ROWS(X) X(0) X(1) X(2) X(3)
 // The byte GEMM over one tile and one panel; MAC(acc, v, b) adds the four products of each 32-bit lane.
@@ -330,6 +285,12 @@ void tile_loop(int64_t tiles, int64_t all_panels, int64_t block, int threads, Sc
 
 extern "C" {
 
+// host_vnni512.cpp's form of qc_conv_gemm_bytes
+int qc_conv_vnni512_supported();
+void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
+                          const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                          int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads);
+
 // 1 if this CPU runs the kernels below (AVX2).
 int qc_conv_supported() { return __builtin_cpu_supports("avx2") ? 1 : 0; }
 
@@ -411,6 +372,10 @@ void qc_conv_byte_pack(const int8_t* weight, int64_t out_channels, int64_t depth
 void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
                         const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
                         int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads, int isa) {
+  if (isa == kAvx512Vnni && qc_conv_vnni512_supported()) {  // 512-bit vectors (host_vnni512.cpp)
+    qc_conv_gemm_vnni512(x, x_zero, packed, tap_sums, shape, bias, m0, exponent, out_zero, lo, hi, out, threads);
+    return;
+  }
   const ConvShape s = ConvShape::read(shape);
   if (!byte_isa_runs(isa)) isa = kAvx2;
   const int64_t quads = (s.depth() + 3) / 4, tiles = (s.pixels() + kByteRows - 1) / kByteRows;

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 import weakref
 from functools import cache
 
@@ -26,16 +27,19 @@ from qcompile.kernels import host
 from qcompile.kernels.build import HERE, shared_library
 from qcompile.kernels.geometry import conv_output_size
 
-_HEADERS = ("amx_tiles.h", "conv_shape.h", "parallel.h", "stage8.h")
+_HEADERS = ("amx_tiles.h", "conv_shape.h", "gather_bytes.h", "parallel.h", "stage8.h", "stage16.h")
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
         lib = shared_library(HERE / "host_conv.cpp", tuple(HERE / h for h in _HEADERS), flags=("-O3",),
-                             also=(HERE / "host_depthwise.cpp",))
-    except RuntimeError:
-        return None  # host.library() has already warned about the compiler
+                             also=(HERE / "host_depthwise.cpp", HERE / "host_vnni512.cpp"))
+    except RuntimeError as exc:
+        if host.library() is not None:  # else host.library() has already warned about the compiler
+            warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin's convolutions use torch "
+                          "ops (slower)", stacklevel=2)
+        return None
     i32, i64, ptr, int_ = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.qc_conv_supported.restype = int_
     lib.qc_conv_packed_size.argtypes = [i64, i64]
@@ -213,11 +217,13 @@ def byte_isa() -> str:
 
 
 def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int, isa: str | None = None) -> bool:
-    """Whether this layer runs in the byte form: depths of 64 and more over up to 64 taps; without VNNI only
+    """Whether this layer runs in the byte form: up to 64 taps, depths of 64 and more (any depth in the
+    512-bit AVX-512 VNNI form, which is faster than the int16 form on thin layers too); without VNNI only
     where few codes are above 127, decided once per layer at its first call (its grid does not change)."""
-    if not (taps <= 64 and taps * channels >= 64):
+    isa = isa or byte_isa()
+    if not (taps <= 64 and (taps * channels >= 64 or isa == "avx512-vnni")):
         return False
-    if (isa or byte_isa()) != "avx2":
+    if isa != "avx2":
         return True
     return _cached((weight,), "few codes above 127",
                    lambda: int((x > 127).sum()) * BYTE_FORM_WIDE_SHARE < x.numel())

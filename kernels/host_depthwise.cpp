@@ -93,11 +93,12 @@ __attribute__((target("avx2,fma"))) void depthwise_row(const float* window, cons
       }
     }
   }
-  // the output stage pixel by pixel: the stores run along the output row
-  for (int64_t ox = 0; ox < s.out_w; ++ox) {
-    for (int64_t c = 0; c < channels8; c += 8) {
+  // the output stage eight channels at a time along the row: their parameters stay in registers
+  for (int64_t c = 0; c < channels8; c += 8) {
+    const Stage8 stage = stages[c / 8];
+    for (int64_t ox = 0; ox < s.out_w; ++ox) {
       const __m256i q = stage8(_mm256_load_si256(reinterpret_cast<const __m256i*>(sums + ox * channels8 + c)),
-                               stages[c / 8]);
+                               stage);
       qc_avx2::store_codes(out + ox * s.out_channels + c, q, s.out_channels - c);
     }
   }

@@ -417,8 +417,9 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
     geometry = ([stride] * 2, [padding] * 2, [dilation] * 2)
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
     assert host_conv.runs(bias, m0, exponent, cpu.accumulator_bound(cin * kernel * kernel)) == avx2
-    deep = kernel * kernel <= 64 and kernel * kernel * cin >= 64
     for isa in _byte_isas():
+        # depths of 64 and more, any depth in the 512-bit VNNI form
+        deep = kernel * kernel <= 64 and (kernel * kernel * cin >= 64 or isa == "avx512-vnni")
         # without VNNI the byte form takes codes mostly up to 127; with it, any codes
         for x, bytes_expected in ((full, deep and isa != "avx2"), (narrow, deep)):
             layer_weight = weight.clone()  # a layer of its own: the form is decided at a layer's first call

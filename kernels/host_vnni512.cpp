@@ -1,0 +1,172 @@
+// The CPU twin's byte GEMM on AVX-512 VNNI (dense convolutions and linear layers): host_conv.cpp's byte form
+// with 512-bit vectors. A panel of 16 output channels is one vector of int32 lanes, and vpdpbusd adds the four
+// uint8 x int8 products of each lane, so every code goes in whole; eight pixels share each weight vector. The
+// output stage (stage16.h) runs on the accumulators in the registers, and vpmovusdb stores the sixteen codes.
+// A 1x1 convolution with stride 1 and no padding over a multiple of 4 channels (and a linear layer) reads its
+// rows straight from the input: channels last, a pixel's codes are its GEMM row. Other layers gather each
+// tile's rows (gather_bytes.h), and taps outside the input get their share of the bias correction back.
+// Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
+#include <stdint.h>
+#include <string.h>
+
+// GCC 12 warns that the AVX-512 intrinsics' own undefined vectors may be used uninitialized (a false report)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <new>
+#include <vector>
+
+#include "conv_shape.h"
+#include "gather_bytes.h"
+#include "parallel.h"
+#include "stage16.h"
+
+namespace {
+
+using qc_avx2::ConvShape;
+using qc_avx2::Exception;
+using qc_avx2::gather_bytes;
+using qc_avx512::make_shared;
+using qc_avx512::make_stage16;
+using qc_avx512::Stage16;
+using qc_avx512::StageShared;
+using qc_avx512::stage16;
+
+constexpr int kRows = 8;        // pixels per tile: eight accumulators, a weight vector, the broadcasts
+constexpr int kChannels = 16;   // output channels per panel: one vector of int32 lanes
+
+#define QC_VNNI512 __attribute__((target("avx512f,avx512vnni")))
+
+// The tile's sums for one panel: acc[r] over `quads` groups of four depth indices of row r (4 * quads bytes).
+// The accumulators are named variables, not an array, so that they stay in registers.
+#define QC_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* const* rows, const int8_t* panel,
+                                                                 int64_t quads, __m512i (&acc)[kRows]) {
+  static_assert(kRows == 8, "QC_ROWS names eight rows");
+#define QC_ZERO(r) __m512i acc##r = _mm512_setzero_si512();
+  QC_ROWS(QC_ZERO)
+#undef QC_ZERO
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m512i w = _mm512_loadu_si512(panel + 64 * q);
+#define QC_STEP(r)                                                      \
+  {                                                                     \
+    int32_t quad;                                                       \
+    memcpy(&quad, rows[r] + 4 * q, sizeof quad);                        \
+    acc##r = _mm512_dpbusd_epi32(acc##r, _mm512_set1_epi32(quad), w);   \
+  }
+    QC_ROWS(QC_STEP)
+#undef QC_STEP
+  }
+#define QC_SAVE(r) acc[r] = acc##r;
+  QC_ROWS(QC_SAVE)
+#undef QC_SAVE
+}
+#undef QC_ROWS
+
+// The tile's valid rows finished and stored: taps outside the input get x_zero * (their weights' sum) back
+// (the bias took it off for every tap), then the output stage, sixteen codes per row (`count` of them for a
+// layer's last panel: a masked store, which is slow, only there).
+QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
+    __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, const int32_t* tap_sums, int32_t x_zero,
+    const Stage16& stage, const StageShared& shared, int64_t count, uint8_t* out, int64_t out_stride) {
+  const __m512i zero = _mm512_set1_epi32(x_zero);
+  const __mmask16 lanes = count >= kChannels ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << count) - 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
+      const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
+      acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(zero, sums));
+    }
+    const __m512i q = stage16(acc[r], stage, shared);
+    if (count >= kChannels)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * out_stride), _mm512_cvtusepi32_epi8(q));
+    else
+      _mm512_mask_cvtusepi32_storeu_epi8(out + r * out_stride, lanes, q);
+  }
+}
+
+// One call's layer and what every thread reads.
+struct Gemm {
+  const uint8_t* x;
+  int32_t x_zero;
+  const int8_t* packed;
+  const int32_t* tap_sums;
+  ConvShape s;
+  int64_t quads, pixels, tiles, all_panels, taps, block;
+  bool direct, by_tiles;
+  const Stage16* stages;
+  StageShared shared;
+  uint8_t* out;
+};
+
+// A thread's share: tiles [begin, end) under every panel (by_tiles), else panels [begin, end) over every tile;
+// a tile is gathered again for every block of panels (a small cost against the block's multiply-adds).
+QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
+  const ConvShape& s = g.s;
+  const int64_t t0 = g.by_tiles ? begin : 0, t1 = g.by_tiles ? end : g.tiles;
+  const int64_t p0 = g.by_tiles ? 0 : begin, p1 = g.by_tiles ? g.all_panels : end;
+  std::vector<uint8_t> tile(g.direct ? 0 : static_cast<size_t>(kRows * 4 * g.quads)), zeros(4 * g.quads);
+  std::vector<Exception> none;  // the VNNI form takes every code whole
+  const uint8_t* rows[kRows];
+  uint64_t outside[kRows] = {};
+  for (int64_t pb = p0; pb < p1; pb += g.block)
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t m = t * kRows + r;
+        if (r >= valid) {
+          rows[r] = zeros.data();
+        } else if (g.direct) {
+          rows[r] = g.x + m * s.channels;
+        } else {
+          uint8_t* row = tile.data() + r * 4 * g.quads;
+          outside[r] = gather_bytes(g.x, s, m, r, row, none, true);
+          rows[r] = row;
+        }
+      }
+      for (int64_t p = pb; p < std::min(p1, pb + g.block); ++p) {
+        __m512i acc[kRows];
+        panel_sums(rows, g.packed + p * g.quads * 4 * kChannels, g.quads, acc);
+        const int64_t c = p * kChannels;
+        finish_rows(acc, valid, outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
+                    s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);
+      }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// 1 if this CPU runs qc_conv_gemm_vnni512.
+int qc_conv_vnni512_supported() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+}
+
+// qc_conv_gemm_bytes's contract (host_conv.cpp), on AVX-512 VNNI: the byte form's panels of 16 channels, the
+// bias less x_zero * each channel's weight sum, tap_sums[p, t, i] (at most 64 taps).
+QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int8_t* packed,
+                                     const int32_t* tap_sums, const int64_t* shape, const int32_t* bias,
+                                     const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
+                                     int32_t hi, uint8_t* out, int threads) {
+  Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, false, false, nullptr,
+         make_shared(out_zero, lo, hi), out};
+  const ConvShape& s = g.s;
+  g.quads = (s.depth() + 3) / 4, g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
+  g.all_panels = (s.out_channels + kChannels - 1) / kChannels, g.taps = s.kernel_h * s.kernel_w;
+  g.direct = g.taps == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
+             s.channels % 4 == 0;
+  g.block = std::max<int64_t>(1, (192 * 1024) / (g.quads * 64));  // panels that stay in the L2 cache
+  g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
+  // one Stage16 per panel, in storage aligned by hand (the vectors' 64 bytes)
+  std::vector<unsigned char> storage(sizeof(Stage16) * g.all_panels + 64);
+  Stage16* stages = reinterpret_cast<Stage16*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+  for (int64_t p = 0; p < g.all_panels; ++p) {
+    const int64_t c = p * kChannels;
+    new (&stages[p]) Stage16(make_stage16(bias + c, m0 + c, exponent + c, s.out_channels - c));
+  }
+  g.stages = stages;
+  qc_host::parallel_for(g.by_tiles ? g.tiles : g.all_panels, threads,
+                        [&g](int64_t begin, int64_t end) { run_range(g, begin, end); });
+}
+
+}  // extern "C"

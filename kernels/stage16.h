@@ -1,0 +1,53 @@
+// The output stage sixteen lanes at a time (AVX-512F), one channel per lane: the function of stage8.h's
+// stage8, in the same steps, for host_vnni512.cpp's GEMM. The same preconditions: acc + bias cannot leave
+// int32 and every exponent is <= 0 (the callers check them).
+#pragma once
+
+#include <stdint.h>
+
+#include <immintrin.h>
+
+namespace qc_avx512 {
+
+// Sixteen channels' parameters (lanes beyond a layer's channels hold zeros and are never stored).
+struct Stage16 {
+  __m512i bias, m0, m0_odd, mask, half_mask, right;
+};
+
+// What every lane shares: the rounding nudge of the doubling high multiply, one, the zero point, the clamp.
+struct StageShared {
+  __m512i nudge, one, zero, lo, hi;
+};
+
+__attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bias, const int32_t* m0,
+                                                               const int32_t* exponent, int64_t count) {
+  const __mmask16 lanes = count >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << count) - 1);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i m = _mm512_maskz_loadu_epi32(lanes, m0);
+  const __m512i right = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_maskz_loadu_epi32(lanes, exponent));
+  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);  // right <= 31
+  return Stage16{_mm512_maskz_loadu_epi32(lanes, bias), m, _mm512_srli_epi64(m, 32), mask,
+                 _mm512_srli_epi32(mask, 1), right};
+}
+
+__attribute__((target("avx512f"))) inline StageShared make_shared(int32_t zero, int32_t lo, int32_t hi) {
+  return StageShared{_mm512_set1_epi64(int64_t{1} << 30), _mm512_set1_epi32(1), _mm512_set1_epi32(zero),
+                     _mm512_set1_epi32(lo), _mm512_set1_epi32(hi)};
+}
+
+// stage8's steps: the 64-bit products of the even lanes and of the odd ones (shifted down), + 2^30, a logical
+// shift by 31 whose low 32 bits equal the arithmetic shift's; then the rounding right shift and the clamp.
+__attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {
+  const __m512i x = _mm512_add_epi32(acc, s.bias);
+  const __m512i even = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, s.m0), k.nudge), 31);
+  const __m512i odd = _mm512_srli_epi64(
+      _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), s.m0_odd), k.nudge), 31);
+  const __m512i r = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  const __m512i threshold = _mm512_add_epi32(s.half_mask, _mm512_srli_epi32(r, 31));
+  const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(r, s.mask), threshold);
+  const __m512i shifted = _mm512_srav_epi32(r, s.right);
+  const __m512i q = _mm512_mask_add_epi32(shifted, up, shifted, k.one);
+  return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo), k.hi);
+}
+
+}  // namespace qc_avx512
