@@ -45,8 +45,9 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_packed_size.argtypes = [i64, i64]
     lib.qc_conv_packed_size.restype = i64
     lib.qc_conv_pack.argtypes = [ptr, i64, i64, ptr]
-    for entry in (lib.qc_conv_gemm, lib.qc_conv_depthwise):
-        entry.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
+    lib.qc_conv_gemm.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
+    lib.qc_conv_depthwise.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_, int_]
+    lib.qc_conv_depthwise_wide.restype = int_
     lib.qc_conv_byte_packed_size.argtypes = [i64, i64]
     lib.qc_conv_byte_packed_size.restype = i64
     lib.qc_conv_byte_pack.argtypes = [ptr, i64, i64, ptr]
@@ -119,10 +120,10 @@ class _BytePanels:
 
 
 def _depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
-    """int8 ``[C, 1, KH, KW]`` as float32 ``[KH * KW, C rounded up to 8]``, 0 beyond the channels."""
+    """int8 ``[C, 1, KH, KW]`` as float32 ``[KH * KW, C rounded up to 16]``, 0 beyond the channels."""
     channels = weight.shape[0]
     taps = weight.reshape(channels, -1).t().float()
-    return torch.nn.functional.pad(taps, (0, -channels % 8)).contiguous()
+    return torch.nn.functional.pad(taps, (0, -channels % 16)).contiguous()
 
 
 def runs(bias: torch.Tensor, multiplier: torch.Tensor, exponent: torch.Tensor, acc_bound: int) -> bool:
@@ -164,11 +165,12 @@ def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
 
 def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
               exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
-              dilation: list[int]) -> torch.Tensor:
+              dilation: list[int], isa: str | None = None) -> torch.Tensor:
     """A depthwise convolution (groups = channels, one filter each) of uint8 ``x``; channels-last uint8 out.
 
     Accumulates in float32, exact while ``KH * KW * 255 * 128 < 2^24``
-    (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks."""
+    (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks. ``isa``: ``avx2`` forces the
+    AVX2 form on a CPU with AVX-512 (:func:`depthwise_isa`)."""
     n, c, h, w = x.shape
     _, _, kh, kw = weight.shape
     oh, ow = _output_size(x, weight, stride, padding, dilation)
@@ -179,8 +181,16 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
     taps = _cached((weight,), "depthwise", lambda: _depthwise_taps(weight))
     library().qc_conv_depthwise(x.data_ptr(), x_zero, taps.data_ptr(), dims,
                                 *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
-                                torch.get_num_threads())
+                                torch.get_num_threads(), int((isa or depthwise_isa()) == "avx512"))
     return out
+
+
+@cache
+def depthwise_isa() -> str:
+    """The depthwise kernel's instructions on this CPU: ``avx512`` (sixteen channels per vector, the output
+    stage in the registers) or ``avx2``."""
+    lib = library()
+    return "avx512" if lib is not None and lib.qc_conv_depthwise_wide() else "avx2"
 
 
 def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,

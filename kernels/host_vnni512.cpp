@@ -9,11 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
-// GCC 12 warns that the AVX-512 intrinsics' own undefined vectors may be used uninitialized (a false report)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include <algorithm>
-#include <new>
 #include <vector>
 
 #include "conv_shape.h"
@@ -65,22 +61,17 @@ QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* 
 
 // The tile's valid rows finished and stored: taps outside the input get x_zero * (their weights' sum) back
 // (the bias took it off for every tap), then the output stage, sixteen codes per row (`count` of them for a
-// layer's last panel: a masked store, which is slow, only there).
+// layer's last panel).
 QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
     __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, const int32_t* tap_sums, int32_t x_zero,
     const Stage16& stage, const StageShared& shared, int64_t count, uint8_t* out, int64_t out_stride) {
   const __m512i zero = _mm512_set1_epi32(x_zero);
-  const __mmask16 lanes = count >= kChannels ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << count) - 1);
   for (int64_t r = 0; r < rows; ++r) {
     for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
       const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
       acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(zero, sums));
     }
-    const __m512i q = stage16(acc[r], stage, shared);
-    if (count >= kChannels)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * out_stride), _mm512_cvtusepi32_epi8(q));
-    else
-      _mm512_mask_cvtusepi32_storeu_epi8(out + r * out_stride, lanes, q);
+    qc_avx512::store16(out + r * out_stride, stage16(acc[r], stage, shared), count);
   }
 }
 
@@ -157,14 +148,8 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
              s.channels % 4 == 0;
   g.block = std::max<int64_t>(1, (192 * 1024) / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
-  // one Stage16 per panel, in storage aligned by hand (the vectors' 64 bytes)
-  std::vector<unsigned char> storage(sizeof(Stage16) * g.all_panels + 64);
-  Stage16* stages = reinterpret_cast<Stage16*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
-  for (int64_t p = 0; p < g.all_panels; ++p) {
-    const int64_t c = p * kChannels;
-    new (&stages[p]) Stage16(make_stage16(bias + c, m0 + c, exponent + c, s.out_channels - c));
-  }
-  g.stages = stages;
+  const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
+  g.stages = table.data();
   qc_host::parallel_for(g.by_tiles ? g.tiles : g.all_panels, threads,
                         [&g](int64_t begin, int64_t end) { run_range(g, begin, end); });
 }

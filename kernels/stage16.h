@@ -5,7 +5,14 @@
 
 #include <stdint.h>
 
+#include <new>
+#include <vector>
+
 #include <immintrin.h>
+
+// GCC 12 warns that the AVX-512 intrinsics' own undefined vectors may be used uninitialized (a false report,
+// in every file that uses them)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace qc_avx512 {
 
@@ -48,6 +55,33 @@ __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Sta
   const __m512i shifted = _mm512_srav_epi32(r, s.right);
   const __m512i q = _mm512_mask_add_epi32(shifted, up, shifted, k.one);
   return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo), k.hi);
+}
+
+// One Stage16 per group of sixteen channels, in storage aligned by hand (64 bytes).
+class Stage16Table {
+ public:
+  __attribute__((target("avx512f"))) Stage16Table(const int32_t* bias, const int32_t* m0, const int32_t* exponent,
+                                                  int64_t channels) {
+    const int64_t groups = (channels + 15) / 16;
+    storage_.resize(sizeof(Stage16) * static_cast<size_t>(groups) + 64);
+    stages_ = reinterpret_cast<Stage16*>((reinterpret_cast<uintptr_t>(storage_.data()) + 63) & ~uintptr_t{63});
+    for (int64_t g = 0; g < groups; ++g)
+      new (&stages_[g]) Stage16(make_stage16(bias + 16 * g, m0 + 16 * g, exponent + 16 * g, channels - 16 * g));
+  }
+  const Stage16* data() const { return stages_; }
+
+ private:
+  std::vector<unsigned char> storage_;
+  Stage16* stages_ = nullptr;
+};
+
+// Sixteen codes (lanes holding 0..255) at out: the first `count` of them, a masked store (slow) only for fewer
+// than sixteen.
+__attribute__((target("avx512f"))) inline void store16(uint8_t* out, __m512i q, int64_t count) {
+  if (count >= 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtusepi32_epi8(q));
+  else
+    _mm512_mask_cvtusepi32_storeu_epi8(out, static_cast<__mmask16>((1u << count) - 1), q);
 }
 
 }  // namespace qc_avx512

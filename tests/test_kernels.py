@@ -460,6 +460,7 @@ def _byte_isas() -> tuple[str, ...]:
     (1, 96, 13, 3, 1, 1, 1),    # MobileNet's 3x3 (unrolled window)
     (2, 21, 12, 3, 2, 1, 1),    # strided, a tail of 5 channels
     (1, 16, 11, 5, 1, 2, 2),    # 5x5 dilated (the window loop)
+    (1, 40, 9, 3, 1, 1, 1),     # 40 channels: a tail of 8 in the sixteen-channel form
 ])
 def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, stride, padding, dilation):
     """The depthwise kernel (float32 FMA over the window, exact; fused output stage) against float64."""
@@ -478,6 +479,15 @@ def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, 
     assert torch.equal(got, want) and len(torch.unique(want)) > 20
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
     assert got.is_contiguous(memory_format=torch.channels_last) == avx2  # written by the depthwise kernel
+    if avx2:  # every form this CPU runs: AVX2, and AVX-512 where the CPU has it
+        from qcompile.kernels import host_conv
+
+        from qcompile.cpu_features import cpu_flags
+
+        assert host_conv.depthwise_isa() == ("avx512" if "avx512f" in cpu_flags() else "avx2")
+        for isa in {"avx2", host_conv.depthwise_isa()}:
+            assert torch.equal(host_conv.depthwise(x, 119, weight, bias, m0, exponent, 3, 3, 255, *geometry,
+                                                   isa=isa), want), isa
 
 
 def test_host_integer_linear_is_bit_exact_and_follows_changed_parameters():
