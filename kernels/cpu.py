@@ -61,8 +61,10 @@ def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: 
 
 def qlinear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
             exponent: torch.Tensor, out_zero: int, lo: int, hi: int) -> torch.Tensor:
-    if host_conv.runs(bias, multiplier, exponent, accumulator_bound(weight.shape[1])):
-        return host_conv.linear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi)
+    call = host_conv.prepared(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, None,
+                              accumulator_bound(weight.shape[1]))
+    if call is not None:
+        return call(x.reshape(-1, x.shape[-1]).contiguous())
     xf, wf = x.float().sub_(x_zero), weight.float()
     acc = _chunked(lambda c0, c1: F.linear(xf[..., c0:c1], wf[:, c0:c1]), weight.shape[1], 1)
     return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, acc.dim() - 1, weight.shape[1])
@@ -72,13 +74,11 @@ def qconv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tens
             exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
             dilation: list[int], groups: int) -> torch.Tensor:
     depth = weight.numel() // weight.shape[0]
-    integer = host_conv.runs(bias, multiplier, exponent, accumulator_bound(depth))
-    if integer and groups == 1:
-        return host_conv.conv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
-                                dilation)
-    if integer and groups == x.shape[1] == weight.shape[0] and accumulation_dtype(depth) == torch.float32:
-        return host_conv.depthwise(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride,
-                                   padding, dilation)
+    geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    call = host_conv.prepared(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, geometry,
+                              accumulator_bound(depth))
+    if call is not None:  # the integer kernels (dense, or depthwise where float32 is exact)
+        return call(host.channels_last(x))
     if groups == 1:
         xf, wf = x.float().sub_(x_zero), weight.float()
         acc = _chunked(lambda c0, c1: F.conv2d(xf[:, c0:c1], wf[:, c0:c1], None, stride, padding, dilation),

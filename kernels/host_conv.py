@@ -149,18 +149,42 @@ def _output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
                  for i in range(2))
 
 
+class _Call:
+    """One layer's kernel call for one input shape, made once: the output's shape and memory format, the entry
+    point and its arguments but for the input's and the output's pointers; it holds the tensors the
+    arguments point into (packed weights, int32 parameters)."""
+
+    __slots__ = ("out_shape", "memory_format", "entry", "before", "after", "held")
+
+    def __init__(self, out_shape, memory_format, entry, before, after, held):
+        self.out_shape, self.memory_format, self.entry = out_shape, memory_format, entry
+        self.before, self.after, self.held = before, after, held
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on ``x`` (uint8, laid out as the kernel reads it: channels last, or rows)."""
+        out = torch.empty(self.out_shape, dtype=torch.uint8, memory_format=self.memory_format)
+        self.entry(x.data_ptr(), *self.before, out.data_ptr(), *self.after)
+        return out
+
+
 def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
            exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
            dilation: list[int], isa: str | None = None) -> torch.Tensor:
     """A dense convolution (groups 1) of uint8 ``x`` (N, C, H, W, any memory format); channels-last uint8 out.
     ``isa`` forces the byte form's instructions (one of :data:`BYTE_ISAS` this CPU runs)."""
+    x = host.channels_last(x)
+    return _conv2d_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
+                        dilation, isa)(x)
+
+
+def _conv2d_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation,
+                 isa=None) -> _Call:
     n, c, h, w = x.shape
     cout, _, kh, kw = weight.shape
     oh, ow = _output_size(x, weight, stride, padding, dilation)
-    out = torch.empty((n, cout, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     shape = (n, h, w, c, cout, kh, kw, *stride, *padding, *dilation, oh, ow)
-    _gemm(host.channels_last(x), x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out, isa)
-    return out
+    return _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, (n, cout, oh, ow),
+                      torch.channels_last, isa)
 
 
 def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
@@ -171,18 +195,22 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
     Accumulates in float32, exact while ``KH * KW * 255 * 128 < 2^24``
     (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks. ``isa``: ``avx2`` forces the
     AVX2 form on a CPU with AVX-512 (:func:`depthwise_isa`)."""
+    x = host.channels_last(x)  # held: the kernel reads it through a raw pointer
+    return _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
+                           dilation, isa)(x)
+
+
+def _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation,
+                    isa=None) -> _Call:
     n, c, h, w = x.shape
     _, _, kh, kw = weight.shape
     oh, ow = _output_size(x, weight, stride, padding, dilation)
-    out = torch.empty((n, c, oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
     dims = _dims((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow))
     params = host.int32_params(bias, multiplier, exponent)
-    x = host.channels_last(x)  # held: the kernel reads it through a raw pointer
     taps = _cached((weight,), "depthwise", lambda: _depthwise_taps(weight))
-    library().qc_conv_depthwise(x.data_ptr(), x_zero, taps.data_ptr(), dims,
-                                *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(),
-                                torch.get_num_threads(), int((isa or depthwise_isa()) == "avx512"))
-    return out
+    return _Call((n, c, oh, ow), torch.channels_last, library().qc_conv_depthwise,
+                 (x_zero, taps.data_ptr(), dims, *(t.data_ptr() for t in params), out_zero, lo, hi),
+                 (torch.get_num_threads(), int((isa or depthwise_isa()) == "avx512")), (taps, dims, params))
 
 
 @cache
@@ -197,10 +225,45 @@ def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tenso
            exponent: torch.Tensor, out_zero: int, lo: int, hi: int, isa: str | None = None) -> torch.Tensor:
     """uint8 ``x[..., K]`` times int8 ``weight[N, K]``: the same GEMM, one pixel per row."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.empty((*x.shape[:-1], weight.shape[0]), dtype=torch.uint8)
+    return _linear_call(x, rows, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, isa)(rows)
+
+
+def _linear_call(x, rows, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, isa=None) -> _Call:
     shape = (rows.shape[0], 1, 1, rows.shape[1], weight.shape[0], 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
-    _gemm(rows, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out, isa)
-    return out
+    return _gemm_call(rows, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi,
+                      (*x.shape[:-1], weight.shape[0]), torch.contiguous_format, isa)
+
+
+def prepared(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+             exponent: torch.Tensor, out_zero: int, lo: int, hi: int, geometry: tuple | None,
+             acc_bound: int) -> _Call | None:
+    """The call of a layer (a convolution with ``geometry`` = (stride, padding, dilation, groups), or a linear
+    layer with None) on inputs of ``x``'s shape, made at its first such call and kept with its tensors; None
+    where these kernels do not run it (see :func:`runs`; grouped convolutions other than depthwise, and
+    depthwise windows beyond float32's exact range, are not theirs). ``x`` is read as it comes: channels
+    last for a convolution (:func:`qcompile.kernels.host.channels_last`), rows for a linear layer."""
+    if library() is None:
+        return None
+    threads = torch.get_num_threads()
+    key = ("call", tuple(x.shape), x_zero, out_zero, lo, hi, geometry, acc_bound, threads)
+
+    def make() -> _Call | None:
+        if not runs(bias, multiplier, exponent, acc_bound):
+            return None
+        if geometry is None:
+            rows = x.reshape(-1, x.shape[-1])
+            return _linear_call(x, rows, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi)
+        stride, padding, dilation, groups = (list(g) if isinstance(g, tuple) else g for g in geometry)
+        if groups == 1:
+            return _conv2d_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
+                                dilation)
+        taps = weight.shape[2] * weight.shape[3]
+        if groups == x.shape[1] == weight.shape[0] and taps * 255 * 128 < 2**24:
+            return _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride,
+                                   padding, dilation)
+        return None
+
+    return _cached((weight, bias, multiplier, exponent), key, make)
 
 
 # Without VNNI the byte form corrects each code above 127 one product at a time: cheap where such codes are
@@ -239,26 +302,29 @@ def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int, i
                    lambda: int((x > 127).sum()) * BYTE_FORM_WIDE_SHARE < x.numel())
 
 
-def _gemm(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out, isa=None) -> None:
-    """The byte form (vpdpbusd with VNNI, else vpmaddubsw) for depths of 64 and more over up to 64 taps (without
-    VNNI where few codes are above 127), else the int16 form (faster for thin layers, measured); the same
-    integers. ``isa`` forces the byte form's instructions (tests: ``avx2`` on a VNNI CPU)."""
+def _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, lo, hi, out_shape, memory_format,
+               isa=None) -> _Call:
+    """The byte form (vpdpbusd with VNNI, else vpmaddubsw) where :func:`byte_form` takes the layer, else the
+    int16 form (faster for thin layers without AVX-512 VNNI, measured); the same integers. ``isa`` forces the
+    byte form's instructions (tests: ``avx2`` on a VNNI CPU)."""
     dims = _dims(shape)
     params = host.int32_params(bias, multiplier, exponent)
     isa = isa or byte_isa()
+    threads = torch.get_num_threads()
+    lib = library()
     if byte_form(x, weight, shape[5] * shape[6], shape[3], isa):
         amx = isa == "amx"
         panels = _cached((weight,), ("bytes", amx), lambda: _BytePanels(weight, amx))
         # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
         params[0] = _cached((weight, bias), ("bias", x_zero),
                             lambda: (bias.long() - x_zero * panels.sums).to(torch.int32))
-        pointers = (x.data_ptr(), x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(), dims,
-                    *(t.data_ptr() for t in params), out_zero, lo, hi, out.data_ptr(), torch.get_num_threads())
+        before = (x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(), dims,
+                  *(t.data_ptr() for t in params), out_zero, lo, hi)
         if amx:
-            library().qc_conv_gemm_amx(*pointers)
-        else:
-            library().qc_conv_gemm_bytes(*pointers, BYTE_ISAS.index(isa))
-        return
+            return _Call(out_shape, memory_format, lib.qc_conv_gemm_amx, before, (threads,), (panels, dims, params))
+        return _Call(out_shape, memory_format, lib.qc_conv_gemm_bytes, before, (threads, BYTE_ISAS.index(isa)),
+                     (panels, dims, params))
     packed = _cached((weight,), "int16", lambda: _gemm_panels(weight))
-    library().qc_conv_gemm(x.data_ptr(), x_zero, packed.data_ptr(), dims, *(t.data_ptr() for t in params),
-                           out_zero, lo, hi, out.data_ptr(), torch.get_num_threads())
+    return _Call(out_shape, memory_format, lib.qc_conv_gemm,
+                 (x_zero, packed.data_ptr(), dims, *(t.data_ptr() for t in params), out_zero, lo, hi), (threads,),
+                 (packed, dims, params))

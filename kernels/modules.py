@@ -11,11 +11,18 @@ constructor arguments, as codegen writes them.
 
 from __future__ import annotations
 
-import qcompile.kernels.ops  # noqa: F401  (registers torch.ops.qcompile)
 import torch
+from qcompile.kernels import ops  # registers torch.ops.qcompile
 from torch import Tensor, nn
 
 from qcompile.integer import reference
+
+
+def _eager(x: Tensor) -> bool:
+    """Whether a call may go straight to the op's CPU function in :mod:`qcompile.kernels.ops`, past torch's
+    dispatcher (about ten microseconds of boxing per call): a plain CPU tensor in eager mode. Traced (torch.fx
+    proxies), exported or compiled (fake tensors, ``is_compiling``) and scripted calls keep the op."""
+    return type(x) is Tensor and x.is_cpu and not torch.compiler.is_compiling()
 
 
 class _OnGrid(nn.Module):
@@ -51,26 +58,51 @@ class QConv2d(reference.QConv2d):
     """uint8 convolution: int8 weights, int32 bias, per-channel fixed-point requantization, clamp."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.qcompile.qconv2d(x, self.input_zero_point, self.weight, self.bias, self.multiplier,
-                                          self.exponent, self.output_zero_point, self.clamp_min, self.clamp_max,
-                                          self.stride, self.padding, self.dilation, self.groups)
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.qconv2d(x, self.input_zero_point, self.weight, self.bias, self.multiplier,
+                                              self.exponent, self.output_zero_point, self.clamp_min, self.clamp_max,
+                                              self.stride, self.padding, self.dilation, self.groups)
+        return self._call(x)
+
+    @torch.jit.unused
+    def _call(self, x: Tensor) -> Tensor:
+        op = ops.qconv2d if _eager(x) else torch.ops.qcompile.qconv2d
+        return op(x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
+                  self.output_zero_point, self.clamp_min, self.clamp_max, self.stride, self.padding, self.dilation,
+                  self.groups)
 
 
 class QLinear(reference.QLinear):
     """uint8 linear layer, as :class:`QConv2d`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.qcompile.qlinear(x, self.input_zero_point, self.weight, self.bias, self.multiplier,
-                                          self.exponent, self.output_zero_point, self.clamp_min, self.clamp_max)
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.qlinear(x, self.input_zero_point, self.weight, self.bias, self.multiplier,
+                                              self.exponent, self.output_zero_point, self.clamp_min, self.clamp_max)
+        return self._call(x)
+
+    @torch.jit.unused
+    def _call(self, x: Tensor) -> Tensor:
+        op = ops.qlinear if _eager(x) else torch.ops.qcompile.qlinear
+        return op(x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
+                  self.output_zero_point, self.clamp_min, self.clamp_max)
 
 
 class QAdd(reference.QAdd):
     """``a + b`` of two uint8 tensors on their own grids, onto the output grid (optionally clamped: ReLU)."""
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.ops.qcompile.qadd(a, self.a[0], self.a[1], self.a[2], b, self.b[0], self.b[1], self.b[2],
-                                       self.output[0], self.output[1], self.output[2], self.clamp_min,
-                                       self.clamp_max)
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.qadd(a, self.a[0], self.a[1], self.a[2], b, self.b[0], self.b[1], self.b[2],
+                                           self.output[0], self.output[1], self.output[2], self.clamp_min,
+                                           self.clamp_max)
+        return self._call(a, b)
+
+    @torch.jit.unused
+    def _call(self, a: Tensor, b: Tensor) -> Tensor:
+        op = ops.qadd if _eager(a) and _eager(b) else torch.ops.qcompile.qadd
+        return op(a, self.a[0], self.a[1], self.a[2], b, self.b[0], self.b[1], self.b[2], self.output[0],
+                  self.output[1], self.output[2], self.clamp_min, self.clamp_max)
 
 
 class QMul(reference.QMul):
