@@ -1,17 +1,23 @@
-"""CPU latency of the gemmlowp backend against the native backend (x86 and fbgemm engines) and float.
+"""CPU latency of the gemmlowp backend against the native backend (torch's x86 engine) and float.
 
-    python benchmarks/gemmlowp_latency.py [--models resnet18 mobilenet_v2] [--repeats 20] [--json out.json]
+    python benchmarks/gemmlowp_latency.py [--models resnet18 mobilenet_v2 digit_cnn] [--repeats 20]
+        [--pairs 60] [--json out.json]
 
-On a CPU the gemmlowp backend runs its CPU twin (integer AVX2 convolutions
-with the fixed-point output stage of ``kernels/gemmlowp.h`` fused,
-``kernels/host_conv.cpp``, where the CPU has AVX2); all models are
-emitted by qcompile and timed in one process, medians of ``--repeats`` runs,
-as ratios against the fused float model (channels-last); gemmlowp both with
-its default full 8-bit activation grids and with the preset's 7-bit ones
-(``observe{activation-grid=preset}``). Also the GEMM alone:
-effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's int8
-peak, measured by ``benchmarks/int8_peak.py`` (the AVX2 ``vpmaddubsw`` loop: VNNI can pass it),
-and single convolution layers of both models.
+On a CPU the gemmlowp backend runs its CPU twin: integer convolutions with
+the fixed-point output stage of ``kernels/gemmlowp.h`` fused
+(``kernels/host_conv.cpp``, ``host_vnni512.cpp``, ``host_depthwise.cpp``),
+in the best form the CPU has (printed). All models are emitted by qcompile
+(``fuse,calibrate,convert`` on each backend) and timed in one process:
+medians of ``--repeats`` runs as speed-ups over the fused float model
+(channels-last), and "gemmlowp / native" timed head to head in adjacent
+pairs (:mod:`qcompile.timing`: native's time over gemmlowp's at the 10th
+percentile, with a bootstrap 95% interval; above 1 gemmlowp is faster). The
+capped column runs the same gemmlowp model with ``QCOMPILE_BYTE_ISA`` set to
+the form below this CPU's best (AVX2 under AVX-512 VNNI, AVX-512 VNNI under
+AMX): the kernels of a CPU without the best one. Also the GEMM alone
+(effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's
+int8 peak, measured by ``benchmarks/int8_peak.py``: the AVX2 ``vpmaddubsw``
+loop, which VNNI can pass) and single convolution layers.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.cpu_features import describe_cpu  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
+from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
+from qcompile.timing import head_to_head  # noqa: E402
 
 
 def emit(model, calib, tmp: Path, name: str, pipeline: str, preset: str = "x86"):
@@ -93,7 +101,15 @@ def layer_gops(cin: int, cout: int, size: int, kernel: int, stride: int, groups:
     return 2 * out * out * cout * (cin // groups) * kernel * kernel / (ms / 1000) / 1e9
 
 
-VNNI_CAP = "avx512-vnni"  # the best form below AMX: what a CPU without AMX runs (a no-op there)
+def cap_below_best() -> str:
+    """The byte form below this CPU's best: what a CPU without the best one runs (AVX-512 VNNI under AMX)."""
+    from qcompile.kernels import host_conv
+
+    return "avx512-vnni" if host_conv.byte_isa() == "amx" else "avx2"
+
+
+# the calibration and timing data of each model: (data set, input batch of one)
+DATA = {"digit_cnn": "builtin:mnist5k"}
 
 
 def with_byte_isa(cap: str, run):
@@ -105,6 +121,7 @@ def with_byte_isa(cap: str, run):
     before = os.environ.get("QCOMPILE_BYTE_ISA")
     os.environ["QCOMPILE_BYTE_ISA"] = cap
     host_conv.byte_isa.cache_clear()
+    host_conv.depthwise_isa.cache_clear()
     try:
         return run()
     finally:
@@ -113,59 +130,75 @@ def with_byte_isa(cap: str, run):
         else:
             os.environ["QCOMPILE_BYTE_ISA"] = before
         host_conv.byte_isa.cache_clear()
+        host_conv.depthwise_isa.cache_clear()
+
+
+def float_layout(model, x) -> torch.memory_format:
+    """channels-last, the faster layout of torch's float convolutions, unless the model cannot run in it (the
+    seed CNN's ``x.view()`` needs the standard layout)."""
+    try:
+        with torch.no_grad():
+            model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        model.to(memory_format=torch.contiguous_format)
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def model_named(name: str):
+    if name == "digit_cnn":  # the seed CNN, trained on MNIST
+        return load_user_model("zoo:digit_cnn").module
+    return build(name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "digit_cnn"])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=60, help="pairs timed head to head per row")
     parser.add_argument("--json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    calib = list(open_data("builtin:photos", batch_size=16, limit=32))
     rows = []
     from qcompile.kernels import host_conv
 
-    print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin (kernels/host_conv.cpp), byte form in "
-          f"{host_conv.byte_isa()}; % peak is against the AVX2 vpmaddubsw loop of benchmarks/int8_peak.py\n")
-    print("| model | batch | threads | float ms | native x86 | native fbgemm | gemmlowp | gemmlowp, preset's 7-bit grid "
-          f"| gemmlowp, byte form capped at {VNNI_CAP} | gemmlowp GOPS (% peak) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    cap = cap_below_best()
+    print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin, byte form {host_conv.byte_isa()}, depthwise "
+          f"{host_conv.depthwise_isa()}; capped: QCOMPILE_BYTE_ISA={cap}; % peak is against the AVX2 vpmaddubsw "
+          "loop of benchmarks/int8_peak.py\n")
+    print("| model | batch | threads | float ms | native x86 | gemmlowp | gemmlowp / native x86, paired (95%) "
+          f"| gemmlowp capped at {cap} | gemmlowp GOPS (% peak) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model = build(name)
+        model = model_named(name)
+        calib = list(open_data(DATA.get(name, "builtin:photos"), batch_size=16, limit=32))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             float_graph, fair_float = emit(model, calib, tmp, "float", "fuse")
-            fair_float = fair_float.to(memory_format=torch.channels_last)
-            _, x86 = emit(model, calib, tmp, "x86", "ptq")
-            _, fbgemm = emit(model, calib, tmp, "fbgemm", "ptq", preset="fbgemm")
+            layout = float_layout(fair_float, calib[0][0][:1])
+            fair_float = fair_float.to(memory_format=layout)
+            _, x86 = emit(model, calib, tmp, "x86", "fuse,calibrate,convert{backend=native}")
             _, gemmlowp = emit(model, calib, tmp, "gemmlowp", "fuse,calibrate,convert{backend=gemmlowp}")
-            _, narrow = emit(model, calib, tmp, "gemmlowp7", "fuse,stubs,observe{activation-grid=preset},calibrate,"
-                             "convert{backend=gemmlowp}")
             work = macs(float_graph)
+            torch.backends.quantized.engine = "x86"
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 for batch in (1, 8):
                     x = torch.cat([b[0] for b in calib])[:batch]
                     with torch.no_grad():
-                        base = median_ms(partial(fair_float, x.contiguous(memory_format=torch.channels_last)),
-                                         args.repeats)
-                        torch.backends.quantized.engine = "x86"
+                        base = median_ms(partial(fair_float, x.contiguous(memory_format=layout)), args.repeats)
                         native = median_ms(partial(x86, x), args.repeats)
-                        torch.backends.quantized.engine = "fbgemm"
-                        packed = median_ms(partial(fbgemm, x), args.repeats)
                         ours = median_ms(partial(gemmlowp, x), args.repeats)
-                        seven = median_ms(partial(narrow, x), args.repeats)
-                        vnni = with_byte_isa(VNNI_CAP, partial(median_ms, partial(gemmlowp, x), args.repeats))
+                        capped = with_byte_isa(cap, partial(median_ms, partial(gemmlowp, x), args.repeats))
+                        paired = head_to_head(partial(gemmlowp, x), partial(x86, x), args.pairs)
                     gops = 2 * work * batch / (ours / 1000) / 1e9
                     share = gops / (peak_gops_per_core() * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
-                                     native_x86=base / native, native_fbgemm=base / packed, gemmlowp=base / ours,
-                                     gemmlowp_preset_grid=base / seven, gemmlowp_without_amx=base / vnni,
-                                     gemmlowp_gops=gops))
-                    print(f"| {name} | {batch} | {threads} | {base:.1f} | {base / native:.2f}x | "
-                          f"{base / packed:.2f}x | {base / ours:.2f}x | {base / seven:.2f}x | {base / vnni:.2f}x | "
-                          f"{gops:.1f} ({share:.1%}) |", flush=True)
+                                     native_x86=base / native, gemmlowp=base / ours,
+                                     gemmlowp_over_native=dict(ratio=paired.ratio, low=paired.low, high=paired.high),
+                                     gemmlowp_capped=base / capped, cap=cap, gemmlowp_gops=gops))
+                    print(f"| {name} | {batch} | {threads} | {base:.2f} | {base / native:.2f}x | {base / ours:.2f}x | "
+                          f"{paired} | {base / capped:.2f}x | {gops:.1f} ({share:.1%}) |", flush=True)
     torch.set_num_threads(2)
     print("\nthe GEMM alone (torch.ops.qcompile.qlinear, 2 threads):")
     for shape in ((256, 512, 1024), (256, 2048, 1024)):
@@ -175,8 +208,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print("\nsingle layers (torch.ops.qcompile.qconv2d, batch 1, one thread):")
     for name, *shape in LAYERS:
-        capped = with_byte_isa(VNNI_CAP, partial(layer_gops, *shape, args.repeats))
-        print(f"  {name}: {layer_gops(*shape, args.repeats):.1f} GOPS ({capped:.1f} capped at {VNNI_CAP})")
+        capped = with_byte_isa(cap, partial(layer_gops, *shape, args.repeats))
+        print(f"  {name}: {layer_gops(*shape, args.repeats):.1f} GOPS ({capped:.1f} capped at {cap})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -19,6 +19,20 @@ struct Exception {
   int32_t row, k, excess;
 };
 
+// count bytes from src to dst, inline: a receptive field's runs are short (3 bytes per tap of an RGB stem).
+__attribute__((target("avx2"))) inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t count) {
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+  for (; i + 8 <= count; i += 8) {
+    uint64_t v;
+    memcpy(&v, src + i, sizeof v);
+    memcpy(dst + i, &v, sizeof v);
+  }
+  for (; i < count; ++i) dst[i] = src[i];
+}
+
 // Row r of a byte tile: min(q, 127) of pixel m's receptive field, padded with 0 to a multiple of 4; codes
 // above 127 are appended to `exceptions` (with `wide`, for VNNI, the codes themselves and no exceptions). Taps outside the input are 0 here and set in the returned mask: they
 // must contribute (z - z) w = 0, so their share of the bias correction (- z w) is added back afterwards.
@@ -29,8 +43,16 @@ __attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, c
   uint8_t* dst = row;
   uint64_t outside = 0;
   int64_t k0 = 0, tap = 0;
+  const int64_t ix0 = ow * s.stride_w - s.pad_w;
+  const bool row_inside = s.dilation_w == 1 && ix0 >= 0 && ix0 + s.kernel_w <= s.width;
   for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
     const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
+    if (wide && row_inside && iy >= 0 && iy < s.height) {  // the row's taps lie side by side: one copy
+      const int64_t bytes = s.kernel_w * s.channels;
+      copy_bytes(dst, x + ((n * s.height + iy) * s.width + ix0) * s.channels, bytes);
+      dst += bytes, k0 += bytes, tap += s.kernel_w;
+      continue;
+    }
     for (int64_t kx = 0; kx < s.kernel_w; ++kx, dst += s.channels, k0 += s.channels, ++tap) {
       const int64_t ix = ow * s.stride_w - s.pad_w + kx * s.dilation_w;
       if (iy < 0 || iy >= s.height || ix < 0 || ix >= s.width) {
@@ -40,7 +62,7 @@ __attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, c
       }
       const uint8_t* src = x + ((n * s.height + iy) * s.width + ix) * s.channels;
       if (wide) {  // VNNI sums u8 x s8 products in int32: every code goes in whole
-        memcpy(dst, src, static_cast<size_t>(s.channels));
+        copy_bytes(dst, src, s.channels);
         continue;
       }
       int64_t c = 0;

@@ -216,9 +216,11 @@ def _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo,
 @cache
 def depthwise_isa() -> str:
     """The depthwise kernel's instructions on this CPU: ``avx512`` (sixteen channels per vector, the output
-    stage in the registers) or ``avx2``."""
+    stage in the registers) or ``avx2``; ``avx2`` too where ``QCOMPILE_BYTE_ISA`` caps the byte form below
+    ``avx512-vnni`` (the kernels of a CPU without AVX-512)."""
     lib = library()
-    return "avx512" if lib is not None and lib.qc_conv_depthwise_wide() else "avx2"
+    wide = lib is not None and lib.qc_conv_depthwise_wide()
+    return "avx512" if wide and BYTE_ISAS.index(byte_isa()) >= BYTE_ISAS.index("avx512-vnni") else "avx2"
 
 
 def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
@@ -245,7 +247,8 @@ def prepared(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Ten
     if library() is None:
         return None
     threads = torch.get_num_threads()
-    key = ("call", tuple(x.shape), x_zero, out_zero, lo, hi, geometry, acc_bound, threads)
+    key = ("call", tuple(x.shape), x_zero, out_zero, lo, hi, geometry, acc_bound, threads, byte_isa(),
+           depthwise_isa())
 
     def make() -> _Call | None:
         if not runs(bias, multiplier, exponent, acc_bound):

@@ -89,37 +89,44 @@ struct Gemm {
   uint8_t* out;
 };
 
-// A thread's share: tiles [begin, end) under every panel (by_tiles), else panels [begin, end) over every tile;
-// a tile is gathered again for every block of panels (a small cost against the block's multiply-adds).
+// A thread's share: tiles [begin, end) under every panel (by_tiles), else panels [begin, end) over every tile.
+// Where the weights take more than one block of panels, the thread's tiles are gathered once and kept when
+// they take at most kKeptBytes (else gathered again for every block).
+constexpr int64_t kKeptBytes = 16 << 20;
+
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const ConvShape& s = g.s;
   const int64_t t0 = g.by_tiles ? begin : 0, t1 = g.by_tiles ? end : g.tiles;
   const int64_t p0 = g.by_tiles ? 0 : begin, p1 = g.by_tiles ? g.all_panels : end;
-  std::vector<uint8_t> tile(g.direct ? 0 : static_cast<size_t>(kRows * 4 * g.quads)), zeros(4 * g.quads);
+  const int64_t row_bytes = 4 * g.quads, tile_bytes = kRows * row_bytes;
+  const bool keep = !g.direct && p1 - p0 > g.block && (t1 - t0) * tile_bytes <= kKeptBytes;
+  const int64_t slots = g.direct ? 0 : keep ? t1 - t0 : 1;
+  std::vector<uint8_t> tiles(static_cast<size_t>(slots * tile_bytes)), zeros(static_cast<size_t>(row_bytes));
+  std::vector<uint64_t> outside(static_cast<size_t>(std::max<int64_t>(slots, 1) * kRows));
   std::vector<Exception> none;  // the VNNI form takes every code whole
   const uint8_t* rows[kRows];
-  uint64_t outside[kRows] = {};
   for (int64_t pb = p0; pb < p1; pb += g.block)
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
+      const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
+      uint8_t* tile = tiles.data() + slot * tile_bytes;
+      uint64_t* tile_outside = outside.data() + slot * kRows;
+      const bool gather = !g.direct && (!keep || pb == p0);
       for (int r = 0; r < kRows; ++r) {
         const int64_t m = t * kRows + r;
-        if (r >= valid) {
+        if (r >= valid)
           rows[r] = zeros.data();
-        } else if (g.direct) {
+        else if (g.direct)
           rows[r] = g.x + m * s.channels;
-        } else {
-          uint8_t* row = tile.data() + r * 4 * g.quads;
-          outside[r] = gather_bytes(g.x, s, m, r, row, none, true);
-          rows[r] = row;
-        }
+        else
+          rows[r] = tile + r * row_bytes;
+        if (gather && r < valid) tile_outside[r] = gather_bytes(g.x, s, m, r, tile + r * row_bytes, none, true);
       }
       for (int64_t p = pb; p < std::min(p1, pb + g.block); ++p) {
         __m512i acc[kRows];
         panel_sums(rows, g.packed + p * g.quads * 4 * kChannels, g.quads, acc);
         const int64_t c = p * kChannels;
-        finish_rows(acc, valid, outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
-                    s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);
+        finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
+                    g.shared, s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);
       }
     }
 }
