@@ -26,20 +26,21 @@ using qc_avx512::make_shared;
 using qc_avx512::make_stage16;
 using qc_avx512::Stage16;
 using qc_avx512::StageShared;
-using qc_avx512::stage16;
 
 constexpr int kRows = 8;        // pixels per tile: eight accumulators, a weight vector, the broadcasts
 constexpr int kChannels = 16;   // output channels per panel: one vector of int32 lanes
 
 #define QC_VNNI512 __attribute__((target("avx512f,avx512vnni")))
 
-// The tile's sums for one panel: acc[r] over `quads` groups of four depth indices of row r (4 * quads bytes).
+// The tile's sums for one panel: acc[r] = start (the bias) + the sum over `quads` groups of four depth indices
+// of row r (4 * quads bytes); int32 arithmetic wraps, and the true sum is in range.
 // The accumulators are named variables, not an array, so that they stay in registers.
 #define QC_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* const* rows, const int8_t* panel,
-                                                                 int64_t quads, __m512i (&acc)[kRows]) {
+                                                                 int64_t quads, __m512i start,
+                                                                 __m512i (&acc)[kRows]) {
   static_assert(kRows == 8, "QC_ROWS names eight rows");
-#define QC_ZERO(r) __m512i acc##r = _mm512_setzero_si512();
+#define QC_ZERO(r) __m512i acc##r = start;
   QC_ROWS(QC_ZERO)
 #undef QC_ZERO
   for (int64_t q = 0; q < quads; ++q) {
@@ -60,7 +61,7 @@ QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* 
 #undef QC_ROWS
 
 // The tile's valid rows finished and stored: taps outside the input get x_zero * (their weights' sum) back
-// (the bias took it off for every tap), then the output stage, sixteen codes per row (`count` of them for a
+// (the bias took it off for every tap), then the output stage (the bias is in already), sixteen codes per row (`count` of them for a
 // layer's last panel).
 QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
     __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, const int32_t* tap_sums, int32_t x_zero,
@@ -71,7 +72,7 @@ QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
       const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
       acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(zero, sums));
     }
-    qc_avx512::store16(out + r * out_stride, stage16(acc[r], stage, shared), count);
+    qc_avx512::store16(out + r * out_stride, qc_avx512::stage16_biased(acc[r], stage, shared), count);
   }
 }
 
@@ -123,7 +124,7 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       }
       for (int64_t p = pb; p < std::min(p1, pb + g.block); ++p) {
         __m512i acc[kRows];
-        panel_sums(rows, g.packed + p * g.quads * 4 * kChannels, g.quads, acc);
+        panel_sums(rows, g.packed + p * g.quads * 4 * kChannels, g.quads, g.stages[p].bias, acc);
         const int64_t c = p * kChannels;
         finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
                     g.shared, s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);

@@ -21,9 +21,11 @@ struct Stage16 {
   __m512i bias, m0, m0_odd, mask, half_mask, right;
 };
 
-// What every lane shares: the rounding nudge of the doubling high multiply, one, the zero point, the clamp.
+// What every lane shares: the rounding nudge of the doubling high multiply, one, the zero point, the clamp;
+// `below_255`: whether the clamp's top is below 255 (at 255, store16's saturation is the clamp).
 struct StageShared {
   __m512i nudge, one, zero, lo, hi;
+  bool below_255;
 };
 
 __attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bias, const int32_t* m0,
@@ -39,13 +41,14 @@ __attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bi
 
 __attribute__((target("avx512f"))) inline StageShared make_shared(int32_t zero, int32_t lo, int32_t hi) {
   return StageShared{_mm512_set1_epi64(int64_t{1} << 30), _mm512_set1_epi32(1), _mm512_set1_epi32(zero),
-                     _mm512_set1_epi32(lo), _mm512_set1_epi32(hi)};
+                     _mm512_set1_epi32(lo), _mm512_set1_epi32(hi), hi < 255};
 }
 
-// stage8's steps: the 64-bit products of the even lanes and of the odd ones (shifted down), + 2^30, a logical
-// shift by 31 whose low 32 bits equal the arithmetic shift's; then the rounding right shift and the clamp.
-__attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {
-  const __m512i x = _mm512_add_epi32(acc, s.bias);
+// stage8's steps on x = acc + bias: the 64-bit products of the even lanes and of the odd ones (shifted down),
+// + 2^30, a logical shift by 31 whose low 32 bits equal the arithmetic shift's; then the rounding right shift
+// and the clamp, whose top is left to store16 where it is 255 (lanes may hold more than 255 then).
+__attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, const Stage16& s,
+                                                                 const StageShared& k) {
   const __m512i even = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, s.m0), k.nudge), 31);
   const __m512i odd = _mm512_srli_epi64(
       _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), s.m0_odd), k.nudge), 31);
@@ -54,7 +57,12 @@ __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Sta
   const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(r, s.mask), threshold);
   const __m512i shifted = _mm512_srav_epi32(r, s.right);
   const __m512i q = _mm512_mask_add_epi32(shifted, up, shifted, k.one);
-  return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo), k.hi);
+  const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
+  return k.below_255 ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
+}
+
+__attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {
+  return stage16_biased(_mm512_add_epi32(acc, s.bias), s, k);
 }
 
 // One Stage16 per group of sixteen channels, in storage aligned by hand (64 bytes).
@@ -75,8 +83,8 @@ class Stage16Table {
   Stage16* stages_ = nullptr;
 };
 
-// Sixteen codes (lanes holding 0..255) at out: the first `count` of them, a masked store (slow) only for fewer
-// than sixteen.
+// Sixteen codes at out (lanes holding 0..255, or more, which saturate to 255): the first `count` of them, a
+// masked store (slow) only for fewer than sixteen.
 __attribute__((target("avx512f"))) inline void store16(uint8_t* out, __m512i q, int64_t count) {
   if (count >= 16)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtusepi32_epi8(q));

@@ -425,16 +425,16 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
             layer_weight = weight.clone()  # a layer of its own: the form is decided at a layer's first call
             nhwc = x.contiguous(memory_format=torch.channels_last)
             assert host_conv.byte_form(nhwc, layer_weight, kernel * kernel, cin, isa) == bytes_expected
-            for zero in (5, 131):
-                want = _conv_reference(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry)
+            for zero, hi in ((5, 255), (131, 200)):  # a clamp below 255 (ReLU6's top) too
+                want = _conv_reference(x, zero, layer_weight, bias, m0, exponent, 7, 0, hi, *geometry)
                 assert len(torch.unique(want)) > 20  # neither saturated nor constant
                 if isa == host_conv.byte_isa():  # the form the twin dispatches to by itself
-                    got = cpu.qconv2d(x, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
+                    got = cpu.qconv2d(x, zero, layer_weight, bias, m0, exponent, 7, 0, hi, *geometry, 1)
                     assert torch.equal(got, want), zero
                     assert got.is_contiguous(memory_format=torch.channels_last) == avx2  # the integer kernel's
                 if avx2:  # NCHW and channels-last inputs alike
                     for layout in (x, nhwc):
-                        got = host_conv.conv2d(layout, zero, layer_weight, bias, m0, exponent, 7, 0, 255, *geometry,
+                        got = host_conv.conv2d(layout, zero, layer_weight, bias, m0, exponent, 7, 0, hi, *geometry,
                                                isa=isa)
                         assert torch.equal(got, want), (isa, zero)
 
@@ -485,9 +485,12 @@ def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, 
         from qcompile.cpu_features import cpu_flags
 
         assert host_conv.depthwise_isa() == ("avx512" if "avx512f" in cpu_flags() else "avx2")
+        clamped = want.clamp(max=190)  # a clamp below 255 (ReLU6's top)
         for isa in {"avx2", host_conv.depthwise_isa()}:
             assert torch.equal(host_conv.depthwise(x, 119, weight, bias, m0, exponent, 3, 3, 255, *geometry,
                                                    isa=isa), want), isa
+            assert torch.equal(host_conv.depthwise(x, 119, weight, bias, m0, exponent, 3, 3, 190, *geometry,
+                                                   isa=isa), clamped), isa
 
 
 def test_host_integer_linear_is_bit_exact_and_follows_changed_parameters():
