@@ -29,7 +29,8 @@ from qcompile.kernels.build import HERE, shared_library
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = shared_library(HERE / "host_kernels.cpp", tuple(HERE / h for h in ("gemmlowp.h", "parallel.h", "stage8.h")), flags=("-O3",))
+        lib = shared_library(HERE / "host_kernels.cpp",
+                         tuple(HERE / h for h in ("gemmlowp.h", "parallel.h", "stage8.h", "stage16.h")), flags=("-O3",))
     except RuntimeError as exc:
         warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin uses torch ops (slower)",
                       stacklevel=2)
@@ -40,7 +41,7 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_host_output_stage.argtypes = [ptr] * 5 + [i64] * 3 + [i32] * 3 + [int_]
     for eight_lanes in (lib.qc_host_output_stage_rows8, lib.qc_host_output_stage_channels_last):
         eight_lanes.argtypes = [ptr, int_] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
-    lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_, int_]
+    lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_] * 3
     lib.qc_host_add.restype = int_
     lib.qc_host_quantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, i32, i32, int_]
     lib.qc_host_max_pool.argtypes = [ptr, ptr, ptr, int_]
@@ -120,8 +121,9 @@ def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, expone
 
 def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,
             b_exponent: int, out_m0: int, out_exponent: int, out_zero: int, lo: int, hi: int,
-            left_shift: int) -> tuple[torch.Tensor, bool]:
-    """:func:`add`, and whether its eight-lane (AVX2) form ran."""
+            left_shift: int, wide: bool = True) -> tuple[torch.Tensor, int]:
+    """:func:`add`, and which form ran: 2 the sixteen-lane one (AVX-512; ``wide=False`` keeps it off), 1 the
+    eight-lane one (AVX2), 0 the scalar one."""
     a, b = torch.broadcast_tensors(a, b)
     # element-wise: the inputs' memory order is kept when both share it (the twin's convolutions write
     # channels last)
@@ -130,8 +132,8 @@ def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.T
     out = torch.empty_like(a)
     form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent,
                                  b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,
-                                 torch.get_num_threads())
-    return out, form == 1
+                                 torch.get_num_threads(), int(wide))
+    return out, form
 
 
 def add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,

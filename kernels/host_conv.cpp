@@ -1,4 +1,4 @@
-// The CPU twin's dense integer convolutions and linear layers (AVX2): uint8 activations in channels-last order, int8 weights, int32
+// The CPU twin's dense integer convolutions and linear layers (AVX2 and up): uint8 activations in channels-last order, int8 weights, int32
 // accumulators, the output stage of gemmlowp.h fused, uint8 out in channels-last order. kernels/host_conv.py
 // builds this with the host C++ compiler and calls it through ctypes; where it cannot run (no AVX2, a bound
 // that allows saturation) the twin keeps its float-accumulation path, which gives the same integers.
@@ -11,13 +11,14 @@
 //    int16, which is exact for codes up to 127 (2 * 127 * 128 < 2^15); so the GEMM multiplies min(q, 127), and
 //    the rare codes above 127 are corrected one product at a time. The zero point comes off through the bias
 //    (sum (q - z) w = sum q w - z sum w), and taps outside the input (padding) get their share back.
-//    On CPUs with VNNI (AVX-512 VNNI or AVX-VNNI) the byte form is vpdpbusd instead, which sums the four
-//    uint8 x int8 products of each lane in int32: every code goes in whole, and nothing needs correcting.
-//    On CPUs with AMX-INT8 it runs on tiles instead (qc_conv_gemm_amx; the tile primitives are in amx_tiles.h).
+//    On CPUs with AVX-VNNI the byte form is vpdpbusd instead, which sums the four uint8 x int8 products of
+//    each lane in int32: every code goes in whole, and nothing needs correcting. On CPUs with AVX-512 VNNI
+//    it is host_vnni512.cpp's 512-bit form (qc_conv_gemm_bytes dispatches to it), and on CPUs with AMX-INT8
+//    it runs on tiles (qc_conv_gemm_amx; the tile primitives are in amx_tiles.h).
 //  * int16 pairs: _mm256_madd_epi16 of q - z (|q - z| <= 255) with the weights, each pair sum below 2^16.
 // Every sum is exact in int32 arithmetic, whose wrap-around cannot change a result that fits int32; the caller
 // checks that the result does (kernels/cpu.py: accumulator_bound).
-// Depthwise convolutions are in host_depthwise.cpp, built into the same library.
+// Depthwise convolutions are in host_depthwise.cpp, built into the same library with host_vnni512.cpp.
 #include <stdint.h>
 #include <string.h>
 
@@ -189,9 +190,6 @@ QC_BYTE_TILE_PANEL(byte_tile_panel, "avx2", const __m256i ones = _mm256_set1_epi
 #define QC_MAC(acc, v, w) _mm256_dpbusd_avx_epi32(acc, v, w)
 QC_BYTE_TILE_PANEL(byte_tile_panel_avx_vnni, "avx2,avxvnni", , QC_MAC)
 #undef QC_MAC
-#define QC_MAC(acc, v, w) _mm256_dpbusd_epi32(acc, v, w)
-QC_BYTE_TILE_PANEL(byte_tile_panel_avx512_vnni, "avx2,avx512f,avx512vl,avx512vnni", , QC_MAC)
-#undef QC_MAC
 #else
 #define QC_HAVE_VNNI 0
 #endif
@@ -212,9 +210,7 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
                                                int64_t out_channels, const Stage8* stages, uint8_t* out, int isa) {
   alignas(32) __m256i acc[kByteRows][2];
 #if QC_HAVE_VNNI
-  if (isa == kAvx512Vnni)
-    byte_tile_panel_avx512_vnni(tile, b, quads, acc);
-  else if (isa == kAvxVnni)
+  if (isa == kAvxVnni)
     byte_tile_panel_avx_vnni(tile, b, quads, acc);
   else
 #endif
@@ -294,10 +290,10 @@ void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int8_t* packed
 // 1 if this CPU runs the kernels below (AVX2).
 int qc_conv_supported() { return __builtin_cpu_supports("avx2") ? 1 : 0; }
 
-// The VNNI byte GEMM this CPU runs: 2 (AVX-512 VNNI with 256-bit forms), 1 (AVX-VNNI), or 0 (none: AVX2).
+// The VNNI byte GEMM this CPU runs: 2 (AVX-512 VNNI, host_vnni512.cpp), 1 (AVX-VNNI), or 0 (none: AVX2).
 int qc_conv_vnni() {
+  if (qc_conv_vnni512_supported()) return kAvx512Vnni;
   if (!QC_HAVE_VNNI) return kAvx2;
-  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) return kAvx512Vnni;
   return __builtin_cpu_supports("avxvnni") ? kAvxVnni : kAvx2;
 }
 
@@ -308,9 +304,9 @@ int qc_conv_byte_isa() { return amx_usable() ? kAmx : qc_conv_vnni(); }
 static bool byte_isa_runs(int isa) {
   if (isa == kAvx2) return true;
   if (isa == kAmx) return amx_usable();
+  if (isa == kAvx512Vnni) return qc_conv_vnni512_supported();
   if (!QC_HAVE_VNNI) return false;
-  if (isa == kAvxVnni) return __builtin_cpu_supports("avxvnni");
-  return isa == kAvx512Vnni && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  return isa == kAvxVnni && __builtin_cpu_supports("avxvnni");
 }
 
 // The number of int16 values qc_conv_pack writes for this layer.
@@ -372,12 +368,12 @@ void qc_conv_byte_pack(const int8_t* weight, int64_t out_channels, int64_t depth
 void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
                         const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
                         int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads, int isa) {
-  if (isa == kAvx512Vnni && qc_conv_vnni512_supported()) {  // 512-bit vectors (host_vnni512.cpp)
+  if (!byte_isa_runs(isa)) isa = kAvx2;
+  if (isa == kAvx512Vnni) {  // 512-bit vectors (host_vnni512.cpp)
     qc_conv_gemm_vnni512(x, x_zero, packed, tap_sums, shape, bias, m0, exponent, out_zero, lo, hi, out, threads);
     return;
   }
   const ConvShape s = ConvShape::read(shape);
-  if (!byte_isa_runs(isa)) isa = kAvx2;
   const int64_t quads = (s.depth() + 3) / 4, tiles = (s.pixels() + kByteRows - 1) / kByteRows;
   const int64_t all_panels = panels(s.out_channels), block = panels_per_block(quads * 2);
   const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);

@@ -14,6 +14,7 @@
 #include "parallel.h"
 
 #if defined(__x86_64__)
+#include "stage16.h"
 #include "stage8.h"
 #define QC_HOST_AVX2 1
 #endif
@@ -169,6 +170,31 @@ __attribute__((target("avx2"))) void add_avx2(const uint8_t* a, const uint8_t* b
     out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero,
                      lo, hi, left_shift);
 }
+
+// add_avx2 sixteen lanes at a time (AVX-512), with stage16.h's output stage: the same integers.
+__attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t begin,
+                                                   int64_t end, int32_t a_zero, int32_t a_m0, int a_exponent,
+                                                   int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0,
+                                                   int out_exponent, int32_t out_zero, int32_t lo, int32_t hi,
+                                                   int left_shift) {
+  using namespace qc_avx512;
+  const Stage16 sa = uniform_stage16(a_m0, a_exponent), sb = uniform_stage16(b_m0, b_exponent);
+  const Stage16 so = uniform_stage16(out_m0, out_exponent);
+  const StageShared none = make_shared(0, qc::kInt32Min, qc::kInt32Max), grid = make_shared(out_zero, lo, hi);
+  const __m512i za = _mm512_set1_epi32(a_zero), zb = _mm512_set1_epi32(b_zero);
+  const __m128i shift = _mm_cvtsi32_si128(left_shift);
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m512i va = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    const __m512i vb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+    const __m512i x = stage16_biased(_mm512_sll_epi32(_mm512_sub_epi32(va, za), shift), sa, none);
+    const __m512i y = stage16_biased(_mm512_sll_epi32(_mm512_sub_epi32(vb, zb), shift), sb, none);
+    store16(out + i, stage16_biased(_mm512_add_epi32(x, y), so, grid), 16);
+  }
+  for (; i < end; ++i)
+    out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero,
+                     lo, hi, left_shift);
+}
 #endif
 
 bool qc_host_has_avx2() {
@@ -318,15 +344,23 @@ void qc_host_mean_pixels(const uint8_t* x, uint8_t* out, int64_t n, int64_t pixe
   });
 }
 
-// TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize. Returns 1 if the
-// eight-lane form ran (AVX2, and nothing can saturate), 0 for the scalar form.
+// TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize. Returns 2 if the
+// sixteen-lane form ran (wide, and the CPU has AVX-512), 1 for the eight-lane form (AVX2), in both only where
+// nothing can saturate; 0 for the scalar form.
 int qc_host_add(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t count, int32_t a_zero, int32_t a_m0,
                  int a_exponent, int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0, int out_exponent,
-                 int32_t out_zero, int32_t lo, int32_t hi, int left_shift, int threads) {
+                 int32_t out_zero, int32_t lo, int32_t hi, int left_shift, int threads, int wide) {
 #ifdef QC_HOST_AVX2
   const bool vector = qc_host_has_avx2() && a_exponent <= 0 && b_exponent <= 0 && out_exponent <= 0 &&
                       left_shift >= 0 && left_shift <= 22 && a_m0 != qc::kInt32Min && b_m0 != qc::kInt32Min &&
                       out_m0 != qc::kInt32Min;
+  if (vector && wide && __builtin_cpu_supports("avx512f")) {
+    parallel_for(count, threads, [=](int64_t begin, int64_t end) {
+      add_avx512(a, b, out, begin, end, a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent,
+                 out_zero, lo, hi, left_shift);
+    });
+    return 2;
+  }
   if (vector) {
     parallel_for(count, threads, [=](int64_t begin, int64_t end) {
       add_avx2(a, b, out, begin, end, a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent,

@@ -40,7 +40,14 @@ class Quantize(_OnGrid):
         super().__init__(scale, zero_point)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.qcompile.quantize(x, self.scale, self.zero_point, 0, 255)
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.quantize(x, self.scale, self.zero_point, 0, 255)
+        return self._call(x)
+
+    @torch.jit.unused
+    def _call(self, x: Tensor) -> Tensor:
+        op = ops.quantize if _eager(x) else torch.ops.qcompile.quantize
+        return op(x, self.scale, self.zero_point, 0, 255)
 
 
 class Dequantize(_OnGrid):
@@ -51,7 +58,14 @@ class Dequantize(_OnGrid):
 
     def forward(self, q: Tensor) -> Tensor:
         # the float code after a quantized region may reshape with .view(): give it the standard layout
-        return torch.ops.qcompile.dequantize(q, self.scale, self.zero_point).contiguous()
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.dequantize(q, self.scale, self.zero_point).contiguous()
+        return self._call(q)
+
+    @torch.jit.unused
+    def _call(self, q: Tensor) -> Tensor:
+        op = ops.dequantize if _eager(q) else torch.ops.qcompile.dequantize
+        return op(q, self.scale, self.zero_point).contiguous()
 
 
 class QConv2d(reference.QConv2d):
@@ -125,7 +139,13 @@ class QGlobalAvgPool(nn.Module):
     """Mean over H and W of uint8 codes (same grid in and out), rounded half up, kept as N x C x 1 x 1."""
 
     def forward(self, q: Tensor) -> Tensor:
-        return torch.ops.qcompile.global_avg_pool(q)
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.global_avg_pool(q)
+        return self._call(q)
+
+    @torch.jit.unused
+    def _call(self, q: Tensor) -> Tensor:
+        return (ops.global_avg_pool if _eager(q) else torch.ops.qcompile.global_avg_pool)(q)
 
 
 class QMean(reference.QMean):
@@ -164,5 +184,12 @@ class QMaxPool2d(nn.Module):
         self.ceil_mode = ceil_mode
 
     def forward(self, q: Tensor) -> Tensor:
-        return torch.ops.qcompile.max_pool2d(q, self.kernel_size, self.stride, self.padding, self.dilation,
-                                             self.ceil_mode)
+        if torch.jit.is_scripting():
+            return torch.ops.qcompile.max_pool2d(q, self.kernel_size, self.stride, self.padding, self.dilation,
+                                                 self.ceil_mode)
+        return self._call(q)
+
+    @torch.jit.unused
+    def _call(self, q: Tensor) -> Tensor:
+        op = ops.max_pool2d if _eager(q) else torch.ops.qcompile.max_pool2d
+        return op(q, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)

@@ -13,6 +13,8 @@ Tensors are plain: ``uint8`` activations, ``int8`` weights, ``int32`` bias
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from qcompile.kernels import cpu, host
 from qcompile.kernels import fixed_point as fp
@@ -149,9 +151,20 @@ def max_pool2d(q: Tensor, kernel_size: list[int], stride: list[int], padding: li
 
 
 def _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[int, ...]:
-    """torch's output shape of max pooling (its checks of the arguments included)."""
+    """torch's output shape of max pooling (its checks of the arguments included), worked out once per shape
+    and arguments (on the meta device it costs more than pooling a small input)."""
+    if all(isinstance(d, int) for d in q.shape):  # not symbolic (export)
+        return _pooled_shape_of(tuple(q.shape), tuple(kernel_size), tuple(stride), tuple(padding),
+                                tuple(dilation), bool(ceil_mode))
     out = torch.nn.functional.max_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
                                          dilation, ceil_mode)
+    return tuple(out.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _pooled_shape_of(shape, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[int, ...]:
+    out = torch.nn.functional.max_pool2d(torch.empty(shape, device="meta"), list(kernel_size), list(stride),
+                                         list(padding), list(dilation), ceil_mode)
     return tuple(out.shape)
 
 

@@ -5,13 +5,15 @@
 
 #include <stdint.h>
 
+#include <climits>
 #include <new>
 #include <vector>
 
 #include <immintrin.h>
 
-// GCC 12 warns that the AVX-512 intrinsics' own undefined vectors may be used uninitialized (a false report,
-// in every file that uses them)
+// GCC 12 warns that the AVX-512 intrinsics' own undefined vectors are (or may be) used uninitialized (a false
+// report, in every file that uses them)
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace qc_avx512 {
@@ -22,10 +24,10 @@ struct Stage16 {
 };
 
 // What every lane shares: the rounding nudge of the doubling high multiply, one, the zero point, the clamp;
-// `below_255`: whether the clamp's top is below 255 (at 255, store16's saturation is the clamp).
+// `clamp_top`: whether the clamp's top must be applied (see make_shared).
 struct StageShared {
   __m512i nudge, one, zero, lo, hi;
-  bool below_255;
+  bool clamp_top;
 };
 
 __attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bias, const int32_t* m0,
@@ -39,9 +41,17 @@ __attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bi
                  _mm512_srli_epi32(mask, 1), right};
 }
 
+// The same parameters in every lane (one grid: the rescales of an add), bias 0.
+__attribute__((target("avx512f"))) inline Stage16 uniform_stage16(int32_t m0, int32_t exponent) {
+  const __m512i one = _mm512_set1_epi32(1), right = _mm512_set1_epi32(-exponent), m = _mm512_set1_epi32(m0);
+  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);  // right <= 31
+  return Stage16{_mm512_setzero_si512(), m, _mm512_srli_epi64(m, 32), mask, _mm512_srli_epi32(mask, 1), right};
+}
+
+// The clamp's top is applied unless it is 255 (store16 saturates there) or INT32_MAX (no top).
 __attribute__((target("avx512f"))) inline StageShared make_shared(int32_t zero, int32_t lo, int32_t hi) {
   return StageShared{_mm512_set1_epi64(int64_t{1} << 30), _mm512_set1_epi32(1), _mm512_set1_epi32(zero),
-                     _mm512_set1_epi32(lo), _mm512_set1_epi32(hi), hi < 255};
+                     _mm512_set1_epi32(lo), _mm512_set1_epi32(hi), hi != 255 && hi != INT32_MAX};
 }
 
 // stage8's steps on x = acc + bias: the 64-bit products of the even lanes and of the odd ones (shifted down),
@@ -58,7 +68,7 @@ __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, cons
   const __m512i shifted = _mm512_srav_epi32(r, s.right);
   const __m512i q = _mm512_mask_add_epi32(shifted, up, shifted, k.one);
   const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
-  return k.below_255 ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
+  return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
 }
 
 __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {

@@ -364,7 +364,7 @@ def test_host_output_stage_eight_lane_form_is_bit_exact(channels):
     (2147483647, -3, 1200000000, -7, 1500000000, -16, True),
     (1518500250, 1, 1073741824, 0, 1876499845, -21, False),  # a left shift of input a: the scalar form
 ])
-def test_host_add_eight_lane_form_is_bit_exact(monkeypatch, a_m0, a_exponent, b_m0, b_exponent, out_m0,
+def test_host_add_vector_forms_are_bit_exact(monkeypatch, a_m0, a_exponent, b_m0, b_exponent, out_m0,
                                                out_exponent, vector):
     from qcompile.kernels import host
 
@@ -372,12 +372,16 @@ def test_host_add_eight_lane_form_is_bit_exact(monkeypatch, a_m0, a_exponent, b_
     a = torch.randint(0, 256, (3, 7, 11, 5), dtype=torch.uint8, generator=generator)  # 1155: a tail of 3
     b = torch.randint(0, 256, (3, 7, 11, 5), dtype=torch.uint8, generator=generator)
     args = (a, 17, a_m0, a_exponent, b, 140, b_m0, b_exponent, out_m0, out_exponent, 90, 90, 255)
-    got, ran = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
+    from qcompile.cpu_features import cpu_flags
+
+    got, form = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
+    eight, eight_form = host.run_add(*args, cpu.ADD_LEFT_SHIFT, wide=False)
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
-    assert ran == (vector and avx2)
+    assert form == (0 if not (vector and avx2) else 2 if "avx512f" in cpu_flags() else 1)
+    assert eight_form == (1 if vector and avx2 else 0)
     monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
     want = cpu.qadd(*args)  # the torch-op form
-    assert torch.equal(got, want) and len(torch.unique(want)) > 3
+    assert torch.equal(got, want) and torch.equal(eight, want) and len(torch.unique(want)) > 3
 
 
 def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation):
@@ -448,7 +452,7 @@ def _byte_isas() -> tuple[str, ...]:
 
     flags = cpu_flags()
     found = ("avx2",) + (("avx-vnni",) if "avx_vnni" in flags else ()) + (
-        ("avx512-vnni",) if {"avx512_vnni", "avx512vl"} <= flags else ()) + (
+        ("avx512-vnni",) if {"avx512_vnni", "avx512f"} <= flags else ()) + (
         ("amx",) if {"amx_tile", "amx_int8"} <= flags else ())
     # the kernels' own detection agrees with the CPU's flags: AMX, else the best VNNI it has, else AVX2
     if host_conv.library() is not None:
