@@ -15,9 +15,10 @@ percentile, with a bootstrap 95% interval; above 1 gemmlowp is faster). The
 capped column runs the same gemmlowp model with ``QCOMPILE_BYTE_ISA`` set to
 the form below this CPU's best (AVX2 under AVX-512 VNNI, AVX-512 VNNI under
 AMX): the kernels of a CPU without the best one. Also the GEMM alone
-(effective int8 GOPS of ``torch.ops.qcompile.qlinear`` against this CPU's
-int8 peak, measured by ``benchmarks/int8_peak.py``: the AVX2 ``vpmaddubsw``
-loop, which VNNI can pass) and single convolution layers.
+(effective int8 GOPS of ``torch.ops.qcompile.qlinear``) and single
+convolution layers; "% peak" is against the int8 peak of the form that ran,
+measured on this CPU by ``benchmarks/int8_peak.py`` (512-bit ``vpdpbusd`` for
+AVX-512 VNNI and AMX, the ``vpmaddubsw`` sequence for AVX2).
 """
 
 from __future__ import annotations
@@ -101,6 +102,14 @@ def layer_gops(cin: int, cout: int, size: int, kernel: int, stride: int, groups:
     return 2 * out * out * cout * (cin // groups) * kernel * kernel / (ms / 1000) / 1e9
 
 
+def peak_for_form(form: str) -> tuple[float, str]:
+    """The per-core int8 peak the form's kernels are measured against, and its name: the 512-bit vpdpbusd loop
+    for AVX-512 VNNI (and AMX, whose own peak is not measured), else the AVX2 vpmaddubsw loop."""
+    if form in ("avx512-vnni", "amx"):
+        return peak_gops_per_core("avx512-vnni"), "the 512-bit vpdpbusd loop"
+    return peak_gops_per_core("avx2"), "the AVX2 vpmaddubsw loop"
+
+
 def cap_below_best() -> str:
     """The byte form below this CPU's best: what a CPU without the best one runs (AVX-512 VNNI under AMX)."""
     from qcompile.kernels import host_conv
@@ -163,9 +172,10 @@ def main() -> None:
     from qcompile.kernels import host_conv
 
     cap = cap_below_best()
+    peak, peak_name = peak_for_form(host_conv.byte_isa())
     print(f"CPU: {describe_cpu()}; gemmlowp runs the CPU twin, byte form {host_conv.byte_isa()}, depthwise "
-          f"{host_conv.depthwise_isa()}; capped: QCOMPILE_BYTE_ISA={cap}; % peak is against the AVX2 vpmaddubsw "
-          "loop of benchmarks/int8_peak.py\n")
+          f"{host_conv.depthwise_isa()}; capped: QCOMPILE_BYTE_ISA={cap}; % peak is against {peak_name} of "
+          f"benchmarks/int8_peak.py ({peak:.0f} GOPS per core)\n")
     print("| model | batch | threads | float ms | native x86 | gemmlowp | gemmlowp / native x86, paired (95%) "
           f"| gemmlowp capped at {cap} | gemmlowp GOPS (% peak) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -192,7 +202,7 @@ def main() -> None:
                         capped = with_byte_isa(cap, partial(median_ms, partial(gemmlowp, x), args.repeats))
                         paired = head_to_head(partial(gemmlowp, x), partial(x86, x), args.pairs)
                     gops = 2 * work * batch / (ours / 1000) / 1e9
-                    share = gops / (peak_gops_per_core() * threads)
+                    share = gops / (peak * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
                                      native_x86=base / native, gemmlowp=base / ours,
                                      gemmlowp_over_native=dict(ratio=paired.ratio, low=paired.low, high=paired.high),
@@ -204,12 +214,13 @@ def main() -> None:
     for shape in ((256, 512, 1024), (256, 2048, 1024)):
         gops = gemm_gops(*shape, args.repeats)
         print(f"  rows x depth x channels = {' x '.join(map(str, shape))}: {gops:.1f} GOPS "
-              f"({gops / (2 * peak_gops_per_core()):.1%} of the 2-core int8 peak)")
+              f"({gops / (2 * peak):.1%} of the 2-core int8 peak)")
     torch.set_num_threads(1)
     print("\nsingle layers (torch.ops.qcompile.qconv2d, batch 1, one thread):")
     for name, *shape in LAYERS:
         capped = with_byte_isa(cap, partial(layer_gops, *shape, args.repeats))
-        print(f"  {name}: {layer_gops(*shape, args.repeats):.1f} GOPS ({capped:.1f} capped at {cap})")
+        gops = layer_gops(*shape, args.repeats)
+        print(f"  {name}: {gops:.1f} GOPS ({gops / peak:.1%} of the peak; {capped:.1f} capped at {cap})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

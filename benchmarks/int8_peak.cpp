@@ -2,7 +2,9 @@
 // sequence fbgemm's kernels use without VNNI: two vpmaddubsw (u8 x s8 pairs to
 // int16), their saturating int16 sum (vpaddsw), vpmaddwd to int32, vpaddd; in 8
 // independent chains held in registers so the loop is throughput-bound. Each
-// vpmaddubsw does 32 multiply-accumulates.
+// vpmaddubsw does 32 multiply-accumulates. And the AVX-512 VNNI peak: 512-bit
+// vpdpbusd (64 multiply-accumulates each) in 16 independent chains, called only
+// where the CPU has it.
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -24,4 +26,26 @@ extern "C" int64_t qc_int8_peak_loop(int64_t iterations, int32_t* sink) {
                                    _mm256_add_epi32(_mm256_add_epi32(acc4, acc5), _mm256_add_epi32(acc6, acc7)));
   *sink = _mm256_extract_epi32(total, 0);
   return iterations * 8 * 64;  // multiply-accumulates
+}
+
+#define QC_CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+
+extern "C" __attribute__((target("avx512f,avx512vnni"))) int64_t qc_int8_peak_vnni512_loop(int64_t iterations,
+                                                                                         int32_t* sink) {
+  const __m512i w = _mm512_set1_epi8(-2), flip = _mm512_set1_epi8(5);
+  __m512i a = _mm512_set1_epi8(1);
+#define QC_ZERO(k) __m512i acc##k = _mm512_set1_epi32(k);  // distinct chains: none merges with another
+  QC_CHAINS(QC_ZERO)
+  for (int64_t i = 0; i < iterations; ++i) {
+    a = _mm512_xor_si512(a, flip);  // new activations each step: nothing hoists
+#define QC_DOT(k) acc##k = _mm512_dpbusd_epi32(acc##k, a, w);
+    QC_CHAINS(QC_DOT)
+  }
+  __m512i total = _mm512_setzero_si512();
+#define QC_SUM(k) total = _mm512_add_epi32(total, acc##k);
+  QC_CHAINS(QC_SUM)
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, total);
+  *sink = lanes[0];
+  return iterations * 16 * 64;  // multiply-accumulates
 }

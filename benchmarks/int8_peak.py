@@ -3,10 +3,11 @@
     python benchmarks/int8_peak.py
 
 Builds ``int8_peak.cpp`` (the AVX2 vpmaddubsw / vpaddsw / vpmaddwd / vpaddd
-sequence fbgemm's int8 kernels use on CPUs without VNNI) and times it on one
-thread; the result, in GOPS (2 operations per multiply-accumulate), is the
-per-core peak the latency benchmarks report their share of. Prints the CPU's
-model and whether it has AVX-512 VNNI.
+sequence fbgemm's int8 kernels use on CPUs without VNNI, and 512-bit
+vpdpbusd where the CPU has AVX-512 VNNI) and times it on one thread; the
+result, in GOPS (2 operations per multiply-accumulate), is the per-core peak
+the latency benchmarks report their share of. Prints the CPU's model and
+whether it has AVX-512 VNNI.
 
 Also whether onnxruntime's integer GEMM on this CPU is exact: its
 ``MatMulInteger`` of uint8 codes of 255 by int8 weights of 127, against the
@@ -37,10 +38,11 @@ def cpu_description() -> str:
 
 
 @cache
-def peak_gops_per_core(repeats: int = 7) -> float:
-    """Median GOPS of the int8 multiply-accumulate loop on one thread."""
+def peak_gops_per_core(isa: str = "avx2", repeats: int = 7) -> float:
+    """Median GOPS of an int8 multiply-accumulate loop on one thread: ``avx2`` (the vpmaddubsw sequence) or
+    ``avx512-vnni`` (512-bit vpdpbusd; only on a CPU that has it)."""
     lib = shared_library(HERE / "int8_peak.cpp", (), flags=("-mavx2",))
-    loop = lib.qc_int8_peak_loop
+    loop = {"avx2": lib.qc_int8_peak_loop, "avx512-vnni": lib.qc_int8_peak_vnni512_loop}[isa]
     loop.restype = ctypes.c_int64
     loop.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int32)]
     sink = ctypes.c_int32()
@@ -72,6 +74,10 @@ def onnxruntime_integer_gemm(depth: int = 64) -> tuple[int, int]:
 if __name__ == "__main__":
     print(cpu_description())
     print(f"int8 peak, one core: {peak_gops_per_core():.0f} GOPS (AVX2 vpmaddubsw sequence, as fbgemm)")
+    from qcompile.cpu_features import cpu_flags
+
+    if {"avx512f", "avx512_vnni"} <= cpu_flags():
+        print(f"int8 peak, one core: {peak_gops_per_core('avx512-vnni'):.0f} GOPS (512-bit vpdpbusd)")
     got, exact = onnxruntime_integer_gemm()
     verdict = "exact" if got == exact else f"saturated: {got / exact:.1%} of the exact sum"
     print(f"onnxruntime MatMulInteger, 64 x (255 * 127): {got} against {exact} ({verdict})")
