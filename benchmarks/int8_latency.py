@@ -1,4 +1,4 @@
-"""Latency of int8 models: qcompile vs torch.ao FX vs onnxruntime's quantize_static, and float.
+"""Latency of int8 models: qcompile vs torch.ao FX vs onnxruntime's quantize_static vs OpenVINO, and float.
 
     python benchmarks/int8_latency.py [--models resnet18 mobilenet_v2] [--repeats 30] [--json out.json]
 
@@ -15,7 +15,9 @@ as a deployment at that batch size and thread count would be
 (``--onnx-narrow-convs measure``: the network's first convolution padded or
 rewritten as space-to-depth only if that makes the whole model measurably
 faster there; the decisions are printed at the end). The target column is the
-faster of torch.ao FX x86 and onnxruntime's ``quantize_static`` model;
+fastest of torch.ao FX x86, onnxruntime's ``quantize_static`` model and
+OpenVINO's int8 model (``nncf.quantize`` with its defaults on the same
+calibration images; where ``requirements/benchmarks.txt`` is installed);
 "best / target" is the target's time over the fastest qcompile variant's
 (1.00x or more meets the target); "paired" measures the same ratio again,
 the two timed head to head in adjacent pairs of calls (``qcompile/timing.py``),
@@ -136,6 +138,27 @@ def onnxruntime_int8(model, calib, tmp: Path, threads: int):
     return ort_session(int8_path, threads)
 
 
+def openvino_int8(model, calib, batch: int, threads: int):
+    """OpenVINO's int8 model as its documentation makes one: ``openvino.convert_model`` of the float model,
+    ``nncf.quantize`` with its defaults on the same calibration images, compiled for the CPU at a static
+    ``batch`` with ``threads`` inference threads and the latency hint; a callable of an input batch. None where
+    openvino and nncf are not installed (``pip install -r requirements/benchmarks.txt``)."""
+    try:
+        import nncf
+        import openvino
+    except ImportError:
+        return None
+    example = calib[0][0][:1]
+    float_model = openvino.convert_model(model.eval(), example_input=example)
+    images = [image[None].numpy() for b in calib for image in b[0]]
+    quantized = nncf.quantize(float_model, nncf.Dataset(images), subset_size=len(images))
+    quantized.reshape({0: [batch, *example.shape[1:]]})
+    compiled = openvino.Core().compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x.numpy()})
+
+
 def ort_session(path: Path, threads: int):
     """An onnxruntime session as qcompile runs its exports (graph optimizations on, ``threads`` intra-op)."""
     return OnnxModel(path, threads).session
@@ -187,9 +210,10 @@ def main() -> None:
 
     print(f"CPU: {describe_cpu()}; torch's engine: x86 ({torch.backends.cpu.get_cpu_capability()}); qcompile "
           f"gemmlowp: the CPU twin, byte form in {byte_isa()}\n")
-    print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | qcompile native | qcompile gemmlowp "
-          "| qcompile -> onnxruntime | native GOPS (% peak) | best / target | paired, 95% |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | threads | float ms | torch.ao x86 | onnxruntime QDQ | OpenVINO (nncf) | qcompile native "
+          "| qcompile gemmlowp | qcompile -> onnxruntime | native GOPS (% peak) | best / target | paired, 95% "
+          "| gemmlowp / torch.ao, paired |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +224,9 @@ def main() -> None:
             fair_float = load_model(tmp / "float").to(memory_format=torch.channels_last)
             graph = lower(model, (calib[0][0][:1],))
             start = time.perf_counter()
-            run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+            # the native column: `ptq --backend native` (ptq alone now puts these models on gemmlowp)
+            run_pipeline(graph, "fuse,equalize,calibrate,convert{backend=native}",
+                         PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
             qcompile_calib = time.perf_counter() - start
             write_model(graph, tmp / "int8")
             ours = load_model(tmp / "int8")
@@ -232,29 +258,38 @@ def main() -> None:
                            "torchao": partial(theirs, x), "ort": partial(session.run, None, feed),
                            "native": partial(ours, x), "gemmlowp": partial(twin, x),
                            "onnx": partial(our_session.run, None, our_feed)}
+                    openvino_model = openvino_int8(model, calib, batch, threads)
+                    if openvino_model is not None:
+                        fns["openvino"] = partial(openvino_model, x)
                     with torch.no_grad():
                         t = interleaved_medians_ms(fns, args.repeats)
                         gops = 2 * work * batch / (t["native"] / 1000) / 1e9
-                        target = min(t["torchao"], t["ort"])
+                        peers = [k for k in ("torchao", "ort", "openvino") if k in t]
+                        target = min(t[k] for k in peers)
                         best = min(("native", "gemmlowp", "onnx"), key=t.get)
-                        rival = min(("torchao", "ort"), key=t.get)
+                        rival = min(peers, key=t.get)
                         paired = head_to_head_resolved(fns[best], fns[rival], args.pairs, args.max_pairs)
+                        gemmlowp_paired = head_to_head_resolved(fns["gemmlowp"], fns["torchao"], args.pairs,
+                                                                args.max_pairs)
                     row = dict(model=name, batch=batch, threads=threads, float_ms=t["float"], torchao_ms=t["torchao"],
-                               ort_ms=t["ort"], qcompile_ms=t["native"], qcompile_gemmlowp_ms=t["gemmlowp"],
-                               qcompile_onnx_ms=t["onnx"], qcompile_gops=gops,
+                               ort_ms=t["ort"], openvino_ms=t.get("openvino"), qcompile_ms=t["native"],
+                               qcompile_gemmlowp_ms=t["gemmlowp"], qcompile_onnx_ms=t["onnx"], qcompile_gops=gops,
+                               gemmlowp_over_torchao=dict(ratio=gemmlowp_paired.ratio, low=gemmlowp_paired.low,
+                                                          high=gemmlowp_paired.high),
                                peak_share=gops / (peak_gops_per_core() * threads), best=best,
                                best_over_target=target / t[best], paired_rival=rival,
                                paired=dict(ratio=paired.ratio, low=paired.low, high=paired.high, pairs=paired.pairs),
                                narrow_convs=decisions)
                     rows.append(row)
-                    ratios = " | ".join(f"{t['float'] / t[k]:.2f}x"
-                                        for k in ("torchao", "ort", "native", "gemmlowp", "onnx"))
+                    ratios = " | ".join(f"{t['float'] / t[k]:.2f}x" if k in t else "-"
+                                        for k in ("torchao", "ort", "openvino", "native", "gemmlowp", "onnx"))
                     print(f"| {name} | {batch} | {threads} | {t['float']:.2f} | {ratios} | "
-                          f"{gops:.0f} ({100 * row['peak_share']:.0f}%) | {target / t[best]:.3f}x ({best}) | {paired} |",
-                          flush=True)
-    print("\nspeed-ups are float time / int8 time (higher is faster); best / target is the faster of torch.ao and "
-          "onnxruntime's time over the fastest qcompile variant's (named); paired is the same ratio timed head to head "
-          "in adjacent pairs of calls, at the 10th percentile of each one's times, with a bootstrap 95% interval\n")
+                          f"{gops:.0f} ({100 * row['peak_share']:.0f}%) | {target / t[best]:.3f}x ({best}) | {paired} "
+                          f"({rival}) | {gemmlowp_paired} |", flush=True)
+    print("\nspeed-ups are float time / int8 time (higher is faster); best / target is the fastest peer's time "
+          "(torch.ao, onnxruntime, OpenVINO where installed) over the fastest qcompile variant's (named); paired is "
+          "the same ratio timed head to head in adjacent pairs of calls, at the 10th percentile of each one's times, "
+          "with a bootstrap 95% interval (the peer named); gemmlowp / torch.ao likewise for qcompile's own kernels\n")
     print("| model | calibration images | qcompile images/s | torch.ao images/s |")
     print("|---|---|---|---|")
     for c in calibration:
