@@ -34,10 +34,12 @@ __attribute__((target("avx2"))) inline void copy_bytes(uint8_t* dst, const uint8
 }
 
 // Row r of a byte tile: min(q, 127) of pixel m's receptive field, padded with 0 to a multiple of 4; codes
-// above 127 are appended to `exceptions` (with `wide`, for VNNI, the codes themselves and no exceptions). Taps outside the input are 0 here and set in the returned mask: they
-// must contribute (z - z) w = 0, so their share of the bias correction (- z w) is added back afterwards.
-__attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m, int32_t r,
-                                                      uint8_t* row, std::vector<Exception>& exceptions, bool wide) {
+// above 127 are appended to `exceptions` (with `wide`, for VNNI, the codes themselves and no exceptions).
+// Taps outside the input are 0 here and set in the returned mask: they must contribute (z - z) w = 0, so their
+// share of the bias correction (- z w) is added back afterwards.
+__attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m,
+                                                             int32_t r, uint8_t* row,
+                                                             std::vector<Exception>& exceptions, bool wide) {
   const int64_t ow = m % s.out_w, oh = (m / s.out_w) % s.out_h, n = m / (s.out_w * s.out_h);
   const __m256i top = _mm256_set1_epi8(127);
   uint8_t* dst = row;

@@ -1,7 +1,8 @@
-// The CPU twin's dense integer convolutions and linear layers (AVX2 and up): uint8 activations in channels-last order, int8 weights, int32
-// accumulators, the output stage of gemmlowp.h fused, uint8 out in channels-last order. kernels/host_conv.py
-// builds this with the host C++ compiler and calls it through ctypes; where it cannot run (no AVX2, a bound
-// that allows saturation) the twin keeps its float-accumulation path, which gives the same integers.
+// The CPU twin's dense integer convolutions and linear layers (AVX2 and up): uint8 activations in channels-last
+// order, int8 weights, int32 accumulators, the output stage of gemmlowp.h fused, uint8 out in channels-last
+// order. kernels/host_conv.py builds this with the host C++ compiler and calls it through ctypes; where it
+// cannot run (no AVX2, a bound that allows saturation) the twin keeps its float-accumulation path, which gives
+// the same integers.
 //
 // Dense convolutions (and linear layers, 1x1 over one pixel) are one GEMM: rows are output pixels, the depth
 // is taps x input channels, columns are output channels. The weights are packed once per layer in panels of

@@ -61,8 +61,8 @@ QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* 
 #undef QC_ROWS
 
 // The tile's valid rows finished and stored: taps outside the input get x_zero * (their weights' sum) back
-// (the bias took it off for every tap), then the output stage (the bias is in already), sixteen codes per row (`count` of them for a
-// layer's last panel).
+// (the bias took it off for every tap), then the output stage (the bias is in already), sixteen codes per row
+// (`count` of them for a layer's last panel).
 QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
     __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, const int32_t* tap_sums, int32_t x_zero,
     const Stage16& stage, const StageShared& shared, int64_t count, uint8_t* out, int64_t out_stride) {
