@@ -138,6 +138,11 @@ def onnxruntime_int8(model, calib, tmp: Path, threads: int):
     return ort_session(int8_path, threads)
 
 
+# `ptq --backend native`: the native backend's pipeline (ptq alone puts the models these benchmarks time on
+# qcompile's kernels, which export in QDQ form only)
+NATIVE_PTQ = "fuse,equalize,calibrate,convert{backend=native}"
+
+
 def openvino_int8(model, calib, batch: int, threads: int):
     """OpenVINO's int8 model as its documentation makes one: ``openvino.convert_model`` of the float model,
     ``nncf.quantize`` with its defaults on the same calibration images, compiled for the CPU at a static
@@ -224,9 +229,7 @@ def main() -> None:
             fair_float = load_model(tmp / "float").to(memory_format=torch.channels_last)
             graph = lower(model, (calib[0][0][:1],))
             start = time.perf_counter()
-            # the native column: `ptq --backend native` (ptq alone now puts these models on gemmlowp)
-            run_pipeline(graph, "fuse,equalize,calibrate,convert{backend=native}",
-                         PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+            run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
             qcompile_calib = time.perf_counter() - start
             write_model(graph, tmp / "int8")
             ours = load_model(tmp / "int8")

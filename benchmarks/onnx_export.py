@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.int8_latency import (  # noqa: E402
+    NATIVE_PTQ,
     build,
     interleaved_medians_ms,
     onnxruntime_int8,
@@ -66,7 +67,7 @@ def main() -> None:
             run_pipeline(float_graph, "fuse")
             paths = {"float (qcompile export)": export_onnx(float_graph, tmp / "float_q.onnx")}
             graph = lower(model, (calib[0][0][:1],))
-            run_pipeline(graph, "ptq", PassContext(calib_data=calib))
+            run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=calib))
             paths["qcompile int8 (QDQ export)"] = export_onnx(graph, tmp / "qcompile.onnx")
             paths["qcompile int8 (QOperator export)"] = export_onnx(graph, tmp / "qcompile_qop.onnx",
                                                                     form="qoperator")

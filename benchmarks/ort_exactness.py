@@ -37,7 +37,7 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_latency import build, onnxruntime_int8, photo_split, quiet  # noqa: E402
+from benchmarks.int8_latency import NATIVE_PTQ, build, onnxruntime_int8, photo_split, quiet  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             graph = lower(model, (calib[0][0][:1],))
-            run_pipeline(graph, "ptq", PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+            run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
             paths = {"qcompile export (x86 preset)": export_onnx(graph, tmp / "qcompile.onnx")}
             onnxruntime_int8(model, calib, tmp, 1)
             paths["onnxruntime quantize_static"] = tmp / "int8.onnx"

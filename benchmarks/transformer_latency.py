@@ -23,7 +23,7 @@ Variants, all timed in the same process in interleaved rounds (see
 * onnxruntime float, and onnxruntime's ``quantize_dynamic`` on the same float
   ONNX file, with its defaults and with ``reduce_range`` (7-bit weights, its
   advice for AVX2 CPUs without VNNI, where 8-bit products can saturate);
-* qcompile static ``ptq`` (calibrated on 16 other random batches), exported
+* qcompile static ``ptq --backend native`` (calibrated on 16 other random batches), exported
   to onnxruntime in QDQ form.
 
 Fidelity is the SQNR (dB) of each variant's output against float torch on
@@ -48,7 +48,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_latency import interleaved_medians_ms, quiet  # noqa: E402
+from benchmarks.int8_latency import NATIVE_PTQ, interleaved_medians_ms, quiet  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.onnx.export import export_onnx  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
         dynamic_path = export_onnx(dynamic, tmp / "dynamic.onnx")
         fused_path = export_onnx(dynamic, tmp / "dynamic_fused.onnx", dynamic="fused")
         static = lower(model, (x[:1],))
-        run_pipeline(static, "ptq", PassContext(calib_data=calib))
+        run_pipeline(static, NATIVE_PTQ, PassContext(calib_data=calib))
         static_path = export_onnx(static, tmp / "static.onnx")
         torchao = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         reference = model(held_out)
