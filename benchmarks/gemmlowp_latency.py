@@ -50,9 +50,9 @@ from qcompile.quant.config import QuantConfig  # noqa: E402
 from qcompile.timing import head_to_head  # noqa: E402
 
 
-def emit(model, calib, tmp: Path, name: str, pipeline: str, preset: str = "x86"):
+def emit(model, calib, tmp: Path, name: str, pipeline: str):
     graph = lower(model, (calib[0][0][:1],))
-    run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset(preset)))
+    run_pipeline(graph, pipeline, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
     write_model(graph, tmp / name)
     return graph, load_model(tmp / name)
 
@@ -117,7 +117,7 @@ def cap_below_best() -> str:
     return "avx512-vnni" if host_conv.byte_isa() == "amx" else "avx2"
 
 
-# the calibration and timing data of each model: (data set, input batch of one)
+# the calibration and timing data of each model (else builtin:photos)
 DATA = {"digit_cnn": "builtin:mnist5k"}
 
 

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from qcompile.kernels import fixed_point as fp
 from qcompile.kernels import host, host_conv
-
-_FLOAT32_EXACT = 2**24
+from qcompile.kernels.host_conv import FLOAT32_EXACT as _FLOAT32_EXACT
 
 
 def accumulator_bound(depth: int) -> int:

@@ -27,6 +27,8 @@ from qcompile.kernels import host
 from qcompile.kernels.build import HERE, shared_library
 from qcompile.kernels.geometry import conv_output_size
 
+FLOAT32_EXACT = 2**24  # float32 holds every integer below this exactly
+
 _HEADERS = ("amx_tiles.h", "conv_shape.h", "gather_bytes.h", "parallel.h", "stage8.h", "stage16.h")
 
 
@@ -260,8 +262,8 @@ def prepared(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Ten
         if groups == 1:
             return _conv2d_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
                                 dilation)
-        taps = weight.shape[2] * weight.shape[3]
-        if groups == x.shape[1] == weight.shape[0] and taps * 255 * 128 < 2**24:
+        # depthwise: acc_bound is the window's bound, and the kernel accumulates in float32
+        if groups == x.shape[1] == weight.shape[0] and acc_bound < FLOAT32_EXACT:
             return _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride,
                                    padding, dilation)
         return None

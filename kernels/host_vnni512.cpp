@@ -23,7 +23,6 @@ using qc_avx2::ConvShape;
 using qc_avx2::Exception;
 using qc_avx2::gather_bytes;
 using qc_avx512::make_shared;
-using qc_avx512::make_stage16;
 using qc_avx512::Stage16;
 using qc_avx512::StageShared;
 

@@ -153,12 +153,11 @@ def max_pool2d(q: Tensor, kernel_size: list[int], stride: list[int], padding: li
 def _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[int, ...]:
     """torch's output shape of max pooling (its checks of the arguments included), worked out once per shape
     and arguments (on the meta device it costs more than pooling a small input)."""
-    if all(isinstance(d, int) for d in q.shape):  # not symbolic (export)
-        return _pooled_shape_of(tuple(q.shape), tuple(kernel_size), tuple(stride), tuple(padding),
-                                tuple(dilation), bool(ceil_mode))
-    out = torch.nn.functional.max_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
-                                         dilation, ceil_mode)
-    return tuple(out.shape)
+    arguments = (tuple(q.shape), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation),
+                 bool(ceil_mode))
+    if all(isinstance(d, int) for d in q.shape):  # not symbolic (export): cached
+        return _pooled_shape_of(*arguments)
+    return _pooled_shape_of.__wrapped__(*arguments)
 
 
 @functools.lru_cache(maxsize=256)

@@ -30,22 +30,24 @@ struct StageShared {
   bool clamp_top;
 };
 
+// A Stage16 from its lanes' bias, multiplier and right shift (-exponent, <= 31).
+__attribute__((target("avx512f"))) inline Stage16 stage16_of(__m512i bias, __m512i m0, __m512i right) {
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+  return Stage16{bias, m0, _mm512_srli_epi64(m0, 32), mask, _mm512_srli_epi32(mask, 1), right};
+}
+
+// `count` channels' parameters (sixteen at most) from their arrays.
 __attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bias, const int32_t* m0,
                                                                const int32_t* exponent, int64_t count) {
   const __mmask16 lanes = count >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << count) - 1);
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i m = _mm512_maskz_loadu_epi32(lanes, m0);
-  const __m512i right = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_maskz_loadu_epi32(lanes, exponent));
-  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);  // right <= 31
-  return Stage16{_mm512_maskz_loadu_epi32(lanes, bias), m, _mm512_srli_epi64(m, 32), mask,
-                 _mm512_srli_epi32(mask, 1), right};
+  return stage16_of(_mm512_maskz_loadu_epi32(lanes, bias), _mm512_maskz_loadu_epi32(lanes, m0),
+                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_maskz_loadu_epi32(lanes, exponent)));
 }
 
 // The same parameters in every lane (one grid: the rescales of an add), bias 0.
 __attribute__((target("avx512f"))) inline Stage16 uniform_stage16(int32_t m0, int32_t exponent) {
-  const __m512i one = _mm512_set1_epi32(1), right = _mm512_set1_epi32(-exponent), m = _mm512_set1_epi32(m0);
-  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);  // right <= 31
-  return Stage16{_mm512_setzero_si512(), m, _mm512_srli_epi64(m, 32), mask, _mm512_srli_epi32(mask, 1), right};
+  return stage16_of(_mm512_setzero_si512(), _mm512_set1_epi32(m0), _mm512_set1_epi32(-exponent));
 }
 
 // The clamp's top is applied unless it is 255 (store16 saturates there) or INT32_MAX (no top).
