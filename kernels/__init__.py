@@ -1,10 +1,14 @@
 """GEMMLOWP-style integer kernels (imported as ``qcompile.kernels``).
 
 * ``gemmlowp.h``: the fixed-point arithmetic, for host and device code;
-* ``gemmlowp_kernels.cuh`` / ``gemmlowp_launch.cu``: the CUDA kernels (dp4a
-  GEMM with the output stage, im2col, quantize / dequantize);
+* the CUDA kernels: ``qconv_kernels.cuh`` (convolutions and linear layers: an
+  implicit GEMM on int8 tensor cores, ``mma_s8.cuh``, and a direct kernel for
+  depthwise ones), ``gemmlowp_kernels.cuh`` (element-wise ops and pooling),
+  their launch shapes (``launchers.h``) and C entry points (``entry_points.h``),
+  built by ``gemmlowp_launch.cu``; :mod:`.device_ops` drives them for torch
+  tensors, :mod:`.cuda` registers them as the ops' CUDA kernels;
 * :mod:`.emulation`: those kernels built for the CPU against an emulation of
-  CUDA's blocks, threads and shared memory, for tests;
+  CUDA's blocks, threads, shared memory and tensor-core instructions, for tests;
 * :mod:`.fixed_point` and :mod:`.cpu`: the CPU twin, bit-exact with the kernels;
   :mod:`.host` and :mod:`.host_conv` its compiled host kernels (``host_kernels.cpp``: the
   element-wise stages; ``host_conv.cpp``, ``host_vnni512.cpp``, ``host_depthwise.cpp``: integer GEMM
@@ -14,7 +18,9 @@
 * :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export (shapes from :mod:`.geometry`);
 * :mod:`.modules`: the modules the ``gemmlowp`` backend emits.
 
-Importing the package registers the ops.
+Importing the package registers the ops, with their CPU and CUDA kernels.
 """
 
-from qcompile.kernels import ops  # noqa: F401
+from qcompile.kernels import cuda, ops  # noqa: F401
+
+cuda.register()

@@ -1,86 +1,176 @@
 """The CUDA kernels as the GPU implementation of ``torch.ops.qcompile.*``.
 
-On a machine with a GPU, :func:`load` builds ``torch_cuda.cpp`` and
-``gemmlowp_launch.cu`` with ``torch.utils.cpp_extension`` and registers them
-for CUDA tensors: convolutions run as im2col + the dp4a GEMM, linear layers
-as the GEMM, quantize / dequantize as their kernels. ``qadd`` has no CUDA
-kernel of its own; its twin (torch integer ops) runs on the GPU as it is.
-Without a GPU nothing is built and the CPU twin serves every call; the
-kernels' code is still compiled for sm_80 / sm_90 and executed in the host
-emulation by the tests.
+Importing :mod:`qcompile.kernels` registers a CUDA kernel for every op
+(:func:`register`; nothing is built then), so an emitted gemmlowp model runs on
+a GPU the way any PyTorch model does::
+
+    model = load("weights.pt").to("cuda")
+    y = model(x.cuda())
+
+The first call on a CUDA tensor builds the kernels with ``nvcc`` into a shared
+library (``gemmlowp_launch.cu`` and the headers it includes; for sm_80, sm_90
+and as compute_80 PTX for later GPUs), cached by the sources' hash next to the
+host kernels, and loads it with ctypes; every later call launches on torch's
+current stream, with no copy to the host. Without ``nvcc`` that first call
+fails with :class:`CudaUnavailable` naming what is missing; there is no silent
+CPU fallback. :func:`load` does the build and checks for a GPU up front.
+
+``python -m qcompile.kernels.cuda_cli --coverage`` lists the ops and their
+CUDA kernels; ``--build`` builds the library and prints where it is.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 import torch
-from qcompile.kernels.geometry import conv_output_size
+from qcompile.kernels.build import cache_dir
+from qcompile.kernels.device_ops import Kernels
 
 HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "gemmlowp_launch.cu"
+HEADERS = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "qconv_kernels.cuh", HERE / "mma_s8.cuh",
+           HERE / "launchers.h", HERE / "entry_points.h")
+# machine code for Ampere (sm_80) and Hopper (sm_90), PTX that later GPUs compile when they load it
+GENCODE = ("arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_80,code=compute_80")
 
 
-def _toolkit() -> str:
-    """The CUDA toolkit's root (``CUDA_HOME``, else the one holding ``nvcc``'s real binary)."""
-    import os
-    import shutil
+class CudaUnavailable(RuntimeError):
+    """What a GPU run of the kernels needs and this machine lacks (a GPU, nvcc)."""
 
-    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if root and (Path(root) / "bin" / "nvcc").exists() and (Path(root) / "include" / "cuda_runtime.h").exists():
-            return root
-    nvcc = shutil.which("nvcc")
-    raise RuntimeError(f"no CUDA toolkit found (nvcc: {nvcc}); set CUDA_HOME to the directory with bin/nvcc "
-                       "and include/cuda_runtime.h")
+
+def nvcc() -> str:
+    """The CUDA compiler: ``$CUDA_HOME/bin/nvcc``, else ``nvcc`` on the PATH, else ``/usr/local/cuda/bin/nvcc``."""
+    candidates = [Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"] if os.environ.get("CUDA_HOME") else []
+    found = shutil.which("nvcc")
+    candidates += [Path(found)] if found else []
+    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise CudaUnavailable("qcompile's CUDA kernels are built on first use with nvcc, and no nvcc was found "
+                          "(CUDA_HOME unset or without bin/nvcc, none on the PATH or in /usr/local/cuda): install "
+                          f"the CUDA toolkit (CUDA {torch.version.cuda or '12 or later'}, as torch) or set "
+                          "CUDA_HOME to it")
+
+
+def compile_command(output: Path, *, shared: bool = True, extra: tuple[str, ...] = ()) -> list[str]:
+    """The nvcc command that builds the kernels into ``output`` (a shared library, or an object file)."""
+    gencode = [flag for arch in GENCODE for flag in ("-gencode", arch)]
+    kind = ["-shared", "-Xcompiler", "-fPIC"] if shared else ["-c"]
+    return [nvcc(), "-std=c++17", "-O3", "-Werror", "all-warnings", *gencode, *kind, *extra, "-o", str(output),
+            str(SOURCE)]
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the kernels unless a build of the same sources is cached; return the library's path."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (SOURCE, *HEADERS)) + " ".join(GENCODE).encode())
+    target = cache_dir() / f"qcompile_cuda_{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    command = compile_command(partial)
+    if verbose:
+        print(" ".join(command), file=sys.stderr)
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise CudaUnavailable(f"building qcompile's CUDA kernels failed:\n{' '.join(command)}\n{run.stderr}")
+    partial.replace(target)  # atomic: a concurrent or interrupted build never leaves half a library
+    return target
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
 
 
 @cache
-def build(arches: tuple[str, ...] = ("8.0", "9.0"), verbose: bool = False):
-    """Compile the extension (no GPU needed to build it) and return the loaded module."""
-    import os
-
-    import torch.utils.cpp_extension as cpp_extension
-
-    cpp_extension.CUDA_HOME = _toolkit()  # found once at import, possibly from a wrapper script
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(arches))
-    return cpp_extension.load("qcompile_gemmlowp_cuda", [str(HERE / "torch_cuda.cpp"), str(HERE / "gemmlowp_launch.cu")],
-                              extra_include_paths=[str(HERE)], verbose=verbose)
+def kernels() -> Kernels:
+    """The ops on the GPU build of the kernels (built on first use)."""
+    return Kernels(ctypes.CDLL(str(build())), _stream, "qcompile's CUDA kernels")
 
 
-@cache
-def load(verbose: bool = False):
-    """Build the extension and register the CUDA kernels; returns it (None without a GPU)."""
+def load(verbose: bool = False) -> Kernels:
+    """Check for a GPU, build the kernels (cached) and return them; the ops are registered already."""
     if not torch.cuda.is_available():
-        return None
-    extension = build(verbose=verbose)
-    _register(extension)
-    return extension
+        raise CudaUnavailable(f"no CUDA GPU is visible to torch (torch {torch.__version__}, built with CUDA "
+                              f"{torch.version.cuda}): torch.cuda.is_available() is False. Run the model on the CPU "
+                              "(the gemmlowp backend's CPU kernels compute the same codes) or on a machine with an "
+                              "NVIDIA GPU (sm_80 or later) and its driver")
+    if verbose:
+        print(f"qcompile CUDA kernels: {build(verbose=True)}", file=sys.stderr)
+    return kernels()
 
 
-def _register(ext) -> None:
-    @torch.library.register_kernel("qcompile::qconv2d", "cuda")
-    def _qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation,
-                 groups):
-        kh, kw = weight.shape[2:]
-        oh = conv_output_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
-        ow = conv_output_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
-        columns = ext.im2col(x.contiguous(), groups, kh, kw, *stride, *padding, *dilation, oh, ow, x_zero)
-        out = ext.qgemm(columns, weight.reshape(weight.shape[0], -1).contiguous(), bias, multiplier, exponent,
-                        x_zero, out_zero, lo, hi, oh * ow)
-        # the op's contract on every device (kernels/ops.py): channels-last memory order
-        return out.reshape(x.shape[0], weight.shape[0], oh, ow).contiguous(memory_format=torch.channels_last)
+# ------------------------------------------------------------------ the ops' CUDA kernels
 
-    @torch.library.register_kernel("qcompile::qlinear", "cuda")
-    def _qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi):
-        rows = x.reshape(1, -1, x.shape[-1]).contiguous()
-        out = ext.qgemm(rows, weight.contiguous(), bias, multiplier, exponent, x_zero, out_zero, lo, hi, 1)
-        return out.reshape(*x.shape[:-1], weight.shape[0])
 
-    @torch.library.register_kernel("qcompile::quantize", "cuda")
-    def _quantize(x, scale, zero_point, qmin, qmax):
-        return ext.quantize(x.float().contiguous(), scale.float().reshape(1), zero_point.int().reshape(1), 1, 1,
-                            qmin, qmax)
+def _qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation, groups):
+    return kernels().qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
+                             dilation, groups)
 
-    @torch.library.register_kernel("qcompile::dequantize", "cuda")
-    def _dequantize(q, scale, zero_point):
-        return ext.dequantize(q.contiguous(), scale.float().reshape(1), zero_point.int().reshape(1), 1, 1)
+
+def _qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi):
+    return kernels().qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi)
+
+
+def _quantize(x, scale, zero_point, qmin, qmax):
+    return kernels().quantize(x, scale, zero_point, qmin, qmax)
+
+
+def _dequantize(q, scale, zero_point):
+    return kernels().dequantize(q, scale, zero_point)
+
+
+def _qadd(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier, out_exponent,
+          out_zero, lo, hi):
+    return kernels().qadd(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier,
+                          out_exponent, out_zero, lo, hi)
+
+
+def _qmul(a, a_zero, b, b_zero, out_multiplier, out_exponent, out_zero, lo, hi):
+    return kernels().qmul(a, a_zero, b, b_zero, out_multiplier, out_exponent, out_zero, lo, hi)
+
+
+def _requantize_codes(q, zero, multiplier, exponent, out_zero):
+    return kernels().requantize_codes(q, zero, multiplier, exponent, out_zero)
+
+
+def _max_pool2d(q, kernel_size, stride, padding, dilation, ceil_mode):
+    from qcompile.kernels.ops import _pooled_shape
+
+    shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
+    return kernels().max_pool2d(q, shape, kernel_size, stride, padding, dilation)
+
+
+def _global_avg_pool(q):
+    return kernels().global_avg_pool(q)
+
+
+CUDA_KERNELS = {"qconv2d": _qconv2d, "qlinear": _qlinear, "quantize": _quantize, "dequantize": _dequantize,
+                "qadd": _qadd, "qmul": _qmul, "requantize_codes": _requantize_codes, "max_pool2d": _max_pool2d,
+                "global_avg_pool": _global_avg_pool}
+
+
+@cache
+def register() -> None:
+    """Register :data:`CUDA_KERNELS` as the ops' CUDA kernels (once; builds nothing)."""
+    from qcompile.kernels.ops import _LIBRARY
+
+    for name, function in CUDA_KERNELS.items():
+        _LIBRARY.impl(name, function, "CUDA")
+
+
+def coverage() -> dict[str, bool]:
+    """Every ``torch.ops.qcompile`` op, and whether it has a CUDA kernel registered."""
+    from qcompile.kernels.ops import defined_ops
+
+    return {name: torch._C._dispatch_has_kernel_for_dispatch_key(f"qcompile::{name}", "CUDA")
+            for name in defined_ops()}

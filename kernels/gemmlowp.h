@@ -69,6 +69,15 @@ QC_HD int32_t output_stage(int32_t acc, int32_t bias, int32_t m0, int exponent, 
                                   zero_point), lo, hi);
 }
 
+// TFLite's quantized add of two codes: both onto a grid 2^left_shift finer than theirs, added, requantized.
+QC_HD uint8_t quantized_add(uint8_t a, uint8_t b, int32_t a_zero, int32_t a_m0, int a_exponent, int32_t b_zero,
+                            int32_t b_m0, int b_exponent, int32_t out_m0, int out_exponent, int32_t out_zero,
+                            int32_t lo, int32_t hi, int left_shift) {
+  const int32_t x = multiply_by_quantized_multiplier((a - a_zero) * (1 << left_shift), a_m0, a_exponent);
+  const int32_t y = multiply_by_quantized_multiplier((b - b_zero) * (1 << left_shift), b_m0, b_exponent);
+  return static_cast<uint8_t>(output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
+}
+
 // std::round (ties away from zero) of |v| < 2^31, without the float error of floor(v + 0.5).
 QC_HD int32_t round_half_away(float v) {
   const int32_t t = static_cast<int32_t>(v);  // truncates toward zero

@@ -43,15 +43,6 @@ void output_row(const int32_t* acc, uint8_t* out, int64_t n, int64_t bias, int32
   }
 }
 
-// One element of TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize.
-inline uint8_t add_one(uint8_t a, uint8_t b, int32_t a_zero, int32_t a_m0, int a_exponent, int32_t b_zero,
-                       int32_t b_m0, int b_exponent, int32_t out_m0, int out_exponent, int32_t out_zero, int32_t lo,
-                       int32_t hi, int left_shift) {
-  const int32_t x = qc::multiply_by_quantized_multiplier((a - a_zero) * (1 << left_shift), a_m0, a_exponent);
-  const int32_t y = qc::multiply_by_quantized_multiplier((b - b_zero) * (1 << left_shift), b_m0, b_exponent);
-  return static_cast<uint8_t>(qc::output_stage(x + y, 0, out_m0, out_exponent, out_zero, lo, hi));
-}
-
 // o[i] = max(o[i], v[i]), in a loop the compiler vectorizes (vpmaxub).
 __attribute__((target_clones("avx2", "default")))
 void max_into(uint8_t* __restrict o, const uint8_t* __restrict v, int64_t count) {
@@ -167,8 +158,8 @@ __attribute__((target("avx2"))) void add_avx2(const uint8_t* a, const uint8_t* b
     store8(out + i, stage8(_mm256_add_epi32(x, y), so));
   }
   for (; i < end; ++i)
-    out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero,
-                     lo, hi, left_shift);
+    out[i] = qc::quantized_add(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0,
+                               out_exponent, out_zero, lo, hi, left_shift);
 }
 
 // add_avx2 sixteen lanes at a time (AVX-512), with stage16.h's output stage: the same integers.
@@ -192,8 +183,8 @@ __attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8
     store16(out + i, stage16_biased(_mm512_add_epi32(x, y), so, grid), 16);
   }
   for (; i < end; ++i)
-    out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero,
-                     lo, hi, left_shift);
+    out[i] = qc::quantized_add(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0,
+                               out_exponent, out_zero, lo, hi, left_shift);
 }
 #endif
 
@@ -371,8 +362,8 @@ int qc_host_add(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t count,
 #endif
   parallel_for(count, threads, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
-      out[i] = add_one(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent,
-                       out_zero, lo, hi, left_shift);
+      out[i] = qc::quantized_add(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0,
+                                 out_exponent, out_zero, lo, hi, left_shift);
   });
   return 0;
 }

@@ -3,9 +3,9 @@
 Each op has a fake (meta) kernel, so modules that call them trace with
 torch.fx, export with ``torch.export`` (and save and load as ``.pt2``
 archives) and script with TorchScript. The CPU implementation is the twin in
-:mod:`qcompile.kernels.cpu`; on a machine with a GPU,
-:func:`qcompile.kernels.cuda.load` registers the CUDA kernels for the same
-ops. Importing ``qcompile.kernels`` registers them.
+:mod:`qcompile.kernels.cpu`; the CUDA kernels (:mod:`qcompile.kernels.cuda`)
+serve the same ops on CUDA tensors. Importing ``qcompile.kernels`` registers
+both.
 
 Tensors are plain: ``uint8`` activations, ``int8`` weights, ``int32`` bias
 (in accumulator units), multipliers and exponents.
@@ -22,6 +22,12 @@ from qcompile.kernels.geometry import conv_output_size
 from torch import Tensor
 
 _LIBRARY = torch.library.Library("qcompile", "DEF")
+_DEFINED: list[str] = []
+
+
+def defined_ops() -> list[str]:
+    """The names of the ops this module defines (``torch.ops.qcompile.<name>``)."""
+    return list(_DEFINED)
 
 
 def _operator(function):
@@ -30,6 +36,7 @@ def _operator(function):
     ``torch.library.custom_op`` would do the same with about 50 microseconds of
     Python around every call; a model makes a hundred calls."""
     _LIBRARY.define(function.__name__ + torch.library.infer_schema(function, mutates_args=()))
+    _DEFINED.append(function.__name__)
     _LIBRARY.impl(function.__name__, function, "CPU")
     return function
 
@@ -185,9 +192,6 @@ def _mean_pixels(q: Tensor) -> Tensor:
     count = q.shape[2] * q.shape[3]
     total = q.to(torch.int32).sum(dim=(2, 3), keepdim=True)
     return torch.div(total + count // 2, count, rounding_mode="floor").to(torch.uint8).contiguous()
-
-
-_LIBRARY.impl("global_avg_pool", _mean_pixels, "CUDA")
 
 
 @torch.library.register_fake("qcompile::global_avg_pool")

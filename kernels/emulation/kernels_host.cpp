@@ -1,8 +1,38 @@
-// The CUDA kernels of ../gemmlowp_kernels.cuh built for the host emulation,
-// with C entry points for the tests (kernels/emulation.py loads this with
-// ctypes). Launch shapes are the ones ../gemmlowp_launch.cu uses on a GPU.
+// The CUDA kernels built for the host emulation (cuda_host.h): entry_points.h's
+// C functions, launching with the same grids and blocks as on a GPU, plus the
+// fixed-point helpers of ../gemmlowp.h for the tests (emulation.py loads this
+// with ctypes).
+#include <string>
+
 #include "cuda_host.h"
 #include "../gemmlowp_kernels.cuh"
+
+namespace qc {
+
+struct Launcher {
+  void* stream;  // unused: the emulation runs each launch to its end
+  template <class... Parameters, class... Args>
+  void operator()(dim3 grid, dim3 block, void (*kernel)(Parameters...), Args... args) const {
+    try {
+      qc_host::launch(grid, block, kernel, args...);
+    } catch (const std::exception& e) {  // a shape no GPU takes: the launch fails, as it would there
+      if (error.empty()) error = e.what();
+    }
+  }
+  static void use_device(int) {}
+  // The first launch error since the last call, then cleared.
+  static const char* last_error() {
+    static thread_local std::string reported;
+    reported = error;
+    error.clear();
+    return reported.empty() ? nullptr : reported.c_str();
+  }
+  static inline thread_local std::string error;
+};
+
+}  // namespace qc
+
+#include "../entry_points.h"
 
 extern "C" {
 
@@ -18,30 +48,18 @@ int32_t qc_quantize(float x, float scale, int32_t zero_point, int32_t qmin, int3
 uint8_t qc_pack_int4(int32_t even, int32_t odd) { return qc::pack_int4(even, odd); }
 int32_t qc_unpack_int4(uint8_t byte, int high) { return qc::unpack_int4(byte, high); }
 
-void qc_qgemm(const uint8_t* a, const int8_t* w, const int32_t* weight_sums, const int32_t* bias,
-              const int32_t* multiplier, const int32_t* exponent, uint8_t* out, int groups, int rows,
-              int n_per_group, int depth, int a_zero, int out_zero, int clamp_lo, int clamp_hi, int spatial,
-              int out_channels) {
-  const dim3 grid((n_per_group + qc::kTile - 1) / qc::kTile, (rows + qc::kTile - 1) / qc::kTile, groups);
-  qc_host::launch(grid, dim3(qc::kTile, qc::kTile), qc::qgemm_dp4a, a, w, weight_sums, bias, multiplier, exponent,
-                  out, rows, n_per_group, depth, a_zero, out_zero, clamp_lo, clamp_hi, spatial, out_channels);
-}
-
-void qc_im2col(const uint8_t* x, uint8_t* columns, int batch, int channels, int height, int width, int groups,
-               int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h,
-               int dilation_w, int out_h, int out_w, int zero_point) {
-  qc_host::launch(dim3(4), dim3(64), qc::im2col_u8, x, columns, batch, channels, height, width, groups, kernel_h,
-                  kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, out_h, out_w, zero_point);
-}
-
-void qc_quantize_u8(const float* x, uint8_t* q, int64_t total, const float* scale, const int32_t* zero_point,
-                    int channels, int64_t inner, int qmin, int qmax) {
-  qc_host::launch(dim3(4), dim3(64), qc::quantize_u8, x, q, total, scale, zero_point, channels, inner, qmin, qmax);
-}
-
-void qc_dequantize_u8(const uint8_t* q, float* x, int64_t total, const float* scale, const int32_t* zero_point,
-                      int channels, int64_t inner) {
-  qc_host::launch(dim3(4), dim3(64), qc::dequantize_u8, q, x, total, scale, zero_point, channels, inner);
+// One mma.sync m16n8k32 by one emulated warp: lane l holds a[l][0..3], b[l][0..1] and c[l][0..3] and gets
+// d[l][0..3] (the tests lay the fragments out from full matrices by the PTX ISA's tables).
+void qc_mma_s8_16832(const uint32_t* a, const uint32_t* b, const int32_t* c, int32_t* d) {
+  auto warp = [&] {
+    const int lane = static_cast<int>(threadIdx.x);
+    const uint32_t fa[4] = {a[4 * lane], a[4 * lane + 1], a[4 * lane + 2], a[4 * lane + 3]};
+    const uint32_t fb[2] = {b[2 * lane], b[2 * lane + 1]};
+    int32_t acc[4] = {c[4 * lane], c[4 * lane + 1], c[4 * lane + 2], c[4 * lane + 3]};
+    qc::mma_s8_16832(acc, fa, fb);
+    for (int r = 0; r < 4; ++r) d[4 * lane + r] = acc[r];
+  };
+  qc_host::launch(dim3(1), dim3(32), +[](decltype(warp)* body) { (*body)(); }, &warp);
 }
 
 }  // extern "C"
