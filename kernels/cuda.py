@@ -150,13 +150,17 @@ def _max_pool2d(q, kernel_size, stride, padding, dilation, ceil_mode):
     return kernels().max_pool2d(q, shape, kernel_size, stride, padding, dilation)
 
 
+def _avg_pool2d(q, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    return kernels().avg_pool2d(q, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
 def _global_avg_pool(q):
     return kernels().global_avg_pool(q)
 
 
 CUDA_KERNELS = {"qconv2d": _qconv2d, "qlinear": _qlinear, "quantize": _quantize, "dequantize": _dequantize,
                 "qadd": _qadd, "qmul": _qmul, "requantize_codes": _requantize_codes, "max_pool2d": _max_pool2d,
-                "global_avg_pool": _global_avg_pool}
+                "avg_pool2d": _avg_pool2d, "global_avg_pool": _global_avg_pool}
 
 
 @cache

@@ -40,6 +40,7 @@ _SIGNATURES = {
     "qc_kernels_mul": (ctypes.c_char_p, [ptr, ptr, ptr, i64, ptr, ptr]),
     "qc_kernels_requantize": (ctypes.c_char_p, [ptr, ptr, i64, i32, i32, cint, i32, ptr]),
     "qc_kernels_max_pool": (ctypes.c_char_p, [ptr, ptr, ptr, ptr]),
+    "qc_kernels_avg_pool": (ctypes.c_char_p, [ptr, ptr, ptr, cint, cint, ptr]),
     "qc_kernels_mean_pixels": (ctypes.c_char_p, [ptr, ptr, cint, i64, cint, ptr]),
 }
 
@@ -250,6 +251,18 @@ class Kernels:
         out = torch.empty((n, out_shape[2], out_shape[3], c), dtype=torch.uint8, device=q.device)
         shape = _ints(n, h, w, c, out_shape[2], out_shape[3], *kernel_size, *stride, *padding, *dilation)
         self._run("qc_kernels_max_pool", q.data_ptr(), out.data_ptr(), shape, device=q.device)
+        return out.permute(0, 3, 1, 2)
+
+    def avg_pool2d(self, q: Tensor, zero_point: int, kernel_size, stride, padding, ceil_mode: bool,
+                   count_include_pad: bool) -> Tensor:
+        n, c, h, w = q.shape
+        oh, ow = torch.nn.functional.avg_pool2d(torch.empty(1, 1, h, w, device="meta"), kernel_size, stride, padding,
+                                                ceil_mode, count_include_pad).shape[2:]
+        q = q.to(torch.uint8).contiguous(memory_format=torch.channels_last)
+        out = torch.empty((n, oh, ow, c), dtype=torch.uint8, device=q.device)
+        shape = _ints(n, h, w, c, oh, ow, *kernel_size, *stride, *padding, 1, 1)
+        self._run("qc_kernels_avg_pool", q.data_ptr(), out.data_ptr(), shape, zero_point, int(count_include_pad),
+                  device=q.device)
         return out.permute(0, 3, 1, 2)
 
     def global_avg_pool(self, q: Tensor) -> Tensor:

@@ -27,6 +27,10 @@ inline ConvShape conv_shape_of(const int32_t* v) {
                    v[15]};
 }
 
+inline PoolShape pool_shape_of(const int32_t* v) {
+  return PoolShape{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13]};
+}
+
 }  // namespace qc
 
 extern "C" {
@@ -80,8 +84,14 @@ const char* qc_kernels_requantize(const uint8_t* q, uint8_t* out, int64_t total,
 }
 
 const char* qc_kernels_max_pool(const uint8_t* x, uint8_t* out, const int32_t* v, void* stream) {
-  const qc::PoolShape s{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13]};
-  return qc::outcome(qc::launch_max_pool(qc::Launcher{stream}, x, out, s));
+  return qc::outcome(qc::launch_max_pool(qc::Launcher{stream}, x, out, qc::pool_shape_of(v)));
+}
+
+// v: the pool shape with dilation 1
+const char* qc_kernels_avg_pool(const uint8_t* x, uint8_t* out, const int32_t* v, int zero_point,
+                                int count_include_pad, void* stream) {
+  return qc::outcome(qc::launch_avg_pool(qc::Launcher{stream}, x, out, qc::pool_shape_of(v), zero_point,
+                                         count_include_pad));
 }
 
 const char* qc_kernels_mean_pixels(const uint8_t* x, uint8_t* out, int batch, int64_t pixels, int channels,

@@ -95,6 +95,34 @@ __global__ void max_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__
   }
 }
 
+// Window averages of NHWC codes on one grid (reference.avg_pool_codes): the centred codes summed over the
+// window's positions inside the input, divided by torch's count (the window clipped to the padded input, or
+// to the input itself without count_include_pad), rounded half away from zero, plus the zero point.
+__global__ void avg_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__ out, PoolShape s, int zero_point,
+                            int count_include_pad) {
+  const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i % s.channels);
+    const int64_t pixel = i / s.channels;
+    const int ox = static_cast<int>(pixel % s.out_width), oy = static_cast<int>((pixel / s.out_width) % s.out_height);
+    const int64_t b = pixel / (static_cast<int64_t>(s.out_width) * s.out_height);
+    int y0 = oy * s.stride_h - s.pad_h, x0 = ox * s.stride_w - s.pad_w;
+    int y1 = y0 + s.kernel_h < s.height + s.pad_h ? y0 + s.kernel_h : s.height + s.pad_h;
+    int x1 = x0 + s.kernel_w < s.width + s.pad_w ? x0 + s.kernel_w : s.width + s.pad_w;
+    const int padded_count = (y1 - y0) * (x1 - x0);
+    y0 = y0 > 0 ? y0 : 0, x0 = x0 > 0 ? x0 : 0;
+    y1 = y1 < s.height ? y1 : s.height, x1 = x1 < s.width ? x1 : s.width;
+    const int64_t count = count_include_pad ? padded_count : (y1 - y0) * (x1 - x0);
+    int64_t sum = 0;
+    for (int y = y0; y < y1; ++y)
+      for (int xx = x0; xx < x1; ++xx) sum += x[((b * s.height + y) * s.width + xx) * s.channels + c] - zero_point;
+    const int64_t magnitude = (2 * (sum < 0 ? -sum : sum) + count) / (2 * count);
+    const int64_t average = (sum < 0 ? -magnitude : magnitude) + zero_point;
+    out[i] = static_cast<uint8_t>(average < 0 ? 0 : (average > 255 ? 255 : average));
+  }
+}
+
 // out[n, c] = (sum over the pixels of x[n, p, c] + pixels / 2) / pixels, NHWC codes in.
 __global__ void mean_pixels_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__ out, int batch, int64_t pixels,
                                int channels) {

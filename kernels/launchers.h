@@ -125,6 +125,15 @@ const char* launch_max_pool(Launch&& launch, const uint8_t* x, uint8_t* out, con
 }
 
 template <class Launch>
+const char* launch_avg_pool(Launch&& launch, const uint8_t* x, uint8_t* out, const PoolShape& s, int zero_point,
+                            int count_include_pad) {
+  const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
+  if (total > 0)
+    launch(dim3(element_blocks(total)), dim3(kElementThreads), avg_pool_u8, x, out, s, zero_point, count_include_pad);
+  return nullptr;
+}
+
+template <class Launch>
 const char* launch_mean_pixels(Launch&& launch, const uint8_t* x, uint8_t* out, int batch, int64_t pixels,
                                int channels) {
   const int64_t total = static_cast<int64_t>(batch) * channels;

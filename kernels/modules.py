@@ -157,7 +157,11 @@ class QMean(reference.QMean):
 
 
 class QAvgPool2d(reference.QAvgPool2d):
-    """Window averages of uint8 codes (same grid in and out)."""
+    """Window averages of uint8 codes (same grid in and out); see ``torch.ops.qcompile.avg_pool2d``."""
+
+    def forward(self, q: Tensor) -> Tensor:
+        return torch.ops.qcompile.avg_pool2d(q, self.zero_point, self.kernel_size, self.stride, self.padding,
+                                             self.ceil_mode, self.count_include_pad)
 
 
 class QCat(reference.QCat):

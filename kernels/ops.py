@@ -181,6 +181,23 @@ def _(q, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @_operator
+def avg_pool2d(q: Tensor, zero_point: int, kernel_size: list[int], stride: list[int], padding: list[int],
+               ceil_mode: bool, count_include_pad: bool) -> Tensor:
+    """Window averages of uint8 codes (N, C, H, W) on one grid: the centred codes summed over each window
+    (padding adds nothing), divided by torch's count for the window, rounded half away from zero."""
+    from qcompile.integer.reference import avg_pool_codes
+
+    return avg_pool_codes(q, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+@torch.library.register_fake("qcompile::avg_pool2d")
+def _(q, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    shape = torch.nn.functional.avg_pool2d(torch.empty(q.shape, device="meta"), kernel_size, stride, padding,
+                                           ceil_mode, count_include_pad).shape
+    return q.new_empty(shape, dtype=torch.uint8)
+
+
+@_operator
 def global_avg_pool(q: Tensor) -> Tensor:
     """The mean over H and W of uint8 codes (N, C, H, W), rounded half up, as (N, C, 1, 1) uint8 (one grid)."""
     if host.library() is not None and q.dim() == 4 and q.dtype == torch.uint8:  # the CPU key: a CPU tensor

@@ -182,6 +182,10 @@ def test_elementwise_and_pooling_kernels_are_the_cpu_ops(kernels):
         out = kernels.max_pool2d(a_cl, shape, *pool[:4])
         assert torch.equal(out, ops.max_pool2d(a, *pool)) and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(kernels.global_avg_pool(a_cl), ops.global_avg_pool(a))
+    for pool in (([3, 3], [2, 2], [1, 1], False, True), ([3, 3], [2, 2], [1, 1], True, False),
+                 ([2, 3], [1, 2], [1, 0], True, True), ([4, 4], [4, 4], [0, 0], False, True)):
+        out = kernels.avg_pool2d(a_cl, 61, *pool)
+        assert torch.equal(out, ops.avg_pool2d(a, 61, *pool)), pool
     x = torch.randn(2, 40, 9, 11, generator=generator) * 4
     x[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     assert torch.equal(kernels.quantize(x, torch.tensor(0.03), torch.tensor(120), 0, 255),

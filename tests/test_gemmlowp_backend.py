@@ -48,6 +48,7 @@ def test_ops_pass_torch_library_opcheck():
         (torch.ops.qcompile.max_pool2d.default, (x.contiguous(memory_format=torch.channels_last), [3, 3], [2, 2],
                                                  [1, 1], [1, 1], False)),
         (torch.ops.qcompile.global_avg_pool.default, (x.contiguous(memory_format=torch.channels_last),)),
+        (torch.ops.qcompile.avg_pool2d.default, (x, 40, [3, 3], [2, 2], [1, 1], True, False)),
     ]
     for op, args in cases:
         results = torch.library.opcheck(op, args)

@@ -232,21 +232,26 @@ class QAvgPool2d(nn.Module):
         self.kernel_size, self.stride, self.padding = list(kernel_size), list(stride or kernel_size), list(padding)
         self.ceil_mode, self.count_include_pad, self.zero_point = ceil_mode, count_include_pad, zero_point
 
-    def _sums(self, x: Tensor) -> Tensor:  # float64 holds every sum of codes exactly
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
-                            divisor_override=1)
-
     def forward(self, q: Tensor) -> Tensor:
-        sums = self._sums(q.double() - self.zero_point).long()
-        if self.count_include_pad:  # torch counts the padding but not a ceil_mode window's overhang
-            widths = [self.padding[1], self.padding[1], self.padding[0], self.padding[0]]  # last axis first
-            ones = F.pad(torch.ones_like(q[:1, :1], dtype=torch.float64), widths, value=1.0)
-            counts = F.avg_pool2d(ones, self.kernel_size, self.stride, 0, self.ceil_mode, True,
-                                  divisor_override=1).long()
-        else:
-            counts = self._sums(torch.ones_like(q[:1, :1], dtype=torch.float64)).long()
-        half_away = torch.div(2 * sums.abs() + counts, 2 * counts, rounding_mode="floor") * sums.sign()
-        return (half_away + self.zero_point).clamp(0, 255).to(torch.uint8)
+        return avg_pool_codes(q, self.zero_point, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                              self.count_include_pad)
+
+
+def avg_pool_codes(q: Tensor, zero_point: int, kernel_size: list[int], stride: list[int], padding: list[int],
+                   ceil_mode: bool, count_include_pad: bool) -> Tensor:
+    """:class:`QAvgPool2d`'s window averages of uint8 codes (N, C, H, W), as torch ops (float64 holds every sum
+    of codes exactly)."""
+    total = F.avg_pool2d(q.double() - zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override=1).long()
+    if count_include_pad:  # torch counts the padding but not a ceil_mode window's overhang
+        widths = [padding[1], padding[1], padding[0], padding[0]]  # last axis first
+        ones = F.pad(torch.ones_like(q[:1, :1], dtype=torch.float64), widths, value=1.0)
+        counts = F.avg_pool2d(ones, kernel_size, stride, 0, ceil_mode, True, divisor_override=1).long()
+    else:
+        counts = F.avg_pool2d(torch.ones_like(q[:1, :1], dtype=torch.float64), kernel_size, stride, padding,
+                              ceil_mode, False, divisor_override=1).long()
+    half_away = torch.div(2 * total.abs() + counts, 2 * counts, rounding_mode="floor") * total.sign()
+    return (half_away + zero_point).clamp(0, 255).to(torch.uint8)
 
 
 class QMaxPool2d(nn.Module):
