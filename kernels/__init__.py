@@ -2,7 +2,7 @@
 
 * ``gemmlowp.h``: the fixed-point arithmetic, for host and device code;
 * the CUDA kernels: ``qconv_kernels.cuh`` (convolutions and linear layers: an
-  implicit GEMM on int8 tensor cores, ``mma_s8.cuh``, and a direct kernel for
+  implicit GEMM on int8 tensor cores, ``sm80_ops.cuh``, and a direct kernel for
   depthwise ones), ``gemmlowp_kernels.cuh`` (element-wise ops and pooling),
   their launch shapes (``launchers.h``) and C entry points (``entry_points.h``),
   built by ``gemmlowp_launch.cu``; :mod:`.device_ops` drives them for torch

@@ -36,7 +36,7 @@ from qcompile.kernels.device_ops import Kernels
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "gemmlowp_launch.cu"
-HEADERS = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "qconv_kernels.cuh", HERE / "mma_s8.cuh",
+HEADERS = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "qconv_kernels.cuh", HERE / "sm80_ops.cuh",
            HERE / "launchers.h", HERE / "entry_points.h")
 # machine code for Ampere (sm_80) and Hopper (sm_90), PTX that later GPUs compile when they load it
 GENCODE = ("arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_80,code=compute_80")

@@ -21,7 +21,7 @@ from qcompile.kernels.build import shared_library
 from qcompile.kernels.device_ops import Kernels
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "qconv_kernels.cuh", HERE / "mma_s8.cuh",
+SOURCES = (HERE / "gemmlowp.h", HERE / "gemmlowp_kernels.cuh", HERE / "qconv_kernels.cuh", HERE / "sm80_ops.cuh",
            HERE / "launchers.h", HERE / "entry_points.h", HERE / "emulation" / "cuda_host.h",
            HERE / "emulation" / "kernels_host.cpp")
 

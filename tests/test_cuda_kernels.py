@@ -69,6 +69,7 @@ def test_mma_fragments_follow_the_ptx_layout_and_multiply():
 
 @pytest.mark.parametrize("shape, cout, kernel, stride, padding, dilation, groups, mma", [
     ((2, 8, 9, 9), 10, 3, 1, 1, 1, 1, True),         # depth 72: a partial second K tile, byte-wise loads
+    ((1, 48, 20, 20), 24, 3, 1, 1, 1, 1, True),      # depth 432: seven K tiles through the two stages
     ((1, 32, 9, 9), 48, 3, 2, 1, 1, 1, True),        # 16-byte loads, 48 of a 64-channel tile
     ((1, 3, 20, 20), 20, 7, 2, 3, 1, 1, True),       # an RGB stem
     ((1, 16, 10, 10), 32, 3, 1, 1, 1, 16, False),    # depthwise, channel multiplier 2
@@ -76,7 +77,8 @@ def test_mma_fragments_follow_the_ptx_layout_and_multiply():
     ((1, 64, 12, 12), 64, 3, 1, 1, 1, 2, True),      # two groups of 32 on tensor cores
     ((1, 12, 8, 8), 12, 3, 1, 1, 1, 3, False),       # thin groups: the direct kernel
     ((1, 16, 10, 10), 80, 3, 1, 2, 2, 1, True),      # dilated; 80 channels: a second, partial channel tile
-    ((3, 96, 5, 5), 40, 1, 1, 0, 1, 1, True),        # pointwise, 65 rows: a partial row tile
+    ((3, 96, 5, 5), 40, 1, 1, 0, 1, 1, True),        # pointwise, 75 rows: a partial row tile
+    ((2, 16, 13, 13), 144, 1, 1, 0, 1, 1, True),     # 338 rows, 144 channels: partial tiles both ways
 ])
 def test_conv_kernels_emulated_twin_and_numpy_agree(kernels, shape, cout, kernel, stride, padding, dilation,
                                                      groups, mma):
@@ -110,7 +112,7 @@ def test_real_layer_sizes_at_batch_2(kernels, name, shape, cout, kernel, stride,
 @pytest.mark.slow
 def test_a_batch_past_the_old_grid_limit(kernels):
     """112 x 112 at batch 84: 1,053,696 output pixels, 65,856 tiles of 16 rows (the old kernel's grid.y, over
-    CUDA's 65,535); the tensor-core kernel puts its 16,464 row tiles in grid.x."""
+    CUDA's 65,535); the tensor-core kernel puts its 8,232 row tiles of 128 in grid.x."""
     shape = (84, 16, 112, 112)
     generator = torch.Generator().manual_seed(84)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
@@ -120,7 +122,7 @@ def test_a_batch_past_the_old_grid_limit(kernels):
     assert -(-rows // 16) > 65535
     row_tiles, channel_tiles, groups_per_launch, launches = kernels.conv_grid(conv_shape(x.shape, w.shape,
                                                                                          *args[8:]))
-    assert (row_tiles, channel_tiles, groups_per_launch, launches) == (-(-rows // 64), 1, 1, 1)
+    assert (row_tiles, channel_tiles, groups_per_launch, launches) == (-(-rows // 128), 1, 1, 1)
     assert torch.equal(kernels.qconv2d(x, *args), cpu.qconv2d(x, *args))
 
 

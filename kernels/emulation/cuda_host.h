@@ -11,8 +11,8 @@
 // time, that is precisely the block's shared memory. threadIdx / blockIdx /
 // blockDim / gridDim are set for the fiber that runs.
 //
-// Warp-wide tensor-core instructions (mma.sync) are emulated from their
-// documented fragment layouts: every lane deposits its registers, and after
+// Warp-wide instructions (mma.sync, ldmatrix) are emulated from their
+// documented fragment layouts: every lane deposits its operands, and after
 // the barrier each lane reads back the elements that the layout gives it.
 #pragma once
 
@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -102,6 +103,7 @@ struct WarpExchange {
   uint32_t a[32][4];
   uint32_t b[32][2];
   int32_t c[32][4];
+  const uint8_t* rows[32];
 };
 inline WarpExchange exchange[2][32];  // [parity][warp]
 inline unsigned exchange_parity[1024];  // per thread: which set its next instruction uses
@@ -206,6 +208,17 @@ inline void mma_s8_16832(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t
     const int32_t c_of = x.c[4 * (row % 8) + col / 2][(row >= 8 ? 2 : 0) + col % 2];
     d[r] = sum + c_of;
   }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8i..8i+7 name the rows of matrix i; lane l gets, in r[i],
+// bytes 4 (l % 4)..+3 of row l / 4 of matrix i.
+inline void ldmatrix_x4(uint32_t (&r)[4], const uint8_t* row) {
+  const unsigned thread = linear_thread(), lane = thread % 32, warp = thread / 32;
+  WarpExchange& x = exchange[exchange_parity[thread]][warp];
+  exchange_parity[thread] ^= 1;
+  x.rows[lane] = row;
+  wait_at(current_block->warps[warp]);  // every lane has named its row
+  for (int i = 0; i < 4; ++i) std::memcpy(&r[i], x.rows[8 * i + lane / 4] + 4 * (lane % 4), 4);
 }
 
 }  // namespace qc_host
