@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -84,6 +85,7 @@ class Kernels:
             getattr(library, function).argtypes = argtypes
         self.library, self.stream, self.name = library, stream, name
         self._packed: OrderedDict[tuple, _Packed] = OrderedDict()
+        self._packing = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -96,14 +98,26 @@ class Kernels:
             raise KernelError(f"{self.name}: {function.removeprefix('qc_kernels_')} failed: {failed.decode()}")
 
     def _prepared(self, key: tuple, sources: tuple[Tensor, ...], make: Callable[[], tuple[Tensor, ...]]):
-        entry = self._packed.get(key)
-        if entry is None or not entry.current(sources):
-            entry = _Packed(sources, make())
-            self._packed[key] = entry
-            while len(self._packed) > 1024:
-                self._packed.popitem(last=False)
-        self._packed.move_to_end(key)
-        return entry.values
+        with self._packing:
+            entry = self._packed.get(key)
+            if entry is None or not entry.current(sources):
+                entry = _Packed(sources, make())
+                self._packed[key] = entry
+                while len(self._packed) > 1024:
+                    self._packed.popitem(last=False)
+            self._packed.move_to_end(key)
+            return entry.values
+
+    @staticmethod
+    def _one_device(op: str, *tensors: Tensor) -> torch.device:
+        """The device all of an op's tensors are on; a clear error when they are not on one (a CPU input to a
+        model moved to the GPU, say), before any pointer reaches a kernel."""
+        devices = {t.device for t in tensors}
+        if len(devices) > 1:
+            found = ", ".join(sorted(str(d) for d in devices))
+            raise KernelError(f"qcompile.{op}: its tensors are on different devices ({found}); move the input to "
+                              "the model's device (x.to(device)) or the model to the input's (model.to(device))")
+        return devices.pop()
 
     def uses_mma(self, shape: tuple[int, ...]) -> bool:
         """Whether a convolution of this shape runs on tensor cores (else the direct kernel)."""
@@ -146,6 +160,7 @@ class Kernels:
 
     def qconv2d(self, x: Tensor, x_zero: int, weight: Tensor, bias: Tensor, multiplier: Tensor, exponent: Tensor,
                 out_zero: int, lo: int, hi: int, stride, padding, dilation, groups: int) -> Tensor:
+        self._one_device("qconv2d", x, weight, bias, multiplier, exponent)
         shape = conv_shape(x.shape, weight.shape, stride, padding, dilation, groups)
         x_nhwc = self._aligned(x.to(torch.uint8).contiguous(memory_format=torch.channels_last))
         out = torch.empty((shape[0], shape[4], shape[5], shape[6]), dtype=torch.uint8, device=x.device)
@@ -154,6 +169,7 @@ class Kernels:
 
     def qlinear(self, x: Tensor, x_zero: int, weight: Tensor, bias: Tensor, multiplier: Tensor, exponent: Tensor,
                 out_zero: int, lo: int, hi: int) -> Tensor:
+        self._one_device("qlinear", x, weight, bias, multiplier, exponent)
         depth, channels = x.shape[-1], weight.shape[0]
         rows = math.prod(x.shape[:-1])
         shape = (rows, 1, 1, depth, 1, 1, channels, 1, 1, 1, 1, 1, 0, 0, 1, 1)
@@ -175,6 +191,7 @@ class Kernels:
         return None
 
     def quantize(self, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+        self._one_device("quantize", x, scale, zero_point)
         per_tensor = scale.numel() == 1 and zero_point.numel() == 1
         axis = None if per_tensor else self._channel_axis(x, scale, zero_point)
         if not per_tensor and axis is None:  # a broadcast the kernel has no form for: torch ops, same device
@@ -192,6 +209,7 @@ class Kernels:
         return out
 
     def dequantize(self, q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+        self._one_device("dequantize", q, scale, zero_point)
         per_tensor = scale.numel() == 1 and zero_point.numel() == 1
         axis = None if per_tensor else self._channel_axis(q, scale, zero_point)
         if not per_tensor and axis is None:
@@ -213,6 +231,7 @@ class Kernels:
         """Two operands broadcast to one shape, both in the first's memory order (as the CPU twin keeps it)."""
         from qcompile.kernels.host import memory_order
 
+        Kernels._one_device("an element-wise op", a, b)
         a, b = torch.broadcast_tensors(a, b)
         layout = memory_order(a)
         return tuple(t.to(torch.uint8).contiguous(memory_format=layout) for t in (a, b))

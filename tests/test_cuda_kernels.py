@@ -149,6 +149,18 @@ def test_linear_kernel_over_leading_dimensions(kernels):
     assert out.shape == (2, 3, 7, 130) and torch.equal(out, cpu.qlinear(x, *args))
 
 
+def test_tensors_on_two_devices_are_refused_before_any_kernel(kernels):
+    from qcompile.kernels.device_ops import KernelError
+
+    x = torch.zeros(1, 4, 5, 5, dtype=torch.uint8)
+    weight = torch.zeros(4, 4, 3, 3, dtype=torch.int8, device="meta")  # stands for a model moved to a GPU
+    params = [torch.zeros(4, dtype=torch.int32)] * 3
+    with pytest.raises(KernelError, match=r"different devices \(cpu, meta\); move the input to the model's device"):
+        kernels.qconv2d(x, 0, weight, *params, 0, 0, 255, [1, 1], [1, 1], [1, 1], 1)
+    with pytest.raises(KernelError, match="different devices"):
+        kernels.quantize(torch.zeros(3), torch.tensor(0.1, device="meta"), torch.tensor(0), 0, 255)
+
+
 def test_packed_weights_follow_in_place_changes(kernels):
     generator = torch.Generator().manual_seed(8)
     x = torch.randint(0, 256, (1, 32, 6, 6), dtype=torch.uint8, generator=generator)
