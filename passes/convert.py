@@ -31,6 +31,10 @@ Options:
         otherwise, chosen before calibration (:mod:`qcompile.backends.choice`).
     weight-bits: 2-8 (default 8); below 8, every weight gets that many bits
         per output channel, in int8 containers.
+    eight-bit: With ``weight-bits`` below 8, the layers (node or module path
+        globs, or ``op:conv2d``) that keep 8-bit weights: per-layer bit widths,
+        for the layers a model is most sensitive to (the accuracy-target search
+        picks them by sensitivity).
     relu6-grid: ``full`` (default) gives a fused ReLU6 whose observed grid
         reaches past 6 the grid [0, 6] over the whole uint8 container, so
         that no clamp follows the layer, and 7-bit weights to the convs and
@@ -66,6 +70,7 @@ from qcompile.pipeline import (
 )
 from qcompile.quant.cat_grids import share_cat_grids
 from qcompile.quant.clamps import clamp_to_bits
+from qcompile.quant.config import matches_pattern
 from qcompile.quant.op_table import FIXED, SPLITS
 from qcompile.quant.qparams import qparams_from_range
 from qcompile.quant.relu6_grid import widen_relu6_grids
@@ -112,9 +117,12 @@ def decide_grids(graph: Graph, convert: Convert) -> dict[str, int]:
     """
     cats = choose_qparams(graph)
     counts: dict[str, int] = {"cats on their inputs' grid": cats} if cats else {}
+    _check_eight_bit(graph, convert)
     if convert.weight_bits < 8:
         for node in graph.nodes():
             q = node.quant
+            if any(matches_pattern(node, pattern) for pattern in convert.eight_bit):
+                continue
             if q.weight_stats is not None and q.weight_bits is None:
                 q.weight_bits = torch.full((graph.param(node, "weight").shape[0],), convert.weight_bits)
     if convert.relu6_grid == "full" and "qat-prepared" not in graph.facts:  # QAT learned its grids and weights
@@ -122,6 +130,22 @@ def decide_grids(graph: Graph, convert: Convert) -> dict[str, int]:
         if widened:
             counts.update({"relu6 grids widened": len(widened), "7-bit weights for wide inputs": len(readers)})
     return counts
+
+
+def _check_eight_bit(graph: Graph, convert: Convert) -> None:
+    """Refuse ``eight-bit`` without ``weight-bits`` below 8, and a pattern that names no layer with weights
+    (quantized or kept float)."""
+    if not convert.eight_bit:
+        return
+    if convert.weight_bits == 8:
+        raise QCompileError("convert{eight-bit=...} keeps layers at 8-bit weights, but every weight has 8 bits "
+                            "already", hint="add weight-bits=N (2-7) for the other layers")
+    weighted = [n for n in graph.nodes() if "weight" in n.params]
+    for pattern in convert.eight_bit:
+        if not any(matches_pattern(n, pattern) for n in weighted):
+            names = ", ".join(n.name for n in weighted[:6]) + (", ..." if len(weighted) > 6 else "")
+            raise QCompileError(f"convert{{eight-bit}}: {pattern!r} names no layer with weights",
+                                hint=f"layers: {names} (node or module path globs, or op:conv2d)")
 
 
 def require_scales(graph: Graph) -> None:
@@ -144,6 +168,7 @@ class Convert(Pass):
     backend: Literal["auto", "native", "gemmlowp"] = AUTO
     weight_bits: int = option(8, low=2, high=8)
     relu6_grid: Literal["full", "observed"] = "full"
+    eight_bit: tuple[str, ...] = ()
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "converted" in graph.facts:

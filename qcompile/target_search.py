@@ -4,7 +4,8 @@
 user's pipeline first, then each rung of :data:`LADDER`, cheapest first,
 until one meets the target: every candidate is compiled from the same
 lowered graph and scored against the float model on the verdict's held-out
-samples (top-1 agreement, output SQNR). The rungs and their order come from
+samples (top-1 agreement, output SQNR). The rungs keep the user's weight
+bit width. The rungs and their order come from
 what was measured on MobileNetV2 (docs/benchmarks/default-accuracy.md,
 table 7): equalization costs under a second, bias correction seconds,
 learned rounding minutes. Every rung converts with ``backend=auto``
@@ -13,7 +14,10 @@ model). A rung that the user's pipeline already covers is not tried again.
 
 Each trial is reported as it ends; the chosen graph is the one that is
 written. Pipelines that calibrate alike (the same passes before it, the
-same backend grids) share one calibration. When no rung meets the target, the last resort keeps layers float: on the
+same backend grids) share one calibration. When no rung meets the target and
+the weights have fewer than 8 bits, the layers sensitivity ranks worst get
+8-bit weights (``convert{eight-bit=...}``: per-layer bit widths), more of
+them until one choice meets it. The last resort keeps layers float: on the
 closest pipeline that compiles in seconds (learned rounding is left out),
 :class:`qcompile.diagnose.sensitivity.SensitivityAnalysis` ranks the layers
 and suggests skip lists for rising SQNR goals, each checked with a real
@@ -92,13 +96,31 @@ class Trial:
 
 
 def candidates(pipeline: Pipeline) -> list[tuple[str, Pipeline]]:
-    """The user's pipeline, then every rung whose pipeline it is not."""
+    """The user's pipeline, then every rung whose pipeline it is not. The rungs keep the user's weight bit
+    width (``convert{weight-bits}``, and the layers it keeps at 8 bits): a 4-bit model stays a 4-bit model."""
     chosen = [("your pipeline", pipeline)]
+    users = _convert_of(pipeline)
     for label, text in LADDER:
         rung = parse_pipeline(text)
+        if users is not None and users.weight_bits < 8:
+            rung = _with_convert(rung, lambda c: dataclasses.replace(c, weight_bits=users.weight_bits,
+                                                                     eight_bit=users.eight_bit))
         if all(str(rung) != str(p) for _, p in chosen):
             chosen.append((label, rung))
     return chosen
+
+
+def _convert_of(pipeline: Pipeline):
+    from qcompile.passes.convert import Convert
+
+    return next((p for p in pipeline.passes if isinstance(p, Convert)), None)
+
+
+def _with_convert(pipeline: Pipeline, change: Callable) -> Pipeline:
+    """``pipeline`` with its ``convert`` pass replaced by ``change(convert)``."""
+    from qcompile.passes.convert import Convert
+
+    return Pipeline(tuple(change(p) if isinstance(p, Convert) else p for p in pipeline.passes))
 
 
 def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, inputs: list[tuple],
@@ -129,6 +151,11 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
         if trial.met:
             return trial_graph, records, trials
     assert best is not None
+    raised = _raise_bit_widths(graph, trials, ctx, target, inputs, reference, log, calibrated)
+    if raised is not None and target.shortfall(raised[2]) < target.shortfall(best[2]):
+        best = raised
+        if raised[2].met:
+            return best[0], best[1], trials
     kept = _keep_layers_float(graph, trials, ctx, target, inputs, reference, log)
     if kept is not None and target.shortfall(kept[2]) < target.shortfall(best[2]):
         best = kept
@@ -164,18 +191,12 @@ def compiled(graph: Graph, pipeline: Pipeline, ctx: PassContext, calibrated: dic
     return copy, prefix_records + PassManager(Pipeline(passes[split:])).run(copy, ctx)
 
 
-def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
-                       reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list, Trial] | None:
-    """The last resort: the closest pipeline that compiles in seconds, with the layers sensitivity ranks worst
-    kept float, more of them until the target is met (each skip list checked with a real run; at most a
-    quarter of the layers)."""
+def _sensitivity(graph: Graph, base: Trial, ctx: PassContext, inputs: list[tuple], reference: torch.Tensor):
+    """The sensitivity analysis of ``base``'s pipeline (calibrated on a copy of ``graph``) and its rows, or
+    None for a pipeline without calibration."""
     from qcompile.diagnose.sensitivity import SensitivityAnalysis
 
-    quick = [t for t in trials if "adaround" not in t.pipeline]
-    if not quick:
-        return None
-    base = min(quick, key=target.shortfall)
-    passes = parse_pipeline(base.pipeline).passes
+    passes = base.passes.passes if base.passes is not None else parse_pipeline(base.pipeline).passes
     calibrate = first_providing(passes, CALIBRATED)
     if calibrate is None:
         return None
@@ -184,7 +205,61 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
     PassManager(Pipeline(passes)).run(calibrated, ctx, until=split)
     batch = tuple(torch.cat(parts) for parts in zip(*inputs, strict=True))
     analysis = SensitivityAnalysis(calibrated, passes[split:], ctx, batch, reference)
-    rows = analysis.run()
+    return analysis, analysis.run()
+
+
+def _raise_bit_widths(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
+                      reference: torch.Tensor, log: Callable[[str], None],
+                      calibrated: dict) -> tuple[Graph, list, Trial] | None:
+    """Per-layer bit widths, before any layer is kept float: on the closest quick pipeline with weights below
+    8 bits, the layers sensitivity ranks worst get 8-bit weights (``convert{eight-bit=...}``), 1, 2, 4, ... of
+    them (at most half of the layers with weights), each choice checked with a real run, until one meets."""
+    quick = [t for t in trials if "adaround" not in t.pipeline and t.passes is not None and not t.skip]
+    base = min(quick, key=target.shortfall) if quick else None
+    convert = _convert_of(base.passes) if base is not None else None
+    if convert is None or convert.weight_bits == 8:
+        return None
+    found = _sensitivity(graph, base, ctx, inputs, reference)
+    if found is None:
+        return None
+    analysis, rows = found
+    weighted = {n.name for n in analysis.prepared.nodes() if n.quant.weight_stats is not None}
+    ranked = [r.name for r in sorted(rows, key=lambda r: -r.without_db)
+              if r.name in weighted and r.name not in convert.eight_bit]
+    closest = None
+    count = 1
+    while count <= max(1, len(weighted) // 2) and ranked:
+        wide = tuple(convert.eight_bit) + tuple(ranked[:count])
+        pipeline = _with_convert(base.passes, lambda c, wide=wide: dataclasses.replace(c, eight_bit=wide))
+        started = time.perf_counter()
+        trial_graph, records = compiled(graph, pipeline, ctx, calibrated)
+        outputs = _outputs(trial_graph, inputs)
+        trial = _scored(Trial(f"{base.label}, {min(count, len(ranked))} layers at 8-bit weights", str(pipeline),
+                              _agreement(outputs, reference), _finite(sqnr_db(outputs, reference)),
+                              time.perf_counter() - started, passes=pipeline),
+                        target, trials, log)
+        if closest is None or target.shortfall(trial) < target.shortfall(closest[2]):
+            closest = (trial_graph, records, trial)
+        if trial.met or count >= len(ranked):
+            break
+        count *= 2
+    return closest
+
+
+def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
+                       reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list, Trial] | None:
+    """The last resort: the closest pipeline that compiles in seconds, with the layers sensitivity ranks worst
+    kept float, more of them until the target is met (each skip list checked with a real run; at most a
+    quarter of the layers)."""
+    quick = [t for t in trials if "adaround" not in t.pipeline]
+    if not quick:
+        return None
+    base = min(quick, key=target.shortfall)
+    found = _sensitivity(graph, base, ctx, inputs, reference)
+    if found is None:
+        return None
+    analysis, rows = found
+    passes = (base.passes or parse_pipeline(base.pipeline)).passes
     config, tried, closest = ctx.quant_config, set(), None
     goals = [target.sqnr_db] if target.sqnr_db is not None else []
     goals += [base.sqnr_db + step for step in (3.0, 6.0, 10.0, 20.0)]
