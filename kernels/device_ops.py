@@ -190,19 +190,28 @@ class Kernels:
             return varying[0]
         return None
 
-    def quantize(self, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-        self._one_device("quantize", x, scale, zero_point)
-        per_tensor = scale.numel() == 1 and zero_point.numel() == 1
-        axis = None if per_tensor else self._channel_axis(x, scale, zero_point)
-        if not per_tensor and axis is None:  # a broadcast the kernel has no form for: torch ops, same device
-            return fp.quantize(x, scale, zero_point, qmin, qmax).to(torch.uint8)
+    def _on_grid(self, t: Tensor, dtype: torch.dtype, scale: Tensor, zero_point: Tensor):
+        """``t`` laid out for the quantize / dequantize kernels, with the grid's channel count, the elements per
+        channel step, and the scales and zero points as they read them; None for a broadcast they have no form
+        for (then torch ops serve it, on the same device)."""
         from qcompile.kernels.host import memory_order
 
-        x = x.to(torch.float32).contiguous(memory_format=memory_order(x) if per_tensor else torch.contiguous_format)
-        channels = 1 if per_tensor else x.shape[axis]
-        inner = 1 if per_tensor else math.prod(x.shape[axis + 1:])
-        scale_, zero_ = (scale.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous(),
-                         zero_point.to(device=x.device, dtype=torch.int32).reshape(-1).contiguous())
+        per_tensor = scale.numel() == 1 and zero_point.numel() == 1
+        axis = None if per_tensor else self._channel_axis(t, scale, zero_point)
+        if not per_tensor and axis is None:
+            return None
+        t = t.to(dtype).contiguous(memory_format=memory_order(t) if per_tensor else torch.contiguous_format)
+        channels = 1 if per_tensor else t.shape[axis]
+        inner = 1 if per_tensor else math.prod(t.shape[axis + 1:])
+        return (t, channels, inner, scale.to(device=t.device, dtype=torch.float32).reshape(-1).contiguous(),
+                zero_point.to(device=t.device, dtype=torch.int32).reshape(-1).contiguous())
+
+    def quantize(self, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+        self._one_device("quantize", x, scale, zero_point)
+        laid_out = self._on_grid(x, torch.float32, scale, zero_point)
+        if laid_out is None:
+            return fp.quantize(x, scale, zero_point, qmin, qmax).to(torch.uint8)
+        x, channels, inner, scale_, zero_ = laid_out
         out = torch.empty_like(x, dtype=torch.uint8)
         self._run("qc_kernels_quantize", x.data_ptr(), out.data_ptr(), x.numel(), scale_.data_ptr(),
                   zero_.data_ptr(), channels, inner, qmin, qmax, device=x.device)
@@ -210,17 +219,10 @@ class Kernels:
 
     def dequantize(self, q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
         self._one_device("dequantize", q, scale, zero_point)
-        per_tensor = scale.numel() == 1 and zero_point.numel() == 1
-        axis = None if per_tensor else self._channel_axis(q, scale, zero_point)
-        if not per_tensor and axis is None:
+        laid_out = self._on_grid(q, torch.uint8, scale, zero_point)
+        if laid_out is None:
             return fp.dequantize(q, scale, zero_point)
-        from qcompile.kernels.host import memory_order
-
-        q = q.to(torch.uint8).contiguous(memory_format=memory_order(q) if per_tensor else torch.contiguous_format)
-        channels = 1 if per_tensor else q.shape[axis]
-        inner = 1 if per_tensor else math.prod(q.shape[axis + 1:])
-        scale_, zero_ = (scale.to(device=q.device, dtype=torch.float32).reshape(-1).contiguous(),
-                         zero_point.to(device=q.device, dtype=torch.int32).reshape(-1).contiguous())
+        q, channels, inner, scale_, zero_ = laid_out
         out = torch.empty_like(q, dtype=torch.float32)
         self._run("qc_kernels_dequantize", q.data_ptr(), out.data_ptr(), q.numel(), scale_.data_ptr(),
                   zero_.data_ptr(), channels, inner, device=q.device)

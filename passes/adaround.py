@@ -60,16 +60,19 @@ from qcompile.pipeline import (
     option,
     register_pass,
 )
-from qcompile.quant.adaround import learn_rounding, weight_grid
+from qcompile.quant.adaround import Rows, learn_rounding, sampled_rows, weight_grid
 from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.integer_weights import integer_weight
 from qcompile.quant.op_table import WEIGHTED
 
 
+def _activation(node: Node):
+    return resolve_target(FUSED_ACTIVATIONS[node.act]) if node.act else None
+
+
 def _layer_function(module: torch.nn.Module, node: Node):
     """``f(x, w)``: the layer on ``x`` with weight ``w`` and its own bias, then its fused activation."""
-    act = node.act
-    activation = resolve_target(FUSED_ACTIVATIONS[act]) if act else None
+    activation = _activation(node)
 
     def layer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out = functional_call(module, {"weight": weight}, (x,), strict=False)
@@ -91,6 +94,7 @@ class AdaRound(Pass):
     samples: int = option(128, low=1)
     iterations: int = option(100, low=1)
     batch_size: int = option(32, low=1)
+    positions: int = option(0, low=0)
     budget: float = option(0.0, low=0)
     seed: int = option(0, low=0)
     regularization: float = option(0.01, above=0)
@@ -138,8 +142,12 @@ class AdaRound(Pass):
             weight = graph.param(layers[node.name], "weight")
             grid = weight_grid(weight, decided.node(node.name).quant)
             x = stash[twin.inputs(node)[0].name]
-            layer = _layer_function(twin_run.module(node), node)
-            result = learn_rounding(weight, grid, layer, x, target_output, iterations=self.iterations,
+            module = twin_run.module(node)
+            rows = sampled_rows(module, _activation(node), x, target_output, self.positions, generator) \
+                if self.positions else None
+            if rows is None:  # whole samples: another kind of layer, or positions=0
+                rows = Rows(x, target_output, _layer_function(module, node))
+            result = learn_rounding(weight, grid, rows.layer, rows.inputs, rows.targets, iterations=self.iterations,
                                     batch_size=self.batch_size, regularization=self.regularization,
                                     lr=self.lr, generator=generator)
             codes = result.codes if result.learned_error <= result.nearest_error else grid.codes(weight)

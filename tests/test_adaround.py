@@ -13,7 +13,7 @@ from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.ir import NodeKind
 from qcompile.pipeline import PassContext, run_pipeline
-from qcompile.quant.adaround import WeightGrid, learn_rounding, weight_grid
+from qcompile.quant.adaround import WeightGrid, learn_rounding, sampled_rows, weight_grid
 from qcompile.quant.integer_weights import integer_weight
 
 
@@ -62,6 +62,25 @@ def test_learned_rounding_lowers_the_output_error_and_stays_next_to_the_weight()
     assert bool(((result.codes == floor) | (result.codes == floor + 1)).all())  # up or down, nothing else
     assert 0 < result.flipped < 0.5
     assert torch.equal(run(0).codes, result.codes)  # deterministic for a seed
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.Conv2d(6, 10, 3, stride=2, padding=1),
+    lambda: torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False),  # depthwise, dilated
+    lambda: torch.nn.Conv2d(6, 12, (1, 3), padding=(0, 1), groups=3),
+    lambda: torch.nn.Linear(20, 7),
+])
+def test_sampled_rows_are_the_layer_at_those_positions(make):
+    torch.manual_seed(1)
+    module = make()
+    x = torch.randn(3, 20) if isinstance(module, torch.nn.Linear) else torch.randn(3, module.in_channels, 9, 11)
+    target = torch.nn.functional.relu6(module(x)).detach()
+    rows = sampled_rows(module, torch.nn.functional.relu6, x, target, 40, torch.Generator().manual_seed(2))
+    assert len(rows.inputs) == min(40, target.numel() // target.shape[1])
+    weight = module.weight.detach()
+    torch.testing.assert_close(rows.layer(rows.inputs, weight), rows.targets, rtol=1e-5, atol=1e-5)
+    other = torch.randn_like(weight)  # the rows follow the weight they are given
+    assert not torch.allclose(rows.layer(rows.inputs, other), rows.targets, atol=1e-3)
 
 
 def test_adaround_codes_reach_the_integer_model(digits):

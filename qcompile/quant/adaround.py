@@ -83,6 +83,61 @@ def weight_grid(weight: torch.Tensor, q: QuantAnnotation) -> WeightGrid:
     return WeightGrid(scale.reshape(shape), zero.reshape(shape), qmin.reshape(shape), qmax.reshape(shape), exact)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A layer as a GEMM over sampled output positions: its input patches at those positions, the float
+    model's outputs there, and ``layer(patches, weight)`` computing the layer's outputs from the patches."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sampled_rows(module: torch.nn.Module, activation: Callable | None, x: torch.Tensor, target: torch.Tensor,
+                 positions: int, generator: torch.Generator) -> Rows | None:
+    """At most ``positions`` output positions of a ``Conv2d`` or ``Linear`` layer drawn at random (all of them
+    when there are fewer), as :class:`Rows`; None for another layer. A reconstruction step then costs a GEMM
+    of a few hundred rows instead of the layer over whole images, and every position of every sample can be
+    drawn."""
+    bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+
+    def finish(out: torch.Tensor) -> torch.Tensor:
+        out = out + bias if bias is not None else out
+        return activation(out) if activation is not None else out
+
+    if isinstance(module, torch.nn.Linear):
+        rows, wanted = x.reshape(-1, x.shape[-1]), target.reshape(-1, target.shape[-1])
+        pick = _pick(len(rows), positions, generator)
+        return Rows(rows[pick].contiguous(), wanted[pick].contiguous(), lambda r, w: finish(r @ w.t()))
+    if not isinstance(module, torch.nn.Conv2d) or isinstance(module.padding, str) or module.padding_mode != "zeros":
+        return None
+    n, _, out_h, out_w = target.shape
+    pick = _pick(n * out_h * out_w, positions, generator)
+    b, rest = pick // (out_h * out_w), pick % (out_h * out_w)
+    oy, ox = rest // out_w, rest % out_w
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = module.kernel_size, module.stride, module.padding, module.dilation
+    padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+    iy = oy[:, None] * sh + torch.arange(kh)[None, :] * dh
+    ix = ox[:, None] * sw + torch.arange(kw)[None, :] * dw
+    channels = torch.arange(x.shape[1])
+    patches = padded[b[:, None, None, None], channels[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+    groups = module.groups
+    patches = patches.reshape(len(pick), groups, -1).contiguous()  # (rows, groups, C/groups * kh * kw)
+    wanted = target[b, :, oy, ox].contiguous()
+
+    def layer(r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if groups == 1:
+            return finish(r[:, 0] @ w.reshape(w.shape[0], -1).t())
+        grouped = w.reshape(groups, w.shape[0] // groups, -1)
+        return finish(torch.einsum("bgk,gok->bgo", r, grouped).reshape(len(r), -1))
+
+    return Rows(patches, wanted, layer)
+
+
+def _pick(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(total, generator=generator)[:count] if total > count else torch.arange(total)
+
+
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
