@@ -15,7 +15,9 @@ backends, and at 4-bit weights against round-to-nearest; onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8 activations and weights,
 per tensor, min/max) after its recommended pre-processing; torch.ao's FX
 quantization with its x86 defaults. The table names the CPU. ``--only
-TEXT`` (repeatable) runs the variants whose name contains TEXT.
+TEXT`` (repeatable) runs the variants whose name contains TEXT; ``--only
+"float model"`` adds how fragile the samples are: the float model in
+bfloat16 and float16, and with only its input on an 8-bit grid.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ VARIANTS = [  # (row, pipeline)
     ("qcompile equalize, per-tensor weights, gemmlowp backend",
      "fuse,equalize,calibrate,convert{backend=gemmlowp}"),
 ]
+# how fragile the scored samples are: the float model itself in lower precision, and only its input on an
+# 8-bit grid (per tensor, over the samples' range)
+FLOAT_REFERENCES = ["float model in bfloat16", "float model in float16", "float model, input on an 8-bit grid"]
 EXPORTED = {VARIANTS[0][0], VARIANTS[1][0]}  # rows also scored as their ONNX export, in onnxruntime
 PER_TENSOR_WEIGHTS = "per-tensor weights"  # rows whose name says this quantize each weight on one grid
 
@@ -103,6 +108,16 @@ def _config(name: str) -> QuantConfig:
 def _run_batches(model, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def float_reference(name: str, model, evaluation: torch.Tensor) -> torch.Tensor:
+    """One of :data:`FLOAT_REFERENCES`: the float model's outputs with only that change."""
+    if "input on an 8-bit grid" in name:
+        lo, hi = evaluation.min(), evaluation.max()
+        step = (hi - lo) / 255
+        return _run_batches(model, torch.round((evaluation - lo) / step) * step + lo)
+    dtype = torch.bfloat16 if "bfloat16" in name else torch.float16
+    return _run_batches(copy.deepcopy(model).to(dtype), evaluation.to(dtype)).float()
 
 
 def onnxruntime_default(model, calib: list, evaluation: torch.Tensor, tmp: Path) -> torch.Tensor:
@@ -187,6 +202,9 @@ def main() -> None:
         print(f"float top-1 accuracy: {float((reference.argmax(1) == labels).float().mean()):.4f}\n")
     print("| variant | top-1 agreement with float | SQNR vs float (dB) |" + ("" if labels is None else " top-1 |")
           + "\n|---|---|---|" + ("" if labels is None else "---|"))
+    for name in FLOAT_REFERENCES:
+        if any(text in name for text in args.only):
+            record(name, float_reference(name, model, evaluation))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, pipeline in VARIANTS:

@@ -25,11 +25,22 @@ leaves::
 Deterministic for a given ``seed``. Under ``torchrun`` every rank learns the
 same rounding on the same samples (no speed-up yet).
 
+A convolution (2-d) or linear layer is reconstructed on ``positions`` output
+positions drawn at random from all the samples rather than on whole
+samples: the input patches at those positions (the quantized model's) and
+the float outputs there, each step a GEMM over ``batch-size`` of them
+(:func:`qcompile.quant.adaround.sampled_rows`). Steps then cost little, so
+that a thousand of them per layer fit in the time a hundred whole-sample
+steps took (``positions=0`` restores those).
+
 Options:
     samples: Calibration samples to reconstruct on (their activations stay in memory).
-    iterations: Optimizer steps per layer.
-    batch_size: Samples per step.
-    budget: Seconds for the whole pass (0: no limit); layers left when it is spent keep round-to-nearest.
+    iterations: Optimizer steps per layer (fewer where the budget requires).
+    batch_size: Output positions per step (samples per step with ``positions=0``).
+    positions: Output positions per layer to reconstruct on (0: whole samples, each step the layer over
+        ``batch-size`` samples).
+    budget: Seconds for the whole pass (0: no limit): each layer gets an equal share of what is left, its
+        steps shrinking to fit (50 at least); layers left when it is spent keep round-to-nearest.
     seed: Seed of the sample order.
     regularization: Weight of the term that pushes each rounding to up or down.
     lr: Adam's learning rate for the rounding variables.
@@ -92,10 +103,10 @@ class AdaRound(Pass):
     forbids = FLOAT_GRAPH_ONLY
 
     samples: int = option(128, low=1)
-    iterations: int = option(100, low=1)
-    batch_size: int = option(32, low=1)
-    positions: int = option(0, low=0)
-    budget: float = option(0.0, low=0)
+    iterations: int = option(1000, low=1)
+    batch_size: int = option(512, low=1)
+    positions: int = option(8192, low=0)
+    budget: float = option(480.0, low=0)
     seed: int = option(0, low=0)
     regularization: float = option(0.01, above=0)
     lr: float = option(1e-2, above=0)
@@ -147,9 +158,12 @@ class AdaRound(Pass):
                 if self.positions else None
             if rows is None:  # whole samples: another kind of layer, or positions=0
                 rows = Rows(x, target_output, _layer_function(module, node))
+            share = None  # with a budget: an equal share of what is left for each layer still to learn
+            if self.budget:
+                share = (self.budget - (time.monotonic() - started)) / (len(layers) - len(learned))
             result = learn_rounding(weight, grid, rows.layer, rows.inputs, rows.targets, iterations=self.iterations,
                                     batch_size=self.batch_size, regularization=self.regularization,
-                                    lr=self.lr, generator=generator)
+                                    lr=self.lr, generator=generator, seconds=share)
             codes = result.codes if result.learned_error <= result.nearest_error else grid.codes(weight)
             learned[node.name], learned_codes[node.name] = grid.values(codes), codes
             gains.append(1 - min(result.learned_error, result.nearest_error) / max(result.nearest_error, 1e-30))

@@ -211,15 +211,17 @@ def _sensitivity(graph: Graph, base: Trial, ctx: PassContext, inputs: list[tuple
 def _raise_bit_widths(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
                       reference: torch.Tensor, log: Callable[[str], None],
                       calibrated: dict) -> tuple[Graph, list, Trial] | None:
-    """Per-layer bit widths, before any layer is kept float: on the closest quick pipeline with weights below
+    """Per-layer bit widths, before any layer is kept float: on the closest pipeline so far with weights below
     8 bits, the layers sensitivity ranks worst get 8-bit weights (``convert{eight-bit=...}``), 1, 2, 4, ... of
-    them (at most half of the layers with weights), each choice checked with a real run, until one meets."""
-    quick = [t for t in trials if "adaround" not in t.pipeline and t.passes is not None and not t.skip]
-    base = min(quick, key=target.shortfall) if quick else None
+    them (at most half of the layers with weights), each choice checked with a real run, until one meets.
+    The ranking comes from the closest quick pipeline (no learned rounding: its analysis takes seconds)."""
+    tried = [t for t in trials if t.passes is not None and not t.skip]
+    base = min(tried, key=target.shortfall) if tried else None
     convert = _convert_of(base.passes) if base is not None else None
     if convert is None or convert.weight_bits == 8:
         return None
-    found = _sensitivity(graph, base, ctx, inputs, reference)
+    quick = [t for t in tried if "adaround" not in t.pipeline]
+    found = _sensitivity(graph, min(quick, key=target.shortfall), ctx, inputs, reference) if quick else None
     if found is None:
         return None
     analysis, rows = found

@@ -26,6 +26,7 @@ learned codes are exactly what the integer model holds.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ import torch
 from qcompile.ir.node import QuantAnnotation
 
 ZETA, GAMMA = 1.1, -0.1
+TIMED_STEPS = 5  # steps timed before a time limit sets the number of steps
+MIN_STEPS = 50  # the fewest steps a time limit leaves a layer
 _EPS = float(torch.finfo(torch.float32).eps)
 
 
@@ -160,12 +163,16 @@ def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Te
 def learn_rounding(weight: torch.Tensor, grid: WeightGrid, layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    inputs: torch.Tensor, targets: torch.Tensor, *, iterations: int, batch_size: int,
                    regularization: float = 0.01, beta: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2,
-                   lr: float = 1e-2, generator: torch.Generator | None = None) -> Rounding:
+                   lr: float = 1e-2, generator: torch.Generator | None = None,
+                   seconds: float | None = None) -> Rounding:
     """Learn up / down rounding of ``weight`` for ``layer(inputs, weight) ~ targets`` (see the module docstring).
 
     ``layer(x, w)`` computes the layer's output (with its fused activation)
     on a batch ``x`` with weight ``w``; ``inputs`` are the quantized model's
     inputs to the layer, ``targets`` the float model's outputs, sample by sample.
+    With ``seconds``, the first steps are timed and the number of steps
+    shrinks (to no fewer than :data:`MIN_STEPS`) so that the whole schedule,
+    warm-up and annealing included, fits in that time.
     """
     scaled = weight.detach().double() / grid.scale
     floor = torch.floor(scaled)
@@ -180,8 +187,14 @@ def learn_rounding(weight: torch.Tensor, grid: WeightGrid, layer: Callable[[torc
     optimizer = torch.optim.Adam([v], lr=lr)
     count = len(inputs)
     start = int(warmup * iterations)
+    clock = time.perf_counter()
     with torch.enable_grad():
-        for step in range(iterations):
+        step = 0
+        while step < iterations:
+            if seconds is not None and step == TIMED_STEPS:  # all of them in the warm-up: the schedule is still free
+                per_step = (time.perf_counter() - clock) / TIMED_STEPS
+                iterations = max(MIN_STEPS, min(iterations, int(seconds / max(per_step, 1e-9))))
+                start = int(warmup * iterations)
             pick = torch.randint(count, (min(batch_size, count),), generator=generator)
             h = rectified_sigmoid(v)
             loss = reconstruction_error(layer(inputs[pick], soft_weight(h)), targets[pick])
@@ -192,6 +205,7 @@ def learn_rounding(weight: torch.Tensor, grid: WeightGrid, layer: Callable[[torc
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            step += 1
     codes = torch.clamp(floor.double() + (v.detach() >= 0).double() + grid.zero_point, grid.qmin, grid.qmax)
     nearest = grid.codes(weight)
     with torch.no_grad():
