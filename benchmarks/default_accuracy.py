@@ -85,6 +85,16 @@ VARIANTS = [  # (row, pipeline)
      "fuse,equalize,calibrate,adaround,convert{backend=gemmlowp}"),
     ("qcompile equalize + adaround + bias-correct, gemmlowp backend",
      "fuse,equalize,calibrate,adaround,bias-correct,convert{backend=gemmlowp}"),
+    # adaround's reconstruction on sampled output positions (its default) against whole images (100 steps of
+    # 32 images, its earlier default), and how much the agreement moves with the seed and the step count
+    ("qcompile equalize + adaround on whole images, gemmlowp backend",
+     "fuse,equalize,calibrate,adaround{positions=0 batch-size=32 iterations=100 budget=0},convert{backend=gemmlowp}"),
+    ("qcompile equalize + adaround, seed 1, gemmlowp backend",
+     "fuse,equalize,calibrate,adaround{seed=1},convert{backend=gemmlowp}"),
+    ("qcompile equalize + adaround, 16384 positions x 2000 steps, gemmlowp backend",
+     "fuse,equalize,calibrate,adaround{positions=16384 iterations=2000 budget=0},convert{backend=gemmlowp}"),
+    ("qcompile W4A8 adaround on whole images, gemmlowp",
+     "fuse,calibrate,adaround{positions=0 batch-size=32 iterations=100 budget=0},convert{backend=gemmlowp weight-bits=4}"),
     # per-tensor weights (one grid for all of a layer's channels): what equalization is for
     ("qcompile ptq, per-tensor weights, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
     ("qcompile equalize, per-tensor weights, gemmlowp backend",
