@@ -130,7 +130,10 @@ class Kernels:
         return tuple(grid)
 
     def pack_conv_weights(self, weight: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-        """``weight`` (OIHW int8) as the kernel for ``shape`` reads it, and its per-channel sums (int32)."""
+        """``weight`` (OIHW int8, or a linear layer's [out, in]) as the kernel for ``shape`` reads it, and its
+        per-channel sums (int32)."""
+        if weight.dim() == 2:
+            weight = weight.reshape(*weight.shape, 1, 1)
         rows = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).to(torch.int8)
         sums = rows.to(torch.int32).sum(dim=1, dtype=torch.int32)
         if self.uses_mma(shape):
@@ -175,8 +178,7 @@ class Kernels:
         shape = (rows, 1, 1, depth, 1, 1, channels, 1, 1, 1, 1, 1, 0, 0, 1, 1)
         x_rows = self._aligned(x.to(torch.uint8).reshape(rows, depth).contiguous())
         out = torch.empty((rows, channels), dtype=torch.uint8, device=x.device)
-        self._conv(x_rows, weight.reshape(channels, depth, 1, 1), bias, multiplier, exponent, shape, x_zero,
-                   out_zero, lo, hi, out)
+        self._conv(x_rows, weight, bias, multiplier, exponent, shape, x_zero, out_zero, lo, hi, out)
         return out.reshape(*x.shape[:-1], channels)
 
     @staticmethod

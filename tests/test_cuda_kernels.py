@@ -147,6 +147,8 @@ def test_linear_kernel_over_leading_dimensions(kernels):
     args = (90, w, bias, m0, exponent, 20, 0, 255)
     out = kernels.qlinear(x, *args)
     assert out.shape == (2, 3, 7, 130) and torch.equal(out, cpu.qlinear(x, *args))
+    packed = len(kernels._packed)
+    assert torch.equal(kernels.qlinear(x, *args), out) and len(kernels._packed) == packed  # packed once
 
 
 def test_tensors_on_two_devices_are_refused_before_any_kernel(kernels):
