@@ -137,6 +137,7 @@ class AdaRound(Pass):
         flipped: list[float] = []
         generator = torch.Generator().manual_seed(self.seed)
         started = time.monotonic()
+        stepping = [0.0]  # seconds spent in learn_rounding
 
         def float_output(name: str) -> torch.Tensor:
             for node, value in float_steps:
@@ -158,12 +159,16 @@ class AdaRound(Pass):
                 if self.positions else None
             if rows is None:  # whole samples: another kind of layer, or positions=0
                 rows = Rows(x, target_output, _layer_function(module, node))
-            share = None  # with a budget: an equal share of what is left for each layer still to learn
-            if self.budget:
-                share = (self.budget - (time.monotonic() - started)) / (len(layers) - len(learned))
+            share = None  # with a budget: an equal share of what is left for each layer still to learn, less
+            if self.budget:  # the work around the steps (forward passes, patches), as it went per layer so far
+                elapsed, left = time.monotonic() - started, len(layers) - len(learned)
+                around = (elapsed - stepping[0]) / max(len(learned), 1)
+                share = (self.budget - elapsed - around * left) / left
+            began = time.monotonic()
             result = learn_rounding(weight, grid, rows.layer, rows.inputs, rows.targets, iterations=self.iterations,
                                     batch_size=self.batch_size, regularization=self.regularization,
                                     lr=self.lr, generator=generator, seconds=share)
+            stepping[0] += time.monotonic() - began
             codes = result.codes if result.learned_error <= result.nearest_error else grid.codes(weight)
             learned[node.name], learned_codes[node.name] = grid.values(codes), codes
             gains.append(1 - min(result.learned_error, result.nearest_error) / max(result.nearest_error, 1e-30))
