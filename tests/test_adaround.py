@@ -148,4 +148,5 @@ def test_adaround_brings_resnet20_w4a8_within_a_point_of_float():
     float_accuracy = float((reference.argmax(1) == y).float().mean())
     assert test.num_samples == 1000
     assert results["adaround"][0] >= float_accuracy - 0.01  # the target: within one point of float top-1
-    assert results["adaround"][1] > results["nearest"][1] + 3  # dB closer to float (measured about 6)
+    # dB closer to float (measured: about 6 on whole images, 11 on sampled positions, the default)
+    assert results["adaround"][1] > results["nearest"][1] + 6
