@@ -76,21 +76,12 @@ __global__ void max_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__
   const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(i % s.channels);
-    const int64_t pixel = i / s.channels;
-    const int ox = static_cast<int>(pixel % s.out_width), oy = static_cast<int>((pixel / s.out_width) % s.out_height);
-    const int64_t b = pixel / (static_cast<int64_t>(s.out_width) * s.out_height);
+    const OutputPlace p = place_of(i, s.channels, s.out_height, s.out_width);
     uint8_t best = 0;
-    for (int ky = 0; ky < s.kernel_h; ++ky) {
-      const int iy = oy * s.stride_h - s.pad_h + ky * s.dilation_h;
-      if (iy < 0 || iy >= s.height) continue;
-      for (int kx = 0; kx < s.kernel_w; ++kx) {
-        const int ix = ox * s.stride_w - s.pad_w + kx * s.dilation_w;
-        if (ix < 0 || ix >= s.width) continue;
-        const uint8_t v = x[((b * s.height + iy) * s.width + ix) * s.channels + c];
-        best = v > best ? v : best;
-      }
-    }
+    for_each_tap(s, p, [&](int64_t pixel, int, int) {
+      const uint8_t v = x[pixel + p.c];
+      best = v > best ? v : best;
+    });
     out[i] = best;
   }
 }
@@ -103,11 +94,10 @@ __global__ void avg_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__
   const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(i % s.channels);
-    const int64_t pixel = i / s.channels;
-    const int ox = static_cast<int>(pixel % s.out_width), oy = static_cast<int>((pixel / s.out_width) % s.out_height);
-    const int64_t b = pixel / (static_cast<int64_t>(s.out_width) * s.out_height);
-    int y0 = oy * s.stride_h - s.pad_h, x0 = ox * s.stride_w - s.pad_w;
+    const OutputPlace p = place_of(i, s.channels, s.out_height, s.out_width);
+    const int64_t b = p.b;
+    const int c = p.c;
+    int y0 = p.oy * s.stride_h - s.pad_h, x0 = p.ox * s.stride_w - s.pad_w;
     int y1 = y0 + s.kernel_h < s.height + s.pad_h ? y0 + s.kernel_h : s.height + s.pad_h;
     int x1 = x0 + s.kernel_w < s.width + s.pad_w ? x0 + s.kernel_w : s.width + s.pad_w;
     const int padded_count = (y1 - y0) * (x1 - x0);

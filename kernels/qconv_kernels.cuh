@@ -46,6 +46,34 @@ struct OutputStage {
   int input_zero, output_zero, lo, hi;
 };
 
+// An output code's place in an NHWC tensor: its pixel (batch, row, column) and channel.
+struct OutputPlace {
+  int64_t b;
+  int oy, ox, c;
+};
+
+__device__ __forceinline__ OutputPlace place_of(int64_t i, int channels, int out_height, int out_width) {
+  const int64_t pixel = i / channels;
+  return OutputPlace{pixel / (static_cast<int64_t>(out_width) * out_height),
+                     static_cast<int>((pixel / out_width) % out_height), static_cast<int>(pixel % out_width),
+                     static_cast<int>(i % channels)};
+}
+
+// visit(pixel offset in x, ky, kx) for every tap of output pixel p's window that lies inside the input
+// (a shape with the fields of ConvShape's input, kernel, stride, padding and dilation).
+template <class Shape, class Visit>
+__device__ __forceinline__ void for_each_tap(const Shape& s, const OutputPlace& p, Visit visit) {
+  for (int ky = 0; ky < s.kernel_h; ++ky) {
+    const int iy = p.oy * s.stride_h - s.pad_h + ky * s.dilation_h;
+    if (iy < 0 || iy >= s.height) continue;
+    for (int kx = 0; kx < s.kernel_w; ++kx) {
+      const int ix = p.ox * s.stride_w - s.pad_w + kx * s.dilation_w;
+      if (ix < 0 || ix >= s.width) continue;
+      visit(((p.b * s.height + iy) * s.width + ix) * s.channels, ky, kx);
+    }
+  }
+}
+
 constexpr int kBlockM = 128, kBlockN = 64, kBlockK = 64;  // bytes of depth per stage: two mma k-steps
 constexpr int kConvThreads = 128;                           // four warps, 2 x 2, each 64 rows x 32 channels
 constexpr int kStages = 2;
@@ -236,25 +264,15 @@ __global__ void qconv_direct(const uint8_t* __restrict__ x, const int8_t* __rest
   const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.out_channels;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int channel = static_cast<int>(i % s.out_channels);
-    const int64_t pixel = i / s.out_channels;
-    const int ox = static_cast<int>(pixel % s.out_width);
-    const int oy = static_cast<int>((pixel / s.out_width) % s.out_height);
-    const int b = static_cast<int>(pixel / (static_cast<int64_t>(s.out_width) * s.out_height));
-    const int first = (channel / ng) * cg;
+    const OutputPlace p = place_of(i, s.out_channels, s.out_height, s.out_width);
+    const int channel = p.c, first = (channel / ng) * cg;
     const int8_t* filter = w + static_cast<int64_t>(channel) * s.kernel_h * s.kernel_w * cg;
     int32_t sum = 0;
-    for (int ky = 0; ky < s.kernel_h; ++ky) {
-      const int iy = oy * s.stride_h - s.pad_h + ky * s.dilation_h;
-      if (iy < 0 || iy >= s.height) continue;
-      for (int kx = 0; kx < s.kernel_w; ++kx) {
-        const int ix = ox * s.stride_w - s.pad_w + kx * s.dilation_w;
-        if (ix < 0 || ix >= s.width) continue;
-        const uint8_t* input = x + ((static_cast<int64_t>(b) * s.height + iy) * s.width + ix) * s.channels + first;
-        const int8_t* taps = filter + (ky * s.kernel_w + kx) * cg;
-        for (int c = 0; c < cg; ++c) sum += (static_cast<int32_t>(input[c]) - o.input_zero) * taps[c];
-      }
-    }
+    for_each_tap(s, p, [&](int64_t pixel, int ky, int kx) {
+      const uint8_t* input = x + pixel + first;
+      const int8_t* taps = filter + (ky * s.kernel_w + kx) * cg;
+      for (int c = 0; c < cg; ++c) sum += (static_cast<int32_t>(input[c]) - o.input_zero) * taps[c];
+    });
     out[i] = static_cast<uint8_t>(output_stage(sum, o.bias[channel], o.multiplier[channel], o.exponent[channel],
                                                o.output_zero, o.lo, o.hi));
   }

@@ -24,6 +24,7 @@ quantized ops is refused by name (``convert{backend=native}`` covers them).
 
 Options:
     weight-bits: 2-8 (default 8), as for ``convert``.
+    eight-bit: layers that keep 8-bit weights below that, as for ``convert``.
     relu6-grid: ``full`` (default) or ``observed``, as for ``convert``.
 """
 
@@ -69,6 +70,7 @@ class Integerize(Pass):
 
     weight_bits: int = option(8, low=2, high=8)
     relu6_grid: Literal["full", "observed"] = "full"
+    eight_bit: tuple[str, ...] = ()
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         graph.attrs.update(backend=self.backend)
