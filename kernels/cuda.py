@@ -112,55 +112,17 @@ def load(verbose: bool = False) -> Kernels:
 # ------------------------------------------------------------------ the ops' CUDA kernels
 
 
-def _qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation, groups):
-    return kernels().qconv2d(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
-                             dilation, groups)
+def _on_gpu(name: str):
+    """Op ``name``'s CUDA kernel: the method of :func:`kernels` that takes the op's arguments."""
+
+    def kernel(*args):
+        return getattr(kernels(), name)(*args)
+
+    return kernel
 
 
-def _qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi):
-    return kernels().qlinear(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi)
-
-
-def _quantize(x, scale, zero_point, qmin, qmax):
-    return kernels().quantize(x, scale, zero_point, qmin, qmax)
-
-
-def _dequantize(q, scale, zero_point):
-    return kernels().dequantize(q, scale, zero_point)
-
-
-def _qadd(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier, out_exponent,
-          out_zero, lo, hi):
-    return kernels().qadd(a, a_zero, a_multiplier, a_exponent, b, b_zero, b_multiplier, b_exponent, out_multiplier,
-                          out_exponent, out_zero, lo, hi)
-
-
-def _qmul(a, a_zero, b, b_zero, out_multiplier, out_exponent, out_zero, lo, hi):
-    return kernels().qmul(a, a_zero, b, b_zero, out_multiplier, out_exponent, out_zero, lo, hi)
-
-
-def _requantize_codes(q, zero, multiplier, exponent, out_zero):
-    return kernels().requantize_codes(q, zero, multiplier, exponent, out_zero)
-
-
-def _max_pool2d(q, kernel_size, stride, padding, dilation, ceil_mode):
-    from qcompile.kernels.ops import _pooled_shape
-
-    shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
-    return kernels().max_pool2d(q, shape, kernel_size, stride, padding, dilation)
-
-
-def _avg_pool2d(q, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad):
-    return kernels().avg_pool2d(q, zero_point, kernel_size, stride, padding, ceil_mode, count_include_pad)
-
-
-def _global_avg_pool(q):
-    return kernels().global_avg_pool(q)
-
-
-CUDA_KERNELS = {"qconv2d": _qconv2d, "qlinear": _qlinear, "quantize": _quantize, "dequantize": _dequantize,
-                "qadd": _qadd, "qmul": _qmul, "requantize_codes": _requantize_codes, "max_pool2d": _max_pool2d,
-                "avg_pool2d": _avg_pool2d, "global_avg_pool": _global_avg_pool}
+CUDA_KERNELS = {name: _on_gpu(name) for name in ("qconv2d", "qlinear", "quantize", "dequantize", "qadd", "qmul",
+                                                "requantize_codes", "max_pool2d", "avg_pool2d", "global_avg_pool")}
 
 
 @cache

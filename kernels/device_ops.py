@@ -10,21 +10,22 @@ memory order.
 
 The convolution kernels read weights packed their way (``[out][ky][kx][c]``,
 padded to the K tile for the tensor-core kernel) with per-channel weight sums;
-a layer's packing and its int32 parameters are made once and kept while the
-weight tensor is unchanged (its version counter), as the CPU kernels do.
+a layer's packing and its int32 parameters are made once and kept while its
+tensors are unchanged, in the CPU kernels' memo (``host_conv._cached``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from qcompile.kernels import fixed_point as fp
+from qcompile.kernels.cpu import ADD_LEFT_SHIFT
 from qcompile.kernels.geometry import conv_output_size
+from qcompile.kernels.host import memory_order
+from qcompile.kernels.host_conv import _cached, _weight_rows
 from torch import Tensor
 
 i32, i64, ptr, cint = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -45,8 +46,6 @@ _SIGNATURES = {
     "qc_kernels_mean_pixels": (ctypes.c_char_p, [ptr, ptr, cint, i64, cint, ptr]),
 }
 
-ADD_LEFT_SHIFT = 20  # as the CPU twin's add (cpu.ADD_LEFT_SHIFT)
-
 
 class KernelError(RuntimeError):
     """A kernel launch that failed, or shapes the kernels cannot take."""
@@ -65,17 +64,6 @@ def conv_shape(x_shape, weight_shape, stride, padding, dilation, groups) -> tupl
             *dilation)
 
 
-class _Packed:
-    """A layer's weights as its kernel reads them, with the tensors it was made from and their versions."""
-
-    def __init__(self, sources: tuple[Tensor, ...], values: tuple[Tensor, ...]):
-        self.sources, self.versions, self.values = sources, tuple(t._version for t in sources), values
-
-    def current(self, sources: tuple[Tensor, ...]) -> bool:
-        return all(a is b for a, b in zip(self.sources, sources, strict=True)) and self.versions == tuple(
-            t._version for t in sources)
-
-
 class Kernels:
     """The ops on one build of the kernels. ``stream(device)`` gives the stream handle to launch on."""
 
@@ -84,8 +72,6 @@ class Kernels:
             getattr(library, function).restype = restype
             getattr(library, function).argtypes = argtypes
         self.library, self.stream, self.name = library, stream, name
-        self._packed: OrderedDict[tuple, _Packed] = OrderedDict()
-        self._packing = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -96,17 +82,6 @@ class Kernels:
         failed = getattr(self.library, function)(*args, self.stream(device))
         if failed is not None:
             raise KernelError(f"{self.name}: {function.removeprefix('qc_kernels_')} failed: {failed.decode()}")
-
-    def _prepared(self, key: tuple, sources: tuple[Tensor, ...], make: Callable[[], tuple[Tensor, ...]]):
-        with self._packing:
-            entry = self._packed.get(key)
-            if entry is None or not entry.current(sources):
-                entry = _Packed(sources, make())
-                self._packed[key] = entry
-                while len(self._packed) > 1024:
-                    self._packed.popitem(last=False)
-            self._packed.move_to_end(key)
-            return entry.values
 
     @staticmethod
     def _one_device(op: str, *tensors: Tensor) -> torch.device:
@@ -132,9 +107,7 @@ class Kernels:
     def pack_conv_weights(self, weight: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``weight`` (OIHW int8, or a linear layer's [out, in]) as the kernel for ``shape`` reads it, and its
         per-channel sums (int32)."""
-        if weight.dim() == 2:
-            weight = weight.reshape(*weight.shape, 1, 1)
-        rows = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).to(torch.int8)
+        rows = _weight_rows(weight).to(torch.int8)
         sums = rows.to(torch.int32).sum(dim=1, dtype=torch.int32)
         if self.uses_mma(shape):
             padded = self.library.qc_kernels_padded_depth(_ints(*shape))
@@ -151,9 +124,8 @@ class Kernels:
     def _conv(self, x_nhwc: Tensor, weight: Tensor, bias: Tensor, multiplier: Tensor, exponent: Tensor,
               shape: tuple[int, ...], x_zero: int, out_zero: int, lo: int, hi: int, out: Tensor) -> None:
         device = x_nhwc.device
-        packed, sums, *params = self._prepared(
-            ("conv", id(weight), id(bias), id(multiplier), id(exponent), shape[3], shape[7], str(device)),
-            (weight, bias, multiplier, exponent),
+        packed, sums, *params = _cached(
+            (weight, bias, multiplier, exponent), (self.name, shape[3], shape[7], str(device)),
             lambda: (*self.pack_conv_weights(weight.to(device), shape),
                      *(t.to(device=device, dtype=torch.int32).reshape(-1).contiguous()
                        for t in (bias, multiplier, exponent))))
@@ -196,8 +168,6 @@ class Kernels:
         """``t`` laid out for the quantize / dequantize kernels, with the grid's channel count, the elements per
         channel step, and the scales and zero points as they read them; None for a broadcast they have no form
         for (then torch ops serve it, on the same device)."""
-        from qcompile.kernels.host import memory_order
-
         per_tensor = scale.numel() == 1 and zero_point.numel() == 1
         axis = None if per_tensor else self._channel_axis(t, scale, zero_point)
         if not per_tensor and axis is None:
@@ -233,8 +203,6 @@ class Kernels:
     @staticmethod
     def _pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         """Two operands broadcast to one shape, both in the first's memory order (as the CPU twin keeps it)."""
-        from qcompile.kernels.host import memory_order
-
         Kernels._one_device("an element-wise op", a, b)
         a, b = torch.broadcast_tensors(a, b)
         layout = memory_order(a)
@@ -260,15 +228,16 @@ class Kernels:
         return out
 
     def requantize_codes(self, q: Tensor, zero: int, multiplier: int, exponent: int, out_zero: int) -> Tensor:
-        from qcompile.kernels.host import memory_order
-
         q = q.to(torch.uint8).contiguous(memory_format=memory_order(q))
         out = torch.empty_like(q)
         self._run("qc_kernels_requantize", q.data_ptr(), out.data_ptr(), q.numel(), zero, multiplier, exponent,
                   out_zero, device=q.device)
         return out
 
-    def max_pool2d(self, q: Tensor, out_shape: tuple[int, ...], kernel_size, stride, padding, dilation) -> Tensor:
+    def max_pool2d(self, q: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> Tensor:
+        from qcompile.kernels.ops import _pooled_shape
+
+        out_shape = _pooled_shape(q, kernel_size, stride, padding, dilation, ceil_mode)
         n, c, h, w = q.shape
         q = q.to(torch.uint8).contiguous(memory_format=torch.channels_last)
         out = torch.empty((n, out_shape[2], out_shape[3], c), dtype=torch.uint8, device=q.device)
