@@ -72,8 +72,12 @@ struct PoolShape {
   int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
+QC_HD int64_t pool_outputs(const PoolShape& s) {
+  return static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
+}
+
 __global__ void max_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__ out, PoolShape s) {
-  const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
+  const int64_t total = pool_outputs(s);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const OutputPlace p = place_of(i, s.channels, s.out_height, s.out_width);
@@ -91,7 +95,7 @@ __global__ void max_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__
 // to the input itself without count_include_pad), rounded half away from zero, plus the zero point.
 __global__ void avg_pool_u8(const uint8_t* __restrict__ x, uint8_t* __restrict__ out, PoolShape s, int zero_point,
                             int count_include_pad) {
-  const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
+  const int64_t total = pool_outputs(s);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const OutputPlace p = place_of(i, s.channels, s.out_height, s.out_width);

@@ -19,6 +19,13 @@ inline unsigned element_blocks(int64_t total) {
   return static_cast<unsigned>(blocks < kMaxElementBlocks ? blocks : kMaxElementBlocks);
 }
 
+// A grid-stride kernel over `total` outputs, kElementThreads a block (nothing to launch for none).
+template <class Launch, class Kernel, class... Args>
+const char* launch_over(Launch&& launch, int64_t total, Kernel kernel, Args... args) {
+  if (total > 0) launch(dim3(element_blocks(total)), dim3(kElementThreads), kernel, args...);
+  return nullptr;
+}
+
 inline int64_t conv_rows(const ConvShape& s) { return static_cast<int64_t>(s.batch) * s.out_height * s.out_width; }
 
 // Tensor cores for every convolution whose groups hold 16 channels or more (and every ungrouped one);
@@ -51,11 +58,8 @@ template <class Launch>
 const char* launch_qconv(Launch&& launch, const uint8_t* x, const int8_t* w, const ConvShape& s,
                          const OutputStage& o, uint8_t* out) {
   if (conv_rows(s) == 0 || s.out_channels == 0) return nullptr;
-  if (!conv_uses_mma(s)) {
-    const int64_t total = conv_rows(s) * s.out_channels;
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), qconv_direct, x, w, s, o, out);
-    return nullptr;
-  }
+  if (!conv_uses_mma(s))
+    return launch_over(launch, conv_rows(s) * s.out_channels, qconv_direct, x, w, s, o, out);
   const ConvGrid grid = conv_grid(s);
   if (grid.row_tiles > 2147483647) return "more than 2^37 output pixels";
   if (grid.channel_tiles > 65535) return "more than 4,194,240 output channels in a group";
@@ -72,65 +76,46 @@ const char* launch_qconv(Launch&& launch, const uint8_t* x, const int8_t* w, con
 template <class Launch>
 const char* launch_quantize(Launch&& launch, const float* x, uint8_t* q, int64_t total, const float* scale,
                             const int32_t* zero_point, int channels, int64_t inner, int qmin, int qmax) {
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), quantize_u8, x, q, total, scale, zero_point, channels,
-           inner, qmin, qmax);
-  return nullptr;
+  return launch_over(launch, total, quantize_u8, x, q, total, scale, zero_point, channels, inner, qmin, qmax);
 }
 
 template <class Launch>
 const char* launch_dequantize(Launch&& launch, const uint8_t* q, float* x, int64_t total, const float* scale,
                               const int32_t* zero_point, int channels, int64_t inner) {
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), dequantize_u8, q, x, total, scale, zero_point,
-           channels, inner);
-  return nullptr;
+  return launch_over(launch, total, dequantize_u8, q, x, total, scale, zero_point, channels, inner);
 }
 
 template <class Launch>
 const char* launch_qadd(Launch&& launch, const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t total,
                         const int32_t* p, int left_shift) {
   // p: a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), qadd_u8, a, b, out, total, p[0], p[1],
-           static_cast<int>(p[2]), p[3], p[4], static_cast<int>(p[5]), p[6], static_cast<int>(p[7]), p[8], p[9],
-           p[10], left_shift);
-  return nullptr;
+  return launch_over(launch, total, qadd_u8, a, b, out, total, p[0], p[1], static_cast<int>(p[2]), p[3], p[4],
+                     static_cast<int>(p[5]), p[6], static_cast<int>(p[7]), p[8], p[9], p[10], left_shift);
 }
 
 template <class Launch>
 const char* launch_qmul(Launch&& launch, const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t total,
                         const int32_t* p) {
   // p: a_zero, b_zero, m0, exponent, out_zero, lo, hi
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), qmul_u8, a, b, out, total, p[0], p[1], p[2],
-           static_cast<int>(p[3]), p[4], p[5], p[6]);
-  return nullptr;
+  return launch_over(launch, total, qmul_u8, a, b, out, total, p[0], p[1], p[2], static_cast<int>(p[3]), p[4], p[5],
+                     p[6]);
 }
 
 template <class Launch>
 const char* launch_requantize(Launch&& launch, const uint8_t* q, uint8_t* out, int64_t total, int32_t zero,
                               int32_t m0, int exponent, int32_t out_zero) {
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), requantize_u8, q, out, total, zero, m0, exponent,
-           out_zero);
-  return nullptr;
+  return launch_over(launch, total, requantize_u8, q, out, total, zero, m0, exponent, out_zero);
 }
 
 template <class Launch>
 const char* launch_max_pool(Launch&& launch, const uint8_t* x, uint8_t* out, const PoolShape& s) {
-  const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
-  if (total > 0) launch(dim3(element_blocks(total)), dim3(kElementThreads), max_pool_u8, x, out, s);
-  return nullptr;
+  return launch_over(launch, pool_outputs(s), max_pool_u8, x, out, s);
 }
 
 template <class Launch>
 const char* launch_avg_pool(Launch&& launch, const uint8_t* x, uint8_t* out, const PoolShape& s, int zero_point,
                             int count_include_pad) {
-  const int64_t total = static_cast<int64_t>(s.batch) * s.out_height * s.out_width * s.channels;
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), avg_pool_u8, x, out, s, zero_point, count_include_pad);
-  return nullptr;
+  return launch_over(launch, pool_outputs(s), avg_pool_u8, x, out, s, zero_point, count_include_pad);
 }
 
 template <class Launch>
@@ -138,9 +123,7 @@ const char* launch_mean_pixels(Launch&& launch, const uint8_t* x, uint8_t* out, 
                                int channels) {
   const int64_t total = static_cast<int64_t>(batch) * channels;
   if (pixels == 0) return "a global average pool of an empty image";
-  if (total > 0)
-    launch(dim3(element_blocks(total)), dim3(kElementThreads), mean_pixels_u8, x, out, batch, pixels, channels);
-  return nullptr;
+  return launch_over(launch, total, mean_pixels_u8, x, out, batch, pixels, channels);
 }
 
 }  // namespace qc
