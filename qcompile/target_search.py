@@ -151,12 +151,13 @@ def search(graph: Graph, pipeline: Pipeline, ctx: PassContext, target: Target, i
         if trial.met:
             return trial_graph, records, trials
     assert best is not None
-    raised = _raise_bit_widths(graph, trials, ctx, target, inputs, reference, log, calibrated)
+    analyses: dict[str, tuple] = {}  # sensitivity, once per pipeline
+    raised = _raise_bit_widths(graph, trials, ctx, target, inputs, reference, log, calibrated, analyses)
     if raised is not None and target.shortfall(raised[2]) < target.shortfall(best[2]):
         best = raised
         if raised[2].met:
             return best[0], best[1], trials
-    kept = _keep_layers_float(graph, trials, ctx, target, inputs, reference, log)
+    kept = _keep_layers_float(graph, trials, ctx, target, inputs, reference, log, analyses)
     if kept is not None and target.shortfall(kept[2]) < target.shortfall(best[2]):
         best = kept
     return best[0], best[1], trials
@@ -191,12 +192,18 @@ def compiled(graph: Graph, pipeline: Pipeline, ctx: PassContext, calibrated: dic
     return copy, prefix_records + PassManager(Pipeline(passes[split:])).run(copy, ctx)
 
 
-def _sensitivity(graph: Graph, base: Trial, ctx: PassContext, inputs: list[tuple], reference: torch.Tensor):
+def _sensitivity(graph: Graph, base: Trial, ctx: PassContext, inputs: list[tuple], reference: torch.Tensor,
+                 analyses: dict[str, tuple]):
     """The sensitivity analysis of ``base``'s pipeline (calibrated on a copy of ``graph``) and its rows, or
-    None for a pipeline without calibration."""
+    None for a pipeline without calibration; ``analyses`` keeps them by pipeline."""
+    if base.pipeline not in analyses:
+        analyses[base.pipeline] = _analysed(graph, base.passes.passes, ctx, inputs, reference)
+    return analyses[base.pipeline]
+
+
+def _analysed(graph: Graph, passes: tuple, ctx: PassContext, inputs: list[tuple], reference: torch.Tensor):
     from qcompile.diagnose.sensitivity import SensitivityAnalysis
 
-    passes = base.passes.passes if base.passes is not None else parse_pipeline(base.pipeline).passes
     calibrate = first_providing(passes, CALIBRATED)
     if calibrate is None:
         return None
@@ -209,8 +216,8 @@ def _sensitivity(graph: Graph, base: Trial, ctx: PassContext, inputs: list[tuple
 
 
 def _raise_bit_widths(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
-                      reference: torch.Tensor, log: Callable[[str], None],
-                      calibrated: dict) -> tuple[Graph, list, Trial] | None:
+                      reference: torch.Tensor, log: Callable[[str], None], calibrated: dict,
+                      analyses: dict[str, tuple]) -> tuple[Graph, list, Trial] | None:
     """Per-layer bit widths, before any layer is kept float: on the closest pipeline so far with weights below
     8 bits, the layers sensitivity ranks worst get 8-bit weights (``convert{eight-bit=...}``), 1, 2, 4, ... of
     them (at most half of the layers with weights), each choice checked with a real run, until one meets.
@@ -221,7 +228,7 @@ def _raise_bit_widths(graph: Graph, trials: list[Trial], ctx: PassContext, targe
     if convert is None or convert.weight_bits == 8:
         return None
     quick = [t for t in tried if "adaround" not in t.pipeline]
-    found = _sensitivity(graph, min(quick, key=target.shortfall), ctx, inputs, reference) if quick else None
+    found = _sensitivity(graph, min(quick, key=target.shortfall), ctx, inputs, reference, analyses) if quick else None
     if found is None:
         return None
     analysis, rows = found
@@ -249,7 +256,8 @@ def _raise_bit_widths(graph: Graph, trials: list[Trial], ctx: PassContext, targe
 
 
 def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, target: Target, inputs: list[tuple],
-                       reference: torch.Tensor, log: Callable[[str], None]) -> tuple[Graph, list, Trial] | None:
+                       reference: torch.Tensor, log: Callable[[str], None],
+                       analyses: dict[str, tuple]) -> tuple[Graph, list, Trial] | None:
     """The last resort: the closest pipeline that compiles in seconds, with the layers sensitivity ranks worst
     kept float, more of them until the target is met (each skip list checked with a real run; at most a
     quarter of the layers)."""
@@ -257,11 +265,11 @@ def _keep_layers_float(graph: Graph, trials: list[Trial], ctx: PassContext, targ
     if not quick:
         return None
     base = min(quick, key=target.shortfall)
-    found = _sensitivity(graph, base, ctx, inputs, reference)
+    found = _sensitivity(graph, base, ctx, inputs, reference, analyses)
     if found is None:
         return None
     analysis, rows = found
-    passes = (base.passes or parse_pipeline(base.pipeline)).passes
+    passes = base.passes.passes
     config, tried, closest = ctx.quant_config, set(), None
     goals = [target.sqnr_db] if target.sqnr_db is not None else []
     goals += [base.sqnr_db + step for step in (3.0, 6.0, 10.0, 20.0)]
