@@ -86,12 +86,13 @@ __attribute__((target("avx2"))) void gather_row(const uint8_t* x, const ConvShap
 template <int kTileRows>
 __attribute__((target("avx2"))) void store_tile(const __m256i (&acc)[kTileRows][2], int64_t rows, int64_t c0,
                                                 int64_t out_channels, const Stage8* stages, uint8_t* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int h = 0; h < 2; ++h) {
-      const int64_t c = c0 + 8 * h;
-      if (c >= out_channels) break;
-      qc_avx2::store_codes(out + r * out_channels + c, stage8(acc[r][h], stages[c / 8]), out_channels - c);
-    }
+  for (int h = 0; h < 2; ++h) {
+    const int64_t c = c0 + 8 * h;
+    if (c >= out_channels) break;
+    const Stage8 stage = stages[c / 8];  // a copy: the stores through uint8_t* cannot change it, so it stays in
+                                         // registers (the table would be read again after every store)
+    for (int64_t r = 0; r < rows; ++r)
+      qc_avx2::store_codes(out + r * out_channels + c, stage8(acc[r][h], stage), out_channels - c);
   }
 }
 

@@ -144,7 +144,8 @@ __attribute__((target("avx512f"))) void depthwise_row16(const float* window, con
     for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t) offsets[t] = row_offsets[ky] + kx * s.dilation_w * channels16;
   const int64_t step = s.stride_w * channels16;
   for (int64_t c = 0; c < channels16; c += 16) {
-    const Stage16& stage = stages[c / 16];
+    const Stage16 stage = stages[c / 16];  // copies, kept in registers (see stage16.h)
+    const StageShared k = shared;
     const int64_t count = s.out_channels - c;
     if constexpr (kTaps > 0) {
       __m512 w[kTaps];
@@ -159,13 +160,13 @@ __attribute__((target("avx512f"))) void depthwise_row16(const float* window, con
           for (int i = 0; i < kPixels; ++i)
             acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(corner + i * step + offsets[t]), w[t], acc[i]);
         for (int i = 0; i < kPixels; ++i)
-          store16(out + (ox + i) * s.out_channels + c, stage16(_mm512_cvttps_epi32(acc[i]), stage, shared), count);
+          store16(out + (ox + i) * s.out_channels + c, stage16(_mm512_cvttps_epi32(acc[i]), stage, k), count);
       }
       for (; ox < s.out_w; ++ox) {
         const float* corner = window + ox * step + c;
         __m512 acc = _mm512_setzero_ps();
         for (int t = 0; t < kTaps; ++t) acc = _mm512_fmadd_ps(_mm512_loadu_ps(corner + offsets[t]), w[t], acc);
-        store16(out + ox * s.out_channels + c, stage16(_mm512_cvttps_epi32(acc), stage, shared), count);
+        store16(out + ox * s.out_channels + c, stage16(_mm512_cvttps_epi32(acc), stage, k), count);
       }
     } else {
       for (int64_t ox = 0; ox < s.out_w; ++ox) {
@@ -175,7 +176,7 @@ __attribute__((target("avx512f"))) void depthwise_row16(const float* window, con
           for (int64_t kx = 0; kx < s.kernel_w; ++kx, ++t)
             acc = _mm512_fmadd_ps(_mm512_loadu_ps(corner + row_offsets[ky] + kx * s.dilation_w * channels16),
                                   _mm512_loadu_ps(weight + t * channels16 + c), acc);
-        store16(out + ox * s.out_channels + c, stage16(_mm512_cvttps_epi32(acc), stage, shared), count);
+        store16(out + ox * s.out_channels + c, stage16(_mm512_cvttps_epi32(acc), stage, k), count);
       }
     }
   }

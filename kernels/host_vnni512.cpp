@@ -66,12 +66,14 @@ QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
     __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, const int32_t* tap_sums, int32_t x_zero,
     const Stage16& stage, const StageShared& shared, int64_t count, uint8_t* out, int64_t out_stride) {
   const __m512i zero = _mm512_set1_epi32(x_zero);
+  const Stage16 st = stage;  // copies, kept in registers (see stage16.h)
+  const StageShared k = shared;
   for (int64_t r = 0; r < rows; ++r) {
     for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
       const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
       acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(zero, sums));
     }
-    qc_avx512::store16(out + r * out_stride, qc_avx512::stage16_biased(acc[r], stage, shared), count);
+    qc_avx512::store16(out + r * out_stride, qc_avx512::stage16_biased(acc[r], st, k), count);
   }
 }
 

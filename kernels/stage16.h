@@ -18,23 +18,38 @@
 
 namespace qc_avx512 {
 
-// Sixteen channels' parameters (lanes beyond a layer's channels hold zeros and are never stored).
+// Sixteen channels' parameters (lanes beyond a layer's channels hold zeros and are never stored). The stage
+// runs in 64-bit lanes, the even channels' and the odd ones' apart, each in one rounding (see stage16_biased):
+// `add` is 2^30 + 2^31 * h with h = 2^(s-1) the rounding half of the right shift s (0 for s = 0), `negative`
+// is 2^31 where s > 0 (else 0), `shift` is 31 + s.
 struct Stage16 {
-  __m512i bias, m0, m0_odd, mask, half_mask, right;
+  __m512i bias, m0, m0_odd;  // 32-bit lanes; m0_odd: the odd lanes' multipliers in the even positions
+  __m512i add_even, add_odd, negative_even, negative_odd, shift_even, shift_odd;  // 64-bit lanes
 };
 
-// What every lane shares: the rounding nudge of the doubling high multiply, one, the zero point, the clamp;
-// `clamp_top`: whether the clamp's top must be applied (see make_shared).
+// What every lane shares: the zero point, the clamp; `clamp_top`: whether the clamp's top must be applied
+// (see make_shared).
 struct StageShared {
-  __m512i nudge, one, zero, lo, hi;
+  __m512i zero, lo, hi;
   bool clamp_top;
 };
 
-// A Stage16 from its lanes' bias, multiplier and right shift (-exponent, <= 31).
+// 64-bit lanes' `add` and `negative` for right shifts r (see Stage16): 2^30 + 2^(30 + r) and 2^31 where r > 0.
+__attribute__((target("avx512f"))) inline __m512i stage16_add(__m512i r) {
+  const __m512i nudge = _mm512_set1_epi64(int64_t{1} << 30);
+  return _mm512_mask_add_epi64(nudge, _mm512_test_epi64_mask(r, r), nudge, _mm512_sllv_epi64(nudge, r));
+}
+__attribute__((target("avx512f"))) inline __m512i stage16_negative(__m512i r) {
+  return _mm512_maskz_mov_epi64(_mm512_test_epi64_mask(r, r), _mm512_set1_epi64(int64_t{1} << 31));
+}
+
+// A Stage16 from its lanes' bias, multiplier and right shift (-exponent, 0..31).
 __attribute__((target("avx512f"))) inline Stage16 stage16_of(__m512i bias, __m512i m0, __m512i right) {
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
-  return Stage16{bias, m0, _mm512_srli_epi64(m0, 32), mask, _mm512_srli_epi32(mask, 1), right};
+  const __m512i even = _mm512_and_si512(right, _mm512_set1_epi64(0xFFFFFFFF)), odd = _mm512_srli_epi64(right, 32);
+  const __m512i base = _mm512_set1_epi64(31);
+  return Stage16{bias, m0, _mm512_srli_epi64(m0, 32), stage16_add(even), stage16_add(odd),
+                 stage16_negative(even), stage16_negative(odd), _mm512_add_epi64(base, even),
+                 _mm512_add_epi64(base, odd)};
 }
 
 // `count` channels' parameters (sixteen at most) from their arrays.
@@ -52,23 +67,29 @@ __attribute__((target("avx512f"))) inline Stage16 uniform_stage16(int32_t m0, in
 
 // The clamp's top is applied unless it is 255 (store16 saturates there) or INT32_MAX (no top).
 __attribute__((target("avx512f"))) inline StageShared make_shared(int32_t zero, int32_t lo, int32_t hi) {
-  return StageShared{_mm512_set1_epi64(int64_t{1} << 30), _mm512_set1_epi32(1), _mm512_set1_epi32(zero),
-                     _mm512_set1_epi32(lo), _mm512_set1_epi32(hi), hi != 255 && hi != INT32_MAX};
+  return StageShared{_mm512_set1_epi32(zero), _mm512_set1_epi32(lo), _mm512_set1_epi32(hi),
+                     hi != 255 && hi != INT32_MAX};
 }
 
-// stage8's steps on x = acc + bias: the 64-bit products of the even lanes and of the odd ones (shifted down),
-// + 2^30, a logical shift by 31 whose low 32 bits equal the arithmetic shift's; then the rounding right shift
-// and the clamp, whose top is left to store16 where it is 255 (lanes may hold more than 255 then).
+// stage8's function on x = acc + bias in one rounding per lane. With y = x * m0 (64 bits), SRDHM is
+// r = floor((y + 2^30) / 2^31) and RDBPOT (s > 0) is floor((r + h - [r < 0]) / 2^s): nested floors of
+// divisions by powers of two, so q = floor((y + 2^30 + 2^31 * (h - [r < 0])) / 2^(31 + s)), an arithmetic
+// shift of a sum that stays inside int64 (|y| < 2^62). [r < 0] is taken as [y < 0]: they differ only where
+// r = 0, and there h - 1 and h both leave 0 after the shift (h < 2^s). Then the zero point and the clamp,
+// whose top is left to store16 where it is 255 (lanes may hold more than 255 then).
+__attribute__((target("avx512f"))) inline __m512i stage16_half(__m512i x, __m512i m0, __m512i add, __m512i negative,
+                                                               __m512i shift) {
+  const __m512i y = _mm512_mul_epi32(x, m0);
+  const __m512i t = _mm512_add_epi64(y, add);
+  return _mm512_srav_epi64(
+      _mm512_mask_sub_epi64(t, _mm512_cmplt_epi64_mask(y, _mm512_setzero_si512()), t, negative), shift);
+}
+
 __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, const Stage16& s,
                                                                  const StageShared& k) {
-  const __m512i even = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, s.m0), k.nudge), 31);
-  const __m512i odd = _mm512_srli_epi64(
-      _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), s.m0_odd), k.nudge), 31);
-  const __m512i r = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  const __m512i threshold = _mm512_add_epi32(s.half_mask, _mm512_srli_epi32(r, 31));
-  const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(r, s.mask), threshold);
-  const __m512i shifted = _mm512_srav_epi32(r, s.right);
-  const __m512i q = _mm512_mask_add_epi32(shifted, up, shifted, k.one);
+  const __m512i even = stage16_half(x, s.m0, s.add_even, s.negative_even, s.shift_even);
+  const __m512i odd = stage16_half(_mm512_srli_epi64(x, 32), s.m0_odd, s.add_odd, s.negative_odd, s.shift_odd);
+  const __m512i q = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);  // odd results to odd lanes
   const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
   return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
 }
@@ -76,6 +97,11 @@ __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, cons
 __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {
   return stage16_biased(_mm512_add_epi32(acc, s.bias), s, k);
 }
+
+// Callers copy a Stage16 and the StageShared into local variables before a loop of stores: a store through
+// uint8_t* may alias anything else in memory, so parameters read through a pointer or reference are loaded
+// again after every store (twelve 64-byte loads per sixteen codes, which halved the stage's throughput), while
+// a local whose address does not escape stays in registers.
 
 // One Stage16 per group of sixteen channels, in storage aligned by hand (64 bytes).
 class Stage16Table {
