@@ -1,5 +1,6 @@
-"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp`` (dense) and
-``host_depthwise.cpp`` (AVX2).
+"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp`` and
+``host_vnni512.cpp`` (dense), ``host_depthwise.cpp`` (AVX2, AVX-512) and ``host_depthwise_vnni.cpp``
+(AVX-512 VNNI).
 
 uint8 activations in channels-last order times int8 weights in int32, the
 fixed-point output stage of ``gemmlowp.h`` fused, uint8 out in channels-last
@@ -36,7 +37,8 @@ _HEADERS = ("amx_tiles.h", "conv_shape.h", "gather_bytes.h", "parallel.h", "stag
 def _library() -> ctypes.CDLL | None:
     try:
         lib = shared_library(HERE / "host_conv.cpp", tuple(HERE / h for h in _HEADERS), flags=("-O3",),
-                             also=(HERE / "host_depthwise.cpp", HERE / "host_vnni512.cpp"))
+                             also=(HERE / "host_depthwise.cpp", HERE / "host_depthwise_vnni.cpp",
+                                   HERE / "host_vnni512.cpp"))
     except RuntimeError as exc:
         if host.library() is not None:  # else host.library() has already warned about the compiler
             warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin's convolutions use torch "
@@ -50,6 +52,8 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_gemm.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
     lib.qc_conv_depthwise.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_, int_]
     lib.qc_conv_depthwise_wide.restype = int_
+    lib.qc_conv_depthwise_vnni.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]  # as qc_conv_depthwise
+    lib.qc_conv_depthwise_vnni_supported.restype = int_
     lib.qc_conv_byte_packed_size.argtypes = [i64, i64]
     lib.qc_conv_byte_packed_size.restype = i64
     lib.qc_conv_byte_pack.argtypes = [ptr, i64, i64, ptr]
@@ -194,9 +198,9 @@ def depthwise(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Te
               dilation: list[int], isa: str | None = None) -> torch.Tensor:
     """A depthwise convolution (groups = channels, one filter each) of uint8 ``x``; channels-last uint8 out.
 
-    Accumulates in float32, exact while ``KH * KW * 255 * 128 < 2^24``
-    (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks. ``isa``: ``avx2`` forces the
-    AVX2 form on a CPU with AVX-512 (:func:`depthwise_isa`)."""
+    The AVX2 and AVX-512 forms accumulate in float32, exact while ``KH * KW * 255 * 128 < 2^24``
+    (:func:`qcompile.kernels.cpu.accumulation_dtype`), which the caller checks; the AVX-512 VNNI form in int32.
+    ``isa`` forces a form this CPU runs (one of :data:`DEPTHWISE_ISAS`, up to :func:`depthwise_isa`)."""
     x = host.channels_last(x)  # held: the kernel reads it through a raw pointer
     return _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding,
                            dilation, isa)(x)
@@ -208,21 +212,51 @@ def _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo,
     _, _, kh, kw = weight.shape
     oh, ow = _output_size(x, weight, stride, padding, dilation)
     dims = _dims((n, h, w, c, c, kh, kw, *stride, *padding, *dilation, oh, ow))
+    isa = isa or depthwise_isa()
+    lib = library()
+    if isa == "avx512-vnni":
+        packed = _cached((weight,), "depthwise quads", lambda: _depthwise_quads(weight))
+        start = _cached((weight, bias), ("depthwise start", x_zero), lambda: _depthwise_start(weight, bias, x_zero))
+        params = host.int32_params(multiplier, exponent)
+        return _Call((n, c, oh, ow), torch.channels_last, lib.qc_conv_depthwise_vnni,
+                     (x_zero, packed.data_ptr(), dims, start.data_ptr(), *(t.data_ptr() for t in params), out_zero,
+                      lo, hi), (torch.get_num_threads(),), (packed, start, dims, params))
     params = host.int32_params(bias, multiplier, exponent)
     taps = _cached((weight,), "depthwise", lambda: _depthwise_taps(weight))
-    return _Call((n, c, oh, ow), torch.channels_last, library().qc_conv_depthwise,
+    return _Call((n, c, oh, ow), torch.channels_last, lib.qc_conv_depthwise,
                  (x_zero, taps.data_ptr(), dims, *(t.data_ptr() for t in params), out_zero, lo, hi),
-                 (torch.get_num_threads(), int((isa or depthwise_isa()) == "avx512")), (taps, dims, params))
+                 (torch.get_num_threads(), int(isa == "avx512")), (taps, dims, params))
+
+
+def _depthwise_quads(weight: torch.Tensor) -> torch.Tensor:
+    """int8 ``[C, 1, KH, KW]`` as the AVX-512 VNNI form reads it: ``[blocks][groups][KW][16][4]``, channel
+    ``16b + c``'s tap ``(4g + j, kx)`` at ``[b][g][kx][c][j]``, zeros beyond the window and the channels."""
+    channels, _, kh, kw = weight.shape
+    w = torch.nn.functional.pad(weight[:, 0], (0, 0, 0, -kh % 4, 0, -channels % 16))  # [C16, KH4, KW]
+    return w.reshape(-1, 16, (kh + 3) // 4, 4, kw).permute(0, 2, 4, 1, 3).contiguous()
+
+
+def _depthwise_start(weight: torch.Tensor, bias: torch.Tensor, x_zero: int) -> torch.Tensor:
+    """Each channel's accumulator start in the AVX-512 VNNI form: ``bias - x_zero * sum(weight)``, wrapped to
+    int32 (the true sums fit, see host_depthwise_vnni.cpp)."""
+    start = bias.long() - x_zero * weight.long().flatten(1).sum(1)
+    return ((start + 2**31) % 2**32 - 2**31).to(torch.int32).contiguous()
+
+
+DEPTHWISE_ISAS = ("avx2", "avx512", "avx512-vnni")  # the depthwise kernel's forms, slowest first
 
 
 @cache
 def depthwise_isa() -> str:
-    """The depthwise kernel's instructions on this CPU: ``avx512`` (sixteen channels per vector, the output
-    stage in the registers) or ``avx2``; ``avx2`` too where ``QCOMPILE_BYTE_ISA`` caps the byte form below
-    ``avx512-vnni`` (the kernels of a CPU without AVX-512)."""
+    """The depthwise kernel's best form on this CPU: ``avx512-vnni`` (int32 sums by ``vpdpbusd``, four taps
+    per instruction), ``avx512`` (float32 FMA, sixteen channels per vector) or ``avx2``; ``avx2`` where
+    ``QCOMPILE_BYTE_ISA`` caps the byte form below ``avx512-vnni`` (the kernels of a CPU without AVX-512)."""
     lib = library()
-    wide = lib is not None and lib.qc_conv_depthwise_wide()
-    return "avx512" if wide and BYTE_ISAS.index(byte_isa()) >= BYTE_ISAS.index("avx512-vnni") else "avx2"
+    if lib is None or BYTE_ISAS.index(byte_isa()) < BYTE_ISAS.index("avx512-vnni"):
+        return "avx2"
+    if lib.qc_conv_depthwise_vnni_supported():
+        return "avx512-vnni"
+    return "avx512" if lib.qc_conv_depthwise_wide() else "avx2"
 
 
 def linear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,

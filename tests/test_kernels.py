@@ -406,9 +406,11 @@ def _byte_isas() -> tuple[str, ...]:
     (2, 21, 12, 3, 2, 1, 1),    # strided, a tail of 5 channels
     (1, 16, 11, 5, 1, 2, 2),    # 5x5 dilated (the window loop)
     (1, 40, 9, 3, 1, 1, 1),     # 40 channels: a tail of 8 in the sixteen-channel form
+    (2, 136, 7, 3, 1, 1, 1),    # VNNI form: two blocks of 64 channels, then 8
 ])
 def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, stride, padding, dilation):
-    """The depthwise kernel (float32 FMA over the window, exact; fused output stage) against float64."""
+    """The depthwise kernel (float32 FMA over the window, or int32 by vpdpbusd; fused output stage) against
+    float64, in every form this CPU runs."""
     generator = torch.Generator().manual_seed(channels)
     x = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=generator)
     weight = torch.randint(-128, 128, (channels, 1, kernel, kernel), dtype=torch.int8, generator=generator)
@@ -429,9 +431,12 @@ def test_host_depthwise_convolution_is_bit_exact(batch, channels, size, kernel, 
 
         from qcompile.cpu_features import cpu_flags
 
-        assert host_conv.depthwise_isa() == ("avx512" if "avx512f" in cpu_flags() else "avx2")
+        flags = cpu_flags()
+        best = ("avx512-vnni" if {"avx512f", "avx512bw", "avx512_vnni"} <= flags
+                else "avx512" if "avx512f" in flags else "avx2")
+        assert host_conv.depthwise_isa() == best
         clamped = want.clamp(max=190)  # a clamp below 255 (ReLU6's top)
-        for isa in {"avx2", host_conv.depthwise_isa()}:
+        for isa in host_conv.DEPTHWISE_ISAS[:host_conv.DEPTHWISE_ISAS.index(best) + 1]:
             assert torch.equal(host_conv.depthwise(x, 119, weight, bias, m0, exponent, 3, 3, 255, *geometry,
                                                    isa=isa), want), isa
             assert torch.equal(host_conv.depthwise(x, 119, weight, bias, m0, exponent, 3, 3, 190, *geometry,
