@@ -19,18 +19,33 @@ struct Exception {
   int32_t row, k, excess;
 };
 
-// count bytes from src to dst, inline: a receptive field's runs are short (3 bytes per tap of an RGB stem).
+// count bytes from src to dst, inline: a receptive field's runs are short (21 bytes per row of an RGB stem's 7x7
+// window). Runs of 4 bytes and more are copied by two loads and stores of a power of two that overlap in the
+// middle.
 __attribute__((target("avx2"))) inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t count) {
-  int64_t i = 0;
-  for (; i + 32 <= count; i += 32)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
-  for (; i + 8 <= count; i += 8) {
-    uint64_t v;
-    memcpy(&v, src + i, sizeof v);
-    memcpy(dst + i, &v, sizeof v);
+  auto copy = [&](auto word, int64_t at) {
+    memcpy(&word, src + at, sizeof word);
+    memcpy(dst + at, &word, sizeof word);
+  };
+  if (count >= 32) {
+    int64_t i = 0;
+    for (; i + 32 <= count; i += 32)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+    if (i < count)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + count - 32),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + count - 32)));
+  } else if (count >= 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + count - 16),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + count - 16)));
+  } else if (count >= 8) {
+    copy(uint64_t{}, 0), copy(uint64_t{}, count - 8);
+  } else if (count >= 4) {
+    copy(uint32_t{}, 0), copy(uint32_t{}, count - 4);
+  } else {
+    for (int64_t i = 0; i < count; ++i) dst[i] = src[i];
   }
-  for (; i < count; ++i) dst[i] = src[i];
 }
 
 // Row r of a byte tile: min(q, 127) of pixel m's receptive field, padded with 0 to a multiple of 4; codes
@@ -40,7 +55,11 @@ __attribute__((target("avx2"))) inline void copy_bytes(uint8_t* dst, const uint8
 __attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m,
                                                              int32_t r, uint8_t* row,
                                                              std::vector<Exception>& exceptions, bool wide) {
-  const int64_t ow = m % s.out_w, oh = (m / s.out_w) % s.out_h, n = m / (s.out_w * s.out_h);
+  // two 32-bit divisions, each giving quotient and remainder (64-bit ones cost more per pixel than the copies;
+  // a layer has far fewer than 2^32 output pixels)
+  const auto row_index = static_cast<uint32_t>(m), out_w = static_cast<uint32_t>(s.out_w);
+  const uint32_t rows = row_index / out_w, ow = row_index % out_w;
+  const uint32_t oh = rows % static_cast<uint32_t>(s.out_h), n = rows / static_cast<uint32_t>(s.out_h);
   const __m256i top = _mm256_set1_epi8(127);
   uint8_t* dst = row;
   uint64_t outside = 0;
