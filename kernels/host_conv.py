@@ -230,10 +230,20 @@ def _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo,
 
 def _depthwise_quads(weight: torch.Tensor) -> torch.Tensor:
     """int8 ``[C, 1, KH, KW]`` as the AVX-512 VNNI form reads it: ``[blocks][groups][KW][16][4]``, channel
-    ``16b + c``'s tap ``(4g + j, kx)`` at ``[b][g][kx][c][j]``, zeros beyond the window and the channels."""
+    ``16b + c``'s tap ``(4g + j, kx)`` at ``[b][g][kx][c][j]``, zeros beyond the window and the channels; for a
+    3x3 window followed by the same with every tap one row down (``j = ky + 1``: the weights of the second of
+    two output rows computed from one gather)."""
     channels, _, kh, kw = weight.shape
-    w = torch.nn.functional.pad(weight[:, 0], (0, 0, 0, -kh % 4, 0, -channels % 16))  # [C16, KH4, KW]
-    return w.reshape(-1, 16, (kh + 3) // 4, 4, kw).permute(0, 2, 4, 1, 3).contiguous()
+
+    def pack(w: torch.Tensor) -> torch.Tensor:  # [C, rows, KW]
+        rows = w.shape[1]
+        w = torch.nn.functional.pad(w, (0, 0, 0, -rows % 4, 0, -channels % 16))
+        return w.reshape(-1, 16, (rows + 3) // 4, 4, kw).permute(0, 2, 4, 1, 3).flatten()
+
+    taps = weight[:, 0]
+    if (kh, kw) != (3, 3):
+        return pack(taps).contiguous()
+    return torch.cat([pack(taps), pack(torch.nn.functional.pad(taps, (0, 0, 1, 0)))])
 
 
 def _depthwise_start(weight: torch.Tensor, bias: torch.Tensor, x_zero: int) -> torch.Tensor:

@@ -142,16 +142,65 @@ QC_DW_VNNI void block_row(const uint8_t* quads, const int8_t* weights, const Con
   }
 }
 
-// Output row r (image r / out_h): where each window row's padded columns start, then block by block (64
-// channels at a time, then sixteen) the quads and the pixels. columns: room for 4 * groups * padded pointers;
-// quads: for four blocks' quads, 64-byte aligned; zeros: the zero point, channels rounded up to 64 of it.
-QC_DW_VNNI void depthwise_row(const uint8_t* x, const ConvShape& s, const Plan& plan, const uint8_t* zeros,
-                              uint8_t zero, const int8_t* weights, const Stage16* stages, const StageShared& shared,
-                              int64_t r, const uint8_t** columns, uint8_t* quads, uint8_t* out) {
-  const int64_t n = r / s.out_h, oy = r % s.out_h, padded = plan.padded;
+// kPixels pixels of two output rows from the same quads (window rows 0..3): the upper row's weights hold the
+// taps in rows 0..2 of each lane, the lower row's in rows 1..3.
+template <int kPixels>
+QC_DW_VNNI inline __attribute__((always_inline)) void pixel_pairs(const uint8_t* const (&base)[3],
+                                                                   const __m512i (&upper)[3],
+                                                                   const __m512i (&lower)[3], int64_t ox,
+                                                                   int64_t step, const Stage16& stage,
+                                                                   const StageShared& k, uint8_t* o,
+                                                                   int64_t row_bytes, int64_t out_channels,
+                                                                   int64_t count) {
+  __m512i a[kPixels], b[kPixels];
+  for (int i = 0; i < kPixels; ++i) a[i] = b[i] = stage.bias;
+  for (int t = 0; t < 3; ++t)
+    for (int i = 0; i < kPixels; ++i) {
+      const __m512i q = _mm512_load_si512(base[t] + (ox + i) * step);
+      a[i] = _mm512_dpbusd_epi32(a[i], q, upper[t]);
+      b[i] = _mm512_dpbusd_epi32(b[i], q, lower[t]);
+    }
+  for (int i = 0; i < kPixels; ++i) {
+    store16(o + (ox + i) * out_channels, qc_avx512::stage16_biased(a[i], stage, k), count);
+    store16(o + row_bytes + (ox + i) * out_channels, qc_avx512::stage16_biased(b[i], stage, k), count);
+  }
+}
+
+// Block b of two output rows of a 3x3 window with stride 1 down the rows (see depthwise_rows): one gather of
+// four input rows serves both. weights_lower: the weights one window row down in each lane.
+QC_DW_VNNI void block_pair(const uint8_t* quads, const int8_t* weights, const int8_t* weights_lower,
+                           const ConvShape& s, int64_t b, const Stage16& stage_in, const StageShared& shared,
+                           uint8_t* out) {
+  const int64_t step = s.stride_w * 64, out_w = s.out_w, out_channels = s.out_channels;
+  const int64_t count = out_channels - 16 * b, row_bytes = out_w * out_channels;
+  const Stage16 stage = stage_in;  // kept in registers (see stage16.h)
+  const StageShared k = shared;
+  __m512i upper[3], lower[3];
+  const uint8_t* base[3];
+  for (int t = 0; t < 3; ++t) {
+    upper[t] = _mm512_loadu_si512(weights + (3 * b + t) * 64);
+    lower[t] = _mm512_loadu_si512(weights_lower + (3 * b + t) * 64);
+    base[t] = quads + t * s.dilation_w * 64;
+  }
+  uint8_t* o = out + 16 * b;
+  int64_t ox = 0;
+  for (; ox + 4 <= out_w; ox += 4) pixel_pairs<4>(base, upper, lower, ox, step, stage, k, o, row_bytes, out_channels, count);
+  for (; ox < out_w; ++ox) pixel_pairs<1>(base, upper, lower, ox, step, stage, k, o, row_bytes, out_channels, count);
+}
+
+// Output row r (image r / out_h), and with `pair` row r + 1 as well (a 3x3 window with stride and dilation 1
+// down the rows, whose next row reads the same input rows but the first and one more): where each window row's
+// padded columns start, then block by block (64 channels at a time, then sixteen) the quads and the pixels.
+// columns: room for 4 * groups * padded pointers; quads: for four blocks' quads, 64-byte aligned; zeros: the zero
+// point, channels rounded up to 64 of it. weights_lower: block_pair's, where `pair`.
+QC_DW_VNNI void depthwise_rows(const uint8_t* x, const ConvShape& s, const Plan& plan, const uint8_t* zeros,
+                               uint8_t zero, const int8_t* weights, const int8_t* weights_lower,
+                               const Stage16* stages, const StageShared& shared, int64_t r, bool pair,
+                               const uint8_t** columns, uint8_t* quads, uint8_t* out) {
+  const int64_t n = r / s.out_h, oy = r % s.out_h, padded = plan.padded, rows = s.kernel_h + (pair ? 1 : 0);
   for (int64_t ky = 0; ky < 4 * plan.groups; ++ky) {
     const int64_t iy = oy * s.stride_h - s.pad_h + ky * s.dilation_h;
-    const bool inside = ky < s.kernel_h && iy >= 0 && iy < s.height;
+    const bool inside = ky < rows && iy >= 0 && iy < s.height;
     const uint8_t* row = inside ? x + (n * s.height + iy) * s.width * s.channels : nullptr;
     for (int64_t p = 0; p < padded; ++p)
       columns[ky * padded + p] =
@@ -159,7 +208,9 @@ QC_DW_VNNI void depthwise_row(const uint8_t* x, const ConvShape& s, const Plan& 
   }
   const bool three = s.kernel_h == 3 && s.kernel_w == 3;
   auto block = [&](const uint8_t* q, int64_t b) {
-    if (three)
+    if (pair)
+      block_pair(q, weights, weights_lower, s, b, stages[b], shared, out);
+    else if (three)
       block_row<3>(q, weights, s, plan, b, stages[b], shared, out);
     else
       block_row<0>(q, weights, s, plan, b, stages[b], shared, out);
@@ -188,9 +239,10 @@ int qc_conv_depthwise_vnni_supported() {
 }
 
 // qc_conv_depthwise's convolution in the integer form above. packed: int8 [blocks][groups][kernel_w][16][4], the
-// weight of channel 16b + c, tap (4g + j, kx) at [b][g][kx][c][j] (0 beyond the window and the channels); start:
-// int32 [channels], bias[c] - x_zero * sum_t w[t, c] (wrapped to 32 bits). The caller has checked
-// qc_host_vector_form's conditions (for the bias, not the start) and qc_conv_depthwise_vnni_supported().
+// weight of channel 16b + c, tap (4g + j, kx) at [b][g][kx][c][j] (0 beyond the window and the channels), and
+// for a 3x3 window after it the same with each tap one row down (j = ky + 1); start: int32 [channels],
+// bias[c] - x_zero * sum_t w[t, c] (wrapped to 32 bits). The caller has checked qc_host_vector_form's
+// conditions (for the bias, not the start) and qc_conv_depthwise_vnni_supported().
 void qc_conv_depthwise_vnni(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int64_t* shape,
                             const int32_t* start, const int32_t* m0, const int32_t* exponent, int32_t out_zero,
                             int32_t lo, int32_t hi, uint8_t* out, int threads) {
@@ -200,13 +252,19 @@ void qc_conv_depthwise_vnni(const uint8_t* x, int32_t x_zero, const int8_t* pack
   const StageShared shared = qc_avx512::make_shared(out_zero, lo, hi);
   const auto zero = static_cast<uint8_t>(x_zero);
   const std::vector<uint8_t> zeros(static_cast<size_t>((s.channels + 63) / 64 * 64), zero);
-  qc_host::parallel_for(s.batch * s.out_h, threads, [&](int64_t begin, int64_t end) {
+  const bool three = s.kernel_h == 3 && s.kernel_w == 3;
+  const bool pairs = three && s.stride_h == 1 && s.dilation_h == 1;  // two output rows per gather
+  const int8_t* lower = three ? packed + plan.blocks * 3 * 64 : nullptr;
+  const int64_t units = pairs ? (s.out_h + 1) / 2 : s.out_h;  // per image
+  qc_host::parallel_for(s.batch * units, threads, [&](int64_t begin, int64_t end) {
     std::vector<const uint8_t*> columns(static_cast<size_t>(4 * plan.groups * plan.padded));
     std::vector<uint8_t> storage(static_cast<size_t>(4 * plan.block_bytes() + 64));
     uint8_t* quads = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
-    for (int64_t r = begin; r < end; ++r)
-      depthwise_row(x, s, plan, zeros.data(), zero, packed, table.data(), shared, r, columns.data(), quads,
-                    out + r * s.out_w * s.out_channels);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t n = u / units, oy = pairs ? 2 * (u % units) : u % units, r = n * s.out_h + oy;
+      depthwise_rows(x, s, plan, zeros.data(), zero, packed, lower, table.data(), shared, r,
+                     pairs && oy + 1 < s.out_h, columns.data(), quads, out + r * s.out_w * s.out_channels);
+    }
   });
 }
 
