@@ -215,6 +215,9 @@ def _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo,
     isa = isa or depthwise_isa()
     lib = library()
     if isa == "avx512-vnni":
+        if not lib.qc_conv_depthwise_vnni_supported():
+            raise ValueError("the avx512-vnni depthwise form needs AVX-512 (F, BW, VL) and VNNI, which this CPU "
+                             f"lacks; choose one of {', '.join(DEPTHWISE_ISAS[:DEPTHWISE_ISAS.index(depthwise_isa()) + 1])}")
         packed = _cached((weight,), "depthwise quads", lambda: _depthwise_quads(weight))
         start = _cached((weight, bias), ("depthwise start", x_zero), lambda: _depthwise_start(weight, bias, x_zero))
         params = host.int32_params(multiplier, exponent)
