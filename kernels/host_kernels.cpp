@@ -169,18 +169,19 @@ __attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8
                                                    int out_exponent, int32_t out_zero, int32_t lo, int32_t hi,
                                                    int left_shift) {
   using namespace qc_avx512;
-  const Stage16 sa = uniform_stage16(a_m0, a_exponent), sb = uniform_stage16(b_m0, b_exponent);
-  const Stage16 so = uniform_stage16(out_m0, out_exponent);
-  const StageShared none = make_shared(0, qc::kInt32Min, qc::kInt32Max), grid = make_shared(out_zero, lo, hi);
-  const __m512i za = _mm512_set1_epi32(a_zero), zb = _mm512_set1_epi32(b_zero);
+  const UniformStage16 sa = uniform_stage16(a_m0, a_exponent), sb = uniform_stage16(b_m0, b_exponent);
+  const UniformStage16 so = uniform_stage16(out_m0, out_exponent);
+  const __m512i za = _mm512_set1_epi32(a_zero), zb = _mm512_set1_epi32(b_zero), zo = _mm512_set1_epi32(out_zero);
+  const __m512i bottom = _mm512_set1_epi32(lo), top = _mm512_set1_epi32(hi);
   const __m128i shift = _mm_cvtsi32_si128(left_shift);
   int64_t i = begin;
   for (; i + 16 <= end; i += 16) {
     const __m512i va = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
     const __m512i vb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
-    const __m512i x = stage16_biased(_mm512_sll_epi32(_mm512_sub_epi32(va, za), shift), sa, none);
-    const __m512i y = stage16_biased(_mm512_sll_epi32(_mm512_sub_epi32(vb, zb), shift), sb, none);
-    store16(out + i, stage16_biased(_mm512_add_epi32(x, y), so, grid), 16);
+    const __m512i x = stage16_uniform(_mm512_sll_epi32(_mm512_sub_epi32(va, za), shift), sa);
+    const __m512i y = stage16_uniform(_mm512_sll_epi32(_mm512_sub_epi32(vb, zb), shift), sb);
+    const __m512i q = _mm512_add_epi32(stage16_uniform(_mm512_add_epi32(x, y), so), zo);
+    store16(out + i, _mm512_min_epi32(_mm512_max_epi32(q, bottom), top), 16);
   }
   for (; i < end; ++i)
     out[i] = qc::quantized_add(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0,

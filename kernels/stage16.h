@@ -60,9 +60,16 @@ __attribute__((target("avx512f"))) inline Stage16 make_stage16(const int32_t* bi
                     _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_maskz_loadu_epi32(lanes, exponent)));
 }
 
-// The same parameters in every lane (one grid: the rescales of an add), bias 0.
-__attribute__((target("avx512f"))) inline Stage16 uniform_stage16(int32_t m0, int32_t exponent) {
-  return stage16_of(_mm512_setzero_si512(), _mm512_set1_epi32(m0), _mm512_set1_epi32(-exponent));
+// One multiplier and right shift for every lane (one grid: an add's rescales): the even and the odd lanes'
+// 64-bit parameters are the same, so they are held once.
+struct UniformStage16 {
+  __m512i m0, add, negative, shift;
+};
+
+__attribute__((target("avx512f"))) inline UniformStage16 uniform_stage16(int32_t m0, int32_t exponent) {
+  const __m512i right = _mm512_set1_epi64(-exponent);
+  return UniformStage16{_mm512_set1_epi32(m0), stage16_add(right), stage16_negative(right),
+                        _mm512_add_epi64(_mm512_set1_epi64(31), right)};
 }
 
 // The clamp's top is applied unless it is 255 (store16 saturates there) or INT32_MAX (no top).
@@ -92,6 +99,13 @@ __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, cons
   const __m512i q = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);  // odd results to odd lanes
   const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
   return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
+}
+
+// stage16_biased's rounding on one grid, without the zero point and the clamp.
+__attribute__((target("avx512f"))) inline __m512i stage16_uniform(__m512i x, const UniformStage16& s) {
+  const __m512i even = stage16_half(x, s.m0, s.add, s.negative, s.shift);
+  const __m512i odd = stage16_half(_mm512_srli_epi64(x, 32), s.m0, s.add, s.negative, s.shift);
+  return _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
 __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {

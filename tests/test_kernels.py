@@ -323,6 +323,9 @@ def test_host_add_vector_forms_are_bit_exact(monkeypatch, a_m0, a_exponent, b_m0
     monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
     want = cpu.qadd(*args)  # the torch-op form
     assert torch.equal(got, want) and torch.equal(eight, want) and len(torch.unique(want)) > 3
+    monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "1")
+    topped = host.run_add(*args[:-1], 200, cpu.ADD_LEFT_SHIFT)[0]  # a clamp's top below 255
+    assert torch.equal(topped, want.clamp(max=200))
 
 
 def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation):
