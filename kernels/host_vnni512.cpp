@@ -68,13 +68,16 @@ QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
   const __m512i zero = _mm512_set1_epi32(x_zero);
   const Stage16 st = stage;  // copies, kept in registers (see stage16.h)
   const StageShared k = shared;
-  for (int64_t r = 0; r < rows; ++r) {
+  auto row = [&](int r) __attribute__((always_inline, target("avx512f"))) {
     for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
       const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
       acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(zero, sums));
     }
     qc_avx512::store16(out + r * out_stride, qc_avx512::stage16_biased(acc[r], st, k), count);
-  }
+  };
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)  // unrolled: constant indices, so the accumulators stay in registers
+    if (r < rows) row(r);
 }
 
 // One call's layer and what every thread reads.
