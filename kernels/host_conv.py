@@ -216,8 +216,9 @@ def _depthwise_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo,
     lib = library()
     if isa == "avx512-vnni":
         if not lib.qc_conv_depthwise_vnni_supported():
+            forms = DEPTHWISE_ISAS[:DEPTHWISE_ISAS.index(depthwise_isa()) + 1]
             raise ValueError("the avx512-vnni depthwise form needs AVX-512 (F, BW, VL) and VNNI, which this CPU "
-                             f"lacks; choose one of {', '.join(DEPTHWISE_ISAS[:DEPTHWISE_ISAS.index(depthwise_isa()) + 1])}")
+                             f"lacks; choose one of {', '.join(forms)}")
         packed = _cached((weight,), "depthwise quads", lambda: _depthwise_quads(weight))
         start = _cached((weight, bias), ("depthwise start", x_zero), lambda: _depthwise_start(weight, bias, x_zero))
         params = host.int32_params(multiplier, exponent)

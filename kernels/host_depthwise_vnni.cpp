@@ -184,8 +184,10 @@ QC_DW_VNNI void block_pair(const uint8_t* quads, const int8_t* weights, const in
   }
   uint8_t* o = out + 16 * b;
   int64_t ox = 0;
-  for (; ox + 4 <= out_w; ox += 4) pixel_pairs<4>(base, upper, lower, ox, step, stage, k, o, row_bytes, out_channels, count);
-  for (; ox < out_w; ++ox) pixel_pairs<1>(base, upper, lower, ox, step, stage, k, o, row_bytes, out_channels, count);
+  for (; ox + 4 <= out_w; ox += 4)
+    pixel_pairs<4>(base, upper, lower, ox, step, stage, k, o, row_bytes, out_channels, count);
+  for (; ox < out_w; ++ox)
+    pixel_pairs<1>(base, upper, lower, ox, step, stage, k, o, row_bytes, out_channels, count);
 }
 
 // Output row r (image r / out_h), and with `pair` row r + 1 as well (a 3x3 window with stride and dilation 1
