@@ -110,6 +110,26 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   std::vector<uint64_t> outside(static_cast<size_t>(std::max<int64_t>(slots, 1) * kRows));
   std::vector<Exception> none;  // the VNNI form takes every code whole
   const uint8_t* rows[kRows];
+  if (g.direct) {  // rows read in place: panel by panel over a run of tiles, each panel's stage in registers
+    constexpr int64_t kRun = 16;  // tiles per run (their rows and outputs stay in the cache between panels)
+    const uint64_t no_taps[kRows] = {};
+    for (int64_t run = t0; run < t1; run += kRun)
+      for (int64_t p = p0; p < p1; ++p) {
+        const Stage16 stage = g.stages[p];
+        const StageShared shared = g.shared;
+        const int8_t* panel = g.packed + p * g.quads * 4 * kChannels;
+        for (int64_t t = run; t < std::min(t1, run + kRun); ++t) {
+          const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
+          for (int r = 0; r < kRows; ++r) rows[r] = r < valid ? g.x + (t * kRows + r) * s.channels : zeros.data();
+          __m512i acc[kRows];
+          panel_sums(rows, panel, g.quads, stage.bias, acc);
+          const int64_t c = p * kChannels;
+          finish_rows(acc, valid, no_taps, g.tap_sums, g.x_zero, stage, shared, s.out_channels - c,
+                      g.out + t * kRows * s.out_channels + c, s.out_channels);
+        }
+      }
+    return;
+  }
   for (int64_t pb = p0; pb < p1; pb += g.block)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
