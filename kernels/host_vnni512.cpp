@@ -135,15 +135,10 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
       uint8_t* tile = tiles.data() + slot * tile_bytes;
       uint64_t* tile_outside = outside.data() + slot * kRows;
-      const bool gather = !g.direct && (!keep || pb == p0);
+      const bool gather = !keep || pb == p0;
       for (int r = 0; r < kRows; ++r) {
         const int64_t m = t * kRows + r;
-        if (r >= valid)
-          rows[r] = zeros.data();
-        else if (g.direct)
-          rows[r] = g.x + m * s.channels;
-        else
-          rows[r] = tile + r * row_bytes;
+        rows[r] = r < valid ? tile + r * row_bytes : zeros.data();
         if (gather && r < valid) tile_outside[r] = gather_bytes(g.x, s, m, r, tile + r * row_bytes, none, true);
       }
       for (int64_t p = pb; p < std::min(p1, pb + g.block); ++p) {
