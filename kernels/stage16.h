@@ -92,20 +92,27 @@ __attribute__((target("avx512f"))) inline __m512i stage16_half(__m512i x, __m512
       _mm512_mask_sub_epi64(t, _mm512_cmplt_epi64_mask(y, _mm512_setzero_si512()), t, negative), shift);
 }
 
+// stage16_half on the even lanes and on the odd ones (shifted down), the odd results put back in their lanes.
+__attribute__((target("avx512f"))) inline __m512i stage16_lanes(__m512i x, __m512i m0_even, __m512i m0_odd,
+                                                                __m512i add_even, __m512i add_odd,
+                                                                __m512i negative_even, __m512i negative_odd,
+                                                                __m512i shift_even, __m512i shift_odd) {
+  const __m512i even = stage16_half(x, m0_even, add_even, negative_even, shift_even);
+  const __m512i odd = stage16_half(_mm512_srli_epi64(x, 32), m0_odd, add_odd, negative_odd, shift_odd);
+  return _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
+}
+
 __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, const Stage16& s,
                                                                  const StageShared& k) {
-  const __m512i even = stage16_half(x, s.m0, s.add_even, s.negative_even, s.shift_even);
-  const __m512i odd = stage16_half(_mm512_srli_epi64(x, 32), s.m0_odd, s.add_odd, s.negative_odd, s.shift_odd);
-  const __m512i q = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);  // odd results to odd lanes
+  const __m512i q = stage16_lanes(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even, s.negative_odd,
+                                  s.shift_even, s.shift_odd);
   const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
   return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
 }
 
 // stage16_biased's rounding on one grid, without the zero point and the clamp.
 __attribute__((target("avx512f"))) inline __m512i stage16_uniform(__m512i x, const UniformStage16& s) {
-  const __m512i even = stage16_half(x, s.m0, s.add, s.negative, s.shift);
-  const __m512i odd = stage16_half(_mm512_srli_epi64(x, 32), s.m0, s.add, s.negative, s.shift);
-  return _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
+  return stage16_lanes(x, s.m0, s.m0, s.add, s.add, s.negative, s.negative, s.shift, s.shift);
 }
 
 __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {
