@@ -35,23 +35,34 @@ constexpr int kChannels = 16;   // output channels per panel: one vector of int3
 // of row r (4 * quads bytes); int32 arithmetic wraps, and the true sum is in range.
 // The accumulators are named variables, not an array, so that they stay in registers.
 #define QC_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+// Meanwhile one cache line of `ahead` every `every` groups goes to the L2 cache (Ahead: the weights a later pass
+// reads from memory).
+struct Ahead {
+  const int8_t* lines = nullptr;
+  int64_t count = 0, every = 0;  // no prefetch when count is 0
+};
+
 QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* const* rows, const int8_t* panel,
                                                                  int64_t quads, __m512i start,
-                                                                 __m512i (&acc)[kRows]) {
+                                                                 __m512i (&acc)[kRows], Ahead ahead = {}) {
   static_assert(kRows == 8, "QC_ROWS names eight rows");
 #define QC_ZERO(r) __m512i acc##r = start;
   QC_ROWS(QC_ZERO)
 #undef QC_ZERO
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m512i w = _mm512_loadu_si512(panel + 64 * q);
+  const int64_t every = ahead.count > 0 ? ahead.every : quads;
+  for (int64_t q0 = 0, line = 0; q0 < quads; q0 += every, ++line) {
+    if (line < ahead.count) _mm_prefetch(reinterpret_cast<const char*>(ahead.lines + 64 * line), _MM_HINT_T1);
+    for (int64_t q = q0; q < std::min(quads, q0 + every); ++q) {
+      const __m512i w = _mm512_loadu_si512(panel + 64 * q);
 #define QC_STEP(r)                                                      \
   {                                                                     \
     int32_t quad;                                                       \
     memcpy(&quad, rows[r] + 4 * q, sizeof quad);                        \
     acc##r = _mm512_dpbusd_epi32(acc##r, _mm512_set1_epi32(quad), w);   \
   }
-    QC_ROWS(QC_STEP)
+      QC_ROWS(QC_STEP)
 #undef QC_STEP
+    }
   }
 #define QC_SAVE(r) acc[r] = acc##r;
   QC_ROWS(QC_SAVE)
@@ -98,6 +109,7 @@ struct Gemm {
 // Where the weights take more than one block of panels, the thread's tiles are gathered once and kept when
 // they take at most kKeptBytes (else gathered again for every block).
 constexpr int64_t kKeptBytes = 16 << 20;
+constexpr int64_t kPrefetchBytes = 640 << 10;
 
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const ConvShape& s = g.s;
@@ -130,7 +142,18 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       }
     return;
   }
-  for (int64_t pb = p0; pb < p1; pb += g.block)
+  const int64_t panel_bytes = g.quads * 4 * kChannels;
+  // Prefetching the next block pays where the weights come from memory and both blocks fit in the L2 cache
+  // beside the kept tiles (else it evicts the tiles: slower).
+  const bool prefetch = keep && (t1 - t0) * tile_bytes + 2 * g.block * panel_bytes <= kPrefetchBytes;
+  for (int64_t pb = p0; pb < p1; pb += g.block) {
+    // The next block's weights, spread over this block's passes (tiles x panels): read from memory while the
+    // kept tiles are multiplied from the L2 cache, they are there when their block starts.
+    const int64_t panels = std::min(p1, pb + g.block) - pb, next = std::min(p1 - pb - panels, g.block);
+    const int64_t passes = (t1 - t0) * panels, next_lines = prefetch ? next * panel_bytes / 64 : 0;
+    const int64_t per_pass = (next_lines + passes - 1) / passes;
+    const int64_t every = per_pass > 0 ? std::max<int64_t>(1, g.quads / per_pass) : g.quads;
+    const int64_t lines_per_pass = (g.quads + every - 1) / every;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
       uint8_t* tile = tiles.data() + slot * tile_bytes;
@@ -141,14 +164,18 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
         rows[r] = r < valid ? tile + r * row_bytes : zeros.data();
         if (gather && r < valid) tile_outside[r] = gather_bytes(g.x, s, m, r, tile + r * row_bytes, none, true);
       }
-      for (int64_t p = pb; p < std::min(p1, pb + g.block); ++p) {
+      for (int64_t p = pb; p < pb + panels; ++p) {
+        const int64_t first = ((t - t0) * panels + p - pb) * lines_per_pass;
+        const Ahead ahead{g.packed + (pb + panels) * panel_bytes + 64 * first,
+                          std::max<int64_t>(0, std::min(lines_per_pass, next_lines - first)), every};
         __m512i acc[kRows];
-        panel_sums(rows, g.packed + p * g.quads * 4 * kChannels, g.quads, g.stages[p].bias, acc);
+        panel_sums(rows, g.packed + p * panel_bytes, g.quads, g.stages[p].bias, acc, ahead);
         const int64_t c = p * kChannels;
         finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
                     g.shared, s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);
       }
     }
+  }
 }
 
 }  // namespace

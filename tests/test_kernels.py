@@ -345,6 +345,7 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (1, 3, 16, 23, 7, 2, 3, 1),     # a stem: wide padding, depth 147 in bytes
     (1, 2, 8, 12, 9, 1, 4, 1),      # 81 taps: the int16 form (the byte form takes up to 64)
     (1, 256, 20, 7, 3, 1, 1, 1),    # depth 2304: AMX's 32-row tiles, a partial last tile
+    (1, 512, 40, 5, 3, 1, 1, 1),    # depth 4608: blocks of panels, the next one fetched ahead (VNNI)
 ])
 def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
     """The AVX2 integer GEMM convolutions (bytes with the codes above 127 and the padding corrected, or int16
