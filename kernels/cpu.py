@@ -58,10 +58,16 @@ def _epilogue(acc: torch.Tensor, bias, multiplier, exponent, out_zero: int, lo: 
     return q.to(torch.uint8).contiguous()
 
 
+def linear_call(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+                exponent: torch.Tensor, out_zero: int, lo: int, hi: int):
+    """The host kernels' call of :func:`qlinear` on inputs of ``x``'s shape (it takes the rows), or None."""
+    return host_conv.prepared(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, None,
+                              accumulator_bound(weight.shape[1]))
+
+
 def qlinear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
             exponent: torch.Tensor, out_zero: int, lo: int, hi: int) -> torch.Tensor:
-    call = host_conv.prepared(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, None,
-                              accumulator_bound(weight.shape[1]))
+    call = linear_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi)
     if call is not None:
         return call(x.reshape(-1, x.shape[-1]).contiguous())
     xf, wf = x.float().sub_(x_zero), weight.float()
@@ -69,13 +75,22 @@ def qlinear(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tens
     return _epilogue(acc, bias, multiplier, exponent, out_zero, lo, hi, acc.dim() - 1, weight.shape[1])
 
 
+def conv2d_call(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
+                exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
+                dilation: list[int], groups: int):
+    """The host kernels' call of :func:`qconv2d` on inputs of ``x``'s shape (it takes them channels last), or
+    None where they do not run the layer."""
+    geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    return host_conv.prepared(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, geometry,
+                              accumulator_bound(weight.numel() // weight.shape[0]))
+
+
 def qconv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,
             exponent: torch.Tensor, out_zero: int, lo: int, hi: int, stride: list[int], padding: list[int],
             dilation: list[int], groups: int) -> torch.Tensor:
     depth = weight.numel() // weight.shape[0]
-    geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    call = host_conv.prepared(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, geometry,
-                              accumulator_bound(depth))
+    call = conv2d_call(x, x_zero, weight, bias, multiplier, exponent, out_zero, lo, hi, stride, padding, dilation,
+                       groups)
     if call is not None:  # the integer kernels (dense, or depthwise where float32 is exact)
         return call(host.channels_last(x))
     if groups == 1:

@@ -124,11 +124,14 @@ def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.T
             left_shift: int, wide: bool = True) -> tuple[torch.Tensor, int]:
     """:func:`add`, and which form ran: 2 the sixteen-lane one (AVX-512; ``wide=False`` keeps it off), 1 the
     eight-lane one (AVX2), 0 the scalar one."""
-    a, b = torch.broadcast_tensors(a, b)
     # element-wise: the inputs' memory order is kept when both share it (the twin's convolutions write
     # channels last)
     layout = memory_order(a)
-    a, b = (t.to(torch.uint8).contiguous(memory_format=layout) for t in (a, b))
+    if not (a.shape == b.shape and a.dtype == b.dtype == torch.uint8 and b.is_contiguous(memory_format=layout)
+            and a.is_contiguous(memory_format=layout)):  # else as the kernel reads them (a model's adds are)
+        a, b = torch.broadcast_tensors(a, b)
+        layout = memory_order(a)
+        a, b = (t.to(torch.uint8).contiguous(memory_format=layout) for t in (a, b))
     out = torch.empty_like(a)
     form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent,
                                  b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,

@@ -55,6 +55,54 @@ def test_ops_pass_torch_library_opcheck():
         assert set(results.values()) == {"SUCCESS"}, (op, results)
 
 
+def test_kernel_modules_follow_their_inputs_and_tensors():
+    """A weighted kernel module keeps its kernel call between calls; a new input shape, an in-place change of
+    its weights, a new bias tensor or another thread count each give the reference module's integers again."""
+    import copy
+    import pickle
+
+    from qcompile.kernels import modules
+
+    from qcompile.integer import reference
+
+    generator = torch.Generator().manual_seed(11)
+    conv = modules.QConv2d(24, 32, (3, 3), padding=(1, 1), input_zero_point=7, output_zero_point=3)
+    linear = modules.QLinear(40, 24, input_zero_point=9, output_zero_point=5)
+    for module, depth in ((conv, 24 * 9), (linear, 40)):
+        module.weight.copy_(torch.randint(-127, 128, module.weight.shape, dtype=torch.int8, generator=generator))
+        module.bias.copy_(torch.randint(-3000, 3000, module.bias.shape, dtype=torch.int32, generator=generator))
+        m0, exponent = fp.quantize_multipliers(torch.full(module.bias.shape, 0.0074 / depth ** 0.5,
+                                                        dtype=torch.float64))
+        module.multiplier.copy_(m0), module.exponent.copy_(exponent)
+
+    def check(module, x):
+        want = type(module).__mro__[1].forward(module, x)  # the reference module's forward
+        assert isinstance(module, reference._Weighted) and len(torch.unique(want)) > 20
+        assert torch.equal(module(x), want)
+
+    def codes(*shape, channels_last=False):
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    for module, shapes in ((conv, [(1, 24, 9, 9), (2, 24, 5, 7)]), (linear, [(3, 40), (2, 5, 40)])):
+        for shape in shapes:
+            x = codes(*shape, channels_last=module is conv)
+            check(module, x)
+            check(module, x)  # the kept call
+        module.weight.mul_(-1).clamp_(-127, 127)  # in place
+        check(module, x)
+        module.bias = module.bias + 500  # a new tensor
+        check(module, x)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)
+        try:
+            check(module, x)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(pickle.loads(pickle.dumps(module))(x), module(x))  # the kept call stays out
+        assert torch.equal(copy.deepcopy(module)(x), module(x))
+
+
 class _FunctionalPool(nn.Module):
     """A digit classifier written with ``F.max_pool2d`` (the function form, not the module)."""
 
