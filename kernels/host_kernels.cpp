@@ -162,24 +162,60 @@ __attribute__((target("avx2"))) void add_avx2(const uint8_t* a, const uint8_t* b
                                out_exponent, out_zero, lo, hi, left_shift);
 }
 
-// add_avx2 sixteen lanes at a time (AVX-512), with stage16.h's output stage: the same integers.
+// An add's input rescale in 32-bit lanes (AVX-512). The output stage of d << L (d = code - zero, |d| <= 255,
+// multiplier m >= 0, right shift s) is q = floor((d m 2^L + c) / 2^(31 + s)) with c = 2^30 + 2^(30 + s) - 2^31
+// [d < 0] where s > 0 (2^30 where s = 0; stage16.h's one rounding, [y < 0] being [d < 0]). 2^L divides every
+// term, so q = floor((d m + c / 2^L) / 2^T), T = 31 + s - L. With m = mh 2^16 + ml, H = d mh (|H| < 2^23)
+// and W = d ml + c / 2^L (|W| < 2^30 where s < L), q = floor((H 2^16 + W) / 2^T): H 2^(16 - T) + (W >> T)
+// where T <= 16, (H + (W >> 16)) >> (T - 16) beyond, both exact. Two 32-bit multiplies for sixteen lanes
+// where the 64-bit stage takes four.
+struct InputRescale16 {
+  __m512i zero, high, low, c, c_negative;
+  __m128i up, down, last;  // H << up, W >> down, then >> last
+};
+
+// Whether InputRescale16 holds for multiplier m0, exponent and left shift (see above).
+inline bool input_rescale16_exact(int32_t m0, int exponent, int left_shift) {
+  return m0 >= 0 && exponent <= 0 && -exponent < left_shift && left_shift <= 22;
+}
+
+__attribute__((target("avx512f"))) inline InputRescale16 input_rescale16(int32_t zero, int32_t m0, int exponent,
+                                                                         int left_shift) {
+  const int s = -exponent, t = 31 + s - left_shift;
+  const int32_t c = (1 << (30 - left_shift)) + (s > 0 ? 1 << (30 + s - left_shift) : 0);
+  const int32_t c_negative = c - (s > 0 ? 1 << (31 - left_shift) : 0);
+  return InputRescale16{_mm512_set1_epi32(zero), _mm512_set1_epi32(m0 >> 16), _mm512_set1_epi32(m0 & 0xFFFF),
+                        _mm512_set1_epi32(c), _mm512_set1_epi32(c_negative),
+                        _mm_cvtsi32_si128(t <= 16 ? 16 - t : 0), _mm_cvtsi32_si128(t <= 16 ? t : 16),
+                        _mm_cvtsi32_si128(t <= 16 ? 0 : t - 16)};
+}
+
+__attribute__((target("avx512f"))) inline __m512i rescale16(__m512i codes, const InputRescale16& r) {
+  const __m512i d = _mm512_sub_epi32(codes, r.zero);
+  const __m512i c = _mm512_mask_mov_epi32(r.c, _mm512_cmplt_epi32_mask(d, _mm512_setzero_si512()), r.c_negative);
+  const __m512i high = _mm512_sll_epi32(_mm512_mullo_epi32(d, r.high), r.up);
+  const __m512i low = _mm512_sra_epi32(_mm512_add_epi32(_mm512_mullo_epi32(d, r.low), c), r.down);
+  return _mm512_sra_epi32(_mm512_add_epi32(high, low), r.last);
+}
+
+// add_avx2 sixteen lanes at a time (AVX-512): the inputs rescaled by rescale16 (the caller checks
+// input_rescale16_exact), the sum by stage16.h's output stage; the same integers.
 __attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t begin,
                                                    int64_t end, int32_t a_zero, int32_t a_m0, int a_exponent,
                                                    int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0,
                                                    int out_exponent, int32_t out_zero, int32_t lo, int32_t hi,
                                                    int left_shift) {
   using namespace qc_avx512;
-  const UniformStage16 sa = uniform_stage16(a_m0, a_exponent), sb = uniform_stage16(b_m0, b_exponent);
+  const InputRescale16 sa = input_rescale16(a_zero, a_m0, a_exponent, left_shift);
+  const InputRescale16 sb = input_rescale16(b_zero, b_m0, b_exponent, left_shift);
   const UniformStage16 so = uniform_stage16(out_m0, out_exponent);
-  const __m512i za = _mm512_set1_epi32(a_zero), zb = _mm512_set1_epi32(b_zero), zo = _mm512_set1_epi32(out_zero);
+  const __m512i zo = _mm512_set1_epi32(out_zero);
   const __m512i bottom = _mm512_set1_epi32(lo), top = _mm512_set1_epi32(hi);
-  const __m128i shift = _mm_cvtsi32_si128(left_shift);
   int64_t i = begin;
   for (; i + 16 <= end; i += 16) {
     const __m512i va = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
     const __m512i vb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
-    const __m512i x = stage16_uniform(_mm512_sll_epi32(_mm512_sub_epi32(va, za), shift), sa);
-    const __m512i y = stage16_uniform(_mm512_sll_epi32(_mm512_sub_epi32(vb, zb), shift), sb);
+    const __m512i x = rescale16(va, sa), y = rescale16(vb, sb);
     const __m512i q = _mm512_add_epi32(stage16_uniform(_mm512_add_epi32(x, y), so), zo);
     store16(out + i, _mm512_min_epi32(_mm512_max_epi32(q, bottom), top), 16);
   }
@@ -337,8 +373,9 @@ void qc_host_mean_pixels(const uint8_t* x, uint8_t* out, int64_t n, int64_t pixe
 }
 
 // TFLite's quantized add: both inputs onto a grid 2^left_shift finer, add, requantize. Returns 2 if the
-// sixteen-lane form ran (wide, and the CPU has AVX-512), 1 for the eight-lane form (AVX2), in both only where
-// nothing can saturate; 0 for the scalar form.
+// sixteen-lane form ran (wide, the CPU has AVX-512, and its 32-bit input rescale is exact: multipliers >= 0,
+// right shifts below left_shift), 1 for the eight-lane form (AVX2), in both only where nothing can saturate;
+// 0 for the scalar form.
 int qc_host_add(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t count, int32_t a_zero, int32_t a_m0,
                  int a_exponent, int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0, int out_exponent,
                  int32_t out_zero, int32_t lo, int32_t hi, int left_shift, int threads, int wide) {
@@ -346,7 +383,8 @@ int qc_host_add(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t count,
   const bool vector = qc_host_has_avx2() && a_exponent <= 0 && b_exponent <= 0 && out_exponent <= 0 &&
                       left_shift >= 0 && left_shift <= 22 && a_m0 != qc::kInt32Min && b_m0 != qc::kInt32Min &&
                       out_m0 != qc::kInt32Min;
-  if (vector && wide && __builtin_cpu_supports("avx512f")) {
+  if (vector && wide && __builtin_cpu_supports("avx512f") && input_rescale16_exact(a_m0, a_exponent, left_shift) &&
+      input_rescale16_exact(b_m0, b_exponent, left_shift)) {
     parallel_for(count, threads, [=](int64_t begin, int64_t end) {
       add_avx512(a, b, out, begin, end, a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent,
                  out_zero, lo, hi, left_shift);
