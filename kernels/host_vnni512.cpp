@@ -31,44 +31,87 @@ constexpr int kChannels = 16;   // output channels per panel: one vector of int3
 
 #define QC_VNNI512 __attribute__((target("avx512f,avx512vnni")))
 
-// The tile's sums for one panel: acc[r] = start (the bias) + the sum over `quads` groups of four depth indices
-// of row r (4 * quads bytes); int32 arithmetic wraps, and the true sum is in range.
-// The accumulators are named variables, not an array, so that they stay in registers.
-#define QC_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-// Meanwhile one cache line of `ahead` every `every` groups goes to the L2 cache (Ahead: the weights a later pass
-// reads from memory).
+// One cache line of `lines` every `every` groups of four depth indices goes to the L2 cache while a panel's
+// sums run (the weights a later pass reads from memory); none where count is 0.
 struct Ahead {
   const int8_t* lines = nullptr;
-  int64_t count = 0, every = 0;  // no prefetch when count is 0
+  int64_t count = 0, every = 0;
 };
 
-QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* const* rows, const int8_t* panel,
-                                                                 int64_t quads, __m512i start,
-                                                                 __m512i (&acc)[kRows], Ahead ahead = {}) {
-  static_assert(kRows == 8, "QC_ROWS names eight rows");
-#define QC_ZERO(r) __m512i acc##r = start;
-  QC_ROWS(QC_ZERO)
+// The sums of a tile's first R rows for one panel: acc[r] = start (the bias) + the sum over `quads` groups of
+// four depth indices of row r (4 * quads bytes); int32 arithmetic wraps, and the true sum is in range. Eight
+// accumulators, named variables (not an array) so that they stay in registers: with R rows, J = 8 / R chains
+// per row take consecutive groups (a partial tile's rows would otherwise wait on their own sums' latency, and
+// the rows past it cost as much as real ones), added up at the end.
+#define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+template <int R>
+QC_VNNI512 inline __attribute__((always_inline)) void panel_sums_of(const uint8_t* const* rows, const int8_t* panel,
+                                                                    int64_t quads, __m512i start,
+                                                                    __m512i (&acc)[kRows], Ahead ahead) {
+  static_assert(kRows == 8 && R >= 1 && R <= 8, "QC_EIGHT names eight accumulators");
+  constexpr int J = kRows / R;  // accumulator k: row k % R, chain k / R (k < R * J)
+#define QC_ZERO(k) __m512i acc##k = (k) < R ? start : _mm512_setzero_si512();
+  QC_EIGHT(QC_ZERO)
 #undef QC_ZERO
-  const int64_t every = ahead.count > 0 ? ahead.every : quads;
+#define QC_STEP(k, q)                                                                     \
+  if constexpr ((k) < R * J) {                                                            \
+    int32_t quad;                                                                         \
+    memcpy(&quad, rows[(k) % R] + 4 * (q), sizeof quad);                                  \
+    acc##k = _mm512_dpbusd_epi32(acc##k, _mm512_set1_epi32(quad), w[(k) / R]);            \
+  }
+#define QC_CHAINS(k) QC_STEP(k, q + (k) / R)
+#define QC_FIRST(k) if constexpr ((k) < R) QC_STEP(k, q)
+  const int64_t every = ahead.count > 0 ? (ahead.every + J - 1) / J * J : quads;
   for (int64_t q0 = 0, line = 0; q0 < quads; q0 += every, ++line) {
     if (line < ahead.count) _mm_prefetch(reinterpret_cast<const char*>(ahead.lines + 64 * line), _MM_HINT_T1);
-    for (int64_t q = q0; q < std::min(quads, q0 + every); ++q) {
-      const __m512i w = _mm512_loadu_si512(panel + 64 * q);
-#define QC_STEP(r)                                                      \
-  {                                                                     \
-    int32_t quad;                                                       \
-    memcpy(&quad, rows[r] + 4 * q, sizeof quad);                        \
-    acc##r = _mm512_dpbusd_epi32(acc##r, _mm512_set1_epi32(quad), w);   \
-  }
-      QC_ROWS(QC_STEP)
-#undef QC_STEP
+    const int64_t q1 = std::min(quads, q0 + every);
+    int64_t q = q0;
+    for (; q + J <= q1; q += J) {
+      __m512i w[J];
+      for (int j = 0; j < J; ++j) w[j] = _mm512_loadu_si512(panel + 64 * (q + j));
+      QC_EIGHT(QC_CHAINS)
+    }
+    for (; q < q1; ++q) {  // the groups left over from the chains: the first chain's
+      const __m512i w[1] = {_mm512_loadu_si512(panel + 64 * q)};
+      QC_EIGHT(QC_FIRST)
     }
   }
-#define QC_SAVE(r) acc[r] = acc##r;
-  QC_ROWS(QC_SAVE)
+#undef QC_FIRST
+#undef QC_CHAINS
+#undef QC_STEP
+#define QC_SAVE(k)                                                    \
+  if constexpr ((k) < R * J) {                                        \
+    if constexpr ((k) < R) acc[(k) % R] = acc##k;                      \
+    else acc[(k) % R] = _mm512_add_epi32(acc[(k) % R], acc##k);       \
+  }
+  QC_EIGHT(QC_SAVE)
 #undef QC_SAVE
 }
-#undef QC_ROWS
+#undef QC_EIGHT
+
+// panel_sums_of for a partial tile's `valid` rows (1 to 7): out of line, as eight forms inlined into the loops
+// that call them slowed the whole tiles' form down to half.
+QC_VNNI512 __attribute__((noinline)) void partial_panel_sums(const uint8_t* const* rows, int64_t valid,
+                                                             const int8_t* panel, int64_t quads, __m512i start,
+                                                             __m512i (&acc)[kRows], Ahead ahead) {
+  switch (valid) {
+    case 1: return panel_sums_of<1>(rows, panel, quads, start, acc, ahead);
+    case 2: return panel_sums_of<2>(rows, panel, quads, start, acc, ahead);
+    case 3: return panel_sums_of<3>(rows, panel, quads, start, acc, ahead);
+    case 4: return panel_sums_of<4>(rows, panel, quads, start, acc, ahead);
+    case 5: return panel_sums_of<5>(rows, panel, quads, start, acc, ahead);
+    case 6: return panel_sums_of<6>(rows, panel, quads, start, acc, ahead);
+    default: return panel_sums_of<7>(rows, panel, quads, start, acc, ahead);
+  }
+}
+
+// panel_sums_of for a tile's `valid` rows (1 to 8).
+QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* const* rows, int64_t valid,
+                                                                 const int8_t* panel, int64_t quads, __m512i start,
+                                                                 __m512i (&acc)[kRows], Ahead ahead = {}) {
+  if (valid < kRows) return partial_panel_sums(rows, valid, panel, quads, start, acc, ahead);
+  panel_sums_of<kRows>(rows, panel, quads, start, acc, ahead);
+}
 
 // The tile's valid rows finished and stored: taps outside the input get x_zero * (their weights' sum) back
 // (the bias took it off for every tap), then the output stage (the bias is in already), sixteen codes per row
@@ -134,7 +177,7 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
           const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
           for (int r = 0; r < kRows; ++r) rows[r] = r < valid ? g.x + (t * kRows + r) * s.channels : zeros.data();
           __m512i acc[kRows];
-          panel_sums(rows, panel, g.quads, stage.bias, acc);
+          panel_sums(rows, valid, panel, g.quads, stage.bias, acc);
           const int64_t c = p * kChannels;
           finish_rows(acc, valid, no_taps, g.tap_sums, g.x_zero, stage, shared, s.out_channels - c,
                       g.out + t * kRows * s.out_channels + c, s.out_channels);
@@ -169,7 +212,7 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
         const Ahead ahead{g.packed + (pb + panels) * panel_bytes + 64 * first,
                           std::max<int64_t>(0, std::min(lines_per_pass, next_lines - first)), every};
         __m512i acc[kRows];
-        panel_sums(rows, g.packed + p * panel_bytes, g.quads, g.stages[p].bias, acc, ahead);
+        panel_sums(rows, valid, g.packed + p * panel_bytes, g.quads, g.stages[p].bias, acc, ahead);
         const int64_t c = p * kChannels;
         finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
                     g.shared, s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);

@@ -469,6 +469,11 @@ def test_host_integer_linear_is_bit_exact_and_follows_changed_parameters():
     bias.add_(3000)  # and the bias with the zero point's share folded in
     assert torch.equal(host_conv.linear(x, 9, weight, bias, m0, exponent, 5, 0, 255), reference())
     assert len(torch.unique(reference())) > 20
+    for rows in range(1, 10):  # every partial tile of eight rows (a tile's rows run in chains of 8 / rows)
+        part = torch.randint(0, 256, (rows, 77), dtype=torch.uint8, generator=generator)
+        acc = (part.long() - 9) @ weight.long().t()
+        want = fp.output_stage(acc, bias, m0, exponent, 5, 0, 255).to(torch.uint8)
+        assert torch.equal(host_conv.linear(part, 9, weight, bias, m0, exponent, 5, 0, 255), want), rows
 
 
 def _twin_conv_in_two_threads(x, weight, bias, m0, exponent):
