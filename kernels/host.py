@@ -44,6 +44,7 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_] * 3
     lib.qc_host_add.restype = int_
     lib.qc_host_quantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, i32, i32, int_]
+    lib.qc_host_dequantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, int_]
     lib.qc_host_max_pool.argtypes = [ptr, ptr, ptr, int_]
     lib.qc_host_to_channels_last.argtypes = [ptr, ptr, i64, i64, i64, int_]
     lib.qc_host_mean_pixels.argtypes = [ptr, ptr, i64, i64, i64, int_]
@@ -155,6 +156,14 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: in
     out = torch.empty_like(x, dtype=torch.uint8)
     library().qc_host_quantize(x.data_ptr(), out.data_ptr(), x.numel(), scale, zero_point, qmin, qmax,
                                torch.get_num_threads())
+    return out
+
+
+def dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """float32 ``scale * (q - zp)`` of uint8 ``q`` on one grid, as ``qc::dequantize``, in ``q``'s memory order."""
+    q = q.contiguous(memory_format=memory_order(q))
+    out = torch.empty_like(q, dtype=torch.float32)
+    library().qc_host_dequantize(q.data_ptr(), out.data_ptr(), q.numel(), scale, zero_point, torch.get_num_threads())
     return out
 
 

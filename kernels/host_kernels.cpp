@@ -310,6 +310,13 @@ void qc_host_quantize(const float* x, uint8_t* out, int64_t count, float scale, 
   });
 }
 
+// out[i] = qc::dequantize(q[i], scale, zero_point): one grid for the whole tensor.
+void qc_host_dequantize(const uint8_t* q, float* out, int64_t count, float scale, int32_t zero_point, int threads) {
+  parallel_for(count, threads, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = qc::dequantize(q[i], scale, zero_point);
+  });
+}
+
 // Max pooling of uint8 codes in channels-last order: x[n, h, w, c] to out[n, oh, ow, c]. Window positions
 // outside the input (padding, or ceil_mode's last window) are skipped, as torch skips them; every window has
 // at least one position inside (torch's padding <= kernel / 2). shape: n, h, w, c, oh, ow, then kernel,

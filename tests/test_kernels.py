@@ -520,6 +520,23 @@ def test_host_quantize_is_the_torch_op_form():
     assert torch.equal(torch.ops.qcompile.quantize(x, scale, zero, 3, 250), want)
 
 
+def test_host_dequantize_is_the_torch_op_form():
+    """The compiled dequantize (gemmlowp.h's qc::dequantize) against the torch-op form, every code, scales that
+    round, both memory orders."""
+    from qcompile.kernels import host
+
+    q = torch.arange(256, dtype=torch.uint8).repeat(3 * 5).reshape(3, 5, 16, 16)
+    for scale, zero in ((0.0123456789, 131), (3.1e-5, 0), (0.1, 255)):
+        scale_t, zero_t = torch.tensor(scale, dtype=torch.float32), torch.tensor(zero, dtype=torch.int32)
+        want = fp.dequantize(q, scale_t, zero_t)
+        assert len(torch.unique(want)) == 256
+        for layout in (torch.contiguous_format, torch.channels_last):
+            laid = q.contiguous(memory_format=layout)
+            got = host.dequantize(laid, float(scale_t), zero)
+            assert got.is_contiguous(memory_format=layout) and torch.equal(got, want), (scale, layout)
+            assert torch.equal(torch.ops.qcompile.dequantize(laid, scale_t, zero_t), want)
+
+
 @pytest.mark.parametrize("kernel, stride, padding, dilation, ceil_mode", [
     (3, 2, 1, 1, False),  # ResNet's stem pooling
     (2, 2, 0, 1, False),
