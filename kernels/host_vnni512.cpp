@@ -194,7 +194,7 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
     // kept tiles are multiplied from the L2 cache, they are there when their block starts.
     const int64_t panels = std::min(p1, pb + g.block) - pb, next = std::min(p1 - pb - panels, g.block);
     const int64_t passes = (t1 - t0) * panels, next_lines = prefetch ? next * panel_bytes / 64 : 0;
-    const int64_t per_pass = (next_lines + passes - 1) / passes;
+    const int64_t per_pass = passes > 0 ? (next_lines + passes - 1) / passes : 0;  // none: an empty batch
     const int64_t every = per_pass > 0 ? std::max<int64_t>(1, g.quads / per_pass) : g.quads;
     const int64_t lines_per_pass = (g.quads + every - 1) / every;
     for (int64_t t = t0; t < t1; ++t) {

@@ -389,6 +389,32 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
                         assert torch.equal(got, want), (isa, zero)
 
 
+def test_host_kernels_take_an_empty_batch():
+    """A batch of no images through every form this CPU runs (dense convolutions deep enough for blocks of
+    weight panels, depthwise, linear, add): empty outputs of the right shapes, no fault."""
+    from qcompile.kernels import host, host_conv
+
+    if host_conv.library() is None:
+        pytest.skip("no AVX2 host kernels on this machine")
+    m0, exponent = fp.quantize_multipliers(torch.full((64,), 1e-4, dtype=torch.float64))
+    bias = torch.zeros(64, dtype=torch.int32)
+    x = torch.zeros((0, 512, 7, 7), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    weight = torch.ones((64, 512, 3, 3), dtype=torch.int8)
+    for isa in _byte_isas():
+        out = host_conv.conv2d(x, 3, weight, bias, m0, exponent, 0, 0, 255, [1, 1], [1, 1], [1, 1], isa=isa)
+        assert out.shape == (0, 64, 7, 7), isa
+    thin = torch.zeros((0, 64, 9, 9), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    for isa in host_conv.DEPTHWISE_ISAS[:host_conv.DEPTHWISE_ISAS.index(host_conv.depthwise_isa()) + 1]:
+        out = host_conv.depthwise(thin, 3, torch.ones((64, 1, 3, 3), dtype=torch.int8), bias, m0, exponent, 0, 0,
+                                  255, [1, 1], [1, 1], [1, 1], isa=isa)
+        assert out.shape == (0, 64, 9, 9), isa
+    rows = torch.zeros((0, 512), dtype=torch.uint8)
+    assert host_conv.linear(rows, 3, torch.ones((64, 512), dtype=torch.int8), bias, m0, exponent, 0, 0,
+                            255).shape == (0, 64)
+    assert host.add(thin, 1, 1 << 30, 0, thin, 2, 1 << 30, 0, 1 << 30, -19, 9, 0, 255, cpu.ADD_LEFT_SHIFT).shape == \
+        thin.shape
+
+
 def _byte_isas() -> tuple[str, ...]:
     """The byte form's instruction sets this CPU runs: AVX2 always (with AVX2), each VNNI it has, and AMX-INT8
     tiles where it has them."""
