@@ -161,10 +161,11 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const int64_t row_bytes = 4 * g.quads, tile_bytes = kRows * row_bytes;
   const bool keep = !g.direct && p1 - p0 > g.block && (t1 - t0) * tile_bytes <= kKeptBytes;
   const int64_t slots = g.direct ? 0 : keep ? t1 - t0 : 1;
-  std::vector<uint8_t> tiles(static_cast<size_t>(slots * tile_bytes)), zeros(static_cast<size_t>(row_bytes));
+  std::vector<uint8_t> tiles(static_cast<size_t>(slots * tile_bytes));
   std::vector<uint64_t> outside(static_cast<size_t>(std::max<int64_t>(slots, 1) * kRows));
   std::vector<Exception> none;  // the VNNI form takes every code whole
-  const uint8_t* rows[kRows];
+  const uint8_t* rows[kRows];  // a tile's valid rows (panel_sums reads no others)
+  const int64_t panel_bytes = g.quads * 4 * kChannels;
   if (g.direct) {  // rows read in place: panel by panel over a run of tiles, each panel's stage in registers
     constexpr int64_t kRun = 16;  // tiles per run (their rows and outputs stay in the cache between panels)
     const uint64_t no_taps[kRows] = {};
@@ -172,10 +173,10 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       for (int64_t p = p0; p < p1; ++p) {
         const Stage16 stage = g.stages[p];
         const StageShared shared = g.shared;
-        const int8_t* panel = g.packed + p * g.quads * 4 * kChannels;
+        const int8_t* panel = g.packed + p * panel_bytes;
         for (int64_t t = run; t < std::min(t1, run + kRun); ++t) {
           const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
-          for (int r = 0; r < kRows; ++r) rows[r] = r < valid ? g.x + (t * kRows + r) * s.channels : zeros.data();
+          for (int r = 0; r < valid; ++r) rows[r] = g.x + (t * kRows + r) * s.channels;
           __m512i acc[kRows];
           panel_sums(rows, valid, panel, g.quads, stage.bias, acc);
           const int64_t c = p * kChannels;
@@ -185,7 +186,6 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       }
     return;
   }
-  const int64_t panel_bytes = g.quads * 4 * kChannels;
   // Prefetching the next block pays where the weights come from memory and both blocks fit in the L2 cache
   // beside the kept tiles (else it evicts the tiles: slower).
   const bool prefetch = keep && (t1 - t0) * tile_bytes + 2 * g.block * panel_bytes <= kPrefetchBytes;
@@ -202,10 +202,9 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       uint8_t* tile = tiles.data() + slot * tile_bytes;
       uint64_t* tile_outside = outside.data() + slot * kRows;
       const bool gather = !keep || pb == p0;
-      for (int r = 0; r < kRows; ++r) {
-        const int64_t m = t * kRows + r;
-        rows[r] = r < valid ? tile + r * row_bytes : zeros.data();
-        if (gather && r < valid) tile_outside[r] = gather_bytes(g.x, s, m, r, tile + r * row_bytes, none, true);
+      for (int r = 0; r < valid; ++r) {
+        rows[r] = tile + r * row_bytes;
+        if (gather) tile_outside[r] = gather_bytes(g.x, s, t * kRows + r, r, tile + r * row_bytes, none, true);
       }
       for (int64_t p = pb; p < pb + panels; ++p) {
         const int64_t first = ((t - t0) * panels + p - pb) * lines_per_pass;
