@@ -95,6 +95,14 @@ VARIANTS = [  # (row, pipeline)
      "fuse,equalize,calibrate,adaround{positions=16384 iterations=2000 budget=0},convert{backend=gemmlowp}"),
     ("qcompile W4A8 adaround on whole images, gemmlowp",
      "fuse,calibrate,adaround{positions=0 batch-size=32 iterations=100 budget=0},convert{backend=gemmlowp weight-bits=4}"),
+    # second-order rounding on each layer's input statistics (GPTQ; every floor / ceiling choice for
+    # depthwise filters): no optimizer, seconds instead of minutes
+    ("qcompile gptq, gemmlowp backend", "fuse,calibrate,gptq,convert{backend=gemmlowp}"),
+    ("qcompile equalize + gptq, gemmlowp backend", "fuse,equalize,calibrate,gptq,convert{backend=gemmlowp}"),
+    ("qcompile equalize + gptq + bias-correct, gemmlowp backend",
+     "fuse,equalize,calibrate,gptq,bias-correct,convert{backend=gemmlowp}"),
+    ("qcompile gptq, native backend", "fuse,calibrate,gptq,convert{backend=native}"),
+    ("qcompile W4A8 gptq, gemmlowp", "fuse,calibrate,gptq,convert{backend=gemmlowp weight-bits=4}"),
     # per-tensor weights (one grid for all of a layer's channels): what equalization is for
     ("qcompile ptq, per-tensor weights, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
     ("qcompile equalize, per-tensor weights, gemmlowp backend",

@@ -13,6 +13,7 @@ from qcompile.passes import (  # noqa: F401
     dynamic,
     equalize,
     fuse,
+    gptq,
     integerize,
     lower,
     observe,
