@@ -99,9 +99,6 @@ VARIANTS = [  # (row, pipeline)
     # depthwise filters): no optimizer, seconds instead of minutes
     ("qcompile gptq, gemmlowp backend", "fuse,calibrate,gptq,convert{backend=gemmlowp}"),
     ("qcompile equalize + gptq, gemmlowp backend", "fuse,equalize,calibrate,gptq,convert{backend=gemmlowp}"),
-    ("qcompile equalize + gptq + bias-correct, gemmlowp backend",
-     "fuse,equalize,calibrate,gptq,bias-correct,convert{backend=gemmlowp}"),
-    ("qcompile gptq, native backend", "fuse,calibrate,gptq,convert{backend=native}"),
     ("qcompile W4A8 gptq, gemmlowp", "fuse,calibrate,gptq,convert{backend=gemmlowp weight-bits=4}"),
     # per-tensor weights (one grid for all of a layer's channels): what equalization is for
     ("qcompile ptq, per-tensor weights, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),

@@ -7,8 +7,8 @@ lowered graph and scored against the float model on the verdict's held-out
 samples (top-1 agreement, output SQNR). The rungs keep the user's weight
 bit width. The rungs and their order come from
 what was measured on MobileNetV2 (docs/benchmarks/default-accuracy.md,
-table 7): equalization costs under a second, bias correction seconds,
-learned rounding minutes. Every rung converts with ``backend=auto``
+table 7, and the gptq rows): equalization costs under a second, bias
+correction and second-order rounding seconds, learned rounding minutes. Every rung converts with ``backend=auto``
 (qcompile's kernels and their full 8-bit grids wherever they cover the
 model). A rung that the user's pipeline already covers is not tried again.
 
@@ -48,6 +48,7 @@ from qcompile.pipeline import CALIBRATED, PassContext, PassManager, Pipeline, fi
 LADDER: tuple[tuple[str, str], ...] = (
     ("cross-layer equalization", "fuse,equalize,calibrate,convert"),
     ("bias correction", "fuse,equalize,calibrate,bias-correct,convert"),
+    ("second-order rounding (seconds)", "fuse,equalize,calibrate,gptq,convert"),
     ("learned rounding (minutes)", "fuse,equalize,calibrate,adaround,convert"),
 )
 

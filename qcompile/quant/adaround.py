@@ -119,11 +119,15 @@ def sampled_rows(module: torch.nn.Module, activation: Callable | None, x: torch.
     b, rest = pick // (out_h * out_w), pick % (out_h * out_w)
     oy, ox = rest // out_w, rest % out_w
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = module.kernel_size, module.stride, module.padding, module.dilation
-    padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
-    iy = oy[:, None] * sh + torch.arange(kh)[None, :] * dh
-    ix = ox[:, None] * sw + torch.arange(kw)[None, :] * dw
-    channels = torch.arange(x.shape[1])
-    patches = padded[b[:, None, None, None], channels[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+    height, width = x.shape[2:]
+
+    def tap(ky: int, kx: int) -> torch.Tensor:  # every drawn position's input at one kernel tap: (rows, channels)
+        iy, ix = oy * sh + ky * dh - ph, ox * sw + kx * dw - pw
+        inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)  # else zero padding
+        values = x[b, :, iy.clamp(0, height - 1), ix.clamp(0, width - 1)]
+        return values if bool(inside.all()) else values * inside[:, None]
+
+    patches = torch.stack([tap(ky, kx) for ky in range(kh) for kx in range(kw)], dim=2)  # the weight's order
     groups = module.groups
     patches = patches.reshape(len(pick), groups, -1).contiguous()  # (rows, groups, C/groups * kh * kw)
     wanted = target[b, :, oy, ox].contiguous()

@@ -41,31 +41,34 @@ EXHAUSTIVE_UP_TO = 10  # weights per channel up to which every floor / ceiling c
 BLOCK = 128  # columns whose error feedback is applied together
 
 
+def moments(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``A^T B / n`` per group, as float64: ``a`` and ``b`` are ``(rows, K)`` or ``(rows, groups, K)`` (the same
+    rows); ``b`` defaults to ``a`` (the Hessian ``H`` of the module docstring). Summed in float32 products."""
+    b = a if b is None else b
+    if a.dim() == 2:
+        a, b = a[:, None], b[:, None]
+    a, b = a.float().permute(1, 2, 0), b.float().permute(1, 0, 2)  # (groups, K, rows), (groups, rows, K)
+    return torch.bmm(a, b).double() / max(a.shape[-1], 1)
+
+
 def hessians(inputs: torch.Tensor) -> torch.Tensor:
     """``X^T X / n`` per group, float64: ``inputs`` is ``(rows, K)`` or ``(rows, groups, K)``; (groups, K, K)."""
-    x = inputs.double()
-    if x.dim() == 2:
-        x = x[:, None]
-    return torch.einsum("ngk,ngl->gkl", x, x) / max(len(x), 1)
+    return moments(inputs)
 
 
-def compensated_weight(weight: torch.Tensor, inputs: torch.Tensor, float_inputs: torch.Tensor,
+def compensated_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor,
                        damp: float = 0.01) -> torch.Tensor:
-    """The weight ``W'`` that best maps the quantized model's inputs to the float layer's outputs:
-    ``argmin ||X^ W'^T - X W^T||^2 = W (X^T X^) (X^^T X^)^-1`` per group, ``inputs`` ``X^`` and ``float_inputs``
-    ``X`` as for :func:`hessians` (the same rows), damped towards ``W``. Rounding ``W'`` under ``X^``'s Hessian then minimises the
-    layer's error against the float model, the error its input already carries included."""
-    xq, x = inputs.double(), float_inputs.double()
-    if xq.dim() == 2:
-        xq, x = xq[:, None], x[:, None]
-    groups, k = xq.shape[1], xq.shape[2]
-    h = torch.einsum("ngk,ngl->gkl", xq, xq) / len(xq)
-    cross = torch.einsum("ngk,ngl->gkl", x, xq) / len(xq)
-    damping = damp * torch.diagonal(h, dim1=1, dim2=2).mean(1).clamp(min=1e-12)[:, None, None]
+    """The weight ``W'`` that best maps the quantized model's inputs ``X^`` to the float layer's outputs:
+    ``argmin ||X^ W'^T - X W^T||^2 = W (X^T X^) (X^^T X^)^-1`` per group, damped towards ``W``. ``hessian`` is
+    ``moments(X^)``, ``cross`` is ``moments(X, X^)`` (the float model's inputs ``X`` at the same rows).
+    Rounding ``W'`` under ``X^``'s Hessian then minimises the layer's error against the float model, the
+    error its input already carries included."""
+    groups, k, _ = hessian.shape
+    damping = damp * torch.diagonal(hessian, dim1=1, dim2=2).mean(1).clamp(min=1e-12)[:, None, None]
     w = weight.double().reshape(groups, -1, k)
     # damped towards W itself (not towards zero): directions the inputs hardly take keep W's weights
     right = torch.einsum("gok,gkl->glo", w, cross) + damping * w.transpose(1, 2)
-    mapped = torch.linalg.solve(h + damping * torch.eye(k, dtype=h.dtype), right)  # (groups, K, out)
+    mapped = torch.linalg.solve(hessian + damping * torch.eye(k, dtype=hessian.dtype), right)  # (groups, K, out)
     return mapped.transpose(1, 2).reshape(weight.shape).to(weight.dtype)
 
 
