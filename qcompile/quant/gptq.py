@@ -85,7 +85,10 @@ def gptq_codes(weight: torch.Tensor, grid: WeightGrid, hessian: torch.Tensor, *,
     groups, k, _ = hessian.shape
     if out_channels % groups or weight[0].numel() != k:
         raise ValueError(f"a weight of shape {tuple(weight.shape)} does not match {groups} groups of {k} inputs")
-    flat = lambda t: t.reshape(out_channels, 1).expand(out_channels, k).reshape(groups, -1, k)  # noqa: E731
+
+    def flat(per_channel: torch.Tensor) -> torch.Tensor:  # (out, 1, ...) -> (groups, out / groups, K)
+        return per_channel.reshape(out_channels, 1).expand(out_channels, k).reshape(groups, -1, k)
+
     scaled = (weight.double().reshape(out_channels, -1) / grid.scale.reshape(-1, 1)).reshape(groups, -1, k)
     zero, qmin, qmax = flat(grid.zero_point), flat(grid.qmin), flat(grid.qmax)
     h = hessian.double()

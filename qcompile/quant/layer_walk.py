@@ -15,6 +15,7 @@ back into the graph exactly on ``convert``'s grid, checked code for code.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ def walk_layers(graph: Graph, ctx: PassContext, owner: Pass, target: Pass, solve
         with torch.no_grad():
             errors = [float(reconstruction_error(rows.layer(rows.inputs, grid.values(c)), rows.targets))
                       for c in (nearest, codes)]
-        if not all(map(torch.isfinite, torch.tensor(errors))):
+        if not all(map(math.isfinite, errors)):
             raise PassError(f"{owner.name}: the output error of %{node.name} is not finite")
         kept = codes if errors[1] <= errors[0] else nearest
         chosen[node.name], chosen_codes[node.name] = grid.values(kept), kept
