@@ -2,6 +2,7 @@
 // with 512-bit vectors. A panel of 16 output channels is one vector of int32 lanes, and vpdpbusd adds the four
 // uint8 x int8 products of each lane, so every code goes in whole; eight pixels share each weight vector. The
 // output stage (stage16.h) runs on the accumulators in the registers, and vpmovusdb stores the sixteen codes.
+// Deep layers' whole tiles run two panels per pass over their rows (panel_pair_sums).
 // A 1x1 convolution with stride 1 and no padding over a multiple of 4 channels (and a linear layer) reads its
 // rows straight from the input: channels last, a pixel's codes are its GEMM row. Other layers gather each
 // tile's rows (gather_bytes.h), and taps outside the input get their share of the bias correction back.
@@ -105,6 +106,42 @@ QC_VNNI512 __attribute__((noinline)) void partial_panel_sums(const uint8_t* cons
   }
 }
 
+// panel_sums_of<8> for two panels at once: each broadcast row code feeds both panels' sums, so a whole tile
+// reads its rows half as often (sixteen accumulators, two weight vectors): faster where a tile (8 x 4 x quads
+// bytes) outgrows the L1 cache and its rows come from the L2 cache (kPairedTileBytes).
+#define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+QC_VNNI512 inline __attribute__((always_inline)) void panel_pair_sums(const uint8_t* const* rows, const int8_t* panel,
+                                                                      const int8_t* next, int64_t quads,
+                                                                      __m512i start, __m512i next_start,
+                                                                      __m512i (&acc)[kRows],
+                                                                      __m512i (&next_acc)[kRows], Ahead ahead) {
+#define QC_ZERO(k) __m512i a##k = start, b##k = next_start;
+  QC_EIGHT(QC_ZERO)
+#undef QC_ZERO
+#define QC_STEP(k)                                         \
+  {                                                        \
+    int32_t quad;                                          \
+    memcpy(&quad, rows[k] + 4 * q, sizeof quad);           \
+    const __m512i x = _mm512_set1_epi32(quad);             \
+    a##k = _mm512_dpbusd_epi32(a##k, x, w);                \
+    b##k = _mm512_dpbusd_epi32(b##k, x, v);                \
+  }
+  const int64_t every = ahead.count > 0 ? ahead.every : quads;
+  for (int64_t q0 = 0, line = 0; q0 < quads; q0 += every, ++line) {
+    if (line < ahead.count) _mm_prefetch(reinterpret_cast<const char*>(ahead.lines + 64 * line), _MM_HINT_T1);
+    const int64_t q1 = std::min(quads, q0 + every);
+    for (int64_t q = q0; q < q1; ++q) {
+      const __m512i w = _mm512_loadu_si512(panel + 64 * q), v = _mm512_loadu_si512(next + 64 * q);
+      QC_EIGHT(QC_STEP)
+    }
+  }
+#undef QC_STEP
+#define QC_SAVE(k) acc[k] = a##k, next_acc[k] = b##k;
+  QC_EIGHT(QC_SAVE)
+#undef QC_SAVE
+}
+#undef QC_EIGHT
+
 // panel_sums_of for a tile's `valid` rows (1 to 8).
 QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* const* rows, int64_t valid,
                                                                  const int8_t* panel, int64_t quads, __m512i start,
@@ -142,7 +179,7 @@ struct Gemm {
   const int32_t* tap_sums;
   ConvShape s;
   int64_t quads, pixels, tiles, all_panels, taps, block;
-  bool direct, by_tiles;
+  bool direct, by_tiles, pairs;
   const Stage16* stages;
   StageShared shared;
   uint8_t* out;
@@ -152,6 +189,9 @@ struct Gemm {
 // Where the weights take more than one block of panels, the thread's tiles are gathered once and kept when
 // they take at most kKeptBytes (else gathered again for every block).
 constexpr int64_t kKeptBytes = 16 << 20;
+// Gathered tiles larger than this run two panels per pass over their rows (panel_pair_sums); smaller ones stay
+// in the L1 cache, where one panel per pass measured faster.
+constexpr int64_t kPairedTileBytes = 12 << 10;
 constexpr int64_t kPrefetchBytes = 640 << 10;
 
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
@@ -210,11 +250,25 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
         const int64_t first = ((t - t0) * panels + p - pb) * lines_per_pass;
         const Ahead ahead{g.packed + (pb + panels) * panel_bytes + 64 * first,
                           std::max<int64_t>(0, std::min(lines_per_pass, next_lines - first)), every};
-        __m512i acc[kRows];
-        panel_sums(rows, valid, g.packed + p * panel_bytes, g.quads, g.stages[p].bias, acc, ahead);
-        const int64_t c = p * kChannels;
-        finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
-                    g.shared, s.out_channels - c, g.out + t * kRows * s.out_channels + c, s.out_channels);
+        __m512i acc[kRows], next_acc[kRows];
+        const int8_t* panel = g.packed + p * panel_bytes;
+        uint8_t* out = g.out + t * kRows * s.out_channels + p * kChannels;
+        const int64_t count = s.out_channels - p * kChannels;
+        if (g.pairs && valid == kRows && p + 1 < pb + panels) {  // two panels in one pass over the rows
+          const Ahead both{ahead.lines, std::max<int64_t>(0, std::min(2 * lines_per_pass, next_lines - first)),
+                           std::max<int64_t>(1, every / 2)};
+          panel_pair_sums(rows, panel, panel + panel_bytes, g.quads, g.stages[p].bias, g.stages[p + 1].bias, acc,
+                          next_acc, both);
+          finish_rows(next_acc, valid, tile_outside, g.tap_sums + (p + 1) * g.taps * kChannels, g.x_zero,
+                      g.stages[p + 1], g.shared, count - kChannels, out + kChannels, s.out_channels);
+          finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
+                      count, out, s.out_channels);
+          ++p;
+          continue;
+        }
+        panel_sums(rows, valid, panel, g.quads, g.stages[p].bias, acc, ahead);
+        finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
+                    count, out, s.out_channels);
       }
     }
   }
@@ -235,7 +289,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                                      const int32_t* tap_sums, const int64_t* shape, const int32_t* bias,
                                      const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                                      int32_t hi, uint8_t* out, int threads) {
-  Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, false, false, nullptr,
+  Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, false, false, false, nullptr,
          make_shared(out_zero, lo, hi), out};
   const ConvShape& s = g.s;
   g.quads = (s.depth() + 3) / 4, g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
@@ -244,6 +298,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
              s.channels % 4 == 0;
   g.block = std::max<int64_t>(1, (192 * 1024) / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
+  g.pairs = kRows * 4 * g.quads > kPairedTileBytes;
   const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
   g.stages = table.data();
   qc_host::parallel_for(g.by_tiles ? g.tiles : g.all_panels, threads,
