@@ -2,7 +2,9 @@
 // with 512-bit vectors. A panel of 16 output channels is one vector of int32 lanes, and vpdpbusd adds the four
 // uint8 x int8 products of each lane, so every code goes in whole; eight pixels share each weight vector. The
 // output stage (stage16.h) runs on the accumulators in the registers, and vpmovusdb stores the sixteen codes.
-// Deep layers' whole tiles run two panels per pass over their rows (panel_pair_sums).
+// A whole tile of pixels whose receptive fields lie inside the input reads its rows in place, a kernel row at a
+// time (a kernel row's taps are side by side in channels-last order); deep layers' whole tiles run two panels
+// per pass over their rows (whole_tile_sums).
 // A 1x1 convolution with stride 1 and no padding over a multiple of 4 channels (and a linear layer) reads its
 // rows straight from the input: channels last, a pixel's codes are its GEMM row. Other layers gather each
 // tile's rows (gather_bytes.h), and taps outside the input get their share of the bias correction back.
@@ -106,33 +108,44 @@ QC_VNNI512 __attribute__((noinline)) void partial_panel_sums(const uint8_t* cons
   }
 }
 
-// panel_sums_of<8> for two panels at once: each broadcast row code feeds both panels' sums, so a whole tile
-// reads its rows half as often (sixteen accumulators, two weight vectors): faster where a tile (8 x 4 x quads
-// bytes) outgrows the L1 cache and its rows come from the L2 cache (kPairedTileBytes).
+// The sums of a whole tile (eight rows) for P panels (1 or 2; with 2 each broadcast code feeds both panels'
+// sums: sixteen accumulators, the rows read half as often). A row is read as `segments` runs of `run_quads`
+// groups of four depth indices, run j of row k at rows[k] + j * run_stride: one run for a gathered tile, one
+// per kernel row for a tile read in place from the input (channels last, a kernel row's taps side by side).
 #define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-QC_VNNI512 inline __attribute__((always_inline)) void panel_pair_sums(const uint8_t* const* rows, const int8_t* panel,
-                                                                      const int8_t* next, int64_t quads,
-                                                                      __m512i start, __m512i next_start,
-                                                                      __m512i (&acc)[kRows],
-                                                                      __m512i (&next_acc)[kRows], Ahead ahead) {
+template <int P>
+QC_VNNI512 inline __attribute__((always_inline)) void whole_tile_sums(
+    const uint8_t* const* rows, int64_t segments, int64_t run_quads, int64_t run_stride, const int8_t* panel,
+    const int8_t* next, __m512i start, __m512i next_start, __m512i (&acc)[kRows], __m512i (&next_acc)[kRows],
+    Ahead ahead) {
+  static_assert(P == 1 || P == 2, "one or two panels");
 #define QC_ZERO(k) __m512i a##k = start, b##k = next_start;
   QC_EIGHT(QC_ZERO)
 #undef QC_ZERO
-#define QC_STEP(k)                                         \
-  {                                                        \
-    int32_t quad;                                          \
-    memcpy(&quad, rows[k] + 4 * q, sizeof quad);           \
-    const __m512i x = _mm512_set1_epi32(quad);             \
-    a##k = _mm512_dpbusd_epi32(a##k, x, w);                \
-    b##k = _mm512_dpbusd_epi32(b##k, x, v);                \
+#define QC_STEP(k)                                                  \
+  {                                                                 \
+    int32_t quad;                                                   \
+    memcpy(&quad, r##k + 4 * q, sizeof quad);                       \
+    const __m512i x = _mm512_set1_epi32(quad);                      \
+    a##k = _mm512_dpbusd_epi32(a##k, x, w);                         \
+    if constexpr (P == 2) b##k = _mm512_dpbusd_epi32(b##k, x, v);   \
   }
-  const int64_t every = ahead.count > 0 ? ahead.every : quads;
-  for (int64_t q0 = 0, line = 0; q0 < quads; q0 += every, ++line) {
-    if (line < ahead.count) _mm_prefetch(reinterpret_cast<const char*>(ahead.lines + 64 * line), _MM_HINT_T1);
-    const int64_t q1 = std::min(quads, q0 + every);
-    for (int64_t q = q0; q < q1; ++q) {
-      const __m512i w = _mm512_loadu_si512(panel + 64 * q), v = _mm512_loadu_si512(next + 64 * q);
-      QC_EIGHT(QC_STEP)
+  const int64_t every = ahead.count > 0 ? ahead.every : run_quads;
+  int64_t line = 0;
+  for (int64_t j = 0; j < segments; ++j) {
+#define QC_ROW(k) const uint8_t* r##k = rows[k] + j * run_stride;
+    QC_EIGHT(QC_ROW)
+#undef QC_ROW
+    const int8_t* w_run = panel + 64 * j * run_quads;
+    const int8_t* v_run = (P == 2 ? next : panel) + 64 * j * run_quads;
+    for (int64_t q0 = 0; q0 < run_quads; q0 += every, ++line) {
+      if (line < ahead.count) _mm_prefetch(reinterpret_cast<const char*>(ahead.lines + 64 * line), _MM_HINT_T1);
+      const int64_t q1 = std::min(run_quads, q0 + every);
+      for (int64_t q = q0; q < q1; ++q) {
+        const __m512i w = _mm512_loadu_si512(w_run + 64 * q);
+        const __m512i v = P == 2 ? _mm512_loadu_si512(v_run + 64 * q) : w;
+        QC_EIGHT(QC_STEP)
+      }
     }
   }
 #undef QC_STEP
@@ -179,7 +192,8 @@ struct Gemm {
   const int32_t* tap_sums;
   ConvShape s;
   int64_t quads, pixels, tiles, all_panels, taps, block;
-  bool direct, by_tiles, pairs;
+  int64_t run_quads, run_stride;  // a kernel row's groups of four, and the input's row stride (read in place)
+  bool direct, by_tiles, pairs, in_place;
   const Stage16* stages;
   StageShared shared;
   uint8_t* out;
@@ -189,10 +203,26 @@ struct Gemm {
 // Where the weights take more than one block of panels, the thread's tiles are gathered once and kept when
 // they take at most kKeptBytes (else gathered again for every block).
 constexpr int64_t kKeptBytes = 16 << 20;
-// Gathered tiles larger than this run two panels per pass over their rows (panel_pair_sums); smaller ones stay
+// Gathered tiles larger than this run two panels per pass over their rows (whole_tile_sums); smaller ones stay
 // in the L1 cache, where one panel per pass measured faster.
 constexpr int64_t kPairedTileBytes = 12 << 10;
 constexpr int64_t kPrefetchBytes = 640 << 10;
+
+// Whether tile t's eight pixels see only taps inside the input, and if so where each one's receptive field
+// starts (its first kernel row's first tap): the rows of a tile read in place.
+inline bool interior_rows(const Gemm& g, int64_t t, const uint8_t* (&rows)[kRows]) {
+  const ConvShape& s = g.s;
+  for (int r = 0; r < kRows; ++r) {
+    const auto m = static_cast<uint32_t>(t * kRows + r), out_w = static_cast<uint32_t>(s.out_w);
+    const uint32_t image_row = m / out_w, ow = m % out_w;
+    const uint32_t oh = image_row % static_cast<uint32_t>(s.out_h), n = image_row / static_cast<uint32_t>(s.out_h);
+    const int64_t iy = oh * s.stride_h - s.pad_h, ix = ow * s.stride_w - s.pad_w;
+    if (iy < 0 || iy + (s.kernel_h - 1) * s.dilation_h >= s.height || ix < 0 || ix + s.kernel_w > s.width)
+      return false;
+    rows[r] = g.x + ((n * s.height + iy) * s.width + ix) * s.channels;
+  }
+  return true;
+}
 
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const ConvShape& s = g.s;
@@ -206,9 +236,9 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   std::vector<Exception> none;  // the VNNI form takes every code whole
   const uint8_t* rows[kRows];  // a tile's valid rows (panel_sums reads no others)
   const int64_t panel_bytes = g.quads * 4 * kChannels;
+  const uint64_t no_taps[kRows] = {};  // rows read in place: no tap outside the input
   if (g.direct) {  // rows read in place: panel by panel over a run of tiles, each panel's stage in registers
     constexpr int64_t kRun = 16;  // tiles per run (their rows and outputs stay in the cache between panels)
-    const uint64_t no_taps[kRows] = {};
     for (int64_t run = t0; run < t1; run += kRun)
       for (int64_t p = p0; p < p1; ++p) {
         const Stage16 stage = g.stages[p];
@@ -239,6 +269,26 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
     const int64_t lines_per_pass = (g.quads + every - 1) / every;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
+      if (g.in_place && valid == kRows && interior_rows(g, t, rows)) {  // no gather: rows read in place
+        for (int64_t p = pb; p < pb + panels; ++p) {
+          __m512i acc[kRows], next_acc[kRows];
+          const int8_t* panel = g.packed + p * panel_bytes;
+          uint8_t* out = g.out + t * kRows * s.out_channels + p * kChannels;
+          const int64_t count = s.out_channels - p * kChannels;
+          if (g.pairs && p + 1 < pb + panels) {
+            whole_tile_sums<2>(rows, s.kernel_h, g.run_quads, g.run_stride, panel, panel + panel_bytes,
+                               g.stages[p].bias, g.stages[p + 1].bias, acc, next_acc, {});
+            finish_rows(next_acc, kRows, no_taps, g.tap_sums, g.x_zero, g.stages[p + 1], g.shared,
+                        count - kChannels, out + kChannels, s.out_channels);
+          } else {
+            whole_tile_sums<1>(rows, s.kernel_h, g.run_quads, g.run_stride, panel, panel, g.stages[p].bias,
+                               g.stages[p].bias, acc, next_acc, {});
+          }
+          finish_rows(acc, kRows, no_taps, g.tap_sums, g.x_zero, g.stages[p], g.shared, count, out, s.out_channels);
+          if (g.pairs && p + 1 < pb + panels) ++p;
+        }
+        continue;
+      }
       uint8_t* tile = tiles.data() + slot * tile_bytes;
       uint64_t* tile_outside = outside.data() + slot * kRows;
       const bool gather = !keep || pb == p0;
@@ -257,8 +307,8 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
         if (g.pairs && valid == kRows && p + 1 < pb + panels) {  // two panels in one pass over the rows
           const Ahead both{ahead.lines, std::max<int64_t>(0, std::min(2 * lines_per_pass, next_lines - first)),
                            std::max<int64_t>(1, every / 2)};
-          panel_pair_sums(rows, panel, panel + panel_bytes, g.quads, g.stages[p].bias, g.stages[p + 1].bias, acc,
-                          next_acc, both);
+          whole_tile_sums<2>(rows, 1, g.quads, 0, panel, panel + panel_bytes, g.stages[p].bias, g.stages[p + 1].bias,
+                             acc, next_acc, both);
           finish_rows(next_acc, valid, tile_outside, g.tap_sums + (p + 1) * g.taps * kChannels, g.x_zero,
                       g.stages[p + 1], g.shared, count - kChannels, out + kChannels, s.out_channels);
           finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
@@ -289,7 +339,8 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                                      const int32_t* tap_sums, const int64_t* shape, const int32_t* bias,
                                      const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                                      int32_t hi, uint8_t* out, int threads) {
-  Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, false, false, false, nullptr,
+  Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false,
+         nullptr,
          make_shared(out_zero, lo, hi), out};
   const ConvShape& s = g.s;
   g.quads = (s.depth() + 3) / 4, g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
@@ -299,6 +350,8 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   g.block = std::max<int64_t>(1, (192 * 1024) / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
   g.pairs = kRows * 4 * g.quads > kPairedTileBytes;
+  g.in_place = !g.direct && s.dilation_w == 1 && s.kernel_w * s.channels % 4 == 0;
+  g.run_quads = s.kernel_w * s.channels / 4, g.run_stride = s.dilation_h * s.width * s.channels;
   const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
   g.stages = table.data();
   qc_host::parallel_for(g.by_tiles ? g.tiles : g.all_panels, threads,

@@ -347,6 +347,8 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (1, 2, 8, 12, 9, 1, 4, 1),      # 81 taps: the int16 form (the byte form takes up to 64)
     (1, 256, 20, 7, 3, 1, 1, 1),    # depth 2304: AMX's 32-row tiles, a partial last tile
     (1, 512, 40, 5, 3, 1, 1, 1),    # depth 4608: blocks of panels, the next one fetched ahead (VNNI)
+    (1, 192, 40, 13, 3, 1, 1, 1),   # inner tiles read in place, two panels per pass (VNNI)
+    (2, 16, 24, 33, 3, 2, 1, 1),    # strided, inner tiles read in place, tiles across image rows
 ])
 def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
     """The AVX2 integer GEMM convolutions (bytes with the codes above 127 and the padding corrected, or int16
