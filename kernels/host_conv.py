@@ -111,18 +111,34 @@ class _BytePanels:
     accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels. ``amx``: the
     panels' depth padded to whole AMX tiles."""
 
-    def __init__(self, weight: torch.Tensor, amx: bool = False):
+    def __init__(self, weight: torch.Tensor, amx: bool = False, padded_rows: bool = False):
         rows = _weight_rows(weight)
         lib = library()
         size, pack = ((lib.qc_conv_amx_packed_size, lib.qc_conv_amx_pack) if amx
                       else (lib.qc_conv_byte_packed_size, lib.qc_conv_byte_pack))
-        self.panels = torch.empty(size(*rows.shape), dtype=torch.int8)
-        pack(rows.data_ptr(), rows.shape[0], rows.shape[1], self.panels.data_ptr())
+        packed = _padded_kernel_rows(weight) if padded_rows else rows
+        self.panels = torch.empty(size(*packed.shape), dtype=torch.int8)
+        pack(packed.data_ptr(), packed.shape[0], packed.shape[1], self.panels.data_ptr())
         self.sums = rows.long().sum(1)
         channels, taps = weight.shape[0], (weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1)
         per_tap = rows.long().reshape(channels, taps, -1).sum(2)  # [channels, taps]
         per_tap = torch.nn.functional.pad(per_tap, (0, 0, 0, -channels % 16))
         self.tap_sums = per_tap.reshape(-1, 16, taps).transpose(1, 2).contiguous().to(torch.int32)
+
+
+def padded_rows(weight: torch.Tensor, dilation: list[int], isa: str) -> bool:
+    """Whether the byte form packs this convolution's depth a kernel row at a time, each row's ``KW * C`` weights
+    padded with zeros to a multiple of four: the 512-bit VNNI form's layout where a kernel row's codes are not
+    whole groups of four (an RGB stem: 7 x 3), so that it reads inner tiles' rows in place
+    (``host_vnni512.cpp``; its rule, kept the same)."""
+    return isa == "avx512-vnni" and weight.dim() == 4 and dilation[1] == 1 and weight.shape[3] * weight.shape[1] % 4 != 0
+
+
+def _padded_kernel_rows(weight: torch.Tensor) -> torch.Tensor:
+    """int8 ``[C, Cin, KH, KW]`` as ``[C, KH * 4 * ceil(KW * Cin / 4)]``: each kernel row's taps (channels
+    innermost), then zeros."""
+    rows = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], weight.shape[2], -1)
+    return torch.nn.functional.pad(rows, (0, -rows.shape[2] % 4)).reshape(weight.shape[0], -1).contiguous()
 
 
 def _depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
@@ -367,7 +383,8 @@ def _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, l
     lib = library()
     if byte_form(x, weight, shape[5] * shape[6], shape[3], isa):
         amx = isa == "amx"
-        panels = _cached((weight,), ("bytes", amx), lambda: _BytePanels(weight, amx))
+        padded = padded_rows(weight, shape[11:13], isa)
+        panels = _cached((weight,), ("bytes", amx, padded), lambda: _BytePanels(weight, amx, padded))
         # the zero point's share, through the bias; int32 arithmetic wraps, and the true sum is in range
         params[0] = _cached((weight, bias), ("bias", x_zero),
                             lambda: (bias.long() - x_zero * panels.sums).to(torch.int32))

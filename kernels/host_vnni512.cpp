@@ -3,8 +3,10 @@
 // uint8 x int8 products of each lane, so every code goes in whole; eight pixels share each weight vector. The
 // output stage (stage16.h) runs on the accumulators in the registers, and vpmovusdb stores the sixteen codes.
 // A whole tile of pixels whose receptive fields lie inside the input reads its rows in place, a kernel row at a
-// time (a kernel row's taps are side by side in channels-last order); deep layers' whole tiles run two panels
-// per pass over their rows (whole_tile_sums).
+// time (a kernel row's taps are side by side in channels-last order); where a kernel row's codes are not whole
+// groups of four (an RGB stem's 7 x 3) the weights are packed a kernel row at a time, each padded with zero
+// weights to whole groups, and the codes read past a row's taps count for nothing. Deep layers' whole tiles
+// run two panels per pass over their rows (whole_tile_sums).
 // A 1x1 convolution with stride 1 and no padding over a multiple of 4 channels (and a linear layer) reads its
 // rows straight from the input: channels last, a pixel's codes are its GEMM row. Other layers gather each
 // tile's rows (gather_bytes.h), and taps outside the input get their share of the bias correction back.
@@ -193,7 +195,7 @@ struct Gemm {
   ConvShape s;
   int64_t quads, pixels, tiles, all_panels, taps, block;
   int64_t run_quads, run_stride;  // a kernel row's groups of four, and the input's row stride (read in place)
-  bool direct, by_tiles, pairs, in_place;
+  bool direct, by_tiles, pairs, in_place, padded;
   const Stage16* stages;
   StageShared shared;
   uint8_t* out;
@@ -217,11 +219,50 @@ inline bool interior_rows(const Gemm& g, int64_t t, const uint8_t* (&rows)[kRows
     const uint32_t image_row = m / out_w, ow = m % out_w;
     const uint32_t oh = image_row % static_cast<uint32_t>(s.out_h), n = image_row / static_cast<uint32_t>(s.out_h);
     const int64_t iy = oh * s.stride_h - s.pad_h, ix = ow * s.stride_w - s.pad_w;
-    if (iy < 0 || iy + (s.kernel_h - 1) * s.dilation_h >= s.height || ix < 0 || ix + s.kernel_w > s.width)
+    // a padded run reads up to three bytes past the kernel row's taps (weights 0): they must be the input's too
+    if (iy < 0 || iy + (s.kernel_h - 1) * s.dilation_h >= s.height || ix < 0 ||
+        ix * s.channels + 4 * g.run_quads > s.width * s.channels)
       return false;
     rows[r] = g.x + ((n * s.height + iy) * s.width + ix) * s.channels;
   }
   return true;
+}
+
+// gather_bytes (wide) for the padded layout: kernel row ky's taps at row + 4 * ky * run_quads, zeros after
+// them; taps outside the input are 0 and set in the returned mask, as gather_bytes does.
+__attribute__((target("avx2"))) inline uint64_t gather_padded(const Gemm& g, int64_t m, uint8_t* row) {
+  const ConvShape& s = g.s;
+  const auto index = static_cast<uint32_t>(m), out_w = static_cast<uint32_t>(s.out_w);
+  const uint32_t image_row = index / out_w, ow = index % out_w;
+  const uint32_t oh = image_row % static_cast<uint32_t>(s.out_h), n = image_row / static_cast<uint32_t>(s.out_h);
+  const int64_t ix0 = ow * s.stride_w - s.pad_w, bytes = s.kernel_w * s.channels, pitch = 4 * g.run_quads;
+  const bool columns_inside = ix0 >= 0 && ix0 + s.kernel_w <= s.width;  // dilation_w is 1
+  uint64_t outside = 0;
+  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+    uint8_t* dst = row + ky * pitch;
+    const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
+    const uint8_t* line = g.x + (n * s.height + iy) * s.width * s.channels;
+    if (iy < 0 || iy >= s.height) {
+      memset(dst, 0, static_cast<size_t>(pitch));
+      outside |= ((uint64_t{1} << s.kernel_w) - 1) << (ky * s.kernel_w);
+      continue;
+    }
+    if (columns_inside) {
+      qc_avx2::copy_bytes(dst, line + ix0 * s.channels, bytes);
+    } else {
+      for (int64_t kx = 0; kx < s.kernel_w; ++kx) {
+        const int64_t ix = ix0 + kx;
+        if (ix < 0 || ix >= s.width) {
+          memset(dst + kx * s.channels, 0, static_cast<size_t>(s.channels));
+          outside |= uint64_t{1} << (ky * s.kernel_w + kx);
+        } else {
+          memcpy(dst + kx * s.channels, line + ix * s.channels, static_cast<size_t>(s.channels));
+        }
+      }
+    }
+    memset(dst + bytes, 0, static_cast<size_t>(pitch - bytes));
+  }
+  return outside;
 }
 
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
@@ -294,7 +335,8 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       const bool gather = !keep || pb == p0;
       for (int r = 0; r < valid; ++r) {
         rows[r] = tile + r * row_bytes;
-        if (gather) tile_outside[r] = gather_bytes(g.x, s, t * kRows + r, r, tile + r * row_bytes, none, true);
+        if (gather) tile_outside[r] = g.padded ? gather_padded(g, t * kRows + r, tile + r * row_bytes)
+                                               : gather_bytes(g.x, s, t * kRows + r, r, tile + r * row_bytes, none, true);
       }
       for (int64_t p = pb; p < pb + panels; ++p) {
         const int64_t first = ((t - t0) * panels + p - pb) * lines_per_pass;
@@ -340,18 +382,23 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                                      const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                                      int32_t hi, uint8_t* out, int threads) {
   Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false,
-         nullptr,
+         false, nullptr,
          make_shared(out_zero, lo, hi), out};
   const ConvShape& s = g.s;
-  g.quads = (s.depth() + 3) / 4, g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
+  // where a kernel row's codes are not whole groups of four, the weights come a kernel row at a time, each
+  // padded with zeros to whole groups (host_conv.py's padded_rows: the same rule), and so do gathered rows
+  const bool padded = s.dilation_w == 1 && s.kernel_w * s.channels % 4 != 0;
+  g.run_quads = (s.kernel_w * s.channels + 3) / 4, g.run_stride = s.dilation_h * s.width * s.channels;
+  g.quads = padded ? s.kernel_h * g.run_quads : (s.depth() + 3) / 4;
+  g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
   g.all_panels = (s.out_channels + kChannels - 1) / kChannels, g.taps = s.kernel_h * s.kernel_w;
   g.direct = g.taps == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
              s.channels % 4 == 0;
   g.block = std::max<int64_t>(1, (192 * 1024) / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
   g.pairs = kRows * 4 * g.quads > kPairedTileBytes;
-  g.in_place = !g.direct && s.dilation_w == 1 && s.kernel_w * s.channels % 4 == 0;
-  g.run_quads = s.kernel_w * s.channels / 4, g.run_stride = s.dilation_h * s.width * s.channels;
+  g.in_place = !g.direct && s.dilation_w == 1 && (padded || s.kernel_w * s.channels % 4 == 0);
+  g.padded = padded;
   const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
   g.stages = table.data();
   qc_host::parallel_for(g.by_tiles ? g.tiles : g.all_panels, threads,
