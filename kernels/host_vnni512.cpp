@@ -13,6 +13,7 @@
 // Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <vector>
@@ -265,6 +266,18 @@ __attribute__((target("avx2"))) inline uint64_t gather_padded(const Gemm& g, int
   return outside;
 }
 
+// The weights of a block of panels, in bytes: 5/8 of the core's L2 cache (192 KB to 640 KB; 192 KB where the
+// system does not say). On a 1 MB L2 (Zen 4) the 640 KB blocks hold all of ResNet-18's layer 3 weights:
+// its tiles are then gathered once and used for every panel (faster at batch 8, measured)
+// instead of being kept and read again for each block.
+inline int64_t block_bytes() {
+  static const int64_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? std::clamp<int64_t>(l2 / 8 * 5, 192 << 10, 640 << 10) : int64_t{192 << 10};
+  }();
+  return bytes;
+}
+
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const ConvShape& s = g.s;
   const int64_t t0 = g.by_tiles ? begin : 0, t1 = g.by_tiles ? end : g.tiles;
@@ -394,7 +407,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   g.all_panels = (s.out_channels + kChannels - 1) / kChannels, g.taps = s.kernel_h * s.kernel_w;
   g.direct = g.taps == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
              s.channels % 4 == 0;
-  g.block = std::max<int64_t>(1, (192 * 1024) / (g.quads * 64));  // panels that stay in the L2 cache
+  g.block = std::max<int64_t>(1, block_bytes() / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
   g.pairs = kRows * 4 * g.quads > kPairedTileBytes;
   g.in_place = !g.direct && s.dilation_w == 1 && (padded || s.kernel_w * s.channels % 4 == 0);

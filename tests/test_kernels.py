@@ -348,7 +348,8 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (1, 3, 20, 25, 3, 2, 1, 1),     # MobileNet's stem: kernel rows of 9 codes (12 with VNNI)
     (1, 2, 8, 12, 9, 1, 4, 1),      # 81 taps: the int16 form (the byte form takes up to 64)
     (1, 256, 20, 7, 3, 1, 1, 1),    # depth 2304: AMX's 32-row tiles, a partial last tile
-    (1, 512, 40, 5, 3, 1, 1, 1),    # depth 4608: blocks of panels, the next one fetched ahead (VNNI)
+    (1, 512, 150, 5, 3, 1, 1, 1),   # depth 4608: blocks of panels (VNNI: as many as 5/8 of the L2 cache
+                                    # holds), tiles kept; the next block fetched ahead where two fit
     (1, 192, 40, 13, 3, 1, 1, 1),   # inner tiles read in place, two panels per pass (VNNI)
     (2, 16, 24, 33, 3, 2, 1, 1),    # strided, inner tiles read in place, tiles across image rows
 ])
