@@ -109,14 +109,14 @@ def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
 class _BytePanels:
     """The byte form's weights: int8 panels, each channel's weight sum (the zero point's share of the
     accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels. ``amx``: the
-    panels' depth padded to whole AMX tiles."""
+    panels' depth padded to whole AMX tiles; ``padded``: each kernel row's (see :func:`padded_rows`)."""
 
-    def __init__(self, weight: torch.Tensor, amx: bool = False, padded_rows: bool = False):
+    def __init__(self, weight: torch.Tensor, amx: bool = False, padded: bool = False):
         rows = _weight_rows(weight)
         lib = library()
         size, pack = ((lib.qc_conv_amx_packed_size, lib.qc_conv_amx_pack) if amx
                       else (lib.qc_conv_byte_packed_size, lib.qc_conv_byte_pack))
-        packed = _padded_kernel_rows(weight) if padded_rows else rows
+        packed = _padded_kernel_rows(weight) if padded else rows
         self.panels = torch.empty(size(*packed.shape), dtype=torch.int8)
         pack(packed.data_ptr(), packed.shape[0], packed.shape[1], self.panels.data_ptr())
         self.sums = rows.long().sum(1)

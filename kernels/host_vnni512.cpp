@@ -2,14 +2,14 @@
 // with 512-bit vectors. A panel of 16 output channels is one vector of int32 lanes, and vpdpbusd adds the four
 // uint8 x int8 products of each lane, so every code goes in whole; eight pixels share each weight vector. The
 // output stage (stage16.h) runs on the accumulators in the registers, and vpmovusdb stores the sixteen codes.
-// A whole tile of pixels whose receptive fields lie inside the input reads its rows in place, a kernel row at a
-// time (a kernel row's taps are side by side in channels-last order); where a kernel row's codes are not whole
-// groups of four (an RGB stem's 7 x 3) the weights are packed a kernel row at a time, each padded with zero
-// weights to whole groups, and the codes read past a row's taps count for nothing. Deep layers' whole tiles
-// run two panels per pass over their rows (whole_tile_sums).
 // A 1x1 convolution with stride 1 and no padding over a multiple of 4 channels (and a linear layer) reads its
-// rows straight from the input: channels last, a pixel's codes are its GEMM row. Other layers gather each
-// tile's rows (gather_bytes.h), and taps outside the input get their share of the bias correction back.
+// rows straight from the input: channels last, a pixel's codes are its GEMM row. Other layers read a whole
+// tile of pixels whose receptive fields lie inside the input in place too, a kernel row at a time (a kernel
+// row's taps are side by side in channels-last order); where a kernel row's codes are not whole groups of four
+// (an RGB stem's 7 x 3) the weights are packed a kernel row at a time, each padded with zero weights to whole
+// groups, and the codes read past a row's taps count for nothing. Border and partial tiles gather their rows
+// (gather_bytes.h) into the same layout, and taps outside the input get their share of the bias correction
+// back. Tiles read in place, and deep layers' gathered tiles, run two panels per pass (whole_tile_sums).
 // Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
 #include <stdint.h>
 #include <string.h>
