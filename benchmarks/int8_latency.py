@@ -23,8 +23,8 @@ calibration images; where ``requirements/benchmarks.txt`` is installed);
 the two timed head to head in adjacent pairs of calls (``qcompile/timing.py``),
 at the 10th percentile of each one's times, with a bootstrap 95% interval. Effective GOPS count two operations per
 multiply-accumulate of the convolutions and linears, against this CPU's
-int8 peak, measured per core by ``benchmarks/int8_peak.py`` (about 205 GOPS
-on this AMD EPYC, which has AVX2 but no VNNI). Also measures calibration
+AVX2 int8 peak (the ``vpmaddubsw`` sequence), measured per core by
+``benchmarks/int8_peak.py``: a VNNI CPU's kernels run above it. Also measures calibration
 throughput (images/s) of qcompile and torch.ao with the same observers (x86
 preset: histogram activations).
 """
