@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from qcompile.quant.adaround import WeightGrid
@@ -131,18 +132,22 @@ def _column_by_column(scaled, zero, qmin, qmax, h, damp) -> torch.Tensor:
     w = torch.gather(scaled, 2, order[:, None, :].expand_as(scaled)).clone()
     zero, qmin, qmax = (torch.gather(t, 2, order[:, None, :].expand_as(t)) for t in (zero, qmin, qmax))
     h = h + damp * diag.mean(1).clamp(min=1e-12)[:, None, None] * torch.eye(k, dtype=h.dtype)
-    upper = _inverse_upper_factor(h)
-    codes = torch.empty_like(w)
+    upper = _inverse_upper_factor(h).numpy()
+    # the column loop runs on numpy arrays: thousands of steps on a few hundred numbers each, where a torch
+    # call's fixed cost outweighs its work; columns are made contiguous (groups, K, out)
+    w, zero, qmin, qmax = (t.transpose(1, 2).contiguous().numpy() for t in (w, zero, qmin, qmax))
+    codes = np.empty_like(w)
     for start in range(0, k, BLOCK):
         end = min(start + BLOCK, k)
-        block = w[:, :, start:end].clone()
-        errors = torch.empty_like(block)
+        block = w[:, start:end]  # a view: the block's columns are updated in place
+        errors = np.empty_like(block)
         for i in range(end - start):
             j = start + i
-            code = torch.clamp(torch.round(block[:, :, i] + zero[:, :, j]), qmin[:, :, j], qmax[:, :, j])
-            codes[:, :, j] = code
-            error = (block[:, :, i] - (code - zero[:, :, j])) / upper[:, j, j][:, None]
-            block[:, :, i + 1:] -= error[:, :, None] * upper[:, None, j, j + 1:end]
-            errors[:, :, i] = error
-        w[:, :, end:] -= torch.einsum("goi,gij->goj", errors, upper[:, start:end, end:])
+            code = np.clip(np.rint(block[:, i] + zero[:, j]), qmin[:, j], qmax[:, j])
+            codes[:, j] = code
+            error = (block[:, i] - (code - zero[:, j])) / upper[:, j, j][:, None]
+            block[:, i + 1:] -= upper[:, j, j + 1:end, None] * error[:, None, :]
+            errors[:, i] = error
+        w[:, end:] -= np.matmul(upper[:, start:end, end:].transpose(0, 2, 1), errors)
+    codes = torch.from_numpy(codes).transpose(1, 2)
     return torch.gather(codes, 2, undo[:, None, :].expand_as(codes))
