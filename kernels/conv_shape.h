@@ -21,6 +21,16 @@ struct ConvShape {
   int64_t depth() const { return kernel_h * kernel_w * channels; }
   int64_t pairs() const { return (depth() + 1) / 2; }
   int64_t pixels() const { return batch * out_h * out_w; }
+  // Output pixel m's image, row and column: two 32-bit divisions, each giving quotient and remainder (64-bit
+  // ones cost more per pixel than a receptive field's copies; a layer has far fewer than 2^32 output pixels).
+  struct Pixel {
+    int64_t n, oh, ow;
+  };
+  Pixel pixel(int64_t m) const {
+    const auto index = static_cast<uint32_t>(m), width = static_cast<uint32_t>(out_w);
+    const uint32_t rows = index / width, ow = index % width;
+    return {rows / static_cast<uint32_t>(out_h), rows % static_cast<uint32_t>(out_h), ow};
+  }
 };
 
 // The low byte of q's first `count` lanes (codes 0..255) at out[0, count): all eight at once, or, for a

@@ -55,11 +55,7 @@ __attribute__((target("avx2"))) inline void copy_bytes(uint8_t* dst, const uint8
 __attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, const ConvShape& s, int64_t m,
                                                              int32_t r, uint8_t* row,
                                                              std::vector<Exception>& exceptions, bool wide) {
-  // two 32-bit divisions, each giving quotient and remainder (64-bit ones cost more per pixel than the copies;
-  // a layer has far fewer than 2^32 output pixels)
-  const auto row_index = static_cast<uint32_t>(m), out_w = static_cast<uint32_t>(s.out_w);
-  const uint32_t rows = row_index / out_w, ow = row_index % out_w;
-  const uint32_t oh = rows % static_cast<uint32_t>(s.out_h), n = rows / static_cast<uint32_t>(s.out_h);
+  const auto [n, oh, ow] = s.pixel(m);
   const __m256i top = _mm256_set1_epi8(127);
   uint8_t* dst = row;
   uint64_t outside = 0;

@@ -216,9 +216,7 @@ constexpr int64_t kPrefetchBytes = 640 << 10;
 inline bool interior_rows(const Gemm& g, int64_t t, const uint8_t* (&rows)[kRows]) {
   const ConvShape& s = g.s;
   for (int r = 0; r < kRows; ++r) {
-    const auto m = static_cast<uint32_t>(t * kRows + r), out_w = static_cast<uint32_t>(s.out_w);
-    const uint32_t image_row = m / out_w, ow = m % out_w;
-    const uint32_t oh = image_row % static_cast<uint32_t>(s.out_h), n = image_row / static_cast<uint32_t>(s.out_h);
+    const auto [n, oh, ow] = s.pixel(t * kRows + r);
     const int64_t iy = oh * s.stride_h - s.pad_h, ix = ow * s.stride_w - s.pad_w;
     // a padded run reads up to three bytes past the kernel row's taps (weights 0): they must be the input's too
     if (iy < 0 || iy + (s.kernel_h - 1) * s.dilation_h >= s.height || ix < 0 ||
@@ -233,9 +231,7 @@ inline bool interior_rows(const Gemm& g, int64_t t, const uint8_t* (&rows)[kRows
 // them; taps outside the input are 0 and set in the returned mask, as gather_bytes does.
 __attribute__((target("avx2"))) inline uint64_t gather_padded(const Gemm& g, int64_t m, uint8_t* row) {
   const ConvShape& s = g.s;
-  const auto index = static_cast<uint32_t>(m), out_w = static_cast<uint32_t>(s.out_w);
-  const uint32_t image_row = index / out_w, ow = index % out_w;
-  const uint32_t oh = image_row % static_cast<uint32_t>(s.out_h), n = image_row / static_cast<uint32_t>(s.out_h);
+  const auto [n, oh, ow] = s.pixel(m);
   const int64_t ix0 = ow * s.stride_w - s.pad_w, bytes = s.kernel_w * s.channels, pitch = 4 * g.run_quads;
   const bool columns_inside = ix0 >= 0 && ix0 + s.kernel_w <= s.width;  // dilation_w is 1
   uint64_t outside = 0;
@@ -411,7 +407,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   g.block = std::max<int64_t>(1, block_bytes() / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
   g.pairs = kRows * 4 * g.quads > kPairedTileBytes;
-  g.in_place = !g.direct && s.dilation_w == 1 && (padded || s.kernel_w * s.channels % 4 == 0);
+  g.in_place = !g.direct && s.dilation_w == 1;  // whole groups of four per kernel row, padded or not
   g.padded = padded;
   const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
   g.stages = table.data();
