@@ -7,9 +7,11 @@
 // tile of pixels whose receptive fields lie inside the input in place too, a kernel row at a time (a kernel
 // row's taps are side by side in channels-last order); where a kernel row's codes are not whole groups of four
 // (an RGB stem's 7 x 3) the weights are packed a kernel row at a time, each padded with zero weights to whole
-// groups, and the codes read past a row's taps count for nothing. Border and partial tiles gather their rows
-// (gather_bytes.h) into the same layout, and taps outside the input get their share of the bias correction
-// back. Tiles read in place, and deep layers' gathered tiles, run two panels per pass (whole_tile_sums).
+// groups, and the codes read past a row's taps count for nothing. A padded layer's input is first copied with
+// the padding written out as the zero point (padded_input.h), so no tile is near a border; partial tiles and
+// dilated layers gather their rows (gather_bytes.h) into the same layout, and taps outside the input get their
+// share of the bias correction back. Tiles read in place, and deep layers' gathered tiles, run two panels per
+// pass (whole_tile_sums).
 // Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
 #include <stdint.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 
 #include "conv_shape.h"
 #include "gather_bytes.h"
+#include "padded_input.h"
 #include "parallel.h"
 #include "stage16.h"
 
@@ -398,12 +401,25 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   // where a kernel row's codes are not whole groups of four, the weights come a kernel row at a time, each
   // padded with zeros to whole groups (host_conv.py's padded_rows: the same rule), and so do gathered rows
   const bool padded = s.dilation_w == 1 && s.kernel_w * s.channels % 4 != 0;
-  g.run_quads = (s.kernel_w * s.channels + 3) / 4, g.run_stride = s.dilation_h * s.width * s.channels;
+  g.run_quads = (s.kernel_w * s.channels + 3) / 4;
+  const bool direct = s.kernel_h * s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+                      s.pad_w == 0 && s.channels % 4 == 0;
+  if (!direct && s.dilation_w == 1) {  // tiles read in place: the padding written out, no border tile left
+    // columns the last pixel's kernel rows reach, the bytes read past a padded row's taps included
+    const int64_t last = (s.out_w - 1) * s.stride_w * s.channels + 4 * g.run_quads;
+    const int64_t extra = std::max<int64_t>(0, (last + s.channels - 1) / s.channels - (s.width + 2 * s.pad_w));
+    if (s.pad_h > 0 || s.pad_w > 0 || extra > 0) {
+      const ConvShape p = qc_host::padded_shape(s, extra);
+      uint8_t* copy = qc_host::scratch(p.batch * p.height * p.width * p.channels);
+      qc_host::pad_input(x, s, extra, static_cast<uint8_t>(x_zero), copy, threads);
+      g.x = copy, g.s = p;
+    }
+  }
+  g.run_stride = s.dilation_h * s.width * s.channels;
   g.quads = padded ? s.kernel_h * g.run_quads : (s.depth() + 3) / 4;
   g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
   g.all_panels = (s.out_channels + kChannels - 1) / kChannels, g.taps = s.kernel_h * s.kernel_w;
-  g.direct = g.taps == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
-             s.channels % 4 == 0;
+  g.direct = direct;
   g.block = std::max<int64_t>(1, block_bytes() / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
   g.pairs = kRows * 4 * g.quads > kPairedTileBytes;

@@ -16,17 +16,29 @@ from pathlib import Path
 
 @functools.cache
 def _cpuinfo() -> tuple[str, frozenset[str]]:
-    model, flags = platform.processor() or "unknown CPU", frozenset()
+    model, flags, fields = platform.processor() or "unknown CPU", frozenset(), {}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return model, flags
     for line in text.splitlines():
-        if line.startswith("model name") and model in ("unknown CPU", platform.processor()):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = frozenset(line.split(":", 1)[1].split())
-    return model, flags
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name", model)
+    flags = frozenset(fields.get("flags", "").split())
+    core = _amd_core(fields.get("vendor_id", ""), fields.get("cpu family", ""), flags)
+    return (f"{model} ({core})" if core and core not in model else model), flags
+
+
+def _amd_core(vendor: str, family: str, flags: frozenset[str]) -> str | None:
+    """An AMD CPU's core generation from its family, which a virtual machine's generic model name ("AMD EPYC")
+    leaves out: family 25 is Zen 3 or, with AVX-512, Zen 4; family 26 is Zen 5."""
+    if vendor != "AuthenticAMD" or not family.isdigit():
+        return None
+    family_number = int(family)
+    if family_number == 25:
+        return "Zen 4" if "avx512f" in flags else "Zen 3"
+    return {23: "Zen or Zen 2", 26: "Zen 5"}.get(family_number)
 
 
 def cpu_flags() -> frozenset[str]:
