@@ -27,11 +27,11 @@ struct Stage16 {
   __m512i add_even, add_odd, negative_even, negative_odd, shift_even, shift_odd;  // 64-bit lanes
 };
 
-// What every lane shares: the zero point, the clamp; `clamp_top`: whether the clamp's top must be applied
-// (see make_shared).
+// What every lane shares: the zero point, the clamp; `clamp_top`: whether the clamp's top must be applied,
+// `round_negative`: whether a negative product's rounding must be applied (see make_shared).
 struct StageShared {
   __m512i zero, lo, hi;
-  bool clamp_top;
+  bool clamp_top, round_negative;
 };
 
 // 64-bit lanes' `add` and `negative` for right shifts r (see Stage16): 2^30 + 2^(30 + r) and 2^31 where r > 0.
@@ -72,10 +72,13 @@ __attribute__((target("avx512f"))) inline UniformStage16 uniform_stage16(int32_t
                         _mm512_add_epi64(_mm512_set1_epi64(31), right)};
 }
 
-// The clamp's top is applied unless it is 255 (store16 saturates there) or INT32_MAX (no top).
+// The clamp's top is applied unless it is 255 (store16 saturates there) or INT32_MAX (no top). The rounding
+// of negative products (RDBPOT's ties away from zero, below) is left out where the clamp's bottom is at or
+// above the zero point (a fused ReLU): a negative product gives q <= 0 with or without it (for s > 0 the sum
+// y + 2^30 + 2^31 * h stays below 2^(31 + s)), so q + zero <= lo, and the clamp makes both lo.
 __attribute__((target("avx512f"))) inline StageShared make_shared(int32_t zero, int32_t lo, int32_t hi) {
   return StageShared{_mm512_set1_epi32(zero), _mm512_set1_epi32(lo), _mm512_set1_epi32(hi),
-                     hi != 255 && hi != INT32_MAX};
+                     hi != 255 && hi != INT32_MAX, lo < zero};
 }
 
 // stage8's function on x = acc + bias in one rounding per lane. With y = x * m0 (64 bits), SRDHM is
@@ -84,28 +87,35 @@ __attribute__((target("avx512f"))) inline StageShared make_shared(int32_t zero, 
 // shift of a sum that stays inside int64 (|y| < 2^62). [r < 0] is taken as [y < 0]: they differ only where
 // r = 0, and there h - 1 and h both leave 0 after the shift (h < 2^s). Then the zero point and the clamp,
 // whose top is left to store16 where it is 255 (lanes may hold more than 255 then).
+// kNegative false leaves the negative products' rounding out (see make_shared).
+template <bool kNegative = true>
 __attribute__((target("avx512f"))) inline __m512i stage16_half(__m512i x, __m512i m0, __m512i add, __m512i negative,
                                                                __m512i shift) {
   const __m512i y = _mm512_mul_epi32(x, m0);
   const __m512i t = _mm512_add_epi64(y, add);
+  if constexpr (!kNegative) return _mm512_srav_epi64(t, shift);
   return _mm512_srav_epi64(
       _mm512_mask_sub_epi64(t, _mm512_cmplt_epi64_mask(y, _mm512_setzero_si512()), t, negative), shift);
 }
 
 // stage16_half on the even lanes and on the odd ones (shifted down), the odd results put back in their lanes.
+template <bool kNegative = true>
 __attribute__((target("avx512f"))) inline __m512i stage16_lanes(__m512i x, __m512i m0_even, __m512i m0_odd,
                                                                 __m512i add_even, __m512i add_odd,
                                                                 __m512i negative_even, __m512i negative_odd,
                                                                 __m512i shift_even, __m512i shift_odd) {
-  const __m512i even = stage16_half(x, m0_even, add_even, negative_even, shift_even);
-  const __m512i odd = stage16_half(_mm512_srli_epi64(x, 32), m0_odd, add_odd, negative_odd, shift_odd);
+  const __m512i even = stage16_half<kNegative>(x, m0_even, add_even, negative_even, shift_even);
+  const __m512i odd = stage16_half<kNegative>(_mm512_srli_epi64(x, 32), m0_odd, add_odd, negative_odd, shift_odd);
   return _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
 __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, const Stage16& s,
                                                                  const StageShared& k) {
-  const __m512i q = stage16_lanes(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even, s.negative_odd,
-                                  s.shift_even, s.shift_odd);
+  const __m512i q = k.round_negative
+                        ? stage16_lanes<true>(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even,
+                                              s.negative_odd, s.shift_even, s.shift_odd)
+                        : stage16_lanes<false>(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even,
+                                               s.negative_odd, s.shift_even, s.shift_odd);
   const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
   return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
 }

@@ -394,6 +394,36 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
                         assert torch.equal(got, want), (isa, zero)
 
 
+@pytest.mark.parametrize("groups, kernel", [(1, 1), (1, 3), (48, 3)])
+def test_host_kernels_with_a_fused_relu_skip_only_rounding_that_the_clamp_removes(groups, kernel):
+    """Where the clamp's bottom is at or above the output zero point (a fused ReLU), the 512-bit output stage
+    leaves out the rounding of negative products (ties away from zero): every such result is clamped to the
+    bottom anyway. Small sums (codes within 2 of the zero point, weights -1..1) halved and shifted by 0-2 bits,
+    so that outputs sit at the clamp's bottom and ties are frequent, for the dense (direct 1x1 and 3x3) and
+    depthwise kernels, against the reference; a bottom below the zero point keeps the rounding."""
+    generator = torch.Generator().manual_seed(groups + kernel)
+    x = torch.randint(7, 12, (2, 48, 9, 9), dtype=torch.uint8, generator=generator)
+    weight = torch.randint(-1, 2, (48, 48 // groups, kernel, kernel), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-3, 4, (48,), dtype=torch.int32, generator=generator)
+    m0 = torch.full((48,), 2**30, dtype=torch.int32)  # x * 0.5
+    exponent = -(torch.arange(48, dtype=torch.int32) % 3)
+    geometry = ([1, 1], [kernel // 2] * 2, [1, 1])
+    for out_zero, lo, hi in ((40, 40, 255), (40, 43, 200), (40, 39, 255), (40, 0, 255)):
+        want = _conv_reference_grouped(x, 9, weight, bias, m0, exponent, out_zero, lo, hi, *geometry, groups)
+        bottom = want == lo if lo >= out_zero else want < out_zero  # clamped, or negative results kept
+        assert bottom.float().mean() > 0.1 and len(torch.unique(want)) > 2
+        got = cpu.qconv2d(x, 9, weight, bias, m0, exponent, out_zero, lo, hi, *geometry, groups)
+        assert torch.equal(got, want), (out_zero, lo, hi)
+
+
+def _conv_reference_grouped(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation,
+                            groups):
+    acc = torch.nn.functional.conv2d(x.double() - x_zero, weight.double(), None, stride, padding, dilation, groups)
+    shape = (1, -1, 1, 1)
+    return fp.output_stage(acc.round().long(), bias.view(shape), m0.view(shape), exponent.view(shape), out_zero, lo,
+                           hi).to(torch.uint8)
+
+
 def test_host_kernels_take_an_empty_batch():
     """A batch of no images through every form this CPU runs (dense convolutions deep enough for blocks of
     weight panels, depthwise, linear, add): empty outputs of the right shapes, no fault."""
