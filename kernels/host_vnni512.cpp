@@ -190,6 +190,45 @@ QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
     if (r < rows) row(r);
 }
 
+// A whole tile of a thin 1x1 layer read in place (eight consecutive pixels, `channels` codes apart) under one
+// panel, sums, output stage and stores in one piece: the rows' addresses and the accumulators stay in
+// registers. Taken up to kDirectTileQuads groups of four (depth 64), where the per-tile cost of panel_sums and
+// finish_rows outweighed the sums (MobileNetV2's 16->96 and 24->144 layers 1.3-1.5x faster); deeper layers
+// ran slower in this form. kNegative: the stage's rounding of negative products (StageShared::round_negative).
+constexpr int64_t kDirectTileQuads = 16;
+#define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+template <bool kNegative>
+QC_VNNI512 inline __attribute__((always_inline)) void direct_tile(const uint8_t* x, int64_t channels,
+                                                                  const int8_t* panel, int64_t quads,
+                                                                  const Stage16& st, const StageShared& k,
+                                                                  uint8_t* out, int64_t out_channels, int64_t count) {
+#define QC_ZERO(r) __m512i a##r = st.bias; const uint8_t* x##r = x + (r) * channels;
+  QC_EIGHT(QC_ZERO)
+#undef QC_ZERO
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m512i w = _mm512_loadu_si512(panel + 64 * q);
+#define QC_STEP(r)                                                               \
+  {                                                                              \
+    int32_t quad;                                                                \
+    memcpy(&quad, x##r + 4 * q, sizeof quad);                                    \
+    a##r = _mm512_dpbusd_epi32(a##r, _mm512_set1_epi32(quad), w);               \
+  }
+    QC_EIGHT(QC_STEP)
+#undef QC_STEP
+  }
+#define QC_STORE(r)                                                                                            \
+  {                                                                                                            \
+    const __m512i q = qc_avx512::stage16_lanes<kNegative>(a##r, st.m0, st.m0_odd, st.add_even, st.add_odd,    \
+                                                          st.negative_even, st.negative_odd, st.shift_even,   \
+                                                          st.shift_odd);                                      \
+    const __m512i low = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);                                  \
+    qc_avx512::store16(out + (r) * out_channels, k.clamp_top ? _mm512_min_epi32(low, k.hi) : low, count);      \
+  }
+  QC_EIGHT(QC_STORE)
+#undef QC_STORE
+}
+#undef QC_EIGHT
+
 // One call's layer and what every thread reads.
 struct Gemm {
   const uint8_t* x;
@@ -297,14 +336,23 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
         const Stage16 stage = g.stages[p];
         const StageShared shared = g.shared;
         const int8_t* panel = g.packed + p * panel_bytes;
+        const int64_t c = p * kChannels;
         for (int64_t t = run; t < std::min(t1, run + kRun); ++t) {
           const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
+          uint8_t* out = g.out + t * kRows * s.out_channels + c;
+          const uint8_t* x = g.x + t * kRows * s.channels;
+          if (valid == kRows && g.quads <= kDirectTileQuads) {
+            if (shared.round_negative)
+              direct_tile<true>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, s.out_channels - c);
+            else
+              direct_tile<false>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, s.out_channels - c);
+            continue;
+          }
           for (int r = 0; r < valid; ++r) rows[r] = g.x + (t * kRows + r) * s.channels;
           __m512i acc[kRows];
           panel_sums(rows, valid, panel, g.quads, stage.bias, acc);
-          const int64_t c = p * kChannels;
-          finish_rows(acc, valid, no_taps, g.tap_sums, g.x_zero, stage, shared, s.out_channels - c,
-                      g.out + t * kRows * s.out_channels + c, s.out_channels);
+          finish_rows(acc, valid, no_taps, g.tap_sums, g.x_zero, stage, shared, s.out_channels - c, out,
+                      s.out_channels);
         }
       }
     return;
