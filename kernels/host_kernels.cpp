@@ -135,6 +135,53 @@ __attribute__((target("avx2"))) void output_stage_channels_last_avx2(
 
 // qc_host_add's loop, eight lanes at a time: each input's rescale is the output stage with bias 0, zero point 0
 // and no clamp; the caller checks that nothing can saturate (exponents <= 0, left_shift <= 22).
+// quantize_range sixteen values at a time, the same float32 steps: the division (not a reciprocal), the zero
+// point's addition, the clamp (vmaxps returns its second operand, qmin, for NaN, as qc::quantize does), then
+// round_half_away as truncation plus one where the fraction is at least 1/2 (v >= qmin >= 0, so no negative
+// fractions). The codes are 0..255, so vpmovdb's truncation keeps them. The last few values go through
+// quantize_range itself.
+__attribute__((target("avx512f"))) void quantize_range_avx512(const float* x, uint8_t* out, int64_t begin,
+                                                                int64_t end, float scale, int32_t zero_point,
+                                                                int32_t qmin, int32_t qmax) {
+  const __m512 divisor = _mm512_set1_ps(scale), zero = _mm512_set1_ps(static_cast<float>(zero_point));
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(qmin)), hi = _mm512_set1_ps(static_cast<float>(qmax));
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512i one = _mm512_set1_epi32(1);
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    __m512 v = _mm512_add_ps(zero, _mm512_div_ps(_mm512_loadu_ps(x + i), divisor));
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    const __m512 whole = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(v, whole), half, _CMP_GE_OQ);
+    const __m512i t = _mm512_cvttps_epi32(whole);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(_mm512_mask_add_epi32(t, up, t, one)));
+  }
+  quantize_range(x, out, i, end, scale, zero_point, qmin, qmax);
+}
+
+// Sixteen pixels of 2 to 4 channel planes (a stem's RGB input), interleaved into channels-last order by one
+// vpermb: plane k's sixteen codes in lane k, then byte 16k + p to position p * c + k.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void interleave_planes(const uint8_t* src, int64_t pixels,
+                                                                               int64_t c, uint8_t* dst,
+                                                                               int64_t p0, int64_t p1) {
+  alignas(64) uint8_t order[64] = {};
+  for (int64_t p = 0; p < 16; ++p)
+    for (int64_t k = 0; k < c; ++k) order[p * c + k] = static_cast<uint8_t>(16 * k + p);
+  const __m512i index = _mm512_load_si512(order);
+  const __mmask64 bytes = c * 16 == 64 ? ~__mmask64{0} : (__mmask64{1} << (c * 16)) - 1;
+  int64_t p = p0;
+  for (; p + 16 <= p1; p += 16) {
+    __m512i planes = _mm512_setzero_si512();
+    for (int64_t k = 0; k < c; ++k) {
+      const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k * pixels + p));
+      planes = _mm512_mask_broadcast_i32x4(planes, static_cast<__mmask16>(0xF << (4 * k)), codes);
+    }
+    _mm512_mask_storeu_epi8(dst + p * c, bytes, _mm512_permutexvar_epi8(index, planes));
+  }
+  for (; p < p1; ++p)
+    for (int64_t k = 0; k < c; ++k) dst[p * c + k] = src[k * pixels + p];
+}
+
 // One output pixel of max pooling: the channel-wise maximum of `count` >= 1 taps' codes, 32 channels per vector
 // (the tap loop inside, so each vector stays in a register until stored).
 __attribute__((target("avx2"))) void max_of_taps(const uint8_t* const* taps, int64_t count, uint8_t* out,
@@ -323,6 +370,14 @@ void qc_host_output_stage_channels_last(const void* acc, int acc_is_float, const
 // <= 255.
 void qc_host_quantize(const float* x, uint8_t* out, int64_t count, float scale, int32_t zero_point, int32_t qmin,
                       int32_t qmax, int threads) {
+#ifdef QC_HOST_AVX2
+  if (__builtin_cpu_supports("avx512f")) {
+    parallel_for(count, threads, [=](int64_t begin, int64_t end) {
+      quantize_range_avx512(x, out, begin, end, scale, zero_point, qmin, qmax);
+    });
+    return;
+  }
+#endif
   parallel_for(count, threads, [=](int64_t begin, int64_t end) {
     quantize_range(x, out, begin, end, scale, zero_point, qmin, qmax);
   });
@@ -391,6 +446,19 @@ void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int 
 // needs of a quantized input, without a torch copy (whose threads would then wait, spinning, on the cores
 // these kernels run on).
 void qc_host_to_channels_last(const uint8_t* x, uint8_t* out, int64_t n, int64_t c, int64_t pixels, int threads) {
+#ifdef QC_HOST_AVX2
+  if (c >= 2 && c <= 4 && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")) {
+    constexpr int64_t kPixels = 1024;  // per task
+    const int64_t blocks = (pixels + kPixels - 1) / kPixels;
+    parallel_for(n * blocks, threads, [=](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / blocks, p0 = (task % blocks) * kPixels;
+        interleave_planes(x + b * c * pixels, pixels, c, out + b * pixels * c, p0, std::min(pixels, p0 + kPixels));
+      }
+    });
+    return;
+  }
+#endif
   constexpr int64_t kBlock = 64;  // pixels per task: a block of c rows read, one of out written
   const int64_t blocks = (pixels + kBlock - 1) / kBlock;
   parallel_for(n * blocks, threads, [=](int64_t begin, int64_t end) {

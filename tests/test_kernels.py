@@ -615,6 +615,18 @@ def test_host_max_pool_is_torchs(kernel, stride, padding, dilation, ceil_mode):
         assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want), layout
 
 
+@pytest.mark.parametrize("channels, height, width", [(2, 9, 11), (3, 9, 11), (4, 9, 11), (3, 40, 41), (5, 9, 11)])
+def test_host_layout_copy_of_a_few_channels_is_torchs(channels, height, width):
+    """The NCHW -> channels-last copy of an RGB-like input (2 to 4 planes interleaved sixteen pixels at a time
+    where the CPU has AVX-512 VBMI; 99 pixels leave a tail, 1,640 span two tasks), and of five channels."""
+    from qcompile.kernels import host
+
+    generator = torch.Generator().manual_seed(channels * height)
+    q = torch.randint(0, 256, (2, channels, height, width), dtype=torch.uint8, generator=generator)
+    moved = host.channels_last(q)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and torch.equal(moved, q)
+
+
 def test_host_layout_copy_and_global_mean_are_torchs():
     """The host kernels' NCHW -> channels-last copy and the integer mean over H, W against torch, both layouts."""
     from qcompile.kernels import host
