@@ -343,6 +343,8 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (1, 64, 48, 14, 3, 1, 1, 1),    # the byte form: pixels over whole and partial tiles, whole panels
     (3, 32, 40, 5, 1, 1, 0, 1),     # 1x1, depth 32: a plain GEMM in int16
     (2, 96, 24, 6, 1, 1, 0, 1),     # 1x1, depth 96: a plain GEMM in bytes
+    (1, 128, 40, 5, 1, 1, 0, 1),    # 1x1, depth 128, 40 channels: two panels per pass (full-width 512-bit
+                                    # cores), a partial tile, a last panel alone
     (1, 3, 16, 40, 7, 2, 3, 1),     # a stem: wide padding, depth 147 in bytes; with VNNI kernel rows of 21
                                     # codes padded to 24, inner tiles read in place
     (1, 3, 20, 25, 3, 2, 1, 1),     # MobileNet's stem: kernel rows of 9 codes (12 with VNNI)
