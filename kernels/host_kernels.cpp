@@ -263,17 +263,15 @@ __attribute__((target("avx512f"))) inline __m512i rescale16(__m512i codes, const
   return _mm512_sra_epi32(_mm512_add_epi32(high, low), r.last);
 }
 
-// add_avx2 sixteen lanes at a time (AVX-512): the inputs rescaled by rescale16 (the caller checks
-// input_rescale16_exact), the sum by stage16.h's output stage; the same integers.
-__attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t begin,
-                                                   int64_t end, int32_t a_zero, int32_t a_m0, int a_exponent,
-                                                   int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0,
-                                                   int out_exponent, int32_t out_zero, int32_t lo, int32_t hi,
-                                                   int left_shift) {
+// add_avx512's vectors: kNegative false where the clamp's bottom is at or above the output zero point (a
+// fused ReLU), whose negative sums' rounding the clamp removes (stage16.h's make_shared).
+template <bool kNegative>
+__attribute__((target("avx512f"))) int64_t add_vectors16(const uint8_t* a, const uint8_t* b, uint8_t* out,
+                                                           int64_t begin, int64_t end, const InputRescale16& sa,
+                                                           const InputRescale16& sb,
+                                                           const qc_avx512::UniformStage16& so, int32_t out_zero,
+                                                           int32_t lo, int32_t hi) {
   using namespace qc_avx512;
-  const InputRescale16 sa = input_rescale16(a_zero, a_m0, a_exponent, left_shift);
-  const InputRescale16 sb = input_rescale16(b_zero, b_m0, b_exponent, left_shift);
-  const UniformStage16 so = uniform_stage16(out_m0, out_exponent);
   const __m512i zo = _mm512_set1_epi32(out_zero);
   const __m512i bottom = _mm512_set1_epi32(lo), top = _mm512_set1_epi32(hi);
   int64_t i = begin;
@@ -281,9 +279,24 @@ __attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8
     const __m512i va = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
     const __m512i vb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
     const __m512i x = rescale16(va, sa), y = rescale16(vb, sb);
-    const __m512i q = _mm512_add_epi32(stage16_uniform(_mm512_add_epi32(x, y), so), zo);
+    const __m512i q = _mm512_add_epi32(stage16_uniform<kNegative>(_mm512_add_epi32(x, y), so), zo);
     store16(out + i, _mm512_min_epi32(_mm512_max_epi32(q, bottom), top), 16);
   }
+  return i;
+}
+
+// add_avx2 sixteen lanes at a time (AVX-512): the inputs rescaled by rescale16 (the caller checks
+// input_rescale16_exact), the sum by stage16.h's output stage; the same integers.
+__attribute__((target("avx512f"))) void add_avx512(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t begin,
+                                                   int64_t end, int32_t a_zero, int32_t a_m0, int a_exponent,
+                                                   int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0,
+                                                   int out_exponent, int32_t out_zero, int32_t lo, int32_t hi,
+                                                   int left_shift) {
+  const InputRescale16 sa = input_rescale16(a_zero, a_m0, a_exponent, left_shift);
+  const InputRescale16 sb = input_rescale16(b_zero, b_m0, b_exponent, left_shift);
+  const qc_avx512::UniformStage16 so = qc_avx512::uniform_stage16(out_m0, out_exponent);
+  int64_t i = lo >= out_zero ? add_vectors16<false>(a, b, out, begin, end, sa, sb, so, out_zero, lo, hi)
+                             : add_vectors16<true>(a, b, out, begin, end, sa, sb, so, out_zero, lo, hi);
   for (; i < end; ++i)
     out[i] = qc::quantized_add(a[i], b[i], a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0,
                                out_exponent, out_zero, lo, hi, left_shift);

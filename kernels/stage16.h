@@ -120,9 +120,10 @@ __attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, cons
   return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
 }
 
-// stage16_biased's rounding on one grid, without the zero point and the clamp.
+// stage16_biased's rounding on one grid, without the zero point and the clamp (kNegative: as stage16_half).
+template <bool kNegative = true>
 __attribute__((target("avx512f"))) inline __m512i stage16_uniform(__m512i x, const UniformStage16& s) {
-  return stage16_lanes(x, s.m0, s.m0, s.add, s.add, s.negative, s.negative, s.shift, s.shift);
+  return stage16_lanes<kNegative>(x, s.m0, s.m0, s.add, s.add, s.negative, s.negative, s.shift, s.shift);
 }
 
 __attribute__((target("avx512f"))) inline __m512i stage16(__m512i acc, const Stage16& s, const StageShared& k) {

@@ -313,20 +313,23 @@ def test_host_add_vector_forms_are_bit_exact(monkeypatch, a_m0, a_exponent, b_m0
     generator = torch.Generator().manual_seed(5)
     a = torch.randint(0, 256, (3, 7, 11, 5), dtype=torch.uint8, generator=generator)  # 1155: a tail of 3
     b = torch.randint(0, 256, (3, 7, 11, 5), dtype=torch.uint8, generator=generator)
-    args = (a, 17, a_m0, a_exponent, b, 140, b_m0, b_exponent, out_m0, out_exponent, 90, 90, 255)
     from qcompile.cpu_features import cpu_flags
 
-    got, form = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
-    eight, eight_form = host.run_add(*args, cpu.ADD_LEFT_SHIFT, wide=False)
-    avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
-    assert form == (0 if not (vector and avx2) else 2 if "avx512f" in cpu_flags() and vector is True else 1)
-    assert eight_form == (1 if vector and avx2 else 0)
-    monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
-    want = cpu.qadd(*args)  # the torch-op form
-    assert torch.equal(got, want) and torch.equal(eight, want) and len(torch.unique(want)) > 3
-    monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "1")
-    topped = host.run_add(*args[:-1], 200, cpu.ADD_LEFT_SHIFT)[0]  # a clamp's top below 255
-    assert torch.equal(topped, want.clamp(max=200))
+    # the clamp's bottom at the output zero point (a fused ReLU: the 512-bit form leaves out the rounding of
+    # negative sums), one below it and far below (the rounding kept)
+    for lo in (90, 89, 0):
+        args = (a, 17, a_m0, a_exponent, b, 140, b_m0, b_exponent, out_m0, out_exponent, 90, lo, 255)
+        got, form = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
+        eight, eight_form = host.run_add(*args, cpu.ADD_LEFT_SHIFT, wide=False)
+        avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
+        assert form == (0 if not (vector and avx2) else 2 if "avx512f" in cpu_flags() and vector is True else 1)
+        assert eight_form == (1 if vector and avx2 else 0)
+        monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
+        want = cpu.qadd(*args)  # the torch-op form
+        assert torch.equal(got, want) and torch.equal(eight, want) and len(torch.unique(want)) > 3, lo
+        monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "1")
+        topped = host.run_add(*args[:-1], 200, cpu.ADD_LEFT_SHIFT)[0]  # a clamp's top below 255
+        assert torch.equal(topped, want.clamp(max=200))
 
 
 def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation):
