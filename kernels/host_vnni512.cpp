@@ -482,13 +482,14 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   g.run_quads = (s.kernel_w * s.channels + 3) / 4;
   const bool direct = s.kernel_h * s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
                       s.pad_w == 0 && s.channels % 4 == 0;
+  std::vector<uint8_t> own;  // a padded copy too large to keep between calls
   if (!direct && s.dilation_w == 1) {  // tiles read in place: the padding written out, no border tile left
     // columns the last pixel's kernel rows reach, the bytes read past a padded row's taps included
     const int64_t last = (s.out_w - 1) * s.stride_w * s.channels + 4 * g.run_quads;
     const int64_t extra = std::max<int64_t>(0, (last + s.channels - 1) / s.channels - (s.width + 2 * s.pad_w));
     if (s.pad_h > 0 || s.pad_w > 0 || extra > 0) {
       const ConvShape p = qc_host::padded_shape(s, extra);
-      uint8_t* copy = qc_host::scratch(p.batch * p.height * p.width * p.channels);
+      uint8_t* copy = qc_host::scratch(p.batch * p.height * p.width * p.channels, own);
       qc_host::pad_input(x, s, extra, static_cast<uint8_t>(x_zero), copy, threads);
       g.x = copy, g.s = p;
     }

@@ -48,11 +48,14 @@ inline void pad_input(const uint8_t* x, const qc_avx2::ConvShape& s, int64_t ext
   });
 }
 
-// A buffer per calling thread, kept between calls (a fresh one would be faulted in page by page every call).
-inline uint8_t* scratch(int64_t bytes) {
+// Room for `bytes`: a buffer per calling thread, kept between calls (a fresh one would be faulted in page by page
+// every call), up to kKeptScratch; a larger copy lives in `own`, the caller's, and goes with it.
+constexpr int64_t kKeptScratch = 32 << 20;
+inline uint8_t* scratch(int64_t bytes, std::vector<uint8_t>& own) {
   thread_local std::vector<uint8_t> buffer;
-  if (static_cast<int64_t>(buffer.size()) < bytes) buffer.resize(static_cast<size_t>(bytes));
-  return buffer.data();
+  std::vector<uint8_t>& room = bytes <= kKeptScratch ? buffer : own;
+  if (static_cast<int64_t>(room.size()) < bytes) room.resize(static_cast<size_t>(bytes));
+  return room.data();
 }
 
 }  // namespace qc_host

@@ -429,6 +429,20 @@ def _conv_reference_grouped(x, x_zero, weight, bias, m0, exponent, out_zero, lo,
                            hi).to(torch.uint8)
 
 
+def test_host_convolution_of_an_input_too_large_to_keep_a_padded_copy_of():
+    """A padded layer's input is copied with its padding written out; a copy over 32 MB is made for the call
+    alone instead of in the thread's kept buffer (padded_input.h): the same integers either way."""
+    generator = torch.Generator().manual_seed(21)
+    x = torch.randint(0, 256, (2, 16, 1100, 1000), dtype=torch.uint8, generator=generator)  # 35 MB
+    weight = torch.randint(-128, 128, (16, 16, 3, 3), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-(2**12), 2**12, (16,), dtype=torch.int32, generator=generator)
+    m0, exponent = fp.quantize_multipliers(torch.full((16,), 2e-4, dtype=torch.float64))
+    geometry = ([1, 1], [1, 1], [1, 1])
+    got = cpu.qconv2d(x, 9, weight, bias, m0, exponent, 7, 0, 255, *geometry, 1)
+    want = _conv_reference(x, 9, weight, bias, m0, exponent, 7, 0, 255, *geometry)
+    assert torch.equal(got, want) and len(torch.unique(want)) > 20
+
+
 def test_host_kernels_take_an_empty_batch():
     """A batch of no images through every form this CPU runs (dense convolutions deep enough for blocks of
     weight panels, depthwise, linear, add): empty outputs of the right shapes, no fault."""
