@@ -30,7 +30,8 @@ from qcompile.kernels.build import HERE, shared_library
 def _library() -> ctypes.CDLL | None:
     try:
         lib = shared_library(HERE / "host_kernels.cpp",
-                         tuple(HERE / h for h in ("gemmlowp.h", "parallel.h", "stage8.h", "stage16.h")), flags=("-O3",))
+                             tuple(HERE / h for h in ("gemmlowp.h", "parallel.h", "stage8.h", "stage16.h")),
+                             flags=("-O3",), also=(HERE / "host_layout.cpp",))
     except RuntimeError as exc:
         warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin uses torch ops (slower)",
                       stacklevel=2)

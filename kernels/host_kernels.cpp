@@ -1,5 +1,6 @@
-// The CPU twin's element-wise stages and max pooling, compiled from the same gemmlowp.h as the
-// CUDA kernels, so the two cannot drift apart. kernels/host.py builds this with
+// The CPU twin's element-wise stages (output stage, quantize, dequantize, add), compiled from the same
+// gemmlowp.h as the CUDA kernels, so the two cannot drift apart; pooling and layout copies are in
+// host_layout.cpp, built into the same library. kernels/host.py builds this with
 // the host C++ compiler and calls it through ctypes; without a compiler the twin
 // falls back to the same arithmetic in torch ops (kernels/fixed_point.py).
 #include <stdint.h>
@@ -41,12 +42,6 @@ void output_row(const int32_t* acc, uint8_t* out, int64_t n, int64_t bias, int32
     y = y < lo ? lo : (y > hi ? hi : y);  // lo, hi lie inside int32, so this also saturates
     out[i] = static_cast<uint8_t>(y);
   }
-}
-
-// o[i] = max(o[i], v[i]), in a loop the compiler vectorizes (vpmaxub).
-__attribute__((target_clones("avx2", "default")))
-void max_into(uint8_t* __restrict o, const uint8_t* __restrict v, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) o[i] = o[i] > v[i] ? o[i] : v[i];
 }
 
 // qc::quantize over a range, in a loop the compiler vectorizes (the header's float32 steps, in order).
@@ -133,8 +128,6 @@ __attribute__((target("avx2"))) void output_stage_channels_last_avx2(
   });
 }
 
-// qc_host_add's loop, eight lanes at a time: each input's rescale is the output stage with bias 0, zero point 0
-// and no clamp; the caller checks that nothing can saturate (exponents <= 0, left_shift <= 22).
 // quantize_range sixteen values at a time, the same float32 steps: the division (not a reciprocal), the zero
 // point's addition, the clamp (vmaxps returns its second operand, qmin, for NaN, as qc::quantize does), then
 // round_half_away as truncation plus one where the fraction is at least 1/2 (v >= qmin >= 0, so no negative
@@ -159,47 +152,8 @@ __attribute__((target("avx512f"))) void quantize_range_avx512(const float* x, ui
   quantize_range(x, out, i, end, scale, zero_point, qmin, qmax);
 }
 
-// Sixteen pixels of 2 to 4 channel planes (a stem's RGB input), interleaved into channels-last order by one
-// vpermb: plane k's sixteen codes in lane k, then byte 16k + p to position p * c + k.
-__attribute__((target("avx512f,avx512bw,avx512vbmi"))) void interleave_planes(const uint8_t* src, int64_t pixels,
-                                                                               int64_t c, uint8_t* dst,
-                                                                               int64_t p0, int64_t p1) {
-  alignas(64) uint8_t order[64] = {};
-  for (int64_t p = 0; p < 16; ++p)
-    for (int64_t k = 0; k < c; ++k) order[p * c + k] = static_cast<uint8_t>(16 * k + p);
-  const __m512i index = _mm512_load_si512(order);
-  const __mmask64 bytes = c * 16 == 64 ? ~__mmask64{0} : (__mmask64{1} << (c * 16)) - 1;
-  int64_t p = p0;
-  for (; p + 16 <= p1; p += 16) {
-    __m512i planes = _mm512_setzero_si512();
-    for (int64_t k = 0; k < c; ++k) {
-      const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k * pixels + p));
-      planes = _mm512_mask_broadcast_i32x4(planes, static_cast<__mmask16>(0xF << (4 * k)), codes);
-    }
-    _mm512_mask_storeu_epi8(dst + p * c, bytes, _mm512_permutexvar_epi8(index, planes));
-  }
-  for (; p < p1; ++p)
-    for (int64_t k = 0; k < c; ++k) dst[p * c + k] = src[k * pixels + p];
-}
-
-// One output pixel of max pooling: the channel-wise maximum of `count` >= 1 taps' codes, 32 channels per vector
-// (the tap loop inside, so each vector stays in a register until stored).
-__attribute__((target("avx2"))) void max_of_taps(const uint8_t* const* taps, int64_t count, uint8_t* out,
-                                                 int64_t channels) {
-  int64_t i = 0;
-  for (; i + 32 <= channels; i += 32) {
-    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps[0] + i));
-    for (int64_t t = 1; t < count; ++t)
-      v = _mm256_max_epu8(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps[t] + i)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), v);
-  }
-  for (; i < channels; ++i) {
-    uint8_t m = taps[0][i];
-    for (int64_t t = 1; t < count; ++t) m = std::max(m, taps[t][i]);
-    out[i] = m;
-  }
-}
-
+// qc_host_add's loop, eight lanes at a time: each input's rescale is the output stage with bias 0, zero point 0
+// and no clamp; the caller checks that nothing can saturate (exponents <= 0, left_shift <= 22).
 __attribute__((target("avx2"))) void add_avx2(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t begin,
                                               int64_t end, int32_t a_zero, int32_t a_m0, int a_exponent,
                                               int32_t b_zero, int32_t b_m0, int b_exponent, int32_t out_m0,
@@ -400,105 +354,6 @@ void qc_host_quantize(const float* x, uint8_t* out, int64_t count, float scale, 
 void qc_host_dequantize(const uint8_t* q, float* out, int64_t count, float scale, int32_t zero_point, int threads) {
   parallel_for(count, threads, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) out[i] = qc::dequantize(q[i], scale, zero_point);
-  });
-}
-
-// Max pooling of uint8 codes in channels-last order: x[n, h, w, c] to out[n, oh, ow, c], with AVX2 32 channels
-// per vector (max_of_taps; ResNet-18's stem pooling 2x faster than the scalar loop). Window positions
-// outside the input (padding, or ceil_mode's last window) are skipped, as torch skips them; every window has
-// at least one position inside (torch's padding <= kernel / 2). shape: n, h, w, c, oh, ow, then kernel,
-// stride, padding and dilation, each (rows, columns).
-void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int threads) {
-  const int64_t n = shape[0], h = shape[1], w = shape[2], c = shape[3], oh = shape[4], ow = shape[5];
-  const int64_t kh = shape[6], kw = shape[7], sh = shape[8], sw = shape[9], ph = shape[10], pw = shape[11];
-  const int64_t dh = shape[12], dw = shape[13];
-#ifdef QC_HOST_AVX2
-  if (__builtin_cpu_supports("avx2")) {
-    parallel_for(n * oh, threads, [=](int64_t begin, int64_t end) {
-      std::vector<const uint8_t*> taps(static_cast<size_t>(kh * kw));
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / oh, oy = row % oh;
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          int64_t count = 0;
-          for (int64_t ky = 0; ky < kh; ++ky) {
-            const int64_t iy = oy * sh - ph + ky * dh;
-            if (iy < 0 || iy >= h) continue;
-            for (int64_t kx = 0; kx < kw; ++kx) {
-              const int64_t ix = ox * sw - pw + kx * dw;
-              if (ix >= 0 && ix < w) taps[count++] = x + ((b * h + iy) * w + ix) * c;
-            }
-          }
-          max_of_taps(taps.data(), count, out + (row * ow + ox) * c, c);
-        }
-      }
-    });
-    return;
-  }
-#endif
-  parallel_for(n * oh, threads, [=](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / oh, oy = row % oh;
-      for (int64_t ox = 0; ox < ow; ++ox) {
-        uint8_t* o = out + (row * ow + ox) * c;
-        std::fill(o, o + c, uint8_t{0});  // the smallest code: any position inside the window replaces it
-        for (int64_t ky = 0; ky < kh; ++ky) {
-          const int64_t iy = oy * sh - ph + ky * dh;
-          if (iy < 0 || iy >= h) continue;
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            const int64_t ix = ox * sw - pw + kx * dw;
-            if (ix < 0 || ix >= w) continue;
-            max_into(o, x + ((b * h + iy) * w + ix) * c, c);
-          }
-        }
-      }
-    }
-  });
-}
-
-// x[n, c, p] to out[n, p, c] (uint8, NCHW to channels last, p over the h * w pixels): what a convolution
-// needs of a quantized input, without a torch copy (whose threads would then wait, spinning, on the cores
-// these kernels run on).
-void qc_host_to_channels_last(const uint8_t* x, uint8_t* out, int64_t n, int64_t c, int64_t pixels, int threads) {
-#ifdef QC_HOST_AVX2
-  if (c >= 2 && c <= 4 && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")) {
-    constexpr int64_t kPixels = 1024;  // per task
-    const int64_t blocks = (pixels + kPixels - 1) / kPixels;
-    parallel_for(n * blocks, threads, [=](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / blocks, p0 = (task % blocks) * kPixels;
-        interleave_planes(x + b * c * pixels, pixels, c, out + b * pixels * c, p0, std::min(pixels, p0 + kPixels));
-      }
-    });
-    return;
-  }
-#endif
-  constexpr int64_t kBlock = 64;  // pixels per task: a block of c rows read, one of out written
-  const int64_t blocks = (pixels + kBlock - 1) / kBlock;
-  parallel_for(n * blocks, threads, [=](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, p0 = (task % blocks) * kBlock, p1 = std::min(pixels, p0 + kBlock);
-      const uint8_t* src = x + b * c * pixels;
-      uint8_t* dst = out + b * pixels * c;
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t p = p0; p < p1; ++p) dst[p * c + ch] = src[ch * pixels + p];
-    }
-  });
-}
-
-// out[n, c] = (sum over p of x[n, p, c] + pixels / 2) / pixels: the mean of uint8 codes over h * w in
-// channels-last order, rounded half up (global average pooling on one grid).
-void qc_host_mean_pixels(const uint8_t* x, uint8_t* out, int64_t n, int64_t pixels, int64_t c, int threads) {
-  parallel_for(n, threads, [=](int64_t begin, int64_t end) {
-    std::vector<int32_t> total(static_cast<size_t>(c));
-    for (int64_t b = begin; b < end; ++b) {
-      std::fill(total.begin(), total.end(), 0);
-      for (int64_t p = 0; p < pixels; ++p) {
-        const uint8_t* row = x + (b * pixels + p) * c;
-        for (int64_t ch = 0; ch < c; ++ch) total[ch] += row[ch];
-      }
-      for (int64_t ch = 0; ch < c; ++ch)
-        out[b * c + ch] = static_cast<uint8_t>((total[ch] + pixels / 2) / pixels);
-    }
   });
 }
 
