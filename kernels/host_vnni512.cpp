@@ -12,7 +12,7 @@
 // dilated layers gather their rows (gather_bytes.h) into the same layout, and taps outside the input get their
 // share of the bias correction back. Tiles read in place, deep layers' gathered tiles and, on cores with
 // full-width 512-bit units, 1x1 layers' tiles run two panels per pass (whole_tile_sums); thin 1x1 layers'
-// tiles run sums, stage and stores in one piece (direct_tile).
+// tiles run sums, stage and stores in one piece (direct_tile.h).
 // Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
 #include <stdint.h>
 #include <string.h>
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "conv_shape.h"
+#include "direct_tile.h"
 #include "gather_bytes.h"
 #include "padded_input.h"
 #include "parallel.h"
@@ -192,61 +193,6 @@ QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
     if (r < rows) row(r);
 }
 
-// A whole tile of a thin 1x1 layer read in place (eight consecutive pixels, `channels` codes apart) under one
-// panel, or with P = 2 under `next` too (each broadcast code feeding both; full-width cores: 7-13% faster), sums,
-// output stage and stores in one piece: the rows' addresses and the accumulators stay in registers. Taken up to
-// kDirectTileQuads groups of four (depth 64), where the per-tile cost of panel_sums and finish_rows outweighed
-// the sums (MobileNetV2's 16->96 and 24->144 layers 1.3-1.5x faster); deeper layers ran slower in this form.
-// kNegative: the stage's rounding of negative products (StageShared::round_negative).
-constexpr int64_t kDirectTileQuads = 16;
-#define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-template <bool kNegative, int P = 1>
-QC_VNNI512 inline __attribute__((always_inline)) void direct_tile(const uint8_t* x, int64_t channels,
-                                                                  const int8_t* panel, int64_t quads,
-                                                                  const Stage16& st, const StageShared& k,
-                                                                  uint8_t* out, int64_t out_channels, int64_t count,
-                                                                  const int8_t* next = nullptr,
-                                                                  const Stage16* next_st = nullptr) {
-#define QC_ZERO(r)                                          \
-  __m512i a##r = st.bias, b##r = P == 2 ? next_st->bias : st.bias; \
-  const uint8_t* x##r = x + (r) * channels;
-  QC_EIGHT(QC_ZERO)
-#undef QC_ZERO
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m512i w = _mm512_loadu_si512(panel + 64 * q);
-    const __m512i v = P == 2 ? _mm512_loadu_si512(next + 64 * q) : w;
-#define QC_STEP(r)                                                               \
-  {                                                                              \
-    int32_t quad;                                                                \
-    memcpy(&quad, x##r + 4 * q, sizeof quad);                                    \
-    const __m512i xq = _mm512_set1_epi32(quad);                                  \
-    a##r = _mm512_dpbusd_epi32(a##r, xq, w);                                     \
-    if constexpr (P == 2) b##r = _mm512_dpbusd_epi32(b##r, xq, v);              \
-  }
-    QC_EIGHT(QC_STEP)
-#undef QC_STEP
-  }
-#define QC_STORE(r, acc, s_, o, c)                                                                              \
-  {                                                                                                            \
-    const __m512i q = qc_avx512::stage16_lanes<kNegative>(acc, s_.m0, s_.m0_odd, s_.add_even, s_.add_odd,      \
-                                                          s_.negative_even, s_.negative_odd, s_.shift_even,   \
-                                                          s_.shift_odd);                                      \
-    const __m512i low = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);                                  \
-    qc_avx512::store16(o + (r) * out_channels, k.clamp_top ? _mm512_min_epi32(low, k.hi) : low, c);            \
-  }
-#define QC_FIRST(r) QC_STORE(r, a##r, st, out, count)
-  QC_EIGHT(QC_FIRST)
-#undef QC_FIRST
-  if constexpr (P == 2) {
-    const Stage16 nst = *next_st;
-#define QC_SECOND(r) QC_STORE(r, b##r, nst, out + kChannels, count - kChannels)
-    QC_EIGHT(QC_SECOND)
-#undef QC_SECOND
-  }
-#undef QC_STORE
-}
-#undef QC_EIGHT
-
 // Whether this core runs 512-bit vpdpbusd as two 256-bit halves (AMD Zen 4: family 25; Zen 3, the same family,
 // has no AVX-512 and never gets here). There eight accumulators keep it busy and the direct 1x1 path ran 35-40%
 // slower on two panels per pass; on full-width cores (Zen 5, Intel's) one panel's eight chains left half the
@@ -377,21 +323,13 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
           const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
           uint8_t* out = g.out + t * kRows * s.out_channels + c;
           const uint8_t* x = g.x + t * kRows * s.channels;
-          if (valid == kRows && g.quads <= kDirectTileQuads) {
+          if (valid == kRows && g.quads <= qc_avx512::kDirectTileQuads) {
             const int64_t count = s.out_channels - c;
-            if (pair_pass) {
-              const int8_t* next = panel + panel_bytes;
-              if (shared.round_negative)
-                direct_tile<true, 2>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count, next,
-                                     g.stages + p + 1);
-              else
-                direct_tile<false, 2>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count, next,
-                                      g.stages + p + 1);
-            } else if (shared.round_negative) {
-              direct_tile<true>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count);
-            } else {
-              direct_tile<false>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count);
-            }
+            if (pair_pass)
+              qc_avx512::direct_tile<2>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count,
+                                        panel + panel_bytes, g.stages + p + 1);
+            else
+              qc_avx512::direct_tile<1>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count);
             continue;
           }
           for (int r = 0; r < valid; ++r) rows[r] = x + r * s.channels;

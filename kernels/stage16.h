@@ -109,15 +109,19 @@ __attribute__((target("avx512f"))) inline __m512i stage16_lanes(__m512i x, __m51
   return _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
-__attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, const Stage16& s,
-                                                                 const StageShared& k) {
-  const __m512i q = k.round_negative
-                        ? stage16_lanes<true>(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even,
-                                              s.negative_odd, s.shift_even, s.shift_odd)
-                        : stage16_lanes<false>(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even,
-                                               s.negative_odd, s.shift_even, s.shift_odd);
+// stage16_biased with the negative products' rounding chosen at compile time (kNegative: as stage16_half).
+template <bool kNegative>
+__attribute__((target("avx512f"))) inline __m512i stage16_clamped(__m512i x, const Stage16& s,
+                                                                  const StageShared& k) {
+  const __m512i q = stage16_lanes<kNegative>(x, s.m0, s.m0_odd, s.add_even, s.add_odd, s.negative_even,
+                                             s.negative_odd, s.shift_even, s.shift_odd);
   const __m512i low_clamped = _mm512_max_epi32(_mm512_add_epi32(q, k.zero), k.lo);
   return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
+}
+
+__attribute__((target("avx512f"))) inline __m512i stage16_biased(__m512i x, const Stage16& s,
+                                                                 const StageShared& k) {
+  return k.round_negative ? stage16_clamped<true>(x, s, k) : stage16_clamped<false>(x, s, k);
 }
 
 // stage16_biased's rounding on one grid, without the zero point and the clamp (kNegative: as stage16_half).
