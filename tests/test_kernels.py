@@ -332,9 +332,9 @@ def test_host_add_vector_forms_are_bit_exact(monkeypatch, a_m0, a_exponent, b_m0
         assert torch.equal(topped, want.clamp(max=200))
 
 
-def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation):
+def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation, groups=1):
     """float64 accumulation (exact for these sizes), then the torch-op output stage."""
-    acc = torch.nn.functional.conv2d(x.double() - x_zero, weight.double(), None, stride, padding, dilation)
+    acc = torch.nn.functional.conv2d(x.double() - x_zero, weight.double(), None, stride, padding, dilation, groups)
     shape = (1, -1, 1, 1)
     return fp.output_stage(acc.round().long(), bias.view(shape), m0.view(shape), exponent.view(shape), out_zero, lo,
                            hi).to(torch.uint8)
@@ -414,19 +414,11 @@ def test_host_kernels_with_a_fused_relu_skip_only_rounding_that_the_clamp_remove
     exponent = -(torch.arange(48, dtype=torch.int32) % 3)
     geometry = ([1, 1], [kernel // 2] * 2, [1, 1])
     for out_zero, lo, hi in ((40, 40, 255), (40, 43, 200), (40, 39, 255), (40, 0, 255)):
-        want = _conv_reference_grouped(x, 9, weight, bias, m0, exponent, out_zero, lo, hi, *geometry, groups)
+        want = _conv_reference(x, 9, weight, bias, m0, exponent, out_zero, lo, hi, *geometry, groups)
         bottom = want == lo if lo >= out_zero else want < out_zero  # clamped, or negative results kept
         assert bottom.float().mean() > 0.1 and len(torch.unique(want)) > 2
         got = cpu.qconv2d(x, 9, weight, bias, m0, exponent, out_zero, lo, hi, *geometry, groups)
         assert torch.equal(got, want), (out_zero, lo, hi)
-
-
-def _conv_reference_grouped(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, stride, padding, dilation,
-                            groups):
-    acc = torch.nn.functional.conv2d(x.double() - x_zero, weight.double(), None, stride, padding, dilation, groups)
-    shape = (1, -1, 1, 1)
-    return fp.output_stage(acc.round().long(), bias.view(shape), m0.view(shape), exponent.view(shape), out_zero, lo,
-                           hi).to(torch.uint8)
 
 
 def test_host_convolution_of_an_input_too_large_to_keep_a_padded_copy_of():
