@@ -84,43 +84,31 @@ void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int 
   const int64_t kh = shape[6], kw = shape[7], sh = shape[8], sw = shape[9], ph = shape[10], pw = shape[11];
   const int64_t dh = shape[12], dw = shape[13];
 #ifdef QC_HOST_AVX2
-  if (__builtin_cpu_supports("avx2")) {
-    parallel_for(n * oh, threads, [=](int64_t begin, int64_t end) {
-      std::vector<const uint8_t*> taps(static_cast<size_t>(kh * kw));
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / oh, oy = row % oh;
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          int64_t count = 0;
-          for (int64_t ky = 0; ky < kh; ++ky) {
-            const int64_t iy = oy * sh - ph + ky * dh;
-            if (iy < 0 || iy >= h) continue;
-            for (int64_t kx = 0; kx < kw; ++kx) {
-              const int64_t ix = ox * sw - pw + kx * dw;
-              if (ix >= 0 && ix < w) taps[count++] = x + ((b * h + iy) * w + ix) * c;
-            }
-          }
-          max_of_taps(taps.data(), count, out + (row * ow + ox) * c, c);
-        }
-      }
-    });
-    return;
-  }
+  const bool avx2 = __builtin_cpu_supports("avx2");
 #endif
   parallel_for(n * oh, threads, [=](int64_t begin, int64_t end) {
+    std::vector<const uint8_t*> taps(static_cast<size_t>(kh * kw));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / oh, oy = row % oh;
       for (int64_t ox = 0; ox < ow; ++ox) {
-        uint8_t* o = out + (row * ow + ox) * c;
-        std::fill(o, o + c, uint8_t{0});  // the smallest code: any position inside the window replaces it
+        int64_t count = 0;  // the window's positions inside the input
         for (int64_t ky = 0; ky < kh; ++ky) {
           const int64_t iy = oy * sh - ph + ky * dh;
           if (iy < 0 || iy >= h) continue;
           for (int64_t kx = 0; kx < kw; ++kx) {
             const int64_t ix = ox * sw - pw + kx * dw;
-            if (ix < 0 || ix >= w) continue;
-            max_into(o, x + ((b * h + iy) * w + ix) * c, c);
+            if (ix >= 0 && ix < w) taps[count++] = x + ((b * h + iy) * w + ix) * c;
           }
         }
+        uint8_t* o = out + (row * ow + ox) * c;
+#ifdef QC_HOST_AVX2
+        if (avx2) {
+          max_of_taps(taps.data(), count, o, c);
+          continue;
+        }
+#endif
+        std::copy(taps[0], taps[0] + c, o);
+        for (int64_t t = 1; t < count; ++t) max_into(o, taps[t], c);
       }
     }
   });
