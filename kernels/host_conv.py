@@ -30,8 +30,8 @@ from qcompile.kernels.geometry import conv_output_size
 
 FLOAT32_EXACT = 2**24  # float32 holds every integer below this exactly
 
-_HEADERS = ("amx_tiles.h", "conv_shape.h", "direct_tile.h", "gather_bytes.h", "padded_input.h", "parallel.h",
-            "stage8.h", "stage16.h")
+_HEADERS = ("amx_tiles.h", "conv_shape.h", "core_traits.h", "direct_tile.h", "gather_bytes.h", "padded_input.h",
+            "parallel.h", "stage8.h", "stage16.h", "tap_boxes.h")
 
 
 @cache

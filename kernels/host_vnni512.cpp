@@ -8,26 +8,28 @@
 // row's taps are side by side in channels-last order); where a kernel row's codes are not whole groups of four
 // (an RGB stem's 7 x 3) the weights are packed a kernel row at a time, each padded with zero weights to whole
 // groups, and the codes read past a row's taps count for nothing. A padded layer's input is first copied with
-// the padding written out as the zero point (padded_input.h), so no tile is near a border; partial tiles and
-// dilated layers gather their rows (gather_bytes.h) into the same layout, and taps outside the input get their
-// share of the bias correction back. Tiles read in place, deep layers' gathered tiles and, on cores with
+// the padding written out as the zero point (padded_input.h), so no tile is near a border; where enough of its
+// taps fall on the padding, a tile is pixels with the same taps and leaves the padding's out (tap_boxes.h).
+// Partial tiles and dilated layers gather their rows (gather_bytes.h) into the same layout, and taps outside
+// the input get their share of the bias correction back. Tiles read in place, deep layers' gathered tiles and, on cores with
 // full-width 512-bit units, 1x1 layers' tiles run two panels per pass (whole_tile_sums); thin 1x1 layers'
 // tiles run sums, stage and stores in one piece (direct_tile.h).
 // Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
 #include <stdint.h>
 #include <string.h>
-#include <unistd.h>
-#include <cpuid.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "conv_shape.h"
+#include "core_traits.h"
 #include "direct_tile.h"
 #include "gather_bytes.h"
 #include "padded_input.h"
 #include "parallel.h"
 #include "stage16.h"
+#include "tap_boxes.h"
 
 namespace {
 
@@ -119,14 +121,15 @@ QC_VNNI512 __attribute__((noinline)) void partial_panel_sums(const uint8_t* cons
 
 // The sums of a whole tile (eight rows) for P panels (1 or 2; with 2 each broadcast code feeds both panels'
 // sums: sixteen accumulators, the rows read half as often). A row is read as `segments` runs of `run_quads`
-// groups of four depth indices, run j of row k at rows[k] + j * run_stride: one run for a gathered tile, one
-// per kernel row for a tile read in place from the input (channels last, a kernel row's taps side by side).
+// groups of four depth indices, run j of row k at rows[k] + j * run_stride and its weights at panel + 64 * j *
+// weight_stride: one run for a gathered tile, one per kernel row for a tile read in place from the input
+// (channels last, a kernel row's taps side by side).
 #define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 template <int P>
 QC_VNNI512 inline __attribute__((always_inline)) void whole_tile_sums(
-    const uint8_t* const* rows, int64_t segments, int64_t run_quads, int64_t run_stride, const int8_t* panel,
-    const int8_t* next, __m512i start, __m512i next_start, __m512i (&acc)[kRows], __m512i (&next_acc)[kRows],
-    Ahead ahead) {
+    const uint8_t* const* rows, int64_t segments, int64_t run_quads, int64_t run_stride, int64_t weight_stride,
+    const int8_t* panel, const int8_t* next, __m512i start, __m512i next_start, __m512i (&acc)[kRows],
+    __m512i (&next_acc)[kRows], Ahead ahead) {
   static_assert(P == 1 || P == 2, "one or two panels");
 #define QC_ZERO(k) __m512i a##k = start, b##k = next_start;
   QC_EIGHT(QC_ZERO)
@@ -145,8 +148,8 @@ QC_VNNI512 inline __attribute__((always_inline)) void whole_tile_sums(
 #define QC_ROW(k) const uint8_t* r##k = rows[k] + j * run_stride;
     QC_EIGHT(QC_ROW)
 #undef QC_ROW
-    const int8_t* w_run = panel + 64 * j * run_quads;
-    const int8_t* v_run = (P == 2 ? next : panel) + 64 * j * run_quads;
+    const int8_t* w_run = panel + 64 * j * weight_stride;
+    const int8_t* v_run = (P == 2 ? next : panel) + 64 * j * weight_stride;
     for (int64_t q0 = 0; q0 < run_quads; q0 += every, ++line) {
       if (line < ahead.count) _mm_prefetch(reinterpret_cast<const char*>(ahead.lines + 64 * line), _MM_HINT_T1);
       const int64_t q1 = std::min(run_quads, q0 + every);
@@ -172,41 +175,32 @@ QC_VNNI512 inline __attribute__((always_inline)) void panel_sums(const uint8_t* 
   panel_sums_of<kRows>(rows, panel, quads, start, acc, ahead);
 }
 
-// The tile's valid rows finished and stored: taps outside the input get x_zero * (their weights' sum) back
-// (the bias took it off for every tap), then the output stage (the bias is in already), sixteen codes per row
-// (`count` of them for a layer's last panel).
+// The tile's valid rows finished and stored: taps left out of the sums (outside the input, or on the padding
+// for every row: `common`) get x_zero * (their weights' sum) back (the bias took it off for every tap), then
+// the output stage (the bias is in already), sixteen codes per row at outs[r] + offset (`count` of them for a
+// layer's last panel).
 QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
-    __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, const int32_t* tap_sums, int32_t x_zero,
-    const Stage16& stage, const StageShared& shared, int64_t count, uint8_t* out, int64_t out_stride) {
+    __m512i (&acc)[kRows], int64_t rows, const uint64_t* outside, uint64_t common, const int32_t* tap_sums,
+    int32_t x_zero, const Stage16& stage, const StageShared& shared, int64_t count, uint8_t* const* outs,
+    int64_t offset) {
   const __m512i zero = _mm512_set1_epi32(x_zero);
   const Stage16 st = stage;  // copies, kept in registers (see stage16.h)
   const StageShared k = shared;
+  __m512i back = _mm512_setzero_si512();
+  for (uint64_t mask = common; mask != 0; mask &= mask - 1)
+    back = _mm512_add_epi32(back, _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels));
+  back = _mm512_mullo_epi32(zero, back);
   auto row = [&](int r) __attribute__((always_inline, target("avx512f"))) {
     for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
       const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
       acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(zero, sums));
     }
-    qc_avx512::store16(out + r * out_stride, qc_avx512::stage16_biased(acc[r], st, k), count);
+    if (common != 0) acc[r] = _mm512_add_epi32(acc[r], back);
+    qc_avx512::store16(outs[r] + offset, qc_avx512::stage16_biased(acc[r], st, k), count);
   };
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r)  // unrolled: constant indices, so the accumulators stay in registers
     if (r < rows) row(r);
-}
-
-// Whether this core runs 512-bit vpdpbusd as two 256-bit halves (AMD Zen 4: family 25; Zen 3, the same family,
-// has no AVX-512 and never gets here). There eight accumulators keep it busy and the direct 1x1 path ran 35-40%
-// slower on two panels per pass; on full-width cores (Zen 5, Intel's) one panel's eight chains left half the
-// units idle, and two panels per pass ran 15-28% faster.
-inline bool half_width_512() {
-  static const bool half = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
-    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
-    if (!amd || __get_cpuid(1, &a, &b, &c, &d) == 0) return false;
-    const unsigned base = (a >> 8) & 0xF, family = base + (base == 0xF ? (a >> 20) & 0xFF : 0);
-    return family == 0x19;
-  }();
-  return half;
 }
 
 // One call's layer and what every thread reads.
@@ -220,6 +214,8 @@ struct Gemm {
   int64_t run_quads, run_stride;  // a kernel row's groups of four, and the input's row stride (read in place)
   bool direct, by_tiles, pairs, in_place, padded;
   bool direct_pairs;  // the direct path's tiles run two panels per pass (not on half-width cores)
+  const qc_host::TapBoxes* boxes;  // a padded layer's pixel order and taps per tile (tap_boxes.h), or none
+  int64_t column_quads;            // groups of four per kernel column where boxes leave columns out
   const Stage16* stages;
   StageShared shared;
   uint8_t* out;
@@ -233,13 +229,23 @@ constexpr int64_t kKeptBytes = 16 << 20;
 // in the L1 cache, where one panel per pass measured faster.
 constexpr int64_t kPairedTileBytes = 12 << 10;
 constexpr int64_t kPrefetchBytes = 640 << 10;
+// Padded layers with at least this share of their taps on the padding run tiles of pixels with the same taps
+// (tap_boxes.h). Below it the reordering costs more than the taps left out save: ResNet-18's 56 x 56 layers
+// (2.4% of the taps) ran 4% slower, its 28 x 28 ones (4.7%) 3% faster, 14 x 14 8%, 7 x 7 17% (batch 8).
+constexpr double kBoxedShare = 0.04;
 
-// Whether tile t's eight pixels see only taps inside the input, and if so where each one's receptive field
+// Tile t's output pixels (`valid` of them): the next ones of the boxes' order, else in raster order.
+inline void tile_pixels(const Gemm& g, int64_t t, int64_t valid, int32_t (&pixels)[kRows]) {
+  for (int r = 0; r < valid; ++r)
+    pixels[r] = g.boxes ? g.boxes->order()[t * kRows + r] : static_cast<int32_t>(t * kRows + r);
+}
+
+// Whether a tile's eight pixels see only taps inside the input, and if so where each one's receptive field
 // starts (its first kernel row's first tap): the rows of a tile read in place.
-inline bool interior_rows(const Gemm& g, int64_t t, const uint8_t* (&rows)[kRows]) {
+inline bool interior_rows(const Gemm& g, const int32_t (&pixels)[kRows], const uint8_t* (&rows)[kRows]) {
   const ConvShape& s = g.s;
   for (int r = 0; r < kRows; ++r) {
-    const auto [n, oh, ow] = s.pixel(t * kRows + r);
+    const auto [n, oh, ow] = s.pixel(pixels[r]);
     const int64_t iy = oh * s.stride_h - s.pad_h, ix = ow * s.stride_w - s.pad_w;
     // a padded run reads up to three bytes past the kernel row's taps (weights 0): they must be the input's too
     if (iy < 0 || iy + (s.kernel_h - 1) * s.dilation_h >= s.height || ix < 0 ||
@@ -285,18 +291,6 @@ __attribute__((target("avx2"))) inline uint64_t gather_padded(const Gemm& g, int
   return outside;
 }
 
-// The weights of a block of panels, in bytes: 5/8 of the core's L2 cache (192 KB to 640 KB; 192 KB where the
-// system does not say). On a 1 MB L2 (Zen 4) the 640 KB blocks hold all of ResNet-18's layer 3 weights:
-// its tiles are then gathered once and used for every panel (faster at batch 8, measured)
-// instead of being kept and read again for each block.
-inline int64_t block_bytes() {
-  static const int64_t bytes = [] {
-    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return l2 > 0 ? std::clamp<int64_t>(l2 / 8 * 5, 192 << 10, 640 << 10) : int64_t{192 << 10};
-  }();
-  return bytes;
-}
-
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const ConvShape& s = g.s;
   const int64_t t0 = g.by_tiles ? begin : 0, t1 = g.by_tiles ? end : g.tiles;
@@ -332,20 +326,20 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
               qc_avx512::direct_tile<1>(x, s.channels, panel, g.quads, stage, shared, out, s.out_channels, count);
             continue;
           }
-          for (int r = 0; r < valid; ++r) rows[r] = x + r * s.channels;
+          uint8_t* outs[kRows];
+          for (int r = 0; r < valid; ++r) rows[r] = x + r * s.channels, outs[r] = out + r * s.out_channels;
           __m512i acc[kRows], next_acc[kRows];
           if (pair_pass && valid == kRows) {
-            whole_tile_sums<2>(rows, 1, g.quads, 0, panel, panel + panel_bytes, stage.bias, g.stages[p + 1].bias,
+            whole_tile_sums<2>(rows, 1, g.quads, 0, 0, panel, panel + panel_bytes, stage.bias, g.stages[p + 1].bias,
                                acc, next_acc, {});
           } else {
             panel_sums(rows, valid, panel, g.quads, stage.bias, acc);
             if (pair_pass) panel_sums(rows, valid, panel + panel_bytes, g.quads, g.stages[p + 1].bias, next_acc);
           }
           if (pair_pass)
-            finish_rows(next_acc, valid, no_taps, g.tap_sums, g.x_zero, g.stages[p + 1], shared,
-                        s.out_channels - c - kChannels, out + kChannels, s.out_channels);
-          finish_rows(acc, valid, no_taps, g.tap_sums, g.x_zero, stage, shared, s.out_channels - c, out,
-                      s.out_channels);
+            finish_rows(next_acc, valid, no_taps, 0, g.tap_sums, g.x_zero, g.stages[p + 1], shared,
+                        s.out_channels - c - kChannels, outs, kChannels);
+          finish_rows(acc, valid, no_taps, 0, g.tap_sums, g.x_zero, stage, shared, s.out_channels - c, outs, 0);
         }
         if (pair_pass) ++p;
       }
@@ -364,23 +358,33 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
     const int64_t lines_per_pass = (g.quads + every - 1) / every;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
-      if (g.in_place && valid == kRows && interior_rows(g, t, rows)) {  // no gather: rows read in place
+      int32_t pixels[kRows];
+      uint8_t* outs[kRows];
+      tile_pixels(g, t, valid, pixels);
+      for (int r = 0; r < valid; ++r) outs[r] = g.out + pixels[r] * s.out_channels;
+      if (g.in_place && valid == kRows && interior_rows(g, pixels, rows)) {  // no gather: rows read in place
+        // the kernel rows and columns some pixel of the tile has inside the input (all, without boxes)
+        const qc_host::TapBox box = g.boxes ? g.boxes->tile(t) : qc_host::TapBox{0, s.kernel_h, 0, s.kernel_w, 0};
+        const int64_t skip = box.ky0 * g.run_quads + box.kx0 * g.column_quads;
+        const int64_t run_quads = g.column_quads > 0 ? (box.kx1 - box.kx0) * g.column_quads : g.run_quads;
+        for (int r = 0; r < kRows; ++r) rows[r] += box.ky0 * g.run_stride + 4 * box.kx0 * g.column_quads;
         for (int64_t p = pb; p < pb + panels; ++p) {
           __m512i acc[kRows], next_acc[kRows];
-          const int8_t* panel = g.packed + p * panel_bytes;
-          uint8_t* out = g.out + t * kRows * s.out_channels + p * kChannels;
-          const int64_t count = s.out_channels - p * kChannels;
+          const int8_t* panel = g.packed + p * panel_bytes + 64 * skip;
+          const int32_t* sums = g.tap_sums + p * g.taps * kChannels;
+          const int64_t count = s.out_channels - p * kChannels, segments = box.ky1 - box.ky0;
           const bool pair = p + 1 < pb + panels;  // in place, two panels per pass measured faster at every depth
           if (pair) {
-            whole_tile_sums<2>(rows, s.kernel_h, g.run_quads, g.run_stride, panel, panel + panel_bytes,
+            whole_tile_sums<2>(rows, segments, run_quads, g.run_stride, g.run_quads, panel, panel + panel_bytes,
                                g.stages[p].bias, g.stages[p + 1].bias, acc, next_acc, {});
-            finish_rows(next_acc, kRows, no_taps, g.tap_sums, g.x_zero, g.stages[p + 1], g.shared,
-                        count - kChannels, out + kChannels, s.out_channels);
+            finish_rows(next_acc, kRows, no_taps, box.skipped, sums + g.taps * kChannels, g.x_zero,
+                        g.stages[p + 1], g.shared, count - kChannels, outs, (p + 1) * kChannels);
           } else {
-            whole_tile_sums<1>(rows, s.kernel_h, g.run_quads, g.run_stride, panel, panel, g.stages[p].bias,
-                               g.stages[p].bias, acc, next_acc, {});
+            whole_tile_sums<1>(rows, segments, run_quads, g.run_stride, g.run_quads, panel, panel,
+                               g.stages[p].bias, g.stages[p].bias, acc, next_acc, {});
           }
-          finish_rows(acc, kRows, no_taps, g.tap_sums, g.x_zero, g.stages[p], g.shared, count, out, s.out_channels);
+          finish_rows(acc, kRows, no_taps, box.skipped, sums, g.x_zero, g.stages[p], g.shared, count, outs,
+                      p * kChannels);
           if (pair) ++p;
         }
         continue;
@@ -390,8 +394,8 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       const bool gather = !keep || pb == p0;
       for (int r = 0; r < valid; ++r) {
         rows[r] = tile + r * row_bytes;
-        if (gather) tile_outside[r] = g.padded ? gather_padded(g, t * kRows + r, tile + r * row_bytes)
-                                               : gather_bytes(g.x, s, t * kRows + r, r, tile + r * row_bytes, none, true);
+        if (gather) tile_outside[r] = g.padded ? gather_padded(g, pixels[r], tile + r * row_bytes)
+                                               : gather_bytes(g.x, s, pixels[r], r, tile + r * row_bytes, none, true);
       }
       for (int64_t p = pb; p < pb + panels; ++p) {
         const int64_t first = ((t - t0) * panels + p - pb) * lines_per_pass;
@@ -399,23 +403,22 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
                           std::max<int64_t>(0, std::min(lines_per_pass, next_lines - first)), every};
         __m512i acc[kRows], next_acc[kRows];
         const int8_t* panel = g.packed + p * panel_bytes;
-        uint8_t* out = g.out + t * kRows * s.out_channels + p * kChannels;
         const int64_t count = s.out_channels - p * kChannels;
         if (g.pairs && valid == kRows && p + 1 < pb + panels) {  // two panels in one pass over the rows
           const Ahead both{ahead.lines, std::max<int64_t>(0, std::min(2 * lines_per_pass, next_lines - first)),
                            std::max<int64_t>(1, every / 2)};
-          whole_tile_sums<2>(rows, 1, g.quads, 0, panel, panel + panel_bytes, g.stages[p].bias, g.stages[p + 1].bias,
-                             acc, next_acc, both);
-          finish_rows(next_acc, valid, tile_outside, g.tap_sums + (p + 1) * g.taps * kChannels, g.x_zero,
-                      g.stages[p + 1], g.shared, count - kChannels, out + kChannels, s.out_channels);
-          finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
-                      count, out, s.out_channels);
+          whole_tile_sums<2>(rows, 1, g.quads, 0, 0, panel, panel + panel_bytes, g.stages[p].bias,
+                             g.stages[p + 1].bias, acc, next_acc, both);
+          finish_rows(next_acc, valid, tile_outside, 0, g.tap_sums + (p + 1) * g.taps * kChannels, g.x_zero,
+                      g.stages[p + 1], g.shared, count - kChannels, outs, (p + 1) * kChannels);
+          finish_rows(acc, valid, tile_outside, 0, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
+                      g.shared, count, outs, p * kChannels);
           ++p;
           continue;
         }
         panel_sums(rows, valid, panel, g.quads, g.stages[p].bias, acc, ahead);
-        finish_rows(acc, valid, tile_outside, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p], g.shared,
-                    count, out, s.out_channels);
+        finish_rows(acc, valid, tile_outside, 0, g.tap_sums + p * g.taps * kChannels, g.x_zero, g.stages[p],
+                    g.shared, count, outs, p * kChannels);
       }
     }
   }
@@ -437,7 +440,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                                      const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                                      int32_t hi, uint8_t* out, int threads) {
   Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false,
-         false, !half_width_512(), nullptr,
+         false, !qc_host::half_width_512(), nullptr, 0, nullptr,
          make_shared(out_zero, lo, hi), out};
   const ConvShape& s = g.s;
   // where a kernel row's codes are not whole groups of four, the weights come a kernel row at a time, each
@@ -447,6 +450,12 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   const bool direct = s.kernel_h * s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
                       s.pad_w == 0 && s.channels % 4 == 0;
   std::vector<uint8_t> own;  // a padded copy too large to keep between calls
+  std::optional<qc_host::TapBoxes> boxes;
+  const bool columns = s.channels % 4 == 0;
+  if (!direct && s.dilation_w == 1 && qc_host::TapBoxes::padded_share(s, columns) >= kBoxedShare) {
+    boxes.emplace(s, columns, kRows);  // the layer's own shape: before the padded copy replaces it
+    g.boxes = &*boxes, g.column_quads = s.channels % 4 == 0 ? s.channels / 4 : 0;
+  }
   if (!direct && s.dilation_w == 1) {  // tiles read in place: the padding written out, no border tile left
     // columns the last pixel's kernel rows reach, the bytes read past a padded row's taps included
     const int64_t last = (s.out_w - 1) * s.stride_w * s.channels + 4 * g.run_quads;
@@ -463,7 +472,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
   g.all_panels = (s.out_channels + kChannels - 1) / kChannels, g.taps = s.kernel_h * s.kernel_w;
   g.direct = direct;
-  g.block = std::max<int64_t>(1, block_bytes() / (g.quads * 64));  // panels that stay in the L2 cache
+  g.block = std::max<int64_t>(1, qc_host::block_bytes() / (g.quads * 64));  // panels that stay in the L2 cache
   g.by_tiles = g.tiles >= 2 * threads || g.all_panels < 2;
   g.pairs = kRows * 4 * g.quads > kPairedTileBytes;
   g.in_place = !g.direct && s.dilation_w == 1;  // whole groups of four per kernel row, padded or not

@@ -357,6 +357,9 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
                                     # holds), tiles kept; the next block fetched ahead where two fit
     (1, 192, 40, 13, 3, 1, 1, 1),   # inner tiles read in place, two panels per pass (VNNI)
     (2, 16, 24, 33, 3, 2, 1, 1),    # strided, inner tiles read in place, tiles across image rows
+    (3, 64, 32, 7, 3, 1, 1, 1),     # a fifth of the taps on the padding: (VNNI) tiles of pixels with the same
+                                    # taps leave the rest out, some tiles of pixels of two or three kinds
+    (2, 32, 16, 9, 5, 1, 2, 1),     # two border rows and columns, each with its own taps
 ])
 def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
     """The AVX2 integer GEMM convolutions (bytes with the codes above 127 and the padding corrected, or int16
