@@ -101,4 +101,40 @@ __attribute__((target("avx2"))) inline uint64_t gather_bytes(const uint8_t* x, c
   return outside;
 }
 
+// gather_bytes (wide) for the layout of kernel rows padded to whole groups of four (host_vnni512.cpp's, where
+// a kernel row's codes are not: an RGB stem's): kernel row ky's taps at row + 4 * ky * run_quads, zeros after
+// them; taps outside the input are 0 and set in the returned mask, as gather_bytes does. Dilation_w is 1.
+__attribute__((target("avx2"))) inline uint64_t gather_padded(const uint8_t* x, const ConvShape& s,
+                                                              int64_t run_quads, int64_t m, uint8_t* row) {
+  const auto [n, oh, ow] = s.pixel(m);
+  const int64_t ix0 = ow * s.stride_w - s.pad_w, bytes = s.kernel_w * s.channels, pitch = 4 * run_quads;
+  const bool columns_inside = ix0 >= 0 && ix0 + s.kernel_w <= s.width;
+  uint64_t outside = 0;
+  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+    uint8_t* dst = row + ky * pitch;
+    const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
+    const uint8_t* line = x + (n * s.height + iy) * s.width * s.channels;
+    if (iy < 0 || iy >= s.height) {
+      memset(dst, 0, static_cast<size_t>(pitch));
+      outside |= ((uint64_t{1} << s.kernel_w) - 1) << (ky * s.kernel_w);
+      continue;
+    }
+    if (columns_inside) {
+      copy_bytes(dst, line + ix0 * s.channels, bytes);
+    } else {
+      for (int64_t kx = 0; kx < s.kernel_w; ++kx) {
+        const int64_t ix = ix0 + kx;
+        if (ix < 0 || ix >= s.width) {
+          memset(dst + kx * s.channels, 0, static_cast<size_t>(s.channels));
+          outside |= uint64_t{1} << (ky * s.kernel_w + kx);
+        } else {
+          memcpy(dst + kx * s.channels, line + ix * s.channels, static_cast<size_t>(s.channels));
+        }
+      }
+    }
+    memset(dst + bytes, 0, static_cast<size_t>(pitch - bytes));
+  }
+  return outside;
+}
+
 }  // namespace qc_avx2

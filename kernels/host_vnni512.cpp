@@ -9,11 +9,11 @@
 // (an RGB stem's 7 x 3) the weights are packed a kernel row at a time, each padded with zero weights to whole
 // groups, and the codes read past a row's taps count for nothing. A padded layer's input is first copied with
 // the padding written out as the zero point (padded_input.h), so no tile is near a border; where enough of its
-// taps fall on the padding, a tile is pixels with the same taps and leaves the padding's out (tap_boxes.h).
+// taps fall on the padding, its tiles are pixels with the same taps and leave the padding's out (tap_boxes.h).
 // Partial tiles and dilated layers gather their rows (gather_bytes.h) into the same layout, and taps outside
-// the input get their share of the bias correction back. Tiles read in place, deep layers' gathered tiles and, on cores with
-// full-width 512-bit units, 1x1 layers' tiles run two panels per pass (whole_tile_sums); thin 1x1 layers'
-// tiles run sums, stage and stores in one piece (direct_tile.h).
+// the input get their share of the bias correction back. Tiles read in place, deep layers' gathered tiles
+// and, on cores with full-width 512-bit units, 1x1 layers' tiles run two panels per pass (whole_tile_sums);
+// thin 1x1 layers' tiles run sums, stage and stores in one piece (direct_tile.h).
 // Built into host_conv.cpp's library; qc_conv_gemm_bytes runs it for the form it calls avx512-vnni.
 #include <stdint.h>
 #include <string.h>
@@ -119,23 +119,23 @@ QC_VNNI512 __attribute__((noinline)) void partial_panel_sums(const uint8_t* cons
   }
 }
 
-// The sums of a whole tile (eight rows) for P panels (1 or 2; with 2 each broadcast code feeds both panels'
-// sums: sixteen accumulators, the rows read half as often). A row is read as `segments` runs of `run_quads`
-// groups of four depth indices, run j of row k at rows[k] + j * run_stride and its weights at panel + 64 * j *
-// weight_stride: one run for a gathered tile, one per kernel row for a tile read in place from the input
-// (channels last, a kernel row's taps side by side).
+// The sums of a whole tile (R rows: eight, or seven for tiles of seven pixels, tap_boxes.h) for P panels (1 or
+// 2; with 2 each broadcast code feeds both panels' sums: sixteen accumulators, the rows read half as often). A
+// row is read as `segments` runs of `run_quads` groups of four depth indices, run j of row k at rows[k] + j *
+// run_stride and its weights at panel + 64 * j * weight_stride: one run for a gathered tile, one per kernel row
+// for a tile read in place from the input (channels last, a kernel row's taps side by side).
 #define QC_EIGHT(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-template <int P>
+template <int P, int R = kRows>
 QC_VNNI512 inline __attribute__((always_inline)) void whole_tile_sums(
     const uint8_t* const* rows, int64_t segments, int64_t run_quads, int64_t run_stride, int64_t weight_stride,
     const int8_t* panel, const int8_t* next, __m512i start, __m512i next_start, __m512i (&acc)[kRows],
     __m512i (&next_acc)[kRows], Ahead ahead) {
-  static_assert(P == 1 || P == 2, "one or two panels");
+  static_assert((P == 1 || P == 2) && (R == 7 || R == kRows), "one or two panels, seven or eight rows");
 #define QC_ZERO(k) __m512i a##k = start, b##k = next_start;
   QC_EIGHT(QC_ZERO)
 #undef QC_ZERO
 #define QC_STEP(k)                                                  \
-  {                                                                 \
+  if constexpr ((k) < R) {                                          \
     int32_t quad;                                                   \
     memcpy(&quad, r##k + 4 * q, sizeof quad);                       \
     const __m512i x = _mm512_set1_epi32(quad);                      \
@@ -145,7 +145,7 @@ QC_VNNI512 inline __attribute__((always_inline)) void whole_tile_sums(
   const int64_t every = ahead.count > 0 ? ahead.every : run_quads;
   int64_t line = 0;
   for (int64_t j = 0; j < segments; ++j) {
-#define QC_ROW(k) const uint8_t* r##k = rows[k] + j * run_stride;
+#define QC_ROW(k) const uint8_t* r##k = (k) < R ? rows[k] + j * run_stride : nullptr; (void)r##k;
     QC_EIGHT(QC_ROW)
 #undef QC_ROW
     const int8_t* w_run = panel + 64 * j * weight_stride;
@@ -216,6 +216,7 @@ struct Gemm {
   bool direct_pairs;  // the direct path's tiles run two panels per pass (not on half-width cores)
   const qc_host::TapBoxes* boxes;  // a padded layer's pixel order and taps per tile (tap_boxes.h), or none
   int64_t column_quads;            // groups of four per kernel column where boxes leave columns out
+  int64_t tile_rows;               // a whole tile's pixels: eight, or the boxes' (seven or eight)
   const Stage16* stages;
   StageShared shared;
   uint8_t* out;
@@ -229,22 +230,24 @@ constexpr int64_t kKeptBytes = 16 << 20;
 // in the L1 cache, where one panel per pass measured faster.
 constexpr int64_t kPairedTileBytes = 12 << 10;
 constexpr int64_t kPrefetchBytes = 640 << 10;
-// Padded layers with at least this share of their taps on the padding run tiles of pixels with the same taps
-// (tap_boxes.h). Below it the reordering costs more than the taps left out save: ResNet-18's 56 x 56 layers
-// (2.4% of the taps) ran 4% slower, its 28 x 28 ones (4.7%) 3% faster, 14 x 14 8%, 7 x 7 17% (batch 8).
-constexpr double kBoxedShare = 0.04;
-
-// Tile t's output pixels (`valid` of them): the next ones of the boxes' order, else in raster order.
-inline void tile_pixels(const Gemm& g, int64_t t, int64_t valid, int32_t (&pixels)[kRows]) {
-  for (int r = 0; r < valid; ++r)
-    pixels[r] = g.boxes ? g.boxes->order()[t * kRows + r] : static_cast<int32_t>(t * kRows + r);
+// Tile t: its pixels in the boxes' plan (tap_boxes.h), else eight in raster order, every tap read.
+inline qc_host::Tile tile_of(const Gemm& g, int64_t t, int32_t (&pixels)[kRows]) {
+  if (g.boxes == nullptr) {
+    const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows);
+    for (int r = 0; r < valid; ++r) pixels[r] = static_cast<int32_t>(t * kRows + r);
+    return qc_host::Tile{t * kRows, valid, qc_host::TapBox{0, g.s.kernel_h, 0, g.s.kernel_w, 0}};
+  }
+  const qc_host::Tile tile = g.boxes->tile(t);
+  for (int r = 0; r < tile.count; ++r) pixels[r] = g.boxes->pixel(tile, r);
+  return tile;
 }
 
-// Whether a tile's eight pixels see only taps inside the input, and if so where each one's receptive field
+// Whether a tile's `count` pixels see only taps inside the input, and if so where each one's receptive field
 // starts (its first kernel row's first tap): the rows of a tile read in place.
-inline bool interior_rows(const Gemm& g, const int32_t (&pixels)[kRows], const uint8_t* (&rows)[kRows]) {
+inline bool interior_rows(const Gemm& g, const int32_t (&pixels)[kRows], int64_t count,
+                          const uint8_t* (&rows)[kRows]) {
   const ConvShape& s = g.s;
-  for (int r = 0; r < kRows; ++r) {
+  for (int r = 0; r < count; ++r) {
     const auto [n, oh, ow] = s.pixel(pixels[r]);
     const int64_t iy = oh * s.stride_h - s.pad_h, ix = ow * s.stride_w - s.pad_w;
     // a padded run reads up to three bytes past the kernel row's taps (weights 0): they must be the input's too
@@ -256,39 +259,37 @@ inline bool interior_rows(const Gemm& g, const int32_t (&pixels)[kRows], const u
   return true;
 }
 
-// gather_bytes (wide) for the padded layout: kernel row ky's taps at row + 4 * ky * run_quads, zeros after
-// them; taps outside the input are 0 and set in the returned mask, as gather_bytes does.
-__attribute__((target("avx2"))) inline uint64_t gather_padded(const Gemm& g, int64_t m, uint8_t* row) {
+// A tile of R pixels read in place from the input, panels [pb, pb + panels): the kernel rows and columns of its
+// box only, two panels per pass (in place, faster than one at every depth measured).
+template <int R>
+QC_VNNI512 inline __attribute__((always_inline)) void in_place_tile(const Gemm& g, const qc_host::TapBox& box,
+                                                                    const uint8_t* (&rows)[kRows],
+                                                                    uint8_t* const (&outs)[kRows], int64_t pb,
+                                                                    int64_t panels) {
   const ConvShape& s = g.s;
-  const auto [n, oh, ow] = s.pixel(m);
-  const int64_t ix0 = ow * s.stride_w - s.pad_w, bytes = s.kernel_w * s.channels, pitch = 4 * g.run_quads;
-  const bool columns_inside = ix0 >= 0 && ix0 + s.kernel_w <= s.width;  // dilation_w is 1
-  uint64_t outside = 0;
-  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
-    uint8_t* dst = row + ky * pitch;
-    const int64_t iy = oh * s.stride_h - s.pad_h + ky * s.dilation_h;
-    const uint8_t* line = g.x + (n * s.height + iy) * s.width * s.channels;
-    if (iy < 0 || iy >= s.height) {
-      memset(dst, 0, static_cast<size_t>(pitch));
-      outside |= ((uint64_t{1} << s.kernel_w) - 1) << (ky * s.kernel_w);
-      continue;
-    }
-    if (columns_inside) {
-      qc_avx2::copy_bytes(dst, line + ix0 * s.channels, bytes);
+  const uint64_t no_taps[kRows] = {};
+  const int64_t panel_bytes = g.quads * 4 * kChannels, segments = box.ky1 - box.ky0;
+  const int64_t skip = box.ky0 * g.run_quads + box.kx0 * g.column_quads;  // the box's first group of four
+  const int64_t run_quads = g.column_quads > 0 ? (box.kx1 - box.kx0) * g.column_quads : g.run_quads;
+  for (int r = 0; r < R; ++r) rows[r] += box.ky0 * g.run_stride + 4 * box.kx0 * g.column_quads;
+  for (int64_t p = pb; p < pb + panels; ++p) {
+    __m512i acc[kRows], next_acc[kRows];
+    const int8_t* panel = g.packed + p * panel_bytes + 64 * skip;
+    const int32_t* sums = g.tap_sums + p * g.taps * kChannels;
+    const int64_t count = s.out_channels - p * kChannels;
+    const bool pair = p + 1 < pb + panels;
+    if (pair) {
+      whole_tile_sums<2, R>(rows, segments, run_quads, g.run_stride, g.run_quads, panel, panel + panel_bytes,
+                            g.stages[p].bias, g.stages[p + 1].bias, acc, next_acc, {});
+      finish_rows(next_acc, R, no_taps, box.skipped, sums + g.taps * kChannels, g.x_zero, g.stages[p + 1],
+                  g.shared, count - kChannels, outs, (p + 1) * kChannels);
     } else {
-      for (int64_t kx = 0; kx < s.kernel_w; ++kx) {
-        const int64_t ix = ix0 + kx;
-        if (ix < 0 || ix >= s.width) {
-          memset(dst + kx * s.channels, 0, static_cast<size_t>(s.channels));
-          outside |= uint64_t{1} << (ky * s.kernel_w + kx);
-        } else {
-          memcpy(dst + kx * s.channels, line + ix * s.channels, static_cast<size_t>(s.channels));
-        }
-      }
+      whole_tile_sums<1, R>(rows, segments, run_quads, g.run_stride, g.run_quads, panel, panel, g.stages[p].bias,
+                            g.stages[p].bias, acc, next_acc, {});
     }
-    memset(dst + bytes, 0, static_cast<size_t>(pitch - bytes));
+    finish_rows(acc, R, no_taps, box.skipped, sums, g.x_zero, g.stages[p], g.shared, count, outs, p * kChannels);
+    if (pair) ++p;
   }
-  return outside;
 }
 
 QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
@@ -357,45 +358,26 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
     const int64_t every = per_pass > 0 ? std::max<int64_t>(1, g.quads / per_pass) : g.quads;
     const int64_t lines_per_pass = (g.quads + every - 1) / every;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t valid = std::min<int64_t>(kRows, g.pixels - t * kRows), slot = keep ? t - t0 : 0;
       int32_t pixels[kRows];
+      const qc_host::Tile tile = tile_of(g, t, pixels);
+      const int64_t valid = tile.count, slot = keep ? t - t0 : 0;
       uint8_t* outs[kRows];
-      tile_pixels(g, t, valid, pixels);
       for (int r = 0; r < valid; ++r) outs[r] = g.out + pixels[r] * s.out_channels;
-      if (g.in_place && valid == kRows && interior_rows(g, pixels, rows)) {  // no gather: rows read in place
-        // the kernel rows and columns some pixel of the tile has inside the input (all, without boxes)
-        const qc_host::TapBox box = g.boxes ? g.boxes->tile(t) : qc_host::TapBox{0, s.kernel_h, 0, s.kernel_w, 0};
-        const int64_t skip = box.ky0 * g.run_quads + box.kx0 * g.column_quads;
-        const int64_t run_quads = g.column_quads > 0 ? (box.kx1 - box.kx0) * g.column_quads : g.run_quads;
-        for (int r = 0; r < kRows; ++r) rows[r] += box.ky0 * g.run_stride + 4 * box.kx0 * g.column_quads;
-        for (int64_t p = pb; p < pb + panels; ++p) {
-          __m512i acc[kRows], next_acc[kRows];
-          const int8_t* panel = g.packed + p * panel_bytes + 64 * skip;
-          const int32_t* sums = g.tap_sums + p * g.taps * kChannels;
-          const int64_t count = s.out_channels - p * kChannels, segments = box.ky1 - box.ky0;
-          const bool pair = p + 1 < pb + panels;  // in place, two panels per pass measured faster at every depth
-          if (pair) {
-            whole_tile_sums<2>(rows, segments, run_quads, g.run_stride, g.run_quads, panel, panel + panel_bytes,
-                               g.stages[p].bias, g.stages[p + 1].bias, acc, next_acc, {});
-            finish_rows(next_acc, kRows, no_taps, box.skipped, sums + g.taps * kChannels, g.x_zero,
-                        g.stages[p + 1], g.shared, count - kChannels, outs, (p + 1) * kChannels);
-          } else {
-            whole_tile_sums<1>(rows, segments, run_quads, g.run_stride, g.run_quads, panel, panel,
-                               g.stages[p].bias, g.stages[p].bias, acc, next_acc, {});
-          }
-          finish_rows(acc, kRows, no_taps, box.skipped, sums, g.x_zero, g.stages[p], g.shared, count, outs,
-                      p * kChannels);
-          if (pair) ++p;
-        }
+      if (g.in_place && valid == g.tile_rows && interior_rows(g, pixels, valid, rows)) {  // rows read in place
+        if (valid == kRows)
+          in_place_tile<kRows>(g, tile.box, rows, outs, pb, panels);
+        else
+          in_place_tile<7>(g, tile.box, rows, outs, pb, panels);
         continue;
       }
-      uint8_t* tile = tiles.data() + slot * tile_bytes;
+      uint8_t* gathered = tiles.data() + slot * tile_bytes;
       uint64_t* tile_outside = outside.data() + slot * kRows;
       const bool gather = !keep || pb == p0;
       for (int r = 0; r < valid; ++r) {
-        rows[r] = tile + r * row_bytes;
-        if (gather) tile_outside[r] = g.padded ? gather_padded(g, pixels[r], tile + r * row_bytes)
-                                               : gather_bytes(g.x, s, pixels[r], r, tile + r * row_bytes, none, true);
+        uint8_t* row = gathered + r * row_bytes;
+        rows[r] = row;
+        if (gather) tile_outside[r] = g.padded ? qc_avx2::gather_padded(g.x, s, g.run_quads, pixels[r], row)
+                                               : gather_bytes(g.x, s, pixels[r], r, row, none, true);
       }
       for (int64_t p = pb; p < pb + panels; ++p) {
         const int64_t first = ((t - t0) * panels + p - pb) * lines_per_pass;
@@ -440,7 +422,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                                      const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                                      int32_t hi, uint8_t* out, int threads) {
   Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false,
-         false, !qc_host::half_width_512(), nullptr, 0, nullptr,
+         false, !qc_host::half_width_512(), nullptr, 0, kRows, nullptr,
          make_shared(out_zero, lo, hi), out};
   const ConvShape& s = g.s;
   // where a kernel row's codes are not whole groups of four, the weights come a kernel row at a time, each
@@ -451,10 +433,13 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                       s.pad_w == 0 && s.channels % 4 == 0;
   std::vector<uint8_t> own;  // a padded copy too large to keep between calls
   std::optional<qc_host::TapBoxes> boxes;
-  const bool columns = s.channels % 4 == 0;
-  if (!direct && s.dilation_w == 1 && qc_host::TapBoxes::padded_share(s, columns) >= kBoxedShare) {
-    boxes.emplace(s, columns, kRows);  // the layer's own shape: before the padded copy replaces it
-    g.boxes = &*boxes, g.column_quads = s.channels % 4 == 0 ? s.channels / 4 : 0;
+  if (!direct && s.dilation_w == 1 && (s.pad_h > 0 || s.pad_w > 0)) {
+    // the layer's own shape: before the padded copy replaces it
+    boxes = qc_host::TapBoxes::plan(s, s.channels % 4 == 0);
+    if (boxes) {
+      g.boxes = &*boxes, g.tile_rows = boxes->rows_per_tile();
+      g.column_quads = s.channels % 4 == 0 ? s.channels / 4 : 0;
+    }
   }
   if (!direct && s.dilation_w == 1) {  // tiles read in place: the padding written out, no border tile left
     // columns the last pixel's kernel rows reach, the bytes read past a padded row's taps included
@@ -469,7 +454,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
   }
   g.run_stride = s.dilation_h * s.width * s.channels;
   g.quads = padded ? s.kernel_h * g.run_quads : (s.depth() + 3) / 4;
-  g.pixels = s.pixels(), g.tiles = (g.pixels + kRows - 1) / kRows;
+  g.pixels = s.pixels(), g.tiles = g.boxes ? g.boxes->tiles() : (g.pixels + kRows - 1) / kRows;
   g.all_panels = (s.out_channels + kChannels - 1) / kChannels, g.taps = s.kernel_h * s.kernel_w;
   g.direct = direct;
   g.block = std::max<int64_t>(1, qc_host::block_bytes() / (g.quads * 64));  // panels that stay in the L2 cache
