@@ -576,6 +576,30 @@ def test_host_kernel_threads_serve_a_forked_child():
     assert torch.equal(here, there) and len(torch.unique(here)) > 20
 
 
+def test_host_kernel_ranges_each_run_once_whichever_thread_claims_them():
+    """A call's ranges go to whichever thread claims them first, the calling thread taking those no other has
+    (parallel.h): with more ranges than cores, over calls of different sizes in quick succession, every output
+    is the one thread's."""
+    generator = torch.Generator().manual_seed(6)
+    weight = torch.randint(-128, 128, (40, 16, 3, 3), dtype=torch.int8, generator=generator)
+    bias = torch.randint(-(2**12), 2**12, (40,), dtype=torch.int32, generator=generator)
+    m0, exponent = fp.quantize_multipliers(torch.full((40,), 3e-4, dtype=torch.float64))
+    inputs = [torch.randint(0, 256, (n, 16, size, size), dtype=torch.uint8, generator=generator)
+              for n, size in ((1, 5), (2, 17), (1, 30), (3, 9))]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = [cpu.qconv2d(x, 7, weight, bias, m0, exponent, 3, 0, 255, [1, 1], [1, 1], [1, 1], 1) for x in inputs]
+        torch.set_num_threads(6)
+        for _ in range(20):
+            for x, expected in zip(inputs, want):
+                got = cpu.qconv2d(x, 7, weight, bias, m0, exponent, 3, 0, 255, [1, 1], [1, 1], [1, 1], 1)
+                assert torch.equal(got, expected)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(len(torch.unique(w)) > 20 for w in want)
+
+
 def test_host_quantize_is_the_torch_op_form():
     """The compiled quantize (gemmlowp.h's qc::quantize, vectorized) against the torch-op form: exact ties in
     both directions, NaN, infinities, the clamp, and both memory orders."""
