@@ -38,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qcompile.kernels import fixed_point as fp  # noqa: E402
 from qcompile.kernels.geometry import conv_output_size  # noqa: E402
 
-from benchmarks.int8_latency import build, macs, median_ms  # noqa: E402
+from benchmarks.int8_latency import DATA, build, float_layout, macs, median_ms  # noqa: E402
 from benchmarks.int8_peak import peak_gops_per_core  # noqa: E402
 from qcompile.codegen import load_model, write_model  # noqa: E402
 from qcompile.cpu_features import describe_cpu  # noqa: E402
 from qcompile.data import open_data  # noqa: E402
-from qcompile.frontend.loaders import load_model as load_user_model  # noqa: E402
 from qcompile.frontend.lower import lower  # noqa: E402
 from qcompile.pipeline import PassContext, run_pipeline  # noqa: E402
 from qcompile.quant.config import QuantConfig  # noqa: E402
@@ -117,10 +116,6 @@ def cap_below_best() -> str:
     return "avx512-vnni" if host_conv.byte_isa() == "amx" else "avx2"
 
 
-# the calibration and timing data of each model (else builtin:photos)
-DATA = {"digit_cnn": "builtin:mnist5k"}
-
-
 def with_byte_isa(cap: str, run):
     """``run()`` with the byte form capped at ``cap`` (QCOMPILE_BYTE_ISA), restored after."""
     import os
@@ -140,24 +135,6 @@ def with_byte_isa(cap: str, run):
             os.environ["QCOMPILE_BYTE_ISA"] = before
         host_conv.byte_isa.cache_clear()
         host_conv.depthwise_isa.cache_clear()
-
-
-def float_layout(model, x) -> torch.memory_format:
-    """channels-last, the faster layout of torch's float convolutions, unless the model cannot run in it (the
-    seed CNN's ``x.view()`` needs the standard layout)."""
-    try:
-        with torch.no_grad():
-            model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-    except RuntimeError:
-        model.to(memory_format=torch.contiguous_format)
-        return torch.contiguous_format
-    return torch.channels_last
-
-
-def model_named(name: str):
-    if name == "digit_cnn":  # the seed CNN, trained on MNIST
-        return load_user_model("zoo:digit_cnn").module
-    return build(name)
 
 
 def main() -> None:
@@ -180,7 +157,7 @@ def main() -> None:
           f"| gemmlowp capped at {cap} | gemmlowp GOPS (% peak) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model = model_named(name)
+        model = build(name)
         calib = list(open_data(DATA.get(name, "builtin:photos"), batch_size=16, limit=32))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)

@@ -1,13 +1,16 @@
 """Latency of int8 models: qcompile vs torch.ao FX vs onnxruntime's quantize_static vs OpenVINO, and float.
 
-    python benchmarks/int8_latency.py [--models resnet18 mobilenet_v2] [--repeats 30] [--json out.json]
+    python benchmarks/int8_latency.py [--models resnet18 mobilenet_v2 digit_cnn] [--repeats 30] [--json out.json]
 
 Each row times every model of the row in one process, in rounds: each round
 runs each model three times untimed, then ``--repeats / rounds`` times timed, so
 that a slow spell of this shared machine falls on all of them alike; the
 table reports medians as ratios against the float model of the same row.
 Float is the fair baseline: the fused graph (BatchNorm folded) in
-channels-last memory. qcompile's int8 graph runs three ways: the emitted
+channels-last memory (the seed CNN, whose ``x.view()`` needs the standard
+layout, in that). The seed CNN (``zoo:digit_cnn``) is calibrated and timed on
+MNIST digits, the others on the bundled photos; torch.ao runs it with its
+``view`` as ``reshape`` (see :func:`views_as_reshapes`). qcompile's int8 graph runs three ways: the emitted
 PyTorch module on the native backend (torch's x86 kernels), the gemmlowp
 backend (qcompile's own integer kernels, bit-exact with gemmlowp), and its
 QDQ ONNX export (``--export onnx``) in onnxruntime, exported for each row
@@ -189,15 +192,42 @@ def build(name: str):
     vanish and agreement with float says nothing. Latency does not depend on
     them (fuse folds BatchNorm into the convolutions).
     """
-    if name == "mobilenet_v2":
-        return load_user_model("zoo:mobilenet_v2").module
+    if name in ("mobilenet_v2", "digit_cnn"):  # the digit CNN: the seed CNN, trained on MNIST
+        return load_user_model(f"zoo:{name}").module
     torch.manual_seed(0)
     return randomize_batch_norm(torchvision.models.get_model(name))
 
 
+# the calibration and timing data of each model (else builtin:photos)
+DATA = {"digit_cnn": "builtin:mnist5k"}
+
+
+def views_as_reshapes(model):
+    """``model`` traced with ``x.view(...)`` as ``x.reshape(...)``: torch.ao's x86 convolutions return
+    channels-last tensors, on which the seed CNN's ``view`` fails (a torch.ao user must make this change)."""
+    traced = torch.fx.symbolic_trace(model)
+    for node in traced.graph.nodes:
+        if node.op == "call_method" and node.target == "view":
+            node.target = "reshape"
+    traced.recompile()
+    return traced
+
+
+def float_layout(model, x) -> torch.memory_format:
+    """channels-last, the faster layout of torch's float convolutions, unless the model cannot run in it (the
+    seed CNN's ``x.view()`` needs the standard layout); ``model`` is left in the layout returned."""
+    try:
+        with torch.no_grad():
+            model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        model.to(memory_format=torch.contiguous_format)
+        return torch.contiguous_format
+    return torch.channels_last
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "digit_cnn"])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--pairs", type=int, default=100,
                         help="adjacent pairs of calls timed head to head, best qcompile variant against the target, "
@@ -207,7 +237,6 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     quiet()
-    calib = list(open_data("builtin:photos", batch_size=16, limit=64))
     rows, calibration = [], []
     from qcompile.kernels.host_conv import byte_isa
 
@@ -221,12 +250,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
+        calib = list(open_data(DATA.get(name, "builtin:photos"), batch_size=16, limit=64))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             float_graph = lower(model, (calib[0][0][:1],))
             run_pipeline(float_graph, "fuse")
             write_model(float_graph, tmp / "float")
-            fair_float = load_model(tmp / "float").to(memory_format=torch.channels_last)
+            fair_float = load_model(tmp / "float")
+            layout = float_layout(fair_float, calib[0][0][:1])
             graph = lower(model, (calib[0][0][:1],))
             start = time.perf_counter()
             run_pipeline(graph, NATIVE_PTQ, PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
@@ -239,7 +270,7 @@ def main() -> None:
             write_model(twin_graph, tmp / "gemmlowp")
             twin = load_model(tmp / "gemmlowp")
             start = time.perf_counter()
-            theirs = fx_quantize(model, calib, "x86")
+            theirs = fx_quantize(views_as_reshapes(model), calib, "x86")
             torchao_calib = time.perf_counter() - start
             images = sum(len(b[0]) for b in calib)
             calibration.append(dict(model=name, images=images, qcompile_images_per_s=images / qcompile_calib,
@@ -257,7 +288,7 @@ def main() -> None:
                     x = torch.cat([b[0] for b in calib])[:batch].contiguous()
                     feed = {"x": x.numpy()}
                     our_feed = {our_session.get_inputs()[0].name: x.numpy()}
-                    fns = {"float": partial(fair_float, x.contiguous(memory_format=torch.channels_last)),
+                    fns = {"float": partial(fair_float, x.contiguous(memory_format=layout)),
                            "torchao": partial(theirs, x), "ort": partial(session.run, None, feed),
                            "native": partial(ours, x), "gemmlowp": partial(twin, x),
                            "onnx": partial(our_session.run, None, our_feed)}
