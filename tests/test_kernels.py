@@ -592,7 +592,7 @@ def test_host_kernel_ranges_each_run_once_whichever_thread_claims_them():
         want = [cpu.qconv2d(x, 7, weight, bias, m0, exponent, 3, 0, 255, [1, 1], [1, 1], [1, 1], 1) for x in inputs]
         torch.set_num_threads(6)
         for _ in range(20):
-            for x, expected in zip(inputs, want):
+            for x, expected in zip(inputs, want, strict=True):
                 got = cpu.qconv2d(x, 7, weight, bias, m0, exponent, 3, 0, 255, [1, 1], [1, 1], [1, 1], 1)
                 assert torch.equal(got, expected)
     finally:
