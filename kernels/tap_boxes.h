@@ -65,9 +65,9 @@ class TapBoxes {
 
  private:
   // A plan's tiles cost some bookkeeping, and ordering by classes spreads a tile's pixels over the input: on
-  // ResNet-18's stem (0.8% of the taps on the padding) tiles by rows ran 8% slower than raster tiles, on its
-  // 56 x 56 layers (1.2%) 2% slower, and by classes (2.4%) 4% slower; on its 28 x 28 layers at batch 8 tiles
-  // by classes (4.7%) ran 3% faster.
+  // ResNet-18's stem (0.8% of the taps on the padding) a plan ran as fast as raster tiles, on its 56 x 56
+  // layers (1.2% by rows, 2.4% by classes) 1% slower; on its 28 x 28 layers at batch 8 tiles by classes
+  // (4.7%) ran 2-3% faster.
   static constexpr double kLeastSaved = 0.03;
 
   // Each output position's taps inside the input along one axis: [lo, hi), empty where hi <= lo.
