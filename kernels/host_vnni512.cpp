@@ -189,7 +189,7 @@ QC_VNNI512 inline __attribute__((always_inline)) void finish_rows(
   __m512i back = _mm512_setzero_si512();
   for (uint64_t mask = common; mask != 0; mask &= mask - 1)
     back = _mm512_add_epi32(back, _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels));
-  back = _mm512_mullo_epi32(zero, back);
+  if (common != 0) back = _mm512_mullo_epi32(zero, back);
   auto row = [&](int r) __attribute__((always_inline, target("avx512f"))) {
     for (uint64_t mask = outside[r]; mask != 0; mask &= mask - 1) {
       const __m512i sums = _mm512_loadu_si512(tap_sums + __builtin_ctzll(mask) * kChannels);
@@ -216,7 +216,6 @@ struct Gemm {
   bool direct_pairs;  // the direct path's tiles run two panels per pass (not on half-width cores)
   const qc_host::TapBoxes* boxes;  // a padded layer's pixel order and taps per tile (tap_boxes.h), or none
   int64_t column_quads;            // groups of four per kernel column where boxes leave columns out
-  int64_t tile_rows;               // a whole tile's pixels: eight, or the boxes' (seven or eight)
   const Stage16* stages;
   StageShared shared;
   uint8_t* out;
@@ -297,6 +296,7 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
   const int64_t t0 = g.by_tiles ? begin : 0, t1 = g.by_tiles ? end : g.tiles;
   const int64_t p0 = g.by_tiles ? 0 : begin, p1 = g.by_tiles ? g.all_panels : end;
   const int64_t row_bytes = 4 * g.quads, tile_bytes = kRows * row_bytes;
+  const int64_t whole = g.boxes ? g.boxes->rows_per_tile() : kRows;  // a whole tile's pixels
   const bool keep = !g.direct && p1 - p0 > g.block && (t1 - t0) * tile_bytes <= kKeptBytes;
   const int64_t slots = g.direct ? 0 : keep ? t1 - t0 : 1;
   std::vector<uint8_t> tiles(static_cast<size_t>(slots * tile_bytes));
@@ -363,7 +363,7 @@ QC_VNNI512 void run_range(const Gemm& g, int64_t begin, int64_t end) {
       const int64_t valid = tile.count, slot = keep ? t - t0 : 0;
       uint8_t* outs[kRows];
       for (int r = 0; r < valid; ++r) outs[r] = g.out + pixels[r] * s.out_channels;
-      if (g.in_place && valid == g.tile_rows && interior_rows(g, pixels, valid, rows)) {  // rows read in place
+      if (g.in_place && valid == whole && interior_rows(g, pixels, valid, rows)) {  // rows read in place
         if (valid == kRows)
           in_place_tile<kRows>(g, tile.box, rows, outs, pb, panels);
         else
@@ -422,7 +422,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
                                      const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                                      int32_t hi, uint8_t* out, int threads) {
   Gemm g{x, x_zero, packed, tap_sums, ConvShape::read(shape), 0, 0, 0, 0, 0, 0, 0, 0, false, false, false, false,
-         false, !qc_host::half_width_512(), nullptr, 0, kRows, nullptr,
+         false, !qc_host::half_width_512(), nullptr, 0, nullptr,
          make_shared(out_zero, lo, hi), out};
   const ConvShape& s = g.s;
   // where a kernel row's codes are not whole groups of four, the weights come a kernel row at a time, each
@@ -437,7 +437,7 @@ QC_VNNI512 void qc_conv_gemm_vnni512(const uint8_t* x, int32_t x_zero, const int
     // the layer's own shape: before the padded copy replaces it
     boxes = qc_host::TapBoxes::plan(s, s.channels % 4 == 0);
     if (boxes) {
-      g.boxes = &*boxes, g.tile_rows = boxes->rows_per_tile();
+      g.boxes = &*boxes;
       g.column_quads = s.channels % 4 == 0 ? s.channels / 4 : 0;
     }
   }

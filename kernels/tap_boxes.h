@@ -115,6 +115,7 @@ class TapBoxes {
     b.skipped = first(s_.kernel_h * s_.kernel_w) & ~read;
     return b;
   }
+  int64_t column_kinds() const { return static_cast<int64_t>(cols_.kinds.size()); }
   static Span join(Span a, Span b) { return Span{std::min(a.lo, b.lo), std::max(a.hi, b.hi)}; }
   static double taps(const TapBox& b) { return static_cast<double>((b.ky1 - b.ky0) * (b.kx1 - b.kx0)); }
 
@@ -142,7 +143,7 @@ class TapBoxes {
   // class: the classes' runs of that order (start_), and the multiply-accumulates per output channel, a tile
   // that spans classes reading the union of their boxes, a partial last tile (gathered) every tap.
   double class_cost() {
-    const int64_t cols = static_cast<int64_t>(cols_.kinds.size());
+    const int64_t cols = column_kinds();
     const int64_t classes = static_cast<int64_t>(rows_.kinds.size()) * cols;
     start_.assign(static_cast<size_t>(classes + 1), 0);
     for (int64_t k = 0; k < classes; ++k)
@@ -161,12 +162,12 @@ class TapBoxes {
     return total;
   }
   TapBox class_box(int64_t k) const {
-    const int64_t cols = static_cast<int64_t>(cols_.kinds.size());
+    const int64_t cols = column_kinds();
     return box_of(rows_.kinds[k / cols], cols_.kinds[k % cols]);
   }
   // Tile t's box by classes: the union of the classes whose runs it overlaps.
   TapBox tile_box(int64_t t) const {
-    const int64_t cols = static_cast<int64_t>(cols_.kinds.size());
+    const int64_t cols = column_kinds();
     Span ky{s_.kernel_h, 0}, kx{s_.kernel_w, 0};
     for (size_t k = 0; k + 1 < start_.size(); ++k)
       if (start_[k] < t * 8 + 8 && start_[k + 1] > t * 8 && start_[k + 1] > start_[k])
@@ -174,7 +175,7 @@ class TapBoxes {
     return box_of(ky, kx);
   }
   void list_classes() {
-    const int64_t cols = static_cast<int64_t>(cols_.kinds.size()), pixels = s_.pixels();
+    const int64_t cols = column_kinds(), pixels = s_.pixels();
     for (int64_t first = 0; first < pixels; first += 8)
       tiles_.push_back(Tile{first, std::min<int64_t>(8, pixels - first), tile_box(first / 8)});
     std::vector<int64_t> next = start_;
