@@ -14,8 +14,8 @@
   element-wise stages; ``host_layout.cpp``: pooling and layout copies; ``host_conv.cpp``,
   ``host_vnni512.cpp``, ``host_depthwise.cpp``: integer GEMM
   (AVX2, AVX-VNNI, AVX-512 VNNI) and depthwise convolutions (AVX2, AVX-512), sharing ``conv_shape.h``,
-  ``gather_bytes.h`` and the output stages ``stage8.h`` / ``stage16.h``; ``amx_tiles.h``: AMX-INT8 tiles
-  where the CPU has them);
+  ``gather_bytes.h`` and the output stages ``stage8.h`` / ``stage16.h``; ``host_amx.cpp`` with
+  ``amx_tiles.h``: the GEMM on AMX-INT8 tiles where the CPU has them);
 * :mod:`.ops`: ``torch.ops.qcompile.*``, with fake kernels for export (shapes from :mod:`.geometry`);
 * :mod:`.modules`: the modules the ``gemmlowp`` backend emits.
 

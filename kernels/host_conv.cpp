@@ -15,7 +15,7 @@
 //    On CPUs with AVX-VNNI the byte form is vpdpbusd instead, which sums the four uint8 x int8 products of
 //    each lane in int32: every code goes in whole, and nothing needs correcting. On CPUs with AVX-512 VNNI
 //    it is host_vnni512.cpp's 512-bit form (qc_conv_gemm_bytes dispatches to it), and on CPUs with AMX-INT8
-//    it runs on tiles (qc_conv_gemm_amx; the tile primitives are in amx_tiles.h).
+//    it runs on tiles (host_amx.cpp's qc_conv_gemm_amx).
 //  * int16 pairs: _mm256_madd_epi16 of q - z (|q - z| <= 255) with the weights, each pair sum below 2^16.
 // Every sum is exact in int32 arithmetic, whose wrap-around cannot change a result that fits int32; the caller
 // checks that the result does (kernels/cpu.py: accumulator_bound).
@@ -35,13 +35,7 @@
 
 namespace {
 
-using qc_amx::amx_quads;
-using qc_amx::amx_tile_panel;
-using qc_amx::amx_tile_panel32;
 using qc_amx::amx_usable;
-using qc_amx::AmxTiles;
-using qc_amx::kAmxQuads;
-using qc_amx::kAmxRows;
 using qc_avx2::ConvShape;
 using qc_avx2::Exception;
 using qc_avx2::gather_bytes;
@@ -227,20 +221,6 @@ __attribute__((target("avx2"))) void byte_tile(const uint8_t* tile, const int8_t
   finish_tile(acc, tap_sums, rows, outside, x_zero, c0, out_channels, stages, out);
 }
 
-// One tile of 16 or 32 pixels and one panel: the tile multiplies, the taps outside the input, the output stage.
-__attribute__((target("avx2"))) void amx_tile(const uint8_t* tile, int tile_rows, const int8_t* b,
-                                              const int32_t* tap_sums, int64_t quads, int64_t rows, const uint64_t* outside, int32_t x_zero,
-                                              int64_t c0, int64_t out_channels, const Stage8* stages, uint8_t* out) {
-  alignas(64) __m256i acc[kAmxRows][2];
-#if QC_HAVE_AMX
-  if (tile_rows == 32)
-    amx_tile_panel32(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
-  else
-    amx_tile_panel(tile, 4 * quads, b, quads / kAmxQuads, reinterpret_cast<int32_t*>(acc));
-#endif
-  finish_tile(acc, tap_sums, rows, outside, x_zero, c0, out_channels, stages, out);
-}
-
 // Weights in panels of 16 output channels, kGroup consecutive depth indices per channel (2 for int16 pairs,
 // 4 for byte quads): packed[p, g, i, t] = weight[16 p + i, kGroup g + t], 0 beyond the channels and depth.
 int64_t packed_size(int64_t out_channels, int64_t depth, int64_t group) {
@@ -305,7 +285,7 @@ int qc_conv_byte_isa() { return amx_usable() ? kAmx : qc_conv_vnni(); }
 // Whether this build runs the byte GEMM `isa` on this CPU (a form asked for that it cannot run is AVX2's).
 static bool byte_isa_runs(int isa) {
   if (isa == kAvx2) return true;
-  if (isa == kAmx) return amx_usable();
+  if (isa == kAmx) return false;  // host_amx.cpp's qc_conv_gemm_amx, not this function's
   if (isa == kAvx512Vnni) return qc_conv_vnni512_supported();
   if (!QC_HAVE_VNNI) return false;
   return isa == kAvxVnni && __builtin_cpu_supports("avxvnni");
@@ -407,60 +387,6 @@ void qc_conv_gemm_bytes(const uint8_t* x, int32_t x_zero, const int8_t* packed, 
         byte_tile(scratch.tile.get(), packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels, quads,
                   scratch.rows, scratch.exceptions, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
                   out + t * kByteRows * s.out_channels, isa);
-      });
-}
-
-// The AMX form's weights: the byte form's panels with the depth padded to whole tiles (amx_quads quads),
-// qc_conv_amx_packed_size bytes.
-int64_t qc_conv_amx_packed_size(int64_t out_channels, int64_t depth) {
-  return panels(out_channels) * amx_quads(depth) * 4 * kChannels;
-}
-
-void qc_conv_amx_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int8_t* packed) {
-  pack_panels<4>(weight, out_channels, depth, packed, amx_quads(depth));
-}
-
-// qc_conv_gemm_bytes on AMX tiles (weights packed by qc_conv_amx_pack; the same bias and tap sums); the caller
-// has checked qc_conv_byte_isa() == 3.
-void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int32_t* tap_sums,
-                      const int64_t* shape, const int32_t* bias, const int32_t* m0, const int32_t* exponent,
-                      int32_t out_zero, int32_t lo, int32_t hi, uint8_t* out, int threads) {
-  const ConvShape s = ConvShape::read(shape);
-  const int64_t quads = amx_quads(s.depth());
-  // 32 rows where 16 rows of the tile alone take half the L1 cache (measured: ResNet-18's layers 3 and 4 faster,
-  // layer 2 slower); every panel over each tile gathered once (the gather costs more than the panels' reloads)
-  const int tile_rows = 16 * 4 * quads > 24 * 1024 ? 32 : 16;
-  const int64_t tiles = (s.pixels() + tile_rows - 1) / tile_rows;
-  const int64_t all_panels = panels(s.out_channels), block = all_panels;
-  const StageTable table(bias, m0, exponent, s.out_channels, out_zero, lo, hi);
-  const Stage8* stages = table.data();
-  const int64_t taps = s.kernel_h * s.kernel_w, stride = 4 * quads;
-  struct Scratch {
-    std::unique_ptr<uint8_t[]> tile;  // zero beyond each row's depth, for good
-    int64_t rows;
-    std::vector<Exception> none;
-    uint64_t outside[kAmxRows];
-    std::unique_ptr<AmxTiles> tiles;  // made on the thread that uses them
-  };
-  tile_loop(
-      tiles, all_panels, block, threads,
-      [&] { return Scratch{std::unique_ptr<uint8_t[]>(new uint8_t[static_cast<size_t>(kAmxRows * stride)]()), 0,
-                           {}, {}, std::make_unique<AmxTiles>()}; },
-      [&](Scratch& scratch, int64_t t) {
-        scratch.rows = std::min<int64_t>(tile_rows, s.pixels() - t * tile_rows);
-        for (int32_t r = 0; r < tile_rows; ++r) {
-          uint8_t* row = scratch.tile.get() + r * stride;
-          scratch.outside[r] = 0;
-          if (r < scratch.rows)
-            scratch.outside[r] = gather_bytes(x, s, t * tile_rows + r, r, row, scratch.none, true);
-          else
-            std::fill(row, row + stride, uint8_t{0});
-        }
-      },
-      [&](Scratch& scratch, int64_t t, int64_t p) {
-        amx_tile(scratch.tile.get(), tile_rows, packed + p * quads * 4 * kChannels, tap_sums + p * taps * kChannels,
-                 quads, scratch.rows, scratch.outside, x_zero, p * kChannels, s.out_channels, stages,
-                 out + t * tile_rows * s.out_channels);
       });
 }
 

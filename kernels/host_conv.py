@@ -1,6 +1,6 @@
-"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp`` and
-``host_vnni512.cpp`` (dense), ``host_depthwise.cpp`` (AVX2, AVX-512) and ``host_depthwise_vnni.cpp``
-(AVX-512 VNNI).
+"""The CPU twin's integer convolutions and linear layers, compiled from ``host_conv.cpp``,
+``host_vnni512.cpp`` and ``host_amx.cpp`` (dense), ``host_depthwise.cpp`` (AVX2, AVX-512) and
+``host_depthwise_vnni.cpp`` (AVX-512 VNNI).
 
 uint8 activations in channels-last order times int8 weights in int32, the
 fixed-point output stage of ``gemmlowp.h`` fused, uint8 out in channels-last
@@ -38,7 +38,7 @@ _HEADERS = ("amx_tiles.h", "conv_shape.h", "core_traits.h", "direct_tile.h", "ga
 def _library() -> ctypes.CDLL | None:
     try:
         lib = shared_library(HERE / "host_conv.cpp", tuple(HERE / h for h in _HEADERS), flags=("-O3",),
-                             also=(HERE / "host_depthwise.cpp", HERE / "host_depthwise_vnni.cpp",
+                             also=(HERE / "host_amx.cpp", HERE / "host_depthwise.cpp", HERE / "host_depthwise_vnni.cpp",
                                    HERE / "host_vnni512.cpp"))
     except RuntimeError as exc:
         if host.library() is not None:  # else host.library() has already warned about the compiler
@@ -64,7 +64,9 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_amx_packed_size.argtypes = [i64, i64]
     lib.qc_conv_amx_packed_size.restype = i64
     lib.qc_conv_amx_pack.argtypes = [ptr, i64, i64, ptr]
-    lib.qc_conv_gemm_amx.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_]
+    lib.qc_conv_gemm_amx.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
+    lib.qc_conv_amx_runs.argtypes = [ptr]
+    lib.qc_conv_amx_runs.restype = int_
     return lib if lib.qc_conv_supported() else None
 
 
@@ -109,15 +111,16 @@ def _gemm_panels(weight: torch.Tensor) -> torch.Tensor:
 
 class _BytePanels:
     """The byte form's weights: int8 panels, each channel's weight sum (the zero point's share of the
-    accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels. ``amx``: the
-    panels' depth padded to whole AMX tiles; ``padded``: each kernel row's (see :func:`padded_rows`)."""
+    accumulator) and its sum per tap (for taps outside the input), in panels of 16 channels. ``amx``: each
+    kernel row's weights padded to whole AMX depth tiles (64 bytes); ``padded``: to groups of four (see
+    :func:`padded_rows`)."""
 
     def __init__(self, weight: torch.Tensor, amx: bool = False, padded: bool = False):
         rows = _weight_rows(weight)
         lib = library()
         size, pack = ((lib.qc_conv_amx_packed_size, lib.qc_conv_amx_pack) if amx
                       else (lib.qc_conv_byte_packed_size, lib.qc_conv_byte_pack))
-        packed = _padded_kernel_rows(weight) if padded else rows
+        packed = _padded_kernel_rows(weight, 64 if amx else 4) if padded or amx else rows
         self.panels = torch.empty(size(*packed.shape), dtype=torch.int8)
         pack(packed.data_ptr(), packed.shape[0], packed.shape[1], self.panels.data_ptr())
         self.sums = rows.long().sum(1)
@@ -135,11 +138,12 @@ def padded_rows(weight: torch.Tensor, dilation: list[int], isa: str) -> bool:
     return isa == "avx512-vnni" and weight.dim() == 4 and dilation[1] == 1 and weight.shape[3] * weight.shape[1] % 4 != 0
 
 
-def _padded_kernel_rows(weight: torch.Tensor) -> torch.Tensor:
-    """int8 ``[C, Cin, KH, KW]`` as ``[C, KH * 4 * ceil(KW * Cin / 4)]``: each kernel row's taps (channels
-    innermost), then zeros."""
-    rows = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], weight.shape[2], -1)
-    return torch.nn.functional.pad(rows, (0, -rows.shape[2] % 4)).reshape(weight.shape[0], -1).contiguous()
+def _padded_kernel_rows(weight: torch.Tensor, multiple: int) -> torch.Tensor:
+    """int8 ``[C, Cin, KH, KW]`` as ``[C, KH * multiple * ceil(KW * Cin / multiple)]``: each kernel row's taps
+    (channels innermost), then zeros; a linear layer's ``[C, K]`` as one kernel row."""
+    rows = (weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight[:, None, None])
+    rows = rows.reshape(weight.shape[0], rows.shape[1], -1)
+    return torch.nn.functional.pad(rows, (0, -rows.shape[2] % multiple)).reshape(weight.shape[0], -1).contiguous()
 
 
 def _depthwise_taps(weight: torch.Tensor) -> torch.Tensor:
@@ -360,10 +364,13 @@ def byte_isa() -> str:
 
 
 def byte_form(x: torch.Tensor, weight: torch.Tensor, taps: int, channels: int, isa: str | None = None) -> bool:
-    """Whether this layer runs in the byte form: up to 64 taps, depths of 64 and more (any depth in the
-    512-bit AVX-512 VNNI form, which is faster than the int16 form on thin layers too); without VNNI only
-    where few codes are above 127, decided once per layer at its first call (its grid does not change)."""
+    """Whether this layer runs in the byte form: every layer on AMX tiles; else up to 64 taps, depths of 64 and
+    more (any depth in the 512-bit AVX-512 VNNI form, which is faster than the int16 form on thin layers too);
+    without VNNI only where few codes are above 127, decided once per layer at its first call (its grid does
+    not change)."""
     isa = isa or byte_isa()
+    if isa == "amx":
+        return True
     if not (taps <= 64 and (taps * channels >= 64 or isa == "avx512-vnni")):
         return False
     if isa != "avx2":
@@ -382,6 +389,8 @@ def _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, l
     isa = isa or byte_isa()
     threads = torch.get_num_threads()
     lib = library()
+    if isa == "amx" and not lib.qc_conv_amx_runs(dims):  # dilated: 512-bit VNNI, which every AMX CPU has
+        isa = "avx512-vnni"
     if byte_form(x, weight, shape[5] * shape[6], shape[3], isa):
         amx = isa == "amx"
         padded = padded_rows(weight, shape[11:13], isa)
@@ -392,7 +401,8 @@ def _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, l
         before = (x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(), dims,
                   *(t.data_ptr() for t in params), out_zero, lo, hi)
         if amx:
-            return _Call(out_shape, memory_format, lib.qc_conv_gemm_amx, before, (threads,), (panels, dims, params))
+            return _Call(out_shape, memory_format, lib.qc_conv_gemm_amx, before[:2] + before[3:], (threads,),
+                         (panels, dims, params))
         return _Call(out_shape, memory_format, lib.qc_conv_gemm_bytes, before, (threads, BYTE_ISAS.index(isa)),
                      (panels, dims, params))
     packed = _cached((weight,), "int16", lambda: _gemm_panels(weight))

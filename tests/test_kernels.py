@@ -360,6 +360,9 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (3, 64, 32, 7, 3, 1, 1, 1),     # a fifth of the taps on the padding: (VNNI) tiles of pixels with the same
                                     # taps leave the rest out, some tiles of pixels of two or three kinds
     (2, 32, 16, 9, 5, 1, 2, 1),     # two border rows and columns, each with its own taps
+    (2, 80, 24, 9, 1, 2, 0, 1),     # a strided 1x1 layer (ResNet's downsample): AMX reads its input in place,
+                                    # 80 channels in two depth tiles; the last tiles, which would read past the
+                                    # input, copied first
 ])
 def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, stride, padding, dilation):
     """The AVX2 integer GEMM convolutions (bytes with the codes above 127 and the padding corrected, or int16
@@ -381,8 +384,10 @@ def test_host_integer_convolution_is_bit_exact(batch, cin, cout, size, kernel, s
     avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
     assert host_conv.runs(bias, m0, exponent, cpu.accumulator_bound(cin * kernel * kernel)) == avx2
     for isa in _byte_isas():
-        # depths of 64 and more, any depth in the 512-bit VNNI form
-        deep = kernel * kernel <= 64 and (kernel * kernel * cin >= 64 or isa == "avx512-vnni")
+        # depths of 64 and more, any depth in the 512-bit VNNI form; every undilated layer on AMX tiles (a
+        # dilated one runs in the 512-bit VNNI form)
+        vnni512 = isa == "avx512-vnni" or (isa == "amx" and dilation > 1)
+        deep = (isa == "amx" and dilation == 1) or (kernel * kernel <= 64 and (kernel * kernel * cin >= 64 or vnni512))
         # without VNNI the byte form takes codes mostly up to 127; with it, any codes
         for x, bytes_expected in ((full, deep and isa != "avx2"), (narrow, deep)):
             layer_weight = weight.clone()  # a layer of its own: the form is decided at a layer's first call

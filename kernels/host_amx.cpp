@@ -1,0 +1,269 @@
+// The byte GEMM on AMX-INT8 tiles, read in place: the tiles of pixels are loaded straight from the layer's
+// input (channels last), with no gathered copy of the receptive fields, for stride-1, undilated layers whose
+// taps are whole tiles of depth (input channels a multiple of 64) and for 1x1 layers over any channels.
+//
+// A tile row is one output pixel, its 64 bytes one tap's 64 input channels; the rows of a tile are 16 pixels
+// the input's row stride apart. Under a stride of 1, a padded input (padded_input.h, the padding written out as
+// the zero point) of width Wp makes every tap a fixed offset from its pixel: output pixel (oh, ow) at virtual
+// index v = oh * Wp + ow reads input pixel v + ky * Wp + kx. So consecutive virtual pixels are consecutive
+// input pixels for every tap, across output rows too; the Wp - out_w virtual pixels past each row's end are
+// computed and never stored (2 of 9 on a 7 x 7 output, 2 of 58 on a 56 x 56 one).
+//
+//   before: x [N, H, W, C], 3x3 pad 1   after: x' [N, H + 2, W + 2, C] (the zero point around), virtual
+//           pixels v in [0, (out_h - 1) * Wp + out_w) per image, tap (ky, kx) at x' + (v + ky * Wp + kx) * C
+//
+// A 1x1 layer over C not a multiple of 64 reads 64 bytes per pixel anyway: the bytes past its C are the next
+// pixel's, and meet the zero weights that pad each panel's depth to whole tiles. A block is 32 pixels (two
+// tiles) times two panels of 16 channels (two weight tiles): four accumulator tiles, each tile load used
+// twice. The accumulators go through memory (32 x 32 int32) to the 512-bit output stage (stage16.h). Exact:
+// the padding's taps add x_zero * w, which the bias (less x_zero * sum(w)) takes off again.
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "amx_tiles.h"
+#include "conv_shape.h"
+#include "core_traits.h"
+#include "padded_input.h"
+#include "parallel.h"
+#include "stage16.h"
+
+namespace {
+
+using qc_avx2::ConvShape;
+using qc_avx512::Stage16;
+using qc_avx512::StageShared;
+
+constexpr int kChannels = 16;  // output channels per panel: one tile's columns
+constexpr int kBlock = 32;     // pixels per block: two tiles of 16 rows
+
+#if QC_HAVE_AMX
+#define QC_AMX_STAGE __attribute__((target("avx512f,avx512bw,amx-tile,amx-int8")))
+
+// What every block of a layer shares. A tile is 16 output pixels of one image whose rows are `stride` bytes
+// apart in the input: 16 consecutive virtual pixels (`flat`, stride 1), or up to 16 pixels of one output row
+// (a segment: a stride of s pixels). Tile t of an image starts at base(t) bytes into it.
+struct Layer {
+  const uint8_t* x;                   // the (padded) input: image n at x + n * image_bytes
+  int64_t image_bytes, readable;      // bytes between images; bytes of x a tile may read
+  int64_t stride, pixel_bytes, step;  // between a tile's rows; a pixel's; between output rows' first pixels
+  bool flat;                          // virtual pixels (else segments)
+  int64_t virtual_w, virtual_pixels;  // flat: pixels per virtual row (the input's), per image
+  int64_t segments;                   // segments per output row (a tile of 16 pixels each)
+  int64_t out_h, out_w, out_channels, tiles;  // tiles per image
+  std::vector<int64_t> offsets;       // each depth tile's offset from its pixel: a kernel row, 64 bytes of it
+  const int8_t* packed;               // panels of offsets.size() depth tiles, 1 KB each
+  int64_t panel_bytes;
+  const Stage16* stages;
+  StageShared shared;
+  uint8_t* out;
+
+  int64_t base(int64_t t) const {
+    if (flat) return 16 * t * stride;
+    return (t / segments) * step + (t % segments) * 16 * stride;
+  }
+  // out_pixel[r]: the output pixel (n, oh, ow as one index) of tile t's row r, or -1 for none
+  void pixels(int64_t n, int64_t t, int64_t* out_pixel) const {
+    for (int r = 0; r < 16; ++r) {
+      int64_t oh, ow;
+      if (flat) {
+        const int64_t v = 16 * t + r;
+        oh = v / virtual_w, ow = v % virtual_w;
+        if (v >= virtual_pixels) ow = out_w;
+      } else {
+        oh = t / segments, ow = (t % segments) * 16 + r;
+      }
+      out_pixel[r] = ow < out_w ? (n * out_h + oh) * out_w + ow : -1;
+    }
+  }
+};
+
+// acc[32][32] = tiles a0, a1 (16 rows each, s0 and s1 bytes apart) times panels b and b + panel_bytes (`pair`)
+// or b alone, over the layer's depth tiles. Tiles 0, 1: rows of a0, a1 under the first panel, 2, 3 under the
+// second; 4, 5 the rows' depth tile, 6, 7 the panels'.
+QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, const uint8_t* a1, int64_t s1,
+                             const int8_t* b, bool pair, int32_t* acc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  const int64_t chunks = static_cast<int64_t>(l.offsets.size());
+  const int64_t* offsets = l.offsets.data();
+  if (pair) {
+    _tile_zero(2);
+    _tile_zero(3);
+    const int8_t* b2 = b + l.panel_bytes;
+    for (int64_t k = 0; k < chunks; ++k) {
+      _tile_loadd(4, a0 + offsets[k], s0);
+      _tile_loadd(6, b + 1024 * k, 64);
+      _tile_dpbusd(0, 4, 6);
+      _tile_loadd(5, a1 + offsets[k], s1);
+      _tile_dpbusd(1, 5, 6);
+      _tile_loadd(7, b2 + 1024 * k, 64);
+      _tile_dpbusd(2, 4, 7);
+      _tile_dpbusd(3, 5, 7);
+    }
+    _tile_stored(2, acc + 16, 4 * kBlock);
+    _tile_stored(3, acc + 16 * kBlock + 16, 4 * kBlock);
+  } else {
+    for (int64_t k = 0; k < chunks; ++k) {
+      _tile_loadd(4, a0 + offsets[k], s0);
+      _tile_loadd(6, b + 1024 * k, 64);
+      _tile_dpbusd(0, 4, 6);
+      _tile_loadd(5, a1 + offsets[k], s1);
+      _tile_dpbusd(1, 5, 6);
+    }
+  }
+  _tile_stored(0, acc, 4 * kBlock);
+  _tile_stored(1, acc + 16 * kBlock, 4 * kBlock);
+}
+
+// The output stage of a block's 32 rows for panel p (and p + 1 where `pair`), each stored at its pixel.
+template <bool kNegative>
+QC_AMX_STAGE void block_store(const Layer& l, const int64_t* out_pixel, int64_t p, bool pair, const int32_t* acc) {
+  const Stage16 s0 = l.stages[p], s1 = l.stages[pair ? p + 1 : p];
+  const StageShared k = l.shared;
+  const int64_t count0 = std::min<int64_t>(kChannels, l.out_channels - p * kChannels);
+  const int64_t count1 = std::min<int64_t>(kChannels, l.out_channels - (p + 1) * kChannels);
+  for (int r = 0; r < kBlock; ++r) {
+    if (out_pixel[r] < 0) continue;
+    const __m512i* row = reinterpret_cast<const __m512i*>(acc + r * kBlock);
+    uint8_t* at = l.out + out_pixel[r] * l.out_channels + p * kChannels;
+    qc_avx512::store16(at, qc_avx512::stage16_clamped<kNegative>(_mm512_add_epi32(row[0], s0.bias), s0, k),
+                       count0);
+    if (pair)
+      qc_avx512::store16(at + kChannels,
+                         qc_avx512::stage16_clamped<kNegative>(_mm512_add_epi32(row[1], s1.bias), s1, k), count1);
+  }
+}
+
+// Tile t of image n: its first row's address and its rows' stride; a tile that would read past the input
+// (a 1x1 layer read in place: its last tiles) is copied first, its rows side by side in `copy`.
+const uint8_t* tile_rows(const Layer& l, int64_t n, int64_t t, std::vector<uint8_t>& copy, int64_t* stride) {
+  const int64_t at = n * l.image_bytes + l.base(t);
+  *stride = l.stride;
+  if (at + 15 * l.stride + l.offsets.back() + 64 <= l.readable) return l.x + at;
+  const int64_t pixel = l.pixel_bytes;  // a 1x1 layer's kernel row: one pixel's channels
+  copy.assign(static_cast<size_t>(16 * pixel + l.offsets.back() + 64), 0);
+  for (int64_t r = 0; r < 16 && at + r * l.stride + pixel <= l.readable; ++r)
+    memcpy(copy.data() + r * pixel, l.x + at + r * l.stride, static_cast<size_t>(pixel));
+  *stride = pixel;
+  return copy.data();
+}
+
+// Blocks [begin, end) of the layer (block i: tiles 2j and 2j + 1 of image i / blocks, j = i % blocks; the
+// second repeats the first, unstored, past the image's last), panels [p0, p1), on a thread whose tiles are
+// configured. Panels go in groups whose weights stay in the L2 cache while the blocks pass.
+QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t p0, int64_t p1) {
+  alignas(64) int32_t acc[kBlock * kBlock];
+  int64_t out_pixel[kBlock];
+  std::vector<uint8_t> copy0, copy1;
+  const int64_t group = std::max<int64_t>(2, qc_host::block_bytes() / l.panel_bytes / 2 * 2);
+  const int64_t blocks = (l.tiles + 1) / 2;
+  for (int64_t g0 = p0; g0 < p1; g0 += group)
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / blocks, t = 2 * (i % blocks);
+      const bool second = t + 1 < l.tiles;
+      int64_t s0 = 0, s1 = 0;
+      const uint8_t* a0 = tile_rows(l, n, t, copy0, &s0);
+      const uint8_t* a1 = second ? tile_rows(l, n, t + 1, copy1, &s1) : a0;
+      if (!second) s1 = s0;
+      l.pixels(n, t, out_pixel);
+      if (second)
+        l.pixels(n, t + 1, out_pixel + 16);
+      else
+        std::fill(out_pixel + 16, out_pixel + kBlock, int64_t{-1});
+      for (int64_t p = g0; p < std::min(p1, g0 + group); p += 2) {
+        const bool pair = p + 1 < std::min(p1, g0 + group);
+        block_sums(l, a0, s0, a1, s1, l.packed + p * l.panel_bytes, pair, acc);
+        if (l.shared.round_negative)
+          block_store<true>(l, out_pixel, p, pair, acc);
+        else
+          block_store<false>(l, out_pixel, p, pair, acc);
+      }
+    }
+}
+#endif
+
+}  // namespace
+
+extern "C" {
+
+// Whether qc_conv_gemm_amx runs this layer: AMX usable and no dilation.
+int qc_conv_amx_runs(const int64_t* shape) {
+  const ConvShape s = ConvShape::read(shape);
+  return qc_amx::amx_usable() && s.dilation_h == 1 && s.dilation_w == 1 ? 1 : 0;
+}
+
+// The AMX form's weights: weight[c, k] (int8, k over kernel rows, each KW * C taps padded with zeros to a
+// multiple of 64) in panels of 16 channels x 16 quads per depth tile; qc_conv_amx_packed_size bytes.
+int64_t qc_conv_amx_packed_size(int64_t out_channels, int64_t depth) {
+  return (out_channels + kChannels - 1) / kChannels * depth * kChannels;
+}
+
+void qc_conv_amx_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int8_t* packed) {
+  for (int64_t p = 0; p < (out_channels + kChannels - 1) / kChannels; ++p)
+    for (int64_t q = 0; q < depth / 4; ++q)
+      for (int64_t i = 0; i < kChannels; ++i)
+        for (int64_t t = 0; t < 4; ++t) {
+          const int64_t c = p * kChannels + i;
+          *packed++ = c < out_channels ? weight[c * depth + 4 * q + t] : 0;
+        }
+}
+
+// out[n, oh, ow, c] (uint8, channels last) = output_stage(sum over taps and input channels of
+// (x - x_zero) * weight + bias[c]) for x[n, h, w, channels] (uint8, channels last), weights packed by
+// qc_conv_amx_pack and bias less x_zero * each channel's weight sum, for a layer qc_conv_amx_runs accepts; the
+// caller has checked that the bias and every accumulator stay in int32.
+void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int64_t* shape,
+                      const int32_t* bias, const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
+                      int32_t hi, uint8_t* out, int threads) {
+#if QC_HAVE_AMX
+  const ConvShape s = ConvShape::read(shape);
+  const int64_t row_chunks = (s.kernel_w * s.channels + 63) / 64;  // depth tiles per kernel row
+  // a 1x1 layer without padding reads its input in place; others a copy with the padding written out, and
+  // room after the last image for the last tiles' reads
+  const bool in_place = s.kernel_h * s.kernel_w == 1 && s.pad_h == 0 && s.pad_w == 0;
+  const ConvShape p = in_place ? s : qc_host::padded_shape(s, 0);
+  const int64_t c = s.channels, bytes = p.batch * p.height * p.width * c;
+  const bool flat = s.stride_h == 1 && s.stride_w == 1;
+  const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
+  Layer l{nullptr, p.height * p.width * c, bytes, s.stride_w * c, c, s.stride_h * p.width * c, flat,
+          p.width, (s.out_h - 1) * p.width + s.out_w, (s.out_w + 15) / 16, s.out_h, s.out_w, s.out_channels, 0, {},
+          packed, 0, table.data(), qc_avx512::make_shared(out_zero, lo, hi), out};
+  for (int64_t ky = 0; ky < s.kernel_h; ++ky)
+    for (int64_t k = 0; k < row_chunks; ++k) l.offsets.push_back(ky * p.width * c + 64 * k);
+  l.panel_bytes = static_cast<int64_t>(l.offsets.size()) * 1024;
+  int64_t batch = s.batch;
+  if (in_place && flat) {  // 1x1: the images' pixels are one range of virtual pixels, every one stored
+    l.virtual_pixels = l.virtual_w = l.out_w = s.batch * s.out_h * s.out_w;
+    l.out_h = batch = 1, l.image_bytes = 0;
+  }
+  l.tiles = flat ? (l.virtual_pixels + 15) / 16 : s.out_h * l.segments;
+  std::vector<uint8_t> own;
+  if (in_place) {
+    l.x = x;
+  } else {
+    const int64_t room = std::max<int64_t>(0, (batch - 1) * l.image_bytes + l.base(l.tiles - 1) + 15 * l.stride +
+                                                  l.offsets.back() + 64 - bytes);
+    uint8_t* copy = qc_host::scratch(bytes + room, own);
+    qc_host::pad_input(x, s, 0, static_cast<uint8_t>(x_zero), copy, threads);
+    memset(copy + bytes, x_zero, static_cast<size_t>(room));
+    l.x = copy, l.readable = bytes + room;
+  }
+  const int64_t blocks = batch * ((l.tiles + 1) / 2), panels = (s.out_channels + kChannels - 1) / kChannels;
+  const bool by_blocks = blocks >= 2 * threads || panels < 4;
+  qc_host::parallel_for(by_blocks ? blocks : (panels + 1) / 2, threads, [&](int64_t begin, int64_t end) {
+    qc_amx::AmxTiles tiles;
+    if (by_blocks)
+      run_blocks(l, begin, end, 0, panels);
+    else
+      run_blocks(l, 0, blocks, 2 * begin, std::min(panels, 2 * end));
+  });
+#else
+  (void)x, (void)x_zero, (void)packed, (void)shape, (void)bias, (void)m0, (void)exponent, (void)out_zero;
+  (void)lo, (void)hi, (void)out, (void)threads;
+#endif
+}
+
+}  // extern "C"
