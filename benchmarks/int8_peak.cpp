@@ -49,3 +49,57 @@ extern "C" __attribute__((target("avx512f,avx512vnni"))) int64_t qc_int8_peak_vn
   *sink = lanes[0];
   return iterations * 16 * 64;  // multiply-accumulates
 }
+
+// The AMX-INT8 peak: tdpbusd (16 x 16 x 64 = 16,384 multiply-accumulates each) into four accumulator tiles,
+// the 2 x 2 pattern of the kernels (host_amx.cpp): with `loads` set, two pixel tiles and two weight tiles are
+// loaded again before each four multiplies (from a buffer the L1 cache holds), else loaded once. Returns 0
+// where the compiler or the process has no AMX (the tiles are requested from Linux first).
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct alignas(64) QcPeakTiles {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+extern "C" __attribute__((target("amx-tile,amx-int8"))) int64_t qc_int8_peak_amx_loop(int64_t iterations,
+                                                                                     int32_t* sink, int loads) {
+  if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 0;
+  static QcPeakTiles config{};
+  config.palette = 1;
+  for (int t = 0; t < 8; ++t) config.rows[t] = 16, config.colsb[t] = 64;
+  _tile_loadconfig(&config);
+  alignas(64) static uint8_t a[4][1024];
+  alignas(64) static int32_t c[256];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 1024; ++j) a[i][j] = static_cast<uint8_t>(i + j);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, a[0], 64);
+  _tile_loadd(5, a[1], 64);
+  _tile_loadd(6, a[2], 64);
+  _tile_loadd(7, a[3], 64);
+  for (int64_t i = 0; i < iterations; ++i) {
+    if (loads) {
+      _tile_loadd(4, a[0], 64);
+      _tile_loadd(6, a[2], 64);
+    }
+    _tile_dpbusd(0, 4, 6);
+    if (loads) _tile_loadd(5, a[1], 64);
+    _tile_dpbusd(1, 5, 6);
+    if (loads) _tile_loadd(7, a[3], 64);
+    _tile_dpbusd(2, 4, 7);
+    _tile_dpbusd(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  _tile_release();
+  *sink = c[0];
+  return iterations * 4 * 16 * 16 * 64;
+}
+#else
+extern "C" int64_t qc_int8_peak_amx_loop(int64_t, int32_t*, int) { return 0; }
+#endif

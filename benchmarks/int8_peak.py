@@ -39,18 +39,24 @@ def cpu_description() -> str:
 
 @cache
 def peak_gops_per_core(isa: str = "avx2", repeats: int = 7) -> float:
-    """Median GOPS of an int8 multiply-accumulate loop on one thread: ``avx2`` (the vpmaddubsw sequence) or
-    ``avx512-vnni`` (512-bit vpdpbusd; only on a CPU that has it)."""
+    """Median GOPS of an int8 multiply-accumulate loop on one thread: ``avx2`` (the vpmaddubsw sequence),
+    ``avx512-vnni`` (512-bit vpdpbusd) or ``amx`` (tdpbusd on four accumulator tiles, each pixel and weight tile
+    loaded again from the L1 cache for every four multiplies, as the kernels do); the last two only on a CPU
+    that has them."""
     lib = shared_library(HERE / "int8_peak.cpp", (), flags=("-mavx2",))
-    loop = {"avx2": lib.qc_int8_peak_loop, "avx512-vnni": lib.qc_int8_peak_vnni512_loop}[isa]
+    loop = {"avx2": lib.qc_int8_peak_loop, "avx512-vnni": lib.qc_int8_peak_vnni512_loop,
+            "amx": lib.qc_int8_peak_amx_loop}[isa]
     loop.restype = ctypes.c_int64
-    loop.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int32)]
+    loop.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int32)] + ([ctypes.c_int] if isa == "amx" else [])
+    extra = (1,) if isa == "amx" else ()
     sink = ctypes.c_int32()
-    loop(1_000_000, ctypes.byref(sink))
+    iterations = 200_000 if isa == "amx" else 20_000_000  # each tile multiply is 256 vpdpbusd's work
+    if loop(iterations // 20, ctypes.byref(sink), *extra) == 0:
+        raise RuntimeError(f"{isa}: this build or process cannot use it")
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        macs = loop(20_000_000, ctypes.byref(sink))
+        macs = loop(iterations, ctypes.byref(sink), *extra)
         rates.append(2 * macs / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
 
@@ -78,6 +84,8 @@ if __name__ == "__main__":
 
     if {"avx512f", "avx512_vnni"} <= cpu_flags():
         print(f"int8 peak, one core: {peak_gops_per_core('avx512-vnni'):.0f} GOPS (512-bit vpdpbusd)")
+    if {"amx_tile", "amx_int8"} <= cpu_flags():
+        print(f"int8 peak, one core: {peak_gops_per_core('amx'):.0f} GOPS (AMX tdpbusd, 2 x 2 tiles loaded from L1)")
     got, exact = onnxruntime_integer_gemm()
     verdict = "exact" if got == exact else f"saturated: {got / exact:.1%} of the exact sum"
     print(f"onnxruntime MatMulInteger, 64 x (255 * 127): {got} against {exact} ({verdict})")

@@ -389,7 +389,7 @@ def _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, l
     isa = isa or byte_isa()
     threads = torch.get_num_threads()
     lib = library()
-    if isa == "amx" and not lib.qc_conv_amx_runs(dims):  # dilated: 512-bit VNNI, which every AMX CPU has
+    if isa == "amx" and not lib.qc_conv_amx_runs(dims):  # 512-bit VNNI, which every AMX CPU has
         isa = "avx512-vnni"
     if byte_form(x, weight, shape[5] * shape[6], shape[3], isa):
         amx = isa == "amx"

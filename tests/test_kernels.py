@@ -690,3 +690,30 @@ def test_host_layout_copy_and_global_mean_are_torchs():
         got = torch.ops.qcompile.global_avg_pool(q.contiguous(memory_format=layout))
         assert got.shape == (3, 37, 1, 1) and torch.equal(got, want), layout
         assert torch.equal(_mean_pixels(q.contiguous(memory_format=layout)), want)  # the CUDA registration's form
+
+
+def test_amx_form_takes_the_undilated_layers_where_its_tiles_pay():
+    """On a CPU with AMX-INT8 the dense GEMM runs on tiles (host_amx.cpp) for undilated layers of 16 output
+    pixels or more, except 1x1 layers over 32 channels or fewer (the 512-bit VNNI form's thin tiles are faster
+    there); elsewhere, and on every layer of a CPU without AMX, it never does."""
+    from qcompile.kernels import host_conv
+
+    from qcompile.cpu_features import cpu_flags
+
+    lib = host_conv.library()
+    if lib is None:
+        pytest.skip("no AVX2 host kernels on this machine")
+    amx = {"amx_tile", "amx_int8"} <= cpu_flags()
+
+    def runs(n, h, c, cout, k, stride, dilation):  # a square layer, padding k // 2
+        oh = (h + 2 * (k // 2) - dilation * (k - 1) - 1) // stride + 1
+        dims = host_conv._dims((n, h, h, c, cout, k, k, stride, stride, k // 2, k // 2, dilation, dilation, oh, oh))
+        return bool(lib.qc_conv_amx_runs(dims))
+
+    assert runs(1, 56, 64, 64, 3, 1, 1) == amx  # ResNet's 3x3 layers
+    assert runs(1, 56, 64, 128, 3, 2, 1) == amx  # strided
+    assert runs(1, 224, 3, 64, 7, 2, 1) == amx  # an RGB stem
+    assert runs(1, 7, 96, 24, 1, 1, 1) == amx  # 1x1 over more than 32 channels
+    assert not runs(1, 14, 64, 64, 3, 1, 2)  # dilated
+    assert not runs(1, 56, 32, 16, 1, 1, 1)  # thin 1x1
+    assert not runs(1, 1, 512, 1000, 1, 1, 1)  # a linear layer over one row
