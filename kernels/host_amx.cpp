@@ -1,22 +1,24 @@
 // The byte GEMM on AMX-INT8 tiles, read in place: the tiles of pixels are loaded straight from the layer's
-// input (channels last), with no gathered copy of the receptive fields, for stride-1, undilated layers whose
-// taps are whole tiles of depth (input channels a multiple of 64) and for 1x1 layers over any channels.
+// input (channels last), with no gathered copy of the receptive fields. One tdpbusd multiplies a tile of 16
+// pixels x 64 depth bytes by a tile of 16 quads x 16 output channels (a weight panel's 64 depth bytes).
 //
-// A tile row is one output pixel, its 64 bytes one tap's 64 input channels; the rows of a tile are 16 pixels
-// the input's row stride apart. Under a stride of 1, a padded input (padded_input.h, the padding written out as
-// the zero point) of width Wp makes every tap a fixed offset from its pixel: output pixel (oh, ow) at virtual
-// index v = oh * Wp + ow reads input pixel v + ky * Wp + kx. So consecutive virtual pixels are consecutive
-// input pixels for every tap, across output rows too; the Wp - out_w virtual pixels past each row's end are
-// computed and never stored (2 of 9 on a 7 x 7 output, 2 of 58 on a 56 x 56 one).
+// A tile row is one output pixel; the rows of a tile are `stride` bytes apart in the input. The input is
+// copied with its padding written out as the zero point (padded_input.h; a 1x1 layer without padding is read
+// as it is). Under a stride of 1, the padded width Wp makes every tap a fixed offset from its pixel: output
+// pixel (oh, ow) at virtual index v = oh * Wp + ow reads input pixel v + ky * Wp + kx. So consecutive virtual
+// pixels are consecutive input pixels for every tap, across output rows too; the Wp - out_w virtual pixels
+// past each row's end are computed and never stored (2 of 9 on a 7 x 7 output, 2 of 58 on a 56 x 56 one). A
+// strided layer's tiles are segments of up to 16 pixels of one output row, s pixels apart.
 //
 //   before: x [N, H, W, C], 3x3 pad 1   after: x' [N, H + 2, W + 2, C] (the zero point around), virtual
-//           pixels v in [0, (out_h - 1) * Wp + out_w) per image, tap (ky, kx) at x' + (v + ky * Wp + kx) * C
+//           pixels v in [0, (out_h - 1) * Wp + out_w) per image, kernel row ky at x' + (v + ky * Wp) * C
 //
-// A 1x1 layer over C not a multiple of 64 reads 64 bytes per pixel anyway: the bytes past its C are the next
-// pixel's, and meet the zero weights that pad each panel's depth to whole tiles. A block is 32 pixels (two
-// tiles) times two panels of 16 channels (two weight tiles): four accumulator tiles, each tile load used
-// twice. The accumulators go through memory (32 x 32 int32) to the 512-bit output stage (stage16.h). Exact:
-// the padding's taps add x_zero * w, which the bias (less x_zero * sum(w)) takes off again.
+// The depth goes a kernel row at a time: a kernel row's KW * C codes are side by side in the input, read in
+// tiles of 64 bytes, and each kernel row's weights are padded with zeros to whole tiles, which the bytes read
+// past the row's taps meet (an RGB stem's 7 x 3 codes: 21 of 64 bytes). A block is 32 pixels (two tiles)
+// times two panels of 16 channels (two weight tiles): four accumulator tiles, each tile load used twice. The
+// accumulators go through memory (32 x 32 int32) to the 512-bit output stage (stage16.h). Exact: the
+// padding's taps add x_zero * w, which the bias (less x_zero * sum(w)) takes off again.
 #include <stdint.h>
 #include <string.h>
 
