@@ -16,13 +16,9 @@
 // The depth goes a kernel row at a time: a kernel row's KW * C codes are side by side in the input, read in
 // tiles of 64 bytes, and each kernel row's weights are padded with zeros to whole tiles, which the bytes read
 // past the row's taps meet (an RGB stem's 7 x 3 codes: 21 of 64 bytes). A block is 32 pixels (two tiles)
-// times two panels of 16 channels (two weight tiles): four accumulator tiles, which start at the bias (a tile
-// of it loaded), each tile load used twice. The accumulators go through memory (32 x 32 int32) to the 512-bit
-// output stage (stage16.h), which runs a few rows at a time between the next block's tile multiplies (the
-// tile unit and the vector units work side by side: ResNet-18's 14 x 14 and 28 x 28 layers ran 19% and 9%
-// faster at batch 8 than with the stage after the multiplies), the output zero point added inside its
-// rounding where the shifts allow. Exact: the padding's taps add x_zero * w, which the bias (less x_zero *
-// sum(w)) takes off again.
+// times two panels of 16 channels (two weight tiles): four accumulator tiles, each tile load used twice. The
+// accumulators go through memory (32 x 32 int32) to the 512-bit output stage (stage16.h). Exact: the
+// padding's taps add x_zero * w, which the bias (less x_zero * sum(w)) takes off again.
 #include <stdint.h>
 #include <string.h>
 
@@ -62,10 +58,8 @@ struct Layer {
   std::vector<int64_t> offsets;       // each depth tile's offset from its pixel: a kernel row, 64 bytes of it
   const int8_t* packed;               // panels of offsets.size() depth tiles, 1 KB each
   int64_t panel_bytes;
-  const Stage16* stages;         // each panel's stage, the zero point in its rounding where `folded`
-  const int32_t* bias_tiles;     // each panel's bias in every row of a 16 x 16 tile: the accumulators' start
+  const Stage16* stages;
   StageShared shared;
-  bool folded;
   uint8_t* out;
 
   int64_t base(int64_t t) const {
@@ -84,79 +78,18 @@ struct Layer {
   }
 };
 
-// A block's accumulators (32 x 32 int32, panel p's in the first 16 columns, p + 1's in the others where `pair`)
-// waiting for the output stage, which runs a few rows at a time between the next block's tile multiplies: the
-// tile unit and the vector units work side by side.
-struct Pending {
-  const int32_t* acc = nullptr;  // none pending
-  int64_t out_pixel[kBlock];     // each row's output pixel, or -1 for none
-  int64_t p = 0;
-  bool pair = false;
-  int row = 0;  // the next row to store
-};
-
-// stage16_clamped's result for accumulators that start at the bias; with kFolded the stage's rounding adds
-// the zero point already (see fold_zero_point).
-template <bool kNegative, bool kFolded>
-QC_AMX_STAGE inline __m512i stage(__m512i acc, const Stage16& s, const StageShared& k) {
-  if constexpr (!kFolded) return qc_avx512::stage16_clamped<kNegative>(acc, s, k);
-  const __m512i q = qc_avx512::stage16_lanes<kNegative>(acc, s.m0, s.m0_odd, s.add_even, s.add_odd,
-                                                         s.negative_even, s.negative_odd, s.shift_even, s.shift_odd);
-  const __m512i low_clamped = _mm512_max_epi32(q, k.lo);
-  return k.clamp_top ? _mm512_min_epi32(low_clamped, k.hi) : low_clamped;
-}
-
-// Rows [w.row, w.row + rows) of w through the output stage, each stored at its pixel.
-template <bool kNegative, bool kFolded>
-QC_AMX_STAGE inline void store_rows(const Layer& l, Pending& w, int rows) {
-  const int end = std::min(kBlock, w.row + rows);
-  if (w.acc == nullptr || w.row >= end) return;
-  const Stage16 s0 = l.stages[w.p], s1 = l.stages[w.pair ? w.p + 1 : w.p];
-  const StageShared k = l.shared;
-  const int64_t count0 = std::min<int64_t>(kChannels, l.out_channels - w.p * kChannels);
-  const int64_t count1 = std::min<int64_t>(kChannels, l.out_channels - (w.p + 1) * kChannels);
-  for (int r = w.row; r < end; ++r) {
-    if (w.out_pixel[r] < 0) continue;
-    const __m512i* row = reinterpret_cast<const __m512i*>(w.acc + r * kBlock);
-    uint8_t* at = l.out + w.out_pixel[r] * l.out_channels + w.p * kChannels;
-    qc_avx512::store16(at, stage<kNegative, kFolded>(row[0], s0, k), count0);
-    if (w.pair) qc_avx512::store16(at + kChannels, stage<kNegative, kFolded>(row[1], s1, k), count1);
-  }
-  w.row = end;
-}
-
-// The zero point added inside the stage's one rounding: floor((t + zero * 2^shift) / 2^shift) is
-// floor(t / 2^shift) + zero, and the sum stays inside int64 (|t| < 2^62 + 2^61) where zero * 2^shift < 2^61:
-// shifts up to 52 (right shifts up to 21) for any code. False, and nothing changed, where a shift is larger.
-QC_AMX_STAGE bool fold_zero_point(Stage16* stages, int64_t groups, int32_t zero) {
-  for (int64_t g = 0; g < groups; ++g)
-    if (_mm512_cmpgt_epi64_mask(stages[g].shift_even, _mm512_set1_epi64(52)) ||
-        _mm512_cmpgt_epi64_mask(stages[g].shift_odd, _mm512_set1_epi64(52)))
-      return false;
-  const __m512i z = _mm512_set1_epi64(zero);
-  for (int64_t g = 0; g < groups; ++g) {
-    stages[g].add_even = _mm512_add_epi64(stages[g].add_even, _mm512_sllv_epi64(z, stages[g].shift_even));
-    stages[g].add_odd = _mm512_add_epi64(stages[g].add_odd, _mm512_sllv_epi64(z, stages[g].shift_odd));
-  }
-  return true;
-}
-
 // acc[32][32] = tiles a0, a1 (16 rows each, s0 and s1 bytes apart) times panels b and b + panel_bytes (`pair`)
-// or b alone, over the layer's depth tiles, while `pending` (another buffer) is stored, `step` rows after each
-// depth tile and the rest at the end. Tiles 0, 1: rows of a0, a1 under the first panel, 2, 3 under the second;
-// 4, 5 the rows' depth tile, 6, 7 the panels'.
-template <bool kNegative, bool kFolded>
+// or b alone, over the layer's depth tiles. Tiles 0, 1: rows of a0, a1 under the first panel, 2, 3 under the
+// second; 4, 5 the rows' depth tile, 6, 7 the panels'.
 QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, const uint8_t* a1, int64_t s1,
-                             int64_t p, bool pair, int32_t* acc, Pending& pending, int step) {
-  const int8_t* b = l.packed + p * l.panel_bytes;
-  const int32_t* start = l.bias_tiles + p * 256;
-  _tile_loadd(0, start, 64);
-  _tile_loadd(1, start, 64);
+                             const int8_t* b, bool pair, int32_t* acc) {
+  _tile_zero(0);
+  _tile_zero(1);
   const int64_t chunks = static_cast<int64_t>(l.offsets.size());
   const int64_t* offsets = l.offsets.data();
   if (pair) {
-    _tile_loadd(2, start + 256, 64);
-    _tile_loadd(3, start + 256, 64);
+    _tile_zero(2);
+    _tile_zero(3);
     const int8_t* b2 = b + l.panel_bytes;
     for (int64_t k = 0; k < chunks; ++k) {
       _tile_loadd(4, a0 + offsets[k], s0);
@@ -167,7 +100,6 @@ QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, cons
       _tile_loadd(7, b2 + 1024 * k, 64);
       _tile_dpbusd(2, 4, 7);
       _tile_dpbusd(3, 5, 7);
-      store_rows<kNegative, kFolded>(l, pending, step);
     }
     _tile_stored(2, acc + 16, 4 * kBlock);
     _tile_stored(3, acc + 16 * kBlock + 16, 4 * kBlock);
@@ -178,12 +110,29 @@ QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, cons
       _tile_dpbusd(0, 4, 6);
       _tile_loadd(5, a1 + offsets[k], s1);
       _tile_dpbusd(1, 5, 6);
-      store_rows<kNegative, kFolded>(l, pending, step);
     }
   }
-  store_rows<kNegative, kFolded>(l, pending, kBlock);
   _tile_stored(0, acc, 4 * kBlock);
   _tile_stored(1, acc + 16 * kBlock, 4 * kBlock);
+}
+
+// The output stage of a block's 32 rows for panel p (and p + 1 where `pair`), each stored at its pixel.
+template <bool kNegative>
+QC_AMX_STAGE void block_store(const Layer& l, const int64_t* out_pixel, int64_t p, bool pair, const int32_t* acc) {
+  const Stage16 s0 = l.stages[p], s1 = l.stages[pair ? p + 1 : p];
+  const StageShared k = l.shared;
+  const int64_t count0 = std::min<int64_t>(kChannels, l.out_channels - p * kChannels);
+  const int64_t count1 = std::min<int64_t>(kChannels, l.out_channels - (p + 1) * kChannels);
+  for (int r = 0; r < kBlock; ++r) {
+    if (out_pixel[r] < 0) continue;
+    const __m512i* row = reinterpret_cast<const __m512i*>(acc + r * kBlock);
+    uint8_t* at = l.out + out_pixel[r] * l.out_channels + p * kChannels;
+    qc_avx512::store16(at, qc_avx512::stage16_clamped<kNegative>(_mm512_add_epi32(row[0], s0.bias), s0, k),
+                       count0);
+    if (pair)
+      qc_avx512::store16(at + kChannels,
+                         qc_avx512::stage16_clamped<kNegative>(_mm512_add_epi32(row[1], s1.bias), s1, k), count1);
+  }
 }
 
 // Tile t of image n: its first row's address and its rows' stride; a tile that would read past the input
@@ -202,18 +151,13 @@ const uint8_t* tile_rows(const Layer& l, int64_t n, int64_t t, std::vector<uint8
 
 // Blocks [begin, end) of the layer (block i: tiles 2j and 2j + 1 of image i / blocks, j = i % blocks; the
 // second repeats the first, unstored, past the image's last), panels [p0, p1), on a thread whose tiles are
-// configured. Panels go in groups whose weights stay in the L2 cache while the blocks pass. Each block's
-// accumulators are stored while the next one's tiles multiply (two buffers).
-template <bool kNegative, bool kFolded>
+// configured. Panels go in groups whose weights stay in the L2 cache while the blocks pass.
 QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t p0, int64_t p1) {
-  alignas(64) int32_t acc[2][kBlock * kBlock];
-  Pending pending;
+  alignas(64) int32_t acc[kBlock * kBlock];
   int64_t out_pixel[kBlock];
   std::vector<uint8_t> copy0, copy1;
   const int64_t group = std::max<int64_t>(2, qc_host::block_bytes() / l.panel_bytes / 2 * 2);
-  const int64_t blocks = (l.tiles + 1) / 2, chunks = static_cast<int64_t>(l.offsets.size());
-  const int step = static_cast<int>((kBlock + chunks - 1) / chunks);  // rows per depth tile
-  int buffer = 0;
+  const int64_t blocks = (l.tiles + 1) / 2;
   for (int64_t g0 = p0; g0 < p1; g0 += group)
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / blocks, t = 2 * (i % blocks);
@@ -229,13 +173,13 @@ QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t
         std::fill(out_pixel + 16, out_pixel + kBlock, int64_t{-1});
       for (int64_t p = g0; p < std::min(p1, g0 + group); p += 2) {
         const bool pair = p + 1 < std::min(p1, g0 + group);
-        block_sums<kNegative, kFolded>(l, a0, s0, a1, s1, p, pair, acc[buffer], pending, step);
-        pending.acc = acc[buffer], pending.p = p, pending.pair = pair, pending.row = 0;
-        std::copy(out_pixel, out_pixel + kBlock, pending.out_pixel);
-        buffer ^= 1;
+        block_sums(l, a0, s0, a1, s1, l.packed + p * l.panel_bytes, pair, acc);
+        if (l.shared.round_negative)
+          block_store<true>(l, out_pixel, p, pair, acc);
+        else
+          block_store<false>(l, out_pixel, p, pair, acc);
       }
     }
-  store_rows<kNegative, kFolded>(l, pending, kBlock);
 }
 #endif
 
@@ -285,19 +229,10 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
   const ConvShape p = in_place ? s : qc_host::padded_shape(s, 0);
   const int64_t c = s.channels, bytes = p.batch * p.height * p.width * c;
   const bool flat = s.stride_h == 1 && s.stride_w == 1;
-  const int64_t panels = (s.out_channels + kChannels - 1) / kChannels;
-  qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
-  StageShared shared = qc_avx512::make_shared(out_zero, lo, hi);
-  const bool folded = fold_zero_point(table.data(), panels, out_zero);
-  std::vector<int32_t> starts(static_cast<size_t>(panels * 256 + 16), 0);  // 64-byte aligned bias tiles
-  int32_t* bias_tiles = starts.data() + (16 - reinterpret_cast<uintptr_t>(starts.data()) / 4 % 16) % 16;
-  for (int64_t i = 0; i < panels * 256; ++i) {
-    const int64_t channel = i / 256 * kChannels + i % 16;
-    bias_tiles[i] = channel < s.out_channels ? bias[channel] : 0;
-  }
+  const qc_avx512::Stage16Table table(bias, m0, exponent, s.out_channels);
   Layer l{nullptr, p.height * p.width * c, bytes, s.stride_w * c, c, s.stride_h * p.width * c, flat,
           p.width, (s.out_h - 1) * p.width + s.out_w, (s.out_w + 15) / 16, s.out_h, s.out_w, s.out_channels, 0, {},
-          packed, 0, table.data(), bias_tiles, shared, folded, out};
+          packed, 0, table.data(), qc_avx512::make_shared(out_zero, lo, hi), out};
   for (int64_t ky = 0; ky < s.kernel_h; ++ky)
     for (int64_t k = 0; k < row_chunks; ++k) l.offsets.push_back(ky * p.width * c + 64 * k);
   l.panel_bytes = static_cast<int64_t>(l.offsets.size()) * 1024;
@@ -318,17 +253,14 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
     memset(copy + bytes, x_zero, static_cast<size_t>(room));
     l.x = copy, l.readable = bytes + room;
   }
-  const int64_t blocks = batch * ((l.tiles + 1) / 2);
+  const int64_t blocks = batch * ((l.tiles + 1) / 2), panels = (s.out_channels + kChannels - 1) / kChannels;
   const bool by_blocks = blocks >= 2 * threads || panels < 4;
   qc_host::parallel_for(by_blocks ? blocks : (panels + 1) / 2, threads, [&](int64_t begin, int64_t end) {
     qc_amx::AmxTiles tiles;
-    const bool negative = l.shared.round_negative;
-    const int64_t b0 = by_blocks ? begin : 0, b1 = by_blocks ? end : blocks;
-    const int64_t q0 = by_blocks ? 0 : 2 * begin, q1 = by_blocks ? panels : std::min(panels, 2 * end);
-    if (negative)
-      l.folded ? run_blocks<true, true>(l, b0, b1, q0, q1) : run_blocks<true, false>(l, b0, b1, q0, q1);
+    if (by_blocks)
+      run_blocks(l, begin, end, 0, panels);
     else
-      l.folded ? run_blocks<false, true>(l, b0, b1, q0, q1) : run_blocks<false, false>(l, b0, b1, q0, q1);
+      run_blocks(l, 0, blocks, 2 * begin, std::min(panels, 2 * end));
   });
 #else
   (void)x, (void)x_zero, (void)packed, (void)shape, (void)bias, (void)m0, (void)exponent, (void)out_zero;

@@ -151,7 +151,6 @@ class Stage16Table {
       new (&stages_[g]) Stage16(make_stage16(bias + 16 * g, m0 + 16 * g, exponent + 16 * g, channels - 16 * g));
   }
   const Stage16* data() const { return stages_; }
-  Stage16* data() { return stages_; }
 
  private:
   std::vector<unsigned char> storage_;

@@ -717,21 +717,3 @@ def test_amx_form_takes_the_undilated_layers_where_its_tiles_pay():
     assert not runs(1, 14, 64, 64, 3, 1, 2)  # dilated
     assert not runs(1, 56, 32, 16, 1, 1, 1)  # thin 1x1
     assert not runs(1, 1, 512, 1000, 1, 1, 1)  # a linear layer over one row
-
-
-def test_host_convolution_with_right_shifts_too_large_to_fold_the_zero_point():
-    """The AMX form adds the output zero point inside the stage's rounding where every right shift is at most
-    21 (the sum then stays inside int64); a layer with larger shifts (tiny multipliers on wide sums) keeps the
-    separate add. Both against the reference, on whichever form this CPU runs."""
-    generator = torch.Generator().manual_seed(29)
-    x = torch.randint(0, 256, (1, 128, 9, 9), dtype=torch.uint8, generator=generator)
-    weight = torch.randint(-128, 128, (32, 128, 3, 3), dtype=torch.int8, generator=generator)
-    m0 = torch.full((32,), 2**30 + 12345, dtype=torch.int32)
-    geometry = ([1, 1], [1, 1], [1, 1])
-    for shift in (12, 20):  # right shifts 12-15 (folded), then 20-23 (not)
-        exponent = -(torch.arange(32, dtype=torch.int32) % 4) - shift
-        bias = torch.randint(-(2 ** (shift + 8)), 2 ** (shift + 8), (32,), dtype=torch.int32, generator=generator)
-        want = _conv_reference(x, 100, weight, bias, m0, exponent, 128, 0, 255, *geometry)
-        assert len(torch.unique(want)) > 8  # neither saturated nor constant
-        got = cpu.qconv2d(x, 100, weight, bias, m0, exponent, 128, 0, 255, *geometry, 1)
-        assert torch.equal(got, want), shift
