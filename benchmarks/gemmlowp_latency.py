@@ -17,8 +17,9 @@ the form below this CPU's best (AVX2 under AVX-512 VNNI, AVX-512 VNNI under
 AMX): the kernels of a CPU without the best one. Also the GEMM alone
 (effective int8 GOPS of ``torch.ops.qcompile.qlinear``) and single
 convolution layers; "% peak" is against the int8 peak of the form that ran,
-measured on this CPU by ``benchmarks/int8_peak.py`` (512-bit ``vpdpbusd`` for
-AVX-512 VNNI and AMX, the ``vpmaddubsw`` sequence for AVX2).
+measured on this CPU by ``benchmarks/int8_peak.py`` (``tdpbusd`` on 2 x 2 tiles
+for AMX, 512-bit ``vpdpbusd`` for AVX-512 VNNI, the ``vpmaddubsw`` sequence for
+AVX2).
 """
 
 from __future__ import annotations
