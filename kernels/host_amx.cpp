@@ -17,8 +17,9 @@
 // tiles of 64 bytes, and each kernel row's weights are padded with zeros to whole tiles, which the bytes read
 // past the row's taps meet (an RGB stem's 7 x 3 codes: 21 of 64 bytes). A block is 32 pixels (two tiles)
 // times two panels of 16 channels (two weight tiles): four accumulator tiles, each tile load used twice. The
-// accumulators go through memory (32 x 32 int32) to the 512-bit output stage (stage16.h). Exact: the
-// padding's taps add x_zero * w, which the bias (less x_zero * sum(w)) takes off again.
+// accumulators go through memory (32 x 32 int32) to the 512-bit output stage (stage16.h). A batch over weights
+// that stay in the L2 cache goes image by image, each padded by the thread that runs it just before its blocks.
+// Exact: the padding's taps add x_zero * w, which the bias (less x_zero * sum(w)) takes off again.
 #include <stdint.h>
 #include <string.h>
 
@@ -181,6 +182,31 @@ QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t
       }
     }
 }
+
+// A batch whose layer's weights stay in the L2 cache, image by image: each image is padded just before its
+// blocks run, by the thread that runs them, so that its copy is still in the L2 cache when the tiles read it
+// (a whole batch's copies outgrow it). `l` as for the whole batch, its x and readable not yet set.
+QC_AMX_STAGE void run_images(const Layer& l, const uint8_t* x, const ConvShape& s, uint8_t zero, int64_t panels,
+                             int threads) {
+  ConvShape one = s;
+  one.batch = 1;
+  const int64_t room = std::max<int64_t>(0, l.base(l.tiles - 1) + 15 * l.stride + l.offsets.back() + 64 -
+                                                l.image_bytes);
+  const int64_t in_image = s.height * s.width * s.channels, out_image = s.out_h * s.out_w * s.out_channels;
+  qc_host::parallel_for(s.batch, threads, [&](int64_t begin, int64_t end) {
+    qc_amx::AmxTiles tiles;
+    std::vector<uint8_t> own;
+    uint8_t* copy = qc_host::scratch(l.image_bytes + room, own);  // this thread's
+    Layer image = l;
+    image.x = copy, image.readable = l.image_bytes + room;
+    for (int64_t n = begin; n < end; ++n) {
+      qc_host::pad_input(x + n * in_image, one, 0, zero, copy, 1);
+      memset(copy + l.image_bytes, zero, static_cast<size_t>(room));
+      image.out = l.out + n * out_image;
+      run_blocks(image, 0, (l.tiles + 1) / 2, 0, panels);
+    }
+  });
+}
 #endif
 
 }  // namespace
@@ -242,6 +268,11 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
     l.out_h = batch = 1, l.image_bytes = 0;
   }
   l.tiles = flat ? (l.virtual_pixels + 15) / 16 : s.out_h * l.segments;
+  const int64_t panels = (s.out_channels + kChannels - 1) / kChannels;
+  if (!in_place && batch > 1 && batch >= threads && panels * l.panel_bytes <= qc_host::block_bytes()) {
+    run_images(l, x, s, static_cast<uint8_t>(x_zero), panels, threads);
+    return;
+  }
   std::vector<uint8_t> own;
   if (in_place) {
     l.x = x;
@@ -253,7 +284,7 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
     memset(copy + bytes, x_zero, static_cast<size_t>(room));
     l.x = copy, l.readable = bytes + room;
   }
-  const int64_t blocks = batch * ((l.tiles + 1) / 2), panels = (s.out_channels + kChannels - 1) / kChannels;
+  const int64_t blocks = batch * ((l.tiles + 1) / 2);
   const bool by_blocks = blocks >= 2 * threads || panels < 4;
   qc_host::parallel_for(by_blocks ? blocks : (panels + 1) / 2, threads, [&](int64_t begin, int64_t end) {
     qc_amx::AmxTiles tiles;
