@@ -285,7 +285,10 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
     l.x = copy, l.readable = bytes + room;
   }
   const int64_t blocks = batch * ((l.tiles + 1) / 2);
-  const bool by_blocks = blocks >= 2 * threads || panels < 4;
+  // threads split the blocks, each thread's weights read by every block; or, where the weights outweigh the
+  // (padded) input eightfold (ResNet-18's last layers at batch 1), the panels, each thread reading half of them
+  const bool heavy = panels * l.panel_bytes > 8 * l.readable;
+  const bool by_blocks = (blocks >= 2 * threads && !heavy) || panels < 4;
   qc_host::parallel_for(by_blocks ? blocks : (panels + 1) / 2, threads, [&](int64_t begin, int64_t end) {
     qc_amx::AmxTiles tiles;
     if (by_blocks)

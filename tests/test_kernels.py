@@ -360,6 +360,7 @@ def _conv_reference(x, x_zero, weight, bias, m0, exponent, out_zero, lo, hi, str
     (3, 64, 32, 7, 3, 1, 1, 1),     # a fifth of the taps on the padding: (VNNI) tiles of pixels with the same
                                     # taps leave the rest out, some tiles of pixels of two or three kinds
     (2, 32, 16, 9, 5, 1, 2, 1),     # two border rows and columns, each with its own taps
+    (1, 64, 144, 10, 3, 1, 1, 1),   # weights over eight times the padded input: (AMX) threads split the panels
     (2, 80, 24, 9, 1, 2, 0, 1),     # a strided 1x1 layer (ResNet's downsample): AMX reads its input in place,
                                     # 80 channels in two depth tiles; the last tiles, which would read past the
                                     # input, copied first
