@@ -400,7 +400,7 @@ def _gemm_call(x, x_zero, weight, shape, bias, multiplier, exponent, out_zero, l
                             lambda: (bias.long() - x_zero * panels.sums).to(torch.int32))
         before = (x_zero, panels.panels.data_ptr(), panels.tap_sums.data_ptr(), dims,
                   *(t.data_ptr() for t in params), out_zero, lo, hi)
-        if amx:
+        if amx:  # no tap sums: the AMX form writes the padding out
             return _Call(out_shape, memory_format, lib.qc_conv_gemm_amx, before[:2] + before[3:], (threads,),
                          (panels, dims, params))
         return _Call(out_shape, memory_format, lib.qc_conv_gemm_bytes, before, (threads, BYTE_ISAS.index(isa)),
