@@ -79,39 +79,36 @@ struct Layer {
   }
 };
 
-// acc[32][32] = tiles a0, a1 (16 rows each, s0 and s1 bytes apart) times panels b and b + panel_bytes (`pair`)
+// acc[32][32] = tiles a0, a1 (16 rows each, s0 and s1 bytes apart) times panels b and b + panel_bytes (kPair)
 // or b alone, over the layer's depth tiles. Tiles 0, 1: rows of a0, a1 under the first panel, 2, 3 under the
 // second; 4, 5 the rows' depth tile, 6, 7 the panels'.
+template <bool kPair>
 QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, const uint8_t* a1, int64_t s1,
-                             const int8_t* b, bool pair, int32_t* acc) {
+                             const int8_t* b, int32_t* acc) {
   _tile_zero(0);
   _tile_zero(1);
-  const int64_t chunks = static_cast<int64_t>(l.offsets.size());
-  const int64_t* offsets = l.offsets.data();
-  if (pair) {
+  if constexpr (kPair) {
     _tile_zero(2);
     _tile_zero(3);
-    const int8_t* b2 = b + l.panel_bytes;
-    for (int64_t k = 0; k < chunks; ++k) {
-      _tile_loadd(4, a0 + offsets[k], s0);
-      _tile_loadd(6, b + 1024 * k, 64);
-      _tile_dpbusd(0, 4, 6);
-      _tile_loadd(5, a1 + offsets[k], s1);
-      _tile_dpbusd(1, 5, 6);
+  }
+  const int64_t chunks = static_cast<int64_t>(l.offsets.size());
+  const int64_t* offsets = l.offsets.data();
+  const int8_t* b2 = b + l.panel_bytes;
+  for (int64_t k = 0; k < chunks; ++k) {
+    _tile_loadd(4, a0 + offsets[k], s0);
+    _tile_loadd(6, b + 1024 * k, 64);
+    _tile_dpbusd(0, 4, 6);
+    _tile_loadd(5, a1 + offsets[k], s1);
+    _tile_dpbusd(1, 5, 6);
+    if constexpr (kPair) {
       _tile_loadd(7, b2 + 1024 * k, 64);
       _tile_dpbusd(2, 4, 7);
       _tile_dpbusd(3, 5, 7);
     }
+  }
+  if constexpr (kPair) {
     _tile_stored(2, acc + 16, 4 * kBlock);
     _tile_stored(3, acc + 16 * kBlock + 16, 4 * kBlock);
-  } else {
-    for (int64_t k = 0; k < chunks; ++k) {
-      _tile_loadd(4, a0 + offsets[k], s0);
-      _tile_loadd(6, b + 1024 * k, 64);
-      _tile_dpbusd(0, 4, 6);
-      _tile_loadd(5, a1 + offsets[k], s1);
-      _tile_dpbusd(1, 5, 6);
-    }
   }
   _tile_stored(0, acc, 4 * kBlock);
   _tile_stored(1, acc + 16 * kBlock, 4 * kBlock);
@@ -174,7 +171,11 @@ QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t
         std::fill(out_pixel + 16, out_pixel + kBlock, int64_t{-1});
       for (int64_t p = g0; p < std::min(p1, g0 + group); p += 2) {
         const bool pair = p + 1 < std::min(p1, g0 + group);
-        block_sums(l, a0, s0, a1, s1, l.packed + p * l.panel_bytes, pair, acc);
+        const int8_t* panel = l.packed + p * l.panel_bytes;
+        if (pair)
+          block_sums<true>(l, a0, s0, a1, s1, panel, acc);
+        else
+          block_sums<false>(l, a0, s0, a1, s1, panel, acc);
         if (l.shared.round_negative)
           block_store<true>(l, out_pixel, p, pair, acc);
         else
