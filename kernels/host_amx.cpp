@@ -63,6 +63,8 @@ struct Layer {
   StageShared shared;
   uint8_t* out;
 
+  // the bytes a tile reads from its first row's start: 16 rows, each its depth tiles
+  int64_t reach() const { return 15 * stride + offsets.back() + 64; }
   int64_t base(int64_t t) const {
     if (flat) return 16 * t * stride;
     return (t / segments) * step + (t % segments) * 16 * stride;
@@ -138,7 +140,7 @@ QC_AMX_STAGE void block_store(const Layer& l, const int64_t* out_pixel, int64_t 
 const uint8_t* tile_rows(const Layer& l, int64_t n, int64_t t, std::vector<uint8_t>& copy, int64_t* stride) {
   const int64_t at = n * l.image_bytes + l.base(t);
   *stride = l.stride;
-  if (at + 15 * l.stride + l.offsets.back() + 64 <= l.readable) return l.x + at;
+  if (at + l.reach() <= l.readable) return l.x + at;
   const int64_t pixel = l.pixel_bytes;  // a 1x1 layer's kernel row: one pixel's channels
   copy.assign(static_cast<size_t>(16 * pixel + l.offsets.back() + 64), 0);
   for (int64_t r = 0; r < 16 && at + r * l.stride + pixel <= l.readable; ++r)
@@ -191,8 +193,7 @@ QC_AMX_STAGE void run_images(const Layer& l, const uint8_t* x, const ConvShape& 
                              int threads) {
   ConvShape one = s;
   one.batch = 1;
-  const int64_t room = std::max<int64_t>(0, l.base(l.tiles - 1) + 15 * l.stride + l.offsets.back() + 64 -
-                                                l.image_bytes);
+  const int64_t room = std::max<int64_t>(0, l.base(l.tiles - 1) + l.reach() - l.image_bytes);
   const int64_t in_image = s.height * s.width * s.channels, out_image = s.out_h * s.out_w * s.out_channels;
   qc_host::parallel_for(s.batch, threads, [&](int64_t begin, int64_t end) {
     qc_amx::AmxTiles tiles;
@@ -224,26 +225,12 @@ int qc_conv_amx_runs(const int64_t* shape) {
   return s.kernel_h * s.kernel_w == 1 && s.channels <= 32 ? 0 : 1;
 }
 
-// The AMX form's weights: weight[c, k] (int8, k over kernel rows, each KW * C taps padded with zeros to a
-// multiple of 64) in panels of 16 channels x 16 quads per depth tile; qc_conv_amx_packed_size bytes.
-int64_t qc_conv_amx_packed_size(int64_t out_channels, int64_t depth) {
-  return (out_channels + kChannels - 1) / kChannels * depth * kChannels;
-}
-
-void qc_conv_amx_pack(const int8_t* weight, int64_t out_channels, int64_t depth, int8_t* packed) {
-  for (int64_t p = 0; p < (out_channels + kChannels - 1) / kChannels; ++p)
-    for (int64_t q = 0; q < depth / 4; ++q)
-      for (int64_t i = 0; i < kChannels; ++i)
-        for (int64_t t = 0; t < 4; ++t) {
-          const int64_t c = p * kChannels + i;
-          *packed++ = c < out_channels ? weight[c * depth + 4 * q + t] : 0;
-        }
-}
-
 // out[n, oh, ow, c] (uint8, channels last) = output_stage(sum over taps and input channels of
-// (x - x_zero) * weight + bias[c]) for x[n, h, w, channels] (uint8, channels last), weights packed by
-// qc_conv_amx_pack and bias less x_zero * each channel's weight sum, for a layer qc_conv_amx_runs accepts; the
-// caller has checked that the bias and every accumulator stay in int32.
+// (x - x_zero) * weight + bias[c]) for x[n, h, w, channels] (uint8, channels last), the bias less x_zero * each
+// channel's weight sum, for a layer qc_conv_amx_runs accepts; the caller has checked that the bias and every
+// accumulator stay in int32. The weights: weight[c, k] (k over kernel rows, each KW * C taps padded with zeros
+// to a multiple of 64) packed by host_conv.cpp's qc_conv_byte_pack, whose panels of 16 channels x 4 depth bytes
+// are, 16 quads at a time, the 1 KB weight tiles.
 void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, const int64_t* shape,
                       const int32_t* bias, const int32_t* m0, const int32_t* exponent, int32_t out_zero, int32_t lo,
                       int32_t hi, uint8_t* out, int threads) {
@@ -278,8 +265,7 @@ void qc_conv_gemm_amx(const uint8_t* x, int32_t x_zero, const int8_t* packed, co
   if (in_place) {
     l.x = x;
   } else {
-    const int64_t room = std::max<int64_t>(0, (batch - 1) * l.image_bytes + l.base(l.tiles - 1) + 15 * l.stride +
-                                                  l.offsets.back() + 64 - bytes);
+    const int64_t room = std::max<int64_t>(0, (batch - 1) * l.image_bytes + l.base(l.tiles - 1) + l.reach() - bytes);
     uint8_t* copy = qc_host::scratch(bytes + room, own);
     qc_host::pad_input(x, s, 0, static_cast<uint8_t>(x_zero), copy, threads);
     memset(copy + bytes, x_zero, static_cast<size_t>(room));

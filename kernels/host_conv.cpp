@@ -228,8 +228,8 @@ int64_t packed_size(int64_t out_channels, int64_t depth, int64_t group) {
 }
 
 template <int kGroup, class T>
-void pack_panels(const int8_t* weight, int64_t out_channels, int64_t depth, T* packed, int64_t groups = 0) {
-  if (groups == 0) groups = (depth + kGroup - 1) / kGroup;
+void pack_panels(const int8_t* weight, int64_t out_channels, int64_t depth, T* packed) {
+  const int64_t groups = (depth + kGroup - 1) / kGroup;
   for (int64_t p = 0; p < panels(out_channels); ++p)
     for (int64_t g = 0; g < groups; ++g)
       for (int64_t i = 0; i < kChannels; ++i)

@@ -61,9 +61,6 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_conv_gemm_bytes.argtypes = [ptr, i32] + [ptr] * 6 + [i32] * 3 + [ptr, int_, int_]
     lib.qc_conv_vnni.restype = int_
     lib.qc_conv_byte_isa.restype = int_
-    lib.qc_conv_amx_packed_size.argtypes = [i64, i64]
-    lib.qc_conv_amx_packed_size.restype = i64
-    lib.qc_conv_amx_pack.argtypes = [ptr, i64, i64, ptr]
     lib.qc_conv_gemm_amx.argtypes = [ptr, i32] + [ptr] * 5 + [i32] * 3 + [ptr, int_]
     lib.qc_conv_amx_runs.argtypes = [ptr]
     lib.qc_conv_amx_runs.restype = int_
@@ -118,11 +115,10 @@ class _BytePanels:
     def __init__(self, weight: torch.Tensor, amx: bool = False, padded: bool = False):
         rows = _weight_rows(weight)
         lib = library()
-        size, pack = ((lib.qc_conv_amx_packed_size, lib.qc_conv_amx_pack) if amx
-                      else (lib.qc_conv_byte_packed_size, lib.qc_conv_byte_pack))
+        # the AMX form's kernel rows padded to 64 bytes: its weight tiles are then the byte form's panels
         packed = _padded_kernel_rows(weight, 64 if amx else 4) if padded or amx else rows
-        self.panels = torch.empty(size(*packed.shape), dtype=torch.int8)
-        pack(packed.data_ptr(), packed.shape[0], packed.shape[1], self.panels.data_ptr())
+        self.panels = torch.empty(lib.qc_conv_byte_packed_size(*packed.shape), dtype=torch.int8)
+        lib.qc_conv_byte_pack(packed.data_ptr(), packed.shape[0], packed.shape[1], self.panels.data_ptr())
         self.sums = rows.long().sum(1)
         channels, taps = weight.shape[0], (weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1)
         per_tap = rows.long().reshape(channels, taps, -1).sum(2)  # [channels, taps]
