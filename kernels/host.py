@@ -8,7 +8,9 @@ twin knows one: ``depth * 255 * 128``), the output stage runs eight lanes at
 a time with AVX2, straight from the float32 accumulators of the convolution:
 along rows of one channel (NCHW), or one channel per lane (channels-last
 convolutions, linear layers), always writing NCHW. The add does the same
-whenever all its exponents shift right. The library is built with the host
+whenever all its exponents shift right; on AVX-512 CPUs it gathers its codes
+from a table of its 65,536 outputs instead, written once per setting by
+that arithmetic. The library is built with the host
 C++ compiler on first use and cached (:mod:`qcompile.kernels.build`).
 Without a compiler, or with ``QCOMPILE_HOST_KERNELS=0``, the twin uses the
 torch-op version in :mod:`qcompile.kernels.fixed_point` (bit-exact with
@@ -20,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
-from functools import cache
+from functools import cache, lru_cache
 
 import torch
 from qcompile.kernels.build import HERE, shared_library
@@ -44,6 +46,8 @@ def _library() -> ctypes.CDLL | None:
         eight_lanes.argtypes = [ptr, int_] + [ptr] * 4 + [i64] * 3 + [i32] * 3 + [int_]
     lib.qc_host_add.argtypes = [ptr] * 3 + [i64] + [i32, i32, int_] * 2 + [i32, int_] + [i32] * 3 + [int_] * 3
     lib.qc_host_add.restype = int_
+    lib.qc_host_add_lookup.argtypes = [ptr] * 3 + [i64, ptr, int_]
+    lib.qc_host_add_lookup.restype = int_
     lib.qc_host_quantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, i32, i32, int_]
     lib.qc_host_dequantize.argtypes = [ptr, ptr, i64, ctypes.c_float, i32, int_]
     lib.qc_host_max_pool.argtypes = [ptr, ptr, ptr, int_]
@@ -123,9 +127,10 @@ def output_stage(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, expone
 
 def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,
             b_exponent: int, out_m0: int, out_exponent: int, out_zero: int, lo: int, hi: int,
-            left_shift: int, wide: bool = True) -> tuple[torch.Tensor, int]:
-    """:func:`add`, and which form ran: 2 the sixteen-lane one (AVX-512; ``wide=False`` keeps it off), 1 the
-    eight-lane one (AVX2), 0 the scalar one."""
+            left_shift: int, wide: bool = True, lookup: bool = True) -> tuple[torch.Tensor, int]:
+    """:func:`add`, and which form ran: 3 a table of its 65,536 outputs, gathered sixteen codes at a time
+    (AVX-512; ``lookup=False`` keeps it off), 2 the sixteen-lane arithmetic (AVX-512), 1 the eight-lane one
+    (AVX2), 0 the scalar one; ``wide=False`` keeps both AVX-512 forms off."""
     # element-wise: the inputs' memory order is kept when both share it (the twin's convolutions write
     # channels last)
     layout = memory_order(a)
@@ -135,10 +140,33 @@ def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.T
         layout = memory_order(a)
         a, b = (t.to(torch.uint8).contiguous(memory_format=layout) for t in (a, b))
     out = torch.empty_like(a)
-    form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), a_zero, a_m0, a_exponent,
-                                 b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi, left_shift,
-                                 torch.get_num_threads(), int(wide))
+    settings = (a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi,
+                left_shift)
+    if lookup and wide and _has_avx512():
+        form = library().qc_host_add_lookup(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(),
+                                            _add_table(*settings).data_ptr(), torch.get_num_threads())
+    else:
+        form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), *settings,
+                                     torch.get_num_threads(), int(wide))
     return out, form
+
+
+@cache
+def _has_avx512() -> bool:
+    from qcompile.cpu_features import cpu_flags
+
+    return "avx512f" in cpu_flags()
+
+
+@lru_cache(maxsize=64)
+def _add_table(*settings: int) -> torch.Tensor:
+    """The add's output for every pair of codes, at ``a * 256 + b``, and three bytes that the sixteen-code
+    gather reads past the last: 64 KiB, written by the add's own arithmetic (so the same codes) once per setting."""
+    pairs = torch.arange(1 << 16, dtype=torch.int32)
+    a, b = (pairs >> 8).to(torch.uint8), (pairs & 255).to(torch.uint8)
+    table = torch.zeros((1 << 16) + 3, dtype=torch.uint8)
+    library().qc_host_add(a.data_ptr(), b.data_ptr(), table.data_ptr(), 1 << 16, *settings, 1, 1)
+    return table
 
 
 def add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.Tensor, b_zero: int, b_m0: int,

@@ -319,14 +319,18 @@ def test_host_add_vector_forms_are_bit_exact(monkeypatch, a_m0, a_exponent, b_m0
     # negative sums), one below it and far below (the rounding kept)
     for lo in (90, 89, 0):
         args = (a, 17, a_m0, a_exponent, b, 140, b_m0, b_exponent, out_m0, out_exponent, 90, lo, 255)
-        got, form = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
+        got, form = host.run_add(*args, cpu.ADD_LEFT_SHIFT, lookup=False)
         eight, eight_form = host.run_add(*args, cpu.ADD_LEFT_SHIFT, wide=False)
+        looked_up, lookup_form = host.run_add(*args, cpu.ADD_LEFT_SHIFT)
         avx2 = torch.backends.cpu.get_cpu_capability().lower() in ("avx2", "avx512")
-        assert form == (0 if not (vector and avx2) else 2 if "avx512f" in cpu_flags() and vector is True else 1)
+        avx512 = "avx512f" in cpu_flags()
+        assert form == (0 if not (vector and avx2) else 2 if avx512 and vector is True else 1)
         assert eight_form == (1 if vector and avx2 else 0)
+        assert lookup_form == (3 if avx512 else eight_form)  # the table holds any form's codes
         monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "0")
         want = cpu.qadd(*args)  # the torch-op form
         assert torch.equal(got, want) and torch.equal(eight, want) and len(torch.unique(want)) > 3, lo
+        assert torch.equal(looked_up, want), lo
         monkeypatch.setenv("QCOMPILE_HOST_KERNELS", "1")
         topped = host.run_add(*args[:-1], 200, cpu.ADD_LEFT_SHIFT)[0]  # a clamp's top below 255
         assert torch.equal(topped, want.clamp(max=200))
