@@ -142,13 +142,36 @@ def run_add(a: torch.Tensor, a_zero: int, a_m0: int, a_exponent: int, b: torch.T
     out = torch.empty_like(a)
     settings = (a_zero, a_m0, a_exponent, b_zero, b_m0, b_exponent, out_m0, out_exponent, out_zero, lo, hi,
                 left_shift)
-    if lookup and wide and _has_avx512():
-        form = library().qc_host_add_lookup(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(),
-                                            _add_table(*settings).data_ptr(), torch.get_num_threads())
-    else:
-        form = library().qc_host_add(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), *settings,
-                                     torch.get_num_threads(), int(wide))
-    return out, form
+    entry, after, _ = _add_entry(a.numel(), settings, lookup and wide, wide)
+    return out, entry(a.data_ptr(), b.data_ptr(), out.data_ptr(), *after)
+
+
+def _add_entry(count: int, settings: tuple[int, ...], lookup: bool = True, wide: bool = True):
+    """An add's kernel for ``count`` codes: ``qc_host_add_lookup`` and its table where the CPU has AVX-512 (and
+    ``lookup``), else ``qc_host_add``; the entry point, its arguments after the three pointers (a, b, out), and
+    the table they point into (or None)."""
+    lib, threads = library(), torch.get_num_threads()
+    if lookup and _has_avx512():
+        table = _add_table(*settings)
+        return lib.qc_host_add_lookup, (count, table.data_ptr(), threads), table
+    return lib.qc_host_add, (count, *settings, threads, int(wide)), None
+
+
+class AddCall:
+    """One add's kernel call on dense inputs of one shape and memory order, made once (a module keeps it): the
+    entry point and its arguments but for the three pointers; it holds the table they point into."""
+
+    __slots__ = ("shape", "strides", "entry", "after", "held")
+
+    def __init__(self, a: torch.Tensor, settings: tuple[int, ...]):
+        self.shape, self.strides = a.shape, a.stride()
+        self.entry, self.after, self.held = _add_entry(a.numel(), settings)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a + b``; both uint8 and laid out as the input the call was made for."""
+        out = torch.empty_strided(self.shape, self.strides, dtype=torch.uint8)
+        self.entry(a.data_ptr(), b.data_ptr(), out.data_ptr(), *self.after)
+        return out
 
 
 @cache

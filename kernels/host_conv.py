@@ -177,15 +177,17 @@ class _Call:
     point and its arguments but for the input's and the output's pointers; it holds the tensors the
     arguments point into (packed weights, int32 parameters)."""
 
-    __slots__ = ("out_shape", "memory_format", "entry", "before", "after", "held")
+    __slots__ = ("out_shape", "out_strides", "entry", "before", "after", "held")
 
     def __init__(self, out_shape, memory_format, entry, before, after, held):
-        self.out_shape, self.memory_format, self.entry = out_shape, memory_format, entry
+        # the output's strides, once: torch.empty_strided takes 1.0 us a call, torch.empty with a memory format 1.6
+        self.out_shape, self.entry = out_shape, entry
+        self.out_strides = torch.empty(out_shape, dtype=torch.uint8, memory_format=memory_format).stride()
         self.before, self.after, self.held = before, after, held
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on ``x`` (uint8, laid out as the kernel reads it: channels last, or rows)."""
-        out = torch.empty(self.out_shape, dtype=torch.uint8, memory_format=self.memory_format)
+        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
         self.entry(x.data_ptr(), *self.before, out.data_ptr(), *self.after)
         return out
 

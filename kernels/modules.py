@@ -14,7 +14,7 @@ from __future__ import annotations
 import weakref
 
 import torch
-from qcompile.kernels import cpu, host_conv, ops  # ops registers torch.ops.qcompile
+from qcompile.kernels import cpu, host, host_conv, ops  # ops registers torch.ops.qcompile
 from torch import Tensor, nn
 
 from qcompile.integer import reference
@@ -43,6 +43,11 @@ def _kept_call(module: nn.Module, x: Tensor, make):
     state = (x.shape, torch.get_num_threads(), host_conv.library() is not None, host_conv.byte_isa(),
              host_conv.depthwise_isa(), w._version, b._version, m._version, e._version, w.data_ptr(),
              b.data_ptr(), m.data_ptr(), e.data_ptr())
+    return _keep(module, state, make)
+
+
+def _keep(module: nn.Module, state: tuple, make):
+    """``make()``, made again whenever ``state`` differs from the one it was made for."""
     kept = _kept.get(module)
     if kept is None or kept[0] != state:
         kept = _kept[module] = (state, make())
@@ -151,6 +156,16 @@ class QAdd(reference.QAdd):
 
     @torch.jit.unused
     def _call(self, a: Tensor, b: Tensor) -> Tensor:
+        if (_eager(a) and _eager(b) and a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
+                and a.stride() == b.stride() and (a.is_contiguous(memory_format=torch.channels_last)
+                                                  or a.is_contiguous())):
+            # qc_host_add's settings, in its order; plain attributes, part of the state as a weighted module's
+            # tensors are
+            settings = (*self.a, *self.b, *self.output, self.clamp_min, self.clamp_max, cpu.ADD_LEFT_SHIFT)
+            state = (a.shape, a.stride(), torch.get_num_threads(), host.library() is not None, settings)
+            call = _keep(self, state, lambda: host.AddCall(a, settings) if state[3] else None)
+            if call is not None:
+                return call(a, b)
         op = ops.qadd if _eager(a) and _eager(b) else torch.ops.qcompile.qadd
         return op(a, self.a[0], self.a[1], self.a[2], b, self.b[0], self.b[1], self.b[2], self.output[0],
                   self.output[1], self.output[2], self.clamp_min, self.clamp_max)
