@@ -14,7 +14,7 @@ from __future__ import annotations
 import weakref
 
 import torch
-from qcompile.kernels import cpu, host, host_conv, ops  # ops registers torch.ops.qcompile
+from qcompile.kernels import cpu, host, host_conv, ops, plan  # ops registers torch.ops.qcompile
 from torch import Tensor, nn
 
 from qcompile.integer import reference
@@ -52,6 +52,19 @@ def _keep(module: nn.Module, state: tuple, make):
     if kept is None or kept[0] != state:
         kept = _kept[module] = (state, make())
     return kept[1]
+
+
+class KernelModel(nn.Module):
+    """The base of an emitted model on these kernels: a call runs as its plan (:mod:`qcompile.kernels.plan`: the
+    kernel calls of its first run with these inputs, replayed without the modules around them) where one may
+    run, and through its modules, as any ``nn.Module``, everywhere else."""
+
+    def __call__(self, *args, **kwargs):
+        if not kwargs:
+            out = plan.call(self, args)
+            if out is not NotImplemented:
+                return out
+        return super().__call__(*args, **kwargs)
 
 
 class _OnGrid(nn.Module):
@@ -109,17 +122,23 @@ class QConv2d(reference.QConv2d):
 
     @torch.jit.unused
     def _call(self, x: Tensor) -> Tensor:
-        if _eager(x) and x.dtype == torch.uint8 and x.is_contiguous(memory_format=torch.channels_last):
-            call = _kept_call(self, x, lambda: cpu.conv2d_call(
-                x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
-                self.output_zero_point, self.clamp_min, self.clamp_max, self.stride, self.padding, self.dilation,
-                self.groups))
-            if call is not None:
-                return call(x)
+        call = self._kernel_call(x)
+        if call is not None:
+            return call(x)
         op = ops.qconv2d if _eager(x) else torch.ops.qcompile.qconv2d
         return op(x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
                   self.output_zero_point, self.clamp_min, self.clamp_max, self.stride, self.padding, self.dilation,
                   self.groups)
+
+    @torch.jit.unused
+    def _kernel_call(self, x: Tensor):
+        """The host kernels' kept call of this layer on ``x`` (a function of it), or None where they do not
+        take it."""
+        if not (_eager(x) and x.dtype == torch.uint8 and x.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        return _kept_call(self, x, lambda: cpu.conv2d_call(
+            x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent, self.output_zero_point,
+            self.clamp_min, self.clamp_max, self.stride, self.padding, self.dilation, self.groups))
 
 
 class QLinear(reference.QLinear):
@@ -133,15 +152,26 @@ class QLinear(reference.QLinear):
 
     @torch.jit.unused
     def _call(self, x: Tensor) -> Tensor:
-        if _eager(x) and x.dtype == torch.uint8 and x.is_contiguous():
-            call = _kept_call(self, x, lambda: cpu.linear_call(
-                x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
-                self.output_zero_point, self.clamp_min, self.clamp_max))
-            if call is not None:
-                return call(x.view(-1, x.shape[-1]))
+        call = self._kernel_call(x)
+        if call is not None:
+            return call(x)
         op = ops.qlinear if _eager(x) else torch.ops.qcompile.qlinear
         return op(x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
                   self.output_zero_point, self.clamp_min, self.clamp_max)
+
+    @torch.jit.unused
+    def _kernel_call(self, x: Tensor):
+        """As :meth:`QConv2d._kernel_call`; the call reads ``x`` as rows."""
+        if not (_eager(x) and x.dtype == torch.uint8 and x.is_contiguous()):
+            return None
+        return _kept_call(self, x, lambda: _on_rows(cpu.linear_call(
+            x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
+            self.output_zero_point, self.clamp_min, self.clamp_max)))
+
+
+def _on_rows(call):
+    """A linear layer's kernel call on its input's rows (any leading dimensions), or None."""
+    return None if call is None else lambda x: call(x.view(-1, x.shape[-1]))
 
 
 class QAdd(reference.QAdd):
@@ -156,19 +186,29 @@ class QAdd(reference.QAdd):
 
     @torch.jit.unused
     def _call(self, a: Tensor, b: Tensor) -> Tensor:
-        if (_eager(a) and _eager(b) and a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
-                and a.stride() == b.stride() and (a.is_contiguous(memory_format=torch.channels_last)
-                                                  or a.is_contiguous())):
-            # qc_host_add's settings, in its order; plain attributes, part of the state as a weighted module's
-            # tensors are
-            settings = (*self.a, *self.b, *self.output, self.clamp_min, self.clamp_max, cpu.ADD_LEFT_SHIFT)
-            state = (a.shape, a.stride(), torch.get_num_threads(), host.library() is not None, settings)
-            call = _keep(self, state, lambda: host.AddCall(a, settings) if state[3] else None)
-            if call is not None:
-                return call(a, b)
+        call = self._kernel_call(a, b)
+        if call is not None:
+            return call(a, b)
         op = ops.qadd if _eager(a) and _eager(b) else torch.ops.qcompile.qadd
         return op(a, self.a[0], self.a[1], self.a[2], b, self.b[0], self.b[1], self.b[2], self.output[0],
                   self.output[1], self.output[2], self.clamp_min, self.clamp_max)
+
+    @torch.jit.unused
+    def settings(self) -> tuple[int, ...]:
+        """``qc_host_add``'s settings, in its order."""
+        return (*self.a, *self.b, *self.output, self.clamp_min, self.clamp_max, cpu.ADD_LEFT_SHIFT)
+
+    @torch.jit.unused
+    def _kernel_call(self, a: Tensor, b: Tensor):
+        """The host kernels' kept call of this add on ``a`` and ``b`` (a function of both), or None where they do
+        not take it; kept while the inputs' layout and the settings (plain attributes) stay as they were."""
+        if not (_eager(a) and _eager(b) and a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
+                and a.stride() == b.stride() and (a.is_contiguous(memory_format=torch.channels_last)
+                                                  or a.is_contiguous())):
+            return None
+        settings = self.settings()
+        state = (a.shape, a.stride(), torch.get_num_threads(), host.library() is not None, settings)
+        return _keep(self, state, lambda: host.AddCall(a, settings) if state[3] else None)
 
 
 class QMul(reference.QMul):

@@ -227,8 +227,10 @@ def test_a_real_model_runs_bit_exact_on_the_emulated_kernels(tmp_path, monkeypat
             called.add(_name)
             return getattr(emulated, _name)(*args)
         monkeypatch.setattr(ops, name, routed)
-    # the weighted modules' kept host-kernel calls skip the ops on CPU tensors: every call through the ops here
-    monkeypatch.setattr(modules, "_kept_call", lambda module, x, make: None)
+    # the modules' kept host-kernel calls, and the model's plan of them, skip the ops on CPU tensors: every call
+    # through the ops here
+    monkeypatch.setattr(modules, "_keep", lambda module, state, make: None)
+    monkeypatch.setenv("QCOMPILE_PLAN", "0")
 
     assert torch.equal(model(x), expected)
     assert {"quantize", "dequantize", "qconv2d", "qlinear", "max_pool2d"} <= called

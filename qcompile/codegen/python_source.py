@@ -286,6 +286,8 @@ class _Emitter:
             model_line = ""
         else:
             model_line = f"    model = {class_name}()\n"
+        # a model on qcompile's kernels runs a whole call as one plan of kernel calls (kernels/plan.py)
+        base = "qcompile.kernels.modules.KernelModel" if "import qcompile.kernels.modules" in self.imports else "nn.Module"
         body_init = "\n".join(f"        {line}" for line in self.init_lines) or "        pass"
         body_fwd = "\n".join(f"        {line}" for line in self.forward_lines)
         source = f'''"""{class_name}, emitted by qcompile (graph facts: {facts}).
@@ -299,7 +301,7 @@ Load it with its weights:
 {chr(10).join(sorted(self.imports, key=lambda line: (line.startswith('from'), line)))}
 
 
-class {class_name}(nn.Module):
+class {class_name}({base}):
     def __init__(self):
         super().__init__()
 {body_init}

@@ -1,0 +1,208 @@
+"""A whole call of an emitted gemmlowp model as a list of kernel calls, without the modules around them.
+
+An emitted model calls one module per op, and every call pays for Python around its kernel: ``nn.Module``'s
+dispatch, the module's checks of its input, and the check that its kept kernel call still fits
+(``modules._kept_call``). A plan is the model's ``forward`` traced once (``torch.fx``, the kernel modules as
+leaves) and, for one input signature, the calls its first run made, replayed in a loop: a convolution, linear
+layer or add as its kept kernel call, any other kernel module by its eager method, anything else as its node
+says. Before and after, for one op::
+
+    layer1_0_conv1 = self.layer1_0_conv1(maxpool)   # Module.__call__ -> forward -> _call -> _kept_call -> call
+    values[5] = call(values[4])                     # host_conv._Call: allocate the output, one ctypes call
+
+Contract: a plan computes what the modules compute, bit for bit, and runs only where the modules would make
+the same kernel calls: the inputs' shapes, dtypes and strides, the thread count and the kernels chosen
+(``QCOMPILE_HOST_KERNELS``, ``QCOMPILE_BYTE_ISA``) as when it was made; the modules' tensors the same objects,
+unchanged in place, and an add's settings the same; no forward hooks on the model, on any module of the plan
+or global ones; eager CPU tensors (not tracing, scripting, exporting or compiling). Anything else runs the
+modules, and a new input signature makes a new plan (a model keeps those of its last eight). A model whose
+``forward`` does not trace runs its modules. ``QCOMPILE_PLAN=0`` turns plans off. Intermediate values live
+until the call returns, as the locals of the emitted ``forward`` do.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import weakref
+
+import torch
+import torch.fx
+from qcompile.kernels import host_conv
+from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
+
+# model -> its traced graph, or None where its forward does not trace
+_graphs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# model -> {input signature: its plan}, the last PLANS_KEPT signatures
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+_MODULES = "qcompile.kernels.modules"
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return type(module).__module__ == _MODULES or super().is_leaf_module(module, qualified_name)
+
+
+def _graph(model: nn.Module) -> torch.fx.Graph | None:
+    if model not in _graphs:
+        try:
+            _graphs[model] = _Tracer().trace(model)
+        except Exception:  # noqa: BLE001 - any forward that does not trace simply runs its modules
+            _graphs[model] = None
+    return _graphs[model]
+
+
+def _signature(args: tuple) -> tuple | None:
+    """What the kernel calls depend on besides the modules: the inputs' layout, the threads, the kernels."""
+    for a in args:
+        if type(a) is not Tensor or not a.is_cpu:
+            return None
+    return (tuple((a.shape, a.dtype, a.stride()) for a in args), torch.get_num_threads(),
+            host_conv.library() is not None, host_conv.byte_isa(), host_conv.depthwise_isa())
+
+
+def _hooked(modules: list[nn.Module]) -> bool:
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def call(model: nn.Module, args: tuple):
+    """``model(*args)`` through its plan, or ``NotImplemented`` where the plan may not run (the caller then
+    runs the modules)."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or model._forward_hooks
+            or model._forward_pre_hooks or os.environ.get("QCOMPILE_PLAN", "1") == "0"):
+        return NotImplemented
+    key = _signature(args)
+    if key is None:
+        return NotImplemented
+    plans = _plans.get(model)
+    plan = plans.get(key) if plans is not None else None
+    if plan is not None and plan.valid():
+        return plan.run(args)
+    graph = _graph(model)
+    if graph is None or _hooked(list(model.modules())):
+        return NotImplemented
+    plan = Plan(key)
+    out = plan.record(model, graph, args)
+    plans = _plans.setdefault(model, {})
+    if len(plans) >= PLANS_KEPT and key not in plans:
+        plans.pop(next(iter(plans)))  # the oldest
+    plans[key] = plan
+    return out
+
+
+PLANS_KEPT = 8  # per model: its input signatures
+
+
+class Plan:
+    """One input signature's calls of a model: steps over a list of values (the inputs first)."""
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.steps: list[tuple] = []  # (function, slot) or (function, slot, slot) or (function, None): all values
+        self.output = None  # a function of the values
+        self.modules: list[nn.Module] = []  # whose hooks would be skipped
+        self.tensors: list[Tensor] = []  # the kept calls' modules' tensors: the same objects,
+        self.places: list[tuple[dict, str]] = []  # still in their modules' buffers,
+        self.versions: list[int] = []  # unchanged in place
+        self.settings: list[tuple] = []  # (add module, its settings)
+
+    def valid(self) -> bool:
+        """Whether the modules are as the plan found them (about 0.1 us a tensor)."""
+        return (not _hooked(self.modules) and [t._version for t in self.tensors] == self.versions
+                and all(map(operator.is_, [buffers.get(name) for buffers, name in self.places], self.tensors))
+                and all(m.settings() == s for m, s in self.settings))
+
+    def run(self, args: tuple):
+        values = list(args)
+        for step in self.steps:
+            if len(step) == 2:
+                fn, a = step
+                values.append(fn(values[a]) if a is not None else fn(values))
+            else:
+                fn, a, b = step
+                values.append(fn(values[a], values[b]))
+        return self.output(values)
+
+    def record(self, model: nn.Module, graph: torch.fx.Graph, args: tuple):
+        """Run ``model`` node by node on ``args`` (its modules called as usual, which makes their kept kernel
+        calls), keeping each node's call as a step; the output."""
+        slot: dict[torch.fx.Node, int] = {}
+        values: list = []
+        inputs = iter(args)
+        for node in graph.nodes:
+            if node.op == "output":
+                result = node.args[0]
+                self.output = _bound(lambda r: r, (result,), {}, slot)
+                return torch.fx.node.map_arg(result, lambda n: values[slot[n]])
+            if node.op == "placeholder":
+                value = next(inputs)
+            else:
+                value = self._step(model, node, slot, values)
+            slot[node] = len(values)
+            values.append(value)
+        raise RuntimeError("a traced graph without an output")  # torch.fx always writes one
+
+    def _step(self, model: nn.Module, node: torch.fx.Node, slot: dict, values: list):
+        """Run ``node`` once and keep its step."""
+        args = torch.fx.node.map_arg(node.args, lambda n: values[slot[n]])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: values[slot[n]])
+        if node.op == "call_module":
+            module = model.get_submodule(node.target)
+            self.modules.append(module)
+            value = module(*args, **kwargs)
+            plain = not kwargs and 1 <= len(node.args) <= 2 and all(isinstance(a, torch.fx.Node) for a in node.args)
+            kernel = getattr(module, "_kernel_call", None) if plain else None
+            fn = kernel(*args) if kernel is not None else None
+            if fn is not None:  # the kept call: valid while the module's tensors and settings stay as they are
+                self._watch(module)
+            elif plain and len(node.args) == 1 and type(module).__module__ == _MODULES and hasattr(module, "_call"):
+                fn = module._call  # an eager kernel method that reads the module's state at each call
+            if fn is not None:
+                self.steps.append((fn, *(slot[a] for a in node.args)))
+            else:
+                self.steps.append((_bound(module, node.args, node.kwargs, slot), None))
+            return value
+        if node.op == "get_attr":
+            fn = _attribute(model, node.target)
+            self.steps.append((fn, None))
+            return fn(values)
+        target = node.target
+        if node.op == "call_method":
+            def fn(obj, *a, **k):
+                return getattr(obj, target)(*a, **k)
+        else:
+            fn = target
+        self.steps.append((_bound(fn, node.args, node.kwargs, slot), None))
+        return fn(*args, **kwargs)
+
+    def _watch(self, module: nn.Module) -> None:
+        for name, tensor in module._buffers.items():
+            if tensor is not None:
+                self.tensors.append(tensor)
+                self.places.append((module._buffers, name))
+                self.versions.append(tensor._version)
+        settings = getattr(module, "settings", None)
+        if settings is not None:
+            self.settings.append((module, settings()))
+
+
+def _attribute(model: nn.Module, target: str):
+    def fetch(values):
+        obj = model
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+    return fetch
+
+
+def _bound(fn, args, kwargs, slot: dict):
+    """``fn`` called with ``args`` and ``kwargs`` whose nodes are read from the values."""
+    def step(values):
+        real_args = torch.fx.node.map_arg(args, lambda n: values[slot[n]])
+        real_kwargs = torch.fx.node.map_arg(kwargs, lambda n: values[slot[n]])
+        return fn(*real_args, **real_kwargs)
+    return step
