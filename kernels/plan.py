@@ -83,7 +83,8 @@ def call(model: nn.Module, args: tuple):
     if plan is not None and plan.valid():
         return plan.run(args)
     graph = _graph(model)
-    if graph is None or _hooked(list(model.modules())):
+    if (graph is None or _hooked(list(model.modules()))
+            or sum(node.op == "placeholder" for node in graph.nodes) != len(args)):  # defaults: the modules
         return NotImplemented
     plan = Plan(key)
     out = plan.record(model, graph, args)
@@ -191,8 +192,12 @@ class Plan:
 
 
 def _attribute(model: nn.Module, target: str):
+    """A step that reads the model's attribute ``target`` at each call; it holds the model weakly, as the plans
+    are held (by the model)."""
+    held = weakref.ref(model)
+
     def fetch(values):
-        obj = model
+        obj = held()
         for part in target.split("."):
             obj = getattr(obj, part)
         return obj
