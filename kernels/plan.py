@@ -13,8 +13,8 @@ says. Before and after, for one op::
 Contract: a plan computes what the modules compute, bit for bit, and runs only where the modules would make
 the same kernel calls: the inputs' shapes, dtypes and strides, the thread count and the kernels chosen
 (``QCOMPILE_HOST_KERNELS``, ``QCOMPILE_BYTE_ISA``) as when it was made; the modules' tensors the same objects,
-unchanged in place, and an add's settings the same; no forward hooks on the model, on any module of the plan
-or global ones; eager CPU tensors (not tracing, scripting, exporting or compiling). Anything else runs the
+unchanged in place, and an add's settings the same; no forward hooks on the model, on any of its modules or
+global ones; eager CPU tensors (not tracing, scripting, exporting or compiling). Anything else runs the
 modules, and a new input signature makes a new plan (a model keeps those of its last eight). A model whose
 ``forward`` does not trace runs its modules. ``QCOMPILE_PLAN=0`` turns plans off. Intermediate values live
 until the call returns, as the locals of the emitted ``forward`` do.
@@ -105,7 +105,7 @@ class Plan:
         self.key = key
         self.steps: list[tuple] = []  # (function, slot) or (function, slot, slot) or (function, None): all values
         self.output = None  # a function of the values
-        self.modules: list[nn.Module] = []  # whose hooks would be skipped
+        self.modules: list[nn.Module] = []  # the model's (a hook on any of them: the modules run)
         self.tensors: list[Tensor] = []  # the kept calls' modules' tensors: the same objects,
         self.places: list[tuple[dict, str]] = []  # still in their modules' buffers,
         self.versions: list[int] = []  # unchanged in place
@@ -131,6 +131,7 @@ class Plan:
     def record(self, model: nn.Module, graph: torch.fx.Graph, args: tuple):
         """Run ``model`` node by node on ``args`` (its modules called as usual, which makes their kept kernel
         calls), keeping each node's call as a step; the output."""
+        self.modules = list(model.modules())
         slot: dict[torch.fx.Node, int] = {}
         values: list = []
         inputs = iter(args)
@@ -153,7 +154,6 @@ class Plan:
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: values[slot[n]])
         if node.op == "call_module":
             module = model.get_submodule(node.target)
-            self.modules.append(module)
             value = module(*args, **kwargs)
             plain = not kwargs and 1 <= len(node.args) <= 2 and all(isinstance(a, torch.fx.Node) for a in node.args)
             kernel = getattr(module, "_kernel_call", None) if plain else None

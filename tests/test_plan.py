@@ -106,3 +106,25 @@ def test_a_forward_that_does_not_trace_runs_its_modules(resnet20):
     outer = _Branching(inner)
     assert outer(x).equal(inner(x)) and outer(x).equal(inner(x))
     assert plan._graphs[outer] is None and outer not in plan._plans
+
+
+class _Wrapping(modules.KernelModel):
+    """A forward that traces through another model (a container of the plan's modules)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) * 2
+
+
+def test_a_hook_on_a_container_inside_the_plan_is_called(resnet20):
+    folder, x = resnet20
+    inner = load_emitted(folder)
+    outer = _Wrapping(inner)
+    want = outer(x)
+    assert outer(x).equal(want) and len(plan._plans[outer]) == 1
+    seen = []
+    inner.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert outer(x).equal(want) and seen == [want.shape]
