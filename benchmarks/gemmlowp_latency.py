@@ -19,7 +19,9 @@ AMX): the kernels of a CPU without the best one. Also the GEMM alone
 convolution layers; "% peak" is against the int8 peak of the form that ran,
 measured on this CPU by ``benchmarks/int8_peak.py`` (``tdpbusd`` on 2 x 2 tiles
 for AMX, 512-bit ``vpdpbusd`` for AVX-512 VNNI, the ``vpmaddubsw`` sequence for
-AVX2).
+AVX2). "plan / modules" times the gemmlowp model head to head against itself
+with ``QCOMPILE_PLAN=0``, its calls through its modules rather than its plan
+of kernel calls (``kernels/plan.py``); above 1 the plan is faster.
 """
 
 from __future__ import annotations
@@ -140,6 +142,18 @@ def with_byte_isa(cap: str, run):
         host_conv.depthwise_isa.cache_clear()
 
 
+def without_plan(run):
+    """``run()`` with the emitted model's calls going through its modules (``QCOMPILE_PLAN=0``), not its plan
+    of kernel calls (``kernels/plan.py``)."""
+    import os
+
+    os.environ["QCOMPILE_PLAN"] = "0"
+    try:
+        return run()
+    finally:
+        del os.environ["QCOMPILE_PLAN"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "digit_cnn"])
@@ -157,8 +171,8 @@ def main() -> None:
           f"{host_conv.depthwise_isa()}; capped: QCOMPILE_BYTE_ISA={cap}; % peak is against {peak_name} of "
           f"benchmarks/int8_peak.py ({peak:.0f} GOPS per core)\n")
     print("| model | batch | threads | float ms | native x86 | gemmlowp | gemmlowp / native x86, paired (95%) "
-          f"| gemmlowp capped at {cap} | gemmlowp GOPS (% peak) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| gemmlowp capped at {cap} | gemmlowp GOPS (% peak) | plan / modules, paired (95%) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = build(name)
         calib = list(open_data(DATA.get(name, "builtin:photos"), batch_size=16, limit=32))
@@ -181,14 +195,18 @@ def main() -> None:
                         ours = median_ms(partial(gemmlowp, x), args.repeats)
                         capped = with_byte_isa(cap, partial(median_ms, partial(gemmlowp, x), args.repeats))
                         paired = head_to_head(partial(gemmlowp, x), partial(x86, x), args.pairs)
+                        planned = head_to_head(partial(gemmlowp, x), partial(without_plan, partial(gemmlowp, x)),
+                                               args.pairs)
                     gops = 2 * work * batch / (ours / 1000) / 1e9
                     share = gops / (peak * threads)
                     rows.append(dict(model=name, batch=batch, threads=threads, float_ms=base,
                                      native_x86=base / native, gemmlowp=base / ours,
                                      gemmlowp_over_native=dict(ratio=paired.ratio, low=paired.low, high=paired.high),
-                                     gemmlowp_capped=base / capped, cap=cap, gemmlowp_gops=gops))
+                                     gemmlowp_capped=base / capped, cap=cap, gemmlowp_gops=gops,
+                                     plan_over_modules=dict(ratio=planned.ratio, low=planned.low,
+                                                            high=planned.high)))
                     print(f"| {name} | {batch} | {threads} | {base:.2f} | {base / native:.2f}x | {base / ours:.2f}x | "
-                          f"{paired} | {base / capped:.2f}x | {gops:.1f} ({share:.1%}) |", flush=True)
+                          f"{paired} | {base / capped:.2f}x | {gops:.1f} ({share:.1%}) | {planned} |", flush=True)
     torch.set_num_threads(2)
     print("\nthe GEMM alone (torch.ops.qcompile.qlinear, 2 threads):")
     for shape in ((256, 512, 1024), (256, 2048, 1024)):
