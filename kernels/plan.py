@@ -3,9 +3,9 @@
 An emitted model calls one module per op, and every call pays for Python around its kernel: ``nn.Module``'s
 dispatch, the module's checks of its input, and the check that its kept kernel call still fits
 (``modules._kept_call``). A plan is the model's ``forward`` traced once (``torch.fx``, the kernel modules as
-leaves) and, for one input signature, the calls its first run made, replayed in a loop: a convolution, linear
-layer or add as its kept kernel call, any other kernel module by its eager method, anything else as its node
-says. Before and after, for one op::
+leaves) and, for one input signature, the calls that a run of the modules made, replayed in a loop: a
+convolution, linear layer or add as its kept kernel call, any other kernel module by its eager method, anything
+else as its node says. Before and after, for one op::
 
     layer1_0_conv1 = self.layer1_0_conv1(maxpool)   # Module.__call__ -> forward -> _call -> _kept_call -> call
     values[5] = call(values[4])                     # host_conv._Call: allocate the output, one ctypes call
@@ -15,9 +15,10 @@ the same kernel calls: the inputs' shapes, dtypes and strides, the thread count 
 (``QCOMPILE_HOST_KERNELS``, ``QCOMPILE_BYTE_ISA``) as when it was made; the modules' tensors the same objects,
 unchanged in place, and an add's settings the same; no forward hooks on the model, on any of its modules or
 global ones; eager CPU tensors (not tracing, scripting, exporting or compiling). Anything else runs the
-modules, and a new input signature makes a new plan (a model keeps those of its last eight). A model whose
-``forward`` does not trace runs its modules. ``QCOMPILE_PLAN=0`` turns plans off. Intermediate values live
-until the call returns, as the locals of the emitted ``forward`` do.
+modules. A signature's first call runs the modules (inputs whose shapes never repeat pay for no recording),
+its second records the plan as it runs them, later ones replay it; a model keeps the last 32 signatures'. A
+model whose ``forward`` does not trace runs its modules. ``QCOMPILE_PLAN=0`` turns plans off. Intermediate
+values live until the call returns, as the locals of the emitted ``forward`` do.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.nn.modules import module as _torch_module
 
 # model -> its traced graph, or None where its forward does not trace
 _graphs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# model -> {input signature: its plan}, the last PLANS_KEPT signatures
+# model -> {input signature: its plan, or None where seen once}, the last PLANS_KEPT signatures
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _MODULES = "qcompile.kernels.modules"
@@ -79,23 +80,32 @@ def call(model: nn.Module, args: tuple):
     if key is None:
         return NotImplemented
     plans = _plans.get(model)
-    plan = plans.get(key) if plans is not None else None
-    if plan is not None and plan.valid():
+    if plans is None:
+        plans = _plans[model] = {}
+    plan = plans.get(key, _UNSEEN)
+    if plan is not None and plan is not _UNSEEN and plan.valid():
         return plan.run(args)
+    if plan is _UNSEEN:  # a signature's first call runs the modules: one seen once is not worth a recording
+        _keep(plans, key, None)
+        return NotImplemented
     graph = _graph(model)
     if (graph is None or _hooked(list(model.modules()))
             or sum(node.op == "placeholder" for node in graph.nodes) != len(args)):  # defaults: the modules
         return NotImplemented
     plan = Plan(key)
     out = plan.record(model, graph, args)
-    plans = _plans.setdefault(model, {})
-    if len(plans) >= PLANS_KEPT and key not in plans:
-        plans.pop(next(iter(plans)))  # the oldest
-    plans[key] = plan
+    _keep(plans, key, plan)
     return out
 
 
-PLANS_KEPT = 8  # per model: its input signatures
+PLANS_KEPT = 32  # per model: the input signatures seen last, each with its plan from its second call on
+_UNSEEN = object()
+
+
+def _keep(plans: dict, key: tuple, plan: Plan | None) -> None:
+    if key not in plans and len(plans) >= PLANS_KEPT:
+        plans.pop(next(iter(plans)))  # the oldest
+    plans[key] = plan
 
 
 class Plan:
