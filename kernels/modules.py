@@ -56,8 +56,8 @@ def _keep(module: nn.Module, state: tuple, make):
 
 class KernelModel(nn.Module):
     """The base of an emitted model on these kernels: a call runs as its plan (:mod:`qcompile.kernels.plan`: the
-    kernel calls of its first run with these inputs, replayed without the modules around them) where one may
-    run, and through its modules, as any ``nn.Module``, everywhere else."""
+    kernel calls of an earlier run with inputs like these, replayed without the modules around them) where one
+    may run, and through its modules, as any ``nn.Module``, everywhere else."""
 
     def __call__(self, *args, **kwargs):
         if not kwargs:
