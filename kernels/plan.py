@@ -86,7 +86,7 @@ def call(model: nn.Module, args: tuple):
     if plan is not None and plan is not _UNSEEN and plan.valid():
         return plan.run(args)
     if plan is _UNSEEN:  # a signature's first call runs the modules: one seen once is not worth a recording
-        _keep(plans, key, None)
+        _remember(plans, key, None)
         return NotImplemented
     graph = _graph(model)
     if (graph is None or _hooked(list(model.modules()))
@@ -94,7 +94,7 @@ def call(model: nn.Module, args: tuple):
         return NotImplemented
     plan = Plan(key)
     out = plan.record(model, graph, args)
-    _keep(plans, key, plan)
+    _remember(plans, key, plan)
     return out
 
 
@@ -102,7 +102,8 @@ PLANS_KEPT = 32  # per model: the input signatures seen last, each with its plan
 _UNSEEN = object()
 
 
-def _keep(plans: dict, key: tuple, plan: Plan | None) -> None:
+def _remember(plans: dict, key: tuple, plan: Plan | None) -> None:
+    """A signature's plan (None: seen once), the oldest signature forgotten past PLANS_KEPT."""
     if key not in plans and len(plans) >= PLANS_KEPT:
         plans.pop(next(iter(plans)))  # the oldest
     plans[key] = plan
