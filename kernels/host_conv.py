@@ -182,7 +182,8 @@ class _Call:
     def __init__(self, out_shape, memory_format, entry, before, after, held):
         # the output's strides, once: torch.empty_strided takes 1.0 us a call, torch.empty with a memory format 1.6
         self.out_shape, self.entry = out_shape, entry
-        self.out_strides = torch.empty(out_shape, dtype=torch.uint8, memory_format=memory_format).stride()
+        self.out_strides = torch.empty(out_shape, dtype=torch.uint8, memory_format=memory_format,
+                                       device="meta").stride()  # no memory
         self.before, self.after, self.held = before, after, held
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

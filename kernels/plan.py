@@ -23,6 +23,7 @@ values live until the call returns, as the locals of the emitted ``forward`` do.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import weakref
@@ -92,7 +93,7 @@ def call(model: nn.Module, args: tuple):
     if (graph is None or _hooked(list(model.modules()))
             or sum(node.op == "placeholder" for node in graph.nodes) != len(args)):  # defaults: the modules
         return NotImplemented
-    plan = Plan(key)
+    plan = Plan()
     out = plan.record(model, graph, args)
     _remember(plans, key, plan)
     return out
@@ -112,8 +113,7 @@ def _remember(plans: dict, key: tuple, plan: Plan | None) -> None:
 class Plan:
     """One input signature's calls of a model: steps over a list of values (the inputs first)."""
 
-    def __init__(self, key: tuple):
-        self.key = key
+    def __init__(self):
         self.steps: list[tuple] = []  # (function, slot) or (function, slot, slot) or (function, None): all values
         self.output = None  # a function of the values
         self.modules: list[nn.Module] = []  # the model's (a hook on any of them: the modules run)
@@ -148,9 +148,8 @@ class Plan:
         inputs = iter(args)
         for node in graph.nodes:
             if node.op == "output":
-                result = node.args[0]
-                self.output = _bound(lambda r: r, (result,), {}, slot)
-                return torch.fx.node.map_arg(result, lambda n: values[slot[n]])
+                self.output = functools.partial(_read, node.args[0], slot)
+                return self.output(values)
             if node.op == "placeholder":
                 value = next(inputs)
             else:
@@ -161,8 +160,7 @@ class Plan:
 
     def _step(self, model: nn.Module, node: torch.fx.Node, slot: dict, values: list):
         """Run ``node`` once and keep its step."""
-        args = torch.fx.node.map_arg(node.args, lambda n: values[slot[n]])
-        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: values[slot[n]])
+        args, kwargs = _read(node.args, slot, values), _read(node.kwargs, slot, values)
         if node.op == "call_module":
             module = model.get_submodule(node.target)
             value = module(*args, **kwargs)
@@ -218,7 +216,10 @@ def _attribute(model: nn.Module, target: str):
 def _bound(fn, args, kwargs, slot: dict):
     """``fn`` called with ``args`` and ``kwargs`` whose nodes are read from the values."""
     def step(values):
-        real_args = torch.fx.node.map_arg(args, lambda n: values[slot[n]])
-        real_kwargs = torch.fx.node.map_arg(kwargs, lambda n: values[slot[n]])
-        return fn(*real_args, **real_kwargs)
+        return fn(*_read(args, slot, values), **_read(kwargs, slot, values))
     return step
+
+
+def _read(tree, slot: dict, values: list):
+    """``tree`` (a node's arguments, or the output) with each node replaced by its value."""
+    return torch.fx.node.map_arg(tree, lambda n: values[slot[n]])
