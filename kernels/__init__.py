@@ -11,7 +11,8 @@
   CUDA's blocks, threads, shared memory and tensor-core instructions, for tests;
 * :mod:`.fixed_point` and :mod:`.cpu`: the CPU twin, bit-exact with the kernels;
   :mod:`.host` and :mod:`.host_conv` its compiled host kernels (``host_kernels.cpp``: the
-  element-wise stages; ``host_layout.cpp``: pooling and layout copies; ``host_conv.cpp``,
+  element-wise stages; ``host_layout.cpp``: pooling and layout copies; ``host_plan.cpp``: a run of kernel
+  calls in one call, for :mod:`.plan` and :mod:`.segment`; ``host_conv.cpp``,
   ``host_vnni512.cpp``, ``host_depthwise.cpp``: integer GEMM
   (AVX2, AVX-VNNI, AVX-512 VNNI) and depthwise convolutions (AVX2, AVX-512), sharing ``conv_shape.h``,
   ``gather_bytes.h`` and the output stages ``stage8.h`` / ``stage16.h``; ``host_amx.cpp`` with

@@ -33,7 +33,7 @@ def _library() -> ctypes.CDLL | None:
     try:
         lib = shared_library(HERE / "host_kernels.cpp",
                              tuple(HERE / h for h in ("gemmlowp.h", "parallel.h", "stage8.h", "stage16.h")),
-                             flags=("-O3",), also=(HERE / "host_layout.cpp",))
+                             flags=("-O3",), also=(HERE / "host_layout.cpp", HERE / "host_plan.cpp"))
     except RuntimeError as exc:
         warnings.warn(f"qcompile: {str(exc).splitlines()[0]}; the gemmlowp CPU twin uses torch ops (slower)",
                       stacklevel=2)
@@ -53,6 +53,8 @@ def _library() -> ctypes.CDLL | None:
     lib.qc_host_max_pool.argtypes = [ptr, ptr, ptr, int_]
     lib.qc_host_to_channels_last.argtypes = [ptr, ptr, i64, i64, i64, int_]
     lib.qc_host_mean_pixels.argtypes = [ptr, ptr, i64, i64, i64, int_]
+    lib.qc_plan_run.argtypes = [ptr, i64, ptr, ptr]
+    lib.qc_plan_run.restype = i64
     return lib
 
 

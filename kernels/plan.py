@@ -10,6 +10,9 @@ else as its node says. Before and after, for one op::
     layer1_0_conv1 = self.layer1_0_conv1(maxpool)   # Module.__call__ -> forward -> _call -> _kept_call -> call
     values[5] = call(values[4])                     # host_conv._Call: allocate the output, one ctypes call
 
+and each run of two or more such calls in a row is one step, a :class:`qcompile.kernels.segment.Segment` (one
+C call for all of them, the values only they read in an arena that the segment keeps).
+
 Contract: a plan computes what the modules compute, bit for bit, and runs only where the modules would make
 the same kernel calls: the inputs' shapes, dtypes and strides, the thread count and the kernels chosen
 (``QCOMPILE_HOST_KERNELS``, ``QCOMPILE_BYTE_ISA``) as when it was made; the modules' tensors the same objects,
@@ -30,7 +33,7 @@ import weakref
 
 import torch
 import torch.fx
-from qcompile.kernels import host_conv
+from qcompile.kernels import host_conv, segment
 from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
 
@@ -134,9 +137,11 @@ class Plan:
             if len(step) == 2:
                 fn, a = step
                 values.append(fn(values[a]) if a is not None else fn(values))
-            else:
+            elif len(step) == 3:
                 fn, a, b = step
                 values.append(fn(values[a], values[b]))
+            else:  # a segment: appends its steps' values
+                step[0](values)
         return self.output(values)
 
     def record(self, model: nn.Module, graph: torch.fx.Graph, args: tuple):
@@ -146,14 +151,18 @@ class Plan:
         slot: dict[torch.fx.Node, int] = {}
         values: list = []
         inputs = iter(args)
+        reads: list[tuple[int, ...]] = []  # the value slots each step reads
         for node in graph.nodes:
             if node.op == "output":
                 self.output = functools.partial(_read, node.args[0], slot)
-                return self.output(values)
+                out = self.output(values)
+                self.steps = segment.join(self.steps, reads, len(args), set(_slots(node.args[0], slot)))
+                return out
             if node.op == "placeholder":
                 value = next(inputs)
             else:
                 value = self._step(model, node, slot, values)
+                reads.append(_slots((node.args, node.kwargs), slot) if node.op != "get_attr" else ())
             slot[node] = len(values)
             values.append(value)
         raise RuntimeError("a traced graph without an output")  # torch.fx always writes one
@@ -218,6 +227,13 @@ def _bound(fn, args, kwargs, slot: dict):
     def step(values):
         return fn(*_read(args, slot, values), **_read(kwargs, slot, values))
     return step
+
+
+def _slots(tree, slot: dict) -> tuple[int, ...]:
+    """The value slots of the nodes in ``tree``, in order."""
+    found: list[int] = []
+    torch.fx.node.map_arg(tree, lambda n: found.append(slot[n]))
+    return tuple(found)
 
 
 def _read(tree, slot: dict, values: list):

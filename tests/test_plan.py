@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from qcompile.kernels import host, host_conv, modules, plan
+from qcompile.kernels import host, host_conv, modules, plan, segment
 
 from qcompile.codegen import load_model as load_emitted
 from qcompile.codegen import write_model
@@ -54,10 +56,15 @@ def test_a_plan_replays_the_kernel_calls_bit_exact(resnet20, monkeypatch):
     assert list(plan._plans[model].values()) == [None]  # a signature seen once: no plan yet
     assert model(x).equal(first)  # runs them again, keeping their calls as the plan
     (kept,) = plan._plans[model].values()
-    calls = [step[0] for step in kept.steps]
-    if host_conv.library() is not None:  # the host kernels' kept calls are the plan's steps
+    segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
+    calls = [step[0] for step in kept.steps] + [c for s in segments for c in s.calls]
+    if host_conv.library() is not None:  # the host kernels' kept calls are the plan's steps, most in one segment
         assert sum(isinstance(c, host_conv._Call) for c in calls) >= 19  # 19 convolutions (3 strided 1x1s too)
         assert sum(isinstance(c, host.AddCall) for c in calls) == 9
+        assert max(len(s.calls) for s in segments) >= 27
+        # the arena holds the values alive at once: less than all the segment's values
+        longest = max(segments, key=lambda s: len(s.calls))
+        assert 0 < longest.size < sum(map(segment._bytes, longest.calls)) / 2
     forwards = _forwards(monkeypatch)
     again = model(x)
     if host_conv.library() is not None:
@@ -133,3 +140,125 @@ def test_a_hook_on_a_container_inside_the_plan_is_called(resnet20):
     seen = []
     inner.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     assert outer(x).equal(want) and seen == [want.shape]
+
+
+def test_a_segment_replays_bit_exact_beside_another_call_of_it(resnet20):
+    folder, x = resnet20
+    model = load_emitted(folder)
+    want = model(x)
+    model(x)
+    (kept,) = plan._plans[model].values()
+    segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
+    if host_conv.library() is None:
+        assert segments == []
+        return
+    for s in segments:  # another thread is in every segment: this call takes arenas of its own
+        assert s.busy.acquire(blocking=False)
+    try:
+        assert model(x).equal(want)
+    finally:
+        for s in segments:
+            s.busy.release()
+    results = []
+    threads = [threading.Thread(target=lambda: results.extend(model(x) for _ in range(5))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 15 and all(r.equal(want) for r in results)
+
+
+def test_arena_offsets_reuse_bytes_no_longer_read():
+    # value i written by step i; last[i]: the step that reads it last; kept values are tensors of their own
+    sizes, last, kept = [100, 50, 100, 10, 70], [1, 2, 3, 4, 4], [False, False, False, True, False]
+    offsets = segment._offsets(sizes, last, kept)
+    # step 1 reads value 0, so value 1 goes past it; value 2 takes value 0's bytes (read for the last time at
+    # step 1), not value 1's (read at step 2); value 4 takes them again (value 2's last reader is step 3)
+    assert offsets == [0, 128, 0, -1, 0]
+    assert segment._offsets([10, 10], [1, 1], [False, False]) == [0, 64]
+
+
+class _TwoLayers(modules.KernelModel):
+    """Two convolutions of the real model in a row, both outputs returned: the first is read inside the segment
+    and by the caller."""
+
+    def __init__(self, first, second):
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, q):
+        a = self.first(q)
+        return a, self.second(a)
+
+
+def test_a_value_the_caller_reads_is_a_tensor_of_its_own(resnet20):
+    folder, x = resnet20
+    model = load_emitted(folder)
+    convs = [m for m in model.modules() if isinstance(m, modules.QConv2d)]
+    first, second = next((a, b) for a, b in zip(convs, convs[1:], strict=False)
+                         if a.weight.shape[0] == b.weight.shape[1] and b.groups == 1)
+    seen = []
+    handle = first.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    model(x)
+    handle.remove()
+    pair = _TwoLayers(first, second)
+    want = [pair(seen[0]) for _ in range(3)][0]  # the third call replays the plan
+    got = pair(seen[0])
+    assert got[0].equal(want[0]) and got[1].equal(want[1]) and got[0].float().std() > 0
+    if host_conv.library() is not None:
+        (kept,) = plan._plans[pair].values()
+        assert [len(step[0].calls) for step in kept.steps] == [2]  # one segment
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    """The real MobileNetV2 on the gemmlowp backend (depthwise, thin 1x1 and dense layers, adds), two photos."""
+    out = tmp_path_factory.mktemp("plan") / "mobilenet"
+    calib = list(open_data("builtin:photos", batch_size=8, limit=8))
+    graph = lower(load_model("zoo:mobilenet_v2").module, (calib[0][0][:1],))
+    run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp}",
+                 PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    write_model(graph, out)
+    return out, calib[0][0][:2]
+
+
+def _forms() -> list[str]:
+    """The byte forms this CPU runs (each caps the kernels as on a CPU whose best it is)."""
+    best = host_conv.byte_isa() if host_conv.library() is not None else None
+    return [] if best is None else list(host_conv.BYTE_ISAS[:host_conv.BYTE_ISAS.index(best) + 1])
+
+
+@pytest.mark.parametrize("lookup", [True, False], ids=["add-table", "add-arithmetic"])
+def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch, lookup):
+    folder, x = mobilenet
+    if not lookup:
+        monkeypatch.setattr(host, "_has_avx512", lambda: False)
+    kinds = set()
+    for form in _forms():
+        monkeypatch.setenv("QCOMPILE_BYTE_ISA", form)
+        host_conv.byte_isa.cache_clear()
+        host_conv.depthwise_isa.cache_clear()
+        try:
+            model = load_emitted(folder)
+            want = _modules_call(model, x, monkeypatch)
+            assert all(model(x).equal(want) for _ in range(3)), form  # modules, recording, replay
+            (kept,) = plan._plans[model].values()
+            segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
+            assert sum(len(s.calls) for s in segments) >= 60, form  # 52 convolutions, 10 adds: all but the first
+            kinds |= {segment.KINDS[c.entry.__name__] for s in segments for c in s.calls}
+        finally:
+            host_conv.byte_isa.cache_clear()
+            host_conv.depthwise_isa.cache_clear()
+    if not _forms():
+        pytest.skip("no host convolution kernels on this machine (no compiler or no AVX2)")
+    # every form's kinds: the int16 GEMM or the byte form without VNNI, the AVX2 depthwise (capped forms), the
+    # byte form with VNNI, AMX and the VNNI depthwise where the CPU has them; the add as the table or its
+    # arithmetic (this CPU, all forms: 0-5 with the table, 0-4 and 6 without)
+    assert 3 in kinds and (0 in kinds or 4 in kinds)
+    if len(_forms()) > 1:
+        assert 4 in kinds
+    assert (5 in kinds) == (lookup and host._has_avx512()) and (6 in kinds) != (5 in kinds)
+    if "amx" in _forms():
+        assert {1, 2} <= kinds
+    elif "avx512-vnni" in _forms():
+        assert 2 in kinds

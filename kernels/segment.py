@@ -1,0 +1,157 @@
+"""Consecutive kernel calls of a plan as one call of ``qc_plan_run`` (``host_plan.cpp``).
+
+A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
+and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every convolution and add between
+its first layer and its pooling). A segment is such a run of steps made into one table of entry points and
+arguments that C walks through. The values that only the segment's own steps read live in one arena, held by
+the segment and reused at every call; a value's bytes are given to a later one once its last reader has run,
+so the arena holds the largest set of values alive at once, not all of them. Values that Python reads later
+(the steps after the segment, the model's output) are tensors allocated at each call, as before. Before and
+after, for two convolutions and an add::
+
+    values.append(conv1(values[4])); values.append(conv2(values[5])); values.append(add(values[6], values[4]))
+    segment(values)   # one qc_plan_run: conv1 and conv2 into the arena, the add into a new tensor
+
+Contract: the same kernel calls with the same arguments, in the same order, so the same codes; a call
+concurrent with another of the same segment (another thread) uses an arena of its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import torch
+from qcompile.kernels import host, host_conv
+
+# entry point -> its kind in qc_plan_run
+KINDS = {"qc_conv_gemm": 0, "qc_conv_gemm_amx": 1, "qc_conv_depthwise_vnni": 2, "qc_conv_depthwise": 3,
+         "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6}
+STEP_WORDS = 24  # host_plan.cpp's kStepWords
+ALIGN = 64  # an arena value's bytes start at a multiple of this
+SLACK = 64  # bytes after the arena's last value (a vector read past a value's end stays inside)
+
+
+def kernel_call(step: tuple):
+    """The kept kernel call a plan's step makes (``host_conv._Call`` or ``host.AddCall`` whose entry point
+    ``qc_plan_run`` knows), or None."""
+    fn = step[0]
+    if type(fn) not in (host_conv._Call, host.AddCall) or step[-1] is None:
+        return None
+    return fn if fn.entry.__name__ in KINDS else None
+
+
+def _word(arg) -> int:
+    """An argument as ``qc_plan_run`` reads it: an integer, or a ctypes array's address."""
+    return ctypes.addressof(arg) if isinstance(arg, ctypes.Array) else int(arg)
+
+
+def _arguments(call) -> list[int]:
+    """The entry point's arguments other than the values' addresses, in its order."""
+    if type(call) is host_conv._Call:
+        return [_word(a) for a in (*call.before, *call.after)]
+    return [_word(a) for a in call.after]
+
+
+def _bytes(call) -> int:
+    return torch.Size(call.out_shape if type(call) is host_conv._Call else call.shape).numel()
+
+
+class Segment:
+    """Steps ``first .. first + len(calls) - 1`` of a plan (value slots ``base + first ...``) as one C call."""
+
+    def __init__(self, calls: list, reads: list[tuple[int, ...]], base: int, kept: set[int]):
+        """``calls``: the steps' kernel calls; ``reads``: the value slots each reads; ``base``: the slot of the
+        first one's output; ``kept``: the slots read after the segment (its outputs there are tensors)."""
+        self.calls = calls  # holds the tensors their arguments point into
+        self.base = base
+        produced = range(base, base + len(calls))
+        inputs = sorted({s for r in reads for s in r if s < base})
+        local = {slot: i for i, slot in enumerate([*inputs, *produced])}
+        self.inputs = [(local[s], s) for s in inputs]  # (local index, slot) of values from before the segment
+        last = {s: i for i, r in enumerate(reads) for s in r}  # each value's last reader in the segment
+        offsets = _offsets([_bytes(c) for c in calls], [last.get(s, i) for i, s in enumerate(produced)],
+                           [s in kept for s in produced])
+        self.outputs = []  # (local index, position in the segment, shape, strides) of the tensors made per call
+        words = torch.zeros(len(calls), STEP_WORDS, dtype=torch.int64)
+        for i, (call, r) in enumerate(zip(calls, reads, strict=True)):
+            slot = base + i
+            shape = call.out_shape if type(call) is host_conv._Call else call.shape
+            strides = call.out_strides if type(call) is host_conv._Call else call.strides
+            if offsets[i] < 0:
+                self.outputs.append((local[slot], i, shape, strides))
+            row = [KINDS[call.entry.__name__], ctypes.cast(call.entry, ctypes.c_void_p).value, local[r[0]],
+                   local[r[1]] if len(r) > 1 else -1, local[slot], offsets[i], *_arguments(call)]
+            words[i, :len(row)] = torch.tensor(row, dtype=torch.int64)
+        self.words = words
+        self.size = max([o + b for o, b in zip(offsets, map(_bytes, calls), strict=True) if o >= 0], default=0)
+        self.values = (ctypes.c_int64 * len(local))()
+        self.arena = torch.empty(self.size + SLACK + ALIGN, dtype=torch.uint8)
+        self.busy = threading.Lock()
+
+    def __call__(self, values: list) -> None:
+        """Run the steps on ``values`` (the plan's, up to slot ``base``), appending theirs (None for those in
+        the arena)."""
+        if self.busy.acquire(blocking=False):
+            try:
+                self._run(values, self.values, self.arena)
+            finally:
+                self.busy.release()
+        else:  # another thread is in this segment: its own table of addresses and arena
+            self._run(values, (ctypes.c_int64 * len(self.values))(),
+                      torch.empty(self.size + SLACK + ALIGN, dtype=torch.uint8))
+
+    def _run(self, values: list, addresses, arena: torch.Tensor) -> None:
+        for i, slot in self.inputs:
+            addresses[i] = values[slot].data_ptr()
+        made = [None] * len(self.calls)
+        for i, position, shape, strides in self.outputs:
+            out = made[position] = torch.empty_strided(shape, strides, dtype=torch.uint8)
+            addresses[i] = out.data_ptr()
+        start = -arena.data_ptr() % ALIGN + arena.data_ptr()
+        failed = host.library().qc_plan_run(self.words.data_ptr(), len(self.calls), addresses, start)
+        if failed >= 0:  # an entry point that KINDS names and host_plan.cpp does not: a mismatch of the two
+            raise RuntimeError(f"qc_plan_run has no kind for {self.calls[failed].entry.__name__}")
+        values.extend(made)
+
+
+def _offsets(sizes: list[int], last: list[int], kept: list[bool]) -> list[int]:
+    """Each value's offset in the arena (-1 for a kept one: a tensor of its own): value ``i``, written by step
+    ``i`` and last read by step ``last[i]``, at the lowest offset (a multiple of ALIGN) whose bytes no value still
+    to be read at step ``i`` holds (its inputs included: a kernel's output must not overlap them)."""
+    offsets = [-1] * len(sizes)
+    for i, size in enumerate(sizes):
+        if kept[i]:
+            continue
+        taken = sorted((offsets[j], offsets[j] + sizes[j]) for j in range(i) if offsets[j] >= 0 and last[j] >= i)
+        at = 0
+        for begin, end in taken:
+            if at + size <= begin:
+                break
+            at = max(at, -(-end // ALIGN) * ALIGN)
+        offsets[i] = at
+    return offsets
+
+
+def join(steps: list[tuple], reads: list[tuple[int, ...]], first: int, read_later: set[int]) -> list:
+    """``steps`` (value slots from ``first``) with each run of two or more kernel calls made one segment step
+    ``(segment,)``; ``read_later``: the slots that the model's output reads."""
+    if host.library() is None:
+        return steps
+    calls = [kernel_call(s) for s in steps]
+    joined, i = [], 0
+    while i < len(steps):
+        j = i
+        while j < len(steps) and calls[j] is not None:
+            j += 1
+        if j - i < 2:
+            joined.append(steps[i])
+            i += 1
+            continue
+        kept = set(read_later)
+        for k, r in enumerate(reads):
+            if not i <= k < j:
+                kept.update(r)
+        joined.append((Segment(calls[i:j], reads[i:j], first + i, kept),))
+        i = j
+    return joined
