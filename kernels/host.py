@@ -163,15 +163,15 @@ class AddCall:
     """One add's kernel call on dense inputs of one shape and memory order, made once (a module keeps it): the
     entry point and its arguments but for the three pointers; it holds the table they point into."""
 
-    __slots__ = ("shape", "strides", "entry", "after", "held")
+    __slots__ = ("out_shape", "out_strides", "entry", "after", "held")
 
     def __init__(self, a: torch.Tensor, settings: tuple[int, ...]):
-        self.shape, self.strides = a.shape, a.stride()
+        self.out_shape, self.out_strides = a.shape, a.stride()
         self.entry, self.after, self.held = _add_entry(a.numel(), settings)
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a + b``; both uint8 and laid out as the input the call was made for."""
-        out = torch.empty_strided(self.shape, self.strides, dtype=torch.uint8)
+        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
         self.entry(a.data_ptr(), b.data_ptr(), out.data_ptr(), *self.after)
         return out
 
@@ -226,11 +226,29 @@ def max_pool2d(q: torch.Tensor, out_shape: tuple[int, int, int, int], kernel_siz
     """Max pooling of uint8 codes (N, C, H, W) to ``out_shape``, in channels-last order (as torch's, which
     refuses uint8 tensors in that order)."""
     q = channels_last(q)  # held: the kernel reads it through a raw pointer
-    out = torch.empty(out_shape, dtype=torch.uint8, memory_format=torch.channels_last)
-    n, c, h, w = q.shape
-    shape = torch.tensor((n, h, w, c, *out_shape[2:], *kernel_size, *stride, *padding, *dilation), dtype=torch.int64)
-    library().qc_host_max_pool(q.data_ptr(), out.data_ptr(), shape.data_ptr(), torch.get_num_threads())
-    return out
+    return PoolCall(q.shape, out_shape, kernel_size, stride, padding, dilation)(q)
+
+
+class PoolCall:
+    """One max pooling's kernel call on channels-last uint8 inputs of one shape, made once (a module keeps it):
+    the entry point and its arguments but for the two pointers; it holds the shape they point into."""
+
+    __slots__ = ("out_shape", "out_strides", "entry", "after", "held")
+
+    def __init__(self, shape: torch.Size, out_shape: tuple[int, int, int, int], kernel_size: list[int],
+                 stride: list[int], padding: list[int], dilation: list[int]):
+        n, c, h, w = shape
+        self.held = torch.tensor((n, h, w, c, *out_shape[2:], *kernel_size, *stride, *padding, *dilation),
+                                 dtype=torch.int64)
+        self.out_shape = tuple(out_shape)
+        self.out_strides = torch.empty(out_shape, device="meta", memory_format=torch.channels_last).stride()
+        self.entry, self.after = library().qc_host_max_pool, (self.held.data_ptr(), torch.get_num_threads())
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        """The pooled codes of ``q`` (uint8, channels last, of the shape the call was made for)."""
+        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
+        self.entry(q.data_ptr(), out.data_ptr(), *self.after)
+        return out
 
 
 def channels_last(q: torch.Tensor) -> torch.Tensor:

@@ -164,14 +164,10 @@ class QLinear(reference.QLinear):
         """As :meth:`QConv2d._kernel_call`; the call reads ``x`` as rows."""
         if not (_eager(x) and x.dtype == torch.uint8 and x.is_contiguous()):
             return None
-        return _kept_call(self, x, lambda: _on_rows(cpu.linear_call(
+        # the call reads x's rows through its pointer (any leading dimensions: x is contiguous)
+        return _kept_call(self, x, lambda: cpu.linear_call(
             x, self.input_zero_point, self.weight, self.bias, self.multiplier, self.exponent,
-            self.output_zero_point, self.clamp_min, self.clamp_max)))
-
-
-def _on_rows(call):
-    """A linear layer's kernel call on its input's rows (any leading dimensions), or None."""
-    return None if call is None else lambda x: call(x.view(-1, x.shape[-1]))
+            self.output_zero_point, self.clamp_min, self.clamp_max))
 
 
 class QAdd(reference.QAdd):
@@ -287,5 +283,24 @@ class QMaxPool2d(nn.Module):
 
     @torch.jit.unused
     def _call(self, q: Tensor) -> Tensor:
+        call = self._kernel_call(q)
+        if call is not None:
+            return call(q)
         op = ops.max_pool2d if _eager(q) else torch.ops.qcompile.max_pool2d
         return op(q, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    @torch.jit.unused
+    def settings(self) -> tuple:
+        return tuple(self.kernel_size), tuple(self.stride), tuple(self.padding), tuple(self.dilation), self.ceil_mode
+
+    @torch.jit.unused
+    def _kernel_call(self, q: Tensor):
+        """The host kernel's kept call of this pooling on ``q`` (uint8, channels last, as the convolutions write
+        it), or None; kept while the input's shape and the settings (plain attributes) stay as they were."""
+        if not (_eager(q) and q.dtype == torch.uint8 and q.dim() == 4
+                and q.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        settings = self.settings()
+        state = (q.shape, torch.get_num_threads(), host.library() is not None, settings)
+        return _keep(self, state, lambda: host.PoolCall(q.shape, ops._pooled_shape(q, *settings), *settings[:4])
+                     if state[2] else None)

@@ -2,7 +2,7 @@
 
 A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
 and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every convolution and add between
-its first layer and its pooling). A segment is such a run of steps made into one table of entry points and
+its first layer and its pooling; convolutions, linear layers, adds and max pooling are such calls). A segment is such a run of steps made into one table of entry points and
 arguments that C walks through. The values that only the segment's own steps read live in one arena, held by
 the segment and reused at every call; a value's bytes are given to a later one once its last reader has run,
 so the arena holds the largest set of values alive at once, not all of them. Values that Python reads later
@@ -26,17 +26,17 @@ from qcompile.kernels import host, host_conv
 
 # entry point -> its kind in qc_plan_run
 KINDS = {"qc_conv_gemm": 0, "qc_conv_gemm_amx": 1, "qc_conv_depthwise_vnni": 2, "qc_conv_depthwise": 3,
-         "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6}
+         "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6, "qc_host_max_pool": 7}
 STEP_WORDS = 24  # host_plan.cpp's kStepWords
 ALIGN = 64  # an arena value's bytes start at a multiple of this
 SLACK = 64  # bytes after the arena's last value (a vector read past a value's end stays inside)
 
 
 def kernel_call(step: tuple):
-    """The kept kernel call a plan's step makes (``host_conv._Call`` or ``host.AddCall`` whose entry point
-    ``qc_plan_run`` knows), or None."""
+    """The kept kernel call a plan's step makes (``host_conv._Call``, ``host.AddCall`` or ``host.PoolCall`` whose
+    entry point ``qc_plan_run`` knows), or None."""
     fn = step[0]
-    if type(fn) not in (host_conv._Call, host.AddCall) or step[-1] is None:
+    if type(fn) not in (host_conv._Call, host.AddCall, host.PoolCall) or step[-1] is None:
         return None
     return fn if fn.entry.__name__ in KINDS else None
 
@@ -54,7 +54,7 @@ def _arguments(call) -> list[int]:
 
 
 def _bytes(call) -> int:
-    return torch.Size(call.out_shape if type(call) is host_conv._Call else call.shape).numel()
+    return torch.Size(call.out_shape).numel()
 
 
 class Segment:
@@ -76,10 +76,8 @@ class Segment:
         words = torch.zeros(len(calls), STEP_WORDS, dtype=torch.int64)
         for i, (call, r) in enumerate(zip(calls, reads, strict=True)):
             slot = base + i
-            shape = call.out_shape if type(call) is host_conv._Call else call.shape
-            strides = call.out_strides if type(call) is host_conv._Call else call.strides
             if offsets[i] < 0:
-                self.outputs.append((local[slot], i, shape, strides))
+                self.outputs.append((local[slot], i, call.out_shape, call.out_strides))
             row = [KINDS[call.entry.__name__], ctypes.cast(call.entry, ctypes.c_void_p).value, local[r[0]],
                    local[r[1]] if len(r) > 1 else -1, local[slot], offsets[i], *_arguments(call)]
             words[i, :len(row)] = torch.tensor(row, dtype=torch.int64)

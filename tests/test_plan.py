@@ -262,3 +262,23 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
         assert {1, 2} <= kinds
     elif "avx512-vnni" in _forms():
         assert 2 in kinds
+
+
+def test_pooling_and_linear_layers_join_the_segments(tmp_path, monkeypatch):
+    """The digit CNN (real weights): convolutions, max pooling and two linear layers replay in two segments."""
+    calib = open_data("builtin:mnist5k", limit=64, batch_size=32)
+    x = next(iter(calib))[0][:8]
+    graph = lower(load_model("zoo:digit_cnn").module, (x[:1],))
+    run_pipeline(graph, "fuse,calibrate,convert{backend=gemmlowp}",
+                 PassContext(calib_data=calib, quant_config=QuantConfig.from_preset("x86")))
+    write_model(graph, tmp_path / "digits")
+    model = load_emitted(tmp_path / "digits")
+    want = _modules_call(model, x, monkeypatch)
+    assert all(model(x).equal(want) for _ in range(3))  # modules, recording, replay
+    if host_conv.library() is None:
+        return
+    (kept,) = plan._plans[model].values()
+    segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
+    kinds = [[type(c).__name__ for c in s.calls] for s in segments]
+    assert kinds == [["_Call", "PoolCall"] * 3, ["_Call", "_Call"]], kinds
+    assert want.shape == (8, 10) and want.std() > 1
