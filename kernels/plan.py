@@ -11,7 +11,7 @@ else as its node says. Before and after, for one op::
     values[5] = call(values[4])                     # host_conv._Call: allocate the output, one ctypes call
 
 and each run of two or more such calls in a row is one step, a :class:`qcompile.kernels.segment.Segment` (one
-C call for all of them, the values only they read in an arena that the segment keeps).
+C call for all of them, the values only they read in an arena that the model's segments share).
 
 Contract: a plan computes what the modules compute, bit for bit, and runs only where the modules would make
 the same kernel calls: the inputs' shapes, dtypes and strides, the thread count and the kernels chosen
@@ -41,6 +41,8 @@ from torch.nn.modules import module as _torch_module
 _graphs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # model -> {input signature: its plan, or None where seen once}, the last PLANS_KEPT signatures
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# model -> the arena its plans' segments share
+_arenas: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _MODULES = "qcompile.kernels.modules"
 
@@ -97,7 +99,7 @@ def call(model: nn.Module, args: tuple):
             or sum(node.op == "placeholder" for node in graph.nodes) != len(args)):  # defaults: the modules
         return NotImplemented
     plan = Plan()
-    out = plan.record(model, graph, args)
+    out = plan.record(model, graph, args, _arenas.setdefault(model, segment.Arena()))
     _remember(plans, key, plan)
     return out
 
@@ -144,9 +146,10 @@ class Plan:
                 step[0](values)
         return self.output(values)
 
-    def record(self, model: nn.Module, graph: torch.fx.Graph, args: tuple):
+    def record(self, model: nn.Module, graph: torch.fx.Graph, args: tuple, arena: segment.Arena):
         """Run ``model`` node by node on ``args`` (its modules called as usual, which makes their kept kernel
-        calls), keeping each node's call as a step; the output."""
+        calls), keeping each node's call as a step (runs of kernel calls as segments in ``arena``); the
+        output."""
         self.modules = list(model.modules())
         slot: dict[torch.fx.Node, int] = {}
         values: list = []
@@ -156,7 +159,7 @@ class Plan:
             if node.op == "output":
                 self.output = functools.partial(_read, node.args[0], slot)
                 out = self.output(values)
-                self.steps = segment.join(self.steps, reads, len(args), set(_slots(node.args[0], slot)))
+                self.steps = segment.join(self.steps, reads, len(args), set(_slots(node.args[0], slot)), arena)
                 return out
             if node.op == "placeholder":
                 value = next(inputs)

@@ -3,9 +3,11 @@
 A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
 and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every convolution and add between
 its first layer and its pooling; convolutions, linear layers, adds and max pooling are such calls). A segment is such a run of steps made into one table of entry points and
-arguments that C walks through. The values that only the segment's own steps read live in one arena, held by
-the segment and reused at every call; a value's bytes are given to a later one once its last reader has run,
-so the arena holds the largest set of values alive at once, not all of them. Values that Python reads later
+arguments that C walks through. The values that only the segment's own steps read live in an arena, reused at
+every call; a value's bytes are given to a later one once its last reader has run, so a segment needs room for
+the largest set of values alive at once, not all of them. A model's segments share one arena (its plans run
+one at a time on a thread), as large as the largest of them needs: a model called with inputs of many shapes
+keeps one arena, not one for each. Values that Python reads later
 (the steps after the segment, the model's output) are tensors allocated at each call, as before. Before and
 after, for two convolutions and an add::
 
@@ -13,7 +15,7 @@ after, for two convolutions and an add::
     segment(values)   # one qc_plan_run: conv1 and conv2 into the arena, the add into a new tensor
 
 Contract: the same kernel calls with the same arguments, in the same order, so the same codes; a call
-concurrent with another of the same segment (another thread) uses an arena of its own.
+concurrent with another of the model's (another thread) uses an arena of its own, made for the call.
 """
 
 from __future__ import annotations
@@ -57,12 +59,29 @@ def _bytes(call) -> int:
     return torch.Size(call.out_shape).numel()
 
 
+class Arena:
+    """The bytes a model's segments keep their values in: one at a time (``lock``), grown to what the largest
+    needs."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.bytes = torch.empty(0, dtype=torch.uint8)
+
+    def at_least(self, size: int) -> torch.Tensor:
+        """The bytes, grown to ``size`` where they are fewer (the caller holds the lock)."""
+        if self.bytes.numel() < size:
+            self.bytes = torch.empty(0, dtype=torch.uint8)  # the old bytes go before the new ones come
+            self.bytes = torch.empty(size, dtype=torch.uint8)
+        return self.bytes
+
+
 class Segment:
     """Steps ``first .. first + len(calls) - 1`` of a plan (value slots ``base + first ...``) as one C call."""
 
-    def __init__(self, calls: list, reads: list[tuple[int, ...]], base: int, kept: set[int]):
+    def __init__(self, calls: list, reads: list[tuple[int, ...]], base: int, kept: set[int], arena: Arena):
         """``calls``: the steps' kernel calls; ``reads``: the value slots each reads; ``base``: the slot of the
-        first one's output; ``kept``: the slots read after the segment (its outputs there are tensors)."""
+        first one's output; ``kept``: the slots read after the segment (its outputs there are tensors);
+        ``arena``: the model's."""
         self.calls = calls  # holds the tensors their arguments point into
         self.base = base
         produced = range(base, base + len(calls))
@@ -83,21 +102,20 @@ class Segment:
             words[i, :len(row)] = torch.tensor(row, dtype=torch.int64)
         self.words = words
         self.size = max([o + b for o, b in zip(offsets, map(_bytes, calls), strict=True) if o >= 0], default=0)
-        self.values = (ctypes.c_int64 * len(local))()
-        self.arena = torch.empty(self.size + SLACK + ALIGN, dtype=torch.uint8)
-        self.busy = threading.Lock()
+        self.values = (ctypes.c_int64 * len(local))()  # used under the arena's lock
+        self.arena = arena
 
     def __call__(self, values: list) -> None:
         """Run the steps on ``values`` (the plan's, up to slot ``base``), appending theirs (None for those in
         the arena)."""
-        if self.busy.acquire(blocking=False):
+        need = self.size + SLACK + ALIGN
+        if self.arena.lock.acquire(blocking=False):
             try:
-                self._run(values, self.values, self.arena)
+                self._run(values, self.values, self.arena.at_least(need))
             finally:
-                self.busy.release()
-        else:  # another thread is in this segment: its own table of addresses and arena
-            self._run(values, (ctypes.c_int64 * len(self.values))(),
-                      torch.empty(self.size + SLACK + ALIGN, dtype=torch.uint8))
+                self.arena.lock.release()
+        else:  # another thread is in the model's segments: its own table of addresses and arena
+            self._run(values, (ctypes.c_int64 * len(self.values))(), torch.empty(need, dtype=torch.uint8))
 
     def _run(self, values: list, addresses, arena: torch.Tensor) -> None:
         for i, slot in self.inputs:
@@ -131,9 +149,9 @@ def _offsets(sizes: list[int], last: list[int], kept: list[bool]) -> list[int]:
     return offsets
 
 
-def join(steps: list[tuple], reads: list[tuple[int, ...]], first: int, read_later: set[int]) -> list:
+def join(steps: list[tuple], reads: list[tuple[int, ...]], first: int, read_later: set[int], arena: Arena) -> list:
     """``steps`` (value slots from ``first``) with each run of two or more kernel calls made one segment step
-    ``(segment,)``; ``read_later``: the slots that the model's output reads."""
+    ``(segment,)``; ``read_later``: the slots that the model's output reads; ``arena``: the model's."""
     if host.library() is None:
         return steps
     calls = [kernel_call(s) for s in steps]
@@ -150,6 +168,6 @@ def join(steps: list[tuple], reads: list[tuple[int, ...]], first: int, read_late
         for k, r in enumerate(reads):
             if not i <= k < j:
                 kept.update(r)
-        joined.append((Segment(calls[i:j], reads[i:j], first + i, kept),))
+        joined.append((Segment(calls[i:j], reads[i:j], first + i, kept, arena),))
         i = j
     return joined

@@ -97,6 +97,11 @@ def test_a_plan_follows_weights_hooks_and_shapes(resnet20, monkeypatch):
     assert all(model(x[:3]).equal(changed[:3]) for _ in range(3)) and model(x).equal(changed)
     assert [key[0][0][0] for key in plan._plans[model]] == [x.shape, (3, *x.shape[1:])]
     assert all(p is not None for p in plan._plans[model].values())
+    # the two plans' segments share one arena, as large as the largest needs
+    needs = [s.size for p in plan._plans[model].values() for (s, *_) in p.steps if isinstance(s, segment.Segment)]
+    if host_conv.library() is not None:
+        assert len(needs) >= 2 and len(set(needs)) >= 2
+        assert plan._arenas[model].bytes.numel() == max(needs) + segment.SLACK + segment.ALIGN
 
 
 class _Branching(modules.KernelModel):
@@ -152,13 +157,13 @@ def test_a_segment_replays_bit_exact_beside_another_call_of_it(resnet20):
     if host_conv.library() is None:
         assert segments == []
         return
-    for s in segments:  # another thread is in every segment: this call takes arenas of its own
-        assert s.busy.acquire(blocking=False)
-    try:
+    arena = plan._arenas[model]
+    assert all(s.arena is arena for s in segments)
+    assert arena.lock.acquire(blocking=False)  # another thread is in the model's segments: this call takes an
+    try:  # arena of its own
         assert model(x).equal(want)
     finally:
-        for s in segments:
-            s.busy.release()
+        arena.lock.release()
     results = []
     threads = [threading.Thread(target=lambda: results.extend(model(x) for _ in range(5))) for _ in range(3)]
     for t in threads:
