@@ -291,6 +291,7 @@ class QMaxPool2d(nn.Module):
 
     @torch.jit.unused
     def settings(self) -> tuple:
+        """The pooling's arguments (its kept call and a plan hold while they stay the same)."""
         return tuple(self.kernel_size), tuple(self.stride), tuple(self.padding), tuple(self.dilation), self.ceil_mode
 
     @torch.jit.unused
