@@ -258,12 +258,36 @@ def channels_last(q: torch.Tensor) -> torch.Tensor:
     their next op on the cores the host kernels need next (with two cores,
     measured: MobileNetV2's twin at batch 1 ran 15.6 ms with torch ops at
     its ends, 10.1 ms without)."""
-    if q.is_contiguous(memory_format=torch.channels_last) or not q.is_contiguous() or q.dtype != torch.uint8:
+    if not nchw_codes(q):
         return q.contiguous(memory_format=torch.channels_last)
-    n, c, h, w = q.shape
-    out = torch.empty_like(q, memory_format=torch.channels_last)
-    library().qc_host_to_channels_last(q.data_ptr(), out.data_ptr(), n, c, h * w, torch.get_num_threads())
-    return out
+    return LayoutCall(q.shape)(q)
+
+
+def nchw_codes(q: torch.Tensor) -> bool:
+    """Whether ``q`` is uint8 (N, C, H, W) codes in NCHW order and not also in channels-last order: what
+    :class:`LayoutCall` copies."""
+    return (q.dtype == torch.uint8 and q.dim() == 4 and q.is_contiguous()
+            and not q.is_contiguous(memory_format=torch.channels_last))
+
+
+class LayoutCall:
+    """The copy of uint8 (N, C, H, W) codes of one shape from NCHW into channels-last order, made once: the
+    entry point and its arguments but for the two pointers (a plan's step before a first convolution, whose
+    input comes from the model's quantize in NCHW order)."""
+
+    __slots__ = ("out_shape", "out_strides", "entry", "after")
+
+    def __init__(self, shape: torch.Size):
+        n, c, h, w = shape
+        self.out_shape = tuple(shape)
+        self.out_strides = torch.empty(shape, device="meta", memory_format=torch.channels_last).stride()
+        self.entry, self.after = library().qc_host_to_channels_last, (n, c, h * w, torch.get_num_threads())
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        """``q`` (NCHW codes of the shape the call was made for) in channels-last order."""
+        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
+        self.entry(q.data_ptr(), out.data_ptr(), *self.after)
+        return out
 
 
 def mean_pixels(q: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 // A run of a plan's kernel calls in one call from Python (kernels/plan.py's segments): each step calls one
-// entry point of the host libraries (a convolution, linear layer, add or max pooling) with the arguments its
-// module's kept call would pass through ctypes. The values between steps that no Python code reads live in one
-// arena, at offsets chosen by the caller (a value's bytes are reused once its last reader has run); the others
-// are tensors whose addresses the caller writes into `values` before the call.
+// entry point of the host libraries (a convolution, linear layer, add, max pooling or layout copy) with the
+// arguments its module's kept call would pass through ctypes. The values between steps that no Python code
+// reads live in one arena, at offsets chosen by the caller (a value's bytes are reused once its last reader has
+// run); the others are tensors whose addresses the caller writes into `values` before the call.
 //
 //   before: for each step: torch.empty_strided (output), ctypes call of the entry point   (about 3 us a step)
 //   after:  one ctypes call; per step a switch on its kind and the entry point's call
@@ -23,6 +23,7 @@ enum Kind : int64_t {
   kAddLookup = 5,      // qc_host_add_lookup
   kAdd = 6,            // qc_host_add
   kMaxPool = 7,        // qc_host_max_pool
+  kToChannelsLast = 8,  // qc_host_to_channels_last
 };
 
 constexpr int64_t kStepWords = 24;
@@ -36,6 +37,7 @@ using Depthwise = void (*)(const uint8_t*, int32_t, const float*, const int64_t*
 using GemmTaps = void (*)(const uint8_t*, int32_t, const int8_t*, const int32_t*, const int64_t*, const int32_t*,
                           const int32_t*, const int32_t*, int32_t, int32_t, int32_t, uint8_t*, int, int);
 using MaxPool = void (*)(const uint8_t*, uint8_t*, const int64_t*, int);
+using ToChannelsLast = void (*)(const uint8_t*, uint8_t*, int64_t, int64_t, int64_t, int);
 using AddLookup = int (*)(const uint8_t*, const uint8_t*, uint8_t*, int64_t, const uint8_t*, int);
 using Add = int (*)(const uint8_t*, const uint8_t*, uint8_t*, int64_t, int32_t, int32_t, int, int32_t, int32_t, int,
                     int32_t, int, int32_t, int32_t, int32_t, int, int, int);
@@ -102,6 +104,9 @@ int64_t qc_plan_run(const int64_t* steps, int64_t count, int64_t* values, uint8_
       }
       case kMaxPool:
         entry<MaxPool>(s[1])(x, out, as<const int64_t>(a[0]), static_cast<int>(a[1]));
+        break;
+      case kToChannelsLast:
+        entry<ToChannelsLast>(s[1])(x, out, a[0], a[1], a[2], static_cast<int>(a[3]));
         break;
       default:
         return i;

@@ -33,7 +33,7 @@ import weakref
 
 import torch
 import torch.fx
-from qcompile.kernels import host_conv, segment
+from qcompile.kernels import host, host_conv, segment
 from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
 
@@ -164,34 +164,48 @@ class Plan:
             if node.op == "placeholder":
                 value = next(inputs)
             else:
-                value = self._step(model, node, slot, values)
-                reads.append(_slots((node.args, node.kwargs), slot) if node.op != "get_attr" else ())
+                value = self._step(model, node, slot, values, reads)
             slot[node] = len(values)
             values.append(value)
         raise RuntimeError("a traced graph without an output")  # torch.fx always writes one
 
-    def _step(self, model: nn.Module, node: torch.fx.Node, slot: dict, values: list):
-        """Run ``node`` once and keep its step."""
+    def _step(self, model: nn.Module, node: torch.fx.Node, slot: dict, values: list, reads: list):
+        """Run ``node`` once and keep its step, and in ``reads`` the value slots it reads (a convolution's kept
+        call on NCHW codes: first a step that copies them into channels-last order, whose value it reads)."""
         args, kwargs = _read(node.args, slot, values), _read(node.kwargs, slot, values)
+        every = _slots((node.args, node.kwargs), slot)
         if node.op == "call_module":
             module = model.get_submodule(node.target)
             value = module(*args, **kwargs)
             plain = not kwargs and 1 <= len(node.args) <= 2 and all(isinstance(a, torch.fx.Node) for a in node.args)
             kernel = getattr(module, "_kernel_call", None) if plain else None
             fn = kernel(*args) if kernel is not None else None
+            if fn is None and kernel is not None and len(args) == 1 and type(args[0]) is Tensor \
+                    and host.library() is not None and host.nchw_codes(args[0]):
+                layout = host.LayoutCall(args[0].shape)
+                copied = layout(args[0])
+                fn = kernel(copied)
+                if fn is not None:
+                    self.steps.append((layout, every[0]))
+                    reads.append(every)
+                    every = (len(values),)
+                    values.append(copied)
             if fn is not None:  # the kept call: valid while the module's tensors and settings stay as they are
                 self._watch(module)
             elif plain and len(node.args) == 1 and type(module).__module__ == _MODULES and hasattr(module, "_call"):
                 fn = module._call  # an eager kernel method that reads the module's state at each call
+            reads.append(every)
             if fn is not None:
-                self.steps.append((fn, *(slot[a] for a in node.args)))
+                self.steps.append((fn, *every))
             else:
                 self.steps.append((_bound(module, node.args, node.kwargs, slot), None))
             return value
         if node.op == "get_attr":
             fn = _attribute(model, node.target)
             self.steps.append((fn, None))
+            reads.append(())
             return fn(values)
+        reads.append(every)
         target = node.target
         if node.op == "call_method":
             def fn(obj, *a, **k):

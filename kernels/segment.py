@@ -3,7 +3,7 @@
 A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
 and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every convolution and add between
 its first layer and its pooling). A segment is such a run of steps (convolutions, linear layers, adds, max
-pooling) made into one table of entry points and arguments that C walks through. The values that only the
+pooling, layout copies) made into one table of entry points and arguments that C walks through. The values that only the
 segment's own steps read live in an arena, reused at every call; a value's bytes are given to a later one once
 its last reader has run, so a segment needs room for the largest set of values alive at once, not all of them.
 A model's segments share one arena (its plans run one at a time on a thread), as large as the largest of them
@@ -28,17 +28,18 @@ from qcompile.kernels import host, host_conv
 
 # entry point -> its kind in qc_plan_run
 KINDS = {"qc_conv_gemm": 0, "qc_conv_gemm_amx": 1, "qc_conv_depthwise_vnni": 2, "qc_conv_depthwise": 3,
-         "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6, "qc_host_max_pool": 7}
+         "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6, "qc_host_max_pool": 7,
+         "qc_host_to_channels_last": 8}
 STEP_WORDS = 24  # host_plan.cpp's kStepWords
 ALIGN = 64  # an arena value's bytes start at a multiple of this
 SLACK = 64  # bytes after the arena's last value (a vector read past a value's end stays inside)
 
 
 def kernel_call(step: tuple):
-    """The kept kernel call a plan's step makes (``host_conv._Call``, ``host.AddCall`` or ``host.PoolCall`` whose
-    entry point ``qc_plan_run`` knows), or None."""
+    """The kept kernel call a plan's step makes (``host_conv._Call``, ``host.AddCall``, ``host.PoolCall`` or
+    ``host.LayoutCall`` whose entry point ``qc_plan_run`` knows), or None."""
     fn = step[0]
-    if type(fn) not in (host_conv._Call, host.AddCall, host.PoolCall) or step[-1] is None:
+    if type(fn) not in (host_conv._Call, host.AddCall, host.PoolCall, host.LayoutCall) or step[-1] is None:
         return None
     return fn if fn.entry.__name__ in KINDS else None
 

@@ -249,7 +249,8 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
             assert all(model(x).equal(want) for _ in range(3)), form  # modules, recording, replay
             (kept,) = plan._plans[model].values()
             segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
-            assert sum(len(s.calls) for s in segments) >= 60, form  # 52 convolutions, 10 adds: all but the first
+            # 52 convolutions and 10 adds, the first convolution's NCHW input copied into channels-last order
+            assert sum(len(s.calls) for s in segments) == 63 and type(segments[0].calls[0]) is host.LayoutCall, form
             kinds |= {segment.KINDS[c.entry.__name__] for s in segments for c in s.calls}
         finally:
             host_conv.byte_isa.cache_clear()
@@ -258,8 +259,8 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
         pytest.skip("no host convolution kernels on this machine (no compiler or no AVX2)")
     # every form's kinds: the int16 GEMM or the byte form without VNNI, the AVX2 depthwise (capped forms), the
     # byte form with VNNI, AMX and the VNNI depthwise where the CPU has them; the add as the table or its
-    # arithmetic (this CPU, all forms: 0-5 with the table, 0-4 and 6 without)
-    assert 3 in kinds and (0 in kinds or 4 in kinds)
+    # arithmetic, the layout copy (this CPU, all forms: 0-5 and 8 with the table, 0-4, 6 and 8 without)
+    assert {3, 8} <= kinds and (0 in kinds or 4 in kinds)
     if len(_forms()) > 1:
         assert 4 in kinds
     assert (5 in kinds) == (lookup and host._has_avx512()) and (6 in kinds) != (5 in kinds)
