@@ -229,26 +229,41 @@ def max_pool2d(q: torch.Tensor, out_shape: tuple[int, int, int, int], kernel_siz
     return PoolCall(q.shape, out_shape, kernel_size, stride, padding, dilation)(q)
 
 
-class PoolCall:
-    """One max pooling's kernel call on channels-last uint8 inputs of one shape, made once (a module keeps it):
-    the entry point and its arguments but for the two pointers; it holds the shape they point into."""
+class KernelCall:
+    """One kernel call on uint8 inputs of one shape and layout, made once: the output's shape and memory format,
+    the entry point and its arguments before and after the input's and the output's pointers; it holds the
+    tensors the arguments point into. The base of a layer's call (``host_conv._Call``), :class:`PoolCall` and
+    :class:`LayoutCall`."""
 
-    __slots__ = ("out_shape", "out_strides", "entry", "after", "held")
+    __slots__ = ("out_shape", "out_strides", "entry", "before", "after", "held")
+
+    def __init__(self, out_shape, memory_format, entry, before, after, held):
+        # the output's strides, once: torch.empty_strided takes 1.0 us a call, torch.empty with a memory format 1.6
+        self.out_shape, self.entry = tuple(out_shape), entry
+        self.out_strides = torch.empty(out_shape, dtype=torch.uint8, memory_format=memory_format,
+                                       device="meta").stride()  # no memory
+        self.before, self.after, self.held = before, after, held
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The call on ``x`` (uint8, of the shape and layout the call was made for)."""
+        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
+        self.entry(x.data_ptr(), *self.before, out.data_ptr(), *self.after)
+        return out
+
+
+class PoolCall(KernelCall):
+    """One max pooling's kernel call on channels-last uint8 inputs of one shape (a module keeps it); it holds
+    the shape its arguments point into."""
+
+    __slots__ = ()
 
     def __init__(self, shape: torch.Size, out_shape: tuple[int, int, int, int], kernel_size: list[int],
                  stride: list[int], padding: list[int], dilation: list[int]):
         n, c, h, w = shape
-        self.held = torch.tensor((n, h, w, c, *out_shape[2:], *kernel_size, *stride, *padding, *dilation),
-                                 dtype=torch.int64)
-        self.out_shape = tuple(out_shape)
-        self.out_strides = torch.empty(out_shape, device="meta", memory_format=torch.channels_last).stride()
-        self.entry, self.after = library().qc_host_max_pool, (self.held.data_ptr(), torch.get_num_threads())
-
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """The pooled codes of ``q`` (uint8, channels last, of the shape the call was made for)."""
-        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
-        self.entry(q.data_ptr(), out.data_ptr(), *self.after)
-        return out
+        dims = torch.tensor((n, h, w, c, *out_shape[2:], *kernel_size, *stride, *padding, *dilation),
+                            dtype=torch.int64)
+        super().__init__(out_shape, torch.channels_last, library().qc_host_max_pool, (),
+                         (dims.data_ptr(), torch.get_num_threads()), dims)
 
 
 def channels_last(q: torch.Tensor) -> torch.Tensor:
@@ -270,24 +285,16 @@ def nchw_codes(q: torch.Tensor) -> bool:
             and not q.is_contiguous(memory_format=torch.channels_last))
 
 
-class LayoutCall:
-    """The copy of uint8 (N, C, H, W) codes of one shape from NCHW into channels-last order, made once: the
-    entry point and its arguments but for the two pointers (a plan's step before a first convolution, whose
-    input comes from the model's quantize in NCHW order)."""
+class LayoutCall(KernelCall):
+    """The copy of uint8 (N, C, H, W) codes of one shape from NCHW into channels-last order, made once (a plan's
+    step before a first convolution, whose input comes from the model's quantize in NCHW order)."""
 
-    __slots__ = ("out_shape", "out_strides", "entry", "after")
+    __slots__ = ()
 
     def __init__(self, shape: torch.Size):
         n, c, h, w = shape
-        self.out_shape = tuple(shape)
-        self.out_strides = torch.empty(shape, device="meta", memory_format=torch.channels_last).stride()
-        self.entry, self.after = library().qc_host_to_channels_last, (n, c, h * w, torch.get_num_threads())
-
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """``q`` (NCHW codes of the shape the call was made for) in channels-last order."""
-        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
-        self.entry(q.data_ptr(), out.data_ptr(), *self.after)
-        return out
+        super().__init__(shape, torch.channels_last, library().qc_host_to_channels_last, (),
+                         (n, c, h * w, torch.get_num_threads()), None)
 
 
 def mean_pixels(q: torch.Tensor) -> torch.Tensor:

@@ -172,25 +172,11 @@ def _output_size(x, weight, stride, padding, dilation) -> tuple[int, int]:
                  for i in range(2))
 
 
-class _Call:
-    """One layer's kernel call for one input shape, made once: the output's shape and memory format, the entry
-    point and its arguments but for the input's and the output's pointers; it holds the tensors the
+class _Call(host.KernelCall):
+    """One layer's kernel call for one input shape (channels last, or rows), made once; it holds the tensors its
     arguments point into (packed weights, int32 parameters)."""
 
-    __slots__ = ("out_shape", "out_strides", "entry", "before", "after", "held")
-
-    def __init__(self, out_shape, memory_format, entry, before, after, held):
-        # the output's strides, once: torch.empty_strided takes 1.0 us a call, torch.empty with a memory format 1.6
-        self.out_shape, self.entry = out_shape, entry
-        self.out_strides = torch.empty(out_shape, dtype=torch.uint8, memory_format=memory_format,
-                                       device="meta").stride()  # no memory
-        self.before, self.after, self.held = before, after, held
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer on ``x`` (uint8, laid out as the kernel reads it: channels last, or rows)."""
-        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
-        self.entry(x.data_ptr(), *self.before, out.data_ptr(), *self.after)
-        return out
+    __slots__ = ()
 
 
 def conv2d(x: torch.Tensor, x_zero: int, weight: torch.Tensor, bias: torch.Tensor, multiplier: torch.Tensor,

@@ -3,13 +3,13 @@
 A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
 and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every convolution and add between
 its first layer and its pooling). A segment is such a run of steps (convolutions, linear layers, adds, max
-pooling, layout copies) made into one table of entry points and arguments that C walks through. The values that only the
-segment's own steps read live in an arena, reused at every call; a value's bytes are given to a later one once
-its last reader has run, so a segment needs room for the largest set of values alive at once, not all of them.
-A model's segments share one arena (its plans run one at a time on a thread), as large as the largest of them
-needs: a model called with inputs of many shapes keeps one arena, not one for each. Values that Python reads
-later (the steps after the segment, the model's output) are tensors allocated at each call, as before. Before
-and after, for two convolutions and an add::
+pooling, layout copies) made into one table of entry points and arguments that C walks through. The values
+that only the segment's own steps read live in an arena, reused at every call; a value's bytes are given to a
+later one once its last reader has run, so a segment needs room for the largest set of values alive at once,
+not all of them. A model's segments share one arena (its plans run one at a time on a thread), as large as the
+largest of them needs: a model called with inputs of many shapes keeps one arena, not one for each. Values
+that Python reads later (the steps after the segment, the model's output) are tensors allocated at each call,
+as before. Before and after, for two convolutions and an add::
 
     values.append(conv1(values[4])); values.append(conv2(values[5])); values.append(add(values[6], values[4]))
     segment(values)   # one qc_plan_run: conv1 and conv2 into the arena, the add into a new tensor
@@ -24,7 +24,7 @@ import ctypes
 import threading
 
 import torch
-from qcompile.kernels import host, host_conv
+from qcompile.kernels import host
 
 # entry point -> its kind in qc_plan_run
 KINDS = {"qc_conv_gemm": 0, "qc_conv_gemm_amx": 1, "qc_conv_depthwise_vnni": 2, "qc_conv_depthwise": 3,
@@ -36,10 +36,10 @@ SLACK = 64  # bytes after the arena's last value (a vector read past a value's e
 
 
 def kernel_call(step: tuple):
-    """The kept kernel call a plan's step makes (``host_conv._Call``, ``host.AddCall``, ``host.PoolCall`` or
-    ``host.LayoutCall`` whose entry point ``qc_plan_run`` knows), or None."""
+    """The kept kernel call a plan's step makes (a ``host.KernelCall``: a layer's, a pooling's, a layout copy's;
+    or a ``host.AddCall``) whose entry point ``qc_plan_run`` knows, or None."""
     fn = step[0]
-    if type(fn) not in (host_conv._Call, host.AddCall, host.PoolCall, host.LayoutCall) or step[-1] is None:
+    if not isinstance(fn, (host.KernelCall, host.AddCall)) or step[-1] is None:
         return None
     return fn if fn.entry.__name__ in KINDS else None
 
@@ -51,9 +51,8 @@ def _word(arg) -> int:
 
 def _arguments(call) -> list[int]:
     """The entry point's arguments other than the values' addresses, in its order."""
-    if type(call) is host_conv._Call:
-        return [_word(a) for a in (*call.before, *call.after)]
-    return [_word(a) for a in call.after]
+    before = call.before if isinstance(call, host.KernelCall) else ()
+    return [_word(a) for a in (*before, *call.after)]
 
 
 def _bytes(call) -> int:
@@ -84,7 +83,6 @@ class Segment:
         first one's output; ``kept``: the slots read after the segment (its outputs there are tensors);
         ``arena``: the model's."""
         self.calls = calls  # holds the tensors their arguments point into
-        self.base = base
         produced = range(base, base + len(calls))
         inputs = sorted({s for r in reads for s in r if s < base})
         local = {slot: i for i, slot in enumerate([*inputs, *produced])}
@@ -107,8 +105,8 @@ class Segment:
         self.arena = arena
 
     def __call__(self, values: list) -> None:
-        """Run the steps on ``values`` (the plan's, up to slot ``base``), appending theirs (None for those in
-        the arena)."""
+        """Run the steps on ``values`` (the plan's, up to the segment's first output), appending theirs (None for
+        those in the arena)."""
         need = self.size + SLACK + ALIGN
         if self.arena.lock.acquire(blocking=False):
             try:
