@@ -81,12 +81,12 @@ struct Layer {
   }
 };
 
-// acc[32][32] = tiles a0, a1 (16 rows each, s0 and s1 bytes apart) times panels b and b + panel_bytes (kPair)
-// or b alone, over the layer's depth tiles. Tiles 0, 1: rows of a0, a1 under the first panel, 2, 3 under the
-// second; 4, 5 the rows' depth tile, 6, 7 the panels'.
+// Tiles 0-3 = tiles a0, a1 (16 rows each, s0 and s1 bytes apart) times panels b and b + panel_bytes (kPair) or b
+// alone, over the layer's depth tiles. Tiles 0, 1: rows of a0, a1 under the first panel, 2, 3 under the second;
+// 4, 5 the rows' depth tile, 6, 7 the panels'.
 template <bool kPair>
 QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, const uint8_t* a1, int64_t s1,
-                             const int8_t* b, int32_t* acc) {
+                             const int8_t* b) {
   _tile_zero(0);
   _tile_zero(1);
   if constexpr (kPair) {
@@ -108,6 +108,11 @@ QC_AMX_STAGE void block_sums(const Layer& l, const uint8_t* a0, int64_t s0, cons
       _tile_dpbusd(3, 5, 7);
     }
   }
+}
+
+// acc[32][32] = the sums of tiles 0-3 (block_sums): rows 0-15 from tiles 0 and 2, 16-31 from 1 and 3.
+template <bool kPair>
+QC_AMX_STAGE void block_save(int32_t* acc) {
   if constexpr (kPair) {
     _tile_stored(2, acc + 16, 4 * kBlock);
     _tile_stored(3, acc + 16 * kBlock + 16, 4 * kBlock);
@@ -151,13 +156,28 @@ const uint8_t* tile_rows(const Layer& l, int64_t n, int64_t t, std::vector<uint8
 
 // Blocks [begin, end) of the layer (block i: tiles 2j and 2j + 1 of image i / blocks, j = i % blocks; the
 // second repeats the first, unstored, past the image's last), panels [p0, p1), on a thread whose tiles are
-// configured. Panels go in groups whose weights stay in the L2 cache while the blocks pass.
+// configured. Panels go in groups whose weights stay in the L2 cache while the blocks pass. The output stage of
+// each block runs after the next block's tile multiplies are issued: the AMX unit works through them while the
+// 512-bit stage runs (two accumulator buffers, two sets of output pixels).
 QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t p0, int64_t p1) {
-  alignas(64) int32_t acc[kBlock * kBlock];
-  int64_t out_pixel[kBlock];
+  alignas(64) int32_t acc[2][kBlock * kBlock];
+  int64_t out_pixel[2][kBlock];
+  struct Pending {
+    int64_t panel = -1;  // none
+    bool pair = false;
+    int acc = 0, pixels = 0;
+  } pending;
+  const auto finish = [&l, &acc, &out_pixel](const Pending& d) {
+    if (d.panel < 0) return;
+    if (l.shared.round_negative)
+      block_store<true>(l, out_pixel[d.pixels], d.panel, d.pair, acc[d.acc]);
+    else
+      block_store<false>(l, out_pixel[d.pixels], d.panel, d.pair, acc[d.acc]);
+  };
   std::vector<uint8_t> copy0, copy1;
   const int64_t group = std::max<int64_t>(2, qc_host::block_bytes() / l.panel_bytes / 2 * 2);
   const int64_t blocks = (l.tiles + 1) / 2;
+  int buffer = 0, pixels = 0;
   for (int64_t g0 = p0; g0 < p1; g0 += group)
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / blocks, t = 2 * (i % blocks);
@@ -166,24 +186,29 @@ QC_AMX_STAGE void run_blocks(const Layer& l, int64_t begin, int64_t end, int64_t
       const uint8_t* a0 = tile_rows(l, n, t, copy0, &s0);
       const uint8_t* a1 = second ? tile_rows(l, n, t + 1, copy1, &s1) : a0;
       if (!second) s1 = s0;
-      l.pixels(n, t, out_pixel);
+      pixels ^= 1;  // the pending block's pixels are the other set
+      l.pixels(n, t, out_pixel[pixels]);
       if (second)
-        l.pixels(n, t + 1, out_pixel + 16);
+        l.pixels(n, t + 1, out_pixel[pixels] + 16);
       else
-        std::fill(out_pixel + 16, out_pixel + kBlock, int64_t{-1});
+        std::fill(out_pixel[pixels] + 16, out_pixel[pixels] + kBlock, int64_t{-1});
       for (int64_t p = g0; p < std::min(p1, g0 + group); p += 2) {
         const bool pair = p + 1 < std::min(p1, g0 + group);
         const int8_t* panel = l.packed + p * l.panel_bytes;
         if (pair)
-          block_sums<true>(l, a0, s0, a1, s1, panel, acc);
+          block_sums<true>(l, a0, s0, a1, s1, panel);
         else
-          block_sums<false>(l, a0, s0, a1, s1, panel, acc);
-        if (l.shared.round_negative)
-          block_store<true>(l, out_pixel, p, pair, acc);
+          block_sums<false>(l, a0, s0, a1, s1, panel);
+        finish(pending);
+        if (pair)
+          block_save<true>(acc[buffer]);
         else
-          block_store<false>(l, out_pixel, p, pair, acc);
+          block_save<false>(acc[buffer]);
+        pending = Pending{p, pair, buffer, pixels};
+        buffer ^= 1;
       }
     }
+  finish(pending);
 }
 
 // A batch whose layer's weights stay in the L2 cache, image by image: each image is padded just before its
