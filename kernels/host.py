@@ -164,6 +164,7 @@ class AddCall:
     entry point and its arguments but for the three pointers; it holds the table they point into."""
 
     __slots__ = ("out_shape", "out_strides", "entry", "after", "held")
+    out_dtype = torch.uint8
 
     def __init__(self, a: torch.Tensor, settings: tuple[int, ...]):
         self.out_shape, self.out_strides = a.shape, a.stride()
@@ -236,6 +237,7 @@ class KernelCall:
     :class:`LayoutCall`."""
 
     __slots__ = ("out_shape", "out_strides", "entry", "before", "after", "held")
+    out_dtype = torch.uint8  # the output's (a class's, not a call's)
 
     def __init__(self, out_shape, memory_format, entry, before, after, held):
         # the output's strides, once: torch.empty_strided takes 1.0 us a call, torch.empty with a memory format 1.6
@@ -246,7 +248,7 @@ class KernelCall:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The call on ``x`` (uint8, of the shape and layout the call was made for)."""
-        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=torch.uint8)
+        out = torch.empty_strided(self.out_shape, self.out_strides, dtype=self.out_dtype)
         self.entry(x.data_ptr(), *self.before, out.data_ptr(), *self.after)
         return out
 
@@ -295,6 +297,42 @@ class LayoutCall(KernelCall):
         n, c, h, w = shape
         super().__init__(shape, torch.channels_last, library().qc_host_to_channels_last, (),
                          (n, c, h * w, torch.get_num_threads()), None)
+
+
+class CopyCall(KernelCall):
+    """A copy of a dense uint8 value's bytes into a new tensor of the same shape and strides (a plan's step for a
+    view or an identity: the flattening before a classifier, dropout at inference). The layout copy with one
+    channel is a plain copy; on one thread (a few hundred bytes, where waking another costs more)."""
+
+    __slots__ = ()
+
+    def __init__(self, shape: torch.Size, strides: tuple[int, ...]):
+        super().__init__(shape, torch.contiguous_format, library().qc_host_to_channels_last, (),
+                         (1, 1, shape.numel(), 1), None)
+        self.out_strides = tuple(strides)
+
+
+class MeanCall(KernelCall):
+    """Global average pooling (:func:`mean_pixels`) of channels-last uint8 (N, C, H, W) codes of one shape, made
+    once: (N, C, 1, 1) out."""
+
+    __slots__ = ()
+
+    def __init__(self, shape: torch.Size):
+        n, c, h, w = shape
+        super().__init__((n, c, 1, 1), torch.contiguous_format, library().qc_host_mean_pixels, (),
+                         (n, h * w, c, torch.get_num_threads()), None)
+
+
+class DequantizeCall(KernelCall):
+    """:func:`dequantize` of contiguous uint8 codes of one shape on one grid, made once: float32 out."""
+
+    __slots__ = ()
+    out_dtype = torch.float32
+
+    def __init__(self, shape: torch.Size, scale: float, zero_point: int):
+        super().__init__(shape, torch.contiguous_format, library().qc_host_dequantize, (),
+                         (shape.numel(), ctypes.c_float(scale), zero_point, torch.get_num_threads()), None)
 
 
 def mean_pixels(q: torch.Tensor) -> torch.Tensor:

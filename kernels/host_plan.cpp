@@ -1,5 +1,5 @@
 // A run of a plan's kernel calls in one call from Python (kernels/plan.py's segments): each step calls one
-// entry point of the host libraries (a convolution, linear layer, add, max pooling or layout copy) with the
+// entry point of the host libraries (a convolution, linear layer, add, pooling, copy, dequantize) with the
 // arguments its module's kept call would pass through ctypes. The values between steps that no Python code
 // reads live in one arena, at offsets chosen by the caller (a value's bytes are reused once its last reader has
 // run); the others are tensors whose addresses the caller writes into `values` before the call.
@@ -11,6 +11,7 @@
 // the output's offset in the arena (-1: an address the caller wrote), then the entry point's arguments other
 // than the values' addresses, in its order (pointers as integers).
 #include <stdint.h>
+#include <string.h>
 
 namespace {
 
@@ -24,6 +25,8 @@ enum Kind : int64_t {
   kAdd = 6,            // qc_host_add
   kMaxPool = 7,        // qc_host_max_pool
   kToChannelsLast = 8,  // qc_host_to_channels_last
+  kMeanPixels = 9,      // qc_host_mean_pixels
+  kDequantize = 10,     // qc_host_dequantize
 };
 
 constexpr int64_t kStepWords = 24;
@@ -37,7 +40,8 @@ using Depthwise = void (*)(const uint8_t*, int32_t, const float*, const int64_t*
 using GemmTaps = void (*)(const uint8_t*, int32_t, const int8_t*, const int32_t*, const int64_t*, const int32_t*,
                           const int32_t*, const int32_t*, int32_t, int32_t, int32_t, uint8_t*, int, int);
 using MaxPool = void (*)(const uint8_t*, uint8_t*, const int64_t*, int);
-using ToChannelsLast = void (*)(const uint8_t*, uint8_t*, int64_t, int64_t, int64_t, int);
+using ToChannelsLast = void (*)(const uint8_t*, uint8_t*, int64_t, int64_t, int64_t, int);  // and MeanPixels
+using Dequantize = void (*)(const uint8_t*, float*, int64_t, float, int32_t, int);
 using AddLookup = int (*)(const uint8_t*, const uint8_t*, uint8_t*, int64_t, const uint8_t*, int);
 using Add = int (*)(const uint8_t*, const uint8_t*, uint8_t*, int64_t, int32_t, int32_t, int, int32_t, int32_t, int,
                     int32_t, int, int32_t, int32_t, int32_t, int, int, int);
@@ -106,8 +110,17 @@ int64_t qc_plan_run(const int64_t* steps, int64_t count, int64_t* values, uint8_
         entry<MaxPool>(s[1])(x, out, as<const int64_t>(a[0]), static_cast<int>(a[1]));
         break;
       case kToChannelsLast:
+      case kMeanPixels:
         entry<ToChannelsLast>(s[1])(x, out, a[0], a[1], a[2], static_cast<int>(a[3]));
         break;
+      case kDequantize: {  // the scale: a float32's bits
+        const uint32_t bits = static_cast<uint32_t>(a[1]);
+        float scale = 0;
+        memcpy(&scale, &bits, sizeof scale);
+        entry<Dequantize>(s[1])(x, as<float>(values[s[4]]), a[0], scale, static_cast<int32_t>(a[2]),
+                                static_cast<int>(a[3]));
+        break;
+      }
       default:
         return i;
     }

@@ -109,6 +109,15 @@ class Dequantize(_OnGrid):
         op = ops.dequantize if _eager(q) else torch.ops.qcompile.dequantize
         return op(q, self.scale, self.zero_point).contiguous()
 
+    @torch.jit.unused
+    def _kernel_call(self, q: Tensor):
+        """The host kernel's call of this dequantize on ``q`` (contiguous uint8), for a plan, or None; made for
+        its grid (the module's tensors, which the plan watches)."""
+        if not (_eager(q) and q.dtype == torch.uint8 and q.is_contiguous() and host.library() is not None
+                and self.scale.numel() == 1 and self.scale.dtype == torch.float32):
+            return None
+        return host.DequantizeCall(q.shape, float(self.scale), int(self.zero_point))
+
 
 class QConv2d(reference.QConv2d):
     """uint8 convolution: int8 weights, int32 bias, per-channel fixed-point requantization, clamp."""
@@ -234,6 +243,14 @@ class QGlobalAvgPool(nn.Module):
     @torch.jit.unused
     def _call(self, q: Tensor) -> Tensor:
         return (ops.global_avg_pool if _eager(q) else torch.ops.qcompile.global_avg_pool)(q)
+
+    @torch.jit.unused
+    def _kernel_call(self, q: Tensor):
+        """The host kernel's call of this pooling on ``q`` (uint8, channels last), for a plan, or None."""
+        if not (_eager(q) and q.dtype == torch.uint8 and q.dim() == 4 and host.library() is not None
+                and q.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        return host.MeanCall(q.shape)
 
 
 class QMean(reference.QMean):

@@ -125,13 +125,13 @@ class Plan:
         self.tensors: list[Tensor] = []  # the kept calls' modules' tensors: the same objects,
         self.places: list[tuple[dict, str]] = []  # still in their modules' buffers,
         self.versions: list[int] = []  # unchanged in place
-        self.settings: list[tuple] = []  # (add module, its settings)
+        self.settings: list[tuple] = []  # (a function of a module, what it gave): an add's settings...
 
     def valid(self) -> bool:
         """Whether the modules are as the plan found them (about 0.1 us a tensor)."""
         return (not _hooked(self.modules) and [t._version for t in self.tensors] == self.versions
                 and all(map(operator.is_, [buffers.get(name) for buffers, name in self.places], self.tensors))
-                and all(m.settings() == s for m, s in self.settings))
+                and all(f() == s for f, s in self.settings))
 
     def run(self, args: tuple):
         values = list(args)
@@ -192,7 +192,11 @@ class Plan:
                     values.append(copied)
             if fn is not None:  # the kept call: valid while the module's tensors and settings stay as they are
                 self._watch(module)
-            elif plain and len(node.args) == 1 and type(module).__module__ == _MODULES and hasattr(module, "_call"):
+            elif plain and len(args) == 1 and isinstance(module, (nn.Identity, nn.Dropout)) and not module.training:
+                fn = _copy(value, args[0])  # its input itself (dropout at inference): a copy, which a segment runs
+                if fn is not None:  # while the module stays in inference mode
+                    self.settings.append((functools.partial(getattr, module, "training"), False))
+            if fn is None and plain and len(node.args) == 1 and type(module).__module__ == _MODULES and hasattr(module, "_call"):
                 fn = module._call  # an eager kernel method that reads the module's state at each call
             reads.append(every)
             if fn is not None:
@@ -212,8 +216,10 @@ class Plan:
                 return getattr(obj, target)(*a, **k)
         else:
             fn = target
-        self.steps.append((_bound(fn, node.args, node.kwargs, slot), None))
-        return fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
+        copy = _copy(value, values[every[0]]) if target in _VIEWS and len(every) == 1 else None
+        self.steps.append((copy, *every) if copy is not None else (_bound(fn, node.args, node.kwargs, slot), None))
+        return value
 
     def _watch(self, module: nn.Module) -> None:
         for name, tensor in module._buffers.items():
@@ -223,7 +229,22 @@ class Plan:
                 self.versions.append(tensor._version)
         settings = getattr(module, "settings", None)
         if settings is not None:
-            self.settings.append((module, settings()))
+            self.settings.append((settings, settings()))
+
+
+# the views a plan's step copies where it reads a kernel's value: the flattening before a classifier
+_VIEWS = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
+
+
+def _copy(value, source):
+    """A step that copies ``source``'s bytes where ``value`` is a dense uint8 view of all of them (a
+    ``host.CopyCall``, which a segment runs), or None."""
+    if not (type(value) is Tensor and type(source) is Tensor and value.dtype == torch.uint8 and value.is_cpu
+            and host.library() is not None and value.data_ptr() == source.data_ptr()
+            and value.numel() == source.numel()
+            and (value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last))):
+        return None
+    return host.CopyCall(value.shape, value.stride())
 
 
 def _attribute(model: nn.Module, target: str):

@@ -29,7 +29,7 @@ from qcompile.kernels import host
 # entry point -> its kind in qc_plan_run
 KINDS = {"qc_conv_gemm": 0, "qc_conv_gemm_amx": 1, "qc_conv_depthwise_vnni": 2, "qc_conv_depthwise": 3,
          "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6, "qc_host_max_pool": 7,
-         "qc_host_to_channels_last": 8}
+         "qc_host_to_channels_last": 8, "qc_host_mean_pixels": 9, "qc_host_dequantize": 10}
 STEP_WORDS = 24  # host_plan.cpp's kStepWords
 ALIGN = 64  # an arena value's bytes start at a multiple of this
 SLACK = 64  # bytes after the arena's last value (a vector read past a value's end stays inside)
@@ -45,7 +45,9 @@ def kernel_call(step: tuple):
 
 
 def _word(arg) -> int:
-    """An argument as ``qc_plan_run`` reads it: an integer, or a ctypes array's address."""
+    """An argument as ``qc_plan_run`` reads it: an integer, a ctypes array's address, or a float32's bits."""
+    if isinstance(arg, ctypes.c_float):
+        return ctypes.c_uint32.from_buffer(arg).value
     return ctypes.addressof(arg) if isinstance(arg, ctypes.Array) else int(arg)
 
 
@@ -56,7 +58,7 @@ def _arguments(call) -> list[int]:
 
 
 def _bytes(call) -> int:
-    return torch.Size(call.out_shape).numel()
+    return torch.Size(call.out_shape).numel() * call.out_dtype.itemsize
 
 
 class Arena:
@@ -90,12 +92,12 @@ class Segment:
         last = {s: i for i, r in enumerate(reads) for s in r}  # each value's last reader in the segment
         offsets = _offsets([_bytes(c) for c in calls], [last.get(s, i) for i, s in enumerate(produced)],
                            [s in kept for s in produced])
-        self.outputs = []  # (local index, position in the segment, shape, strides) of the tensors made per call
+        self.outputs = []  # (local index, position in the segment, shape, strides, dtype) of the tensors made per call
         words = torch.zeros(len(calls), STEP_WORDS, dtype=torch.int64)
         for i, (call, r) in enumerate(zip(calls, reads, strict=True)):
             slot = base + i
             if offsets[i] < 0:
-                self.outputs.append((local[slot], i, call.out_shape, call.out_strides))
+                self.outputs.append((local[slot], i, call.out_shape, call.out_strides, call.out_dtype))
             row = [KINDS[call.entry.__name__], ctypes.cast(call.entry, ctypes.c_void_p).value, local[r[0]],
                    local[r[1]] if len(r) > 1 else -1, local[slot], offsets[i], *_arguments(call)]
             words[i, :len(row)] = torch.tensor(row, dtype=torch.int64)
@@ -120,8 +122,8 @@ class Segment:
         for i, slot in self.inputs:
             addresses[i] = values[slot].data_ptr()
         made = [None] * len(self.calls)
-        for i, position, shape, strides in self.outputs:
-            out = made[position] = torch.empty_strided(shape, strides, dtype=torch.uint8)
+        for i, position, shape, strides, dtype in self.outputs:
+            out = made[position] = torch.empty_strided(shape, strides, dtype=dtype)
             addresses[i] = out.data_ptr()
         start = -arena.data_ptr() % ALIGN + arena.data_ptr()
         failed = host.library().qc_plan_run(self.words.data_ptr(), len(self.calls), addresses, start)

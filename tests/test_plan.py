@@ -249,8 +249,13 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
             assert all(model(x).equal(want) for _ in range(3)), form  # modules, recording, replay
             (kept,) = plan._plans[model].values()
             segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
-            # 52 convolutions and 10 adds, the first convolution's NCHW input copied into channels-last order
-            assert sum(len(s.calls) for s in segments) == 63 and type(segments[0].calls[0]) is host.LayoutCall, form
+            # one segment from the quantize on: the first convolution's NCHW input copied into channels-last
+            # order, 52 convolutions and 10 adds, then the pooling, the flattening and the dropout as copies,
+            # the classifier and the dequantize
+            (whole,) = segments
+            names = [type(c).__name__ for c in whole.calls]
+            assert len(names) == 68 and names[0] == "LayoutCall", form
+            assert names[-5:] == ["MeanCall", "CopyCall", "CopyCall", "_Call", "DequantizeCall"], form
             kinds |= {segment.KINDS[c.entry.__name__] for s in segments for c in s.calls}
         finally:
             host_conv.byte_isa.cache_clear()
@@ -259,8 +264,9 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
         pytest.skip("no host convolution kernels on this machine (no compiler or no AVX2)")
     # every form's kinds: the int16 GEMM or the byte form without VNNI, the AVX2 depthwise (capped forms), the
     # byte form with VNNI, AMX and the VNNI depthwise where the CPU has them; the add as the table or its
-    # arithmetic, the layout copy (this CPU, all forms: 0-5 and 8 with the table, 0-4, 6 and 8 without)
-    assert {3, 8} <= kinds and (0 in kinds or 4 in kinds)
+    # arithmetic, the layout copy, the pooling, the dequantize (this CPU, all forms: 0-5 and 8-10 with the
+    # table, 0-4, 6 and 8-10 without)
+    assert {3, 8, 9, 10} <= kinds and (0 in kinds or 4 in kinds)
     if len(_forms()) > 1:
         assert 4 in kinds
     assert (5 in kinds) == (lookup and host._has_avx512()) and (6 in kinds) != (5 in kinds)
@@ -286,5 +292,22 @@ def test_pooling_and_linear_layers_join_the_segments(tmp_path, monkeypatch):
     (kept,) = plan._plans[model].values()
     segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
     kinds = [[type(c).__name__ for c in s.calls] for s in segments]
-    assert kinds == [["_Call", "PoolCall"] * 3, ["_Call", "_Call"]], kinds
+    assert kinds == [["_Call", "PoolCall"] * 3, ["_Call", "_Call", "DequantizeCall"]], kinds
     assert want.shape == (8, 10) and want.std() > 1
+
+
+def test_dropout_replays_as_a_copy_while_the_model_infers(mobilenet, monkeypatch):
+    """MobileNetV2's classifier dropout is its input at inference: a copy in the segment, whose plan holds only
+    while the dropout stays in inference mode."""
+    folder, x = mobilenet
+    model = load_emitted(folder)
+    want = _modules_call(model, x, monkeypatch)
+    assert all(model(x).equal(want) for _ in range(3))
+    (kept,) = plan._plans[model].values()
+    if host_conv.library() is None:
+        pytest.skip("no host kernels on this machine")
+    assert kept.valid()
+    model.classifier_0.train()
+    assert not kept.valid()
+    model.classifier_0.eval()
+    assert kept.valid() and model(x).equal(want)
