@@ -3,9 +3,10 @@
 An emitted model calls one module per op, and every call pays for Python around its kernel: ``nn.Module``'s
 dispatch, the module's checks of its input, and the check that its kept kernel call still fits
 (``modules._kept_call``). A plan is the model's ``forward`` traced once (``torch.fx``, the kernel modules as
-leaves) and, for one input signature, the calls that a run of the modules made, replayed in a loop: a
-convolution, linear layer or add as its kept kernel call, any other kernel module by its eager method, anything
-else as its node says. Before and after, for one op::
+leaves) and, for one input signature, the calls that a run of the modules made, replayed in a loop: a kernel
+module with a kept kernel call (a convolution, linear layer, add, pooling, dequantize) as that call, any other
+kernel module by its eager method, a view of a kernel's value (flatten, view, reshape) or an identity at
+inference (dropout) as a copy of its bytes, anything else as its node says. Before and after, for one op::
 
     layer1_0_conv1 = self.layer1_0_conv1(maxpool)   # Module.__call__ -> forward -> _call -> _kept_call -> call
     values[5] = call(values[4])                     # host_conv._Call: allocate the output, one ctypes call
@@ -17,11 +18,12 @@ Contract: a plan computes what the modules compute, bit for bit, and runs only w
 the same kernel calls: the inputs' shapes, dtypes and strides, the thread count and the kernels chosen
 (``QCOMPILE_HOST_KERNELS``, ``QCOMPILE_BYTE_ISA``) as when it was made; the modules' tensors the same objects,
 unchanged in place, and an add's settings the same; no forward hooks on the model, on any of its modules or
-global ones; eager CPU tensors (not tracing, scripting, exporting or compiling). Anything else runs the
-modules. A signature's first call runs the modules (inputs whose shapes never repeat pay for no recording),
-its second records the plan as it runs them, later ones replay it; a model keeps the last 32 signatures'. A
-model whose ``forward`` does not trace runs its modules. ``QCOMPILE_PLAN=0`` turns plans off. Intermediate
-values live until the call returns, as the locals of the emitted ``forward`` do.
+global ones; an identity replayed as a copy still in inference mode; eager CPU tensors (not tracing, scripting,
+exporting or compiling). Anything else runs the modules. A signature's first call runs the modules (inputs
+whose shapes never repeat pay for no recording), its second records the plan as it runs them, later ones replay
+it; a model keeps the last 32 signatures'. A model whose ``forward`` does not trace runs its modules.
+``QCOMPILE_PLAN=0`` turns plans off. Intermediate values live until the call returns, as the locals of the
+emitted ``forward`` do.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ class Plan:
                 fn = _copy(value, args[0])  # its input itself (dropout at inference): a copy, which a segment runs
                 if fn is not None:  # while the module stays in inference mode
                     self.settings.append((functools.partial(getattr, module, "training"), False))
-            if fn is None and plain and len(node.args) == 1 and type(module).__module__ == _MODULES and hasattr(module, "_call"):
+            if fn is None and plain and len(node.args) == 1 and type(module).__module__ == _MODULES \
+                    and hasattr(module, "_call"):
                 fn = module._call  # an eager kernel method that reads the module's state at each call
             reads.append(every)
             if fn is not None:

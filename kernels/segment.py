@@ -1,9 +1,9 @@
 """Consecutive kernel calls of a plan as one call of ``qc_plan_run`` (``host_plan.cpp``).
 
 A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
-and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every convolution and add between
-its first layer and its pooling). A segment is such a run of steps (convolutions, linear layers, adds, max
-pooling, layout copies) made into one table of entry points and arguments that C walks through. The values
+and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every call after its quantize). A
+segment is such a run of steps (convolutions, linear layers, adds, pooling, copies, the dequantize) made into
+one table of entry points and arguments that C walks through. The values
 that only the segment's own steps read live in an arena, reused at every call; a value's bytes are given to a
 later one once its last reader has run, so a segment needs room for the largest set of values alive at once,
 not all of them. A model's segments share one arena (its plans run one at a time on a thread), as large as the
