@@ -324,6 +324,18 @@ class MeanCall(KernelCall):
                          (n, h * w, c, torch.get_num_threads()), None)
 
 
+class QuantizeCall(KernelCall):
+    """:func:`quantize` of dense float32 values of one shape and layout on one grid to [0, 255], made once: uint8
+    out in the same layout."""
+
+    __slots__ = ()
+
+    def __init__(self, shape: torch.Size, strides: tuple[int, ...], scale: float, zero_point: int):
+        super().__init__(shape, torch.contiguous_format, library().qc_host_quantize, (),
+                         (shape.numel(), ctypes.c_float(scale), zero_point, 0, 255, torch.get_num_threads()), None)
+        self.out_strides = tuple(strides)
+
+
 class DequantizeCall(KernelCall):
     """:func:`dequantize` of contiguous uint8 codes of one shape on one grid, made once: float32 out."""
 

@@ -27,6 +27,7 @@ enum Kind : int64_t {
   kToChannelsLast = 8,  // qc_host_to_channels_last
   kMeanPixels = 9,      // qc_host_mean_pixels
   kDequantize = 10,     // qc_host_dequantize
+  kQuantize = 11,       // qc_host_quantize
 };
 
 constexpr int64_t kStepWords = 24;
@@ -42,6 +43,7 @@ using GemmTaps = void (*)(const uint8_t*, int32_t, const int8_t*, const int32_t*
 using MaxPool = void (*)(const uint8_t*, uint8_t*, const int64_t*, int);
 using ToChannelsLast = void (*)(const uint8_t*, uint8_t*, int64_t, int64_t, int64_t, int);  // and MeanPixels
 using Dequantize = void (*)(const uint8_t*, float*, int64_t, float, int32_t, int);
+using Quantize = void (*)(const float*, uint8_t*, int64_t, float, int32_t, int32_t, int32_t, int);
 using AddLookup = int (*)(const uint8_t*, const uint8_t*, uint8_t*, int64_t, const uint8_t*, int);
 using Add = int (*)(const uint8_t*, const uint8_t*, uint8_t*, int64_t, int32_t, int32_t, int, int32_t, int32_t, int,
                     int32_t, int, int32_t, int32_t, int32_t, int, int, int);
@@ -54,6 +56,14 @@ T* as(int64_t word) {
 template <class Fn>
 Fn entry(int64_t word) {
   return reinterpret_cast<Fn>(static_cast<uintptr_t>(word));
+}
+
+// A float32 argument: its bits in the low half of the word.
+float float_bits(int64_t word) {
+  const uint32_t bits = static_cast<uint32_t>(word);
+  float f = 0;
+  memcpy(&f, &bits, sizeof f);
+  return f;
 }
 
 // A convolution's arguments after x: x_zero, weights, shape, bias, m0, exponent, out_zero, lo, hi; then out and
@@ -113,14 +123,14 @@ int64_t qc_plan_run(const int64_t* steps, int64_t count, int64_t* values, uint8_
       case kMeanPixels:
         entry<ToChannelsLast>(s[1])(x, out, a[0], a[1], a[2], static_cast<int>(a[3]));
         break;
-      case kDequantize: {  // the scale: a float32's bits
-        const uint32_t bits = static_cast<uint32_t>(a[1]);
-        float scale = 0;
-        memcpy(&scale, &bits, sizeof scale);
-        entry<Dequantize>(s[1])(x, as<float>(values[s[4]]), a[0], scale, static_cast<int32_t>(a[2]),
+      case kDequantize:
+        entry<Dequantize>(s[1])(x, as<float>(values[s[4]]), a[0], float_bits(a[1]), static_cast<int32_t>(a[2]),
                                 static_cast<int>(a[3]));
         break;
-      }
+      case kQuantize:
+        entry<Quantize>(s[1])(as<const float>(values[s[2]]), out, a[0], float_bits(a[1]), static_cast<int32_t>(a[2]),
+                              static_cast<int32_t>(a[3]), static_cast<int32_t>(a[4]), static_cast<int>(a[5]));
+        break;
       default:
         return i;
     }

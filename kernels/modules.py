@@ -91,6 +91,15 @@ class Quantize(_OnGrid):
         op = ops.quantize if _eager(x) else torch.ops.qcompile.quantize
         return op(x, self.scale, self.zero_point, 0, 255)
 
+    @torch.jit.unused
+    def _kernel_call(self, x: Tensor):
+        """The host kernel's call of this quantize on ``x`` (float32, dense in NCHW or channels-last order), for
+        a plan, or None; made for its grid (the module's tensors, which the plan watches)."""
+        if not (_eager(x) and x.dtype == torch.float32 and host.library() is not None and self.scale.numel() == 1
+                and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))):
+            return None
+        return host.QuantizeCall(x.shape, x.stride(), float(self.scale), int(self.zero_point))
+
 
 class Dequantize(_OnGrid):
     """uint8 -> float32: ``scale * (q - zp)``."""

@@ -72,10 +72,13 @@ def _signature(args: tuple) -> tuple | None:
             host_conv.library() is not None, host_conv.byte_isa(), host_conv.depthwise_isa())
 
 
+_FORWARD_HOOKS, _FORWARD_PRE_HOOKS = operator.attrgetter("_forward_hooks"), operator.attrgetter("_forward_pre_hooks")
+
+
 def _hooked(modules: list[nn.Module]) -> bool:
     if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(map(_FORWARD_HOOKS, modules)) or any(map(_FORWARD_PRE_HOOKS, modules))
 
 
 def call(model: nn.Module, args: tuple):
@@ -125,14 +128,14 @@ class Plan:
         self.output = None  # a function of the values
         self.modules: list[nn.Module] = []  # the model's (a hook on any of them: the modules run)
         self.tensors: list[Tensor] = []  # the kept calls' modules' tensors: the same objects,
-        self.places: list[tuple[dict, str]] = []  # still in their modules' buffers,
+        self.places: tuple[list[dict], list[str]] = ([], [])  # still in their modules' buffers (dicts, names),
         self.versions: list[int] = []  # unchanged in place
-        self.settings: list[tuple] = []  # (a function of a module, what it gave): an add's settings...
+        self.settings: list[tuple] = []  # (a function of a module, what it gave): settings, a dropout's mode
 
     def valid(self) -> bool:
         """Whether the modules are as the plan found them (about 0.1 us a tensor)."""
         return (not _hooked(self.modules) and [t._version for t in self.tensors] == self.versions
-                and all(map(operator.is_, [buffers.get(name) for buffers, name in self.places], self.tensors))
+                and all(map(operator.is_, map(dict.get, *self.places), self.tensors))
                 and all(f() == s for f, s in self.settings))
 
     def run(self, args: tuple):
@@ -228,7 +231,8 @@ class Plan:
         for name, tensor in module._buffers.items():
             if tensor is not None:
                 self.tensors.append(tensor)
-                self.places.append((module._buffers, name))
+                self.places[0].append(module._buffers)
+                self.places[1].append(name)
                 self.versions.append(tensor._version)
         settings = getattr(module, "settings", None)
         if settings is not None:

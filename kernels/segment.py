@@ -29,7 +29,8 @@ from qcompile.kernels import host
 # entry point -> its kind in qc_plan_run
 KINDS = {"qc_conv_gemm": 0, "qc_conv_gemm_amx": 1, "qc_conv_depthwise_vnni": 2, "qc_conv_depthwise": 3,
          "qc_conv_gemm_bytes": 4, "qc_host_add_lookup": 5, "qc_host_add": 6, "qc_host_max_pool": 7,
-         "qc_host_to_channels_last": 8, "qc_host_mean_pixels": 9, "qc_host_dequantize": 10}
+         "qc_host_to_channels_last": 8, "qc_host_mean_pixels": 9, "qc_host_dequantize": 10,
+         "qc_host_quantize": 11}
 STEP_WORDS = 24  # host_plan.cpp's kStepWords
 ALIGN = 64  # an arena value's bytes start at a multiple of this
 SLACK = 64  # bytes after the arena's last value (a vector read past a value's end stays inside)

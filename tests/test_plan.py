@@ -249,12 +249,13 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
             assert all(model(x).equal(want) for _ in range(3)), form  # modules, recording, replay
             (kept,) = plan._plans[model].values()
             segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
-            # one segment from the quantize on: the first convolution's NCHW input copied into channels-last
-            # order, 52 convolutions and 10 adds, then the pooling, the flattening and the dropout as copies,
-            # the classifier and the dequantize
+            # the whole call one segment: the quantize, the first convolution's NCHW input copied into
+            # channels-last order, 52 convolutions and 10 adds, then the pooling, the flattening and the dropout
+            # as copies, the classifier and the dequantize
             (whole,) = segments
+            assert [step[0] for step in kept.steps] == [whole], form
             names = [type(c).__name__ for c in whole.calls]
-            assert len(names) == 68 and names[0] == "LayoutCall", form
+            assert len(names) == 69 and names[:2] == ["QuantizeCall", "LayoutCall"], form
             assert names[-5:] == ["MeanCall", "CopyCall", "CopyCall", "_Call", "DequantizeCall"], form
             kinds |= {segment.KINDS[c.entry.__name__] for s in segments for c in s.calls}
         finally:
@@ -264,9 +265,9 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
         pytest.skip("no host convolution kernels on this machine (no compiler or no AVX2)")
     # every form's kinds: the int16 GEMM or the byte form without VNNI, the AVX2 depthwise (capped forms), the
     # byte form with VNNI, AMX and the VNNI depthwise where the CPU has them; the add as the table or its
-    # arithmetic, the layout copy, the pooling, the dequantize (this CPU, all forms: 0-5 and 8-10 with the
-    # table, 0-4, 6 and 8-10 without)
-    assert {3, 8, 9, 10} <= kinds and (0 in kinds or 4 in kinds)
+    # arithmetic, the layout copy, the pooling, the quantize and dequantize (this CPU, all forms: 0-5 and 8-11
+    # with the table, 0-4, 6 and 8-11 without)
+    assert {3, 8, 9, 10, 11} <= kinds and (0 in kinds or 4 in kinds)
     if len(_forms()) > 1:
         assert 4 in kinds
     assert (5 in kinds) == (lookup and host._has_avx512()) and (6 in kinds) != (5 in kinds)
@@ -277,7 +278,8 @@ def test_every_kernel_form_replays_bit_exact_in_a_segment(mobilenet, monkeypatch
 
 
 def test_pooling_and_linear_layers_join_the_segments(tmp_path, monkeypatch):
-    """The digit CNN (real weights): convolutions, max pooling and two linear layers replay in two segments."""
+    """The digit CNN (real weights): the quantize, convolutions, max pooling, two linear layers and the dequantize
+    replay in two segments (its flattening, a view of the input's size, runs between them)."""
     calib = open_data("builtin:mnist5k", limit=64, batch_size=32)
     x = next(iter(calib))[0][:8]
     graph = lower(load_model("zoo:digit_cnn").module, (x[:1],))
@@ -292,7 +294,7 @@ def test_pooling_and_linear_layers_join_the_segments(tmp_path, monkeypatch):
     (kept,) = plan._plans[model].values()
     segments = [step[0] for step in kept.steps if isinstance(step[0], segment.Segment)]
     kinds = [[type(c).__name__ for c in s.calls] for s in segments]
-    assert kinds == [["_Call", "PoolCall"] * 3, ["_Call", "_Call", "DequantizeCall"]], kinds
+    assert kinds == [["QuantizeCall", *["_Call", "PoolCall"] * 3], ["_Call", "_Call", "DequantizeCall"]], kinds
     assert want.shape == (8, 10) and want.std() > 1
 
 
