@@ -78,7 +78,10 @@ extern "C" {
 // per vector (max_of_taps; ResNet-18's stem pooling 2x faster than the scalar loop). Window positions
 // outside the input (padding, or ceil_mode's last window) are skipped, as torch skips them; every window has
 // at least one position inside (torch's padding <= kernel / 2). shape: n, h, w, c, oh, ow, then kernel,
-// stride, padding and dilation, each (rows, columns).
+// stride, padding and dilation, each (rows, columns). Separable, an output row at a time: the maximum over the
+// window's rows inside the input, for every input column (whole rows: one vectorized loop each), then over
+// the window's columns inside it. A position is inside when its row and its column are, so the two maxima
+// take the same positions as the window's.
 void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int threads) {
   const int64_t n = shape[0], h = shape[1], w = shape[2], c = shape[3], oh = shape[4], ow = shape[5];
   const int64_t kh = shape[6], kw = shape[7], sh = shape[8], sw = shape[9], ph = shape[10], pw = shape[11];
@@ -87,18 +90,26 @@ void qc_host_max_pool(const uint8_t* x, uint8_t* out, const int64_t* shape, int 
   const bool avx2 = __builtin_cpu_supports("avx2");
 #endif
   parallel_for(n * oh, threads, [=](int64_t begin, int64_t end) {
-    std::vector<const uint8_t*> taps(static_cast<size_t>(kh * kw));
+    std::vector<uint8_t> rows(static_cast<size_t>(w * c));  // the window rows' maximum, per input column
+    std::vector<const uint8_t*> taps(static_cast<size_t>(kw));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / oh, oy = row % oh;
+      bool first = true;
+      for (int64_t ky = 0; ky < kh; ++ky) {
+        const int64_t iy = oy * sh - ph + ky * dh;
+        if (iy < 0 || iy >= h) continue;
+        const uint8_t* in = x + (b * h + iy) * w * c;
+        if (first)
+          std::copy(in, in + w * c, rows.data());
+        else
+          max_into(rows.data(), in, w * c);
+        first = false;
+      }
       for (int64_t ox = 0; ox < ow; ++ox) {
-        int64_t count = 0;  // the window's positions inside the input
-        for (int64_t ky = 0; ky < kh; ++ky) {
-          const int64_t iy = oy * sh - ph + ky * dh;
-          if (iy < 0 || iy >= h) continue;
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            const int64_t ix = ox * sw - pw + kx * dw;
-            if (ix >= 0 && ix < w) taps[count++] = x + ((b * h + iy) * w + ix) * c;
-          }
+        int64_t count = 0;  // the window's columns inside the input
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const int64_t ix = ox * sw - pw + kx * dw;
+          if (ix >= 0 && ix < w) taps[count++] = rows.data() + ix * c;
         }
         uint8_t* o = out + (row * ow + ox) * c;
 #ifdef QC_HOST_AVX2

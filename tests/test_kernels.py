@@ -651,16 +651,18 @@ def test_host_dequantize_is_the_torch_op_form():
     (2, 2, 0, 1, False),
     (3, 2, 1, 1, True),   # ceil_mode: the last window hangs over the edge
     (3, 1, 1, 2, False),  # dilated
+    (2, 3, 0, 1, True),   # columns no window reads
 ])
 def test_host_max_pool_is_torchs(kernel, stride, padding, dilation, ceil_mode):
     """torch.ops.qcompile.max_pool2d (the host kernel, channels last) against torch's uint8 pooling in NCHW."""
     generator = torch.Generator().manual_seed(kernel * 10 + stride)
-    q = torch.randint(0, 256, (2, 37, 15, 13), dtype=torch.uint8, generator=generator)  # 37: a channel tail
-    want = torch.nn.functional.max_pool2d(q, kernel, stride, padding, dilation, ceil_mode)
-    for layout in (torch.contiguous_format, torch.channels_last):
-        got = torch.ops.qcompile.max_pool2d(q.contiguous(memory_format=layout), [kernel] * 2, [stride] * 2,
-                                            [padding] * 2, [dilation] * 2, ceil_mode)
-        assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want), layout
+    for channels in (37, 64):  # 37: a channel tail; 64: whole vectors
+        q = torch.randint(0, 256, (2, channels, 15, 13), dtype=torch.uint8, generator=generator)
+        want = torch.nn.functional.max_pool2d(q, kernel, stride, padding, dilation, ceil_mode)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = torch.ops.qcompile.max_pool2d(q.contiguous(memory_format=layout), [kernel] * 2, [stride] * 2,
+                                                [padding] * 2, [dilation] * 2, ceil_mode)
+            assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want), layout
 
 
 @pytest.mark.parametrize("channels, height, width", [(2, 9, 11), (3, 9, 11), (4, 9, 11), (3, 40, 41), (5, 9, 11)])
