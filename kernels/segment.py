@@ -1,15 +1,15 @@
 """Consecutive kernel calls of a plan as one call of ``qc_plan_run`` (``host_plan.cpp``).
 
 A plan (:mod:`qcompile.kernels.plan`) replays kept kernel calls from Python, each paying for an output tensor
-and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: every call after its quantize). A
-segment is such a run of steps (convolutions, linear layers, adds, pooling, copies, the dequantize) made into
-one table of entry points and arguments that C walks through. The values
-that only the segment's own steps read live in an arena, reused at every call; a value's bytes are given to a
-later one once its last reader has run, so a segment needs room for the largest set of values alive at once,
-not all of them. A model's segments share one arena (its plans run one at a time on a thread), as large as the
-largest of them needs: a model called with inputs of many shapes keeps one arena, not one for each. Values
-that Python reads later (the steps after the segment, the model's output) are tensors allocated at each call,
-as before. Before and after, for two convolutions and an add::
+and a ctypes call (about 3 us); a model makes dozens in a row (MobileNetV2: all its calls). A segment is such a
+run of steps (the quantize, convolutions, linear layers, adds, pooling, copies, the dequantize) made into one
+table of entry points and arguments that C walks through. The values that only the segment's own steps read
+live in an arena, reused at every call; a value's bytes are given to a later one once its last reader has run,
+so a segment needs room for the largest set of values alive at once, not all of them. A model's segments share
+one arena (its plans run one at a time on a thread), as large as the largest of them needs: a model called
+with inputs of many shapes keeps one arena, not one for each. Values that Python reads later (the steps after
+the segment, the model's output) are tensors allocated at each call, as before. Before and after, for two
+convolutions and an add::
 
     values.append(conv1(values[4])); values.append(conv2(values[5])); values.append(add(values[6], values[4]))
     segment(values)   # one qc_plan_run: conv1 and conv2 into the arena, the add into a new tensor
