@@ -208,18 +208,13 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: in
 
     The output keeps ``x``'s memory order (NCHW or channels last)."""
     x = x.to(torch.float32).contiguous(memory_format=memory_order(x))
-    out = torch.empty_like(x, dtype=torch.uint8)
-    library().qc_host_quantize(x.data_ptr(), out.data_ptr(), x.numel(), scale, zero_point, qmin, qmax,
-                               torch.get_num_threads())
-    return out
+    return QuantizeCall(x.shape, x.stride(), scale, zero_point, qmin, qmax)(x)
 
 
 def dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """float32 ``scale * (q - zp)`` of uint8 ``q`` on one grid, as ``qc::dequantize``, in ``q``'s memory order."""
     q = q.contiguous(memory_format=memory_order(q))
-    out = torch.empty_like(q, dtype=torch.float32)
-    library().qc_host_dequantize(q.data_ptr(), out.data_ptr(), q.numel(), scale, zero_point, torch.get_num_threads())
-    return out
+    return DequantizeCall(q.shape, q.stride(), scale, zero_point)(q)
 
 
 def max_pool2d(q: torch.Tensor, out_shape: tuple[int, int, int, int], kernel_size: list[int], stride: list[int],
@@ -231,23 +226,23 @@ def max_pool2d(q: torch.Tensor, out_shape: tuple[int, int, int, int], kernel_siz
 
 
 class KernelCall:
-    """One kernel call on uint8 inputs of one shape and layout, made once: the output's shape and memory format,
-    the entry point and its arguments before and after the input's and the output's pointers; it holds the
-    tensors the arguments point into. The base of a layer's call (``host_conv._Call``), :class:`PoolCall` and
-    :class:`LayoutCall`."""
+    """One kernel call on inputs of one shape and layout, made once: the output's shape and layout (a memory
+    format, or its strides), the entry point and its arguments before and after the input's and the output's
+    pointers; it holds the tensors the arguments point into. The base of a layer's call (``host_conv._Call``)
+    and of each host kernel's call below."""
 
     __slots__ = ("out_shape", "out_strides", "entry", "before", "after", "held")
     out_dtype = torch.uint8  # the output's (a class's, not a call's)
 
-    def __init__(self, out_shape, memory_format, entry, before, after, held):
+    def __init__(self, out_shape, layout, entry, before, after, held):
         # the output's strides, once: torch.empty_strided takes 1.0 us a call, torch.empty with a memory format 1.6
         self.out_shape, self.entry = tuple(out_shape), entry
-        self.out_strides = torch.empty(out_shape, dtype=torch.uint8, memory_format=memory_format,
-                                       device="meta").stride()  # no memory
+        self.out_strides = tuple(layout) if isinstance(layout, tuple) else torch.empty(
+            out_shape, dtype=torch.uint8, memory_format=layout, device="meta").stride()  # no memory
         self.before, self.after, self.held = before, after, held
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The call on ``x`` (uint8, of the shape and layout the call was made for)."""
+        """The call on ``x`` (of the shape, dtype and layout the call was made for)."""
         out = torch.empty_strided(self.out_shape, self.out_strides, dtype=self.out_dtype)
         self.entry(x.data_ptr(), *self.before, out.data_ptr(), *self.after)
         return out
@@ -307,9 +302,8 @@ class CopyCall(KernelCall):
     __slots__ = ()
 
     def __init__(self, shape: torch.Size, strides: tuple[int, ...]):
-        super().__init__(shape, torch.contiguous_format, library().qc_host_to_channels_last, (),
-                         (1, 1, shape.numel(), 1), None)
-        self.out_strides = tuple(strides)
+        super().__init__(shape, tuple(strides), library().qc_host_to_channels_last, (), (1, 1, shape.numel(), 1),
+                         None)
 
 
 class MeanCall(KernelCall):
@@ -320,37 +314,36 @@ class MeanCall(KernelCall):
 
     def __init__(self, shape: torch.Size):
         n, c, h, w = shape
-        super().__init__((n, c, 1, 1), torch.contiguous_format, library().qc_host_mean_pixels, (),
+        super().__init__((n, c, 1, 1), (c, 1, 1, 1), library().qc_host_mean_pixels, (),
                          (n, h * w, c, torch.get_num_threads()), None)
 
 
 class QuantizeCall(KernelCall):
-    """:func:`quantize` of dense float32 values of one shape and layout on one grid to [0, 255], made once: uint8
-    out in the same layout."""
+    """:func:`quantize` of dense float32 values of one shape and strides on one grid, made once: uint8 out with the
+    same strides."""
 
     __slots__ = ()
 
-    def __init__(self, shape: torch.Size, strides: tuple[int, ...], scale: float, zero_point: int):
-        super().__init__(shape, torch.contiguous_format, library().qc_host_quantize, (),
-                         (shape.numel(), ctypes.c_float(scale), zero_point, 0, 255, torch.get_num_threads()), None)
-        self.out_strides = tuple(strides)
+    def __init__(self, shape: torch.Size, strides: tuple[int, ...], scale: float, zero_point: int, qmin: int = 0,
+                 qmax: int = 255):
+        super().__init__(shape, tuple(strides), library().qc_host_quantize, (),
+                         (shape.numel(), ctypes.c_float(scale), zero_point, qmin, qmax, torch.get_num_threads()),
+                         None)
 
 
 class DequantizeCall(KernelCall):
-    """:func:`dequantize` of contiguous uint8 codes of one shape on one grid, made once: float32 out."""
+    """:func:`dequantize` of dense uint8 codes of one shape and strides on one grid, made once: float32 out with
+    the same strides."""
 
     __slots__ = ()
     out_dtype = torch.float32
 
-    def __init__(self, shape: torch.Size, scale: float, zero_point: int):
-        super().__init__(shape, torch.contiguous_format, library().qc_host_dequantize, (),
+    def __init__(self, shape: torch.Size, strides: tuple[int, ...], scale: float, zero_point: int):
+        super().__init__(shape, tuple(strides), library().qc_host_dequantize, (),
                          (shape.numel(), ctypes.c_float(scale), zero_point, torch.get_num_threads()), None)
 
 
 def mean_pixels(q: torch.Tensor) -> torch.Tensor:
     """The mean over H and W of uint8 (N, C, H, W) codes, rounded half up, as (N, C, 1, 1) uint8."""
     q = channels_last(q)  # held: the kernel reads it through a raw pointer
-    n, c, h, w = q.shape
-    out = torch.empty((n, c, 1, 1), dtype=torch.uint8)
-    library().qc_host_mean_pixels(q.data_ptr(), out.data_ptr(), n, h * w, c, torch.get_num_threads())
-    return out
+    return MeanCall(q.shape)(q)

@@ -125,7 +125,7 @@ class Dequantize(_OnGrid):
         if not (_eager(q) and q.dtype == torch.uint8 and q.is_contiguous() and host.library() is not None
                 and self.scale.numel() == 1 and self.scale.dtype == torch.float32):
             return None
-        return host.DequantizeCall(q.shape, float(self.scale), int(self.zero_point))
+        return host.DequantizeCall(q.shape, q.stride(), float(self.scale), int(self.zero_point))
 
 
 class QConv2d(reference.QConv2d):
