@@ -8,6 +8,7 @@ from qcompile.passes import (  # noqa: F401
     adaround,
     bias_correct,
     bitalloc,
+    brecq,
     calibrate,
     convert,
     dynamic,

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
@@ -125,6 +126,21 @@ class Interpreter:
             env[node.name] = value
             for name in self._dead_after.get(i, ()):
                 env.pop(name, None)
+
+    def compute(self, node: Node, inputs: list[Any], weight: torch.Tensor | None = None) -> Any:
+        """One node's value (its fused activation included) from its input ports' values, outside a run and
+        with gradients where the caller enables them; with ``weight``, a MODULE node runs with that weight in
+        place of its own."""
+        if weight is not None and node.kind == NodeKind.MODULE:
+            def fetch(ref):
+                return inputs[ref.index]
+
+            module = self.module(node)
+            value = functional_call(module, {"weight": weight}, map_refs(node.args, fetch),
+                                               map_refs(node.kwargs, fetch), strict=False)
+        else:
+            value = self._compute(node, inputs)
+        return resolve_target(FUSED_ACTIVATIONS[node.act])(value) if node.act else value
 
     def _execute(self, node: Node, inputs: list[Any]) -> Any:
         value = self._compute(node, inputs)

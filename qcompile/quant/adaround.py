@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -164,6 +164,54 @@ def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (output - target).pow(2).sum(1).mean()
 
 
+class RoundingVariables:
+    """One layer's learnable rounding: ``V`` per weight (starting where ``h(V)`` is the weight's fractional part,
+    so that the first soft weight is the float weight) and the grid it rounds onto."""
+
+    def __init__(self, weight: torch.Tensor, grid: WeightGrid):
+        scaled = weight.detach().double() / grid.scale
+        floor = torch.floor(scaled)
+        rest = (scaled - floor).clamp(1e-4, 1 - 1e-4)
+        self.v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).float().requires_grad_(True)
+        self.grid = grid
+        self._floor = floor
+        self._float = [t.float() for t in (floor, grid.scale, grid.zero_point, grid.qmin, grid.qmax)]
+
+    def soft_weight(self, h: torch.Tensor) -> torch.Tensor:
+        """The weight with each rounding at ``h`` (0: down, 1: up), differentiable in ``h``."""
+        floor, scale, zero, qmin, qmax = self._float
+        return scale * (torch.maximum(torch.minimum(floor + h + zero, qmax), qmin) - zero)
+
+    def codes(self) -> torch.Tensor:
+        """The learned codes: up where ``V >= 0``."""
+        grid = self.grid
+        return torch.clamp(self._floor + (self.v.detach() >= 0).double() + grid.zero_point, grid.qmin, grid.qmax)
+
+
+def rounding_penalty(h: torch.Tensor, step: int, start: int, iterations: int,
+                     beta: tuple[float, float]) -> torch.Tensor:
+    """The regulariser at ``step`` of a schedule whose annealing of ``beta`` begins at step ``start``."""
+    progress = (step - start) / max(iterations - start, 1)
+    b = beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - progress)
+    return (1 - (2 * h - 1).abs().pow(b)).sum()
+
+
+def schedule(iterations: int, warmup: float, seconds: float | None) -> Iterator[tuple[int, int, int]]:
+    """The steps of a rounding schedule as ``(step, start, steps)``: the annealing starts at step ``start`` of
+    ``steps``. With ``seconds``, the first :data:`TIMED_STEPS` steps (all in the warm-up, where the schedule is
+    still free) are timed and ``steps`` shrinks, to no fewer than :data:`MIN_STEPS`, so the rest fits."""
+    start = int(warmup * iterations)
+    clock = time.perf_counter()
+    step = 0
+    while step < iterations:
+        if seconds is not None and step == TIMED_STEPS:
+            per_step = (time.perf_counter() - clock) / TIMED_STEPS
+            iterations = max(MIN_STEPS, min(iterations, int(seconds / max(per_step, 1e-9))))
+            start = int(warmup * iterations)
+        yield step, start, iterations
+        step += 1
+
+
 def learn_rounding(weight: torch.Tensor, grid: WeightGrid, layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    inputs: torch.Tensor, targets: torch.Tensor, *, iterations: int, batch_size: int,
                    regularization: float = 0.01, beta: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2,
@@ -178,39 +226,20 @@ def learn_rounding(weight: torch.Tensor, grid: WeightGrid, layer: Callable[[torc
     shrinks (to no fewer than :data:`MIN_STEPS`) so that the whole schedule,
     warm-up and annealing included, fits in that time.
     """
-    scaled = weight.detach().double() / grid.scale
-    floor = torch.floor(scaled)
-    rest = (scaled - floor).clamp(1e-4, 1 - 1e-4)
-    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).float().requires_grad_(True)
-    floor, scale, zero = floor.float(), grid.scale.float(), grid.zero_point.float()
-    qmin, qmax = grid.qmin.float(), grid.qmax.float()
-
-    def soft_weight(h: torch.Tensor) -> torch.Tensor:
-        return scale * (torch.maximum(torch.minimum(floor + h + zero, qmax), qmin) - zero)
-
-    optimizer = torch.optim.Adam([v], lr=lr)
+    variables = RoundingVariables(weight, grid)
+    optimizer = torch.optim.Adam([variables.v], lr=lr)
     count = len(inputs)
-    start = int(warmup * iterations)
-    clock = time.perf_counter()
     with torch.enable_grad():
-        step = 0
-        while step < iterations:
-            if seconds is not None and step == TIMED_STEPS:  # all of them in the warm-up: the schedule is still free
-                per_step = (time.perf_counter() - clock) / TIMED_STEPS
-                iterations = max(MIN_STEPS, min(iterations, int(seconds / max(per_step, 1e-9))))
-                start = int(warmup * iterations)
+        for step, start, steps in schedule(iterations, warmup, seconds):
             pick = torch.randint(count, (min(batch_size, count),), generator=generator)
-            h = rectified_sigmoid(v)
-            loss = reconstruction_error(layer(inputs[pick], soft_weight(h)), targets[pick])
+            h = rectified_sigmoid(variables.v)
+            loss = reconstruction_error(layer(inputs[pick], variables.soft_weight(h)), targets[pick])
             if step >= start:
-                progress = (step - start) / max(iterations - start, 1)
-                b = beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - progress)
-                loss = loss + regularization * (1 - (2 * h - 1).abs().pow(b)).sum()
+                loss = loss + regularization * rounding_penalty(h, step, start, steps, beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            step += 1
-    codes = torch.clamp(floor.double() + (v.detach() >= 0).double() + grid.zero_point, grid.qmin, grid.qmax)
+    codes = variables.codes()
     nearest = grid.codes(weight)
     with torch.no_grad():
         errors = [float(reconstruction_error(layer(inputs, grid.values(c)), targets)) for c in (nearest, codes)]

@@ -100,13 +100,8 @@ def walk_layers(graph: Graph, ctx: PassContext, owner: Pass, target: Pass, solve
     module docstring). ``owner`` names the pass in errors and progress; with ``budget`` (seconds), layers
     reached after it is spent keep round-to-nearest; with ``float_inputs``, each :class:`Layer` also holds the
     float model's inputs to the layer at the same rows."""
-    from qcompile.passes.convert import decide_grids
-
     inputs = calibration_samples(ctx.calib_data, samples, owner.name)
-    decided = graph.copy()
-    decide_grids(decided, target)
-    layers = {n.name: n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.op in WEIGHTED
-              and n.quant.weight_stats is not None and decided.node(n.name).quant.weight_qparams is not None}
+    decided, layers = rounded_layers(graph, target)
     twin = quantized_twin(graph, target, ctx)
     twin_run = Interpreter(twin)
     feeding = {twin.inputs(twin.node(name))[0].name for name in layers}
@@ -181,10 +176,29 @@ def walk_layers(graph: Graph, ctx: PassContext, owner: Pass, target: Pass, solve
     for node, value in twin_run.steps(*inputs, edit=edit):
         if node.name in feeding:
             stash[node.name] = value
-    for name, weight in chosen.items():
-        key = layers[name].params["weight"]
+    write_codes(graph, decided, {name: (chosen[name], chosen_codes[name]) for name in chosen}, owner)
+    return Walked(len(chosen), len(layers) - len(chosen), gains, changed)
+
+
+def rounded_layers(graph: Graph, target: Pass) -> tuple[Graph, dict[str, Node]]:
+    """A copy of ``graph`` with the grids ``target`` (a ``convert``) decides, and the conv and linear layers
+    whose weights it puts on a grid, by name, in graph order."""
+    from qcompile.passes.convert import decide_grids
+
+    decided = graph.copy()
+    decide_grids(decided, target)
+    layers = {n.name: n for n in graph.nodes() if n.kind == NodeKind.MODULE and n.op in WEIGHTED
+              and n.quant.weight_stats is not None and decided.node(n.name).quant.weight_qparams is not None}
+    return decided, layers
+
+
+def write_codes(graph: Graph, decided: Graph, chosen: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                owner: Pass) -> None:
+    """Write each chosen ``(weight, codes)`` into ``graph``, checked code for code against what ``convert``
+    will make of the weight (the grids of ``decided``)."""
+    for name, (weight, chosen_codes) in chosen.items():
+        key = graph.node(name).params["weight"]
         graph.params[key] = weight.requires_grad_(graph.params[key].requires_grad)
         codes = integer_weight(weight, decided.node(name).quant).codes
-        if not torch.equal(chosen_codes[name].to(codes.dtype), codes):  # convert must hold what was chosen
+        if not torch.equal(chosen_codes.to(codes.dtype), codes):  # convert must hold what was chosen
             raise PassError(f"{owner.name}: the chosen weight of %{name} is off convert's grid")
-    return Walked(len(chosen), len(layers) - len(chosen), gains, changed)
