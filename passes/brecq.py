@@ -38,6 +38,10 @@ Options:
     seed: Seed of the sample order and of the dropped activations.
     regularization: Weight of the term that pushes each rounding to up or down.
     lr: Adam's learning rate for the rounding variables.
+    learn_grids: Learn the step of each activation grid inside a block too (LSQ; its zero point kept), and
+        write it as the value's clip range; grids that other values share, widened ReLU6 grids and symmetric
+        grids keep theirs.
+    grid_lr: Adam's learning rate for the logarithm of those steps.
 """
 
 from __future__ import annotations
@@ -69,13 +73,16 @@ class Brecq(Pass):
     seed: int = option(0, low=0)
     regularization: float = option(0.01, above=0)
     lr: float = option(1e-2, above=0)
+    learn_grids: bool = True
+    grid_lr: float = option(1e-3, above=0)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if "adarounded" in graph.facts:
             return PassResult(False)
         target = following_convert(ctx, self.name)
-        walked = reconstruct_blocks(graph, ctx, self, target, samples=self.samples, iterations=self.iterations,
+        walked, moved = reconstruct_blocks(graph, ctx, self, target, samples=self.samples, iterations=self.iterations,
                                     batch_size=self.batch_size, drop=self.drop, min_layers=self.min_layers,
                                     regularization=self.regularization, lr=self.lr, seed=self.seed,
-                                    budget=self.budget)
-        return PassResult(walked.rounded > 0, walked.stats())
+                                    budget=self.budget, learn_grids=self.learn_grids, grid_lr=self.grid_lr)
+        stats = walked.stats() | ({"activation grids learned": moved} if self.learn_grids else {})
+        return PassResult(walked.rounded > 0, stats)

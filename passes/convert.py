@@ -57,6 +57,7 @@ from qcompile.backends.choice import AUTO, choose_backend
 from qcompile.backends.torch_ao.lowering import RULES, convert_dequantize
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph
+from qcompile.ir.node import QuantAnnotation
 from qcompile.ir.quant_types import QParams
 from qcompile.ir.types import TensorType
 from qcompile.pipeline import (
@@ -76,6 +77,14 @@ from qcompile.quant.qparams import qparams_from_range
 from qcompile.quant.relu6_grid import widen_relu6_grids
 
 
+def range_qparams(q: QuantAnnotation) -> QParams:
+    """The grid of an observed value's own range: its clip where a pass chose one, else what calibration saw
+    (before any grid is shared or widened)."""
+    lo, hi = (torch.as_tensor(q.clip[0]), torch.as_tensor(q.clip[1])) if q.clip else (q.stats.lo, q.stats.hi)
+    spec = replace(q.observer, bits=q.bits) if q.bits is not None and q.bits < 8 else q.observer
+    return qparams_from_range(lo, hi, spec)
+
+
 def choose_qparams(graph: Graph) -> int:
     """Fill ``qparams`` / ``weight_qparams`` from statistics, clip ranges and shared grids (a cat's inputs on
     its grid, :mod:`qcompile.quant.cat_grids`); returns the number of cats that copy codes."""
@@ -90,10 +99,7 @@ def choose_qparams(graph: Graph) -> int:
                 f"%{node.name} has one clip range per channel, which integer kernels cannot apply "
                 "(they need one scale per tensor)", hint="drop per-channel=true from aciq, or use simulate")
         if q.observer is not None and (q.clip is not None or q.stats is not None):
-            lo, hi = ((torch.as_tensor(q.clip[0]), torch.as_tensor(q.clip[1])) if q.clip
-                      else (q.stats.lo, q.stats.hi))
-            spec = replace(q.observer, bits=q.bits) if q.bits is not None and q.bits < 8 else q.observer
-            q.qparams = qparams_from_range(lo, hi, spec)
+            q.qparams = range_qparams(q)
         if q.weight_stats is not None:
             spec = q.weight_observer
             q.weight_qparams = qparams_from_range(q.weight_stats.lo, q.weight_stats.hi, spec,

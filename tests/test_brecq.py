@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qcompile.passes.convert import Convert
+from qcompile.passes.convert import Convert, range_qparams
 
 from qcompile.data import open_data
 from qcompile.errors import QCompileError
@@ -12,7 +12,7 @@ from qcompile.frontend.loaders import load_model
 from qcompile.frontend.lower import lower
 from qcompile.interpreter import Interpreter
 from qcompile.pipeline import PassContext, run_pipeline
-from qcompile.quant.block_reconstruction import BlockRun, blocks
+from qcompile.quant.block_reconstruction import BlockRun, blocks, keep_grid, learnable_grids
 from qcompile.quant.emulate import quantized_twin
 from qcompile.quant.layer_walk import rounded_layers
 
@@ -76,23 +76,6 @@ def test_a_block_run_computes_the_twins_values(resnet20_twin, fashion):
     assert not torch.equal(dropped, seen[block.output])
 
 
-def test_brecq_codes_reach_the_integer_model_and_lower_the_block_errors(fashion):
-    graph = _lowered("resnet20_fashion")
-    passes = "fuse,calibrate,aciq{bits=4},brecq{iterations=60 samples=64},convert{weight-bits=4 backend=gemmlowp}"
-    records = run_pipeline(graph, passes, PassContext(calib_data=fashion))
-    stats = next(r.result.stats for r in records if r.pass_.name == "brecq")
-    assert stats["layers"] == 22 and stats["left at nearest (budget)"] == 0  # convert checked the codes
-    assert stats["output error vs nearest"] not in ("-0%", "0%")
-    assert float(stats["weights flipped"].rstrip("%")) > 0
-    assert "adarounded" in graph.facts
-    x = next(iter(fashion))[0]
-    assert torch.isfinite(Interpreter(graph).run(x)).all()
-
-    again = _lowered("resnet20_fashion")
-    run_pipeline(again, passes, PassContext(calib_data=fashion))
-    assert all(torch.equal(graph.params[k], again.params[k]) for k in graph.params)  # the same with the seed
-
-
 def test_brecq_refuses_what_it_cannot_do(fashion):
     graph = _lowered("digit_cnn")
     with pytest.raises(QCompileError, match="none follows it"):
@@ -108,3 +91,64 @@ def test_a_spent_budget_leaves_round_to_nearest():
                            PassContext(calib_data=digits))
     stats = next(r.result.stats for r in records if r.pass_.name == "brecq")
     assert stats["layers"] == 0 and stats["left at nearest (budget)"] == 5
+
+
+def test_a_learned_activation_grid_starts_on_the_twins_grid_and_is_kept_as_convert_reads_it(resnet20_twin, fashion):
+    graph, twin, layers = resnet20_twin
+    graph, twin = graph.copy(), twin.copy()
+    target = Convert(weight_bits=4, backend="gemmlowp")
+    decided, _ = rounded_layers(graph, target)
+    block = blocks(twin, set(layers), min_layers=2)[1]
+    grids = {g.node.name: g for g in learnable_grids(twin, block, decided)}
+    assert len(grids) == 3  # the block's input, the first conv's output, the second conv's output
+    x = next(iter(fashion))[0]
+    seen = {}
+    Interpreter(twin).run(x, hook=lambda node, value: seen.__setitem__(node.name, value))
+    run = Interpreter(twin)
+    into = {name: seen[name] for name in block.inputs}
+    assert torch.equal(BlockRun(run, block)(into, {}, grids=grids), seen[block.output])  # the same grids at first
+
+    grid = grids[f"{block.layers[0]}_fq"]
+    before = decided.node(grid.value).quant.qparams
+    with torch.no_grad():
+        grid.log_step += 0.1
+    keep_grid(graph, twin, grid)
+    after = range_qparams(graph.node(grid.value).quant)  # what convert will choose from the clip written
+    assert torch.equal(after.zero_point, before.zero_point)
+    assert torch.allclose(after.scale, before.scale * torch.exp(torch.tensor(0.1)), rtol=1e-6)
+    moved = Interpreter(twin)
+    assert torch.equal(BlockRun(moved, block)(into, {}), BlockRun(run, block)(into, {}, grids=grids))
+
+
+def test_brecq_codes_and_grids_reach_the_integer_model(fashion):
+    """The learned codes pass convert's code-for-code check, the block errors drop, the learned activation
+    grids are the integer model's, and the same seed learns the same."""
+    graph = _lowered("resnet20_fashion")
+    calibrated = graph.copy()
+    run_pipeline(calibrated, "fuse,calibrate,aciq{bits=4}", PassContext(calib_data=fashion))
+    passes = "fuse,calibrate,aciq{bits=4},brecq{iterations=40 samples=64},convert{weight-bits=4 backend=gemmlowp}"
+    records = run_pipeline(graph, passes, PassContext(calib_data=fashion))
+    stats = next(r.result.stats for r in records if r.pass_.name == "brecq")
+    assert stats["layers"] == 22 and stats["left at nearest (budget)"] == 0
+    assert stats["output error vs nearest"] not in ("-0%", "0%")
+    assert float(stats["weights flipped"].rstrip("%")) > 0
+    assert stats["activation grids learned"] > 20
+    assert "adarounded" in graph.facts
+    own = {n.name: range_qparams(n.quant) for n in calibrated.nodes() if n.quant.clip is not None}
+    grids = {n.name: n.quant.qparams for n in graph.nodes() if n.name in own}  # the integer model's grids
+    moved = [name for name, q in grids.items() if not torch.equal(q.scale, own[name].scale)]
+    assert len(moved) >= 20 and all(torch.equal(grids[name].zero_point, own[name].zero_point) for name in moved)
+    x = next(iter(fashion))[0]
+    assert torch.isfinite(Interpreter(graph).run(x)).all()
+
+
+def test_brecq_is_deterministic_for_a_seed():
+    digits = open_data("builtin:mnist5k", limit=64, batch_size=32)
+    learned = []
+    for _ in range(2):
+        graph = _lowered("digit_cnn")
+        records = run_pipeline(graph, "fuse,calibrate,brecq{iterations=30 samples=32},convert",
+                               PassContext(calib_data=digits))
+        assert next(r.result.stats for r in records if r.pass_.name == "brecq")["layers"] == 5
+        learned.append(graph)
+    assert all(torch.equal(learned[0].params[k], learned[1].params[k]) for k in learned[0].params)

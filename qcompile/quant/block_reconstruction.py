@@ -43,6 +43,7 @@ from qcompile.errors import PassError
 from qcompile.interpreter import Interpreter
 from qcompile.ir.graph import Graph
 from qcompile.ir.node import Node, NodeKind
+from qcompile.ir.quant_types import QParams
 from qcompile.pipeline import Pass, PassContext
 from qcompile.quant.adaround import (
     RoundingVariables,
@@ -52,7 +53,7 @@ from qcompile.quant.adaround import (
     schedule,
     weight_grid,
 )
-from qcompile.quant.emulate import quantized_twin
+from qcompile.quant.emulate import grid_range, quantized_twin
 from qcompile.quant.layer_walk import Walked, rounded_layers, write_codes
 
 
@@ -100,6 +101,66 @@ def blocks(twin: Graph, layers: set[str], min_layers: int) -> list[Block]:
     return found
 
 
+class ActivationGrid:
+    """An activation grid inside a block whose step is learned (LSQ, Esser et al. 2020: the gradient reaches
+    the step through the rounding passed straight through), its zero point and code range fixed."""
+
+    def __init__(self, twin: Graph, node: Node, qparams: QParams):
+        self.node, self.value = node, twin.inputs(node)[0].name
+        self.qparams = qparams
+        lo, hi, bits = (twin.params[p.target] for p in twin.inputs(node)[1:4])
+        self.levels = float(2.0 ** float(bits) - 1)
+        step = (hi.double() - lo.double()) / self.levels
+        self.zero = float(torch.round(-lo.double() / step))
+        self.log_step = torch.log(step).float().reshape(()).requires_grad_(True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.log_step.exp()
+        u = x / step
+        u = u + (torch.round(u) - u).detach()
+        return torch.clamp(u, -self.zero, self.levels - self.zero) * step
+
+    def clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range whose grid, as ``convert`` chooses it, has the learned step and the same zero point."""
+        q, step = self.qparams, float(self.log_step.detach().exp())
+        zero = float(q.zero_point)
+        return torch.tensor((q.quant_min - zero) * step), torch.tensor((q.quant_max - zero) * step)
+
+
+def learnable_grids(twin: Graph, block: Block, decided: Graph) -> list[ActivationGrid]:
+    """The block's activation grids whose step can be learned: one value's own range and asymmetric grid
+    (not a grid another value shares or copies, nor a widened ReLU6 grid)."""
+    from qcompile.passes.convert import range_qparams
+
+    shared = {n.quant.shares for n in decided.nodes() if n.quant.shares is not None}
+    found = []
+    for node in block.nodes:
+        if not _is_fake_quantize(node):
+            continue
+        name = twin.inputs(node)[0].name
+        q = decided.node(name).quant
+        if q.observer is None or q.observer.symmetric or q.shares is not None or name in shared \
+                or q.qparams is None or q.qparams.per_channel or (q.clip is None and q.stats is None):
+            continue
+        own = range_qparams(q)
+        if torch.equal(own.scale, q.qparams.scale) and torch.equal(own.zero_point, q.qparams.zero_point):
+            found.append(ActivationGrid(twin, node, q.qparams))
+    return found
+
+
+def keep_grid(graph: Graph, twin: Graph, grid: ActivationGrid) -> None:
+    """Give the value the learned grid: its clip in ``graph`` (which ``convert`` turns into the grid) and the
+    twin's grid, as ``convert`` will choose it from that clip."""
+    from qcompile.passes.convert import range_qparams
+
+    q = graph.node(grid.value).quant
+    q.clip = grid.clip()
+    lo, hi, _ = grid_range(range_qparams(q))
+    lo_node, hi_node = twin.inputs(grid.node)[1:3]
+    twin.params[lo_node.target], twin.params[hi_node.target] = lo.reshape(twin.params[lo_node.target].shape), \
+        hi.reshape(twin.params[hi_node.target].shape)
+
+
 class BlockRun:
     """Runs one block of the twin on given input values, with given weights for its rounded layers and
     activation grids that pass the gradient through and keep each element's float value with probability
@@ -111,13 +172,21 @@ class BlockRun:
         self._ports = {n.name: graph.inputs(n) for n in block.nodes}
 
     def __call__(self, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], drop: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 grids: dict[str, ActivationGrid] | None = None) -> torch.Tensor:
+        """The block's output; ``grids`` (by fake_quantize node) replace the twin's activation grids."""
         graph = self.run.graph
         values = dict(values)
         for node in self.block.nodes:
             args = [graph.params[p.target] if p.kind == NodeKind.PARAM else values[p.name]
                     for p in self._ports[node.name]]
-            if _is_fake_quantize(node):
+            if grids and node.name in grids:
+                x = args[0]
+                value = grids[node.name](x)
+                if drop > 0:
+                    keep = torch.rand(x.shape, generator=generator) < drop
+                    value = torch.where(keep, x, value)
+            elif _is_fake_quantize(node):
                 x = args[0]
                 value = x + (self.run.compute(node, args) - x).detach()  # the gradient passes straight through
                 if drop > 0:
@@ -129,27 +198,32 @@ class BlockRun:
         return values[self.block.output]
 
     @torch.no_grad()
-    def all(self, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+    def all(self, values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], batch: int,
+            grids: dict[str, ActivationGrid] | None = None) -> torch.Tensor:
         """The block's output on every sample of ``values``, ``batch`` samples at a time, without dropping."""
         count = len(next(iter(values.values())))
-        return torch.cat([self({k: v[i:i + batch] for k, v in values.items()}, weights)
+        return torch.cat([self({k: v[i:i + batch] for k, v in values.items()}, weights, grids=grids)
                           for i in range(0, count, batch)])
 
 
 def learn_block(block_run: BlockRun, inputs: dict[str, torch.Tensor], target: torch.Tensor,
                 variables: dict[str, RoundingVariables], *, iterations: int, batch_size: int, drop: float,
                 regularization: float, lr: float, generator: torch.Generator, seconds: float | None,
+                grids: dict[str, ActivationGrid] | None = None, grid_lr: float = 1e-3,
                 beta: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2) -> None:
-    """Learn the rounding variables of a block's layers together (see the module docstring); with ``seconds``
-    the steps shrink to fit as :func:`qcompile.quant.adaround.schedule` does."""
-    optimizer = torch.optim.Adam([v.v for v in variables.values()], lr=lr)
+    """Learn the rounding variables of a block's layers together (see the module docstring), and the steps of
+    ``grids``; with ``seconds`` the steps shrink to fit as :func:`qcompile.quant.adaround.schedule` does."""
+    groups = [{"params": [v.v for v in variables.values()], "lr": lr}]
+    if grids:
+        groups.append({"params": [g.log_step for g in grids.values()], "lr": grid_lr})
+    optimizer = torch.optim.Adam(groups)
     count = len(target)
     with torch.enable_grad():
         for step, start, steps in schedule(iterations, warmup, seconds):
             pick = torch.randint(count, (min(batch_size, count),), generator=generator)
             hs = {name: rectified_sigmoid(v.v) for name, v in variables.items()}
             weights = {name: variables[name].soft_weight(h) for name, h in hs.items()}
-            out = block_run({name: value[pick] for name, value in inputs.items()}, weights, drop, generator)
+            out = block_run({name: value[pick] for name, value in inputs.items()}, weights, drop, generator, grids)
             loss = reconstruction_error(out, target[pick])
             if step >= start:
                 loss = loss + regularization * sum(rounding_penalty(h, step, start, steps, beta)
@@ -161,11 +235,14 @@ def learn_block(block_run: BlockRun, inputs: dict[str, torch.Tensor], target: to
 
 def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass, *, samples: int,
                        iterations: int, batch_size: int, drop: float, min_layers: int, regularization: float,
-                       lr: float, seed: int, budget: float = 0.0) -> Walked:
+                       lr: float, seed: int, budget: float = 0.0, learn_grids: bool = False,
+                       grid_lr: float = 1e-3) -> tuple[Walked, int]:
     """Give the layers that ``target`` (a ``convert``) quantizes the codes learned block by block (see the
     module docstring) and write them into ``graph`` on ``convert``'s grids. A block keeps round-to-nearest
     where the learned rounding does not lower its output error on all ``samples``, and so do the blocks
-    reached after ``budget`` seconds (0: no limit)."""
+    reached after ``budget`` seconds (0: no limit). With ``learn_grids``, the steps of the block's activation
+    grids that :func:`learnable_grids` admits are learned too and, where the block keeps its learned
+    rounding, written into ``graph`` as clip ranges. Returns the walk and the number of grids moved."""
     inputs = calibration_samples(ctx.calib_data, samples, owner.name)
     decided, layers = rounded_layers(graph, target)
     twin = quantized_twin(graph, target, ctx)
@@ -180,7 +257,7 @@ def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass
     gains: list[float] = []
     changed: list[float] = []
     left = sum(len(b.layers) for b in cut)
-    done = 0
+    done = moved = 0
 
     def float_value(name: str) -> torch.Tensor:
         for node, value in float_steps:
@@ -206,16 +283,22 @@ def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass
         if not budget or elapsed < budget:
             share = (budget - elapsed) * len(block.layers) / left if budget else None
             variables = {name: RoundingVariables(weights[name], grids[name]) for name in block.layers}
+            steps = {g.node.name: g for g in learnable_grids(twin, block, decided)} if learn_grids else {}
             learn_block(block_run, into, wanted, variables, iterations=iterations, batch_size=batch_size,
-                        drop=drop, regularization=regularization, lr=lr, generator=generator, seconds=share)
+                        drop=drop, regularization=regularization, lr=lr, generator=generator, seconds=share,
+                        grids=steps, grid_lr=grid_lr)
             learned = {name: v.codes() for name, v in variables.items()}
             learned_weights = {name: grids[name].values(c) for name, c in learned.items()}
-            errors = [float(reconstruction_error(block_run.all(into, w, batch_size), wanted)) for w in (nearest_weights, learned_weights)]
+            errors = [float(reconstruction_error(block_run.all(into, w, batch_size, g), wanted))
+                      for w, g in ((nearest_weights, None), (learned_weights, steps))]
             if not all(map(math.isfinite, errors)):
                 raise PassError(f"{owner.name}: the output error of the block ending at %{block.output} "
                                 "is not finite")
             if errors[1] <= errors[0]:
                 codes = learned
+                for grid in steps.values():
+                    keep_grid(graph, twin, grid)
+                moved += len(steps)
             gains.append(1 - min(errors) / max(errors[0], 1e-30))
             for name in block.layers:
                 chosen[name] = (grids[name].values(codes[name]), codes[name])
@@ -226,4 +309,4 @@ def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass
         rounded = {name: grids[name].values(c) for name, c in codes.items()}
         values = {block.output: block_run.all(into, rounded, batch_size)}
     write_codes(graph, decided, chosen, owner)
-    return Walked(len(chosen), len(layers) - len(chosen), gains, changed)
+    return Walked(len(chosen), len(layers) - len(chosen), gains, changed), moved

@@ -25,7 +25,7 @@ def quantizable_layers(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes() if n.quant.observer is not None or n.quant.weight_stats is not None]
 
 
-def _grid_range(qparams: QParams) -> tuple[torch.Tensor, torch.Tensor, int]:
+def grid_range(qparams: QParams) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(lo, hi, bits)`` whose fake-quantization grid is exactly ``qparams``' grid."""
     scale, zero = qparams.scale.double(), qparams.zero_point.double()
     lo, hi = (qparams.quant_min - zero) * scale, (qparams.quant_max - zero) * scale
@@ -37,7 +37,7 @@ def _weight_grid(graph: Graph, node: Node, weight_bits: int) -> tuple[torch.Tens
     q = node.quant
     channels = graph.param(node, "weight").shape[0]
     if q.weight_bits is None and weight_bits == 8:
-        lo, hi, bits = _grid_range(q.weight_qparams)
+        lo, hi, bits = grid_range(q.weight_qparams)
         return lo, hi, torch.full((channels,), float(bits))
     bits = (q.weight_bits if q.weight_bits is not None else torch.full((channels,), weight_bits)).double()
     lo, hi = q.weight_stats.lo.double(), q.weight_stats.hi.double()
@@ -69,7 +69,7 @@ def quantized_twin(graph: Graph, target: Pass, ctx: PassContext, layers: set[str
     for node in twin.nodes():
         q = node.quant
         if q.qparams is not None and q.observer is not None:
-            lo, hi, bits = _grid_range(q.qparams)
+            lo, hi, bits = grid_range(q.qparams)
             q.clip, q.bits = (lo, hi), bits
         if q.weight_stats is not None and node.kind == NodeKind.MODULE:
             lo, hi, bits = _weight_grid(twin, node, target.weight_bits)
