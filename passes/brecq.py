@@ -3,7 +3,8 @@
 requires: ``calibrated``    provides: ``adarounded``
 
 Where ``adaround`` matches each layer's float output alone, ``brecq`` lets
-the layers of a block (a residual block, or two layers of a chain) learn
+the layers of a block (a residual block, a numbered submodule such as
+``features.3``, or two layers of a chain) learn
 their rounding together against the float model's value at the block's end,
 with the block's activations on the grids ``convert`` will use
 (:mod:`qcompile.quant.block_reconstruction`). With ``drop`` (QDrop), each
@@ -32,7 +33,8 @@ Options:
     iterations: Optimizer steps per block (fewer where the budget requires).
     batch_size: Samples per step.
     drop: Probability that an activation inside the block keeps its float value at a step (QDrop; 0: BRECQ).
-    min_layers: Rounded layers a block of a chain holds before it ends at the next cut.
+    min_layers: In a model without numbered submodules, the rounded layers a block holds before it ends at
+        the next cut.
     budget: Seconds for the whole pass (0: no limit): each block gets its layers' share of what is left, its
         steps shrinking to fit (50 at least); blocks reached when it is spent keep round-to-nearest.
     seed: Seed of the sample order and of the dropped activations.

@@ -40,15 +40,26 @@ def resnet20_twin(fashion):
 def test_resnet20_is_cut_into_its_residual_blocks(resnet20_twin):
     _, twin, layers = resnet20_twin
     cut = blocks(twin, set(layers), min_layers=2)
-    assert [len(b.layers) for b in cut] == [3, 2, 2, 3, 2, 2, 3, 2, 2, 1]
-    assert [b.output for b in cut] == [f"add{s}" for s in ["", *(f"_{i}" for i in range(1, 9))]] + ["fc"]
-    assert cut[0].layers == ["conv1", "layers_0_conv1", "layers_0_conv2"]
-    assert cut[3].layers == ["layers_3_conv1", "layers_3_conv2", "layers_3_shortcut_0"]
+    assert [len(b.layers) for b in cut] == [1, 2, 2, 2, 3, 2, 2, 3, 2, 2, 1]
+    assert [b.output for b in cut] == ["conv1", "add", *(f"add_{i}" for i in range(1, 9)), "fc"]
+    assert cut[1].layers == ["layers_0_conv1", "layers_0_conv2"]
+    assert cut[4].layers == ["layers_3_conv1", "layers_3_conv2", "layers_3_shortcut_0"]
     assert cut[0].inputs == [n.name for n in twin.input_nodes]
     assert all(b.inputs == [a.output] for a, b in zip(cut, cut[1:], strict=False))  # one value between
     assert sorted(name for b in cut for name in b.layers) == sorted(layers)  # every layer in one block
-    # one layer per block in a chain: the stem alone, then each residual block still ends at its addition
-    assert [len(b.layers) for b in blocks(twin, set(layers), min_layers=1)][:3] == [1, 2, 2]
+
+
+def test_a_chain_without_numbered_submodules_is_cut_every_min_layers():
+    digits = open_data("builtin:mnist5k", limit=8, batch_size=8)
+    graph = _lowered("digit_cnn")  # conv_layers.0, .3, .6, fc_layers.0, .2: each layer a numbered module
+    ctx = PassContext(calib_data=digits)
+    run_pipeline(graph, "fuse,calibrate", ctx)
+    target = Convert(backend="gemmlowp")
+    _, layers = rounded_layers(graph, target)
+    twin = quantized_twin(graph, target, ctx)
+    assert [b.layers for b in blocks(twin, set(layers), min_layers=2)] == [
+        ["conv_layers_0", "conv_layers_3"], ["conv_layers_6"], ["fc_layers_0", "fc_layers_2"]]
+    assert [len(b.layers) for b in blocks(twin, set(layers), min_layers=1)] == [1, 1, 1, 1, 1]
 
 
 def test_a_block_run_computes_the_twins_values(resnet20_twin, fashion):
@@ -63,7 +74,7 @@ def test_a_block_run_computes_the_twins_values(resnet20_twin, fashion):
     for block in cut:
         out = BlockRun(run, block)({name: seen[name] for name in block.inputs}, {})
         assert torch.equal(out, seen[block.output])
-    block = cut[1]
+    block = cut[2]
     grids = [n for n in block.nodes if n.op == "fake_quantize"]
     assert grids  # the block's activations are on grids
     into = {name: seen[name] for name in block.inputs}
@@ -98,7 +109,7 @@ def test_a_learned_activation_grid_starts_on_the_twins_grid_and_is_kept_as_conve
     graph, twin = graph.copy(), twin.copy()
     target = Convert(weight_bits=4, backend="gemmlowp")
     decided, _ = rounded_layers(graph, target)
-    block = blocks(twin, set(layers), min_layers=2)[1]
+    block = blocks(twin, set(layers), min_layers=2)[2]
     grids = {g.node.name: g for g in learnable_grids(twin, block, decided)}
     assert len(grids) == 3  # the block's input, the first conv's output, the second conv's output
     x = next(iter(fashion))[0]

@@ -20,14 +20,17 @@ draw of the activation errors.
 
 Blocks are cut from the twin in graph order where a single value is live
 (everything before it feeds later nodes only through it), at a node of the
-float model (not a ``fake_quantize``). A block ends at the first such cut
-after a node that merges two values (a residual addition: ResNet's and
-MobileNetV2's blocks) or once it holds ``min_layers`` rounded layers (a
-chain: two layers at a time) or when no rounded layer follows; layers with
+float model (not a ``fake_quantize``). A block ends at such a cut after a
+node that merges two values (a residual addition), where the next rounded
+layer lies in another numbered submodule than the last one (``features.2``
+then ``features.3``: MobileNetV2's and ResNet's blocks), where no rounded
+layer follows, and in a model without numbered submodules once it holds
+``min_layers`` rounded layers (a chain, two layers at a time). Layers with
 no cut after them (none where the model's output is one value) keep
 round-to-nearest::
 
-    stem conv -> [conv, conv, add] -> ... -> [pool, flatten, fc]     (ResNet-20, min_layers=2: 10 blocks)
+    [stem conv] [conv, conv, add] x 9 [pool, flatten, fc]     (ResNet-20: 11 blocks)
+    [features.0] [features.1: dw, project] [features.2: expand, dw, project] ... [classifier]   (MobileNetV2)
 """
 
 from __future__ import annotations
@@ -74,6 +77,17 @@ def _is_fake_quantize(node: Node) -> bool:
     return node.kind == NodeKind.FUNCTION and node.target == FAKE_QUANTIZE
 
 
+def _module_block(node: Node) -> str:
+    """The numbered submodule a layer lies inside: its module path up to the first index (``features.2`` of
+    ``features.2.conv.0.0``, ``layers.3`` of ``layers.3.conv1``); empty where the path has none or the layer
+    is that submodule itself (``layers.3`` of a ``Sequential`` of layers)."""
+    parts = node.source.module_path.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return ""
+
+
 def blocks(twin: Graph, layers: set[str], min_layers: int) -> list[Block]:
     """The twin cut into blocks (see the module docstring)."""
     order = [n for n in twin.nodes() if n.kind not in (NodeKind.INPUT, NodeKind.PARAM, NodeKind.OUTPUT)]
@@ -82,17 +96,26 @@ def blocks(twin: Graph, layers: set[str], min_layers: int) -> list[Block]:
     for i, node in enumerate(order):
         for name in producers[node.name]:
             last_use[name] = max(last_use.get(name, i), i)
+    rounded = [n for n in order if n.name in layers]
+    following = {a.name: b for a, b in zip(rounded, rounded[1:], strict=False)}  # the next rounded layer
     found: list[Block] = []
-    begin, live, held = 0, {n.name for n in twin.input_nodes}, 0
+    begin, live, held, last = 0, {n.name for n in twin.input_nodes}, 0, None
     for i, node in enumerate(order):
         live = {name for name in live if last_use.get(name, -1) > i}
         if node.name in last_use:
             live.add(node.name)
-        held += node.name in layers
+        if node.name in layers:
+            held, last = held + 1, node
         if not held or live != {node.name} or _is_fake_quantize(node):
             continue
-        at_end = last_use[node.name] == len(order) or not any(n.name in layers for n in order[i + 1:])
-        if held >= min_layers or len(set(producers[node.name])) >= 2 or at_end:
+        after = following.get(last.name)
+        if after is None or len(set(producers[node.name])) >= 2:
+            end = True  # no rounded layer follows, or a merge (a residual addition)
+        elif _module_block(last) or _module_block(after):
+            end = _module_block(last) != _module_block(after)
+        else:
+            end = held >= min_layers
+        if end:
             nodes = order[begin:i + 1]
             inside = {n.name for n in nodes}
             inputs = list(dict.fromkeys(p for n in nodes for p in producers[n.name] if p not in inside))
