@@ -100,6 +100,16 @@ VARIANTS = [  # (row, pipeline)
     ("qcompile gptq, gemmlowp backend", "fuse,calibrate,gptq,convert{backend=gemmlowp}"),
     ("qcompile equalize + gptq, gemmlowp backend", "fuse,equalize,calibrate,gptq,convert{backend=gemmlowp}"),
     ("qcompile W4A8 gptq, gemmlowp", "fuse,calibrate,gptq,convert{backend=gemmlowp weight-bits=4}"),
+    # block reconstruction (BRECQ, QDrop), 100 steps of 8 images; 8-bit grids keep their calibrated steps
+    # unless learn-grids=all
+    ("qcompile equalize + brecq, gemmlowp backend",
+     "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8},convert{backend=gemmlowp}"),
+    ("qcompile equalize + brecq with learned 8-bit grids, gemmlowp backend",
+     "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8 learn-grids=all},convert{backend=gemmlowp}"),
+    ("qcompile equalize + brecq x400 steps, gemmlowp backend",
+     "fuse,equalize,calibrate,brecq{iterations=400 batch-size=8 budget=0},convert{backend=gemmlowp}"),
+    ("qcompile W4A8 equalize + brecq, gemmlowp",
+     "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8},convert{backend=gemmlowp weight-bits=4}"),
     # per-tensor weights (one grid for all of a layer's channels): what equalization is for
     ("qcompile ptq, per-tensor weights, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
     ("qcompile equalize, per-tensor weights, gemmlowp backend",

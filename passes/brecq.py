@@ -40,15 +40,17 @@ Options:
     seed: Seed of the sample order and of the dropped activations.
     regularization: Weight of the term that pushes each rounding to up or down.
     lr: Adam's learning rate for the rounding variables.
-    learn_grids: Learn the step of each activation grid inside a block too (LSQ; its zero point kept), and
-        write it as the value's clip range; grids that other values share, widened ReLU6 grids and symmetric
-        grids keep theirs.
+    learn_grids: Learn the step of the activation grids inside a block too (LSQ; the zero point kept), and
+        write it as the value's clip range: ``auto`` those of fewer than 8 bits (on 8-bit grids the
+        calibrated range did better on held-out data), ``all``, or ``none``; grids that other values share,
+        widened ReLU6 grids and symmetric grids keep theirs.
     grid_lr: Adam's learning rate for the logarithm of those steps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from qcompile.ir.graph import Graph
 from qcompile.pipeline import FLOAT_GRAPH_ONLY, Pass, PassContext, PassResult, option, register_pass
@@ -75,7 +77,7 @@ class Brecq(Pass):
     seed: int = option(0, low=0)
     regularization: float = option(0.01, above=0)
     lr: float = option(1e-2, above=0)
-    learn_grids: bool = True
+    learn_grids: Literal["auto", "all", "none"] = "auto"
     grid_lr: float = option(1e-3, above=0)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -86,5 +88,5 @@ class Brecq(Pass):
                                     batch_size=self.batch_size, drop=self.drop, min_layers=self.min_layers,
                                     regularization=self.regularization, lr=self.lr, seed=self.seed,
                                     budget=self.budget, learn_grids=self.learn_grids, grid_lr=self.grid_lr)
-        stats = walked.stats() | ({"activation grids learned": moved} if self.learn_grids else {})
+        stats = walked.stats() | ({"activation grids learned": moved} if self.learn_grids != "none" else {})
         return PassResult(walked.rounded > 0, stats)

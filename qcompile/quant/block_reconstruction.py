@@ -258,14 +258,14 @@ def learn_block(block_run: BlockRun, inputs: dict[str, torch.Tensor], target: to
 
 def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass, *, samples: int,
                        iterations: int, batch_size: int, drop: float, min_layers: int, regularization: float,
-                       lr: float, seed: int, budget: float = 0.0, learn_grids: bool = False,
+                       lr: float, seed: int, budget: float = 0.0, learn_grids: str = "none",
                        grid_lr: float = 1e-3) -> tuple[Walked, int]:
     """Give the layers that ``target`` (a ``convert``) quantizes the codes learned block by block (see the
     module docstring) and write them into ``graph`` on ``convert``'s grids. A block keeps round-to-nearest
     where the learned rounding does not lower its output error on all ``samples``, and so do the blocks
-    reached after ``budget`` seconds (0: no limit). With ``learn_grids``, the steps of the block's activation
-    grids that :func:`learnable_grids` admits are learned too and, where the block keeps its learned
-    rounding, written into ``graph`` as clip ranges. Returns the walk and the number of grids moved."""
+    reached after ``budget`` seconds (0: no limit). With ``learn_grids`` ``all`` (or ``auto``: those of fewer
+    than 8 bits), the steps of the block's activation grids that :func:`learnable_grids` admits are learned
+    too and, where the block keeps its learned rounding, written into ``graph`` as clip ranges. Returns the walk and the number of grids moved."""
     inputs = calibration_samples(ctx.calib_data, samples, owner.name)
     decided, layers = rounded_layers(graph, target)
     twin = quantized_twin(graph, target, ctx)
@@ -306,7 +306,8 @@ def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass
         if not budget or elapsed < budget:
             share = (budget - elapsed) * len(block.layers) / left if budget else None
             variables = {name: RoundingVariables(weights[name], grids[name]) for name in block.layers}
-            steps = {g.node.name: g for g in learnable_grids(twin, block, decided)} if learn_grids else {}
+            steps = {g.node.name: g for g in learnable_grids(twin, block, decided)
+                     if learn_grids == "all" or (learn_grids == "auto" and g.levels < 255)}
             learn_block(block_run, into, wanted, variables, iterations=iterations, batch_size=batch_size,
                         drop=drop, regularization=regularization, lr=lr, generator=generator, seconds=share,
                         grids=steps, grid_lr=grid_lr)
