@@ -106,10 +106,8 @@ VARIANTS = [  # (row, pipeline)
      "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8},convert{backend=gemmlowp}"),
     ("qcompile equalize + brecq with learned 8-bit grids, gemmlowp backend",
      "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8 learn-grids=all},convert{backend=gemmlowp}"),
-    ("qcompile equalize + brecq x400 steps, gemmlowp backend",
-     "fuse,equalize,calibrate,brecq{iterations=400 batch-size=8 budget=0},convert{backend=gemmlowp}"),
-    ("qcompile W4A8 equalize + brecq, gemmlowp",
-     "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8},convert{backend=gemmlowp weight-bits=4}"),
+    ("qcompile W4A8 equalize + brecq with learned 8-bit grids, gemmlowp",
+     "fuse,equalize,calibrate,brecq{iterations=100 batch-size=8 learn-grids=all},convert{backend=gemmlowp weight-bits=4}"),
     # per-tensor weights (one grid for all of a layer's channels): what equalization is for
     ("qcompile ptq, per-tensor weights, gemmlowp backend", "fuse,calibrate,convert{backend=gemmlowp}"),
     ("qcompile equalize, per-tensor weights, gemmlowp backend",

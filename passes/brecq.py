@@ -69,7 +69,7 @@ class Brecq(Pass):
     forbids = FLOAT_GRAPH_ONLY
 
     samples: int = option(256, low=1)
-    iterations: int = option(2000, low=1)
+    iterations: int = option(200, low=1)
     batch_size: int = option(32, low=1)
     drop: float = option(0.5, low=0, high=1)
     min_layers: int = option(2, low=1)
