@@ -203,18 +203,14 @@ class BlockRun:
         for node in self.block.nodes:
             args = [graph.params[p.target] if p.kind == NodeKind.PARAM else values[p.name]
                     for p in self._ports[node.name]]
-            if grids and node.name in grids:
+            if _is_fake_quantize(node):
                 x = args[0]
-                value = grids[node.name](x)
+                if grids and node.name in grids:
+                    value = grids[node.name](x)
+                else:  # the twin's grid, the gradient passing straight through
+                    value = x + (self.run.compute(node, args) - x).detach()
                 if drop > 0:
-                    keep = torch.rand(x.shape, generator=generator) < drop
-                    value = torch.where(keep, x, value)
-            elif _is_fake_quantize(node):
-                x = args[0]
-                value = x + (self.run.compute(node, args) - x).detach()  # the gradient passes straight through
-                if drop > 0:
-                    keep = torch.rand(x.shape, generator=generator) < drop
-                    value = torch.where(keep, x, value)
+                    value = torch.where(torch.rand(x.shape, generator=generator) < drop, x, value)
             else:
                 value = self.run.compute(node, args, weights.get(node.name))
             values[node.name] = value
@@ -265,7 +261,8 @@ def reconstruct_blocks(graph: Graph, ctx: PassContext, owner: Pass, target: Pass
     where the learned rounding does not lower its output error on all ``samples``, and so do the blocks
     reached after ``budget`` seconds (0: no limit). With ``learn_grids`` ``all`` (or ``auto``: those of fewer
     than 8 bits), the steps of the block's activation grids that :func:`learnable_grids` admits are learned
-    too and, where the block keeps its learned rounding, written into ``graph`` as clip ranges. Returns the walk and the number of grids moved."""
+    too and, where the block keeps its learned rounding, written into ``graph`` as clip ranges. Returns the
+    walk and the number of grids moved."""
     inputs = calibration_samples(ctx.calib_data, samples, owner.name)
     decided, layers = rounded_layers(graph, target)
     twin = quantized_twin(graph, target, ctx)
