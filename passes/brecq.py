@@ -9,9 +9,10 @@ their rounding together against the float model's value at the block's end,
 with the block's activations on the grids ``convert`` will use
 (:mod:`qcompile.quant.block_reconstruction`). With ``drop`` (QDrop), each
 step keeps a random share of the activations inside the block at their float
-values. It pays where activation grids are coarse (4-bit activations) and
-at 4-bit weights; each step runs a whole block on ``batch-size`` samples, so
-it costs more than ``adaround``'s sampled rows.
+values. It pays where activation grids are coarse (4-bit activations); with
+8-bit activations the layer-wise passes (``adaround``, ``gptq``) did as well
+or better in the measurements of ``docs/methods.md``. Each step runs a whole
+block on ``batch-size`` samples.
 
 The blocks run in graph order on the twin's own values (the earlier blocks
 already rounded); a block whose output error the learned rounding does not
